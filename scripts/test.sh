@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every check the project holds itself to. Called by `./run test` after setup.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+echo "== ruff"
+uv run --frozen ruff check src tests bench
+echo "== mypy"
+uv run --frozen mypy
+echo "== import contracts"
+uv run --frozen lint-imports
+echo "== pytest"
+workers=$(python3 -c 'import os; print(max(2, min(4, os.cpu_count() or 2)))')
+uv run --frozen pytest -n "$workers" --dist loadgroup "$@"

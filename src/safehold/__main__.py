@@ -1,0 +1,5 @@
+"""``python -m safehold`` runs the command-line interface."""
+
+from safehold.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""``safehold init``: create a repository."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from safehold.app import init_repository
+from safehold.cli.context import Context
+from safehold.errors import UsageError
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "init",
+        help="create a new repository",
+        description="Create a new, empty repository at the --repo location with one key "
+        "(the password given). Its master key is random; the password only wraps it.",
+    )
+    p.add_argument(
+        "--compression",
+        default="3",
+        metavar="LEVEL",
+        help="zstd level 1-19 for new data, or 'off' (default: %(default)s)",
+    )
+    p.set_defaults(func=run)
+
+
+def parse_level(text: str) -> int | None:
+    if text in ("off", "none", "0"):
+        return None
+    try:
+        level = int(text)
+    except ValueError:
+        level = -1
+    if not 1 <= level <= 19:
+        raise UsageError(f"--compression must be 1-19 or 'off', not {text!r}")
+    return level
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    location = ctx.location()
+    level = parse_level(args.compression)
+    repo = init_repository(location, ctx.password(confirm=True), compression=level)
+    if ctx.json:
+        ctx.emit_json({"id": repo.config.repo_id, "location": repo.storage.describe()})
+    else:
+        ctx.print(f"created repository {repo.config.repo_id[:8]} at {repo.storage.describe()}")
+        ctx.print("keep the password safe: without it the data cannot be read")
+    return 0

@@ -1,0 +1,64 @@
+"""``safehold restore``: a snapshot, or parts of it, into a folder."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from safehold.cli.context import Context, human_bytes
+from safehold.cli.progress import make_progress
+from safehold.engine.restore import RestoreOptions, run_restore
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "restore",
+        help="restore a snapshot into a folder",
+        description="Restore SNAPSHOT (an id prefix, or 'latest') under --target, at the "
+        "paths it was taken from (/srv/db is restored as TARGET/srv/db). Every byte is "
+        "verified against its id as it is written.",
+    )
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot id prefix or 'latest'")
+    p.add_argument("-t", "--target", required=True, metavar="DIR", help="folder to restore into")
+    p.add_argument(
+        "-i",
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="restore only this path (and what is below it); repeatable",
+    )
+    p.add_argument("--host", help="with 'latest': newest snapshot of this host")
+    p.add_argument("--path", action="append", default=[], help="with 'latest': of this path")
+    p.add_argument("--tag", action="append", default=[], help="with 'latest': with this tag")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    repo = ctx.open_repo()
+    snap = repo.find_snapshot(
+        args.snapshot, host=args.host, paths=args.path or None, tags=args.tag or None
+    )
+    result = run_restore(
+        repo,
+        snap,
+        RestoreOptions(target=args.target, includes=args.include),
+        make_progress(ctx.progress_enabled()),
+    )
+    if ctx.json:
+        ctx.emit_json(
+            {
+                "snapshot": snap.id,
+                "target": args.target,
+                "files": result.files,
+                "dirs": result.dirs,
+                "bytes": result.bytes,
+                "errors": [{"path": p, "error": m} for p, m in result.errors],
+            }
+        )
+    else:
+        ctx.print(
+            f"restored snapshot {snap.short_id}: {result.files} files, {result.dirs} folders, "
+            f"{human_bytes(result.bytes)} into {args.target}"
+        )
+    return 0 if not result.errors else 3

@@ -1,0 +1,114 @@
+"""What every command shares: the repository location, the password, output modes."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from safehold.app import open_repository
+from safehold.errors import ConfigError, UsageError
+from safehold.repository.repository import Repository
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+
+    @property
+    def json(self) -> bool:
+        return bool(self.args.json)
+
+    @property
+    def quiet(self) -> bool:
+        return bool(self.args.quiet)
+
+    def location(self) -> str:
+        repo: str | None = self.args.repo or os.environ.get("SAFEHOLD_REPOSITORY")
+        if not repo:
+            raise UsageError(
+                "no repository given",
+                hint="use -r/--repo LOCATION or set SAFEHOLD_REPOSITORY",
+            )
+        return repo
+
+    def password(self, *, confirm: bool = False, prompt: str = "repository password") -> bytes:
+        return read_password(
+            self.args.password_file, self.args.password_command, confirm=confirm, prompt=prompt
+        )
+
+    def open_repo(self) -> Repository:
+        return open_repository(self.location(), self.password())
+
+    def print(self, text: str = "") -> None:
+        if not self.quiet:
+            print(text)
+
+    def emit_json(self, obj: Any) -> None:
+        json.dump(obj, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+
+    def progress_enabled(self) -> bool:
+        return not self.json and not self.quiet and sys.stderr.isatty()
+
+
+def read_password(
+    password_file: str | None,
+    password_command: str | None,
+    *,
+    confirm: bool = False,
+    prompt: str = "repository password",
+) -> bytes:
+    """Password from --password-file, --password-command, SAFEHOLD_PASSWORD(_FILE/_COMMAND)
+    or, on a terminal, a prompt. Never logged; trailing newlines are stripped."""
+    password_file = password_file or os.environ.get("SAFEHOLD_PASSWORD_FILE")
+    password_command = password_command or os.environ.get("SAFEHOLD_PASSWORD_COMMAND")
+    if password_file:
+        try:
+            with open(password_file, "rb") as f:
+                pw = f.read().rstrip(b"\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the password file {password_file}: {exc.strerror}"
+            ) from exc
+    elif password_command:
+        try:
+            out = subprocess.run(
+                shlex.split(password_command), capture_output=True, check=False, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"the password command could not run: {exc}") from exc
+        if out.returncode != 0:
+            raise ConfigError(
+                f"the password command exited with status {out.returncode}",
+                hint="run it by hand to see why",
+            )
+        pw = out.stdout.rstrip(b"\r\n")
+    elif "SAFEHOLD_PASSWORD" in os.environ:
+        pw = os.environ["SAFEHOLD_PASSWORD"].encode()
+    elif sys.stdin.isatty():
+        pw = getpass.getpass(f"enter {prompt}: ").encode()
+        if confirm and getpass.getpass(f"enter {prompt} again: ").encode() != pw:
+            raise UsageError("the passwords do not match")
+    else:
+        raise UsageError(
+            "no password given",
+            hint="set SAFEHOLD_PASSWORD, or use --password-file or --password-command",
+        )
+    if not pw:
+        raise UsageError("the password is empty", hint="an empty password protects nothing")
+    return pw
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"

@@ -1,0 +1,112 @@
+"""Entry point: global options, the command registry, and the one place that maps errors
+to exit codes (documented in README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from safehold import __version__
+from safehold.cli.context import Context
+from safehold.errors import ExitCode, SafeholdError
+
+# One module per command; each has ``register(subparsers)`` that sets ``func``.
+COMMANDS = [
+    "init",
+    "key",
+    "backup",
+    "snapshots",
+    "ls",
+    "diff",
+    "restore",
+    "dump",
+    "check",
+    "repair",
+    "forget",
+    "prune",
+    "copy",
+    "stats",
+    "chain",
+    "unlock",
+]
+
+EPILOG = """\
+environment:
+  SAFEHOLD_REPOSITORY       repository location (instead of -r)
+  SAFEHOLD_PASSWORD         repository password
+  SAFEHOLD_PASSWORD_FILE    file holding the password
+  SAFEHOLD_PASSWORD_COMMAND command that prints the password
+
+exit codes:
+  0 success                 1 unexpected failure        2 bad arguments or input
+  3 backup saved, some files unreadable                 4 damaged data found
+  5 storage failed          6 source command failed     7 restore target not writable
+  10 no repository there    11 repository locked        12 wrong password
+  130 interrupted
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="safehold",
+        description="Back up data services: deduplicated, compressed, encrypted, verified.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"safehold {__version__}")
+    _global_options(parser, None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"safehold.cli.cmd_{name}").register(sub)
+    # Global options are accepted after the command too (`safehold snapshots --json`);
+    # SUPPRESS keeps a subcommand from resetting what was given before it.
+    for subparser in set(sub.choices.values()):
+        _global_options(subparser, argparse.SUPPRESS)
+    return parser
+
+
+def _global_options(p: argparse.ArgumentParser, default: object) -> None:
+    g = p.add_argument_group("global options")
+    g.add_argument(
+        "-r",
+        "--repo",
+        default=default,
+        help="repository location: a folder, local:PATH or memory:NAME",
+    )
+    g.add_argument(
+        "--password-file", metavar="FILE", default=default, help="read the password from FILE"
+    )
+    g.add_argument(
+        "--password-command",
+        metavar="CMD",
+        default=default,
+        help="run CMD and use its output as the password",
+    )
+    g.add_argument("--json", action="store_true", default=default, help="machine-readable output")
+    g.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return ExitCode.USAGE
+    ctx = Context(args)
+    try:
+        code: int = args.func(args, ctx)
+        return code
+    except SafeholdError as exc:
+        print(f"safehold: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("safehold: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.OK

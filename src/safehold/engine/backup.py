@@ -1,0 +1,454 @@
+"""The backup use case: folders, files, standard input or a command's output -> snapshot.
+
+Order of work (docs/architecture.md, "Backup pipeline"): lock, load the index (and adopt
+packs an interrupted backup left behind), choose the parent and the chain, walk, read the
+changed files in parallel (largest first), save trees bottom-up, write the index, then the
+snapshot. Until the snapshot is written nothing is visible to readers, so a crash or a
+failed source leaves the repository as it was, plus packs the next backup reuses.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, BinaryIO
+
+from safehold import __version__
+from safehold.engine.progress import NO_PROGRESS, Progress
+from safehold.engine.scan import Entry, Excluder, ScanResult, node_from_stat, scan
+from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
+from safehold.repository import tree as t
+from safehold.repository.chunker import Chunker
+from safehold.repository.format import BLOB_DATA, BLOB_TREE
+from safehold.repository.repository import Repository, new_chain_id
+from safehold.repository.saver import BlobSaver
+from safehold.repository.snapshot import Snapshot
+from safehold.repository.trash import trashed_packs
+
+# Files up to this size are read whole into a per-thread buffer and cut there; larger ones
+# stream through the chunker's own buffer.
+WHOLE_READ_MAX = 16 * 1024 * 1024
+
+
+@dataclass(kw_only=True)
+class BackupOptions:
+    paths: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+    tags: list[str] = field(default_factory=list)
+    host: str | None = None
+    parent: str | None = None  # explicit parent snapshot id; default: latest of same source
+    force: bool = False  # re-read files even if unchanged
+    chain_length: int | None = None  # incrementals after a full before a new chain starts
+    isolated: bool = False
+    stdin_name: str | None = None  # back up one stream under this name
+    stdin: BinaryIO | None = None
+    command: list[str] | None = None  # back up this command's standard output
+    threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot
+    errors: list[tuple[str, str]]
+    summary: dict[str, int | float]
+
+
+@dataclass
+class _Counters:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    bytes_read: int = 0
+    total_bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _resolve_paths(paths: list[str]) -> list[str]:
+    out = []
+    for p in paths:
+        ap = os.path.normpath(os.path.abspath(p))
+        if not os.path.lexists(ap):
+            raise SourceNotFound(f"source path {p!r} does not exist", hint="check the path")
+        out.append(ap)
+    return sorted(set(out))
+
+
+def _source_key(opts: BackupOptions, paths: list[str]) -> list[str]:
+    if opts.stdin_name:
+        return ["/" + opts.stdin_name.lstrip("/")]
+    return paths
+
+
+def run_backup(
+    repo: Repository, opts: BackupOptions, progress: Progress = NO_PROGRESS
+) -> BackupResult:
+    if opts.command and not opts.stdin_name:
+        raise UsageError("--command needs --stdin-name NAME for the stream's file name")
+    if opts.stdin_name and opts.paths:
+        raise UsageError("give either paths or --stdin-name, not both")
+    if not opts.stdin_name and not opts.paths:
+        raise UsageError("nothing to back up: give paths, --stdin-name or --command")
+    if opts.chain_length is not None and opts.chain_length < 0:
+        raise UsageError("--chain-length must be 0 or more")
+    paths = _resolve_paths(opts.paths) if opts.paths else []
+    started = time.monotonic()
+    host = opts.host or socket.gethostname()
+    with repo.lock("backup"):
+        repo.load_index()
+        repo.index_unindexed_packs(exclude=trashed_packs(repo))
+        key = _source_key(opts, paths)
+        parent, chain, seq = _choose_chain(repo, opts, host, key)
+        saver = BlobSaver(repo, bytes.fromhex(chain))
+        counters = _Counters()
+        errors: list[tuple[str, str]] = []
+        try:
+            if opts.stdin_name:
+                root_nodes = [_backup_stream(repo, saver, opts, counters, progress)]
+            else:
+                root_nodes = _backup_paths(
+                    repo, saver, opts, paths, parent, counters, errors, progress
+                )
+            root_id, _ = saver.save(BLOB_TREE, t.encode_tree(root_nodes))
+            saver.finish()
+        except BaseException:
+            # Keep what was uploaded findable: the next backup adopts these packs anyway,
+            # but an index now saves it the work.
+            try:
+                saver.finish()
+            except BaseException:
+                saver.abort()
+            raise
+        summary: dict[str, int | float] = {
+            "files_new": counters.files_new,
+            "files_changed": counters.files_changed,
+            "files_unchanged": counters.files_unchanged,
+            "bytes_read": counters.bytes_read,
+            "blobs_new": saver.stats.blobs_new,
+            "data_added": saver.stats.bytes_new_raw,
+            "data_added_stored": saver.stats.bytes_new_stored,
+            "packs_written": saver.stats.packs,
+            "total_bytes": counters.total_bytes,
+            "duration_s": round(time.monotonic() - started, 3),
+        }
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = ""
+        snap = Snapshot(
+            time=repo.clock.now(),
+            tree=root_id.hex(),
+            paths=key,
+            hostname=host,
+            username=user,
+            tags=sorted(set(opts.tags)),
+            parent=parent.id if parent else "",
+            chain=chain,
+            chain_seq=seq,
+            isolated=opts.isolated,
+            program_version=__version__,
+            source="command" if opts.command else "stdin" if opts.stdin_name else "directory",
+            summary=summary,
+            errors=[{"path": p, "error": m} for p, m in errors],
+        )
+        repo.save_snapshot(snap)
+    return BackupResult(snap, errors, summary)
+
+
+def _choose_chain(
+    repo: Repository, opts: BackupOptions, host: str, key: list[str]
+) -> tuple[Snapshot | None, str, int]:
+    """Returns (parent whose unchanged files may be reused, chain id, position in chain)."""
+    if opts.isolated:
+        return None, new_chain_id(), 0
+    snaps = repo.list_snapshots()
+    if opts.parent:
+        parent: Snapshot | None = repo.find_snapshot(opts.parent, snapshots=snaps)
+    else:
+        same = [s for s in snaps if s.hostname == host and s.paths == key and not s.isolated]
+        parent = same[-1] if same else None
+    if parent is None or parent.isolated or parent.chain in repo.finished_chains():
+        return None, new_chain_id(), 0
+    if opts.chain_length is not None and parent.chain_seq >= opts.chain_length:
+        return None, new_chain_id(), 0  # chain is full: a fresh full upload
+    return parent, parent.chain, parent.chain_seq + 1
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+def _backup_stream(
+    repo: Repository, saver: BlobSaver, opts: BackupOptions, counters: _Counters, progress: Progress
+) -> t.Node:
+    assert opts.stdin_name
+    name = opts.stdin_name.strip("/").replace("/", "_") or "stdin"
+    now_ns = time.time_ns()
+    node = t.Node(name=name, type=t.FILE, mode=0o600, mtime_ns=now_ns, ctime_ns=now_ns)
+    node.uid, node.gid = os.getuid(), os.getgid()
+    progress.start("backup")
+    if opts.command:
+        try:
+            proc = subprocess.Popen(opts.command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise SourceError(
+                f"could not start command {opts.command[0]!r}: {exc.strerror}"
+            ) from exc
+        assert proc.stdout is not None
+        try:
+            node.content, node.size = _save_stream(repo, saver, proc.stdout, opts.threads, progress)
+        finally:
+            proc.stdout.close()
+            code = proc.wait()
+        if code != 0:
+            raise SourceError(
+                f"command {opts.command[0]!r} exited with status {code}; no snapshot was saved",
+                hint="fix the command; data it produced is kept and reused by the next backup",
+            )
+    else:
+        stream = opts.stdin
+        assert stream is not None
+        node.content, node.size = _save_stream(repo, saver, stream, opts.threads, progress)
+    counters.files_new += 1
+    counters.bytes_read += node.size
+    counters.total_bytes += node.size
+    progress.finish()
+    return node
+
+
+def _save_stream(
+    repo: Repository, saver: BlobSaver, stream: IO[bytes], threads: int, progress: Progress
+) -> tuple[list[str], int]:
+    """Chunk a stream in this thread and seal chunks in a pool, keeping their order.
+
+    Never touches a temporary file: at most ``2 * threads`` chunks are in memory.
+    """
+    chunker = Chunker(repo.config.chunker)
+    slots = threading.BoundedSemaphore(2 * threads)
+    futures: list[Future[tuple[bytes, bool]]] = []
+    total = 0
+
+    def save(data: bytes) -> tuple[bytes, bool]:
+        try:
+            return saver.save(BLOB_DATA, data)
+        finally:
+            slots.release()
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="seal") as pool:
+        for chunk in chunker._cdc.cut_stream(stream):
+            slots.acquire()
+            data = bytes(chunk.data)  # the chunker reuses its buffer
+            total += len(data)
+            futures.append(pool.submit(save, data))
+            progress.advance(0, len(data))
+        ids = [f.result()[0].hex() for f in futures]
+    return ids, total
+
+
+# --- folders -------------------------------------------------------------------------------
+
+
+def _virtual_root(paths: list[str], scanned: dict[str, Entry]) -> list[Entry]:
+    """Place each backed-up path at its absolute position: ``/srv/db`` becomes a folder
+    ``srv`` holding ``db``, so restores and ``ls`` show the original paths."""
+    top = Entry("/", t.Node(name="", type=t.DIR))
+    for path in paths:  # sorted: a folder comes before anything inside it
+        parts = [p for p in path.split("/") if p]
+        if not parts:  # "/" itself holds every other path
+            return scanned[path].children
+        holder = top
+        prefix = ""
+        for part in parts[:-1]:
+            prefix += "/" + part
+            child = _child(holder, part)
+            if child is None:
+                child = Entry(prefix, node_from_stat(part, os.lstat(prefix), prefix))
+                holder.children.append(child)
+            holder = child
+        entry = scanned[path]
+        entry.node.name = parts[-1]
+        if _child(holder, parts[-1]) is None:  # else it is inside a path already backed up
+            holder.children.append(entry)
+    return top.children
+
+
+def _child(entry: Entry, name: str) -> Entry | None:
+    for c in entry.children:
+        if c.node.name == name:
+            return c
+    return None
+
+
+def _backup_paths(
+    repo: Repository,
+    saver: BlobSaver,
+    opts: BackupOptions,
+    paths: list[str],
+    parent: Snapshot | None,
+    counters: _Counters,
+    errors: list[tuple[str, str]],
+    progress: Progress,
+) -> list[t.Node]:
+    excluder = Excluder(opts.excludes)
+    result = ScanResult()
+    progress.start("scan")
+    scanned = {
+        p: scan(p, excluder=excluder, one_file_system=opts.one_file_system, result=result)
+        for p in paths
+    }
+    progress.finish()
+    errors.extend(result.errors)
+    for path, msg in result.errors:
+        progress.warn(path, msg)
+    counters.total_bytes = result.bytes
+    roots = _virtual_root(paths, scanned)
+    chain = saver.chain_id
+    jobs: list[Entry] = []
+    parent_nodes = (
+        {n.name: n for n in repo.load_tree(parent.tree)} if parent and not opts.force else {}
+    )
+    _plan(repo, roots, parent_nodes, chain, jobs, counters, opts.force)
+    todo_bytes = sum(e.node.size for e in jobs)
+    progress.start("backup", result.files, result.bytes)
+    progress.advance(result.files - len(jobs), result.bytes - todo_bytes)
+    jobs.sort(key=lambda e: e.node.size, reverse=True)
+    reader = _FileReader(repo, saver, counters, errors, progress)
+    with ThreadPoolExecutor(opts.threads, thread_name_prefix="read") as pool:
+        for _ in pool.map(reader.read, jobs):
+            pass
+    progress.finish()
+    return [_save_tree(saver, e) for e in roots]
+
+
+def _plan(
+    repo: Repository,
+    entries: list[Entry],
+    parent_nodes: dict[str, t.Node],
+    chain: bytes,
+    jobs: list[Entry],
+    counters: _Counters,
+    force: bool,
+) -> None:
+    """Decide, against the parent snapshot, which files must be read."""
+    for e in entries:
+        node = e.node
+        old = parent_nodes.get(node.name)
+        if node.type == t.DIR:
+            sub: dict[str, t.Node] = {}
+            if old is not None and old.type == t.DIR and old.subtree:
+                sub = {n.name: n for n in repo.load_tree(old.subtree)}
+            _plan(repo, e.children, sub, chain, jobs, counters, force)
+        elif node.type == t.FILE:
+            if (
+                not force
+                and old is not None
+                and old.type == t.FILE
+                and not old.error
+                and old.size == node.size
+                and old.mtime_ns == node.mtime_ns
+                and old.ctime_ns == node.ctime_ns
+                and old.inode == node.inode
+                and all(repo.index.has_in_chain(bytes.fromhex(c), chain) for c in old.content)
+            ):
+                node.content = old.content
+                counters.files_unchanged += 1
+            else:
+                if old is None:
+                    counters.files_new += 1
+                else:
+                    counters.files_changed += 1
+                jobs.append(e)
+
+
+class _FileReader:
+    def __init__(
+        self,
+        repo: Repository,
+        saver: BlobSaver,
+        counters: _Counters,
+        errors: list[tuple[str, str]],
+        progress: Progress,
+    ) -> None:
+        self.repo = repo
+        self.saver = saver
+        self.counters = counters
+        self.errors = errors
+        self.progress = progress
+        self._local = threading.local()
+
+    def _state(self) -> tuple[Chunker, bytearray]:
+        st: tuple[Chunker, bytearray] | None = getattr(self._local, "st", None)
+        if st is None:
+            st = self._local.st = (Chunker(self.repo.config.chunker), bytearray(WHOLE_READ_MAX + 1))
+        return st
+
+    def read(self, entry: Entry) -> None:
+        node = entry.node
+        try:
+            content, size = self._read(entry.path, node.size)
+        except OSError as exc:
+            msg = exc.strerror or str(exc)
+            node.error = msg
+            node.content = []
+            with self.counters.lock:
+                self.errors.append((entry.path, msg))
+            self.progress.warn(entry.path, msg)
+            self.progress.advance(1, node.size)
+            return
+        node.content = content
+        if size != node.size:
+            # The file changed while we read it; record what we stored.
+            self.progress.advance(0, size - node.size)
+            node.size = size
+        with self.counters.lock:
+            self.counters.bytes_read += size
+        self.progress.advance(1, 0)
+
+    def _read(self, path: str, expected: int) -> tuple[list[str], int]:
+        chunker, buf = self._state()
+        save: Callable[[int, bytes | memoryview], tuple[bytes, bool]] = self.saver.save
+        ids: list[str] = []
+        with open(path, "rb", buffering=0) as f:
+            if expected <= WHOLE_READ_MAX:
+                view = memoryview(buf)
+                n = 0
+                while n <= WHOLE_READ_MAX:
+                    got = f.readinto(view[n:])
+                    if not got:
+                        break
+                    n += got
+                if n <= WHOLE_READ_MAX:
+                    data = view[:n]
+                    pieces: Iterator[memoryview] = (
+                        iter((data,)) if n <= chunker.params.min_size else chunker.cut(data)
+                    )
+                    for piece in pieces:
+                        ids.append(save(BLOB_DATA, piece)[0].hex())
+                        self.progress.advance(0, len(piece))
+                    return ids, n
+                f.seek(0)  # it grew past the buffer: stream it instead
+            total = 0
+            for chunk in chunker._cdc.cut_stream(f):
+                ids.append(save(BLOB_DATA, chunk.data)[0].hex())
+                total += chunk.length
+                self.progress.advance(0, chunk.length)
+            return ids, total
+
+
+def _save_tree(saver: BlobSaver, entry: Entry) -> t.Node:
+    node = entry.node
+    if node.type == t.DIR:
+        nodes = [_save_tree(saver, c) for c in entry.children]
+        tree_id, _ = saver.save(BLOB_TREE, t.encode_tree(nodes))
+        node.subtree = tree_id.hex()
+    return node
+
+
+def describe_error(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, SafeholdError) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,148 @@
+"""One error hierarchy for all of safehold.
+
+Every error carries the exit code the CLI returns for it and the HTTP status the API answers
+with, so that a single place in each front end maps errors to outcomes. Messages say what
+happened and what the user can do about it; they never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class ExitCode:
+    """Documented process exit codes (also listed in README.md)."""
+
+    OK = 0
+    FAILURE = 1  # an unexpected or unclassified failure
+    USAGE = 2  # bad arguments, bad configuration, a source path that does not exist
+    PARTIAL = 3  # backup saved, but some files could not be read (listed in the snapshot)
+    INTEGRITY = 4  # check found damage, or data did not match its id
+    STORAGE = 5  # the storage failed: unreachable, full, permission denied
+    SOURCE = 6  # a source command failed; no snapshot was saved
+    TARGET = 7  # the restore target could not be written (full disk, permissions)
+    NO_REPOSITORY = 10  # nothing (or not a repository) at that location
+    LOCKED = 11  # the repository is locked by another live process
+    WRONG_PASSWORD = 12  # no key in the repository opens with that password
+    INTERRUPTED = 130
+
+
+class SafeholdError(Exception):
+    """Base of every error safehold raises on purpose."""
+
+    exit_code: int = ExitCode.FAILURE
+    http_status: int = 500
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class UsageError(SafeholdError):
+    exit_code = ExitCode.USAGE
+    http_status = 400
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class SourceNotFound(UsageError):
+    http_status = 404
+
+
+class SourceError(SafeholdError):
+    """A source (a command, a database dump) failed; nothing was saved as complete."""
+
+    exit_code = ExitCode.SOURCE
+    http_status = 502
+
+
+class TargetError(SafeholdError):
+    """Writing restored data failed (the target disk is full, or not writable)."""
+
+    exit_code = ExitCode.TARGET
+    http_status = 507
+
+
+# --- storage -----------------------------------------------------------------------------
+
+
+class StorageError(SafeholdError):
+    """A permanent storage failure: retrying the same call will not help."""
+
+    exit_code = ExitCode.STORAGE
+    http_status = 502
+
+
+class TransientStorageError(StorageError):
+    """A failure that may go away by itself (timeout, reset, throttling): worth retrying."""
+
+    http_status = 503
+
+
+class ObjectNotFound(StorageError):
+    http_status = 404
+
+
+class ObjectExists(StorageError):
+    http_status = 409
+
+
+class StorageFull(StorageError):
+    http_status = 507
+
+
+class StoragePermissionDenied(StorageError):
+    http_status = 403
+
+
+# --- repository --------------------------------------------------------------------------
+
+
+class RepositoryError(SafeholdError):
+    pass
+
+
+class RepositoryNotFound(RepositoryError):
+    exit_code = ExitCode.NO_REPOSITORY
+    http_status = 404
+
+
+class RepositoryExists(RepositoryError):
+    exit_code = ExitCode.USAGE
+    http_status = 409
+
+
+class WrongPassword(RepositoryError):
+    exit_code = ExitCode.WRONG_PASSWORD
+    http_status = 401
+
+
+class RepositoryLocked(RepositoryError):
+    exit_code = ExitCode.LOCKED
+    http_status = 423
+
+
+class IntegrityError(RepositoryError):
+    """Stored data is damaged: a failed authentication tag, a wrong hash, a bad header."""
+
+    exit_code = ExitCode.INTEGRITY
+    http_status = 500
+
+
+class FormatError(IntegrityError):
+    """An object does not follow docs/format.md (unknown version, type or id)."""
+
+
+class SnapshotNotFound(RepositoryError):
+    exit_code = ExitCode.USAGE
+    http_status = 404
+
+
+class Interrupted(SafeholdError):
+    exit_code = ExitCode.INTERRUPTED

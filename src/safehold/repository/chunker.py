@@ -1,0 +1,50 @@
+"""Content-defined chunking (FastCDC 2020) with a gear table seeded per repository.
+
+A per-repository seed keeps cut points from being a fingerprint of known content across
+repositories. Sizes are the repository's (config), measured on the benchmark data set:
+see docs/format.md ("Chunking parameters").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyfastcdc import FastCDC
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    min_size: int = 512 * 1024
+    avg_size: int = 1024 * 1024
+    max_size: int = 8 * 1024 * 1024
+    seed: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "min_size": self.min_size,
+            "avg_size": self.avg_size,
+            "max_size": self.max_size,
+            "seed": self.seed,
+        }
+
+
+class Chunker:
+    """Cuts buffers and streams; one instance per thread (FastCDC objects are not shared)."""
+
+    def __init__(self, params: ChunkerParams) -> None:
+        self.params = params
+        # pyfastcdc's avg_size excludes min_size (cut-point skipping); pass the difference so
+        # that the configured average is the average callers see.
+        self._cdc = FastCDC(
+            avg_size=max(256, params.avg_size - params.min_size),
+            min_size=params.min_size,
+            max_size=params.max_size,
+            normalized_chunking=1,
+            seed=params.seed,
+        )
+
+    def cut(self, buf: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+        view = memoryview(buf)
+        for chunk in self._cdc.cut_buf(view):
+            yield view[chunk.offset : chunk.offset + chunk.length]

@@ -1,0 +1,103 @@
+"""Packs: many sealed blobs in one stored object, with a sealed header listing them.
+
+Layout (docs/format.md, "Packs")::
+
+    header 'S' 'H' 1 5 (4)
+    blob 0 sealed | blob 1 sealed | ...          each sealed with AAD = blob id
+    pack header sealed (AAD = b"safehold pack header")
+    pack header length (u32 LE) | b"SHPE" (4)
+
+The pack header's plaintext is::
+
+    chain id (16) | count (u32 LE) | count x entry (45 bytes)
+    entry = type (1) | offset (u32) | length (u32) | raw length (u32) | blob id (32)
+
+Because each pack carries its own header, the index can be rebuilt from the packs alone.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from safehold.crypto.aead import Aead
+from safehold.errors import FormatError
+from safehold.repository.format import T_PACK, check_header, header
+
+PACK_HEADER_AAD = b"safehold pack header"
+TRAILER_MAGIC = b"SHPE"
+TRAILER_LEN = 8
+CHAIN_ID_LEN = 16
+_ENTRY = struct.Struct("<BIII32s")
+ENTRY_LEN = _ENTRY.size  # 45 bytes
+_COUNT = struct.Struct("<I")
+_TRAILER = struct.Struct("<I4s")
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    blob_type: int
+    offset: int
+    length: int
+    raw_length: int
+    blob_id: bytes
+
+
+class PackBuilder:
+    """Collects sealed blobs for one pack. Not thread-safe: one builder per writer."""
+
+    def __init__(self, chain_id: bytes) -> None:
+        if len(chain_id) != CHAIN_ID_LEN:
+            raise ValueError("chain ids are 16 bytes")
+        self.chain_id = chain_id
+        self.parts: list[bytes] = [header(T_PACK)]
+        self.entries: list[PackEntry] = []
+        self.size = 4
+
+    def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> PackEntry:
+        entry = PackEntry(blob_type, self.size, len(sealed), raw_length, blob_id)
+        self.parts.append(sealed)
+        self.entries.append(entry)
+        self.size += len(sealed)
+        return entry
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def finish(self, aead: Aead) -> bytes:
+        plain = bytearray(self.chain_id)
+        plain += _COUNT.pack(len(self.entries))
+        for e in self.entries:
+            plain += _ENTRY.pack(e.blob_type, e.offset, e.length, e.raw_length, e.blob_id)
+        sealed = aead.seal(bytes(plain), PACK_HEADER_AAD)
+        self.parts.append(sealed)
+        self.parts.append(_TRAILER.pack(len(sealed), TRAILER_MAGIC))
+        return b"".join(self.parts)
+
+
+def parse_trailer(tail: bytes, pack_size: int, what: str) -> int:
+    """Returns the sealed header's length from the last 8 bytes of a pack."""
+    if len(tail) != TRAILER_LEN:
+        raise FormatError(f"{what} is too short to be a pack")
+    length, magic = _TRAILER.unpack(tail)
+    if magic != TRAILER_MAGIC or length + TRAILER_LEN + 4 > pack_size:
+        raise FormatError(f"{what} has a damaged pack trailer")
+    return int(length)
+
+
+def parse_header(aead: Aead, sealed: bytes, what: str) -> tuple[bytes, list[PackEntry]]:
+    """Opens a sealed pack header; returns ``(chain id, entries)``."""
+    plain = aead.open(sealed, PACK_HEADER_AAD, what=f"{what} header")
+    if len(plain) < CHAIN_ID_LEN + 4:
+        raise FormatError(f"{what} header is truncated")
+    chain_id = plain[:CHAIN_ID_LEN]
+    (count,) = _COUNT.unpack_from(plain, CHAIN_ID_LEN)
+    start = CHAIN_ID_LEN + 4
+    if len(plain) != start + count * ENTRY_LEN:
+        raise FormatError(f"{what} header length does not match its entry count")
+    entries = [PackEntry(*_ENTRY.unpack_from(plain, start + i * ENTRY_LEN)) for i in range(count)]
+    return chain_id, entries
+
+
+def check_pack_start(first: bytes, what: str) -> None:
+    check_header(first, T_PACK, what)

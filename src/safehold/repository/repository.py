@@ -1,0 +1,469 @@
+"""The Repository: opening, keys, objects, the index, blobs, snapshots and chains.
+
+Object names (docs/format.md, "Layout")::
+
+    config                  sealed repository configuration
+    keys/<id>               key files (the master key wrapped by a password)
+    data/<id[:2]>/<id>      packs
+    index/<id>              index files
+    snapshots/<id>          snapshots
+    locks/<random>          locks
+    chains/<chain id>       chain markers (a finished chain)
+    trash/<id>              prune's deletion records (two-phase delete)
+
+``<id>`` is the unkeyed BLAKE3 of the stored bytes, except for locks and chain markers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import secrets
+import socket
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from safehold.clock import SYSTEM_CLOCK, Clock
+from safehold.crypto.aead import Aead
+from safehold.crypto.keys import KdfParams, MasterKey, key_file_meta, make_key_file, open_key_file
+from safehold.errors import (
+    FormatError,
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    SafeholdError,
+    SnapshotNotFound,
+    UsageError,
+    WrongPassword,
+)
+from safehold.ids import to_hex
+from safehold.repository import lock as lockmod
+from safehold.repository.chunker import ChunkerParams
+from safehold.repository.compress import DEFAULT_LEVEL, decompress
+from safehold.repository.format import (
+    T_CHAIN,
+    T_CONFIG,
+    T_INDEX,
+    T_SNAPSHOT,
+    open_object,
+    seal_object,
+    storage_id,
+)
+from safehold.repository.index import Index, PackRecord, decode_index, encode_index
+from safehold.repository.pack import TRAILER_LEN, check_pack_start, parse_header, parse_trailer
+from safehold.repository.snapshot import Snapshot
+from safehold.repository.tree import Node, decode_tree
+from safehold.storage.base import Storage
+
+REPO_VERSION = 1
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+TREE_CACHE = 4096
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    repo_id: str
+    chunker: ChunkerParams
+    compression: int | None  # zstd level, None = off
+    pack_size: int
+    created: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": REPO_VERSION,
+            "id": self.repo_id,
+            "chunker": self.chunker.to_json(),
+            "compression": self.compression,
+            "pack_size": self.pack_size,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RepoConfig:
+        if d.get("version") != REPO_VERSION:
+            raise FormatError(
+                f"repository version {d.get('version')!r} is not supported "
+                f"(this safehold reads version {REPO_VERSION})",
+                hint="upgrade safehold",
+            )
+        return cls(
+            repo_id=d["id"],
+            chunker=ChunkerParams(**d["chunker"]),
+            compression=d.get("compression", DEFAULT_LEVEL),
+            pack_size=int(d.get("pack_size", DEFAULT_PACK_SIZE)),
+            created=d.get("created", ""),
+        )
+
+
+def pack_name(pack_id: bytes | str) -> str:
+    h = pack_id if isinstance(pack_id, str) else pack_id.hex()
+    return f"data/{h[:2]}/{h}"
+
+
+def _default_key_meta(clock: Clock) -> dict[str, str]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = ""
+    return {"created": clock.now().isoformat(), "hostname": socket.gethostname(), "username": user}
+
+
+class Repository:
+    """An opened repository. Thread-safe for reading blobs and saving objects."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        master: MasterKey,
+        config: RepoConfig,
+        *,
+        key_name: str = "",
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.storage = storage
+        self.master = master
+        self.aead: Aead = master.aead()
+        self.config = config
+        self.key_name = key_name
+        self.clock = clock
+        self.index = Index()
+        self.index_loaded = False
+        self._tree_cache: OrderedDict[str, list[Node]] = OrderedDict()
+        self._tree_lock = threading.Lock()
+
+    # --- creating and opening ------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        storage: Storage,
+        password: bytes,
+        *,
+        chunker: ChunkerParams | None = None,
+        compression: int | None = DEFAULT_LEVEL,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        kdf: KdfParams | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> Repository:
+        if _exists(storage, "config"):
+            raise RepositoryExists(f"a repository already exists at {storage.describe()}")
+        if any(True for _ in storage.list("")):
+            raise RepositoryExists(
+                f"{storage.describe()} is not empty and holds no repository",
+                hint="choose an empty or new location",
+            )
+        master = MasterKey.generate()
+        seed = int.from_bytes(secrets.token_bytes(7), "little") or 1  # < 2**63 for pyfastcdc
+        config = RepoConfig(
+            repo_id=secrets.token_hex(32),
+            chunker=chunker or ChunkerParams(seed=seed),
+            compression=compression,
+            pack_size=pack_size,
+            created=clock.now().isoformat(),
+        )
+        repo = cls(storage, master, config, clock=clock)
+        repo.key_name = repo.add_key(password, kdf=kdf)
+        # The config is written last: its presence is what makes a location a repository.
+        storage.put(
+            "config",
+            seal_object(repo.aead, T_CONFIG, json.dumps(config.to_json()).encode()),
+            exclusive=True,
+        )
+        return repo
+
+    @classmethod
+    def open(cls, storage: Storage, password: bytes, *, clock: Clock = SYSTEM_CLOCK) -> Repository:
+        try:
+            raw_config = storage.get("config")
+        except ObjectNotFound:
+            if any(True for _ in storage.list("")):
+                raise RepositoryNotFound(
+                    f"{storage.describe()} is not a safehold repository (it has no config)",
+                    hint="check the --repo location",
+                ) from None
+            raise RepositoryNotFound(
+                f"there is no repository at {storage.describe()}",
+                hint="create one with 'safehold init', or check the --repo location",
+            ) from None
+        keys = sorted(storage.list("keys/"), key=lambda o: o.name)
+        if not keys:
+            raise FormatError(f"the repository at {storage.describe()} has no key files")
+        for obj in keys:
+            try:
+                master = open_key_file(storage.get(obj.name), password)
+            except WrongPassword:
+                continue
+            except ObjectNotFound:
+                continue
+            config = RepoConfig.from_json(
+                json.loads(open_object(master.aead(), raw_config, T_CONFIG, "config"))
+            )
+            return cls(storage, master, config, key_name=obj.name, clock=clock)
+        raise WrongPassword(
+            "wrong password: no key in this repository opens with it",
+            hint="check SAFEHOLD_PASSWORD, --password-file or --password-command",
+        )
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def add_key(self, password: bytes, *, kdf: KdfParams | None = None) -> str:
+        raw = make_key_file(self.master, password, params=kdf, meta=_default_key_meta(self.clock))
+        name = "keys/" + storage_id(raw)
+        self.storage.put(name, raw, exclusive=True)
+        return name
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        out = []
+        for obj in sorted(self.storage.list("keys/"), key=lambda o: o.name):
+            meta = key_file_meta(self.storage.get(obj.name))
+            meta["id"] = obj.name.removeprefix("keys/")
+            meta["current"] = obj.name == self.key_name
+            out.append(meta)
+        return out
+
+    def find_key(self, prefix: str) -> str:
+        matches: list[str] = [k["id"] for k in self.list_keys() if k["id"].startswith(prefix)]
+        if len(matches) != 1:
+            what = "no key" if not matches else f"{len(matches)} keys"
+            raise UsageError(f"{what} match {prefix!r}", hint="see 'safehold key list'")
+        return "keys/" + matches[0]
+
+    def remove_key(self, name: str) -> None:
+        if name == self.key_name:
+            raise UsageError(
+                "refusing to remove the key this command was opened with",
+                hint="open the repository with another password to remove this key",
+            )
+        self.storage.delete(name)
+
+    # --- sealed objects ------------------------------------------------------------------
+
+    def save_object(self, prefix: str, obj_type: int, payload: bytes) -> str:
+        raw = seal_object(self.aead, obj_type, payload, self.config.compression or 3)
+        name = prefix + storage_id(raw)
+        self.storage.put(name, raw)
+        return name
+
+    def load_object(self, name: str, obj_type: int) -> bytes:
+        raw = self.storage.get(name)
+        if storage_id(raw) != name.rsplit("/", 1)[-1]:
+            raise IntegrityError(f"{name} does not match its name: it was damaged")
+        return open_object(self.aead, raw, obj_type, name)
+
+    # --- locks -----------------------------------------------------------------------------
+
+    def lock(self, kind: str, *, exclusive: bool = False) -> lockmod.Lock:
+        return lockmod.acquire(
+            self.storage, self.aead, kind=kind, exclusive=exclusive, clock=self.clock
+        )
+
+    # --- index -----------------------------------------------------------------------------
+
+    def list_index_files(self) -> list[str]:
+        return sorted(o.name for o in self.storage.list("index/"))
+
+    def load_index(self, *, strict: bool = True) -> list[str]:
+        """Load every index file. A file deleted meanwhile (prune replaced it) is skipped:
+        prune writes the replacement before deleting, so a fresh listing covers it.
+        Returns the names of damaged index files (raised instead when ``strict``)."""
+        index = Index()
+        damaged: list[str] = []
+        for _attempt in range(3):
+            missing = False
+            for name in self.list_index_files():
+                try:
+                    records = decode_index(self.load_object(name, T_INDEX), name)
+                except ObjectNotFound:
+                    missing = True
+                    continue
+                except IntegrityError:
+                    if strict:
+                        raise
+                    damaged.append(name)
+                    continue
+                for rec in records:
+                    index.add_pack(rec)
+            if not missing:
+                break
+        self.index = index
+        self.index_loaded = True
+        return damaged
+
+    def write_index(self, records: Iterable[PackRecord]) -> str:
+        return self.save_object("index/", T_INDEX, encode_index(records))
+
+    def list_packs(self) -> dict[bytes, int]:
+        out = {}
+        for obj in self.storage.list("data/"):
+            name = obj.name.rsplit("/", 1)[-1]
+            if obj.name.startswith(".") or len(name) != 64:
+                continue
+            with contextlib.suppress(ValueError):
+                out[bytes.fromhex(name)] = obj.size
+        return out
+
+    def read_pack_header(self, pack_id: bytes, size: int) -> PackRecord:
+        name = pack_name(pack_id)
+        tail_len = min(size, 64 * 1024)
+        tail = self.storage.get(name, size - tail_len, tail_len)
+        hlen = parse_trailer(tail[-TRAILER_LEN:], size, name)
+        if hlen + TRAILER_LEN <= len(tail):
+            sealed = tail[len(tail) - TRAILER_LEN - hlen : len(tail) - TRAILER_LEN]
+        else:
+            sealed = self.storage.get(name, size - TRAILER_LEN - hlen, hlen)
+        if size == len(tail):
+            check_pack_start(tail[:4], name)
+        chain_id, entries = parse_header(self.aead, sealed, name)
+        return PackRecord(pack_id, chain_id, size, tuple(entries))
+
+    def index_unindexed_packs(
+        self,
+        *,
+        exclude: set[bytes] | None = None,
+        on_error: Callable[[str, Exception], None] | None = None,
+    ) -> int:
+        """Find packs that no index lists (left by an interrupted or concurrent backup),
+        add them to the index and write an index file for them, so their blobs are reused.
+        Returns how many packs were added."""
+        found = []
+        for pack_id, size in self.list_packs().items():
+            if pack_id in self.index.packs or (exclude and pack_id in exclude):
+                continue
+            try:
+                rec = self.read_pack_header(pack_id, size)
+            except (SafeholdError, ValueError) as exc:
+                # A damaged pack is ignored for reuse; check reports it.
+                if on_error:
+                    on_error(pack_name(pack_id), exc)
+                continue
+            found.append(rec)
+            self.index.add_pack(rec)
+        if found:
+            self.write_index(found)
+        return len(found)
+
+    # --- blobs -----------------------------------------------------------------------------
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return self.master.blob_id(data)
+
+    def open_blob(
+        self, blob_id: bytes, sealed: bytes | memoryview, raw_length: int, where: str
+    ) -> bytes:
+        """Decrypt, decompress and verify one blob read from ``where``."""
+        plain = self.aead.open(sealed, blob_id, what=f"blob {blob_id.hex()[:8]} in {where}")
+        data = decompress(plain[0], memoryview(plain)[1:], raw_length)
+        if self.master.blob_id(data) != blob_id:
+            raise IntegrityError(f"blob {blob_id.hex()[:8]} in {where} does not match its id")
+        return data
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        loc = self.index.lookup(blob_id)
+        if loc is None:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:8]} is not in the index",
+                hint="run 'safehold repair index', then 'safehold check'",
+            )
+        name = pack_name(loc.pack_id)
+        sealed = self.storage.get(name, loc.offset, loc.length)
+        return self.open_blob(blob_id, sealed, loc.raw_length, name)
+
+    def load_tree(self, tree_id: str) -> list[Node]:
+        with self._tree_lock:
+            cached = self._tree_cache.get(tree_id)
+            if cached is not None:
+                self._tree_cache.move_to_end(tree_id)
+                return cached
+        nodes = decode_tree(self.load_blob(bytes.fromhex(tree_id)), f"tree {tree_id[:8]}")
+        with self._tree_lock:
+            self._tree_cache[tree_id] = nodes
+            if len(self._tree_cache) > TREE_CACHE:
+                self._tree_cache.popitem(last=False)
+        return nodes
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> str:
+        name = self.save_object("snapshots/", T_SNAPSHOT, snap.encode())
+        snap.id = name.removeprefix("snapshots/")
+        return snap.id
+
+    def list_snapshot_ids(self) -> list[str]:
+        return [o.name.removeprefix("snapshots/") for o in self.storage.list("snapshots/")]
+
+    def load_snapshot(self, snap_id: str) -> Snapshot:
+        raw = self.load_object("snapshots/" + snap_id, T_SNAPSHOT)
+        return Snapshot.decode(raw, snap_id)
+
+    def list_snapshots(self) -> list[Snapshot]:
+        snaps = []
+        for sid in self.list_snapshot_ids():
+            with contextlib.suppress(ObjectNotFound):  # forgotten while we listed
+                snaps.append(self.load_snapshot(sid))
+        snaps.sort(key=lambda s: (s.time, s.id))
+        return snaps
+
+    def find_snapshot(
+        self,
+        ref: str,
+        *,
+        host: str | None = None,
+        paths: list[str] | None = None,
+        tags: list[str] | None = None,
+        snapshots: list[Snapshot] | None = None,
+    ) -> Snapshot:
+        """``ref`` is ``latest`` (newest matching the filters) or an id prefix."""
+        snaps = snapshots if snapshots is not None else self.list_snapshots()
+        if ref == "latest":
+            cands = [s for s in snaps if _matches(s, host, paths, tags)]
+            if not cands:
+                raise SnapshotNotFound("no snapshot matches", hint="see 'safehold snapshots'")
+            return cands[-1]
+        found = [s for s in snaps if s.id.startswith(ref)]
+        if not found:
+            raise SnapshotNotFound(f"no snapshot with id {ref!r}", hint="see 'safehold snapshots'")
+        if len(found) > 1:
+            raise UsageError(f"snapshot id {ref!r} is ambiguous", hint="give more digits")
+        return found[0]
+
+    def delete_snapshot(self, snap_id: str) -> None:
+        self.storage.delete("snapshots/" + snap_id)
+
+    # --- chains ----------------------------------------------------------------------------
+
+    def finish_chain(self, chain: str) -> None:
+        doc = {"finished": self.clock.now().isoformat()}
+        self.storage.put(
+            f"chains/{chain}", seal_object(self.aead, T_CHAIN, json.dumps(doc).encode())
+        )
+
+    def finished_chains(self) -> set[str]:
+        return {o.name.removeprefix("chains/") for o in self.storage.list("chains/")}
+
+
+def _matches(
+    s: Snapshot, host: str | None, paths: list[str] | None, tags: list[str] | None
+) -> bool:
+    if host and s.hostname != host:
+        return False
+    if paths and sorted(s.paths) != sorted(paths):
+        return False
+    return not (tags and not set(tags) <= set(s.tags))
+
+
+def _exists(storage: Storage, name: str) -> bool:
+    try:
+        storage.stat(name)
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def new_chain_id() -> str:
+    return to_hex(os.urandom(16))

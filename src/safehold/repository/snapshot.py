@@ -1,0 +1,83 @@
+"""Snapshots: the record of one backup, stored as a sealed JSON object.
+
+A snapshot names its root tree and the chain it belongs to. Its storage name (the hash of
+its stored bytes) is its id. A snapshot is written only after every pack and index it
+needs, so a listed snapshot is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from safehold.errors import FormatError
+
+
+@dataclass
+class Snapshot:
+    time: datetime
+    tree: str
+    paths: list[str]
+    hostname: str
+    chain: str  # hex chain id
+    chain_seq: int = 0  # 0 = the chain's full backup, n = the n-th incremental
+    isolated: bool = False
+    username: str = ""
+    tags: list[str] = field(default_factory=list)
+    parent: str = ""
+    program_version: str = ""
+    source: str = ""  # "directory", "stdin", "command": what produced it
+    summary: dict[str, Any] = field(default_factory=dict)
+    errors: list[dict[str, str]] = field(default_factory=list)  # unreadable files
+    id: str = ""  # set when loaded or saved; not stored
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "time": self.time.isoformat(),
+            "tree": self.tree,
+            "paths": self.paths,
+            "hostname": self.hostname,
+            "username": self.username,
+            "tags": self.tags,
+            "parent": self.parent,
+            "chain": {"id": self.chain, "seq": self.chain_seq, "isolated": self.isolated},
+            "program_version": self.program_version,
+            "source": self.source,
+            "summary": self.summary,
+            "errors": self.errors,
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, snap_id: str) -> Snapshot:
+        try:
+            d = json.loads(raw)
+            chain = d["chain"]
+            return cls(
+                id=snap_id,
+                time=datetime.fromisoformat(d["time"]),
+                tree=d["tree"],
+                paths=list(d["paths"]),
+                hostname=d["hostname"],
+                username=d.get("username", ""),
+                tags=list(d.get("tags", [])),
+                parent=d.get("parent", ""),
+                chain=chain["id"],
+                chain_seq=int(chain.get("seq", 0)),
+                isolated=bool(chain.get("isolated", False)),
+                program_version=d.get("program_version", ""),
+                source=d.get("source", ""),
+                summary=dict(d.get("summary", {})),
+                errors=list(d.get("errors", [])),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FormatError(f"snapshot {snap_id[:8]} is not valid: {exc}") from exc
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]

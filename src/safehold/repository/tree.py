@@ -1,0 +1,113 @@
+"""Trees: one folder's listing, stored as a deduplicated blob of type tree.
+
+A tree is canonical JSON (sorted keys, nodes sorted by name, no whitespace) so that an
+unchanged folder produces the same bytes, hence the same blob id, and is stored once.
+Names that are not valid UTF-8 survive through Python's surrogate escapes, which JSON keeps
+as ``\\udcXX`` escapes. Access times are not stored: reading a file changes them, and
+storing them would make every backup write every tree again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from safehold.errors import FormatError
+
+# Node types.
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+FIFO = "fifo"
+CHARDEV = "chardev"
+BLOCKDEV = "blockdev"
+SOCKET = "socket"
+
+
+@dataclass(slots=True)
+class Node:
+    name: str
+    type: str
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user: str = ""
+    group: str = ""
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    size: int = 0
+    inode: int = 0
+    dev: int = 0
+    links: int = 1
+    rdev: int = 0
+    target: str = ""  # symlink target
+    subtree: str = ""  # hex id of the folder's tree
+    content: list[str] = field(default_factory=list)  # hex ids of data blobs, in order
+    sparse: bool = False
+    error: str = ""  # why the file could not be read (the node keeps its metadata)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "type": self.type, "mode": self.mode}
+        if self.type != SYMLINK or self.uid or self.gid:
+            d.update(uid=self.uid, gid=self.gid)
+        if self.user:
+            d["user"] = self.user
+        if self.group:
+            d["group"] = self.group
+        d["mtime"] = self.mtime_ns
+        d["ctime"] = self.ctime_ns
+        if self.type == FILE:
+            d["size"] = self.size
+            d["content"] = self.content
+            if self.sparse:
+                d["sparse"] = True
+        if self.links > 1:
+            d.update(links=self.links, inode=self.inode, dev=self.dev)
+        if self.rdev:
+            d["rdev"] = self.rdev
+        if self.target:
+            d["target"] = self.target
+        if self.subtree:
+            d["subtree"] = self.subtree
+        if self.error:
+            d["error"] = self.error
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Node:
+        return cls(
+            name=d["name"],
+            type=d["type"],
+            mode=d.get("mode", 0),
+            uid=d.get("uid", 0),
+            gid=d.get("gid", 0),
+            user=d.get("user", ""),
+            group=d.get("group", ""),
+            mtime_ns=d.get("mtime", 0),
+            ctime_ns=d.get("ctime", 0),
+            size=d.get("size", 0),
+            inode=d.get("inode", 0),
+            dev=d.get("dev", 0),
+            links=d.get("links", 1),
+            rdev=d.get("rdev", 0),
+            target=d.get("target", ""),
+            subtree=d.get("subtree", ""),
+            content=list(d.get("content", ())),
+            sparse=bool(d.get("sparse", False)),
+            error=d.get("error", ""),
+        )
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    nodes = sorted(nodes, key=lambda n: n.name)
+    doc = {"nodes": [n.to_json() for n in nodes]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+def decode_tree(raw: bytes, what: str = "tree") -> list[Node]:
+    try:
+        doc = json.loads(raw.decode("utf-8", "surrogatepass"))
+        return [Node.from_json(n) for n in doc["nodes"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{what} is not a valid tree: {exc}") from exc

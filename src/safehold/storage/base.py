@@ -1,0 +1,61 @@
+"""The ``Storage`` Protocol every backend implements, and the guarantees it makes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+from safehold.model import ObjectInfo
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """A flat namespace of byte objects.
+
+    Guarantees every backend must give (the conformance suite in ``tests/storage`` checks
+    them all):
+
+    * **Atomic put.** After ``put`` returns, readers see the whole object; before, they see
+      the previous object or nothing. A crash during ``put`` never leaves a partial object
+      visible under ``name``.
+    * **Durable put.** When ``put`` returns the object survives a crash of this process
+      (and, for ``local``, of the machine: the file and its folder are fsynced).
+    * **Exclusive create.** ``put(..., exclusive=True)`` raises :class:`ObjectExists` if the
+      name is taken (best effort where the service has no conditional write; documented per
+      backend).
+    * **Read-after-write.** ``get``/``stat``/``list`` reflect a completed ``put``/``delete``.
+    * **Exact ranged reads.** ``get(name, offset, length)`` returns exactly ``length`` bytes
+      or raises :class:`IntegrityError` if the object is shorter; ``length=None`` reads to the
+      end. A missing object raises :class:`ObjectNotFound`.
+    * **Listing by prefix.** ``list(prefix)`` yields every object whose name starts with
+      ``prefix``, in no particular order, each exactly once.
+    * **Delete.** ``delete`` of a missing object raises :class:`ObjectNotFound`.
+    * **Classified errors.** Failures are :class:`TransientStorageError` (worth a retry) or
+      another :class:`StorageError` (not worth one). Nothing else escapes.
+    """
+
+    def put(self, name: str, data: bytes | memoryview, *, exclusive: bool = False) -> None: ...
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def stat(self, name: str) -> ObjectInfo: ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def describe(self) -> str:
+        """A human-readable location for messages; never contains credentials."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_name(name: str) -> str:
+    """Reject names that could escape a backend's namespace (``..``, absolute, empty parts)."""
+    if not name or name.startswith("/") or name.endswith("/"):
+        raise ValueError(f"invalid object name {name!r}")
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(f"invalid object name {name!r}")
+    return name

@@ -1,0 +1,315 @@
+"""A folder on a local (or mounted) filesystem as storage.
+
+An object named ``a/b/c`` is the file ``ROOT/a/b/c``. Folders are created on demand and
+never removed, so a folder and an object cannot share a name (``a`` and ``a/b`` cannot both
+be objects); the repository format never needs that.
+
+**Atomic, durable put.** Data goes to a temporary file in the destination folder (its name
+starts with ``.tmp-``, which :meth:`LocalStorage.list` never shows), is fsynced, then renamed
+over the final name, and the folder is fsynced so the rename itself survives a power cut.
+A crash can leave a temporary file behind but never a partial object;
+:meth:`LocalStorage.remove_stale_temp_files` cleans such leftovers. Object names whose last
+part starts with ``.tmp-`` are therefore reserved.
+
+**Exclusive create** hard-links the finished temporary file to the final name: ``link`` fails
+with ``EEXIST`` atomically if the name is taken, so two writers can never both win (a
+check-then-rename would race). Hard links work on every POSIX filesystem safehold supports.
+
+**Errors.** Every ``OSError`` is translated once, by :func:`translate_os_error`, into the
+:mod:`safehold.errors` hierarchy, keeping the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mode
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from safehold.errors import (
+    IntegrityError,
+    ObjectExists,
+    ObjectNotFound,
+    StorageError,
+    StorageFull,
+    StoragePermissionDenied,
+    TransientStorageError,
+)
+from safehold.model import ObjectInfo
+from safehold.storage.base import check_name
+
+__all__ = ["TEMP_PREFIX", "LocalStorage", "translate_os_error"]
+
+TEMP_PREFIX = ".tmp-"
+
+# ENOTDIR/EISDIR: a path through (or onto) a file or folder where the other was expected
+# means no object of that name exists.
+_MISSING = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+# Errors a retry may cure. EIO is here because on network filesystems (NFS, SMB, FUSE
+# mounts of cloud storage) it usually means a dropped connection; a disk that really fails
+# will keep failing and the retry wrapper gives up after its last attempt.
+_TRANSIENT = {
+    getattr(errno, code)
+    for code in (
+        "EIO", "ETIMEDOUT", "EAGAIN", "EINTR", "EBUSY", "ESTALE", "ENOLCK", "ECONNRESET",
+        "ECONNABORTED", "ECONNREFUSED", "ENETDOWN", "ENETUNREACH", "ENETRESET",
+        "EHOSTDOWN", "EHOSTUNREACH",
+    )
+    if hasattr(errno, code)
+}  # fmt: skip
+
+
+def translate_os_error(
+    exc: OSError, *, where: str, action: str, missing_is_not_found: bool = True
+) -> StorageError:
+    """Classify ``exc`` (raised while trying to ``action`` in ``where``) as a storage error.
+
+    With ``missing_is_not_found=False`` (writes), a vanished path is a plain
+    :class:`StorageError`: the object was never the thing missing.
+    """
+    code = exc.errno
+    detail = exc.strerror or str(exc)
+    if code in _MISSING and missing_is_not_found:
+        return ObjectNotFound(f"{where}: cannot {action}: no such object")
+    if code in _FULL:
+        return StorageFull(
+            f"{where} is full: could not {action} ({detail})",
+            hint="free space on that filesystem (or raise the quota), then run the command again",
+        )
+    if code in _DENIED:
+        return StoragePermissionDenied(
+            f"{where}: permission denied: could not {action} ({detail})",
+            hint="check the owner and mode of the folder and whether it is mounted read-only",
+        )
+    if code in _TRANSIENT:
+        return TransientStorageError(f"{where}: could not {action} ({detail}); may be temporary")
+    return StorageError(f"{where}: could not {action} ({detail})")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some filesystems (certain FUSE and network mounts) cannot fsync a folder; their
+        # renames are as durable as they will ever be, so this is not an error.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+class LocalStorage:
+    """Objects as files under ``root``. See the module docstring for the guarantees."""
+
+    def __init__(self, root: str | Path, *, create: bool = False) -> None:
+        self._root = Path(os.path.abspath(Path(root).expanduser()))
+        self._where = f"local:{self._root}"
+        if create:
+            try:
+                self._root.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self._root.parent)
+            except OSError as exc:
+                raise translate_os_error(
+                    exc, where=self._where, action="create the folder", missing_is_not_found=False
+                ) from exc
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def describe(self) -> str:
+        return self._where
+
+    def close(self) -> None:
+        pass
+
+    def _path(self, name: str) -> Path:
+        return self._root.joinpath(*check_name(name).split("/"))
+
+    def _error(
+        self, exc: OSError, action: str, *, missing_is_not_found: bool = True
+    ) -> StorageError:
+        return translate_os_error(
+            exc, where=self._where, action=action, missing_is_not_found=missing_is_not_found
+        )
+
+    # --- put ------------------------------------------------------------------------------
+
+    def put(self, name: str, data: bytes | memoryview, *, exclusive: bool = False) -> None:
+        final = self._path(name)
+        if final.name.startswith(TEMP_PREFIX):
+            raise ValueError(f"invalid object name {name!r}: {TEMP_PREFIX!r} names are reserved")
+        folder = final.parent
+        tmp: str | None = None
+        try:
+            self._make_folders(folder)
+            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if exclusive:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    raise ObjectExists(f"{self._where}: object {name!r} already exists") from None
+            else:
+                os.replace(tmp, final)
+                tmp = None  # renamed away: the name may already belong to another writer
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise self._error(exc, f"write {name!r}", missing_is_not_found=False) from exc
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass  # a leftover is harmless: hidden from list, cleaned by the sweeper
+
+    def _make_folders(self, folder: Path) -> None:
+        missing: list[Path] = []
+        while folder != self._root and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        if not self._root.is_dir():
+            # Creating the root here would silently start a repository at a mistyped path;
+            # only an explicit create=True (repository init) may do that.
+            raise StorageError(
+                f"{self._where}: the folder does not exist",
+                hint="check the path, or create the repository there first",
+            )
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                pass  # a concurrent put made it; if it is a file, mkstemp reports ENOTDIR
+            # The new folder's entry lives in its parent: make it durable before the object.
+            _fsync_dir(path.parent)
+
+    # --- get / stat -------------------------------------------------------------------------
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(name)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"invalid range offset={offset} length={length}")
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                end = size if length is None else offset + length
+                if end > size or offset > size:
+                    raise _short_read(self._where, name, size, offset, length)
+                if offset:
+                    f.seek(offset)
+                data = f.read(end - offset)
+        except OSError as exc:
+            raise self._error(exc, f"read {name!r}") from exc
+        if len(data) != end - offset:
+            # The file shrank under us (it is being replaced by a non-atomic writer?).
+            raise _short_read(self._where, name, offset + len(data), offset, length)
+        return data
+
+    def stat(self, name: str) -> ObjectInfo:
+        path = self._path(name)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise self._error(exc, f"stat {name!r}") from exc
+        if not stat_mode.S_ISREG(st.st_mode):
+            raise ObjectNotFound(f"{self._where}: cannot stat {name!r}: no such object")
+        return ObjectInfo(name, st.st_size)
+
+    # --- list -----------------------------------------------------------------------------
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        folder, _, _ = prefix.rpartition("/")
+        if folder:
+            try:
+                check_name(folder)
+            except ValueError:
+                return  # no valid name starts with this prefix
+        start = self._root.joinpath(*folder.split("/")) if folder else self._root
+        stack = [(start, f"{folder}/" if folder else "")]
+        while stack:
+            path, rel = stack.pop()
+            try:
+                entries = list(os.scandir(path))
+            except OSError as exc:
+                if exc.errno in _MISSING:
+                    continue  # no such folder (yet, or removed by hand): nothing to list
+                raise self._error(exc, f"list {rel or '/'}") from exc
+            for entry in entries:
+                entry_name = f"{rel}{entry.name}"
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        # Below the prefix's folder only the first level needs filtering.
+                        if entry_name.startswith(prefix) or prefix.startswith(f"{entry_name}/"):
+                            stack.append((Path(entry.path), f"{entry_name}/"))
+                    elif (
+                        entry.is_file(follow_symlinks=False)
+                        and True
+                        and entry_name.startswith(prefix)
+                    ):
+                        size = entry.stat(follow_symlinks=False).st_size
+                        yield ObjectInfo(entry_name, size)
+                except OSError as exc:
+                    if exc.errno in _MISSING:
+                        continue  # deleted while we listed: a listing is not a snapshot
+                    raise self._error(exc, f"list {entry_name!r}") from exc
+
+    # --- delete ---------------------------------------------------------------------------
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise self._error(exc, f"delete {name!r}") from exc
+        # No folder fsync: a delete lost in a crash only leaves garbage for the next prune.
+
+    # --- maintenance ----------------------------------------------------------------------
+
+    def remove_stale_temp_files(self, older_than_seconds: float) -> int:
+        """Delete ``.tmp-`` files left by crashed writers; return how many were removed.
+
+        Only files older than ``older_than_seconds`` go, so a put still in progress in
+        another process keeps its temporary file.
+        """
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        try:
+            for dirpath, _dirs, files in os.walk(self._root, onerror=_raise):
+                for file_name in files:
+                    if not file_name.startswith(TEMP_PREFIX):
+                        continue
+                    path = os.path.join(dirpath, file_name)
+                    try:
+                        if os.stat(path, follow_symlinks=False).st_mtime <= cutoff:
+                            os.unlink(path)
+                            removed += 1
+                    except FileNotFoundError:
+                        pass  # its writer finished or another sweeper got there first
+        except OSError as exc:
+            if exc.errno in _MISSING:
+                return removed
+            raise self._error(exc, "remove stale temporary files") from exc
+        return removed
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def _short_read(
+    where: str, name: str, size: int, offset: int, length: int | None
+) -> IntegrityError:
+    wanted = "to the end" if length is None else f"{length} bytes"
+    return IntegrityError(
+        f"{where}: object {name!r} is {size} bytes, too short to read {wanted} at offset {offset}",
+        hint="the object is truncated or damaged; run `safehold check`",
+    )

@@ -1,0 +1,105 @@
+"""From a location string to a storage backend.
+
+A location is a plain path (``/srv/backup``, ``./repo``, ``C:\\backup``) or ``SCHEME:REST``:
+
+* ``local:PATH`` — a folder (:class:`~safehold.storage.local.LocalStorage`)
+* ``memory:NAME`` — a process-wide in-memory store (:class:`~safehold.storage.memory.MemoryStorage`)
+
+Each scheme maps to a factory in :data:`BACKENDS`; a new backend adds one entry there and
+imports its module inside its factory, so an SDK is loaded only when its scheme is used.
+
+Locations may carry credentials (``s3://KEY:SECRET@host/bucket``, ``?sig=...``); use
+:func:`redact` before putting one in a message or a log.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from safehold.errors import ConfigError
+from safehold.storage.base import Storage
+
+__all__ = ["BACKENDS", "BackendFactory", "open_location", "redact"]
+
+
+class BackendFactory(Protocol):
+    def __call__(self, rest: str, *, create: bool) -> Storage:
+        """Open the backend for the location ``SCHEME:rest``."""
+        ...
+
+
+def _open_local(rest: str, *, create: bool) -> Storage:
+    from safehold.storage.local import LocalStorage
+
+    if not rest:
+        raise ConfigError("the location 'local:' needs a path", hint="write local:/path/to/repo")
+    return LocalStorage(rest, create=create)
+
+
+def _open_memory(rest: str, *, create: bool) -> Storage:
+    from safehold.storage.memory import MemoryStorage
+
+    if not rest:
+        raise ConfigError("the location 'memory:' needs a name", hint="write memory:NAME")
+    return MemoryStorage.named(rest)
+
+
+BACKENDS: dict[str, BackendFactory] = {
+    "local": _open_local,
+    "memory": _open_memory,
+}
+
+# RFC 3986 scheme syntax. A one-letter scheme is a Windows drive (C:\x, c:/x, C:x).
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(.*)$", re.DOTALL)
+
+
+def open_location(location: str, *, create: bool = False) -> Storage:
+    """Open the storage ``location`` names; ``create`` lets a local root folder be made."""
+    if not location:
+        raise ConfigError("the storage location is empty", hint="give a folder path")
+    found = _SCHEME.match(location)
+    if found is None:
+        return _open_local(location, create=create)
+    scheme, rest = found.group(1).lower(), found.group(2)
+    factory = BACKENDS.get(scheme)
+    if factory is None:
+        supported = ", ".join(f"{name}:" for name in sorted(BACKENDS))
+        hint = (
+            None
+            if rest.startswith("//")
+            else f"for a folder whose name contains ':', write local:{location}"
+        )
+        raise ConfigError(
+            f"unsupported storage location {redact(location)!r}: "
+            f"unknown scheme {scheme!r} (supported: {supported} or a plain path)",
+            hint=hint,
+        )
+    return factory(rest, create=create)
+
+
+# scheme://userinfo@ — userinfo cannot contain '/', '?' or '#'.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+_SECRET_KEY = re.compile(
+    r"pass|pwd|secret|token|key|sig|credential|auth|session|sas", re.IGNORECASE
+)
+
+
+def redact(location: str) -> str:
+    """``location`` without credentials: userinfo is removed, secret query values masked.
+
+    ``s3://AKIA:secret@host/bucket?region=eu&secret_key=x`` becomes
+    ``s3://host/bucket?region=eu&secret_key=***``. Plain paths are returned unchanged.
+    """
+    if "://" not in location:
+        return location
+    redacted = _USERINFO.sub(r"\1", location)
+    base, sep, query = redacted.partition("?")
+    if not sep:
+        return redacted
+    query, hash_sep, fragment = query.partition("#")
+    params = []
+    for param in query.split("&"):
+        key, eq, _value = param.partition("=")
+        params.append(f"{key}=***" if eq and _SECRET_KEY.search(key) else param)
+    return f"{base}?{'&'.join(params)}{hash_sep}{fragment}"
