@@ -7,6 +7,7 @@ from typing import Any
 
 from safehold.app import init_repository
 from safehold.cli.context import Context
+from safehold.crypto.keys import KdfParams
 from safehold.errors import UsageError
 
 
@@ -23,7 +24,25 @@ def register(sub: Any) -> None:
         metavar="LEVEL",
         help="zstd level 1-19 for new data, or 'off' (default: %(default)s)",
     )
+    add_kdf_option(p)
     p.set_defaults(func=run)
+
+
+def add_kdf_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kdf-log2n",
+        type=int,
+        default=16,
+        metavar="N",
+        help="scrypt cost 2**N for the password's key (default: %(default)s, 64 MiB); "
+        "lower values make guessing cheaper and are meant for tests only",
+    )
+
+
+def kdf_params(args: argparse.Namespace) -> KdfParams:
+    if not 10 <= args.kdf_log2n <= 22:
+        raise UsageError("--kdf-log2n must be between 10 and 22")
+    return KdfParams(n=1 << args.kdf_log2n)
 
 
 def parse_level(text: str) -> int | None:
@@ -41,7 +60,9 @@ def parse_level(text: str) -> int | None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     location = ctx.location()
     level = parse_level(args.compression)
-    repo = init_repository(location, ctx.password(confirm=True), compression=level)
+    repo = init_repository(
+        location, ctx.password(confirm=True), compression=level, kdf=kdf_params(args)
+    )
     if ctx.json:
         ctx.emit_json({"id": repo.config.repo_id, "location": repo.storage.describe()})
     else:

@@ -59,11 +59,13 @@ class Node:
         d["ctime"] = self.ctime_ns
         if self.type == FILE:
             d["size"] = self.size
+            d["inode"] = self.inode
             d["content"] = self.content
             if self.sparse:
                 d["sparse"] = True
         if self.links > 1:
             d.update(links=self.links, inode=self.inode, dev=self.dev)
+            # (files always carry their inode: it is part of change detection)
         if self.rdev:
             d["rdev"] = self.rdev
         if self.target:

@@ -252,7 +252,7 @@ class LocalStorage:
                             stack.append((Path(entry.path), f"{entry_name}/"))
                     elif (
                         entry.is_file(follow_symlinks=False)
-                        and True
+                        and not entry.name.startswith(TEMP_PREFIX)
                         and entry_name.startswith(prefix)
                     ):
                         size = entry.stat(follow_symlinks=False).st_size

@@ -1,0 +1,122 @@
+"""Fixtures shared by every test: fast keys, repositories, and a way to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from safehold.crypto.keys import KdfParams
+from safehold.repository.repository import Repository
+from safehold.storage.local import LocalStorage
+from safehold.storage.memory import MemoryStorage
+
+# Key derivation at full cost takes 0.2 s per open; tests use a cheap one.
+FAST_KDF = KdfParams(n=1 << 10)
+PASSWORD = b"correct horse battery staple"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", help="run long campaigns (crash points, soaks)")
+
+
+@pytest.fixture
+def long_mode(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--long"))
+
+
+@pytest.fixture
+def mem_repo() -> Repository:
+    return Repository.init(MemoryStorage(), PASSWORD, kdf=FAST_KDF)
+
+
+@pytest.fixture
+def local_repo(tmp_path: Path) -> Repository:
+    return Repository.init(LocalStorage(tmp_path / "repo", create=True), PASSWORD, kdf=FAST_KDF)
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+CliRunner = Callable[..., CliResult]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
+    env["SAFEHOLD_PASSWORD"] = PASSWORD.decode()
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    env["HOME"] = str(tmp_path / "home")
+    return env
+
+
+@pytest.fixture
+def cli(cli_env: dict[str, str]) -> Iterator[CliRunner]:
+    """Runs ``python -m safehold ARGS`` as a real process."""
+
+    def run(
+        *args: str,
+        input: bytes | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> CliResult:
+        full_env = dict(cli_env)
+        if env:
+            full_env.update(env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "safehold", *args],
+            input=input,
+            capture_output=True,
+            env=full_env,
+            timeout=timeout,
+            check=False,
+        )
+        return CliResult(
+            proc.returncode,
+            proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"),
+        )
+
+    yield run
+
+
+@pytest.fixture
+def cli_repo(cli: CliRunner, tmp_path: Path) -> str:
+    """A fresh repository (cheap key) made with ``safehold init``; returns its path."""
+    path = str(tmp_path / "repo")
+    res = cli("-r", path, "init", "--kdf-log2n", "10")
+    assert res.code == 0, res.output
+    return path
+
+
+def make_sample_tree(root: Path) -> Path:
+    """A small tree with the kinds of things backups must keep."""
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "empty-dir").mkdir()
+    (root / "hello.txt").write_text("hello world\n")
+    (root / "sub" / "data.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (root / "sub" / "deeper" / "notes.md").write_text("# notes\n" * 1000)
+    (root / "empty.txt").write_bytes(b"")
+    os.symlink("hello.txt", root / "link")
+    os.link(root / "hello.txt", root / "hardlink.txt")
+    os.chmod(root / "sub" / "deeper" / "notes.md", 0o640)
+    return root
+
+
+@pytest.fixture
+def sample_tree(tmp_path: Path) -> Path:
+    return make_sample_tree(tmp_path / "src")
