@@ -67,8 +67,11 @@ class Duration:
             month = month0 + 1
             day = min(dt.day, calendar.monthrange(year, month)[1])
             result = dt.replace(year=year, month=month, day=day)
-            # Aware datetime arithmetic in Python is wall-clock arithmetic: right for days.
-            result -= timedelta(days=self.days)
+            if self.days:
+                # Aware datetime arithmetic in Python is wall-clock arithmetic: right for
+                # days. Skipped for zero days since arithmetic resets `fold` and would move
+                # a time in the repeated autumn hour by an hour.
+                result -= timedelta(days=self.days)
             if self.hours:
                 if result.tzinfo is None:
                     result -= timedelta(hours=self.hours)

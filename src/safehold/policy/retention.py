@@ -152,7 +152,8 @@ def apply_retention(
     - ``keep_within D`` keeps every snapshot strictly newer than ``now - D``. The span is
       measured back from ``now``, NOT from the newest snapshot as restic does: if backups
       stopped longer ago than D, this rule alone keeps nothing, so pair it with
-      ``keep_last`` where that matters.
+      ``keep_last`` where that matters. Calendar steps (``1m`` back from 31 March) are
+      taken on ``now``'s own wall clock, so pass ``now`` in the zone whose calendar counts.
     - ``keep_within_<bucket> D`` keeps the newest snapshot of every bucket among the
       snapshots strictly newer than ``now - D`` (again measured from ``now``).
     - ``keep_tags`` keeps snapshots carrying all tags of any one set; these do not use up
