@@ -794,7 +794,8 @@ def ratio_cell(
     text = f"{value:.2f}x"
     if len(paired) > 1:
         text += f" [{min(paired):.2f}-{max(paired):.2f}]"
-    return text, "✅" if value <= target else "❌"
+    # Judged on the figure shown, so that "1.00x" never reads as a miss.
+    return text, "✅" if round(value, 2) <= target else "❌"
 
 
 def render(records: list[dict[str, Any]]) -> str:
