@@ -1,18 +1,182 @@
-"""``safehold copy``: not built yet."""
+"""``safehold copy``: copy snapshots into another repository, re-encrypted under its key."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
+import shlex
+import subprocess
+import sys
 from typing import Any
 
-from safehold.cli.context import Context
-from safehold.errors import UsageError
+from safehold.app import open_repository
+from safehold.cli.cmd_snapshots import add_filters, filtered
+from safehold.cli.context import Context, human_bytes
+from safehold.cli.progress import make_progress
+from safehold.engine.copy import COPIED, SKIPPED, CopyOptions, CopyResult, copy_snapshots
+from safehold.errors import (
+    ConfigError,
+    ExitCode,
+    RepositoryNotFound,
+    UsageError,
+    WrongPassword,
+)
+from safehold.repository.repository import Repository
+from safehold.repository.snapshot import Snapshot
+from safehold.storage.location import redact
+
+TO_REPOSITORY_ENV = "SAFEHOLD_TO_REPOSITORY"
+TO_PASSWORD_ENV = "SAFEHOLD_TO_PASSWORD"
+TO_PASSWORD_FILE_ENV = "SAFEHOLD_TO_PASSWORD_FILE"
+TO_PASSWORD_COMMAND_ENV = "SAFEHOLD_TO_PASSWORD_COMMAND"
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("copy", help="(not available yet)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "copy",
+        help="copy snapshots to another repository",
+        description="Copy snapshots (default: all, or those matching the filters) from the "
+        "repository (-r) into the one at --to, re-encrypted under the destination's own "
+        "key. Chains keep their ids. Snapshots already copied are skipped, so an interrupted "
+        "copy is resumed by running it again. Each copy is verified after it is written.",
+        epilog=f"environment: {TO_REPOSITORY_ENV}, {TO_PASSWORD_ENV}, {TO_PASSWORD_FILE_ENV}, "
+        f"{TO_PASSWORD_COMMAND_ENV} (the destination's location and password)",
+    )
+    p.add_argument(
+        "snapshots", nargs="*", metavar="SNAPSHOT", help="snapshot id prefixes or 'latest'"
+    )
+    p.add_argument("--to", metavar="LOCATION", help="destination repository location")
+    p.add_argument(
+        "--to-password-file", metavar="FILE", help="read the destination's password from FILE"
+    )
+    p.add_argument(
+        "--to-password-command",
+        metavar="CMD",
+        help="run CMD and use its output as the destination's password",
+    )
+    add_filters(p)
+    p.add_argument("--threads", type=int, metavar="N", help="worker threads (default: cores)")
     p.set_defaults(func=run)
 
 
+def read_to_password(password_file: str | None, password_command: str | None) -> bytes:
+    """The destination's password, from its own sources only (never SAFEHOLD_PASSWORD*,
+    which belong to the source repository). Trailing newlines are stripped."""
+    password_file = password_file or os.environ.get(TO_PASSWORD_FILE_ENV)
+    password_command = password_command or os.environ.get(TO_PASSWORD_COMMAND_ENV)
+    if password_file:
+        try:
+            with open(password_file, "rb") as f:
+                pw = f.read().rstrip(b"\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the destination password file {password_file}: {exc.strerror}"
+            ) from exc
+    elif password_command:
+        try:
+            out = subprocess.run(
+                shlex.split(password_command), capture_output=True, check=False, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"the destination password command could not run: {exc}") from exc
+        if out.returncode != 0:
+            raise ConfigError(
+                f"the destination password command exited with status {out.returncode}",
+                hint="run it by hand to see why",
+            )
+        pw = out.stdout.rstrip(b"\r\n")
+    elif TO_PASSWORD_ENV in os.environ:
+        pw = os.environ[TO_PASSWORD_ENV].encode()
+    elif sys.stdin.isatty():
+        pw = getpass.getpass("enter the destination repository password: ").encode()
+    else:
+        raise UsageError(
+            "no password given for the destination repository",
+            hint=f"set {TO_PASSWORD_ENV}, or use --to-password-file or --to-password-command",
+        )
+    if not pw:
+        raise UsageError("the destination password is empty")
+    return pw
+
+
+def open_destination(args: argparse.Namespace) -> Repository:
+    location: str | None = args.to or os.environ.get(TO_REPOSITORY_ENV)
+    if not location:
+        raise UsageError(
+            "no destination repository given", hint=f"use --to LOCATION or set {TO_REPOSITORY_ENV}"
+        )
+    password = read_to_password(args.to_password_file, args.to_password_command)
+    try:
+        return open_repository(location, password)
+    except RepositoryNotFound as exc:
+        raise RepositoryNotFound(
+            f"destination: {exc.message}",
+            hint="create it first with 'safehold -r LOCATION init', or check --to",
+        ) from exc
+    except WrongPassword as exc:
+        raise WrongPassword(
+            f"wrong password for the destination repository {redact(location)}",
+            hint=f"check {TO_PASSWORD_ENV}, --to-password-file or --to-password-command",
+        ) from exc
+
+
+def select(src: Repository, args: argparse.Namespace) -> list[Snapshot]:
+    snaps = src.list_snapshots()
+    if not args.snapshots:
+        return filtered(snaps, args)
+    chosen = [
+        src.find_snapshot(
+            ref, host=args.host, paths=args.path or None, tags=args.tag or None, snapshots=snaps
+        )
+        for ref in args.snapshots
+    ]
+    return list({s.id: s for s in chosen}.values())
+
+
+def result_json(r: CopyResult) -> dict[str, Any]:
+    return {
+        "source": r.source.id,
+        "status": r.status,
+        "target": r.target or None,
+        "chain": r.source.chain,
+        "chain_seq": r.source.chain_seq,
+        "verified": r.status == COPIED,
+        "blobs_new": r.blobs_new,
+        "data_added": r.data_added,
+        "data_added_stored": r.data_added_stored,
+        "problems": r.problems,
+    }
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    raise UsageError("'safehold copy' is not available yet")
+    src = ctx.open_repo()
+    dst = open_destination(args)
+    snaps = select(src, args)
+    opts = CopyOptions()
+    if args.threads:
+        opts.threads = max(1, args.threads)
+    results = copy_snapshots(src, dst, snaps, make_progress(ctx.progress_enabled()), opts=opts)
+    failed = [r for r in results if not r.ok]
+    if ctx.json:
+        ctx.emit_json([result_json(r) for r in results])
+    else:
+        for r in results:
+            s = r.source
+            if r.status == COPIED:
+                ctx.print(
+                    f"copied {s.short_id} -> {r.target[:8]} (chain {s.chain[:8]}+{s.chain_seq}, "
+                    f"{human_bytes(r.data_added)} added, verified)"
+                )
+            elif r.status == SKIPPED:
+                ctx.print(f"skipped {s.short_id}: already in the destination as {r.target[:8]}")
+        counts = {st: sum(r.status == st for r in results) for st in (COPIED, SKIPPED)}
+        ctx.print(
+            f"{counts[COPIED]} copied, {counts[SKIPPED]} skipped, {len(failed)} failed "
+            f"of {len(results)} snapshot(s)"
+        )
+    for r in failed:
+        print(f"error: snapshot {r.source.short_id} was not copied:", file=sys.stderr)
+        for problem in r.problems:
+            print(f"  {problem}", file=sys.stderr)
+    return ExitCode.INTEGRITY if failed else 0

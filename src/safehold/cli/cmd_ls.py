@@ -1,18 +1,140 @@
-"""``safehold ls``: not built yet."""
+"""``safehold ls``: list what a snapshot holds."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 from safehold.cli.context import Context
-from safehold.errors import UsageError
+from safehold.engine.dump import locate
+from safehold.engine.walk import walk
+from safehold.repository import tree as t
+from safehold.repository.repository import Repository
+
+_FORMAT_BITS = {
+    t.FILE: stat.S_IFREG,
+    t.DIR: stat.S_IFDIR,
+    t.SYMLINK: stat.S_IFLNK,
+    t.FIFO: stat.S_IFIFO,
+    t.CHARDEV: stat.S_IFCHR,
+    t.BLOCKDEV: stat.S_IFBLK,
+    t.SOCKET: stat.S_IFSOCK,
+}
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("ls", help="(not available yet)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "ls",
+        help="list files and folders in a snapshot",
+        description="List SNAPSHOT (an id prefix, or 'latest'), one line per item. Without "
+        "PATH everything is listed; with PATH, that item and, for a folder, what it holds "
+        "(everything below it with -R).",
+    )
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot id prefix or 'latest'")
+    p.add_argument("path", nargs="?", metavar="PATH", help="list only this path in the snapshot")
+    p.add_argument(
+        "-l", "--long", action="store_true", help="show type, mode, owner, size and time"
+    )
+    p.add_argument(
+        "-R", "--recursive", action="store_true", help="with PATH: list everything below it"
+    )
+    p.add_argument("--host", help="with 'latest': newest snapshot of this host")
+    p.add_argument("--path", dest="filter_path", action="append", default=[], metavar="PATH",
+                   help="with 'latest': of this backed-up path")
+    p.add_argument("--tag", action="append", default=[], help="with 'latest': with this tag")
     p.set_defaults(func=run)
 
 
+def listing(
+    repo: Repository, tree_id: str, path: str, node: t.Node, *, recursive: bool
+) -> Iterator[tuple[str, t.Node]]:
+    """``path`` itself (unless it is the root), then what is below it: everything when
+    ``recursive``, else a folder's own children."""
+    if path != "/":
+        yield path, node
+    if node.type != t.DIR or not node.subtree:
+        return
+    prefix = "" if path == "/" else path
+    if recursive:
+        yield from walk(repo, node.subtree, prefix)
+    else:
+        for child in repo.load_tree(node.subtree):
+            yield f"{prefix}/{child.name}", child
+
+
+def permissions(node: t.Node) -> str:
+    """``-rw-r--r--`` as ``ls -l`` shows it."""
+    return stat.filemode(_FORMAT_BITS.get(node.type, 0) | node.mode)
+
+
+def node_json(path: str, node: t.Node) -> dict[str, Any]:
+    return {
+        "path": path,
+        "name": node.name,
+        "type": node.type,
+        "mode": node.mode,
+        "permissions": permissions(node),
+        "size": node.size if node.type == t.FILE else 0,
+        "mtime": _iso(node.mtime_ns),
+        "mtime_ns": node.mtime_ns,
+        "uid": node.uid,
+        "gid": node.gid,
+        "user": node.user,
+        "group": node.group,
+        "target": node.target if node.type == t.SYMLINK else None,
+        "links": node.links,
+        "inode": node.inode,
+        "error": node.error or None,
+    }
+
+
+def long_line(path: str, node: t.Node) -> str:
+    user = node.user or str(node.uid)
+    group = node.group or str(node.gid)
+    when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+    line = (
+        f"{permissions(node)} {user:>8} {group:>8} {node.size if node.type == t.FILE else 0:>12}"
+        f"  {when}  {path}"
+    )
+    if node.type == t.SYMLINK:
+        line += f" -> {node.target}"
+    return line
+
+
+def _iso(ns: int) -> str:
+    secs, frac = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{frac:09d}Z"
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    raise UsageError("'safehold ls' is not available yet")
+    repo = ctx.open_repo()
+    with repo.lock("read"):
+        repo.load_index()
+        snap = repo.find_snapshot(
+            args.snapshot,
+            host=args.host,
+            paths=[os.path.abspath(p) for p in args.filter_path] or None,
+            tags=args.tag or None,
+        )
+        path, node = locate(repo, snap, args.path or "/")
+        items = listing(
+            repo, snap.tree, path, node, recursive=args.recursive or args.path is None
+        )
+        if ctx.json:
+            # Streamed item by item: a listing may be far larger than memory allows.
+            sys.stdout.write("[")
+            for i, (item_path, item) in enumerate(items):
+                sys.stdout.write(",\n  " if i else "\n  ")
+                sys.stdout.write(json.dumps(node_json(item_path, item)))
+            sys.stdout.write("\n]\n")
+            return 0
+        for item_path, item in items:
+            ctx.print(long_line(item_path, item) if args.long else item_path)
+    return 0

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 from safehold import __version__
+from safehold.engine.backup_plan import DirItem, DirPlan, Planner, root_plan
 from safehold.engine.progress import NO_PROGRESS, Progress
-from safehold.engine.scan import Entry, Excluder, ScanResult, node_from_stat, scan
+from safehold.engine.scan import Excluder
 from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.chunker import Chunker
@@ -78,7 +79,11 @@ def _resolve_paths(paths: list[str]) -> list[str]:
         if not os.path.lexists(ap):
             raise SourceNotFound(f"source path {p!r} does not exist", hint="check the path")
         out.append(ap)
-    return sorted(set(out))
+    out = sorted(set(out))
+    if "/" in out:
+        return ["/"]
+    # A path inside another one is already backed up with it.
+    return [p for p in out if not any(p.startswith(q + "/") for q in out)]
 
 
 def _source_key(opts: BackupOptions, paths: list[str]) -> list[str]:
@@ -111,12 +116,12 @@ def run_backup(
         errors: list[tuple[str, str]] = []
         try:
             if opts.stdin_name:
-                root_nodes = [_backup_stream(repo, saver, opts, counters, progress)]
+                node = _backup_stream(repo, saver, opts, counters, progress)
+                root_id = saver.save(BLOB_TREE, t.encode_tree([node]))[0].hex()
             else:
-                root_nodes = _backup_paths(
+                root_id = _backup_paths(
                     repo, saver, opts, paths, parent, counters, errors, progress
                 )
-            root_id, _ = saver.save(BLOB_TREE, t.encode_tree(root_nodes))
             saver.finish()
         except BaseException:
             # Keep what was uploaded findable: the next backup adopts these packs anyway,
@@ -144,7 +149,7 @@ def run_backup(
             user = ""
         snap = Snapshot(
             time=repo.clock.now(),
-            tree=root_id.hex(),
+            tree=root_id,
             paths=key,
             hostname=host,
             username=user,
@@ -254,37 +259,6 @@ def _save_stream(
 # --- folders -------------------------------------------------------------------------------
 
 
-def _virtual_root(paths: list[str], scanned: dict[str, Entry]) -> list[Entry]:
-    """Place each backed-up path at its absolute position: ``/srv/db`` becomes a folder
-    ``srv`` holding ``db``, so restores and ``ls`` show the original paths."""
-    top = Entry("/", t.Node(name="", type=t.DIR))
-    for path in paths:  # sorted: a folder comes before anything inside it
-        parts = [p for p in path.split("/") if p]
-        if not parts:  # "/" itself holds every other path
-            return scanned[path].children
-        holder = top
-        prefix = ""
-        for part in parts[:-1]:
-            prefix += "/" + part
-            child = _child(holder, part)
-            if child is None:
-                child = Entry(prefix, node_from_stat(part, os.lstat(prefix), prefix))
-                holder.children.append(child)
-            holder = child
-        entry = scanned[path]
-        entry.node.name = parts[-1]
-        if _child(holder, parts[-1]) is None:  # else it is inside a path already backed up
-            holder.children.append(entry)
-    return top.children
-
-
-def _child(entry: Entry, name: str) -> Entry | None:
-    for c in entry.children:
-        if c.node.name == name:
-            return c
-    return None
-
-
 def _backup_paths(
     repo: Repository,
     saver: BlobSaver,
@@ -294,76 +268,68 @@ def _backup_paths(
     counters: _Counters,
     errors: list[tuple[str, str]],
     progress: Progress,
-) -> list[t.Node]:
-    excluder = Excluder(opts.excludes)
-    result = ScanResult()
-    progress.start("scan")
-    scanned = {
-        p: scan(p, excluder=excluder, one_file_system=opts.one_file_system, result=result)
-        for p in paths
-    }
-    progress.finish()
-    errors.extend(result.errors)
-    for path, msg in result.errors:
-        progress.warn(path, msg)
-    counters.total_bytes = result.bytes
-    roots = _virtual_root(paths, scanned)
-    chain = saver.chain_id
-    jobs: list[Entry] = []
-    parent_nodes = (
-        {n.name: n for n in repo.load_tree(parent.tree)} if parent and not opts.force else {}
+) -> str:
+    """Back up ``paths``; returns the root tree id (hex)."""
+    planner = Planner(
+        index=repo.index,
+        chain=saver.chain_id,
+        load_tree=repo.load_tree_json,
+        excluder=Excluder(opts.excludes),
+        one_file_system=opts.one_file_system,
+        force=opts.force,
     )
-    _plan(repo, roots, parent_nodes, chain, jobs, counters, opts.force)
-    todo_bytes = sum(e.node.size for e in jobs)
-    progress.start("backup", result.files, result.bytes)
-    progress.advance(result.files - len(jobs), result.bytes - todo_bytes)
-    jobs.sort(key=lambda e: e.node.size, reverse=True)
+    progress.start("scan")
+    root = root_plan(planner, parent.tree if parent else None)
+    if paths == ["/"]:
+        planner.walk("/", root, os.lstat("/").st_dev, t.Node(name="", type=t.DIR))
+    else:
+        for path in paths:
+            planner.place(root, path)
+    progress.finish()
+    errors.extend(planner.errors)
+    for path, msg in planner.errors:
+        progress.warn(path, msg)
+    counters.files_new = planner.files_new
+    counters.files_changed = planner.files_changed
+    counters.files_unchanged = planner.files_unchanged
+    counters.total_bytes = planner.bytes
+    jobs = planner.jobs
+    todo_bytes = sum(node.size for _, node in jobs)
+    progress.start("backup", planner.files, planner.bytes)
+    progress.advance(planner.files - len(jobs), planner.bytes - todo_bytes)
+    jobs.sort(key=lambda job: job[1].size, reverse=True)
     reader = _FileReader(repo, saver, counters, errors, progress)
     with ThreadPoolExecutor(opts.threads, thread_name_prefix="read") as pool:
         for _ in pool.map(reader.read, jobs):
             pass
     progress.finish()
-    return [_save_tree(saver, e) for e in roots]
+    return _build_tree(saver, root)
 
 
-def _plan(
-    repo: Repository,
-    entries: list[Entry],
-    parent_nodes: dict[str, t.Node],
-    chain: bytes,
-    jobs: list[Entry],
-    counters: _Counters,
-    force: bool,
-) -> None:
-    """Decide, against the parent snapshot, which files must be read."""
-    for e in entries:
-        node = e.node
-        old = parent_nodes.get(node.name)
-        if node.type == t.DIR:
-            sub: dict[str, t.Node] = {}
-            if old is not None and old.type == t.DIR and old.subtree:
-                sub = {n.name: n for n in repo.load_tree(old.subtree)}
-            _plan(repo, e.children, sub, chain, jobs, counters, force)
-        elif node.type == t.FILE:
-            if (
-                not force
-                and old is not None
-                and old.type == t.FILE
-                and not old.error
-                and old.size == node.size
-                and old.mtime_ns == node.mtime_ns
-                and old.ctime_ns == node.ctime_ns
-                and old.inode == node.inode
-                and all(repo.index.has_in_chain(bytes.fromhex(c), chain) for c in old.content)
-            ):
-                node.content = old.content
-                counters.files_unchanged += 1
+def _build_tree(saver: BlobSaver, plan: DirPlan) -> str:
+    """Save the trees of ``plan`` bottom-up; an unchanged folder keeps its parent's id."""
+    out: list[dict[str, object]] = []
+    same = plan.parent_count == len(plan.items)
+    for item in plan.items:
+        if isinstance(item, dict):
+            out.append(item)
+        elif isinstance(item, DirItem):
+            sub = _build_tree(saver, item.plan)
+            meta = item.meta
+            if isinstance(meta, dict) and meta.get("subtree") == sub:
+                out.append(meta)
             else:
-                if old is None:
-                    counters.files_new += 1
-                else:
-                    counters.files_changed += 1
-                jobs.append(e)
+                d = dict(meta) if isinstance(meta, dict) else meta.to_json()
+                d["subtree"] = sub
+                out.append(d)
+                same = False
+        else:
+            out.append(item.to_json())
+            same = False
+    if same:
+        return plan.parent_subtree
+    tree_id, _ = saver.save(BLOB_TREE, t.encode_tree_json(out))
+    return tree_id.hex()
 
 
 class _FileReader:
@@ -388,17 +354,17 @@ class _FileReader:
             st = self._local.st = (Chunker(self.repo.config.chunker), bytearray(WHOLE_READ_MAX + 1))
         return st
 
-    def read(self, entry: Entry) -> None:
-        node = entry.node
+    def read(self, job: tuple[str, t.Node]) -> None:
+        path, node = job
         try:
-            content, size = self._read(entry.path, node.size)
+            content, size = self._read(path, node.size)
         except OSError as exc:
             msg = exc.strerror or str(exc)
             node.error = msg
             node.content = []
             with self.counters.lock:
-                self.errors.append((entry.path, msg))
-            self.progress.warn(entry.path, msg)
+                self.errors.append((path, msg))
+            self.progress.warn(path, msg)
             self.progress.advance(1, node.size)
             return
         node.content = content
@@ -439,15 +405,6 @@ class _FileReader:
                 total += chunk.length
                 self.progress.advance(0, chunk.length)
             return ids, total
-
-
-def _save_tree(saver: BlobSaver, entry: Entry) -> t.Node:
-    node = entry.node
-    if node.type == t.DIR:
-        nodes = [_save_tree(saver, c) for c in entry.children]
-        tree_id, _ = saver.save(BLOB_TREE, t.encode_tree(nodes))
-        node.subtree = tree_id.hex()
-    return node
 
 
 def describe_error(exc: BaseException) -> str:

@@ -58,7 +58,7 @@ from safehold.repository.format import (
 from safehold.repository.index import Index, PackRecord, decode_index, encode_index
 from safehold.repository.pack import TRAILER_LEN, check_pack_start, parse_header, parse_trailer
 from safehold.repository.snapshot import Snapshot
-from safehold.repository.tree import Node, decode_tree
+from safehold.repository.tree import Node, decode_tree, decode_tree_json
 from safehold.storage.base import Storage
 
 REPO_VERSION = 1
@@ -386,6 +386,10 @@ class Repository:
             if len(self._tree_cache) > TREE_CACHE:
                 self._tree_cache.popitem(last=False)
         return nodes
+
+    def load_tree_json(self, tree_id: str) -> list[dict[str, Any]]:
+        """A tree's nodes as JSON objects, uncached (each is read once by a backup)."""
+        return decode_tree_json(self.load_blob(bytes.fromhex(tree_id)), f"tree {tree_id[:8]}")
 
     # --- snapshots -------------------------------------------------------------------------
 

@@ -31,10 +31,11 @@ class Snapshot:
     source: str = ""  # "directory", "stdin", "command": what produced it
     summary: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)  # unreadable files
+    original: str = ""  # a copy's source snapshot id (a copy of a copy keeps the first)
     id: str = ""  # set when loaded or saved; not stored
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "version": 1,
             "time": self.time.isoformat(),
             "tree": self.tree,
@@ -49,6 +50,9 @@ class Snapshot:
             "summary": self.summary,
             "errors": self.errors,
         }
+        if self.original:  # only copies carry it: other snapshots keep their exact bytes
+            d["original"] = self.original
+        return d
 
     def encode(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True).encode()
@@ -74,6 +78,7 @@ class Snapshot:
                 source=d.get("source", ""),
                 summary=dict(d.get("summary", {})),
                 errors=list(d.get("errors", [])),
+                original=d.get("original", ""),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise FormatError(f"snapshot {snap_id[:8]} is not valid: {exc}") from exc

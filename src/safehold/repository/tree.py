@@ -102,9 +102,22 @@ class Node:
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
-    nodes = sorted(nodes, key=lambda n: n.name)
-    doc = {"nodes": [n.to_json() for n in nodes]}
+    return encode_tree_json([n.to_json() for n in nodes])
+
+
+def encode_tree_json(nodes: list[dict[str, Any]]) -> bytes:
+    """Canonical bytes of a tree given its nodes' JSON objects (in any order)."""
+    doc = {"nodes": sorted(nodes, key=lambda n: str(n["name"]))}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+def decode_tree_json(raw: bytes, what: str = "tree") -> list[dict[str, Any]]:
+    """The nodes' JSON objects, without building :class:`Node` objects (backup's fast path)."""
+    try:
+        nodes: list[dict[str, Any]] = json.loads(raw.decode("utf-8", "surrogatepass"))["nodes"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{what} is not a valid tree: {exc}") from exc
+    return nodes
 
 
 def decode_tree(raw: bytes, what: str = "tree") -> list[Node]:

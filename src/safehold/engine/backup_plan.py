@@ -1,0 +1,210 @@
+"""Walking the folders to back up against the parent snapshot.
+
+The walk stats everything (it reads no content) and compares each item with the parent
+snapshot's node of the same name, working on the parent's JSON objects directly: an item
+whose type, size, inode, mtime and ctime are unchanged keeps its parent node as is (ctime
+moves on any content, mode, owner or link change, so equal ctimes mean equal metadata).
+A folder whose items are all unchanged keeps the parent's tree id and is not encoded
+again. That is what makes a backup with few changes cost little more than the stats.
+
+The result is a plan: the folders' items, and the list of files that must be read, which
+the backup then reads in parallel, largest first.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from safehold.engine.scan import Excluder, node_from_stat
+from safehold.repository import tree as t
+from safehold.repository.index import Index
+
+JsonNode = dict[str, Any]
+
+_KIND = {
+    stat.S_IFDIR: t.DIR,
+    stat.S_IFREG: t.FILE,
+    stat.S_IFLNK: t.SYMLINK,
+    stat.S_IFIFO: t.FIFO,
+    stat.S_IFCHR: t.CHARDEV,
+    stat.S_IFBLK: t.BLOCKDEV,
+    stat.S_IFSOCK: t.SOCKET,
+}
+
+
+@dataclass(eq=False, slots=True)
+class DirItem:
+    meta: JsonNode | t.Node  # the folder's own node: reused from the parent, or new
+    plan: DirPlan
+
+
+Item = JsonNode | t.Node | DirItem
+
+
+@dataclass(eq=False, slots=True)
+class DirPlan:
+    items: list[Item] = field(default_factory=list)
+    parent_subtree: str = ""
+    parent_count: int = -1  # items in the parent's tree; -1 = no parent tree
+    named: dict[str, Item] = field(default_factory=dict)  # for placing backup paths
+
+
+@dataclass(eq=False)
+class Planner:
+    """One walk. ``load_tree`` returns a parent tree's JSON nodes by id."""
+
+    index: Index
+    chain: bytes
+    load_tree: Any
+    excluder: Excluder
+    one_file_system: bool
+    force: bool = False
+    jobs: list[tuple[str, t.Node]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    files_unchanged: int = 0
+    files_changed: int = 0
+    files_new: int = 0
+
+    def _parent_plan(self, old: JsonNode | None) -> DirPlan:
+        if old is None or old.get("type") != t.DIR or not old.get("subtree") or self.force:
+            return DirPlan()
+        nodes = self.load_tree(old["subtree"])
+        plan = DirPlan(parent_subtree=old["subtree"], parent_count=len(nodes))
+        plan.named = {n["name"]: n for n in nodes}  # parent nodes until replaced
+        return plan
+
+    def _in_chain(self, content: list[str]) -> bool:
+        has = self.index.has_in_chain
+        chain = self.chain
+        return all(has(bytes.fromhex(c), chain) for c in content)
+
+    def item(
+        self, path: str, name: str, st: os.stat_result, old: JsonNode | None, dev: int
+    ) -> Item:
+        """Plan one item found at ``path`` (already stat-ed)."""
+        kind = _KIND.get(stat.S_IFMT(st.st_mode), t.SOCKET)
+        same_meta = (
+            old is not None
+            and old.get("type") == kind
+            and old.get("mtime") == st.st_mtime_ns
+            and old.get("ctime") == st.st_ctime_ns
+            and not old.get("error")
+            and not self.force
+        )
+        if kind == t.FILE:
+            self.files += 1
+            self.bytes += st.st_size
+            if (
+                same_meta
+                and old is not None
+                and old.get("size") == st.st_size
+                and old.get("inode") == st.st_ino
+                and self._in_chain(old.get("content", []))
+            ):
+                self.files_unchanged += 1
+                return old
+            node = node_from_stat(name, st, path)
+            if old is None:
+                self.files_new += 1
+            else:
+                self.files_changed += 1
+            self.jobs.append((path, node))
+            return node
+        if kind == t.DIR:
+            self.dirs += 1
+            meta: JsonNode | t.Node = (
+                old if same_meta and old is not None else node_from_stat(name, st, path)
+            )
+            plan = self._parent_plan(old)
+            if not (self.one_file_system and st.st_dev != dev):
+                self.walk(path, plan, st.st_dev, meta)
+            return DirItem(meta, plan)
+        if same_meta and old is not None:
+            return old
+        return node_from_stat(name, st, path)
+
+    def walk(self, path: str, plan: DirPlan, dev: int, meta: JsonNode | t.Node) -> None:
+        """Fill ``plan`` with the items of the folder at ``path``."""
+        parent_nodes = plan.named
+        plan.named = {}
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            msg = exc.strerror or str(exc)
+            self.errors.append((path, msg))
+            if isinstance(meta, t.Node):
+                meta.error = msg
+            plan.parent_count = -1
+            return
+        excl = self.excluder if self.excluder.active else None
+        for de in entries:
+            if excl is not None and excl.excluded(de.path, de.name):
+                continue
+            try:
+                st = de.stat(follow_symlinks=False)
+                old = parent_nodes.get(de.name)
+                item = self.item(de.path, de.name, st, old if isinstance(old, dict) else None, dev)
+            except OSError as exc:
+                self.errors.append((de.path, exc.strerror or str(exc)))
+                continue
+            plan.items.append(item)
+
+    def place(self, root: DirPlan, path: str) -> None:
+        """Add the backup path ``path`` (absolute) to the virtual root, creating the folders
+        above it as in the file system (with only the backed-up items inside)."""
+        parts = [p for p in path.split("/") if p]
+        plan = root
+        prefix = ""
+        for i, part in enumerate(parts):
+            prefix += "/" + part
+            existing = plan.named.get(part)
+            if isinstance(existing, DirItem) and i < len(parts) - 1:
+                plan = existing.plan
+                continue
+            if existing is not None and not isinstance(existing, dict):
+                return  # already inside a path being backed up
+            st = os.lstat(prefix)
+            old = existing if isinstance(existing, dict) else None
+            if i == len(parts) - 1:
+                item = self.item(prefix, part, st, old, st.st_dev)
+            else:
+                same = (
+                    old is not None
+                    and old.get("type") == t.DIR
+                    and old.get("mtime") == st.st_mtime_ns
+                    and old.get("ctime") == st.st_ctime_ns
+                )
+                meta: JsonNode | t.Node = (
+                    old if same and old is not None else node_from_stat(part, st, prefix)
+                )
+                item = DirItem(meta, self._parent_plan(old))
+            plan.items = [x for x in plan.items if _name(x) != part]
+            plan.items.append(item)
+            plan.named[part] = item
+            if not isinstance(item, DirItem):
+                return
+            plan = item.plan
+
+
+def _name(item: Item) -> str:
+    if isinstance(item, DirItem):
+        return str(item.meta["name"] if isinstance(item.meta, dict) else item.meta.name)
+    return str(item["name"] if isinstance(item, dict) else item.name)
+
+
+def root_plan(planner: Planner, parent_root: str | None) -> DirPlan:
+    """The virtual root: the parent's root nodes are the starting point for matching."""
+    if parent_root is None or planner.force:
+        return DirPlan()
+    nodes = planner.load_tree(parent_root)
+    # Only the placed paths end up in the new root; the parent's other nodes are dropped.
+    plan = DirPlan(parent_subtree=parent_root, parent_count=len(nodes))
+    plan.named = {n["name"]: n for n in nodes}
+    return plan
