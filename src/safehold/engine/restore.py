@@ -65,6 +65,20 @@ def _target_error(path: str, exc: OSError) -> TargetError:
     return TargetError(f"cannot write {path}: {exc.strerror}", hint="check the --target folder")
 
 
+SPARSE_BLOCK = 64 * 1024
+_ZEROS = bytes(SPARSE_BLOCK)
+
+
+def _write_sparse(fd: int, data: bytes, offset: int) -> None:
+    """Write only the blocks that are not all zero: the file was extended with ftruncate,
+    so skipped blocks stay holes."""
+    view = memoryview(data)
+    for start in range(0, len(data), SPARSE_BLOCK):
+        block = view[start : start + SPARSE_BLOCK]
+        if block != _ZEROS[: len(block)]:
+            os.pwrite(fd, block, offset + start)
+
+
 def _set_meta(path: str, node: t.Node, owner: bool, *, is_link: bool = False) -> None:
     if owner:
         with contextlib.suppress(OSError):
@@ -180,22 +194,17 @@ class _Restorer:
         self.progress.advance(1, 0)
 
     def _write(self, blob_id: bytes, data: bytes) -> None:
-        zero = None
         for f, offset in self.wanted[blob_id]:
             with f.lock:
                 if f.fd < 0:
                     self._open(f)
-                if f.node.sparse:
-                    if zero is None:
-                        zero = data.count(0) == len(data)
-                    skip = zero
-                else:
-                    skip = False
-                if not skip:
-                    try:
+                try:
+                    if f.node.sparse:
+                        _write_sparse(f.fd, data, offset)
+                    else:
                         os.pwrite(f.fd, data, offset)
-                    except OSError as exc:
-                        raise _target_error(f.path, exc) from exc
+                except OSError as exc:
+                    raise _target_error(f.path, exc) from exc
                 f.remaining -= 1
                 if f.remaining == 0:
                     self._close(f)

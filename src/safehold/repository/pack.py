@@ -50,29 +50,32 @@ class PackBuilder:
         if len(chain_id) != CHAIN_ID_LEN:
             raise ValueError("chain ids are 16 bytes")
         self.chain_id = chain_id
-        self.parts: list[bytes] = [header(T_PACK)]
+        # One growing buffer, not a list of parts: finishing then needs no second copy.
+        self.buf = bytearray(header(T_PACK))
         self.entries: list[PackEntry] = []
-        self.size = 4
+
+    @property
+    def size(self) -> int:
+        return len(self.buf)
 
     def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> PackEntry:
-        entry = PackEntry(blob_type, self.size, len(sealed), raw_length, blob_id)
-        self.parts.append(sealed)
+        entry = PackEntry(blob_type, len(self.buf), len(sealed), raw_length, blob_id)
+        self.buf += sealed
         self.entries.append(entry)
-        self.size += len(sealed)
         return entry
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, aead: Aead) -> bytes:
+    def finish(self, aead: Aead) -> memoryview:
         plain = bytearray(self.chain_id)
         plain += _COUNT.pack(len(self.entries))
         for e in self.entries:
             plain += _ENTRY.pack(e.blob_type, e.offset, e.length, e.raw_length, e.blob_id)
         sealed = aead.seal(bytes(plain), PACK_HEADER_AAD)
-        self.parts.append(sealed)
-        self.parts.append(_TRAILER.pack(len(sealed), TRAILER_MAGIC))
-        return b"".join(self.parts)
+        self.buf += sealed
+        self.buf += _TRAILER.pack(len(sealed), TRAILER_MAGIC)
+        return memoryview(self.buf)
 
 
 def parse_trailer(tail: bytes, pack_size: int, what: str) -> int:

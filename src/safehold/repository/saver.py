@@ -1,9 +1,11 @@
 """Saving blobs: compress, seal, pack and upload, from many threads at once.
 
-Each worker thread fills its own pack builders (one for data, one for trees: tree packs stay
-small and are read far more often), so the hot path takes a lock only for the dedup check.
-Full packs are uploaded by a small pool; a pack's blobs enter the index only after the pack
-is stored, so nothing is ever indexed that is not durable.
+Workers compress and seal blobs in parallel (the libraries release the GIL); appending a
+sealed blob to the open pack is a short memcpy under a lock. There is one open pack per
+blob type (tree packs stay small and are read far more often), which keeps memory bounded
+and leaves at most two partly filled packs per backup. Full packs are uploaded by a small
+pool; a pack's blobs enter the index only after the pack is stored, so nothing is ever
+indexed that is not durable.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class BlobSaver:
         chain_id: bytes,
         *,
         upload_threads: int = 2,
-        max_pending_packs: int = 3,
+        max_pending_packs: int = 2,
     ) -> None:
         self.repo = repo
         self.chain_id = chain_id
@@ -47,20 +49,12 @@ class BlobSaver:
         self.records: list[PackRecord] = []
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
-        self._local = threading.local()
-        self._all_builders: list[dict[int, PackBuilder]] = []
+        self._builders: dict[int, PackBuilder] = {}
+        self._pack_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(upload_threads, thread_name_prefix="upload")
         self._slots = threading.BoundedSemaphore(max_pending_packs)
         self._futures: list[Future[None]] = []
         self._error: BaseException | None = None
-
-    def _builders(self) -> dict[int, PackBuilder]:
-        b: dict[int, PackBuilder] | None = getattr(self._local, "b", None)
-        if b is None:
-            b = self._local.b = {}
-            with self._lock:
-                self._all_builders.append(b)
-        return b
 
     def save(
         self, blob_type: int, data: bytes | memoryview, blob_id: bytes | None = None
@@ -76,18 +70,19 @@ class BlobSaver:
             self._pending.add(bid)
         comp_id, payload = compress(data, self.level if blob_type != BLOB_TREE else 3)
         sealed = self.repo.aead.seal(bytes((comp_id,)) + bytes(payload), bid)
-        builders = self._builders()
-        builder = builders.get(blob_type)
-        if builder is None:
-            builder = builders[blob_type] = PackBuilder(self.chain_id)
-        builder.add(blob_type, bid, sealed, len(data))
-        with self._lock:
+        full = None
+        with self._pack_lock:
+            builder = self._builders.get(blob_type)
+            if builder is None:
+                builder = self._builders[blob_type] = PackBuilder(self.chain_id)
+            builder.add(blob_type, bid, sealed, len(data))
             self.stats.blobs_new += 1
             self.stats.bytes_new_raw += len(data)
             self.stats.bytes_new_stored += len(sealed)
-        if builder.size >= self.pack_size:
-            del builders[blob_type]
-            self._submit(builder)
+            if builder.size >= self.pack_size:
+                full = self._builders.pop(blob_type)
+        if full is not None:
+            self._submit(full)
         return bid, True
 
     def _submit(self, builder: PackBuilder) -> None:
@@ -115,10 +110,9 @@ class BlobSaver:
     def flush(self) -> list[PackRecord]:
         """Upload every partly filled pack and wait for all uploads; raises the first
         upload error. Returns the records of all packs this saver stored."""
-        with self._lock:
-            builders = [b for d in self._all_builders for b in d.values() if len(b)]
-            for d in self._all_builders:
-                d.clear()
+        with self._pack_lock:
+            builders = [b for b in self._builders.values() if len(b)]
+            self._builders.clear()
         for b in builders:
             self._submit(b)
         for f in self._futures:

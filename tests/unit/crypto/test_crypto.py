@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from safehold.crypto.aead import Aead
+from safehold.crypto.keys import KdfParams, MasterKey, key_file_meta, make_key_file, open_key_file
+from safehold.errors import FormatError, IntegrityError, WrongPassword
+
+FAST = KdfParams(n=1 << 10)
+
+
+def test_seal_open_roundtrip_and_nonce_is_random() -> None:
+    aead = Aead(b"k" * 32)
+    a = aead.seal(b"secret data", b"aad")
+    b = aead.seal(b"secret data", b"aad")
+    assert a != b  # random nonces
+    assert aead.open(a, b"aad") == b"secret data"
+    assert b"secret data" not in a
+
+
+@pytest.mark.parametrize("position", [0, 1, 13, -1])
+def test_tampering_anywhere_is_detected(position: int) -> None:
+    aead = Aead(b"k" * 32)
+    sealed = bytearray(aead.seal(b"x" * 100, b"aad"))
+    sealed[position] ^= 1
+    with pytest.raises((IntegrityError, FormatError)):
+        aead.open(bytes(sealed), b"aad")
+
+
+def test_wrong_aad_is_rejected() -> None:
+    aead = Aead(b"k" * 32)
+    with pytest.raises(IntegrityError):
+        aead.open(aead.seal(b"data", b"blob-1"), b"blob-2")
+
+
+def test_key_file_roundtrip_and_wrong_password() -> None:
+    master = MasterKey.generate()
+    raw = make_key_file(master, b"pw", params=FAST, meta={"hostname": "h"})
+    assert open_key_file(raw, b"pw") == master
+    with pytest.raises(WrongPassword):
+        open_key_file(raw, b"other")
+    meta = key_file_meta(raw)
+    assert meta["hostname"] == "h" and "data" not in meta and "salt" not in meta
+    assert master.encrypt.hex() not in raw.decode()
+
+
+def test_damaged_key_file_is_a_format_error() -> None:
+    raw = make_key_file(MasterKey.generate(), b"pw", params=FAST)
+    doc = json.loads(raw)
+    del doc["salt"]
+    with pytest.raises(FormatError):
+        open_key_file(json.dumps(doc).encode(), b"pw")
+
+
+def test_blob_ids_are_keyed() -> None:
+    a, b = MasterKey.generate(), MasterKey.generate()
+    assert a.blob_id(b"same") != b.blob_id(b"same")
+    assert a.blob_id(b"same") == a.blob_id(b"same")

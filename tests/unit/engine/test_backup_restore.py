@@ -1,0 +1,174 @@
+"""Backup and restore through the engine on real files and an in-memory repository."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from safehold.engine.backup import BackupOptions, run_backup
+from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.errors import SourceError, SourceNotFound, UsageError
+from safehold.repository.repository import Repository
+from safehold.repository.snapshot import Snapshot
+from tests.conftest import make_sample_tree
+
+
+def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
+    """Everything a restore must reproduce, keyed by relative path."""
+    out: dict[str, tuple[object, ...]] = {}
+    inodes: dict[int, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            st = p.lstat()
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir", st.st_mode, st.st_mtime_ns)
+            else:
+                link = inodes.setdefault(st.st_ino, rel) if st.st_nlink > 1 else rel
+                digest = hashlib.sha256(p.read_bytes()).hexdigest()
+                out[rel] = ("file", st.st_mode, st.st_mtime_ns, digest, link)
+    return out
+
+
+def backup(repo: Repository, *paths: Path, **kw: object) -> Snapshot:
+    return run_backup(repo, BackupOptions(paths=[str(p) for p in paths], **kw)).snapshot  # type: ignore[arg-type]
+
+
+def restored(repo: Repository, snap: Snapshot, target: Path, src: Path, **kw: object) -> Path:
+    run_restore(repo, snap, RestoreOptions(target=str(target), **kw))  # type: ignore[arg-type]
+    return target / str(src).lstrip("/")
+
+
+def test_roundtrip_keeps_content_and_metadata(mem_repo: Repository, tmp_path: Path) -> None:
+    src = make_sample_tree(tmp_path / "src")
+    snap = backup(mem_repo, src)
+    out = restored(mem_repo, snap, tmp_path / "out", src)
+    assert tree_state(out) == tree_state(src)
+    assert (out / "empty-dir").is_dir()
+    assert os.stat(out / "hello.txt").st_ino == os.stat(out / "hardlink.txt").st_ino
+
+
+def test_unchanged_files_are_not_read_again(mem_repo: Repository, tmp_path: Path) -> None:
+    src = make_sample_tree(tmp_path / "src")
+    first = run_backup(mem_repo, BackupOptions(paths=[str(src)]))
+    assert first.summary["bytes_read"] > 3_000_000
+    second = run_backup(mem_repo, BackupOptions(paths=[str(src)]))
+    assert second.summary["bytes_read"] == 0
+    assert second.summary["blobs_new"] == 0
+    assert second.snapshot.tree == first.snapshot.tree
+    assert second.snapshot.parent == first.snapshot.id
+    (src / "sub" / "data.bin").write_bytes(b"changed")
+    third = run_backup(mem_repo, BackupOptions(paths=[str(src)]))
+    assert third.summary["files_changed"] == 1
+    assert third.summary["bytes_read"] == len(b"changed")
+    out = restored(mem_repo, third.snapshot, tmp_path / "out", src)
+    assert (out / "sub" / "data.bin").read_bytes() == b"changed"
+    # The earlier snapshot still restores the old content.
+    old = restored(mem_repo, first.snapshot, tmp_path / "old", src)
+    assert len((old / "sub" / "data.bin").read_bytes()) == 3 * 1024 * 1024 + 17
+
+
+def test_sparse_file_is_restored_with_holes(mem_repo: Repository, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 64 * 1024 * 1024
+    with open(src / "disk.img", "wb") as f:
+        f.write(b"start")
+        f.seek(size - 3)
+        f.write(b"end")
+    snap = backup(mem_repo, src)
+    out = restored(mem_repo, snap, tmp_path / "out", src)
+    data = (out / "disk.img").read_bytes()
+    assert len(data) == size and data[:5] == b"start" and data[-3:] == b"end"
+    assert os.stat(out / "disk.img").st_blocks * 512 < size // 4
+
+
+def test_chains_length_and_isolation(mem_repo: Repository, tmp_path: Path) -> None:
+    src = make_sample_tree(tmp_path / "src")
+    seqs = []
+    chains = []
+    for _ in range(4):
+        s = backup(mem_repo, src, chain_length=2)
+        seqs.append(s.chain_seq)
+        chains.append(s.chain)
+    assert seqs == [0, 1, 2, 0]
+    assert chains[0] == chains[1] == chains[2] != chains[3]
+    iso = backup(mem_repo, src, isolated=True)
+    assert iso.isolated and iso.chain not in chains
+    after = backup(mem_repo, src)
+    assert after.chain == chains[3] and after.chain_seq == 1
+    mem_repo.finish_chain(after.chain)
+    fresh = run_backup(mem_repo, BackupOptions(paths=[str(src)]))
+    assert fresh.snapshot.chain_seq == 0 and fresh.snapshot.chain != after.chain
+    # A new chain uploads everything again: no deduplication across chains.
+    assert fresh.summary["data_added"] >= 3 * 1024 * 1024
+
+
+def test_stdin_stream_and_include(mem_repo: Repository, tmp_path: Path) -> None:
+    payload = os.urandom(5_000_000) + b"tail"
+    res = run_backup(mem_repo, BackupOptions(stdin_name="dump.sql", stdin=io.BytesIO(payload)))
+    out = restored(mem_repo, res.snapshot, tmp_path / "out", Path("/"))
+    assert (out / "dump.sql").read_bytes() == payload
+    assert res.snapshot.source == "stdin"
+
+
+def test_command_stream_and_failure(mem_repo: Repository, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'row\\n' * 500000)"]
+    res = run_backup(mem_repo, BackupOptions(stdin_name="rows", command=cmd))
+    out = restored(mem_repo, res.snapshot, tmp_path / "out", Path("/"))
+    assert (out / "rows").read_bytes() == b"row\n" * 500000
+    before = len(mem_repo.list_snapshots())
+    bad = [sys.executable, "-c", "import sys; print('partial'); sys.exit(3)"]
+    with pytest.raises(SourceError, match="status 3"):
+        run_backup(mem_repo, BackupOptions(stdin_name="rows", command=bad))
+    assert len(mem_repo.list_snapshots()) == before
+
+
+def test_excludes_and_restore_include(mem_repo: Repository, tmp_path: Path) -> None:
+    src = make_sample_tree(tmp_path / "src")
+    snap = backup(mem_repo, src, excludes=["*.md", str(src / "empty-dir")])
+    out = restored(mem_repo, snap, tmp_path / "out", src)
+    assert not (out / "sub" / "deeper" / "notes.md").exists()
+    assert not (out / "empty-dir").exists()
+    assert (out / "hello.txt").exists()
+    part = restored(
+        mem_repo, snap, tmp_path / "part", src, includes=[str(src / "sub" / "data.bin")]
+    )
+    assert (part / "sub" / "data.bin").exists()
+    assert not (part / "hello.txt").exists()
+    with pytest.raises(UsageError, match="nothing in snapshot"):
+        run_restore(
+            mem_repo, snap, RestoreOptions(target=str(tmp_path / "x"), includes=["/no/such"])
+        )
+
+
+def test_missing_source_and_bad_arguments(mem_repo: Repository, tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFound, match="does not exist"):
+        run_backup(mem_repo, BackupOptions(paths=[str(tmp_path / "nope")]))
+    with pytest.raises(UsageError):
+        run_backup(mem_repo, BackupOptions(command=["true"]))
+    with pytest.raises(UsageError):
+        run_backup(mem_repo, BackupOptions())
+    assert mem_repo.list_snapshots() == []
+
+
+def test_two_paths_share_the_root(mem_repo: Repository, tmp_path: Path) -> None:
+    a = make_sample_tree(tmp_path / "a")
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "f").write_text("b file")
+    snap = backup(mem_repo, a, b, a / "sub")  # a/sub is inside a: backed up once
+    out = tmp_path / "out"
+    run_restore(mem_repo, snap, RestoreOptions(target=str(out)))
+    base = out / str(tmp_path).lstrip("/")
+    assert tree_state(base / "a") == tree_state(a)
+    assert (base / "b" / "f").read_text() == "b file"
+    assert sorted(snap.paths) == sorted([str(a), str(b)])
