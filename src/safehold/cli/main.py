@@ -89,7 +89,25 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
     g.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors")
 
 
+def _tune_allocator() -> None:
+    """Large buffers (chunks, packs) should go back to the system when freed.
+
+    glibc raises its mmap threshold after the first large free, after which multi-MiB
+    buffers come from thread arenas and are kept: peak RSS then grows with every thread.
+    A fixed threshold (which also turns the dynamic adjustment off) keeps them mmapped.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 4)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _tune_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
@@ -32,10 +32,6 @@ from safehold.repository.repository import Repository, new_chain_id
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import trashed_packs
-
-# Files up to this size are read whole into a per-thread buffer and cut there; larger ones
-# stream through the chunker's own buffer.
-WHOLE_READ_MAX = 16 * 1024 * 1024
 
 
 @dataclass(kw_only=True)
@@ -246,9 +242,10 @@ def _save_stream(
             slots.release()
 
     with ThreadPoolExecutor(threads, thread_name_prefix="seal") as pool:
-        for chunk in chunker._cdc.cut_stream(stream):
+        buf = bytearray(2 * chunker.params.max_size)
+        for piece in chunker.cut_stream(stream.readinto, buf):  # type: ignore[attr-defined]
             slots.acquire()
-            data = bytes(chunk.data)  # the chunker reuses its buffer
+            data = bytes(piece)  # the buffer is reused for the next chunk
             total += len(data)
             futures.append(pool.submit(save, data))
             progress.advance(0, len(data))
@@ -351,7 +348,8 @@ class _FileReader:
     def _state(self) -> tuple[Chunker, bytearray]:
         st: tuple[Chunker, bytearray] | None = getattr(self._local, "st", None)
         if st is None:
-            st = self._local.st = (Chunker(self.repo.config.chunker), bytearray(WHOLE_READ_MAX + 1))
+            params = self.repo.config.chunker
+            st = self._local.st = (Chunker(params), bytearray(2 * params.max_size))
         return st
 
     def read(self, job: tuple[str, t.Node]) -> None:
@@ -380,31 +378,28 @@ class _FileReader:
         chunker, buf = self._state()
         save: Callable[[int, bytes | memoryview], tuple[bytes, bool]] = self.saver.save
         ids: list[str] = []
+        total = 0
         with open(path, "rb", buffering=0) as f:
-            if expected <= WHOLE_READ_MAX:
+            if expected <= chunker.params.min_size:
+                # One chunk: read it whole (it may have grown since the walk).
                 view = memoryview(buf)
                 n = 0
-                while n <= WHOLE_READ_MAX:
+                while n < len(buf):
                     got = f.readinto(view[n:])
                     if not got:
                         break
                     n += got
-                if n <= WHOLE_READ_MAX:
-                    data = view[:n]
-                    pieces: Iterator[memoryview] = (
-                        iter((data,)) if n <= chunker.params.min_size else chunker.cut(data)
-                    )
-                    for piece in pieces:
-                        ids.append(save(BLOB_DATA, piece)[0].hex())
-                        self.progress.advance(0, len(piece))
+                if n <= chunker.params.min_size:
+                    if n:
+                        ids.append(save(BLOB_DATA, view[:n])[0].hex())
+                        self.progress.advance(0, n)
                     return ids, n
-                f.seek(0)  # it grew past the buffer: stream it instead
-            total = 0
-            for chunk in chunker._cdc.cut_stream(f):
-                ids.append(save(BLOB_DATA, chunk.data)[0].hex())
-                total += chunk.length
-                self.progress.advance(0, chunk.length)
-            return ids, total
+                f.seek(0)
+            for piece in chunker.cut_stream(f.readinto, buf):
+                ids.append(save(BLOB_DATA, piece)[0].hex())
+                total += len(piece)
+                self.progress.advance(0, len(piece))
+        return ids, total
 
 
 def describe_error(exc: BaseException) -> str:

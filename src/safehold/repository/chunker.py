@@ -7,7 +7,7 @@ see docs/format.md ("Chunking parameters").
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pyfastcdc import FastCDC
@@ -48,3 +48,40 @@ class Chunker:
         view = memoryview(buf)
         for chunk in self._cdc.cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]
+
+    def cut_stream(
+        self, read_into: Callable[[memoryview], int | None], buf: bytearray
+    ) -> Iterator[memoryview]:
+        """Chunks of a stream, using the caller's buffer (at least ``2 * max_size``).
+
+        Cut points depend only on the bytes from a chunk's start, so cutting a window that
+        holds at least ``max_size`` bytes past each chunk start (or the end of the stream)
+        gives the same chunks as cutting the whole stream. Each yielded view is valid until
+        the next one is requested.
+        """
+        if len(buf) < 2 * self.params.max_size:
+            raise ValueError("stream buffer must hold two maximal chunks")
+        view = memoryview(buf)
+        filled = 0
+        eof = False
+        while True:
+            while not eof and filled < len(buf):
+                got = read_into(view[filled:])
+                if not got:
+                    eof = True
+                else:
+                    filled += got
+            if filled == 0:
+                return
+            start = 0
+            for chunk in self._cdc.cut_buf(view[:filled]):
+                end = chunk.offset + chunk.length
+                if not eof and end == filled:
+                    break  # cut by the window's end, not by content: carry it over
+                yield view[chunk.offset : end]
+                start = end
+            if eof and start == filled:
+                return
+            rest = filled - start
+            view[:rest] = view[start:filled]
+            filled = rest

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -106,3 +107,17 @@ def test_chunker_is_content_defined() -> None:
     assert len(set(before) - after) <= 2
     other_seed = ChunkerParams(min_size=64 * 1024, avg_size=128 * 1024, max_size=512 * 1024, seed=8)
     assert [len(c) for c in Chunker(other_seed).cut(data)] != [len(c) for c in before]
+
+
+@pytest.mark.parametrize("size", [0, 1, 100_000, 3 * 1024 * 1024 + 5])
+def test_stream_cutting_matches_whole_buffer_cutting(size: int) -> None:
+    params = ChunkerParams(min_size=16 * 1024, avg_size=64 * 1024, max_size=256 * 1024, seed=3)
+    data = os.urandom(size)
+    whole = [bytes(c) for c in Chunker(params).cut(data)] if data else []
+    src = io.BytesIO(data)
+    streamed = [
+        bytes(c) for c in Chunker(params).cut_stream(src.readinto, bytearray(2 * params.max_size))
+    ]
+    assert streamed == whole
+    with pytest.raises(ValueError):
+        next(Chunker(params).cut_stream(src.readinto, bytearray(10)))
