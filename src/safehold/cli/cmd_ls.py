@@ -8,7 +8,7 @@ import os
 import stat
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from safehold.cli.context import Context
@@ -45,14 +45,20 @@ def register(sub: Any) -> None:
         "-R", "--recursive", action="store_true", help="with PATH: list everything below it"
     )
     p.add_argument("--host", help="with 'latest': newest snapshot of this host")
-    p.add_argument("--path", dest="filter_path", action="append", default=[], metavar="PATH",
-                   help="with 'latest': of this backed-up path")
+    p.add_argument(
+        "--path",
+        dest="filter_path",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with 'latest': of this backed-up path",
+    )
     p.add_argument("--tag", action="append", default=[], help="with 'latest': with this tag")
     p.set_defaults(func=run)
 
 
 def listing(
-    repo: Repository, tree_id: str, path: str, node: t.Node, *, recursive: bool
+    repo: Repository, path: str, node: t.Node, *, recursive: bool
 ) -> Iterator[tuple[str, t.Node]]:
     """``path`` itself (unless it is the root), then what is below it: everything when
     ``recursive``, else a folder's own children."""
@@ -80,7 +86,7 @@ def node_json(path: str, node: t.Node) -> dict[str, Any]:
         "type": node.type,
         "mode": node.mode,
         "permissions": permissions(node),
-        "size": node.size if node.type == t.FILE else 0,
+        "size": node.size,
         "mtime": _iso(node.mtime_ns),
         "mtime_ns": node.mtime_ns,
         "uid": node.uid,
@@ -97,19 +103,22 @@ def node_json(path: str, node: t.Node) -> dict[str, Any]:
 def long_line(path: str, node: t.Node) -> str:
     user = node.user or str(node.uid)
     group = node.group or str(node.gid)
-    when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-    line = (
-        f"{permissions(node)} {user:>8} {group:>8} {node.size if node.type == t.FILE else 0:>12}"
-        f"  {when}  {path}"
-    )
+    try:
+        when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a time no calendar here can show
+        when = f"{node.mtime_ns / 1e9:19.0f}"
+    line = f"{permissions(node)} {user:>8} {group:>8} {node.size:>12}  {when}  {path}"
     if node.type == t.SYMLINK:
         line += f" -> {node.target}"
     return line
 
 
-def _iso(ns: int) -> str:
+def _iso(ns: int) -> str | None:
     secs, frac = divmod(ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        stamp = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return None
     return f"{stamp}.{frac:09d}Z"
 
 
@@ -124,9 +133,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             tags=args.tag or None,
         )
         path, node = locate(repo, snap, args.path or "/")
-        items = listing(
-            repo, snap.tree, path, node, recursive=args.recursive or args.path is None
-        )
+        items = listing(repo, path, node, recursive=args.recursive or args.path is None)
         if ctx.json:
             # Streamed item by item: a listing may be far larger than memory allows.
             sys.stdout.write("[")
@@ -135,6 +142,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 sys.stdout.write(json.dumps(node_json(item_path, item)))
             sys.stdout.write("\n]\n")
             return 0
+        if ctx.quiet:
+            return 0
+        # Bytes, so that names that are not UTF-8 print as they are on disk.
+        out = sys.stdout.buffer
         for item_path, item in items:
-            ctx.print(long_line(item_path, item) if args.long else item_path)
+            line = long_line(item_path, item) if args.long else item_path
+            out.write(line.encode("utf-8", "surrogateescape") + b"\n")
     return 0

@@ -72,7 +72,7 @@ class DiffStats:
 
 @dataclass
 class DiffResult:
-    changes: list[Change] = field(default_factory=list)  # in path order
+    changes: list[Change] = field(default_factory=list)  # parents first, siblings by name
     stats: DiffStats = field(default_factory=DiffStats)
 
 
