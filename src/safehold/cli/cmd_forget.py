@@ -1,18 +1,175 @@
-"""``safehold forget``: not built yet."""
+"""``safehold forget``: remove snapshots by id or by a retention policy."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from safehold.cli import cmd_prune
+from safehold.cli.cmd_snapshots import snapshot_json
 from safehold.cli.context import Context
+from safehold.engine.forget import ForgetGroup, ForgetOptions, parse_group_by, run_forget
 from safehold.errors import UsageError
+from safehold.policy.duration import Duration, parse_duration
+from safehold.policy.retention import RetentionPolicy
+from safehold.repository.prune import prune
+from safehold.repository.snapshot import Snapshot
+
+_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+_WITHIN = ("", "hourly", "daily", "weekly", "monthly", "yearly")
+_PERIOD = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month", "yearly": "year"}
+
+T = TypeVar("T")
+
+
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Lets argparse report a parser's UsageError as a usage error (exit 2)."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("forget", help="(not available yet)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "forget",
+        help="remove snapshots by id or by a retention policy",
+        description="Remove the named snapshots, or apply keep rules to each group of "
+        "snapshots (by default: each host and set of paths) and remove what no rule keeps. "
+        "A snapshot is kept if any rule keeps it. Data is freed by 'safehold prune' (or "
+        "--prune).",
+    )
+    p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshot ids to remove")
+    g = p.add_argument_group("keep rules")
+    for unit in _COUNTS:
+        what = (
+            "the N newest snapshots"
+            if unit == "last"
+            else f"the newest snapshot of each of the N newest {_PERIOD[unit]}s that have one"
+        )
+        g.add_argument(f"--keep-{unit}", type=int, metavar="N", help=f"keep {what} (-1: all)")
+    for unit in _WITHIN:
+        opt = f"--keep-within-{unit}" if unit else "--keep-within"
+        what = f"the newest snapshot of each {_PERIOD[unit]}" if unit else "every snapshot"
+        g.add_argument(
+            opt,
+            type=_argument(parse_duration),
+            metavar="DURATION",
+            help=f"keep {what} newer than DURATION before now (e.g. 30d, 1y6m, 12h)",
+        )
+    g.add_argument(
+        "--keep-tag",
+        action="append",
+        default=[],
+        metavar="TAG[,TAG]",
+        help="keep snapshots carrying all these tags; repeatable",
+    )
+    f = p.add_argument_group("which snapshots")
+    f.add_argument("--host", help="only snapshots of this host")
+    f.add_argument("--tag", action="append", default=[], help="only snapshots with this tag")
+    f.add_argument("--path", action="append", default=[], help="only snapshots of this path")
+    f.add_argument(
+        "--group-by",
+        type=_argument(parse_group_by),
+        default=("host", "paths"),
+        metavar="FIELDS",
+        help="apply the rules per host,paths (default), host, paths, tags (any "
+        "combination), or none",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    p.add_argument("--prune", action="store_true", help="run 'safehold prune' afterwards")
+    cmd_prune.add_prune_options(p)
     p.set_defaults(func=run)
 
 
+def policy_from(args: argparse.Namespace) -> RetentionPolicy:
+    within: dict[str, Duration | None] = {}
+    for unit in _WITHIN:
+        name = f"keep_within_{unit}" if unit else "keep_within"
+        within[name] = getattr(args, name)
+    return RetentionPolicy(
+        keep_last=args.keep_last,
+        keep_hourly=args.keep_hourly,
+        keep_daily=args.keep_daily,
+        keep_weekly=args.keep_weekly,
+        keep_monthly=args.keep_monthly,
+        keep_yearly=args.keep_yearly,
+        keep_tags=tuple(
+            frozenset(t.strip() for t in spec.split(",") if t.strip()) for spec in args.keep_tag
+        ),
+        **within,
+    )
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    raise UsageError("'safehold forget' is not available yet")
+    opts = ForgetOptions(
+        policy=policy_from(args),
+        snapshot_ids=args.snapshots,
+        host=args.host,
+        tags=args.tag,
+        paths=args.path,
+        group_by=args.group_by,
+        dry_run=args.dry_run,
+    )
+    repo = ctx.open_repo()
+    result = run_forget(repo, opts)
+    pruned = prune(repo, cmd_prune.options_from(args, dry_run=args.dry_run)) if args.prune else None
+    if ctx.json:
+        ctx.emit_json(
+            {
+                "dry_run": result.dry_run,
+                "groups": [_group_json(g) for g in result.groups],
+                "removed": [s.id for s in result.removed],
+                "prune": pruned.to_json() if pruned else None,
+            }
+        )
+        return 0
+    for g in result.groups:
+        _print_group(ctx, g)
+    n = len(result.removed)
+    ctx.print(f"would remove {n} snapshot(s)" if result.dry_run else f"removed {n} snapshot(s)")
+    if pruned:
+        ctx.print()
+        cmd_prune.print_result(ctx, pruned)
+    return 0
+
+
+def _group_json(g: ForgetGroup) -> dict[str, Any]:
+    return {
+        "group": g.key,
+        "keep": [snapshot_json(s) | {"reasons": g.reasons.get(s.id, [])} for s in g.keep],
+        "remove": [snapshot_json(s) for s in g.remove],
+        "reasons": g.reasons,
+    }
+
+
+def _print_group(ctx: Context, g: ForgetGroup) -> None:
+    if g.key:
+        parts = []
+        for name, value in g.key.items():
+            shown = f"[{', '.join(value)}]" if isinstance(value, list) else value
+            parts.append(f"{name} {shown}")
+        ctx.print(f"snapshots for {', '.join(parts)}:")
+    if g.keep:
+        ctx.print(f"keep {len(g.keep)} snapshot(s):")
+        for s in g.keep:
+            ctx.print(f"  {_line(s)}  {', '.join(g.reasons.get(s.id, []))}")
+    if g.remove:
+        ctx.print(f"remove {len(g.remove)} snapshot(s):")
+        for s in g.remove:
+            ctx.print(f"  {_line(s)}")
+    ctx.print()
+
+
+def _line(s: Snapshot) -> str:
+    tags = f"  [{', '.join(s.tags)}]" if s.tags else ""
+    return (
+        f"{s.short_id}  {s.time:%Y-%m-%d %H:%M:%S}  {s.hostname[:14]:14}  "
+        f"{', '.join(s.paths)}{tags}"
+    )

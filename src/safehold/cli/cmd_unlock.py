@@ -1,4 +1,4 @@
-"""``safehold unlock``: not built yet."""
+"""``safehold unlock``: remove stale locks (or, on request, every lock)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,31 @@ import argparse
 from typing import Any
 
 from safehold.cli.context import Context
-from safehold.errors import UsageError
+from safehold.repository.lock import remove_locks
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("unlock", help="(not available yet)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "unlock",
+        help="remove stale locks",
+        description="Remove locks left by processes that are gone (not refreshed for half "
+        "an hour, or held by a process of this host that no longer runs). Locks of live "
+        "processes stay unless --remove-all is given.",
+    )
+    p.add_argument(
+        "--remove-all",
+        action="store_true",
+        help="remove every lock, also those of running processes (only when you know "
+        "none is running: prune relies on locks to know what is in use)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    raise UsageError("'safehold unlock' is not available yet")
+    repo = ctx.open_repo()
+    removed = remove_locks(repo.storage, repo.aead, all_locks=args.remove_all, clock=repo.clock)
+    if ctx.json:
+        ctx.emit_json({"removed": removed})
+    else:
+        ctx.print(f"removed {removed} {'lock' if removed == 1 else 'locks'}")
+    return 0

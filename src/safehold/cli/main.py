@@ -109,13 +109,12 @@ def _tune_allocator() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _tune_allocator()
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return ExitCode.USAGE
-    ctx = Context(args)
     try:
-        code: int = args.func(args, ctx)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return ExitCode.USAGE
+        code: int = args.func(args, Context(args))
         return code
     except SafeholdError as exc:
         print(f"safehold: error: {exc}", file=sys.stderr)

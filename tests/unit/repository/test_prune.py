@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,9 @@ def test_prune_after_forget_frees_space_and_keeps_the_rest_restorable(
     result = prune(repo)
 
     assert result.packs_deleted > 0
-    assert stored_bytes(repo) == before - result.bytes_freed < before - 3 * 1024 * 1024
+    after = stored_bytes(repo)
+    assert after == before - result.bytes_freed + result.mark.bytes_written
+    assert after < before - 3 * 1024 * 1024
     assert result.packs_pending == 0 and list_trash(repo) == []
     assert_restores(repo, second, expected, sample_tree, tmp_path / "restored")
     assert_check_ok(repo)
@@ -156,7 +158,7 @@ def test_dry_run_deletes_nothing_and_reports_the_plan(tmp_path: Path, sample_tre
     plan = prune(repo, PruneOptions(dry_run=True))
 
     assert listing(repo) == before
-    assert plan.dry_run and plan.mark.packs_garbage > 0
+    assert plan.dry_run and plan.mark.packs_garbage + plan.mark.packs_repacked > 0
     assert plan.bytes_freed > 3 * 1024 * 1024
     real = prune(repo)
     assert real.bytes_freed == plan.bytes_freed
@@ -225,29 +227,36 @@ def test_sweep_waits_for_older_locks_and_proceeds_once_they_are_gone(tmp_path: P
 
 
 def test_a_stale_lock_does_not_hold_back_the_sweep_and_is_removed(tmp_path: Path) -> None:
-    repo = make_repo()
+    clock = FakeClock()
+    repo = make_repo(clock=clock)
     src = make_files(tmp_path / "src", a=os.urandom(100_000))
     old = backup(repo, src)
     (src / "a").write_bytes(os.urandom(100_000))
     backup(repo, src)
     forget(repo, old)
-    dead_pid = _dead_pid()
+    held = reopen(repo, clock).lock("backup")
+    clock.advance(1)
+    marked = prune(repo, NO_SKEW)
+    assert marked.packs_deleted == 0 and marked.packs_pending > 0
+    held.release()
+    # A process that died on this host while holding a lock older than the record.
     info = lockmod.LockInfo(
         name="locks/" + "ab" * 16,
-        created=repo.clock.now() - timedelta(minutes=1),
-        refreshed=repo.clock.now() - timedelta(minutes=1),
+        created=clock.now() - timedelta(minutes=1),
+        refreshed=clock.now() - timedelta(minutes=1),
         hostname=socket.gethostname(),
-        pid=dead_pid,
+        pid=_dead_pid(),
         exclusive=False,
         kind="backup",
     )
     repo.storage.put(info.name, seal_object(repo.aead, T_LOCK, json.dumps(info.to_json()).encode()))
 
-    result = prune(repo, NO_SKEW)
+    result = sweep(repo, lock_skew=timedelta(0))
 
-    assert result.packs_deleted > 0 and result.packs_pending == 0
-    assert result.swept.stale_locks_removed == 1
+    assert result.stale_locks_removed == 1
+    assert result.packs_deleted == marked.packs_pending and result.records_waiting == 0
     assert list(repo.storage.list("locks/")) == []
+    assert list_trash(repo) == []
 
 
 def _dead_pid() -> int:
@@ -286,20 +295,28 @@ def test_a_trashed_pack_listed_by_an_index_again_is_kept(tmp_path: Path) -> None
     assert_check_ok(repo)
 
 
-class GatedStorage:
-    """A real storage that holds the first snapshot write until the test releases it, so a
-    backup can be paused after it has deduplicated and before it saves its snapshot."""
+class HookedStorage:
+    """A real storage that calls ``hook`` once, just before (or after) the first object
+    whose name starts with ``prefix`` is stored: a way to run another process's step at an
+    exact point of this one."""
 
-    def __init__(self, inner: Storage) -> None:
+    def __init__(
+        self, inner: Storage, prefix: str, hook: Callable[[], None], *, after: bool = False
+    ) -> None:
         self.inner = inner
-        self.reached = threading.Event()
-        self.release = threading.Event()
+        self.prefix = prefix
+        self.hook: Callable[[], None] | None = hook
+        self.after = after
 
     def put(self, name: str, data: bytes | memoryview, *, exclusive: bool = False) -> None:
-        if name.startswith("snapshots/") and not self.reached.is_set():
-            self.reached.set()
-            assert self.release.wait(60), "the test never released the backup"
+        hook = None
+        if name.startswith(self.prefix) and self.hook is not None:
+            hook, self.hook = self.hook, None
+        if hook is not None and not self.after:
+            hook()
         self.inner.put(name, data, exclusive=exclusive)
+        if hook is not None and self.after:
+            hook()
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self.inner.get(name, offset, length)
@@ -320,6 +337,18 @@ class GatedStorage:
         self.inner.close()
 
 
+class Gate:
+    """Holds a thread at :meth:`wait_here` until the test opens it."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def wait_here(self) -> None:
+        self.reached.set()
+        assert self.release.wait(60), "the test never opened the gate"
+
+
 def test_a_backup_running_during_prune_keeps_the_data_it_deduplicated(
     tmp_path: Path, sample_tree: Path
 ) -> None:
@@ -327,8 +356,9 @@ def test_a_backup_running_during_prune_keeps_the_data_it_deduplicated(
     repo = make_repo(storage, pack_size=256 * 1024)
     first = backup(repo, sample_tree)
     expected = files_of(sample_tree)
-    gated = GatedStorage(storage)
-    backup_repo = Repository.open(gated, PASSWORD)
+    gate = Gate()
+    # The backup stops when it has decided everything, just before it stores its snapshot.
+    backup_repo = Repository.open(HookedStorage(storage, "snapshots/", gate.wait_here), PASSWORD)
     outcome: dict[str, Any] = {}
 
     def concurrent_backup() -> None:
@@ -342,14 +372,14 @@ def test_a_backup_running_during_prune_keeps_the_data_it_deduplicated(
     thread = threading.Thread(target=concurrent_backup)
     thread.start()
     try:
-        assert gated.reached.wait(60), "the backup never reached its snapshot"
+        assert gate.reached.wait(60), "the backup never reached its snapshot"
         forget(repo, first)  # nothing references the data any more ...
         marked = prune(repo, NO_SKEW)  # ... so prune marks all of it
         assert marked.mark.packs_garbage == marked.mark.packs > 0
         assert marked.packs_deleted == 0, "prune deleted packs a running backup needs"
         assert marked.swept.records_waiting == 1
     finally:
-        gated.release.set()
+        gate.release.set()
         thread.join(60)
     assert "error" not in outcome, outcome.get("error")
     second: Snapshot = outcome["snap"]
@@ -420,4 +450,39 @@ def test_forgetting_a_chain_frees_its_packs_and_keeps_another_chains_copy(
     assert result.packs_deleted == len(chains) - len(kept_packs)
     assert set(after) == kept_packs
     assert_restores(repo, isolated, expected, sample_tree, tmp_path / "restored")
+    assert_check_ok(repo)
+
+
+def test_an_index_written_during_prune_survives_and_its_snapshot_is_rescued(
+    tmp_path: Path,
+) -> None:
+    storage = MemoryStorage()
+    repo = make_repo(storage)
+    old_content = os.urandom(300_000)
+    src = make_files(tmp_path / "src", a=old_content)
+    old = backup(repo, src)
+    (src / "a").write_bytes(os.urandom(300_000))
+    backup(repo, src)
+    forget(repo, old)
+    outcome: dict[str, Snapshot] = {}
+
+    def backup_meanwhile() -> None:
+        # Runs after prune loaded the index and wrote its first trash record, before it
+        # rewrote the index: the old index files still list the packs prune marked.
+        (src / "a").write_bytes(old_content)  # deduplicates against a marked pack
+        (src / "c").write_bytes(os.urandom(50_000))  # new data: a new pack and index file
+        outcome["snap"] = backup(Repository.open(storage, PASSWORD), src)
+
+    pruning = Repository.open(
+        HookedStorage(storage, "trash/", backup_meanwhile, after=True), PASSWORD
+    )
+
+    result = prune(pruning, NO_SKEW)
+
+    new = outcome["snap"]
+    expected = files_of(src)
+    assert new.summary["blobs_new"] >= 1
+    assert result.swept.packs_rescued >= 1, "the pack the new snapshot needs was not rescued"
+    assert result.packs_pending == 0 and list_trash(repo) == []
+    assert_restores(repo, new, expected, src, tmp_path / "restored")
     assert_check_ok(repo)

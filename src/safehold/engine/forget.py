@@ -1,0 +1,152 @@
+"""The forget use case: remove snapshots, by id or by a retention policy applied per group.
+
+Forgetting a snapshot deletes only its ``snapshots/<id>`` object, under a shared lock of
+kind ``forget``; the data it alone used is freed later by prune
+(:mod:`safehold.repository.prune`). The decision is :func:`safehold.policy.apply_retention`,
+applied to each group of snapshots separately (by default one group per host and set of
+paths), so that one busy source cannot push another source's snapshots out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from safehold.errors import ObjectNotFound, UsageError
+from safehold.policy.retention import RetentionPolicy, apply_retention, group_items
+from safehold.repository.repository import Repository
+from safehold.repository.snapshot import Snapshot
+
+__all__ = [
+    "GROUP_FIELDS",
+    "ForgetGroup",
+    "ForgetOptions",
+    "ForgetResult",
+    "parse_group_by",
+    "run_forget",
+]
+
+GROUP_FIELDS = ("host", "paths", "tags")
+DEFAULT_GROUP_BY = ("host", "paths")
+
+GroupKey = tuple[tuple[str, str | tuple[str, ...]], ...]
+
+
+@dataclass(kw_only=True)
+class ForgetOptions:
+    policy: RetentionPolicy | None = None
+    snapshot_ids: list[str] = field(default_factory=list)  # id prefixes to remove
+    # Filters: only snapshots matching all of them are considered.
+    host: str | None = None
+    tags: list[str] = field(default_factory=list)  # snapshots carrying all these tags
+    paths: list[str] = field(default_factory=list)  # snapshots including all these paths
+    group_by: tuple[str, ...] = DEFAULT_GROUP_BY
+    dry_run: bool = False
+
+
+@dataclass
+class ForgetGroup:
+    key: dict[str, Any]  # e.g. {"host": "db1", "paths": ["/srv/db"]}; {} when not grouped
+    keep: list[Snapshot]  # newest first
+    remove: list[Snapshot]  # newest first
+    reasons: dict[str, list[str]]  # id of each kept snapshot -> the rules that kept it
+
+
+@dataclass
+class ForgetResult:
+    groups: list[ForgetGroup]
+    removed: list[Snapshot]  # forgotten (or, in a dry run, that would be)
+    dry_run: bool
+
+
+def parse_group_by(text: str) -> tuple[str, ...]:
+    """``host,paths`` -> ``("host", "paths")``; ``none`` or empty -> one group for all."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts == ["none"] or not parts:
+        return ()
+    for p in parts:
+        if p not in GROUP_FIELDS:
+            raise UsageError(
+                f"cannot group snapshots by {p!r}",
+                hint="use a comma-separated list of host, paths and tags, or none",
+            )
+    return tuple(dict.fromkeys(parts))
+
+
+def run_forget(repo: Repository, opts: ForgetOptions) -> ForgetResult:
+    """Decide which snapshots to remove and (unless a dry run) delete them.
+
+    Raises :class:`UsageError` when there is neither a policy with a rule nor an id: an
+    empty policy would remove everything, which is never done by accident.
+    """
+    has_policy = opts.policy is not None and not opts.policy.is_empty()
+    if opts.snapshot_ids and has_policy:
+        raise UsageError(
+            "give either snapshot ids or keep rules, not both",
+            hint="run forget twice: once with the ids, once with the policy",
+        )
+    if not opts.snapshot_ids and not has_policy:
+        raise UsageError(
+            "no snapshot ids and no keep rule given: refusing to remove every snapshot",
+            hint="add a rule such as --keep-last 7 or --keep-daily 30, or name snapshots",
+        )
+    if opts.dry_run:
+        # A dry run changes nothing, not even the lock list.
+        return _decide(repo, opts)
+    with repo.lock("forget"):
+        result = _decide(repo, opts)
+        for snap in result.removed:
+            with contextlib.suppress(ObjectNotFound):  # another forget was quicker
+                repo.delete_snapshot(snap.id)
+    return result
+
+
+def _decide(repo: Repository, opts: ForgetOptions) -> ForgetResult:
+    snaps = [s for s in repo.list_snapshots() if _selected(s, opts)]
+    if opts.snapshot_ids:
+        chosen: dict[str, Snapshot] = {}
+        for ref in opts.snapshot_ids:
+            snap = repo.find_snapshot(ref, snapshots=snaps)
+            chosen[snap.id] = snap
+        removed = sorted(chosen.values(), key=lambda s: (s.time, s.id), reverse=True)
+        group = ForgetGroup(key={}, keep=[], remove=removed, reasons={})
+        return ForgetResult([group], removed, opts.dry_run)
+    assert opts.policy is not None
+    now = repo.clock.now()
+    groups = []
+    removed = []
+    for key, members in group_items(snaps, lambda s: _group_key(s, opts.group_by)).items():
+        decision = apply_retention(members, opts.policy, now)
+        groups.append(
+            ForgetGroup(
+                key={
+                    name: list(value) if isinstance(value, tuple) else value for name, value in key
+                },
+                keep=decision.keep,
+                remove=decision.remove,
+                reasons=decision.reasons,
+            )
+        )
+        removed.extend(decision.remove)
+    return ForgetResult(groups, removed, opts.dry_run)
+
+
+def _selected(s: Snapshot, opts: ForgetOptions) -> bool:
+    if opts.host and s.hostname != opts.host:
+        return False
+    if opts.tags and not set(opts.tags) <= set(s.tags):
+        return False
+    return not (opts.paths and not set(opts.paths) <= set(s.paths))
+
+
+def _group_key(s: Snapshot, fields: tuple[str, ...]) -> GroupKey:
+    key: list[tuple[str, str | tuple[str, ...]]] = []
+    for name in fields:
+        if name == "host":
+            key.append(("host", s.hostname))
+        elif name == "paths":
+            key.append(("paths", tuple(sorted(s.paths))))
+        elif name == "tags":
+            key.append(("tags", tuple(sorted(s.tags))))
+    return tuple(key)

@@ -1,0 +1,662 @@
+"""Prune: free the space of data no snapshot needs, while backups keep running.
+
+Prune deletes packs in two phases, so that it never deletes data that a concurrent process
+is about to reference and never makes a backup wait (docs/format.md, "Prune").
+
+Mark
+====
+
+Under a ``prune`` lock (shared: backups, restores and checks keep running; two prunes
+exclude each other), prune lists the snapshots, then loads every index file, and computes
+for each chain the set of blob ids its snapshots use: every tree reached from their roots
+(trees count as used) and every data blob those trees name. Deduplication only reaches
+inside a chain, so a pack is judged by its own chain's usage:
+
+* a pack is **garbage** when none of its blobs is used by a snapshot of its chain;
+* a pack is **mostly garbage** when the unused share of its blob bytes exceeds
+  ``max_unused`` (10 % by default); its used blobs are copied, still sealed and verified
+  first, into new packs of the same chain, and the old pack becomes garbage.
+
+A blob that a snapshot needs but that has no copy in that snapshot's chain (not something
+safehold writes, but possible in a damaged or hand-made repository) counts as used in every
+pack that holds it, so prune never removes the last copy of anything a snapshot names. If a
+snapshot needs a blob that no pack holds, prune stops before changing anything.
+
+Then, in this order:
+
+1. the new packs of the repack are stored (nothing references them yet);
+2. a **trash record** (``trash/<id>``, :mod:`safehold.repository.trash`) names every
+   garbage pack; from now on backups no longer adopt these packs as "unindexed";
+3. new index files describing every live pack (all indexed packs but the garbage, plus the
+   new packs) are written;
+4. the index files loaded in the mark are deleted, and no others: an index file a backup
+   wrote meanwhile stays.
+
+Let *T* be the time after step 4. The trash record is then written again, so that its
+``created`` time is at least *T*, and the first copy is deleted.
+
+Sweep
+=====
+
+A trash record may be swept once no lock other than prune's own has a ``created`` time
+earlier than its **sweep-after time**, ``created + lock_skew`` (5 minutes by default, a
+margin for clocks of different hosts that disagree). Stale locks (see
+:func:`safehold.repository.lock.is_stale`) are ignored and removed. Sweeping a record:
+
+* the index and all snapshots are loaded again;
+* a trashed pack that some current index file lists was adopted again by a backup: it is
+  kept and simply dropped from the record;
+* a trashed pack that holds a blob some snapshot uses and no live pack holds (in the
+  snapshot's chain) is **rescued**: an index file is written for it (from its own header)
+  and it is kept;
+* every other trashed pack is deleted; then the record is deleted.
+
+Every prune run sweeps the records of earlier runs at its start, and the record it has just
+written at its end when the condition already holds. With no other process about, one run
+marks and sweeps, and the space is free at once; while a backup runs, a later prune frees
+it.
+
+Why this is safe
+================
+
+Every process takes its lock before it loads the index, so a process whose lock was
+created after *T* (plus the skew margin) can only have loaded index files written by this
+prune or later, none of which lists a garbage pack, and it skips trashed packs when it
+adopts unindexed ones: it cannot reference a trashed blob it has not written itself. A
+process whose lock was created earlier may have loaded the old index and deduplicated
+against a garbage pack; the sweep waits until its lock is gone. When it is gone the process
+has finished: every snapshot it saved is stored and seen by the sweep, which rescues any
+trashed pack such a snapshot needs. A backup that adopted a trashed pack before the record
+existed wrote an index file for it, and a pack that an index file lists is never deleted.
+A lock that is stale belongs to a process that is gone or that stopped refreshing it for
+half an hour; like every lock-based scheme, this one trusts that such a process no longer
+writes.
+
+Crash safety: a crash before step 2 leaves new packs that no index lists (backups adopt
+them); between 2 and 4 both old and new index files exist and the trashed packs are still
+indexed, so a sweep keeps them; after 4 the first record (its ``created`` slightly before
+*T*, within the skew margin in any realistic run) guards the packs until the next prune.
+A sweep deletes packs before the record and writes rescue index files before deleting
+anything, so an interrupted sweep is finished by the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from safehold.errors import IntegrityError, ObjectNotFound, SafeholdError, UsageError
+from safehold.repository import lock as lockmod
+from safehold.repository import tree as t
+from safehold.repository.format import T_INDEX, storage_id
+from safehold.repository.index import Index, PackRecord, decode_index
+from safehold.repository.pack import PackBuilder, PackEntry
+from safehold.repository.repository import Repository, pack_name
+from safehold.repository.snapshot import Snapshot
+from safehold.repository.trash import TrashRecord, list_trash, write_trash
+
+__all__ = [
+    "DEFAULT_LOCK_SKEW",
+    "DEFAULT_MAX_UNUSED",
+    "MarkResult",
+    "PruneOptions",
+    "PruneResult",
+    "SweepResult",
+    "prune",
+    "sweep",
+]
+
+DEFAULT_MAX_UNUSED = 10.0
+DEFAULT_LOCK_SKEW = timedelta(minutes=5)
+# Index files written by prune hold at most this many blobs, so that none grows unbounded.
+INDEX_FILE_MAX_BLOBS = 100_000
+HEADER_THREADS = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneOptions:
+    max_unused: float = DEFAULT_MAX_UNUSED
+    """Percent of a pack's blob bytes that may be unused before the pack is repacked;
+    100 never repacks (only wholly unused packs are removed)."""
+    lock_skew: timedelta = DEFAULT_LOCK_SKEW
+    """Margin added to a trash record's time before locks are compared with it."""
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_unused <= 100:
+            raise UsageError(f"max unused must be between 0 and 100 %, not {self.max_unused}")
+        if self.lock_skew < timedelta(0):
+            raise UsageError("the lock skew margin must not be negative")
+
+
+@dataclass
+class SweepResult:
+    records_swept: int = 0
+    records_waiting: int = 0
+    packs_deleted: int = 0
+    bytes_freed: int = 0
+    packs_rescued: int = 0
+    packs_readopted: int = 0  # listed by an index again: kept
+    packs_gone: int = 0  # already deleted (an interrupted sweep)
+    packs_waiting: int = 0  # stored packs named by records that must wait
+    bytes_waiting: int = 0
+    stale_locks_removed: int = 0
+    waiting_for: list[str] = field(default_factory=list)  # the locks a record waits for
+
+
+@dataclass
+class MarkResult:
+    snapshots: int = 0
+    packs: int = 0  # indexed packs
+    bytes: int = 0
+    packs_unindexed: int = 0  # stored, in no index nor trash: left for backups to adopt
+    packs_garbage: int = 0
+    bytes_garbage: int = 0
+    packs_repacked: int = 0
+    bytes_repacked: int = 0  # stored size of the packs repacked
+    blobs_repacked: int = 0
+    bytes_copied: int = 0  # sealed bytes of the blobs copied
+    packs_written: int = 0
+    bytes_written: int = 0
+    index_files_written: int = 0
+    index_files_deleted: int = 0
+    trash_record: str | None = None
+
+
+@dataclass
+class PruneResult:
+    dry_run: bool
+    earlier: SweepResult
+    mark: MarkResult
+    swept: SweepResult
+    packs_pending: int = 0  # still named by a trash record when prune finished
+    bytes_pending: int = 0
+
+    @property
+    def packs_deleted(self) -> int:
+        return self.earlier.packs_deleted + self.swept.packs_deleted
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.earlier.bytes_freed + self.swept.bytes_freed
+
+    @property
+    def packs_rescued(self) -> int:
+        return self.earlier.packs_rescued + self.swept.packs_rescued
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["packs_deleted"] = self.packs_deleted
+        d["bytes_freed"] = self.bytes_freed
+        d["packs_rescued"] = self.packs_rescued
+        return d
+
+
+# --- prune -------------------------------------------------------------------------------
+
+
+def prune(repo: Repository, opts: PruneOptions | None = None) -> PruneResult:
+    """Sweep earlier trash, mark garbage (repacking mostly unused packs), sweep again.
+
+    A dry run takes no lock, writes and deletes nothing, and reports what a real run would
+    do (assuming no process starts meanwhile).
+    """
+    opts = opts or PruneOptions()
+    if opts.dry_run:
+        return _dry_run(repo, opts)
+    with repo.lock("prune") as held:
+        own = held.info.name
+        earlier = sweep(repo, own_lock=own, lock_skew=opts.lock_skew)
+        mark, used, known = _mark(repo, opts)
+        swept = sweep(repo, own_lock=own, lock_skew=opts.lock_skew, _used=used, _known=known)
+    return PruneResult(False, earlier, mark, swept, swept.packs_waiting, swept.bytes_waiting)
+
+
+def _dry_run(repo: Repository, opts: PruneOptions) -> PruneResult:
+    earlier = sweep(repo, own_lock=None, lock_skew=opts.lock_skew, dry_run=True)
+    mark, _used, _known = _mark(repo, opts, dry_run=True)
+    swept = SweepResult()
+    doomed = mark.packs_garbage + mark.packs_repacked
+    doomed_bytes = mark.bytes_garbage + mark.bytes_repacked
+    if doomed:
+        # The record a real run writes now waits for every live lock (all are older).
+        now = repo.clock.now()
+        swept.waiting_for = sorted(
+            info.describe()
+            for info in lockmod.list_locks(repo.storage, repo.aead)
+            if not lockmod.is_stale(info, now)
+        )
+        if swept.waiting_for:
+            swept.records_waiting = 1
+            swept.packs_waiting, swept.bytes_waiting = doomed, doomed_bytes
+        else:
+            swept.records_swept = 1
+            swept.packs_deleted, swept.bytes_freed = doomed, doomed_bytes
+    return PruneResult(
+        True,
+        earlier,
+        mark,
+        swept,
+        earlier.packs_waiting + swept.packs_waiting,
+        earlier.bytes_waiting + swept.bytes_waiting,
+    )
+
+
+@dataclass(frozen=True)
+class _UsedCache:
+    """Blob usage computed for a set of snapshots; valid for any subset of them, since
+    snapshots never change (a forgotten snapshot only makes the cache conservative)."""
+
+    snapshot_ids: frozenset[str]
+    used: dict[bytes, set[bytes]]
+
+
+def _mark(
+    repo: Repository, opts: PruneOptions, *, dry_run: bool = False
+) -> tuple[MarkResult, _UsedCache, dict[bytes, PackRecord]]:
+    result = MarkResult()
+    pending = list_trash(repo)
+    # Snapshots first, then the index: every listed snapshot's blobs are in an index file
+    # written before it (write order packs -> index -> snapshot).
+    snaps = repo.list_snapshots()
+    live, loaded = _load_live_index(repo)
+    sizes = repo.list_packs()
+    pending_ids = {p for rec in pending for p in rec.packs}
+    pending_headers = _read_headers(
+        repo, [p for p in pending_ids if p not in live.packs and p in sizes], sizes, {}
+    )
+    # Snapshots saved by backups that ran during an earlier prune may need blobs that now
+    # live only in trashed packs; the view includes those so the walk finds them.
+    used = _used_blobs(repo, _view(live, pending_headers.values()), snaps)
+    foreign = _foreign_needed(live, used)
+    result.snapshots = len(snaps)
+    result.packs = len(live.packs)
+    result.bytes = sum(rec.size for rec in live.packs.values())
+    result.packs_unindexed = sum(1 for p in sizes if p not in live.packs and p not in pending_ids)
+
+    garbage: list[PackRecord] = []
+    repack: list[PackRecord] = []
+    for rec in live.packs.values():
+        chain_used = used.get(rec.chain_id, set())
+        total = sum(e.length for e in rec.entries)
+        in_use = sum(
+            e.length for e in rec.entries if e.blob_id in chain_used or e.blob_id in foreign
+        )
+        if in_use == 0:
+            garbage.append(rec)
+        elif (total - in_use) * 100 > opts.max_unused * total:
+            repack.append(rec)
+    result.packs_garbage = len(garbage)
+    result.bytes_garbage = sum(rec.size for rec in garbage)
+    result.packs_repacked = len(repack)
+    result.bytes_repacked = sum(rec.size for rec in repack)
+    cache = _UsedCache(frozenset(s.id for s in snaps), used)
+    known = {rec.pack_id: rec for rec in (*garbage, *repack)}
+    known.update(pending_headers)
+    if not garbage and not repack:
+        return result, cache, known
+
+    doomed = {rec.pack_id for rec in (*garbage, *repack)}
+    new_packs = _repack(repo, live, doomed, repack, used, foreign, result, dry_run=dry_run)
+    if dry_run:
+        return result, cache, known
+    first = write_trash(repo, sorted(doomed))  # (2): backups stop adopting these packs
+    survivors = [rec for rec in live.packs.values() if rec.pack_id not in doomed]
+    survivors.extend(new_packs)
+    written = {repo.write_index(chunk) for chunk in _chunks(survivors)}  # (3)
+    for name in loaded:  # (4): only what we loaded; a concurrent backup's index stays
+        if name in written:  # same content, same name: it is ours now
+            continue
+        with contextlib.suppress(ObjectNotFound):
+            repo.storage.delete(name)
+            result.index_files_deleted += 1
+    result.index_files_written = len(written)
+    # T: the old index is gone. Restamp the record so its time is at least T.
+    final = write_trash(repo, sorted(doomed))
+    if final.name != first.name:
+        repo.storage.delete(first.name)
+    result.trash_record = final.name
+    index = Index()
+    for rec in survivors:
+        index.add_pack(rec)
+    repo.index = index
+    return result, cache, known
+
+
+def _repack(
+    repo: Repository,
+    live: Index,
+    doomed: set[bytes],
+    repack: list[PackRecord],
+    used: dict[bytes, set[bytes]],
+    foreign: set[bytes],
+    result: MarkResult,
+    *,
+    dry_run: bool,
+) -> list[PackRecord]:
+    """Copy the used blobs of ``repack`` into new packs of the same chains (step 1)."""
+    if not repack:
+        return []
+    kept: dict[bytes, set[bytes]] = {}
+    for rec in live.packs.values():
+        if rec.pack_id not in doomed:
+            kept.setdefault(rec.chain_id, set()).update(e.blob_id for e in rec.entries)
+    writer = _PackWriter(repo)
+    for rec in sorted(repack, key=lambda r: (r.chain_id, r.pack_id)):
+        chain_used = used.get(rec.chain_id, set())
+        chain_kept = kept.setdefault(rec.chain_id, set())
+        wanted = [
+            e
+            for e in rec.entries
+            if (e.blob_id in chain_used or e.blob_id in foreign) and e.blob_id not in chain_kept
+        ]
+        if not wanted:
+            continue
+        name = pack_name(rec.pack_id)
+        raw = b"" if dry_run else repo.storage.get(name)
+        for e in wanted:
+            if e.blob_id in chain_kept:  # twice in this pack
+                continue
+            chain_kept.add(e.blob_id)
+            result.blobs_repacked += 1
+            result.bytes_copied += e.length
+            if dry_run:
+                continue
+            sealed = raw[e.offset : e.offset + e.length]
+            # Verify before copying: a damaged blob must not be given a new, clean home.
+            repo.open_blob(e.blob_id, sealed, e.raw_length, name)
+            writer.add(rec.chain_id, e, sealed)
+    records = writer.finish()
+    result.packs_written = len(records)
+    result.bytes_written = sum(rec.size for rec in records)
+    return records
+
+
+class _PackWriter:
+    """Fills packs with already sealed blobs, one builder per chain and blob type."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.builders: dict[tuple[bytes, int], PackBuilder] = {}
+        self.records: list[PackRecord] = []
+
+    def add(self, chain_id: bytes, entry: PackEntry, sealed: bytes) -> None:
+        key = (chain_id, entry.blob_type)
+        builder = self.builders.get(key)
+        if builder is None:
+            builder = self.builders[key] = PackBuilder(chain_id)
+        builder.add(entry.blob_type, entry.blob_id, sealed, entry.raw_length)
+        if builder.size >= self.repo.config.pack_size:
+            del self.builders[key]
+            self._store(builder)
+
+    def _store(self, builder: PackBuilder) -> None:
+        raw = builder.finish(self.repo.aead)
+        pack_id = bytes.fromhex(storage_id(raw))
+        self.repo.storage.put(pack_name(pack_id), raw)
+        self.records.append(PackRecord(pack_id, builder.chain_id, len(raw), tuple(builder.entries)))
+
+    def finish(self) -> list[PackRecord]:
+        for builder in self.builders.values():
+            if len(builder):
+                self._store(builder)
+        self.builders.clear()
+        return self.records
+
+
+def _chunks(records: list[PackRecord]) -> Iterator[list[PackRecord]]:
+    chunk: list[PackRecord] = []
+    blobs = 0
+    for rec in records:
+        if chunk and blobs + len(rec.entries) > INDEX_FILE_MAX_BLOBS:
+            yield chunk
+            chunk, blobs = [], 0
+        chunk.append(rec)
+        blobs += len(rec.entries)
+    if chunk:
+        yield chunk
+
+
+# --- sweep -------------------------------------------------------------------------------
+
+
+def sweep(
+    repo: Repository,
+    *,
+    own_lock: str | None = None,
+    lock_skew: timedelta = DEFAULT_LOCK_SKEW,
+    dry_run: bool = False,
+    _used: _UsedCache | None = None,
+    _known: dict[bytes, PackRecord] | None = None,
+) -> SweepResult:
+    """Delete the packs of every trash record whose sweep-after time has passed for all
+    locks but ``own_lock``, rescuing the packs a snapshot still needs. The caller holds a
+    ``prune`` lock (named ``own_lock``) unless this is a dry run."""
+    result = SweepResult()
+    records = list_trash(repo)
+    if not records:
+        return result
+    ready, waiting = _ready_records(repo, records, own_lock, lock_skew, result, dry_run=dry_run)
+    if not ready:
+        _count_waiting(result, waiting, set(), repo.list_packs())
+        return result
+    snaps = repo.list_snapshots()
+    live, _loaded = _load_live_index(repo)
+    sizes = repo.list_packs()
+    candidates = list(dict.fromkeys(p for rec in ready for p in rec.packs))
+    if _used is not None and {s.id for s in snaps} <= _used.snapshot_ids:
+        headers = _read_headers(
+            repo, [p for p in candidates if p not in live.packs and p in sizes], sizes, _known
+        )
+        used = _used.used
+    else:
+        trashed = {p for rec in records for p in rec.packs if p not in live.packs and p in sizes}
+        headers = _read_headers(repo, trashed, sizes, _known or {})
+        used = _used_blobs(repo, _view(live, headers.values()), snaps)
+    needed: set[bytes] = set()
+    for blobs in used.values():
+        needed |= blobs
+    rescued: list[PackRecord] = []
+    doomed: list[bytes] = []
+    for pack_id in candidates:
+        if pack_id in live.packs:
+            result.packs_readopted += 1
+        elif pack_id not in sizes:
+            result.packs_gone += 1
+        elif pack_id in headers and _still_needed(headers[pack_id], live, used, needed):
+            rescued.append(headers[pack_id])
+        else:
+            # Also a pack whose header cannot be read: the walk found every used blob in
+            # the view without it, so it holds nothing a snapshot needs.
+            doomed.append(pack_id)
+    result.packs_rescued = len(rescued)
+    result.packs_deleted = len(doomed)
+    result.bytes_freed = sum(sizes[p] for p in doomed)
+    result.records_swept = len(ready)
+    _count_waiting(result, waiting, set(doomed), sizes)
+    if dry_run:
+        return result
+    if rescued:
+        repo.write_index(rescued)  # before anything is deleted
+    for pack_id in doomed:
+        with contextlib.suppress(ObjectNotFound):
+            repo.storage.delete(pack_name(pack_id))
+    for record in ready:  # after the packs: a record outlives an interrupted sweep
+        with contextlib.suppress(ObjectNotFound):
+            repo.storage.delete(record.name)
+    for rec in rescued:
+        live.add_pack(rec)
+    repo.index = live
+    return result
+
+
+def _ready_records(
+    repo: Repository,
+    records: list[TrashRecord],
+    own_lock: str | None,
+    lock_skew: timedelta,
+    result: SweepResult,
+    *,
+    dry_run: bool,
+) -> tuple[list[TrashRecord], list[TrashRecord]]:
+    """Splits records into those that may be swept now and those that must wait."""
+    now = repo.clock.now()
+    others: list[lockmod.LockInfo] = []
+    for info in lockmod.list_locks(repo.storage, repo.aead):
+        if info.name == own_lock:
+            continue
+        if lockmod.is_stale(info, now):
+            if not dry_run:
+                with contextlib.suppress(ObjectNotFound):
+                    repo.storage.delete(info.name)
+            result.stale_locks_removed += 1
+            continue
+        others.append(info)
+    ready, waiting = [], []
+    waiting_for: dict[str, str] = {}
+    for rec in records:
+        sweep_after = rec.created + lock_skew
+        blockers = [info for info in others if info.created < sweep_after]
+        if blockers:
+            waiting.append(rec)
+            waiting_for.update((info.name, info.describe()) for info in blockers)
+        else:
+            ready.append(rec)
+    result.records_waiting = len(waiting)
+    result.waiting_for = sorted(waiting_for.values())
+    return ready, waiting
+
+
+def _count_waiting(
+    result: SweepResult, waiting: list[TrashRecord], deleted: set[bytes], sizes: dict[bytes, int]
+) -> None:
+    packs = {p for rec in waiting for p in rec.packs if p in sizes and p not in deleted}
+    result.packs_waiting = len(packs)
+    result.bytes_waiting = sum(sizes[p] for p in packs)
+
+
+def _still_needed(
+    rec: PackRecord, live: Index, used: dict[bytes, set[bytes]], needed: set[bytes]
+) -> bool:
+    chain_used = used.get(rec.chain_id, set())
+    for e in rec.entries:
+        b = e.blob_id
+        if b in chain_used and not live.has_in_chain(b, rec.chain_id):
+            return True
+        if b in needed and b not in live:
+            return True
+    return False
+
+
+# --- shared helpers ------------------------------------------------------------------------
+
+
+def _load_live_index(repo: Repository) -> tuple[Index, list[str]]:
+    """Load every index file; returns the index and the names of the files it came from
+    (prune deletes exactly these). Damaged files raise: prune does not guess."""
+    index = Index()
+    loaded = []
+    for name in repo.list_index_files():
+        try:
+            records = decode_index(repo.load_object(name, T_INDEX), name)
+        except ObjectNotFound:
+            continue
+        for rec in records:
+            index.add_pack(rec)
+        loaded.append(name)
+    repo.index = index
+    repo.index_loaded = True
+    return index, loaded
+
+
+def _view(live: Index, extra: Iterable[PackRecord]) -> Index:
+    """The live index plus trashed packs, for reading trees that only trashed packs hold."""
+    view = Index()
+    for rec in live.packs.values():
+        view.add_pack(rec)
+    for rec in extra:
+        view.add_pack(rec)
+    return view
+
+
+def _read_headers(
+    repo: Repository,
+    pack_ids: Iterable[bytes],
+    sizes: dict[bytes, int],
+    known: dict[bytes, PackRecord] | None,
+) -> dict[bytes, PackRecord]:
+    """Pack headers by id; packs whose header cannot be read are left out."""
+    out: dict[bytes, PackRecord] = {}
+    todo = []
+    for p in pack_ids:
+        if known and p in known:
+            out[p] = known[p]
+        else:
+            todo.append(p)
+
+    def read(pack_id: bytes) -> PackRecord | None:
+        try:
+            return repo.read_pack_header(pack_id, sizes[pack_id])
+        except (SafeholdError, ValueError):
+            return None
+
+    with ThreadPoolExecutor(HEADER_THREADS, thread_name_prefix="pack-header") as pool:
+        for rec in pool.map(read, todo):
+            if rec is not None:
+                out[rec.pack_id] = rec
+    return out
+
+
+def _used_blobs(repo: Repository, view: Index, snaps: list[Snapshot]) -> dict[bytes, set[bytes]]:
+    """Blob ids used by the snapshots of each chain: every tree reachable from their roots
+    and every data blob those trees name. Raises if a snapshot needs a blob no pack holds."""
+    used: dict[bytes, set[bytes]] = {}
+    walked: dict[bytes, set[str]] = {}
+    for snap in snaps:
+        chain = bytes.fromhex(snap.chain)
+        chain_used = used.setdefault(chain, set())
+        chain_walked = walked.setdefault(chain, set())
+        stack = [snap.tree]
+        while stack:
+            tree_id = stack.pop()
+            if tree_id in chain_walked:
+                continue
+            chain_walked.add(tree_id)
+            blob_id = bytes.fromhex(tree_id)
+            chain_used.add(blob_id)
+            nodes = t.decode_tree(_read_blob(repo, view, blob_id, snap), f"tree {tree_id[:8]}")
+            for node in nodes:
+                if node.subtree:
+                    stack.append(node.subtree)
+                for hex_id in node.content:
+                    data_id = bytes.fromhex(hex_id)
+                    if data_id not in view:
+                        raise _missing(data_id, snap)
+                    chain_used.add(data_id)
+    return used
+
+
+def _foreign_needed(live: Index, used: dict[bytes, set[bytes]]) -> set[bytes]:
+    """Blobs a chain uses but holds no copy of: they count as used wherever they are."""
+    return {b for chain, blobs in used.items() for b in blobs if not live.has_in_chain(b, chain)}
+
+
+def _read_blob(repo: Repository, view: Index, blob_id: bytes, snap: Snapshot) -> bytes:
+    loc = view.lookup(blob_id)
+    if loc is None:
+        raise _missing(blob_id, snap)
+    name = pack_name(loc.pack_id)
+    sealed = repo.storage.get(name, loc.offset, loc.length)
+    return repo.open_blob(blob_id, sealed, loc.raw_length, name)
+
+
+def _missing(blob_id: bytes, snap: Snapshot) -> IntegrityError:
+    return IntegrityError(
+        f"snapshot {snap.short_id} needs blob {blob_id.hex()[:8]}, which no pack holds; "
+        "prune stopped without deleting anything",
+        hint="run 'safehold check', then 'safehold repair index' or forget that snapshot",
+    )
