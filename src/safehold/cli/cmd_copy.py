@@ -141,7 +141,8 @@ def result_json(r: CopyResult) -> dict[str, Any]:
         "target": r.target or None,
         "chain": r.source.chain,
         "chain_seq": r.source.chain_seq,
-        "verified": r.status == COPIED,
+        # A skipped snapshot was verified by the run that copied it, not by this one.
+        "verified": None if r.status == SKIPPED else r.status == COPIED,
         "blobs_new": r.blobs_new,
         "data_added": r.data_added,
         "data_added_stored": r.data_added_stored,

@@ -24,9 +24,10 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from safehold.engine.progress import NO_PROGRESS, Progress
-from safehold.errors import IntegrityError, SafeholdError
+from safehold.errors import FormatError, IntegrityError, SafeholdError
 from safehold.repository import tree as t
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
 from safehold.repository.repository import Repository
@@ -62,6 +63,23 @@ class CopyResult:
     @property
     def ok(self) -> bool:
         return self.status != FAILED
+
+
+def _blob_id(text: str, tree_id: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except (ValueError, TypeError) as exc:
+        raise FormatError(f"tree {tree_id[:8]} names an invalid id {text!r}") from exc
+    if len(raw) != 32:
+        raise FormatError(f"tree {tree_id[:8]} names an invalid id {text!r}")
+    return raw
+
+
+def _content(node: dict[str, Any], tree_id: str) -> list[str]:
+    ids = node.get("content") or []
+    if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
+        raise FormatError(f"tree {tree_id[:8]} has a node with invalid content")
+    return ids
 
 
 def copy_snapshots(
@@ -229,26 +247,31 @@ class _Copier:
 
         A tree is saved only after all it names was saved by the same saver or is already
         in the destination index, so a tree in the index implies a complete subtree.
+        Nodes are copied as JSON objects with only ``content`` and ``subtree`` replaced,
+        so every other field, including ones this version does not know, stays as stored.
         """
-        src_id = bytes.fromhex(tree_id)
+        src_id = _blob_id(tree_id, tree_id)
         known = self._known(job, src_id)
         if known is not None:
             return known.hex()
-        nodes = self.src.load_tree(tree_id)
+        nodes = self.src.load_tree_json(tree_id)
+        contents = [_content(node, tree_id) for node in nodes]
         # Each distinct chunk once (a file may repeat one), loaded and sealed in parallel.
-        todo = list(dict.fromkeys(bytes.fromhex(c) for n in nodes for c in n.content))
+        todo = list(dict.fromkeys(_blob_id(c, tree_id) for ids in contents for c in ids))
         done = job.pool.map(lambda b: self._data(job, b), todo)
         translated = {s.hex(): d.hex() for s, d in zip(todo, done, strict=True)}
         out = []
-        for node in nodes:
-            # Nodes belong to the source's tree cache: build new ones, never mutate.
-            new = dataclasses.replace(node, content=[translated[c] for c in node.content])
-            if node.subtree:
-                new.subtree = self._tree(job, node.subtree)
-            if node.type == t.FILE:
-                self.progress.advance(1, node.size)
+        for node, ids in zip(nodes, contents, strict=True):
+            new = dict(node)
+            if ids:
+                new["content"] = [translated[c] for c in ids]
+            subtree = node.get("subtree")
+            if subtree:
+                new["subtree"] = self._tree(job, str(subtree))
+            if node.get("type") == t.FILE:
+                self.progress.advance(1, int(node.get("size", 0)))
             out.append(new)
-        return self._save(job, src_id, BLOB_TREE, t.encode_tree(out)).hex()
+        return self._save(job, src_id, BLOB_TREE, t.encode_tree_json(out)).hex()
 
     # --- verifying the copy ----------------------------------------------------------------
 

@@ -143,6 +143,10 @@ class _Restorer:
                     self.result.errors.append((out, f"cannot create device: {exc.strerror}"))
 
     def _plan_file(self, out: str, node: t.Node) -> None:
+        if node.error:
+            # Nothing was stored for it: writing zeros of its size would invent content.
+            self.result.errors.append((out, f"not restored: unreadable at backup ({node.error})"))
+            return
         if node.links > 1:
             key = (node.dev, node.inode)
             if key in self.hardlinks:

@@ -14,8 +14,11 @@ from safehold.engine.copy import COPIED, FAILED, SKIPPED, copy_snapshots
 from safehold.engine.progress import Progress
 from safehold.engine.walk import walk
 from safehold.errors import ObjectNotFound
-from safehold.repository.repository import Repository
+from safehold.repository.format import BLOB_DATA, BLOB_TREE
+from safehold.repository.repository import Repository, new_chain_id
+from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
+from safehold.repository.tree import encode_tree_json
 from safehold.storage.base import Storage
 from safehold.storage.memory import MemoryStorage
 from safehold.storage.wrappers import FaultyStorage
@@ -110,12 +113,15 @@ def test_deduplication_inside_chains_survives_the_copy(tree: Path) -> None:
 
     results = copy_snapshots(src, dst, [full, incremental, isolated])
 
-    new = {r.source.id: r.blobs_new for r in results}
+    by_id = {r.source.id: r for r in results}
     # Same content and same chains: the destination stores exactly what the source did,
     # little for the incremental and everything again for the isolated snapshot.
     for snap in (full, incremental, isolated):
-        assert new[snap.id] == snap.summary["blobs_new"], snap.id
-    assert new[incremental.id] < new[full.id] // 2
+        assert by_id[snap.id].blobs_new == snap.summary["blobs_new"], snap.id
+        assert by_id[snap.id].data_added == snap.summary["data_added"], snap.id
+    assert by_id[full.id].data_added > 3 * 1024 * 1024
+    assert by_id[incremental.id].data_added < 64 * 1024
+    assert by_id[isolated.id].data_added > 3 * 1024 * 1024
     by_chain: dict[bytes, int] = {}
     for rec in dst.index.packs.values():
         by_chain[rec.chain_id] = by_chain.get(rec.chain_id, 0) + len(rec.entries)
@@ -241,3 +247,25 @@ def test_only_the_given_snapshots_are_copied(tree: Path) -> None:
     assert [s.original for s in dst.list_snapshots()] == [first.id]
     with pytest.raises(ObjectNotFound):
         dst.storage.stat("snapshots/" + first.id)  # a new id: the copy is its own object
+
+
+def test_fields_this_version_does_not_know_survive_the_copy() -> None:
+    src, dst = make_repo(), make_repo()
+    src.load_index()
+    chain = new_chain_id()
+    saver = BlobSaver(src, bytes.fromhex(chain))
+    blob, _ = saver.save(BLOB_DATA, b"some data")
+    node = {"name": "f", "type": "file", "mode": 0o600, "size": 9, "content": [blob.hex()]}
+    node["added_by_a_later_version"] = {"x": [1, 2]}
+    tree, _ = saver.save(BLOB_TREE, encode_tree_json([node]))
+    saver.finish()
+    snap = Snapshot(time=src.clock.now(), tree=tree.hex(), paths=["/f"], hostname="h", chain=chain)
+    src.save_snapshot(snap)
+
+    [result] = copy_snapshots(src, dst, [snap])
+
+    assert result.status == COPIED
+    [copied] = dst.load_tree_json(dst.load_snapshot(result.target).tree)
+    assert copied["added_by_a_later_version"] == {"x": [1, 2]}
+    assert copied["content"] != node["content"]
+    assert dst.load_blob(bytes.fromhex(copied["content"][0])) == b"some data"

@@ -1,0 +1,183 @@
+"""``safehold key``: list, add, remove and passwd, through the real command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CliRunner
+
+NEW = "a new password"
+WRONG_PASSWORD = 12
+
+
+def keys(cli: CliRunner, repo: str, password: str | None = None) -> list[dict[str, Any]]:
+    """The keys as listed with ``password`` (default: the one the repository was made with)."""
+    env = {"SAFEHOLD_PASSWORD": password} if password else None
+    res = cli("-r", repo, "key", "list", "--json", env=env)
+    assert res.code == 0, res.output
+    found: list[dict[str, Any]] = json.loads(res.stdout)
+    return found
+
+
+def add_key(cli: CliRunner, repo: str, new: str = NEW) -> None:
+    res = cli("-r", repo, "key", "add", "--kdf-log2n", "10", env={"SAFEHOLD_NEW_PASSWORD": new})
+    assert res.code == 0, res.output
+
+
+def test_after_add_both_passwords_open(cli: CliRunner, cli_repo: str) -> None:
+    add_key(cli, cli_repo)
+
+    with_old = keys(cli, cli_repo)
+    with_new = keys(cli, cli_repo, NEW)
+
+    assert len(with_old) == len(with_new) == 2
+    # Each password opens through its own key file.
+    assert {k["id"] for k in with_old if k["current"]} != {
+        k["id"] for k in with_new if k["current"]
+    }
+    assert all(k["n"] == 1024 for k in with_new)  # --kdf-log2n was honoured
+    res = cli("-r", cli_repo, "snapshots", env={"SAFEHOLD_PASSWORD": "not it"})
+    assert res.code == WRONG_PASSWORD
+
+
+def test_add_reads_the_new_password_from_a_file(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    pw_file = tmp_path / "new-pw"
+    pw_file.write_text("from a file\n")
+
+    res = cli(
+        "-r", cli_repo, "key", "add", "--kdf-log2n", "10", "--new-password-file", str(pw_file)
+    )
+
+    assert res.code == 0, res.output
+    assert len(keys(cli, cli_repo, "from a file")) == 2
+
+
+def test_add_without_a_new_password_is_refused(cli: CliRunner, cli_repo: str) -> None:
+    res = cli("-r", cli_repo, "key", "add", "--kdf-log2n", "10")
+
+    assert res.code == 2
+    assert "no new password" in res.stderr
+    assert len(keys(cli, cli_repo)) == 1
+
+
+def test_list_marks_the_key_in_use(cli: CliRunner, cli_repo: str) -> None:
+    add_key(cli, cli_repo)
+    current = next(k for k in keys(cli, cli_repo, NEW) if k["current"])
+
+    res = cli("-r", cli_repo, "key", "list", env={"SAFEHOLD_PASSWORD": NEW})
+
+    assert res.code == 0, res.output
+    marked = [line for line in res.stdout.splitlines() if line.startswith("* ")]
+    assert len(marked) == 1
+    assert marked[0].split()[1] == current["id"][:8]
+    assert current["hostname"] in marked[0]
+
+
+def test_removed_password_no_longer_opens(cli: CliRunner, cli_repo: str) -> None:
+    add_key(cli, cli_repo)
+    other = next(k for k in keys(cli, cli_repo) if not k["current"])
+
+    res = cli("-r", cli_repo, "key", "remove", other["id"][:8])
+
+    assert res.code == 0, res.output
+    res = cli("-r", cli_repo, "snapshots", env={"SAFEHOLD_PASSWORD": NEW})
+    assert res.code == WRONG_PASSWORD, res.output
+    [left] = keys(cli, cli_repo)
+    assert left["current"]
+    assert left["id"] != other["id"]
+
+
+def test_the_key_in_use_cannot_be_removed(cli: CliRunner, cli_repo: str) -> None:
+    add_key(cli, cli_repo)
+    current = next(k for k in keys(cli, cli_repo) if k["current"])
+
+    res = cli("-r", cli_repo, "key", "remove", current["id"])
+
+    assert res.code == 2
+    assert "opened with" in res.stderr
+    assert len(keys(cli, cli_repo)) == 2
+
+
+def test_the_last_key_cannot_be_removed(cli: CliRunner, cli_repo: str) -> None:
+    [only] = keys(cli, cli_repo)
+
+    res = cli("-r", cli_repo, "key", "remove", only["id"][:6])
+
+    assert res.code == 2
+    assert "last key" in res.stderr
+    assert keys(cli, cli_repo) == [only]
+
+
+def test_remove_with_an_unknown_id_is_refused(cli: CliRunner, cli_repo: str) -> None:
+    add_key(cli, cli_repo)
+
+    res = cli("-r", cli_repo, "key", "remove", "zz")
+
+    assert res.code == 2
+    assert "no key" in res.stderr
+    assert len(keys(cli, cli_repo)) == 2
+
+
+def test_remove_is_refused_while_another_process_uses_the_repository(
+    cli: CliRunner, cli_repo: str, cli_env: dict[str, str]
+) -> None:
+    add_key(cli, cli_repo)
+    other = next(k for k in keys(cli, cli_repo) if not k["current"])
+    # A backup of a stream that has not ended yet holds a shared lock.
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "safehold", "-r", cli_repo, "backup", "--stdin-name", "s"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env,
+    )
+    try:
+        locks = Path(cli_repo) / "locks"
+        deadline = time.monotonic() + 30
+        while not (locks.is_dir() and any(locks.iterdir())):
+            assert time.monotonic() < deadline, "the backup never took its lock"
+            time.sleep(0.05)
+
+        res = cli("-r", cli_repo, "key", "remove", other["id"][:8])
+
+        assert res.code == 11, res.output
+        assert len(keys(cli, cli_repo)) == 2
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    res = cli("-r", cli_repo, "key", "remove", other["id"][:8])
+    assert res.code == 0, res.output
+
+
+def test_passwd_leaves_one_key_that_opens_with_the_new_password(
+    cli: CliRunner, cli_repo: str, sample_tree: Path
+) -> None:
+    assert cli("-r", cli_repo, "backup", str(sample_tree)).code == 0
+    [old] = keys(cli, cli_repo)
+
+    res = cli(
+        "-r",
+        cli_repo,
+        "key",
+        "passwd",
+        "--kdf-log2n",
+        "10",
+        env={"SAFEHOLD_NEW_PASSWORD": NEW},
+    )
+
+    assert res.code == 0, res.output
+    [new] = keys(cli, cli_repo, NEW)
+    assert new["current"]
+    assert new["id"] != old["id"]
+    assert cli("-r", cli_repo, "snapshots").code == WRONG_PASSWORD
+    res = cli("-r", cli_repo, "snapshots", "--json", env={"SAFEHOLD_PASSWORD": NEW})
+    assert res.code == 0, res.output
+    assert len(json.loads(res.stdout)) == 1
