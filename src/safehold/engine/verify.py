@@ -1,0 +1,38 @@
+"""The verification use cases: ``check`` and ``repair index`` under the right locks.
+
+``check`` takes a shared lock of kind ``check`` (backups may run meanwhile; their
+unfinished packs show up as warnings); ``repair index`` takes an exclusive one, because it
+deletes index files that a concurrent writer might just have relied on.
+"""
+
+from __future__ import annotations
+
+from safehold.engine.progress import NO_PROGRESS, Progress
+from safehold.repository.check import (
+    CheckOptions,
+    CheckReport,
+    check_repository,
+    stale_lock_notes,
+)
+from safehold.repository.rebuild import RebuildReport, rebuild_index
+from safehold.repository.repository import Repository
+
+__all__ = ["run_check", "run_repair_index"]
+
+
+def run_check(
+    repo: Repository, opts: CheckOptions | None = None, progress: Progress = NO_PROGRESS
+) -> CheckReport:
+    # Stale locks are noted before taking ours: taking a lock removes them.
+    notes = stale_lock_notes(repo)
+    with repo.lock("check"):
+        report = check_repository(repo, opts, progress)
+    report.problems.extend(notes)
+    return report
+
+
+def run_repair_index(
+    repo: Repository, *, include_trash: bool = False, progress: Progress = NO_PROGRESS
+) -> RebuildReport:
+    with repo.lock("repair", exclusive=True):
+        return rebuild_index(repo, include_trash=include_trash, progress=progress)
