@@ -10,6 +10,7 @@ failed source leaves the repository as it was, plus packs the next backup reuses
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import socket
 import subprocess
@@ -175,11 +176,30 @@ def _choose_chain(
     else:
         same = [s for s in snaps if s.hostname == host and s.paths == key and not s.isolated]
         parent = same[-1] if same else None
-    if parent is None or parent.isolated or parent.chain in repo.finished_chains():
-        return None, new_chain_id(), 0
-    if opts.chain_length is not None and parent.chain_seq >= opts.chain_length:
-        return None, new_chain_id(), 0  # chain is full: a fresh full upload
+    finished = repo.finished_chains()
+    if parent is None or parent.isolated:
+        return None, _next_chain(repo, host, key, "", finished), 0
+    if parent.chain in finished or (
+        opts.chain_length is not None and parent.chain_seq >= opts.chain_length
+    ):
+        # A fresh full upload in a new chain.
+        return None, _next_chain(repo, host, key, parent.chain, finished), 0
     return parent, parent.chain, parent.chain_seq + 1
+
+
+def _next_chain(
+    repo: Repository, host: str, key: list[str], previous: str, finished: set[str]
+) -> str:
+    """The id of the chain that follows ``previous`` for this source (or its first chain).
+
+    Derived, not random, so that a full backup that was interrupted and run again joins
+    the same chain and reuses the packs the interrupted run uploaded.
+    """
+    seed = json.dumps([host, key, previous]).encode()
+    chain = repo.master.blob_id(b"safehold chain\0" + seed)[:16].hex()
+    while chain in finished:
+        chain = repo.master.blob_id(b"safehold chain\0" + chain.encode())[:16].hex()
+    return chain
 
 
 # --- streams -------------------------------------------------------------------------------
