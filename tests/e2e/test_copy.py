@@ -229,5 +229,5 @@ def test_no_destination_or_no_destination_password(
 
     res = copy(cli, cli_repo, repo_b, env={})
     assert res.code == 2
-    assert "no password given for the destination" in res.stderr
+    assert "no destination repository password given" in res.stderr
     assert snapshots(cli, repo_b, PW_B) == []

@@ -49,13 +49,6 @@ def register(sub: Any) -> None:
     _filters(fin, "with the default or 'latest': the latest snapshot")
     fin.set_defaults(func=run_finish)
 
-    # Global options (-r, --json, ...) are accepted after the action too, as after any
-    # command; main adds them to the first level only.
-    from safehold.cli.main import _global_options
-
-    for action in (ls, fin):
-        _global_options(action, argparse.SUPPRESS)
-
 
 def _filters(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--host", help=f"{what} of this host")

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
-import shlex
-import subprocess
 import sys
 from typing import Any
 
 from safehold.app import open_repository
 from safehold.cli.cmd_snapshots import add_filters, filtered
-from safehold.cli.context import Context, human_bytes
+from safehold.cli.context import Context, human_bytes, read_password
 from safehold.cli.progress import make_progress
 from safehold.engine.copy import COPIED, SKIPPED, CopyOptions, CopyResult, copy_snapshots
 from safehold.errors import (
-    ConfigError,
     ExitCode,
     RepositoryNotFound,
     UsageError,
@@ -62,42 +58,14 @@ def register(sub: Any) -> None:
 
 def read_to_password(password_file: str | None, password_command: str | None) -> bytes:
     """The destination's password, from its own sources only (never SAFEHOLD_PASSWORD*,
-    which belong to the source repository). Trailing newlines are stripped."""
-    password_file = password_file or os.environ.get(TO_PASSWORD_FILE_ENV)
-    password_command = password_command or os.environ.get(TO_PASSWORD_COMMAND_ENV)
-    if password_file:
-        try:
-            with open(password_file, "rb") as f:
-                pw = f.read().rstrip(b"\r\n")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the destination password file {password_file}: {exc.strerror}"
-            ) from exc
-    elif password_command:
-        try:
-            out = subprocess.run(
-                shlex.split(password_command), capture_output=True, check=False, timeout=60
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f"the destination password command could not run: {exc}") from exc
-        if out.returncode != 0:
-            raise ConfigError(
-                f"the destination password command exited with status {out.returncode}",
-                hint="run it by hand to see why",
-            )
-        pw = out.stdout.rstrip(b"\r\n")
-    elif TO_PASSWORD_ENV in os.environ:
-        pw = os.environ[TO_PASSWORD_ENV].encode()
-    elif sys.stdin.isatty():
-        pw = getpass.getpass("enter the destination repository password: ").encode()
-    else:
-        raise UsageError(
-            "no password given for the destination repository",
-            hint=f"set {TO_PASSWORD_ENV}, or use --to-password-file or --to-password-command",
-        )
-    if not pw:
-        raise UsageError("the destination password is empty")
-    return pw
+    which belong to the source repository)."""
+    return read_password(
+        password_file,
+        password_command,
+        prompt="destination repository password",
+        env=TO_PASSWORD_ENV,
+        flags="--to-password-file or --to-password-command",
+    )
 
 
 def open_destination(args: argparse.Namespace) -> Repository:

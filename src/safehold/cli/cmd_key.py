@@ -8,15 +8,12 @@ two working keys, never none.
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
-import sys
 from typing import Any
 
 from safehold.cli.cmd_init import add_kdf_option, kdf_params
-from safehold.cli.context import Context
+from safehold.cli.context import Context, read_password
 from safehold.crypto.keys import KdfParams, open_key_file
-from safehold.errors import ConfigError, IntegrityError, UsageError, WrongPassword
+from safehold.errors import IntegrityError, UsageError, WrongPassword
 from safehold.repository.repository import Repository
 
 NEW_PASSWORD_ENV = "SAFEHOLD_NEW_PASSWORD"
@@ -61,13 +58,6 @@ def register(sub: Any) -> None:
     _new_password_options(pw)
     pw.set_defaults(func=run_passwd)
 
-    # Global options (-r, --json, ...) are accepted after the action too, as after any
-    # command; main adds them to the first level only.
-    from safehold.cli.main import _global_options
-
-    for action in (ls, add, rm, pw):
-        _global_options(action, argparse.SUPPRESS)
-
 
 def _new_password_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-password-file", metavar="FILE", help="read the new password from FILE")
@@ -77,28 +67,14 @@ def _new_password_options(p: argparse.ArgumentParser) -> None:
 def read_new_password(password_file: str | None) -> bytes:
     """The new password: --new-password-file, $SAFEHOLD_NEW_PASSWORD, or a prompt (asked
     twice). Never the current password's sources: those open the repository."""
-    if password_file:
-        try:
-            with open(password_file, "rb") as f:
-                pw = f.read().rstrip(b"\r\n")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the new password file {password_file}: {exc.strerror}"
-            ) from exc
-    elif NEW_PASSWORD_ENV in os.environ:
-        pw = os.environ[NEW_PASSWORD_ENV].encode()
-    elif sys.stdin.isatty():
-        pw = getpass.getpass("enter the new password: ").encode()
-        if getpass.getpass("enter the new password again: ").encode() != pw:
-            raise UsageError("the passwords do not match")
-    else:
-        raise UsageError(
-            "no new password given",
-            hint=f"use --new-password-file FILE or set {NEW_PASSWORD_ENV}",
-        )
-    if not pw:
-        raise UsageError("the new password is empty", hint="an empty password protects nothing")
-    return pw
+    return read_password(
+        password_file,
+        None,
+        confirm=True,
+        prompt="new password",
+        env=NEW_PASSWORD_ENV,
+        flags="--new-password-file FILE",
+    )
 
 
 def _short(key_name: str) -> str:

@@ -13,9 +13,6 @@ from safehold.errors import ExitCode
 
 
 def register(sub: Any) -> None:
-    # Imported here: main imports this module while building its parser.
-    from safehold.cli.main import _global_options
-
     p: argparse.ArgumentParser = sub.add_parser(
         "repair",
         help="repair the repository (rebuild the index)",
@@ -36,8 +33,6 @@ def register(sub: Any) -> None:
         help="also index packs that prune has scheduled for deletion",
     )
     ip.set_defaults(func=run_index)
-    # Global options are accepted after the subcommand too, as for every other command.
-    _global_options(ip, argparse.SUPPRESS)
 
 
 def run_index(args: argparse.Namespace, ctx: Context) -> int:

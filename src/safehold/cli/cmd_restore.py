@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from safehold.cli.context import Context, human_bytes
@@ -61,4 +62,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             f"restored snapshot {snap.short_id}: {result.files} files, {result.dirs} folders, "
             f"{human_bytes(result.bytes)} into {args.target}"
         )
+    for p, m in result.errors:
+        print(f"safehold: could not restore {p}: {m}", file=sys.stderr)
     return 0 if not result.errors else 3

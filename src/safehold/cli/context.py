@@ -64,18 +64,21 @@ def read_password(
     *,
     confirm: bool = False,
     prompt: str = "repository password",
+    env: str = "SAFEHOLD_PASSWORD",
+    flags: str = "--password-file or --password-command",
 ) -> bytes:
-    """Password from --password-file, --password-command, SAFEHOLD_PASSWORD(_FILE/_COMMAND)
-    or, on a terminal, a prompt. Never logged; trailing newlines are stripped."""
-    password_file = password_file or os.environ.get("SAFEHOLD_PASSWORD_FILE")
-    password_command = password_command or os.environ.get("SAFEHOLD_PASSWORD_COMMAND")
+    """A password from a file, a command, the environment (``env``, ``env_FILE``,
+    ``env_COMMAND``) or, on a terminal, a prompt. ``prompt`` names which password it is in
+    every message. Never logged; trailing newlines are stripped."""
+    password_file = password_file or os.environ.get(env + "_FILE")
+    password_command = password_command or os.environ.get(env + "_COMMAND")
     if password_file:
         try:
             with open(password_file, "rb") as f:
                 pw = f.read().rstrip(b"\r\n")
         except OSError as exc:
             raise ConfigError(
-                f"cannot read the password file {password_file}: {exc.strerror}"
+                f"cannot read the {prompt} file {password_file}: {exc.strerror}"
             ) from exc
     elif password_command:
         try:
@@ -83,26 +86,23 @@ def read_password(
                 shlex.split(password_command), capture_output=True, check=False, timeout=60
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f"the password command could not run: {exc}") from exc
+            raise ConfigError(f"the {prompt} command could not run: {exc}") from exc
         if out.returncode != 0:
             raise ConfigError(
-                f"the password command exited with status {out.returncode}",
+                f"the {prompt} command exited with status {out.returncode}",
                 hint="run it by hand to see why",
             )
         pw = out.stdout.rstrip(b"\r\n")
-    elif "SAFEHOLD_PASSWORD" in os.environ:
-        pw = os.environ["SAFEHOLD_PASSWORD"].encode()
+    elif env in os.environ:
+        pw = os.environ[env].encode()
     elif sys.stdin.isatty():
-        pw = getpass.getpass(f"enter {prompt}: ").encode()
-        if confirm and getpass.getpass(f"enter {prompt} again: ").encode() != pw:
+        pw = getpass.getpass(f"enter the {prompt}: ").encode()
+        if confirm and getpass.getpass(f"enter the {prompt} again: ").encode() != pw:
             raise UsageError("the passwords do not match")
     else:
-        raise UsageError(
-            "no password given",
-            hint="set SAFEHOLD_PASSWORD, or use --password-file or --password-command",
-        )
+        raise UsageError(f"no {prompt} given", hint=f"set {env}, or use {flags}")
     if not pw:
-        raise UsageError("the password is empty", hint="an empty password protects nothing")
+        raise UsageError(f"the {prompt} is empty", hint="an empty password protects nothing")
     return pw
 
 

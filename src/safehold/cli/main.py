@@ -61,11 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"safehold.cli.cmd_{name}").register(sub)
-    # Global options are accepted after the command too (`safehold snapshots --json`);
-    # SUPPRESS keeps a subcommand from resetting what was given before it.
-    for subparser in set(sub.choices.values()):
+    # Global options are accepted after the command too (`safehold snapshots --json`,
+    # `safehold key list --json`); SUPPRESS keeps a subcommand from resetting what was
+    # given before it.
+    for subparser in _subparsers(parser):
         _global_options(subparser, argparse.SUPPRESS)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command and sub-command parser below ``parser``, each once."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                if sp not in found:
+                    found.append(sp)
+                    found.extend(s for s in _subparsers(sp) if s not in found)
+    return found
 
 
 def _global_options(p: argparse.ArgumentParser, default: object) -> None:

@@ -152,7 +152,10 @@ class Repository:
         clock: Clock = SYSTEM_CLOCK,
     ) -> Repository:
         if _exists(storage, "config"):
-            raise RepositoryExists(f"a repository already exists at {storage.describe()}")
+            raise RepositoryExists(
+                f"a repository already exists at {storage.describe()}",
+                hint="use it as it is (no init needed), or choose an empty or new location",
+            )
         if any(True for _ in storage.list("")):
             raise RepositoryExists(
                 f"{storage.describe()} is not empty and holds no repository",
