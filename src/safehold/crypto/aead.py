@@ -37,8 +37,14 @@ class Aead:
         self._aes = AESGCM(key)
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        head, body = self.seal_parts(plaintext, aad)
+        return head + body
+
+    def seal_parts(self, plaintext: bytes | memoryview, aad: bytes) -> tuple[bytes, bytes]:
+        """The sealed message as ``(cipher id | nonce, ciphertext | tag)``, so that a caller
+        appending it to a larger buffer saves a copy of the ciphertext."""
         nonce = os.urandom(NONCE_LEN)
-        return b"\x01" + nonce + self._aes.encrypt(nonce, plaintext, aad)
+        return b"\x01" + nonce, self._aes.encrypt(nonce, plaintext, aad)
 
     def open(self, message: bytes | memoryview, aad: bytes, *, what: str = "object") -> bytes:
         if len(message) < OVERHEAD:

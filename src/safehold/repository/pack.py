@@ -44,28 +44,52 @@ class PackEntry:
 
 
 class PackBuilder:
-    """Collects sealed blobs for one pack. Not thread-safe: one builder per writer."""
+    """Collects sealed blobs for one pack. Not thread-safe: callers serialise ``add``.
 
-    def __init__(self, chain_id: bytes) -> None:
+    The pack is assembled in one buffer allocated up front (``capacity``), so adding a blob
+    is a single copy into place, never a reallocation of everything before it.
+    """
+
+    def __init__(
+        self, chain_id: bytes, capacity: int = 1 << 20, *, buf: bytearray | None = None
+    ) -> None:
         if len(chain_id) != CHAIN_ID_LEN:
             raise ValueError("chain ids are 16 bytes")
         self.chain_id = chain_id
-        # One growing buffer, not a list of parts: finishing then needs no second copy.
-        self.buf = bytearray(header(T_PACK))
+        # A recycled buffer saves zeroing (and touching) a fresh one for every pack.
+        self.buf = buf if buf is not None else bytearray(capacity)
+        head = header(T_PACK)
+        self.buf[: len(head)] = head
+        self.size = len(head)
         self.entries: list[PackEntry] = []
 
-    @property
-    def size(self) -> int:
-        return len(self.buf)
+    def _append(self, part: bytes | memoryview) -> None:
+        end = self.size + len(part)
+        if end > len(self.buf):
+            self.buf.extend(bytes(max(end - len(self.buf), len(self.buf) // 2)))
+        self.buf[self.size : end] = part
+        self.size = end
 
-    def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> PackEntry:
-        entry = PackEntry(blob_type, len(self.buf), len(sealed), raw_length, blob_id)
-        self.buf += sealed
+    def add(
+        self, blob_type: int, blob_id: bytes, sealed: bytes | tuple[bytes, ...], raw_length: int
+    ) -> PackEntry:
+        """Append one sealed blob, given whole or as consecutive parts."""
+        parts = (sealed,) if isinstance(sealed, bytes) else sealed
+        start = self.size
+        for part in parts:
+            self._append(part)
+        entry = PackEntry(blob_type, start, self.size - start, raw_length, blob_id)
         self.entries.append(entry)
         return entry
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def fits(self, sealed_length: int, limit: int) -> bool:
+        """Whether one more blob keeps the finished pack (header included) within
+        ``limit`` bytes; an empty pack takes any blob."""
+        header_len = CHAIN_ID_LEN + 4 + (len(self.entries) + 1) * ENTRY_LEN + 29 + TRAILER_LEN
+        return not self.entries or self.size + sealed_length + header_len <= limit
 
     def finish(self, aead: Aead) -> memoryview:
         plain = bytearray(self.chain_id)
@@ -73,9 +97,9 @@ class PackBuilder:
         for e in self.entries:
             plain += _ENTRY.pack(e.blob_type, e.offset, e.length, e.raw_length, e.blob_id)
         sealed = aead.seal(bytes(plain), PACK_HEADER_AAD)
-        self.buf += sealed
-        self.buf += _TRAILER.pack(len(sealed), TRAILER_MAGIC)
-        return memoryview(self.buf)
+        self._append(sealed)
+        self._append(_TRAILER.pack(len(sealed), TRAILER_MAGIC))
+        return memoryview(self.buf)[: self.size]
 
 
 def parse_trailer(tail: bytes, pack_size: int, what: str) -> int:

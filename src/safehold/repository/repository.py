@@ -360,8 +360,13 @@ class Repository:
         self, blob_id: bytes, sealed: bytes | memoryview, raw_length: int, where: str
     ) -> bytes:
         """Decrypt, decompress and verify one blob read from ``where``."""
-        plain = self.aead.open(sealed, blob_id, what=f"blob {blob_id.hex()[:8]} in {where}")
-        data = decompress(plain[0], memoryview(plain)[1:], raw_length)
+        if not sealed:
+            raise IntegrityError(f"blob {blob_id.hex()[:8]} in {where} is empty")
+        comp = bytes(sealed[:1])
+        plain = self.aead.open(
+            memoryview(sealed)[1:], blob_id + comp, what=f"blob {blob_id.hex()[:8]} in {where}"
+        )
+        data = decompress(comp[0], plain, raw_length)
         if self.master.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:8]} in {where} does not match its id")
         return data

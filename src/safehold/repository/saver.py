@@ -51,6 +51,9 @@ class BlobSaver:
         self._pending: set[bytes] = set()
         self._builders: dict[int, PackBuilder] = {}
         self._pack_lock = threading.Lock()
+        # Data pack buffers are recycled: at most max_pending_packs + 1 ever exist.
+        self._free: list[bytearray] = []
+        self._capacity = max(self.pack_size, 2 * repo.config.chunker.max_size)
         self._pool = ThreadPoolExecutor(upload_threads, thread_name_prefix="upload")
         self._slots = threading.BoundedSemaphore(max_pending_packs)
         self._futures: list[Future[None]] = []
@@ -69,21 +72,32 @@ class BlobSaver:
                 return bid, False
             self._pending.add(bid)
         comp_id, payload = compress(data, self.level if blob_type != BLOB_TREE else 3)
-        sealed = self.repo.aead.seal(bytes((comp_id,)) + bytes(payload), bid)
+        comp = bytes((comp_id,))
+        # Layout (docs/format.md, section 7): compression id | sealed payload, the id bound
+        # to the ciphertext through the AAD; no copy of the payload is made to prepend it.
+        head, body = self.repo.aead.seal_parts(payload, bid + comp)
+        sealed_len = len(comp) + len(head) + len(body)
         full = None
         with self._pack_lock:
             builder = self._builders.get(blob_type)
+            if builder is not None and not builder.fits(sealed_len, self.pack_size):
+                full = self._builders.pop(blob_type)  # close it before it overflows
+                builder = None
             if builder is None:
-                builder = self._builders[blob_type] = PackBuilder(self.chain_id)
-            builder.add(blob_type, bid, sealed, len(data))
+                builder = self._builders[blob_type] = self._new_builder(blob_type)
+            entry = builder.add(blob_type, bid, (comp, head, body), len(data))
             self.stats.blobs_new += 1
             self.stats.bytes_new_raw += len(data)
-            self.stats.bytes_new_stored += len(sealed)
-            if builder.size >= self.pack_size:
-                full = self._builders.pop(blob_type)
+            self.stats.bytes_new_stored += entry.length
         if full is not None:
             self._submit(full)
         return bid, True
+
+    def _new_builder(self, blob_type: int) -> PackBuilder:
+        if blob_type == BLOB_TREE:
+            return PackBuilder(self.chain_id)  # trees are small: a growing buffer
+        buf = self._free.pop() if self._free else None
+        return PackBuilder(self.chain_id, self._capacity, buf=buf)
 
     def _submit(self, builder: PackBuilder) -> None:
         self._slots.acquire()  # backpressure: bounded packs in memory
@@ -100,6 +114,10 @@ class BlobSaver:
                 self.records.append(rec)
                 self.stats.packs += 1
                 self._pending.difference_update(e.blob_id for e in builder.entries)
+            if len(builder.buf) == self._capacity:
+                del raw  # the memoryview must go before the buffer can be reused
+                with self._pack_lock:
+                    self._free.append(builder.buf)
         except BaseException as exc:
             if self._error is None:
                 self._error = exc

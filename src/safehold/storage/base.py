@@ -23,6 +23,8 @@ class Storage(Protocol):
     * **Exclusive create.** ``put(..., exclusive=True)`` raises :class:`ObjectExists` if the
       name is taken (best effort where the service has no conditional write; documented per
       backend).
+    * **No retained buffers.** ``put`` does not keep a reference to ``data`` after it
+      returns: callers recycle their pack buffers.
     * **Read-after-write.** ``get``/``stat``/``list`` reflect a completed ``put``/``delete``.
     * **Exact ranged reads.** ``get(name, offset, length)`` returns exactly ``length`` bytes
       or raises :class:`IntegrityError` if the object is shorter; ``length=None`` reads to the
