@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
-from safehold.cli.context import Context, human_bytes
+from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.engine.diff import Change, DiffStats, diff_trees
 from safehold.repository import tree as t
 
@@ -24,9 +23,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("snapshot_a", metavar="A", help="the older snapshot")
     p.add_argument("snapshot_b", metavar="B", help="the newer snapshot")
-    p.add_argument("--host", help="with 'latest': newest snapshot of this host")
-    p.add_argument("--path", action="append", default=[], help="with 'latest': of this path")
-    p.add_argument("--tag", action="append", default=[], help="with 'latest': with this tag")
+    add_latest_filters(p)
     p.set_defaults(func=run)
 
 
@@ -57,13 +54,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         repo.load_index()
         snaps = repo.list_snapshots()
         a, b = (
-            repo.find_snapshot(
-                ref,
-                host=args.host,
-                paths=[os.path.abspath(p) for p in args.path] or None,
-                tags=args.tag or None,
-                snapshots=snaps,
-            )
+            find_snapshot(repo, ref, args, snapshots=snaps)
             for ref in (args.snapshot_a, args.snapshot_b)
         )
         result = diff_trees(repo, a.tree, b.tree)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-from safehold.cli.context import Context, human_bytes
+from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.engine.dump import DumpResult, dump
 from safehold.errors import ExitCode, TargetError, UsageError
 
@@ -32,16 +32,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--archive", choices=["tar"], default="tar", help="archive format for folders: tar"
     )
-    p.add_argument("--host", help="with 'latest': newest snapshot of this host")
-    p.add_argument(
-        "--path",
-        dest="filter_path",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="with 'latest': of this backed-up path",
-    )
-    p.add_argument("--tag", action="append", default=[], help="with 'latest': with this tag")
+    add_latest_filters(p)
     p.set_defaults(func=run)
 
 
@@ -54,12 +45,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     repo = ctx.open_repo()
     with repo.lock("read"):
         repo.load_index()
-        snap = repo.find_snapshot(
-            args.snapshot,
-            host=args.host,
-            paths=[os.path.abspath(p) for p in args.filter_path] or None,
-            tags=args.tag or None,
-        )
+        snap = find_snapshot(repo, args.snapshot, args)
         if args.output:
             result = _to_file(args.output, lambda f: dump(repo, snap, args.path, f))
         else:

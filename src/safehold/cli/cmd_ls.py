@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import stat
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from safehold.cli.context import Context
+from safehold.cli.context import Context, add_latest_filters, find_snapshot
 from safehold.engine.dump import locate
 from safehold.engine.walk import walk
 from safehold.repository import tree as t
@@ -44,16 +43,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-R", "--recursive", action="store_true", help="with PATH: list everything below it"
     )
-    p.add_argument("--host", help="with 'latest': newest snapshot of this host")
-    p.add_argument(
-        "--path",
-        dest="filter_path",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="with 'latest': of this backed-up path",
-    )
-    p.add_argument("--tag", action="append", default=[], help="with 'latest': with this tag")
+    add_latest_filters(p)
     p.set_defaults(func=run)
 
 
@@ -126,12 +116,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     repo = ctx.open_repo()
     with repo.lock("read"):
         repo.load_index()
-        snap = repo.find_snapshot(
-            args.snapshot,
-            host=args.host,
-            paths=[os.path.abspath(p) for p in args.filter_path] or None,
-            tags=args.tag or None,
-        )
+        snap = find_snapshot(repo, args.snapshot, args)
         path, node = locate(repo, snap, args.path or "/")
         items = listing(repo, path, node, recursive=args.recursive or args.path is None)
         if ctx.json:

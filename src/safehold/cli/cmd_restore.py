@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from safehold.cli.context import Context, human_bytes
+from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.cli.progress import make_progress
 from safehold.engine.restore import RestoreOptions, run_restore
 
@@ -29,17 +29,13 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="restore only this path (and what is below it); repeatable",
     )
-    p.add_argument("--host", help="with 'latest': newest snapshot of this host")
-    p.add_argument("--path", action="append", default=[], help="with 'latest': of this path")
-    p.add_argument("--tag", action="append", default=[], help="with 'latest': with this tag")
+    add_latest_filters(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     repo = ctx.open_repo()
-    snap = repo.find_snapshot(
-        args.snapshot, host=args.host, paths=args.path or None, tags=args.tag or None
-    )
+    snap = find_snapshot(repo, args.snapshot, args)
     result = run_restore(
         repo,
         snap,

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from safehold.cli.context import Context, human_bytes
+from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.engine.stats import ALL, MODES, Stats, compute_stats
 from safehold.repository.snapshot import Snapshot
 
@@ -23,9 +22,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshot id or 'latest'")
     p.add_argument("--mode", choices=MODES, default=ALL, help="what to count (default: all)")
-    p.add_argument("--host", help="with 'latest': newest snapshot of this host")
-    p.add_argument("--path", action="append", default=[], help="with 'latest': of this path")
-    p.add_argument("--tag", action="append", default=[], help="with 'latest': with this tag")
+    add_latest_filters(p)
     p.set_defaults(func=run)
 
 
@@ -75,13 +72,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if args.snapshots:
             snaps: list[Snapshot] = []
             for ref in args.snapshots:
-                s = repo.find_snapshot(
-                    ref,
-                    host=args.host,
-                    paths=[os.path.abspath(p) for p in args.path] or None,
-                    tags=args.tag or None,
-                    snapshots=every,
-                )
+                s = find_snapshot(repo, ref, args, snapshots=every)
                 if s.id not in {x.id for x in snaps}:
                     snaps.append(s)
         else:

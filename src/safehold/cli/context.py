@@ -15,6 +15,7 @@ from typing import Any
 from safehold.app import open_repository
 from safehold.errors import ConfigError, UsageError
 from safehold.repository.repository import Repository
+from safehold.repository.snapshot import Snapshot
 
 
 @dataclass
@@ -56,6 +57,38 @@ class Context:
 
     def progress_enabled(self) -> bool:
         return not self.json and not self.quiet and sys.stderr.isatty()
+
+
+def add_latest_filters(p: argparse.ArgumentParser) -> None:
+    """--host/--path/--tag: which snapshot 'latest' means (see :func:`find_snapshot`)."""
+    g = p.add_argument_group("choosing 'latest'")
+    g.add_argument("--host", help="newest snapshot of this host")
+    g.add_argument(
+        "--path",
+        dest="filter_path",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="newest snapshot of this backed-up path; repeatable",
+    )
+    g.add_argument("--tag", action="append", default=[], help="newest snapshot with this tag")
+
+
+def find_snapshot(
+    repo: Repository,
+    ref: str,
+    args: argparse.Namespace,
+    *,
+    snapshots: list[Snapshot] | None = None,
+) -> Snapshot:
+    """Resolve an id prefix or 'latest' with the options of :func:`add_latest_filters`."""
+    return repo.find_snapshot(
+        ref,
+        host=args.host,
+        paths=[os.path.abspath(p) for p in args.filter_path] or None,
+        tags=args.tag or None,
+        snapshots=snapshots,
+    )
 
 
 def read_password(
