@@ -2,6 +2,8 @@
 # Runs every check the project holds itself to. Called by `./run test` after setup.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+echo "== test servers' packages"
+bash scripts/test-deps.sh
 echo "== ruff"
 uv run --frozen ruff check src tests bench
 echo "== mypy"

@@ -22,6 +22,19 @@ PASSWORD = b"correct horse battery staple"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Real servers (started only when a test asks for one): see tests/servers/__init__.py.
+pytest_plugins = [
+    "tests.servers.s3",
+    "tests.servers.azure",
+    "tests.servers.gcs",
+    "tests.servers.sftp",
+    "tests.servers.swift",
+    "tests.servers.postgres",
+    "tests.servers.mysql",
+    "tests.servers.redis",
+]
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", help="run long campaigns (crash points, soaks)")
 

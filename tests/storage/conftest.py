@@ -8,10 +8,9 @@ its server cannot be reached.
 
 from __future__ import annotations
 
-import os
+import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
@@ -19,15 +18,11 @@ from safehold.storage.base import Storage
 from safehold.storage.local import LocalStorage
 from safehold.storage.memory import MemoryStorage
 from safehold.storage.wrappers import FaultyStorage, LimitedStorage, RetryingStorage
+from tests.servers import unavailable
+
+__all__ = ["BACKENDS", "StorageFactory", "unavailable"]
 
 StorageFactory = Callable[[Path, pytest.FixtureRequest], Storage]
-
-
-def unavailable(reason: str) -> NoReturn:
-    """A backend's server is missing: skip on a laptop, fail under CI (STYLE.md, habit 11)."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so a missing server is a failure)")
-    pytest.skip(reason)
 
 
 def _no_sleep(_seconds: float) -> None:
@@ -54,11 +49,27 @@ def make_memory_faulty_retry(tmp_path: Path, request: pytest.FixtureRequest) -> 
     return RetryingStorage(faulty, attempts=12, sleep=_no_sleep)
 
 
+REAL_SERVERS = ["s3", "azure", "gcs", "sftp", "swift"]
+
+
+def _server_factory(name: str) -> StorageFactory:
+    def make(tmp_path: Path, request: pytest.FixtureRequest) -> Storage:
+        module = importlib.import_module(f"tests.servers.{name}")
+        factory: StorageFactory | None = getattr(module, "make_storage", None)
+        if factory is None:
+            unavailable(f"tests/servers/{name}.py has no make_storage yet")
+        return factory(tmp_path, request)
+
+    return make
+
+
 BACKENDS = [
     pytest.param(make_memory, id="memory"),
     pytest.param(make_local, id="local"),
     pytest.param(make_local_retry_limit, id="local+retry+limit"),
     pytest.param(make_memory_faulty_retry, id="memory+faulty+retry"),
+    # Real servers; each factory is tests/servers/<name>.py's make_storage.
+    *(pytest.param(_server_factory(name), id=name) for name in REAL_SERVERS),
 ]
 
 

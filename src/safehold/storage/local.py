@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from safehold.errors import (
-    IntegrityError,
     ObjectExists,
     ObjectNotFound,
     StorageError,
@@ -40,6 +39,7 @@ from safehold.errors import (
 )
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name
+from safehold.storage.common import check_range, short_read
 
 __all__ = ["TEMP_PREFIX", "LocalStorage", "translate_os_error"]
 
@@ -196,14 +196,13 @@ class LocalStorage:
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError(f"invalid range offset={offset} length={length}")
+        check_range(offset, length)
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 end = size if length is None else offset + length
                 if end > size or offset > size:
-                    raise _short_read(self._where, name, size, offset, length)
+                    raise short_read(self._where, name, size, offset, length)
                 if offset:
                     f.seek(offset)
                 data = f.read(end - offset)
@@ -211,7 +210,7 @@ class LocalStorage:
             raise self._error(exc, f"read {name!r}") from exc
         if len(data) != end - offset:
             # The file shrank under us (it is being replaced by a non-atomic writer?).
-            raise _short_read(self._where, name, offset + len(data), offset, length)
+            raise short_read(self._where, name, offset + len(data), offset, length)
         return data
 
     def stat(self, name: str) -> ObjectInfo:
@@ -303,13 +302,3 @@ class LocalStorage:
 
 def _raise(exc: OSError) -> None:
     raise exc
-
-
-def _short_read(
-    where: str, name: str, size: int, offset: int, length: int | None
-) -> IntegrityError:
-    wanted = "to the end" if length is None else f"{length} bytes"
-    return IntegrityError(
-        f"{where}: object {name!r} is {size} bytes, too short to read {wanted} at offset {offset}",
-        hint="the object is truncated or damaged; run `safehold check`",
-    )

@@ -4,6 +4,13 @@ A location is a plain path (``/srv/backup``, ``./repo``, ``C:\\backup``) or ``SC
 
 * ``local:PATH`` — a folder (:class:`~safehold.storage.local.LocalStorage`)
 * ``memory:NAME`` — a process-wide in-memory store (:class:`~safehold.storage.memory.MemoryStorage`)
+* ``s3:https://HOST/BUCKET/PREFIX`` or ``s3:BUCKET/PREFIX`` — S3 and compatibles
+* ``azure:CONTAINER/PREFIX`` — Azure Blob storage
+* ``gs:BUCKET/PREFIX`` — Google Cloud Storage
+* ``sftp:USER@HOST:PORT/PATH`` — a folder over SFTP (OpenSSH)
+* ``swift:CONTAINER/PREFIX`` — OpenStack Swift
+
+Each backend's page in docs/storage/ lists its options and environment variables.
 
 Each scheme maps to a factory in :data:`BACKENDS`; a new backend adds one entry there and
 imports its module inside its factory, so an SDK is loaded only when its scheme is used.
@@ -14,7 +21,9 @@ Locations may carry credentials (``s3://KEY:SECRET@host/bucket``, ``?sig=...``);
 
 from __future__ import annotations
 
+import importlib
 import re
+from collections.abc import Mapping
 from typing import Protocol
 
 from safehold.errors import ConfigError
@@ -23,44 +32,82 @@ from safehold.storage.base import Storage
 __all__ = ["BACKENDS", "BackendFactory", "open_location", "redact"]
 
 
+Options = Mapping[str, object]
+
+
 class BackendFactory(Protocol):
-    def __call__(self, rest: str, *, create: bool) -> Storage:
-        """Open the backend for the location ``SCHEME:rest``."""
+    def __call__(self, rest: str, *, create: bool, options: Options | None = None) -> Storage:
+        """Open the backend for the location ``SCHEME:rest``.
+
+        ``options`` are the keys of the destination's config block (credentials, endpoint,
+        timeouts...); a backend rejects keys it does not know with a ConfigError naming them.
+        """
         ...
 
 
-def _open_local(rest: str, *, create: bool) -> Storage:
+def _no_options(scheme: str, options: Options | None) -> None:
+    if options:
+        raise ConfigError(
+            f"unknown option(s) for a {scheme} location: {', '.join(sorted(options))}",
+            hint=f"a {scheme} location takes no options",
+        )
+
+
+def _open_local(rest: str, *, create: bool, options: Options | None = None) -> Storage:
     from safehold.storage.local import LocalStorage
 
+    _no_options("local", options)
     if not rest:
         raise ConfigError("the location 'local:' needs a path", hint="write local:/path/to/repo")
     return LocalStorage(rest, create=create)
 
 
-def _open_memory(rest: str, *, create: bool) -> Storage:
+def _open_memory(rest: str, *, create: bool, options: Options | None = None) -> Storage:
     from safehold.storage.memory import MemoryStorage
 
+    _no_options("memory", options)
     if not rest:
         raise ConfigError("the location 'memory:' needs a name", hint="write memory:NAME")
     return MemoryStorage.named(rest)
 
 
+def _lazy(module: str) -> BackendFactory:
+    """A factory that imports ``safehold.storage.<module>`` (and so its SDK) only when used.
+
+    Each such module defines ``from_location(rest, *, create, options=None) -> Storage``.
+    """
+
+    def factory(rest: str, *, create: bool, options: Options | None = None) -> Storage:
+        mod = importlib.import_module(f"safehold.storage.{module}")
+        opened: Storage = mod.from_location(rest, create=create, options=options)
+        return opened
+
+    return factory
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "local": _open_local,
     "memory": _open_memory,
+    "s3": _lazy("s3"),
+    "azure": _lazy("azure"),
+    "gs": _lazy("gcs"),
+    "sftp": _lazy("sftp"),
+    "swift": _lazy("swift"),
 }
 
 # RFC 3986 scheme syntax. A one-letter scheme is a Windows drive (C:\x, c:/x, C:x).
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(.*)$", re.DOTALL)
 
 
-def open_location(location: str, *, create: bool = False) -> Storage:
+def open_location(
+    location: str, *, create: bool = False, options: Options | None = None
+) -> Storage:
     """Open the storage ``location`` names; ``create`` lets a local root folder be made."""
     if not location:
         raise ConfigError("the storage location is empty", hint="give a folder path")
     found = _SCHEME.match(location)
     if found is None:
-        return _open_local(location, create=create)
+        return _open_local(location, create=create, options=options)
     scheme, rest = found.group(1).lower(), found.group(2)
     factory = BACKENDS.get(scheme)
     if factory is None:
@@ -75,7 +122,7 @@ def open_location(location: str, *, create: bool = False) -> Storage:
             f"unknown scheme {scheme!r} (supported: {supported} or a plain path)",
             hint=hint,
         )
-    return factory(rest, create=create)
+    return factory(rest, create=create, options=options)
 
 
 # scheme://userinfo@ — userinfo cannot contain '/', '?' or '#'.

@@ -1,0 +1,453 @@
+"""Amazon S3 and S3-compatible servers as storage (boto3).
+
+The location is ``s3:https://host:port/bucket/prefix`` (any compatible endpoint) or
+``s3:bucket/prefix`` (AWS); options are described in :mod:`safehold.storage.s3_config` and
+docs/storage/s3.md. Object ``name`` is the key ``prefix/name``.
+
+**Atomic put.** S3 makes an object visible only when its PUT (or CompleteMultipartUpload)
+succeeds, so readers never see a partial object. Objects above ``part_size`` go up as a
+multipart upload that is aborted on failure, so failed attempts leave no billed parts
+behind (best effort: a killed process cannot abort; see the docs for the lifecycle rule).
+
+**Exclusive create** sends ``If-None-Match: *``; the server answers 412 when the key
+exists. AWS (since 2024), MinIO, Ceph and SeaweedFS honour it. A server that answers
+501 NotImplemented makes this module fall back, for that store, to a HEAD before the
+PUT, which is not atomic (documented as best effort).
+
+**Errors.** Every botocore/urllib3 failure is translated once, by :func:`translate`.
+botocore's own retries are off: retrying lives in ``RetryingStorage`` alone.
+
+**Object Lock.** With ``object_lock_days`` the bucket is created with Object Lock and
+every pack (``data/...``) is written with a GOVERNANCE-mode retention of that many days;
+deleting a pack still under retention raises :class:`ObjectLocked` (nothing is removed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
+
+import boto3
+import botocore.exceptions as bce
+import urllib3.exceptions
+from botocore.config import Config
+
+from safehold.errors import (
+    ConfigError,
+    ObjectExists,
+    ObjectNotFound,
+    ObjectRetained,
+    StorageError,
+    StoragePermissionDenied,
+    TransientStorageError,
+)
+from safehold.model import ObjectInfo
+from safehold.storage.base import check_name
+from safehold.storage.common import check_length, check_range, empty_read, past_end
+from safehold.storage.s3_config import S3Settings, parse_settings
+
+__all__ = ["ObjectLocked", "S3Storage", "from_location", "translate"]
+
+# Packs are immutable and the only objects worth a retention period; locks, indexes and
+# snapshots are replaced or removed in normal operation (docs/format.md, "Layout").
+LOCKED_PREFIX = "data/"
+
+_AUTH_CODES = frozenset(
+    {
+        "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+        "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId",
+        "UnrecognizedClientException",
+    }
+)  # fmt: skip
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+        "TooManyRequestsException", "RequestThrottled", "RequestTimeout", "InternalError",
+        "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
+        "RequestTimeTooSkewed",
+    }
+)  # fmt: skip
+_MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+
+
+class ObjectLocked(ObjectRetained):
+    """The object is under S3 Object Lock retention and cannot be deleted yet."""
+
+
+def translate(exc: BaseException, *, settings: S3Settings, action: str) -> StorageError:
+    """Classify an SDK failure while trying to ``action`` as a safehold storage error."""
+    where = settings.describe()
+    if isinstance(exc, bce.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _MISSING_CODES:
+            return ObjectNotFound(f"{where}: cannot {action}: no such object")
+        if code == "NoSuchBucket":
+            return ObjectNotFound(
+                f"{where}: cannot {action}: the bucket {settings.bucket!r} does not exist",
+                hint="check the bucket name, or run `safehold init` to create the repository",
+            )
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return ObjectExists(f"{where}: cannot {action}: the object already exists")
+        if code in _AUTH_CODES or code == "AccessDenied" or status in (401, 403):
+            return _denied(where, action, code or str(status), settings)
+        if code == "InvalidBucketName":
+            return StorageError(
+                f"{where}: the bucket name {settings.bucket!r} is not valid",
+                hint="bucket names are 3 to 63 lowercase letters, digits, dots and hyphens",
+            )
+        if code == "InvalidRequest" and settings.object_lock_days:
+            return StorageError(
+                f"{where}: could not {action} ({code}): is Object Lock enabled on the bucket?",
+                hint="object_lock_days needs a bucket created with Object Lock; let "
+                "`safehold init` create the bucket, or enable Object Lock on it",
+            )
+        if code in _TRANSIENT_CODES or status in (429, 500, 502, 503, 504):
+            return TransientStorageError(
+                f"{where}: could not {action} ({code or status}); may be temporary"
+            )
+        return StorageError(f"{where}: could not {action} ({code or status})")
+    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+        return StoragePermissionDenied(
+            f"{where}: no S3 credentials found",
+            hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give access_key_id/"
+            "secret_access_key or profile in the destination's options",
+        )
+    if isinstance(exc, bce.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return StorageError(
+            f"{where}: the server's TLS certificate is not trusted",
+            hint="install its CA (or set AWS_CA_BUNDLE to the CA file)",
+        )
+    if isinstance(exc, bce.ConnectTimeoutError | bce.ReadTimeoutError):
+        return TransientStorageError(
+            f"{where}: could not {action}: the server did not answer in time "
+            f"(connect_timeout={settings.connect_timeout:g} s, "
+            f"read_timeout={settings.read_timeout:g} s)",
+            hint="raise read_timeout for slow links; check that the endpoint is up",
+        )
+    if isinstance(exc, bce.EndpointConnectionError):
+        return TransientStorageError(
+            f"{where}: could not {action}: cannot connect to the endpoint",
+            hint="check that the server is up and endpoint_url is right",
+        )
+    if isinstance(
+        exc,
+        bce.HTTPClientError
+        | bce.ResponseStreamingError
+        | bce.IncompleteReadError
+        | bce.ChecksumError
+        | urllib3.exceptions.HTTPError
+        | OSError,
+    ):
+        return TransientStorageError(f"{where}: could not {action} ({type(exc).__name__})")
+    if isinstance(exc, bce.ProfileNotFound):
+        return StoragePermissionDenied(
+            f"{where}: the AWS profile is not defined",
+            hint="check the profile option / AWS_PROFILE and ~/.aws/config",
+        )
+    return StorageError(f"{where}: could not {action} ({type(exc).__name__})")
+
+
+def _denied(where: str, action: str, code: str, settings: S3Settings) -> StoragePermissionDenied:
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        problem = "the server rejected the credentials (wrong access key or secret)"
+    elif code in ("ExpiredToken", "InvalidToken", "TokenRefreshRequired"):
+        problem = "the session token is expired or invalid"
+    else:
+        problem = "access denied"
+    return StoragePermissionDenied(
+        f"{where}: cannot {action}: {problem} ({code})",
+        hint=f"the credentials come from {settings.credential_source()}; check them and "
+        "their permissions on the bucket",
+    )
+
+
+# The SDK exceptions this module translates; anything else is a bug and propagates.
+_SDK_ERRORS = (bce.BotoCoreError, bce.ClientError, urllib3.exceptions.HTTPError, OSError)
+
+
+class S3Storage:
+    """One bucket (and key prefix) of an S3 service. See the module docstring."""
+
+    def __init__(self, settings: S3Settings, *, create: bool = False) -> None:
+        self._s = settings
+        self._where = settings.describe()
+        self._prefix = f"{settings.prefix}/" if settings.prefix else ""
+        self._conditional_put = True  # cleared if the server rejects If-None-Match
+        self._lock = threading.Lock()
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=settings.access_key_id,
+                aws_secret_access_key=settings.secret_access_key,
+                aws_session_token=settings.session_token,
+                region_name=settings.region,
+                profile_name=settings.profile,
+            )
+            # The stubs say str, but a session without any configured region gives None.
+            region = settings.region or cast("str | None", session.region_name)
+            if region is None and settings.endpoint_url:
+                region = "us-east-1"  # compatible servers ignore it but SigV4 needs one
+            if region is None:
+                raise ConfigError(
+                    f"{self._where}: no AWS region",
+                    hint="give the region option or set AWS_REGION / AWS_DEFAULT_REGION",
+                )
+            self._region = region
+            config = Config(
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+                retries={"total_max_attempts": 1},  # RetryingStorage retries
+                max_pool_connections=32,
+                s3={"addressing_style": settings.addressing_style},
+                # Integrity of stored data is the repository's job (every blob is
+                # authenticated); CRC trailers would cost about 30 % more client CPU.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            self._client: Any = session.client(
+                "s3", endpoint_url=settings.endpoint_url, region_name=region, config=config
+            )
+        except _SDK_ERRORS as exc:
+            raise translate(exc, settings=settings, action="open") from exc
+        if create and settings.create_bucket:
+            self._ensure_bucket()
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _ensure_bucket(self) -> None:
+        bucket = self._s.bucket
+        try:
+            self._client.head_bucket(Bucket=bucket)
+            return
+        except bce.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in ("404", "NoSuchBucket", "NotFound"):
+                raise translate(exc, settings=self._s, action="check the bucket") from exc
+        except _SDK_ERRORS as exc:
+            raise translate(exc, settings=self._s, action="check the bucket") from exc
+        args: dict[str, Any] = {"Bucket": bucket}
+        if self._region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
+        if self._s.object_lock_days:
+            args["ObjectLockEnabledForBucket"] = True  # also turns on versioning
+        try:
+            self._client.create_bucket(**args)
+        except bce.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return  # a concurrent init made it (or it is someone else's: puts will say)
+            if code == "AccessDenied" or code in _AUTH_CODES:
+                raise StoragePermissionDenied(
+                    f"{self._where}: the bucket {bucket!r} does not exist and these "
+                    f"credentials may not create it ({code})",
+                    hint="create the bucket with an account that may, or grant "
+                    f"s3:CreateBucket to the credentials from {self._s.credential_source()}",
+                ) from exc
+            raise translate(exc, settings=self._s, action="create the bucket") from exc
+        except _SDK_ERRORS as exc:
+            raise translate(exc, settings=self._s, action="create the bucket") from exc
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return self._where
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self._where!r})"
+
+    def _key(self, name: str) -> str:
+        return self._prefix + check_name(name)
+
+    def _call(self, action: str, method: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._client, method)(Bucket=self._s.bucket, **kwargs)
+        except _SDK_ERRORS as exc:
+            raise translate(exc, settings=self._s, action=action) from exc
+
+    def _put_args(self, name: str) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if self._s.storage_class:
+            args["StorageClass"] = self._s.storage_class
+        if self._s.sse:
+            args["ServerSideEncryption"] = self._s.sse
+            if self._s.sse_kms_key_id:
+                args["SSEKMSKeyId"] = self._s.sse_kms_key_id
+        if self._s.object_lock_days and name.startswith(LOCKED_PREFIX):
+            until = dt.datetime.now(dt.UTC) + dt.timedelta(days=self._s.object_lock_days)
+            args["ObjectLockMode"] = "GOVERNANCE"
+            args["ObjectLockRetainUntilDate"] = until
+        return args
+
+    # --- put ------------------------------------------------------------------------------
+
+    def put(self, name: str, data: bytes | memoryview, *, exclusive: bool = False) -> None:
+        key = self._key(name)
+        view = memoryview(data)
+        action = f"write {name!r}"
+        conditional = exclusive and self._conditional_put
+        if exclusive and not conditional and self._exists(name):
+            raise ObjectExists(f"{self._where}: cannot {action}: the object already exists")
+        try:
+            if view.nbytes > self._s.part_size:
+                self._put_multipart(key, name, view, conditional)
+            else:
+                args = self._put_args(name)
+                if conditional:
+                    args["IfNoneMatch"] = "*"
+                self._call(action, "put_object", Key=key, Body=view.tobytes(), **args)
+        except StorageError as err:
+            if conditional and _not_implemented(err):
+                with self._lock:
+                    self._conditional_put = False
+                self.put(name, data, exclusive=exclusive)
+                return
+            raise
+
+    def _put_multipart(self, key: str, name: str, view: memoryview, conditional: bool) -> None:
+        action = f"write {name!r}"
+        upload = self._call(action, "create_multipart_upload", Key=key, **self._put_args(name))
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            size = self._s.part_size
+            for number, start in enumerate(range(0, view.nbytes, size), start=1):
+                body = view[start : start + size].tobytes()
+                done = self._call(
+                    action, "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                )
+                parts.append({"ETag": done["ETag"], "PartNumber": number})
+            extra = {"IfNoneMatch": "*"} if conditional else {}
+            self._call(
+                action,
+                "complete_multipart_upload",
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **extra,
+            )
+        except BaseException:
+            # Parts of an unfinished upload are stored (and billed) until aborted.
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self._s.bucket, Key=key, UploadId=upload_id
+                )
+            except _SDK_ERRORS:
+                pass  # the server is unreachable: the bucket's lifecycle rule cleans up
+            raise
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.stat(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+    # --- get / stat -----------------------------------------------------------------------
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        key = self._key(name)
+        check_range(offset, length)
+        if length == 0:
+            # An empty Range is not expressible in HTTP; the size alone decides.
+            return empty_read(lambda: self.stat(name).size, self._where, name, offset)
+        action = f"read {name!r}"
+        args: dict[str, Any] = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            args["Range"] = f"bytes={offset}-{end}"
+        try:
+            response = self._client.get_object(Bucket=self._s.bucket, Key=key, **args)
+            data: bytes = response["Body"].read()
+        except bce.ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) == "InvalidRange":
+                return past_end(lambda: self.stat(name).size, self._where, name, offset, length)
+            raise translate(exc, settings=self._s, action=action) from exc
+        except _SDK_ERRORS as exc:
+            raise translate(exc, settings=self._s, action=action) from exc
+        check_length(self._where, name, data, offset, length)
+        expected = response.get("ContentLength")
+        if expected is not None and len(data) != expected:
+            # The connection closed early without an error (a proxy cut it).
+            raise TransientStorageError(f"{self._where}: could not {action} (short body)")
+        return data
+
+    def stat(self, name: str) -> ObjectInfo:
+        head = self._call(f"stat {name!r}", "head_object", Key=self._key(name))
+        return ObjectInfo(name, int(head["ContentLength"]))
+
+    # --- list -----------------------------------------------------------------------------
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._prefix + prefix
+        cut = len(self._prefix)
+        action = f"list {prefix or '/'}"
+        token: str | None = None
+        while True:
+            args: dict[str, Any] = {"Prefix": full}
+            if token:
+                args["ContinuationToken"] = token
+            try:
+                page = self._client.list_objects_v2(Bucket=self._s.bucket, **args)
+            except bce.ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchBucket":
+                    return  # no bucket, no objects (as a missing folder for local)
+                raise translate(exc, settings=self._s, action=action) from exc
+            except _SDK_ERRORS as exc:
+                raise translate(exc, settings=self._s, action=action) from exc
+            for item in page.get("Contents", ()):
+                key = item["Key"]
+                if key.endswith("/"):
+                    continue  # a "folder" marker made by some consoles, not an object
+                yield ObjectInfo(key[cut:], int(item["Size"]))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    # --- delete ---------------------------------------------------------------------------
+
+    def delete(self, name: str) -> None:
+        key = self._key(name)
+        action = f"delete {name!r}"
+        # S3 deletes of a missing key succeed; the Protocol wants ObjectNotFound, and with
+        # Object Lock the retention date decides, so look first.
+        head = self._call(action, "head_object", Key=key)
+        args: dict[str, Any] = {}
+        if self._s.object_lock_days:
+            until = head.get("ObjectLockRetainUntilDate")
+            if until is not None and until > dt.datetime.now(dt.UTC):
+                raise ObjectLocked(
+                    f"{self._where}: cannot delete {name!r}: it is under S3 Object Lock "
+                    f"retention until {until:%Y-%m-%d %H:%M} UTC",
+                    hint="it can be removed after that date; prune will free it then",
+                )
+            if head.get("VersionId"):
+                # In a versioned bucket a plain delete only hides the object behind a
+                # delete marker; removing the version frees the space.
+                args["VersionId"] = head["VersionId"]
+        try:
+            self._call(action, "delete_object", Key=key, **args)
+        except StoragePermissionDenied as err:
+            if self._s.object_lock_days:
+                raise ObjectLocked(
+                    f"{self._where}: cannot delete {name!r}: the server refused "
+                    "(S3 Object Lock retention or legal hold?)",
+                    hint="it can be removed once its retention ends",
+                ) from err
+            raise
+
+
+def _not_implemented(err: StorageError) -> bool:
+    return "NotImplemented" in err.message or "(501)" in err.message
+
+
+def from_location(
+    rest: str, *, create: bool, options: Mapping[str, object] | None = None
+) -> S3Storage:
+    """Open ``s3:rest``; with ``create`` (repository init) make the bucket if missing."""
+    return S3Storage(parse_settings(rest, options), create=create)
