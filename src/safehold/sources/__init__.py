@@ -1,0 +1,1 @@
+"""Sources: what a backup reads (folders, streams from dump tools) and how each restores."""
