@@ -6,6 +6,8 @@ the layers below never need to know how their storage is decorated.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from safehold.crypto.keys import KdfParams
 from safehold.repository.chunker import ChunkerParams
 from safehold.repository.compress import DEFAULT_LEVEL
@@ -17,13 +19,17 @@ from safehold.storage.wrappers import LimitedStorage, RetryingStorage
 MAX_CONCURRENT_CALLS = 8
 
 
-def open_storage(location: str, *, create: bool = False) -> Storage:
-    backend = open_location(location, create=create)
+def open_storage(
+    location: str, *, create: bool = False, options: Mapping[str, object] | None = None
+) -> Storage:
+    backend = open_location(location, create=create, options=options)
     return RetryingStorage(LimitedStorage(backend, MAX_CONCURRENT_CALLS))
 
 
-def open_repository(location: str, password: bytes) -> Repository:
-    return Repository.open(open_storage(location), password)
+def open_repository(
+    location: str, password: bytes, *, options: Mapping[str, object] | None = None
+) -> Repository:
+    return Repository.open(open_storage(location, options=options), password)
 
 
 def init_repository(

@@ -19,6 +19,8 @@ class ExitCode:
     STORAGE = 5  # the storage failed: unreachable, full, permission denied
     SOURCE = 6  # a source command failed; no snapshot was saved
     TARGET = 7  # the restore target could not be written (full disk, permissions)
+    SKIPPED = 8  # a pre-backup-check hook said no: nothing was backed up, by design
+    IN_PROGRESS = 9  # a run of that source is already under way (exit_if_in_progress)
     NO_REPOSITORY = 10  # nothing (or not a repository) at that location
     LOCKED = 11  # the repository is locked by another live process
     WRONG_PASSWORD = 12  # no key in the repository opens with that password
@@ -99,6 +101,11 @@ class StorageFull(StorageError):
 
 class StoragePermissionDenied(StorageError):
     http_status = 403
+
+
+class ObjectRetained(StoragePermissionDenied):
+    """The object may not be deleted yet: a retention period (S3 Object Lock, an
+    immutability policy) or a legal hold protects it. Prune leaves it for a later run."""
 
 
 # --- repository --------------------------------------------------------------------------

@@ -404,6 +404,13 @@ def test_chain_finish_makes_the_next_backup_a_new_full_chain(
     assert unknown.code == USAGE
     assert "no snapshot or chain id starts with" in unknown.stderr
 
+    # An isolated snapshot's chain has nothing to finish: refused, nothing written.
+    lone = json.loads(ok(cli, "-r", cli_repo, "backup", "--isolated", "--json", str(src)).stdout)
+    refused = cli("-r", cli_repo, "chain", "finish", lone["snapshot"][:12])
+    assert refused.code == USAGE and "isolated" in refused.stderr
+    listed = json.loads(ok(cli, "-r", cli_repo, "chain", "list", "--json").stdout)
+    assert {c["id"]: c["status"] for c in listed}[lone["chain"]] == "isolated"
+
 
 def test_chain_length_starts_a_new_chain_after_n_incrementals(
     cli: CliRunner, cli_repo: str, tmp_path: Path

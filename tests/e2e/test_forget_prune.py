@@ -264,3 +264,24 @@ def test_unlock_removes_stale_locks_and_all_locks_on_request(cli: CliRunner, cli
     res = cli("-r", cli_repo, "unlock", "--remove-all")
     assert res.code == 0 and "removed 1 lock" in res.stdout
     assert list(storage.list("locks/")) == []
+
+
+def test_prune_removes_temp_files_of_interrupted_writes(cli: CliRunner, cli_repo: str) -> None:
+    """A writer killed mid-put leaves a hidden temporary file; prune removes it once it is
+    old, and leaves a fresh one (a write that may still be in progress) alone."""
+    folder = Path(cli_repo) / "data" / "ab"
+    folder.mkdir(parents=True, exist_ok=True)
+    old, fresh = folder / ".tmp-killed", folder / ".tmp-writing"
+    old.write_bytes(b"half a pack")
+    fresh.write_bytes(b"half a pack")
+    two_days_ago = os.stat(old).st_mtime - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+
+    res = cli("-r", cli_repo, "prune", "--json")
+
+    assert res.code == 0, res.output
+    assert json.loads(res.stdout)["temp_files_removed"] == 1
+    assert not old.exists() and fresh.exists()
+    res = cli("-r", cli_repo, "prune")
+    assert res.code == 0, res.output
+    assert "temporary file" not in res.stdout  # nothing more to remove: no line

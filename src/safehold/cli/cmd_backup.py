@@ -7,16 +7,18 @@ import shlex
 import sys
 from typing import Any
 
+from safehold.cli.config_run import add_config_arguments, backup_from_config
 from safehold.cli.context import Context, human_bytes
 from safehold.cli.progress import make_progress
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.errors import ExitCode
+from safehold.errors import ExitCode, UsageError
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "backup",
-        help="back up folders, files, standard input or a command's output",
+        help="back up folders, files, standard input, a command's output, or a configured "
+        "source (--config FILE --source NAME)",
         description="Save a new snapshot. Files unchanged since the parent snapshot (same "
         "size, times and inode) are not read again. Unreadable files are reported, recorded "
         "in the snapshot, and make the exit code 3.",
@@ -61,10 +63,15 @@ def register(sub: Any) -> None:
         "--isolated", action="store_true", help="make a snapshot that shares no data with any other"
     )
     p.add_argument("--threads", type=int, metavar="N", help="worker threads (default: cores)")
+    add_config_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    if args.config:
+        return backup_from_config(args, ctx)
+    if args.source:
+        raise UsageError("--source needs --config FILE")
     opts = BackupOptions(
         paths=args.paths,
         excludes=args.exclude,

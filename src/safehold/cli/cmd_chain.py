@@ -141,10 +141,16 @@ def run_finish(args: argparse.Namespace, ctx: Context) -> int:
             chain_id = latest.chain
         else:
             chain_id = resolve_chain(args.ref, snaps, chains)
+        info = next(c for c in chains if c.id == chain_id)
+        if info.isolated:
+            raise UsageError(
+                f"chain {chain_id[:8]} is an isolated snapshot's: it already shares nothing "
+                "and never gets another snapshot, so there is nothing to finish",
+                hint="name a regular chain (see 'safehold chain list')",
+            )
         already = chain_id in finished
         if not already:
             repo.finish_chain(chain_id)
-    info = next(c for c in chains if c.id == chain_id)
     if ctx.json:
         doc = chain_json(info)
         doc.update(status="finished", finished=True, already_finished=already)

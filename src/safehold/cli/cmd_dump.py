@@ -30,7 +30,11 @@ def register(sub: Any) -> None:
         "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"
     )
     p.add_argument(
-        "--archive", choices=["tar"], default="tar", help="archive format for folders: tar"
+        "--archive",
+        choices=["tar", "zip"],
+        default="tar",
+        help="archive format for folders: tar (default; keeps everything) or zip (keeps "
+        "modes, symlinks and times to the second; no owners, FIFOs or devices)",
     )
     add_latest_filters(p)
     p.set_defaults(func=run)
@@ -47,15 +51,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         repo.load_index()
         snap = find_snapshot(repo, args.snapshot, args)
         if args.output:
-            result = _to_file(args.output, lambda f: dump(repo, snap, args.path, f))
+            result = _to_file(
+                args.output, lambda f: dump(repo, snap, args.path, f, archive=args.archive)
+            )
         else:
             sys.stdout.flush()
-            result = dump(repo, snap, args.path, sys.stdout.buffer)
+            result = dump(repo, snap, args.path, sys.stdout.buffer, archive=args.archive)
             sys.stdout.buffer.flush()
     for path, why in result.skipped:
         print(f"warning: {path} left out: {why}", file=sys.stderr)
     if args.output and not ctx.quiet:
-        what = "tar archive of " if result.kind == "tar" else ""
+        what = f"{result.kind} archive of " if result.kind != "file" else ""
         print(
             f"wrote {what}{result.path} from snapshot {snap.short_id} to {args.output} "
             f"({result.files} files, {human_bytes(result.bytes)})",

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from safehold.cli import cmd_prune
 from safehold.cli.cmd_snapshots import snapshot_json
 from safehold.cli.context import Context
+from safehold.cli.progress import make_progress
 from safehold.engine.forget import ForgetGroup, ForgetOptions, parse_group_by, run_forget
 from safehold.errors import UsageError
 from safehold.policy.duration import Duration, parse_duration
@@ -46,6 +47,27 @@ def register(sub: Any) -> None:
         "--prune).",
     )
     p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshot ids to remove")
+    add_keep_rules(p)
+    f = p.add_argument_group("which snapshots")
+    f.add_argument("--host", help="only snapshots of this host")
+    f.add_argument("--tag", action="append", default=[], help="only snapshots with this tag")
+    f.add_argument("--path", action="append", default=[], help="only snapshots of this path")
+    f.add_argument(
+        "--group-by",
+        type=_argument(parse_group_by),
+        default=("host", "paths"),
+        metavar="FIELDS",
+        help="apply the rules per host,paths (default), host, paths, tags (any "
+        "combination), or none",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    p.add_argument("--prune", action="store_true", help="run 'safehold prune' afterwards")
+    cmd_prune.add_prune_options(p)
+    p.set_defaults(func=run)
+
+
+def add_keep_rules(p: argparse.ArgumentParser) -> None:
+    """The --keep-* options (also used by 'archive forget')."""
     g = p.add_argument_group("keep rules")
     for unit in _COUNTS:
         what = (
@@ -70,22 +92,6 @@ def register(sub: Any) -> None:
         metavar="TAG[,TAG]",
         help="keep snapshots carrying all these tags; repeatable",
     )
-    f = p.add_argument_group("which snapshots")
-    f.add_argument("--host", help="only snapshots of this host")
-    f.add_argument("--tag", action="append", default=[], help="only snapshots with this tag")
-    f.add_argument("--path", action="append", default=[], help="only snapshots of this path")
-    f.add_argument(
-        "--group-by",
-        type=_argument(parse_group_by),
-        default=("host", "paths"),
-        metavar="FIELDS",
-        help="apply the rules per host,paths (default), host, paths, tags (any "
-        "combination), or none",
-    )
-    p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
-    p.add_argument("--prune", action="store_true", help="run 'safehold prune' afterwards")
-    cmd_prune.add_prune_options(p)
-    p.set_defaults(func=run)
 
 
 def policy_from(args: argparse.Namespace) -> RetentionPolicy:
@@ -119,7 +125,15 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     repo = ctx.open_repo()
     result = run_forget(repo, opts)
-    pruned = prune(repo, cmd_prune.options_from(args, dry_run=args.dry_run)) if args.prune else None
+    pruned = (
+        prune(
+            repo,
+            cmd_prune.options_from(args, dry_run=args.dry_run),
+            progress=make_progress(ctx.progress_enabled()),
+        )
+        if args.prune
+        else None
+    )
     if ctx.json:
         ctx.emit_json(
             {

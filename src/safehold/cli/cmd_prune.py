@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from safehold.cli.context import Context, human_bytes
+from safehold.cli.progress import make_progress
 from safehold.repository.prune import (
     DEFAULT_LOCK_SKEW,
     DEFAULT_MAX_UNUSED,
@@ -78,7 +79,8 @@ def options_from(args: argparse.Namespace, *, dry_run: bool) -> PruneOptions:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     repo = ctx.open_repo()
-    result = prune(repo, options_from(args, dry_run=args.dry_run))
+    progress = make_progress(ctx.progress_enabled())
+    result = prune(repo, options_from(args, dry_run=args.dry_run), progress=progress)
     if ctx.json:
         ctx.emit_json(result.to_json())
     else:
@@ -118,6 +120,8 @@ def print_result(ctx: Context, r: PruneResult) -> None:
         f"{r.packs_rescued} rescued); {human_bytes(r.bytes_pending)} in "
         f"{r.packs_pending} pack(s) {would}left in the trash"
     )
+    if r.temp_files_removed:
+        ctx.print(f"{r.temp_files_removed} temporary file(s) of interrupted writes removed")
 
 
 def _print_sweep(ctx: Context, what: str, s: SweepResult, would: str) -> None:
@@ -128,6 +132,12 @@ def _print_sweep(ctx: Context, what: str, s: SweepResult, would: str) -> None:
             f"{what}: {s.packs_deleted} pack(s) {would}deleted ({human_bytes(s.bytes_freed)}), "
             f"{s.packs_rescued} {would}rescued (a snapshot uses them), "
             f"{s.packs_readopted} listed by an index again"
+        )
+    if s.packs_retained:
+        ctx.print(
+            f"{what}: {s.packs_retained} pack(s) ({human_bytes(s.bytes_retained)}) are under "
+            "the storage's retention (e.g. S3 Object Lock): kept in the trash; a later prune "
+            "deletes them once the retention period is over"
         )
     if s.records_waiting:
         ctx.print(

@@ -6,21 +6,41 @@ import argparse
 import sys
 from typing import Any
 
+from safehold.cli.config_run import add_config_arguments, restore_from_config
 from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.cli.progress import make_progress
 from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.errors import UsageError
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "restore",
-        help="restore a snapshot into a folder",
+        help="restore a snapshot into a folder, or a configured source (--config --source)",
         description="Restore SNAPSHOT (an id prefix, or 'latest') under --target, at the "
         "paths it was taken from (/srv/db is restored as TARGET/srv/db). Every byte is "
         "verified against its id as it is written.",
     )
     p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot id prefix or 'latest'")
-    p.add_argument("-t", "--target", required=True, metavar="DIR", help="folder to restore into")
+    p.add_argument(
+        "-t",
+        "--target",
+        metavar="DIR",
+        help="folder to restore into (with --config: the source's restore target, e.g. a "
+        "database name; a directory source needs a folder)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --config: allow overwriting a target that already holds data",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="with --config: parallel restore jobs where the source allows it (PostgreSQL: "
+        "pg_restore --jobs, which first spools the dump to a temporary file)",
+    )
     p.add_argument(
         "-i",
         "--include",
@@ -30,10 +50,22 @@ def register(sub: Any) -> None:
         help="restore only this path (and what is below it); repeatable",
     )
     add_latest_filters(p)
+    add_config_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    if args.config:
+        return restore_from_config(args, ctx)
+    for flag, given in (
+        ("--source", args.source),
+        ("--replace", args.replace),
+        ("--jobs", args.jobs),
+    ):
+        if given:
+            raise UsageError(f"{flag} needs --config FILE")
+    if not args.target:
+        raise UsageError("restore needs --target DIR", hint="the folder to restore into")
     repo = ctx.open_repo()
     snap = find_snapshot(repo, args.snapshot, args)
     result = run_restore(

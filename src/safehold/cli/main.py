@@ -28,9 +28,11 @@ COMMANDS = [
     "forget",
     "prune",
     "copy",
+    "archive",
     "stats",
     "chain",
     "unlock",
+    "config",
 ]
 
 EPILOG = """\
@@ -44,6 +46,7 @@ exit codes:
   0 success                 1 unexpected failure        2 bad arguments or input
   3 backup saved, some files unreadable                 4 damaged data found
   5 storage failed          6 source command failed     7 restore target not writable
+  8 backup skipped by its pre-backup-check hook         9 a run of that source is in progress
   10 no repository there    11 repository locked        12 wrong password
   130 interrupted
 """
@@ -87,7 +90,9 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
         "-r",
         "--repo",
         default=default,
-        help="repository location: a folder, local:PATH or memory:NAME",
+        help="repository location: a folder, s3:https://HOST/BUCKET/PREFIX, azure:CONTAINER/"
+        "PREFIX, gs:BUCKET/PREFIX, sftp:USER@HOST:PORT/PATH, swift:CONTAINER/PREFIX "
+        "(docs/storage/); credentials come from each platform's usual variables",
     )
     g.add_argument(
         "--password-file", metavar="FILE", default=default, help="read the password from FILE"
@@ -100,6 +105,12 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
     )
     g.add_argument("--json", action="store_true", default=default, help="machine-readable output")
     g.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors")
+    g.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=default if default is not None else "text",
+        help="source runs' log lines on stderr: text, or one JSON object per line",
+    )
 
 
 def _tune_allocator() -> None:

@@ -13,11 +13,11 @@ import getpass
 import json
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
@@ -33,6 +33,8 @@ from safehold.repository.repository import Repository, new_chain_id
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import trashed_packs
+from safehold.sources.base import Stream
+from safehold.sources.process import command_stream
 
 
 @dataclass(kw_only=True)
@@ -49,6 +51,9 @@ class BackupOptions:
     stdin_name: str | None = None  # back up one stream under this name
     stdin: BinaryIO | None = None
     command: list[str] | None = None  # back up this command's standard output
+    streams: list[Stream] | None = None  # a stream source's output, one root file each
+    source_kind: str | None = None  # recorded as snapshot.source (default: from the above)
+    source_name: str | None = None  # a configured source's name: parent/chain follow it
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
 
 
@@ -84,9 +89,35 @@ def _resolve_paths(paths: list[str]) -> list[str]:
 
 
 def _source_key(opts: BackupOptions, paths: list[str]) -> list[str]:
+    if opts.streams is not None:
+        return ["/" + s.name for s in opts.streams]
     if opts.stdin_name:
         return ["/" + opts.stdin_name.lstrip("/")]
     return paths
+
+
+def _stream_name(name: str) -> str:
+    return name.strip("/").replace("/", "_") or "stdin"
+
+
+def _streams(opts: BackupOptions) -> list[Stream]:
+    """The streams to save: a stream source's, or standard input / a command as one."""
+    if opts.streams is not None:
+        return opts.streams
+    assert opts.stdin_name
+    name = _stream_name(opts.stdin_name)
+    if opts.command:
+        argv = opts.command
+        return [Stream(name, lambda: command_stream(argv, what=f"command {argv[0]!r}"))]
+    stream = opts.stdin
+    assert stream is not None
+    return [Stream(name, lambda: nullcontext(stream))]
+
+
+def _source_kind(opts: BackupOptions) -> str:
+    if opts.source_kind:
+        return opts.source_kind
+    return "command" if opts.command else "stdin" if opts.stdin_name else "directory"
 
 
 def run_backup(
@@ -96,7 +127,13 @@ def run_backup(
         raise UsageError("--command needs --stdin-name NAME for the stream's file name")
     if opts.stdin_name and opts.paths:
         raise UsageError("give either paths or --stdin-name, not both")
-    if not opts.stdin_name and not opts.paths:
+    if opts.streams is not None:
+        if opts.paths or opts.stdin_name:
+            raise UsageError("a stream source takes no paths and no --stdin-name")
+        names = [_stream_name(s.name) for s in opts.streams]
+        if not names or len(set(names)) != len(names):
+            raise UsageError(f"a stream source needs distinct stream names, got {names}")
+    elif not opts.stdin_name and not opts.paths:
         raise UsageError("nothing to back up: give paths, --stdin-name or --command")
     if opts.chain_length is not None and opts.chain_length < 0:
         raise UsageError("--chain-length must be 0 or more")
@@ -112,9 +149,13 @@ def run_backup(
         counters = _Counters()
         errors: list[tuple[str, str]] = []
         try:
-            if opts.stdin_name:
-                node = _backup_stream(repo, saver, opts, counters, progress)
-                root_id = saver.save(BLOB_TREE, t.encode_tree([node]))[0].hex()
+            if opts.streams is not None or opts.stdin_name:
+                nodes = [
+                    _backup_stream(repo, saver, stream, opts.threads, counters, progress)
+                    for stream in _streams(opts)
+                ]
+                nodes.sort(key=lambda n: n.name)  # trees are sorted by name
+                root_id = saver.save(BLOB_TREE, t.encode_tree(nodes))[0].hex()
             else:
                 root_id = _backup_paths(
                     repo, saver, opts, paths, parent, counters, errors, progress
@@ -156,7 +197,8 @@ def run_backup(
             chain_seq=seq,
             isolated=opts.isolated,
             program_version=__version__,
-            source="command" if opts.command else "stdin" if opts.stdin_name else "directory",
+            source=_source_kind(opts),
+            source_name=opts.source_name or "",
             summary=summary,
             errors=[{"path": p, "error": m} for p, m in errors],
         )
@@ -174,9 +216,21 @@ def _choose_chain(
     if opts.parent:
         parent: Snapshot | None = repo.find_snapshot(opts.parent, snapshots=snaps)
     else:
-        same = [s for s in snaps if s.hostname == host and s.paths == key and not s.isolated]
+        same = [
+            s
+            for s in snaps
+            if s.hostname == host
+            and not s.isolated
+            and (
+                s.source_name == opts.source_name
+                if opts.source_name
+                else (s.paths == key and not s.source_name)
+            )
+        ]
         parent = same[-1] if same else None
     finished = repo.finished_chains()
+    if opts.source_name:  # a configured source keeps its chains whatever its streams are
+        key = [f"source:{opts.source_name}"]
     if parent is None or parent.isolated:
         return None, _next_chain(repo, host, key, "", finished), 0
     if parent.chain in finished or (
@@ -206,36 +260,33 @@ def _next_chain(
 
 
 def _backup_stream(
-    repo: Repository, saver: BlobSaver, opts: BackupOptions, counters: _Counters, progress: Progress
+    repo: Repository,
+    saver: BlobSaver,
+    stream: Stream,
+    threads: int,
+    counters: _Counters,
+    progress: Progress,
 ) -> t.Node:
-    assert opts.stdin_name
-    name = opts.stdin_name.strip("/").replace("/", "_") or "stdin"
+    """Save one stream as a file; its close raises SourceError if the producer failed."""
     now_ns = time.time_ns()
-    node = t.Node(name=name, type=t.FILE, mode=0o600, mtime_ns=now_ns, ctime_ns=now_ns)
+    node = t.Node(
+        name=_stream_name(stream.name),
+        type=t.FILE,
+        mode=stream.mode,
+        mtime_ns=now_ns,
+        ctime_ns=now_ns,
+    )
     node.uid, node.gid = os.getuid(), os.getgid()
     progress.start("backup")
-    if opts.command:
-        try:
-            proc = subprocess.Popen(opts.command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        except OSError as exc:
-            raise SourceError(
-                f"could not start command {opts.command[0]!r}: {exc.strerror}"
-            ) from exc
-        assert proc.stdout is not None
-        try:
-            node.content, node.size = _save_stream(repo, saver, proc.stdout, opts.threads, progress)
-        finally:
-            proc.stdout.close()
-            code = proc.wait()
-        if code != 0:
-            raise SourceError(
-                f"command {opts.command[0]!r} exited with status {code}; no snapshot was saved",
-                hint="fix the command; data it produced is kept and reused by the next backup",
-            )
-    else:
-        stream = opts.stdin
-        assert stream is not None
-        node.content, node.size = _save_stream(repo, saver, stream, opts.threads, progress)
+    try:
+        with stream.open() as reader:
+            node.content, node.size = _save_stream(repo, saver, reader, threads, progress)
+    except SourceError as exc:
+        raise SourceError(
+            f"{exc.message}; no snapshot was saved",
+            hint=exc.hint
+            or "fix the command or source; data it produced is kept and reused by the next backup",
+        ) from exc
     counters.files_new += 1
     counters.bytes_read += node.size
     counters.total_bytes += node.size

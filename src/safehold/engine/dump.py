@@ -39,7 +39,7 @@ _TAR_TYPES = {
 @dataclass
 class DumpResult:
     path: str  # the normalized path that was dumped
-    kind: str  # "file" (its bytes) or "tar"
+    kind: str  # "file" (its bytes), "tar" or "zip"
     files: int = 0
     dirs: int = 0
     others: int = 0  # symlinks, FIFOs, devices
@@ -58,13 +58,20 @@ def locate(repo: Repository, snap: Snapshot, path: str) -> tuple[str, t.Node]:
     return found
 
 
-def dump(repo: Repository, snap: Snapshot, path: str, out: IO[bytes]) -> DumpResult:
-    """Write the file at ``path`` as its bytes, or anything else at ``path`` as a tar."""
+def dump(
+    repo: Repository, snap: Snapshot, path: str, out: IO[bytes], *, archive: str = "tar"
+) -> DumpResult:
+    """Write the file at ``path`` as its bytes, or anything else at ``path`` as an archive
+    (``tar``, or ``zip``)."""
     path, node = locate(repo, snap, path)
     if node.type == t.FILE:
         result = DumpResult(path, "file", files=1)
         result.bytes = write_file(repo, path, node, out)
         return result
+    if archive == "zip":
+        from safehold.engine.dump_zip import write_zip  # imports this module
+
+        return write_zip(repo, path, node, out)
     return write_tar(repo, path, node, out)
 
 

@@ -1,0 +1,259 @@
+"""The configuration's shape: repository, destinations, and the keys every source shares.
+
+A source block holds two kinds of keys: the common ones below (:class:`SourceCommon`:
+hooks, host, tags, timeouts...) and its kind's own, validated by that kind's ``Settings``
+(``safehold.sources.<kind>``). :mod:`safehold.config.load` splits a block by
+:data:`COMMON_KEYS` and validates each half, so an error path always names the key the
+user wrote.
+
+Keys reserved for the long-running service (``schedule``, ``retention``, ``verify``
+in a source, ``service`` and ``alerts`` at the top) are accepted now, so a file written
+for a later version still loads, but this version does nothing with them and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from safehold.sources.hooks import DEFAULT_TIMEOUT, PHASES
+
+__all__ = [
+    "COMMON_KEYS",
+    "RESERVED_SOURCE_KEYS",
+    "RESERVED_TOP_KEYS",
+    "Config",
+    "DestinationConfig",
+    "HookConfig",
+    "HooksConfig",
+    "RepositoryConfig",
+    "SourceCommon",
+    "SourceConfig",
+    "parse_seconds",
+]
+
+_SECONDS_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
+_SECONDS_FULL = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:h|ms|m|s))+")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_seconds(value: object) -> object:
+    """``90``, ``"90s"``, ``"5m"``, ``"1h30m"``, ``"500ms"`` -> seconds (a float).
+
+    Anything else is passed on for pydantic to reject with its usual message.
+    """
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if _SECONDS_FULL.fullmatch(text):
+            return sum(float(n) * _UNIT[u] for n, u in _SECONDS_PART.findall(text))
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a duration (write seconds, or e.g. 30s, 5m, 1h30m)"
+            ) from None
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0)]
+
+
+def _check_executable(run: str, base_dir: str | None) -> str:
+    """The command line with a relative script path made absolute; errors name the problem.
+
+    A first word with a '/' is a path (relative ones are relative to the config file's
+    folder); a bare name must be on PATH. Checked now, so a typo fails ``config check``
+    rather than the first night's backup.
+    """
+    try:
+        argv = shlex.split(run)
+    except ValueError as exc:
+        raise ValueError(f"cannot split the command line: {exc}") from None
+    if not argv:
+        raise ValueError("the command line is empty")
+    prog = argv[0]
+    if "/" not in prog:
+        if shutil.which(prog) is None:
+            raise ValueError(f"not found on PATH: {prog}")
+        return run
+    path = prog if os.path.isabs(prog) or base_dir is None else os.path.join(base_dir, prog)
+    path = os.path.normpath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"no such file: {path}")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise ValueError(f"not executable: {path} (chmod +x it, or fix the path)")
+    if path == prog:
+        return run
+    return shlex.join([path, *argv[1:]])
+
+
+class HookConfig(BaseModel):
+    """One hook: ``run`` (a command line or script path), and how to run it.
+
+    Written as a plain string, a hook is ``{run: <string>}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: str
+    timeout: Seconds = DEFAULT_TIMEOUT
+    shell: bool = False  # run through /bin/sh -c (pipes, &&); off: words split like a shell
+    user: str | None = None  # overrides the source's backup_user for this hook
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: object) -> object:
+        return {"run": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _executable(self, info: ValidationInfo) -> HookConfig:
+        if self.shell:
+            return self
+        base_dir = (info.context or {}).get("base_dir")
+        run = _check_executable(self.run, base_dir)
+        if run != self.run:
+            object.__setattr__(self, "run", run)
+        return self
+
+
+def _phase_field(phase: str) -> Any:
+    return Field(default=None, alias=phase)
+
+
+class HooksConfig(BaseModel):
+    """The lifecycle phases (docs/hooks.md), each optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    pre_backup_lock: HookConfig | None = _phase_field("pre-backup-lock")
+    pre_backup_check: HookConfig | None = _phase_field("pre-backup-check")
+    backup: HookConfig | None = _phase_field("backup")
+    backup_cleanup: HookConfig | None = _phase_field("backup-cleanup")
+    post_backup_unlock: HookConfig | None = _phase_field("post-backup-unlock")
+    pre_restore_lock: HookConfig | None = _phase_field("pre-restore-lock")
+    restore: HookConfig | None = _phase_field("restore")
+    restore_cleanup: HookConfig | None = _phase_field("restore-cleanup")
+    post_restore_unlock: HookConfig | None = _phase_field("post-restore-unlock")
+
+    def by_phase(self) -> dict[str, HookConfig]:
+        """The configured hooks keyed by phase name (``pre-backup-lock``...)."""
+        found = {phase: getattr(self, phase.replace("-", "_")) for phase in PHASES}
+        return {phase: hook for phase, hook in found.items() if hook is not None}
+
+
+class SourceCommon(BaseModel):
+    """The keys every source block may carry, whatever its ``type``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+    host: str | None = None  # host name recorded in snapshots (default: this machine's)
+    tags: list[str] = Field(default_factory=list)
+    chain_length: int | None = Field(default=None, ge=0)
+    timeout: Seconds | None = None  # the whole run, hooks included
+    backup_user: str | None = None  # hooks run as this user (safehold must be root)
+    exit_if_in_progress: bool = False  # False: wait for the running one to finish
+    identifier: str | None = None  # carried in every log line of a run
+    identifier_command: str | None = None  # ...or printed by this command at the start
+    # Reserved for `safehold serve` (a later version): accepted, not acted upon.
+    schedule: Any = None
+    retention: Any = None
+    verify: Any = None
+
+    @field_validator("identifier_command")
+    @classmethod
+    def _identifier_runs(cls, run: str | None, info: ValidationInfo) -> str | None:
+        if run is None:
+            return None
+        return _check_executable(run, (info.context or {}).get("base_dir"))
+
+    @model_validator(mode="after")
+    def _one_identifier(self) -> SourceCommon:
+        if self.identifier is not None and self.identifier_command is not None:
+            raise ValueError("give identifier or identifier_command, not both")
+        return self
+
+
+COMMON_KEYS = frozenset(SourceCommon.model_fields)
+RESERVED_SOURCE_KEYS = ("schedule", "retention", "verify")
+RESERVED_TOP_KEYS = ("service", "alerts")
+
+
+class RepositoryConfig(BaseModel):
+    """Where snapshots go: a location and how to get its password."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    location: str
+    password: SecretStr | None = None  # use with ${VAR}; a literal password in a file is weak
+    password_file: str | None = None
+    password_command: str | None = None
+    password_env: str | None = None  # name of the variable holding the password
+    # Backend options (credentials, endpoint...): values may be secrets, so never shown.
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: object) -> object:
+        return {"location": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> RepositoryConfig:
+        given = [
+            name
+            for name in ("password", "password_file", "password_command", "password_env")
+            if getattr(self, name) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give one way to get the password, not {' and '.join(given)}")
+        return self
+
+
+class DestinationConfig(RepositoryConfig):
+    """A further place each snapshot is copied to (issue 3 does the copying).
+
+    ``format: archive`` asks for the plain-archive layout (one ``.tar.zst`` per run under
+    ``PREFIX/YYYY/MM/DD/``), readable without safehold; its own settings go in ``options``.
+    """
+
+    name: str | None = None  # shown in log lines about this destination
+    format: Literal["repository", "archive"] = "repository"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One validated source block: its common keys and its kind's ``Settings``."""
+
+    name: str
+    kind: str
+    common: SourceCommon
+    settings: BaseModel
+    line: int | None = None  # where the block starts in the file
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration file."""
+
+    path: str
+    repository: RepositoryConfig | None
+    destinations: list[DestinationConfig]
+    sources: dict[str, SourceConfig]
+    warnings: list[str] = field(default_factory=list)
+    reserved: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -1,0 +1,530 @@
+"""Run one configured source once, with its hooks: a backup, or a restore.
+
+A backup run::
+
+    identifier  ->  run lock  ->  pre-backup-lock  ->  pre-backup-check  ->  backup hook
+    ->  read the source into a snapshot  ->  backup-cleanup  ->  post-backup-unlock
+
+A restore run::
+
+    identifier  ->  run lock  ->  pre-restore-lock  ->  write the snapshot back
+    ->  restore hook  ->  restore-cleanup  ->  post-restore-unlock
+
+Guarantees (docs/hooks.md):
+
+* Once the run lock is held, the cleanup and unlock hooks always run, whatever happened
+  before them: a failed or timed-out hook, a failed read, the overall timeout, Ctrl-C.
+  They may therefore run after a lock hook that never ran or failed half-way, so they
+  must be idempotent.
+* A failing ``pre-backup-check`` ends the run as *skipped* (exit code 8), not failed.
+* A failing cleanup hook is logged and recorded, never fatal (service-backup's
+  ``cleanup_executable``). A failing unlock hook fails the run even when the snapshot
+  was saved, because the service may still be locked and someone must look.
+* Two runs of one source never overlap: the second waits, or with
+  ``exit_if_in_progress`` exits at once (exit code 9).
+* The overall ``timeout`` bounds everything before cleanup: each hook gets at most the
+  time left, and (in the main thread) a SIGALRM interrupts a read that overruns.
+
+Every run writes a :class:`~safehold.engine.run_state.RunRecord` and sends log events
+(:mod:`safehold.engine.run_log`) carrying its run id and identifier.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from safehold.clock import utcnow
+from safehold.engine.backup import BackupOptions, run_backup
+from safehold.engine.progress import NO_PROGRESS, Progress
+from safehold.engine.replicate import Destination, replicate
+from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.engine.run_log import LogSink, Redactor, RunLogger, discard
+from safehold.engine.run_state import RunInProgress, RunRecord, run_lock, save_record
+from safehold.engine.source_restore import snapshot_files
+from safehold.errors import ExitCode, SafeholdError, UsageError
+from safehold.repository.repository import Repository
+from safehold.repository.snapshot import Snapshot
+from safehold.sources.base import RestoreRequest, Source, TreeContent
+from safehold.sources.hooks import HookError, HookResult, HookSpec, run_hook
+
+__all__ = ["SourceJob", "run_source_backup", "run_source_restore"]
+
+IDENTIFIER_TIMEOUT = 60.0
+_LOG_OUTPUT = 4096  # bytes of a hook's output put in a log line (the record keeps more)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceJob:
+    """Everything a run needs to know about one configured source."""
+
+    name: str
+    kind: str
+    source: Source
+    hooks: Mapping[str, HookSpec] = field(default_factory=dict)
+    plan: str = ""  # the plan that asked for the run; "" = the source's name
+    host: str | None = None
+    tags: list[str] = field(default_factory=list)
+    chain_length: int | None = None
+    timeout: float | None = None
+    backup_user: str | None = None
+    exit_if_in_progress: bool = False
+    identifier: str | None = None
+    identifier_command: str | None = None
+    target_dir: str | None = None  # a tree source's folder, told to backup hooks
+    secrets: list[str] = field(default_factory=list)  # masked wherever they would show
+    hide_env: list[str] = field(default_factory=list)  # variables hooks must not see
+    # Further places each new snapshot is sent to once the unlock hook has run.
+    destinations: list[Destination] = field(default_factory=list)
+
+
+class _Skipped(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _RunTimeout(BaseException):
+    """Raised by the overall timeout's alarm; a BaseException so no ``except Exception``
+    on the way swallows it."""
+
+
+class _Deadline:
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds if seconds else None
+        self._armed = False
+        self._previous: Any = None
+
+    def remaining(self) -> float | None:
+        return None if self._end is None else max(0.0, self._end - time.monotonic())
+
+    def check(self) -> None:
+        if self._end is not None and time.monotonic() >= self._end:
+            raise _RunTimeout()
+
+    def arm(self) -> None:
+        # Signals reach the main thread only; elsewhere (a service worker) the deadline
+        # still caps every hook and is checked between phases.
+        if self._end is None or threading.current_thread() is not threading.main_thread():
+            return
+
+        def fire(signum: int, frame: FrameType | None) -> None:
+            raise _RunTimeout()
+
+        self._previous = signal.signal(signal.SIGALRM, fire)
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, self._end - time.monotonic()))
+        self._armed = True
+
+    def disarm(self) -> None:
+        if self._armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
+            self._armed = False
+
+
+class _Run:
+    def __init__(self, job: SourceJob, operation: str, state_dir: Path, sink: LogSink) -> None:
+        self.job = job
+        self.state_dir = state_dir
+        self.redactor = Redactor(job.secrets)
+        run_id = str(uuid.uuid4())
+        self.record = RunRecord(
+            run_id=run_id,
+            operation=operation,
+            source=job.name,
+            source_kind=job.kind,
+            plan=job.plan or job.name,
+            started=utcnow(),
+            host=job.host or "",
+        )
+        self.log = RunLogger(
+            sink,
+            self.redactor,
+            run_id=run_id,
+            backup_guid=run_id,
+            source=job.name,
+            identifier="",
+        )
+        self.deadline = _Deadline(job.timeout)
+        self.target_dir = job.target_dir or ""
+        self.extra_env: dict[str, str] = {}
+
+    # --- hooks ---------------------------------------------------------------------------
+
+    def _env(self, phase: str) -> dict[str, str]:
+        env = {
+            "SAFEHOLD_RUN_ID": self.record.run_id,
+            "SAFEHOLD_PLAN": self.record.plan,
+            "SAFEHOLD_OPERATION": self.record.operation,
+            "SAFEHOLD_PHASE": phase,
+            "SAFEHOLD_SOURCE": self.job.name,
+            "SAFEHOLD_SOURCE_TYPE": self.job.kind,
+            "SAFEHOLD_IDENTIFIER": self.record.identifier,
+            "SAFEHOLD_TARGET_DIR": self.target_dir,
+            "SAFEHOLD_SNAPSHOT": self.record.snapshot,
+            "SAFEHOLD_OUTCOME": self.record.outcome,
+            **self.extra_env,
+        }
+        return env
+
+    def _run_spec(self, spec: HookSpec, timeout: float | None) -> HookResult:
+        try:
+            result = run_hook(
+                spec,
+                env=self._env(spec.phase),
+                timeout=timeout,
+                default_user=self.job.backup_user,
+                hide_env=self.job.hide_env,
+            )
+        except BaseException as exc:  # Ctrl-C, or the overall timeout: the hook was killed
+            timed_out = isinstance(exc, _RunTimeout)
+            self.record.phases.append(
+                {
+                    "phase": spec.phase,
+                    "command": self.redactor.text(spec.run),
+                    "exit_code": None,
+                    "timed_out": timed_out,
+                    "interrupted": not timed_out,
+                    "error": "the run's timeout ran out" if timed_out else "interrupted",
+                }
+            )
+            self.log.error("hook.killed", phase=spec.phase, timed_out=timed_out)
+            raise
+        for name in ("command", "stdout", "stderr", "error"):
+            setattr(result, name, self.redactor.text(getattr(result, name)))
+        self.record.phases.append(result.to_json())
+        self.log.log(
+            "info" if result.ok else "error",
+            "hook.finished",
+            phase=spec.phase,
+            command=result.command,
+            exit_code=result.exit_code,
+            timed_out=result.timed_out,
+            duration_s=round(result.duration_s, 3),
+            stdout=result.stdout[-_LOG_OUTPUT:],
+            stderr=result.stderr[-_LOG_OUTPUT:],
+            error=result.error,
+        )
+        return result
+
+    def hook(self, phase: str, *, fatal: bool, capped: bool = True) -> HookResult | None:
+        """Run ``phase``'s hook, if any. ``capped``: within the run's overall timeout
+        (cleanup and unlock are not: they get their own full time, even after it)."""
+        spec = self.job.hooks.get(phase)
+        if spec is None:
+            return None
+        self.log.info("hook.started", phase=phase)
+        result = self._run_spec(spec, self.deadline.remaining() if capped else None)
+        if fatal and not result.ok:
+            detail = result.last_line()
+            raise HookError(
+                f"the {phase} hook {result.describe()}" + (f": {detail}" if detail else ""),
+                hint="its full output is in the run record",
+            )
+        return result
+
+    def identify(self) -> None:
+        ident = self.job.identifier or ""
+        if self.job.identifier_command:
+            spec = HookSpec(
+                phase="identifier", run=self.job.identifier_command, timeout=IDENTIFIER_TIMEOUT
+            )
+            result = self._run_spec(spec, None)
+            lines = result.stdout.strip().splitlines()
+            if result.ok and lines:
+                ident = lines[0].strip()
+            else:
+                self.record.warnings.append(
+                    f"the identifier command {result.describe()}; the run has no identifier"
+                )
+                self.log.warning("identifier.failed", error=result.describe())
+        self.record.identifier = self.redactor.text(ident)
+        self.log.bind(identifier=self.record.identifier)
+
+    # --- the run -------------------------------------------------------------------------
+
+    def execute(
+        self,
+        body: Callable[[], None],
+        cleanup: str,
+        unlock: str,
+        after: Callable[[], None] | None = None,
+    ) -> RunRecord:
+        self.identify()
+        self.log.info(
+            "run.started",
+            operation=self.record.operation,
+            source_kind=self.job.kind,
+            plan=self.record.plan,
+        )
+        raised: BaseException | None = None
+        try:
+            self.deadline.arm()
+            with run_lock(
+                self.state_dir,
+                self.job.name,
+                run_id=self.record.run_id,
+                wait=not self.job.exit_if_in_progress,
+            ):
+                save_record(self.state_dir, self.record)
+                try:
+                    body()
+                except BaseException as exc:
+                    raised = exc
+                finally:
+                    self.deadline.disarm()
+                self._settle(raised)
+                try:
+                    self._closing(cleanup, fatal=False)
+                finally:
+                    self._closing(unlock, fatal=True)
+            # After the unlock: the service need not stay locked while copies are made.
+            if after is not None and self.record.outcome in ("success", "partial"):
+                after()
+        except BaseException as exc:  # lock not taken, or Ctrl-C during cleanup/unlock
+            self.deadline.disarm()
+            if raised is None or isinstance(exc, KeyboardInterrupt):
+                raised = exc
+                self._settle(exc)
+        finally:
+            self.deadline.disarm()
+        self._finish()
+        if raised is not None and not isinstance(raised, SafeholdError | _RunTimeout | _Skipped):
+            raise raised  # a bug, or Ctrl-C: the caller shows it (the record is saved)
+        return self.record
+
+    def _closing(self, phase: str, *, fatal: bool) -> None:
+        result = self.hook(phase, fatal=False, capped=False)
+        if result is None or result.ok:
+            return
+        what = f"the {phase} hook {result.describe()}"
+        if not fatal or self.record.outcome not in ("success", "partial"):
+            self.record.warnings.append(what)
+            return
+        # The data is safe but the service may still be locked: that needs a person.
+        self.record.outcome = "failed"
+        self.record.exit_code = ExitCode.SOURCE
+        saved = f" (snapshot {self.record.snapshot[:8]} was saved)" if self.record.snapshot else ""
+        self.record.error = f"{what}{saved}; the service may still be locked"
+
+    def _settle(self, exc: BaseException | None) -> None:
+        rec = self.record
+        if exc is None:
+            if rec.outcome == "running":
+                rec.outcome, rec.exit_code = "success", ExitCode.OK
+            return
+        if isinstance(exc, _Skipped):
+            rec.outcome, rec.exit_code, rec.reason = "skipped", ExitCode.SKIPPED, exc.reason
+        elif isinstance(exc, RunInProgress):
+            rec.outcome, rec.exit_code, rec.error = "in-progress", exc.exit_code, str(exc)
+        elif isinstance(exc, _RunTimeout):
+            rec.outcome, rec.exit_code = "timeout", ExitCode.SOURCE
+            rec.error = (
+                f"the run of source {self.job.name!r} timed out after "
+                f"{self.deadline.seconds:g} s (the source's timeout)"
+            )
+        elif isinstance(exc, KeyboardInterrupt):
+            rec.outcome, rec.exit_code, rec.error = (
+                "interrupted",
+                ExitCode.INTERRUPTED,
+                "interrupted",
+            )
+        elif isinstance(exc, SafeholdError):
+            rec.outcome, rec.exit_code, rec.error = "failed", exc.exit_code, str(exc)
+        else:
+            rec.outcome, rec.exit_code = "failed", ExitCode.FAILURE
+            rec.error = f"unexpected {type(exc).__name__}: {exc}"
+        rec.error = self.redactor.text(rec.error)
+        rec.reason = self.redactor.text(rec.reason)
+
+    def _finish(self) -> None:
+        rec = self.record
+        rec.finished = utcnow()
+        try:
+            save_record(self.state_dir, rec)
+        except OSError as exc:
+            rec.warnings.append(f"the run record could not be written: {exc.strerror}")
+        level = {"success": "info", "skipped": "warning", "partial": "warning"}.get(
+            rec.outcome, "error"
+        )
+        self.log.log(
+            level,
+            "run.finished",
+            operation=rec.operation,
+            outcome=rec.outcome,
+            exit_code=rec.exit_code,
+            snapshot=rec.snapshot or None,
+            error=rec.error or None,
+            reason=rec.reason or None,
+            warnings=rec.warnings,
+            duration_s=round((rec.finished - rec.started).total_seconds(), 3),
+        )
+
+
+def run_source_backup(
+    repo: Repository,
+    job: SourceJob,
+    *,
+    state_dir: Path,
+    sink: LogSink = discard,
+    progress: Progress = NO_PROGRESS,
+    threads: int | None = None,
+) -> RunRecord:
+    """Back ``job``'s source up once, hooks and all; the record says how it went.
+
+    Failures become the record's outcome and exit code; only a KeyboardInterrupt or an
+    unexpected bug propagates (after cleanup, unlock and the record).
+    """
+    run = _Run(job, "backup", state_dir, sink)
+
+    def body() -> None:
+        run.hook("pre-backup-lock", fatal=True)
+        check = run.hook("pre-backup-check", fatal=False)
+        if check is not None and not check.ok:
+            reason = check.last_line() or check.describe()
+            raise _Skipped(f"the pre-backup-check hook {check.describe()}: {reason}")
+        run.hook("backup", fatal=True)
+        run.deadline.check()
+        content = job.source.content()
+        opts = BackupOptions(
+            tags=list(job.tags),
+            host=job.host,
+            chain_length=job.chain_length,
+            source_kind=job.kind,
+            source_name=job.name,
+        )
+        if isinstance(content, TreeContent):
+            opts.paths = list(content.paths)
+            opts.excludes = list(content.excludes)
+            opts.one_file_system = content.one_file_system
+        else:
+            opts.streams = list(content.streams)
+        if threads:
+            opts.threads = max(1, threads)
+        run.log.info(
+            "backup.reading", streams=[s.name for s in opts.streams or []], paths=opts.paths
+        )
+        result = run_backup(repo, opts, progress)
+        run.record.snapshot = result.snapshot.id
+        run.record.summary = dict(result.summary)
+        run.log.info("backup.saved", snapshot=result.snapshot.id, summary=run.record.summary)
+        if result.errors:
+            run.record.outcome, run.record.exit_code = "partial", ExitCode.PARTIAL
+            run.record.warnings.extend(f"could not read {p}: {m}" for p, m in result.errors)
+
+    def copies() -> None:
+        _replicate(run, repo, job, progress)
+
+    return run.execute(body, "backup-cleanup", "post-backup-unlock", copies)
+
+
+def _replicate(run: _Run, repo: Repository, job: SourceJob, progress: Progress) -> None:
+    """Send the new snapshot to every further destination; each fails on its own."""
+    if not job.destinations:
+        return
+    snap = repo.find_snapshot(run.record.snapshot)
+    for outcome in replicate(repo, snap, job.destinations, progress):
+        outcome.error = run.redactor.text(outcome.error)
+        run.record.destinations.append(outcome.to_json())
+        run.log.log(
+            "info" if outcome.ok else "error",
+            "destination.finished",
+            destination=outcome.destination,
+            status=outcome.status,
+            target=outcome.target or None,
+            error=outcome.error or None,
+        )
+        if not outcome.ok:
+            # The snapshot is safe in the repository, but not everywhere it should be.
+            run.record.outcome = "partial"
+            run.record.exit_code = ExitCode.STORAGE
+            run.record.warnings.append(f"copy to {outcome.destination} failed: {outcome.error}")
+
+
+def run_source_restore(
+    repo: Repository,
+    job: SourceJob,
+    snap: Snapshot,
+    *,
+    state_dir: Path,
+    target: str | None = None,
+    replace: bool = False,
+    jobs: int = 1,
+    sink: LogSink = discard,
+    progress: Progress = NO_PROGRESS,
+) -> RunRecord:
+    """Restore ``snap`` through ``job``'s source once, with the restore hooks.
+
+    A stream source restores itself (``Source.restore``: into a database, a file...); a
+    tree source (its ``restore`` raises NotImplementedError) is written under ``target``
+    by the engine. The ``restore`` hook runs after the data is in place, so it can load
+    it into the service (OSB's agent downloads first, then calls its restore script).
+    """
+    run = _Run(job, "restore", state_dir, sink)
+    run.record.snapshot = snap.id
+    run.record.target = target or ""
+    # For a tree source the target is a folder; for others it may be a database name.
+    run.target_dir = os.path.abspath(target) if target and job.target_dir else ""
+    run.extra_env = {"SAFEHOLD_RESTORE_TARGET": target or "", "SAFEHOLD_REPLACE": str(int(replace))}
+
+    def body() -> None:
+        run.hook("pre-restore-lock", fatal=True)
+        run.deadline.check()
+        run.log.info("restore.writing", snapshot=snap.id, target=target)
+        errors = _restore_data(repo, job.source, snap, target, replace, jobs, progress)
+        run.log.info("restore.written", snapshot=snap.id, target=target, errors=len(errors))
+        if errors:
+            run.record.outcome, run.record.exit_code = "partial", ExitCode.PARTIAL
+            run.record.warnings.extend(f"could not restore {p}: {m}" for p, m in errors)
+        run.hook("restore", fatal=True)
+
+    return run.execute(body, "restore-cleanup", "post-restore-unlock")
+
+
+def _restore_data(
+    repo: Repository,
+    source: Source,
+    snap: Snapshot,
+    target: str | None,
+    replace: bool,
+    jobs: int,
+    progress: Progress,
+) -> list[tuple[str, str]]:
+    """Write ``snap`` back; returns the items a tree restore could not write."""
+    with repo.lock("restore"):  # keeps prune from removing what is being read
+        files = snapshot_files(repo, snap)
+        try:
+            source.restore(files, RestoreRequest(target=target, replace=replace, jobs=jobs))
+            return []
+        except NotImplementedError:
+            pass  # a tree source: the engine writes its files
+    if not target:
+        raise UsageError(
+            f"restoring a {snap.source or 'directory'} snapshot needs a target folder",
+            hint="add --target DIR (use --target / --replace to put files back where they were)",
+        )
+    if not replace and _has_entries(target):
+        raise UsageError(
+            f"the restore target {target} already holds files",
+            hint="choose an empty folder, or add --replace to overwrite what is there",
+        )
+    return run_restore(repo, snap, RestoreOptions(target=target), progress).errors
+
+
+def _has_entries(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as it:
+            return any(True for _ in it)
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        return True

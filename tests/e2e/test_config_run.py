@@ -1,0 +1,308 @@
+"""``safehold backup/restore --config FILE --source NAME`` as operators run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD, CliRunner
+
+
+def write_script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\nset -e\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def json_lines(stderr: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_service_backup_style_config_end_to_end(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "appendonly.aof").write_text("SET a 1\n")
+    # service-backup's pieces: a dump to disk before, a cleanup after, an identifier.
+    write_script(tmp_path / "dump.sh", f'echo "REDIS0009 dump" > {store}/dump.rdb')
+    write_script(tmp_path / "cleanup.sh", f"rm -f {store}/dump.rdb")
+    write_script(tmp_path / "identify.sh", "echo service-instance-0f3a")
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"""\
+repository:
+  location: {cli_repo}
+  password_env: REPO_PW
+sources:
+  redis:
+    source_folder: {store}
+    source_executable: ./dump.sh
+    cleanup_executable: ./cleanup.sh
+    service_identifier_executable: ./identify.sh
+    exit_if_in_progress: true
+"""
+    )
+    env = {"REPO_PW": PASSWORD.decode(), "SAFEHOLD_STATE_DIR": str(tmp_path / "state")}
+    res = cli(
+        "--log-format", "json", "backup", "--config", str(config), "--source", "redis", env=env
+    )
+    assert res.code == 0, res.output
+    assert "snapshot" in res.stdout and "saved" in res.stdout
+    lines = json_lines(res.stderr)
+    run_ids = {line["run_id"] for line in lines}
+    assert len(run_ids) == 1 and all(line["backup_guid"] in run_ids for line in lines)
+    assert all(line["identifier"] == "service-instance-0f3a" for line in lines[1:])
+    phases = [line["phase"] for line in lines if line["event"] == "hook.finished"]
+    assert phases == ["identifier", "backup", "backup-cleanup"]
+    assert not (store / "dump.rdb").exists()  # the cleanup ran
+    snaps = json.loads(cli("-r", cli_repo, "snapshots", "--json").stdout)
+    assert len(snaps) == 1 and snaps[0]["source_name"] == "redis"
+    # The run record is where the state folder says.
+    (record,) = (tmp_path / "state" / "runs" / "redis").glob("*.json")
+    assert json.loads(record.read_text())["run_id"] in run_ids
+
+    target = tmp_path / "restored"
+    res = cli(
+        "restore",
+        "--config",
+        str(config),
+        "--source",
+        "redis",
+        "latest",
+        "--target",
+        str(target),
+        env=env,
+    )
+    assert res.code == 0, res.output
+    restored = target / str(store).lstrip("/")
+    assert (restored / "dump.rdb").read_text() == "REDIS0009 dump\n"
+    assert (restored / "appendonly.aof").read_text() == "SET a 1\n"
+    # Into the same folder again: refused unless asked to replace.
+    res = cli("restore", "--config", str(config), "latest", "--target", str(target), env=env)
+    assert res.code == 2 and "already holds files" in res.stderr
+    res = cli(
+        "restore",
+        "--config",
+        str(config),
+        "latest",
+        "--target",
+        str(target),
+        "--replace",
+        env=env,
+    )
+    assert res.code == 0, res.output
+
+
+def test_a_second_run_exits_while_one_is_in_progress(
+    cli: CliRunner, cli_env: dict[str, str], cli_repo: str, tmp_path: Path
+) -> None:
+    # The first run holds its lock hook until the test says so (at most a minute).
+    started, release = tmp_path / "started", tmp_path / "release"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    write_script(
+        tmp_path / "hold.sh",
+        f"touch {started}; i=0\n"
+        f"while [ ! -e {release} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done",
+    )
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"""\
+repository: {cli_repo}
+sources:
+  slow:
+    type: directory
+    paths: [{data}]
+    exit_if_in_progress: true
+    hooks:
+      pre-backup-lock: ./hold.sh
+"""
+    )
+    env = {**cli_env, "SAFEHOLD_STATE_DIR": str(tmp_path / "state")}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "safehold", "backup", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+        second = cli("backup", "--config", str(config), "--source", "slow", env=env)
+        assert second.code == 9, second.output
+        assert "already in progress" in second.stderr
+        release.touch()
+        assert first.wait(60) == 0
+    finally:
+        release.touch()
+        if first.poll() is None:
+            first.kill()
+        first.communicate()
+
+
+def test_a_failing_check_skips_with_exit_code_8(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"""\
+repository: {cli_repo}
+sources:
+  db:
+    type: directory
+    paths: [{data}]
+    hooks:
+      pre-backup-check: {{run: "echo 'replica lag too high'; exit 1", shell: true}}
+"""
+    )
+    res = cli("backup", "--config", str(config), env={"SAFEHOLD_STATE_DIR": str(tmp_path / "st")})
+    assert res.code == 8, res.output
+    assert "backup skipped" in res.stderr and "replica lag too high" in res.stderr
+    assert json.loads(cli("-r", cli_repo, "snapshots", "--json").stdout) == []
+
+
+def test_no_secret_reaches_logs_records_or_hooks(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"""\
+repository:
+  location: {cli_repo}
+  password_env: REPO_PW
+sources:
+  dump:
+    type: command
+    command: "echo rows"
+    env: {{DB_PASSWORD: "${{DB_PW}}"}}
+    hooks:
+      pre-backup-lock: {{run: "env; echo db password is ${{DB_PW}}", shell: true}}
+"""
+    )
+    secrets = {"REPO_PW": PASSWORD.decode(), "DB_PW": "db-Secret-77"}
+    state = tmp_path / "state"
+    env = {**secrets, "SAFEHOLD_STATE_DIR": str(state)}
+    for fmt in ("json", "text"):
+        res = cli("--log-format", fmt, "--json", "backup", "--config", str(config), env=env)
+        assert res.code == 0, res.output
+        record = json.loads(res.stdout)
+        assert record["outcome"] == "success" and record["phases"][0]["stdout"]
+        everything = res.output + "".join(p.read_text() for p in state.rglob("*.json"))
+        for secret in secrets.values():
+            assert secret not in everything
+        assert "db password is ***" in everything
+
+
+def test_config_check_and_flags_without_a_file(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        "sources:\n  pg-main:\n    type: directory\n    paths: [/x]\n    hooks:\n"
+        "      pre-backup-lock: ./missing-lock.sh\n"
+    )
+    res = cli("config", "check", str(config))
+    assert res.code == 2
+    assert f"{config}:6: sources.pg-main.hooks.pre-backup-lock: no such file" in res.stderr
+    config.write_text("sources:\n  pg-main:\n    type: directory\n    paths: [/x]\n")
+    res = cli("config", "check", str(config), "--json")
+    assert res.code == 0, res.output
+    assert json.loads(res.stdout)["sources"]["pg-main"]["type"] == "directory"
+    # Without --config, --source is refused and restore still needs --target.
+    assert cli("-r", cli_repo, "backup", "--source", "x").code == 2
+    res = cli("-r", cli_repo, "restore", "latest")
+    assert res.code == 2 and "--target" in res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running hooks as another user needs root")
+def test_backup_user_and_hook_output_in_the_json_log(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"""\
+repository: {cli_repo}
+sources:
+  svc:
+    type: directory
+    paths: [{data}]
+    backup_user: nobody
+    hooks:
+      pre-backup-lock: id -un
+"""
+    )
+    res = cli(
+        "--log-format", "json", "backup", "--config", str(config),
+        env={"SAFEHOLD_STATE_DIR": str(tmp_path / "state")},
+    )  # fmt: skip
+    assert res.code == 0, res.output
+    (hook,) = [line for line in json_lines(res.stderr) if line["event"] == "hook.finished"]
+    assert hook["phase"] == "pre-backup-lock" and hook["exit_code"] == 0
+    assert hook["stdout"] == "nobody\n"
+
+
+def test_destinations_each_get_the_snapshot_and_one_down_fails_alone(
+    cli: CliRunner, cli_repo: str, tmp_path: Path, sample_tree: Path
+) -> None:
+    second = str(tmp_path / "second")
+    assert (
+        cli("-r", second, "init", "--kdf-log2n", "10", env={"SAFEHOLD_PASSWORD": "pw2"}).code == 0
+    )
+    archive_dir = tmp_path / "plain"
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"""\
+repository: {{location: {cli_repo}, password_env: REPO_PW}}
+destinations:
+  - {{location: {second}, password_env: SECOND_PW, name: second}}
+  - {{location: {tmp_path / "never-initialised"}, password_env: SECOND_PW, name: missing}}
+  - {{location: {archive_dir}, format: archive, name: plain, options: {{prefix: files}}}}
+sources:
+  files: {{type: directory, paths: [{sample_tree}]}}
+"""
+    )
+    env = {
+        "REPO_PW": PASSWORD.decode(),
+        "SECOND_PW": "pw2",
+        "SAFEHOLD_STATE_DIR": str(tmp_path / "state"),
+    }
+    res = cli("backup", "--config", str(config), "--json", env=env)
+    # The snapshot is saved, the missing destination fails alone: partial, exit 5.
+    assert res.code == 5, res.output
+    record = json.loads(res.stdout)
+    assert record["outcome"] == "partial"
+    by_name = {d["destination"]: d for d in record["destinations"]}
+    assert by_name["second"]["status"] == "copied"
+    assert by_name["missing"]["status"] == "failed" and by_name["missing"]["error"]
+    assert by_name["plain"]["status"] == "archived"
+    assert "missing" in res.stderr
+    copies = json.loads(
+        cli("-r", second, "snapshots", "--json", env={"SAFEHOLD_PASSWORD": "pw2"}).stdout
+    )
+    assert [c["original"] for c in copies] == [record["snapshot"]]
+    listed = json.loads(
+        cli("archive", "list", str(archive_dir), "--prefix", "files", "--json").stdout
+    )
+    assert [e["name"] for e in listed] == [by_name["plain"]["target"]]
+    # The next run's snapshot goes everywhere reachable too, incrementally.
+    res = cli("backup", "--config", str(config), "--json", env=env)
+    again = {d["destination"]: d["status"] for d in json.loads(res.stdout)["destinations"]}
+    assert again == {"second": "copied", "missing": "failed", "plain": "archived"}
+    copies = json.loads(
+        cli("-r", second, "snapshots", "--json", env={"SAFEHOLD_PASSWORD": "pw2"}).stdout
+    )
+    assert len(copies) == 2
