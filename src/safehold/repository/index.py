@@ -9,16 +9,26 @@ Index file plaintext (sealed as object type 3, docs/format.md "Index files")::
 A blob may be stored in several packs (two writers raced, or two chains hold the same
 content); the index remembers one location per chain, which is what deduplication inside
 a chain and reading from any chain both need.
+
+In memory, the index keeps every (blob, pack) pair in a compact sorted run
+(:mod:`safehold.repository.index_run`, about 50 bytes a blob instead of a dict's ~200),
+plus a small dict of recent additions; ``Index.packs`` rebuilds a pack's record on access.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+import threading
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from safehold.errors import FormatError
+from safehold.repository.index_run import FIELDS, Entry, SortedRun
 from safehold.repository.pack import _ENTRY, ENTRY_LEN, PackEntry
+
+__all__ = ["Index", "Location", "PackRecord", "decode_index", "encode_index"]
 
 _PACK = struct.Struct("<32s16sII")
 _COUNT = struct.Struct("<I")
@@ -72,80 +82,272 @@ def decode_index(raw: bytes, what: str) -> list[PackRecord]:
 
 
 class Index:
-    """In-memory lookup of blob locations. Additions are safe under the GIL from any thread
-    (single dict operations); readers never see a half-added pack's blobs as missing data
-    because packs are added only after they are stored."""
+    """In-memory lookup of blob locations, in about 50 bytes a blob (see
+    :mod:`safehold.repository.index_run`).
 
-    def __init__(self) -> None:
-        self.packs: dict[bytes, PackRecord] = {}
-        self._blobs: dict[bytes, Location] = {}
-        # Locations of blobs whose first-seen copy is in another chain's pack.
-        self._other: dict[bytes, list[Location]] = {}
+    Recently added packs sit in a small dict (the overlay) and are merged into the sorted
+    run once it holds ``merge_at`` records, so adding a pack costs a few dict operations.
+    Packs are interned: records name a pack by number, and a removed pack's number is
+    marked dead (its records are dropped at the next merge). ``lookup`` returns the first
+    copy, in the order packs were added, whose pack is still present.
+
+    Thread safety: writers (``add_pack``, ``remove_pack``, merges) hold a lock; readers
+    take none. A merge publishes the new run before it empties the overlay, and readers
+    read the overlay before the run, so a reader racing a merge sees every blob.
+    """
+
+    def __init__(self, *, merge_at: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._merge_at = merge_at
+        self._pack_ids: list[bytes] = []  # pack number -> pack id
+        self._pack_no: dict[bytes, int] = {}  # present pack id -> pack number
+        self._pack_chain = array("I")  # pack number -> chain number
+        self._pack_size = array("Q")
+        self._alive = bytearray()  # pack number -> 1 while present
+        self._chains: list[bytes] = []
+        self._chain_no: dict[bytes, int] = {}
+        self._run = SortedRun.empty()
+        # The overlay: each id's first entry added since the last merge, and any later ones
+        # (the same blob in another pack: rare, so kept apart to keep the common case small).
+        self._first: dict[bytes, Entry] = {}
+        self._more: dict[bytes, list[Entry]] = {}
+        self._overlay_len = 0
+        self._recent: dict[int, PackRecord] = {}  # packs whose entries are in the overlay
+        self._dead_in_run = 0
+        self._groups: _PackGroups | None = None
+        self._groups_lock = threading.Lock()
+        self.packs: Mapping[bytes, PackRecord] = _PackView(self)
+
+    # --- writing ---------------------------------------------------------------------------
 
     def add_pack(self, rec: PackRecord) -> None:
-        if rec.pack_id in self.packs:
-            return
-        self.packs[rec.pack_id] = rec
-        blobs = self._blobs
-        for e in rec.entries:
-            loc = Location(rec.pack_id, e.blob_type, e.offset, e.length, e.raw_length)
-            first = blobs.get(e.blob_id)
-            if first is None:
-                blobs[e.blob_id] = loc
-            elif self.packs[first.pack_id].chain_id != rec.chain_id:
-                self._other.setdefault(e.blob_id, []).append(loc)
+        with self._lock:
+            if rec.pack_id in self._pack_no:
+                return
+            pn = len(self._pack_ids)
+            cn = self._chain_no.get(rec.chain_id)
+            if cn is None:
+                cn = self._chain_no[rec.chain_id] = len(self._chains)
+                self._chains.append(rec.chain_id)
+            self._pack_ids.append(rec.pack_id)
+            self._pack_chain.append(cn)
+            self._pack_size.append(rec.size)
+            self._alive.append(1)  # before any record names the pack
+            first, more = self._first, self._more
+            for e in rec.entries:
+                entry = (pn, e.blob_type, e.offset, e.length, e.raw_length)
+                if first.setdefault(e.blob_id, entry) is not entry:
+                    more.setdefault(e.blob_id, []).append(entry)
+            self._overlay_len += len(rec.entries)
+            self._recent[pn] = rec
+            self._pack_no[rec.pack_id] = pn
+            if self._overlay_len >= self._threshold():
+                self._merge()
 
     def remove_pack(self, pack_id: bytes) -> None:
         """Forget a pack (prune); blobs fall back to their copies in other packs."""
-        rec = self.packs.pop(pack_id, None)
-        if rec is None:
-            return
-        for e in rec.entries:
-            loc = self._blobs.get(e.blob_id)
-            if loc is not None and loc.pack_id == pack_id:
-                del self._blobs[e.blob_id]
-            others = self._other.get(e.blob_id)
-            if others:
-                others[:] = [o for o in others if o.pack_id != pack_id]
-                if not others:
-                    del self._other[e.blob_id]
-            if e.blob_id not in self._blobs:
-                self._reinstate(e.blob_id)
-
-    def _reinstate(self, blob_id: bytes) -> None:
-        others = self._other.pop(blob_id, None)
-        if others:
-            self._blobs[blob_id] = others[0]
-            if len(others) > 1:
-                self._other[blob_id] = others[1:]
-            return
-        for rec in self.packs.values():
+        with self._lock:
+            pn = self._pack_no.pop(pack_id, None)
+            if pn is None:
+                return
+            self._alive[pn] = 0
+            rec = self._recent.pop(pn, None)
+            if rec is None:
+                self._dead_in_run += 1
+                self._groups = None
+                return
+            first, more = self._first, self._more
             for e in rec.entries:
-                if e.blob_id == blob_id:
-                    self._blobs[blob_id] = Location(
-                        rec.pack_id, e.blob_type, e.offset, e.length, e.raw_length
-                    )
-                    return
+                rest = more.get(e.blob_id, [])
+                rest[:] = [x for x in rest if x[0] != pn]
+                if not rest:
+                    more.pop(e.blob_id, None)
+                entry = first.get(e.blob_id)
+                if entry is not None and entry[0] == pn:
+                    if rest:
+                        first[e.blob_id] = rest.pop(0)
+                        if not rest:
+                            del more[e.blob_id]
+                    else:
+                        del first[e.blob_id]
+            self._overlay_len -= len(rec.entries)
+
+    def _threshold(self) -> int:
+        if self._merge_at is not None:
+            return self._merge_at
+        # A merge costs a pass over the overlay plus one copy of the run; the overlay costs
+        # ~350 bytes a record (dict entries, tuples and the pack records kept for
+        # ``packs``). A 32nd of the run keeps the overlay near 10 bytes a blob and the
+        # copying near 1.5 KiB per record added.
+        return max(1 << 16, self._run.n >> 5)
+
+    def _merge(self) -> None:
+        """Fold the overlay and the removals into a new run. The caller holds the lock."""
+        run = self._run
+        if self._dead_in_run:
+            run = run.without(self._alive)
+            self._dead_in_run = 0
+        run = run.merged(sorted(self._first), self._first, self._more)
+        self._run = run  # published before the overlay empties: see the class docstring
+        self._first = {}
+        self._more = {}
+        self._overlay_len = 0
+        self._recent = {}
+        self._groups = None
+
+    def flush(self) -> None:
+        """Merge everything into the sorted run (for whole-index passes and measurements)."""
+        with self._lock:
+            if self._first or self._dead_in_run:
+                self._merge()
+
+    def copy(self) -> Index:
+        """An independent index with the same packs; the sorted run is shared, not copied."""
+        with self._lock:
+            new = Index(merge_at=self._merge_at)
+            new._pack_ids = list(self._pack_ids)
+            new._pack_no = dict(self._pack_no)
+            new._pack_chain = array("I", self._pack_chain)
+            new._pack_size = array("Q", self._pack_size)
+            new._alive = bytearray(self._alive)
+            new._chains = list(self._chains)
+            new._chain_no = dict(self._chain_no)
+            new._run = self._run
+            new._first = dict(self._first)
+            new._more = {k: list(v) for k, v in self._more.items()}
+            new._overlay_len = self._overlay_len
+            new._recent = dict(self._recent)
+            new._dead_in_run = self._dead_in_run
+            return new
+
+    # --- reading ---------------------------------------------------------------------------
 
     def lookup(self, blob_id: bytes) -> Location | None:
-        return self._blobs.get(blob_id)
+        first, more = self._first, self._more  # before the run: see the class docstring
+        run = self._run
+        alive = self._alive
+        if run.n:
+            i = run.first(blob_id)
+            if i >= 0:
+                meta = run.meta
+                while True:
+                    j = i * FIELDS
+                    pn = meta[j]
+                    if alive[pn]:
+                        return Location(
+                            self._pack_ids[pn], run.types[i], meta[j + 1], meta[j + 2], meta[j + 3]
+                        )
+                    i += 1
+                    if not run.same(i, blob_id):
+                        break
+        entry = first.get(blob_id)
+        if entry is None:
+            return None
+        if not alive[entry[0]]:
+            entry = next((e for e in more.get(blob_id, ()) if alive[e[0]]), None)
+            if entry is None:
+                return None
+        pn, blob_type, offset, length, raw_length = entry
+        return Location(self._pack_ids[pn], blob_type, offset, length, raw_length)
 
     def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self._blobs
+        return self.lookup(blob_id) is not None
 
     def has_in_chain(self, blob_id: bytes, chain_id: bytes) -> bool:
-        loc = self._blobs.get(blob_id)
-        if loc is None:
+        cn = self._chain_no.get(chain_id)
+        if cn is None:
             return False
-        if self.packs[loc.pack_id].chain_id == chain_id:
+        first, more = self._first, self._more
+        run = self._run
+        alive, chain = self._alive, self._pack_chain
+        if run.n:
+            i = run.first(blob_id)
+            if i >= 0:
+                meta = run.meta
+                while True:
+                    pn = meta[i * FIELDS]
+                    if alive[pn] and chain[pn] == cn:
+                        return True
+                    i += 1
+                    if not run.same(i, blob_id):
+                        break
+        entry = first.get(blob_id)
+        if entry is None:
+            return False
+        if alive[entry[0]] and chain[entry[0]] == cn:
             return True
-        return any(self.packs[o.pack_id].chain_id == chain_id for o in self._other.get(blob_id, ()))
+        return any(alive[e[0]] and chain[e[0]] == cn for e in more.get(blob_id, ()))
 
     def chain_of(self, pack_id: bytes) -> bytes:
-        return self.packs[pack_id].chain_id
+        return self._chains[self._pack_chain[self._pack_no[pack_id]]]
 
     def blob_count(self) -> int:
-        return len(self._blobs)
+        self.flush()
+        return self._run.distinct
 
     def blob_ids(self) -> Iterator[bytes]:
-        return iter(self._blobs)
+        self.flush()
+        return self._run.distinct_ids()
+
+    def memory(self) -> int:
+        """Bytes held by the sorted run (the part that grows with the repository)."""
+        return self._run.nbytes()
+
+    # --- packs -----------------------------------------------------------------------------
+
+    def _record(self, pack_id: bytes) -> PackRecord:
+        pn = self._pack_no[pack_id]
+        rec = self._recent.get(pn)
+        if rec is not None:
+            return rec
+        groups = self._pack_groups()
+        run = groups.run
+        lo = bisect_left(groups.packs, pn)
+        hi = bisect_right(groups.packs, pn)
+        entries = []
+        for i in groups.order[lo:hi]:
+            _pn, blob_type, offset, length, raw_length = run.entry(i)
+            entries.append(PackEntry(blob_type, offset, length, raw_length, run.id_at(i)))
+        # A pack's entries are stored in offset order; restore it.
+        entries.sort(key=lambda e: e.offset)
+        chain = self._chains[self._pack_chain[pn]]
+        return PackRecord(pack_id, chain, self._pack_size[pn], tuple(entries))
+
+    def _pack_groups(self) -> _PackGroups:
+        """The run's records grouped by pack, built on first use after each merge."""
+        with self._groups_lock:
+            groups = self._groups
+            run = self._run
+            if groups is None or groups.run is not run:
+                pack_col = run.meta[0::FIELDS]
+                order = array("I", sorted(range(run.n), key=pack_col.__getitem__))
+                packs = array("I", map(pack_col.__getitem__, order))
+                groups = self._groups = _PackGroups(run, order, packs)
+            return groups
+
+
+@dataclass(frozen=True, slots=True)
+class _PackGroups:
+    run: SortedRun
+    order: array[int]  # record numbers, by pack number
+    packs: array[int]  # the pack number of each, ascending
+
+
+class _PackView(Mapping[bytes, PackRecord]):
+    """``index.packs``: the present packs by id. Records are rebuilt on access (their
+    entries are not kept as objects), so hold on to one rather than looking it up again."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def __getitem__(self, pack_id: bytes) -> PackRecord:
+        return self._index._record(pack_id)
+
+    def __contains__(self, pack_id: object) -> bool:
+        return pack_id in self._index._pack_no
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(list(self._index._pack_no))
+
+    def __len__(self) -> int:
+        return len(self._index._pack_no)

@@ -49,12 +49,18 @@ margin for clocks of different hosts that disagree). Stale locks (see
 * a trashed pack that holds a blob some snapshot uses and no live pack holds (in the
   snapshot's chain) is **rescued**: an index file is written for it (from its own header)
   and it is kept;
-* every other trashed pack is deleted; then the record is deleted.
+* every other trashed pack is deleted; then the record is deleted. A pack the storage
+  refuses to delete because a retention period protects it (S3 Object Lock) stays, and so
+  does its record: a later prune deletes it once the period is over.
 
 Every prune run sweeps the records of earlier runs at its start, and the record it has just
 written at its end when the condition already holds. With no other process about, one run
 marks and sweeps, and the space is free at once; while a backup runs, a later prune frees
 it.
+
+On local storage, prune also removes the temporary files of interrupted writes, but only
+those last written before every live lock was taken and over an hour ago
+(:func:`remove_stale_temp_files`), so a write in progress keeps its file.
 
 Why this is safe
 ================
@@ -87,11 +93,18 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from safehold.errors import IntegrityError, ObjectNotFound, SafeholdError, UsageError
+from safehold.errors import (
+    IntegrityError,
+    ObjectNotFound,
+    ObjectRetained,
+    SafeholdError,
+    UsageError,
+)
 from safehold.repository import lock as lockmod
 from safehold.repository import tree as t
+from safehold.repository.check_report import NoProgress, ProgressSink
 from safehold.repository.format import T_INDEX, storage_id
 from safehold.repository.index import Index, PackRecord, decode_index
 from safehold.repository.pack import PackBuilder, PackEntry
@@ -102,16 +115,21 @@ from safehold.repository.trash import TrashRecord, list_trash, write_trash
 __all__ = [
     "DEFAULT_LOCK_SKEW",
     "DEFAULT_MAX_UNUSED",
+    "TEMP_FILE_MIN_AGE",
     "MarkResult",
     "PruneOptions",
     "PruneResult",
     "SweepResult",
     "prune",
+    "remove_stale_temp_files",
     "sweep",
 ]
 
 DEFAULT_MAX_UNUSED = 10.0
 DEFAULT_LOCK_SKEW = timedelta(minutes=5)
+# Temporary files of interrupted writes (local storage) are removed once older than this
+# and than every live lock (see remove_stale_temp_files).
+TEMP_FILE_MIN_AGE = timedelta(hours=1)
 # Index files written by prune hold at most this many blobs, so that none grows unbounded.
 INDEX_FILE_MAX_BLOBS = 100_000
 HEADER_THREADS = 8
@@ -144,6 +162,8 @@ class SweepResult:
     packs_gone: int = 0  # already deleted (an interrupted sweep)
     packs_waiting: int = 0  # stored packs named by records that must wait
     bytes_waiting: int = 0
+    packs_retained: int = 0  # the storage refused to delete them yet (retention, legal hold)
+    bytes_retained: int = 0
     stale_locks_removed: int = 0
     waiting_for: list[str] = field(default_factory=list)  # the locks a record waits for
 
@@ -175,6 +195,7 @@ class PruneResult:
     swept: SweepResult
     packs_pending: int = 0  # still named by a trash record when prune finished
     bytes_pending: int = 0
+    temp_files_removed: int = 0  # leftovers of interrupted writes (local storage only)
 
     @property
     def packs_deleted(self) -> int:
@@ -199,26 +220,40 @@ class PruneResult:
 # --- prune -------------------------------------------------------------------------------
 
 
-def prune(repo: Repository, opts: PruneOptions | None = None) -> PruneResult:
+def prune(
+    repo: Repository, opts: PruneOptions | None = None, *, progress: ProgressSink | None = None
+) -> PruneResult:
     """Sweep earlier trash, mark garbage (repacking mostly unused packs), sweep again.
 
     A dry run takes no lock, writes and deletes nothing, and reports what a real run would
-    do (assuming no process starts meanwhile).
+    do (assuming no process starts meanwhile). ``progress`` hears the long phases: "mark"
+    (snapshots walked), "repack" (packs copied, bytes) and "delete" (packs, bytes).
     """
     opts = opts or PruneOptions()
+    progress = progress or NoProgress()
     if opts.dry_run:
-        return _dry_run(repo, opts)
+        return _dry_run(repo, opts, progress)
     with repo.lock("prune") as held:
         own = held.info.name
-        earlier = sweep(repo, own_lock=own, lock_skew=opts.lock_skew)
-        mark, used, known = _mark(repo, opts)
-        swept = sweep(repo, own_lock=own, lock_skew=opts.lock_skew, _used=used, _known=known)
-    return PruneResult(False, earlier, mark, swept, swept.packs_waiting, swept.bytes_waiting)
+        earlier = sweep(repo, own_lock=own, lock_skew=opts.lock_skew, progress=progress)
+        temp_files = remove_stale_temp_files(repo, lock_skew=opts.lock_skew)
+        mark, used, known = _mark(repo, opts, progress)
+        swept = sweep(
+            repo,
+            own_lock=own,
+            lock_skew=opts.lock_skew,
+            progress=progress,
+            _used=used,
+            _known=known,
+        )
+    return PruneResult(
+        False, earlier, mark, swept, swept.packs_waiting, swept.bytes_waiting, temp_files
+    )
 
 
-def _dry_run(repo: Repository, opts: PruneOptions) -> PruneResult:
+def _dry_run(repo: Repository, opts: PruneOptions, progress: ProgressSink) -> PruneResult:
     earlier = sweep(repo, own_lock=None, lock_skew=opts.lock_skew, dry_run=True)
-    mark, _used, _known = _mark(repo, opts, dry_run=True)
+    mark, _used, _known = _mark(repo, opts, progress, dry_run=True)
     swept = SweepResult()
     doomed = mark.packs_garbage + mark.packs_repacked
     doomed_bytes = mark.bytes_garbage + mark.bytes_repacked
@@ -256,7 +291,7 @@ class _UsedCache:
 
 
 def _mark(
-    repo: Repository, opts: PruneOptions, *, dry_run: bool = False
+    repo: Repository, opts: PruneOptions, progress: ProgressSink, *, dry_run: bool = False
 ) -> tuple[MarkResult, _UsedCache, dict[bytes, PackRecord]]:
     result = MarkResult()
     pending = list_trash(repo)
@@ -271,7 +306,7 @@ def _mark(
     )
     # Snapshots saved by backups that ran during an earlier prune may need blobs that now
     # live only in trashed packs; the view includes those so the walk finds them.
-    used = _used_blobs(repo, _view(live, pending_headers.values()), snaps)
+    used = _used_blobs(repo, _view(live, pending_headers.values()), snaps, progress)
     foreign = _foreign_needed(live, used)
     result.snapshots = len(snaps)
     result.packs = len(live.packs)
@@ -301,7 +336,9 @@ def _mark(
         return result, cache, known
 
     doomed = {rec.pack_id for rec in (*garbage, *repack)}
-    new_packs = _repack(repo, live, doomed, repack, used, foreign, result, dry_run=dry_run)
+    new_packs = _repack(
+        repo, live, doomed, repack, used, foreign, result, progress, dry_run=dry_run
+    )
     if dry_run:
         return result, cache, known
     first = write_trash(repo, sorted(doomed))  # (2): backups stop adopting these packs
@@ -335,12 +372,31 @@ def _repack(
     used: dict[bytes, set[bytes]],
     foreign: set[bytes],
     result: MarkResult,
+    progress: ProgressSink,
     *,
     dry_run: bool,
 ) -> list[PackRecord]:
     """Copy the used blobs of ``repack`` into new packs of the same chains (step 1)."""
     if not repack:
         return []
+    progress.start("repack", len(repack), sum(rec.size for rec in repack))
+    try:
+        return _copy_used(repo, live, doomed, repack, used, foreign, result, progress, dry_run)
+    finally:
+        progress.finish()
+
+
+def _copy_used(
+    repo: Repository,
+    live: Index,
+    doomed: set[bytes],
+    repack: list[PackRecord],
+    used: dict[bytes, set[bytes]],
+    foreign: set[bytes],
+    result: MarkResult,
+    progress: ProgressSink,
+    dry_run: bool,
+) -> list[PackRecord]:
     kept: dict[bytes, set[bytes]] = {}
     for rec in live.packs.values():
         if rec.pack_id not in doomed:
@@ -355,6 +411,7 @@ def _repack(
             if (e.blob_id in chain_used or e.blob_id in foreign) and e.blob_id not in chain_kept
         ]
         if not wanted:
+            progress.advance(1, rec.size)
             continue
         name = pack_name(rec.pack_id)
         raw = b"" if dry_run else repo.storage.get(name)
@@ -370,6 +427,7 @@ def _repack(
             # Verify before copying: a damaged blob must not be given a new, clean home.
             repo.open_blob(e.blob_id, sealed, e.raw_length, name)
             writer.add(rec.chain_id, e, sealed)
+        progress.advance(1, rec.size)
     records = writer.finish()
     result.packs_written = len(records)
     result.bytes_written = sum(rec.size for rec in records)
@@ -430,6 +488,7 @@ def sweep(
     own_lock: str | None = None,
     lock_skew: timedelta = DEFAULT_LOCK_SKEW,
     dry_run: bool = False,
+    progress: ProgressSink | None = None,
     _used: _UsedCache | None = None,
     _known: dict[bytes, PackRecord] | None = None,
 ) -> SweepResult:
@@ -456,7 +515,7 @@ def sweep(
     else:
         trashed = {p for rec in records for p in rec.packs if p not in live.packs and p in sizes}
         headers = _read_headers(repo, trashed, sizes, _known or {})
-        used = _used_blobs(repo, _view(live, headers.values()), snaps)
+        used = _used_blobs(repo, _view(live, headers.values()), snaps, progress)
     needed: set[bytes] = set()
     for blobs in used.values():
         needed |= blobs
@@ -482,10 +541,30 @@ def sweep(
         return result
     if rescued:
         repo.write_index(rescued)  # before anything is deleted
-    for pack_id in doomed:
-        with contextlib.suppress(ObjectNotFound):
-            repo.storage.delete(pack_name(pack_id))
+    progress = progress or NoProgress()
+    progress.start("delete", len(doomed), result.bytes_freed)
+    retained: set[bytes] = set()
+    try:
+        for pack_id in doomed:
+            try:
+                repo.storage.delete(pack_name(pack_id))
+            except ObjectNotFound:
+                pass
+            except ObjectRetained:
+                # Under retention: it stays in the trash, and a later prune, once the
+                # period is over, deletes it. Nothing a snapshot needs is in it.
+                retained.add(pack_id)
+            progress.advance(1, sizes[pack_id])
+    finally:
+        progress.finish()
+    if retained:
+        result.packs_retained = len(retained)
+        result.bytes_retained = sum(sizes[p] for p in retained)
+        result.packs_deleted -= len(retained)
+        result.bytes_freed -= result.bytes_retained
     for record in ready:  # after the packs: a record outlives an interrupted sweep
+        if retained.intersection(record.packs):
+            continue  # keeps naming its retained packs for the next prune
         with contextlib.suppress(ObjectNotFound):
             repo.storage.delete(record.name)
     for rec in rescued:
@@ -552,6 +631,50 @@ def _still_needed(
     return False
 
 
+# --- temporary files -------------------------------------------------------------------
+
+
+class _TempFileCleaner(Protocol):
+    def remove_stale_temp_files(self, older_than_seconds: float) -> int: ...
+
+
+def _temp_file_cleaner(storage: object) -> _TempFileCleaner | None:
+    """The backend under the storage wrappers, if it leaves temporary files (local)."""
+    for _depth in range(8):
+        if hasattr(storage, "remove_stale_temp_files"):
+            return storage
+        storage = getattr(storage, "inner", None)
+        if storage is None:
+            break
+    return None
+
+
+def remove_stale_temp_files(
+    repo: Repository, *, lock_skew: timedelta = DEFAULT_LOCK_SKEW, min_age: timedelta | None = None
+) -> int:
+    """Delete temporary files that interrupted writes left (local storage only); returns
+    how many went. Never fails the caller: a leftover only wastes space.
+
+    A writer in progress must keep its file. Every writer takes its lock before it writes,
+    and a file's modification time is its last write, so a file last written before the
+    oldest live lock was created (less ``lock_skew`` for hosts whose clocks disagree)
+    belongs to no live process; ``min_age`` (one hour) also guards writers that take no
+    lock (``init``, key files), which write one small object and finish.
+    """
+    cleaner = _temp_file_cleaner(repo.storage)
+    if cleaner is None:
+        return 0
+    now = repo.clock.now()
+    age = min_age if min_age is not None else TEMP_FILE_MIN_AGE
+    try:
+        for info in lockmod.list_locks(repo.storage, repo.aead):
+            if not lockmod.is_stale(info, now):
+                age = max(age, now - info.created + lock_skew)
+        return cleaner.remove_stale_temp_files(age.total_seconds())
+    except SafeholdError:
+        return 0
+
+
 # --- shared helpers ------------------------------------------------------------------------
 
 
@@ -575,9 +698,7 @@ def _load_live_index(repo: Repository) -> tuple[Index, list[str]]:
 
 def _view(live: Index, extra: Iterable[PackRecord]) -> Index:
     """The live index plus trashed packs, for reading trees that only trashed packs hold."""
-    view = Index()
-    for rec in live.packs.values():
-        view.add_pack(rec)
+    view = live.copy()  # shares the sorted run: no copy of the bulk
     for rec in extra:
         view.add_pack(rec)
     return view
@@ -611,9 +732,22 @@ def _read_headers(
     return out
 
 
-def _used_blobs(repo: Repository, view: Index, snaps: list[Snapshot]) -> dict[bytes, set[bytes]]:
+def _used_blobs(
+    repo: Repository, view: Index, snaps: list[Snapshot], progress: ProgressSink | None = None
+) -> dict[bytes, set[bytes]]:
     """Blob ids used by the snapshots of each chain: every tree reachable from their roots
     and every data blob those trees name. Raises if a snapshot needs a blob no pack holds."""
+    progress = progress or NoProgress()
+    progress.start("mark", len(snaps))
+    try:
+        return _walk_snapshots(repo, view, snaps, progress)
+    finally:
+        progress.finish()
+
+
+def _walk_snapshots(
+    repo: Repository, view: Index, snaps: list[Snapshot], progress: ProgressSink
+) -> dict[bytes, set[bytes]]:
     used: dict[bytes, set[bytes]] = {}
     walked: dict[bytes, set[str]] = {}
     for snap in snaps:
@@ -637,6 +771,7 @@ def _used_blobs(repo: Repository, view: Index, snaps: list[Snapshot]) -> dict[by
                     if data_id not in view:
                         raise _missing(data_id, snap)
                     chain_used.add(data_id)
+        progress.advance(1)
     return used
 
 

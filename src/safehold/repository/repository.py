@@ -23,10 +23,11 @@ import os
 import secrets
 import socket
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.crypto.aead import Aead
@@ -64,6 +65,7 @@ from safehold.storage.base import Storage
 REPO_VERSION = 1
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 TREE_CACHE = 4096
+TREE_PACK_CACHE = 64 << 20  # bytes of tree packs kept
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,10 @@ class Repository:
         self.index_loaded = False
         self._tree_cache: OrderedDict[str, list[Node]] = OrderedDict()
         self._tree_lock = threading.Lock()
+        # Whole tree packs, so that walking a tree costs one read per pack, not per folder.
+        self._tree_packs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._tree_pack_bytes = 0
+        self._tree_pack_lock = threading.Lock()
 
     # --- creating and opening ------------------------------------------------------------
 
@@ -279,9 +285,12 @@ class Repository:
         damaged: list[str] = []
         for _attempt in range(3):
             missing = False
-            for name in self.list_index_files():
+            names = self.list_index_files()
+            for name, got in fetch_each(names, lambda n: self.load_object(n, T_INDEX)):
                 try:
-                    records = decode_index(self.load_object(name, T_INDEX), name)
+                    if isinstance(got, BaseException):
+                        raise got
+                    records = decode_index(got, name)
                 except ObjectNotFound:
                     missing = True
                     continue
@@ -382,13 +391,49 @@ class Repository:
         sealed = self.storage.get(name, loc.offset, loc.length)
         return self.open_blob(blob_id, sealed, loc.raw_length, name)
 
+    def load_tree_blob(self, blob_id: bytes) -> bytes:
+        """A tree blob, read through a cache of whole tree packs.
+
+        Trees live in packs of their own (the saver keeps one open pack per blob type), and
+        a walk visits many trees of few packs: on remote storage one read per folder is
+        what made a re-backup slow, one read per pack is cheap (packs are closed near the
+        repository's pack size). The cache holds at most TREE_PACK_CACHE bytes.
+        """
+        loc = self.index.lookup(blob_id)
+        if loc is None:
+            return self.load_blob(blob_id)  # raises the usual "not in the index" error
+        name = pack_name(loc.pack_id)
+        with self._tree_pack_lock:
+            pack = self._tree_packs.get(loc.pack_id)
+            if pack is not None:
+                self._tree_packs.move_to_end(loc.pack_id)
+        if pack is None:
+            pack = self.storage.get(name)
+            with self._tree_pack_lock:
+                if loc.pack_id not in self._tree_packs:
+                    self._tree_packs[loc.pack_id] = pack
+                    self._tree_pack_bytes += len(pack)
+                while self._tree_pack_bytes > TREE_PACK_CACHE and len(self._tree_packs) > 1:
+                    _old, dropped = self._tree_packs.popitem(last=False)
+                    self._tree_pack_bytes -= len(dropped)
+        if loc.offset + loc.length > len(pack):
+            return self.load_blob(blob_id)  # the pack changed under us; read it exactly
+        sealed = pack[loc.offset : loc.offset + loc.length]
+        try:
+            return self.open_blob(blob_id, sealed, loc.raw_length, name)
+        except IntegrityError:
+            # Damaged in the cached copy (or in transit): forget it, read this blob again.
+            with self._tree_pack_lock:
+                self._tree_pack_bytes -= len(self._tree_packs.pop(loc.pack_id, b""))
+            return self.load_blob(blob_id)
+
     def load_tree(self, tree_id: str) -> list[Node]:
         with self._tree_lock:
             cached = self._tree_cache.get(tree_id)
             if cached is not None:
                 self._tree_cache.move_to_end(tree_id)
                 return cached
-        nodes = decode_tree(self.load_blob(bytes.fromhex(tree_id)), f"tree {tree_id[:8]}")
+        nodes = decode_tree(self.load_tree_blob(bytes.fromhex(tree_id)), f"tree {tree_id[:8]}")
         with self._tree_lock:
             self._tree_cache[tree_id] = nodes
             if len(self._tree_cache) > TREE_CACHE:
@@ -397,7 +442,7 @@ class Repository:
 
     def load_tree_json(self, tree_id: str) -> list[dict[str, Any]]:
         """A tree's nodes as JSON objects, uncached (each is read once by a backup)."""
-        return decode_tree_json(self.load_blob(bytes.fromhex(tree_id)), f"tree {tree_id[:8]}")
+        return decode_tree_json(self.load_tree_blob(bytes.fromhex(tree_id)), f"tree {tree_id[:8]}")
 
     # --- snapshots -------------------------------------------------------------------------
 
@@ -415,9 +460,12 @@ class Repository:
 
     def list_snapshots(self) -> list[Snapshot]:
         snaps = []
-        for sid in self.list_snapshot_ids():
-            with contextlib.suppress(ObjectNotFound):  # forgotten while we listed
-                snaps.append(self.load_snapshot(sid))
+        for _sid, got in fetch_each(self.list_snapshot_ids(), self.load_snapshot):
+            if isinstance(got, ObjectNotFound):  # forgotten while we listed
+                continue
+            if isinstance(got, BaseException):
+                raise got
+            snaps.append(got)
         snaps.sort(key=lambda s: (s.time, s.id))
         return snaps
 
@@ -457,6 +505,47 @@ class Repository:
 
     def finished_chains(self) -> set[str]:
         return {o.name.removeprefix("chains/") for o in self.storage.list("chains/")}
+
+
+# Remote stores answer one small read in tens of milliseconds: index files and snapshots
+# are fetched this many at a time, so opening a repository costs a few round trips, not
+# one per object.
+FETCHERS = 8
+T = TypeVar("T")
+
+
+def fetch_each(
+    names: Sequence[str], fetch: Callable[[str], T], *, workers: int = FETCHERS
+) -> Iterator[tuple[str, T | SafeholdError]]:
+    """``fetch(name)`` for every name, in order, at most ``2 * workers`` ahead of the
+    consumer (so memory stays bounded). A SafeholdError is returned in place of its
+    result, for the caller to skip or raise; anything else propagates."""
+
+    def attempt(name: str) -> T | SafeholdError:
+        try:
+            return fetch(name)
+        except SafeholdError as exc:
+            return exc
+
+    if len(names) <= 1:
+        for name in names:
+            yield name, attempt(name)
+        return
+    window: deque[tuple[str, Future[T | SafeholdError]]] = deque()
+    with ThreadPoolExecutor(min(workers, len(names)), thread_name_prefix="fetch") as pool:
+        todo = iter(names)
+        try:
+            for name in todo:
+                window.append((name, pool.submit(attempt, name)))
+                if len(window) >= 2 * workers:
+                    done_name, future = window.popleft()
+                    yield done_name, future.result()
+            while window:
+                done_name, future = window.popleft()
+                yield done_name, future.result()
+        finally:
+            for _name, future in window:
+                future.cancel()
 
 
 def _matches(

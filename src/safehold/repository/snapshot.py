@@ -28,7 +28,8 @@ class Snapshot:
     tags: list[str] = field(default_factory=list)
     parent: str = ""
     program_version: str = ""
-    source: str = ""  # "directory", "stdin", "command": what produced it
+    source: str = ""  # "directory", "stdin", "command", "postgres"...: what produced it
+    source_name: str = ""  # the configured source's name ("pg-main"); empty without a config
     summary: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)  # unreadable files
     original: str = ""  # a copy's source snapshot id (a copy of a copy keeps the first)
@@ -50,8 +51,11 @@ class Snapshot:
             "summary": self.summary,
             "errors": self.errors,
         }
-        if self.original:  # only copies carry it: other snapshots keep their exact bytes
+        # Optional keys are written only when set, so older snapshots keep their exact bytes.
+        if self.original:  # only copies carry it
             d["original"] = self.original
+        if self.source_name:
+            d["source_name"] = self.source_name
         return d
 
     def encode(self) -> bytes:
@@ -79,6 +83,7 @@ class Snapshot:
                 summary=dict(d.get("summary", {})),
                 errors=list(d.get("errors", [])),
                 original=d.get("original", ""),
+                source_name=d.get("source_name", ""),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise FormatError(f"snapshot {snap_id[:8]} is not valid: {exc}") from exc

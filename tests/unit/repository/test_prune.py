@@ -20,7 +20,7 @@ from safehold.crypto.keys import KdfParams
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.forget import ForgetOptions, run_forget
 from safehold.engine.restore import RestoreOptions, run_restore
-from safehold.errors import IntegrityError
+from safehold.errors import IntegrityError, ObjectRetained
 from safehold.model import ObjectInfo
 from safehold.repository import lock as lockmod
 from safehold.repository.check import check_repository
@@ -485,4 +485,48 @@ def test_an_index_written_during_prune_survives_and_its_snapshot_is_rescued(
     assert result.swept.packs_rescued >= 1, "the pack the new snapshot needs was not rescued"
     assert result.packs_pending == 0 and list_trash(repo) == []
     assert_restores(repo, new, expected, src, tmp_path / "restored")
+    assert_check_ok(repo)
+
+
+class RetainingStorage(MemoryStorage):
+    """Refuses to delete packs while ``retain`` is set, as S3 Object Lock does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retain = False
+
+    def delete(self, name: str) -> None:
+        if self.retain and name.startswith("data/"):
+            raise ObjectRetained(f"cannot delete {name!r}: under retention")
+        super().delete(name)
+
+
+def test_packs_under_retention_stay_in_the_trash_until_a_later_prune(
+    tmp_path: Path, sample_tree: Path
+) -> None:
+    store = RetainingStorage()
+    repo = make_repo(store)
+    first = backup(repo, sample_tree)
+    (sample_tree / "sub" / "data.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    second = backup(repo, sample_tree)
+    expected = files_of(sample_tree)
+    forget(repo, first)
+    store.retain = True
+    before = stored_bytes(repo)
+
+    held = prune(repo, NO_SKEW)
+
+    assert held.swept.packs_retained > 0 and held.swept.bytes_retained > 0
+    assert held.packs_deleted == 0 and held.bytes_freed == 0
+    assert stored_bytes(repo) >= before  # nothing of the old data went
+    assert list_trash(repo) != []  # the record keeps naming the retained packs
+    assert_restores(repo, second, expected, sample_tree, tmp_path / "r1")
+    assert_check_ok(repo)
+
+    store.retain = False  # the retention period is over
+    freed = prune(repo, NO_SKEW)
+    assert freed.packs_deleted >= held.swept.packs_retained
+    assert list_trash(repo) == [] and freed.packs_pending == 0
+    assert stored_bytes(repo) < before
+    assert_restores(repo, second, expected, sample_tree, tmp_path / "r2")
     assert_check_ok(repo)

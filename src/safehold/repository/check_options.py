@@ -1,0 +1,85 @@
+"""What a check does: structure only, or also reading data (all packs or a subset)."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from safehold.errors import UsageError
+
+__all__ = ["MAX_GROUPS", "CheckOptions", "Subset", "parse_subset"]
+
+MAX_GROUPS = 256  # groups are chosen by the first byte of the pack id
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    """Which packs a partial ``--read-data`` reads.
+
+    ``n/t`` (``group``/``groups``): the packs whose first id byte modulo t is n - 1, so that
+    running 1/t, 2/t ... t/t (say one a day) reads every pack exactly once; pack ids are
+    hashes, so the groups are about equal. ``percent``: that share of the packs, at random,
+    rounded up.
+    """
+
+    group: int = 0
+    groups: int = 0
+    percent: float = 0.0
+
+    def selects(self, pack_id: bytes) -> bool:
+        """Whether the ``n/t`` group holds ``pack_id`` (always False for a percentage)."""
+        return bool(self.groups) and pack_id[0] % self.groups == self.group - 1
+
+    def select(self, pack_ids: Iterable[bytes]) -> list[bytes]:
+        ids = sorted(pack_ids)
+        if self.groups:
+            return [p for p in ids if self.selects(p)]
+        k = math.ceil(len(ids) * self.percent / 100)
+        return sorted(random.sample(ids, k))
+
+    def describe(self) -> str:
+        return f"{self.group}/{self.groups}" if self.groups else f"{self.percent:g}%"
+
+
+_GROUP_RE = re.compile(r"(\d+)/(\d+)")
+_PERCENT_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)%")
+
+
+def parse_subset(spec: str) -> Subset:
+    """``n/t`` or ``x%``; anything else is a :class:`UsageError` that says what to write."""
+    text = spec.strip()
+    hint = (
+        "give n/t to read the n-th of t groups of packs (1/7 ... 7/7 over a week read "
+        "everything), or a percentage such as 10% to read that share at random"
+    )
+    if m := _GROUP_RE.fullmatch(text):
+        n, total = int(m[1]), int(m[2])
+        if not 1 <= total <= MAX_GROUPS:
+            raise UsageError(
+                f"invalid --read-data-subset {spec!r}: t must be 1 to {MAX_GROUPS}", hint=hint
+            )
+        if not 1 <= n <= total:
+            raise UsageError(
+                f"invalid --read-data-subset {spec!r}: n must be 1 to {total}", hint=hint
+            )
+        return Subset(group=n, groups=total)
+    if m := _PERCENT_RE.fullmatch(text):
+        pct = float(m[1])
+        if not 0 < pct <= 100:
+            raise UsageError(
+                f"invalid --read-data-subset {spec!r}: the percentage must be above 0 and "
+                "at most 100",
+                hint=hint,
+            )
+        return Subset(percent=pct)
+    raise UsageError(f"invalid --read-data-subset {spec!r}", hint=hint)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckOptions:
+    read_data: bool = False
+    subset: Subset | None = None  # implies read_data
+    threads: int = 4  # packs downloaded at once

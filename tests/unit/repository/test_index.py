@@ -1,0 +1,212 @@
+"""The compact in-memory index against a plain dict model, driven by hypothesis.
+
+The model keeps packs in the order they were added (dict order); ``lookup`` must give the
+first present pack's copy, ``has_in_chain`` any present copy in that chain. Tiny merge
+thresholds make every few additions go through a merge of the sorted run.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from safehold.repository.index import Index, Location, PackRecord
+from safehold.repository.pack import PackEntry
+
+# A few ids that share leading bytes (same directory bucket, and a neighbour that differs
+# only at the end) plus random ones, so collisions and bucket edges are exercised.
+_SHARED = [b"\x00" * 32, b"\x00" * 31 + b"\x01", b"\xff" * 32, b"\x80" + b"\x00" * 31]
+blob_ids = st.one_of(st.sampled_from(_SHARED), st.binary(min_size=32, max_size=32))
+chains = st.sampled_from([b"a" * 16, b"b" * 16, b"c" * 16])
+
+
+@st.composite
+def pack_records(draw: st.DrawFn) -> PackRecord:
+    pack_id = draw(st.binary(min_size=1, max_size=1)) * 32  # few ids: re-adds happen
+    ids = draw(st.lists(blob_ids, max_size=12))
+    entries = []
+    offset = 8
+    for blob_id in ids:
+        length = draw(st.integers(1, 5000))
+        raw = draw(st.integers(0, 2**32 - 1))
+        entries.append(PackEntry(draw(st.sampled_from([0, 1])), offset, length, raw, blob_id))
+        offset += length
+    return PackRecord(pack_id, draw(chains), offset + 100, tuple(entries))
+
+
+class Model:
+    def __init__(self) -> None:
+        self.packs: dict[bytes, PackRecord] = {}
+
+    def add(self, rec: PackRecord) -> None:
+        self.packs.setdefault(rec.pack_id, rec)
+
+    def remove(self, pack_id: bytes) -> None:
+        self.packs.pop(pack_id, None)
+
+    def lookup(self, blob_id: bytes) -> Location | None:
+        for rec in self.packs.values():
+            for e in rec.entries:
+                if e.blob_id == blob_id:
+                    return Location(rec.pack_id, e.blob_type, e.offset, e.length, e.raw_length)
+        return None
+
+    def has_in_chain(self, blob_id: bytes, chain: bytes) -> bool:
+        return any(
+            rec.chain_id == chain and any(e.blob_id == blob_id for e in rec.entries)
+            for rec in self.packs.values()
+        )
+
+    def blob_ids(self) -> set[bytes]:
+        return {e.blob_id for rec in self.packs.values() for e in rec.entries}
+
+
+class IndexMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = Model()
+        self.index = Index(merge_at=3)
+        self.seen: set[bytes] = set(_SHARED)
+
+    @rule(rec=pack_records())
+    def add(self, rec: PackRecord) -> None:
+        self.model.add(rec)
+        self.index.add_pack(rec)
+        self.seen.update(e.blob_id for e in rec.entries)
+
+    @precondition(lambda self: self.model.packs)
+    @rule(data=st.data())
+    def remove(self, data: st.DataObject) -> None:
+        pack_id = data.draw(st.sampled_from(sorted(self.model.packs)))
+        self.model.remove(pack_id)
+        self.index.remove_pack(pack_id)
+
+    @rule(pack_id=st.binary(min_size=1, max_size=1))
+    def remove_absent_or_present(self, pack_id: bytes) -> None:
+        self.model.remove(pack_id * 32)
+        self.index.remove_pack(pack_id * 32)
+
+    @rule()
+    def flush(self) -> None:
+        self.index.flush()
+
+    @rule()
+    def copy(self) -> None:
+        # A copy must behave the same and stay independent of the original.
+        self.index = self.index.copy()
+
+    @invariant()
+    def lookups_agree(self) -> None:
+        for blob_id in self.seen:
+            assert self.index.lookup(blob_id) == self.model.lookup(blob_id)
+            assert (blob_id in self.index) == (self.model.lookup(blob_id) is not None)
+            for chain in (b"a" * 16, b"b" * 16, b"c" * 16):
+                assert self.index.has_in_chain(blob_id, chain) == self.model.has_in_chain(
+                    blob_id, chain
+                )
+
+    @invariant()
+    def packs_agree(self) -> None:
+        assert set(self.index.packs) == set(self.model.packs)
+        assert len(self.index.packs) == len(self.model.packs)
+        for pack_id, rec in self.model.packs.items():
+            assert self.index.packs[pack_id] == rec
+            assert self.index.chain_of(pack_id) == rec.chain_id
+
+    @invariant()
+    def counts_agree(self) -> None:
+        expected = self.model.blob_ids()
+        assert self.index.blob_count() == len(expected)
+        assert list(self.index.blob_ids()) == sorted(expected)
+
+
+IndexMachine.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestIndexAgainstModel = IndexMachine.TestCase
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(pack_records(), max_size=20), st.integers(1, 50))
+def test_bulk_loading_matches_model(records: list[PackRecord], merge_at: int) -> None:
+    model, index = Model(), Index(merge_at=merge_at)
+    for rec in records:
+        model.add(rec)
+        index.add_pack(rec)
+    for blob_id in model.blob_ids() | set(_SHARED):
+        assert index.lookup(blob_id) == model.lookup(blob_id)
+
+
+def test_many_blobs_use_the_directory() -> None:
+    """Enough records for a multi-bit directory, merged in several steps."""
+    import hashlib
+
+    index = Index(merge_at=500)
+    recs = []
+    for p in range(40):
+        entries = tuple(
+            PackEntry(
+                0, 8 + i * 10, 10, 20, hashlib.blake2b(b"%d-%d" % (p, i), digest_size=32).digest()
+            )
+            for i in range(100)
+        )
+        recs.append(PackRecord(hashlib.sha256(b"%d" % p).digest(), b"a" * 16, 2000, entries))
+        index.add_pack(recs[-1])
+    index.flush()
+    assert index.blob_count() == 4000
+    assert index.memory() < 4000 * 56
+    for rec in recs:
+        for e in rec.entries:
+            loc = index.lookup(e.blob_id)
+            assert loc is not None and loc.pack_id == rec.pack_id and loc.offset == e.offset
+        assert index.packs[rec.pack_id] == rec
+    assert index.lookup(b"\x07" * 32) is None
+    index.remove_pack(recs[0].pack_id)
+    assert index.lookup(recs[0].entries[0].blob_id) is None
+    assert index.blob_count() == 3900
+
+
+def test_readers_never_miss_a_blob_during_merges() -> None:
+    """Lookups from another thread while packs are added and merged: every blob added
+    before a reader starts looking for it is found."""
+    import hashlib
+
+    index = Index(merge_at=64)
+    added: list[bytes] = []
+    stop = threading.Event()
+    misses: list[bytes] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            for blob_id in added[-200:]:
+                if index.lookup(blob_id) is None:
+                    misses.append(blob_id)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for p in range(200):
+            ids = [hashlib.sha256(b"%d/%d" % (p, i)).digest() for i in range(20)]
+            entries = tuple(PackEntry(0, 8 + i, 1, 1, b) for i, b in enumerate(ids))
+            index.add_pack(PackRecord(hashlib.sha256(b"p%d" % p).digest(), b"a" * 16, 99, entries))
+            added.extend(ids)
+    finally:
+        stop.set()
+        t.join()
+    assert not misses
+
+
+def test_ids_of_the_wrong_length_are_never_found() -> None:
+    blob_id = bytes(range(32))
+    index = Index(merge_at=1)
+    index.add_pack(PackRecord(b"p" * 32, b"a" * 16, 99, (PackEntry(0, 8, 1, 1, blob_id),)))
+    assert index.lookup(blob_id) is not None
+    for wrong in (blob_id[:16], blob_id[4:20], blob_id + b"\x00", b""):
+        assert index.lookup(wrong) is None
+        assert not index.has_in_chain(wrong, b"a" * 16)
