@@ -32,9 +32,10 @@ def add_kdf_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kdf-log2n",
         type=int,
-        default=16,
+        default=15,
         metavar="N",
-        help="scrypt cost 2**N for the password's key (default: %(default)s, 64 MiB); "
+        help="scrypt cost 2**N (r=8, p=2) for the password's key (default: %(default)s, "
+        "32 MiB); "
         "lower values make guessing cheaper and are meant for tests only",
     )
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 from safehold import __version__
-from safehold.engine.backup_plan import DirItem, DirPlan, Planner, root_plan
+from safehold.engine.backup_plan import Planner, build_tree, root_plan
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.engine.scan import Excluder
 from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
@@ -338,6 +338,10 @@ def _backup_paths(
     progress: Progress,
 ) -> str:
     """Back up ``paths``; returns the root tree id (hex)."""
+
+    def save_tree(raw: bytes) -> str:
+        return saver.save(BLOB_TREE, raw)[0].hex()
+
     planner = Planner(
         index=repo.index,
         chain=saver.chain_id,
@@ -345,6 +349,7 @@ def _backup_paths(
         excluder=Excluder(opts.excludes),
         one_file_system=opts.one_file_system,
         force=opts.force,
+        save_tree=save_tree,
     )
     progress.start("scan")
     root = root_plan(planner, parent.tree if parent else None)
@@ -371,33 +376,7 @@ def _backup_paths(
         for _ in pool.map(reader.read, jobs):
             pass
     progress.finish()
-    return _build_tree(saver, root)
-
-
-def _build_tree(saver: BlobSaver, plan: DirPlan) -> str:
-    """Save the trees of ``plan`` bottom-up; an unchanged folder keeps its parent's id."""
-    out: list[dict[str, object]] = []
-    same = plan.parent_count == len(plan.items)
-    for item in plan.items:
-        if isinstance(item, dict):
-            out.append(item)
-        elif isinstance(item, DirItem):
-            sub = _build_tree(saver, item.plan)
-            meta = item.meta
-            if isinstance(meta, dict) and meta.get("subtree") == sub:
-                out.append(meta)
-            else:
-                d = dict(meta) if isinstance(meta, dict) else meta.to_json()
-                d["subtree"] = sub
-                out.append(d)
-                same = False
-        else:
-            out.append(item.to_json())
-            same = False
-    if same:
-        return plan.parent_subtree
-    tree_id, _ = saver.save(BLOB_TREE, t.encode_tree_json(out))
-    return tree_id.hex()
+    return build_tree(save_tree, root)
 
 
 class _FileReader:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from safehold.repository import tree as t
 from safehold.repository.index import Index
 
 JsonNode = dict[str, Any]
+SaveTree = Callable[[bytes], str]  # (outside Planner, whose ``bytes`` field shadows the type)
 
 _KIND = {
     stat.S_IFDIR: t.DIR,
@@ -50,6 +52,8 @@ class DirPlan:
     parent_subtree: str = ""
     parent_count: int = -1  # items in the parent's tree; -1 = no parent tree
     named: dict[str, Item] = field(default_factory=dict)  # for placing backup paths
+    pending: int = 0  # files still to read and sub-folders not yet saved, in this folder
+    changed: bool = False  # a sub-folder saved during the walk differs from the parent's
 
 
 @dataclass(eq=False)
@@ -70,6 +74,9 @@ class Planner:
     files_unchanged: int = 0
     files_changed: int = 0
     files_new: int = 0
+    # Saves a finished folder's tree; set, folders are saved as soon as nothing in them is
+    # left to read, so the walk holds only the folders still waiting for file contents.
+    save_tree: SaveTree | None = None
 
     def _parent_plan(self, old: JsonNode | None) -> DirPlan:
         if old is None or old.get("type") != t.DIR or not old.get("subtree") or self.force:
@@ -144,17 +151,34 @@ class Planner:
             plan.parent_count = -1
             return
         excl = self.excluder if self.excluder.active else None
+        jobs = self.jobs
         for de in entries:
             if excl is not None and excl.excluded(de.path, de.name):
                 continue
             try:
                 st = de.stat(follow_symlinks=False)
                 old = parent_nodes.get(de.name)
+                queued = len(jobs)
                 item = self.item(de.path, de.name, st, old if isinstance(old, dict) else None, dev)
             except OSError as exc:
                 self.errors.append((de.path, exc.strerror or str(exc)))
                 continue
+            if isinstance(item, DirItem):
+                if item.plan.pending or self.save_tree is None:
+                    plan.pending += 1
+                else:
+                    item = self.finish(item)
+                    if item is not old:
+                        plan.changed = True
+            elif len(jobs) != queued:
+                plan.pending += 1  # a file to read
             plan.items.append(item)
+
+    def finish(self, item: DirItem) -> JsonNode:
+        """Save a folder with nothing left to read; returns its node (the parent snapshot's
+        own object when the folder is unchanged)."""
+        assert self.save_tree is not None
+        return folder_node(item.meta, build_tree(self.save_tree, item.plan))
 
     def place(self, root: DirPlan, path: str) -> None:
         """Add the backup path ``path`` (absolute) to the virtual root, creating the folders
@@ -208,3 +232,33 @@ def root_plan(planner: Planner, parent_root: str | None) -> DirPlan:
     plan = DirPlan(parent_subtree=parent_root, parent_count=len(nodes))
     plan.named = {n["name"]: n for n in nodes}
     return plan
+
+
+def folder_node(meta: JsonNode | t.Node, subtree: str) -> JsonNode:
+    """A folder's node pointing at ``subtree``: the parent's node itself if it already did."""
+    if isinstance(meta, dict) and meta.get("subtree") == subtree:
+        return meta
+    d = dict(meta) if isinstance(meta, dict) else meta.to_json()
+    d["subtree"] = subtree
+    return d
+
+
+def build_tree(save_tree: SaveTree, plan: DirPlan) -> str:
+    """Save the trees of ``plan`` bottom-up (folders saved during the walk are plain nodes
+    by now); an unchanged folder keeps its parent's tree id and is not encoded again."""
+    out: list[JsonNode] = []
+    same = plan.parent_count == len(plan.items) and not plan.changed
+    for item in plan.items:
+        if isinstance(item, dict):
+            out.append(item)
+        elif isinstance(item, DirItem):
+            node = folder_node(item.meta, build_tree(save_tree, item.plan))
+            out.append(node)
+            if node is not item.meta:
+                same = False
+        else:
+            out.append(item.to_json())
+            same = False
+    if same:
+        return plan.parent_subtree
+    return save_tree(t.encode_tree_json(out))

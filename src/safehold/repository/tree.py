@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from safehold.errors import FormatError
 
 # Node types.
@@ -111,10 +113,20 @@ def encode_tree_json(nodes: list[dict[str, Any]]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogatepass")
 
 
+def _loads(raw: bytes) -> Any:
+    # orjson parses trees about 2.5x faster (a no-change backup decodes every tree). It
+    # refuses the lone-surrogate escapes that encode names which are not UTF-8; the
+    # standard parser takes those, and any other document orjson refuses.
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw.decode("utf-8", "surrogatepass"))
+
+
 def decode_tree_json(raw: bytes, what: str = "tree") -> list[dict[str, Any]]:
     """The nodes' JSON objects, without building :class:`Node` objects (backup's fast path)."""
     try:
-        nodes: list[dict[str, Any]] = json.loads(raw.decode("utf-8", "surrogatepass"))["nodes"]
+        nodes: list[dict[str, Any]] = _loads(raw)["nodes"]
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{what} is not a valid tree: {exc}") from exc
     return nodes
@@ -122,7 +134,6 @@ def decode_tree_json(raw: bytes, what: str = "tree") -> list[dict[str, Any]]:
 
 def decode_tree(raw: bytes, what: str = "tree") -> list[Node]:
     try:
-        doc = json.loads(raw.decode("utf-8", "surrogatepass"))
-        return [Node.from_json(n) for n in doc["nodes"]]
+        return [Node.from_json(n) for n in _loads(raw)["nodes"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{what} is not a valid tree: {exc}") from exc

@@ -58,3 +58,17 @@ def test_blob_ids_are_keyed() -> None:
     a, b = MasterKey.generate(), MasterKey.generate()
     assert a.blob_id(b"same") != b.blob_id(b"same")
     assert a.blob_id(b"same") == a.blob_id(b"same")
+
+
+def test_default_key_files_hold_32_mib_and_older_parameters_still_open() -> None:
+    master = MasterKey.generate()
+    doc = json.loads(make_key_file(master, b"pw"))
+    # 128 * n * r bytes of scrypt working set: the peak memory of every command.
+    assert (doc["n"], doc["r"], doc["p"]) == (1 << 15, 8, 2)
+    assert 128 * doc["n"] * doc["r"] == 32 * 1024 * 1024
+    # A key file from before the change (n=2**16, p=1) opens with its own parameters.
+    old = make_key_file(master, b"pw", params=KdfParams(n=1 << 16, r=8, p=1))
+    assert json.loads(old)["n"] == 1 << 16
+    assert open_key_file(old, b"pw") == master
+    with pytest.raises(WrongPassword):
+        open_key_file(old, b"other")

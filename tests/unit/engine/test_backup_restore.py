@@ -76,6 +76,59 @@ def test_unchanged_files_are_not_read_again(mem_repo: Repository, tmp_path: Path
     assert len((old / "sub" / "data.bin").read_bytes()) == 3 * 1024 * 1024 + 17
 
 
+def _subtree(repo: Repository, tree_id: str, *names: str) -> str:
+    for name in names:
+        tree_id = next(n.subtree for n in repo.load_tree(tree_id) if n.name == name)
+    return tree_id
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["delete", "symlink", "empty-dir", "rename", "chmod-dir", "new-file", "edit"],
+)
+def test_deep_changes_reach_the_root_and_untouched_folders_keep_their_trees(
+    mem_repo: Repository, tmp_path: Path, change: str
+) -> None:
+    # Folders with nothing to read are saved during the walk: a change deep down must still
+    # give every folder above it a new tree, and leave the untouched sibling's tree as it was.
+    src = tmp_path / "src"
+    deep = src / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_text("deep")
+    (src / "a" / "b" / "g.txt").write_text("middle")
+    (src / "other" / "x").mkdir(parents=True)
+    (src / "other" / "x" / "y.txt").write_text("untouched")
+    first = backup(mem_repo, src)
+    prefix = str(src).strip("/").split("/")
+    if change == "delete":
+        (deep / "f.txt").unlink()
+    elif change == "symlink":
+        (deep / "link").symlink_to("f.txt")
+    elif change == "empty-dir":
+        (deep / "new-dir").mkdir()
+    elif change == "rename":
+        (deep / "f.txt").rename(deep / "renamed.txt")
+    elif change == "chmod-dir":
+        deep.chmod(0o700)
+    elif change == "new-file":
+        (deep / "new.txt").write_text("new")
+    else:
+        (deep / "f.txt").write_text("edited!")
+    second = backup(mem_repo, src)
+    assert second.parent == first.id
+    changed = [["a"], ["a", "b"]] + ([] if change == "chmod-dir" else [["a", "b", "c"]])
+    for path in changed:  # (a chmod changes c's node in b's tree, not c's own tree)
+        assert _subtree(mem_repo, second.tree, *prefix, *path) != _subtree(
+            mem_repo, first.tree, *prefix, *path
+        ), path
+    assert _subtree(mem_repo, second.tree, *prefix, "other") == _subtree(
+        mem_repo, first.tree, *prefix, "other"
+    )
+    third = backup(mem_repo, src)
+    assert third.tree == second.tree  # and nothing changed is nothing new
+    assert tree_state(restored(mem_repo, second, tmp_path / "out", src)) == tree_state(src)
+
+
 def test_sparse_file_is_restored_with_holes(mem_repo: Repository, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -1,0 +1,50 @@
+"""Tree encoding: canonical bytes, and names that are not valid UTF-8 surviving a round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from safehold.errors import FormatError
+from safehold.repository import tree as t
+
+NAMES = ["plain.txt", "caf\u00e9", "\u65e5\u672c", "bad-\udce9-byte", "\udcff"]
+
+
+def _node(name: str) -> t.Node:
+    return t.Node(
+        name=name,
+        type=t.FILE,
+        mode=0o100644,
+        mtime_ns=1_763_800_000_123_456_789,
+        ctime_ns=1_763_800_000_123_456_789,
+        size=12,
+        inode=2**64 - 1,  # the largest inode a file system can report
+        content=["ab" * 32],
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_round_trip_of_every_kind_of_name(name: str) -> None:
+    raw = t.encode_tree([_node(name), _node("z")])
+    back = t.decode_tree(raw)
+    assert [n.name for n in back] == sorted([name, "z"])
+    assert back[[n.name for n in back].index(name)] == _node(name)
+    as_json = t.decode_tree_json(raw)
+    assert [n["name"] for n in as_json] == [n.name for n in back]
+    assert t.encode_tree_json(as_json) == raw  # decoding and encoding again is canonical
+
+
+def test_encoding_is_ascii_and_order_independent() -> None:
+    a = t.encode_tree([_node(n) for n in NAMES])
+    b = t.encode_tree([_node(n) for n in reversed(NAMES)])
+    assert a == b
+    a.decode("ascii")
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'{"nodes": 3}', b'{"x": []}', b"\xff\xfe"])
+def test_damaged_trees_are_format_errors(raw: bytes) -> None:
+    with pytest.raises(FormatError, match="not a valid tree"):
+        t.decode_tree(raw)
+    if raw != b'{"nodes": 3}':  # a number where the list belongs is only found on use
+        with pytest.raises(FormatError, match="not a valid tree"):
+            t.decode_tree_json(raw)
