@@ -1072,6 +1072,13 @@ def host_info() -> dict[str, Any]:
 def default_safehold_cmd() -> list[str]:
     venv_bin = REPO_ROOT / ".venv" / "bin" / "safehold"
     if venv_bin.exists():
+        # Byte-compiled as an installed package is (`./run setup` does the same): with
+        # PYTHONDONTWRITEBYTECODE set, every timed command would recompile the sources.
+        subprocess.run(
+            [str(venv_bin.parent / "python"), "-m", "compileall", "-q", str(REPO_ROOT / "src")],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
         # Straight to the venv's entry point: `uv run` would add its own startup to every
         # timed command.
         return [str(venv_bin)]

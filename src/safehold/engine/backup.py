@@ -24,6 +24,7 @@ from typing import IO, BinaryIO
 from safehold import __version__
 from safehold.engine.backup_plan import Planner, build_tree, root_plan
 from safehold.engine.progress import NO_PROGRESS, Progress
+from safehold.engine.read_queue import HeldProgress, ReadQueue
 from safehold.engine.scan import Excluder
 from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
 from safehold.repository import tree as t
@@ -342,39 +343,39 @@ def _backup_paths(
     def save_tree(raw: bytes) -> str:
         return saver.save(BLOB_TREE, raw)[0].hex()
 
-    planner = Planner(
-        index=repo.index,
-        chain=saver.chain_id,
-        load_tree=repo.load_tree_json,
-        excluder=Excluder(opts.excludes),
-        one_file_system=opts.one_file_system,
-        force=opts.force,
-        save_tree=save_tree,
-    )
-    progress.start("scan")
-    root = root_plan(planner, parent.tree if parent else None)
-    if paths == ["/"]:
-        planner.walk("/", root, os.lstat("/").st_dev, t.Node(name="", type=t.DIR))
-    else:
-        for path in paths:
-            planner.place(root, path)
-    progress.finish()
-    errors.extend(planner.errors)
-    for path, msg in planner.errors:
-        progress.warn(path, msg)
-    counters.files_new = planner.files_new
-    counters.files_changed = planner.files_changed
-    counters.files_unchanged = planner.files_unchanged
-    counters.total_bytes = planner.bytes
-    jobs = planner.jobs
-    todo_bytes = sum(node.size for _, node in jobs)
-    progress.start("backup", planner.files, planner.bytes)
-    progress.advance(planner.files - len(jobs), planner.bytes - todo_bytes)
-    jobs.sort(key=lambda job: job[1].size, reverse=True)
-    reader = _FileReader(repo, saver, counters, errors, progress)
-    with ThreadPoolExecutor(opts.threads, thread_name_prefix="read") as pool:
-        for _ in pool.map(reader.read, jobs):
-            pass
+    held = HeldProgress(progress)
+    reader = _FileReader(repo, saver, counters, errors, held)
+    with ReadQueue[tuple[str, t.Node]](reader.read, opts.threads) as queue:
+        planner = Planner(
+            index=repo.index,
+            chain=saver.chain_id,
+            load_tree=repo.load_tree_json,
+            excluder=Excluder(opts.excludes),
+            one_file_system=opts.one_file_system,
+            force=opts.force,
+            save_tree=save_tree,
+            on_job=lambda job: queue.put(job, job[1].size),  # read while the walk goes on
+        )
+        progress.start("scan")
+        root = root_plan(planner, parent.tree if parent else None)
+        if paths == ["/"]:
+            planner.walk("/", root, os.lstat("/").st_dev, t.Node(name="", type=t.DIR))
+        else:
+            for path in paths:
+                planner.place(root, path)
+        progress.finish()
+        errors.extend(planner.errors)
+        for path, msg in planner.errors:
+            progress.warn(path, msg)
+        counters.files_new = planner.files_new
+        counters.files_changed = planner.files_changed
+        counters.files_unchanged = planner.files_unchanged
+        counters.total_bytes = planner.bytes
+        jobs = planner.jobs
+        todo_bytes = sum(node.size for _, node in jobs)
+        progress.start("backup", planner.files, planner.bytes)
+        progress.advance(planner.files - len(jobs), planner.bytes - todo_bytes)
+        held.release()
     progress.finish()
     return build_tree(save_tree, root)
 

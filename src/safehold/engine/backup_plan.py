@@ -77,6 +77,8 @@ class Planner:
     # Saves a finished folder's tree; set, folders are saved as soon as nothing in them is
     # left to read, so the walk holds only the folders still waiting for file contents.
     save_tree: SaveTree | None = None
+    # Called with each file to read as soon as the walk finds it (reading may start then).
+    on_job: Callable[[tuple[str, t.Node]], None] | None = None
 
     def _parent_plan(self, old: JsonNode | None) -> DirPlan:
         if old is None or old.get("type") != t.DIR or not old.get("subtree") or self.force:
@@ -122,6 +124,8 @@ class Planner:
             else:
                 self.files_changed += 1
             self.jobs.append((path, node))
+            if self.on_job is not None:
+                self.on_job((path, node))
             return node
         if kind == t.DIR:
             self.dirs += 1

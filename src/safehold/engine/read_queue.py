@@ -1,0 +1,120 @@
+"""Reading changed files while the walk is still finding them.
+
+The walk runs in one thread and is bound by Python; reading spends its time in hashing,
+compression and encryption, outside the GIL. Overlapping them makes a backup cost about
+the longer of the two instead of their sum (a re-backup after a small change was half walk,
+half reading). Readers take the largest file known at that moment, so that a big file found
+early does not run alone at the end: what sorting the whole list first gave, without
+waiting for the walk to finish.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Generic, TypeVar
+
+from safehold.engine.progress import Progress
+
+J = TypeVar("J")
+
+
+class ReadQueue(Generic[J]):
+    """``threads`` readers calling ``read(job)``, largest ``size`` first.
+
+    Use as a context manager: leaving it normally waits for every job and re-raises the
+    first reader error; leaving it with an exception drops the jobs not yet started.
+    """
+
+    def __init__(self, read: Callable[[J], None], threads: int, *, name: str = "read") -> None:
+        self._read = read
+        self._heap: list[tuple[int, int, J]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+            for i in range(max(1, threads))
+        ]
+
+    def __enter__(self) -> ReadQueue[J]:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._cond:
+            self._closed = True
+            if exc is not None:
+                self._heap.clear()
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+        if exc is None and self._error is not None:
+            raise self._error
+
+    def put(self, job: J, size: int) -> None:
+        """Queue a job; raises a reader's error at once, so that the walk stops early."""
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            heapq.heappush(self._heap, (-size, next(self._seq), job))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap and not self._closed and self._error is None:
+                    self._cond.wait()
+                if self._error is not None or not self._heap:
+                    return
+                job = heapq.heappop(self._heap)[2]
+            try:
+                self._read(job)
+            except BaseException as exc:
+                with self._cond:
+                    if self._error is None:
+                        self._error = exc
+                    self._heap.clear()
+                    self._cond.notify_all()
+                return
+
+
+class HeldProgress(Progress):
+    """Holds readers' progress while the walk is still counting the totals; ``release``
+    hands what was held to the real sink and forwards everything after it."""
+
+    def __init__(self, target: Progress) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+        self._released = False
+        self._items = 0
+        self._bytes = 0
+
+    def advance(self, items: int = 0, nbytes: int = 0) -> None:
+        if not self._released:
+            with self._lock:
+                if not self._released:
+                    self._items += items
+                    self._bytes += nbytes
+                    return
+        self._target.advance(items, nbytes)
+
+    def warn(self, path: str, message: str) -> None:
+        self._target.warn(path, message)
+
+    def release(self) -> None:
+        with self._lock:
+            self._released = True
+            items, nbytes = self._items, self._bytes
+        if items or nbytes:
+            self._target.advance(items, nbytes)
