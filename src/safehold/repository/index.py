@@ -28,7 +28,7 @@ from safehold.errors import FormatError
 from safehold.repository.index_run import FIELDS, Entry, SortedRun
 from safehold.repository.pack import _ENTRY, ENTRY_LEN, PackEntry
 
-__all__ = ["Index", "Location", "PackRecord", "decode_index", "encode_index"]
+__all__ = ["Index", "IndexLoader", "Location", "PackRecord", "decode_index", "encode_index"]
 
 _PACK = struct.Struct("<32s16sII")
 _COUNT = struct.Struct("<I")
@@ -81,6 +81,75 @@ def decode_index(raw: bytes, what: str) -> list[PackRecord]:
     return packs
 
 
+@dataclass(slots=True)
+class _Columns:
+    """Index-file records as columns, in load order: what a sorted run is built from."""
+
+    ids: list[bytes]
+    meta: array[int]
+    types: bytearray
+
+
+class IndexLoader:
+    """Builds an :class:`Index` from whole index files without a Python object per blob.
+
+    Loading through :meth:`Index.add_pack` holds every record in the overlay (~350 bytes a
+    blob) until a merge; a repository's index is loaded by every command, so its peak
+    counted in every command's peak memory. Here each file is checked whole, then its
+    records go into columns, and :meth:`finish` sorts them once into the run.
+    """
+
+    def __init__(self) -> None:
+        self._index = Index()
+        self._cols = _Columns([], array("I"), bytearray())
+
+    def add_file(self, raw: bytes, what: str) -> None:
+        """Add one index file's packs; a damaged file raises and adds nothing."""
+        packs: list[tuple[bytes, bytes, int, int, int]] = []  # id, chain, size, start, count
+        try:
+            (count,) = _COUNT.unpack_from(raw, 0)
+            pos = _COUNT.size
+            for _ in range(count):
+                pack_id, chain_id, size, n = _PACK.unpack_from(raw, pos)
+                pos += _PACK.size
+                packs.append((pack_id, chain_id, size, pos, n))
+                pos += n * ENTRY_LEN
+        except struct.error as exc:
+            raise FormatError(f"{what} is truncated") from exc
+        if pos != len(raw):
+            raise FormatError(f"{what} has {len(raw) - pos} trailing bytes")
+        index, cols = self._index, self._cols
+        ids, meta, types = cols.ids, cols.meta, cols.types
+        for pack_id, chain_id, size, start, n in packs:
+            if pack_id in index._pack_no:
+                continue  # listed by two index files (prune rewrote one): keep the first
+            pn = index._pack_no[pack_id] = index._new_pack(pack_id, chain_id, size)
+            region = memoryview(raw)[start : start + n * ENTRY_LEN]
+            for blob_type, offset, length, raw_length, blob_id in _ENTRY.iter_unpack(region):
+                ids.append(blob_id)
+                meta.extend((pn, offset, length, raw_length))
+                types.append(blob_type)
+
+    def finish(self) -> Index:
+        index, cols = self._index, self._cols
+        n = len(cols.ids)
+        if n:
+            # A stable sort keeps the load order among copies of one blob (first seen first).
+            order = sorted(range(n), key=cols.ids.__getitem__)
+            ids = b"".join(map(cols.ids.__getitem__, order))
+            m = cols.meta
+            meta = array("I", bytes(n * FIELDS * 4))
+            for dst, src in enumerate(order):
+                j, k = dst * FIELDS, src * FIELDS
+                meta[j : j + FIELDS] = m[k : k + FIELDS]
+            types = bytes(map(cols.types.__getitem__, order))
+            sorted_ids = [cols.ids[i] for i in order]
+            distinct = 1 + sum(map(bytes.__ne__, sorted_ids, sorted_ids[1:]))
+            index._run = SortedRun(ids, meta, types, distinct)
+        self._cols = _Columns([], array("I"), bytearray())
+        return index
+
+
 class Index:
     """In-memory lookup of blob locations, in about 50 bytes a blob (see
     :mod:`safehold.repository.index_run`).
@@ -120,19 +189,25 @@ class Index:
 
     # --- writing ---------------------------------------------------------------------------
 
+    def _new_pack(self, pack_id: bytes, chain_id: bytes, size: int) -> int:
+        """Intern a pack; returns its number. The caller holds the lock (or owns the index)
+        and has checked that the pack is not present."""
+        pn = len(self._pack_ids)
+        cn = self._chain_no.get(chain_id)
+        if cn is None:
+            cn = self._chain_no[chain_id] = len(self._chains)
+            self._chains.append(chain_id)
+        self._pack_ids.append(pack_id)
+        self._pack_chain.append(cn)
+        self._pack_size.append(size)
+        self._alive.append(1)  # before any record names the pack
+        return pn
+
     def add_pack(self, rec: PackRecord) -> None:
         with self._lock:
             if rec.pack_id in self._pack_no:
                 return
-            pn = len(self._pack_ids)
-            cn = self._chain_no.get(rec.chain_id)
-            if cn is None:
-                cn = self._chain_no[rec.chain_id] = len(self._chains)
-                self._chains.append(rec.chain_id)
-            self._pack_ids.append(rec.pack_id)
-            self._pack_chain.append(cn)
-            self._pack_size.append(rec.size)
-            self._alive.append(1)  # before any record names the pack
+            pn = self._new_pack(rec.pack_id, rec.chain_id, rec.size)
             first, more = self._first, self._more
             for e in rec.entries:
                 entry = (pn, e.blob_type, e.offset, e.length, e.raw_length)

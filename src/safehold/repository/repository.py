@@ -56,7 +56,7 @@ from safehold.repository.format import (
     seal_object,
     storage_id,
 )
-from safehold.repository.index import Index, PackRecord, decode_index, encode_index
+from safehold.repository.index import Index, IndexLoader, PackRecord, encode_index
 from safehold.repository.pack import TRAILER_LEN, check_pack_start, parse_header, parse_trailer
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.tree import Node, decode_tree, decode_tree_json
@@ -281,7 +281,7 @@ class Repository:
         """Load every index file. A file deleted meanwhile (prune replaced it) is skipped:
         prune writes the replacement before deleting, so a fresh listing covers it.
         Returns the names of damaged index files (raised instead when ``strict``)."""
-        index = Index()
+        loader = IndexLoader()
         damaged: list[str] = []
         for _attempt in range(3):
             missing = False
@@ -290,7 +290,7 @@ class Repository:
                 try:
                     if isinstance(got, BaseException):
                         raise got
-                    records = decode_index(got, name)
+                    loader.add_file(got, name)
                 except ObjectNotFound:
                     missing = True
                     continue
@@ -299,11 +299,9 @@ class Repository:
                         raise
                     damaged.append(name)
                     continue
-                for rec in records:
-                    index.add_pack(rec)
             if not missing:
                 break
-        self.index = index
+        self.index = loader.finish()
         self.index_loaded = True
         return damaged
 

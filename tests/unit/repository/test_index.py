@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from safehold.repository.index import Index, Location, PackRecord
+from safehold.errors import FormatError
+from safehold.repository.index import Index, IndexLoader, Location, PackRecord, encode_index
 from safehold.repository.pack import PackEntry
 
 # A few ids that share leading bytes (same directory bucket, and a neighbour that differs
@@ -141,6 +143,60 @@ def test_bulk_loading_matches_model(records: list[PackRecord], merge_at: int) ->
         index.add_pack(rec)
     for blob_id in model.blob_ids() | set(_SHARED):
         assert index.lookup(blob_id) == model.lookup(blob_id)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(pack_records(), max_size=20),
+    st.integers(1, 4),
+    st.lists(pack_records(), max_size=5),
+)
+def test_index_files_load_like_added_packs(
+    records: list[PackRecord], files: int, later: list[PackRecord]
+) -> None:
+    # Index files as a repository holds them (a pack may be listed by two of them); the
+    # loaded index must answer like the model, and keep working as packs come and go.
+    model = Model()
+    loader = IndexLoader()
+    for i in range(files):
+        part = records[i::files]
+        loader.add_file(encode_index(part + records[:1]), f"index {i}")
+    for rec in [*records[:1], *(r for i in range(files) for r in records[i::files])]:
+        model.add(rec)
+    index = loader.finish()
+    chains = [b"a" * 16, b"b" * 16, b"c" * 16]
+    ids = model.blob_ids() | set(_SHARED)
+    for blob_id in ids:
+        assert index.lookup(blob_id) == model.lookup(blob_id)
+        for chain in chains:
+            assert index.has_in_chain(blob_id, chain) == model.has_in_chain(blob_id, chain)
+    assert set(index.packs) == set(model.packs)
+    for pack_id, rec in model.packs.items():
+        assert sorted(index.packs[pack_id].entries, key=repr) == sorted(rec.entries, key=repr)
+    for rec in later:
+        model.add(rec)
+        index.add_pack(rec)
+    if records:
+        model.remove(records[0].pack_id)
+        index.remove_pack(records[0].pack_id)
+    for blob_id in model.blob_ids() | ids:
+        assert index.lookup(blob_id) == model.lookup(blob_id)
+
+
+def test_a_damaged_index_file_adds_nothing() -> None:
+    entry = PackEntry(1, 8, 100, 200, b"\x07" * 32)
+    good = PackRecord(b"\x01" * 32, b"a" * 16, 300, (entry,))
+    other = PackRecord(b"\x02" * 32, b"a" * 16, 300, (PackEntry(1, 8, 5, 5, b"\x09" * 32),))
+    loader = IndexLoader()
+    loader.add_file(encode_index([good]), "index a")
+    raw = encode_index([other])
+    for damaged in (raw[:-3], raw + b"x", raw[:2]):
+        with pytest.raises(FormatError):
+            loader.add_file(damaged, "index b")
+    index = loader.finish()
+    assert set(index.packs) == {good.pack_id}
+    assert index.lookup(entry.blob_id) == Location(good.pack_id, 1, 8, 100, 200)
+    assert index.lookup(b"\x09" * 32) is None
 
 
 def test_many_blobs_use_the_directory() -> None:
