@@ -222,7 +222,11 @@ def test_transfer_cut_short_saves_no_snapshot(
 ) -> None:
     server = redis_server_factory()
     with server.client() as c:
-        c.call("DEBUG", "POPULATE", 100000, "bulk", 1000)  # ~100 MB of RDB
+        # Uncompressed, so the RDB is ~100 MB: far more than the kernel's socket buffers
+        # hold once the server is killed 4 MiB in (compressed it is only ~4.4 MB, and the
+        # whole rest could already sit in the buffers, so nothing would be cut).
+        c.call("CONFIG", "SET", "rdbcompression", "no")
+        c.call("DEBUG", "POPULATE", 100000, "bulk", 1000)
     content = source_for(server).content()
     assert isinstance(content, StreamContent)
     streams = [killing_after(s, 4 << 20, server.kill) for s in content.streams]
