@@ -24,6 +24,10 @@ NONCE_LEN = 12
 TAG_LEN = 16
 OVERHEAD = 1 + NONCE_LEN + TAG_LEN
 KEY_LEN = 32
+_CIPHER_ID = bytes((CIPHER_AES_256_GCM,))
+# The *_into methods came with cryptography 45 (the project allows >= 43).
+_HAS_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
+_HAS_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")
 
 
 class Aead:
@@ -37,25 +41,65 @@ class Aead:
         self._aes = AESGCM(key)
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
-        head, body = self.seal_parts(plaintext, aad)
-        return head + body
-
-    def seal_parts(self, plaintext: bytes | memoryview, aad: bytes) -> tuple[bytes, bytes]:
-        """The sealed message as ``(cipher id | nonce, ciphertext | tag)``, so that a caller
-        appending it to a larger buffer saves a copy of the ciphertext."""
         nonce = os.urandom(NONCE_LEN)
-        return b"\x01" + nonce, self._aes.encrypt(nonce, plaintext, aad)
+        return _CIPHER_ID + nonce + self._aes.encrypt(nonce, plaintext, aad)
+
+    def seal_into(self, plaintext: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+        """Seals straight into ``out`` (exactly ``len(plaintext) + OVERHEAD`` bytes), e.g. a
+        pack buffer: no sealed copy is allocated, touched and copied again. A wrong size
+        raises ValueError."""
+        nonce = os.urandom(NONCE_LEN)
+        out[0] = CIPHER_AES_256_GCM
+        out[1 : 1 + NONCE_LEN] = nonce
+        body = out[1 + NONCE_LEN :]
+        if _HAS_ENCRYPT_INTO:
+            self._aes.encrypt_into(nonce, plaintext, aad, body)
+        else:  # an older cryptography (the project allows >= 43)
+            sealed = self._aes.encrypt(nonce, plaintext, aad)
+            if len(sealed) != len(body):
+                raise ValueError(f"buffer must be {len(sealed) + 1 + NONCE_LEN} bytes")
+            body[:] = sealed
 
     def open(self, message: bytes | memoryview, aad: bytes, *, what: str = "object") -> bytes:
+        nonce = self._nonce(message, what)
+        try:
+            return self._aes.decrypt(nonce, message[1 + NONCE_LEN :], aad)
+        except InvalidTag as exc:
+            raise _damaged(what) from exc
+
+    def open_into(
+        self, message: bytes | memoryview, aad: bytes, out: bytearray, *, what: str = "object"
+    ) -> memoryview:
+        """:meth:`open`, decrypting into ``out`` (at least ``len(message) - OVERHEAD``
+        bytes), so that a caller opening many messages allocates (and zeroes, holding the
+        interpreter lock) no plaintext object for each. Returns the view of ``out`` that
+        holds the plaintext, valid until the caller reuses ``out``; when ``out`` is too
+        small, a view of a new buffer instead. Same errors."""
+        nonce = self._nonce(message, what)
+        plain = memoryview(out)[: len(message) - OVERHEAD]
+        body = memoryview(message)[1 + NONCE_LEN :]
+        if len(plain) < len(message) - OVERHEAD:
+            return memoryview(self.open(message, aad, what=what))
+        try:
+            if _HAS_DECRYPT_INTO:
+                self._aes.decrypt_into(nonce, body, aad, plain)
+            else:
+                plain[:] = self._aes.decrypt(nonce, body, aad)
+        except InvalidTag as exc:
+            raise _damaged(what) from exc
+        return plain
+
+    @staticmethod
+    def _nonce(message: bytes | memoryview, what: str) -> bytes:
         if len(message) < OVERHEAD:
             raise IntegrityError(f"{what} is truncated ({len(message)} bytes)")
         if message[0] != CIPHER_AES_256_GCM:
             raise FormatError(f"{what} uses unknown cipher id {message[0]}")
-        nonce = bytes(message[1 : 1 + NONCE_LEN])
-        try:
-            return self._aes.decrypt(nonce, message[1 + NONCE_LEN :], aad)
-        except InvalidTag as exc:
-            raise IntegrityError(
-                f"{what} failed authentication: it was damaged or altered",
-                hint="run 'safehold check --read-data' to find all damaged data",
-            ) from exc
+        return bytes(message[1 : 1 + NONCE_LEN])
+
+
+def _damaged(what: str) -> IntegrityError:
+    return IntegrityError(
+        f"{what} failed authentication: it was damaged or altered",
+        hint="run 'safehold check --read-data' to find all damaged data",
+    )

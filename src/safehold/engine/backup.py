@@ -314,7 +314,7 @@ def _save_stream(
             slots.release()
 
     with ThreadPoolExecutor(threads, thread_name_prefix="seal") as pool:
-        buf = bytearray(2 * chunker.params.max_size)
+        buf = chunker.stream_buffer()
         for piece in chunker.cut_stream(stream.readinto, buf):  # type: ignore[attr-defined]
             slots.acquire()
             data = bytes(piece)  # the buffer is reused for the next chunk
@@ -376,6 +376,8 @@ def _backup_paths(
         progress.start("backup", planner.files, planner.bytes)
         progress.advance(planner.files - len(jobs), planner.bytes - todo_bytes)
         held.release()
+    # Every file is read: only trees follow, so the data pack buffers can go now.
+    saver.close_packs(BLOB_DATA)
     progress.finish()
     return build_tree(save_tree, root)
 
@@ -396,11 +398,10 @@ class _FileReader:
         self.progress = progress
         self._local = threading.local()
 
-    def _state(self) -> tuple[Chunker, bytearray]:
-        st: tuple[Chunker, bytearray] | None = getattr(self._local, "st", None)
+    def _state(self) -> _ReadState:
+        st: _ReadState | None = getattr(self._local, "st", None)
         if st is None:
-            params = self.repo.config.chunker
-            st = self._local.st = (Chunker(params), bytearray(2 * params.max_size))
+            st = self._local.st = _ReadState(Chunker(self.repo.config.chunker))
         return st
 
     def read(self, job: tuple[str, t.Node]) -> None:
@@ -426,16 +427,19 @@ class _FileReader:
         self.progress.advance(1, 0)
 
     def _read(self, path: str, expected: int) -> tuple[list[str], int]:
-        chunker, buf = self._state()
+        st = self._state()
+        chunker = st.chunker
         save: Callable[[int, bytes | memoryview], tuple[bytes, bool]] = self.saver.save
         ids: list[str] = []
         total = 0
         with open(path, "rb", buffering=0) as f:
             if expected <= chunker.params.min_size:
-                # One chunk: read it whole (it may have grown since the walk).
-                view = memoryview(buf)
+                # One chunk: read it whole (it may have grown since the walk) into a buffer
+                # of that size. Larger files come first, so let their window go.
+                st.window = None
+                view = st.small
                 n = 0
-                while n < len(buf):
+                while n < len(view):
                     got = f.readinto(view[n:])
                     if not got:
                         break
@@ -446,11 +450,26 @@ class _FileReader:
                         self.progress.advance(0, n)
                     return ids, n
                 f.seek(0)
-            for piece in chunker.cut_stream(f.readinto, buf):
+            if st.window is None:
+                st.window = chunker.stream_buffer()
+            for piece in chunker.cut_stream(f.readinto, st.window):
                 ids.append(save(BLOB_DATA, piece)[0].hex())
                 total += len(piece)
                 self.progress.advance(0, len(piece))
         return ids, total
+
+
+class _ReadState:
+    """One reader thread's chunker and buffers: a small one for files of one chunk, and a
+    stream window for larger files, kept while they come and dropped at the first small
+    file so that it does not stay resident for the rest of the backup."""
+
+    __slots__ = ("chunker", "small", "window")
+
+    def __init__(self, chunker: Chunker) -> None:
+        self.chunker = chunker
+        self.small = memoryview(bytearray(chunker.params.min_size + 1))
+        self.window: memoryview | None = None
 
 
 def describe_error(exc: BaseException) -> str:

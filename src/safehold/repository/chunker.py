@@ -7,6 +7,7 @@ see docs/format.md ("Chunking parameters").
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -49,24 +50,38 @@ class Chunker:
         for chunk in self._cdc.cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]
 
-    def cut_stream(
-        self, read_into: Callable[[memoryview], int | None], buf: bytearray
-    ) -> Iterator[memoryview]:
-        """Chunks of a stream, using the caller's buffer (at least ``2 * max_size``).
+    def stream_buffer(self) -> memoryview:
+        """A buffer for ``cut_stream``: a maximal chunk plus room to read ahead.
 
-        Cut points depend only on the bytes from a chunk's start, so cutting a window that
-        holds at least ``max_size`` bytes past each chunk start (or the end of the stream)
-        gives the same chunks as cutting the whole stream. Each yielded view is valid until
-        the next one is requested.
+        Anonymous memory, so only the pages a stream reaches are ever touched, and dropping
+        the last view gives them back.
         """
-        if len(buf) < 2 * self.params.max_size:
-            raise ValueError("stream buffer must hold two maximal chunks")
+        size = self.params.max_size + self.params.avg_size
+        return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE))
+
+    def cut_stream(
+        self, read_into: Callable[[memoryview], int | None], buf: bytearray | memoryview
+    ) -> Iterator[memoryview]:
+        """Chunks of a stream, using the caller's buffer (more than ``max_size`` bytes, e.g.
+        from ``stream_buffer``).
+
+        A cut point depends only on the bytes from its chunk's start, and a chunk is only
+        cut short by the end of the data when it reaches that end, so cutting a window of
+        the stream gives the same chunks as cutting the whole stream, except the last one,
+        which the window's end may have cut: that one is moved to the front and cut again
+        once more data is in. The window starts at a few average chunks and widens only
+        when a chunk does not fit, so that the rest of the buffer is never touched. Each
+        yielded view is valid until the next one is requested.
+        """
+        if len(buf) <= self.params.max_size:
+            raise ValueError("stream buffer must hold more than one maximal chunk")
         view = memoryview(buf)
+        size = min(len(view), 4 * self.params.avg_size)
         filled = 0
         eof = False
         while True:
-            while not eof and filled < len(buf):
-                got = read_into(view[filled:])
+            while not eof and filled < size:
+                got = read_into(view[filled:size])
                 if not got:
                     eof = True
                 else:
@@ -82,6 +97,9 @@ class Chunker:
                 start = end
             if eof and start == filled:
                 return
+            if start == 0:  # not one chunk ends in the window: widen it
+                size = min(2 * size, len(view))
+                continue
             rest = filled - start
             view[:rest] = view[start:filled]
             filled = rest

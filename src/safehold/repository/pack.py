@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from safehold.crypto.aead import Aead
+from safehold.crypto.aead import OVERHEAD, Aead
 from safehold.errors import FormatError
 from safehold.repository.format import T_PACK, check_header, header
 
@@ -32,6 +32,12 @@ _ENTRY = struct.Struct("<BIII32s")
 ENTRY_LEN = _ENTRY.size  # 45 bytes
 _COUNT = struct.Struct("<I")
 _TRAILER = struct.Struct("<I4s")
+_START_LEN = len(header(T_PACK))
+
+
+def pack_length(blobs_length: int, count: int) -> int:
+    """The size of a finished pack holding ``count`` blobs of ``blobs_length`` sealed bytes."""
+    return _START_LEN + blobs_length + CHAIN_ID_LEN + 4 + count * ENTRY_LEN + OVERHEAD + TRAILER_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +50,8 @@ class PackEntry:
 
 
 class PackBuilder:
-    """Collects sealed blobs for one pack. Not thread-safe: callers serialise ``add``.
+    """Collects sealed blobs for one pack. Not thread-safe: callers serialise ``add`` and
+    ``reserve``; what they write through ``view`` may run in parallel.
 
     The pack is assembled in one buffer allocated up front (``capacity``), so adding a blob
     is a single copy into place, never a reallocation of everything before it.
@@ -63,10 +70,13 @@ class PackBuilder:
         self.size = len(head)
         self.entries: list[PackEntry] = []
 
-    def _append(self, part: bytes | memoryview) -> None:
-        end = self.size + len(part)
+    def _grow(self, end: int) -> None:
         if end > len(self.buf):
             self.buf.extend(bytes(max(end - len(self.buf), len(self.buf) // 2)))
+
+    def _append(self, part: bytes | memoryview) -> None:
+        end = self.size + len(part)
+        self._grow(end)
         self.buf[self.size : end] = part
         self.size = end
 
@@ -82,14 +92,38 @@ class PackBuilder:
         self.entries.append(entry)
         return entry
 
+    def reserve(self, blob_type: int, blob_id: bytes, length: int, raw_length: int) -> PackEntry:
+        """Claim the next ``length`` bytes for one sealed blob, to be written through
+        ``view(entry)`` before the pack is finished.
+
+        The buffer grows if it must, which fails (BufferError) while a view is held: a
+        caller that writes several blobs at once keeps ``room()`` in mind instead.
+        """
+        start = self.size
+        self._grow(start + length)
+        self.size = start + length
+        entry = PackEntry(blob_type, start, length, raw_length, blob_id)
+        self.entries.append(entry)
+        return entry
+
+    def view(self, entry: PackEntry) -> memoryview:
+        """The bytes ``reserve`` set aside for ``entry``."""
+        return memoryview(self.buf)[entry.offset : entry.offset + entry.length]
+
+    def room(self) -> int:
+        """Bytes left in the buffer before it would have to grow."""
+        return len(self.buf) - self.size
+
     def __len__(self) -> int:
         return len(self.entries)
 
     def fits(self, sealed_length: int, limit: int) -> bool:
         """Whether one more blob keeps the finished pack (header included) within
         ``limit`` bytes; an empty pack takes any blob."""
-        header_len = CHAIN_ID_LEN + 4 + (len(self.entries) + 1) * ENTRY_LEN + 29 + TRAILER_LEN
-        return not self.entries or self.size + sealed_length + header_len <= limit
+        if not self.entries:
+            return True
+        blobs = self.size - _START_LEN + sealed_length
+        return pack_length(blobs, len(self.entries) + 1) <= limit
 
     def finish(self, aead: Aead) -> memoryview:
         plain = bytearray(self.chain_id)

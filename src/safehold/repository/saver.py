@@ -1,11 +1,19 @@
 """Saving blobs: compress, seal, pack and upload, from many threads at once.
 
-Workers compress and seal blobs in parallel (the libraries release the GIL); appending a
-sealed blob to the open pack is a short memcpy under a lock. There is one open pack per
-blob type (tree packs stay small and are read far more often), which keeps memory bounded
-and leaves at most two partly filled packs per backup. Full packs are uploaded by a small
-pool; a pack's blobs enter the index only after the pack is stored, so nothing is ever
-indexed that is not durable.
+Workers compress blobs in parallel (the libraries release the GIL), then claim room for the
+sealed blob in the open pack under a short lock and seal it straight into that room, still
+in parallel: no sealed copy is ever made. There is one open pack per blob type (tree packs
+stay small and are read far more often), which leaves at most two partly filled packs per
+backup. A full pack is closed to new blobs and uploaded once the last blob being sealed
+into it is written; a pack's blobs enter the index only after the pack is stored, so
+nothing is ever indexed that is not durable.
+
+Memory is bounded by buffers, not by counting: data packs are assembled in at most
+``max_pending_packs + 1`` recycled buffers of ``pack_size`` bytes (by default two: one
+filling, one uploading), and a worker that needs a fresh pack waits for one to come back.
+Tree packs grow from a small buffer; at most ``max_pending_packs`` of them wait for upload.
+``close_packs(BLOB_DATA)`` after the last file gives the data buffers back before trees
+are saved.
 """
 
 from __future__ import annotations
@@ -14,10 +22,11 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from safehold.crypto.aead import OVERHEAD
 from safehold.repository.compress import compress
 from safehold.repository.format import BLOB_TREE, storage_id
 from safehold.repository.index import PackRecord
-from safehold.repository.pack import PackBuilder
+from safehold.repository.pack import PackBuilder, PackEntry, pack_length
 from safehold.repository.repository import Repository, pack_name
 
 
@@ -30,6 +39,53 @@ class SaverStats:
     packs: int = 0
 
 
+class _Buffers:
+    """At most ``count`` pack buffers of ``size`` bytes, allocated on first use, recycled
+    until ``trim`` (and again from the next ``take``)."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+        self._keep = True
+        self._lock = threading.Lock()
+        self._available = threading.Semaphore(count)
+
+    def take(self, *, wait: bool) -> bytearray | None:
+        if not self._available.acquire(blocking=wait):
+            return None
+        with self._lock:
+            self._keep = True
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.size)
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            if self._keep:
+                self._free.append(buf)
+        self._available.release()
+
+    def trim(self) -> None:
+        """Free the buffers no pack uses, and those in use once they come back."""
+        with self._lock:
+            self._keep = False
+            self._free.clear()
+
+
+class _Pack:
+    """A pack being assembled: how many blobs are being sealed into it right now, and
+    whether it is closed (it takes no more blobs and is stored after the last write)."""
+
+    __slots__ = ("builder", "closed", "failed", "pooled", "writers")
+
+    def __init__(self, builder: PackBuilder, *, pooled: bool) -> None:
+        self.builder = builder
+        self.pooled = pooled  # its buffer goes back to the pool afterwards
+        self.writers = 0
+        self.closed = False
+        self.failed = False
+
+
 class BlobSaver:
     """The narrow interface the backup engine needs: ``save`` blobs, then ``finish``."""
 
@@ -39,7 +95,7 @@ class BlobSaver:
         chain_id: bytes,
         *,
         upload_threads: int = 2,
-        max_pending_packs: int = 2,
+        max_pending_packs: int = 1,
     ) -> None:
         self.repo = repo
         self.chain_id = chain_id
@@ -49,11 +105,11 @@ class BlobSaver:
         self.records: list[PackRecord] = []
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
-        self._builders: dict[int, PackBuilder] = {}
+        self._open: dict[int, _Pack] = {}
         self._pack_lock = threading.Lock()
-        # Data pack buffers are recycled: at most max_pending_packs + 1 ever exist.
-        self._free: list[bytearray] = []
-        self._capacity = max(self.pack_size, 2 * repo.config.chunker.max_size)
+        self._idle = threading.Condition(self._pack_lock)
+        self._sealing = 0  # reservations not yet written (and their pack submitted if due)
+        self._buffers = _Buffers(max_pending_packs + 1, self.pack_size)
         self._pool = ThreadPoolExecutor(upload_threads, thread_name_prefix="upload")
         self._slots = threading.BoundedSemaphore(max_pending_packs)
         self._futures: list[Future[None]] = []
@@ -72,70 +128,180 @@ class BlobSaver:
                 return bid, False
             self._pending.add(bid)
         comp_id, payload = compress(data, self.level if blob_type != BLOB_TREE else 3)
-        comp = bytes((comp_id,))
         # Layout (docs/format.md, section 7): compression id | sealed payload, the id bound
-        # to the ciphertext through the AAD; no copy of the payload is made to prepend it.
-        head, body = self.repo.aead.seal_parts(payload, bid + comp)
-        sealed_len = len(comp) + len(head) + len(body)
-        full = None
-        with self._pack_lock:
-            builder = self._builders.get(blob_type)
-            if builder is not None and not builder.fits(sealed_len, self.pack_size):
-                full = self._builders.pop(blob_type)  # close it before it overflows
-                builder = None
-            if builder is None:
-                builder = self._builders[blob_type] = self._new_builder(blob_type)
-            entry = builder.add(blob_type, bid, (comp, head, body), len(data))
-            self.stats.blobs_new += 1
-            self.stats.bytes_new_raw += len(data)
-            self.stats.bytes_new_stored += entry.length
-        if full is not None:
-            self._submit(full)
-        return bid, True
-
-    def _new_builder(self, blob_type: int) -> PackBuilder:
-        if blob_type == BLOB_TREE:
-            return PackBuilder(self.chain_id)  # trees are small: a growing buffer
-        buf = self._free.pop() if self._free else None
-        return PackBuilder(self.chain_id, self._capacity, buf=buf)
-
-    def _submit(self, builder: PackBuilder) -> None:
-        self._slots.acquire()  # backpressure: bounded packs in memory
-        self._futures.append(self._pool.submit(self._upload, builder))
-
-    def _upload(self, builder: PackBuilder) -> None:
+        # to the ciphertext through the AAD.
+        pack, entry = self._reserve(blob_type, bid, 1 + OVERHEAD + len(payload), len(data))
+        written = False
         try:
-            raw = builder.finish(self.repo.aead)
-            pack_id = bytes.fromhex(storage_id(raw))
-            self.repo.storage.put(pack_name(pack_id), raw)
-            rec = PackRecord(pack_id, self.chain_id, len(raw), tuple(builder.entries))
-            self.repo.index.add_pack(rec)
-            with self._lock:
-                self.records.append(rec)
-                self.stats.packs += 1
-                self._pending.difference_update(e.blob_id for e in builder.entries)
-            if len(builder.buf) == self._capacity:
-                del raw  # the memoryview must go before the buffer can be reused
-                with self._pack_lock:
-                    self._free.append(builder.buf)
+            out = pack.builder.view(entry)
+            out[0] = comp_id
+            self.repo.aead.seal_into(payload, bid + bytes((comp_id,)), out[1:])
+            del out
+            written = True
         except BaseException as exc:
             if self._error is None:
                 self._error = exc
             raise
         finally:
-            self._slots.release()
+            self._written(pack, written)
+        return bid, True
+
+    def _reserve(
+        self, blob_type: int, bid: bytes, length: int, raw_length: int
+    ) -> tuple[_Pack, PackEntry]:
+        """Claim room for one sealed blob in the open pack of its type, closing a pack that
+        cannot take it and waiting for a free buffer when all are in use."""
+        while True:
+            full = None
+            with self._pack_lock:
+                pack = self._open.get(blob_type)
+                if pack is not None and not self._takes(pack, length):
+                    full = self._close(pack)
+                    pack = None
+                if pack is None:
+                    pack = self._new_pack(blob_type, length)
+                if pack is not None:
+                    entry = pack.builder.reserve(blob_type, bid, length, raw_length)
+                    pack.writers += 1
+                    self._sealing += 1
+                    if not pack.pooled and blob_type != BLOB_TREE:
+                        self._close(pack)  # a blob too large for a pooled buffer: alone
+                    self.stats.blobs_new += 1
+                    self.stats.bytes_new_raw += raw_length
+                    self.stats.bytes_new_stored += length
+            if full is not None:
+                self._submit(full)
+            if pack is not None:
+                return pack, entry
+            # Every buffer is filling or uploading: wait for one outside the lock, so that
+            # writers can finish their blobs and hand their packs to the uploaders.
+            buf = self._buffers.take(wait=True)
+            assert buf is not None
+            with self._pack_lock:
+                if blob_type in self._open:
+                    self._buffers.give(buf)  # another worker opened one meanwhile
+                else:
+                    builder = PackBuilder(self.chain_id, buf=buf)
+                    self._open[blob_type] = _Pack(builder, pooled=True)
+
+    def _takes(self, pack: _Pack, length: int) -> bool:
+        if not pack.builder.fits(length, self.pack_size):
+            return False
+        # A buffer being written into cannot grow (only tree packs ever grow).
+        return pack.writers == 0 or pack.builder.room() >= pack_length(length, 1)
+
+    def _new_pack(self, blob_type: int, length: int) -> _Pack | None:
+        """Open a pack (caller holds the pack lock); None if no pooled buffer is free."""
+        if blob_type == BLOB_TREE:
+            pack = _Pack(PackBuilder(self.chain_id), pooled=False)  # small: a growing buffer
+        elif pack_length(length, 1) > self._buffers.size:
+            return _Pack(PackBuilder(self.chain_id, pack_length(length, 1)), pooled=False)
+        else:
+            buf = self._buffers.take(wait=False)
+            if buf is None:
+                return None
+            pack = _Pack(PackBuilder(self.chain_id, buf=buf), pooled=True)
+        self._open[blob_type] = pack
+        return pack
+
+    def _close(self, pack: _Pack) -> _Pack | None:
+        """No more blobs for ``pack`` (caller holds the pack lock). Returns it if it is ready
+        to be stored now; otherwise its last writer submits it."""
+        pack.closed = True
+        for blob_type, open_pack in list(self._open.items()):
+            if open_pack is pack:
+                del self._open[blob_type]
+        return pack if pack.writers == 0 else None
+
+    def _written(self, pack: _Pack, ok: bool) -> None:
+        with self._idle:
+            pack.writers -= 1
+            if not ok:
+                pack.failed = True
+                self._close(pack)
+            ready = pack.closed and pack.writers == 0
+            if not ready:
+                self._done_sealing()
+                return
+        try:
+            self._submit(pack)
+        finally:
+            with self._idle:
+                self._done_sealing()
+
+    def _done_sealing(self) -> None:
+        # Only after its pack is handed to the uploaders: flush waits for this.
+        self._sealing -= 1
+        if not self._sealing:
+            self._idle.notify_all()
+
+    def _submit(self, pack: _Pack) -> None:
+        if pack.failed:  # a blob in it was never written: it must not be stored
+            self._release(pack)
+            return
+        if not pack.pooled:  # pooled packs are bounded by their buffers, the others here
+            self._slots.acquire()
+        future = self._pool.submit(self._upload, pack)
+        with self._lock:
+            self._futures.append(future)
+
+    def _release(self, pack: _Pack) -> None:
+        if pack.pooled:
+            self._buffers.give(pack.builder.buf)
+
+    def _upload(self, pack: _Pack) -> None:
+        builder = pack.builder
+        try:
+            try:
+                raw = builder.finish(self.repo.aead)
+                pack_id = bytes.fromhex(storage_id(raw))
+                self.repo.storage.put(pack_name(pack_id), raw)
+                del raw
+            finally:
+                self._release(pack)  # stored or not, its buffer can take the next pack
+            rec = PackRecord(pack_id, self.chain_id, builder.size, tuple(builder.entries))
+            self.repo.index.add_pack(rec)
+            with self._lock:
+                self.records.append(rec)
+                self.stats.packs += 1
+                self._pending.difference_update(e.blob_id for e in builder.entries)
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
+            raise
+        finally:
+            if not pack.pooled:
+                self._slots.release()
+
+    def close_packs(self, blob_type: int) -> None:
+        """No more blobs of ``blob_type`` are coming for a while (all files are read, only
+        trees follow): store its open pack now and free the pack buffers once they are
+        stored, instead of holding them to the end. Later blobs open a new pack."""
+        with self._pack_lock:
+            pack = self._open.get(blob_type)
+            ready = self._close(pack) if pack is not None else None
+            if blob_type != BLOB_TREE:  # the pooled buffers are data packs'
+                self._buffers.trim()
+        if ready is not None:
+            self._submit(ready)
 
     def flush(self) -> list[PackRecord]:
         """Upload every partly filled pack and wait for all uploads; raises the first
         upload error. Returns the records of all packs this saver stored."""
         with self._pack_lock:
-            builders = [b for b in self._builders.values() if len(b)]
-            self._builders.clear()
-        for b in builders:
-            self._submit(b)
-        for f in self._futures:
+            ready = [self._close(p) for p in list(self._open.values())]
+            self._buffers.trim()
+        for pack in ready:
+            if pack is not None and len(pack.builder):
+                self._submit(pack)
+            elif pack is not None:
+                self._release(pack)
+        with self._idle:  # blobs still being sealed: their writers submit their packs
+            self._idle.wait_for(lambda: not self._sealing)
+        with self._lock:
+            futures, self._futures = self._futures, []
+        for f in futures:
             f.exception()
-        self._futures.clear()
         if self._error is not None:
             raise self._error
         return list(self.records)
