@@ -46,7 +46,7 @@ from safehold.errors import (
 from safehold.ids import to_hex
 from safehold.repository import lock as lockmod
 from safehold.repository.chunker import ChunkerParams
-from safehold.repository.compress import DEFAULT_LEVEL, decompress
+from safehold.repository.compress import COMP_NONE, DEFAULT_LEVEL, decompress
 from safehold.repository.format import (
     T_CHAIN,
     T_CONFIG,
@@ -374,9 +374,37 @@ class Repository:
             memoryview(sealed)[1:], blob_id + comp, what=f"blob {blob_id.hex()[:8]} in {where}"
         )
         data = decompress(comp[0], plain, raw_length)
+        self._verify(blob_id, data, where)
+        return data
+
+    def open_blob_into(
+        self,
+        blob_id: bytes,
+        sealed: bytes | memoryview,
+        raw_length: int,
+        where: str,
+        scratch: bytearray,
+    ) -> bytes | memoryview:
+        """:meth:`open_blob`, decrypting into ``scratch``, a buffer the caller owns of at
+        least ``len(sealed)`` bytes: no plaintext object is allocated per blob. A blob
+        stored uncompressed comes back as a view of ``scratch``, valid until the caller
+        reuses it. Same checks, same errors."""
+        if not sealed:
+            raise IntegrityError(f"blob {blob_id.hex()[:8]} in {where} is empty")
+        comp = bytes(sealed[:1])
+        plain = self.aead.open_into(
+            memoryview(sealed)[1:],
+            blob_id + comp,
+            scratch,
+            what=f"blob {blob_id.hex()[:8]} in {where}",
+        )
+        data = plain if comp[0] == COMP_NONE else decompress(comp[0], plain, raw_length)
+        self._verify(blob_id, data, where)
+        return data
+
+    def _verify(self, blob_id: bytes, data: bytes | memoryview, where: str) -> None:
         if self.master.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:8]} in {where} does not match its id")
-        return data
 
     def load_blob(self, blob_id: bytes) -> bytes:
         loc = self.index.lookup(blob_id)

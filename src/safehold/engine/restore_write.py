@@ -1,0 +1,183 @@
+"""Writing restored files: creating them, placing blobs, and their metadata.
+
+A restored file is created exclusively (``O_CREAT | O_EXCL``), which also refuses to
+follow a symlink planted at its path; only when something is already there does restore
+look at it, replace what is not a regular file, and truncate what is. Data goes in with
+``pwrite`` at the blob's offset, so blobs of one file may arrive in any order from any
+worker. Once its last blob is written a file gets owner, mode and times through its open
+descriptor (no path lookups) and is closed.
+
+A file of one blob is written by the one worker that opened the blob, start to finish,
+without a lock; a file of several blobs is shared between workers and locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+
+from safehold.errors import TargetError
+
+# (mode, uid, gid, mtime in ns)
+Meta = tuple[int, int, int, int]
+
+SPARSE_BLOCK = 64 * 1024
+_ZEROS = bytes(SPARSE_BLOCK)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_REPLACE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class OpenFile:
+    """A regular file being restored."""
+
+    __slots__ = ("fd", "lock", "meta", "path", "remaining", "size", "sparse", "truncate")
+
+    def __init__(self, path: str, meta: Meta, size: int, blobs: int, sparse: bool) -> None:
+        self.path = path
+        self.meta = meta
+        self.size = size
+        self.remaining = blobs
+        self.sparse = sparse
+        # Extend to ``size`` right after opening (see the planner for when it is needed).
+        self.truncate = sparse
+        self.fd = -1
+        self.lock: threading.Lock | None = None
+
+    def make_shared(self) -> None:
+        """Several blobs, possibly written by several workers."""
+        self.lock = threading.Lock()
+
+
+# Where one blob goes: (file, offset in the file), once per occurrence.
+BlobTargets = list[tuple[OpenFile, int]]
+
+
+def target_error(path: str, exc: OSError) -> TargetError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TargetError(
+            f"the restore target is full while writing {path}",
+            hint="free space or restore to another --target; the repository is unchanged",
+        )
+    return TargetError(f"cannot write {path}: {exc.strerror}", hint="check the --target folder")
+
+
+def write_sparse(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write only the blocks that are not all zero: the file was extended with ftruncate,
+    so skipped blocks stay holes."""
+    view = memoryview(data)
+    for start in range(0, len(view), SPARSE_BLOCK):
+        block = view[start : start + SPARSE_BLOCK]
+        if block != _ZEROS[: len(block)]:
+            write_all(fd, block, offset + start)
+
+
+def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    n = os.pwrite(fd, data, offset)
+    while n < len(data):  # a short write (the disk filling up) reports its error next
+        view = memoryview(data)[n:]
+        n += os.pwrite(fd, view, offset + n)
+
+
+def set_meta(path: str, meta: Meta, owner: bool, *, is_link: bool = False) -> None:
+    mode, uid, gid, mtime_ns = meta
+    if owner:
+        with contextlib.suppress(OSError):
+            os.chown(path, uid, gid, follow_symlinks=False)
+    if not is_link:
+        os.chmod(path, mode)
+    os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+
+class FileWriter:
+    """Creates, fills and finishes restored files; thread-safe per :class:`OpenFile`."""
+
+    def __init__(self, *, owner: bool, overwrite: bool) -> None:
+        self.owner = owner
+        self.overwrite = overwrite
+
+    def put(self, f: OpenFile, data: bytes | memoryview, offset: int) -> int:
+        """Write one blob of ``f``; returns 1 if that finished the file, else 0."""
+        lock = f.lock
+        if lock is None:  # the file's only blob
+            fd = self._open(f)
+            try:
+                self._write(f, fd, data, offset)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+            self._finish(f, fd)
+            return 1
+        with lock:
+            if f.fd < 0:
+                f.fd = self._open(f)
+            self._write(f, f.fd, data, offset)
+            f.remaining -= 1
+            if f.remaining:
+                return 0
+            fd, f.fd = f.fd, -1
+            self._finish(f, fd)
+            return 1
+
+    def write_empty(self, f: OpenFile) -> None:
+        self._finish(f, self._open(f))
+
+    def abandon(self, f: OpenFile) -> None:
+        """Close ``f`` if it is open (after a failure elsewhere)."""
+        if f.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(f.fd)
+            f.fd = -1
+
+    def _open(self, f: OpenFile) -> int:
+        try:
+            try:
+                fd = os.open(f.path, _CREATE, 0o600)
+            except FileExistsError:
+                fd = self._replace(f.path)
+            if f.truncate and f.size:
+                try:
+                    os.ftruncate(fd, f.size)  # holes stay holes for sparse files
+                except BaseException:
+                    os.close(fd)
+                    raise
+        except OSError as exc:
+            raise target_error(f.path, exc) from exc
+        return fd
+
+    def _replace(self, path: str) -> int:
+        if self.overwrite:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    os.unlink(path)
+        return os.open(path, _REPLACE, 0o600)
+
+    def _write(self, f: OpenFile, fd: int, data: bytes | memoryview, offset: int) -> None:
+        try:
+            if f.sparse:
+                write_sparse(fd, data, offset)
+            else:
+                write_all(fd, data, offset)
+        except OSError as exc:
+            raise target_error(f.path, exc) from exc
+
+    def _finish(self, f: OpenFile, fd: int) -> None:
+        """Owner, mode and times through the descriptor, then close it. The times are set
+        after the last write (a write changes them); the owner before the mode, since a
+        change of owner clears the set-id bits."""
+        mode, uid, gid, mtime_ns = f.meta
+        try:
+            try:
+                if self.owner:
+                    with contextlib.suppress(OSError):
+                        os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise target_error(f.path, exc) from exc
