@@ -11,7 +11,7 @@ import pytest
 
 from safehold.errors import IntegrityError, ObjectExists, ObjectNotFound
 from safehold.model import ObjectInfo
-from safehold.storage.base import Storage
+from safehold.storage.base import Storage, read_into
 
 MiB = 1024 * 1024
 
@@ -121,6 +121,29 @@ def test_short_read_of_empty_object(storage: Storage) -> None:
     storage.put("e", b"")
     with pytest.raises(IntegrityError):
         storage.get("e", 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("offset", "length"), [(0, 10), (500, 24), (1014, 10), (0, 1024), (300, 0), (1024, 0)]
+)
+def test_read_into(storage: Storage, offset: int, length: int) -> None:
+    storage.put("r", DATA)
+    buf = bytearray(b"\xee" * (length + 8))
+    read_into(storage, "r", offset, memoryview(buf)[4 : 4 + length])
+    assert buf[4 : 4 + length] == DATA[offset : offset + length]
+    assert buf[:4] == buf[4 + length :] == b"\xee" * 4  # nothing outside is written
+
+
+@pytest.mark.parametrize(("offset", "length"), [(1020, 5), (0, 1025), (2000, 1), (1025, 0)])
+def test_read_into_short_raises(storage: Storage, offset: int, length: int) -> None:
+    storage.put("r", DATA)
+    with pytest.raises(IntegrityError):
+        read_into(storage, "r", offset, memoryview(bytearray(length)))
+
+
+def test_read_into_missing(storage: Storage) -> None:
+    with pytest.raises(ObjectNotFound):
+        read_into(storage, "missing", 0, memoryview(bytearray(1)))
 
 
 # --- missing objects ------------------------------------------------------------------------

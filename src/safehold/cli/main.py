@@ -114,17 +114,24 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
 
 
 def _tune_allocator() -> None:
-    """Large buffers (chunks, packs) should go back to the system when freed.
+    """Large buffers (chunks, packs) go back to the system when freed; the smaller ones
+    stay in the process to be reused.
 
     glibc raises its mmap threshold after the first large free, after which multi-MiB
     buffers come from thread arenas and are kept: peak RSS then grows with every thread.
     A fixed threshold (which also turns the dynamic adjustment off) keeps them mmapped.
+    Below it, glibc gives freed memory at the top of a heap back once more than 128 KiB
+    is free, and every page given back is faulted in again by the next allocation: on a
+    virtual machine that was a third of a backup's system time (145,000 faults for 2 GiB,
+    73,000 with this threshold, for 2 MiB more peak RSS). A long-running process that
+    wants its memory back between runs calls ``malloc_trim``.
     """
     try:
         import ctypes
 
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
         libc.mallopt(-8, 4)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune

@@ -38,6 +38,7 @@ from safehold.errors import IntegrityError, UsageError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.snapshot import Snapshot
+from safehold.storage.base import read_into
 
 # Two needed blobs closer than this are fetched in one ranged read...
 MAX_GAP = 1024 * 1024
@@ -225,15 +226,24 @@ class _Restorer:
             buf = self.local.scratch = bytearray(max(size, SCRATCH_MIN))
         return buf
 
+    def _reads(self, size: int) -> bytearray:
+        """This worker's buffer for ranged reads, at least ``size`` bytes: reusing it means
+        no fresh memory is touched (page-faulted) per read."""
+        buf: bytearray | None = getattr(self.local, "reads", None)
+        if buf is None or len(buf) < size:
+            buf = self.local.reads = bytearray(max(size, MAX_SPAN))
+        return buf
+
     def _do_pack(self, pack_id: bytes, blobs: list[_Blob]) -> None:
         name = pack_name(pack_id)
-        get = self.repo.storage.get
+        storage = self.repo.storage
         open_blob = self.repo.open_blob_into
         put = self.writer.put
         advance = self.progress.advance
         scratch = self._scratch(max(b[1] for b in blobs))
         for start, end, group in spans(blobs):
-            span = memoryview(get(name, start, end - start))
+            span = memoryview(self._reads(end - start))[: end - start]
+            read_into(storage, name, start, span)
             files = nbytes = 0
             for off, length, raw_len, blob_id, targets in group:
                 data = open_blob(

@@ -213,6 +213,29 @@ class LocalStorage:
             raise short_read(self._where, name, offset + len(data), offset, length)
         return data
 
+    def get_into(self, name: str, offset: int, out: memoryview) -> None:
+        """``get`` into the caller's buffer (see ``storage.base.read_into``)."""
+        path = self._path(name)
+        check_range(offset, len(out))
+        got = 0
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                if offset + len(out) > size:
+                    raise short_read(self._where, name, size, offset, len(out))
+                while got < len(out):
+                    n = os.preadv(fd, [out[got:]], offset + got)
+                    if not n:
+                        break
+                    got += n
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._error(exc, f"read {name!r}") from exc
+        if got != len(out):
+            raise short_read(self._where, name, offset + got, offset, len(out))
+
     def stat(self, name: str) -> ObjectInfo:
         path = self._path(name)
         try:

@@ -30,7 +30,7 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import Storage
+from safehold.storage.base import Storage, read_into
 
 __all__ = [
     "ALL_OPS",
@@ -146,6 +146,9 @@ class RetryingStorage:
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._retry("get", name, lambda: self.inner.get(name, offset, length))
 
+    def get_into(self, name: str, offset: int, out: memoryview) -> None:
+        self._retry("get", name, lambda: read_into(self.inner, name, offset, out))
+
     def stat(self, name: str) -> ObjectInfo:
         return self._retry("stat", name, lambda: self.inner.stat(name))
 
@@ -196,6 +199,10 @@ class LimitedStorage:
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._slots:
             return self.inner.get(name, offset, length)
+
+    def get_into(self, name: str, offset: int, out: memoryview) -> None:
+        with self._slots:
+            read_into(self.inner, name, offset, out)
 
     def stat(self, name: str) -> ObjectInfo:
         with self._slots:

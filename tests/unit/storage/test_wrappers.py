@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,8 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import Storage
+from safehold.storage.base import Storage, read_into
+from safehold.storage.local import LocalStorage
 from safehold.storage.memory import MemoryStorage
 from safehold.storage.wrappers import (
     FaultyStorage,
@@ -450,3 +452,43 @@ def test_rules_combine_and_clear(memory: MemoryStorage) -> None:
     faulty.put("d", b"123456")
     assert faulty.calls["put"] == 4
     assert memory.get("d") == b"123456"
+
+
+# --- reading into a caller's buffer through the wrappers -----------------------------------
+
+
+def test_read_into_through_the_wrappers_retries_and_limits(tmp_path: Path) -> None:
+    traced = _Traced(str(tmp_path), fail_first=True)
+    traced.put("p", b"0123456789")
+    stack = RetryingStorage(LimitedStorage(traced, 1), sleep=Sleeps())
+    buf = bytearray(4)
+    read_into(stack, "p", 3, memoryview(buf))
+    assert buf == b"3456"
+    # Retried once, and always through get_into: falling back to get would allocate a new
+    # buffer per read.
+    assert traced.calls == ["get_into", "get_into"]
+
+
+def test_read_into_falls_back_to_get_and_refuses_a_short_answer(memory: MemoryStorage) -> None:
+    memory.put("p", b"0123456789")
+    buf = bytearray(3)
+    read_into(memory, "p", 7, memoryview(buf))
+    assert buf == b"789"
+    short = FaultyStorage(memory).truncate_get("p", 2)
+    with pytest.raises(IntegrityError, match="too short"):
+        read_into(short, "p", 0, memoryview(bytearray(5)))
+
+
+class _Traced(LocalStorage):
+    """A LocalStorage that records its get_into calls and can fail the first one."""
+
+    def __init__(self, root: str, *, fail_first: bool) -> None:
+        super().__init__(root)
+        self.fail_first = fail_first
+        self.calls: list[str] = []
+
+    def get_into(self, name: str, offset: int, out: memoryview) -> None:
+        self.calls.append("get_into")
+        if self.fail_first and len(self.calls) == 1:
+            raise transient()
+        super().get_into(name, offset, out)
