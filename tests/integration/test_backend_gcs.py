@@ -233,7 +233,7 @@ def test_server_stopping_mid_backup_fails_cleanly_then_resumes(
     init(cli, repo)
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(3):  # incompressible: two packs or more
+    for i in range(6):  # incompressible: four packs or more, so the run cannot end first
         (src / f"f{i}.bin").write_bytes(os.urandom(12 * MiB))
     watch = from_location(f"{bucket}/repo", create=False, options=own_gcs.options())
     stop = threading.Event()

@@ -270,10 +270,11 @@ def test_same_storage_reconnects_after_the_server_restarts(
 
 
 def big_tree(root: Path) -> Path:
-    """Sample tree plus 20 MiB that does not compress: a full 16 MiB pack and more. The
-    fault strikes while that first pack is on its way."""
+    """Sample tree plus 96 MiB that does not compress: six full 16 MiB packs. The fault
+    strikes while the first is on its way; with only 20 MiB the rest of the backup was
+    sometimes stored before the server was gone, and the run succeeded."""
     make_sample_tree(root)
-    (root / "big.bin").write_bytes(os.urandom(20 * 1024 * 1024))
+    (root / "big.bin").write_bytes(os.urandom(96 * 1024 * 1024))
     return root
 
 

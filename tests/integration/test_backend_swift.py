@@ -235,7 +235,7 @@ def test_proxy_stopped_mid_backup_then_next_backup_succeeds(
     init(cli, location)
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(6):  # incompressible: several 16 MiB packs
+    for i in range(10):  # incompressible: five 16 MiB packs, so the run cannot end first
         (src / f"blob{i}.bin").write_bytes(os.urandom(8 * MiB))
     watcher = from_location(location.removeprefix("swift:"), create=False,
                             options=proxy_restored.options())  # fmt: skip
