@@ -109,8 +109,21 @@ def encode_tree(nodes: list[Node]) -> bytes:
 
 def encode_tree_json(nodes: list[dict[str, Any]]) -> bytes:
     """Canonical bytes of a tree given its nodes' JSON objects (in any order)."""
-    doc = {"nodes": sorted(nodes, key=lambda n: str(n["name"]))}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return encode_tree_parts([(str(n["name"]), node_json(n)) for n in nodes])
+
+
+def node_json(node: dict[str, Any]) -> str:
+    """One node's canonical JSON text, as it appears inside its tree's bytes."""
+    return json.dumps(node, sort_keys=True, separators=(",", ":"))
+
+
+def encode_tree_parts(parts: list[tuple[str, str]]) -> bytes:
+    """Canonical bytes of a tree given ``(name, node_json(node))`` of each node (in any
+    order): the same bytes as ``encode_tree_json`` of the nodes themselves, so a caller
+    can keep a node's text instead of the larger object until its tree is saved."""
+    parts.sort(key=lambda p: p[0])
+    body = ",".join(text for _, text in parts)
+    return ('{"nodes":[' + body + "]}").encode("utf-8", "surrogatepass")
 
 
 def _loads(raw: bytes) -> Any:

@@ -129,6 +129,30 @@ def test_deep_changes_reach_the_root_and_untouched_folders_keep_their_trees(
     assert tree_state(restored(mem_repo, second, tmp_path / "out", src)) == tree_state(src)
 
 
+def test_a_rebackup_writes_the_same_trees_as_a_full_rescan(
+    mem_repo: Repository, tmp_path: Path
+) -> None:
+    # Folders waiting for file contents keep their unchanged nodes as JSON text: the trees
+    # they make must be byte for byte those of a backup that reuses nothing.
+    src = tmp_path / "src"
+    for folder in ("a", "a/sub", "b"):
+        (src / folder).mkdir(parents=True)
+        for i in range(20):
+            (src / folder / f"f{i:02}-caf\u00e9.txt").write_text(f"{folder} {i}\n" * 50)
+    (src / "a" / "link").symlink_to("f00-caf\u00e9.txt")
+    first = backup(mem_repo, src)
+    (src / "a" / "f03-caf\u00e9.txt").write_text("edited\n")
+    (src / "a" / "sub" / "new.txt").write_text("new\n")
+    again = backup(mem_repo, src)
+    rescan = backup(mem_repo, src, force=True)
+    assert again.parent == first.id and again.tree != first.tree
+    assert again.tree == rescan.tree
+    prefix = str(src).strip("/").split("/")
+    assert _subtree(mem_repo, again.tree, *prefix, "b") == _subtree(
+        mem_repo, first.tree, *prefix, "b"
+    )
+
+
 def test_sparse_file_is_restored_with_holes(mem_repo: Repository, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from safehold.errors import FormatError
@@ -32,6 +34,18 @@ def test_round_trip_of_every_kind_of_name(name: str) -> None:
     as_json = t.decode_tree_json(raw)
     assert [n["name"] for n in as_json] == [n.name for n in back]
     assert t.encode_tree_json(as_json) == raw  # decoding and encoding again is canonical
+
+
+def test_encoding_from_node_texts_is_the_canonical_document() -> None:
+    nodes = [_node(n).to_json() for n in NAMES]
+    doc = {"nodes": sorted(nodes, key=lambda n: str(n["name"]))}
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(
+        "utf-8", "surrogatepass"
+    )
+    assert t.encode_tree_json(nodes) == canonical
+    parts = [(str(n["name"]), t.node_json(n)) for n in reversed(nodes)]
+    assert t.encode_tree_parts(parts) == canonical
+    assert t.encode_tree_parts([]) == b'{"nodes":[]}' == t.encode_tree_json([])
 
 
 def test_encoding_is_ascii_and_order_independent() -> None:
