@@ -395,7 +395,7 @@ class GcsStorage:
                 timeout=self._timeout,
             )
         except api_exceptions.RequestRangeNotSatisfiable:
-            return past_end(lambda: self.stat(name).size, self._where, name, offset, length)
+            return past_end(lambda: self._stat_again(name).size, self._where, name, offset, length)
         except requests.ConnectionError as exc:
             # fake-gcs-server drops the connection for a range starting past the end (GCS
             # answers 416); a stat tells a short object from a real network failure.
@@ -413,9 +413,18 @@ class GcsStorage:
 
     def _size_or_none(self, name: str) -> int | None:
         try:
-            return self.stat(name).size
+            return self._stat_again(name).size
         except StorageError:
             return None
+
+    def _stat_again(self, name: str) -> ObjectInfo:
+        """``stat`` right after a failed read. A server may close the connection after an
+        error answer (fake-gcs-server does after a 416) and the pool can hand out that dead
+        connection once: a transient failure is tried once more, on a fresh one."""
+        try:
+            return self.stat(name)
+        except TransientStorageError:
+            return self.stat(name)
 
     def stat(self, name: str) -> ObjectInfo:
         blob = self._call(
