@@ -45,7 +45,13 @@ from safehold.errors import (
 )
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name
-from safehold.storage.common import check_length, check_range, empty_read, past_end
+from safehold.storage.common import (
+    check_length,
+    check_range,
+    empty_read,
+    past_end,
+    short_read,
+)
 from safehold.storage.s3_config import S3Settings, parse_settings
 
 __all__ = ["ObjectLocked", "S3Storage", "from_location", "translate"]
@@ -53,6 +59,9 @@ __all__ = ["ObjectLocked", "S3Storage", "from_location", "translate"]
 # Packs are immutable and the only objects worth a retention period; locks, indexes and
 # snapshots are replaced or removed in normal operation (docs/format.md, "Layout").
 LOCKED_PREFIX = "data/"
+# get_into copies a response body in pieces of this size (below the allocator's mmap
+# threshold, so their memory is reused rather than faulted in for every piece).
+_READ_PIECE = 512 * 1024
 
 _AUTH_CODES = frozenset(
     {
@@ -351,31 +360,73 @@ class S3Storage:
     # --- get / stat -----------------------------------------------------------------------
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        key = self._key(name)
         check_range(offset, length)
         if length == 0:
             # An empty Range is not expressible in HTTP; the size alone decides.
             return empty_read(lambda: self.stat(name).size, self._where, name, offset)
-        action = f"read {name!r}"
+        response = self._get_object(name, offset, length)
+        if response is None:
+            return past_end(lambda: self.stat(name).size, self._where, name, offset, length)
+        try:
+            data: bytes = response["Body"].read()
+        except _SDK_ERRORS as exc:
+            raise translate(exc, settings=self._s, action=f"read {name!r}") from exc
+        check_length(self._where, name, data, offset, length)
+        self._check_body(name, len(data), response)
+        return data
+
+    def get_into(self, name: str, offset: int, out: memoryview) -> None:
+        """``get`` into the caller's buffer (see ``storage.base.read_into``): the body is
+        copied in pieces small enough for the allocator to reuse, instead of being joined
+        into one new multi-MiB object per read, each of whose pages is faulted in afresh."""
+        length = len(out)
+        check_range(offset, length)
+        if length == 0:
+            empty_read(lambda: self.stat(name).size, self._where, name, offset)
+            return
+        response = self._get_object(name, offset, length)
+        if response is None:
+            past_end(lambda: self.stat(name).size, self._where, name, offset, length)
+            return
+        body = response["Body"]
+        got = 0
+        try:
+            while got < length:
+                piece = body.read(min(_READ_PIECE, length - got))
+                if not piece:
+                    break
+                out[got : got + len(piece)] = piece
+                got += len(piece)
+        except _SDK_ERRORS as exc:
+            raise translate(exc, settings=self._s, action=f"read {name!r}") from exc
+        finally:
+            body.close()
+        self._check_body(name, got, response)
+        if got != length:
+            raise short_read(self._where, name, offset + got, offset, length)
+
+    def _get_object(self, name: str, offset: int, length: int | None) -> Any:
+        """GetObject of the range; None when the server refuses the range (it starts at
+        or past the end)."""
         args: dict[str, Any] = {}
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             args["Range"] = f"bytes={offset}-{end}"
+        action = f"read {name!r}"
         try:
-            response = self._client.get_object(Bucket=self._s.bucket, Key=key, **args)
-            data: bytes = response["Body"].read()
+            return self._client.get_object(Bucket=self._s.bucket, Key=self._key(name), **args)
         except bce.ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) == "InvalidRange":
-                return past_end(lambda: self.stat(name).size, self._where, name, offset, length)
+                return None
             raise translate(exc, settings=self._s, action=action) from exc
         except _SDK_ERRORS as exc:
             raise translate(exc, settings=self._s, action=action) from exc
-        check_length(self._where, name, data, offset, length)
+
+    def _check_body(self, name: str, got: int, response: Any) -> None:
         expected = response.get("ContentLength")
-        if expected is not None and len(data) != expected:
+        if expected is not None and got != expected:
             # The connection closed early without an error (a proxy cut it).
-            raise TransientStorageError(f"{self._where}: could not {action} (short body)")
-        return data
+            raise TransientStorageError(f"{self._where}: could not read {name!r} (short body)")
 
     def stat(self, name: str) -> ObjectInfo:
         head = self._call(f"stat {name!r}", "head_object", Key=self._key(name))
