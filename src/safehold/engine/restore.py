@@ -218,20 +218,15 @@ class _Restorer:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def _scratch(self, size: int) -> bytearray:
-        """This worker's buffer for decrypted blobs, at least ``size`` bytes."""
-        buf: bytearray | None = getattr(self.local, "scratch", None)
+    def _buffer(self, kind: str, size: int, minimum: int) -> bytearray:
+        """This worker's reused buffer of ``kind`` ("reads": ranged reads, "scratch":
+        decrypted blobs), at least ``size`` bytes. Reuse means no fresh memory is touched
+        (page-faulted) per read or blob."""
+        buf: bytearray | None = getattr(self.local, kind, None)
         if buf is None or len(buf) < size:
             # Views of an older buffer may still be alive: make a new one, never resize.
-            buf = self.local.scratch = bytearray(max(size, SCRATCH_MIN))
-        return buf
-
-    def _reads(self, size: int) -> bytearray:
-        """This worker's buffer for ranged reads, at least ``size`` bytes: reusing it means
-        no fresh memory is touched (page-faulted) per read."""
-        buf: bytearray | None = getattr(self.local, "reads", None)
-        if buf is None or len(buf) < size:
-            buf = self.local.reads = bytearray(max(size, MAX_SPAN))
+            buf = bytearray(max(size, minimum))
+            setattr(self.local, kind, buf)
         return buf
 
     def _do_pack(self, pack_id: bytes, blobs: list[_Blob]) -> None:
@@ -240,9 +235,9 @@ class _Restorer:
         open_blob = self.repo.open_blob_into
         put = self.writer.put
         advance = self.progress.advance
-        scratch = self._scratch(max(b[1] for b in blobs))
+        scratch = self._buffer("scratch", max(b[1] for b in blobs), SCRATCH_MIN)
         for start, end, group in spans(blobs):
-            span = memoryview(self._reads(end - start))[: end - start]
+            span = memoryview(self._buffer("reads", end - start, MAX_SPAN))[: end - start]
             read_into(storage, name, start, span)
             files = nbytes = 0
             for off, length, raw_len, blob_id, targets in group:
