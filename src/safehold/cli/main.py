@@ -146,9 +146,20 @@ def _tune_collector() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
+def _tune_switching() -> None:
+    """Hand the interpreter lock over after 1 ms instead of 5. Backup and restore threads
+    spend most of their time in C (reading, hashing, compression, encryption) with the lock
+    released, and need it back only briefly between calls; while another thread runs Python
+    (the walk, the planning), each of those short steps waited up to a whole interval. A
+    re-backup after a 5 % change took 1.38-1.42 s instead of 1.57-1.68 s, an initial backup
+    of 2 GiB 6.43 s instead of 6.78 s (docs/benchmarks.md)."""
+    sys.setswitchinterval(0.001)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _tune_allocator()
     _tune_collector()
+    _tune_switching()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

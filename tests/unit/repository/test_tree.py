@@ -62,3 +62,23 @@ def test_damaged_trees_are_format_errors(raw: bytes) -> None:
     if raw != b'{"nodes": 3}':  # a number where the list belongs is only found on use
         with pytest.raises(FormatError, match="not a valid tree"):
             t.decode_tree_json(raw)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        "tab\tnew\nline\r\x00\x1f",
+        "del\x7f",
+        "caf\u00e9",
+        "\U0001f600",
+        "bad-\udce9",
+        'quote" back\\ slash /',
+    ],
+)
+@pytest.mark.parametrize("number", [0, -1, 2**63 - 1, 2**64 - 1, 2**70, -(2**63)])
+def test_node_text_is_the_standard_canonical_json(value: str, number: int) -> None:
+    # node_json takes a faster encoder when it can; its text must never differ.
+    node = {"name": value, "type": "file", "size": number, "target": value, "sparse": True}
+    node["content"] = ["ab" * 32, value]
+    assert t.node_json(node) == json.dumps(node, sort_keys=True, separators=(",", ":"))
