@@ -8,11 +8,13 @@ modules that must not pull in an SDK (:mod:`~safehold.storage.s3_config`,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Set
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from pydantic import ValidationError
-
 from safehold.errors import ConfigError, IntegrityError, StorageError, TransientStorageError
+
+if TYPE_CHECKING:  # pydantic itself is imported by the settings models that raise these
+    from pydantic import ValidationError
 
 __all__ = [
     "TRANSIENT_STATUS",

@@ -48,6 +48,22 @@ def test_incompressible_data_is_stored_raw() -> None:
     assert decompress(cid, payload, len(text)) == text
 
 
+@pytest.mark.parametrize("level", [1, 3, 9])
+@pytest.mark.parametrize("size", [100, 40_000, 3 * 1024 * 1024])
+def test_compressed_payloads_are_plain_zstd_frames_with_their_size(level: int, size: int) -> None:
+    # Level 3 uses tuned parameters: its frames must still carry their content size (the
+    # one-shot decoder needs it) and decode with any zstd decoder.
+    import zstandard
+
+    text = b"".join(b"row %d, value %d;\n" % (i, i * 7 % 1000) for i in range(size // 16))
+    text = text[:size]
+    cid, payload = compress(text, level)
+    assert cid == COMP_ZSTD
+    assert zstandard.get_frame_parameters(bytes(payload)).content_size == size
+    assert zstandard.ZstdDecompressor().decompress(bytes(payload)) == text
+    assert decompress(cid, payload, size) == text
+
+
 def test_pack_roundtrip_from_its_own_header() -> None:
     chain = os.urandom(16)
     b = PackBuilder(chain)
