@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from safehold.errors import ExitCode
+from safehold.engine.restore_write import FileWriter, OpenFile
+from safehold.errors import ExitCode, TargetError
 from safehold.repository import lock as lockmod
 from safehold.repository.format import T_LOCK, seal_object
 from safehold.storage.local import TEMP_PREFIX
@@ -466,6 +467,17 @@ def test_full_target_during_restore_exits_7_and_leaves_repository_alone(
     assert repo_files(Path(stored.repo)) == before
     assert not lock_files(Path(stored.repo))
     assert_intact(cli, stored, tmp_path)
+
+
+def test_full_target_during_a_direct_write(tmpfs: Tmpfs) -> None:
+    """A large blob goes to disk with direct I/O: a full target is still named as such."""
+    target = tmpfs("direct", "1m")
+    writer = FileWriter(owner=False, overwrite=True)
+    f = OpenFile(str(target / "big"), (0o100644, 0, 0, 0), 3 * MiB, 1, False)
+    with pytest.raises(TargetError, match="restore target is full") as err:
+        writer.put(f, os.urandom(3 * MiB), 0)
+    assert "free space" in (err.value.hint or "")
+    assert f.fd == -1  # closed after the failure: the tmpfs unmounts
 
 
 def test_tmpfs_really_fills(tmpfs: Tmpfs) -> None:

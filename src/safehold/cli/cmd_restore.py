@@ -49,6 +49,13 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="restore only this path (and what is below it); repeatable",
     )
+    p.add_argument(
+        "--buffered",
+        action="store_true",
+        help="write through the page cache only; by default large blobs are written with "
+        "direct I/O where the file system supports it (less CPU, and the data is on disk "
+        "when restore ends)",
+    )
     add_latest_filters(p)
     add_config_arguments(p)
     p.set_defaults(func=run)
@@ -56,6 +63,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.config:
+        if args.buffered:
+            raise UsageError("--buffered applies to a restore into a folder, without --config")
         return restore_from_config(args, ctx)
     for flag, given in (
         ("--source", args.source),
@@ -71,7 +80,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     result = run_restore(
         repo,
         snap,
-        RestoreOptions(target=args.target, includes=args.include),
+        RestoreOptions(target=args.target, includes=args.include, direct=not args.buffered),
         make_progress(ctx.progress_enabled()),
     )
     if ctx.json:

@@ -63,6 +63,7 @@ class RestoreOptions:
     threads: int = field(default_factory=lambda: max(2, (os.cpu_count() or 2)))
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)  # chown only as root
     overwrite: bool = True
+    direct: bool = True  # large blobs written with direct I/O (restore_write)
 
 
 @dataclass
@@ -104,7 +105,7 @@ class _Restorer:
         self.opts = opts
         self.progress = progress
         self.result = RestoreResult()
-        self.writer = FileWriter(owner=opts.owner, overwrite=opts.overwrite)
+        self.writer = FileWriter(owner=opts.owner, overwrite=opts.overwrite, direct=opts.direct)
         self.dirs: list[tuple[str, Meta]] = []
         self.links: list[tuple[str, Meta, bool]] = []  # (path, meta, is a symlink)
         self.hardlinks: dict[tuple[int, int], str] = {}

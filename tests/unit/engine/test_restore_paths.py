@@ -4,6 +4,9 @@ finished through their descriptors, blobs grouped into ranged reads."""
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
+import mmap
 import os
 import stat
 from pathlib import Path
@@ -310,3 +313,125 @@ def test_a_short_write_is_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"\0" * 5 + b"0123456789"
     assert calls == [5, 8, 11, 14]
+
+
+def _blobs_of(content: bytes, sizes: list[int]) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    for n in sizes:
+        out.append((pos, content[pos : pos + n]))
+        pos += n
+    assert pos == len(content)
+    return out
+
+
+def _restore_pieces(
+    writer: restore_write.FileWriter, path: Path, pieces: list[tuple[int, bytes]]
+) -> None:
+    size = sum(len(d) for _, d in pieces)
+    f = restore_write.OpenFile(str(path), (0o100644, 0, 0, 0), size, len(pieces), False)
+    if len(pieces) > 1:
+        f.make_shared()
+    done = 0
+    for offset, data in pieces:
+        done += writer.put(f, data, offset)
+    assert done == 1 and f.fd == -1  # finished and closed by its last blob
+
+
+# Blob sizes around the block size and the direct-write minimum, at unaligned offsets.
+ODD_SIZES = [70_001, 4_095, 300_123, 1_500_007, 5_000, 2 * 1024 * 1024 + 4_096, 65_536]
+
+
+def test_direct_writes_put_unaligned_blobs_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fcntl = fcntl.fcntl
+    direct_on: list[int] = []
+
+    def spy(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            direct_on.append(fd)
+        return int(real_fcntl(fd, cmd, arg))
+
+    monkeypatch.setattr(fcntl, "fcntl", spy)
+    content = os.urandom(sum(ODD_SIZES))
+    pieces = _blobs_of(content, ODD_SIZES)
+    writer = restore_write.FileWriter(owner=False, overwrite=True)
+    # Out of order, as workers deliver them.
+    _restore_pieces(writer, tmp_path / "many", pieces[3:] + pieces[:3][::-1])
+    assert (tmp_path / "many").read_bytes() == content
+    _restore_pieces(writer, tmp_path / "one", [(0, content[:1_234_567])])
+    assert (tmp_path / "one").read_bytes() == content[:1_234_567]
+    # Asked for the five blobs of at least DIRECT_MIN + DIRECT_ALIGN bytes (four, and the
+    # single one), and only for them.
+    assert len(direct_on) == 5
+    # Taken wherever the test's file system takes direct I/O (else switched off at once).
+    assert writer.direct == _takes_direct_io(tmp_path)
+
+
+def _takes_direct_io(folder: Path) -> bool:
+    try:
+        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    try:
+        buf = mmap.mmap(-1, restore_write.DIRECT_ALIGN)
+        os.pwrite(fd, buf, 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("where", ["fcntl", "pwrite"])
+def test_a_file_system_refusing_direct_writes_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Some file systems (FUSE, some network ones) refuse O_DIRECT when it is set, others
+    # only refuse the write (a device with blocks larger than 4 KiB): both mean EINVAL.
+    real_fcntl, real_pwrite = fcntl.fcntl, os.pwrite
+    refused = []
+
+    def refusing_fcntl(fd: int, cmd: int, arg: int = 0) -> int:
+        if where == "fcntl" and cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return int(real_fcntl(fd, cmd, arg))
+
+    def refusing_pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        if where == "pwrite" and real_fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(fcntl, "fcntl", refusing_fcntl)
+    monkeypatch.setattr(os, "pwrite", refusing_pwrite)
+    content = os.urandom(sum(ODD_SIZES))
+    writer = restore_write.FileWriter(owner=False, overwrite=True)
+    _restore_pieces(writer, tmp_path / "f", _blobs_of(content, ODD_SIZES))
+    assert (tmp_path / "f").read_bytes() == content
+    assert len(refused) == 1 and not writer.direct  # tried once, then never again
+
+
+def test_buffered_restore_never_asks_for_direct_writes(
+    mem_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = []
+    real_fcntl = fcntl.fcntl
+
+    def spy(fd: int, cmd: int, arg: int = 0) -> int:
+        asked.append(cmd)
+        return int(real_fcntl(fd, cmd, arg))
+
+    monkeypatch.setattr(fcntl, "fcntl", spy)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(3_000_000))
+    snap = backup(mem_repo, src)
+    run_restore(mem_repo, snap, RestoreOptions(target=str(tmp_path / "b"), direct=False))
+    assert not asked
+    run_restore(mem_repo, snap, RestoreOptions(target=str(tmp_path / "d")))
+    assert asked
+    for target in ("b", "d"):
+        got = tmp_path / target / str(src).lstrip("/") / "big.bin"
+        assert got.read_bytes() == (src / "big.bin").read_bytes()
