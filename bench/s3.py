@@ -8,7 +8,8 @@ restic from apt)::
 
 Per repetition and tool, with a fresh bucket and cache: (a) initial backup of a copy of
 the dataset, then ``make_dataset.py mutate`` (5 %) and (c) a re-backup, then (d) a full
-restore of the latest snapshot into an empty folder. Before each timed command the
+restore of the latest snapshot into an empty folder (nothing is deleted until the run
+ends: see ``run_rep``; about 4.5 GB per tool and repetition). Before each timed command the
 dataset (or, for a restore, nothing) is read once so both tools start from a warm page
 cache. One ``weed mini`` serves every run; its CPU time per phase is reported too, since
 on a small machine the server shares the cores with the client.
@@ -194,7 +195,11 @@ def run_rep(
         for phase in PHASES:
             s = results.samples[(tool.name, phase)][-1]
             print(f"  {phase}: {s.wall:7.2f} s (cpu {s.cpu:.1f} s, server {s.server_cpu:.1f} s)")
-        shutil.rmtree(tool_work)
+        # The data copy and the restored tree stay until the run ends: after tens of
+        # thousands of files are deleted, ext4 creates files slowly for minutes (it skips
+        # recently freed inodes while their table blocks are dirty), which made whichever
+        # restore came next 2-3x slower (6.2 s for the first restore of a run, 15-18 s for
+        # the same one after a deletion).
 
 
 def report(results: Results, args: argparse.Namespace) -> str:
