@@ -542,6 +542,7 @@ class Bench:
         self.results = results
         self.data = cfg.work / "data"
         self.logs = cfg.work / "logs" / run_id
+        self.trash = cfg.work / "trash" / run_id
         self.tools: dict[str, Tool] = {}
         for name in cfg.tools:
             if name == "safehold":
@@ -668,7 +669,7 @@ class Bench:
                 f"== repetition {rep}/{cfg.reps}  order {', '.join(t.name for t in order)}  "
                 f"loadavg {' '.join(load)}"
             )
-            remove(self.data, cfg.work)
+            self.discard(self.data)
             subprocess.run(["cp", "-a", str(cfg.dataset), str(self.data)], check=True)
             os.sync()
             _, bytes_a = tree_bytes(self.data)
@@ -713,13 +714,19 @@ class Bench:
                 ]
                 if self.chain(tool, rep, plan) and rep <= cfg.verify_reps:
                     self.verify(tool, rep)
-            # Restored trees go only now: on ext4, creating files within about half a
-            # minute of deleting tens of thousands makes the kernel skip the recently freed
-            # inodes one by one (seconds of system time), which would slow down whichever
-            # tool restored next. The next repetition's untimed copy of the data comes first.
             for tool in order:
-                remove(tool.restore_dir, cfg.work)
+                self.discard(tool.restore_dir)
             os.sync()
+
+    def discard(self, path: Path) -> None:
+        """Move a tree out of the way; it is deleted when the run ends. On ext4, after tens
+        of thousands of files are deleted, creating files is slow for up to minutes (the
+        allocator skips recently freed inodes one by one while their inode table blocks
+        are dirty, and new files keep them dirty): a deletion between repetitions made the
+        next restores seconds slower, for every tool, which hid the tools' own work."""
+        if path.exists():
+            self.trash.mkdir(parents=True, exist_ok=True)
+            path.rename(self.trash / f"{len(list(self.trash.iterdir()))}-{path.name}")
 
     def verify(self, tool: Tool, rep: int) -> None:
         tree = tool.restored_tree()
@@ -750,6 +757,11 @@ class Bench:
         remove(self.data, self.cfg.work)
         for tool in self.tools.values():
             remove(tool.base, self.cfg.work)
+        self.remove_trash()
+
+    def remove_trash(self) -> None:
+        if self.trash.exists():
+            remove(self.trash, self.cfg.work)
 
 
 # --------------------------------------------------------------------------- report
@@ -1306,6 +1318,8 @@ def main(argv: Sequence[str]) -> int:
     finally:
         if not args.keep:
             bench.cleanup()
+        else:
+            bench.remove_trash()
 
     text = render(results.records)
     report_path = results.path.with_suffix(".md")
