@@ -8,6 +8,7 @@ backup) use a private server each, so they can stop it without disturbing other 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -329,10 +330,16 @@ def test_server_goes_away_mid_backup(
 
     proc = start_backup(cli_env, repo, src, env)
     wait_for_upload(folder, proc)
-    if fault == "stopped":
-        server.stop()  # the listener and every session: connections drop, new ones refused
-    else:
-        server.pause()  # everything hangs: only the timeouts can end the run
+    # The backup is held while the fault is made: otherwise a fast run may upload the
+    # rest of its packs before the server has gone.
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        if fault == "stopped":
+            server.stop()  # the listener and every session: connections drop, new refused
+        else:
+            server.pause()  # everything hangs: only the timeouts can end the run
+    finally:
+        proc.send_signal(signal.SIGCONT)
     code, err, took = finish(proc, within=90)
     assert code == ExitCode.STORAGE, err
     assert "Traceback" not in err, err
