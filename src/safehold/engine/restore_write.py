@@ -104,7 +104,8 @@ def set_meta(path: str, meta: Meta, owner: bool, *, is_link: bool = False) -> No
 
 # Direct writes: block-aligned (4 KiB covers the logical block size of nearly every
 # device; a larger one refuses the write and turns direct writes off), from a page-aligned
-# buffer of DIRECT_PIECE bytes per worker, for blobs of at least DIRECT_MIN bytes (below
+# buffer of DIRECT_PIECE bytes per worker, for blobs that hold at least DIRECT_MIN bytes of
+# whole blocks wherever they start, i.e. of DIRECT_MIN + DIRECT_ALIGN bytes or more (below
 # that the extra system calls cost more than the copy they save).
 DIRECT_ALIGN = max(4096, mmap.PAGESIZE)
 DIRECT_MIN = 64 * 1024

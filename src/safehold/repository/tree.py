@@ -124,9 +124,10 @@ def node_json(node: dict[str, Any]) -> str:
     try:
         out = orjson.dumps(node, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, TypeError):
-        out = b"\x80"  # not ASCII: take the standard path
-    if out.isascii() and b"\x7f" not in out:
-        return out.decode("ascii")
+        pass
+    else:
+        if out.isascii() and b"\x7f" not in out:
+            return out.decode("ascii")
     return json.dumps(node, sort_keys=True, separators=(",", ":"))
 
 
