@@ -13,6 +13,7 @@ the backup then reads in parallel, largest first.
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 from collections.abc import Callable
@@ -35,6 +36,7 @@ _KIND = {
     stat.S_IFBLK: t.BLOCKDEV,
     stat.S_IFSOCK: t.SOCKET,
 }
+_BY_NAME = operator.attrgetter("name")
 
 
 @dataclass(eq=False, slots=True)
@@ -156,7 +158,12 @@ class Planner:
         plan.named = {}
         try:
             with os.scandir(path) as it:
-                entries = list(it)
+                # In name order, as restic and borg walk, not the file system's (hash order
+                # on ext4): files are found, read and reported in the same order on every
+                # run. On the benchmark data the hash order also found the two large changed
+                # dumps last, so their reads ran alone after the walk (a 5 % re-backup took
+                # 2.02 s, median of 11; 1.84 s in name order).
+                entries = sorted(it, key=_BY_NAME)
         except OSError as exc:
             msg = exc.strerror or str(exc)
             self.errors.append((path, msg))

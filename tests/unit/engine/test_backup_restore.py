@@ -5,14 +5,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import sys
 from pathlib import Path
 
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
+from safehold.engine.backup_plan import DirPlan, Planner
 from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.engine.scan import Excluder
 from safehold.errors import SourceError, SourceNotFound, UsageError
+from safehold.repository import tree as t
+from safehold.repository.index import Index
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 from tests.conftest import make_sample_tree
@@ -249,3 +254,19 @@ def test_two_paths_share_the_root(mem_repo: Repository, tmp_path: Path) -> None:
     assert tree_state(base / "a") == tree_state(a)
     assert (base / "b" / "f").read_text() == "b file"
     assert sorted(snap.paths) == sorted([str(a), str(b)])
+
+
+def test_the_walk_finds_files_in_name_order(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    names = [f"{n:02d}" for n in range(40)]
+    random.Random(3).shuffle(names)  # created out of order: no file system lists them sorted
+    for name in names:
+        (src / name).mkdir(parents=True)
+        for leaf in ("b", "a", "c"):
+            (src / name / leaf).write_text(leaf)
+    planner = Planner(
+        index=Index(), chain=b"", load_tree=None, excluder=Excluder([]), one_file_system=False
+    )
+    planner.walk(str(src), DirPlan(), os.lstat(src).st_dev, t.Node(name="", type=t.DIR))
+    paths = [os.path.relpath(path, src) for path, _node in planner.jobs]
+    assert paths == [f"{n:02d}/{leaf}" for n in range(40) for leaf in ("a", "b", "c")]
