@@ -85,12 +85,13 @@ def groups(files: list[tuple[str, int]]) -> Iterator[list[tuple[str, int]]]:
         yield group
 
 
-def timed(fn: Callable[[], None]) -> dict[str, float]:
-    before = resource.getrusage(resource.RUSAGE_SELF)
+def timed(fn: Callable[[], object], who: int = resource.RUSAGE_SELF) -> dict[str, float]:
+    """Wall and CPU time of ``fn``: this process's, or (RUSAGE_CHILDREN) its commands'."""
+    before = resource.getrusage(who)
     start = time.perf_counter()
     fn()
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF)
+    after = resource.getrusage(who)
     return {
         "wall": wall,
         "user": after.ru_utime - before.ru_utime,
@@ -157,17 +158,8 @@ def open_blobs(repo_path: Path, threads: int) -> None:
 
 def restore(repo: Path, target: Path, safehold: list[str]) -> dict[str, float]:
     env = dict(os.environ, SAFEHOLD_PASSWORD=PASSWORD)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
     cmd = [*safehold, "-r", str(repo), "-q", "restore", "latest", "--target", str(target)]
-    subprocess.run(cmd, env=env, check=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "wall": wall,
-        "user": after.ru_utime - before.ru_utime,
-        "sys": after.ru_stime - before.ru_stime,
-    }
+    return timed(lambda: subprocess.run(cmd, env=env, check=True), resource.RUSAGE_CHILDREN)
 
 
 def main(argv: list[str] | None = None) -> int:
