@@ -112,9 +112,9 @@ def write_tree(
 
     def task(group: list[tuple[str, int]]) -> None:
         for rel, size in group:
-            pieces = max(1, -(-size // BLOB))
+            pieces = -(-size // BLOB)  # an empty file has none, as in restore's plan
             f = OpenFile(str(target / rel), meta, size, pieces, False)
-            if size == 0:
+            if not pieces:
                 writer.write_empty(f)
                 continue
             if pieces > 1:
