@@ -11,11 +11,9 @@ A file of one blob is written by the one worker that opened the blob, start to f
 without a lock; a file of several blobs is shared between workers and locked.
 
 Large blobs go to disk with direct I/O (``O_DIRECT``, switched on around each write with
-``fcntl``): the whole blocks inside the blob are copied to a page-aligned buffer and
-written from there, the partial blocks at its two ends through the page cache (a block is
-only ever written one way, so the two never overlap). Copying gigabytes into the page cache
-was half of a restore's CPU time (on a virtual machine, where every fresh page-cache page
-is expensive); with direct writes the data is also on disk when restore returns instead of
+``fcntl``; see :mod:`safehold.storage.direct`): copying gigabytes into the page cache was
+half of a restore's CPU time (on a virtual machine, where every fresh page-cache page is
+expensive); with direct writes the data is also on disk when restore returns instead of
 dirty in memory. A file system that refuses direct I/O (``EINVAL``) turns it off for the
 rest of the restore; ``direct=False`` (``restore --buffered``) never tries.
 """
@@ -24,13 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import mmap
 import os
 import stat
 import threading
 
 from safehold.errors import TargetError
+from safehold.storage.direct import ALIGN, DirectWrites, write_all
 
 # (mode, uid, gid, mtime in ns)
 Meta = tuple[int, int, int, int]
@@ -85,13 +82,6 @@ def write_sparse(fd: int, data: bytes | memoryview, offset: int) -> None:
             write_all(fd, block, offset + start)
 
 
-def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    n = os.pwrite(fd, data, offset)
-    while n < len(data):  # a short write (the disk filling up) reports its error next
-        view = memoryview(data)[n:]
-        n += os.pwrite(fd, view, offset + n)
-
-
 def set_meta(path: str, meta: Meta, owner: bool, *, is_link: bool = False) -> None:
     mode, uid, gid, mtime_ns = meta
     if owner:
@@ -102,14 +92,11 @@ def set_meta(path: str, meta: Meta, owner: bool, *, is_link: bool = False) -> No
     os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
 
-# Direct writes: block-aligned (4 KiB covers the logical block size of nearly every
-# device; a larger one refuses the write and turns direct writes off), from a page-aligned
-# buffer of DIRECT_PIECE bytes per worker, for blobs that hold at least DIRECT_MIN bytes of
-# whole blocks wherever they start, i.e. of DIRECT_MIN + DIRECT_ALIGN bytes or more (below
-# that the extra system calls cost more than the copy they save).
-DIRECT_ALIGN = max(4096, mmap.PAGESIZE)
+# Direct writes for blobs that hold at least DIRECT_MIN bytes of whole blocks wherever they
+# start, i.e. of DIRECT_MIN + DIRECT_ALIGN bytes or more (below that the extra system calls
+# cost more than the copy they save).
+DIRECT_ALIGN = ALIGN
 DIRECT_MIN = 64 * 1024
-DIRECT_PIECE = 1024 * 1024
 
 
 class FileWriter:
@@ -118,8 +105,12 @@ class FileWriter:
     def __init__(self, *, owner: bool, overwrite: bool, direct: bool = True) -> None:
         self.owner = owner
         self.overwrite = overwrite
-        self.direct = direct
-        self._local = threading.local()
+        self._direct = DirectWrites(direct)
+
+    @property
+    def direct(self) -> bool:
+        """Whether large blobs still go to disk directly (off once the target refused)."""
+        return self._direct.enabled
 
     def put(self, f: OpenFile, data: bytes | memoryview, offset: int) -> int:
         """Write one blob of ``f``; returns 1 if that finished the file, else 0."""
@@ -183,46 +174,12 @@ class FileWriter:
         try:
             if f.sparse:
                 write_sparse(fd, data, offset)
-            elif self.direct and len(data) >= DIRECT_MIN + DIRECT_ALIGN:
-                self._write_direct(fd, data, offset)
+            elif self._direct.enabled and len(data) >= DIRECT_MIN + DIRECT_ALIGN:
+                self._direct.write(fd, data, offset)
             else:
                 write_all(fd, data, offset)
         except OSError as exc:
             raise target_error(f.path, exc) from exc
-
-    def _staging(self) -> mmap.mmap:
-        """This worker's aligned buffer (anonymous mappings start on a page boundary)."""
-        buf: mmap.mmap | None = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = mmap.mmap(-1, DIRECT_PIECE)
-        return buf
-
-    def _write_direct(self, fd: int, data: bytes | memoryview, offset: int) -> None:
-        """Write ``data`` at ``offset``: its whole blocks directly, the rest buffered."""
-        view = memoryview(data)
-        start = -offset % DIRECT_ALIGN
-        end = start + (len(view) - start) // DIRECT_ALIGN * DIRECT_ALIGN
-        if start:
-            write_all(fd, view[:start], offset)
-        buf = self._staging()
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        pos = start
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-            while pos < end:
-                n = min(DIRECT_PIECE, end - pos)
-                buf[:n] = view[pos : pos + n]
-                done = os.pwrite(fd, memoryview(buf)[:n], offset + pos)
-                pos += done
-                if done < n:
-                    break  # a short write: the rest goes the usual way, which reports why
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self.direct = False  # this file system takes no direct writes
-        finally:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        write_all(fd, view[pos:], offset + pos)
 
     def _finish(self, f: OpenFile, fd: int) -> None:
         """Owner, mode and times through the descriptor, then close it. The times are set

@@ -7,9 +7,10 @@ be objects); the repository format never needs that.
 **Atomic, durable put.** Data goes to a temporary file in the destination folder (its name
 starts with ``.tmp-``, which :meth:`LocalStorage.list` never shows), is fsynced, then renamed
 over the final name, and the folder is fsynced so the rename itself survives a power cut.
-A crash can leave a temporary file behind but never a partial object;
-:meth:`LocalStorage.remove_stale_temp_files` cleans such leftovers. Object names whose last
-part starts with ``.tmp-`` are therefore reserved.
+Objects of ``DIRECT_MIN`` bytes or more (packs) are written with direct I/O
+(:mod:`safehold.storage.direct`), past the page cache. A crash can leave a temporary file
+behind but never a partial object; :meth:`LocalStorage.remove_stale_temp_files` cleans such
+leftovers. Object names whose last part starts with ``.tmp-`` are therefore reserved.
 
 **Exclusive create** hard-links the finished temporary file to the final name: ``link`` fails
 with ``EEXIST`` atomically if the name is taken, so two writers can never both win (a
@@ -40,10 +41,15 @@ from safehold.errors import (
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name
 from safehold.storage.common import check_range, short_read
+from safehold.storage.direct import DirectWrites, write_all
 
 __all__ = ["TEMP_PREFIX", "LocalStorage", "translate_os_error"]
 
 TEMP_PREFIX = ".tmp-"
+# Objects this large go to disk with direct writes: packs, not the small metadata objects
+# (keys, snapshots, locks, most index files), where the extra system calls would cost more
+# than the copy they save.
+DIRECT_MIN = 1024 * 1024
 
 # ENOTDIR/EISDIR: a path through (or onto) a file or folder where the other was expected
 # means no object of that name exists.
@@ -110,6 +116,7 @@ class LocalStorage:
     def __init__(self, root: str | Path, *, create: bool = False) -> None:
         self._root = Path(os.path.abspath(Path(root).expanduser()))
         self._where = f"local:{self._root}"
+        self._direct = DirectWrites()
         if create:
             try:
                 self._root.mkdir(parents=True, exist_ok=True)
@@ -150,10 +157,14 @@ class LocalStorage:
         try:
             self._make_folders(folder)
             fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                if len(data) >= DIRECT_MIN:
+                    self._direct.write(fd, data, 0)
+                else:
+                    write_all(fd, data, 0)
+                os.fsync(fd)  # the tail written through the page cache, and the metadata
+            finally:
+                os.close(fd)
             if exclusive:
                 try:
                     os.link(tmp, final)

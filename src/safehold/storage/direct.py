@@ -1,0 +1,86 @@
+"""Direct writes: large buffers go to disk with ``O_DIRECT``, past the page cache.
+
+A buffered write copies every byte into page-cache pages, which the kernel writes back
+later. On the virtual machines safehold is measured on, touching fresh page-cache pages
+costs more than anything else a write does: an initial backup spent 11 % of its CPU time
+copying its packs into the page cache, and a restore up to half of its own. A direct write
+hands the device the caller's memory instead: no page-cache copy, no dirty memory, no
+write-back competing for the cores afterwards, and the data is on disk when the call
+returns.
+
+Direct I/O wants the file offset, the length and the memory address aligned to the
+device's logical block size. :meth:`DirectWrites.write` copies the whole blocks inside a
+buffer, ``PIECE`` bytes at a time, into a page-aligned staging buffer of the calling thread
+and writes them from there; the partial blocks at the two ends go through the page cache
+(a block is only ever written one way, so the two never overlap). ``ALIGN`` (4 KiB) covers
+the logical block size of nearly every device. A device with larger blocks refuses the
+write, and a file system without direct I/O (some FUSE and network ones) refuses the flag,
+both with ``EINVAL``: the first refusal turns direct writes off for the rest of the
+object's life and everything goes through the page cache as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import threading
+
+ALIGN = max(4096, mmap.PAGESIZE)
+PIECE = 1024 * 1024
+
+
+def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """``pwrite`` all of ``data`` at ``offset``."""
+    n = os.pwrite(fd, data, offset)
+    while n < len(data):  # a short write (the disk filling up) reports its error next
+        view = memoryview(data)[n:]
+        n += os.pwrite(fd, view, offset + n)
+
+
+class DirectWrites:
+    """Direct writes for any number of threads (one staging buffer each)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and hasattr(os, "O_DIRECT")
+        self._local = threading.local()
+
+    def _staging(self) -> mmap.mmap:
+        # Anonymous mappings start on a page boundary. Kept for the thread's life, so its
+        # pages are touched once, not once per write.
+        buf: mmap.mmap | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = mmap.mmap(-1, PIECE)
+        return buf
+
+    def write(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset`` of ``fd``: its whole blocks directly (while direct
+        writes are on), the rest through the page cache."""
+        view = memoryview(data).cast("B")
+        start = -offset % ALIGN
+        end = start + max(0, len(view) - start) // ALIGN * ALIGN
+        if not self.enabled or end <= start:
+            write_all(fd, view, offset)
+            return
+        if start:
+            write_all(fd, view[:start], offset)
+        buf = self._staging()
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        pos = start
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+            while pos < end:
+                n = min(PIECE, end - pos)
+                buf[:n] = view[pos : pos + n]
+                done = os.pwrite(fd, memoryview(buf)[:n], offset + pos)
+                pos += done
+                if done < n:
+                    break  # a short write: the rest goes the usual way, which reports why
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self.enabled = False  # this file system or device takes no direct writes
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        write_all(fd, view[pos:], offset + pos)

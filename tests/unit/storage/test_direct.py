@@ -1,0 +1,197 @@
+"""Direct writes (storage/direct.py) and the local storage's use of them for large objects."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from safehold.storage import direct
+from safehold.storage.direct import ALIGN, DirectWrites
+from safehold.storage.local import DIRECT_MIN, LocalStorage
+
+DIRECT_FLAG = getattr(os, "O_DIRECT", 0)
+pytestmark = pytest.mark.skipif(not DIRECT_FLAG, reason="no O_DIRECT on this platform")
+
+
+def takes_direct_io(folder: Path) -> bool:
+    """Whether the file system under ``folder`` accepts an aligned direct write."""
+    w = DirectWrites()
+    fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        w.write(fd, bytes(ALIGN), 0)
+    finally:
+        os.close(fd)
+        os.unlink(folder / "probe")
+    return w.enabled
+
+
+def spy_direct(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records every descriptor switched to direct I/O."""
+    real = fcntl.fcntl
+    asked: list[int] = []
+
+    def spy(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & DIRECT_FLAG:
+            asked.append(fd)
+        return int(real(fd, cmd, arg))
+
+    monkeypatch.setattr(fcntl, "fcntl", spy)
+    return asked
+
+
+def write_file(path: Path, w: DirectWrites, pieces: list[tuple[int, bytes]]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for offset, data in pieces:
+            w.write(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+# Lengths and offsets around the block size and the staging piece, aligned and not.
+CASES = [
+    (0, ALIGN),
+    (0, 3 * direct.PIECE + 17),
+    (1, ALIGN),  # no whole block inside: buffered only
+    (ALIGN - 1, 2 * ALIGN + 1),
+    (5_000, 1_500_007),
+    (ALIGN, direct.PIECE),
+    (12_345, 100),
+]
+
+
+@pytest.mark.parametrize(("offset", "length"), CASES)
+def test_any_offset_and_length_lands_in_place(tmp_path: Path, offset: int, length: int) -> None:
+    data = os.urandom(length)
+    path = tmp_path / "f"
+    write_file(path, DirectWrites(), [(offset, data)])
+    got = path.read_bytes()
+    assert got[offset:] == data
+    assert got[:offset] == bytes(offset)  # a hole before: zeros
+
+
+def test_pieces_out_of_order_make_the_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = spy_direct(monkeypatch)
+    sizes = [70_001, 4_095, 2 * direct.PIECE + ALIGN, 300_123, ALIGN, 9]
+    content = os.urandom(sum(sizes))
+    pieces, pos = [], 0
+    for n in sizes:
+        pieces.append((pos, content[pos : pos + n]))
+        pos += n
+    w = DirectWrites()
+    write_file(tmp_path / "f", w, pieces[::-1])
+    assert (tmp_path / "f").read_bytes() == content
+    # Direct I/O is asked for exactly for the pieces with a whole block inside them.
+    with_block = [o for o, d in pieces if len(d) - (-o % ALIGN) >= ALIGN]
+    assert len(asked) == len(with_block)
+    assert w.enabled == takes_direct_io(tmp_path)
+
+
+def test_switched_off_never_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = spy_direct(monkeypatch)
+    data = os.urandom(direct.PIECE * 2)
+    write_file(tmp_path / "f", DirectWrites(enabled=False), [(0, data)])
+    assert (tmp_path / "f").read_bytes() == data
+    assert asked == []
+
+
+def refuse(monkeypatch: pytest.MonkeyPatch, where: str) -> list[int]:
+    """Makes the flag (``fcntl``) or the direct write itself (``pwrite``) fail with EINVAL,
+    as a file system without direct I/O or a device with larger blocks does."""
+    real_fcntl, real_pwrite = fcntl.fcntl, os.pwrite
+    refused: list[int] = []
+
+    def refusing_fcntl(fd: int, cmd: int, arg: int = 0) -> int:
+        if where == "fcntl" and cmd == fcntl.F_SETFL and arg & DIRECT_FLAG:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return int(real_fcntl(fd, cmd, arg))
+
+    def refusing_pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        if where == "pwrite" and real_fcntl(fd, fcntl.F_GETFL) & DIRECT_FLAG:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(fcntl, "fcntl", refusing_fcntl)
+    monkeypatch.setattr(os, "pwrite", refusing_pwrite)
+    return refused
+
+
+@pytest.mark.parametrize("where", ["fcntl", "pwrite"])
+def test_a_refusal_turns_direct_writes_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    refused = refuse(monkeypatch, where)
+    w = DirectWrites()
+    data = os.urandom(3 * direct.PIECE + 5)
+    write_file(tmp_path / "a", w, [(7, data)])
+    write_file(tmp_path / "b", w, [(0, data)])
+    assert (tmp_path / "a").read_bytes()[7:] == data
+    assert (tmp_path / "b").read_bytes() == data
+    assert len(refused) == 1 and not w.enabled  # tried once, then never again
+    flags = os.open(tmp_path / "a", os.O_RDONLY)
+    try:
+        assert not fcntl.fcntl(flags, fcntl.F_GETFL) & DIRECT_FLAG
+    finally:
+        os.close(flags)
+
+
+def test_other_errors_are_not_swallowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwrite = os.pwrite
+
+    def full(fd: int, data: bytes | memoryview, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & DIRECT_FLAG:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    w = DirectWrites()
+    with pytest.raises(OSError) as caught:
+        write_file(tmp_path / "f", w, [(0, os.urandom(2 * ALIGN))])
+    assert caught.value.errno == errno.ENOSPC
+    assert w.enabled  # a full disk says nothing about the file system's direct I/O
+
+
+# --- local storage ------------------------------------------------------------------------
+
+
+def put_and_spy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sizes: list[int]
+) -> tuple[LocalStorage, list[int], Callable[[int], bytes]]:
+    store = LocalStorage(tmp_path / "repo", create=True)
+    asked = spy_direct(monkeypatch)
+    blobs = {n: os.urandom(n) for n in sizes}
+    for n, data in blobs.items():
+        store.put(f"data/{n}", data)
+    return store, asked, blobs.__getitem__
+
+
+def test_large_objects_are_written_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = [DIRECT_MIN - 1, DIRECT_MIN, DIRECT_MIN * 3 + 123]
+    store, asked, blob = put_and_spy(tmp_path, monkeypatch, sizes)
+    for n in sizes:
+        assert store.get(f"data/{n}") == blob(n)
+    assert len(asked) == 2  # the two objects of DIRECT_MIN bytes or more, not the smaller
+
+
+@pytest.mark.parametrize("where", ["fcntl", "pwrite"])
+def test_large_objects_on_a_file_system_refusing_direct_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    refused = refuse(monkeypatch, where)
+    store = LocalStorage(tmp_path / "repo", create=True)
+    first, second = os.urandom(DIRECT_MIN + 1), os.urandom(2 * DIRECT_MIN)
+    store.put("data/a", first)
+    store.put("data/b", second)
+    assert store.get("data/a") == first and store.get("data/b") == second
+    assert len(refused) == 1  # the second object was not tried again
