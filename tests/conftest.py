@@ -35,6 +35,13 @@ pytest_plugins = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _index_caches_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Repositories opened in the test process keep their index caches in a temporary
+    folder, not the user's ~/.cache (CLI runs get a temporary HOME from ``cli_env``)."""
+    os.environ["SAFEHOLD_CACHE_DIR"] = str(tmp_path_factory.mktemp("index-caches"))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", help="run long campaigns (crash points, soaks)")
 

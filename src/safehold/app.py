@@ -6,7 +6,9 @@ the layers below never need to know how their storage is decorated.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from safehold.crypto.keys import KdfParams
 from safehold.repository.chunker import ChunkerParams
@@ -26,10 +28,30 @@ def open_storage(
     return RetryingStorage(LimitedStorage(backend, MAX_CONCURRENT_CALLS))
 
 
+def default_cache_dir() -> Path:
+    """Where index caches live: ``SAFEHOLD_CACHE_DIR``, else ``$XDG_CACHE_HOME/safehold``,
+    else ``~/.cache/safehold``."""
+    env = os.environ.get("SAFEHOLD_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "safehold"
+
+
 def open_repository(
-    location: str, password: bytes, *, options: Mapping[str, object] | None = None
+    location: str,
+    password: bytes,
+    *,
+    options: Mapping[str, object] | None = None,
+    cache_dir: str | Path | None = None,
+    no_cache: bool = False,
 ) -> Repository:
-    return Repository.open(open_storage(location, options=options), password)
+    """Open the repository at ``location``, keeping its loaded index in a local cache
+    (``cache_dir``, default :func:`default_cache_dir`) unless ``no_cache``."""
+    repo = Repository.open(open_storage(location, options=options), password)
+    if not no_cache:
+        repo.use_index_cache(Path(cache_dir) if cache_dir else default_cache_dir())
+    return repo
 
 
 def init_repository(

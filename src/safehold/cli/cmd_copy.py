@@ -76,7 +76,12 @@ def open_destination(args: argparse.Namespace) -> Repository:
         )
     password = read_to_password(args.to_password_file, args.to_password_command)
     try:
-        return open_repository(location, password)
+        return open_repository(
+            location,
+            password,
+            cache_dir=getattr(args, "cache_dir", None),
+            no_cache=bool(getattr(args, "no_cache", False)),
+        )
     except RepositoryNotFound as exc:
         raise RepositoryNotFound(
             f"destination: {exc.message}",

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from safehold.cli.context import Context, read_password
 from safehold.errors import ConfigError, ExitCode, UsageError
@@ -102,7 +102,7 @@ def _block_password(config: Config, block: RepositoryConfig, what: str) -> bytes
 _ARCHIVE_KEYS = ("prefix", "level", "tmpdir")
 
 
-def _destinations(config: Config) -> list[Destination]:
+def _destinations(config: Config, cache: dict[str, Any]) -> list[Destination]:
     """The file's further destinations, opened lazily (one that is down fails alone)."""
     from safehold.app import open_repository, open_storage
     from safehold.engine.archive import ArchiveOptions
@@ -140,7 +140,7 @@ def _destinations(config: Config) -> list[Destination]:
         def open_repo(
             loc: str = location, pw: bytes = secret, opts: dict[str, object] = options
         ) -> Repository:
-            return open_repository(loc, pw, options=opts or None)
+            return open_repository(loc, pw, options=opts or None, **cache)
 
         out.append(RepositoryDestination(label, open_repo))
     return out
@@ -151,7 +151,7 @@ def _open(ctx: Context, config: Config) -> tuple[Repository, bytes]:
 
     block = config.repository
     if ctx.args.repo:
-        repo = open_repository(ctx.args.repo, ctx.password())
+        repo = open_repository(ctx.args.repo, ctx.password(), **ctx.cache_options())
         return repo, b""
     if block is None:
         if not os.environ.get("SAFEHOLD_REPOSITORY"):
@@ -161,7 +161,10 @@ def _open(ctx: Context, config: Config) -> tuple[Repository, bytes]:
             )
         return ctx.open_repo(), b""
     password = _password(ctx, config, block)
-    return open_repository(block.location, password, options=block.options or None), password
+    repo = open_repository(
+        block.location, password, options=block.options or None, **ctx.cache_options()
+    )
+    return repo, password
 
 
 def _prepare(ctx: Context, args: argparse.Namespace) -> tuple[Config, SourceJob, LogSink, Path]:
@@ -224,7 +227,7 @@ def backup_from_config(args: argparse.Namespace, ctx: Context) -> int:
     )
     repo, password = _open(ctx, config)
     job = _with_password(job, password)
-    job = dataclasses.replace(job, destinations=_destinations(config))
+    job = dataclasses.replace(job, destinations=_destinations(config, ctx.cache_options()))
     record = run_source_backup(
         repo,
         job,

@@ -45,7 +45,14 @@ class Context:
         )
 
     def open_repo(self) -> Repository:
-        return open_repository(self.location(), self.password())
+        return open_repository(self.location(), self.password(), **self.cache_options())
+
+    def cache_options(self) -> dict[str, Any]:
+        """``--cache-dir`` and ``--no-cache``, for open_repository."""
+        return {
+            "cache_dir": getattr(self.args, "cache_dir", None),
+            "no_cache": bool(getattr(self.args, "no_cache", False)),
+        }
 
     def print(self, text: str = "") -> None:
         if not self.quiet:

@@ -41,6 +41,7 @@ environment:
   SAFEHOLD_PASSWORD         repository password
   SAFEHOLD_PASSWORD_FILE    file holding the password
   SAFEHOLD_PASSWORD_COMMAND command that prints the password
+  SAFEHOLD_CACHE_DIR        where the local index caches live (instead of --cache-dir)
 
 exit codes:
   0 success                 1 unexpected failure        2 bad arguments or input
@@ -53,7 +54,7 @@ exit codes:
 
 
 # Global options followed by a value (``--repo X``; ``--repo=X`` and ``-rX`` carry theirs).
-_VALUE_OPTIONS = ("--repo", "--password-file", "--password-command", "--log-format")
+_VALUE_OPTIONS = ("--repo", "--password-file", "--password-command", "--cache-dir", "--log-format")
 _FLAG_LETTERS = set("qh")  # short global flags that may precede -r in one cluster (-qr X)
 
 
@@ -132,6 +133,19 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
         metavar="CMD",
         default=default,
         help="run CMD and use its output as the password",
+    )
+    g.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=default,
+        help="keep the repositories' loaded indexes under DIR (default: $SAFEHOLD_CACHE_DIR, "
+        "else $XDG_CACHE_HOME/safehold or ~/.cache/safehold)",
+    )
+    g.add_argument(
+        "--no-cache",
+        action="store_true",
+        default=default,
+        help="load the index from the repository's index files only, without the local cache",
     )
     g.add_argument("--json", action="store_true", default=default, help="machine-readable output")
     g.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors")

@@ -162,6 +162,7 @@ def run_backup(
                     repo, saver, opts, paths, parent, counters, errors, progress
                 )
             saver.finish()
+            repo.update_index_cache()  # the next command loads this backup's index files too
         except BaseException:
             # Keep what was uploaded findable: the next backup adopts these packs anyway,
             # but an index now saves it the work.

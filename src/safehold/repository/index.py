@@ -18,6 +18,7 @@ plus a small dict of recent additions; ``Index.packs`` rebuilds a pack's record 
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from safehold.errors import FormatError
-from safehold.repository.index_run import FIELDS, Entry, SortedRun
+from safehold.repository.index_run import FIELDS, Entry, SortedRun, _bits_for
 from safehold.repository.pack import _ENTRY, ENTRY_LEN, PackEntry
 
 __all__ = ["Index", "IndexLoader", "Location", "PackRecord", "decode_index", "encode_index"]
@@ -79,6 +80,29 @@ def decode_index(raw: bytes, what: str) -> list[PackRecord]:
     if pos != len(raw):
         raise FormatError(f"{what} has {len(raw) - pos} trailing bytes")
     return packs
+
+
+# Index state (Index.to_bytes): pack count, chain count, record count, distinct ids.
+_STATE_HEAD = struct.Struct("<IIII")
+
+
+def _le(a: array[int]) -> bytes:
+    """An array's bytes in little-endian order, whatever this machine's order is."""
+    if sys.byteorder == "little":
+        return a.tobytes()
+    b = array(a.typecode, a)
+    b.byteswap()
+    return b.tobytes()
+
+
+def _from_le(typecode: str, raw: bytes | memoryview) -> array[int]:
+    a = array(typecode)
+    if len(raw) % a.itemsize:
+        raise FormatError("index state is truncated")
+    a.frombytes(raw)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
 
 
 @dataclass(slots=True)
@@ -367,6 +391,71 @@ class Index:
     def memory(self) -> int:
         """Bytes held by the sorted run (the part that grows with the repository)."""
         return self._run.nbytes()
+
+    # --- as bytes (the local index cache, docs/format.md "Local index cache") ---------------
+
+    def to_bytes(self) -> bytes:
+        """The whole index, merged, in a form :meth:`from_bytes` loads without a Python
+        step per blob."""
+        with self._lock:
+            if self._first or self._dead_in_run:
+                self._merge()
+            run = self._run
+            parts = [
+                _STATE_HEAD.pack(len(self._pack_ids), len(self._chains), run.n, run.distinct),
+                b"".join(self._pack_ids),
+                _le(self._pack_chain),
+                _le(self._pack_size),
+                bytes(self._alive),
+                b"".join(self._chains),
+                run.ids,
+                _le(run.meta),
+                run.types,
+                _le(run.dir),
+            ]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview) -> Index:
+        """The index :meth:`to_bytes` wrote; FormatError if ``raw`` is not one."""
+        view = memoryview(raw)
+        try:
+            packs, chains, n, distinct = _STATE_HEAD.unpack_from(view, 0)
+        except struct.error as exc:
+            raise FormatError("index state is truncated") from exc
+        pos = _STATE_HEAD.size
+
+        def take(length: int) -> memoryview:
+            nonlocal pos
+            if pos + length > len(view):
+                raise FormatError("index state is truncated")
+            pos += length
+            return view[pos - length : pos]
+
+        index = cls()
+        pack_ids = bytes(take(32 * packs))
+        index._pack_ids = [pack_ids[i : i + 32] for i in range(0, len(pack_ids), 32)]
+        index._pack_chain = _from_le("I", take(4 * packs))
+        index._pack_size = _from_le("Q", take(8 * packs))
+        index._alive = bytearray(take(packs))
+        chain_ids = bytes(take(16 * chains))
+        index._chains = [chain_ids[i : i + 16] for i in range(0, len(chain_ids), 16)]
+        ids = bytes(take(32 * n))
+        meta = _from_le("I", take(4 * FIELDS * n))
+        types = bytes(take(n))
+        directory = _from_le("I", view[pos:])
+        if len(directory) != (1 << _bits_for(n)) + 1 or directory[-1] != n:
+            raise FormatError("index state has a damaged directory")
+        if (
+            max(index._pack_chain, default=-1) >= chains
+            or max(meta[0::FIELDS], default=-1) >= packs
+        ):
+            raise FormatError("index state names a pack or chain it does not hold")
+        index._chain_no = {c: i for i, c in enumerate(index._chains)}
+        index._pack_no = {p: i for i, p in enumerate(index._pack_ids) if index._alive[i]}
+        if n:
+            index._run = SortedRun(ids, meta, types, distinct, directory)
+        return index
 
     # --- packs -----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from safehold.clock import SYSTEM_CLOCK, Clock
@@ -56,7 +57,8 @@ from safehold.repository.format import (
     seal_object,
     storage_id,
 )
-from safehold.repository.index import Index, IndexLoader, PackRecord, encode_index
+from safehold.repository.index import Index, IndexLoader, PackRecord, decode_index, encode_index
+from safehold.repository.index_cache import CachedIndex, IndexCache
 from safehold.repository.pack import TRAILER_LEN, check_pack_start, parse_header, parse_trailer
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.tree import Node, decode_tree, decode_tree_json
@@ -136,6 +138,11 @@ class Repository:
         self.clock = clock
         self.index = Index()
         self.index_loaded = False
+        self.index_cache: IndexCache | None = None
+        # With a cache: the index files loaded or written by this process, and the index
+        # they hold (without packs added in memory only), for update_index_cache.
+        self._index_base: tuple[set[str], Index] | None = None
+        self._index_written = False
         self._tree_cache: OrderedDict[str, list[Node]] = OrderedDict()
         self._tree_lock = threading.Lock()
         # Whole tree packs, so that walking a tree costs one read per pack, not per folder.
@@ -280,9 +287,19 @@ class Repository:
     def load_index(self, *, strict: bool = True) -> list[str]:
         """Load every index file. A file deleted meanwhile (prune replaced it) is skipped:
         prune writes the replacement before deleting, so a fresh listing covers it.
-        Returns the names of damaged index files (raised instead when ``strict``)."""
+        Returns the names of damaged index files (raised instead when ``strict``).
+
+        With an index cache (``use_index_cache``), a strict load starts from the cache
+        when every index file it was built from is still listed (see
+        :mod:`safehold.repository.index_cache`)."""
+        cache = self.index_cache if strict else None
+        if cache is not None:
+            cached = cache.load(self.aead)
+            if cached is not None and self._load_on_top(cached):
+                return []
         loader = IndexLoader()
         damaged: list[str] = []
+        exact = True  # the index is exactly what the listed files hold
         for _attempt in range(3):
             missing = False
             names = self.list_index_files()
@@ -301,12 +318,67 @@ class Repository:
                     continue
             if not missing:
                 break
+            # Packs of the vanished files stay loaded (harmless for this process), so this
+            # index is no longer the one the listed files describe: do not cache it.
+            exact = False
         self.index = loader.finish()
         self.index_loaded = True
+        if cache is not None and exact:
+            self._cache_index(names)
         return damaged
 
+    def _load_on_top(self, cached: CachedIndex) -> bool:
+        """Use the cached index plus the index files listed since; False when one of its
+        files is gone or one listed since vanished before it was read."""
+        names = self.list_index_files()
+        if not cached.names.issubset(names):
+            return False
+        index = cached.index
+        extra = [n for n in names if n not in cached.names]
+        for name, got in fetch_each(extra, lambda n: self.load_object(n, T_INDEX)):
+            if isinstance(got, ObjectNotFound):
+                return False
+            if isinstance(got, BaseException):
+                raise got
+            for rec in decode_index(got, name):
+                index.add_pack(rec)
+        self.index = index
+        self.index_loaded = True
+        if extra:
+            self._cache_index(names)
+        else:
+            self._index_base = (set(names), index.copy())
+        return True
+
+    def _cache_index(self, names: Iterable[str]) -> None:
+        assert self.index_cache is not None
+        self.index_cache.save(self.aead, names, self.index)
+        self._index_base = (set(names), self.index.copy())
+
+    def use_index_cache(self, root: Path) -> None:
+        """Keep the loaded index in ``root`` (see :mod:`safehold.repository.index_cache`)."""
+        self.index_cache = IndexCache(root, self.config.repo_id)
+
+    def update_index_cache(self) -> None:
+        """Cache the index as loaded plus the index files this process wrote since (the
+        end of a backup), so that the next command finds it whole. Packs this process added
+        to its index without writing an index file for them are not included."""
+        if self.index_cache is None or self._index_base is None or not self._index_written:
+            return
+        names, base = self._index_base
+        self.index_cache.save(self.aead, names, base)
+        self._index_written = False
+
     def write_index(self, records: Iterable[PackRecord]) -> str:
-        return self.save_object("index/", T_INDEX, encode_index(records))
+        records = list(records)
+        name = self.save_object("index/", T_INDEX, encode_index(records))
+        if self._index_base is not None:
+            names, base = self._index_base
+            for rec in records:
+                base.add_pack(rec)
+            names.add(name)
+            self._index_written = True
+        return name
 
     def list_packs(self) -> dict[bytes, int]:
         out = {}
