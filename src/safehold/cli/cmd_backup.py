@@ -10,7 +10,7 @@ from typing import Any
 from safehold.cli.config_run import add_config_arguments, backup_from_config
 from safehold.cli.context import Context, human_bytes
 from safehold.cli.progress import make_progress
-from safehold.engine.backup import BackupOptions, run_backup
+from safehold.engine.backup import BackupOptions, run_backup, start_prescan
 from safehold.errors import ExitCode, UsageError
 
 
@@ -88,8 +88,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     if args.threads:
         opts.threads = max(1, args.threads)
-    repo = ctx.open_repo()
-    result = run_backup(repo, opts, make_progress(ctx.progress_enabled()))
+    # The folders are listed while the key is derived and the index loaded.
+    prescan = start_prescan(opts)
+    try:
+        repo = ctx.open_repo()
+        result = run_backup(repo, opts, make_progress(ctx.progress_enabled()), prescan=prescan)
+    finally:
+        if prescan is not None:
+            prescan.close()
     snap, s = result.snapshot, result.summary
     if ctx.json:
         ctx.emit_json(

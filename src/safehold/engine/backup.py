@@ -23,6 +23,7 @@ from typing import IO, BinaryIO
 
 from safehold import __version__
 from safehold.engine.backup_plan import Planner, build_tree, root_plan
+from safehold.engine.prescan import Prescan
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.engine.read_queue import HeldProgress, ReadQueue
 from safehold.engine.scan import Excluder
@@ -121,8 +122,25 @@ def _source_kind(opts: BackupOptions) -> str:
     return "command" if opts.command else "stdin" if opts.stdin_name else "directory"
 
 
+def start_prescan(opts: BackupOptions) -> Prescan | None:
+    """A started :class:`Prescan` of the folders ``opts`` backs up (None for streams), for
+    the caller to run while it opens the repository, pass to :func:`run_backup` and close.
+    A path that does not exist is left to run_backup to report."""
+    if opts.streams is not None or opts.stdin_name or opts.command or not opts.paths:
+        return None
+    try:
+        paths = _resolve_paths(opts.paths)
+    except SafeholdError:
+        return None
+    return Prescan(paths, Excluder(opts.excludes), opts.one_file_system).start()
+
+
 def run_backup(
-    repo: Repository, opts: BackupOptions, progress: Progress = NO_PROGRESS
+    repo: Repository,
+    opts: BackupOptions,
+    progress: Progress = NO_PROGRESS,
+    *,
+    prescan: Prescan | None = None,
 ) -> BackupResult:
     if opts.command and not opts.stdin_name:
         raise UsageError("--command needs --stdin-name NAME for the stream's file name")
@@ -159,7 +177,7 @@ def run_backup(
                 root_id = saver.save(BLOB_TREE, t.encode_tree(nodes))[0].hex()
             else:
                 root_id = _backup_paths(
-                    repo, saver, opts, paths, parent, counters, errors, progress
+                    repo, saver, opts, paths, parent, counters, errors, progress, prescan
                 )
             saver.finish()
             repo.update_index_cache()  # the next command loads this backup's index files too
@@ -338,6 +356,7 @@ def _backup_paths(
     counters: _Counters,
     errors: list[tuple[str, str]],
     progress: Progress,
+    prescan: Prescan | None,
 ) -> str:
     """Back up ``paths``; returns the root tree id (hex)."""
 
@@ -356,6 +375,7 @@ def _backup_paths(
             force=opts.force,
             save_tree=save_tree,
             on_job=lambda job: queue.put(job, job[1].size),  # read while the walk goes on
+            prescan=prescan,
         )
         progress.start("scan")
         root = root_plan(planner, parent.tree if parent else None)

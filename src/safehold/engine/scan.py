@@ -8,8 +8,37 @@ import os
 import pwd
 import stat
 from functools import lru_cache
+from typing import Protocol
 
 from safehold.repository import tree as t
+
+
+class StatLike(Protocol):
+    """What the walk reads of an item's ``lstat``: an ``os.stat_result``, or a prescanned
+    item's (engine/prescan.py)."""
+
+    @property
+    def st_mode(self) -> int: ...
+    @property
+    def st_ino(self) -> int: ...
+    @property
+    def st_dev(self) -> int: ...
+    @property
+    def st_nlink(self) -> int: ...
+    @property
+    def st_uid(self) -> int: ...
+    @property
+    def st_gid(self) -> int: ...
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+    @property
+    def st_ctime_ns(self) -> int: ...
+    @property
+    def st_blocks(self) -> int: ...
+    @property
+    def st_rdev(self) -> int: ...
 
 
 @lru_cache(maxsize=1024)
@@ -28,7 +57,7 @@ def group_name(gid: int) -> str:
         return ""
 
 
-def node_from_stat(name: str, st: os.stat_result, path: str) -> t.Node:
+def node_from_stat(name: str, st: StatLike, path: str) -> t.Node:
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         kind = t.DIR
