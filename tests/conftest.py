@@ -37,9 +37,10 @@ pytest_plugins = [
 
 @pytest.fixture(autouse=True, scope="session")
 def _index_caches_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Repositories opened in the test process keep their index caches in a temporary
-    folder, not the user's ~/.cache (CLI runs get a temporary HOME from ``cli_env``)."""
-    os.environ["SAFEHOLD_CACHE_DIR"] = str(tmp_path_factory.mktemp("index-caches"))
+    """Repositories opened by the tests keep their index caches in a temporary folder, not
+    the user's ~/.cache. XDG_CACHE_HOME, not SAFEHOLD_CACHE_DIR: tests that look at the
+    SAFEHOLD_* variables a hook sees expect only safehold's own."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("caches"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
