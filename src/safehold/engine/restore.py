@@ -39,6 +39,7 @@ from safehold.repository import tree as t
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.snapshot import Snapshot
 from safehold.storage.base import read_into
+from safehold.storage.direct import suits_direct_io
 
 # Two needed blobs closer than this are fetched in one ranged read...
 MAX_GAP = 1024 * 1024
@@ -105,7 +106,8 @@ class _Restorer:
         self.opts = opts
         self.progress = progress
         self.result = RestoreResult()
-        self.writer = FileWriter(owner=opts.owner, overwrite=opts.overwrite, direct=opts.direct)
+        direct = opts.direct and suits_direct_io(opts.target)
+        self.writer = FileWriter(owner=opts.owner, overwrite=opts.overwrite, direct=direct)
         self.dirs: list[tuple[str, Meta]] = []
         self.links: list[tuple[str, Meta, bool]] = []  # (path, meta, is a symlink)
         self.hardlinks: dict[tuple[int, int], str] = {}

@@ -17,6 +17,10 @@ the logical block size of nearly every device. A device with larger blocks refus
 write, and a file system without direct I/O (some FUSE and network ones) refuses the flag,
 both with ``EINVAL``: the first refusal turns direct writes off for the rest of the
 object's life and everything goes through the page cache as before.
+
+Callers ask :func:`suits_direct_io` first: direct writes are used only on file systems
+that sit on a block device (ext4, XFS, btrfs, F2FS). Elsewhere direct I/O is refused,
+emulated, or slower than the page cache (on NFS every direct write waits for the server).
 """
 
 from __future__ import annotations
@@ -29,6 +33,44 @@ import threading
 
 ALIGN = max(4096, mmap.PAGESIZE)
 PIECE = 1024 * 1024
+
+
+# File systems on block devices, where a direct write goes to the device as it is.
+DIRECT_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def file_system_type(path: str | os.PathLike[str]) -> str:
+    """The type of the file system holding ``path`` (or its nearest existing parent), as
+    the kernel's mount table names it; "" if it cannot be told."""
+    probe = os.path.abspath(path)
+    while True:
+        try:
+            dev = os.stat(probe).st_dev
+            break
+        except OSError:
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                return ""
+            probe = parent
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        # id parent major:minor root mount-point options [optional...] - type source ...
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == want and "-" in fields[6:]:
+            rest = fields[fields.index("-", 6) + 1 :]
+            return rest[0] if rest else ""
+    return ""
+
+
+def suits_direct_io(path: str | os.PathLike[str]) -> bool:
+    """Whether files under ``path`` should get direct writes (see the module docstring)."""
+    return hasattr(os, "O_DIRECT") and file_system_type(path) in DIRECT_FILE_SYSTEMS
 
 
 def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:

@@ -8,9 +8,10 @@ be objects); the repository format never needs that.
 starts with ``.tmp-``, which :meth:`LocalStorage.list` never shows), is fsynced, then renamed
 over the final name, and the folder is fsynced so the rename itself survives a power cut.
 Objects of ``DIRECT_MIN`` bytes or more (packs) are written with direct I/O
-(:mod:`safehold.storage.direct`), past the page cache. A crash can leave a temporary file
-behind but never a partial object; :meth:`LocalStorage.remove_stale_temp_files` cleans such
-leftovers. Object names whose last part starts with ``.tmp-`` are therefore reserved.
+(:mod:`safehold.storage.direct`), past the page cache, on file systems that suit it.
+A crash can leave a temporary file behind but never a partial object;
+:meth:`LocalStorage.remove_stale_temp_files` cleans such leftovers. Object names whose last
+part starts with ``.tmp-`` are therefore reserved.
 
 **Exclusive create** hard-links the finished temporary file to the final name: ``link`` fails
 with ``EEXIST`` atomically if the name is taken, so two writers can never both win (a
@@ -41,7 +42,7 @@ from safehold.errors import (
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name
 from safehold.storage.common import check_range, short_read
-from safehold.storage.direct import DirectWrites, write_all
+from safehold.storage.direct import DirectWrites, suits_direct_io, write_all
 
 __all__ = ["TEMP_PREFIX", "LocalStorage", "translate_os_error"]
 
@@ -116,7 +117,7 @@ class LocalStorage:
     def __init__(self, root: str | Path, *, create: bool = False) -> None:
         self._root = Path(os.path.abspath(Path(root).expanduser()))
         self._where = f"local:{self._root}"
-        self._direct = DirectWrites()
+        self._direct: DirectWrites | None = None  # decided at the first large put
         if create:
             try:
                 self._root.mkdir(parents=True, exist_ok=True)
@@ -159,6 +160,8 @@ class LocalStorage:
             fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
             try:
                 if len(data) >= DIRECT_MIN:
+                    if self._direct is None:
+                        self._direct = DirectWrites(suits_direct_io(folder))
                     self._direct.write(fd, data, 0)
                 else:
                     write_all(fd, data, 0)

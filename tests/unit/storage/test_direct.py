@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,3 +196,41 @@ def test_large_objects_on_a_file_system_refusing_direct_io(
     store.put("data/b", second)
     assert store.get("data/a") == first and store.get("data/b") == second
     assert len(refused) == 1  # the second object was not tried again
+
+
+# --- which file systems get direct writes ---------------------------------------------------
+
+
+def test_the_file_system_type_comes_from_the_mount_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev = os.stat(tmp_path).st_dev
+    here = f"{os.major(dev)}:{os.minor(dev)}"
+    table = tmp_path / "mountinfo"
+    for fstype, expected in [("ext4", True), ("xfs", True), ("nfs4", False), ("fuse.s3fs", False)]:
+        table.write_text(
+            "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+            f"27 1 {here} / / rw,relatime shared:1 master:2 - {fstype} /dev/x rw\n"
+        )
+        monkeypatch.setattr(direct, "MOUNTINFO", str(table))
+        assert direct.file_system_type(tmp_path / "not" / "made" / "yet") == fstype
+        assert direct.suits_direct_io(tmp_path) == expected
+    table.write_text("22 27 0:21 / /proc rw,relatime - proc proc rw\n")
+    assert direct.file_system_type(tmp_path) == "" and not direct.suits_direct_io(tmp_path)
+
+
+def test_no_direct_writes_on_a_tmpfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.storage.test_local import mount_tmpfs
+
+    mnt = tmp_path / "mnt"
+    mount_tmpfs(mnt, "size=64m")
+    try:
+        assert direct.file_system_type(mnt) == "tmpfs"
+        store = LocalStorage(mnt / "repo", create=True)
+        asked = spy_direct(monkeypatch)
+        data = os.urandom(3 * DIRECT_MIN)
+        store.put("data/big", data)
+        assert store.get("data/big") == data
+        assert asked == []
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
