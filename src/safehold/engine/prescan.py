@@ -95,7 +95,10 @@ class Prescan:
         self._excluder = excluder if excluder.active else None
         self._one_fs = one_file_system
         self._limit = limit
-        self._held = 0
+        # Items listed (written by the prescan thread) and taken (by the walk): one writer
+        # each, so neither count loses an update; held = listed - taken.
+        self._listed = 0
+        self._taken = 0
         # folder -> (its items' names joined by NUL, which no name holds; their stat rows)
         self._done: dict[str, tuple[str, array[int]]] = {}
         self._stop = False
@@ -130,7 +133,7 @@ class Prescan:
             return None
         joined, rows = got
         names = joined.split("\0") if rows else []
-        self._held -= len(names)
+        self._taken += len(names)
         prefix = path if path.endswith("/") else path + "/"
         out = []
         for i, name in enumerate(names):
@@ -166,7 +169,7 @@ class Prescan:
 
     def _folder(self, path: str, dev: int) -> bool:
         """List ``path`` and the folders below it; False once the prescan should stop."""
-        if self._stop or self._held >= self._limit:
+        if self._stop or self._listed - self._taken >= self._limit:
             return False
         try:
             with os.scandir(path) as it:
@@ -187,6 +190,6 @@ class Prescan:
                     below.append((de.path, st.st_dev))
         except (OSError, OverflowError):
             return True  # the walk lists this folder itself and reports what failed
-        self._held += len(names)
+        self._listed += len(names)
         self._done[path] = ("\0".join(names), rows)
         return all(self._folder(p, d) for p, d in below)
