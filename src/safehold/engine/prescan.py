@@ -164,8 +164,10 @@ class Prescan:
                     continue
                 if stat.S_ISDIR(st.st_mode) and not self._folder(root, st.st_dev):
                     return
-        except RecursionError:
-            pass  # a very deep tree: the walk lists the rest itself
+        except Exception:  # e.g. RecursionError in a very deep tree
+            # Only a head start is lost: the walk lists whatever is missing itself, and
+            # meets (and reports) any real problem with the tree there.
+            self._stop = True
 
     def _folder(self, path: str, dev: int) -> bool:
         """List ``path`` and the folders below it; False once the prescan should stop."""

@@ -4,6 +4,7 @@ it keep exactly what a walk alone keeps."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,18 @@ def test_no_prescan_for_streams_or_missing_paths(tmp_path: Path) -> None:
     assert start_prescan(BackupOptions(stdin_name="x")) is None
     assert start_prescan(BackupOptions(command=["true"], stdin_name="x")) is None
     assert start_prescan(BackupOptions(paths=[str(tmp_path / "missing")])) is None
+
+
+def test_a_tree_deeper_than_the_recursion_limit_stops_it_quietly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "deep"
+    d = str(root)
+    os.mkdir(d)
+    for _ in range(sys.getrecursionlimit() + 50):  # each level is at least one frame
+        d += "/d"
+        os.mkdir(d)
+    p = finished(Prescan([str(root)], Excluder([]), False))
+    assert p._stop and str(root) in p._done
+    assert capsys.readouterr().err == ""  # no traceback from the thread
+    p.close()
