@@ -48,11 +48,7 @@ class Context:
         return open_repository(self.location(), self.password(), **self.cache_options())
 
     def cache_options(self) -> dict[str, Any]:
-        """``--cache-dir`` and ``--no-cache``, for open_repository."""
-        return {
-            "cache_dir": getattr(self.args, "cache_dir", None),
-            "no_cache": bool(getattr(self.args, "no_cache", False)),
-        }
+        return cache_options(self.args)
 
     def print(self, text: str = "") -> None:
         if not self.quiet:
@@ -64,6 +60,14 @@ class Context:
 
     def progress_enabled(self) -> bool:
         return not self.json and not self.quiet and sys.stderr.isatty()
+
+
+def cache_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--cache-dir`` and ``--no-cache``, as open_repository's keyword arguments."""
+    return {
+        "cache_dir": getattr(args, "cache_dir", None),
+        "no_cache": bool(getattr(args, "no_cache", False)),
+    }
 
 
 def add_latest_filters(p: argparse.ArgumentParser) -> None:

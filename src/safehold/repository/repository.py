@@ -293,16 +293,20 @@ class Repository:
         when every index file it was built from is still listed (see
         :mod:`safehold.repository.index_cache`)."""
         cache = self.index_cache if strict else None
+        listed: list[str] | None = None  # a listing the first attempt below may reuse
         if cache is not None:
             cached = cache.load(self.aead)
-            if cached is not None and self._load_on_top(cached):
-                return []
+            if cached is not None:
+                listed = self.list_index_files()
+                if self._load_on_top(cached, listed):
+                    return []
         loader = IndexLoader()
         damaged: list[str] = []
         exact = True  # the index is exactly what the listed files hold
         for _attempt in range(3):
             missing = False
-            names = self.list_index_files()
+            names = listed if listed is not None else self.list_index_files()
+            listed = None
             for name, got in fetch_each(names, lambda n: self.load_object(n, T_INDEX)):
                 try:
                     if isinstance(got, BaseException):
@@ -327,10 +331,10 @@ class Repository:
             self._cache_index(names)
         return damaged
 
-    def _load_on_top(self, cached: CachedIndex) -> bool:
-        """Use the cached index plus the index files listed since; False when one of its
-        files is gone or one listed since vanished before it was read."""
-        names = self.list_index_files()
+    def _load_on_top(self, cached: CachedIndex, names: list[str]) -> bool:
+        """Use the cached index plus the index files listed since (``names`` is the
+        listing); False when one of its files is gone or one listed since vanished before
+        it was read."""
         if not cached.names.issubset(names):
             return False
         index = cached.index
