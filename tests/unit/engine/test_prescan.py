@@ -126,12 +126,19 @@ def test_a_tree_deeper_than_the_recursion_limit_stops_it_quietly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = tmp_path / "deep"
-    d = str(root)
-    os.mkdir(d)
+    levels = [str(root)]
     for _ in range(sys.getrecursionlimit() + 50):  # each level is at least one frame
-        d += "/d"
-        os.mkdir(d)
-    p = finished(Prescan([str(root)], Excluder([]), False))
-    assert p._stop and str(root) in p._done
-    assert capsys.readouterr().err == ""  # no traceback from the thread
-    p.close()
+        levels.append(levels[-1] + "/d")
+    try:
+        for d in levels:
+            os.mkdir(d)
+        p = finished(Prescan([str(root)], Excluder([]), False))
+        assert p._stop and str(root) in p._done
+        assert capsys.readouterr().err == ""  # no traceback from the thread
+        p.close()
+    finally:
+        # Removed here, deepest first: pytest's own clean-up of old temporary folders
+        # (a recursive rmtree) would hit the recursion limit on it in a later session.
+        for d in reversed(levels):
+            if os.path.isdir(d):
+                os.rmdir(d)
