@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,24 +200,9 @@ def test_server_going_away_mid_backup_fails_cleanly_then_resumes(
     repo = location(proxy.url, unique_bucket("away"), "connect_timeout=2&read_timeout=5")
     init(cli, repo)
     src = big_tree(tmp_path / "src", files=3, size=8 * MiB)
-    base = proxy.bytes_up
-    stop = threading.Event()
-
-    def pull_the_plug() -> None:
-        while not stop.is_set():
-            if proxy.bytes_up - base > 4 * MiB:  # in the middle of the first pack
-                proxy.go_away()
-                return
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=pull_the_plug)
-    watcher.start()
+    proxy.go_away_after(4 * MiB)  # in the middle of the first pack
     t0 = time.monotonic()
-    try:
-        res = cli("-r", repo, "backup", str(src))
-    finally:
-        stop.set()
-        watcher.join()
+    res = cli("-r", repo, "backup", str(src))
     assert_error(res, ExitCode.STORAGE, "cannot connect")
     assert time.monotonic() - t0 < 60
     proxy.come_back()

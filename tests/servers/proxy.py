@@ -98,6 +98,7 @@ class FaultProxy:
         self.answered = 0  # requests the proxy answered itself
         self.resets = 0  # connections reset by reset_after
         self.bytes_up = 0  # client -> server, forwarded
+        self._away_at: int | None = None  # go_away when bytes_up would pass this
         self._listen(port)
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -176,6 +177,12 @@ class FaultProxy:
             conns, self._conns = set(self._conns), set()
         for sock in conns:
             _reset(sock)
+
+    def go_away_after(self, n_bytes: int) -> None:
+        """:meth:`go_away` as soon as ``n_bytes`` more have gone up, from the thread that
+        forwards them (a watcher polling ``bytes_up`` can wake too late)."""
+        with self._lock:
+            self._away_at = self.bytes_up + n_bytes
 
     def come_back(self) -> None:
         """Listen again on the same port (after :meth:`go_away`)."""
@@ -263,6 +270,13 @@ class FaultProxy:
             if self._must_reset(gen, sent + len(data)):
                 _reset(client)
                 _reset(upstream)
+                return
+            with self._lock:
+                away = self._away_at is not None and self.bytes_up + len(data) > self._away_at
+                if away:
+                    self._away_at = None
+            if away:
+                self.go_away()  # resets this connection too; nothing more goes up
                 return
             try:
                 upstream.sendall(data)
