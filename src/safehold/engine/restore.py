@@ -96,6 +96,10 @@ def spans(blobs: list[_Blob]) -> list[tuple[int, int, list[_Blob]]]:
     return out
 
 
+def _setgid(path: str) -> bool:
+    return bool(os.stat(path).st_mode & stat.S_ISGID)
+
+
 def _meta(d: dict[str, Any]) -> Meta:
     return (d.get("mode", 0), d.get("uid", 0), d.get("gid", 0), d.get("mtime", 0))
 
@@ -116,10 +120,15 @@ class _Restorer:
         self.by_pack: dict[bytes, list[_Blob]] = {}
         self.multi: list[OpenFile] = []  # files of several blobs (closed on failure)
         self.local = threading.local()
+        self.uid, self.gid = os.geteuid(), os.getegid()
 
     # --- planning --------------------------------------------------------------------------
 
-    def plan(self, tree_id: str, snap_path: str, dest: str, includes: list[str]) -> None:
+    def plan(
+        self, tree_id: str, snap_path: str, dest: str, includes: list[str], setgid: bool
+    ) -> None:
+        """Plan the folder ``dest``; ``setgid``: it hands its group to what is created in it
+        (so a new file's group is not the process's)."""
         # The nodes' JSON objects, read as tree.Node.from_json does: building Node objects
         # for tens of thousands of files was a good part of a restore's serial time.
         prefix = dest if dest.endswith("/") else dest + "/"
@@ -136,8 +145,9 @@ class _Restorer:
             typ = d["type"]
             if typ == t.FILE:
                 if whole:
-                    self._plan_file(out, d)
+                    self._plan_file(out, d, setgid)
             elif typ == t.DIR:
+                sub_setgid = setgid  # a new folder takes the set-group-id bit of its parent
                 try:
                     os.mkdir(out)
                 except FileExistsError:
@@ -146,11 +156,12 @@ class _Restorer:
                         os.mkdir(out)
                     else:
                         os.makedirs(out, exist_ok=True)  # raises unless it is a folder
+                    sub_setgid = _setgid(out)
                 self.dirs.append((out, _meta(d)))
                 self.result.dirs += 1
                 subtree = d.get("subtree", "")
                 if subtree:
-                    self.plan(subtree, path, out, [] if whole else includes)
+                    self.plan(subtree, path, out, [] if whole else includes, sub_setgid)
             elif not whole:
                 continue
             elif typ == t.SYMLINK:
@@ -173,7 +184,7 @@ class _Restorer:
                 except PermissionError as exc:
                     self.result.errors.append((out, f"cannot create device: {exc.strerror}"))
 
-    def _plan_file(self, out: str, d: dict[str, Any]) -> None:
+    def _plan_file(self, out: str, d: dict[str, Any], setgid: bool) -> None:
         error = d.get("error", "")
         if error:
             # Nothing was stored for it: writing zeros of its size would invent content.
@@ -189,7 +200,10 @@ class _Restorer:
         content: list[str] = d.get("content", [])
         self.result.files += 1
         self.result.bytes += size
-        f = OpenFile(out, _meta(d), size, len(content), bool(d.get("sparse", False)))
+        meta = _meta(d)
+        f = OpenFile(out, meta, size, len(content), bool(d.get("sparse", False)))
+        # Created by this process, the file has its user and group already.
+        f.owned = meta[1] == self.uid and meta[2] == self.gid and not setgid
         if not content:
             self.writer.write_empty(f)
             return
@@ -310,7 +324,7 @@ def run_restore(
         r = _Restorer(repo, opts, progress)
         try:
             os.makedirs(target, exist_ok=True)
-            r.plan(snap.tree, "", target, includes)
+            r.plan(snap.tree, "", target, includes, _setgid(target))
             r.run()
         except OSError as exc:
             r.close_all()

@@ -2,7 +2,10 @@
 
 A restored file is created exclusively (``O_CREAT | O_EXCL``), which also refuses to
 follow a symlink planted at its path; only when something is already there does restore
-look at it, replace what is not a regular file, and truncate what is. Data goes in with
+look at it, replace what is not a regular file, and truncate what is. A new file is created
+with its permission bits, so that when the umask keeps them all and the file's user and
+group are the process's (the planner tells), it needs no ``fchmod`` or ``fchown``: two
+system calls less for each of tens of thousands of small files. Data goes in with
 ``pwrite`` at the blob's offset, so blobs of one file may arrive in any order from any
 worker. Once its last blob is written a file gets owner, mode and times through its open
 descriptor (no path lookups) and is closed.
@@ -41,7 +44,18 @@ _REPLACE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 class OpenFile:
     """A regular file being restored."""
 
-    __slots__ = ("fd", "lock", "meta", "path", "remaining", "size", "sparse", "truncate")
+    __slots__ = (
+        "created",
+        "fd",
+        "lock",
+        "meta",
+        "owned",
+        "path",
+        "remaining",
+        "size",
+        "sparse",
+        "truncate",
+    )
 
     def __init__(self, path: str, meta: Meta, size: int, blobs: int, sparse: bool) -> None:
         self.path = path
@@ -53,6 +67,9 @@ class OpenFile:
         self.truncate = sparse
         self.fd = -1
         self.lock: threading.Lock | None = None
+        # Whether a file this process creates gets the user and group of ``meta``.
+        self.owned = False
+        self.created = False  # created by this restore (not an existing file truncated)
 
     def make_shared(self) -> None:
         """Several blobs, possibly written by several workers."""
@@ -70,6 +87,19 @@ def target_error(path: str, exc: OSError) -> TargetError:
             hint="free space or restore to another --target; the repository is unchanged",
         )
     return TargetError(f"cannot write {path}: {exc.strerror}", hint="check the --target folder")
+
+
+def current_umask() -> int | None:
+    """The process's umask, read without changing it (``os.umask`` sets it, for every
+    thread); None where the kernel does not tell (before Linux 4.7, not Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def write_sparse(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -106,6 +136,10 @@ class FileWriter:
         self.owner = owner
         self.overwrite = overwrite
         self._direct = DirectWrites(direct)
+        umask = current_umask()
+        # Modes that a new file gets exactly from ``open``: no bits the umask takes away,
+        # and none of set-user-id, set-group-id and sticky (which a change of owner clears).
+        self._exact = 0o7777 & ~(0o7000 | umask) if umask is not None else 0
 
     @property
     def direct(self) -> bool:
@@ -149,7 +183,8 @@ class FileWriter:
     def _open(self, f: OpenFile) -> int:
         try:
             try:
-                fd = os.open(f.path, _CREATE, 0o600)
+                fd = os.open(f.path, _CREATE, f.meta[0] & 0o777)
+                f.created = True
             except FileExistsError:
                 fd = self._replace(f.path)
             if f.truncate and f.size:
@@ -188,10 +223,11 @@ class FileWriter:
         mode, uid, gid, mtime_ns = f.meta
         try:
             try:
-                if self.owner:
+                if self.owner and not (f.created and f.owned):
                     with contextlib.suppress(OSError):
                         os.fchown(fd, uid, gid)
-                os.fchmod(fd, mode)
+                if not (f.created and mode & ~self._exact == 0):
+                    os.fchmod(fd, mode)
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             finally:
                 os.close(fd)
