@@ -61,7 +61,10 @@ __all__ = ["MAX_GAP", "MAX_SPAN", "RestoreOptions", "RestoreResult", "run_restor
 class RestoreOptions:
     target: str
     includes: list[str] = field(default_factory=list)
-    threads: int = field(default_factory=lambda: max(2, (os.cpu_count() or 2)))
+    # One worker more than cores: a direct write waits for the disk, and the spare worker
+    # uses the core meanwhile (benchmark restore 4.25 -> 4.03 s with 3 workers on 2 cores,
+    # 3 runs each; 4 were no faster and held 12 MiB more).
+    threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2) + 1)
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)  # chown only as root
     overwrite: bool = True
     direct: bool = True  # large blobs written with direct I/O (restore_write)
