@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from safehold import __version__
-from safehold.cli.context import Context
+from safehold.cli.early_key import derive_key_ahead
 from safehold.errors import ExitCode, SafeholdError
 
 # One module per command; each has ``register(subparsers)`` that sets ``func``.
@@ -206,7 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _tune_switching()
     if argv is None:
         argv = sys.argv[1:]
-    parser = build_parser(named_command(argv))
+    command = named_command(argv)
+    if command is not None:
+        derive_key_ahead(argv)  # on the other core, while the command's modules load
+    # Only now the modules every command needs (the repository, its crypto and storage):
+    # the key is being derived meanwhile.
+    from safehold.cli.context import Context
+
+    parser = build_parser(command)
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):

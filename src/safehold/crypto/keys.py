@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import blake3
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from safehold.crypto.aead import KEY_LEN, Aead
+from safehold.crypto.kdf import key_file_kdf, scrypt
 from safehold.errors import FormatError, IntegrityError, WrongPassword
 
 KEYFILE_VERSION = 1
@@ -72,9 +72,7 @@ class KdfParams:
     p: int = DEFAULT_SCRYPT_P
 
     def derive(self, password: bytes, salt: bytes) -> bytes:
-        # maxmem above the 128*N*r working set so OpenSSL does not refuse large N.
-        kdf = Scrypt(salt=salt, length=KEY_LEN, n=self.n, r=self.r, p=self.p)
-        return kdf.derive(password)
+        return scrypt(password, salt, n=self.n, r=self.r, p=self.p, length=KEY_LEN)
 
 
 def make_key_file(
@@ -119,8 +117,8 @@ def open_key_file(raw: bytes, password: bytes) -> MasterKey:
             raise FormatError(
                 f"key file has unsupported version {doc.get('version')!r} or kdf {doc.get('kdf')!r}"
             )
-        params = KdfParams(n=int(doc["n"]), r=int(doc["r"]), p=int(doc["p"]))
-        salt = _unb64(doc["salt"])
+        salt, n, r, p = key_file_kdf(doc)
+        params = KdfParams(n=n, r=r, p=p)
         sealed = _unb64(doc["data"])
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError("key file is damaged (not the documented JSON layout)") from exc

@@ -1,0 +1,103 @@
+"""Start deriving the repository key while the command's modules load.
+
+Before parsing (which imports the command's modules: 0.06-0.1 s of start-up), the
+repository location and the password are read the way :class:`Context` will read them,
+for the cases that need no prompt and run nothing: a local folder given by ``-r/--repo``
+or ``SAFEHOLD_REPOSITORY``, and a password from ``--password-file``,
+``SAFEHOLD_PASSWORD_FILE`` or ``SAFEHOLD_PASSWORD``. The first key file (the one opening
+tries first) then has its key-encryption key derived in a thread
+(:func:`safehold.crypto.kdf.derive_ahead`). Everything here is a guess: anything unusual
+(a remote location, a password command, options it does not know) leaves the key to be
+derived when the repository is opened, as before, and a wrong guess only costs the
+derivation on a spare core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+
+from safehold.crypto.kdf import KEK_LEN, derive_ahead, key_file_kdf
+
+__all__ = ["derive_key_ahead"]
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_WITH_VALUE = ("--repo", "--password-file", "--password-command")
+_FLAG_LETTERS = set("qh")  # short global flags that may come before r in one word
+
+
+def _global_values(argv: Sequence[str]) -> dict[str, str]:
+    """``--repo``, ``--password-file`` and ``--password-command`` as given anywhere before
+    ``--`` (spelled out in full, with ``=VALUE`` or not; ``-r VALUE``, ``-rVALUE``,
+    ``-qr VALUE``); the last one given wins, as with argparse."""
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        if name in _WITH_VALUE:
+            if not eq:
+                if i + 1 >= len(argv):
+                    break
+                i += 1
+                value = argv[i]
+            found[name] = value
+        elif arg[:1] == "-" and arg[1:2] != "-" and "r" in arg:
+            flags, _, rest = arg[1:].partition("r")  # -r X, -rX, -qr X
+            if set(flags) <= _FLAG_LETTERS:
+                if rest:
+                    found["--repo"] = rest
+                elif i + 1 < len(argv):
+                    i += 1
+                    found["--repo"] = argv[i]
+        i += 1
+    return found
+
+
+def _password(given: dict[str, str]) -> bytes | None:
+    # The order of cli.context.read_password: file, command, environment.
+    path = given.get("--password-file") or os.environ.get("SAFEHOLD_PASSWORD_FILE")
+    if path:
+        with open(path, "rb") as f:
+            return f.read().rstrip(b"\r\n") or None
+    if given.get("--password-command") or os.environ.get("SAFEHOLD_PASSWORD_COMMAND"):
+        return None  # never run a command twice
+    env = os.environ.get("SAFEHOLD_PASSWORD")
+    return env.encode() if env else None
+
+
+def _local_folder(location: str) -> str | None:
+    if location.startswith("local:"):
+        return location[len("local:") :] or None
+    return None if _SCHEME.match(location) else location
+
+
+def derive_key_ahead(argv: Sequence[str]) -> bool:
+    """Start deriving the first key file's key if ``argv`` and the environment make it
+    clear which; returns whether a derivation was started."""
+    try:
+        given = _global_values(argv)
+        location = given.get("--repo") or os.environ.get("SAFEHOLD_REPOSITORY")
+        folder = _local_folder(location) if location else None
+        if folder is None:
+            return False
+        password = _password(given)
+        if password is None:
+            return False
+        keys = os.path.join(folder, "keys")
+        names = sorted(n for n in os.listdir(keys) if not n.startswith("."))
+        if not names:
+            return False
+        with open(os.path.join(keys, names[0]), "rb") as f:
+            doc = json.loads(f.read(64 * 1024))
+        if doc.get("version") != 1 or doc.get("kdf") != "scrypt":
+            return False
+        salt, n, r, p = key_file_kdf(doc)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    derive_ahead(password, salt, n=n, r=r, p=p, length=KEK_LEN)
+    return True
