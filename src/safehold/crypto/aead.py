@@ -68,7 +68,12 @@ class Aead:
             raise _damaged(what) from exc
 
     def open_into(
-        self, message: bytes | memoryview, aad: bytes, out: bytearray, *, what: str = "object"
+        self,
+        message: bytes | memoryview,
+        aad: bytes,
+        out: bytearray | memoryview,
+        *,
+        what: str = "object",
     ) -> memoryview:
         """:meth:`open`, decrypting into ``out`` (at least ``len(message) - OVERHEAD``
         bytes), so that a caller opening many messages allocates (and zeroes, holding the

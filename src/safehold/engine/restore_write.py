@@ -146,13 +146,17 @@ class FileWriter:
         """Whether large blobs still go to disk directly (off once the target refused)."""
         return self._direct.enabled
 
-    def put(self, f: OpenFile, data: bytes | memoryview, offset: int) -> int:
-        """Write one blob of ``f``; returns 1 if that finished the file, else 0."""
+    def put(
+        self, f: OpenFile, data: bytes | memoryview, offset: int, *, aligned: bool = False
+    ) -> int:
+        """Write one blob of ``f``; returns 1 if that finished the file, else 0.
+        ``aligned``: ``data`` sits where a direct write can take it as it is
+        (:meth:`DirectWrites.write_aligned`)."""
         lock = f.lock
         if lock is None:  # the file's only blob
             fd = self._open(f)
             try:
-                self._write(f, fd, data, offset)
+                self._write(f, fd, data, offset, aligned)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -162,7 +166,7 @@ class FileWriter:
         with lock:
             if f.fd < 0:
                 f.fd = self._open(f)
-            self._write(f, f.fd, data, offset)
+            self._write(f, f.fd, data, offset, aligned)
             f.remaining -= 1
             if f.remaining:
                 return 0
@@ -205,12 +209,17 @@ class FileWriter:
                     os.unlink(path)
         return os.open(path, _REPLACE, 0o600)
 
-    def _write(self, f: OpenFile, fd: int, data: bytes | memoryview, offset: int) -> None:
+    def _write(
+        self, f: OpenFile, fd: int, data: bytes | memoryview, offset: int, aligned: bool
+    ) -> None:
         try:
             if f.sparse:
                 write_sparse(fd, data, offset)
             elif self._direct.enabled and len(data) >= DIRECT_MIN + DIRECT_ALIGN:
-                self._direct.write(fd, data, offset)
+                if aligned and isinstance(data, memoryview):
+                    self._direct.write_aligned(fd, data, offset)
+                else:
+                    self._direct.write(fd, data, offset)
             else:
                 write_all(fd, data, offset)
         except OSError as exc:

@@ -75,6 +75,27 @@ def compress(data: bytes | memoryview, level: int | None) -> tuple[int, bytes | 
     return COMP_ZSTD, packed
 
 
+def decompress_into(comp_id: int, payload: bytes | memoryview, out: memoryview) -> None:
+    """Decompress ``payload`` into ``out``, which must be exactly its size (the caller
+    verifies the content against its id, which also rules out a longer frame)."""
+    if comp_id != COMP_ZSTD:
+        raise FormatError(f"unknown compression id {comp_id}")
+    try:
+        # A reader fed the whole frame at once decompresses straight into ``out``: as fast
+        # as the one-shot call, with no plaintext object to allocate and page in.
+        reader = _decompressor().stream_reader(payload, read_size=len(payload))
+        n = 0
+        while n < len(out):
+            got = reader.readinto(out[n:])
+            if not got:
+                break
+            n += got
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"compressed data is damaged: {exc}") from exc
+    if n != len(out):
+        raise IntegrityError(f"decompressed {n} bytes, expected {len(out)}")
+
+
 def decompress(comp_id: int, payload: bytes | memoryview, raw_length: int | None = None) -> bytes:
     if comp_id == COMP_NONE:
         return bytes(payload)

@@ -47,7 +47,7 @@ from safehold.errors import (
 from safehold.ids import to_hex
 from safehold.repository import lock as lockmod
 from safehold.repository.chunker import ChunkerParams
-from safehold.repository.compress import COMP_NONE, DEFAULT_LEVEL, decompress
+from safehold.repository.compress import COMP_NONE, DEFAULT_LEVEL, decompress, decompress_into
 from safehold.repository.format import (
     T_CHAIN,
     T_CONFIG,
@@ -477,6 +477,31 @@ class Repository:
         data = plain if comp[0] == COMP_NONE else decompress(comp[0], plain, raw_length)
         self._verify(blob_id, data, where)
         return data
+
+    def open_blob_exact(
+        self,
+        blob_id: bytes,
+        sealed: bytes | memoryview,
+        where: str,
+        scratch: bytearray,
+        out: memoryview,
+    ) -> memoryview:
+        """:meth:`open_blob_into` for a blob whose plaintext is ``len(out)`` bytes (the
+        index's raw length), put exactly in ``out``: the caller chooses where it lands
+        (restore aligns large blobs for direct writes). Returns ``out``. Same checks."""
+        if not sealed:
+            raise IntegrityError(f"blob {blob_id.hex()[:8]} in {where} is empty")
+        comp = bytes(sealed[:1])
+        what = f"blob {blob_id.hex()[:8]} in {where}"
+        if comp[0] == COMP_NONE:
+            plain = self.aead.open_into(memoryview(sealed)[1:], blob_id + comp, out, what=what)
+            if len(plain) != len(out):  # (so ``plain`` is ``out``)
+                raise IntegrityError(f"{what} has {len(plain)} bytes, the index says {len(out)}")
+        else:
+            plain = self.aead.open_into(memoryview(sealed)[1:], blob_id + comp, scratch, what=what)
+            decompress_into(comp[0], plain, out)
+        self._verify(blob_id, out, where)
+        return out
 
     def _verify(self, blob_id: bytes, data: bytes | memoryview, where: str) -> None:
         if self.master.blob_id(data) != blob_id:

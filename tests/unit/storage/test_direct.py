@@ -234,3 +234,47 @@ def test_no_direct_writes_on_a_tmpfs(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert asked == []
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _placed(data: bytes, offset: int) -> tuple[object, memoryview]:
+    """``data`` in page-aligned memory at ``offset % ALIGN`` (the keeper must stay alive)."""
+    import mmap
+
+    shift = offset % ALIGN
+    buf = mmap.mmap(-1, shift + len(data) + ALIGN)
+    view = memoryview(buf)[shift : shift + len(data)]
+    view[:] = data
+    return buf, view
+
+
+@pytest.mark.parametrize(("offset", "length"), CASES)
+def test_aligned_data_lands_in_place_without_a_refusal(
+    tmp_path: Path, offset: int, length: int
+) -> None:
+    data = os.urandom(length)
+    _keep, view = _placed(data, offset)
+    w = DirectWrites()
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        w.write_aligned(fd, view, offset)
+    finally:
+        os.close(fd)
+    got = (tmp_path / "f").read_bytes()
+    assert got[offset:] == data
+    assert got[:offset] == bytes(offset)
+    assert w.enabled == takes_direct_io(tmp_path)  # placed right: the kernel took it
+
+
+def test_misplaced_data_is_refused_and_still_written(tmp_path: Path) -> None:
+    if not takes_direct_io(tmp_path):
+        pytest.skip("this file system takes no direct writes")
+    data = os.urandom(3 * ALIGN)
+    _keep, view = _placed(b"\0" + data, 0)
+    w = DirectWrites()
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        w.write_aligned(fd, view[1:], 0)  # one byte off the block boundary
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == data
+    assert not w.enabled  # the refusal turned direct writes off
