@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -80,7 +81,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     result = run_restore(
         repo,
         snap,
-        RestoreOptions(target=args.target, includes=args.include, direct=not args.buffered),
+        RestoreOptions(
+            target=args.target,
+            includes=args.include,
+            direct=not args.buffered,
+            # Worker processes, each with its own interpreter lock (engine/restore_procs.py).
+            processes=os.cpu_count() or 1,
+        ),
         make_progress(ctx.progress_enabled()),
     )
     if ctx.json:

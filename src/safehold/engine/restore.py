@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safehold.engine.progress import NO_PROGRESS, Progress
+from safehold.engine.restore_procs import run_forked, usable
 from safehold.engine.restore_write import (
     DIRECT_ALIGN,
     DIRECT_MIN,
@@ -75,6 +76,9 @@ class RestoreOptions:
     # uses the core meanwhile (benchmark restore 4.25 -> 4.03 s with 3 workers on 2 cores,
     # 3 runs each; 4 were no faster and held 12 MiB more).
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2) + 1)
+    # Processes to share the packs out among (engine/restore_procs.py), each with threads of
+    # its own; 1: threads of this process only (a service's restores: it forks nothing).
+    processes: int = 1
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)  # chown only as root
     overwrite: bool = True
     direct: bool = True  # large blobs written with direct I/O (restore_write)
@@ -134,6 +138,7 @@ class _Restorer:
         self.multi: list[OpenFile] = []  # files of several blobs (closed on failure)
         self.local = threading.local()
         self.uid, self.gid = os.geteuid(), os.getegid()
+        self.empty = 0  # files without content, made while planning
 
     # --- planning --------------------------------------------------------------------------
 
@@ -219,6 +224,7 @@ class _Restorer:
         f.owned = meta[1] == self.uid and meta[2] == self.gid and not setgid
         if not content:
             self.writer.write_empty(f)
+            self.empty += 1
             return
         wanted = self.wanted
         offset = 0
@@ -316,15 +322,11 @@ class _Restorer:
             blobs.sort(key=lambda b: b[0])
         self.wanted.clear()  # the packs' lists hold the blobs now
         self.progress.start("restore", self.result.files, self.result.bytes)
-        with ThreadPoolExecutor(self.opts.threads, thread_name_prefix="restore") as pool:
-            futures = [pool.submit(self._do_pack, p, b) for p, b in wanted]
-            try:
-                for fut in futures:
-                    fut.result()
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
+        self.progress.advance(self.empty, 0)
+        if usable(self.opts.processes, len(wanted)):
+            self._run_forked(wanted)
+        else:
+            self._run_threads(wanted)
         for out, key in self.late_hardlinks:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out)
@@ -339,6 +341,30 @@ class _Restorer:
         for out, meta in reversed(self.dirs):
             set_meta(out, meta, owner)
         self.progress.finish()
+
+    def _run_threads(self, wanted: list[tuple[bytes, list[_Blob]]]) -> None:
+        with ThreadPoolExecutor(self.opts.threads, thread_name_prefix="restore") as pool:
+            futures = [pool.submit(self._do_pack, p, b) for p, b in wanted]
+            try:
+                for fut in futures:
+                    fut.result()
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+
+    def _run_forked(self, wanted: list[tuple[bytes, list[_Blob]]]) -> None:
+        for f in self.multi:  # several blobs, maybe in several children: made here
+            self.writer.create(f)
+
+        def child_setup(progress: Progress) -> None:
+            self.progress = progress
+            self.writer.shared = True
+            self.multi = []  # the parent closes and finishes them
+
+        run_forked(self._do_pack, wanted, self.opts.processes, self.progress, child_setup)
+        finished = sum(self.writer.finish_created(f) for f in self.multi)
+        self.progress.advance(finished, 0)
 
     def close_all(self) -> None:
         """After a failure: close the files still open (a service process lives on)."""

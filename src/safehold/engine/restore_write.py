@@ -39,6 +39,7 @@ SPARSE_BLOCK = 64 * 1024
 _ZEROS = bytes(SPARSE_BLOCK)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REPLACE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC  # a file restore created before
 
 
 class OpenFile:
@@ -135,6 +136,9 @@ class FileWriter:
     def __init__(self, *, owner: bool, overwrite: bool, direct: bool = True) -> None:
         self.owner = owner
         self.overwrite = overwrite
+        # In a restore worker process: files of several blobs exist already and are
+        # finished by the parent (engine/restore_procs.py); only their blobs are written.
+        self.shared = False
         self._direct = DirectWrites(direct)
         umask = current_umask()
         # Modes that a new file gets exactly from ``open``: no bits the umask takes away,
@@ -163,6 +167,16 @@ class FileWriter:
                 raise
             self._finish(f, fd)
             return 1
+        if self.shared:
+            try:
+                fd = os.open(f.path, _WRITE)
+            except OSError as exc:
+                raise target_error(f.path, exc) from exc
+            try:
+                self._write(f, fd, data, offset, aligned)
+            finally:
+                os.close(fd)
+            return 0
         with lock:
             if f.fd < 0:
                 f.fd = self._open(f)
@@ -176,6 +190,19 @@ class FileWriter:
 
     def write_empty(self, f: OpenFile) -> None:
         self._finish(f, self._open(f))
+
+    def create(self, f: OpenFile) -> None:
+        """Create (or truncate) ``f`` for restore worker processes to write into."""
+        os.close(self._open(f))
+
+    def finish_created(self, f: OpenFile) -> int:
+        """Finish a file made by :meth:`create` once all its blobs are written; returns 1."""
+        try:
+            fd = os.open(f.path, _WRITE)
+        except OSError as exc:
+            raise target_error(f.path, exc) from exc
+        self._finish(f, fd)
+        return 1
 
     def abandon(self, f: OpenFile) -> None:
         """Close ``f`` if it is open (after a failure elsewhere)."""
