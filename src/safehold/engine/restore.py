@@ -47,18 +47,21 @@ from safehold.errors import IntegrityError, UsageError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.snapshot import Snapshot
-from safehold.storage.base import read_into
+from safehold.storage.base import read_into, read_span
 from safehold.storage.direct import suits_direct_io
 
 # Two needed blobs closer than this are fetched in one ranged read...
 MAX_GAP = 1024 * 1024
-# ...of at most this many bytes (one blob may be larger). It bounds what each worker holds;
-# remote storage wants few, large reads (a round trip each), while on local storage reads
-# of up to 1 MiB came out about 4% cheaper in CPU (the allocator reuses their memory). Two
-# reads per default-size pack keep remote restores close to whole-pack reads.
+# ...of at most this many bytes (one blob may be larger), unless the storage prefers another
+# size (storage.base.read_span: a local folder reads 1 MiB at a time). It bounds what each
+# worker holds; remote storage wants few, large reads (a round trip each). Two reads per
+# default-size pack keep remote restores close to whole-pack reads.
 MAX_SPAN = 8 * 1024 * 1024
-# Decrypted blobs go into a buffer per worker, grown to the largest blob it met.
+# Decrypted blobs go into a buffer per worker, grown to the largest blob it met...
 SCRATCH_MIN = 1024 * 1024
+# ...up to this size; a larger blob (rare: chunks average 1 MiB) gets a buffer of its own.
+# Each worker keeps three such buffers; with worker processes they add up.
+KEEP_MAX = 4 * 1024 * 1024
 # Blobs that get direct writes are opened into an aligned buffer instead (see _aligned).
 ALIGNED_MIN = DIRECT_MIN + DIRECT_ALIGN
 
@@ -92,10 +95,10 @@ class RestoreResult:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-def spans(blobs: list[_Blob]) -> list[tuple[int, int, list[_Blob]]]:
+def spans(blobs: list[_Blob], max_span: int = MAX_SPAN) -> list[tuple[int, int, list[_Blob]]]:
     """Group a pack's needed blobs (sorted by offset) into ranged reads:
     ``(start, end, blobs)``, joining neighbours less than MAX_GAP apart while the read
-    stays within MAX_SPAN."""
+    stays within ``max_span``."""
     out = []
     i, n = 0, len(blobs)
     while i < n:
@@ -104,7 +107,7 @@ def spans(blobs: list[_Blob]) -> list[tuple[int, int, list[_Blob]]]:
         j = i + 1
         while j < n:
             off, length = blobs[j][0], blobs[j][1]
-            if off - end >= MAX_GAP or off + length - start > MAX_SPAN:
+            if off - end >= MAX_GAP or off + length - start > max_span:
                 break
             end = off + length
             j += 1
@@ -138,6 +141,7 @@ class _Restorer:
         self.multi: list[OpenFile] = []  # files of several blobs (closed on failure)
         self.local = threading.local()
         self.uid, self.gid = os.geteuid(), os.getegid()
+        self.max_span = read_span(repo.storage, MAX_SPAN)
         self.empty = 0  # files without content, made while planning
 
     # --- planning --------------------------------------------------------------------------
@@ -260,6 +264,8 @@ class _Restorer:
         (page-faulted) per read or blob."""
         buf: bytearray | None = getattr(self.local, kind, None)
         if buf is None or len(buf) < size:
+            if size > KEEP_MAX:
+                return bytearray(size)
             # Views of an older buffer may still be alive: make a new one, never resize.
             buf = bytearray(max(size, minimum))
             setattr(self.local, kind, buf)
@@ -272,6 +278,8 @@ class _Restorer:
         buf: mmap.mmap | None = getattr(self.local, "aligned", None)
         if buf is None or len(buf) < size:
             # Anonymous mappings start on a page boundary; an older one may still be viewed.
+            if size > KEEP_MAX:
+                return memoryview(mmap.mmap(-1, size))
             buf = self.local.aligned = mmap.mmap(-1, max(size, SCRATCH_MIN))
         return memoryview(buf)
 
@@ -283,13 +291,15 @@ class _Restorer:
         put = self.writer.put
         writer = self.writer
         advance = self.progress.advance
-        scratch = self._buffer("scratch", max(b[1] for b in blobs), SCRATCH_MIN)
-        for start, end, group in spans(blobs):
-            span = memoryview(self._buffer("reads", end - start, MAX_SPAN))[: end - start]
+        buffer = self._buffer
+        max_span = self.max_span
+        for start, end, group in spans(blobs, max_span):
+            span = memoryview(buffer("reads", end - start, max_span))[: end - start]
             read_into(storage, name, start, span)
             files = nbytes = 0
             for off, length, raw_len, blob_id, targets in group:
                 sealed = span[off - start : off - start + length]
+                scratch = buffer("scratch", length, SCRATCH_MIN)
                 f, offset = targets[0]
                 if raw_len >= ALIGNED_MIN and writer.direct and not f.sparse:
                     # Opened straight into place for a direct write of its first target.
@@ -354,15 +364,18 @@ class _Restorer:
                 raise
 
     def _run_forked(self, wanted: list[tuple[bytes, list[_Blob]]]) -> None:
-        for f in self.multi:  # several blobs, maybe in several children: made here
+        for f in self.multi:  # several blobs, maybe in several processes: made here
             self.writer.create(f)
 
         def child_setup(progress: Progress) -> None:
             self.progress = progress
-            self.writer.shared = True
-            self.multi = []  # the parent closes and finishes them
+            self.multi = []  # this process finishes them
 
-        run_forked(self._do_pack, wanted, self.opts.processes, self.progress, child_setup)
+        self.writer.shared = True
+        try:
+            run_forked(self._do_pack, wanted, self.opts.processes, self.progress, child_setup)
+        finally:
+            self.writer.shared = False
         finished = sum(self.writer.finish_created(f) for f in self.multi)
         self.progress.advance(finished, 0)
 

@@ -1,25 +1,27 @@
-"""Restore workers in processes: the packs of a large restore, shared out among forked
-children, each with its own interpreter lock.
+"""Restore workers in processes: the packs of a large restore, shared out among this
+process and forked children, each with its own interpreter lock.
 
 Threads alone were bound by the interpreter lock: per small file, restore runs a few dozen
 lines of Python between system calls, and with three threads two of them were waiting for
 the lock most of the time (2.7 s of futex waits and 47,000 context switches in a 4 s
 restore of the benchmark data). Two processes of two threads each restored the same data
-in 2.9 s instead of 3.8 s, with less CPU time.
+in 2.9 s instead of 3.8 s, with less CPU time. The parent is one of the workers: every
+child copies the pages of the parent's objects it touches (reference counts are writes),
+about 18 MiB of the benchmark's plan each, so one child less is that much less memory.
 
 How the work is shared (POSIX ``fork``, after planning, so every child has the plan):
 
-* tickets: the parent writes every pack's number, 4 bytes each, into a pipe; a child's
-  thread reads one (reads of 4 bytes from writes of whole records are atomic), restores
-  that pack, and reads the next, until the parent closes the pipe. Larger packs come
-  first, so the last ones to finish are short.
+* tickets: the parent writes every pack's number, 4 bytes each, into a pipe; a worker
+  thread (of the parent or of a child) reads one (reads of 4 bytes from writes of whole
+  records are atomic), restores that pack, and reads the next, until the pipe is closed.
+  Larger packs come first, so the last ones to finish are short.
 * reports: each child writes fixed-size progress records, and at most one error record,
-  into a second pipe; the parent forwards progress to its sink, and on an error stops
-  handing out tickets, ends the other children and raises the same error.
-* files of several blobs, whose blobs may be in packs of different children, are created
+  into a second pipe; a thread of the parent forwards progress to its sink, and on an
+  error stops handing out tickets, ends the other children and raises the same error.
+* files of several blobs, whose blobs may be in packs of different processes, are created
   by the parent before the fork and finished (owner, mode, times) by it after the
-  children: a child opens one only to write its blobs at their offsets. Everything else
-  a child creates and finishes itself.
+  children: a worker opens one only to write its blobs at their offsets. Everything else
+  a worker creates and finishes itself.
 
 A child never returns into the caller's code: it leaves with ``os._exit``, so that no
 ``finally`` or ``with`` block of the parent (the repository lock!) runs twice. It uses
@@ -30,6 +32,7 @@ never the parent's progress sink, and touches no lock but its own.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -44,11 +47,11 @@ from safehold import errors
 from safehold.engine.progress import Progress
 from safehold.errors import SafeholdError
 
-__all__ = ["CHILD_THREADS", "run_forked", "usable"]
+__all__ = ["THREADS", "run_forked", "usable"]
 
-# Threads per child: one runs while the other waits for a direct write to reach the disk
-# (one thread per child: 3.6-3.8 s on the benchmark data, two: 2.9 s).
-CHILD_THREADS = 2
+# Threads per process: one runs while the other waits for a direct write to reach the disk
+# (one thread per process: 3.6-3.8 s on the benchmark data, two: 2.9 s).
+THREADS = 2
 # Forking costs a few milliseconds; below this many packs per child the threads do.
 MIN_PACKS_PER_CHILD = 2
 
@@ -81,20 +84,23 @@ def run_forked(
     progress: Progress,
     child_setup: Callable[[Progress], None],
 ) -> None:
-    """Run ``work(pack_id, blobs)`` for every pack in ``processes`` forked children;
-    ``child_setup(progress)`` prepares the copy of the caller's state in each child. Raises
-    the first error a child reports (its type, message and hint), or a SafeholdError if a
-    child died without one."""
+    """Run ``work(pack_id, blobs)`` for every pack, in this process and ``processes - 1``
+    forked children, ``THREADS`` threads each; ``child_setup(progress)`` prepares a child's
+    copy of the caller's state. Raises the first error (a child's with its type, message and
+    hint), or a SafeholdError if a child died without one."""
     reports_r, reports_w = os.pipe()
     tickets_r, tickets_w = os.pipe()
     pids: list[int] = []
+    # The collector of a child would write to the header of every object it inherited,
+    # copying the parent's memory page by page: frozen objects it leaves alone.
+    gc.freeze()
     try:
-        for _ in range(processes):
+        for _ in range(processes - 1):
             try:
                 pid = os.fork()
             except OSError:
                 if pids:
-                    break  # fewer children than asked: they share the tickets
+                    break  # fewer children than asked: the others share the tickets
                 raise
             if pid == 0:
                 os.close(reports_r)
@@ -106,18 +112,34 @@ def run_forked(
             os.close(fd)
         _end(pids, signal.SIGKILL)
         raise
+    finally:
+        gc.unfreeze()  # (in this process)
     os.close(reports_w)
-    os.close(tickets_r)
+    # Reports and tickets are handled by a thread; this one works like a child meanwhile.
+    outcome: list[BaseException | None] = []
+    stop = threading.Event()
+
+    def relay() -> None:
+        try:
+            outcome.append(_relay(reports_r, tickets_w, len(packs), progress, pids, stop))
+        except BaseException as exc:
+            outcome.append(exc)
+            stop.set()
+
+    relayer = threading.Thread(target=relay, name="restore-relay", daemon=True)
+    relayer.start()
     try:
-        failure = _relay(reports_r, tickets_w, len(packs), progress, pids)
+        _work(work, packs, tickets_r, stop)
     except BaseException:
-        _end(pids, signal.SIGKILL)
+        _signal(pids, signal.SIGKILL)  # the relay sees their pipes close and ends
         raise
     finally:
+        relayer.join()
         os.close(reports_r)
-    statuses = _end(pids, None)
-    if failure is not None:
-        raise failure
+        os.close(tickets_r)
+        statuses = _end(pids, None)
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
     for status in statuses:
         if status:
             raise SafeholdError(
@@ -126,8 +148,36 @@ def run_forked(
             )
 
 
+def _work(
+    work: Work, packs: Sequence[tuple[bytes, Any]], tickets: int, stop: threading.Event
+) -> None:
+    """``THREADS`` threads taking tickets until the pipe is closed or ``stop`` is set; the
+    first error sets it and is raised."""
+
+    def take() -> None:
+        try:
+            while not stop.is_set():
+                raw = os.read(tickets, _TICKET.size)
+                if len(raw) < _TICKET.size:
+                    return  # closed: no more packs
+                work(*packs[_TICKET.unpack(raw)[0]])
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(THREADS, thread_name_prefix="restore") as pool:
+        futures = [pool.submit(take) for _ in range(THREADS)]
+        for fut in futures:
+            fut.result()
+
+
 def _relay(
-    reports: int, tickets: int, count: int, progress: Progress, pids: list[int]
+    reports: int,
+    tickets: int,
+    count: int,
+    progress: Progress,
+    pids: list[int],
+    stop: threading.Event,
 ) -> BaseException | None:
     """Hand out tickets and forward reports until every child has closed its end."""
     pending = memoryview(b"".join(_TICKET.pack(k) for k in range(count)))
@@ -162,6 +212,7 @@ def _relay(
                 del buf[: _RECORD.size + a]
                 if failure is None:
                     failure = _rebuild(raw)
+                    stop.set()
                     if tickets >= 0:  # no more work for anyone
                         os.close(tickets)
                         tickets = -1
@@ -183,23 +234,7 @@ def _child(
         # A SIGTERM handler of the parent's (a service's) is not for a child: it just ends.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         child_setup(_PipeProgress(reports))
-        stop = threading.Event()
-
-        def take() -> None:
-            try:
-                while not stop.is_set():
-                    raw = os.read(tickets, _TICKET.size)
-                    if len(raw) < _TICKET.size:
-                        return  # the parent closed the pipe: no more packs
-                    work(*packs[_TICKET.unpack(raw)[0]])
-            except BaseException:
-                stop.set()
-                raise
-
-        with ThreadPoolExecutor(CHILD_THREADS, thread_name_prefix="restore") as pool:
-            futures = [pool.submit(take) for _ in range(CHILD_THREADS)]
-            for fut in futures:
-                fut.result()
+        _work(work, packs, tickets, threading.Event())
     except BaseException as exc:
         code = 1
         with contextlib.suppress(BaseException):

@@ -76,6 +76,20 @@ def read_into(storage: Storage, name: str, offset: int, out: memoryview) -> None
     out[:] = data
 
 
+def read_span(storage: Storage, default: int) -> int:
+    """How many bytes a caller reading many ranges of one object should take per read: a
+    backend's ``read_span`` if it (under any wrappers, followed by ``inner``) has one, else
+    ``default``. Remote stores want few, large reads (a round trip each); a local folder
+    reads a megabyte as cheaply per byte as more, and the reader's buffers stay small."""
+    layer: object = storage
+    while layer is not None:
+        span = getattr(layer, "read_span", None)
+        if isinstance(span, int) and span > 0:
+            return span
+        layer = getattr(layer, "inner", None)
+    return default
+
+
 def check_name(name: str) -> str:
     """Reject names that could escape a backend's namespace (``..``, absolute, empty parts)."""
     if not name or name.startswith("/") or name.endswith("/"):

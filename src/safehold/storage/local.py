@@ -114,6 +114,8 @@ def _fsync_dir(path: Path) -> None:
 class LocalStorage:
     """Objects as files under ``root``. See the module docstring for the guarantees."""
 
+    read_span = 1024 * 1024  # see storage.base.read_span
+
     def __init__(self, root: str | Path, *, create: bool = False) -> None:
         self._root = Path(os.path.abspath(Path(root).expanduser()))
         self._where = f"local:{self._root}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +29,12 @@ class Counting(Progress):
     def __init__(self) -> None:
         self.items = 0
         self.bytes = 0
+        self.lock = threading.Lock()
 
     def advance(self, items: int = 0, nbytes: int = 0) -> None:
-        self.items += items
-        self.bytes += nbytes
+        with self.lock:
+            self.items += items
+            self.bytes += nbytes
 
 
 @pytest.fixture
@@ -103,28 +107,32 @@ def _packs(n: int) -> list[tuple[bytes, int]]:
 
 
 def test_every_pack_once_and_progress_forwarded(tmp_path: Path) -> None:
-    def work(pack_id: bytes, k: int) -> None:
-        (tmp_path / f"{k}-{os.getpid()}").touch()
-        child_progress.advance(1, k)
+    progress = Counting()
+    sink: Progress = progress  # the parent's own workers report straight to it
 
-    child_progress = Progress()
+    def work(pack_id: bytes, k: int) -> None:
+        time.sleep(0.01)  # long enough for every process to get some
+        (tmp_path / f"{k}-{os.getpid()}").touch()
+        sink.advance(1, k)
 
     def setup(p: Progress) -> None:
-        nonlocal child_progress
-        child_progress = p
+        nonlocal sink
+        sink = p
 
-    progress = Counting()
-    restore_procs.run_forked(work, _packs(40), 2, progress, setup)
+    restore_procs.run_forked(work, _packs(40), 3, progress, setup)
     done = sorted(int(p.name.split("-")[0]) for p in tmp_path.iterdir())
     assert done == list(range(40))
     assert (progress.items, progress.bytes) == (40, sum(range(40)))
-    assert {p.name.split("-")[1] for p in tmp_path.iterdir()} != {str(os.getpid())}
+    assert len({p.name.split("-")[1] for p in tmp_path.iterdir()}) == 3  # three processes
 
 
 @pytest.mark.parametrize("error", [TargetError("disk full", hint="free space"), ValueError("bug")])
 def test_a_childs_error_is_raised_in_the_parent(error: Exception) -> None:
+    parent = os.getpid()
+
     def work(pack_id: bytes, k: int) -> None:
-        if k == 3:
+        time.sleep(0.01)
+        if os.getpid() != parent:
             raise error
 
     with pytest.raises(SafeholdError) as got:
@@ -136,9 +144,26 @@ def test_a_childs_error_is_raised_in_the_parent(error: Exception) -> None:
         assert "ValueError: bug" in str(got.value)
 
 
-def test_a_child_that_dies_is_reported() -> None:
+def test_the_parents_own_error_ends_the_children(tmp_path: Path) -> None:
+    parent = os.getpid()
+
     def work(pack_id: bytes, k: int) -> None:
-        if k == 1:
+        time.sleep(0.01)
+        if os.getpid() == parent:
+            raise TargetError("parent failed")
+        (tmp_path / str(k)).touch()
+
+    with pytest.raises(TargetError, match="parent failed"):
+        restore_procs.run_forked(work, _packs(200), 2, Progress(), lambda p: None)
+    assert len(list(tmp_path.iterdir())) < 199  # the child did not go on to the end
+
+
+def test_a_child_that_dies_is_reported() -> None:
+    parent = os.getpid()
+
+    def work(pack_id: bytes, k: int) -> None:
+        time.sleep(0.01)
+        if os.getpid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
 
     with pytest.raises(SafeholdError, match=r"ended unexpectedly.*signal 9"):
