@@ -47,7 +47,7 @@ from safehold.errors import IntegrityError, UsageError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.snapshot import Snapshot
-from safehold.storage.base import read_into, read_span
+from safehold.storage.base import fork_safe, read_into, read_span
 from safehold.storage.direct import suits_direct_io
 
 # Two needed blobs closer than this are fetched in one ranged read...
@@ -80,7 +80,8 @@ class RestoreOptions:
     # 3 runs each; 4 were no faster and held 12 MiB more).
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2) + 1)
     # Processes to share the packs out among (engine/restore_procs.py), each with threads of
-    # its own; 1: threads of this process only (a service's restores: it forks nothing).
+    # its own, where the storage allows (storage.base.fork_safe: the local folder); 1:
+    # threads of this process only (a service's restores: it forks nothing).
     processes: int = 1
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)  # chown only as root
     overwrite: bool = True
@@ -333,7 +334,7 @@ class _Restorer:
         self.wanted.clear()  # the packs' lists hold the blobs now
         self.progress.start("restore", self.result.files, self.result.bytes)
         self.progress.advance(self.empty, 0)
-        if usable(self.opts.processes, len(wanted)):
+        if usable(self.opts.processes, len(wanted)) and fork_safe(self.repo.storage):
             self._run_forked(wanted)
         else:
             self._run_threads(wanted)

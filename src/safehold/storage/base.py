@@ -76,18 +76,32 @@ def read_into(storage: Storage, name: str, offset: int, out: memoryview) -> None
     out[:] = data
 
 
-def read_span(storage: Storage, default: int) -> int:
-    """How many bytes a caller reading many ranges of one object should take per read: a
-    backend's ``read_span`` if it (under any wrappers, followed by ``inner``) has one, else
-    ``default``. Remote stores want few, large reads (a round trip each); a local folder
-    reads a megabyte as cheaply per byte as more, and the reader's buffers stay small."""
+def _backend_attr(storage: Storage, name: str) -> object:
+    """Attribute ``name`` of ``storage`` or of the first layer under it (wrappers keep
+    theirs in ``inner``) that has it; None if none has."""
     layer: object = storage
     while layer is not None:
-        span = getattr(layer, "read_span", None)
-        if isinstance(span, int) and span > 0:
-            return span
+        value = getattr(layer, name, None)
+        if value is not None:
+            return value
         layer = getattr(layer, "inner", None)
-    return default
+    return None
+
+
+def read_span(storage: Storage, default: int) -> int:
+    """How many bytes a caller reading many ranges of one object should take per read: a
+    backend's ``read_span`` if it (under any wrappers) has one, else ``default``. Remote
+    stores want few, large reads (a round trip each); a local folder reads a megabyte as
+    cheaply per byte as more, and the reader's buffers stay small."""
+    span = _backend_attr(storage, "read_span")
+    return span if isinstance(span, int) and span > 0 else default
+
+
+def fork_safe(storage: Storage) -> bool:
+    """Whether a forked child may read through a copy of ``storage`` (its backend says so
+    with ``fork_safe = True``). Not a backend with a connection: parent and child would
+    share its sockets and read each other's replies."""
+    return _backend_attr(storage, "fork_safe") is True
 
 
 def check_name(name: str) -> str:

@@ -115,6 +115,7 @@ class LocalStorage:
     """Objects as files under ``root``. See the module docstring for the guarantees."""
 
     read_span = 1024 * 1024  # see storage.base.read_span
+    fork_safe = True  # files opened per call: nothing shared with a forked child
 
     def __init__(self, root: str | Path, *, create: bool = False) -> None:
         self._root = Path(os.path.abspath(Path(root).expanduser()))

@@ -19,6 +19,7 @@ from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.errors import IntegrityError, SafeholdError, TargetError
 from safehold.repository.repository import Repository
 from safehold.storage.local import LocalStorage
+from safehold.storage.memory import MemoryStorage
 from tests.conftest import FAST_KDF, PASSWORD, make_sample_tree
 from tests.unit.engine.test_backup_restore import tree_state
 
@@ -168,6 +169,23 @@ def test_a_child_that_dies_is_reported() -> None:
 
     with pytest.raises(SafeholdError, match=r"ended unexpectedly.*signal 9"):
         restore_procs.run_forked(work, _packs(4), 2, Progress(), lambda p: None)
+
+
+def test_no_fork_over_a_storage_with_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A child would share the parent's sockets (HTTP pools, SSH channels) and read replies
+    # meant for it; only backends that say fork_safe get worker processes.
+    mem_repo = Repository.init(MemoryStorage(), PASSWORD, kdf=FAST_KDF, pack_size=256 * 1024)
+    src = _source(tmp_path / "src")
+    snap = run_backup(mem_repo, BackupOptions(paths=[str(src)])).snapshot
+
+    def refuse(*args: object, **kw: object) -> None:
+        raise AssertionError("forked over a storage that is not fork-safe")
+
+    monkeypatch.setattr("safehold.engine.restore.run_forked", refuse)
+    run_restore(mem_repo, snap, RestoreOptions(target=str(tmp_path / "p"), processes=2))
+    assert tree_state(tmp_path / "p" / str(src).lstrip("/")) == tree_state(src)
 
 
 def test_small_restores_stay_in_threads() -> None:
