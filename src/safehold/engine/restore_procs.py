@@ -167,8 +167,12 @@ def _work(
 
     with ThreadPoolExecutor(THREADS, thread_name_prefix="restore") as pool:
         futures = [pool.submit(take) for _ in range(THREADS)]
-        for fut in futures:
-            fut.result()
+        try:
+            for fut in futures:
+                fut.result()
+        except BaseException:  # (an interrupt, here): the threads stop after their pack
+            stop.set()
+            raise
 
 
 def _relay(
