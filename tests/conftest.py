@@ -141,3 +141,21 @@ def make_sample_tree(root: Path) -> Path:
 @pytest.fixture
 def sample_tree(tmp_path: Path) -> Path:
     return make_sample_tree(tmp_path / "src")
+
+
+@pytest.fixture
+def kdf_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """Records the password of every scrypt actually computed (crypto/kdf.py), in a thread
+    ahead of time or not; no derivation started ahead outlives the test."""
+    from safehold.crypto import kdf
+
+    calls: list[bytes] = []
+    real = kdf._compute
+
+    def counting(password: bytes, *args: int | bytes) -> bytes:
+        calls.append(password)
+        return real(password, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kdf, "_compute", counting)
+    yield calls
+    kdf._ahead.clear()

@@ -96,40 +96,19 @@ class DirectWrites:
             buf = self._local.buf = mmap.mmap(-1, PIECE)
         return buf
 
+    def write(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset`` of ``fd``: its whole blocks directly (while direct
+        writes are on), through the staging buffer; the rest through the page cache."""
+        self._write(fd, memoryview(data).cast("B"), offset, staged=True)
+
     def write_aligned(self, fd: int, data: memoryview, offset: int) -> None:
         """:meth:`write` for ``data`` whose address is ``offset`` modulo ``ALIGN`` (it sits
         in page-aligned memory at ``offset % ALIGN``): its whole blocks go to the disk from
         where they are, with no copy. Misplaced data makes the kernel refuse (``EINVAL``),
         which turns direct writes off like any refusal."""
-        view = data.cast("B") if data.format != "B" else data
-        start = -offset % ALIGN
-        end = start + max(0, len(view) - start) // ALIGN * ALIGN
-        if not self.enabled or end <= start:
-            write_all(fd, view, offset)
-            return
-        if start:
-            write_all(fd, view[:start], offset)
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        pos = start
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-            while pos < end:
-                done = os.pwrite(fd, view[pos:end], offset + pos)
-                pos += done
-                if done % ALIGN or not done:
-                    break  # a short write: the rest goes the usual way, which reports why
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self.enabled = False
-        finally:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        write_all(fd, view[pos:], offset + pos)
+        self._write(fd, data.cast("B"), offset, staged=False)
 
-    def write(self, fd: int, data: bytes | memoryview, offset: int) -> None:
-        """Write ``data`` at ``offset`` of ``fd``: its whole blocks directly (while direct
-        writes are on), the rest through the page cache."""
-        view = memoryview(data).cast("B")
+    def _write(self, fd: int, view: memoryview, offset: int, *, staged: bool) -> None:
         start = -offset % ALIGN
         end = start + max(0, len(view) - start) // ALIGN * ALIGN
         if not self.enabled or end <= start:
@@ -137,15 +116,20 @@ class DirectWrites:
             return
         if start:
             write_all(fd, view[:start], offset)
-        buf = self._staging()
+        buf = memoryview(self._staging()) if staged else None
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         pos = start
         try:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
             while pos < end:
-                n = min(PIECE, end - pos)
-                buf[:n] = view[pos : pos + n]
-                done = os.pwrite(fd, memoryview(buf)[:n], offset + pos)
+                if buf is not None:
+                    n = min(PIECE, end - pos)
+                    buf[:n] = view[pos : pos + n]
+                    piece = buf[:n]
+                else:
+                    n = end - pos
+                    piece = view[pos:end]
+                done = os.pwrite(fd, piece, offset + pos)
                 pos += done
                 if done < n:
                     break  # a short write: the rest goes the usual way, which reports why

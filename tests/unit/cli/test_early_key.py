@@ -3,7 +3,6 @@ start it, everything else leaves opening the repository as it was."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,20 +34,11 @@ def test_global_values(argv: list[str], expected: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def computed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    calls: list[bytes] = []
-    real = kdf._compute
-
-    def counting(password: bytes, *args: int | bytes) -> bytes:
-        calls.append(password)
-        return real(password, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(kdf, "_compute", counting)
+def computed(kdf_calls: list[bytes], monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     for name in ("SAFEHOLD_REPOSITORY", "SAFEHOLD_PASSWORD_FILE", "SAFEHOLD_PASSWORD_COMMAND"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SAFEHOLD_PASSWORD", PASSWORD.decode())
-    yield calls
-    kdf._ahead.clear()
+    return kdf_calls
 
 
 @pytest.fixture

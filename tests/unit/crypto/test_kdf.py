@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,18 +12,8 @@ SMALL = {"n": 1 << 10, "r": 8, "p": 2, "length": 32}
 
 
 @pytest.fixture
-def computed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """Counts real computations (each records its password); no entry left behind."""
-    calls: list[bytes] = []
-    real = kdf._compute
-
-    def counting(password: bytes, *args: int | bytes) -> bytes:
-        calls.append(password)
-        return real(password, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(kdf, "_compute", counting)
-    yield calls
-    kdf._ahead.clear()
+def computed(kdf_calls: list[bytes]) -> list[bytes]:
+    return kdf_calls
 
 
 def test_scrypt_is_standard_scrypt() -> None:
