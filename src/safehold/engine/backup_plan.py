@@ -104,9 +104,7 @@ class Planner:
         return plan
 
     def _in_chain(self, content: list[str]) -> bool:
-        has = self.index.has_in_chain
-        chain = self.chain
-        return all(has(bytes.fromhex(c), chain) for c in content)
+        return self.index.has_all_in_chain(content, self.chain)
 
     def item(self, path: str, name: str, st: StatLike, old: JsonNode | None, dev: int) -> Item:
         """Plan one item found at ``path`` (already stat-ed)."""

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from safehold.errors import FormatError
-from safehold.repository.index_run import FIELDS, Entry, SortedRun, _bits_for
+from safehold.repository.index_run import FIELDS, ID_LEN, Entry, SortedRun, _bits_for
 from safehold.repository.pack import _ENTRY, ENTRY_LEN, PackEntry
 
 __all__ = ["Index", "IndexLoader", "Location", "PackRecord", "decode_index", "encode_index"]
@@ -376,6 +376,33 @@ class Index:
         if alive[entry[0]] and chain[entry[0]] == cn:
             return True
         return any(alive[e[0]] and chain[e[0]] == cn for e in more.get(blob_id, ()))
+
+    def has_all_in_chain(self, hex_ids: list[str], chain_id: bytes) -> bool:
+        """Whether every blob of ``hex_ids`` (hex) is stored in a live pack of the chain:
+        :meth:`has_in_chain` for each, with the sorted run searched inline. A re-backup
+        asks this for every unchanged file while its walk holds the interpreter lock, which
+        the readers then wait for: the calls per blob were 7 % of a 5 % re-backup."""
+        cn = self._chain_no.get(chain_id)
+        if cn is None:
+            return not hex_ids
+        run = self._run  # read before the overlay's fallback below, as in has_in_chain
+        ids, meta, directory, shift = run.ids, run.meta, run.dir, run.shift
+        alive, chain = self._alive, self._pack_chain
+        for hex_id in hex_ids:
+            blob_id = bytes.fromhex(hex_id)
+            if run.n and len(blob_id) == ID_LEN:
+                k = int.from_bytes(blob_id[:4], "big") >> shift
+                hi = directory[k + 1] << 5
+                pos = ids.find(blob_id, directory[k] << 5, hi)
+                while pos & 31 and pos >= 0:  # (a match across two records)
+                    pos = ids.find(blob_id, pos + 1, hi)
+                if pos >= 0:
+                    pn = meta[(pos >> 5) * FIELDS]
+                    if alive[pn] and chain[pn] == cn:
+                        continue  # its first copy: the common case
+            if not self.has_in_chain(blob_id, chain_id):
+                return False
+        return True
 
     def chain_of(self, pack_id: bytes) -> bytes:
         return self._chains[self._pack_chain[self._pack_no[pack_id]]]

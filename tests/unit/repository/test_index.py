@@ -106,9 +106,18 @@ class IndexMachine(RuleBasedStateMachine):
             assert self.index.lookup(blob_id) == self.model.lookup(blob_id)
             assert (blob_id in self.index) == (self.model.lookup(blob_id) is not None)
             for chain in (b"a" * 16, b"b" * 16, b"c" * 16):
-                assert self.index.has_in_chain(blob_id, chain) == self.model.has_in_chain(
-                    blob_id, chain
-                )
+                want = self.model.has_in_chain(blob_id, chain)
+                assert self.index.has_in_chain(blob_id, chain) == want
+                assert self.index.has_all_in_chain([blob_id.hex()], chain) == want
+
+    @invariant()
+    def whole_lists_agree(self) -> None:
+        ids = sorted(self.seen)
+        for chain in (b"a" * 16, b"b" * 16, b"c" * 16):
+            want = all(self.model.has_in_chain(b, chain) for b in ids)
+            assert self.index.has_all_in_chain([b.hex() for b in ids], chain) == want
+            present = [b.hex() for b in ids if self.model.has_in_chain(b, chain)]
+            assert self.index.has_all_in_chain(present, chain)
 
     @invariant()
     def packs_agree(self) -> None:
@@ -256,6 +265,19 @@ def test_readers_never_miss_a_blob_during_merges() -> None:
         stop.set()
         t.join()
     assert not misses
+
+
+def test_all_in_chain_edge_cases() -> None:
+    index = Index()
+    rec = PackRecord(b"p" * 32, b"a" * 16, 200, (PackEntry(1, 8, 10, 10, b"\x01" * 32),))
+    index.add_pack(rec)
+    index.flush()
+    assert index.has_all_in_chain([], b"a" * 16)
+    assert index.has_all_in_chain([], b"z" * 16)  # nothing asked: true even for no chain
+    assert not index.has_all_in_chain(["01" * 32], b"z" * 16)
+    assert index.has_all_in_chain(["01" * 32, "01" * 32], b"a" * 16)
+    assert not index.has_all_in_chain(["01" * 16], b"a" * 16)  # a prefix is not the id
+    assert not index.has_all_in_chain(["01" * 32, "02" * 32], b"a" * 16)
 
 
 def test_ids_of_the_wrong_length_are_never_found() -> None:
