@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import trashed_packs
 from safehold.sources.base import Stream
 from safehold.sources.process import command_stream
+
+WALK_SWITCH_INTERVAL = 0.0002  # seconds; see _backup_paths
 
 
 @dataclass(kw_only=True)
@@ -379,11 +382,21 @@ def _backup_paths(
         )
         progress.start("scan")
         root = root_plan(planner, parent.tree if parent else None)
-        if paths == ["/"]:
-            planner.walk("/", root, os.lstat("/").st_dev, t.Node(name="", type=t.DIR))
-        else:
-            for path in paths:
-                planner.place(root, path)
+        # The walk is pure Python and holds the interpreter lock; the readers, already at
+        # work, need it back after every read and hash and wait for the walk to hand it
+        # over, which it does once per switch interval. A shorter one during the walk: 5 %
+        # re-backup 1.325 -> 1.275 s (6 interleaved runs each); for the whole run it also
+        # cost an initial backup 1-2 % (forced switches while readers run alone).
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, WALK_SWITCH_INTERVAL))
+        try:
+            if paths == ["/"]:
+                planner.walk("/", root, os.lstat("/").st_dev, t.Node(name="", type=t.DIR))
+            else:
+                for path in paths:
+                    planner.place(root, path)
+        finally:
+            sys.setswitchinterval(interval)
         progress.finish()
         errors.extend(planner.errors)
         for path, msg in planner.errors:
