@@ -2,7 +2,9 @@
 
 Restore first walks the snapshot's trees and plans: every folder is created, and every
 needed blob is listed once under its pack with the places (file, offset) it goes. Then
-packs are processed in parallel: each is read in a few large ranged reads, every blob is
+packs are processed in parallel, by threads or, for the command line's large restores of
+a local repository, by worker processes (:mod:`safehold.engine.restore_procs`, which
+explains why): each is read in a few large ranged reads, every blob is
 opened and verified against its id (:meth:`Repository.open_blob`), and written to every
 place it belongs (:mod:`safehold.engine.restore_write`). A file is closed and gets its
 metadata as soon as its last blob is written. Folders get their metadata last, since
@@ -75,9 +77,10 @@ __all__ = ["MAX_GAP", "MAX_SPAN", "RestoreOptions", "RestoreResult", "run_restor
 class RestoreOptions:
     target: str
     includes: list[str] = field(default_factory=list)
-    # One worker more than cores: a direct write waits for the disk, and the spare worker
-    # uses the core meanwhile (benchmark restore 4.25 -> 4.03 s with 3 workers on 2 cores,
-    # 3 runs each; 4 were no faster and held 12 MiB more).
+    # Threads when restoring without worker processes: one more than cores, as a direct
+    # write waits for the disk and the spare thread uses the core meanwhile (benchmark
+    # restore 4.25 -> 4.03 s with 3 on 2 cores, 3 runs each; 4 were no faster and held
+    # 12 MiB more). Worker processes have restore_procs.THREADS each.
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2) + 1)
     # Processes to share the packs out among (engine/restore_procs.py), each with threads of
     # its own, where the storage allows (storage.base.fork_safe: the local folder); 1:
