@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Sequence
 
 from safehold.crypto.kdf import KEK_LEN, derive_ahead, key_file_kdf
@@ -62,6 +63,8 @@ def _password(given: dict[str, str]) -> bytes | None:
     # The order of cli.context.read_password: file, command, environment.
     path = given.get("--password-file") or os.environ.get("SAFEHOLD_PASSWORD_FILE")
     if path:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # a pipe (/dev/fd/N, a FIFO) can be read only once: leave it
         with open(path, "rb") as f:
             return f.read().rstrip(b"\r\n") or None
     if given.get("--password-command") or os.environ.get("SAFEHOLD_PASSWORD_COMMAND"):

@@ -3,6 +3,7 @@ start it, everything else leaves opening the repository as it was."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,17 @@ def test_a_wrong_password_is_still_wrong(repo_dir: Path, computed: list[bytes]) 
     with pytest.raises(WrongPassword):
         _open(repo_dir, b"not the password")
     assert sorted(computed) == sorted([PASSWORD, b"not the password"])
+
+
+def test_a_password_pipe_is_left_for_the_command(
+    repo_dir: Path, tmp_path: Path, computed: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pipe gives its content once: read early, the command would find it empty.
+    monkeypatch.delenv("SAFEHOLD_PASSWORD")
+    fifo = tmp_path / "pw.fifo"
+    os.mkfifo(fifo)
+    assert not derive_key_ahead(["-r", str(repo_dir), "--password-file", str(fifo), "check"])
+    assert kdf._ahead == {}
 
 
 @pytest.mark.parametrize(
