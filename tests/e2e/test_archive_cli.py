@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tests.conftest import CliRunner
@@ -68,7 +69,9 @@ def test_write_list_restore_forget(
     assert res.code == 0, res.output
     assert_same_tree(tree_manifest(sample_tree), restored_root(target, sample_tree), mtimes=False)
 
-    # A newer snapshot's archive, then keep only the newest.
+    # A newer snapshot's archive, then keep only the newest. Archive names carry the
+    # snapshot's time to the second: two in one second have no order, so the next second.
+    time.sleep(1.1)
     (sample_tree / "hello.txt").write_text("changed\n")
     assert cli("-r", cli_repo, "backup", str(sample_tree)).code == 0
     assert cli("-r", cli_repo, "archive", "write", "--to", dest, "--prefix", "svc").code == 0
