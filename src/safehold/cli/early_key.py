@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from collections.abc import Sequence
 
 from safehold.crypto.kdf import KEK_LEN, derive_ahead, key_file_kdf
+from safehold.storage.location import local_folder
 
 __all__ = ["derive_key_ahead"]
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _WITH_VALUE = ("--repo", "--password-file", "--password-command")
 _FLAG_LETTERS = set("qh")  # short global flags that may come before r in one word
 
@@ -73,19 +72,13 @@ def _password(given: dict[str, str]) -> bytes | None:
     return env.encode() if env else None
 
 
-def _local_folder(location: str) -> str | None:
-    if location.startswith("local:"):
-        return location[len("local:") :] or None
-    return None if _SCHEME.match(location) else location
-
-
 def derive_key_ahead(argv: Sequence[str]) -> bool:
     """Start deriving the first key file's key if ``argv`` and the environment make it
     clear which; returns whether a derivation was started."""
     try:
         given = _global_values(argv)
         location = given.get("--repo") or os.environ.get("SAFEHOLD_REPOSITORY")
-        folder = _local_folder(location) if location else None
+        folder = local_folder(location) if location else None
         if folder is None:
             return False
         password = _password(given)

@@ -29,7 +29,7 @@ from typing import Protocol
 from safehold.errors import ConfigError
 from safehold.storage.base import Storage
 
-__all__ = ["BACKENDS", "BackendFactory", "open_location", "redact"]
+__all__ = ["BACKENDS", "BackendFactory", "local_folder", "open_location", "redact"]
 
 
 Options = Mapping[str, object]
@@ -97,6 +97,17 @@ BACKENDS: dict[str, BackendFactory] = {
 
 # RFC 3986 scheme syntax. A one-letter scheme is a Windows drive (C:\x, c:/x, C:x).
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(.*)$", re.DOTALL)
+
+
+def local_folder(location: str) -> str | None:
+    """The folder a location names if it is a local one (a plain path or ``local:PATH``),
+    else None; says nothing about whether it exists."""
+    found = _SCHEME.match(location)
+    if found is None:
+        return location or None
+    if found.group(1).lower() == "local":
+        return found.group(2) or None
+    return None
 
 
 def open_location(

@@ -9,7 +9,7 @@ import pytest
 
 from safehold.errors import ConfigError
 from safehold.storage.local import LocalStorage
-from safehold.storage.location import BACKENDS, open_location, redact
+from safehold.storage.location import BACKENDS, local_folder, open_location, redact
 from safehold.storage.memory import MemoryStorage
 
 
@@ -119,3 +119,21 @@ def test_incomplete_locations(location: str) -> None:
 )
 def test_redact(location: str, shown: str) -> None:
     assert redact(location) == shown
+
+
+@pytest.mark.parametrize(
+    ("location", "folder"),
+    [
+        ("/srv/backup", "/srv/backup"),
+        ("./repo", "./repo"),
+        ("local:/srv/backup", "/srv/backup"),
+        ("LOCAL:rel", "rel"),
+        ("C:\\backup", "C:\\backup"),  # a drive letter, not a scheme
+        ("s3:bucket/prefix", None),
+        ("sftp:u@h:22/p", None),
+        ("local:", None),
+        ("", None),
+    ],
+)
+def test_local_folder(location: str, folder: str | None) -> None:
+    assert local_folder(location) == folder
