@@ -372,8 +372,7 @@ class _Restorer:
             self.writer.create(f)
 
         def child_setup(progress: Progress) -> None:
-            self.progress = progress
-            self.multi = []  # this process finishes them
+            self.progress = progress  # a child reports through its pipe
 
         self.writer.shared = True
         try:

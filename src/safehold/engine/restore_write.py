@@ -168,10 +168,7 @@ class FileWriter:
             self._finish(f, fd)
             return 1
         if self.shared:
-            try:
-                fd = os.open(f.path, _WRITE)
-            except OSError as exc:
-                raise target_error(f.path, exc) from exc
+            fd = self._reopen(f)
             try:
                 self._write(f, fd, data, offset, aligned)
             finally:
@@ -197,12 +194,15 @@ class FileWriter:
 
     def finish_created(self, f: OpenFile) -> int:
         """Finish a file made by :meth:`create` once all its blobs are written; returns 1."""
+        self._finish(f, self._reopen(f))
+        return 1
+
+    def _reopen(self, f: OpenFile) -> int:
+        """Open ``f``, made by :meth:`create`, for writing (never creating or following)."""
         try:
-            fd = os.open(f.path, _WRITE)
+            return os.open(f.path, _WRITE)
         except OSError as exc:
             raise target_error(f.path, exc) from exc
-        self._finish(f, fd)
-        return 1
 
     def abandon(self, f: OpenFile) -> None:
         """Close ``f`` if it is open (after a failure elsewhere)."""
