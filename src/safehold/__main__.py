@@ -1,5 +1,5 @@
 """``python -m safehold`` runs the command-line interface."""
 
-from safehold.cli.main import main
+from safehold.cli.main import entry
 
-raise SystemExit(main())
+entry()

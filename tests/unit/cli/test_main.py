@@ -4,11 +4,15 @@ command's parser gives the same result as with all of them."""
 from __future__ import annotations
 
 import argparse
+import gc
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
+from safehold.cli import main as cli_main
 from safehold.cli.main import COMMANDS, build_parser, named_command
 
 
@@ -78,3 +82,28 @@ def test_help_still_lists_every_command() -> None:
     ).stdout
     for name in COMMANDS:
         assert f"    {name}" in out
+
+
+def test_the_entry_point_exits_with_mains_code_and_spares_the_last_collection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cli_main, "main", lambda: 3)
+    assert gc.get_freeze_count() == 0
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli_main.entry()
+        assert exited.value.code == 3
+        # Every object alive is left out of the collection the interpreter runs at exit.
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_python_dash_m_and_the_console_script_use_the_entry_point() -> None:
+    root = Path(__file__).resolve().parents[3]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["safehold"] == "safehold.cli.main:entry"
+    proc = subprocess.run(
+        [sys.executable, "-m", "safehold", "no-such-command"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2  # argparse's usage error, through entry()
