@@ -207,11 +207,11 @@ def entry() -> None:
     leave without the interpreter's last collection.
 
     At exit the collector walks every object still alive (modules, classes, the index) to
-    look for cycles: 30-40 ms of every command here, 3 % of a re-backup after a small
-    change. Objects are still released and streams flushed; frozen objects are only left
-    out of that search, which at exit finds nothing that the system does not free anyway
-    (files are closed by the code that opens them). Not in :func:`main` itself: a caller
-    that runs it in its own process (the tests) keeps collecting normally.
+    look for cycles: 30-40 ms of a re-backup after a small change, 3 % of it. Objects are
+    still released and streams flushed; frozen objects are only left out of that search,
+    which at exit finds nothing that the system does not free anyway (files are closed by
+    the code that opens them). Not in :func:`main` itself: a program that calls it and
+    goes on (a test, a wrapper) keeps collecting normally.
     """
     code = main()
     gc.freeze()
