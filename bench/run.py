@@ -45,6 +45,7 @@ DEFAULT_BORG_VENV = Path("/tmp/venv-borg")
 DEFAULT_BORG_SPEC = "borgbackup==1.4.5"
 TIME_BIN = Path("/usr/bin/time")
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+SETTLE_S = 360.0  # see settle()
 DOCS_START = "<!-- bench:start -->"
 DOCS_END = "<!-- bench:end -->"
 PASSWORD = "bench-password"
@@ -821,6 +822,28 @@ class Bench:
     def remove_trash(self) -> None:
         if self.trash.exists():
             remove(self.trash, self.cfg.work)
+            os.sync()
+            deletion_stamp(self.cfg.work).write_text(f"{time.time():.0f}\n")
+
+
+def deletion_stamp(work: Path) -> Path:
+    """When a run last deleted its trees (seconds since the epoch), for the next run."""
+    return work / "last-deletion"
+
+
+def settle(work: Path, seconds: float) -> None:
+    """Wait until ``seconds`` have passed since the last run deleted its trees. ext4
+    without a journal skips inodes freed in the last 60 s (360 s while their inode table
+    block is dirty, as creating files keeps it) one by one when it creates files: restores
+    run minutes after a large deletion were seconds slower for every tool."""
+    try:
+        since = time.time() - float(deletion_stamp(work).read_text())
+    except (OSError, ValueError):
+        return
+    wait = seconds - since
+    if wait > 0:
+        log(f"== waiting {wait:.0f} s: the last run deleted its trees {since:.0f} s ago")
+        time.sleep(wait)
 
 
 # --------------------------------------------------------------------------- report
@@ -1247,6 +1270,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="skip the untimed `--version` call that loads each tool before timing",
     )
     p.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        help="wait until this many seconds have passed since the last run deleted its "
+        "trees (ext4 creates files slowly for minutes after a large deletion; 0: no wait)",
+    )
+    p.add_argument(
         "--keep",
         action="store_true",
         help="keep the data copy and repositories of the last repetition",
@@ -1372,6 +1402,7 @@ def main(argv: Sequence[str]) -> int:
     )
     log(f"   {files:,} files, {size / MiB:,.1f} MiB; results -> {results.path}")
 
+    settle(work, args.settle)
     try:
         bench.run()
     finally:
