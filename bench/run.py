@@ -818,12 +818,15 @@ class Bench:
         for tool in self.tools.values():
             remove(tool.base, self.cfg.work)
         self.remove_trash()
+        self.stamp_deletion()
 
     def remove_trash(self) -> None:
         if self.trash.exists():
             remove(self.trash, self.cfg.work)
-            os.sync()
-            deletion_stamp(self.cfg.work).write_text(f"{time.time():.0f}\n")
+            self.stamp_deletion()
+
+    def stamp_deletion(self) -> None:
+        deletion_stamp(self.cfg.work).write_text(f"{time.time():.0f}\n")
 
 
 def deletion_stamp(work: Path) -> Path:
