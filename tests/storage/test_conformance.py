@@ -6,12 +6,14 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from safehold.errors import IntegrityError, ObjectExists, ObjectNotFound
 from safehold.model import ObjectInfo
-from safehold.storage.base import Storage, read_into
+from safehold.storage.base import Storage, read_into, storage_time
+from safehold.storage.memory import MemoryStorage
 
 MiB = 1024 * 1024
 
@@ -336,3 +338,30 @@ def test_concurrent_exclusive_puts_one_wins(storage: Storage) -> None:
         winners = race_for(storage, name, 8)
         assert len(winners) == 1, winners
         assert storage.get(name) == f"owner {winners[0]}".encode()
+
+
+# --- the storage's own clock (optional capability) ------------------------------------------
+
+
+def _innermost(storage: Storage) -> object:
+    layer: object = storage
+    while (inner := getattr(layer, "inner", None)) is not None:
+        layer = inner
+    return layer
+
+
+def test_storage_time_is_the_storages_clock_and_leaves_nothing(storage: Storage) -> None:
+    """Every backend but memory reads its service's clock (the test servers run on this
+    machine, so theirs is ours); a reading leaves no object behind."""
+    storage.put("a", b"x")
+    before = datetime.now(UTC)
+    found = storage_time(storage)
+    after = datetime.now(UTC)
+    if isinstance(_innermost(storage), MemoryStorage):
+        assert found is None  # no clock of its own unless a test gives it one
+    else:
+        assert found is not None
+        assert found.tzinfo is not None and found.utcoffset() == timedelta(0)
+        # HTTP Date and SFTP times have whole seconds: +-0.5 s plus half the round trip.
+        assert before - timedelta(seconds=2) <= found <= after + timedelta(seconds=2)
+    assert names(storage) == ["a"]

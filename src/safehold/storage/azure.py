@@ -29,8 +29,10 @@ import base64
 import binascii
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NoReturn
 
 from azure.core.exceptions import (
@@ -66,7 +68,7 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import check_name
+from safehold.storage.base import check_name, clock_reading, http_date
 from safehold.storage.common import (
     check_aliases,
     check_length,
@@ -341,6 +343,23 @@ class AzureStorage:
 
     def _key(self, name: str) -> str:
         return self._target.prefix + check_name(name)
+
+    def server_time(self) -> datetime | None:
+        """The service's clock (storage.base.ServerClock): the ``Date`` header of the answer
+        to a Get Container Properties, also an error answer (the same server's clock)."""
+        dates: list[str] = []
+
+        def keep_date(response: Any) -> None:
+            dates.append(str(response.http_response.headers.get("Date") or ""))
+
+        started = time.monotonic()
+        try:
+            self._container.get_container_properties(raw_response_hook=keep_date)
+        except AzureError:
+            pass  # an answer still carries the server's Date; no answer leaves none
+        ended = time.monotonic()
+        stamp = http_date(dates[-1]) if dates else None
+        return None if stamp is None else clock_reading(stamp, started, ended, resolution=1.0)
 
     # --- container ------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Protocol, runtime_checkable
 
 from safehold.model import ObjectInfo
@@ -102,6 +104,83 @@ def fork_safe(storage: Storage) -> bool:
     with ``fork_safe = True``). Not a backend with a connection: parent and child would
     share its sockets and read each other's replies."""
     return _backend_attr(storage, "fork_safe") is True
+
+
+# --- optional capabilities -------------------------------------------------------------------
+
+
+@runtime_checkable
+class ServerClock(Protocol):
+    """A backend whose service keeps time of its own, readable in one cheap call.
+
+    ``server_time`` is the storage's current time as an aware UTC datetime, estimated for
+    the moment the call returns (see :func:`clock_reading`), or None when the backend
+    cannot tell this time (no answer, no clock). It never raises.
+    """
+
+    def server_time(self) -> datetime | None: ...
+
+
+def _layers(storage: Storage) -> Iterator[object]:
+    """``storage`` and the layers under it: wrappers keep their inner storage in ``inner``."""
+    layer: object = storage
+    while layer is not None:
+        yield layer
+        layer = getattr(layer, "inner", None)
+
+
+def storage_time(storage: Storage) -> datetime | None:
+    """The storage's own current time, from the first layer that implements
+    :class:`ServerClock`; None when none does or the reading failed.
+
+    It is what prune compares its own clock with before trusting a clock-skew margin:
+    clients on different machines agree with each other if each agrees with the storage.
+    The reading is only as exact as the backend's stamp: an HTTP ``Date`` header or an
+    SFTP modification time has one-second resolution, so the error is up to 0.5 s plus
+    half the call's round trip (see :func:`clock_reading`). A failure never raises: a
+    missing clock only means "cannot measure".
+    """
+    for layer in _layers(storage):
+        if isinstance(layer, ServerClock):
+            try:
+                found = layer.server_time()
+            except Exception:  # advisory: a broken reading must not stop its caller
+                return None
+            if found is None:
+                return None
+            if found.tzinfo is None:
+                found = found.replace(tzinfo=UTC)
+            return found.astimezone(UTC)
+    return None
+
+
+def clock_reading(
+    stamp: datetime, started: float, ended: float, *, resolution: float = 0.0
+) -> datetime:
+    """The storage's time at ``ended``, from a ``stamp`` it took while a call ran from
+    ``started`` to ``ended`` (seconds of the local monotonic clock).
+
+    The stamp was taken at an unknown moment of the call: the midpoint is the best guess,
+    off by at most half the round trip. A stamp truncated to ``resolution`` seconds (an
+    HTTP ``Date``: 1 s) lies on average ``resolution / 2`` before the true time. So the
+    estimate is ``stamp + resolution / 2 + (ended - started) / 2``, within
+    ``resolution / 2 + (ended - started) / 2`` of the truth.
+    """
+    return stamp + timedelta(seconds=resolution / 2 + max(0.0, ended - started) / 2)
+
+
+def http_date(value: object) -> datetime | None:
+    """An HTTP ``Date`` header (RFC 9110 IMF-fixdate, ``Sun, 06 Nov 1994 08:49:37 GMT``) as
+    an aware UTC datetime; None if absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        found = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if found.tzinfo is None:  # "-0000": UTC by RFC 5322's convention
+        found = found.replace(tzinfo=UTC)
+    return found.astimezone(UTC)
 
 
 def check_name(name: str) -> str:

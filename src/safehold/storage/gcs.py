@@ -26,8 +26,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,7 +62,7 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import check_name
+from safehold.storage.base import check_name, clock_reading, http_date
 from safehold.storage.common import (
     check_aliases,
     check_length,
@@ -296,6 +298,24 @@ class GcsStorage:
 
     def _blob(self, name: str) -> gcs.Blob:
         return self._bucket.blob(self._prefix + check_name(name))
+
+    def server_time(self) -> datetime | None:
+        """The service's clock (storage.base.ServerClock): the ``Date`` header of a listing
+        of at most one name, also of an error answer (the same server's clock). The SDK
+        hides response headers, so the request goes through the client's own authorized
+        session."""
+        url = self._client._connection.build_api_url(
+            f"/b/{self._bucket_name}/o",
+            {"maxResults": 1, "prefix": self._prefix, "fields": "kind"},
+        )
+        started = time.monotonic()
+        try:
+            response = self._client._http.request("GET", url, timeout=self._timeout)
+        except (requests.RequestException, google.auth.exceptions.GoogleAuthError, OSError):
+            return None
+        ended = time.monotonic()
+        stamp = http_date(response.headers.get("Date"))
+        return None if stamp is None else clock_reading(stamp, started, ended, resolution=1.0)
 
     def _call(self, action: str, call: Callable[[], T], *, missing: str = "") -> T:
         try:

@@ -17,6 +17,10 @@ part starts with ``.tmp-`` are therefore reserved.
 with ``EEXIST`` atomically if the name is taken, so two writers can never both win (a
 check-then-rename would race). Hard links work on every POSIX filesystem safehold supports.
 
+**Clock.** ``server_time`` is the modification time of a one-byte temporary file written
+and fsynced in the root: the time of whoever stamps files there, which on NFS or SMB is
+the file server (it sets the time of a write it applies), and otherwise this machine.
+
 **Errors.** Every ``OSError`` is translated once, by :func:`translate_os_error`, into the
 :mod:`safehold.errors` hierarchy, keeping the original as ``__cause__``.
 """
@@ -29,6 +33,7 @@ import stat as stat_mode
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from safehold.errors import (
@@ -40,7 +45,7 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import check_name
+from safehold.storage.base import check_name, clock_reading
 from safehold.storage.common import check_range, short_read
 from safehold.storage.direct import DirectWrites, suits_direct_io, write_all
 
@@ -310,6 +315,34 @@ class LocalStorage:
         except OSError as exc:
             raise self._error(exc, f"delete {name!r}") from exc
         # No folder fsync: a delete lost in a crash only leaves garbage for the next prune.
+
+    # --- clock ----------------------------------------------------------------------------
+
+    def server_time(self) -> datetime | None:
+        """The file system's time (see the module docstring; storage.base.ServerClock), or
+        None if no file can be written in the root (a read-only mount)."""
+        started = time.monotonic()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self._root)
+        except OSError:
+            return None
+        try:
+            # A write, not only a create: an NFS client may stamp an exclusive create
+            # itself, while the time of a write that reaches the server is the server's.
+            os.write(fd, b"\0")
+            os.fsync(fd)
+            stamp_ns = os.fstat(fd).st_mtime_ns
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass  # hidden from list and removed by remove_stale_temp_files
+        ended = time.monotonic()
+        stamp = datetime.fromtimestamp(stamp_ns / 1e9, UTC)
+        return clock_reading(stamp, started, ended)
 
     # --- maintenance ----------------------------------------------------------------------
 

@@ -7,14 +7,20 @@ durability: everything is gone when the process exits.
 ``MemoryStorage.named(NAME)`` returns the same instance for the same name for the life of
 the process, so that two parts of a program (or a test and the CLI it drives) opening the
 location ``memory:NAME`` see the same objects.
+
+A memory storage has no clock of its own: ``server_time`` is None, unless a ``clock`` is
+given (a :class:`~safehold.clock.FakeClock` set apart from the client's), which lets tests
+play a storage whose time disagrees with the client's.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from typing import ClassVar
 
+from safehold.clock import Clock
 from safehold.errors import IntegrityError, ObjectExists, ObjectNotFound
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name
@@ -28,7 +34,8 @@ class MemoryStorage:
     _registry: ClassVar[dict[str, MemoryStorage]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, *, label: str | None = None) -> None:
+    def __init__(self, *, label: str | None = None, clock: Clock | None = None) -> None:
+        self.clock = clock  # the storage's own time (None: it has none); see server_time
         self._objects: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._where = f"memory:{label}" if label is not None else f"memory:<anonymous {id(self):x}>"
@@ -55,6 +62,10 @@ class MemoryStorage:
 
     def close(self) -> None:
         pass  # the objects outlive the handle, as files outlive a LocalStorage
+
+    def server_time(self) -> datetime | None:
+        """``clock``'s time if one was given (see storage.base.ServerClock), else None."""
+        return self.clock.now() if self.clock is not None else None
 
     def put(self, name: str, data: bytes | memoryview, *, exclusive: bool = False) -> None:
         check_name(name)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -44,7 +45,7 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import check_name
+from safehold.storage.base import check_name, clock_reading, http_date
 from safehold.storage.common import (
     check_length,
     check_range,
@@ -272,6 +273,20 @@ class S3Storage:
 
     def _key(self, name: str) -> str:
         return self._prefix + check_name(name)
+
+    def server_time(self) -> dt.datetime | None:
+        """The service's clock (storage.base.ServerClock): the ``Date`` header of a HEAD on
+        the bucket. An error answer counts too: it comes from the same server's clock."""
+        started = time.monotonic()
+        try:
+            reply = self._client.head_bucket(Bucket=self._s.bucket)
+        except bce.ClientError as exc:
+            reply = exc.response
+        except _SDK_ERRORS:
+            return None
+        ended = time.monotonic()
+        stamp = http_date(reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"))
+        return None if stamp is None else clock_reading(stamp, started, ended, resolution=1.0)
 
     def _call(self, action: str, method: str, **kwargs: Any) -> Any:
         try:

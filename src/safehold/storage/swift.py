@@ -49,8 +49,10 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import requests
@@ -61,13 +63,14 @@ from safehold.errors import (
     ConfigError,
     ObjectExists,
     ObjectNotFound,
+    SafeholdError,
     StorageError,
     StorageFull,
     StoragePermissionDenied,
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import check_name
+from safehold.storage.base import check_name, clock_reading, http_date
 from safehold.storage.common import check_range, empty_read, past_end, short_read
 from safehold.storage.location import redact
 from safehold.storage.swift_options import SwiftOptions, parse_options, split_query
@@ -345,6 +348,25 @@ class SwiftStorage:
 
     def _obj(self, name: str) -> str:
         return self._prefix + check_name(name)
+
+    def server_time(self) -> datetime | None:
+        """The cluster's clock (storage.base.ServerClock): the ``Date`` header of a HEAD
+        on the container."""
+
+        def head(url: str, token: str, conn: tuple[Any, Any]) -> Mapping[str, str]:
+            found: Mapping[str, str] = swift.head_container(
+                url, token, self._container, http_conn=conn
+            )
+            return found
+
+        started = time.monotonic()
+        try:
+            headers = self._call("read the server's clock", head)
+        except SafeholdError:
+            return None
+        ended = time.monotonic()
+        stamp = http_date(headers.get("date") or headers.get("Date"))
+        return None if stamp is None else clock_reading(stamp, started, ended, resolution=1.0)
 
     def _container_missing(self, action: str) -> StorageError:
         return StorageError(

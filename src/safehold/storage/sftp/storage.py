@@ -12,8 +12,10 @@ import os
 import posixpath
 import socket
 import stat as stat_mode
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import paramiko
@@ -41,7 +43,7 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import check_name
+from safehold.storage.base import check_name, clock_reading
 from safehold.storage.common import check_range, short_read
 from safehold.storage.sftp.keys import HostKeyTrust, default_keys, load_private_key
 from safehold.storage.sftp.options import ENV_PREFIX, SftpOptions, SftpTarget, parse_location
@@ -373,6 +375,34 @@ class SftpStorage:
                 raise
 
         self._call(f"delete {name!r}", delete)
+
+    # --- clock ---------------------------------------------------------------------------------
+
+    def server_time(self) -> datetime | None:
+        """The server's clock (storage.base.ServerClock): the modification time the server
+        gives a temporary file created now in the root (SFTP version 3 carries whole
+        seconds), which is removed again. None if no file can be created there."""
+        tmp = f"{self._root}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+
+        def stamp(s: Session) -> int | None:
+            handle = s.open_handle(tmp, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL)
+            try:
+                mtime = s.fstat(handle).st_mtime
+            finally:
+                s.close_handle(handle)
+                s.remove(tmp)
+            return int(mtime) if mtime is not None else None
+
+        started = time.monotonic()
+        try:
+            seconds = self._call("read the server's clock", stamp, missing_is_not_found=False)
+        except SafeholdError:
+            return None
+        ended = time.monotonic()
+        if seconds is None:
+            return None
+        found = datetime.fromtimestamp(seconds, UTC)
+        return clock_reading(found, started, ended, resolution=1.0)
 
     # --- list ----------------------------------------------------------------------------------
 
