@@ -241,6 +241,7 @@ def _put_lock(storage: LocalStorage, repo: Repository, name: str, pid: int) -> N
         pid=pid,
         exclusive=False,
         kind="backup",
+        holder=lockmod.this_holder(),  # as if taken here: a dead PID then makes it stale
     )
     storage.put(name, seal_object(repo.aead, T_LOCK, json.dumps(info.to_json()).encode()))
 

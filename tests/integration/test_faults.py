@@ -200,6 +200,7 @@ def _plant_lock(repo: str, *, hostname: str, pid: int, refreshed_ago: timedelta)
         pid=pid,
         exclusive=True,
         kind="prune",
+        holder=lockmod.this_holder(),  # as if taken here: a dead PID then makes it stale
     )
     r.storage.put(info.name, seal_object(r.aead, T_LOCK, json.dumps(info.to_json()).encode()))
     return info.name.removeprefix(lockmod.PREFIX)

@@ -35,7 +35,7 @@ from safehold.repository.format import BLOB_DATA, BLOB_TREE
 from safehold.repository.repository import Repository, new_chain_id
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
-from safehold.repository.trash import trashed_packs
+from safehold.repository.trash import writer_view
 from safehold.sources.base import Stream
 from safehold.sources.process import command_stream
 
@@ -163,8 +163,8 @@ def run_backup(
     started = time.monotonic()
     host = opts.host or socket.gethostname()
     with repo.lock("backup"):
-        repo.load_index()
-        repo.index_unindexed_packs(exclude=trashed_packs(repo))
+        trashed = writer_view(repo)  # the index without the packs prune has trashed
+        repo.index_unindexed_packs(exclude=trashed)
         key = _source_key(opts, paths)
         parent, chain, seq = _choose_chain(repo, opts, host, key)
         saver = BlobSaver(repo, bytes.fromhex(chain))

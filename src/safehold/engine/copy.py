@@ -33,7 +33,7 @@ from safehold.repository.format import BLOB_DATA, BLOB_TREE
 from safehold.repository.repository import Repository
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
-from safehold.repository.trash import trashed_packs
+from safehold.repository.trash import writer_view
 
 __all__ = ["COPIED", "FAILED", "SKIPPED", "CopyOptions", "CopyResult", "copy_snapshots"]
 
@@ -100,9 +100,9 @@ def copy_snapshots(
     ordered = sorted(unique.values(), key=lambda s: (s.time, s.id))
     with src.lock("copy"), dst.lock("copy"):
         src.load_index()
-        dst.load_index()
+        trashed = writer_view(dst)  # dst's index without the packs prune has trashed
         # Packs an interrupted copy (or backup) left behind are reused, not uploaded again.
-        dst.index_unindexed_packs(exclude=trashed_packs(dst))
+        dst.index_unindexed_packs(exclude=trashed)
         copier = _Copier(src, dst, opts, progress)
         return [copier.copy(s) for s in ordered]
 

@@ -135,9 +135,11 @@ class CheckReport:
 
 
 def stale_lock_notes(repo: Repository) -> list[Problem]:
-    """Notes about stale locks. Call before taking a lock: taking one removes them."""
+    """Notes about stale locks, errors about locks that cannot be read. Call before taking
+    a lock: taking one removes stale locks."""
     now = repo.clock.now()
-    return [
+    damaged: list[str] = []
+    notes = [
         Problem(
             NOTE,
             "lock-stale",
@@ -145,9 +147,21 @@ def stale_lock_notes(repo: Repository) -> list[Problem]:
             f"stale {info.describe()}: that process is gone or stopped refreshing its "
             "lock, so the lock was removed",
         )
-        for info in lockmod.list_locks(repo.storage, repo.aead)
+        for info in lockmod.list_locks(repo.storage, repo.aead, damaged=damaged)
         if lockmod.is_stale(info, now)
     ]
+    notes.extend(
+        Problem(
+            ERROR,
+            "lock-damaged",
+            name,
+            "the lock cannot be read: it names no process, and it holds back prune's "
+            "deletions until it is removed",
+            hint="if no safehold process is running, remove it with 'safehold unlock'",
+        )
+        for name in damaged
+    )
+    return notes
 
 
 def why(exc: Exception) -> str:

@@ -12,7 +12,7 @@ from safehold.repository.format import T_CONFIG, T_INDEX, open_object
 from safehold.repository.format import storage_id as hash_name
 from safehold.repository.index import decode_index
 from safehold.repository.repository import RepoConfig, pack_name
-from safehold.repository.trash import trashed_packs
+from safehold.repository.trash import list_trash
 
 __all__ = ["StructureChecks"]
 
@@ -78,11 +78,15 @@ class StructureChecks(CheckState):
     def check_packs(self) -> None:
         self.listed = self.repo.list_packs()
         self.report.packs = len(self.listed)
-        try:
-            self.trashed = trashed_packs(self.repo)
-        except IntegrityError as exc:
-            msg = f"a trash record is damaged ({exc.message}); its packs show up as unindexed"
-            self.add(ERROR, "trash-damaged", "trash/", msg)
+        damaged: list[str] = []
+        self.trashed = {p for rec in list_trash(self.repo, damaged=damaged) for p in rec.packs}
+        for name in damaged:
+            msg = (
+                "the trash record cannot be read; the packs it names (garbage prune was "
+                "going to delete) show up as unindexed"
+            )
+            hint = "delete it; backups adopt its packs and a later prune frees them"
+            self.add(ERROR, "trash-damaged", name, msg, hint=hint)
         for pack_id, rec in sorted(self.index.packs.items()):
             where = self.index_file_of.get(pack_id, "the index")
             size = self.listed.get(pack_id)

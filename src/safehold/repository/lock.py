@@ -7,6 +7,20 @@ refreshes its lock every :data:`REFRESH_SECONDS`; a lock not refreshed for
 :data:`STALE_SECONDS`, or held by a process on this host that no longer exists, is stale and
 is removed by the next process that meets it. Prune's two-phase delete relies on each lock's
 ``created`` time (see :mod:`safehold.repository.prune`).
+
+Who holds a lock is more than a host name and a PID: two containers may share a host name
+while their PIDs live in different namespaces, and a PID is reused once its process is gone.
+A lock records the kernel's boot id, the holder's PID namespace and the start time of its
+process, and a random id of the process. A lock is judged by its PID only when all of these
+say it was taken on this very kernel, in this PID namespace: then a PID that is gone, or
+that now belongs to a process started at another time, means the holder is gone. Any other
+lock (another machine, another container, a lock written before these fields existed) is
+judged by its refresh time alone.
+
+A lock object that cannot be read (damaged, junk) names no holder: it is skipped with a
+warning when locks are taken (it excludes nobody), it holds back prune's sweep (it might be
+a live process's lock, damaged: that process rewrites it at its next refresh), and
+``unlock`` removes it.
 """
 
 from __future__ import annotations
@@ -17,19 +31,87 @@ import os
 import secrets
 import socket
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.crypto.aead import Aead
-from safehold.errors import ObjectNotFound, RepositoryLocked, SafeholdError
+from safehold.errors import IntegrityError, ObjectNotFound, RepositoryLocked, SafeholdError
 from safehold.repository.format import T_LOCK, open_object, seal_object
 from safehold.storage.base import Storage
 
 REFRESH_SECONDS = 300.0
 STALE_SECONDS = 1800.0
 PREFIX = "locks/"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Where a lock's process runs, as precisely as this machine can tell (see the module
+    docstring). Empty fields are unknown."""
+
+    boot_id: str = ""  # /proc/sys/kernel/random/boot_id: this kernel since its boot
+    pid_ns: str = ""  # the PID namespace, as /proc/self/ns/pid names it
+    start: int = 0  # the process's start time, in clock ticks after boot
+    process: str = ""  # random, one per process
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "boot_id": self.boot_id,
+            "pid_ns": self.pid_ns,
+            "start": self.start,
+            "process": self.process,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Holder:
+        return cls(
+            boot_id=str(d.get("boot_id", "")),
+            pid_ns=str(d.get("pid_ns", "")),
+            start=int(d.get("start", 0)),
+            process=str(d.get("process", "")),
+        )
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int | str) -> int:
+    """Field 22 of /proc/PID/stat (after the command name, which may hold spaces); 0 if
+    unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[-1].split()
+        return int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@cache
+def _process_token() -> str:
+    return secrets.token_hex(8)
+
+
+def this_holder() -> Holder:
+    """The holder fields of this process (read again after a fork: the child differs)."""
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = ""
+    return Holder(
+        boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
+        pid_ns=pid_ns,
+        start=_start_time("self"),
+        process=f"{_process_token()}-{os.getpid()}",
+    )
 
 
 @dataclass
@@ -41,6 +123,7 @@ class LockInfo:
     pid: int
     exclusive: bool
     kind: str
+    holder: Holder = field(default_factory=Holder)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,18 +133,24 @@ class LockInfo:
             "pid": self.pid,
             "exclusive": self.exclusive,
             "kind": self.kind,
+            **self.holder.to_json(),
         }
 
     @classmethod
     def from_json(cls, name: str, d: dict[str, Any]) -> LockInfo:
+        created = datetime.fromisoformat(d["created"])
+        refreshed = datetime.fromisoformat(d["refreshed"])
+        if created.tzinfo is None or refreshed.tzinfo is None:
+            raise ValueError("lock times without a time zone")
         return cls(
             name=name,
-            created=datetime.fromisoformat(d["created"]),
-            refreshed=datetime.fromisoformat(d["refreshed"]),
-            hostname=d["hostname"],
+            created=created,
+            refreshed=refreshed,
+            hostname=str(d["hostname"]),
             pid=int(d["pid"]),
             exclusive=bool(d["exclusive"]),
-            kind=d.get("kind", ""),
+            kind=str(d.get("kind", "")),
+            holder=Holder.from_json(d),
         )
 
     def describe(self) -> str:
@@ -87,10 +176,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def holder_gone(info: LockInfo) -> bool:
+    """True only when the lock was taken on this kernel, in this PID namespace, and its
+    process no longer runs (its PID is free, or belongs to a process started later)."""
+    mine = this_holder()
+    theirs = info.holder
+    if not (theirs.boot_id and theirs.pid_ns and theirs.start):
+        return False  # an older lock, or a holder that could not tell: the time-out decides
+    if (theirs.boot_id, theirs.pid_ns) != (mine.boot_id, mine.pid_ns):
+        return False
+    if info.hostname != socket.gethostname():
+        return False
+    if not _pid_alive(info.pid):
+        return True
+    started = _start_time(info.pid)
+    return started not in (0, theirs.start)
+
+
 def is_stale(info: LockInfo, now: datetime) -> bool:
     if now - info.refreshed > timedelta(seconds=STALE_SECONDS):
         return True
-    return info.hostname == socket.gethostname() and not _pid_alive(info.pid)
+    return holder_gone(info)
 
 
 def conflicts(mine: LockInfo, other: LockInfo) -> bool:
@@ -99,15 +205,32 @@ def conflicts(mine: LockInfo, other: LockInfo) -> bool:
     return mine.kind == "prune" and other.kind == "prune"
 
 
-def list_locks(storage: Storage, aead: Aead) -> list[LockInfo]:
+def list_locks(
+    storage: Storage,
+    aead: Aead,
+    *,
+    damaged: list[str] | None = None,
+    warn: Callable[[str, str], None] | None = None,
+) -> list[LockInfo]:
+    """Every readable lock. One that cannot be read is left out: its name goes to
+    ``damaged`` and a warning to ``warn`` (see the module docstring)."""
     out = []
     for obj in storage.list(PREFIX):
         try:
             raw = storage.get(obj.name)
+            doc = json.loads(open_object(aead, raw, T_LOCK, f"lock {obj.name}"))
+            out.append(LockInfo.from_json(obj.name, doc))
         except ObjectNotFound:
             continue  # released while we listed
-        doc = json.loads(open_object(aead, raw, T_LOCK, f"lock {obj.name}"))
-        out.append(LockInfo.from_json(obj.name, doc))
+        except (IntegrityError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            if damaged is not None:
+                damaged.append(obj.name)
+            if warn is not None:
+                reason = exc.message if isinstance(exc, SafeholdError) else f"not a lock: {exc}"
+                warn(
+                    obj.name,
+                    f"skipped a lock that cannot be read ({reason}); 'safehold unlock' removes it",
+                )
     return out
 
 
@@ -155,6 +278,7 @@ def acquire(
     kind: str,
     exclusive: bool = False,
     clock: Clock = SYSTEM_CLOCK,
+    warn: Callable[[str, str], None] | None = None,
 ) -> Lock:
     """Take a lock or raise :class:`RepositoryLocked` naming the holder.
 
@@ -170,9 +294,10 @@ def acquire(
         pid=os.getpid(),
         exclusive=exclusive,
         kind=kind,
+        holder=this_holder(),
     )
     lock = Lock(storage, aead, info, clock)
-    for other in list_locks(storage, aead):
+    for other in list_locks(storage, aead, warn=warn):
         if is_stale(other, now):
             with contextlib.suppress(ObjectNotFound):
                 storage.delete(other.name)
@@ -199,12 +324,20 @@ def _locked(other: LockInfo) -> RepositoryLocked:
 def remove_locks(
     storage: Storage, aead: Aead, *, all_locks: bool, clock: Clock = SYSTEM_CLOCK
 ) -> int:
-    """Remove stale locks (or every lock); returns how many were removed."""
+    """Remove stale and unreadable locks (or every lock); returns how many were removed.
+    Works whatever the locks hold: it never needs to read one to remove it."""
     removed = 0
     now = clock.now()
-    for info in list_locks(storage, aead):
-        if all_locks or is_stale(info, now):
-            with contextlib.suppress(ObjectNotFound):
-                storage.delete(info.name)
-            removed += 1
+    if all_locks:
+        doomed = [obj.name for obj in storage.list(PREFIX)]
+    else:
+        damaged: list[str] = []
+        infos = list_locks(storage, aead, damaged=damaged)
+        doomed = damaged + [info.name for info in infos if is_stale(info, now)]
+    for name in doomed:
+        try:
+            storage.delete(name)
+        except ObjectNotFound:
+            continue
+        removed += 1
     return removed

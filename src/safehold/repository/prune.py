@@ -25,12 +25,14 @@ snapshot needs a blob that no pack holds, prune stops before changing anything.
 Then, in this order:
 
 1. the new packs of the repack are stored (nothing references them yet);
-2. a **trash record** (``trash/<id>``, :mod:`safehold.repository.trash`) names every
-   garbage pack; from now on backups no longer adopt these packs as "unindexed";
-3. new index files describing every live pack (all indexed packs but the garbage, plus the
+2. index files listing exactly the doomed packs (garbage and repacked) are written, then a
+   **trash record** (``trash/<id>``, :mod:`safehold.repository.trash`) naming those packs
+   and those index files; from now on writers neither deduplicate against these packs nor
+   adopt them, while readers still find them through the record's index files;
+3. new index files describing every live pack (all indexed packs but the doomed, plus the
    new packs) are written;
 4. the index files loaded in the mark are deleted, and no others: an index file a backup
-   wrote meanwhile stays.
+   wrote meanwhile stays, and so do trash records' own.
 
 Let *T* be the time after step 4. The trash record is then written again, so that its
 ``created`` time is at least *T*, and the first copy is deleted.
@@ -49,9 +51,12 @@ margin for clocks of different hosts that disagree). Stale locks (see
 * a trashed pack that holds a blob some snapshot uses and no live pack holds (in the
   snapshot's chain) is **rescued**: an index file is written for it (from its own header)
   and it is kept;
-* every other trashed pack is deleted; then the record is deleted. A pack the storage
-  refuses to delete because a retention period protects it (S3 Object Lock) stays, and so
-  does its record: a later prune deletes it once the period is over.
+* every other trashed pack is deleted, after the record's own index files and before the
+  record. A pack or index file the storage refuses to delete because a retention period
+  protects it (S3 Object Lock) stays, and so does its record: a later prune deletes it
+  once the period is over.
+
+A lock that cannot be read holds back every record (it may be a live process's, damaged).
 
 Every prune run sweeps the records of earlier runs at its start, and the record it has just
 written at its end when the condition already holds. With no other process about, one run
@@ -65,25 +70,29 @@ those last written before every live lock was taken and over an hour ago
 Why this is safe
 ================
 
-Every process takes its lock before it loads the index, so a process whose lock was
-created after *T* (plus the skew margin) can only have loaded index files written by this
-prune or later, none of which lists a garbage pack, and it skips trashed packs when it
-adopts unindexed ones: it cannot reference a trashed blob it has not written itself. A
-process whose lock was created earlier may have loaded the old index and deduplicated
-against a garbage pack; the sweep waits until its lock is gone. When it is gone the process
-has finished: every snapshot it saved is stored and seen by the sweep, which rescues any
-trashed pack such a snapshot needs. A backup that adopted a trashed pack before the record
-existed wrote an index file for it, and a pack that an index file lists is never deleted.
-A lock that is stale belongs to a process that is gone or that stopped refreshing it for
-half an hour; like every lock-based scheme, this one trusts that such a process no longer
-writes.
+No pack that was indexed becomes unindexed before its sweep (the doomed packs move to
+the record's own index files before the old ones go), so a snapshot is complete when it
+is written and stays so until a sweep deletes one of its packs. A writer takes its lock,
+lists the trash, then loads the index, dropping trashed packs: a writer whose lock was
+created after the record (plus the skew margin) therefore never references a trashed
+blob it has not written itself. A writer whose lock was created earlier may have
+deduplicated against a doomed pack; the sweep waits until its lock is gone. When it is
+gone the process has finished: every snapshot it saved is stored and seen by the sweep,
+which rescues any trashed pack such a snapshot needs. A backup that adopted a trashed pack
+before the record existed wrote an index file for it, and a pack that an index file other
+than a record's own lists is never deleted. A lock that is stale belongs to a process that
+is gone or that stopped refreshing it for half an hour; like every lock-based scheme, this
+one trusts that such a process no longer writes. docs/format.md, section 16, gives the
+whole argument.
 
 Crash safety: a crash before step 2 leaves new packs that no index lists (backups adopt
-them); between 2 and 4 both old and new index files exist and the trashed packs are still
-indexed, so a sweep keeps them; after 4 the first record (its ``created`` slightly before
-*T*, within the skew margin in any realistic run) guards the packs until the next prune.
-A sweep deletes packs before the record and writes rescue index files before deleting
-anything, so an interrupted sweep is finished by the next one.
+them) and perhaps trash index files without a record (duplicates of the old index, which
+the next mark loads and replaces); between 2 and 4 both old and new index files exist; after
+4 the first record (its ``created`` slightly before *T*, within the skew margin in any
+realistic run) guards the packs until the next prune. A sweep writes rescue index files
+before deleting anything and deletes a record's index files, then its packs, then the
+record, so an interrupted sweep is finished by the next one and no index ever lists a
+deleted pack.
 """
 
 from __future__ import annotations
@@ -184,6 +193,7 @@ class MarkResult:
     bytes_written: int = 0
     index_files_written: int = 0
     index_files_deleted: int = 0
+    index_files_retained: int = 0  # old index files the storage kept (retention)
     trash_record: str | None = None
 
 
@@ -295,15 +305,15 @@ def _mark(
 ) -> tuple[MarkResult, _UsedCache, dict[bytes, PackRecord]]:
     result = MarkResult()
     pending = list_trash(repo)
+    pending_index = {name for rec in pending for name in rec.index}
     # Snapshots first, then the index: every listed snapshot's blobs are in an index file
     # written before it (write order packs -> index -> snapshot).
-    snaps = repo.list_snapshots()
-    live, loaded = _load_live_index(repo)
+    snaps = _list_snapshots(repo)
+    live, loaded = _load_live_index(repo, skip=pending_index)
     sizes = repo.list_packs()
     pending_ids = {p for rec in pending for p in rec.packs}
-    pending_headers = _read_headers(
-        repo, [p for p in pending_ids if p not in live.packs and p in sizes], sizes, {}
-    )
+    trashed = [p for p in pending_ids if p not in live.packs and p in sizes]
+    pending_headers = _read_headers(repo, trashed, sizes, _load_records(repo, pending_index))
     # Snapshots saved by backups that ran during an earlier prune may need blobs that now
     # live only in trashed packs; the view includes those so the walk finds them.
     used = _used_blobs(repo, _view(live, pending_headers.values()), snaps, progress)
@@ -341,21 +351,33 @@ def _mark(
     )
     if dry_run:
         return result, cache, known
-    first = write_trash(repo, sorted(doomed))  # (2): backups stop adopting these packs
+    # (2) The doomed packs keep an index of their own until the sweep, so that a snapshot
+    # a running backup saves after deduplicating against them is complete when listed;
+    # the record tells writers to keep off them from now on.
+    doomed_records = [*garbage, *repack]
+    trash_index = [repo.write_index(chunk) for chunk in _chunks(doomed_records)]
+    first = write_trash(repo, sorted(doomed), trash_index)
     survivors = [rec for rec in live.packs.values() if rec.pack_id not in doomed]
     survivors.extend(new_packs)
     written = {repo.write_index(chunk) for chunk in _chunks(survivors)}  # (3)
     for name in loaded:  # (4): only what we loaded; a concurrent backup's index stays
-        if name in written:  # same content, same name: it is ours now
+        if name in written or name in trash_index:  # same content, same name: ours now
             continue
-        with contextlib.suppress(ObjectNotFound):
+        try:
             repo.storage.delete(name)
             result.index_files_deleted += 1
+        except ObjectNotFound:
+            pass
+        except ObjectRetained:
+            # Under retention it stays, a duplicate listing of packs that are live or in
+            # the trash (where it keeps them: see the sweep); a later prune deletes it.
+            result.index_files_retained += 1
     result.index_files_written = len(written)
     # T: the old index is gone. Restamp the record so its time is at least T.
-    final = write_trash(repo, sorted(doomed))
+    final = write_trash(repo, sorted(doomed), trash_index)
     if final.name != first.name:
-        repo.storage.delete(first.name)
+        with contextlib.suppress(ObjectNotFound, ObjectRetained):
+            repo.storage.delete(first.name)
     result.trash_record = final.name
     index = Index()
     for rec in survivors:
@@ -503,18 +525,22 @@ def sweep(
     if not ready:
         _count_waiting(result, waiting, set(), repo.list_packs())
         return result
-    snaps = repo.list_snapshots()
-    live, _loaded = _load_live_index(repo)
+    snaps = _list_snapshots(repo)
+    # The records' own index files are not "live": a pack they list is live only if
+    # another index file lists it too (a backup adopted it, or an earlier sweep rescued it).
+    live, _loaded = _load_live_index(repo, skip={n for rec in records for n in rec.index})
     sizes = repo.list_packs()
     candidates = list(dict.fromkeys(p for rec in ready for p in rec.packs))
+    known = _load_records(repo, {n for rec in records for n in rec.index})
+    known.update(_known or {})
     if _used is not None and {s.id for s in snaps} <= _used.snapshot_ids:
         headers = _read_headers(
-            repo, [p for p in candidates if p not in live.packs and p in sizes], sizes, _known
+            repo, [p for p in candidates if p not in live.packs and p in sizes], sizes, known
         )
         used = _used.used
     else:
         trashed = {p for rec in records for p in rec.packs if p not in live.packs and p in sizes}
-        headers = _read_headers(repo, trashed, sizes, _known or {})
+        headers = _read_headers(repo, trashed, sizes, known)
         used = _used_blobs(repo, _view(live, headers.values()), snaps, progress)
     needed: set[bytes] = set()
     for blobs in used.values():
@@ -541,9 +567,17 @@ def sweep(
         return result
     if rescued:
         repo.write_index(rescued)  # before anything is deleted
+    # The records' index files go before their packs, so that no index ever lists a
+    # deleted pack; a record whose index file the storage keeps (retention) keeps its
+    # packs too, until a later sweep.
+    held_back = _delete_trash_index(repo, ready)
+    if held_back:
+        doomed = [p for p in doomed if p not in held_back]
+        result.packs_deleted = len(doomed)
+        result.bytes_freed = sum(sizes[p] for p in doomed)
     progress = progress or NoProgress()
     progress.start("delete", len(doomed), result.bytes_freed)
-    retained: set[bytes] = set()
+    retained: set[bytes] = set(held_back)
     try:
         for pack_id in doomed:
             try:
@@ -558,10 +592,11 @@ def sweep(
     finally:
         progress.finish()
     if retained:
+        kept = retained - held_back
         result.packs_retained = len(retained)
-        result.bytes_retained = sum(sizes[p] for p in retained)
-        result.packs_deleted -= len(retained)
-        result.bytes_freed -= result.bytes_retained
+        result.bytes_retained = sum(sizes[p] for p in retained if p in sizes)
+        result.packs_deleted -= len(kept)
+        result.bytes_freed -= sum(sizes[p] for p in kept)
     for record in ready:  # after the packs: a record outlives an interrupted sweep
         if retained.intersection(record.packs):
             continue  # keeps naming its retained packs for the next prune
@@ -571,6 +606,21 @@ def sweep(
         live.add_pack(rec)
     repo.index = live
     return result
+
+
+def _delete_trash_index(repo: Repository, ready: list[TrashRecord]) -> set[bytes]:
+    """Delete the index files of ``ready`` records; returns the packs of records one of
+    whose index files the storage refused to delete (retention): they must stay."""
+    held_back: set[bytes] = set()
+    for record in ready:
+        for name in record.index:
+            try:
+                repo.storage.delete(name)
+            except ObjectNotFound:
+                pass
+            except ObjectRetained:
+                held_back.update(record.packs)
+    return held_back
 
 
 def _ready_records(
@@ -585,7 +635,8 @@ def _ready_records(
     """Splits records into those that may be swept now and those that must wait."""
     now = repo.clock.now()
     others: list[lockmod.LockInfo] = []
-    for info in lockmod.list_locks(repo.storage, repo.aead):
+    unreadable: list[str] = []
+    for info in lockmod.list_locks(repo.storage, repo.aead, damaged=unreadable, warn=repo.warn):
         if info.name == own_lock:
             continue
         if lockmod.is_stale(info, now):
@@ -597,10 +648,16 @@ def _ready_records(
         others.append(info)
     ready, waiting = [], []
     waiting_for: dict[str, str] = {}
+    # A lock that cannot be read may be a live process's, damaged: it holds back every
+    # record until its holder rewrites it or 'safehold unlock' removes it.
+    waiting_for.update(
+        (name, f"{name}, which cannot be read ('safehold unlock' removes it)")
+        for name in unreadable
+    )
     for rec in records:
         sweep_after = rec.created + lock_skew
         blockers = [info for info in others if info.created < sweep_after]
-        if blockers:
+        if blockers or unreadable:
             waiting.append(rec)
             waiting_for.update((info.name, info.describe()) for info in blockers)
         else:
@@ -678,12 +735,44 @@ def remove_stale_temp_files(
 # --- shared helpers ------------------------------------------------------------------------
 
 
-def _load_live_index(repo: Repository) -> tuple[Index, list[str]]:
-    """Load every index file; returns the index and the names of the files it came from
-    (prune deletes exactly these). Damaged files raise: prune does not guess."""
+def _list_snapshots(repo: Repository) -> list[Snapshot]:
+    """Every snapshot; prune does not go on past one it cannot read, since it would not
+    know which data that snapshot needs."""
+    damaged: list[str] = []
+    snaps = repo.list_snapshots(damaged=damaged)
+    if damaged:
+        names = ", ".join(f"snapshots/{sid}" for sid in sorted(damaged))
+        raise IntegrityError(
+            f"prune cannot read {names}, so it cannot tell which data that snapshot needs; "
+            "it stopped before deleting anything",
+            hint="put back an intact copy of it, or give it up with 'safehold forget ID' "
+            "(it cannot be restored anyway), then prune again",
+        )
+    return snaps
+
+
+def _load_records(repo: Repository, names: Iterable[str]) -> dict[bytes, PackRecord]:
+    """The pack records of the given index files (trash index files); files that are
+    gone or damaged add nothing (callers read the pack headers instead)."""
+    out: dict[bytes, PackRecord] = {}
+    for name in sorted(names):
+        try:
+            records = decode_index(repo.load_object(name, T_INDEX), name)
+        except (ObjectNotFound, IntegrityError):
+            continue
+        out.update((rec.pack_id, rec) for rec in records)
+    return out
+
+
+def _load_live_index(repo: Repository, *, skip: set[str] | None = None) -> tuple[Index, list[str]]:
+    """Load every index file but ``skip`` (trash records' own); returns the index and the
+    names of the files it came from (prune deletes exactly these). Damaged files raise:
+    prune does not guess."""
     index = Index()
     loaded = []
     for name in repo.list_index_files():
+        if skip and name in skip:
+            continue
         try:
             records = decode_index(repo.load_object(name, T_INDEX), name)
         except ObjectNotFound:

@@ -149,6 +149,19 @@ class Repository:
         self._tree_packs: OrderedDict[bytes, bytes] = OrderedDict()
         self._tree_pack_bytes = 0
         self._tree_pack_lock = threading.Lock()
+        # Damaged objects that a command skipped (a junk lock, a damaged trash record or
+        # snapshot): one damaged object costs only what depends on it, and is named here.
+        self.warnings: list[tuple[str, str]] = []
+        self.on_warning: Callable[[str, str], None] | None = None
+
+    def warn(self, name: str, message: str) -> None:
+        """Report a damaged object that was skipped: once per object and message, to
+        :attr:`on_warning` (the front end's listener) and into :attr:`warnings`."""
+        if (name, message) in self.warnings:
+            return
+        self.warnings.append((name, message))
+        if self.on_warning is not None:
+            self.on_warning(name, message)
 
     # --- creating and opening ------------------------------------------------------------
 
@@ -276,7 +289,8 @@ class Repository:
 
     def lock(self, kind: str, *, exclusive: bool = False) -> lockmod.Lock:
         return lockmod.acquire(
-            self.storage, self.aead, kind=kind, exclusive=exclusive, clock=self.clock
+            self.storage, self.aead, kind=kind, exclusive=exclusive, clock=self.clock,
+            warn=self.warn,
         )
 
     # --- index -----------------------------------------------------------------------------
@@ -585,10 +599,18 @@ class Repository:
         raw = self.load_object("snapshots/" + snap_id, T_SNAPSHOT)
         return Snapshot.decode(raw, snap_id)
 
-    def list_snapshots(self) -> list[Snapshot]:
+    def list_snapshots(self, *, damaged: list[str] | None = None) -> list[Snapshot]:
+        """Every readable snapshot, oldest first. One that cannot be read (damaged, junk)
+        is skipped with a warning: it costs its own restore, not everyone else's. Its id
+        goes to ``damaged`` for callers that must not go on without it (prune)."""
         snaps = []
-        for _sid, got in fetch_each(self.list_snapshot_ids(), self.load_snapshot):
+        for sid, got in fetch_each(self.list_snapshot_ids(), self.load_snapshot):
             if isinstance(got, ObjectNotFound):  # forgotten while we listed
+                continue
+            if isinstance(got, IntegrityError):
+                if damaged is not None:
+                    damaged.append(sid)
+                self.warn(f"snapshots/{sid}", f"skipped a damaged snapshot ({got.message})")
                 continue
             if isinstance(got, BaseException):
                 raise got

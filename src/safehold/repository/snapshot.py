@@ -66,6 +66,14 @@ class Snapshot:
         try:
             d = json.loads(raw)
             chain = d["chain"]
+            # Ids other code turns into bytes: a snapshot that the key's holder wrote with
+            # junk in them is damaged here, not a traceback later.
+            if not _is_hex(d["tree"], 64) or not _is_hex(chain["id"], 32):
+                raise ValueError("its tree or chain id is not a hex id")
+            if not all(isinstance(p, str) for p in d["paths"]):
+                raise ValueError("its paths are not strings")
+            if datetime.fromisoformat(d["time"]).tzinfo is None:
+                raise ValueError("its time has no time zone")
             return cls(
                 id=snap_id,
                 time=datetime.fromisoformat(d["time"]),
@@ -85,9 +93,19 @@ class Snapshot:
                 original=d.get("original", ""),
                 source_name=d.get("source_name", ""),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FormatError(f"snapshot {snap_id[:8]} is not valid: {exc}") from exc
 
     @property
     def short_id(self) -> str:
         return self.id[:8]
+
+
+def _is_hex(value: object, length: int) -> bool:
+    if not isinstance(value, str) or len(value) != length:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True

@@ -248,6 +248,7 @@ def test_a_stale_lock_does_not_hold_back_the_sweep_and_is_removed(tmp_path: Path
         pid=_dead_pid(),
         exclusive=False,
         kind="backup",
+        holder=lockmod.this_holder(),  # this kernel and PID namespace: the PID decides
     )
     repo.storage.put(info.name, seal_object(repo.aead, T_LOCK, json.dumps(info.to_json()).encode()))
 
@@ -467,15 +468,13 @@ def test_an_index_written_during_prune_survives_and_its_snapshot_is_rescued(
     outcome: dict[str, Snapshot] = {}
 
     def backup_meanwhile() -> None:
-        # Runs after prune loaded the index and wrote its first trash record, before it
-        # rewrote the index: the old index files still list the packs prune marked.
+        # Runs after prune loaded the index and marked, just before it writes its trash
+        # record: the old index files still list the packs prune marked.
         (src / "a").write_bytes(old_content)  # deduplicates against a marked pack
         (src / "c").write_bytes(os.urandom(50_000))  # new data: a new pack and index file
         outcome["snap"] = backup(Repository.open(storage, PASSWORD), src)
 
-    pruning = Repository.open(
-        HookedStorage(storage, "trash/", backup_meanwhile, after=True), PASSWORD
-    )
+    pruning = Repository.open(HookedStorage(storage, "trash/", backup_meanwhile), PASSWORD)
 
     result = prune(pruning, NO_SKEW)
 

@@ -44,6 +44,7 @@ def live_lock(repo: Repository, created_ago: timedelta) -> None:
         pid=os.getpid(),
         exclusive=False,
         kind="backup",
+        holder=lockmod.this_holder(),
     )
     raw = seal_object(repo.aead, T_LOCK, json.dumps(info.to_json()).encode())
     repo.storage.put(info.name, raw)

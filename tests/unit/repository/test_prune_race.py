@@ -1,0 +1,153 @@
+"""The exact races between a backup and a prune, made deterministic by pausing one of them
+at the step that matters: a snapshot is complete the moment it is listed, whatever prune
+does meanwhile (docs/format.md, "Prune")."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from safehold.engine.backup import BackupOptions, run_backup
+from safehold.engine.forget import ForgetOptions, run_forget
+from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.policy.retention import RetentionPolicy
+from safehold.repository.check import check_repository
+from safehold.repository.prune import PruneOptions, prune
+from safehold.repository.repository import Repository
+from safehold.repository.snapshot import Snapshot
+from safehold.repository.trash import list_trash, trashed_packs
+from safehold.storage.memory import MemoryStorage
+from tests.conftest import FAST_KDF, PASSWORD
+
+NO_SKEW = PruneOptions(lock_skew=timedelta(0))
+
+
+class GatedStream(io.RawIOBase):
+    """``data``, then a pause at the end until the test opens the gate: the backup has
+    chunked and deduplicated everything and waits, with its lock held, to finish."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = self._data.readinto(buf)
+        if n == 0:
+            self.reached.set()
+            assert self.release.wait(60), "the test never opened the gate"
+        return n
+
+
+def stream_backup(repo: Repository, data: bytes | io.RawIOBase) -> Snapshot:
+    stdin = io.BytesIO(data) if isinstance(data, bytes) else data
+    opts = BackupOptions(stdin_name="db.dump", stdin=stdin, threads=2)  # type: ignore[arg-type]
+    return run_backup(repo, opts).snapshot
+
+
+def restored(repo: Repository, snap: Snapshot, target: Path) -> bytes:
+    fresh = Repository.open(repo.storage, PASSWORD)
+    result = run_restore(fresh, snap, RestoreOptions(target=str(target), threads=2))
+    assert not result.errors
+    return (target / "db.dump").read_bytes()
+
+
+def assert_check_ok(repo: Repository) -> None:
+    report = check_repository(Repository.open(repo.storage, PASSWORD))
+    assert report.ok, [str(p) for p in report.errors]
+
+
+def test_a_snapshot_saved_while_prune_trashes_its_data_is_complete_at_once(
+    tmp_path: Path,
+) -> None:
+    # The review's reproduction: a dump, a tiny dump, then a third backup that reuses the
+    # first's data while `forget --keep-last 1 --prune` runs.
+    repo = Repository.init(MemoryStorage(), PASSWORD, kdf=FAST_KDF, pack_size=256 * 1024)
+    data = os.urandom(3 * 1024 * 1024)
+    stream_backup(repo, data)
+    stream_backup(repo, b"tiny")
+    gated = GatedStream(data)
+    outcome: dict[str, Any] = {}
+
+    def third() -> None:
+        try:
+            outcome["snap"] = stream_backup(Repository.open(repo.storage, PASSWORD), gated)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=third)
+    thread.start()
+    try:
+        assert gated.reached.wait(60), outcome
+        policy = RetentionPolicy(keep_last=1)
+        forgot = run_forget(repo, ForgetOptions(policy=policy))
+        assert sum(len(g.remove) for g in forgot.groups) == 1
+        marked = prune(repo, NO_SKEW)
+        assert marked.mark.packs_garbage > 0
+        assert marked.packs_deleted == 0, "prune deleted data a running backup uses"
+    finally:
+        gated.release.set()
+        thread.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    snap: Snapshot = outcome["snap"]
+    assert snap.summary["data_added"] < 10_000  # every chunk deduplicated: only its tree
+    assert trashed_packs(repo)  # ... against packs that are now in the trash
+
+    # Listed, so complete: before any later prune rescues anything.
+    assert restored(repo, snap, tmp_path / "now") == data
+    assert_check_ok(repo)
+
+    later = prune(repo, NO_SKEW)
+    assert later.packs_rescued > 0  # (the first dump's own tree is freed)
+    assert list_trash(repo) == []
+    assert restored(repo, snap, tmp_path / "later") == data
+    assert_check_ok(repo)
+
+
+def test_a_backup_that_starts_after_the_trash_record_keeps_off_trashed_packs(
+    tmp_path: Path,
+) -> None:
+    # A backup whose lock is younger than a trash record does not hold back the sweep, so
+    # it must not deduplicate against the record's packs: it uploads the data again.
+    repo = Repository.init(MemoryStorage(), PASSWORD, kdf=FAST_KDF, pack_size=256 * 1024)
+    data = os.urandom(2 * 1024 * 1024)
+    first = stream_backup(repo, data)
+    held = Repository.open(repo.storage, PASSWORD).lock("backup")  # keeps the record waiting
+    run_forget(repo, ForgetOptions(snapshot_ids=[first.id]))
+    prune(repo, NO_SKEW)
+    held.release()
+    trashed = trashed_packs(repo)
+    assert trashed
+
+    gated = GatedStream(data)
+    outcome: dict[str, Any] = {}
+
+    def late_backup() -> None:
+        try:
+            outcome["snap"] = stream_backup(Repository.open(repo.storage, PASSWORD), gated)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=late_backup)
+    thread.start()
+    try:
+        assert gated.reached.wait(60), outcome
+        # The late backup's lock is younger than the record: the sweep deletes at once.
+        swept = prune(repo, PruneOptions(lock_skew=timedelta(0)))
+        assert swept.earlier.records_swept == 1
+        assert not trashed & set(repo.list_packs())
+    finally:
+        gated.release.set()
+        thread.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    snap: Snapshot = outcome["snap"]
+    assert snap.summary["data_added"] >= len(data)
+    assert restored(repo, snap, tmp_path / "out") == data
+    assert_check_ok(repo)
