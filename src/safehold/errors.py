@@ -135,6 +135,11 @@ class RepositoryLocked(RepositoryError):
     http_status = 423
 
 
+class ClockSkew(RepositoryError):
+    """This machine's clock and the storage's disagree by more than prune's safety margin:
+    deleting now could take data a process on another machine is about to use."""
+
+
 class IntegrityError(RepositoryError):
     """Stored data is damaged: a failed authentication tag, a wrong hash, a bad header."""
 

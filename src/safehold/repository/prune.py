@@ -105,6 +105,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from safehold.errors import (
+    ClockSkew,
     IntegrityError,
     ObjectNotFound,
     ObjectRetained,
@@ -120,11 +121,13 @@ from safehold.repository.pack import PackBuilder, PackEntry
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import TrashRecord, list_trash, write_trash
+from safehold.storage.base import storage_time
 
 __all__ = [
     "DEFAULT_LOCK_SKEW",
     "DEFAULT_MAX_UNUSED",
     "TEMP_FILE_MIN_AGE",
+    "check_clock",
     "MarkResult",
     "PruneOptions",
     "PruneResult",
@@ -136,6 +139,8 @@ __all__ = [
 
 DEFAULT_MAX_UNUSED = 10.0
 DEFAULT_LOCK_SKEW = timedelta(minutes=5)
+# How far a reading of the storage's clock may be off (one-second stamps, a round trip).
+CLOCK_READING_ERROR = timedelta(seconds=2)
 # Temporary files of interrupted writes (local storage) are removed once older than this
 # and than every live lock (see remove_stale_temp_files).
 TEMP_FILE_MIN_AGE = timedelta(hours=1)
@@ -206,6 +211,7 @@ class PruneResult:
     packs_pending: int = 0  # still named by a trash record when prune finished
     bytes_pending: int = 0
     temp_files_removed: int = 0  # leftovers of interrupted writes (local storage only)
+    clock_skew_s: float | None = None  # this clock minus the storage's, if it has one
 
     @property
     def packs_deleted(self) -> int:
@@ -243,6 +249,7 @@ def prune(
     progress = progress or NoProgress()
     if opts.dry_run:
         return _dry_run(repo, opts, progress)
+    skew = check_clock(repo, opts.lock_skew)
     with repo.lock("prune") as held:
         own = held.info.name
         earlier = sweep(repo, own_lock=own, lock_skew=opts.lock_skew, progress=progress)
@@ -256,9 +263,37 @@ def prune(
             _used=used,
             _known=known,
         )
-    return PruneResult(
+    result = PruneResult(
         False, earlier, mark, swept, swept.packs_waiting, swept.bytes_waiting, temp_files
     )
+    result.clock_skew_s = None if skew is None else round(skew.total_seconds(), 3)
+    return result
+
+
+def check_clock(repo: Repository, margin: timedelta) -> timedelta | None:
+    """This machine's clock minus the storage's, where the storage has a clock of its own;
+    raises :class:`ClockSkew` when they disagree by more than ``margin``.
+
+    The sweep compares lock times written by other machines with trash records written by
+    this one, trusting that their clocks agree within ``margin``; a machine that agrees
+    with the storage is checked against the one clock every client shares. A reading is
+    only good to a second or so (HTTP ``Date`` has one-second resolution), so
+    :data:`CLOCK_READING_ERROR` is allowed on top of the margin.
+    """
+    theirs = storage_time(repo.storage)
+    if theirs is None:
+        return None
+    skew = repo.clock.now() - theirs
+    if abs(skew) > margin + CLOCK_READING_ERROR:
+        ahead = "ahead of" if skew > timedelta(0) else "behind"
+        raise ClockSkew(
+            f"this machine's clock is {abs(skew.total_seconds()):.0f} s {ahead} the "
+            f"storage's ({repo.storage.describe()}), more than the {margin.total_seconds():.0f} s "
+            "prune allows between clocks; it stopped before changing anything",
+            hint="set the clock right (NTP) on this machine; or, if every machine that uses "
+            "the repository agrees with this one, give a larger --lock-skew margin",
+        )
+    return skew
 
 
 def _dry_run(repo: Repository, opts: PruneOptions, progress: ProgressSink) -> PruneResult:
@@ -777,6 +812,12 @@ def _load_live_index(repo: Repository, *, skip: set[str] | None = None) -> tuple
             records = decode_index(repo.load_object(name, T_INDEX), name)
         except ObjectNotFound:
             continue
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{exc.message}; prune does not know which packs it listed, so it stopped "
+                "before deleting anything",
+                hint="run 'safehold repair index', then prune again",
+            ) from exc
         for rec in records:
             index.add_pack(rec)
         loaded.append(name)

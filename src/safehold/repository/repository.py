@@ -298,15 +298,17 @@ class Repository:
     def list_index_files(self) -> list[str]:
         return sorted(o.name for o in self.storage.list("index/"))
 
-    def load_index(self, *, strict: bool = True) -> list[str]:
+    def load_index(self, *, strict: bool = False) -> list[str]:
         """Load every index file. A file deleted meanwhile (prune replaced it) is skipped:
         prune writes the replacement before deleting, so a fresh listing covers it.
-        Returns the names of damaged index files (raised instead when ``strict``).
+        A damaged file is skipped with a warning (raised instead when ``strict``): it
+        costs the blobs only it lists, which a backup then adopts again from their packs'
+        headers. Returns the names of damaged index files.
 
-        With an index cache (``use_index_cache``), a strict load starts from the cache
-        when every index file it was built from is still listed (see
+        With an index cache (``use_index_cache``), a load starts from the cache when every
+        index file it was built from is still listed (see
         :mod:`safehold.repository.index_cache`)."""
-        cache = self.index_cache if strict else None
+        cache = self.index_cache
         listed: list[str] | None = None  # a listing the first attempt below may reuse
         if cache is not None:
             cached = cache.load(self.aead)
@@ -329,10 +331,16 @@ class Repository:
                 except ObjectNotFound:
                     missing = True
                     continue
-                except IntegrityError:
+                except IntegrityError as exc:
                     if strict:
                         raise
                     damaged.append(name)
+                    self.warn(
+                        name,
+                        f"skipped a damaged index file ({exc.message}); "
+                        "'safehold repair index' rebuilds it",
+                    )
+                    exact = False  # never cache an index that lacks a file's packs
                     continue
             if not missing:
                 break
@@ -354,11 +362,15 @@ class Repository:
         index = cached.index
         extra = [n for n in names if n not in cached.names]
         for name, got in fetch_each(extra, lambda n: self.load_object(n, T_INDEX)):
-            if isinstance(got, ObjectNotFound):
-                return False
+            if isinstance(got, (ObjectNotFound, IntegrityError)):
+                return False  # the full load skips (and names) a damaged file
             if isinstance(got, BaseException):
                 raise got
-            for rec in decode_index(got, name):
+            try:
+                records = decode_index(got, name)
+            except IntegrityError:
+                return False
+            for rec in records:
                 index.add_pack(rec)
         self.index = index
         self.index_loaded = True
