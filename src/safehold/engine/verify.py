@@ -14,7 +14,7 @@ from safehold.repository.check import (
     check_repository,
     stale_lock_notes,
 )
-from safehold.repository.rebuild import RebuildReport, rebuild_index
+from safehold.repository.rebuild import RepairOptions, RepairReport, repair_index
 from safehold.repository.repository import Repository
 
 __all__ = ["run_check", "run_repair_index"]
@@ -32,7 +32,7 @@ def run_check(
 
 
 def run_repair_index(
-    repo: Repository, *, include_trash: bool = False, progress: Progress = NO_PROGRESS
-) -> RebuildReport:
+    repo: Repository, opts: RepairOptions | None = None, progress: Progress = NO_PROGRESS
+) -> RepairReport:
     with repo.lock("repair", exclusive=True):
-        return rebuild_index(repo, include_trash=include_trash, progress=progress)
+        return repair_index(repo, opts, progress=progress)

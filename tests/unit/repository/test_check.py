@@ -29,7 +29,7 @@ from safehold.repository.check import (
 from safehold.repository.format import BLOB_DATA, BLOB_TREE, T_INDEX, T_LOCK, seal_object
 from safehold.repository.index import Location, decode_index
 from safehold.repository.lock import LockInfo
-from safehold.repository.rebuild import rebuild_index
+from safehold.repository.rebuild import RepairOptions, repair_index
 from safehold.repository.repository import Repository, new_chain_id, pack_name
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
@@ -249,17 +249,14 @@ def test_flipped_byte_in_a_pack_header_spares_the_blobs(scene: Scene) -> None:
     assert _codes(report.errors) == {"pack-hash", "pack-header"}
     assert {p.pack for p in report.errors} == {loc.pack_id.hex()}
 
-    # The index cannot be rebuilt from that pack: repair names it and leaves it out.
-    users = {s.id: _paths_using(scene.repo, s, loc.pack_id) for s in (scene.first, scene.second)}
-    rebuilt = rebuild_index(_reopen(scene))
-    assert [name for name, _why in rebuilt.damaged] == [pack_name(loc.pack_id)]
+    # The index cannot be rebuilt from that pack, but its blobs still open: repair copies
+    # them into a new pack and leaves the damaged one out of the index (and in place).
+    rebuilt = repair_index(_reopen(scene))
+    assert [f.pack for f in rebuilt.findings] == [pack_name(loc.pack_id)]
+    assert rebuilt.ok and rebuilt.findings[0].salvaged >= 1 and not rebuilt.findings[0].lost
     after = _check(scene)
-    assert "pack-unindexed-damaged" in _codes(after.warnings)
-    lost = [p for p in after.errors if p.snapshot]
-    assert {(p.code, p.snapshot, p.path) for p in lost} == {
-        ("blob-missing", sid, path) for sid, paths in users.items() for path in paths
-    }
-    assert scene.big in users[scene.first.id]
+    assert after.ok and _codes(after.warnings) == {"pack-unindexed-damaged"}
+    assert path.exists()
 
 
 def test_damaged_tree_is_found_without_reading_data(scene: Scene) -> None:
@@ -342,10 +339,10 @@ def test_deleted_index_file_then_repair(scene: Scene, tmp_path: Path) -> None:
 
     old = set(scene.repo.list_index_files())
     result = run_repair_index(_reopen(scene))
-    assert set(result.removed) == old
-    assert not set(result.written) & old
-    assert result.packs == len(scene.repo.list_packs()) and not result.damaged
-    assert set(scene.repo.list_index_files()) == set(result.written)
+    assert set(result.kept) == old and not result.removed  # the others were sound
+    assert result.adopted == len(packs) and len(result.written) == 1
+    assert result.packs == len(scene.repo.list_packs()) and not result.findings
+    assert set(scene.repo.list_index_files()) == old | set(result.written)
 
     after = _check(scene, READ_ALL)
     assert after.ok and not after.problems, [str(p) for p in after.problems]
@@ -377,8 +374,10 @@ def test_garbage_index_file_is_named_and_repaired(scene: Scene) -> None:
 def test_rebuild_writes_batches_and_the_same_index(scene: Scene) -> None:
     before = _reopen(scene)
     before.load_index()
+    for name in before.list_index_files():
+        (scene.root / name).unlink()  # all lost: every pack is adopted from its header
     repo = _reopen(scene)
-    result = rebuild_index(repo, batch=3)
+    result = repair_index(repo, RepairOptions(batch=3))
     assert len(result.written) == math.ceil(len(before.index.packs) / 3)
     after = _reopen(scene)
     after.load_index()
@@ -404,9 +403,9 @@ def test_interrupted_backup_leaves_a_warning_and_trash_is_ignored(scene: Scene) 
     write_trash(repo, [rec.pack_id])
     assert not _check(scene).problems
     assert rec.pack_id not in _check(scene, READ_ALL).read_pack_ids
-    skipped = rebuild_index(_reopen(scene))
+    skipped = repair_index(_reopen(scene))
     assert skipped.trash_skipped == 1 and skipped.packs == len(repo.list_packs()) - 1
-    included = rebuild_index(_reopen(scene), include_trash=True)
+    included = repair_index(_reopen(scene), RepairOptions(include_trash=True))
     assert included.trash_skipped == 0 and included.packs == len(repo.list_packs())
 
 
