@@ -7,6 +7,8 @@ happened and what the user can do about it; they never contain secrets.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class ExitCode:
     """Documented process exit codes (also listed in README.md)."""
@@ -105,7 +107,15 @@ class StoragePermissionDenied(StorageError):
 
 class ObjectRetained(StoragePermissionDenied):
     """The object may not be deleted yet: a retention period (S3 Object Lock, an
-    immutability policy) or a legal hold protects it. Prune leaves it for a later run."""
+    immutability policy) or a legal hold protects it. Prune leaves it for a later run;
+    forget reports the snapshot as retained. ``until`` is the end of the period when the
+    storage told it (None: unknown, or a legal hold without end)."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, until: datetime | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.until = until
 
 
 # --- repository --------------------------------------------------------------------------

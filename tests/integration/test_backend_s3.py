@@ -7,7 +7,6 @@ the shared session server itself is never stopped, so other tests on the worker 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.storage.location import open_location
-from safehold.storage.s3 import ObjectLocked, S3Storage, from_location
+from safehold.storage.s3 import S3Storage, from_location
 from safehold.storage.wrappers import RetryEvent, RetryingStorage
 from tests.conftest import CliRunner, make_sample_tree
 from tests.integration.helpers import (
@@ -272,52 +271,6 @@ def test_slowdown_is_transient(s3_server: SeaweedS3, proxy: FaultProxy) -> None:
         assert store.get("x") == b"payload"
     finally:
         store.close()
-
-
-# --- S3 Object Lock ------------------------------------------------------------------------
-
-
-def test_object_lock_retains_packs_and_refuses_their_deletion(
-    s3_server: SeaweedS3, admin: Any
-) -> None:
-    bucket = unique_bucket("lock")
-    store = from_location(
-        f"{s3_server.endpoint}/{bucket}", create=True, options=s3_server.options(object_lock_days=1)
-    )
-    try:
-        store.put("data/ab/pack1", b"pack bytes")
-        store.put("locks/l1", b"lock")
-        head = admin.head_object(Bucket=bucket, Key="data/ab/pack1")
-        assert head["ObjectLockMode"] == "GOVERNANCE"
-        assert head["ObjectLockRetainUntilDate"].timestamp() > time.time() + 23 * 3600
-        with pytest.raises(ObjectLocked, match="Object Lock retention until"):
-            store.delete("data/ab/pack1")
-        assert store.get("data/ab/pack1") == b"pack bytes"
-        store.delete("locks/l1")  # only packs are retained
-        assert [o.name for o in store.list("locks/")] == []
-    finally:
-        store.close()
-
-
-def test_prune_keeps_retained_packs_for_later_and_loses_nothing(
-    cli: CliRunner, s3env: dict[str, str], s3_server: SeaweedS3, tmp_path: Path
-) -> None:
-    repo = location(s3_server.endpoint, unique_bucket("lockprune"), "object_lock_days=1")
-    init(cli, repo)
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "f").write_bytes(os.urandom(2 * MiB))
-    backup_json(cli, repo, str(src))
-    (src / "f").write_bytes(os.urandom(2 * MiB))  # the first snapshot's pack becomes unused
-    backup_json(cli, repo, str(src))
-    res = cli("-r", repo, "forget", "--keep-last", "1", "--prune", "--lock-skew", "0s")
-    assert res.code == 0, res.output
-    assert "under the storage's retention" in res.stdout
-    pruned = cli("-r", repo, "prune", "--lock-skew", "0s", "--json")
-    assert pruned.code == 0, pruned.output
-    earlier = json.loads(pruned.stdout)["earlier"]
-    assert earlier["packs_retained"] >= 1 and earlier["packs_deleted"] == 0
-    check_read_data(cli, repo)
 
 
 # --- options ---------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 SeaweedFS verifies SigV4 signatures, so the identities file below makes real auth faults
 testable: ``admin`` may do anything, ``reader`` may only read and list (it cannot create
-buckets or write), and any other key is refused.
+buckets or write), ``writer`` is a backup client's least privilege in immutable mode (read,
+list, write and delete, set and extend an object's retention, but not create buckets nor
+bypass a retention), and any other key is refused.
 
 ``weed mini`` runs master, volume, filer and S3 gateway in one process; each listens on its
 port and on port + 10000 for gRPC, so every port is picked with its +10000 twin free.
@@ -30,6 +32,7 @@ __all__ = ["SeaweedS3", "make_storage", "s3_server", "start_seaweedfs", "weed_bi
 
 ADMIN_KEY, ADMIN_SECRET = "safehold-admin", "safehold-admin-secret-key"
 READER_KEY, READER_SECRET = "safehold-reader", "safehold-reader-secret-key"
+WRITER_KEY, WRITER_SECRET = "safehold-writer", "safehold-writer-secret-key"
 REGION = "us-east-1"
 
 
@@ -43,6 +46,8 @@ class SeaweedS3:
     admin_secret: str = ADMIN_SECRET
     reader_key: str = READER_KEY
     reader_secret: str = READER_SECRET
+    writer_key: str = WRITER_KEY
+    writer_secret: str = WRITER_SECRET
     region: str = REGION
     grpc_ports: list[int] = field(default_factory=list)
 
@@ -50,10 +55,16 @@ class SeaweedS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def env(self, *, reader: bool = False, secret: str | None = None) -> dict[str, str]:
+    def env(
+        self, *, reader: bool = False, writer: bool = False, secret: str | None = None
+    ) -> dict[str, str]:
         """AWS_* variables for one identity (explicit keys: nothing probes EC2 metadata)."""
         key, default_secret = (
-            (self.reader_key, self.reader_secret) if reader else (self.admin_key, self.admin_secret)
+            (self.reader_key, self.reader_secret)
+            if reader
+            else (self.writer_key, self.writer_secret)
+            if writer
+            else (self.admin_key, self.admin_secret)
         )
         return {
             "AWS_ACCESS_KEY_ID": key,
@@ -126,6 +137,13 @@ def start_seaweedfs(workdir: Path, *, timeout: float = 60.0) -> SeaweedS3:
                 "name": "reader",
                 "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
                 "actions": ["Read", "List"],
+            },
+            {
+                # SeaweedFS wants PutObjectRetention for a PUT that carries a retention.
+                "name": "writer",
+                "credentials": [{"accessKey": WRITER_KEY, "secretKey": WRITER_SECRET}],
+                "actions": ["Read", "List", "Write", "Tagging"]
+                + ["PutObjectRetention", "GetObjectRetention"],
             },
         ]
     }

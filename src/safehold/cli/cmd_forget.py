@@ -10,7 +10,13 @@ from safehold.cli import cmd_prune
 from safehold.cli.cmd_snapshots import snapshot_json
 from safehold.cli.context import Context
 from safehold.cli.progress import make_progress
-from safehold.engine.forget import ForgetGroup, ForgetOptions, parse_group_by, run_forget
+from safehold.engine.forget import (
+    ForgetGroup,
+    ForgetOptions,
+    RetainedSnapshot,
+    parse_group_by,
+    run_forget,
+)
 from safehold.errors import UsageError
 from safehold.policy.duration import Duration, parse_duration
 from safehold.policy.retention import RetentionPolicy
@@ -140,14 +146,21 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 "dry_run": result.dry_run,
                 "groups": [_group_json(g) for g in result.groups],
                 "removed": [s.id for s in result.removed],
+                "retained": [_retained_json(r) for r in result.retained],
                 "prune": pruned.to_json() if pruned else None,
             }
         )
         return 0
+    retained = {r.snapshot.id: r for r in result.retained}
     for g in result.groups:
-        _print_group(ctx, g)
+        _print_group(ctx, g, retained)
     n = len(result.removed)
     ctx.print(f"would remove {n} snapshot(s)" if result.dry_run else f"removed {n} snapshot(s)")
+    if result.retained:
+        ctx.print(
+            f"kept {len(result.retained)} snapshot(s) the storage retains (S3 Object Lock or "
+            "another retention period): a later forget removes them once it is over"
+        )
     if pruned:
         ctx.print()
         cmd_prune.print_result(ctx, pruned)
@@ -163,7 +176,15 @@ def _group_json(g: ForgetGroup) -> dict[str, Any]:
     }
 
 
-def _print_group(ctx: Context, g: ForgetGroup) -> None:
+def _retained_json(r: RetainedSnapshot) -> dict[str, Any]:
+    return {"id": r.snapshot.id, "until": r.until.isoformat() if r.until else None}
+
+
+def _until(r: RetainedSnapshot) -> str:
+    return f"retained until {r.until:%Y-%m-%d %H:%M} UTC" if r.until else "retained"
+
+
+def _print_group(ctx: Context, g: ForgetGroup, retained: dict[str, RetainedSnapshot]) -> None:
     if g.key:
         parts = []
         for name, value in g.key.items():
@@ -177,7 +198,8 @@ def _print_group(ctx: Context, g: ForgetGroup) -> None:
     if g.remove:
         ctx.print(f"remove {len(g.remove)} snapshot(s):")
         for s in g.remove:
-            ctx.print(f"  {_line(s)}")
+            kept = retained.get(s.id)
+            ctx.print(f"  {_line(s)}" + (f"  {_until(kept)}" if kept else ""))
     ctx.print()
 
 

@@ -5,15 +5,21 @@ kind ``forget``; the data it alone used is freed later by prune
 (:mod:`safehold.repository.prune`). The decision is :func:`safehold.policy.apply_retention`,
 applied to each group of snapshots separately (by default one group per host and set of
 paths), so that one busy source cannot push another source's snapshots out.
+
+A snapshot the storage refuses to delete because a retention period protects it (S3
+Object Lock, the immutable mode) stays: forget reports it as retained, with the end of the
+period when the storage told it, and goes on. A later forget with the same rules removes
+it once the period is over. The repository is consistent either way: a snapshot is one
+object, there or not.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from safehold.errors import ObjectNotFound, UsageError
+from safehold.errors import ObjectNotFound, ObjectRetained, UsageError
 from safehold.policy.retention import RetentionPolicy, apply_retention, group_items
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -23,6 +29,7 @@ __all__ = [
     "ForgetGroup",
     "ForgetOptions",
     "ForgetResult",
+    "RetainedSnapshot",
     "parse_group_by",
     "run_forget",
 ]
@@ -53,11 +60,22 @@ class ForgetGroup:
     reasons: dict[str, list[str]]  # id of each kept snapshot -> the rules that kept it
 
 
+@dataclass(frozen=True)
+class RetainedSnapshot:
+    """A snapshot forget chose to remove but the storage keeps until ``until`` (None:
+    it did not say, or a legal hold without end)."""
+
+    snapshot: Snapshot
+    until: datetime | None
+
+
 @dataclass
 class ForgetResult:
     groups: list[ForgetGroup]
     removed: list[Snapshot]  # forgotten (or, in a dry run, that would be)
     dry_run: bool
+    # Chosen for removal but kept by the storage's retention; not in ``removed``.
+    retained: list[RetainedSnapshot] = field(default_factory=list)
 
 
 def parse_group_by(text: str) -> tuple[str, ...]:
@@ -96,9 +114,17 @@ def run_forget(repo: Repository, opts: ForgetOptions) -> ForgetResult:
         return _decide(repo, opts)
     with repo.lock("forget"):
         result = _decide(repo, opts)
+        removed = []
         for snap in result.removed:
-            with contextlib.suppress(ObjectNotFound):  # another forget was quicker
+            try:
                 repo.delete_snapshot(snap.id)
+            except ObjectNotFound:
+                pass  # another forget was quicker: gone all the same
+            except ObjectRetained as exc:
+                result.retained.append(RetainedSnapshot(snap, exc.until))
+                continue
+            removed.append(snap)
+        result.removed = removed
     return result
 
 

@@ -17,9 +17,17 @@ PUT, which is not atomic (documented as best effort).
 **Errors.** Every botocore/urllib3 failure is translated once, by :func:`translate`.
 botocore's own retries are off: retrying lives in ``RetryingStorage`` alone.
 
-**Object Lock.** With ``object_lock_days`` the bucket is created with Object Lock and
-every pack (``data/...``) is written with a GOVERNANCE-mode retention of that many days;
-deleting a pack still under retention raises :class:`ObjectLocked` (nothing is removed).
+**Object Lock (immutable mode).** With ``object_lock_days`` the bucket is created with
+Object Lock (which turns versioning on) and every object but locks and trash records is
+written with a retention of that many days in ``object_lock_mode`` (GOVERNANCE or
+COMPLIANCE): packs, index files, snapshots, key files, the config and chain markers. A
+client holding the repository's credentials cannot delete or replace those versions until
+the period ends. Locks and trash records are deleted in normal operation (every command
+releases its lock; prune removes a record once swept), so they carry none: losing one
+costs nothing that retention protects. Deleting removes every version of the name,
+newest first (a refreshed lock has several; removing only the newest would bring an
+older one back); a version still under retention raises :class:`ObjectLocked` with its
+end date, and the object stays whole.
 """
 
 from __future__ import annotations
@@ -57,9 +65,14 @@ from safehold.storage.s3_config import S3Settings, parse_settings
 
 __all__ = ["ObjectLocked", "S3Storage", "from_location", "translate"]
 
-# Packs are immutable and the only objects worth a retention period; locks, indexes and
-# snapshots are replaced or removed in normal operation (docs/format.md, "Layout").
-LOCKED_PREFIX = "data/"
+# With Object Lock, every object is retained except these, which are deleted in normal
+# operation (docs/format.md, "Layout"): locks by the command that took them, trash records
+# by the prune that swept them. Retaining them would only leave stale locks and swept
+# records behind; what they refer to is retained on its own.
+UNRETAINED_PREFIXES = ("locks/", "trash/")
+# A name with more versions than this is not deleted (a loop guard: safehold writes a name
+# at most a few times, a lock once per refresh).
+_MAX_VERSIONS = 1000
 # get_into copies a response body in pieces of this size (below the allocator's mmap
 # threshold, so their memory is reused rather than faulted in for every piece).
 _READ_PIECE = 512 * 1024
@@ -83,7 +96,13 @@ _MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 
 
 class ObjectLocked(ObjectRetained):
-    """The object is under S3 Object Lock retention and cannot be deleted yet."""
+    """The object is under S3 Object Lock retention (or a legal hold) and cannot be
+    deleted yet."""
+
+
+def retained(name: str) -> bool:
+    """Whether an object of this name is written with a retention in immutable mode."""
+    return not name.startswith(UNRETAINED_PREFIXES)
 
 
 def translate(exc: BaseException, *, settings: S3Settings, action: str) -> StorageError:
@@ -302,9 +321,9 @@ class S3Storage:
             args["ServerSideEncryption"] = self._s.sse
             if self._s.sse_kms_key_id:
                 args["SSEKMSKeyId"] = self._s.sse_kms_key_id
-        if self._s.object_lock_days and name.startswith(LOCKED_PREFIX):
+        if self._s.object_lock_days and retained(name):
             until = dt.datetime.now(dt.UTC) + dt.timedelta(days=self._s.object_lock_days)
-            args["ObjectLockMode"] = "GOVERNANCE"
+            args["ObjectLockMode"] = self._s.object_lock_mode
             args["ObjectLockRetainUntilDate"] = until
         return args
 
@@ -480,32 +499,61 @@ class S3Storage:
     def delete(self, name: str) -> None:
         key = self._key(name)
         action = f"delete {name!r}"
-        # S3 deletes of a missing key succeed; the Protocol wants ObjectNotFound, and with
-        # Object Lock the retention date decides, so look first.
+        # S3 deletes of a missing key succeed; the Protocol wants ObjectNotFound: look first.
         head = self._call(action, "head_object", Key=key)
-        args: dict[str, Any] = {}
-        if self._s.object_lock_days:
-            until = head.get("ObjectLockRetainUntilDate")
-            if until is not None and until > dt.datetime.now(dt.UTC):
-                raise ObjectLocked(
-                    f"{self._where}: cannot delete {name!r}: it is under S3 Object Lock "
-                    f"retention until {until:%Y-%m-%d %H:%M} UTC",
-                    hint="it can be removed after that date; prune will free it then",
-                )
-            if head.get("VersionId"):
-                # In a versioned bucket a plain delete only hides the object behind a
-                # delete marker; removing the version frees the space.
-                args["VersionId"] = head["VersionId"]
-        try:
-            self._call(action, "delete_object", Key=key, **args)
-        except StoragePermissionDenied as err:
-            if self._s.object_lock_days:
-                raise ObjectLocked(
-                    f"{self._where}: cannot delete {name!r}: the server refused "
-                    "(S3 Object Lock retention or legal hold?)",
-                    hint="it can be removed once its retention ends",
-                ) from err
-            raise
+        if not self._s.object_lock_days:
+            self._call(action, "delete_object", Key=key)
+            return
+        # A versioned bucket: a plain delete would only hide the object behind a delete
+        # marker (and keep paying for it). Remove its versions, newest first, until the
+        # name is gone; the server refuses a version under retention, which then stays.
+        for _ in range(_MAX_VERSIONS):
+            version = head.get("VersionId")
+            try:
+                if version:
+                    self._call(action, "delete_object", Key=key, VersionId=version)
+                else:  # written before versioning was on: the plain delete removes it
+                    self._call(action, "delete_object", Key=key)
+            except StoragePermissionDenied as err:
+                raise self._refused(name, head, err) from err
+            if not version:
+                return
+            try:
+                head = self._call(action, "head_object", Key=key)
+            except ObjectNotFound:
+                return
+        raise StorageError(
+            f"{self._where}: cannot delete {name!r}: it has more than {_MAX_VERSIONS} versions",
+            hint="remove its old versions with the provider's tools, then run the command again",
+        )
+
+    def _refused(
+        self, name: str, head: Mapping[str, Any], err: StoragePermissionDenied
+    ) -> StoragePermissionDenied:
+        """Why the server refused to delete a version, from the HEAD taken before."""
+        where = f"{self._where}: cannot delete {name!r}"
+        until = head.get("ObjectLockRetainUntilDate")
+        mode = str(head.get("ObjectLockMode") or "").upper()
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return ObjectLocked(
+                f"{where}: it is under an S3 Object Lock legal hold",
+                hint="it can be removed once the hold is lifted",
+            )
+        if isinstance(until, dt.datetime) and until > dt.datetime.now(dt.UTC):
+            until = until.astimezone(dt.UTC)
+            return ObjectLocked(
+                f"{where}: it is under S3 Object Lock {mode or 'retention'} retention until "
+                f"{until:%Y-%m-%d %H:%M} UTC",
+                hint="it can be removed after that date; prune and forget leave it until then",
+                until=until,
+            )
+        if until is None and not mode:
+            # The HEAD did not show the lock (no s3:GetObjectRetention): the likely reason.
+            return ObjectLocked(
+                f"{where}: the server refused (S3 Object Lock retention or legal hold?)",
+                hint="it can be removed once its retention ends",
+            )
+        return err  # its retention is over: a permission is missing (s3:DeleteObjectVersion)
 
 
 def _not_implemented(err: StorageError) -> bool:

@@ -33,12 +33,16 @@ MAX_PART_SIZE = 5 * 1024 * MiB
 DEFAULT_PART_SIZE = 32 * MiB
 
 AddressingStyle = Literal["path", "virtual", "auto"]
+#: S3 Object Lock retention modes: GOVERNANCE may be shortened or lifted by an identity
+#: with s3:BypassGovernanceRetention (and the account root); COMPLIANCE by nobody.
+ObjectLockMode = Literal["GOVERNANCE", "COMPLIANCE"]
 _SECRETS = frozenset({"access_key_id", "secret_access_key", "session_token"})
 _KNOWN = frozenset(
     {
         "endpoint_url", "region", "access_key_id", "secret_access_key", "session_token",
         "profile", "addressing_style", "storage_class", "sse", "sse_kms_key_id", "part_size",
         "connect_timeout", "read_timeout", "create_bucket", "object_lock_days",
+        "object_lock_mode",
     }
 )  # fmt: skip
 # Classes whose objects cannot be read without a restore request first: a repository must
@@ -75,6 +79,7 @@ class S3Settings:
     read_timeout: float = 60.0
     create_bucket: bool = True
     object_lock_days: int | None = None
+    object_lock_mode: ObjectLockMode = "GOVERNANCE"
 
     def describe(self) -> str:
         where = f"{self.endpoint_url}/{self.bucket}" if self.endpoint_url else self.bucket
@@ -162,6 +167,19 @@ def parse_settings(rest: str, options: Mapping[str, object] | None) -> S3Setting
     lock_days = _opt_int(merged, "object_lock_days")
     if lock_days is not None and lock_days < 1:
         raise ConfigError("object_lock_days must be a positive number of days")
+    raw_mode = _opt_str(merged, "object_lock_mode")
+    lock_mode = (raw_mode or "governance").upper()
+    if lock_mode not in ("GOVERNANCE", "COMPLIANCE"):
+        raise ConfigError(
+            f"object_lock_mode must be governance or compliance, not {raw_mode!r}",
+            hint="governance (the default) can be lifted by an identity allowed to bypass "
+            "it; compliance by nobody, not even the account root, until it ends",
+        )
+    if raw_mode and lock_days is None:
+        raise ConfigError(
+            "object_lock_mode needs object_lock_days",
+            hint="give the retention period too, e.g. object_lock_days: 30",
+        )
     return S3Settings(
         bucket=bucket,
         prefix=prefix,
@@ -180,6 +198,7 @@ def parse_settings(rest: str, options: Mapping[str, object] | None) -> S3Setting
         read_timeout=_opt_seconds(merged, "read_timeout", 60.0),
         create_bucket=_opt_bool(merged, "create_bucket", True),
         object_lock_days=lock_days,
+        object_lock_mode=cast(ObjectLockMode, lock_mode),
     )
 
 
