@@ -120,8 +120,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
         kind = "full" if snap.chain_seq == 0 else f"incremental {snap.chain_seq}"
         ctx.print(f"snapshot {snap.short_id} saved (chain {snap.chain[:8]}, {kind})")
-        for p, m in result.errors:
-            print(f"error: could not read {p}: {m}", file=sys.stderr)
+        # Each unreadable item was already named once, as a warning, when it was met.
     if result.errors:
         print(
             f"safehold: {len(result.errors)} item(s) could not be read; they are listed in "

@@ -28,6 +28,7 @@ from safehold.engine.prescan import Prescan
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.engine.read_queue import HeldProgress, ReadQueue
 from safehold.engine.scan import Excluder
+from safehold.engine.vanished import VANISHED, Vanished
 from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.chunker import Chunker
@@ -367,7 +368,8 @@ def _backup_paths(
         return saver.save(BLOB_TREE, raw)[0].hex()
 
     held = HeldProgress(progress)
-    reader = _FileReader(repo, saver, counters, errors, held)
+    vanished = Vanished()
+    reader = _FileReader(repo, saver, counters, errors, held, vanished)
     with ReadQueue[tuple[str, t.Node]](reader.read, opts.threads) as queue:
         planner = Planner(
             index=repo.index,
@@ -379,6 +381,7 @@ def _backup_paths(
             save_tree=save_tree,
             on_job=lambda job: queue.put(job, job[1].size),  # read while the walk goes on
             prescan=prescan,
+            vanished=vanished,
         )
         progress.start("scan")
         root = root_plan(planner, parent.tree if parent else None)
@@ -424,12 +427,14 @@ class _FileReader:
         counters: _Counters,
         errors: list[tuple[str, str]],
         progress: Progress,
+        vanished: Vanished,
     ) -> None:
         self.repo = repo
         self.saver = saver
         self.counters = counters
         self.errors = errors
         self.progress = progress
+        self.vanished = vanished
         self._local = threading.local()
 
     def _state(self) -> _ReadState:
@@ -446,9 +451,12 @@ class _FileReader:
             msg = exc.strerror or str(exc)
             node.error = msg
             node.content = []
-            with self.counters.lock:
-                self.errors.append((path, msg))
-            self.progress.warn(path, msg)
+            gone = self.vanished.folder_of(path, exc)
+            if gone is None or gone[1]:
+                where, why = (path, msg) if gone is None else (gone[0], VANISHED)
+                with self.counters.lock:
+                    self.errors.append((where, why))
+                self.progress.warn(where, why)
             self.progress.advance(1, node.size)
             return
         node.content = content

@@ -22,6 +22,7 @@ from typing import Any
 
 from safehold.engine.prescan import Entry, Prescan
 from safehold.engine.scan import Excluder, StatLike, node_from_stat
+from safehold.engine.vanished import VANISHED, Vanished
 from safehold.repository import tree as t
 from safehold.repository.index import Index
 
@@ -94,6 +95,8 @@ class Planner:
     on_job: Callable[[tuple[str, t.Node]], None] | None = None
     # Folders listed ahead of the walk (engine/prescan.py), taken as the walk reaches them.
     prescan: Prescan | None = None
+    # Folders that vanished during the backup, shared with the readers (one error each).
+    vanished: Vanished = field(default_factory=Vanished)
 
     def _parent_plan(self, old: JsonNode | None) -> DirPlan:
         if old is None or old.get("type") != t.DIR or not old.get("subtree") or self.force:
@@ -169,7 +172,11 @@ class Planner:
                     entries = sorted(it, key=_BY_NAME)
         except OSError as exc:
             msg = exc.strerror or str(exc)
-            self.errors.append((path, msg))
+            gone = self.vanished.folder_of(os.path.join(path, ""), exc)
+            if gone is None:
+                self.errors.append((path, msg))
+            elif gone[1]:
+                self.errors.append((gone[0], VANISHED))
             if isinstance(meta, t.Node):
                 meta.error = msg
             plan.parent_count = -1
@@ -185,8 +192,13 @@ class Planner:
                 queued = len(jobs)
                 item = self.item(de.path, de.name, st, old if isinstance(old, dict) else None, dev)
             except OSError as exc:
-                self.errors.append((de.path, exc.strerror or str(exc)))
-                continue
+                gone = self.vanished.folder_of(de.path, exc)
+                if gone is None:
+                    self.errors.append((de.path, exc.strerror or str(exc)))
+                    continue
+                if gone[1]:
+                    self.errors.append((gone[0], VANISHED))
+                break  # the rest of this folder is gone too
             if isinstance(item, DirItem):
                 if item.plan.pending or self.save_tree is None:
                     plan.pending += 1
