@@ -22,16 +22,19 @@ from safehold.repository.repair_report import (
 )
 
 DESCRIPTION = """\
-Make the index describe the packs that are stored, without ever making unreachable a blob
-that was reachable. Needs an exclusive lock.
+Make the index describe the packs that are stored. Repair never makes unreachable a blob
+that was reachable: it keeps every index entry whose blob still opens. Needs an exclusive
+lock.
 
 Index files that load and agree with the headers of their packs are kept as they are.
 Damaged index files are replaced from the pack headers; packs no index lists are adopted
 (except packs prune put in the trash). An index entry whose pack is missing is dropped and
 reported. A pack whose header is damaged is salvaged: every blob the index lists there is
 read and verified on its own, and those that open are copied into a new pack of the same
-chain, so that afterwards 'safehold check' is clean. The damaged pack is left in place,
-no longer indexed, and named: keep it for analysis or delete it by hand. With
+chain, so that afterwards 'safehold check' is clean (left where they are, they would be
+read through an index that could never again be checked against their pack's header).
+The damaged pack is left in place, no longer indexed, and named: keep it for analysis or
+delete it by hand. With
 --read-all-packs every blob of every pack is opened too; a pack with blobs that do not open
 is retired (its good blobs copied out; it stays indexed with no blobs, so no backup adopts
 the damaged ones again, and 'safehold prune' removes it).
