@@ -26,6 +26,7 @@ class ExitCode:
     NO_REPOSITORY = 10  # nothing (or not a repository) at that location
     LOCKED = 11  # the repository is locked by another live process
     WRONG_PASSWORD = 12  # no key in the repository opens with that password
+    OVERDUE = 13  # check --max-age: a group's newest snapshot is too old (none: too)
     INTERRUPTED = 130
 
 

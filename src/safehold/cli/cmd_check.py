@@ -1,16 +1,21 @@
-"""``safehold check``: verify the repository's structure, and with --read-data its data."""
+"""``safehold check``: verify the repository's structure, and with --read-data its data;
+with --max-age also that every backup is recent."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from safehold.cli.context import Context, human_bytes
 from safehold.cli.progress import make_progress
 from safehold.engine.verify import run_check
-from safehold.errors import ExitCode
+from safehold.errors import ExitCode, UsageError
+from safehold.policy.duration import parse_duration
 from safehold.repository.check import CheckOptions, CheckReport, parse_subset
+from safehold.repository.check_age import OVERDUE
+from safehold.repository.check_options import MaxAge
 
 
 def register(sub: Any) -> None:
@@ -20,8 +25,10 @@ def register(sub: Any) -> None:
         description="Check that the config, keys, index files, packs, snapshots and trees "
         "are intact and consistent, and that every snapshot's data is indexed and stored in "
         "its own chain. With --read-data, also download packs, re-hash them and open every "
-        "blob. Exit code 4 when damage is found; warnings alone (such as packs left by an "
-        "interrupted backup) exit 0.",
+        "blob. With --max-age, also that the newest snapshot of each host and set of paths "
+        "(or configured source) is younger than that. Exit code 4 when damage is found, 13 "
+        "when a backup is overdue (and nothing is damaged); warnings alone (such as packs "
+        "left by an interrupted backup) exit 0.",
     )
     p.add_argument(
         "--read-data",
@@ -34,17 +41,64 @@ def register(sub: Any) -> None:
         help="read only part of the data: n/t reads the n-th of t groups of packs (chosen "
         "by pack id, so 1/t ... t/t read everything), x%% reads that share at random",
     )
+    age = p.add_argument_group("recent backups")
+    age.add_argument(
+        "--max-age",
+        metavar="DURATION",
+        help="exit 13 if the newest snapshot of a host and set of paths (or of a configured "
+        "source) is older than DURATION (e.g. 26h, 8d), or if there is none: catches a "
+        "backup that stopped, deleted snapshots and a rolled-back repository",
+    )
+    age.add_argument("--host", help="with --max-age: only snapshots of this host")
+    age.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        help="with --max-age: only snapshots including this path; repeatable",
+    )
+    age.add_argument(
+        "--source", metavar="NAME", help="with --max-age: only snapshots of this configured source"
+    )
     p.set_defaults(func=run)
+
+
+def max_age_from(args: argparse.Namespace) -> MaxAge | None:
+    """The --max-age rule, or None; filters without --max-age are a usage error."""
+    if args.max_age is None:
+        if args.host is not None or args.path or args.source is not None:
+            raise UsageError(
+                "--host, --path and --source choose what --max-age looks at",
+                hint="add --max-age DURATION, e.g. --max-age 26h for a daily backup",
+            )
+        return None
+    duration = parse_duration(args.max_age)
+    if duration.is_zero():
+        raise UsageError("--max-age must be longer than zero", hint="for example --max-age 26h")
+    now = datetime.now(UTC)
+    return MaxAge(
+        age=now - duration.subtract_from(now),
+        limit=args.max_age,
+        host=args.host,
+        paths=tuple(args.path),
+        source=args.source,
+    )
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     # Parsed before the repository is opened: a typo should not cost a password prompt.
     subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
-    opts = CheckOptions(read_data=args.read_data or subset is not None, subset=subset)
+    max_age = max_age_from(args)
+    opts = CheckOptions(
+        read_data=args.read_data or subset is not None, subset=subset, max_age=max_age
+    )
     repo = ctx.open_repo()
     report = run_check(repo, opts, make_progress(ctx.progress_enabled()))
+    overdue = [p for p in report.problems if p.code == OVERDUE]
     if ctx.json:
-        ctx.emit_json(report.to_json())
+        doc = report.to_json()
+        if max_age is not None:
+            doc["overdue"] = len(overdue)  # the warnings with code "backup-overdue"
+        ctx.emit_json(doc)
     else:
         _print_report(ctx, report)
     if report.errors:
@@ -53,6 +107,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             file=sys.stderr,
         )
         return ExitCode.INTEGRITY
+    if overdue:
+        print(
+            f"safehold: check: {len(overdue)} backup(s) overdue: no snapshot younger than "
+            f"{args.max_age}",
+            file=sys.stderr,
+        )
+        return ExitCode.OVERDUE
     return ExitCode.OK
 
 

@@ -28,6 +28,7 @@ data (:mod:`.check_data`) and the snapshot walk (:mod:`.check_walk`).
 
 from __future__ import annotations
 
+from safehold.repository.check_age import overdue_problems
 from safehold.repository.check_data import DataChecks
 from safehold.repository.check_options import CheckOptions, Subset, parse_subset
 from safehold.repository.check_report import (
@@ -82,6 +83,10 @@ class _Checker(StructureChecks, DataChecks, SnapshotChecks):
         if self.opts.read_data or self.opts.subset is not None:
             self.read_data()
         self.check_snapshots(snap_ids)
+        if self.opts.max_age is not None:  # after the walk, which reports damaged snapshots
+            self.report.problems.extend(
+                overdue_problems(self.repo, snap_ids, self.opts.max_age, self.repo.clock.now())
+            )
         self.unindexed_warnings()
         self.report.trees = len(self.tree_ids)
         self.report.blobs = len(self.blob_ids)

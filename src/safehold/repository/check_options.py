@@ -1,4 +1,5 @@
-"""What a check does: structure only, or also reading data (all packs or a subset)."""
+"""What a check does: structure only, or also reading data (all packs or a subset); and
+whether it also asks that every backup be recent (``--max-age``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from safehold.errors import UsageError
 
-__all__ = ["MAX_GROUPS", "CheckOptions", "Subset", "parse_subset"]
+__all__ = ["MAX_GROUPS", "CheckOptions", "MaxAge", "Subset", "parse_subset"]
 
 MAX_GROUPS = 256  # groups are chosen by the first byte of the pack id
 
@@ -79,7 +81,28 @@ def parse_subset(spec: str) -> Subset:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MaxAge:
+    """``--max-age``: the newest snapshot of every group must be younger than ``age``.
+
+    A group is what a backup schedule feeds: one host and set of paths, or one host and
+    configured source (``source_name``). Only snapshots matching every filter count; when
+    none does, that is overdue too (a schedule that never ran, or whose every snapshot
+    went). See :mod:`safehold.repository.check_age`.
+    """
+
+    age: timedelta
+    limit: str = ""  # as the user wrote it ("26h"), for messages
+    host: str | None = None
+    paths: tuple[str, ...] = ()  # snapshots including all these paths
+    source: str | None = None  # snapshots of this configured source
+
+    def describe(self) -> str:
+        return self.limit or str(self.age)
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckOptions:
     read_data: bool = False
     subset: Subset | None = None  # implies read_data
     threads: int = 4  # packs downloaded at once
+    max_age: MaxAge | None = None  # also report groups whose newest snapshot is older
