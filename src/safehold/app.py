@@ -7,7 +7,7 @@ the layers below never need to know how their storage is decorated.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from safehold.crypto.keys import KdfParams
@@ -45,10 +45,12 @@ def open_repository(
     options: Mapping[str, object] | None = None,
     cache_dir: str | Path | None = None,
     no_cache: bool = False,
+    on_warning: Callable[[str, str], None] | None = None,
 ) -> Repository:
     """Open the repository at ``location``, keeping its loaded index in a local cache
-    (``cache_dir``, default :func:`default_cache_dir`) unless ``no_cache``."""
-    repo = Repository.open(open_storage(location, options=options), password)
+    (``cache_dir``, default :func:`default_cache_dir`) unless ``no_cache``. ``on_warning``
+    hears of every damaged object skipped (``Repository.warn``), from opening on."""
+    repo = Repository.open(open_storage(location, options=options), password, on_warning=on_warning)
     if not no_cache:
         repo.use_index_cache(Path(cache_dir) if cache_dir else default_cache_dir())
     return repo

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from safehold.repository.format import storage_id
 from tests.conftest import CliRunner
 
 NEW = "a new password"
@@ -181,3 +182,99 @@ def test_passwd_leaves_one_key_that_opens_with_the_new_password(
     res = cli("-r", cli_repo, "snapshots", "--json", env={"SAFEHOLD_PASSWORD": NEW})
     assert res.code == 0, res.output
     assert len(json.loads(res.stdout)) == 1
+
+
+def _add_key_file(repo: str, raw: bytes) -> str:
+    """Store ``raw`` (with spaces added at its end) in the repository's keys/ under its
+    content's name, one that sorts before every other key file's: opening in name order
+    would meet it first. Returns the id."""
+    keys = Path(repo) / "keys"
+    others = [p.name for p in keys.iterdir()]
+    for i in range(10_000):
+        name = storage_id(raw + b" " * i)
+        if all(name < other for other in others):
+            (keys / name).write_bytes(raw + b" " * i)
+            return name
+    raise AssertionError("no name sorted first")
+
+
+def test_a_junk_key_file_is_skipped_with_a_warning(
+    cli: CliRunner, cli_repo: str, sample_tree: Path
+) -> None:
+    junk = _add_key_file(cli_repo, b"{ this is not a key file")
+
+    backup = cli("-r", cli_repo, "backup", str(sample_tree))
+    snapshots = cli("-r", cli_repo, "snapshots", "--json")
+
+    for res in (backup, snapshots):
+        assert res.code == 0, res.output
+        assert f"warning: keys/{junk}" in res.stderr
+        assert "not valid JSON" in res.stderr
+    assert len(json.loads(snapshots.stdout)) == 1
+    listed = cli("-r", cli_repo, "key", "list")
+    assert listed.code == 0, listed.output
+    [line] = [x for x in listed.stdout.splitlines() if x.startswith("! ")]
+    assert line.split()[1] == junk[:8] and "damaged" in line
+    [entry] = [k for k in keys(cli, cli_repo) if "damaged" in k]
+    assert entry["id"] == junk
+    removed = cli("-r", cli_repo, "key", "remove", junk[:10])
+    assert removed.code == 0, removed.output
+    assert cli("-r", cli_repo, "snapshots").stderr == ""
+
+
+def test_a_hostile_key_file_costs_no_time(cli: CliRunner, cli_repo: str) -> None:
+    # p=300 at the default n made every command take 21-37 s on the reference machine.
+    [key] = (Path(cli_repo) / "keys").iterdir()
+    doc = json.loads(key.read_bytes())
+    hostile = _add_key_file(cli_repo, json.dumps({**doc, "n": 1 << 15, "p": 300}).encode())
+
+    started = time.monotonic()
+    res = cli("-r", cli_repo, "snapshots", timeout=30)
+
+    assert res.code == 0, res.output
+    assert time.monotonic() - started < 15
+    assert f"keys/{hostile}" in res.stderr and "p=300" in res.stderr
+
+
+def test_a_foreign_key_file_is_not_a_damaged_config(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    other = str(tmp_path / "other")
+    assert cli("-r", other, "init", "--kdf-log2n", "10").code == 0
+    [key] = (Path(other) / "keys").iterdir()
+    foreign = _add_key_file(cli_repo, key.read_bytes())
+
+    res = cli("-r", cli_repo, "snapshots")
+
+    assert res.code == 0, res.output
+    assert f"keys/{foreign}" in res.stderr and "another repository" in res.stderr
+
+
+def test_only_damaged_key_files_exit_4_naming_them(cli: CliRunner, cli_repo: str) -> None:
+    [key] = (Path(cli_repo) / "keys").iterdir()
+    junk = _add_key_file(cli_repo, b"junk")
+    key.unlink()
+
+    res = cli("-r", cli_repo, "snapshots")
+    wrong = cli("-r", cli_repo, "snapshots", env={"SAFEHOLD_PASSWORD": "not it"})
+
+    assert res.code == 4, res.output
+    assert f"keys/{junk}" in res.stderr and "Traceback" not in res.stderr
+    assert wrong.code == 4, wrong.output  # no key file could have opened with any password
+
+
+def test_a_wrong_password_beside_a_junk_key_file_exits_12(cli: CliRunner, cli_repo: str) -> None:
+    junk = _add_key_file(cli_repo, b"junk")
+
+    res = cli("-r", cli_repo, "snapshots", env={"SAFEHOLD_PASSWORD": "not it"})
+
+    assert res.code == WRONG_PASSWORD, res.output
+    assert "wrong password" in res.stderr and f"keys/{junk}" in res.stderr
+
+
+def test_key_help_says_what_removing_a_key_does_not_do(cli: CliRunner) -> None:
+    res = cli("key", "--help")
+
+    assert res.code == 0
+    assert "master key" in res.stdout and "copy of an old" in res.stdout
+    assert "copy --to NEW" in res.stdout

@@ -2,7 +2,8 @@
 
 Every key file wraps the same master key, so adding or removing one never touches data.
 ``passwd`` adds the new key before it removes the old one: a crash between the two leaves
-two working keys, never none.
+two working keys, never none. For the same reason neither changes who can read the data:
+the epilog below says so, and how to get a new master key (docs/format.md, "Keys").
 """
 
 from __future__ import annotations
@@ -18,6 +19,24 @@ from safehold.repository.repository import Repository
 
 NEW_PASSWORD_ENV = "SAFEHOLD_NEW_PASSWORD"
 
+EPILOG = """\
+what removing a key does not do:
+  Every key file holds the same master key, which never changes: 'key remove' and
+  'key passwd' delete a key file, not the key in it. Anyone who kept a copy of an old
+  key file and knows its password still opens the repository and reads everything in
+  it, old and new; so does anyone who took the master key from a machine that had the
+  repository open. Removing a key revokes a password only from someone who never had a
+  copy of its key file.
+
+to shut out a removed key for new data, start a new repository (a new master key):
+  safehold -r NEW init                      # new master key, new password
+  safehold -r OLD copy --to NEW             # re-encrypts every snapshot under it
+  safehold -r NEW check --read-data
+  then back up to NEW only, and delete OLD where it is stored. Data already in OLD stays
+  readable to whoever copied it with an old key; change the storage credentials too if
+  they were shared.
+"""
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -25,6 +44,8 @@ def register(sub: Any) -> None:
         help="list, add or remove passwords (keys)",
         description="Manage the keys of a repository. Each key is the repository's master "
         "key wrapped by one password; any key opens the repository.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = p.add_subparsers(dest="key_action", metavar="ACTION", required=True)
 
@@ -53,7 +74,9 @@ def register(sub: Any) -> None:
         "passwd",
         help="change the password",
         description="Replace the key this command was opened with by one with a new "
-        "password: the new key is written (and checked) before the old one is removed.",
+        "password: the new key is written (and checked) before the old one is removed. The "
+        "master key stays the same: a copy of the old key file still opens the repository "
+        "with the old password (see 'safehold key --help').",
     )
     _new_password_options(pw)
     pw.set_defaults(func=run_passwd)
@@ -89,13 +112,18 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     ctx.print(f"  {'ID':8}  {'Created':19}  {'Host':20}  User")
     for k in keys:
+        if "damaged" in k:
+            ctx.print(f"! {k['id'][:8]}  damaged: {k['damaged']}")
+            continue
         mark = "*" if k["current"] else " "
         created = str(k.get("created", ""))[:19].replace("T", " ")
         ctx.print(
             f"{mark} {k['id'][:8]}  {created:19}  {str(k.get('hostname', ''))[:20]:20}  "
             f"{k.get('username', '')}"
         )
-    ctx.print(f"{len(keys)} key(s); * marks the key in use")
+    damaged = sum(1 for k in keys if "damaged" in k)
+    note = f"; ! marks {damaged} damaged key file(s) ('key remove ID' removes one)"
+    ctx.print(f"{len(keys)} key(s); * marks the key in use" + (note if damaged else ""))
     return 0
 
 

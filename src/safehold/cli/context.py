@@ -45,7 +45,9 @@ class Context:
         )
 
     def open_repo(self) -> Repository:
-        return open_repository(self.location(), self.password(), **self.cache_options())
+        return open_repository(
+            self.location(), self.password(), on_warning=print_warning, **self.cache_options()
+        )
 
     def cache_options(self) -> dict[str, Any]:
         return cache_options(self.args)
@@ -60,6 +62,12 @@ class Context:
 
     def progress_enabled(self) -> bool:
         return not self.json and not self.quiet and sys.stderr.isatty()
+
+
+def print_warning(name: str, message: str) -> None:
+    """A damaged object skipped by the repository (``Repository.warn``), on stderr even
+    with --quiet or --json: it is damage the user must hear of."""
+    print(f"safehold: warning: {name}: {message}", file=sys.stderr)
 
 
 def cache_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,12 +4,14 @@ Before parsing (which imports the command's modules: 0.06-0.1 s of start-up), th
 repository location and the password are read the way :class:`Context` will read them,
 for the cases that need no prompt and run nothing: a local folder given by ``-r/--repo``
 or ``SAFEHOLD_REPOSITORY``, and a password from ``--password-file``,
-``SAFEHOLD_PASSWORD_FILE`` or ``SAFEHOLD_PASSWORD``. The first key file (the one opening
-tries first) then has its key-encryption key derived in a thread
-(:func:`safehold.crypto.kdf.derive_ahead`). Everything here is a guess: anything unusual
-(a remote location, a password command, options it does not know) leaves the key to be
-derived when the repository is opened, as before, and a wrong guess only costs the
-derivation on a spare core.
+``SAFEHOLD_PASSWORD_FILE`` or ``SAFEHOLD_PASSWORD``. The key file that opening tries first
+(the cheapest well-formed one, see :mod:`safehold.repository.key_files`) then has its
+key-encryption key derived in a thread (:func:`safehold.crypto.kdf.derive_ahead`). Key files
+are checked with the same bounds as when opening (:func:`safehold.crypto.kdf.key_file_kdf`):
+a malformed or hostile one is passed over, never derived. Everything here is a guess:
+anything unusual (a remote location, a password command, options it does not know, many key
+files) leaves the key to be derived when the repository is opened, as before, and a wrong
+guess only costs the derivation on a spare core.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import os
 import stat
 from collections.abc import Sequence
 
-from safehold.crypto.kdf import KEK_LEN, derive_ahead, key_file_kdf
+from safehold.crypto.kdf import KEK_LEN, KeyFileKdf, derive_ahead, key_file_kdf
 from safehold.storage.location import local_folder
 
 __all__ = ["derive_key_ahead"]
 
 _WITH_VALUE = ("--repo", "--password-file", "--password-command")
 _FLAG_LETTERS = set("qh")  # short global flags that may come before r in one word
+_MAX_KEY_FILES = 16  # more than this many: not worth reading them all just to guess
+_MAX_KEY_FILE = 64 * 1024  # safehold.crypto.keys.MAX_KEY_FILE (not imported: it is heavy)
 
 
 def _global_values(argv: Sequence[str]) -> dict[str, str]:
@@ -84,16 +88,30 @@ def derive_key_ahead(argv: Sequence[str]) -> bool:
         password = _password(given)
         if password is None:
             return False
-        keys = os.path.join(folder, "keys")
-        names = sorted(n for n in os.listdir(keys) if not n.startswith("."))
-        if not names:
-            return False
-        with open(os.path.join(keys, names[0]), "rb") as f:
-            doc = json.loads(f.read(64 * 1024))
-        if doc.get("version") != 1 or doc.get("kdf") != "scrypt":
-            return False
-        salt, n, r, p = key_file_kdf(doc)
+        first = _first_key_file(os.path.join(folder, "keys"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-    derive_ahead(password, salt, n=n, r=r, p=p, length=KEK_LEN)
-    return True
+    if first is None:
+        return False
+    return derive_ahead(password, first.salt, n=first.n, r=first.r, p=first.p, length=KEK_LEN)
+
+
+def _first_key_file(keys: str) -> KeyFileKdf | None:
+    """The scrypt inputs of the key file that opening tries first: the cheapest of those
+    whose fields are within bounds, then by name. None if there is none or too many."""
+    with os.scandir(keys) as entries:  # regular files only: never block on a pipe
+        names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
+    if len(names) > _MAX_KEY_FILES:
+        return None
+    found: list[tuple[tuple[int, int], str, KeyFileKdf]] = []
+    for name in names:
+        try:
+            with open(os.path.join(keys, name), "rb") as f:
+                raw = f.read(_MAX_KEY_FILE + 1)
+            if len(raw) > _MAX_KEY_FILE:
+                continue
+            kdf = key_file_kdf(json.loads(raw))
+        except (ValueError, RecursionError):  # malformed: opening skips it too
+            continue
+        found.append((kdf.cost, name, kdf))
+    return min(found, key=lambda f: f[:2])[2] if found else None

@@ -12,17 +12,43 @@ changes nothing else.
 This module imports only the standard library until it computes, so that the command line
 can use it before anything heavy is loaded; scrypt itself (OpenSSL's, through
 ``cryptography``) releases the interpreter lock while it runs.
+
+A key file's parameters are not authenticated (they are what derives the key that
+authenticates the rest), so anyone who can write to ``keys/`` chooses them. Nothing here
+derives with parameters outside :func:`check_scrypt`'s bounds, and :func:`key_file_kdf`
+refuses a key file with them before any work starts: otherwise one extra key file could make
+every command take minutes, or exhaust memory (docs/format.md, "Key files").
 """
 
 from __future__ import annotations
 
 import base64
 import threading
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KEK_LEN", "derive_ahead", "key_file_kdf", "scrypt"]
+__all__ = [
+    "KEK_LEN",
+    "KeyFileKdf",
+    "check_scrypt",
+    "derive_ahead",
+    "key_file_kdf",
+    "scrypt",
+]
 
 KEK_LEN = 32  # bytes of a key file's key-encryption key (an AES-256 key)
+
+# Bounds on what a key file may ask for (docs/format.md, "Key files"). They admit every key
+# file safehold has written: `init/key add --kdf-log2n` 10 to 22 with r=8 and p=1 or 2
+# (2**22 with r=8 is a 4 GiB working set), and restic's calibrated parameters (N=2**15, r=8,
+# p=8 on the reference machine). What lies beyond is refused before deriving.
+MIN_N = 1 << 10
+MAX_N = 1 << 22
+MAX_R = 32
+MAX_P = 16
+MAX_MEMORY = 4 << 30  # bytes: scrypt's working set is 128 * n * r
+MAX_WORK = (1 << 22) * 8 * 2  # n * r * p: the costliest key file --kdf-log2n writes
+MIN_SALT, MAX_SALT = 16, 64  # bytes (safehold writes 32)
 
 # Inputs -> (done, result). An entry is taken by the first scrypt() call that matches it.
 _Inputs = tuple[bytes, bytes, int, int, int, int]
@@ -41,8 +67,38 @@ def _compute(password: bytes, salt: bytes, n: int, r: int, p: int, length: int) 
     return Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(password)
 
 
+def check_scrypt(salt: bytes, n: int, r: int, p: int) -> None:
+    """Raise ValueError, saying what is wrong, unless these inputs are within the bounds
+    above: a power-of-two ``n``, ``r`` and ``p`` that keep the working set and the work per
+    derivation within what safehold writes, and a salt of a sensible length."""
+    for name, value in (("n", n), ("r", r), ("p", p)):
+        if type(value) is not int:  # not isinstance: JSON's true is an int too
+            raise ValueError(f"scrypt {name}={value!r} is not a whole number")
+    if n < 2 or n & (n - 1):
+        raise ValueError(f"scrypt n={n} is not a power of two")
+    if not MIN_N <= n <= MAX_N:
+        raise ValueError(f"scrypt n={n} is outside 2**10 to 2**22")
+    if not 1 <= r <= MAX_R:
+        raise ValueError(f"scrypt r={r} is outside 1 to {MAX_R}")
+    if not 1 <= p <= MAX_P:
+        raise ValueError(f"scrypt p={p} is outside 1 to {MAX_P}")
+    if 128 * n * r > MAX_MEMORY:
+        raise ValueError(
+            f"scrypt n={n}, r={r} needs {128 * n * r >> 20} MiB, more than {MAX_MEMORY >> 20} MiB"
+        )
+    if n * r * p > MAX_WORK:
+        raise ValueError(
+            f"scrypt n={n}, r={r}, p={p} costs {n * r * p / MAX_WORK:.0f} times the most "
+            "any key file safehold writes"
+        )
+    if not MIN_SALT <= len(salt) <= MAX_SALT:
+        raise ValueError(f"the salt is {len(salt)} bytes, not {MIN_SALT} to {MAX_SALT}")
+
+
 def scrypt(password: bytes, salt: bytes, *, n: int, r: int, p: int, length: int) -> bytes:
-    """scrypt(password, salt, n, r, p) of ``length`` bytes (RFC 7914)."""
+    """scrypt(password, salt, n, r, p) of ``length`` bytes (RFC 7914); ValueError for
+    inputs outside :func:`check_scrypt`'s bounds."""
+    check_scrypt(salt, n, r, p)
     with _lock:
         pending = _ahead.pop((password, salt, n, r, p, length), None)
     if pending is not None:
@@ -53,8 +109,13 @@ def scrypt(password: bytes, salt: bytes, *, n: int, r: int, p: int, length: int)
     return _compute(password, salt, n, r, p, length)
 
 
-def derive_ahead(password: bytes, salt: bytes, *, n: int, r: int, p: int, length: int) -> None:
-    """Start scrypt of these inputs in a thread, for a later :func:`scrypt` to take."""
+def derive_ahead(password: bytes, salt: bytes, *, n: int, r: int, p: int, length: int) -> bool:
+    """Start scrypt of these inputs in a thread, for a later :func:`scrypt` to take;
+    returns whether it started (never for inputs outside :func:`check_scrypt`'s bounds)."""
+    try:
+        check_scrypt(salt, n, r, p)
+    except ValueError:
+        return False
     key = (password, salt, n, r, p, length)
     done, result = threading.Event(), []
 
@@ -68,15 +129,57 @@ def derive_ahead(password: bytes, salt: bytes, *, n: int, r: int, p: int, length
 
     with _lock:
         if key in _ahead:
-            return
+            return True
         while len(_ahead) >= _MAX_AHEAD:
             del _ahead[next(iter(_ahead))]
         _ahead[key] = (done, result)
     threading.Thread(target=run, name="derive-ahead", daemon=True).start()
+    return True
 
 
-def key_file_kdf(doc: dict[str, Any]) -> tuple[bytes, int, int, int]:
-    """``(salt, n, r, p)`` of a key file's JSON (docs/format.md, "Key files"); KeyError,
-    ValueError or TypeError if they are missing or malformed."""
-    salt = base64.b64decode(str(doc["salt"]).encode("ascii"), validate=True)
-    return salt, int(doc["n"]), int(doc["r"]), int(doc["p"])
+@dataclass(frozen=True)
+class KeyFileKdf:
+    """What derives a key file's key-encryption key: scrypt's salt and parameters."""
+
+    salt: bytes
+    n: int
+    r: int
+    p: int
+
+    @property
+    def cost(self) -> tuple[int, int]:
+        """Work, then memory: opening tries the cheapest key files first."""
+        return self.n * self.r * self.p, self.n * self.r
+
+
+def key_file_kdf(doc: object) -> KeyFileKdf:
+    """The scrypt inputs of a key file's parsed JSON (docs/format.md, "Key files"), checked
+    against :func:`check_scrypt`'s bounds; ValueError saying what is wrong otherwise (an
+    unknown version or kdf, a missing or malformed field, parameters out of bounds)."""
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if doc.get("version") != 1:
+        raise ValueError(f"version {doc.get('version')!r} is unknown (this safehold reads 1)")
+    if doc.get("kdf") != "scrypt":
+        raise ValueError(f"kdf {doc.get('kdf')!r} is unknown (this safehold knows scrypt)")
+    missing = [k for k in ("n", "r", "p", "salt") if k not in doc]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} missing")
+    salt = b64_field(doc, "salt", MAX_SALT)
+    kdf = KeyFileKdf(salt=salt, n=doc["n"], r=doc["r"], p=doc["p"])
+    check_scrypt(kdf.salt, kdf.n, kdf.r, kdf.p)
+    return kdf
+
+
+def b64_field(doc: dict[str, Any], name: str, max_len: int) -> bytes:
+    """The base64 field ``name`` of ``doc``, decoded; ValueError if it is not base64 or
+    decodes to more than ``max_len`` bytes (checked before decoding)."""
+    text = doc.get(name)
+    if not isinstance(text, str):
+        raise ValueError(f"{name} is not a string")
+    if len(text) > 4 * ((max_len + 2) // 3):
+        raise ValueError(f"{name} is {len(text)} characters long, too long")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"{name} is not valid base64") from exc

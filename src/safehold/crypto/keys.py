@@ -3,6 +3,11 @@
 A key file is JSON (docs/format.md, "Key files") holding scrypt parameters, a salt and the
 sealed master key. Its AAD binds the sealed data to the key file's format version so that a
 key file cannot be replayed under another layout.
+
+Nothing in a key file is authenticated before its key is derived, so :func:`parse_key_file`
+checks every field (and bounds the scrypt parameters, see :mod:`safehold.crypto.kdf`)
+before anything is derived: a malformed or hostile key file is a :class:`FormatError`
+saying what is wrong, never a traceback or minutes of work.
 """
 
 from __future__ import annotations
@@ -16,27 +21,27 @@ from typing import Any
 
 import blake3
 
-from safehold.crypto.aead import KEY_LEN, Aead
-from safehold.crypto.kdf import key_file_kdf, scrypt
+from safehold.crypto.aead import CIPHER_AES_256_GCM, KEY_LEN, OVERHEAD, Aead
+from safehold.crypto.kdf import KeyFileKdf, b64_field, check_scrypt, key_file_kdf, scrypt
 from safehold.errors import FormatError, IntegrityError, WrongPassword
 
 KEYFILE_VERSION = 1
 KEYFILE_AAD = b"safehold key file v1"
 # The cost an attacker pays per guess: scrypt N=2**15, r=8 holds 32 MiB (restic's N and r)
-# and p=2 runs it twice, about 0.1 s here. Until format note 2026-11 the default was N=2**16,
-# p=1: the same sequential work in twice the memory, which set every command's peak memory
-# (docs/architecture.md, "Key derivation cost").
+# and p=2 runs it twice, 0.12-0.15 s here. Until format note 2026-11 the default was N=2**16,
+# p=1, which set every command's peak memory (docs/architecture.md, "Key derivation cost").
+# restic's calibrated files here use p=8: four times this work per guess, 0.5 s per command
+# (docs/format.md, "Cost of a guess", compares them).
 DEFAULT_SCRYPT_N = 1 << 15
 DEFAULT_SCRYPT_R = 8
 DEFAULT_SCRYPT_P = 2
+# Ours are about 500 bytes; the sealed master key about 140. Anything far larger is not one.
+MAX_KEY_FILE = 64 * 1024
+MAX_SEALED = 1024
 
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,14 @@ class MasterKey:
         return {"encrypt": _b64(self.encrypt), "ident": _b64(self.ident)}
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> MasterKey:
-        return cls(encrypt=_unb64(obj["encrypt"]), ident=_unb64(obj["ident"]))
+    def from_json(cls, obj: object) -> MasterKey:
+        """ValueError unless ``obj`` holds two base64 keys of 32 bytes."""
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        encrypt, ident = b64_field(obj, "encrypt", KEY_LEN), b64_field(obj, "ident", KEY_LEN)
+        if len(encrypt) != KEY_LEN or len(ident) != KEY_LEN:
+            raise ValueError("the keys are not 32 bytes each")
+        return cls(encrypt=encrypt, ident=ident)
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,10 @@ class KdfParams:
 
     def derive(self, password: bytes, salt: bytes) -> bytes:
         return scrypt(password, salt, n=self.n, r=self.r, p=self.p, length=KEY_LEN)
+
+    def check(self, salt: bytes = bytes(32)) -> None:
+        """ValueError if key files with these parameters would be refused when opened."""
+        check_scrypt(salt, self.n, self.r, self.p)
 
 
 def make_key_file(
@@ -85,6 +100,7 @@ def make_key_file(
     """Seal ``master`` under ``password``; returns the key file's bytes."""
     params = params or KdfParams()
     salt = os.urandom(32)
+    params.check(salt)  # never write a key file that would not open
     kek = Aead(params.derive(password, salt))
     sealed = kek.seal(json.dumps(master.to_json()).encode(), KEYFILE_AAD)
     doc = {
@@ -100,31 +116,59 @@ def make_key_file(
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 
-def key_file_meta(raw: bytes) -> dict[str, Any]:
-    """The unencrypted fields of a key file (created, host, user), for ``key list``."""
+@dataclass(frozen=True)
+class KeyFile:
+    """A parsed key file whose fields are all within bounds; nothing derived yet."""
+
+    kdf: KeyFileKdf
+    sealed: bytes
+    meta: dict[str, Any]  # the unencrypted fields (version, kdf, n, r, p, created, ...)
+
+    def open(self, password: bytes) -> MasterKey:
+        """Unwrap the master key: :class:`WrongPassword` if the password does not fit,
+        :class:`FormatError` if it fits but what it unwraps is not a master key."""
+        k = self.kdf
+        kek = Aead(scrypt(password, k.salt, n=k.n, r=k.r, p=k.p, length=KEY_LEN))
+        try:
+            plain = kek.open(self.sealed, KEYFILE_AAD, what="key file")
+        except IntegrityError as exc:
+            raise WrongPassword("wrong password for this key") from exc
+        try:
+            return MasterKey.from_json(json.loads(plain))
+        except (ValueError, RecursionError) as exc:
+            raise FormatError(f"the master key it holds is malformed ({exc})") from exc
+
+
+def parse_key_file(raw: bytes) -> KeyFile:
+    """Read and check a key file without deriving anything; :class:`FormatError` saying
+    what is wrong (not JSON, an unknown version or kdf, a missing field, bad base64, scrypt
+    parameters or sizes out of bounds)."""
+    if len(raw) > MAX_KEY_FILE:
+        raise FormatError(f"{len(raw)} bytes, far more than a key file holds")
     try:
-        doc: dict[str, Any] = json.loads(raw)
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; "[[[[..." too deep
+        raise FormatError("not valid JSON") from exc
+    try:
+        kdf = key_file_kdf(doc)
+        sealed = b64_field(doc, "data", MAX_SEALED)
     except ValueError as exc:
-        raise FormatError("key file is not valid JSON") from exc
-    return {k: v for k, v in doc.items() if k not in ("data", "salt")}
+        raise FormatError(str(exc)) from exc
+    if len(sealed) <= OVERHEAD:
+        raise FormatError(f"data is {len(sealed)} bytes, too short to hold a key")
+    if sealed[0] != CIPHER_AES_256_GCM:
+        raise FormatError(f"data is sealed with unknown cipher id {sealed[0]}")
+    meta = {k: v for k, v in doc.items() if k not in ("data", "salt")}
+    return KeyFile(kdf=kdf, sealed=sealed, meta=meta)
+
+
+def key_file_meta(raw: bytes) -> dict[str, Any]:
+    """The unencrypted fields of a key file (created, host, user, scrypt parameters), for
+    ``key list``; :class:`FormatError` if it is malformed (see :func:`parse_key_file`)."""
+    return parse_key_file(raw).meta
 
 
 def open_key_file(raw: bytes, password: bytes) -> MasterKey:
-    """Unwrap the master key; :class:`WrongPassword` if the password does not fit."""
-    try:
-        doc = json.loads(raw)
-        if doc.get("version") != KEYFILE_VERSION or doc.get("kdf") != "scrypt":
-            raise FormatError(
-                f"key file has unsupported version {doc.get('version')!r} or kdf {doc.get('kdf')!r}"
-            )
-        salt, n, r, p = key_file_kdf(doc)
-        params = KdfParams(n=n, r=r, p=p)
-        sealed = _unb64(doc["data"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FormatError("key file is damaged (not the documented JSON layout)") from exc
-    kek = Aead(params.derive(password, salt))
-    try:
-        plain = kek.open(sealed, KEYFILE_AAD, what="key file")
-    except IntegrityError as exc:
-        raise WrongPassword("wrong password for this key") from exc
-    return MasterKey.from_json(json.loads(plain))
+    """Unwrap the master key; :class:`WrongPassword` if the password does not fit,
+    :class:`FormatError` if the key file is malformed (nothing is derived then)."""
+    return parse_key_file(raw).open(password)

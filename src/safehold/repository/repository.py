@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.crypto.aead import Aead
-from safehold.crypto.keys import KdfParams, MasterKey, key_file_meta, make_key_file, open_key_file
+from safehold.crypto.keys import KdfParams, MasterKey, make_key_file
 from safehold.errors import (
     FormatError,
     IntegrityError,
@@ -42,9 +42,9 @@ from safehold.errors import (
     SafeholdError,
     SnapshotNotFound,
     UsageError,
-    WrongPassword,
 )
 from safehold.ids import to_hex
+from safehold.repository import key_files
 from safehold.repository import lock as lockmod
 from safehold.repository.chunker import ChunkerParams
 from safehold.repository.compress import COMP_NONE, DEFAULT_LEVEL, decompress, decompress_into
@@ -207,7 +207,17 @@ class Repository:
         return repo
 
     @classmethod
-    def open(cls, storage: Storage, password: bytes, *, clock: Clock = SYSTEM_CLOCK) -> Repository:
+    def open(
+        cls,
+        storage: Storage,
+        password: bytes,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        on_warning: Callable[[str, str], None] | None = None,
+    ) -> Repository:
+        """Open with the first key file that ``password`` opens (repository/key_files.py).
+        Key files that are damaged or another repository's are skipped, each reported
+        through :meth:`warn` (to ``on_warning``, which the opened repository keeps)."""
         try:
             raw_config = storage.get("config")
         except ObjectNotFound:
@@ -220,24 +230,15 @@ class Repository:
                 f"there is no repository at {storage.describe()}",
                 hint="create one with 'safehold init', or check the --repo location",
             ) from None
-        keys = sorted(storage.list("keys/"), key=lambda o: o.name)
-        if not keys:
-            raise FormatError(f"the repository at {storage.describe()} has no key files")
-        for obj in keys:
-            try:
-                master = open_key_file(storage.get(obj.name), password)
-            except WrongPassword:
-                continue
-            except ObjectNotFound:
-                continue
-            config = RepoConfig.from_json(
-                json.loads(open_object(master.aead(), raw_config, T_CONFIG, "config"))
-            )
-            return cls(storage, master, config, key_name=obj.name, clock=clock)
-        raise WrongPassword(
-            "wrong password: no key in this repository opens with it",
-            hint="check SAFEHOLD_PASSWORD, --password-file or --password-command",
+        found = key_files.unlock(
+            storage, password, lambda m: open_object(m.aead(), raw_config, T_CONFIG, "config")
         )
+        config = RepoConfig.from_json(json.loads(found.opened))
+        repo = cls(storage, found.master, config, key_name=found.name, clock=clock)
+        repo.on_warning = on_warning
+        for skipped in found.skipped:
+            repo.warn(skipped.name, f"key file skipped: {skipped.reason}")
+        return repo
 
     # --- keys ------------------------------------------------------------------------------
 
@@ -248,12 +249,16 @@ class Repository:
         return name
 
     def list_keys(self) -> list[dict[str, Any]]:
-        out = []
-        for obj in sorted(self.storage.list("keys/"), key=lambda o: o.name):
-            meta = key_file_meta(self.storage.get(obj.name))
-            meta["id"] = obj.name.removeprefix("keys/")
-            meta["current"] = obj.name == self.key_name
-            out.append(meta)
+        """Every key file in name order: its unencrypted fields, ``id`` and ``current``;
+        one that cannot be read has only ``damaged``, saying why, instead of the fields."""
+        out: list[dict[str, Any]] = []
+        for name, got in key_files.read_key_files(self.storage):
+            entry: dict[str, Any] = (
+                {"damaged": got.message} if isinstance(got, FormatError) else dict(got.meta)
+            )
+            entry["id"] = name.removeprefix("keys/")
+            entry["current"] = name == self.key_name
+            out.append(entry)
         return out
 
     def find_key(self, prefix: str) -> str:

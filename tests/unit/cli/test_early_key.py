@@ -3,6 +3,7 @@ start it, everything else leaves opening the repository as it was."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from safehold.cli.early_key import _global_values, derive_key_ahead
 from safehold.crypto import kdf
 from safehold.errors import WrongPassword
+from safehold.repository.format import storage_id
 from safehold.repository.repository import Repository
 from safehold.storage.local import LocalStorage
 from tests.conftest import FAST_KDF, PASSWORD
@@ -116,3 +118,57 @@ def test_nothing_is_started_when_unsure(
     assert kdf._ahead == {}
     _open(repo_dir)  # and opening works as ever
     assert computed == [PASSWORD]
+
+
+def _key_file_first(repo_dir: Path, doc: dict[str, object]) -> Path:
+    """Store ``doc`` as a key file whose name sorts before the repository's own."""
+    keys = repo_dir / "keys"
+    good = min(p.name for p in keys.iterdir())
+    for i in range(1000):
+        raw = json.dumps(dict(doc, hostname=f"h{i}")).encode()
+        name = storage_id(raw)
+        if name < good:
+            (keys / name).write_bytes(raw)
+            return keys / name
+    raise AssertionError("no name sorted first")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"n": 1 << 15, "p": 300}, {"n": 1 << 40}, {"n": 1000}, {"r": 0}, {"salt": "AAAA" * 5000}],
+    ids=["p=300", "n=2**40", "n=1000", "r=0", "huge salt"],
+)
+def test_a_hostile_key_file_is_never_derived_ahead(
+    params: dict[str, object], repo_dir: Path, computed: list[bytes]
+) -> None:
+    # First in name order, so the guess of the first key file used to pick it.
+    good = json.loads(next((repo_dir / "keys").iterdir()).read_bytes())
+    _key_file_first(repo_dir, {**good, **params})
+
+    assert derive_key_ahead(["-r", str(repo_dir), "snapshots"])
+
+    [(_pw, _salt, n, r, p, _len)] = kdf._ahead
+    assert (n, r, p) == (good["n"], good["r"], good["p"])  # the good key's, not the hostile's
+    _open(repo_dir)
+    assert computed == [PASSWORD]
+
+
+def test_junk_before_the_key_file_does_not_stop_the_guess(
+    repo_dir: Path, computed: list[bytes]
+) -> None:
+    for junk in (b"junk", b"[1, 2]", b"\xff" * 10):
+        (repo_dir / "keys" / ("0" * 63 + str(len(junk) % 10))).write_bytes(junk)
+
+    assert derive_key_ahead(["-r", str(repo_dir), "snapshots"])
+    _open(repo_dir)
+    assert computed == [PASSWORD]
+
+
+def test_the_cheapest_key_file_is_derived_ahead(repo_dir: Path, computed: list[bytes]) -> None:
+    # Opening tries key files cheapest first; the guess must pick the same one.
+    good = json.loads(next((repo_dir / "keys").iterdir()).read_bytes())
+    _key_file_first(repo_dir, {**good, "n": 1 << 12, "p": 16})
+
+    assert derive_key_ahead(["-r", str(repo_dir), "snapshots"])
+    [(_pw, _salt, n, _r, p, _len)] = kdf._ahead
+    assert (n, p) == (good["n"], good["p"])
