@@ -136,16 +136,17 @@ def _print_report(ctx: Context, report: RepairReport) -> None:
 
 
 def _describe(f: PackFinding) -> str:
+    why = f.why.removeprefix(f.pack).strip()  # errors name the pack; the line starts with it
     lost = f", {len(f.lost)} lost" if f.lost else ""
     kept = f"{f.salvaged} salvaged into new packs, {f.elsewhere} intact elsewhere{lost}"
     if f.problem == HEADER_DAMAGED:
         return (
-            f"{f.pack}: header damaged ({f.why}); of its {f.blobs} indexed blob(s): {kept}; "
+            f"{f.pack}: header damaged ({why}); of its {f.blobs} indexed blob(s): {kept}; "
             "the pack is no longer indexed"
         )
     if f.problem == BLOBS_DAMAGED:
         return (
-            f"{f.pack}: {f.why}; of its {f.blobs} blob(s): {kept}; the pack is retired "
+            f"{f.pack}: {why}; of its {f.blobs} blob(s): {kept}; the pack is retired "
             "(indexed with no blobs: 'safehold prune' removes it)"
         )
     if f.problem == MISSING:
@@ -154,5 +155,5 @@ def _describe(f: PackFinding) -> str:
             f"{f.elsewhere} intact elsewhere{lost}"
         )
     if f.problem == MISMATCH:
-        return f"{f.pack}: {f.why}: {kept}"
-    return f"{f.pack}: in no index and its header does not open ({f.why}): nothing to salvage"
+        return f"{f.pack}: {why}: {kept}"
+    return f"{f.pack}: in no index and its header does not open ({why}): nothing to salvage"

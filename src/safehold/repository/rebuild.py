@@ -171,7 +171,7 @@ class _Job:
     finding: PackFinding
 
 
-Key = tuple[bytes, bytes]  # (blob id, chain id)
+_Key = tuple[bytes, bytes]  # (blob id, chain id)
 
 
 class _Repair:
@@ -190,9 +190,9 @@ class _Repair:
         self.missing: list[tuple[PackFinding, bytes, list[PackEntry]]] = []
         self._cache: CachedIndex | None = None
         self._cache_read = False
-        self._elsewhere: dict[Key, list[tuple[bytes, PackEntry]]] = {}
-        self._intact: dict[Key, bool] = {}
-        self._salvaged: set[Key] = set()
+        self._elsewhere: dict[_Key, list[tuple[bytes, PackEntry]]] = {}
+        self._intact: dict[_Key, bool] = {}
+        self._salvaged: set[_Key] = set()
 
     def run(self) -> RepairReport:
         repo = self.repo
@@ -409,7 +409,7 @@ class _Repair:
                 finding.damaged.append(e.blob_id.hex())
                 finding.lost.append(e.blob_id.hex())
 
-    def _intact_elsewhere(self, key: Key, pack_id: bytes) -> bool:
+    def _intact_elsewhere(self, key: _Key, pack_id: bytes) -> bool:
         """Whether another pack the new index lists holds an intact copy of the blob."""
         for other, e in self._elsewhere.get(key, []):
             if other == pack_id:
