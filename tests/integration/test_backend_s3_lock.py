@@ -368,3 +368,58 @@ def test_prune_keeps_retained_packs_and_index_files_and_loses_nothing(
     assert res.code == 0, res.output
     restore_and_compare(cli, repo, "latest", src, expected, tmp_path / "restore")
     assert snapshot_ids(cli, repo) == [new]
+
+
+# --- what the repository needs stays retained ------------------------------------------------
+
+
+def retained_until(admin: Any, bucket: str, key: str) -> dt.datetime:
+    found = admin.get_object_retention(Bucket=bucket, Key=key)["Retention"]["RetainUntilDate"]
+    assert isinstance(found, dt.datetime)
+    return found
+
+
+def test_forget_prune_extends_the_retention_of_what_the_repository_needs(
+    cli: CliRunner,
+    writer_env: dict[str, str],
+    s3_server: SeaweedS3,
+    admin: Any,
+    tmp_path: Path,
+) -> None:
+    """Retention runs from the write: the key files and a chain's first packs would lose it
+    while still needed. forget --prune renews it for what is needed, not for trash."""
+    bucket = lock_bucket(admin, "extend")
+    repo = location(s3_server, bucket)
+    init(cli, repo)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kept").write_bytes(os.urandom(MiB))  # in both snapshots: its pack stays needed
+    old = backup_json(cli, repo, str(src))["snapshot"]
+    first_packs = {k for k in repository_keys(admin, bucket) if k.startswith("repo/data/")}
+    (src / "new").write_bytes(os.urandom(MiB))  # the first snapshot's trees become unused
+    backup_json(cli, repo, str(src))
+    keys = repository_keys(admin, bucket)
+    # As if the repository were older than the period: the config, the key file and every
+    # pack of the first backup have an hour left; the old snapshot has run out.
+    aged = [k for k in keys if k == "repo/config" or k.startswith("repo/keys/")]
+    aged += sorted(first_packs)
+    expire_soon(admin, bucket, aged, seconds=3600)
+    expire_soon(admin, bucket, [f"repo/snapshots/{old}"])
+    time.sleep(2.5)
+
+    res = cli("-r", repo, "forget", "--keep-last", "1", "--prune", "--lock-skew", "0s", "--json")
+    assert res.code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["prune"]["swept"]["packs_retained"] == 1, doc["prune"]  # the old trees' pack
+    assert doc["retention"]["failed"] == []
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=23)
+    renewed = {k for k in aged if retained_until(admin, bucket, k) > soon}
+    # The config, the key file and the pack of "kept" were renewed; the pack of the old
+    # snapshot's trees (in the trash now) was left to run out.
+    assert "repo/config" in renewed
+    assert any(k.startswith("repo/keys/") for k in renewed)
+    assert len(first_packs - renewed) == 1 and len(first_packs & renewed) == 1
+    assert doc["retention"]["extended"] == len(renewed)
+    # A second run finds nothing due.
+    res = cli("-r", repo, "forget", "--keep-last", "1", "--prune", "--lock-skew", "0s", "--json")
+    assert json.loads(res.stdout)["retention"]["extended"] == 0

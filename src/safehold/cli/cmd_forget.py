@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from safehold.errors import UsageError
 from safehold.policy.duration import Duration, parse_duration
 from safehold.policy.retention import RetentionPolicy
 from safehold.repository.prune import prune
+from safehold.repository.retention import RetentionReport, extend_retention
 from safehold.repository.snapshot import Snapshot
 
 _COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -140,6 +142,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if args.prune
         else None
     )
+    # The scheduled maintenance (forget --prune) also keeps what the repository still needs
+    # under retention in immutable mode: after prune, so that new garbage is left to expire.
+    retention = extend_retention(repo) if args.prune and not args.dry_run else None
     if ctx.json:
         ctx.emit_json(
             {
@@ -148,6 +153,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 "removed": [s.id for s in result.removed],
                 "retained": [_retained_json(r) for r in result.retained],
                 "prune": pruned.to_json() if pruned else None,
+                "retention": retention.to_json() if retention else None,
             }
         )
         return 0
@@ -164,7 +170,23 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if pruned:
         ctx.print()
         cmd_prune.print_result(ctx, pruned)
+    if retention:
+        _print_retention(ctx, retention)
     return 0
+
+
+def _print_retention(ctx: Context, report: RetentionReport) -> None:
+    ctx.print(
+        f"retention: {report.extended} of {report.checked} object(s) given a new end date "
+        "(the rest have more than half of the period left)"
+    )
+    if report.failed:
+        name, why = report.failed[0]
+        print(
+            f"safehold: warning: the retention of {len(report.failed)} object(s) could not "
+            f"be extended (the next forget --prune tries again); first: {name}: {why}",
+            file=sys.stderr,
+        )
 
 
 def _group_json(g: ForgetGroup) -> dict[str, Any]:

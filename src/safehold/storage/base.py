@@ -154,6 +154,31 @@ def storage_time(storage: Storage) -> datetime | None:
     return None
 
 
+@runtime_checkable
+class RetentionKeeper(Protocol):
+    """A backend that writes objects with a retention period and can lengthen it (S3
+    Object Lock, the immutable mode).
+
+    ``keeps_retention`` says whether this location writes with one. ``extend_retention``
+    gives the current version of ``name`` a new end a full period from now when less than
+    half of the period is left (or it has none), and says whether it did; it never
+    shortens one. It raises :class:`StorageError` like any call.
+    """
+
+    def keeps_retention(self) -> bool: ...
+
+    def extend_retention(self, name: str) -> bool: ...
+
+
+def retention_keeper(storage: Storage) -> RetentionKeeper | None:
+    """The first layer of ``storage`` that implements :class:`RetentionKeeper`, if it keeps
+    a retention at this location; else None."""
+    for layer in _layers(storage):
+        if isinstance(layer, RetentionKeeper):
+            return layer if layer.keeps_retention() else None
+    return None
+
+
 def clock_reading(
     stamp: datetime, started: float, ended: float, *, resolution: float = 0.0
 ) -> datetime:

@@ -27,7 +27,8 @@ releases its lock; prune removes a record once swept), so they carry none: losin
 costs nothing that retention protects. Deleting removes every version of the name,
 newest first (a refreshed lock has several; removing only the newest would bring an
 older one back); a version still under retention raises :class:`ObjectLocked` with its
-end date, and the object stays whole.
+end date, and the object stays whole. :meth:`S3Storage.extend_retention` lengthens an
+object's retention (storage.base.RetentionKeeper; see repository.retention for why).
 """
 
 from __future__ import annotations
@@ -526,6 +527,37 @@ class S3Storage:
             f"{self._where}: cannot delete {name!r}: it has more than {_MAX_VERSIONS} versions",
             hint="remove its old versions with the provider's tools, then run the command again",
         )
+
+    # --- retention (storage.base.RetentionKeeper) ----------------------------------------
+
+    def keeps_retention(self) -> bool:
+        return bool(self._s.object_lock_days)
+
+    def extend_retention(self, name: str) -> bool:
+        """A new end, ``object_lock_days`` from now, for the current version of ``name``
+        when less than half the period is left (or it has none: written before immutable
+        mode was on). Lengthening needs only s3:PutObjectRetention, never a bypass; the
+        version keeps its mode (COMPLIANCE cannot become GOVERNANCE)."""
+        if not self._s.object_lock_days or not retained(name):
+            return False
+        key = self._key(name)
+        action = f"extend the retention of {name!r}"
+        head = self._call(action, "head_object", Key=key)
+        period = dt.timedelta(days=self._s.object_lock_days)
+        now = dt.datetime.now(dt.UTC)
+        until = head.get("ObjectLockRetainUntilDate")
+        if isinstance(until, dt.datetime) and until - now >= period / 2:
+            return False
+        mode = str(head.get("ObjectLockMode") or self._s.object_lock_mode).upper()
+        version = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
+        self._call(
+            action,
+            "put_object_retention",
+            Key=key,
+            Retention={"Mode": mode, "RetainUntilDate": now + period},
+            **version,
+        )
+        return True
 
     def _refused(
         self, name: str, head: Mapping[str, Any], err: StoragePermissionDenied

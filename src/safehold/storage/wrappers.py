@@ -30,7 +30,7 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import Storage, read_into
+from safehold.storage.base import Storage, read_into, retention_keeper
 
 __all__ = [
     "ALL_OPS",
@@ -170,6 +170,17 @@ class RetryingStorage:
                     raise
 
         self._retry("delete", name, call)
+
+    # Optional capabilities whose calls deserve retries too (storage.base).
+
+    def keeps_retention(self) -> bool:
+        return retention_keeper(self.inner) is not None
+
+    def extend_retention(self, name: str) -> bool:
+        keeper = retention_keeper(self.inner)
+        if keeper is None:
+            return False
+        return self._retry("extend_retention", name, lambda: keeper.extend_retention(name))
 
     def describe(self) -> str:
         return self.inner.describe()
