@@ -33,6 +33,7 @@ __all__ = ["SeaweedS3", "make_storage", "s3_server", "start_seaweedfs", "weed_bi
 ADMIN_KEY, ADMIN_SECRET = "safehold-admin", "safehold-admin-secret-key"
 READER_KEY, READER_SECRET = "safehold-reader", "safehold-reader-secret-key"
 WRITER_KEY, WRITER_SECRET = "safehold-writer", "safehold-writer-secret-key"
+WRITER_ACTIONS = ["Read", "List", "Write", "Tagging", "PutObjectRetention", "GetObjectRetention"]
 REGION = "us-east-1"
 
 
@@ -139,11 +140,11 @@ def start_seaweedfs(workdir: Path, *, timeout: float = 60.0) -> SeaweedS3:
                 "actions": ["Read", "List"],
             },
             {
-                # SeaweedFS wants PutObjectRetention for a PUT that carries a retention.
+                # SeaweedFS wants PutObjectRetention for a PUT that carries a retention;
+                # its Write covers DeleteObject (delete markers) and DeleteObjectVersion.
                 "name": "writer",
                 "credentials": [{"accessKey": WRITER_KEY, "secretKey": WRITER_SECRET}],
-                "actions": ["Read", "List", "Write", "Tagging"]
-                + ["PutObjectRetention", "GetObjectRetention"],
+                "actions": WRITER_ACTIONS,
             },
         ]
     }
