@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from safehold.engine.restore_folders import Folder
 from safehold.engine.restore_write import FileWriter, OpenFile
 from safehold.errors import ExitCode, TargetError
 from safehold.repository import lock as lockmod
@@ -474,9 +475,10 @@ def test_full_target_during_a_direct_write(tmpfs: Tmpfs) -> None:
     """A large blob goes to disk with direct I/O: a full target is still named as such."""
     target = tmpfs("direct", "1m")
     writer = FileWriter(owner=False, overwrite=True)
-    f = OpenFile(str(target / "big"), (0o100644, 0, 0, 0), 3 * MiB, 1, False)
-    with pytest.raises(TargetError, match="restore target is full") as err:
-        writer.put(f, os.urandom(3 * MiB), 0)
+    with Folder.top(str(target)) as folder:  # closed after: the tmpfs unmounts
+        f = OpenFile(folder, "big", str(target / "big"), (0o100644, 0, 0, 0), 3 * MiB, 1, False)
+        with pytest.raises(TargetError, match="restore target is full") as err:
+            writer.put(f, os.urandom(3 * MiB), 0)
     assert "free space" in (err.value.hint or "")
     assert f.fd == -1  # closed after the failure: the tmpfs unmounts
 

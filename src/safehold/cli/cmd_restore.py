@@ -11,7 +11,8 @@ from safehold.cli.config_run import add_config_arguments, restore_from_config
 from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.cli.progress import make_progress
 from safehold.engine.restore import RestoreOptions, run_restore
-from safehold.errors import UsageError
+from safehold.engine.restore_folders import raise_open_files_limit
+from safehold.errors import ExitCode, UsageError
 
 
 def register(sub: Any) -> None:
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError("restore needs --target DIR", hint="the folder to restore into")
     repo = ctx.open_repo()
     snap = find_snapshot(repo, args.snapshot, args)
+    # Restore keeps the target's folders open (engine/restore_folders.py); past the
+    # descriptor limit it opens them again for every file, which is slower.
+    raise_open_files_limit()
     result = run_restore(
         repo,
         snap,
@@ -99,13 +103,27 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 "dirs": result.dirs,
                 "bytes": result.bytes,
                 "errors": [{"path": p, "error": m} for p, m in result.errors],
+                "damaged": [{"path": p, "error": m} for p, m in result.damaged],
             }
         )
     else:
+        left = f"; {len(result.damaged)} left empty (damaged)" if result.damaged else ""
         ctx.print(
-            f"restored snapshot {snap.short_id}: {result.files} files, {result.dirs} folders, "
-            f"{human_bytes(result.bytes)} into {args.target}"
+            f"restored snapshot {snap.short_id}: {result.files} files, {result.dirs} folders"
+            f"{left}, {human_bytes(result.bytes)} into {args.target}"
         )
     for p, m in result.errors:
         print(f"safehold: could not restore {p}: {m}", file=sys.stderr)
-    return 0 if not result.errors else 3
+    if result.damaged:
+        # Everything else was restored; what a damaged, missing or hostile tree holds was
+        # not, and nothing of it was written anywhere.
+        n = len(result.damaged)
+        print(
+            f"safehold: error: {n} folder{'s' if n != 1 else ''} of snapshot "
+            f"{snap.short_id} left empty: {'their trees are' if n != 1 else 'its tree is'} "
+            "damaged, missing or hostile; everything else was restored\n"
+            "  hint: run 'safehold check' to see what is damaged",
+            file=sys.stderr,
+        )
+        return ExitCode.INTEGRITY
+    return 0 if not result.errors else ExitCode.PARTIAL

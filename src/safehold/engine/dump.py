@@ -11,6 +11,13 @@ Archive names are the paths in the snapshot without the leading ``/`` (``/srv/db
 large sizes and ids, names that are not UTF-8 and nanosecond modification times all
 survive. The second and later paths of a hard-linked file become tar hard links to the
 first; sockets cannot be archived and are left out, as restore leaves them out.
+
+Member names are made of node names, which the tree decoder has checked to be single path
+components (``repository/tree.check_names``), so every name and hard-link name is relative
+and free of ``..``; :func:`member_name` checks it again where a name is made, so that an
+archive never holds a member that an extractor would write outside its folder. A symlink's
+target is data and is archived as stored (extractors guard against links themselves).
+A tree that fails those checks stops the dump (exit 4).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from safehold.engine.walk import find, normalize, walk
-from safehold.errors import IntegrityError, UsageError
+from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -63,16 +70,35 @@ def dump(
 ) -> DumpResult:
     """Write the file at ``path`` as its bytes, or anything else at ``path`` as an archive
     (``tar``, or ``zip``)."""
-    path, node = locate(repo, snap, path)
-    if node.type == t.FILE:
-        result = DumpResult(path, "file", files=1)
-        result.bytes = write_file(repo, path, node, out)
-        return result
-    if archive == "zip":
-        from safehold.engine.dump_zip import write_zip  # imports this module
+    try:
+        path, node = locate(repo, snap, path)
+        if node.type == t.FILE:
+            result = DumpResult(path, "file", files=1)
+            result.bytes = write_file(repo, path, node, out)
+            return result
+        if archive == "zip":
+            from safehold.engine.dump_zip import write_zip  # imports this module
 
-        return write_zip(repo, path, node, out)
-    return write_tar(repo, path, node, out)
+            return write_zip(repo, path, node, out)
+        return write_tar(repo, path, node, out)
+    except ObjectNotFound as exc:
+        # Only packs are read here: one the index lists is gone. That is damage (exit 4,
+        # as check says), not a failing storage.
+        raise IntegrityError(
+            f"a pack listed in the index is missing from the storage: {exc.message}",
+            hint="run 'safehold check' to see which snapshots and files it affects; "
+            "'safehold repair index' makes the index match the packs that remain",
+        ) from exc
+
+
+def member_name(path: str) -> str:
+    """The archive member name of the snapshot path ``path``: relative, and without an
+    empty, ``.`` or ``..`` component (which checked tree names never give)."""
+    name = path.lstrip("/")
+    parts = name.split("/")
+    if not name or "" in parts or "." in parts or ".." in parts or "\0" in name:
+        raise IntegrityError(f"refusing to archive the path {path!r}: it is not a plain path")
+    return name
 
 
 def write_file(repo: Repository, path: str, node: t.Node, out: IO[bytes]) -> int:
@@ -138,7 +164,7 @@ def _add(
     kind = _TAR_TYPES.get(node.type)
     if kind is None:  # a socket: tar has no type for it
         return
-    info = tarinfo(path.lstrip("/"), node)
+    info = tarinfo(member_name(path), node)
     reader: _ContentReader | None = None
     if node.type == t.FILE:
         key = (node.dev, node.inode)

@@ -19,7 +19,7 @@ import time
 import zipfile
 from typing import IO
 
-from safehold.engine.dump import DumpResult, content_size
+from safehold.engine.dump import DumpResult, content_size, member_name
 from safehold.engine.walk import walk
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
@@ -55,7 +55,7 @@ def write_zip(repo: Repository, path: str, node: t.Node, out: IO[bytes]) -> Dump
 def _add(
     repo: Repository, zf: zipfile.ZipFile, path: str, node: t.Node, result: DumpResult
 ) -> None:
-    name = path.lstrip("/")
+    name = member_name(path)
     if node.type == t.DIR:
         info = _info(name + "/", node, stat.S_IFDIR)
         info.external_attr |= 0x10  # the MS-DOS directory flag, for non-Unix readers

@@ -19,6 +19,13 @@ Restoring many small files is bound by the work done per file and per blob while
 the interpreter lock, so planning keeps trees as parsed JSON (no node objects, no tree
 cache), each blob is looked up in the index once, and a file made of one blob (most of
 them) is created, written, given its metadata and closed in one go, without a lock.
+
+Nothing is written outside the target: names are checked when trees are decoded, and
+everything is created relative to open folder descriptors, never through a link
+(:mod:`safehold.engine.restore_folders` argues why). A tree that is damaged, missing or
+hostile (a name that is not one path component, a name twice) is not restored at all: its
+folder stays empty, the rest of the snapshot is restored, and the result lists it under
+``damaged`` (the command line then exits 4).
 """
 
 from __future__ import annotations
@@ -28,11 +35,19 @@ import mmap
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from safehold.engine.progress import NO_PROGRESS, Progress
+from safehold.engine.restore_folders import (
+    Folder,
+    folder_budget,
+    make_folder,
+    set_entry_meta,
+    set_folder_meta,
+)
 from safehold.engine.restore_procs import run_forked, usable
 from safehold.engine.restore_write import (
     DIRECT_ALIGN,
@@ -41,11 +56,11 @@ from safehold.engine.restore_write import (
     FileWriter,
     Meta,
     OpenFile,
-    set_meta,
+    missing_pack,
     target_error,
 )
 from safehold.engine.walk import normalize, selected
-from safehold.errors import IntegrityError, UsageError
+from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.snapshot import Snapshot
@@ -96,7 +111,10 @@ class RestoreResult:
     files: int = 0
     dirs: int = 0
     bytes: int = 0
+    # (path, why) of everything not restored, ``damaged`` included
     errors: list[tuple[str, str]] = field(default_factory=list)
+    # (folder, why) of folders whose tree is damaged, missing or hostile: left empty
+    damaged: list[tuple[str, str]] = field(default_factory=list)
 
 
 def spans(blobs: list[_Blob], max_span: int = MAX_SPAN) -> list[tuple[int, int, list[_Blob]]]:
@@ -120,8 +138,21 @@ def spans(blobs: list[_Blob], max_span: int = MAX_SPAN) -> list[tuple[int, int, 
     return out
 
 
-def _setgid(path: str) -> bool:
-    return bool(os.stat(path).st_mode & stat.S_ISGID)
+def _setgid(fd: int) -> bool:
+    return bool(os.fstat(fd).st_mode & stat.S_ISGID)
+
+
+@contextlib.contextmanager
+def _descriptor(folder: Folder) -> Iterator[int]:
+    """The folder's descriptor: its kept one, or a temporary one (past the budget)."""
+    if folder.fd >= 0:
+        yield folder.fd
+        return
+    fd = folder.open()
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _meta(d: dict[str, Any]) -> Meta:
@@ -136,10 +167,13 @@ class _Restorer:
         self.result = RestoreResult()
         direct = opts.direct and suits_direct_io(opts.target)
         self.writer = FileWriter(owner=opts.owner, overwrite=opts.overwrite, direct=direct)
-        self.dirs: list[tuple[str, Meta]] = []
-        self.links: list[tuple[str, Meta, bool]] = []  # (path, meta, is a symlink)
-        self.hardlinks: dict[tuple[int, int], str] = {}
-        self.late_hardlinks: list[tuple[str, tuple[int, int]]] = []
+        self.root: Folder | None = None
+        self.dirs: list[tuple[Folder, Meta]] = []
+        # Folders kept open (restore_folders): at most this many, the first ones planned.
+        self.budget = folder_budget()
+        self.hardlinks: dict[tuple[int, int], OpenFile] = {}
+        # (folder, name, path, key) of the later paths of hard-linked files
+        self.late_hardlinks: list[tuple[Folder, str, str, tuple[int, int]]] = []
         self.wanted: dict[bytes, _Blob] = {}
         self.by_pack: dict[bytes, list[_Blob]] = {}
         self.multi: list[OpenFile] = []  # files of several blobs (closed on failure)
@@ -150,17 +184,30 @@ class _Restorer:
 
     # --- planning --------------------------------------------------------------------------
 
+    def open_root(self, target: str) -> Folder:
+        """The target folder, kept open: everything is created relative to it."""
+        self.root = Folder.top(target)
+        return self.root
+
     def plan(
-        self, tree_id: str, snap_path: str, dest: str, includes: list[str], setgid: bool
+        self, tree_id: str, snap_path: str, folder: Folder, includes: list[str], setgid: bool
     ) -> None:
-        """Plan the folder ``dest``; ``setgid``: it hands its group to what is created in it
-        (so a new file's group is not the process's)."""
-        # The nodes' JSON objects, read as tree.Node.from_json does: building Node objects
-        # for tens of thousands of files was a good part of a restore's serial time.
+        """Plan the contents of ``folder`` (open while this runs); ``setgid``: it hands its
+        group to what is created in it (so a new file's group is not the process's)."""
+        try:
+            # The nodes' JSON objects, read as tree.Node.from_json does: building Node
+            # objects for tens of thousands of files was a good part of a restore's serial
+            # time. Their names are checked (tree.check_names) as they are decoded.
+            nodes = self.repo.load_tree_json(tree_id)
+        except (IntegrityError, ObjectNotFound, ValueError, TypeError) as exc:
+            self._damaged(folder, tree_id, exc)
+            return
+        fd = folder.fd
+        dest = folder.path
         prefix = dest if dest.endswith("/") else dest + "/"
         whole = True
         path = ""
-        for d in self.repo.load_tree_json(tree_id):
+        for d in nodes:
             name = d["name"]
             if includes:
                 path = f"{snap_path}/{name}"
@@ -168,66 +215,114 @@ class _Restorer:
                 if not whole and not descend:
                     continue
             out = prefix + name
-            typ = d["type"]
+            typ = d.get("type")  # an unknown type (or none) is left out
             if typ == t.FILE:
                 if whole:
-                    self._plan_file(out, d, setgid)
+                    self._plan_file(folder, name, out, d, setgid)
             elif typ == t.DIR:
-                sub_setgid = setgid  # a new folder takes the set-group-id bit of its parent
-                try:
-                    os.mkdir(out)
-                except FileExistsError:
-                    if os.path.islink(out):  # never restore through a link to elsewhere
-                        os.unlink(out)
-                        os.mkdir(out)
-                    else:
-                        os.makedirs(out, exist_ok=True)  # raises unless it is a folder
-                    sub_setgid = _setgid(out)
-                self.dirs.append((out, _meta(d)))
-                self.result.dirs += 1
-                subtree = d.get("subtree", "")
-                if subtree:
-                    self.plan(subtree, path, out, [] if whole else includes, sub_setgid)
+                self._plan_folder(folder, name, out, d, path, [] if whole else includes, setgid)
             elif not whole:
                 continue
             elif typ == t.SYMLINK:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(out)
-                os.symlink(d.get("target", ""), out)
-                self.links.append((out, _meta(d), True))
+                try:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+                    os.symlink(d.get("target", ""), name, dir_fd=fd)
+                except ValueError as exc:  # a NUL in the target: no file system takes it
+                    self._damaged_node(out, f"its symlink target is invalid ({exc})")
+                    continue
+                except OSError as exc:
+                    raise target_error(out, exc) from exc
+                self._entry_meta(fd, name, d, is_link=True)
             elif typ == t.FIFO:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(out)
-                os.mkfifo(out, d.get("mode", 0))
-                self.links.append((out, _meta(d), False))
+                try:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+                    os.mkfifo(name, d.get("mode", 0) & 0o7777, dir_fd=fd)
+                except OSError as exc:
+                    raise target_error(out, exc) from exc
+                self._entry_meta(fd, name, d, is_link=False)
             elif typ in (t.CHARDEV, t.BLOCKDEV):
                 kind = stat.S_IFCHR if typ == t.CHARDEV else stat.S_IFBLK
                 try:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(out)
-                    os.mknod(out, d.get("mode", 0) | kind, d.get("rdev", 0))
-                    self.links.append((out, _meta(d), False))
+                        os.unlink(name, dir_fd=fd)
+                    os.mknod(name, d.get("mode", 0) & 0o7777 | kind, d.get("rdev", 0), dir_fd=fd)
                 except PermissionError as exc:
                     self.result.errors.append((out, f"cannot create device: {exc.strerror}"))
+                    continue
+                except OSError as exc:
+                    raise target_error(out, exc) from exc
+                self._entry_meta(fd, name, d, is_link=False)
 
-    def _plan_file(self, out: str, d: dict[str, Any], setgid: bool) -> None:
+    def _plan_folder(
+        self,
+        parent: Folder,
+        name: str,
+        out: str,
+        d: dict[str, Any],
+        path: str,
+        includes: list[str],
+        setgid: bool,
+    ) -> None:
+        try:
+            fd, created = make_folder(name, parent.fd)
+        except OSError as exc:
+            raise target_error(out, exc) from exc
+        folder = Folder(out, name, parent, fd)
+        self.dirs.append((folder, _meta(d)))
+        self.result.dirs += 1
+        kept = len(self.dirs) <= self.budget  # the first ones planned stay open
+        # A new folder takes the set-group-id bit of its parent.
+        sub_setgid = setgid if created else _setgid(fd)
+        subtree = d.get("subtree", "")
+        if subtree:
+            self.plan(subtree, path, folder, includes, sub_setgid)
+        if not kept:
+            folder.close()  # opened again when needed (Folder.open)
+
+    def _entry_meta(self, fd: int, name: str, d: dict[str, Any], *, is_link: bool) -> None:
+        # A symlink, FIFO or device: nothing restore does later changes its times.
+        with contextlib.suppress(OSError):
+            set_entry_meta(fd, name, _meta(d), self.opts.owner, is_link=is_link)
+
+    def _damaged(self, folder: Folder, tree_id: object, exc: Exception) -> None:
+        """The tree of ``folder`` cannot be restored: nothing of it is, the rest goes on."""
+        if isinstance(exc, ObjectNotFound):
+            why = f"its tree {str(tree_id)[:8]} is in a pack missing from the storage ({exc})"
+        elif isinstance(exc, IntegrityError):
+            why = exc.message
+        else:
+            why = f"the folder names an invalid tree id {tree_id!r}"
+        self._damaged_node(folder.path, why)
+
+    def _damaged_node(self, path: str, why: str) -> None:
+        message = f"not restored: {why}"
+        self.result.damaged.append((path, message))
+        self.result.errors.append((path, message))
+
+    def _plan_file(
+        self, folder: Folder, name: str, out: str, d: dict[str, Any], setgid: bool
+    ) -> None:
         error = d.get("error", "")
         if error:
             # Nothing was stored for it: writing zeros of its size would invent content.
             self.result.errors.append((out, f"not restored: unreadable at backup ({error})"))
             return
+        key = None
         if d.get("links", 1) > 1:
             key = (d.get("dev", 0), d.get("inode", 0))
             if key in self.hardlinks:
-                self.late_hardlinks.append((out, key))
+                self.late_hardlinks.append((folder, name, out, key))
                 return
-            self.hardlinks[key] = out
         size = d.get("size", 0)
         content: list[str] = d.get("content", [])
         self.result.files += 1
         self.result.bytes += size
         meta = _meta(d)
-        f = OpenFile(out, meta, size, len(content), bool(d.get("sparse", False)))
+        f = OpenFile(folder, name, out, meta, size, len(content), bool(d.get("sparse", False)))
+        if key is not None:
+            self.hardlinks[key] = f
         # Created by this process, the file has its user and group already.
         f.owned = meta[1] == self.uid and meta[2] == self.gid and not setgid
         if not content:
@@ -299,7 +394,10 @@ class _Restorer:
         max_span = self.max_span
         for start, end, group in spans(blobs, max_span):
             span = memoryview(buffer("reads", end - start, max_span))[: end - start]
-            read_into(storage, name, start, span)
+            try:
+                read_into(storage, name, start, span)
+            except ObjectNotFound as exc:
+                raise missing_pack(name) from exc
             files = nbytes = 0
             for off, length, raw_len, blob_id, targets in group:
                 sealed = span[off - start : off - start + length]
@@ -341,20 +439,28 @@ class _Restorer:
             self._run_forked(wanted)
         else:
             self._run_threads(wanted)
-        for out, key in self.late_hardlinks:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(out)
-            try:
-                os.link(self.hardlinks[key], out)
-            except OSError as exc:
-                raise target_error(out, exc) from exc
+        for folder, name, out, key in self.late_hardlinks:
+            self._link(self.hardlinks[key], folder, name, out)
         owner = self.opts.owner
-        for out, meta, is_link in self.links:
-            with contextlib.suppress(OSError):
-                set_meta(out, meta, owner, is_link=is_link)
-        for out, meta in reversed(self.dirs):
-            set_meta(out, meta, owner)
+        for folder, meta in reversed(self.dirs):
+            try:
+                with _descriptor(folder) as fd:
+                    set_folder_meta(fd, meta, owner)
+            except OSError as exc:
+                raise target_error(folder.path, exc) from exc
         self.progress.finish()
+
+    def _link(self, first: OpenFile, folder: Folder, name: str, out: str) -> None:
+        """``out`` as a hard link to ``first``, a file this restore made: both named in
+        their folders' descriptors, and a link at ``first`` is linked as itself, never
+        followed (linkat without AT_SYMLINK_FOLLOW)."""
+        try:
+            with _descriptor(first.folder) as src, _descriptor(folder) as dst:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dst)
+                os.link(first.name, name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+        except OSError as exc:
+            raise target_error(out, exc) from exc
 
     def _run_threads(self, wanted: list[tuple[bytes, list[_Blob]]]) -> None:
         with ThreadPoolExecutor(self.opts.threads, thread_name_prefix="restore") as pool:
@@ -387,6 +493,13 @@ class _Restorer:
         for f in self.multi:
             self.writer.abandon(f)
 
+    def close_folders(self) -> None:
+        """Once every worker is done (or after a failure): the folders kept open."""
+        for folder, _meta in self.dirs:
+            folder.close()
+        if self.root is not None:
+            self.root.close()
+
 
 def run_restore(
     repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: Progress = NO_PROGRESS
@@ -401,7 +514,8 @@ def run_restore(
         r = _Restorer(repo, opts, progress)
         try:
             os.makedirs(target, exist_ok=True)
-            r.plan(snap.tree, "", target, includes, _setgid(target))
+            root = r.open_root(target)
+            r.plan(snap.tree, "", root, includes, _setgid(root.fd))
             r.run()
         except OSError as exc:
             r.close_all()
@@ -409,6 +523,8 @@ def run_restore(
         except BaseException:
             r.close_all()
             raise
+        finally:
+            r.close_folders()
     if includes and not (r.result.files or r.result.dirs):
         raise UsageError(
             f"nothing in snapshot {snap.short_id} matches {', '.join(includes)}",

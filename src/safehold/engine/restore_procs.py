@@ -188,17 +188,27 @@ def _relay(
     os.set_blocking(tickets, False)
     failure: BaseException | None = None
     buf = bytearray()
+    # poll, not select: the restore keeps folders open (restore_folders), so these pipes
+    # may well be numbered past select's limit of 1,024.
+    poller = select.poll()
+    poller.register(reports, select.POLLIN)
+    poller.register(tickets, select.POLLOUT)
+
+    def no_more_tickets() -> None:
+        nonlocal tickets
+        poller.unregister(tickets)
+        os.close(tickets)
+        tickets = -1
+
     try:
         while True:
-            writing = [tickets] if tickets >= 0 else []
-            readable, writable, _ = select.select([reports], writing, [])
-            if writable:
+            events = dict(poller.poll())
+            if tickets >= 0 and events.get(tickets, 0):
                 with contextlib.suppress(BlockingIOError):
                     pending = pending[os.write(tickets, pending[:_CHUNK]) :]
                 if not pending:
-                    os.close(tickets)
-                    tickets = -1
-            if not readable:
+                    no_more_tickets()
+            if not events.get(reports, 0):
                 continue
             chunk = os.read(reports, 65536)
             if not chunk:
@@ -218,8 +228,7 @@ def _relay(
                     failure = _rebuild(raw)
                     stop.set()
                     if tickets >= 0:  # no more work for anyone
-                        os.close(tickets)
-                        tickets = -1
+                        no_more_tickets()
                     _signal(pids, signal.SIGTERM)
     finally:
         if tickets >= 0:

@@ -1,8 +1,10 @@
 """Writing restored files: creating them, placing blobs, and their metadata.
 
-A restored file is created exclusively (``O_CREAT | O_EXCL``), which also refuses to
-follow a symlink planted at its path; only when something is already there does restore
-look at it, replace what is not a regular file, and truncate what is. A new file is created
+A restored file is created by its name relative to its folder's descriptor
+(:mod:`safehold.engine.restore_folders`: no path through folders is ever looked up), and
+exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``), which also refuses to follow a symlink
+planted at its name; only when something is already there does restore look at it,
+replace what is not a regular file, and truncate what is. A new file is created
 with its permission bits, so that when the umask keeps them all and the file's user and
 group are the process's (the planner tells), it needs no ``fchmod`` or ``fchown``: two
 system calls less for each of tens of thousands of small files. Data goes in with
@@ -29,7 +31,8 @@ import os
 import stat
 import threading
 
-from safehold.errors import TargetError
+from safehold.engine.restore_folders import Folder
+from safehold.errors import IntegrityError, TargetError
 from safehold.storage.direct import ALIGN, DirectWrites, write_all
 
 # (mode, uid, gid, mtime in ns)
@@ -48,8 +51,10 @@ class OpenFile:
     __slots__ = (
         "created",
         "fd",
+        "folder",
         "lock",
         "meta",
+        "name",
         "owned",
         "path",
         "remaining",
@@ -58,8 +63,12 @@ class OpenFile:
         "truncate",
     )
 
-    def __init__(self, path: str, meta: Meta, size: int, blobs: int, sparse: bool) -> None:
-        self.path = path
+    def __init__(
+        self, folder: Folder, name: str, path: str, meta: Meta, size: int, blobs: int, sparse: bool
+    ) -> None:
+        self.folder = folder
+        self.name = name  # one path component (tree.check_names), created in ``folder``
+        self.path = path  # for messages only: nothing is ever opened by it
         self.meta = meta
         self.size = size
         self.remaining = blobs
@@ -90,6 +99,17 @@ def target_error(path: str, exc: OSError) -> TargetError:
     return TargetError(f"cannot write {path}: {exc.strerror}", hint="check the --target folder")
 
 
+def missing_pack(name: str) -> IntegrityError:
+    """A pack the index lists is not in the storage: damage (exit 4, as ``check`` says),
+    not a storage failure; the storage's ObjectNotFound is translated only where a pack
+    is read."""
+    return IntegrityError(
+        f"pack {name} is listed in the index but missing from the storage",
+        hint="run 'safehold check' to see which snapshots and files it affects; "
+        "'safehold repair index' makes the index match the packs that remain",
+    )
+
+
 def current_umask() -> int | None:
     """The process's umask, read without changing it (``os.umask`` sets it, for every
     thread); None where the kernel does not tell (before Linux 4.7, not Linux)."""
@@ -111,16 +131,6 @@ def write_sparse(fd: int, data: bytes | memoryview, offset: int) -> None:
         block = view[start : start + SPARSE_BLOCK]
         if block != _ZEROS[: len(block)]:
             write_all(fd, block, offset + start)
-
-
-def set_meta(path: str, meta: Meta, owner: bool, *, is_link: bool = False) -> None:
-    mode, uid, gid, mtime_ns = meta
-    if owner:
-        with contextlib.suppress(OSError):
-            os.chown(path, uid, gid, follow_symlinks=False)
-    if not is_link:
-        os.chmod(path, mode)
-    os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
 
 # Direct writes for blobs that hold at least DIRECT_MIN bytes of whole blocks wherever they
@@ -200,7 +210,14 @@ class FileWriter:
     def _reopen(self, f: OpenFile) -> int:
         """Open ``f``, made by :meth:`create`, for writing (never creating or following)."""
         try:
-            return os.open(f.path, _WRITE)
+            d = f.folder.fd
+            if d >= 0:
+                return os.open(f.name, _WRITE, dir_fd=d)
+            d = f.folder.open()  # a folder past the budget of kept ones
+            try:
+                return os.open(f.name, _WRITE, dir_fd=d)
+            finally:
+                os.close(d)
         except OSError as exc:
             raise target_error(f.path, exc) from exc
 
@@ -213,11 +230,15 @@ class FileWriter:
 
     def _open(self, f: OpenFile) -> int:
         try:
-            try:
-                fd = os.open(f.path, _CREATE, f.meta[0] & 0o777)
-                f.created = True
-            except FileExistsError:
-                fd = self._replace(f.path)
+            d = f.folder.fd
+            if d >= 0:
+                fd = self._create(f, d)
+            else:
+                d = f.folder.open()  # a folder past the budget of kept ones
+                try:
+                    fd = self._create(f, d)
+                finally:
+                    os.close(d)
             if f.truncate and f.size:
                 try:
                     os.ftruncate(fd, f.size)  # holes stay holes for sparse files
@@ -228,13 +249,20 @@ class FileWriter:
             raise target_error(f.path, exc) from exc
         return fd
 
-    def _replace(self, path: str) -> int:
+    def _create(self, f: OpenFile, folder: int) -> int:
+        try:
+            fd = os.open(f.name, _CREATE, f.meta[0] & 0o777, dir_fd=folder)
+            f.created = True
+            return fd
+        except FileExistsError:
+            pass
+        name = f.name
         if self.overwrite:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                st = os.lstat(path)
+                st = os.stat(name, dir_fd=folder, follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
-                    os.unlink(path)
-        return os.open(path, _REPLACE, 0o600)
+                    os.unlink(name, dir_fd=folder)
+        return os.open(name, _REPLACE, 0o600, dir_fd=folder)
 
     def _write(
         self, f: OpenFile, fd: int, data: bytes | memoryview, offset: int, aligned: bool

@@ -4,7 +4,7 @@ chain. Problems are reported per snapshot and path."""
 
 from __future__ import annotations
 
-from safehold.errors import IntegrityError, ObjectNotFound
+from safehold.errors import FormatError, IntegrityError, ObjectNotFound
 from safehold.repository import tree as t
 from safehold.repository.check_report import CLEAN, ERROR, Found, Issue, why
 from safehold.repository.check_state import CheckState
@@ -89,6 +89,16 @@ class SnapshotChecks(CheckState):
         if not any(i.code in _BLOCKING for i in issues):
             try:
                 nodes = self.load_tree(tree_id)
+            except FormatError as exc:
+                # The blob opened, so the repository's key sealed it: a client holding the
+                # key wrote it so (a bug, or a hostile client: names that climb out of a
+                # restore's target). Every reader refuses it.
+                msg = (
+                    f"the folder's tree is refused by every command: {exc.message} (it was "
+                    "sealed with the repository's key: written by a faulty or compromised "
+                    "client)"
+                )
+                found.add(Issue("", "tree-damaged", msg))
             except (IntegrityError, ObjectNotFound) as exc:
                 msg = f"the folder's tree cannot be read: {exc.message}"
                 found.add(Issue("", "tree-damaged", msg))

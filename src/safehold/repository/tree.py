@@ -5,11 +5,19 @@ unchanged folder produces the same bytes, hence the same blob id, and is stored 
 Names that are not valid UTF-8 survive through Python's surrogate escapes, which JSON keeps
 as ``\\udcXX`` escapes. Access times are not stored: reading a file changes them, and
 storing them would make every backup write every tree again.
+
+Every name is one path component, and the names of a tree are strictly increasing
+(:func:`check_names`, docs/format.md section 10). Restore, dump and everything else build
+paths by joining names, so a tree written with the repository's key by someone hostile
+(``../../etc/x``, ``..``, a name with ``/``, a symlink and a folder of the same name) must
+fail to decode rather than reach them: decoding checks the names, every reader gets them
+checked.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +142,11 @@ def node_json(node: dict[str, Any]) -> str:
 def encode_tree_parts(parts: list[tuple[str, str]]) -> bytes:
     """Canonical bytes of a tree given ``(name, node_json(node))`` of each node (in any
     order): the same bytes as ``encode_tree_json`` of the nodes themselves, so a caller
-    can keep a node's text instead of the larger object until its tree is saved."""
+    can keep a node's text instead of the larger object until its tree is saved.
+    Refuses (FormatError) names that readers would refuse: no tree is written that no one
+    can read back."""
     parts.sort(key=lambda p: p[0])
+    check_names([p[0] for p in parts], "the tree to write")
     body = ",".join(text for _, text in parts)
     return ('{"nodes":[' + body + "]}").encode("utf-8", "surrogatepass")
 
@@ -151,16 +162,75 @@ def _loads(raw: bytes) -> Any:
 
 
 def decode_tree_json(raw: bytes, what: str = "tree") -> list[dict[str, Any]]:
-    """The nodes' JSON objects, without building :class:`Node` objects (backup's fast path)."""
+    """The nodes' JSON objects, without building :class:`Node` objects (backup's and
+    restore's fast path); names checked as by :func:`check_names`."""
     try:
         nodes: list[dict[str, Any]] = _loads(raw)["nodes"]
+        names = [n["name"] for n in nodes]
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{what} is not a valid tree: {exc}") from exc
+    check_names(names, what)
     return nodes
 
 
-def decode_tree(raw: bytes, what: str = "tree") -> list[Node]:
+def decode_tree(raw: bytes, what: str = "tree", *, check: bool = True) -> list[Node]:
+    """The nodes of a tree; ``check=False`` skips the name rules, for a caller that only
+    collects the blob ids a tree names (prune's mark must keep a hostile tree's blobs as
+    surely as any other's, and must not stop at it)."""
     try:
-        return [Node.from_json(n) for n in _loads(raw)["nodes"]]
+        nodes = [Node.from_json(n) for n in _loads(raw)["nodes"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{what} is not a valid tree: {exc}") from exc
+    if check:
+        check_names([n.name for n in nodes], what)
+    return nodes
+
+
+def check_names(names: list[Any], what: str = "tree") -> None:
+    """Raise FormatError unless every name is one path component (a non-empty string
+    without ``/`` or NUL, neither ``.`` nor ``..``) and the names are strictly increasing
+    (sorted, so no name twice: a symlink and a folder of one name would let the second
+    be written through the first).
+
+    Restore and backup decode tens of thousands of trees, so the common case is checked
+    by a few calls into C over the joined names (2.5 µs for a tree of 30 names, which
+    takes 13 µs to parse); only a tree that fails is looked at name by name, to say
+    which name and why.
+    """
+    if not names:
+        return
+    try:
+        joined = "/".join(names)  # TypeError unless every name is a string
+    except TypeError:
+        joined = ""
+    wrapped = "/" + joined + "/"
+    if (
+        joined
+        and joined.count("/") == len(names) - 1  # no name holds a "/"
+        and "\0" not in joined
+        and "//" not in wrapped  # no empty name
+        and "/./" not in wrapped
+        and "/../" not in wrapped
+        and all(map(operator.lt, names, names[1:]))
+    ):
+        return
+    raise FormatError(f"{what} is damaged or hostile: {_name_problem(names)}")
+
+
+def _name_problem(names: list[Any]) -> str:
+    previous: str | None = None
+    for name in names:
+        if not isinstance(name, str):
+            return f"a name is not a string ({name!r})"
+        if name in ("", ".", ".."):
+            return f"it holds the name {name!r}, which is not a file name"
+        if "/" in name:
+            return f"the name {name!r} is a path, not one file name (it holds a '/')"
+        if "\0" in name:
+            return f"the name {name!r} holds a NUL, which no file name can"
+        if previous is not None and name <= previous:
+            if name == previous:
+                return f"it holds the name {name!r} twice"
+            return f"its names are not sorted ({name!r} after {previous!r})"
+        previous = name
+    return "its names are invalid"  # (not reached: check_names found a problem)

@@ -16,6 +16,7 @@ import pytest
 from safehold.engine import restore_write
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.restore import MAX_GAP, MAX_SPAN, RestoreOptions, run_restore, spans
+from safehold.engine.restore_folders import Folder
 from safehold.errors import FormatError, IntegrityError, SafeholdError, TargetError
 from safehold.repository.chunker import ChunkerParams
 from safehold.repository.format import BLOB_DATA
@@ -328,12 +329,15 @@ def _restore_pieces(
     writer: restore_write.FileWriter, path: Path, pieces: list[tuple[int, bytes]]
 ) -> None:
     size = sum(len(d) for _, d in pieces)
-    f = restore_write.OpenFile(str(path), (0o100644, 0, 0, 0), size, len(pieces), False)
-    if len(pieces) > 1:
-        f.make_shared()
-    done = 0
-    for offset, data in pieces:
-        done += writer.put(f, data, offset)
+    with Folder.top(str(path.parent)) as folder:
+        f = restore_write.OpenFile(
+            folder, path.name, str(path), (0o100644, 0, 0, 0), size, len(pieces), False
+        )
+        if len(pieces) > 1:
+            f.make_shared()
+        done = 0
+        for offset, data in pieces:
+            done += writer.put(f, data, offset)
     assert done == 1 and f.fd == -1  # finished and closed by its last blob
 
 
