@@ -31,6 +31,7 @@ folder stays empty, the rest of the snapshot is restored, and the result lists i
 from __future__ import annotations
 
 import contextlib
+import heapq
 import mmap
 import os
 import stat
@@ -56,7 +57,6 @@ from safehold.engine.restore_write import (
     FileWriter,
     Meta,
     OpenFile,
-    missing_pack,
     target_error,
 )
 from safehold.engine.walk import normalize, selected
@@ -169,8 +169,11 @@ class _Restorer:
         self.writer = FileWriter(owner=opts.owner, overwrite=opts.overwrite, direct=direct)
         self.root: Folder | None = None
         self.dirs: list[tuple[Folder, Meta]] = []
-        # Folders kept open (restore_folders): at most this many, the first ones planned.
+        # Folders kept open (restore_folders): at most ``budget``, those with most files
+        # (a min-heap of (files, order, folder)); the others are opened again per use.
         self.budget = folder_budget()
+        self.kept: list[tuple[int, int, Folder]] = []
+        self.kept_order = 0
         self.hardlinks: dict[tuple[int, int], OpenFile] = {}
         # (folder, name, path, key) of the later paths of hard-linked files
         self.late_hardlinks: list[tuple[Folder, str, str, tuple[int, int]]] = []
@@ -191,9 +194,10 @@ class _Restorer:
 
     def plan(
         self, tree_id: str, snap_path: str, folder: Folder, includes: list[str], setgid: bool
-    ) -> None:
+    ) -> int:
         """Plan the contents of ``folder`` (open while this runs); ``setgid``: it hands its
-        group to what is created in it (so a new file's group is not the process's)."""
+        group to what is created in it (so a new file's group is not the process's).
+        Returns how many files (and hard links) are to be made in it."""
         try:
             # The nodes' JSON objects, read as tree.Node.from_json does: building Node
             # objects for tens of thousands of files was a good part of a restore's serial
@@ -201,8 +205,9 @@ class _Restorer:
             nodes = self.repo.load_tree_json(tree_id)
         except (IntegrityError, ObjectNotFound, ValueError, TypeError) as exc:
             self._damaged(folder, tree_id, exc)
-            return
+            return 0
         fd = folder.fd
+        files = 0
         dest = folder.path
         prefix = dest if dest.endswith("/") else dest + "/"
         whole = True
@@ -219,6 +224,7 @@ class _Restorer:
             if typ == t.FILE:
                 if whole:
                     self._plan_file(folder, name, out, d, setgid)
+                    files += 1
             elif typ == t.DIR:
                 self._plan_folder(folder, name, out, d, path, [] if whole else includes, setgid)
             elif not whole:
@@ -254,6 +260,7 @@ class _Restorer:
                 except OSError as exc:
                     raise target_error(out, exc) from exc
                 self._entry_meta(fd, name, d, is_link=False)
+        return files
 
     def _plan_folder(
         self,
@@ -272,13 +279,22 @@ class _Restorer:
         folder = Folder(out, name, parent, fd)
         self.dirs.append((folder, _meta(d)))
         self.result.dirs += 1
-        kept = len(self.dirs) <= self.budget  # the first ones planned stay open
         # A new folder takes the set-group-id bit of its parent.
         sub_setgid = setgid if created else _setgid(fd)
         subtree = d.get("subtree", "")
-        if subtree:
-            self.plan(subtree, path, folder, includes, sub_setgid)
-        if not kept:
+        files = self.plan(subtree, path, folder, includes, sub_setgid) if subtree else 0
+        self._keep(folder, files)
+
+    def _keep(self, folder: Folder, files: int) -> None:
+        """Keep ``folder`` open if it is among the ``budget`` folders with the most files
+        planned so far; close it, or the one it displaces (no worker runs yet)."""
+        self.kept_order += 1
+        entry = (files, self.kept_order, folder)
+        if len(self.kept) < self.budget:
+            heapq.heappush(self.kept, entry)
+        elif self.kept and files > self.kept[0][0]:
+            heapq.heapreplace(self.kept, entry)[2].close()
+        else:
             folder.close()  # opened again when needed (Folder.open)
 
     def _entry_meta(self, fd: int, name: str, d: dict[str, Any], *, is_link: bool) -> None:
@@ -335,7 +351,7 @@ class _Restorer:
             blob_id = bytes.fromhex(hex_id)
             blob = wanted.get(blob_id)
             if blob is None:
-                loc = self.repo.index.lookup(blob_id)
+                loc = self.repo.locate(blob_id)
                 if loc is None:
                     raise IntegrityError(
                         f"{out}: blob {hex_id[:8]} is missing from the index",
@@ -392,12 +408,19 @@ class _Restorer:
         advance = self.progress.advance
         buffer = self._buffer
         max_span = self.max_span
-        for start, end, group in spans(blobs, max_span):
+        groups = spans(blobs, max_span)
+        for i, (start, end, group) in enumerate(groups):
             span = memoryview(buffer("reads", end - start, max_span))[: end - start]
             try:
                 read_into(storage, name, start, span)
-            except ObjectNotFound as exc:
-                raise missing_pack(name) from exc
+            except ObjectNotFound:
+                # Swept by a prune after this restore planned (a live copy was written
+                # since): the blobs still to write are read from where the index says they
+                # are now. With no other copy, that is damage (exit 4), named by
+                # Repository.relocate.
+                del span
+                self._relocated(pack_id, [b for _s, _e, g in groups[i:] for b in g])
+                break
             files = nbytes = 0
             for off, length, raw_len, blob_id, targets in group:
                 sealed = span[off - start : off - start + length]
@@ -427,6 +450,14 @@ class _Restorer:
             del span, sealed, data
             advance(files, nbytes)
         blobs.clear()  # lets finished files go
+
+    def _relocated(self, pack_id: bytes, blobs: list[_Blob]) -> None:
+        """The blobs of a pack that is gone, each read from its other copy (slow: rare)."""
+        for _off, _length, raw_len, blob_id, targets in blobs:
+            self.repo.relocate(blob_id, pack_id)
+            data = self.repo.load_blob(blob_id)
+            files = sum(self.writer.put(f, data, offset) for f, offset in targets)
+            self.progress.advance(files, raw_len * len(targets))
 
     def run(self) -> None:
         wanted = sorted(self.by_pack.items(), key=lambda kv: -len(kv[1]))
@@ -509,6 +540,7 @@ def run_restore(
     if os.path.exists(target) and not os.path.isdir(target):
         raise UsageError(f"restore target {target} exists and is not a folder")
     with repo.lock("restore"):
+        repo.confirm_snapshot(snap)  # found before the lock: maybe forgotten since
         if not repo.index_loaded:
             repo.load_index()
         r = _Restorer(repo, opts, progress)

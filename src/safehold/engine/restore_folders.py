@@ -21,9 +21,10 @@ Folders are kept open for the whole restore, so that a worker creates a file wit
 ``openat`` (the kernel then walks one component instead of the whole path, which is as
 fast as the path-based open it replaced, or faster in deep trees). Descriptors are limited
 (``RLIMIT_NOFILE``; often 1,024 unless raised, and the command line raises it): past
-:func:`folder_budget` kept folders, a folder is opened again when needed, component by
-component from its nearest kept ancestor, each step with ``O_NOFOLLOW`` - slower, as
-safe. Kept descriptors are closed only after every worker (thread or process) is done.
+:func:`folder_budget` folders, those with the most files stay open and any other is
+opened again when needed, component by component from its nearest kept ancestor, each
+step with ``O_NOFOLLOW`` - slower, as safe. Kept descriptors are closed only after every
+worker (thread or process) is done.
 """
 
 from __future__ import annotations
