@@ -137,6 +137,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                     f"copied {s.short_id} -> {r.target[:8]} (chain {s.chain[:8]}+{s.chain_seq}, "
                     f"{human_bytes(r.data_added)} added, verified)"
                 )
+            elif r.status == SKIPPED and not r.target:
+                ctx.print(f"skipped {s.short_id}: {'; '.join(r.problems)}")
             elif r.status == SKIPPED:
                 ctx.print(f"skipped {s.short_id}: already in the destination as {r.target[:8]}")
         counts = {st: sum(r.status == st for r in results) for st in (COPIED, SKIPPED)}

@@ -104,7 +104,14 @@ class Planner:
         nodes = self.load_tree(old["subtree"])
         plan = DirPlan(parent_subtree=old["subtree"], parent_count=len(nodes))
         plan.named = {n["name"]: n for n in nodes}  # parent nodes until replaced
+        plan.changed = not self.reusable(old["subtree"])
         return plan
+
+    def reusable(self, tree_id: str) -> bool:
+        """Whether a parent's tree may be named again as it is: only if stored in this
+        chain and not in prune's trash (the index leaves trashed packs out), like every
+        blob a backup references without writing it."""
+        return self.index.has_in_chain(bytes.fromhex(tree_id), self.chain)
 
     def _in_chain(self, content: list[str]) -> bool:
         return self.index.has_all_in_chain(content, self.chain)
@@ -276,6 +283,7 @@ def root_plan(planner: Planner, parent_root: str | None) -> DirPlan:
     # Only the placed paths end up in the new root; the parent's other nodes are dropped.
     plan = DirPlan(parent_subtree=parent_root, parent_count=len(nodes))
     plan.named = {n["name"]: n for n in nodes}
+    plan.changed = not planner.reusable(parent_root)
     return plan
 
 

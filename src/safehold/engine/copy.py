@@ -99,12 +99,19 @@ def copy_snapshots(
     unique = {s.id: s for s in snapshots}
     ordered = sorted(unique.values(), key=lambda s: (s.time, s.id))
     with src.lock("copy"), dst.lock("copy"):
+        # Snapshots chosen before the lock may have been forgotten (and their data pruned)
+        # since; one that still exists now is safe to read until the lock is released.
+        present = set(src.list_snapshot_ids())
+        gone = [s for s in ordered if s.id not in present]
+        ordered = [s for s in ordered if s.id in present]
         src.load_index()
         trashed = writer_view(dst)  # dst's index without the packs prune has trashed
         # Packs an interrupted copy (or backup) left behind are reused, not uploaded again.
         dst.index_unindexed_packs(exclude=trashed)
         copier = _Copier(src, dst, opts, progress)
-        return [copier.copy(s) for s in ordered]
+        results = [copier.copy(s) for s in ordered]
+    forgotten = "it was forgotten before the copy began: nothing to copy"
+    return [CopyResult(s, SKIPPED, problems=[forgotten]) for s in gone] + results
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any
 
 from safehold.errors import ObjectNotFound, ObjectRetained, UsageError
 from safehold.policy.retention import RetentionPolicy, apply_retention, group_items
+from safehold.repository.prune import rescue_for_forget
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 
@@ -114,6 +115,7 @@ def run_forget(repo: Repository, opts: ForgetOptions) -> ForgetResult:
         return _decide(repo, opts)
     with repo.lock("forget"):
         result = _decide(repo, opts)
+        rescue_for_forget(repo, result.removed)  # see there: readers of these may be running
         removed = []
         for snap in result.removed:
             try:

@@ -127,13 +127,14 @@ __all__ = [
     "DEFAULT_LOCK_SKEW",
     "DEFAULT_MAX_UNUSED",
     "TEMP_FILE_MIN_AGE",
-    "check_clock",
     "MarkResult",
     "PruneOptions",
     "PruneResult",
     "SweepResult",
+    "check_clock",
     "prune",
     "remove_stale_temp_files",
+    "rescue_for_forget",
     "sweep",
 ]
 
@@ -721,6 +722,53 @@ def _still_needed(
         if b in needed and b not in live:
             return True
     return False
+
+
+# --- before a forget -----------------------------------------------------------------------
+
+
+def rescue_for_forget(repo: Repository, snaps: list[Snapshot]) -> int:
+    """Before ``snaps`` are forgotten, give the trashed packs they need an index file of
+    their own (rescue them); returns how many packs were rescued. The caller holds a lock.
+
+    A snapshot saved while a prune ran may need packs of that prune's trash record until a
+    sweep rescues them. A reader that took its lock after the record was written, and then
+    found such a snapshot, does not hold back that record's sweep; were the snapshot
+    forgotten meanwhile, the sweep would delete data the reader is reading. Rescued here,
+    the packs are live again, and a later prune that finds them unused trashes them under
+    a record younger than every such reader's lock. Only trash records whose packs are in
+    no other index file cost anything: usually there are none.
+    """
+    records = list_trash(repo)
+    if not records or not snaps:
+        return 0
+    own_index = {n for rec in records for n in rec.index}
+    sizes = repo.list_packs()
+    try:
+        live, _loaded = _load_live_index(repo, skip=own_index)
+    except IntegrityError:
+        live = None  # cannot tell what is live: keep every trashed pack, to be safe
+    trashed = [
+        p
+        for rec in records
+        for p in rec.packs
+        if p in sizes and (live is None or p not in live.packs)
+    ]
+    if not trashed:
+        return 0
+    headers = _read_headers(repo, trashed, sizes, _load_records(repo, own_index))
+    wanted = list(headers.values())
+    if live is not None:
+        try:
+            used = _walk_snapshots(repo, _view(live, wanted), snaps, NoProgress())
+        except IntegrityError:
+            pass  # a damaged or incomplete snapshot: keep every trashed pack, to be safe
+        else:
+            needed = {b for blobs in used.values() for b in blobs}
+            wanted = [rec for rec in wanted if _still_needed(rec, live, used, needed)]
+    if wanted:
+        repo.write_index(wanted)
+    return len(wanted)
 
 
 # --- temporary files -------------------------------------------------------------------

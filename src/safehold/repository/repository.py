@@ -53,14 +53,23 @@ from safehold.repository.format import (
     T_CONFIG,
     T_INDEX,
     T_SNAPSHOT,
+    T_TRASH,
     open_object,
     seal_object,
     storage_id,
 )
-from safehold.repository.index import Index, IndexLoader, PackRecord, decode_index, encode_index
+from safehold.repository.index import (
+    Index,
+    IndexLoader,
+    Location,
+    PackRecord,
+    decode_index,
+    encode_index,
+)
 from safehold.repository.index_cache import CachedIndex, IndexCache
 from safehold.repository.pack import TRAILER_LEN, check_pack_start, parse_header, parse_trailer
 from safehold.repository.snapshot import Snapshot
+from safehold.repository.trash_record import TrashRecord, parse_trash
 from safehold.repository.tree import Node, decode_tree, decode_tree_json
 from safehold.storage.base import Storage
 
@@ -138,6 +147,13 @@ class Repository:
         self.clock = clock
         self.index = Index()
         self.index_loaded = False
+        # Packs a writer keeps out of its index (prune's trash: never deduplicated against)
+        # but must still read from: the trees of a parent snapshot saved during a prune.
+        self.read_only_packs: Index | None = None
+        # Packs found missing while reading, and the index files loaded again then.
+        self._relocate_lock = threading.Lock()
+        self._missing_packs: set[bytes] = set()
+        self._fresh_index: Index | None = None
         self.index_cache: IndexCache | None = None
         # With a cache: the index files loaded or written by this process, and the index
         # they hold (without packs added in memory only), for update_index_cache.
@@ -294,7 +310,11 @@ class Repository:
 
     def lock(self, kind: str, *, exclusive: bool = False) -> lockmod.Lock:
         return lockmod.acquire(
-            self.storage, self.aead, kind=kind, exclusive=exclusive, clock=self.clock,
+            self.storage,
+            self.aead,
+            kind=kind,
+            exclusive=exclusive,
+            clock=self.clock,
             warn=self.warn,
         )
 
@@ -303,7 +323,39 @@ class Repository:
     def list_index_files(self) -> list[str]:
         return sorted(o.name for o in self.storage.list("index/"))
 
-    def load_index(self, *, strict: bool = False) -> list[str]:
+    def list_trash(self, *, damaged: list[str] | None = None) -> list[TrashRecord]:
+        """Prune's trash records (docs/format.md, "Trash records"), oldest first. One that
+        cannot be read is skipped with a warning (it can only name garbage: losing it
+        costs space, never data); its name goes to ``damaged`` if given."""
+        out = []
+        for obj in self.storage.list("trash/"):
+            try:
+                out.append(parse_trash(obj.name, self.load_object(obj.name, T_TRASH)))
+            except ObjectNotFound:
+                continue  # swept while we listed
+            except IntegrityError as exc:
+                if damaged is not None:
+                    damaged.append(obj.name)
+                self.warn(obj.name, f"skipped a damaged trash record ({exc.message})")
+        out.sort(key=lambda r: r.created)
+        return out
+
+    def _prefer_live(self, trashed: set[bytes] | None) -> None:
+        """Move trashed packs behind every other copy of their blobs: readers then take a
+        live copy where one exists (the sweep may delete a trashed pack once no snapshot
+        needs it from there), and still find blobs that only a trashed pack holds (a
+        snapshot saved during the prune, until the sweep rescues the pack)."""
+        if trashed is None:
+            trashed = {p for rec in self.list_trash() for p in rec.packs}
+        for pack_id in trashed:
+            rec = self.index.packs.get(pack_id)
+            if rec is not None:
+                self.index.remove_pack(pack_id)
+                self.index.add_pack(rec)  # added last: its copies come after the others
+
+    def load_index(
+        self, *, strict: bool = False, use_cache: bool = True, trashed: set[bytes] | None = None
+    ) -> list[str]:
         """Load every index file. A file deleted meanwhile (prune replaced it) is skipped:
         prune writes the replacement before deleting, so a fresh listing covers it.
         A damaged file is skipped with a warning (raised instead when ``strict``): it
@@ -312,14 +364,19 @@ class Repository:
 
         With an index cache (``use_index_cache``), a load starts from the cache when every
         index file it was built from is still listed (see
-        :mod:`safehold.repository.index_cache`)."""
-        cache = self.index_cache
+        :mod:`safehold.repository.index_cache`), unless ``use_cache`` is off (a load that
+        must read every file).
+
+        Packs in prune's trash (``trashed``, else listed here) come after every other copy
+        of their blobs (:meth:`_prefer_live`)."""
+        cache = self.index_cache if use_cache else None
         listed: list[str] | None = None  # a listing the first attempt below may reuse
         if cache is not None:
             cached = cache.load(self.aead)
             if cached is not None:
                 listed = self.list_index_files()
                 if self._load_on_top(cached, listed):
+                    self._prefer_live(trashed)
                     return []
         loader = IndexLoader()
         damaged: list[str] = []
@@ -356,6 +413,7 @@ class Repository:
         self.index_loaded = True
         if cache is not None and exact:
             self._cache_index(names)
+        self._prefer_live(trashed)
         return damaged
 
     def _load_on_top(self, cached: CachedIndex, names: list[str]) -> bool:
@@ -538,16 +596,66 @@ class Repository:
         if self.master.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:8]} in {where} does not match its id")
 
-    def load_blob(self, blob_id: bytes) -> bytes:
+    def locate(self, blob_id: bytes) -> Location | None:
+        """Where a blob is: its first copy in the index, else in packs kept apart for
+        reading only (a writer's view leaves prune's trash out of its index)."""
         loc = self.index.lookup(blob_id)
+        if loc is None and self.read_only_packs is not None:
+            loc = self.read_only_packs.lookup(blob_id)
+        return loc
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        loc = self.locate(blob_id)
         if loc is None:
             raise IntegrityError(
                 f"blob {blob_id.hex()[:8]} is not in the index",
                 hint="run 'safehold repair index', then 'safehold check'",
             )
-        name = pack_name(loc.pack_id)
-        sealed = self.storage.get(name, loc.offset, loc.length)
-        return self.open_blob(blob_id, sealed, loc.raw_length, name)
+        try:
+            sealed = self.storage.get(pack_name(loc.pack_id), loc.offset, loc.length)
+        except ObjectNotFound:
+            loc = self.relocate(blob_id, loc.pack_id)
+            sealed = self.storage.get(pack_name(loc.pack_id), loc.offset, loc.length)
+        return self.open_blob(blob_id, sealed, loc.raw_length, pack_name(loc.pack_id))
+
+    def relocate(self, blob_id: bytes, missing: bytes) -> Location:
+        """Another copy of a blob whose pack ``missing`` is gone, from the index files as
+        they are now; raises :class:`IntegrityError` (damage: exit 4) if none is indexed.
+
+        A pack can vanish under a reader whose index is older than the copy it should now
+        read: prune's sweep deletes a trashed pack once every blob a snapshot needs from
+        it has a live copy, and a backup may have written that copy after this process
+        loaded its index. Index files listing the live copy exist before the sweep decides
+        (docs/format.md, "Prune"), so loading them again finds it.
+        """
+        with self._relocate_lock:
+            if missing not in self._missing_packs or self._fresh_index is None:
+                self._missing_packs.add(missing)
+                self.index.remove_pack(missing)
+                fresh = Index()
+                for name, got in fetch_each(
+                    self.list_index_files(), lambda n: self.load_object(n, T_INDEX)
+                ):
+                    if isinstance(got, SafeholdError):
+                        continue  # gone or damaged: what is left is all there is
+                    try:
+                        records = decode_index(got, name)
+                    except IntegrityError:
+                        continue
+                    for rec in records:
+                        if rec.pack_id not in self._missing_packs:
+                            fresh.add_pack(rec)
+                self._fresh_index = fresh
+            for pack_id in self._missing_packs:
+                self._fresh_index.remove_pack(pack_id)
+            loc = self._fresh_index.lookup(blob_id)
+        if loc is None:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:8]}: its pack {pack_name(missing)} is missing from the "
+                "storage, and no index lists another copy",
+                hint="run 'safehold check' to see what depends on it, then 'safehold repair index'",
+            )
+        return loc
 
     def load_tree_blob(self, blob_id: bytes) -> bytes:
         """A tree blob, read through a cache of whole tree packs.
@@ -557,7 +665,7 @@ class Repository:
         what made a re-backup slow, one read per pack is cheap (packs are closed near the
         repository's pack size). The cache holds at most TREE_PACK_CACHE bytes.
         """
-        loc = self.index.lookup(blob_id)
+        loc = self.locate(blob_id)
         if loc is None:
             return self.load_blob(blob_id)  # raises the usual "not in the index" error
         name = pack_name(loc.pack_id)
@@ -566,7 +674,10 @@ class Repository:
             if pack is not None:
                 self._tree_packs.move_to_end(loc.pack_id)
         if pack is None:
-            pack = self.storage.get(name)
+            try:
+                pack = self.storage.get(name)
+            except ObjectNotFound:
+                return self.load_blob(blob_id)  # finds another copy, or says none is left
             with self._tree_pack_lock:
                 if loc.pack_id not in self._tree_packs:
                     self._tree_packs[loc.pack_id] = pack
@@ -657,6 +768,19 @@ class Repository:
         if len(found) > 1:
             raise UsageError(f"snapshot id {ref!r} is ambiguous", hint="give more digits")
         return found[0]
+
+    def confirm_snapshot(self, snap: Snapshot) -> None:
+        """Raise :class:`SnapshotNotFound` if ``snap`` is no longer stored. A reader calls
+        this once it holds its lock: a snapshot that exists then keeps its data until the
+        lock is released (docs/format.md, "Prune"); one chosen before the lock may have
+        been forgotten, and its data pruned, meanwhile."""
+        try:
+            self.storage.stat("snapshots/" + snap.id)
+        except ObjectNotFound:
+            raise SnapshotNotFound(
+                f"snapshot {snap.short_id} was forgotten before it could be read",
+                hint="see 'safehold snapshots' for what is there now",
+            ) from None
 
     def delete_snapshot(self, snap_id: str) -> None:
         self.storage.delete("snapshots/" + snap_id)

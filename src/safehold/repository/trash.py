@@ -19,30 +19,20 @@ look unindexed, and backups adopt them). ``check`` reports it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from safehold.errors import IntegrityError, ObjectNotFound
 from safehold.repository.format import T_TRASH
+from safehold.repository.index import Index
 from safehold.repository.repository import Repository
+from safehold.repository.trash_record import TrashRecord
 
 __all__ = [
     "TrashRecord",
     "list_trash",
-    "read_trash",
     "trashed_packs",
     "write_trash",
     "writer_view",
 ]
-
-
-@dataclass
-class TrashRecord:
-    name: str
-    created: datetime
-    packs: list[bytes]
-    index: list[str] = field(default_factory=list)  # index files that list exactly ``packs``
 
 
 def write_trash(
@@ -56,38 +46,9 @@ def write_trash(
     return TrashRecord(name, created, list(packs), sorted(index or []))
 
 
-def read_trash(repo: Repository, name: str) -> TrashRecord:
-    """One record; a damaged or malformed one raises :class:`IntegrityError`."""
-    raw = repo.load_object(name, T_TRASH)
-    try:
-        doc = json.loads(raw)
-        created = datetime.fromisoformat(doc["created"])
-        packs = [bytes.fromhex(h) for h in doc["packs"]]
-        index = [str(n) for n in doc.get("index", [])]
-        if created.tzinfo is None or any(len(p) != 32 for p in packs):
-            raise ValueError("bad time zone or pack id")
-        if any(not n.startswith("index/") or "/" in n[6:] for n in index):
-            raise ValueError("bad index file name")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise IntegrityError(f"{name} is not a valid trash record ({exc})") from exc
-    return TrashRecord(name, created, packs, index)
-
-
 def list_trash(repo: Repository, *, damaged: list[str] | None = None) -> list[TrashRecord]:
-    """Every readable record, oldest first. A record that cannot be read is skipped: its
-    name goes to ``damaged`` if given, and a warning to the repository's listeners."""
-    out = []
-    for obj in repo.storage.list("trash/"):
-        try:
-            out.append(read_trash(repo, obj.name))
-        except ObjectNotFound:
-            continue  # swept while we listed
-        except IntegrityError as exc:
-            if damaged is not None:
-                damaged.append(obj.name)
-            repo.warn(obj.name, f"skipped a damaged trash record ({exc.message})")
-    out.sort(key=lambda r: r.created)
-    return out
+    """Every readable record, oldest first (see :meth:`Repository.list_trash`)."""
+    return repo.list_trash(damaged=damaged)
 
 
 def trashed_packs(repo: Repository) -> set[bytes]:
@@ -106,7 +67,14 @@ def writer_view(repo: Repository) -> set[bytes]:
     deleted) before the listing.
     """
     trashed = trashed_packs(repo)
-    repo.load_index()
+    repo.load_index(trashed=trashed)
+    # Still readable, never deduplicated against: a parent snapshot saved while a prune
+    # ran may have its trees there (the sweep rescues them for it).
+    kept_apart = Index()
     for pack_id in trashed:
-        repo.index.remove_pack(pack_id)
+        rec = repo.index.packs.get(pack_id)
+        if rec is not None:
+            kept_apart.add_pack(rec)
+            repo.index.remove_pack(pack_id)
+    repo.read_only_packs = kept_apart
     return trashed

@@ -244,7 +244,7 @@ def test_check_style_loads_ignore_the_cache(
     backup(reopen(repo_path, cache), tmp_path / "src", os.urandom(5000))
     repo = reopen(repo_path, cache)
     reads = index_reads(repo, monkeypatch)
-    assert repo.load_index(strict=False) == []
+    assert repo.load_index(use_cache=False) == []
     assert reads == repo.list_index_files()
 
 

@@ -11,9 +11,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.forget import ForgetOptions, run_forget
 from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.errors import SnapshotNotFound
 from safehold.policy.retention import RetentionPolicy
 from safehold.repository.check import check_repository
 from safehold.repository.prune import PruneOptions, prune
@@ -151,3 +154,48 @@ def test_a_backup_that_starts_after_the_trash_record_keeps_off_trashed_packs(
     assert snap.summary["data_added"] >= len(data)
     assert restored(repo, snap, tmp_path / "out") == data
     assert_check_ok(repo)
+
+
+def test_a_reader_whose_pack_is_swept_reads_the_copy_written_since(tmp_path: Path) -> None:
+    # A restore plans from its index, in which a snapshot's data is only in a trashed pack;
+    # a backup then writes a live copy, and the sweep deletes the trashed pack (every
+    # snapshot's blob is listed elsewhere now). The restore reads the live copy.
+    repo = Repository.init(MemoryStorage(), PASSWORD, kdf=FAST_KDF, pack_size=256 * 1024)
+    data = os.urandom(1024 * 1024)
+    first = stream_backup(repo, data)
+    gated = GatedStream(data)
+    outcome: dict[str, Any] = {}
+
+    def during() -> None:
+        outcome["snap"] = stream_backup(Repository.open(repo.storage, PASSWORD), gated)
+
+    thread = threading.Thread(target=during)
+    thread.start()
+    assert gated.reached.wait(60)
+    run_forget(repo, ForgetOptions(snapshot_ids=[first.id]))
+    prune(repo, NO_SKEW)  # the first snapshot's packs go to the trash; the sweep waits
+    gated.release.set()
+    thread.join(60)
+    snap: Snapshot = outcome["snap"]  # complete, its data only in trashed packs
+    trashed = trashed_packs(repo)
+    assert trashed
+
+    reader = Repository.open(repo.storage, PASSWORD)
+    reader.load_index()  # knows the data only in the trashed packs
+    stream_backup(Repository.open(repo.storage, PASSWORD), data + b"!")  # a live copy
+    swept = prune(repo, NO_SKEW)
+    gone = trashed - set(repo.list_packs())
+    assert swept.earlier.packs_deleted == len(gone) > 0  # packs the reader's plan names
+
+    target = tmp_path / "out"
+    result = run_restore(reader, snap, RestoreOptions(target=str(target), threads=2))
+    assert not result.errors
+    assert (target / "db.dump").read_bytes() == data
+
+
+def test_a_reader_finds_a_snapshot_forgotten_before_its_lock_gone(tmp_path: Path) -> None:
+    repo = Repository.init(MemoryStorage(), PASSWORD, kdf=FAST_KDF)
+    snap = stream_backup(repo, b"data")
+    run_forget(repo, ForgetOptions(snapshot_ids=[snap.id]))
+    with pytest.raises(SnapshotNotFound, match="forgotten"):
+        run_restore(repo, snap, RestoreOptions(target=str(tmp_path / "out")))
