@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,7 +21,7 @@ from safehold.errors import UsageError
 from safehold.policy.duration import Duration, parse_duration
 from safehold.policy.retention import RetentionPolicy
 from safehold.repository.prune import prune
-from safehold.repository.retention import RetentionReport, extend_retention
+from safehold.repository.retention import extend_retention
 from safehold.repository.snapshot import Snapshot
 
 _COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -171,22 +170,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.print()
         cmd_prune.print_result(ctx, pruned)
     if retention:
-        _print_retention(ctx, retention)
+        cmd_prune.print_retention(ctx, retention)
     return 0
-
-
-def _print_retention(ctx: Context, report: RetentionReport) -> None:
-    ctx.print(
-        f"retention: {report.extended} of {report.checked} object(s) given a new end date "
-        "(the rest have more than half of the period left)"
-    )
-    if report.failed:
-        name, why = report.failed[0]
-        print(
-            f"safehold: warning: the retention of {len(report.failed)} object(s) could not "
-            f"be extended (the next forget --prune tries again); first: {name}: {why}",
-            file=sys.stderr,
-        )
 
 
 def _group_json(g: ForgetGroup) -> dict[str, Any]:

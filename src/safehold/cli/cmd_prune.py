@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from safehold.repository.prune import (
     SweepResult,
     prune,
 )
+from safehold.repository.retention import RetentionReport, extend_retention
 
 _SECONDS = {"s": 1, "m": 60, "h": 3600}
 
@@ -81,10 +83,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     repo = ctx.open_repo()
     progress = make_progress(ctx.progress_enabled())
     result = prune(repo, options_from(args, dry_run=args.dry_run), progress=progress)
+    # Immutable mode: what is still needed gets a new retention end, after the prune so
+    # that what it left in the trash runs out (repository/retention.py).
+    retention = extend_retention(repo) if not args.dry_run else None
     if ctx.json:
-        ctx.emit_json(result.to_json())
+        doc = result.to_json()
+        doc["retention"] = retention.to_json() if retention else None
+        ctx.emit_json(doc)
     else:
         print_result(ctx, result)
+        if retention:
+            print_retention(ctx, retention)
     return 0
 
 
@@ -146,3 +155,17 @@ def _print_sweep(ctx: Context, what: str, s: SweepResult, would: str) -> None:
         )
         for desc in s.waiting_for:
             ctx.print(f"  {desc}")
+
+
+def print_retention(ctx: Context, report: RetentionReport) -> None:
+    ctx.print(
+        f"retention: {report.extended} of {report.checked} object(s) given a new end date "
+        "(the rest have more than half of the period left)"
+    )
+    if report.failed:
+        name, why = report.failed[0]
+        print(
+            f"safehold: warning: the retention of {len(report.failed)} object(s) could not "
+            f"be extended (the next prune tries again); first: {name}: {why}",
+            file=sys.stderr,
+        )

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from safehold.errors import IntegrityError, ObjectNotFound
-from safehold.repository.check_report import ERROR, Problem
+from safehold.repository.check_report import ERROR, WARNING, Problem
 from safehold.repository.check_state import CheckState
 from safehold.repository.format import storage_id as hash_name
 from safehold.repository.index import PackRecord
@@ -36,8 +36,10 @@ class _PackResult:
 
 class DataChecks(CheckState):
     def read_data(self) -> None:
-        # Packs in the trash and in no index are garbage waiting for prune: not worth reading.
-        candidates = [p for p in self.listed if p in self.index.packs or p not in self.trashed]
+        # Packs in the trash and in no index are garbage waiting for prune, and an unindexed
+        # pack whose header does not open was already reported (nothing reads it, and
+        # repair has salvaged what any index knew of it): neither is worth reading.
+        candidates = [p for p in self.listed if p in self.index.packs or p in self.extra.packs]
         subset = self.opts.subset
         chosen = subset.select(candidates) if subset else sorted(candidates)
         self.report.read_data = subset.describe() if subset else "all"
@@ -63,6 +65,16 @@ class DataChecks(CheckState):
             res.problem("pack-missing", name, "the pack vanished while being checked")
             return res
         res.nbytes = len(raw)
+        rec = self.index.packs.get(pack_id)
+        if rec is not None and not rec.entries:
+            # Retired by 'repair index --read-all-packs': it held damaged blobs, its good
+            # ones were copied out, and it stays indexed (so no backup adopts it again) until
+            # prune deletes it.
+            msg = "retired by 'repair index': no index entry refers to it any more"
+            hint = "'safehold prune' deletes it"
+            res.problems.append(Problem(WARNING, "pack-retired", name, msg, hint, pack_id.hex()))
+            self.progress.advance(1, len(raw))
+            return res
         if hash_name(raw) != pack_id.hex():
             msg = (
                 "the pack's content does not match its name (its BLAKE3 hash): "
@@ -70,7 +82,6 @@ class DataChecks(CheckState):
             )
             res.problem("pack-hash", name, msg)
         chain_id, header = self._parse_pack(raw, name, res)
-        rec = self.index.packs.get(pack_id)
         if rec is not None and header is not None:
             _compare(rec, chain_id, header, name, res)
         entries: dict[tuple[bytes, int], PackEntry] = {}

@@ -41,8 +41,12 @@ class StructureChecks(CheckState):
             except ObjectNotFound:
                 continue  # removed while we listed
             except IntegrityError as exc:
-                msg = f"the key file is damaged ({exc.message}): its password no longer opens it"
-                hint = "add a new key with 'safehold key add', then remove this one"
+                msg = (
+                    f"the key file is damaged or malformed ({exc.message}): no password "
+                    "opens the repository through it"
+                )
+                hint = "if its password matters, add a new key with 'safehold key add'; then "
+                hint += "remove this one with 'safehold key remove'"
                 self.add(ERROR, "key-damaged", name, msg, hint=hint)
 
     def load_index(self) -> None:
@@ -119,7 +123,8 @@ class StructureChecks(CheckState):
         except IntegrityError as exc:
             msg = (
                 f"the pack is in no index and its header cannot be read ({exc.message}); "
-                "'safehold repair index' leaves it out"
+                "nothing reads it: 'safehold repair index' salvages what any index listed "
+                "in it, then it can be deleted by hand (or kept for analysis)"
             )
             self.add(WARNING, "pack-unindexed-damaged", name, msg, pack=pack_id.hex())
             return

@@ -115,10 +115,10 @@ from safehold.errors import (
 from safehold.repository import lock as lockmod
 from safehold.repository import tree as t
 from safehold.repository.check_report import NoProgress, ProgressSink
-from safehold.repository.format import T_INDEX, storage_id
+from safehold.repository.format import T_INDEX
 from safehold.repository.index import Index, PackRecord, decode_index
-from safehold.repository.pack import PackBuilder, PackEntry
 from safehold.repository.repository import Repository, pack_name
+from safehold.repository.sealed_packs import SealedPackWriter
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import TrashRecord, list_trash, write_trash
 from safehold.storage.base import storage_time
@@ -459,7 +459,7 @@ def _copy_used(
     for rec in live.packs.values():
         if rec.pack_id not in doomed:
             kept.setdefault(rec.chain_id, set()).update(e.blob_id for e in rec.entries)
-    writer = _PackWriter(repo)
+    writer = SealedPackWriter(repo)
     for rec in sorted(repack, key=lambda r: (r.chain_id, r.pack_id)):
         chain_used = used.get(rec.chain_id, set())
         chain_kept = kept.setdefault(rec.chain_id, set())
@@ -490,38 +490,6 @@ def _copy_used(
     result.packs_written = len(records)
     result.bytes_written = sum(rec.size for rec in records)
     return records
-
-
-class _PackWriter:
-    """Fills packs with already sealed blobs, one builder per chain and blob type."""
-
-    def __init__(self, repo: Repository) -> None:
-        self.repo = repo
-        self.builders: dict[tuple[bytes, int], PackBuilder] = {}
-        self.records: list[PackRecord] = []
-
-    def add(self, chain_id: bytes, entry: PackEntry, sealed: bytes) -> None:
-        key = (chain_id, entry.blob_type)
-        builder = self.builders.get(key)
-        if builder is None:
-            builder = self.builders[key] = PackBuilder(chain_id)
-        builder.add(entry.blob_type, entry.blob_id, sealed, entry.raw_length)
-        if builder.size >= self.repo.config.pack_size:
-            del self.builders[key]
-            self._store(builder)
-
-    def _store(self, builder: PackBuilder) -> None:
-        raw = builder.finish(self.repo.aead)
-        pack_id = bytes.fromhex(storage_id(raw))
-        self.repo.storage.put(pack_name(pack_id), raw)
-        self.records.append(PackRecord(pack_id, builder.chain_id, len(raw), tuple(builder.entries)))
-
-    def finish(self) -> list[PackRecord]:
-        for builder in self.builders.values():
-            if len(builder):
-                self._store(builder)
-        self.builders.clear()
-        return self.records
 
 
 def _chunks(records: list[PackRecord]) -> Iterator[list[PackRecord]]:
@@ -971,5 +939,6 @@ def _missing(blob_id: bytes, snap: Snapshot) -> IntegrityError:
     return IntegrityError(
         f"snapshot {snap.short_id} needs blob {blob_id.hex()[:8]}, which no pack holds; "
         "prune stopped without deleting anything",
-        hint="run 'safehold check', then 'safehold repair index' or forget that snapshot",
+        hint="run 'safehold check' to see what is lost, then 'safehold repair index' (it "
+        "finds copies an index lost); if that does not help, forget that snapshot",
     )

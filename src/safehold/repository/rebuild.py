@@ -93,7 +93,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from safehold.errors import IntegrityError, ObjectNotFound
+from safehold.errors import IntegrityError, ObjectNotFound, ObjectRetained
 from safehold.repository.check_report import NoProgress, ProgressSink
 from safehold.repository.format import T_INDEX
 from safehold.repository.index import Index, PackRecord, decode_index
@@ -466,6 +466,11 @@ class _Repair:
                 self.repo.storage.delete(name)
             except ObjectNotFound:
                 pass
+            except ObjectRetained:
+                # Under retention (immutable mode) it stays: a duplicate, or a damaged file
+                # every reader skips with a warning, until its period is over.
+                report.retained.append(name)
+                continue
             report.removed.append(name)
         report.kept = sorted(kept)
 

@@ -57,6 +57,7 @@ class RepairReport:
     kept: list[str] = field(default_factory=list)  # index files left as they were
     written: list[str] = field(default_factory=list)  # new index files
     removed: list[str] = field(default_factory=list)  # old index files replaced and deleted
+    retained: list[str] = field(default_factory=list)  # replaced, but kept by retention
     damaged_index: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
     left_for_prune: list[str] = field(default_factory=list)  # index files a trash record names
     adopted: int = 0  # packs no index listed, indexed from their headers
@@ -99,6 +100,7 @@ class RepairReport:
             "index_files_kept": len(self.kept),
             "index_files_written": self.written,
             "index_files_removed": self.removed,
+            "index_files_retained": self.retained,
             "index_files_damaged": [{"name": n, "error": why} for n, why in self.damaged_index],
             "index_files_left_for_prune": self.left_for_prune,
             "packs_adopted": self.adopted,

@@ -598,10 +598,14 @@ class Repository:
 
     def locate(self, blob_id: bytes) -> Location | None:
         """Where a blob is: its first copy in the index, else in packs kept apart for
-        reading only (a writer's view leaves prune's trash out of its index)."""
+        reading only (a writer's view leaves prune's trash out of its index), else in the
+        index files loaded again after a pack went missing (:meth:`relocate`)."""
         loc = self.index.lookup(blob_id)
         if loc is None and self.read_only_packs is not None:
             loc = self.read_only_packs.lookup(blob_id)
+        fresh = self._fresh_index
+        if loc is None and fresh is not None:
+            loc = fresh.lookup(blob_id)
         return loc
 
     def load_blob(self, blob_id: bytes) -> bytes:

@@ -260,6 +260,9 @@ def test_damaged_header_is_salvaged_into_a_new_pack(scene: Scene, tmp_path: Path
     assert {(p.code, p.pack) for p in after.warnings} == {
         ("pack-unindexed-damaged", rec.pack_id.hex())
     }
+    # Reading every pack does not go back to the damaged one: nothing reads it any more.
+    read = check(scene, read_data=True)
+    assert read.ok, [str(p) for p in read.errors]
     # A second run has nothing left to do but name the damaged pack again.
     again = run_repair_index(scene.open())
     assert again.ok and not again.written and not again.removed
@@ -433,6 +436,10 @@ def test_read_all_packs_drops_only_the_damaged_blob(scene: Scene, tmp_path: Path
 
     again = run_repair_index(scene.open(), READ_ALL)
     assert again.ok and not again.findings and not again.written
+    # check --read-data names the retired pack as a warning, not as a mismatch to repair.
+    read = check(scene, read_data=True)
+    assert codes(read) == {"blob-missing"}
+    assert ("pack-retired", rec.pack_id.hex()) in {(p.code, p.pack) for p in read.warnings}
 
 
 # --- the trash --------------------------------------------------------------------------------
