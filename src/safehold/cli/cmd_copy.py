@@ -9,7 +9,13 @@ from typing import Any
 
 from safehold.app import open_repository
 from safehold.cli.cmd_snapshots import add_filters, filtered
-from safehold.cli.context import Context, cache_options, human_bytes, read_password
+from safehold.cli.context import (
+    Context,
+    cache_options,
+    human_bytes,
+    print_warning,
+    read_password,
+)
 from safehold.cli.progress import make_progress
 from safehold.engine.copy import COPIED, SKIPPED, CopyOptions, CopyResult, copy_snapshots
 from safehold.errors import (
@@ -76,7 +82,7 @@ def open_destination(args: argparse.Namespace) -> Repository:
         )
     password = read_to_password(args.to_password_file, args.to_password_command)
     try:
-        return open_repository(location, password, **cache_options(args))
+        return open_repository(location, password, on_warning=print_warning, **cache_options(args))
     except RepositoryNotFound as exc:
         raise RepositoryNotFound(
             f"destination: {exc.message}",

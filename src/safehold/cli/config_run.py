@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safehold.cli.context import Context, read_password
+from safehold.cli.context import Context, print_warning, read_password
 from safehold.errors import ConfigError, ExitCode, UsageError
 
 # The configuration layer (pydantic models, every source kind's settings) is imported
@@ -140,7 +140,7 @@ def _destinations(config: Config, cache: dict[str, Any]) -> list[Destination]:
         def open_repo(
             loc: str = location, pw: bytes = secret, opts: dict[str, object] = options
         ) -> Repository:
-            return open_repository(loc, pw, options=opts or None, **cache)
+            return open_repository(loc, pw, options=opts or None, on_warning=print_warning, **cache)
 
         out.append(RepositoryDestination(label, open_repo))
     return out
@@ -151,7 +151,9 @@ def _open(ctx: Context, config: Config) -> tuple[Repository, bytes]:
 
     block = config.repository
     if ctx.args.repo:
-        repo = open_repository(ctx.args.repo, ctx.password(), **ctx.cache_options())
+        repo = open_repository(
+            ctx.args.repo, ctx.password(), on_warning=print_warning, **ctx.cache_options()
+        )
         return repo, b""
     if block is None:
         if not os.environ.get("SAFEHOLD_REPOSITORY"):
@@ -162,7 +164,11 @@ def _open(ctx: Context, config: Config) -> tuple[Repository, bytes]:
         return ctx.open_repo(), b""
     password = _password(ctx, config, block)
     repo = open_repository(
-        block.location, password, options=block.options or None, **ctx.cache_options()
+        block.location,
+        password,
+        options=block.options or None,
+        on_warning=print_warning,
+        **ctx.cache_options(),
     )
     return repo, password
 
