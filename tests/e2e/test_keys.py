@@ -278,3 +278,17 @@ def test_key_help_says_what_removing_a_key_does_not_do(cli: CliRunner) -> None:
     assert res.code == 0
     assert "master key" in res.stdout and "copy of an old" in res.stdout
     assert "copy --to NEW" in res.stdout
+
+
+def test_init_with_restics_lanes_writes_them_and_refuses_too_many(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    res = cli("-r", str(repo), "init", "--kdf-log2n", "10", "--kdf-p", "8")
+    assert res.code == 0, res.output
+    [key] = list((repo / "keys").iterdir())
+    assert json.loads(key.read_text())["p"] == 8
+    assert cli("-r", str(repo), "snapshots").code == 0  # opens with it
+    bad = cli("-r", str(tmp_path / "other"), "init", "--kdf-p", "17")
+    assert bad.code == 2 and "p=17" in bad.stderr
+    assert not (tmp_path / "other").exists()

@@ -7,7 +7,7 @@ from typing import Any
 
 from safehold.app import init_repository
 from safehold.cli.context import Context
-from safehold.crypto.keys import KdfParams
+from safehold.crypto.keys import DEFAULT_SCRYPT_P, KdfParams
 from safehold.errors import UsageError
 
 
@@ -34,16 +34,31 @@ def add_kdf_option(p: argparse.ArgumentParser) -> None:
         type=int,
         default=15,
         metavar="N",
-        help="scrypt cost 2**N (r=8, p=2) for the password's key (default: %(default)s, "
+        help="scrypt cost 2**N (r=8) for the password's key (default: %(default)s, "
         "32 MiB); "
         "lower values make guessing cheaper and are meant for tests only",
+    )
+    p.add_argument(
+        "--kdf-p",
+        type=int,
+        default=DEFAULT_SCRYPT_P,
+        metavar="P",
+        help="scrypt lanes (default: %(default)s); every lane is paid by every command and by "
+        "every guess of an attacker alike. restic calibrates its keys to 0.5 s (p=8 with "
+        "N=15 on a 2-core machine of 2026): --kdf-p 8 makes a guess cost as much as "
+        "restic's, and every command about 0.35 s more (docs/format.md, 'Cost of a guess')",
     )
 
 
 def kdf_params(args: argparse.Namespace) -> KdfParams:
     if not 10 <= args.kdf_log2n <= 22:
         raise UsageError("--kdf-log2n must be between 10 and 22")
-    return KdfParams(n=1 << args.kdf_log2n)
+    params = KdfParams(n=1 << args.kdf_log2n, p=args.kdf_p)
+    try:
+        params.check()
+    except ValueError as exc:
+        raise UsageError(f"--kdf-log2n {args.kdf_log2n} with --kdf-p {args.kdf_p}: {exc}") from None
+    return params
 
 
 def parse_level(text: str) -> int | None:
