@@ -33,7 +33,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliRunner
+from safehold.repository.format import T_INDEX, open_object
+from safehold.repository.index import decode_index
+from safehold.repository.repository import Repository
+from safehold.storage.local import LocalStorage
+from tests.conftest import PASSWORD, CliRunner
 from tests.integration.tamper_cases import CLASSES, all_cases, sample, shard
 from tests.integration.tamper_run import (
     KNOWN_ISSUES,
@@ -130,3 +134,43 @@ def test_restore_of_a_damaged_snapshot_exits_4(
     assert "Traceback" not in res.output
     assert f"snapshots/{snap}" in res.stderr  # named ...
     assert res.code == 4, res.output  # ... and damage, not "no snapshot with id" (2)
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN_ISSUES["stale-index-location"])
+def test_an_index_file_naming_a_swept_pack_costs_no_restore(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    # The campaign's replay of an index file that a prune replaced: it lists the pack the
+    # prune repacked and then deleted, whose blobs the live index lists in the new pack.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(1_300_000))
+    (src / "state.bin").write_bytes(os.urandom(400_000))
+    first = cli("-r", cli_repo, "backup", "--json", str(src))
+    (src / "state.bin").write_bytes(os.urandom(400_000))
+    second = cli("-r", cli_repo, "backup", "--json", str(src))
+    assert first.code == second.code == 0, first.output + second.output
+    repo = Repository.open(LocalStorage(Path(cli_repo)), PASSWORD)
+    old = [
+        rec
+        for name in repo.list_index_files()
+        for rec in decode_index(repo.load_object(name, T_INDEX), name)
+    ]
+    forgot = cli("-r", cli_repo, "forget", json.loads(first.stdout)["snapshot"], "--prune")
+    assert forgot.code == 0, forgot.output
+    stored = repo.list_packs()
+    assert any(rec.pack_id not in stored for rec in old), "prune deleted no pack"
+
+    # Those records again, in a file whose name sorts first (readers take a blob's first
+    # location in name order; the campaign's replay under the old name hits when it does).
+    live = repo.list_index_files()
+    while (name := repo.write_index(old)) > min(live):
+        repo.storage.delete(name)
+    assert open_object(repo.aead, repo.storage.get(name), T_INDEX, name)
+
+    out = tmp_path / "out"
+    snap = json.loads(second.stdout)["snapshot"]
+    res = cli("-r", cli_repo, "--no-cache", "restore", snap, "--target", str(out))
+    assert res.code == 0, res.output  # today: exit 4, "pack ... missing from the storage"
+    restored = out / str(src).lstrip("/")
+    assert (restored / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
