@@ -32,7 +32,7 @@ import stat
 import threading
 
 from safehold.engine.restore_folders import Folder
-from safehold.errors import IntegrityError, TargetError
+from safehold.errors import TargetError
 from safehold.storage.direct import ALIGN, DirectWrites, write_all
 
 # (mode, uid, gid, mtime in ns)
@@ -97,17 +97,6 @@ def target_error(path: str, exc: OSError) -> TargetError:
             hint="free space or restore to another --target; the repository is unchanged",
         )
     return TargetError(f"cannot write {path}: {exc.strerror}", hint="check the --target folder")
-
-
-def missing_pack(name: str) -> IntegrityError:
-    """A pack the index lists is not in the storage: damage (exit 4, as ``check`` says),
-    not a storage failure; the storage's ObjectNotFound is translated only where a pack
-    is read."""
-    return IntegrityError(
-        f"pack {name} is listed in the index but missing from the storage",
-        hint="run 'safehold check' to see which snapshots and files it affects; "
-        "'safehold repair index' makes the index match the packs that remain",
-    )
 
 
 def current_umask() -> int | None:
