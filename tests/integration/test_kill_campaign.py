@@ -64,7 +64,7 @@ from safehold.repository.chunker import ChunkerParams
 from safehold.repository.prune import PruneOptions, prune
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
-from safehold.storage.local import LocalStorage
+from safehold.storage.local import TEMP_PREFIX, LocalStorage
 from tests.conftest import FAST_KDF, PASSWORD, ROOT
 from tests.integration.helpers import (
     Manifest,
@@ -181,9 +181,6 @@ class Scenario:
     source: Path  # the folder every snapshot of the seed was taken of (not copied)
     manifests: dict[str, Manifest]  # source snapshot id -> what it restores to
     next_manifest: Manifest  # what a backup of the source now stores
-    # check --read-data after the rerun; not where a damaged pack is left in place on
-    # purpose (repair index leaves it, unindexed, for analysis: --read-data reports it).
-    read_data: bool = True
     baseline: dict[str, Baseline] = field(default_factory=dict)  # "repo"/"dst" -> ...
 
     def repos(self) -> list[str]:
@@ -193,8 +190,6 @@ class Scenario:
 class Seed:
     """The scenarios of one data seed, built on first use. Every scenario of a seed backs
     up the same source folder, so the snapshots of one are found in the others."""
-
-    BUILDERS = ("chain", "first", "garbage", "trash", "lost-index", "damaged-pack")
 
     def __init__(self, root: Path, seed: int) -> None:
         self.root = root
@@ -212,7 +207,6 @@ class Seed:
             folder = self.root / name
             getattr(self, "_build_" + name.replace("-", "_"))(folder)
             sc = Scenario(name, folder, self.source.root, self.manifests, self.next_manifest)
-            sc.read_data = name != "damaged-pack"
             for repo in sc.repos():
                 sc.baseline[repo] = baseline(folder / repo, sc)
             self.scenarios[name] = sc
@@ -428,8 +422,8 @@ class Tally:
     finished_first: int = 0  # a random moment after the command had ended: not a kill
     wrong_data: int = 0  # silent wrong data: must stay 0
     failures: list[str] = field(default_factory=list)
-    warnings: Counter[str] = field(default_factory=Counter)  # code -> kills after which
-    # check warned of it
+    # check's warning codes -> how many kills left a state it warned of
+    warnings: Counter[str] = field(default_factory=Counter)
 
     def line(self, command: str) -> str:
         warn = ", ".join(f"{c} x{n}" for c, n in sorted(self.warnings.items())) or "none"
@@ -514,18 +508,17 @@ class Campaign:
         else:
             proc = self._driver(case, sc, log, "--kill", str(point.n), "--at", point.at)
             _out, err = proc.communicate(timeout=TIMEOUT)
-        op = ""
-        if log.exists():
-            lines = log.read_text().splitlines()
-            if lines:
-                last = json.loads(lines[-1])
-                op = f"{last['op']} {last['name']}"
+        done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        op = f"{done[-1]['op']} {done[-1]['name']}" if done else ""
         where = f"{case.command} [{case.label()}] {point.describe(op)}"
         if proc.returncode != -signal.SIGKILL:
-            if point.at == "random" and proc.returncode == 0:
+            # With two threads a run may make fewer mutations than the counting run (the
+            # packs fill in another order): a kill point past its end is not a kill.
+            if proc.returncode == 0 and (point.at == "random" or len(done) < point.n):
                 self.tally.finished_first += 1
                 return
-            self.fail(where, f"exited {proc.returncode} instead of being killed: {err.decode()}")
+            said = err.decode(errors="replace")[-400:]
+            self.fail(where, f"exited {proc.returncode} instead of being killed: {said}")
             self.tally.tried += 1
             return
         self.tally.tried += 1
@@ -583,19 +576,22 @@ class Campaign:
         if rerun.returncode != 0:
             problems.append(
                 f"the command run again exited {rerun.returncode}: "
-                f"{rerun.stderr.decode(errors='replace')[-600:]}"
+                f"{rerun.stderr.decode(errors='replace')[-400:]}"
             )
             return problems
         for name in sc.repos():
-            state = inspect(
-                self.work / name, sc, self.expected(case, sc, name), read_data=sc.read_data
-            )
+            state = inspect(self.work / name, sc, self.expected(case, sc, name), read_data=True)
             problems += self._problems(case, sc, name, state, counted, rerun=True)
             locks = lock_files(self.work / name)
             if locks:
                 problems.append(f"after the rerun, {name}: locks left: {locks}")
         if case.command in ("prune", "forget-prune"):
-            trash = sorted(p.name for p in (self.work / "repo" / "trash").glob("*"))
+            # (Temporary files of interrupted puts stay until they are an hour old.)
+            trash = sorted(
+                p.name
+                for p in (self.work / "repo" / "trash").glob("*")
+                if not p.name.startswith(TEMP_PREFIX)
+            )
             if trash:
                 problems.append(f"after the rerun, trash records left: {trash}")
         doc = json.loads(rerun.stdout)
