@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from safehold.repository.repository import Repository
+from safehold.storage.local import LocalStorage
 from tests.conftest import PASSWORD, CliRunner
 
 
@@ -306,3 +308,38 @@ sources:
         cli("-r", second, "snapshots", "--json", env={"SAFEHOLD_PASSWORD": "pw2"}).stdout
     )
     assert len(copies) == 2
+
+
+def test_a_configured_restore_of_a_damaged_tree_exits_4(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "f.txt").write_text("kept\n")
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"repository:\n  location: {cli_repo}\n  password_env: REPO_PW\n"
+        f"sources:\n  files:\n    type: directory\n    paths: [{data}]\n"
+    )
+    env = {"REPO_PW": PASSWORD.decode(), "SAFEHOLD_STATE_DIR": str(tmp_path / "state")}
+    res = cli("backup", "--config", str(config), "--source", "files", env=env)
+    assert res.code == 0, res.output
+    # Damage the tree of the folder "sub" (one flipped byte in its sealed blob).
+    repo = Repository.open(LocalStorage(Path(cli_repo)), PASSWORD)
+    repo.load_index()
+    snap = repo.list_snapshots()[0]
+    tree = snap.tree
+    for part in [p for p in str(data / "sub").split("/") if p]:
+        tree = next(n.subtree for n in repo.load_tree(tree) if n.name == part)
+    loc = repo.index.lookup(bytes.fromhex(tree))
+    assert loc is not None
+    pack = Path(cli_repo) / "data" / loc.pack_id.hex()[:2] / loc.pack_id.hex()
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 1
+    pack.write_bytes(bytes(raw))
+
+    target = tmp_path / "out"
+    res = cli("restore", "--config", str(config), "latest", "--target", str(target), env=env)
+
+    assert res.code == 4, res.output  # damage, not "some files could not be read" (3)
+    assert (target / str(data).lstrip("/") / "sub").is_dir()  # left empty, the rest restored

@@ -152,6 +152,14 @@ def test_one_damaged_object_costs_only_what_depends_on_it(
         # Prune cannot know what an unreadable snapshot needs: it stops, deleting nothing.
         assert pruned.code == INTEGRITY and name in pruned.output, pruned.output
         assert "forget" in pruned.output  # ... and says how to go on
+        snap_id = name.removeprefix("snapshots/")
+        # Named, it is damage (4), not an unknown id (2); forget removes it, prune goes on.
+        named = cli(*r, "restore", snap_id[:12], "--target", str(tmp_path / "bad"))
+        assert named.code == INTEGRITY and name in named.stderr, named.output
+        forgot_bad = ok(cli(*r, "forget", snap_id[:12]))
+        assert f"removed damaged snapshot object {name}" in forgot_bad.stdout
+        ok(cli(*r, "prune"))
+        ok(cli(*r, "check"))
     elif kind == "junk index file":
         # ... nor which packs an unreadable index file lists.
         assert pruned.code == INTEGRITY and name in pruned.output, pruned.output

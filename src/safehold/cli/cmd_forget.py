@@ -150,6 +150,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 "dry_run": result.dry_run,
                 "groups": [_group_json(g) for g in result.groups],
                 "removed": [s.id for s in result.removed],
+                "damaged_removed": result.damaged,
                 "retained": [_retained_json(r) for r in result.retained],
                 "prune": pruned.to_json() if pruned else None,
                 "retention": retention.to_json() if retention else None,
@@ -161,6 +162,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         _print_group(ctx, g, retained)
     n = len(result.removed)
     ctx.print(f"would remove {n} snapshot(s)" if result.dry_run else f"removed {n} snapshot(s)")
+    for snap_id in result.damaged:
+        would = "would remove" if result.dry_run else "removed"
+        ctx.print(f"{would} damaged snapshot object snapshots/{snap_id}")
     if result.retained:
         ctx.print(
             f"kept {len(result.retained)} snapshot(s) the storage retains (S3 Object Lock or "

@@ -103,7 +103,13 @@ def _source_key(opts: BackupOptions, paths: list[str]) -> list[str]:
 
 
 def _stream_name(name: str) -> str:
-    return name.strip("/").replace("/", "_") or "stdin"
+    """The root file name of a stream: one path component (docs/format.md, "Trees")."""
+    out = name.strip("/").replace("/", "_") or "stdin"
+    if out in (".", "..") or "\0" in out:
+        raise UsageError(
+            f"{name!r} cannot be a file name in a snapshot", hint="give --stdin-name a file name"
+        )
+    return out
 
 
 def _streams(opts: BackupOptions) -> list[Stream]:

@@ -23,6 +23,7 @@ from typing import Any
 from safehold.engine.prescan import Entry, Prescan
 from safehold.engine.scan import Excluder, StatLike, node_from_stat
 from safehold.engine.vanished import VANISHED, Vanished
+from safehold.errors import IntegrityError
 from safehold.repository import tree as t
 from safehold.repository.index import Index
 
@@ -101,7 +102,12 @@ class Planner:
     def _parent_plan(self, old: JsonNode | None) -> DirPlan:
         if old is None or old.get("type") != t.DIR or not old.get("subtree") or self.force:
             return DirPlan()
-        nodes = self.load_tree(old["subtree"])
+        try:
+            nodes = self.load_tree(old["subtree"])
+        except IntegrityError:
+            # A parent tree that is damaged or hostile (docs/format.md, "Trees") is not
+            # trusted for anything: this folder is backed up as if it had no parent.
+            return DirPlan()
         plan = DirPlan(parent_subtree=old["subtree"], parent_count=len(nodes))
         plan.named = {n["name"]: n for n in nodes}  # parent nodes until replaced
         plan.changed = not self.reusable(old["subtree"])
@@ -279,7 +285,10 @@ def root_plan(planner: Planner, parent_root: str | None) -> DirPlan:
     """The virtual root: the parent's root nodes are the starting point for matching."""
     if parent_root is None or planner.force:
         return DirPlan()
-    nodes = planner.load_tree(parent_root)
+    try:
+        nodes = planner.load_tree(parent_root)
+    except IntegrityError:
+        return DirPlan()  # damaged or hostile: as if there were no parent (see _parent_plan)
     # Only the placed paths end up in the new root; the parent's other nodes are dropped.
     plan = DirPlan(parent_subtree=parent_root, parent_count=len(nodes))
     plan.named = {n["name"]: n for n in nodes}

@@ -15,11 +15,12 @@ object, there or not.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from safehold.errors import ObjectNotFound, ObjectRetained, UsageError
+from safehold.errors import IntegrityError, ObjectNotFound, ObjectRetained, UsageError
 from safehold.policy.retention import RetentionPolicy, apply_retention, group_items
 from safehold.repository.prune import rescue_for_forget
 from safehold.repository.repository import Repository
@@ -77,6 +78,8 @@ class ForgetResult:
     dry_run: bool
     # Chosen for removal but kept by the storage's retention; not in ``removed``.
     retained: list[RetainedSnapshot] = field(default_factory=list)
+    # Snapshot objects named by id that cannot be read (damaged): removed as named.
+    damaged: list[str] = field(default_factory=list)
 
 
 def parse_group_by(text: str) -> tuple[str, ...]:
@@ -116,6 +119,11 @@ def run_forget(repo: Repository, opts: ForgetOptions) -> ForgetResult:
     with repo.lock("forget"):
         result = _decide(repo, opts)
         rescue_for_forget(repo, result.removed)  # see there: readers of these may be running
+        for snap_id in result.damaged:
+            # Its data cannot be named (the object does not open), so nothing is rescued
+            # for it; a prune stops while it exists, and may go on once it is gone.
+            with contextlib.suppress(ObjectNotFound):
+                repo.delete_snapshot(snap_id)
         removed = []
         for snap in result.removed:
             try:
@@ -134,12 +142,18 @@ def _decide(repo: Repository, opts: ForgetOptions) -> ForgetResult:
     snaps = [s for s in repo.list_snapshots() if _selected(s, opts)]
     if opts.snapshot_ids:
         chosen: dict[str, Snapshot] = {}
+        damaged: list[str] = []
         for ref in opts.snapshot_ids:
-            snap = repo.find_snapshot(ref, snapshots=snaps)
+            try:
+                snap = repo.find_snapshot(ref, snapshots=snaps)
+            except IntegrityError:
+                # A damaged snapshot object, named by the user: it can only be removed.
+                damaged.extend(i for i in repo.list_snapshot_ids() if i.startswith(ref))
+                continue
             chosen[snap.id] = snap
         removed = sorted(chosen.values(), key=lambda s: (s.time, s.id), reverse=True)
         group = ForgetGroup(key={}, keep=[], remove=removed, reasons={})
-        return ForgetResult([group], removed, opts.dry_run)
+        return ForgetResult([group], removed, opts.dry_run, damaged=sorted(set(damaged)))
     assert opts.policy is not None
     now = repo.clock.now()
     groups = []

@@ -480,11 +480,14 @@ def run_source_restore(
         run.hook("pre-restore-lock", fatal=True)
         run.deadline.check()
         run.log.info("restore.writing", snapshot=snap.id, target=target)
-        errors = _restore_data(repo, job.source, snap, target, replace, jobs, progress)
+        errors, damaged = _restore_data(repo, job.source, snap, target, replace, jobs, progress)
         run.log.info("restore.written", snapshot=snap.id, target=target, errors=len(errors))
-        if errors:
+        if damaged:
+            # A folder whose tree is damaged or hostile was left empty: damage, exit 4.
+            run.record.outcome, run.record.exit_code = "damaged", ExitCode.INTEGRITY
+        elif errors:
             run.record.outcome, run.record.exit_code = "partial", ExitCode.PARTIAL
-            run.record.warnings.extend(f"could not restore {p}: {m}" for p, m in errors)
+        run.record.warnings.extend(f"could not restore {p}: {m}" for p, m in errors)
         run.hook("restore", fatal=True)
 
     return run.execute(body, "restore-cleanup", "post-restore-unlock")
@@ -498,13 +501,15 @@ def _restore_data(
     replace: bool,
     jobs: int,
     progress: Progress,
-) -> list[tuple[str, str]]:
-    """Write ``snap`` back; returns the items a tree restore could not write."""
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Write ``snap`` back; returns the items a tree restore could not write, and the
+    folders among them whose tree is damaged or hostile."""
     with repo.lock("restore"):  # keeps prune from removing what is being read
+        repo.confirm_snapshot(snap)
         files = snapshot_files(repo, snap)
         try:
             source.restore(files, RestoreRequest(target=target, replace=replace, jobs=jobs))
-            return []
+            return [], []
         except NotImplementedError:
             pass  # a tree source: the engine writes its files
     if not target:
@@ -517,7 +522,8 @@ def _restore_data(
             f"the restore target {target} already holds files",
             hint="choose an empty folder, or add --replace to overwrite what is there",
         )
-    return run_restore(repo, snap, RestoreOptions(target=target), progress).errors
+    result = run_restore(repo, snap, RestoreOptions(target=target), progress)
+    return result.errors, result.damaged
 
 
 def _has_entries(folder: str) -> bool:

@@ -768,6 +768,19 @@ class Repository:
             return cands[-1]
         found = [s for s in snaps if s.id.startswith(ref)]
         if not found:
+            # Skipped because it cannot be read? Then it is damage (exit 4), not a typo.
+            damaged = [i for i in self.list_snapshot_ids() if i.startswith(ref)]
+            if len(damaged) == 1:
+                try:
+                    self.load_snapshot(damaged[0])
+                except IntegrityError as exc:
+                    raise IntegrityError(
+                        f"snapshots/{damaged[0]} cannot be read: {exc.message}",
+                        hint="restore it from a copy of the repository ('safehold copy'); "
+                        "'safehold forget' removes it",
+                    ) from exc
+                except ObjectNotFound:
+                    pass
             raise SnapshotNotFound(f"no snapshot with id {ref!r}", hint="see 'safehold snapshots'")
         if len(found) > 1:
             raise UsageError(f"snapshot id {ref!r} is ambiguous", hint="give more digits")
