@@ -49,6 +49,35 @@ class GatedStream(io.RawIOBase):
         return n
 
 
+class GatedBackup:
+    """A stream backup of ``data`` in a thread, paused at the end of its stream (with its
+    lock held and every chunk decided) until :meth:`finish`."""
+
+    def __init__(self, repo: Repository, data: bytes) -> None:
+        self.stream = GatedStream(data)
+        self.outcome: dict[str, Any] = {}
+        opened = Repository.open(repo.storage, PASSWORD)  # as a separate process would
+        self.thread = threading.Thread(target=self._run, args=(opened,))
+        self.thread.start()
+        assert self.stream.reached.wait(60), self.outcome
+
+    def _run(self, repo: Repository) -> None:
+        try:
+            self.outcome["snap"] = stream_backup(repo, self.stream)
+        except BaseException as exc:
+            self.outcome["error"] = exc
+
+    def release(self) -> None:
+        self.stream.release.set()
+        self.thread.join(60)
+
+    def finish(self) -> Snapshot:
+        self.release()
+        assert "error" not in self.outcome, self.outcome.get("error")
+        snap: Snapshot = self.outcome["snap"]
+        return snap
+
+
 def stream_backup(repo: Repository, data: bytes | io.RawIOBase) -> Snapshot:
     stdin = io.BytesIO(data) if isinstance(data, bytes) else data
     opts = BackupOptions(stdin_name="db.dump", stdin=stdin, threads=2)  # type: ignore[arg-type]
@@ -76,19 +105,8 @@ def test_a_snapshot_saved_while_prune_trashes_its_data_is_complete_at_once(
     data = os.urandom(3 * 1024 * 1024)
     stream_backup(repo, data)
     stream_backup(repo, b"tiny")
-    gated = GatedStream(data)
-    outcome: dict[str, Any] = {}
-
-    def third() -> None:
-        try:
-            outcome["snap"] = stream_backup(Repository.open(repo.storage, PASSWORD), gated)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=third)
-    thread.start()
+    third = GatedBackup(repo, data)
     try:
-        assert gated.reached.wait(60), outcome
         policy = RetentionPolicy(keep_last=1)
         forgot = run_forget(repo, ForgetOptions(policy=policy))
         assert sum(len(g.remove) for g in forgot.groups) == 1
@@ -96,10 +114,8 @@ def test_a_snapshot_saved_while_prune_trashes_its_data_is_complete_at_once(
         assert marked.mark.packs_garbage > 0
         assert marked.packs_deleted == 0, "prune deleted data a running backup uses"
     finally:
-        gated.release.set()
-        thread.join(60)
-    assert "error" not in outcome, outcome.get("error")
-    snap: Snapshot = outcome["snap"]
+        third.release()
+    snap = third.finish()
     assert snap.summary["data_added"] < 10_000  # every chunk deduplicated: only its tree
     assert trashed_packs(repo)  # ... against packs that are now in the trash
 
@@ -129,28 +145,15 @@ def test_a_backup_that_starts_after_the_trash_record_keeps_off_trashed_packs(
     trashed = trashed_packs(repo)
     assert trashed
 
-    gated = GatedStream(data)
-    outcome: dict[str, Any] = {}
-
-    def late_backup() -> None:
-        try:
-            outcome["snap"] = stream_backup(Repository.open(repo.storage, PASSWORD), gated)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=late_backup)
-    thread.start()
+    late = GatedBackup(repo, data)
     try:
-        assert gated.reached.wait(60), outcome
         # The late backup's lock is younger than the record: the sweep deletes at once.
         swept = prune(repo, PruneOptions(lock_skew=timedelta(0)))
         assert swept.earlier.records_swept == 1
         assert not trashed & set(repo.list_packs())
     finally:
-        gated.release.set()
-        thread.join(60)
-    assert "error" not in outcome, outcome.get("error")
-    snap: Snapshot = outcome["snap"]
+        late.release()
+    snap = late.finish()
     assert snap.summary["data_added"] >= len(data)
     assert restored(repo, snap, tmp_path / "out") == data
     assert_check_ok(repo)
@@ -163,20 +166,10 @@ def test_a_reader_whose_pack_is_swept_reads_the_copy_written_since(tmp_path: Pat
     repo = Repository.init(MemoryStorage(), PASSWORD, kdf=FAST_KDF, pack_size=256 * 1024)
     data = os.urandom(1024 * 1024)
     first = stream_backup(repo, data)
-    gated = GatedStream(data)
-    outcome: dict[str, Any] = {}
-
-    def during() -> None:
-        outcome["snap"] = stream_backup(Repository.open(repo.storage, PASSWORD), gated)
-
-    thread = threading.Thread(target=during)
-    thread.start()
-    assert gated.reached.wait(60)
+    during = GatedBackup(repo, data)
     run_forget(repo, ForgetOptions(snapshot_ids=[first.id]))
     prune(repo, NO_SKEW)  # the first snapshot's packs go to the trash; the sweep waits
-    gated.release.set()
-    thread.join(60)
-    snap: Snapshot = outcome["snap"]  # complete, its data only in trashed packs
+    snap = during.finish()  # complete, its data only in trashed packs
     trashed = trashed_packs(repo)
     assert trashed
 
