@@ -49,38 +49,6 @@ from tests.integration.tamper_scene import (
     write_files,
 )
 
-# Departures from the rules that are reported to the maintainers and not fixed yet: counted
-# and printed, not failed, each with a strict xfail test in test_tamper_campaign.py that
-# starts to pass (and so fails) once the fix lands; then remove the entry.
-KNOWN_ISSUES = {
-    "damaged-snapshot-exit-2": "restore of a snapshot whose own object is damaged skips it "
-    "with a warning and then says 'no snapshot with id' (exit 2, usage) instead of exit 4",
-    "stale-index-location": "restore takes the first location the index lists for a blob, "
-    "and when that pack is gone (an index file listing a pack prune has since deleted was "
-    "put back, and sorts before the live one) it exits 4 instead of reading the copy "
-    "another index file lists",
-}
-
-
-def known_issue(case: Case, touched: str, r: Restored) -> str:
-    """The :data:`KNOWN_ISSUES` key this restore's outcome is an instance of, or ""."""
-    if (
-        r.code == 2
-        and touched == "snapshots/" + r.job.snap_id
-        and case.cls != "delete"
-        and "damaged snapshot" in r.output
-    ):
-        return "damaged-snapshot-exit-2"
-    if (
-        r.code == 4
-        and case.cls == "replay"
-        and case.kind == "index"
-        and "missing from the storage" in r.output
-    ):
-        return "stale-index-location"
-    return ""
-
-
 PARALLEL = 2  # restores of one case run side by side (the cases themselves do not)
 INTACT, DETECTED, SILENT, SUBSTITUTED = "intact", "detected", "SILENT WRONG", "substituted"
 
@@ -103,7 +71,6 @@ class Restored:
     code: int
     verdict: str
     output: str
-    known: str = ""  # a KNOWN_ISSUES key: reported, not failed
 
 
 @dataclass
@@ -126,14 +93,8 @@ class CaseResult:
 
     @property
     def collateral(self) -> int:
-        """Restores lost that did not depend on the damaged object (known issues aside)."""
-        return sum(
-            1 for r in self.restores if not r.job.dependent and r.verdict != INTACT and not r.known
-        )
-
-    @property
-    def known(self) -> list[str]:
-        return sorted({r.known for r in self.restores if r.known})
+        """Restores lost that did not depend on the damaged object."""
+        return sum(1 for r in self.restores if not r.job.dependent and r.verdict != INTACT)
 
 
 def mentions(output: str, name: str) -> bool:
@@ -258,24 +219,22 @@ def _check_required(case: Case, scene: Scene, touched: str) -> bool:
 
 
 def judge(result: CaseResult, scene: Scene) -> list[str]:
-    """Every rule of the module docstring this case broke (marking each restore that is an
-    instance of a known issue instead)."""
+    """Every rule of the module docstring this case broke."""
     case, touched = result.case, result.touched
     problems: list[str] = []
     for r in result.restores:
         what = f"restore {r.job.label} ({r.job.password}): exit {r.code}"
-        r.known = known_issue(case, touched, r)
         if "Traceback" in r.output:
             problems.append(f"{what} with a traceback: {_tail(r.output)}")
         if r.verdict == SILENT:
             problems.append(f"{what} but the restored files differ: SILENT WRONG DATA")
-        if not r.job.dependent and r.verdict != INTACT and not r.known:
+        if not r.job.dependent and r.verdict != INTACT:
             problems.append(
                 f"{what}: collateral (it does not depend on {touched}): {_tail(r.output)}"
             )
         if r.verdict == DETECTED and r.job.dependent:
             allowed = allowed_codes(case, scene, touched, r.job)
-            if r.code not in allowed and not r.known:
+            if r.code not in allowed:
                 problems.append(f"{what}, expected {sorted(allowed)}: {_tail(r.output)}")
             if not r.output.strip():
                 problems.append(f"{what} without a message")
@@ -311,7 +270,6 @@ COLUMNS = (
     "collateral",
     "substituted",
     "check flagged",
-    "known issue",
     "problems",
 )
 
@@ -333,7 +291,6 @@ def as_json(res: CaseResult) -> dict[str, Any]:
                 "code": r.code,
                 "verdict": r.verdict,
                 "dependent": r.job.dependent,
-                "known": r.known,
                 "named": bool(res.touched) and mentions(r.output, res.touched),
             }
             for r in res.restores
@@ -341,7 +298,6 @@ def as_json(res: CaseResult) -> dict[str, Any]:
         "check": res.check.code,
         "check_named": res.check_named,
         "check_required": res.check_required,
-        "known": res.known,
         "problems": res.problems,
     }
 
@@ -354,7 +310,6 @@ def tally(rows: list[dict[str, Any]], key: str) -> dict[str, Counter[str]]:
         count[{SILENT: "silent wrong"}.get(row["verdict"], row["verdict"])] += 1
         count["collateral"] += 1 if row["collateral"] else 0
         count["check flagged"] += 1 if row["check"] == 4 else 0
-        count["known issue"] += 1 if row["known"] else 0
         count["problems"] += 1 if row["problems"] else 0
     order = KINDS if key == "kind" else CLASSES
     return {k: out[k] for k in order if k in out}
