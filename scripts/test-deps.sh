@@ -17,6 +17,7 @@ APT_PKGS=(
   sqlite3
   swift-proxy swift-object swift-container swift-account memcached
   curl
+  acl attr libcap2-bin e2fsprogs   # getfacl/getfattr/getcap and mkfs.ext4 for metadata and volume tests
 )
 AZURITE_VERSION=3.35.0
 CACHE="${SAFEHOLD_TEST_CACHE:-$HOME/.cache/safehold-test}"
