@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,8 @@ from safehold.engine.archive import (
     restore_archive,
     write_archive,
 )
-from safehold.errors import UsageError
+from safehold.engine.restore_folders import raise_open_files_limit
+from safehold.errors import ExitCode, UsageError
 
 PASSPHRASE_ENV = "SAFEHOLD_ARCHIVE_PASSPHRASE"
 
@@ -64,7 +66,11 @@ def register(sub: Any) -> None:
         "restore",
         help="extract an archive into a folder",
         description="Check an archive against its checksum file, then extract it into "
-        "--target. Nothing is extracted from a damaged archive.",
+        "--target as GNU tar does: as root with owners, modes (set-id and sticky bits too), "
+        "times, links, FIFOs and devices; as another user as that user's files, modes less "
+        "the umask. Nothing is extracted from a damaged archive, nor from one with a member "
+        "that would be written outside --target (an absolute name, a '..', a path through "
+        "one of its symlinks): exit 4.",
     )
     r.add_argument("location", metavar="LOCATION")
     r.add_argument("archive", nargs="?", default="latest", help="latest, id prefix or name")
@@ -165,14 +171,31 @@ def run_restore(args: argparse.Namespace, ctx: Context) -> int:
     try:
         entry = find_archive(storage, args.prefix, args.archive)
         phrase = _passphrase(args, needed=entry.encrypted)
-        restore_archive(storage, entry, args.target, passphrase=phrase, tmpdir=args.tmpdir)
+        # The extraction keeps the target's folders open (engine/restore_folders.py).
+        raise_open_files_limit()
+        result = restore_archive(storage, entry, args.target, passphrase=phrase, tmpdir=args.tmpdir)
     finally:
         storage.close()
     if ctx.json:
-        ctx.emit_json({"restored": _entry_json(entry), "target": args.target})
+        ctx.emit_json(
+            {
+                "restored": _entry_json(entry),
+                "target": args.target,
+                "files": result.files,
+                "dirs": result.dirs,
+                "others": result.others,
+                "bytes": result.bytes,
+                "errors": [{"path": p, "error": m} for p, m in result.errors],
+            }
+        )
     else:
-        ctx.print(f"restored {entry.name} into {args.target}")
-    return 0
+        ctx.print(
+            f"restored {entry.name} into {args.target}: {result.files} files, "
+            f"{result.dirs} folders, {result.others} others, {human_bytes(result.bytes)}"
+        )
+    for p, m in result.errors:
+        print(f"safehold: could not restore {p}: {m}", file=sys.stderr)
+    return ExitCode.PARTIAL if result.errors else 0
 
 
 def run_forget(args: argparse.Namespace, ctx: Context) -> int:

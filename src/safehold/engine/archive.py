@@ -23,13 +23,14 @@ without its checksum is an interrupted upload and is neither listed nor restored
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
-import os
 import re
 import secrets
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, BinaryIO
@@ -39,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from safehold.engine.archive_extract import ExtractOptions, ExtractResult, check_members, extract
 from safehold.engine.dump import locate, write_tar
 from safehold.errors import IntegrityError, UsageError, WrongPassword
 from safehold.policy.retention import (
@@ -54,6 +56,8 @@ from safehold.storage.base import Storage
 __all__ = [
     "ArchiveEntry",
     "ArchiveOptions",
+    "ExtractOptions",
+    "ExtractResult",
     "forget_archives",
     "list_archives",
     "restore_archive",
@@ -270,32 +274,56 @@ def restore_archive(
     *,
     passphrase: bytes | None = None,
     tmpdir: str | None = None,
-) -> None:
-    """Extract ``entry`` into the folder ``target`` after checking its checksum."""
+    extract_opts: ExtractOptions | None = None,
+) -> ExtractResult:
+    """Extract ``entry`` into the folder ``target`` as GNU tar would
+    (:mod:`safehold.engine.archive_extract`), after checking its checksum and then every
+    member name: a damaged archive, or one with a member that would be written outside
+    ``target``, is refused before anything is written."""
     if entry.encrypted and passphrase is None:
         raise UsageError(
             f"archive {entry.name} is encrypted", hint="give the destination's passphrase"
         )
-    os.makedirs(target, exist_ok=True)
+    opts = extract_opts or ExtractOptions()
     with tempfile.TemporaryFile(dir=tmpdir, prefix="safehold-archive-") as tmp:
         _download(storage, entry, tmp)
-        raw: IO[bytes] = tmp
+        # Two passes over the downloaded file: a stream can only be read forward, and the
+        # member list must be checked in full before the first byte is written (decrypting
+        # and decompressing twice costs CPU; keeping the plain tar would cost its size).
+        with _tar_stream(tmp, entry, passphrase) as tar:
+            check_members(tar, entry.name)
+        with _tar_stream(tmp, entry, passphrase) as tar:
+            return extract(tar, target, opts, entry.name)
+
+
+@contextlib.contextmanager
+def _tar_stream(
+    tmp: BinaryIO, entry: ArchiveEntry, passphrase: bytes | None
+) -> Iterator[tarfile.TarFile]:
+    """The downloaded archive ``tmp`` as a tar stream, from its start."""
+    tmp.seek(0)
+    raw: IO[bytes] = tmp
+    if entry.encrypted:
+        assert passphrase is not None
+        raw = _Decrypting(tmp, passphrase)  # type: ignore[assignment]
+    try:
+        with (
+            zstandard.ZstdDecompressor().stream_reader(raw, closefd=False) as plain,
+            tarfile.open(fileobj=plain, mode="r|") as tar,
+        ):
+            yield tar
+    except zstandard.ZstdError as exc:
         if entry.encrypted:
-            assert passphrase is not None
-            raw = _Decrypting(tmp, passphrase)  # type: ignore[assignment]
-        try:
-            with (
-                zstandard.ZstdDecompressor().stream_reader(raw) as plain,
-                tarfile.open(fileobj=plain, mode="r|") as tar,
-            ):
-                tar.extractall(target, filter="data")
-        except zstandard.ZstdError as exc:
-            if entry.encrypted:
-                raise WrongPassword(
-                    "the archive passphrase is wrong (the decrypted data is not zstd)",
-                    hint="give the passphrase the archive destination was configured with",
-                ) from exc
-            raise IntegrityError(f"archive {entry.name} is not valid zstd: {exc}") from exc
+            raise WrongPassword(
+                "the archive passphrase is wrong (the decrypted data is not zstd)",
+                hint="give the passphrase the archive destination was configured with",
+            ) from exc
+        raise IntegrityError(f"archive {entry.name} is not valid zstd: {exc}") from exc
+    except (tarfile.TarError, EOFError) as exc:
+        raise IntegrityError(
+            f"archive {entry.name} is not a valid tar: {exc}",
+            hint="the stored archive is damaged: restore an older one",
+        ) from exc
 
 
 def forget_archives(
