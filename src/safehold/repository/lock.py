@@ -199,8 +199,18 @@ def is_stale(info: LockInfo, now: datetime) -> bool:
     return holder_gone(info)
 
 
+# ``tag`` rewrites snapshots (a new object, then the old one deleted): beside another
+# ``tag`` or a ``forget`` one could undo the other's work (a tag lost, a snapshot being
+# forgotten written back under a new id).
+_TAG_CONFLICTS = frozenset({"tag", "forget"})
+
+
 def conflicts(mine: LockInfo, other: LockInfo) -> bool:
     if mine.exclusive or other.exclusive:
+        return True
+    if (mine.kind == "tag" and other.kind in _TAG_CONFLICTS) or (
+        other.kind == "tag" and mine.kind in _TAG_CONFLICTS
+    ):
         return True
     return mine.kind == "prune" and other.kind == "prune"
 
