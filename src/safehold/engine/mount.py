@@ -93,7 +93,8 @@ def serve(
         view = MountView(repo, on_error=on_error)
         # Listed under the lock: each snapshot shown keeps its data until we unmount.
         view.refresh(force=True)
-        operations = _operations(fuse, view, on_ready)
+        started: list[bool] = []
+        operations = _operations(fuse, view, lambda v: _started(started, v, on_ready))
         options: dict[str, Any] = {
             "foreground": True,
             "ro": True,
@@ -108,9 +109,16 @@ def serve(
         }
         if opts.allow_other:
             options["allow_other"] = True
+        if fuse.fuse_version_major == 3:
+            # libfuse 3.14 warns of its own default ("invalid max threads value") without.
+            options["max_idle_threads"] = 10
         try:
             fuse.FUSE(operations, mountpoint, **options)
         except RuntimeError as exc:
+            if started:
+                # libfuse 3 reports a loop ended by SIGINT/SIGTERM as a failure (status 8),
+                # after unmounting: for us that is how a mount ends.
+                return view
             # libfuse said why on standard error (not mounted, busy, not permitted).
             raise UsageError(
                 f"could not mount at {mountpoint} (libfuse status {exc})",
@@ -118,6 +126,14 @@ def serve(
                 "already, and --allow-other needs user_allow_other in /etc/fuse.conf",
             ) from None
     return view
+
+
+def _started(
+    started: list[bool], view: MountView, on_ready: Callable[[MountView], None] | None
+) -> None:
+    started.append(True)
+    if on_ready is not None:
+        on_ready(view)
 
 
 def _operations(fuse: Any, view: MountView, on_ready: Callable[[MountView], None] | None) -> Any:
