@@ -147,7 +147,7 @@ def test_one_file_system(cli: CliRunner, cli_repo: str, tmp_path: Path) -> None:
         res = cli("-r", cli_repo, "ls", "latest", "--json")
         paths = (
             [
-                json.loads(line)["path"] if line.startswith("{") else None
+                json.loads(line).get("path") if line.startswith("{") else None
                 for line in res.stdout.splitlines()
             ]
             if not res.stdout.lstrip().startswith("[")

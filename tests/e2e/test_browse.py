@@ -74,7 +74,8 @@ def test_ls_lists_every_path_and_its_metadata(
     assert sorted(plain) == sorted(everything)
     assert len(plain) == len(everything)
 
-    items = json.loads(ok(cli, "-r", cli_repo, "ls", "latest", "--json").stdout)
+    lines = ok(cli, "-r", cli_repo, "ls", "latest", "--json").stdout.splitlines()
+    items = [json.loads(line) for line in lines[1:]]  # NDJSON: the snapshot, then each item
     by_path = {i["path"]: i for i in items}
     assert set(by_path) == everything
     for path in below(sample_tree):

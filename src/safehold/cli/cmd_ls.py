@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from safehold.cli.cmd_snapshots import snapshot_json
 from safehold.cli.context import Context, add_latest_filters, find_snapshot
 from safehold.engine.dump import locate
 from safehold.engine.walk import walk
@@ -33,7 +34,9 @@ def register(sub: Any) -> None:
         help="list files and folders in a snapshot",
         description="List SNAPSHOT (an id prefix, or 'latest'), one line per item. Without "
         "PATH everything is listed; with PATH, that item and, for a folder, what it holds "
-        "(everything below it with -R).",
+        "(everything below it with -R). With --json, one JSON object per line as restic "
+        'prints them: the snapshot first, then each item ("struct_type": "snapshot" or '
+        '"node").',
     )
     p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot id prefix or 'latest'")
     p.add_argument("path", nargs="?", metavar="PATH", help="list only this path in the snapshot")
@@ -120,12 +123,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         path, node = locate(repo, snap, args.path or "/")
         items = listing(repo, path, node, recursive=args.recursive or args.path is None)
         if ctx.json:
-            # Streamed item by item: a listing may be far larger than memory allows.
-            sys.stdout.write("[")
-            for i, (item_path, item) in enumerate(items):
-                sys.stdout.write(",\n  " if i else "\n  ")
-                sys.stdout.write(json.dumps(node_json(item_path, item)))
-            sys.stdout.write("\n]\n")
+            # As restic prints it: one JSON object per line (NDJSON), the snapshot first,
+            # then each item, told apart by "struct_type". Streamed item by item: a
+            # listing may be far larger than memory allows.
+            head = snapshot_json(snap) | {"struct_type": "snapshot"}
+            sys.stdout.write(json.dumps(head, default=str) + "\n")
+            for item_path, item in items:
+                record = node_json(item_path, item) | {"struct_type": "node"}
+                sys.stdout.write(json.dumps(record) + "\n")
             return 0
         if ctx.quiet:
             return 0

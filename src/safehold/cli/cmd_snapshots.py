@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from safehold.cli.context import Context, human_bytes
+from safehold.errors import UsageError
 from safehold.repository.snapshot import Snapshot
 
 
@@ -14,6 +15,12 @@ def register(sub: Any) -> None:
         "snapshots", help="list snapshots", description="List snapshots, oldest first."
     )
     add_filters(p)
+    p.add_argument(
+        "--latest",
+        type=int,
+        metavar="N",
+        help="only the N newest snapshots of each host and set of paths (as restic)",
+    )
     p.set_defaults(func=run)
 
 
@@ -36,6 +43,18 @@ def filtered(snaps: list[Snapshot], args: argparse.Namespace) -> list[Snapshot]:
     return out
 
 
+def latest(snaps: list[Snapshot], n: int) -> list[Snapshot]:
+    """The ``n`` newest of each host and set of paths, in the order of ``snaps``."""
+    seen: dict[tuple[str, tuple[str, ...]], int] = {}
+    keep = set()
+    for s in sorted(snaps, key=lambda s: (s.time, s.id), reverse=True):
+        group = (s.hostname, tuple(sorted(s.paths)))
+        if seen.get(group, 0) < n:
+            seen[group] = seen.get(group, 0) + 1
+            keep.add(s.id)
+    return [s for s in snaps if s.id in keep]
+
+
 def snapshot_json(s: Snapshot) -> dict[str, Any]:
     d = s.to_json()
     d["id"] = s.id
@@ -46,6 +65,10 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     repo = ctx.open_repo()
     snaps = filtered(repo.list_snapshots(), args)
+    if args.latest is not None:
+        if args.latest < 1:
+            raise UsageError("--latest needs a number of snapshots of at least 1")
+        snaps = latest(snaps, args.latest)
     if ctx.json:
         ctx.emit_json([snapshot_json(s) for s in snaps])
         return 0
