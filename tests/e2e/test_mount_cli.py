@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -253,3 +254,34 @@ def test_without_fuse_or_a_mount_point_it_says_so_and_exits_2(
     assert res.code == USAGE, res.output
     assert "is not a folder" in res.stderr
     assert locks(cli_repo) == []
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0
+    or not shutil.which("setpriv")
+    or os.stat("/dev/fuse").st_mode & 0o006 == 0o006,
+    reason="needs root, and a /dev/fuse other users may not open (as in many containers)",
+)
+def test_a_user_who_may_not_open_dev_fuse_is_told_so_before_anything_else() -> None:
+    # As nobody, in a folder of /tmp that user can reach (pytest's own are private to root).
+    folder_ = Path(tempfile.mkdtemp(prefix="safehold-nobody-"))
+    try:
+        folder_.chmod(0o777)
+        (folder_ / "mnt").mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
+        env.update(SAFEHOLD_PASSWORD=PASSWORD.decode(), HOME=str(folder_))
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        command = ["-r", str(folder_ / "no-repo"), "mount", str(folder_ / "mnt")]
+        res = subprocess.run(
+            [*nobody, sys.executable, "-m", "safehold", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == USAGE, res.stderr
+        assert "no permission to open /dev/fuse" in res.stderr
+        assert not os.path.ismount(folder_ / "mnt")
+    finally:
+        unmount(folder_ / "mnt")
+        shutil.rmtree(folder_, ignore_errors=True)

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from safehold.cli.context import Context, print_warning
-from safehold.engine.mount import MountOptions, serve
+from safehold.engine.mount import MountOptions, check_fuse, serve
 from safehold.engine.mount_view import MountView
 from safehold.errors import ExitCode
 
@@ -51,6 +51,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    check_fuse(args.mountpoint)  # before asking for a password
     repo = ctx.open_repo()
     errors: list[tuple[str, str]] = []
 

@@ -54,14 +54,17 @@ def check_fuse(mountpoint: str) -> Any:
             "device (docker run --device /dev/fuse --cap-add SYS_ADMIN); or restore with "
             "'safehold restore' or 'safehold dump' instead",
         )
-    if (
-        os.geteuid() != 0
-        and not os.access("/dev/fuse", os.R_OK | os.W_OK)
-        and not (shutil.which("fusermount3") or shutil.which("fusermount"))
-    ):
+    # libfuse opens /dev/fuse itself before it tries the set-user-id fusermount, and gives
+    # up if it cannot (most systems make it 0666; containers often 0600).
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise UsageError(
-            "FUSE is not available to this user: /dev/fuse is not writable and there is "
-            "no fusermount to mount through",
+            "FUSE is not available to this user: no permission to open /dev/fuse",
+            hint="mount as root, or have /dev/fuse made usable by everyone (mode 0666, as "
+            "most distributions ship it); or restore with 'safehold restore' instead",
+        )
+    if os.geteuid() != 0 and not (shutil.which("fusermount3") or shutil.which("fusermount")):
+        raise UsageError(
+            "FUSE is not available to this user: there is no fusermount to mount through",
             hint="install fuse3 (Debian: apt-get install fuse3), or mount as root",
         )
     try:
