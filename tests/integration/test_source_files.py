@@ -14,7 +14,7 @@ import pytest
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.engine.source_restore import snapshot_files
-from safehold.errors import SourceError, UsageError
+from safehold.errors import SourceError, TargetError
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 from safehold.sources.base import RestoreRequest, Source, StreamContent
@@ -108,7 +108,7 @@ def test_sqlite_under_a_busy_writer(
     restore(local_repo, source, snap, target=str(out))
     assert check_copy(out) >= ROWS + 20
     # Restoring over the live database needs --replace, then gives the snapshot's state.
-    with pytest.raises(UsageError, match="already exists"):
+    with pytest.raises(TargetError, match="already exists"):
         restore(local_repo, source, snap)
     restore(local_repo, source, snap, replace=True)
     with closing(sqlite3.connect(db)) as a, closing(sqlite3.connect(out)) as b:

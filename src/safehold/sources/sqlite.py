@@ -26,7 +26,9 @@ connection, not a pipe, so the copy cannot stream straight from SQLite to the ch
 
 Restoring writes the file next to the target, checks it with ``PRAGMA integrity_check``
 and only then renames it into place, removing a replaced database's stale ``-wal`` and
-``-shm`` files (SQLite would otherwise apply the old log to the new database).
+``-shm`` files (SQLite would otherwise apply the old log to the new database). A target
+that is refused (it exists and ``replace`` was not given, or it is not a regular file) or
+cannot be written is a :class:`~safehold.errors.TargetError` (exit 7), as for every source.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import BinaryIO
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
-from safehold.errors import IntegrityError, SourceError, TargetError, UsageError
+from safehold.errors import IntegrityError, SourceError, TargetError
 from safehold.sources.base import RestoreRequest, SnapshotFiles, Stream, StreamContent
 
 __all__ = ["Settings", "SqliteSource", "build"]
@@ -255,14 +257,17 @@ class SqliteSource:
         old = None
         if os.path.lexists(target):
             if not os.path.isfile(target) or os.path.islink(target):
-                raise UsageError(f"restore target {target!r} exists and is not a regular file")
+                raise TargetError(f"restore target {target!r} exists and is not a regular file")
             if not request.replace:
-                raise UsageError(
+                raise TargetError(
                     f"restore target {target!r} already exists",
                     hint="stop the applications using it, then restore with --replace, "
                     "or restore to another path",
                 )
-            old = os.stat(target)
+            try:
+                old = os.stat(target)
+            except OSError as exc:
+                raise TargetError(f"cannot look at {target!r}: {exc.strerror}") from exc
         folder = os.path.dirname(target)
         try:
             fd, tmp = tempfile.mkstemp(
@@ -276,21 +281,27 @@ class SqliteSource:
             except OSError as exc:
                 raise TargetError(f"writing {tmp!r} failed: {exc.strerror}") from exc
             _check_integrity(tmp)
-            if old is not None:
-                os.chmod(tmp, old.st_mode & 0o7777)
-                with suppress(PermissionError):
-                    os.chown(tmp, old.st_uid, old.st_gid)
-            # The replaced database's log belongs to it: left in place, SQLite would
-            # replay it over the restored file.
-            for suffix in ("-wal", "-shm", "-journal"):
-                with suppress(FileNotFoundError):
-                    os.unlink(target + suffix)
-            os.replace(tmp, target)
+            try:
+                if old is not None:
+                    os.chmod(tmp, old.st_mode & 0o7777)
+                    with suppress(PermissionError):
+                        os.chown(tmp, old.st_uid, old.st_gid)
+                # The replaced database's log belongs to it: left in place, SQLite would
+                # replay it over the restored file.
+                for suffix in ("-wal", "-shm", "-journal"):
+                    with suppress(FileNotFoundError):
+                        os.unlink(target + suffix)
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise TargetError(f"cannot put {tmp!r} in place: {exc.strerror}") from exc
         except BaseException:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(folder)
+        try:
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise TargetError(f"cannot sync {folder!r}: {exc.strerror}") from exc
 
     def __repr__(self) -> str:
         return f"SqliteSource(path={self.settings.path!r})"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from safehold.errors import IntegrityError, SourceError, TargetError, UsageError
+from safehold.errors import IntegrityError, SourceError, TargetError
 from safehold.sources import sqlite as sqlite_source
 from safehold.sources.base import RestoreRequest
 from safehold.sources.sqlite import Settings, SqliteSource, build
@@ -240,7 +240,7 @@ def test_restore_refuses_an_existing_database_unless_replace(tmp_path: Path) -> 
     with closing(sqlite3.connect(db, isolation_level=None)) as live:
         live.execute("PRAGMA wal_autocheckpoint=0")  # keep the change in the -wal file
         live.execute("DELETE FROM ledger")
-        with pytest.raises(UsageError, match="already exists"):
+        with pytest.raises(TargetError, match="already exists"):
             src.restore(files, RestoreRequest())
         assert (tmp_path / "app.db-wal").exists()
     # Closing checkpointed and removed the -wal; leave a stale one the way a crashed
