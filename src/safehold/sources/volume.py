@@ -6,34 +6,61 @@ one preallocated buffer of zeros, so a 100 GiB image holding 2 GiB of data costs
 reading. The stream still carries the full logical size (zeros chunk to a handful of
 deduplicated blobs), so a restore is byte-identical.
 
+A block device is read with direct I/O (``O_DIRECT``), past the device's page cache. A
+file system mounted from the device writes its files' data from their own caches straight
+to the device, never through the device's cache, so blocks of the device that an earlier
+read left in its cache go stale, and a buffered read, even right after a freeze, returns
+them: a file written three times through the mount, each write backed up with a freeze,
+came back as NULs in the second and third images. A direct read asks the device every
+time, so what is stored is what the device holds after the freeze. Chosen over flushing
+the device's cache after the freeze (``BLKFLSBUF``, then ``posix_fadvise(DONTNEED)``):
+that ioctl needs ``CAP_SYS_ADMIN`` (a backup user in the ``disk`` group may only read),
+drops only pages nothing holds, and a buffered read of a large device then pushes the
+machine's working set out of its page cache. Direct reads want page-aligned memory (the
+piece is an anonymous mapping) and offsets and lengths aligned to the device's block
+size (pieces are multiples of 64 KiB; a device's size is a multiple of its block size).
+Losing read-ahead costs nothing at 4 MiB a read, and the page-cache copy goes: 1 GiB loop
+devices, median of 5 interleaved runs, reading 462 -> 1954 MiB/s (backing file in the
+host's cache) and 535 -> 914 MiB/s (a direct-I/O loop device, read from disk); a whole
+backup 297 -> 458 and 271 -> 349 MiB/s. Image files are read through the page cache as
+before: it is the file's own, so it sees every write to it.
+
 An optional freeze: with ``freeze: /mount/point`` the file system is frozen
 (``fsfreeze -f``) before the image is opened and thawed (``fsfreeze -u``) when reading
 ends, also when it fails. While frozen, writes to that file system wait, so this suits a
 guest file system or a snapshot-capable setup rather than hours of upload; the commands
 are configurable (``freeze_command``/``thaw_command``, ``{mountpoint}`` is replaced).
+fsfreeze freezes the whole file system holding the path it is given, so the path must be
+a mount point, and the device's own mount point when the volume is a mounted device
+(:func:`check_freeze`); anything else is refused before freezing.
 
 Restoring writes a file sparse (all-zero blocks are skipped, then the file is truncated to
 its size) through a temporary file renamed into place, or a block device in full (every
-block, zeros included, since the device holds older data); a device smaller than the image
-is refused.
+block, zeros included, since the device holds older data); a device smaller than the image,
+or one that is mounted or held (the kernel refuses its exclusive open), is refused. Every
+refused or unwritable target is a :class:`~safehold.errors.TargetError` (exit 7).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import logging
+import mmap
 import os
+import re
 import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
-from safehold.errors import SourceError, TargetError, UsageError
+from safehold.errors import ConfigError, SourceError, TargetError
 from safehold.sources.base import RestoreRequest, SnapshotFiles, Stream, StreamContent
 from safehold.sources.process import ToolMissing
 
@@ -89,12 +116,13 @@ class Settings(BaseModel):
 class _VolumeReader(io.RawIOBase):
     """Reads an image in aligned pieces, serving holes from a zero buffer without reading."""
 
-    def __init__(self, fd: int, size: int, piece: int, path: str) -> None:
+    def __init__(self, fd: int, size: int, piece: int, path: str, *, direct: bool) -> None:
         self._fd = fd
         self._size = size
         self._path = path
         self._pos = 0  # the next byte of the image to put into a piece
-        self._piece = bytearray(piece)
+        # Direct reads need page-aligned memory: anonymous mappings are.
+        self._piece: bytearray | mmap.mmap = mmap.mmap(-1, piece) if direct else bytearray(piece)
         self._zeros = memoryview(bytes(piece))
         self._out = memoryview(b"")  # the rest of the current piece, not yet handed out
         # The current data extent [start, end); holes lie outside. None: look it up.
@@ -169,6 +197,19 @@ class _VolumeReader(io.RawIOBase):
             view, offset = view[got:], offset + got
 
 
+def _read_direct(fd: int, path: str) -> None:
+    """Turns on direct reads for a device (see the module docstring for why)."""
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError as exc:
+        raise SourceError(
+            f"cannot read device {path!r} directly (O_DIRECT): {exc.strerror}",
+            hint="a read through the page cache could store stale blocks of a mounted "
+            "file system; back up a snapshot of the device or an image file instead",
+        ) from exc
+
+
 def _image_size(fd: int, st: os.stat_result) -> int:
     if stat.S_ISREG(st.st_mode):
         return st.st_size
@@ -197,6 +238,108 @@ def _run(argv: list[str], what: str) -> None:
         raise SourceError(f"{what}: {argv[0]!r} exited with status {proc.returncode}: {detail}")
 
 
+# --- freeze ---------------------------------------------------------------------------------
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+@dataclass(frozen=True)
+class _Mount:
+    point: str  # where it is mounted
+    device: tuple[int, int]  # the file system's device number (major, minor)
+
+
+def _unescape(field: str) -> str:
+    # The kernel writes space, tab, newline and backslash in paths as octal escapes.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts() -> list[_Mount] | None:
+    """This process's mounts (None if the mount table cannot be read)."""
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    out = []
+    for line in lines:
+        # id parent major:minor root mount-point options [optional...] - type source ...
+        fields = line.split()
+        if len(fields) < 5 or ":" not in fields[2]:
+            continue
+        major, _, minor = fields[2].partition(":")
+        out.append(_Mount(_unescape(fields[4]), (int(major), int(minor))))
+    return out
+
+
+def _mount_point_of(path: str, mounts: list[_Mount] | None) -> str:
+    """The mount point of the file system that holds ``path`` (a real path)."""
+    if mounts is not None:
+        points = {m.point for m in mounts}
+        probe = path
+        while probe not in points and probe != "/":
+            probe = os.path.dirname(probe)
+        return probe
+    probe = path
+    while not os.path.ismount(probe):
+        probe = os.path.dirname(probe)
+    return probe
+
+
+def _uses_fsfreeze(cmd: list[str]) -> bool:
+    return any(os.path.basename(arg) == "fsfreeze" for arg in cmd)
+
+
+def check_freeze(settings: Settings) -> None:
+    """Refuses a ``freeze`` path that fsfreeze would turn into a freeze of something else.
+
+    fsfreeze freezes the whole file system that holds the path it is given: a plain folder
+    on the root file system froze all of ``/`` (and the backup reported success). So the
+    path must be a mount point, and when the volume is a mounted block device, one of the
+    device's own. Only checked when the freeze command is fsfreeze: another command (a
+    guest agent's) may name a mount point that this machine does not have.
+    """
+    mount = settings.freeze
+    if mount is None or not _uses_fsfreeze(settings.freeze_command):
+        return
+    real = os.path.realpath(mount)
+    mounts = _mounts()
+    if not os.path.isdir(real):
+        what = "is not a folder" if os.path.exists(real) else "does not exist"
+        raise ConfigError(
+            f"freeze: {mount!r} {what}, so it is not a mount point",
+            hint="set freeze to the mount point of the file system to freeze",
+        )
+    owner = _mount_point_of(real, mounts)
+    mounted_at = _device_mount_points(settings.path, mounts)
+    if owner != real:
+        where = f"; the volume is mounted at {mounted_at[0]!r}" if mounted_at else ""
+        raise ConfigError(
+            f"freeze: {mount!r} is not a mount point: it is a folder on the file system "
+            f"mounted at {owner!r}, and fsfreeze would freeze all of that file system",
+            hint=f"set freeze to the mount point of the file system to freeze{where}",
+        )
+    if mounted_at and real not in mounted_at:
+        raise ConfigError(
+            f"freeze: {mount!r} is not where the volume {settings.path!r} is mounted "
+            f"({', '.join(repr(p) for p in mounted_at)}): freezing it would not stop the "
+            "writes to the volume",
+            hint=f"set freeze to {mounted_at[0]!r}",
+        )
+
+
+def _device_mount_points(path: str, mounts: list[_Mount] | None) -> list[str]:
+    """Where the block device ``path`` is mounted ([] for a file, or an unmounted one)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []  # opening it will say why
+    if mounts is None or not stat.S_ISBLK(st.st_mode):
+        return []
+    device = (os.major(st.st_rdev), os.minor(st.st_rdev))
+    return [m.point for m in mounts if m.device == device]
+
+
 @contextmanager
 def _frozen(settings: Settings) -> Iterator[None]:
     """Freezes ``settings.freeze`` for the body; the thaw always runs once a freeze ran."""
@@ -204,6 +347,7 @@ def _frozen(settings: Settings) -> Iterator[None]:
     if mount is None:
         yield
         return
+    check_freeze(settings)
     freeze = [a.replace("{mountpoint}", mount) for a in settings.freeze_command]
     thaw = [a.replace("{mountpoint}", mount) for a in settings.thaw_command]
     try:
@@ -241,7 +385,10 @@ def _open_volume(settings: Settings) -> Iterator[BinaryIO]:
             st = os.fstat(fd)
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
                 raise SourceError(f"volume {path!r} is neither a file nor a block device")
-            reader = _VolumeReader(fd, _image_size(fd, st), settings.read_size, path)
+            device = stat.S_ISBLK(st.st_mode)
+            if device:
+                _read_direct(fd, path)
+            reader = _VolumeReader(fd, _image_size(fd, st), settings.read_size, path, direct=device)
             yield cast(BinaryIO, reader)
             log.debug("volume %s: %d bytes of holes skipped", path, reader.holes_skipped)
         finally:
@@ -311,14 +458,16 @@ class VolumeSource:
             st: os.stat_result | None = os.stat(target)
         except FileNotFoundError:
             st = None
+        except OSError as exc:
+            raise TargetError(f"cannot look at restore target {target!r}: {exc.strerror}") from exc
         if st is not None and stat.S_ISBLK(st.st_mode):
             self._restore_device(files, target, size, request.replace)
             return
         if st is not None:
             if not stat.S_ISREG(st.st_mode):
-                raise UsageError(f"restore target {target!r} is neither a file nor a device")
+                raise TargetError(f"restore target {target!r} is neither a file nor a device")
             if st.st_size > 0 and not request.replace:
-                raise UsageError(
+                raise TargetError(
                     f"restore target {target!r} already holds data",
                     hint="stop what uses it and restore with --replace, or restore elsewhere",
                 )
@@ -350,11 +499,14 @@ class VolumeSource:
                 os.close(fd)
             if offset != size:
                 raise SourceError(f"the saved image is {offset} bytes, expected {size}")
-            if old is not None:
-                os.chmod(tmp, old.st_mode & 0o7777)
-                with suppress(PermissionError):
-                    os.chown(tmp, old.st_uid, old.st_gid)
-            os.replace(tmp, target)
+            try:
+                if old is not None:
+                    os.chmod(tmp, old.st_mode & 0o7777)
+                    with suppress(PermissionError):
+                        os.chown(tmp, old.st_uid, old.st_gid)
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise TargetError(f"cannot put {tmp!r} in place: {exc.strerror}") from exc
         except BaseException:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -363,18 +515,25 @@ class VolumeSource:
     def _restore_device(self, files: SnapshotFiles, target: str, size: int, replace: bool) -> None:
         if not replace:
             # Whether a device holds data cannot be told without reading all of it.
-            raise UsageError(
+            raise TargetError(
                 f"restore target {target!r} is a block device; its contents would be overwritten",
                 hint="make sure nothing uses it, then restore with --replace",
             )
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+            # O_EXCL: the kernel refuses a device that is mounted or otherwise held (EBUSY).
+            fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
         except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise TargetError(
+                    f"restore target {target!r} is in use (mounted, or held by another "
+                    "program): writing under it would corrupt it",
+                    hint="unmount it or stop what holds it, then restore again",
+                ) from exc
             raise TargetError(f"cannot open device {target!r}: {exc.strerror}") from exc
         try:
             device_size = os.lseek(fd, 0, os.SEEK_END)
             if device_size < size:
-                raise UsageError(
+                raise TargetError(
                     f"device {target!r} holds {device_size} bytes, the image {size}",
                     hint="restore to a device at least as large, or to a file",
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import BinaryIO
 
 import pytest
 
-from safehold.errors import SourceError, UsageError
+from safehold.errors import ConfigError, ExitCode, SourceError, TargetError
 from safehold.sources.base import RestoreRequest, Stream
 from safehold.sources.process import ToolMissing
 from safehold.sources.volume import Settings, VolumeSource, build
@@ -163,7 +164,7 @@ def test_restore_refuses_a_target_with_data_unless_replace(tmp_path: Path) -> No
     files = MemoryFiles({"disk.img": b"new" * 1000})
     target = tmp_path / "disk.img"
     target.write_bytes(b"old data")
-    with pytest.raises(UsageError, match="already holds data"):
+    with pytest.raises(TargetError, match="already holds data"):
         src.restore(files, RestoreRequest())
     assert target.read_bytes() == b"old data"
     target.chmod(0o640)
@@ -179,7 +180,7 @@ def test_restore_refuses_a_target_with_data_unless_replace(tmp_path: Path) -> No
 
 def test_restore_refuses_a_folder(tmp_path: Path) -> None:
     src = build(Settings(path=str(tmp_path / "x.img")))
-    with pytest.raises(UsageError, match="neither a file nor a device"):
+    with pytest.raises(TargetError, match="neither a file nor a device"):
         src.restore(MemoryFiles({"x.img": b"1"}), RestoreRequest(target=str(tmp_path)))
 
 
@@ -274,6 +275,43 @@ def test_a_missing_freeze_tool_names_its_package(tmp_path: Path) -> None:
         read_stream(src.content().streams[0])
     assert "util-linux" in str(err.value)
     assert log.read_text() == "thaw /srv/vm\n"
+
+
+def _fake_fsfreeze(tmp_path: Path, log: Path) -> dict[str, list[str]]:
+    """Commands run by a stand-in *named* fsfreeze (so the mount point checks apply) that
+    only logs: a check that let a wrong path by would freeze nothing."""
+    fake = tmp_path / "bin" / "fsfreeze"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    return {
+        "freeze_command": [str(fake), "-f", "{mountpoint}"],
+        "thaw_command": [str(fake), "-u", "{mountpoint}"],
+    }
+
+
+def test_freeze_refuses_a_folder_that_is_not_a_mount_point(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    folder = tmp_path / "images"
+    folder.mkdir()
+    owner = subprocess.run(
+        ["findmnt", "--noheadings", "--output", "TARGET", "--target", str(folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    commands = _fake_fsfreeze(tmp_path, log)
+    src = _frozen_source(tmp_path, log, freeze=str(folder), **commands)
+    with pytest.raises(ConfigError) as err:
+        read_stream(src.content().streams[0])
+    assert err.value.exit_code == ExitCode.USAGE
+    assert f"{str(folder)!r} is not a mount point" in err.value.message
+    assert f"on the file system mounted at {owner!r}" in err.value.message
+    # A path that does not exist is no mount point either.
+    src = _frozen_source(tmp_path, log, freeze=str(tmp_path / "gone"), **commands)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_stream(src.content().streams[0])
+    assert not log.exists()  # nothing was frozen, nor thawed
 
 
 def test_settings_are_checked() -> None:
