@@ -43,6 +43,13 @@ def register(sub: Any) -> None:
     p.add_argument("--parent", metavar="SNAPSHOT", help="compare against this snapshot")
     p.add_argument("--force", action="store_true", help="read every file, changed or not")
     p.add_argument(
+        "--no-xattrs",
+        action="store_true",
+        help="do not save extended attributes (user.*, trusted.*, security.*: file "
+        "capabilities, SELinux labels); ACLs are saved unless --no-acls",
+    )
+    p.add_argument("--no-acls", action="store_true", help="do not save POSIX ACLs")
+    p.add_argument(
         "--stdin-name",
         metavar="NAME",
         help="back up standard input (or --command's output) as the file NAME",
@@ -85,6 +92,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         stdin_name=args.stdin_name,
         stdin=sys.stdin.buffer if args.stdin_name and not args.command else None,
         command=shlex.split(args.command) if args.command else None,
+        xattrs=not args.no_xattrs,
+        acls=not args.no_acls,
     )
     if args.threads:
         opts.threads = max(1, args.threads)

@@ -17,9 +17,9 @@ def register(sub: Any) -> None:
         help="show what changed between two snapshots",
         description="Compare snapshot A with snapshot B (id prefixes, or 'latest'). One line "
         "per path: '+' added, '-' removed, 'M' content changed, 'U' only metadata (mode, "
-        "owner, modification time) changed, 'T' type changed; then a summary. Folders end "
-        "in '/'. Identical folders are skipped without being read, so a diff takes time in "
-        "proportion to what changed.",
+        "owner, modification time, extended attributes, ACLs) changed, 'T' type changed; "
+        "then a summary. Folders end in '/'. Identical folders are skipped without being "
+        "read, so a diff takes time in proportion to what changed.",
     )
     p.add_argument("snapshot_a", metavar="A", help="the older snapshot")
     p.add_argument("snapshot_b", metavar="B", help="the newer snapshot")

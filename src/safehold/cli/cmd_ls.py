@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import stat
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 from safehold.cli.cmd_snapshots import snapshot_json
 from safehold.cli.context import Context, add_latest_filters, find_snapshot
+from safehold.engine import xattrs as xa
 from safehold.engine.dump import locate
 from safehold.engine.walk import walk
 from safehold.repository import tree as t
@@ -41,7 +43,11 @@ def register(sub: Any) -> None:
     p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot id prefix or 'latest'")
     p.add_argument("path", nargs="?", metavar="PATH", help="list only this path in the snapshot")
     p.add_argument(
-        "-l", "--long", action="store_true", help="show type, mode, owner, size and time"
+        "-l",
+        "--long",
+        action="store_true",
+        help="show type, mode, owner, size and time, and below an item its extended "
+        "attributes and ACLs ('+' after the mode: it has an ACL)",
     )
     p.add_argument(
         "-R", "--recursive", action="store_true", help="with PATH: list everything below it"
@@ -68,8 +74,36 @@ def listing(
 
 
 def permissions(node: t.Node) -> str:
-    """``-rw-r--r--`` as ``ls -l`` shows it."""
-    return stat.filemode(_FORMAT_BITS.get(node.type, 0) | node.mode)
+    """``-rw-r--r--`` as ``ls -l`` shows it; with a ``+`` after it (as GNU ls) if the item
+    has an ACL."""
+    bits = stat.filemode(_FORMAT_BITS.get(node.type, 0) | node.mode)
+    return bits + "+" if xa.ACL_ACCESS in node.xattrs or xa.ACL_DEFAULT in node.xattrs else bits
+
+
+def attr_lines(node: t.Node) -> list[str]:
+    """The item's extended attributes, one a line, as ``getfattr -d`` shows them (a value
+    that is text in quotes, any other in base64 after ``0s``), but ACLs as ``getfacl -n``
+    writes their entries: ``acl: user::rw-,user:1000:rwx,...``."""
+    out = []
+    for name, value in sorted(node.xattrs.items()):
+        entries = xa.acl_text(value) if name in (xa.ACL_ACCESS, xa.ACL_DEFAULT) else None
+        if entries is not None:
+            label = "acl" if name == xa.ACL_ACCESS else "default acl"
+            out.append(f"{label}: {','.join(entries)}")
+        else:
+            out.append(f"{name}={_attr_value(value)}")
+    return out
+
+
+def _attr_value(value: bytes) -> str:
+    text = value[:-1] if value.endswith(b"\0") else value  # C strings keep their NUL
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        decoded = ""
+    if decoded.isprintable() and (decoded or not value):
+        return json.dumps(decoded, ensure_ascii=False)
+    return "0s" + base64.b64encode(value).decode("ascii")
 
 
 def node_json(path: str, node: t.Node) -> dict[str, Any]:
@@ -90,7 +124,17 @@ def node_json(path: str, node: t.Node) -> dict[str, Any]:
         "links": node.links,
         "inode": node.inode,
         "error": node.error or None,
+        # Extended attributes by name, values in base64 (ACLs among them, raw), and the
+        # ACLs' entries again as getfacl -n writes them.
+        "xattrs": t.encode_xattrs(node.xattrs) if node.xattrs else None,
+        "acl": _acl(node, xa.ACL_ACCESS),
+        "default_acl": _acl(node, xa.ACL_DEFAULT),
     }
+
+
+def _acl(node: t.Node, name: str) -> list[str] | None:
+    value = node.xattrs.get(name)
+    return None if value is None else xa.acl_text(value)
 
 
 def long_line(path: str, node: t.Node) -> str:
@@ -139,4 +183,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         for item_path, item in items:
             line = long_line(item_path, item) if args.long else item_path
             out.write(line.encode("utf-8", "surrogateescape") + b"\n")
+            if args.long and item.xattrs:
+                attrs = "".join(f"    {a}\n" for a in attr_lines(item))
+                out.write(attrs.encode("utf-8", "surrogateescape"))
     return 0

@@ -10,9 +10,11 @@ from typing import Any
 from safehold.cli.config_run import add_config_arguments, restore_from_config
 from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.cli.progress import make_progress
-from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.engine.restore import RestoreOptions, RestoreResult, run_restore
 from safehold.engine.restore_folders import raise_open_files_limit
 from safehold.errors import ExitCode, UsageError
+
+FIRST_SOCKETS = 10  # sockets named in the summary (all are counted)
 
 
 def register(sub: Any) -> None:
@@ -58,6 +60,15 @@ def register(sub: Any) -> None:
         "direct I/O where the file system supports it (less CPU, and the data is on disk "
         "when restore ends)",
     )
+    p.add_argument(
+        "--no-xattrs",
+        action="store_true",
+        help="do not set the saved extended attributes (user.*, trusted.*, security.*); "
+        "ACLs are set unless --no-acls. Attributes the kernel refuses (trusted.* and file "
+        "capabilities, unless root) are named in one warning per kind; exit code 3 only "
+        "if one is refused to root or by the target's file system",
+    )
+    p.add_argument("--no-acls", action="store_true", help="do not set the saved POSIX ACLs")
     add_latest_filters(p)
     add_config_arguments(p)
     p.set_defaults(func=run)
@@ -67,6 +78,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.config:
         if args.buffered:
             raise UsageError("--buffered applies to a restore into a folder, without --config")
+        if args.no_xattrs or args.no_acls:
+            raise UsageError(
+                "--no-xattrs and --no-acls apply to a restore into a folder, without --config"
+            )
         return restore_from_config(args, ctx)
     for flag, given in (
         ("--source", args.source),
@@ -91,6 +106,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             direct=not args.buffered,
             # Worker processes, each with its own interpreter lock (engine/restore_procs.py).
             processes=os.cpu_count() or 1,
+            xattrs=not args.no_xattrs,
+            acls=not args.no_acls,
         ),
         make_progress(ctx.progress_enabled()),
     )
@@ -104,6 +121,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 "bytes": result.bytes,
                 "errors": [{"path": p, "error": m} for p, m in result.errors],
                 "damaged": [{"path": p, "error": m} for p, m in result.damaged],
+                "attrs_not_set": [n.to_json() for n in result.attrs_not_set],
+                "sockets": {
+                    "count": len(result.sockets),
+                    "paths": result.sockets[:FIRST_SOCKETS],
+                },
             }
         )
     else:
@@ -114,6 +136,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
     for p, m in result.errors:
         print(f"safehold: could not restore {p}: {m}", file=sys.stderr)
+    attrs_lost = _report_metadata(result)
     if result.damaged:
         # Everything else was restored; what a damaged, missing or hostile tree holds was
         # not, and nothing of it was written anywhere.
@@ -126,4 +149,29 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             file=sys.stderr,
         )
         return ExitCode.INTEGRITY
-    return 0 if not result.errors else ExitCode.PARTIAL
+    return 0 if not (result.errors or attrs_lost) else ExitCode.PARTIAL
+
+
+def _report_metadata(result: RestoreResult) -> bool:
+    """Say what the restore left out of a complete restore of the data: sockets, and the
+    extended attributes the kernel refused. True if some were refused beyond what the
+    restore was expected to be refused (exit code 3): to root, or by the target's file
+    system. A user who is not root cannot set trusted.* attributes or file capabilities,
+    as it cannot set owners: those are named, and the exit code stays 0."""
+    if result.sockets:
+        n = len(result.sockets)
+        shown = ", ".join(result.sockets[:FIRST_SOCKETS]) + (", ..." if n > FIRST_SOCKETS else "")
+        print(
+            f"safehold: note: {n} socket{'s' if n != 1 else ''} not made again (a socket is "
+            f"made by the program that listens on it): {shown}",
+            file=sys.stderr,
+        )
+    for lost in result.attrs_not_set:
+        print(f"safehold: warning: {lost.describe()}", file=sys.stderr)
+    if any(lost.expected for lost in result.attrs_not_set):
+        print(
+            "  hint: only root may set these; restore as root to keep them, or pass "
+            "--no-xattrs / --no-acls not to try",
+            file=sys.stderr,
+        )
+    return any(not lost.expected for lost in result.attrs_not_set)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 from safehold import __version__
+from safehold.engine import xattrs as xa
 from safehold.engine.backup_plan import Planner, build_tree, root_plan
 from safehold.engine.prescan import Prescan
 from safehold.engine.progress import NO_PROGRESS, Progress
@@ -61,6 +62,8 @@ class BackupOptions:
     source_kind: str | None = None  # recorded as snapshot.source (default: from the above)
     source_name: str | None = None  # a configured source's name: parent/chain follow it
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    xattrs: bool = True  # save extended attributes (engine/xattrs.py)...
+    acls: bool = True  # ...and POSIX ACLs
 
 
 @dataclass
@@ -124,6 +127,10 @@ def _streams(opts: BackupOptions) -> list[Stream]:
     stream = opts.stdin
     assert stream is not None
     return [Stream(name, lambda: nullcontext(stream))]
+
+
+def _attr_choice(opts: BackupOptions) -> xa.Choice:
+    return xa.Choice(xattrs=opts.xattrs, acls=opts.acls)
 
 
 def _source_kind(opts: BackupOptions) -> str:
@@ -231,6 +238,7 @@ def run_backup(
             source_name=opts.source_name or "",
             summary=summary,
             errors=[{"path": p, "error": m} for p, m in errors],
+            attrs=xa.kinds(_attr_choice(opts)) if paths else [],
         )
         repo.save_snapshot(snap)
     return BackupResult(snap, errors, summary)
@@ -388,6 +396,8 @@ def _backup_paths(
             on_job=lambda job: queue.put(job, job[1].size),  # read while the walk goes on
             prescan=prescan,
             vanished=vanished,
+            attrs=_attr_choice(opts),
+            attrs_in_parent=parent is not None and parent.attrs == xa.kinds(_attr_choice(opts)),
         )
         progress.start("scan")
         root = root_plan(planner, parent.tree if parent else None)

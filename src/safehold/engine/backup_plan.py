@@ -7,6 +7,12 @@ moves on any content, mode, owner or link change, so equal ctimes mean equal met
 A folder whose items are all unchanged keeps the parent's tree id and is not encoded
 again. That is what makes a backup with few changes cost little more than the stats.
 
+Extended attributes and ACLs (engine/xattrs.py) are read for new and changed items only;
+setting one moves the item's ctime, so an unchanged item's parent node has them right,
+provided the parent snapshot read the same kinds (``attrs_in_parent``). When it did not (a
+parent made before they were stored, or with other ``--no-xattrs``/``--no-acls``), each
+unchanged item's attributes are read once and its node kept if they agree.
+
 The result is a plan: the folders' items, and the list of files that must be read, which
 the backup then reads in parallel, largest first.
 """
@@ -20,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from safehold.engine import xattrs as xa
 from safehold.engine.prescan import Entry, Prescan
 from safehold.engine.scan import Excluder, StatLike, node_from_stat
 from safehold.engine.vanished import VANISHED, Vanished
@@ -98,6 +105,10 @@ class Planner:
     prescan: Prescan | None = None
     # Folders that vanished during the backup, shared with the readers (one error each).
     vanished: Vanished = field(default_factory=Vanished)
+    # The extended attributes to save, and whether the parent snapshot saved the same
+    # kinds (xattrs.kinds): only then are its nodes of unchanged items kept unread.
+    attrs: xa.Choice = field(default_factory=xa.Choice)
+    attrs_in_parent: bool = False
 
     def _parent_plan(self, old: JsonNode | None) -> DirPlan:
         if old is None or old.get("type") != t.DIR or not old.get("subtree") or self.force:
@@ -144,8 +155,8 @@ class Planner:
                 and self._in_chain(old.get("content", []))
             ):
                 self.files_unchanged += 1
-                return old
-            node = node_from_stat(name, st, path)
+                return old if self.attrs_in_parent else self._kept(path, old)
+            node = self._new(name, st, path)
             if old is None:
                 self.files_new += 1
             else:
@@ -157,15 +168,47 @@ class Planner:
         if kind == t.DIR:
             self.dirs += 1
             meta: JsonNode | t.Node = (
-                old if same_meta and old is not None else node_from_stat(name, st, path)
+                self._same(path, old)
+                if same_meta and old is not None
+                else self._new(name, st, path)
             )
             plan = self._parent_plan(old)
             if not (self.one_file_system and st.st_dev != dev):
                 self.walk(path, plan, st.st_dev, meta)
             return DirItem(meta, plan)
         if same_meta and old is not None:
+            return self._same(path, old)
+        return self._new(name, st, path)
+
+    def _new(self, name: str, st: StatLike, path: str) -> t.Node:
+        """The node of a new or changed item, with its extended attributes."""
+        node = node_from_stat(name, st, path)
+        if self.attrs.any:
+            node.xattrs, problem = xa.read(path, self.attrs)
+            if problem:
+                self.errors.append((path, f"extended attributes not saved: {problem}"))
+        return node
+
+    def _same(self, path: str, old: JsonNode) -> JsonNode | t.Node:
+        return old if self.attrs_in_parent else self._kept(path, old)
+
+    def _kept(self, path: str, old: JsonNode) -> JsonNode | t.Node:
+        """An unchanged item's parent node, when the parent did not save the attributes
+        this backup saves: kept if they agree, else a new node with this backup's."""
+        if self.attrs.any:
+            attrs, problem = xa.read(path, self.attrs)
+            if problem:
+                self.errors.append((path, f"extended attributes not saved: {problem}"))
+        elif "xattrs" not in old:
             return old
-        return node_from_stat(name, st, path)
+        else:
+            attrs = {}
+        if (t.encode_xattrs(attrs) if attrs else {}) == old.get("xattrs", {}):
+            return old
+        # (the parent's attributes are not decoded: they are replaced)
+        node = t.Node.from_json({k: v for k, v in old.items() if k != "xattrs"})
+        node.xattrs = attrs
+        return node
 
     def walk(self, path: str, plan: DirPlan, dev: int, meta: JsonNode | t.Node) -> None:
         """Fill ``plan`` with the items of the folder at ``path``."""
@@ -262,7 +305,9 @@ class Planner:
                     and old.get("ctime") == st.st_ctime_ns
                 )
                 meta: JsonNode | t.Node = (
-                    old if same and old is not None else node_from_stat(part, st, prefix)
+                    self._same(prefix, old)
+                    if same and old is not None
+                    else self._new(part, st, prefix)
                 )
                 item = DirItem(meta, self._parent_plan(old))
             plan.items = [x for x in plan.items if _name(x) != part]

@@ -8,7 +8,7 @@ Each path that differs gets one change:
 
 ``+`` added, ``-`` removed (everything below an added or removed folder is listed too),
 ``M`` modified (a file's content or size, a symlink's target, a device's number),
-``U`` metadata only (mode, owner, modification time),
+``U`` metadata only (mode, owner, modification time, extended attributes and ACLs),
 ``T`` type changed (a file became a folder, ...; what is below is listed as added/removed).
 
 Change times, inode numbers and link counts are not compared: they change without the
@@ -92,6 +92,7 @@ def metadata_differs(a: t.Node, b: t.Node) -> bool:
         or a.user != b.user
         or a.group != b.group
         or a.mtime_ns != b.mtime_ns
+        or a.xattrs != b.xattrs
     )
 
 

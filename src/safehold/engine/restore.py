@@ -44,8 +44,10 @@ from typing import Any
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.engine.restore_folders import (
     Folder,
+    SetAttrs,
     folder_budget,
     make_folder,
+    make_writable,
     set_entry_meta,
     set_folder_meta,
 )
@@ -60,6 +62,7 @@ from safehold.engine.restore_write import (
     target_error,
 )
 from safehold.engine.walk import normalize, selected
+from safehold.engine.xattrs import AttrSetter, Choice, NotSet
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository, pack_name
@@ -104,6 +107,8 @@ class RestoreOptions:
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)  # chown only as root
     overwrite: bool = True
     direct: bool = True  # large blobs written with direct I/O (restore_write)
+    xattrs: bool = True  # set the saved extended attributes (engine/xattrs.py)...
+    acls: bool = True  # ...and ACLs
 
 
 @dataclass
@@ -115,6 +120,11 @@ class RestoreResult:
     errors: list[tuple[str, str]] = field(default_factory=list)
     # (folder, why) of folders whose tree is damaged, missing or hostile: left empty
     damaged: list[tuple[str, str]] = field(default_factory=list)
+    # Extended attributes the kernel refused, by kind and reason (the data is complete).
+    attrs_not_set: list[NotSet] = field(default_factory=list)
+    # Sockets in the snapshot, not made again: a socket is made by the program that
+    # listens on it, and holds nothing to restore.
+    sockets: list[str] = field(default_factory=list)
 
 
 def spans(blobs: list[_Blob], max_span: int = MAX_SPAN) -> list[tuple[int, int, list[_Blob]]]:
@@ -166,7 +176,14 @@ class _Restorer:
         self.progress = progress
         self.result = RestoreResult()
         direct = opts.direct and suits_direct_io(opts.target)
-        self.writer = FileWriter(owner=opts.owner, overwrite=opts.overwrite, direct=direct)
+        self.attrs = AttrSetter(Choice(xattrs=opts.xattrs, acls=opts.acls), privileged=opts.owner)
+        self.writer = FileWriter(
+            owner=opts.owner,
+            overwrite=opts.overwrite,
+            direct=direct,
+            attrs=self.attrs if self.attrs.choice.any else None,
+        )
+        self.folder_attrs: dict[Folder, Any] = {}  # the ``xattrs`` of folders with any
         self.root: Folder | None = None
         self.dirs: list[tuple[Folder, Meta]] = []
         # Folders kept open (restore_folders): at most ``budget``, those with most files
@@ -239,7 +256,7 @@ class _Restorer:
                     continue
                 except OSError as exc:
                     raise target_error(out, exc) from exc
-                self._entry_meta(fd, name, d, is_link=True)
+                self._entry_meta(fd, name, d, is_link=True, path=out)
             elif typ == t.FIFO:
                 try:
                     with contextlib.suppress(FileNotFoundError):
@@ -247,7 +264,7 @@ class _Restorer:
                     os.mkfifo(name, d.get("mode", 0) & 0o7777, dir_fd=fd)
                 except OSError as exc:
                     raise target_error(out, exc) from exc
-                self._entry_meta(fd, name, d, is_link=False)
+                self._entry_meta(fd, name, d, is_link=False, path=out)
             elif typ in (t.CHARDEV, t.BLOCKDEV):
                 kind = stat.S_IFCHR if typ == t.CHARDEV else stat.S_IFBLK
                 try:
@@ -259,7 +276,9 @@ class _Restorer:
                     continue
                 except OSError as exc:
                     raise target_error(out, exc) from exc
-                self._entry_meta(fd, name, d, is_link=False)
+                self._entry_meta(fd, name, d, is_link=False, path=out)
+            elif typ == t.SOCKET:
+                self.result.sockets.append(out)
         return files
 
     def _plan_folder(
@@ -278,6 +297,13 @@ class _Restorer:
             raise target_error(out, exc) from exc
         folder = Folder(out, name, parent, fd)
         self.dirs.append((folder, _meta(d)))
+        if "xattrs" in d:
+            self.folder_attrs[folder] = d["xattrs"]
+        if not created:
+            try:
+                make_writable(fd)  # (it gets its saved mode last)
+            except OSError as exc:
+                raise target_error(out, exc) from exc
         self.result.dirs += 1
         # A new folder takes the set-group-id bit of its parent.
         sub_setgid = setgid if created else _setgid(fd)
@@ -297,10 +323,23 @@ class _Restorer:
         else:
             folder.close()  # opened again when needed (Folder.open)
 
-    def _entry_meta(self, fd: int, name: str, d: dict[str, Any], *, is_link: bool) -> None:
+    def _entry_meta(
+        self, fd: int, name: str, d: dict[str, Any], *, is_link: bool, path: str = ""
+    ) -> None:
         # A symlink, FIFO or device: nothing restore does later changes its times.
+        attrs = self._attr_setter(d["xattrs"], path or name) if "xattrs" in d else None
         with contextlib.suppress(OSError):
-            set_entry_meta(fd, name, _meta(d), self.opts.owner, is_link=is_link)
+            set_entry_meta(fd, name, _meta(d), self.opts.owner, is_link=is_link, attrs=attrs)
+
+    def _attr_setter(self, attrs: Any, path: str) -> SetAttrs | None:
+        """What sets ``attrs`` (a node's ``xattrs``) on the item restored at ``path``."""
+        if not self.attrs.choice.any:
+            return None
+
+        def set_attrs(target: int | str, follow: bool) -> None:
+            self.attrs.set(target, attrs, path, follow=follow)
+
+        return set_attrs
 
     def _damaged(self, folder: Folder, tree_id: object, exc: Exception) -> None:
         """The tree of ``folder`` cannot be restored: nothing of it is, the rest goes on."""
@@ -337,6 +376,7 @@ class _Restorer:
         self.result.bytes += size
         meta = _meta(d)
         f = OpenFile(folder, name, out, meta, size, len(content), bool(d.get("sparse", False)))
+        f.xattrs = d.get("xattrs")
         if key is not None:
             self.hardlinks[key] = f
         # Created by this process, the file has its user and group already.
@@ -474,11 +514,14 @@ class _Restorer:
             self._link(self.hardlinks[key], folder, name, out)
         owner = self.opts.owner
         for folder, meta in reversed(self.dirs):
+            attrs = self.folder_attrs.get(folder)
+            setter = None if attrs is None else self._attr_setter(attrs, folder.path)
             try:
                 with _descriptor(folder) as fd:
-                    set_folder_meta(fd, meta, owner)
+                    set_folder_meta(fd, meta, owner, attrs=setter)
             except OSError as exc:
                 raise target_error(folder.path, exc) from exc
+        self.result.attrs_not_set = self.attrs.failures()
         self.progress.finish()
 
     def _link(self, first: OpenFile, folder: Folder, name: str, out: str) -> None:
@@ -510,10 +553,22 @@ class _Restorer:
 
         def child_setup(progress: Progress) -> None:
             self.progress = progress  # a child reports through its pipe
+            self.attrs.reset()  # and sends what it could not set when done
+
+        def child_notes() -> list[dict[str, Any]]:
+            return [n.to_json() for n in self.attrs.failures()]
 
         self.writer.shared = True
         try:
-            run_forked(self._do_pack, wanted, self.opts.processes, self.progress, child_setup)
+            run_forked(
+                self._do_pack,
+                wanted,
+                self.opts.processes,
+                self.progress,
+                child_setup,
+                child_notes=child_notes,
+                on_notes=self.attrs.merge,
+            )
         finally:
             self.writer.shared = False
         finished = sum(self.writer.finish_created(f) for f in self.multi)

@@ -34,12 +34,14 @@ import errno
 import os
 import resource
 import stat
+from collections.abc import Callable
 
 __all__ = [
     "Folder",
     "chmod_entry",
     "folder_budget",
     "make_folder",
+    "make_writable",
     "open_folder",
     "raise_open_files_limit",
     "set_entry_meta",
@@ -48,6 +50,9 @@ __all__ = [
 
 # (mode, uid, gid, mtime in ns), as in restore_write.Meta
 Meta = tuple[int, int, int, int]
+# Sets an item's extended attributes, given its descriptor or a path to it, and whether
+# to follow a symlink there (engine/xattrs.py, AttrSetter.set).
+SetAttrs = Callable[[int | str, bool], None]
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # A folder restore may not read (an existing one, restoring as a user without its read
@@ -147,33 +152,49 @@ def make_folder(name: str, parent: int) -> tuple[int, bool]:
     return open_folder(name, parent), True
 
 
-def set_folder_meta(fd: int, meta: Meta, owner: bool) -> None:
-    """Owner, mode and times of the folder open as ``fd`` (owner first: a change of owner
-    clears set-id bits)."""
+def set_folder_meta(fd: int, meta: Meta, owner: bool, *, attrs: SetAttrs | None = None) -> None:
+    """Owner, extended attributes, mode and times of the folder open as ``fd`` (owner
+    first: a change of owner clears set-id bits; the mode after an ACL, whose mask it
+    sets again)."""
     try:
-        _set_meta(fd, meta, owner)
+        _set_meta(fd, meta, owner, attrs)
     except OSError as exc:
         if exc.errno != errno.EBADF or not _O_PATH:
             raise
-        _set_meta(f"/proc/self/fd/{fd}", meta, owner)  # an O_PATH descriptor (open_folder)
+        # an O_PATH descriptor (open_folder)
+        _set_meta(f"/proc/self/fd/{fd}", meta, owner, attrs)
 
 
-def _set_meta(target: int | str, meta: Meta, owner: bool) -> None:
+def _set_meta(target: int | str, meta: Meta, owner: bool, attrs: SetAttrs | None) -> None:
     mode, uid, gid, mtime_ns = meta
     if owner:
         with contextlib.suppress(OSError):
             os.chown(target, uid, gid)
+    if attrs is not None:
+        attrs(target, True)
     os.chmod(target, mode)
     os.utime(target, ns=(mtime_ns, mtime_ns))
 
 
-def set_entry_meta(parent: int, name: str, meta: Meta, owner: bool, *, is_link: bool) -> None:
-    """Owner, mode (not for a symlink) and times of the symlink, FIFO or device ``name``
-    in ``parent``, never following a link."""
+def set_entry_meta(
+    parent: int,
+    name: str,
+    meta: Meta,
+    owner: bool,
+    *,
+    is_link: bool,
+    attrs: SetAttrs | None = None,
+) -> None:
+    """Owner, extended attributes, mode (not for a symlink) and times of the symlink, FIFO
+    or device ``name`` in ``parent``, never following a link."""
     mode, uid, gid, mtime_ns = meta
     if owner:
         with contextlib.suppress(OSError):
             os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
+    if attrs is not None:
+        # No *xattr call takes a folder descriptor: the name is reached through the
+        # folder's own /proc link, and a link there is the link itself (not followed).
+        attrs(f"/proc/self/fd/{parent}/{name}", False)
     if not is_link:
         chmod_entry(parent, name, mode)
     os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
@@ -193,6 +214,23 @@ def chmod_entry(parent: int, name: str, mode: int) -> None:
         os.chmod(f"/proc/self/fd/{fd}", mode)
     finally:
         os.close(fd)
+
+
+def make_writable(fd: int) -> None:
+    """Let this process create and replace things in the folder open as ``fd``, which it
+    found (not created) in the target: a read-only folder of its own (of an earlier
+    restore, say) gets its owner's write and search bits until it gets its saved mode, last.
+    A folder of someone else's is left as it is (root writes in it anyway)."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o300 == 0o300:
+        return
+    mode = stat.S_IMODE(st.st_mode) | 0o700
+    try:
+        os.chmod(fd, mode)
+    except OSError as exc:
+        if exc.errno != errno.EBADF or not _O_PATH:
+            raise
+        os.chmod(f"/proc/self/fd/{fd}", mode)  # an O_PATH descriptor (open_folder)
 
 
 def folder_budget() -> int:

@@ -17,7 +17,9 @@ How the work is shared (POSIX ``fork``, after planning, so every child has the p
   Larger packs come first, so the last ones to finish are short.
 * reports: each child writes fixed-size progress records, and at most one error record,
   into a second pipe; a thread of the parent forwards progress to its sink, and on an
-  error stops handing out tickets, ends the other children and raises the same error.
+  error stops handing out tickets, ends the other children and raises the same error. A
+  child that finishes also sends its notes, if any (what it could not do that does not
+  stop the restore: extended attributes the kernel refused), which the parent merges.
 * files of several blobs, whose blobs may be in packs of different processes, are created
   by the parent before the fork and finished (owner, mode, times) by it after the
   children: a worker opens one only to write its blobs at their offsets. Everything else
@@ -57,7 +59,7 @@ MIN_PACKS_PER_CHILD = 2
 
 _TICKET = struct.Struct("<I")
 _RECORD = struct.Struct("<Bqq")  # kind, then two numbers (progress) or a length (error)
-_PROGRESS, _ERROR = 1, 2
+_PROGRESS, _ERROR, _NOTES = 1, 2, 3
 _CHUNK = 4096  # ticket writes of at most PIPE_BUF bytes are atomic: whole records only
 
 Work = Callable[[bytes, Any], None]
@@ -83,11 +85,16 @@ def run_forked(
     processes: int,
     progress: Progress,
     child_setup: Callable[[Progress], None],
+    *,
+    child_notes: Callable[[], list[dict[str, Any]]] | None = None,
+    on_notes: Callable[[Any], None] | None = None,
 ) -> None:
     """Run ``work(pack_id, blobs)`` for every pack, in this process and ``processes - 1``
     forked children, ``THREADS`` threads each; ``child_setup(progress)`` prepares a child's
     copy of the caller's state. Raises the first error (a child's with its type, message and
-    hint), or a SafeholdError if a child died without one."""
+    hint), or a SafeholdError if a child died without one. A child that finished sends
+    each of its ``child_notes()`` (JSON objects) to ``on_notes``, which gets a list of them
+    in a thread of this process."""
     reports_r, reports_w = os.pipe()
     tickets_r, tickets_w = os.pipe()
     pids: list[int] = []
@@ -105,7 +112,8 @@ def run_forked(
             if pid == 0:
                 os.close(reports_r)
                 os.close(tickets_w)
-                _child(work, packs, tickets_r, reports_w, child_setup)  # never returns
+                # (never returns)
+                _child(work, packs, tickets_r, reports_w, child_setup, child_notes)
             pids.append(pid)
     except BaseException:
         for fd in (reports_r, reports_w, tickets_r, tickets_w):
@@ -121,7 +129,7 @@ def run_forked(
 
     def relay() -> None:
         try:
-            outcome.append(_relay(reports_r, tickets_w, len(packs), progress, pids, stop))
+            outcome.append(_relay(reports_r, tickets_w, len(packs), progress, pids, stop, on_notes))
         except BaseException as exc:
             outcome.append(exc)
             stop.set()
@@ -182,6 +190,7 @@ def _relay(
     progress: Progress,
     pids: list[int],
     stop: threading.Event,
+    on_notes: Callable[[Any], None] | None = None,
 ) -> BaseException | None:
     """Hand out tickets and forward reports until every child has closed its end."""
     pending = memoryview(b"".join(_TICKET.pack(k) for k in range(count)))
@@ -224,6 +233,11 @@ def _relay(
                     break  # the rest of the error record is still coming
                 raw = bytes(buf[_RECORD.size : _RECORD.size + a])
                 del buf[: _RECORD.size + a]
+                if kind == _NOTES:
+                    if on_notes is not None:
+                        with contextlib.suppress(ValueError):
+                            on_notes(json.loads(raw))
+                    continue
                 if failure is None:
                     failure = _rebuild(raw)
                     stop.set()
@@ -241,6 +255,7 @@ def _child(
     tickets: int,
     reports: int,
     child_setup: Callable[[Progress], None],
+    child_notes: Callable[[], list[dict[str, Any]]] | None,
 ) -> None:
     code = 0
     try:
@@ -248,6 +263,10 @@ def _child(
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         child_setup(_PipeProgress(reports))
         _work(work, packs, tickets, threading.Event())
+        for note in child_notes() if child_notes is not None else []:
+            raw = _note_record(note)
+            if raw:
+                os.write(reports, raw)
     except BaseException as exc:
         code = 1
         with contextlib.suppress(BaseException):
@@ -255,6 +274,21 @@ def _child(
             os.write(reports, _RECORD.pack(_ERROR, len(raw), 0) + raw)
     finally:
         os._exit(code)
+
+
+def _note_record(note: dict[str, Any]) -> bytes:
+    """One note as a record of at most PIPE_BUF bytes, written whole (atomically) between
+    the other children's records: the paths it names are cut to fit ("" if nothing fits)."""
+    note = dict(note)
+    paths = list(note.get("paths", []))
+    while True:
+        note["paths"] = paths
+        raw = json.dumps([note]).encode()
+        if _RECORD.size + len(raw) <= select.PIPE_BUF:
+            return _RECORD.pack(_NOTES, len(raw), 0) + raw
+        if not paths:
+            return b""
+        paths.pop()
 
 
 def _describe_error(exc: BaseException) -> bytes:

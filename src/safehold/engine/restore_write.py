@@ -4,13 +4,18 @@ A restored file is created by its name relative to its folder's descriptor
 (:mod:`safehold.engine.restore_folders`: no path through folders is ever looked up), and
 exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``), which also refuses to follow a symlink
 planted at its name; only when something is already there does restore look at it,
-replace what is not a regular file, and truncate what is. A new file is created
-with its permission bits, so that when the umask keeps them all and the file's user and
-group are the process's (the planner tells), it needs no ``fchmod`` or ``fchown``: two
-system calls less for each of tens of thousands of small files. Data goes in with
-``pwrite`` at the blob's offset, so blobs of one file may arrive in any order from any
-worker. Once its last blob is written a file gets owner, mode and times through its open
-descriptor (no path lookups) and is closed.
+replace what is not a regular file, and truncate what is (or replace it, when it may not
+be opened for writing: a read-only file of an earlier restore). A new file is created
+with its permission bits and its owner's write bit, so that when the umask keeps them all,
+the saved mode has that bit and the file's user and group are the process's (the planner
+tells), it needs no ``fchmod`` or ``fchown``: two system calls less for each of tens of
+thousands of small files. The write bit is there because a file may be opened again to
+be written (by worker processes, engine/restore_procs.py): a read-only file created with
+its final mode could then be written only by root with ``CAP_DAC_OVERRIDE``. Data goes in
+with ``pwrite`` at the blob's offset, so blobs of one file may arrive in any order from
+any worker. Once its last blob is written a file gets owner, extended attributes, mode and
+times through its open descriptor (no path lookups), in that order (engine/xattrs.py says
+why), and is closed.
 
 A file of one blob is written by the one worker that opened the blob, start to finish,
 without a lock; a file of several blobs is shared between workers and locked.
@@ -30,8 +35,10 @@ import errno
 import os
 import stat
 import threading
+from typing import Any
 
 from safehold.engine.restore_folders import Folder
+from safehold.engine.xattrs import AttrSetter
 from safehold.errors import TargetError
 from safehold.storage.direct import ALIGN, DirectWrites, write_all
 
@@ -61,6 +68,7 @@ class OpenFile:
         "size",
         "sparse",
         "truncate",
+        "xattrs",
     )
 
     def __init__(
@@ -80,6 +88,7 @@ class OpenFile:
         # Whether a file this process creates gets the user and group of ``meta``.
         self.owned = False
         self.created = False  # created by this restore (not an existing file truncated)
+        self.xattrs: Any = None  # the node's ``xattrs`` field, if it has one
 
     def make_shared(self) -> None:
         """Several blobs, possibly written by several workers."""
@@ -132,9 +141,12 @@ DIRECT_MIN = 64 * 1024
 class FileWriter:
     """Creates, fills and finishes restored files; thread-safe per :class:`OpenFile`."""
 
-    def __init__(self, *, owner: bool, overwrite: bool, direct: bool = True) -> None:
+    def __init__(
+        self, *, owner: bool, overwrite: bool, direct: bool = True, attrs: AttrSetter | None = None
+    ) -> None:
         self.owner = owner
         self.overwrite = overwrite
+        self.attrs = attrs  # sets extended attributes (None: none are)
         # In a restore worker process: files of several blobs exist already and are
         # finished by the parent (engine/restore_procs.py); only their blobs are written.
         self.shared = False
@@ -239,8 +251,10 @@ class FileWriter:
         return fd
 
     def _create(self, f: OpenFile, folder: int) -> int:
+        # Writable by its owner until _finish sets the saved mode (see the module's doc).
+        mode = f.meta[0] & 0o777 | stat.S_IWUSR
         try:
-            fd = os.open(f.name, _CREATE, f.meta[0] & 0o777, dir_fd=folder)
+            fd = os.open(f.name, _CREATE, mode, dir_fd=folder)
             f.created = True
             return fd
         except FileExistsError:
@@ -251,7 +265,17 @@ class FileWriter:
                 st = os.stat(name, dir_fd=folder, follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
                     os.unlink(name, dir_fd=folder)
-        return os.open(name, _REPLACE, 0o600, dir_fd=folder)
+        try:
+            return os.open(name, _REPLACE, 0o600, dir_fd=folder)
+        except PermissionError:
+            if not self.overwrite:
+                raise
+        # A file this user may not write (read-only, or not its own) but, the folder being
+        # writable, may replace, as GNU tar replaces what it extracts over.
+        os.unlink(name, dir_fd=folder)
+        fd = os.open(name, _CREATE, mode, dir_fd=folder)
+        f.created = True
+        return fd
 
     def _write(
         self, f: OpenFile, fd: int, data: bytes | memoryview, offset: int, aligned: bool
@@ -270,16 +294,21 @@ class FileWriter:
             raise target_error(f.path, exc) from exc
 
     def _finish(self, f: OpenFile, fd: int) -> None:
-        """Owner, mode and times through the descriptor, then close it. The times are set
-        after the last write (a write changes them); the owner before the mode, since a
-        change of owner clears the set-id bits."""
+        """Owner, extended attributes, mode and times through the descriptor, then close
+        it. The times are set after the last write (a write changes them); the owner
+        first, since a change of owner clears the set-id bits and file capabilities; the
+        mode after an ACL, whose mask it sets again."""
         mode, uid, gid, mtime_ns = f.meta
         try:
             try:
                 if self.owner and not (f.created and f.owned):
                     with contextlib.suppress(OSError):
                         os.fchown(fd, uid, gid)
-                if not (f.created and mode & ~self._exact == 0):
+                exact = f.created and mode & ~self._exact == 0 and mode & stat.S_IWUSR
+                if f.xattrs is not None and self.attrs is not None:
+                    self.attrs.set(fd, f.xattrs, f.path)
+                    exact = False  # (an ACL set the group bits: its mask)
+                if not exact:
                     os.fchmod(fd, mode)
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             finally:

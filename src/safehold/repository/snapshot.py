@@ -33,6 +33,7 @@ class Snapshot:
     summary: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)  # unreadable files
     original: str = ""  # a copy's source snapshot id (a copy of a copy keeps the first)
+    attrs: list[str] = field(default_factory=list)  # extended attributes saved: acls, xattrs
     id: str = ""  # set when loaded or saved; not stored
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +57,8 @@ class Snapshot:
             d["original"] = self.original
         if self.source_name:
             d["source_name"] = self.source_name
+        if self.attrs:
+            d["attrs"] = self.attrs
         return d
 
     def encode(self) -> bytes:
@@ -92,6 +95,7 @@ class Snapshot:
                 errors=list(d.get("errors", [])),
                 original=d.get("original", ""),
                 source_name=d.get("source_name", ""),
+                attrs=[str(a) for a in d.get("attrs", [])],
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FormatError(f"snapshot {snap_id[:8]} is not valid: {exc}") from exc

@@ -6,6 +6,11 @@ Names that are not valid UTF-8 survive through Python's surrogate escapes, which
 as ``\\udcXX`` escapes. Access times are not stored: reading a file changes them, and
 storing them would make every backup write every tree again.
 
+Extended attributes (POSIX ACLs and file capabilities among them: Linux shows both as
+attributes) are kept as ``xattrs``, an object from attribute name to the value in base64,
+written only when an item has any: a node without them encodes as it did before they were
+stored, so trees of folders without attributes keep their bytes and their ids.
+
 Every name is one path component, and the names of a tree are strictly increasing
 (:func:`check_names`, docs/format.md section 10). Restore, dump and everything else build
 paths by joining names, so a tree written with the repository's key by someone hostile
@@ -16,6 +21,8 @@ checked.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import operator
 from dataclasses import dataclass, field
@@ -56,6 +63,8 @@ class Node:
     content: list[str] = field(default_factory=list)  # hex ids of data blobs, in order
     sparse: bool = False
     error: str = ""  # why the file could not be read (the node keeps its metadata)
+    # Extended attributes by name (ACLs are ``system.posix_acl_access``/``_default``).
+    xattrs: dict[str, bytes] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "type": self.type, "mode": self.mode}
@@ -84,10 +93,14 @@ class Node:
             d["subtree"] = self.subtree
         if self.error:
             d["error"] = self.error
+        if self.xattrs:
+            d["xattrs"] = encode_xattrs(self.xattrs)
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Node:
+    def from_json(cls, d: dict[str, Any], *, strict: bool = True) -> Node:
+        """The node of a tree's JSON object; ``strict=False`` leaves out attributes that
+        are not valid (:func:`decode_xattrs`) instead of raising ValueError."""
         return cls(
             name=d["name"],
             type=d["type"],
@@ -108,7 +121,38 @@ class Node:
             content=list(d.get("content", ())),
             sparse=bool(d.get("sparse", False)),
             error=d.get("error", ""),
+            xattrs=_xattrs(d["xattrs"], strict) if "xattrs" in d else {},
         )
+
+
+def _xattrs(raw: Any, strict: bool) -> dict[str, bytes]:
+    try:
+        return decode_xattrs(raw)
+    except ValueError:
+        if strict:
+            raise
+        return {}
+
+
+def encode_xattrs(attrs: dict[str, bytes]) -> dict[str, str]:
+    """A node's ``xattrs`` field: each value in standard base64 (with padding)."""
+    return {name: base64.b64encode(value).decode("ascii") for name, value in attrs.items()}
+
+
+def decode_xattrs(raw: Any) -> dict[str, bytes]:
+    """The attributes of a node's ``xattrs`` field; ValueError if it is not one (a damaged
+    or hostile tree: an object of names, each without NUL, to base64 strings)."""
+    if not isinstance(raw, dict):
+        raise ValueError("its xattrs are not an object")
+    out = {}
+    for name, value in raw.items():
+        if not isinstance(value, str) or not name or "\0" in name:
+            raise ValueError(f"its extended attribute {name!r} is invalid")
+        try:
+            out[name] = base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"its extended attribute {name!r} is not base64") from exc
+    return out
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
@@ -174,11 +218,11 @@ def decode_tree_json(raw: bytes, what: str = "tree") -> list[dict[str, Any]]:
 
 
 def decode_tree(raw: bytes, what: str = "tree", *, check: bool = True) -> list[Node]:
-    """The nodes of a tree; ``check=False`` skips the name rules, for a caller that only
-    collects the blob ids a tree names (prune's mark must keep a hostile tree's blobs as
-    surely as any other's, and must not stop at it)."""
+    """The nodes of a tree; ``check=False`` skips the name rules and invalid attributes,
+    for a caller that only collects the blob ids a tree names (prune's mark must keep a
+    hostile tree's blobs as surely as any other's, and must not stop at it)."""
     try:
-        nodes = [Node.from_json(n) for n in _loads(raw)["nodes"]]
+        nodes = [Node.from_json(n, strict=check) for n in _loads(raw)["nodes"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{what} is not a valid tree: {exc}") from exc
     if check:
