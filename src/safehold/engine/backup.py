@@ -435,7 +435,26 @@ def _backup_paths(
     return build_tree(save_tree, root)
 
 
+# Recorded in the snapshot's errors (exit 3) for a file that changed while it was read,
+# twice: its content is what was read, possibly torn, and restores as such.
+CHANGED_WHILE_READ = "changed while read: stored as read"
+
+
 class _FileReader:
+    """Reads a file the walk found new or changed and saves its chunks.
+
+    A file that changes while it is read would be stored torn (a prefix, or old and new
+    parts mixed), so the open descriptor is stat-ed once after reading and compared with
+    the walk's lstat (size, mtime, ctime), as borg and restic compare before and after:
+    the walk's lstat is the "before", so that an unchanged file costs one fstat and a file
+    reused from the parent nothing. A difference means the file changed after the walk,
+    before it was opened or while it was read; it is then read once more through the same
+    descriptor, between that fstat and another. If it changed again, what the second read
+    got is stored and the file is named in the snapshot's errors (CHANGED_WHILE_READ) and
+    warned about. The node keeps the walk's times either way, so the next backup reads the
+    file again (its times differ by then) rather than trusting this content.
+    """
+
     def __init__(
         self,
         repo: Repository,
@@ -462,7 +481,7 @@ class _FileReader:
     def read(self, job: tuple[str, t.Node]) -> None:
         path, node = job
         try:
-            content, size = self._read(path, node.size)
+            content, size, changed = self._read(path, node)
         except OSError as exc:
             msg = exc.strerror or str(exc)
             node.error = msg
@@ -477,43 +496,74 @@ class _FileReader:
             return
         node.content = content
         if size != node.size:
-            # The file changed while we read it; record what we stored.
+            # The file changed since the walk; record what we stored.
             self.progress.advance(0, size - node.size)
             node.size = size
         with self.counters.lock:
             self.counters.bytes_read += size
+            if changed:
+                self.errors.append((path, CHANGED_WHILE_READ))
+        if changed:
+            self.progress.warn(path, CHANGED_WHILE_READ)
         self.progress.advance(1, 0)
 
-    def _read(self, path: str, expected: int) -> tuple[list[str], int]:
+    def _read(self, path: str, node: t.Node) -> tuple[list[str], int, bool]:
+        """The file's chunk ids and size, and whether it changed while read (see above)."""
+        # os.open, not open(): FileIO stats every file it opens (to refuse a folder), so
+        # the fstat after reading keeps the syscalls per file what they were. A folder put
+        # in the file's place fails its first read instead (EISDIR).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ids, size = self._read_from(fd, node.size)
+            after = os.fstat(fd)
+            if (
+                after.st_ctime_ns == node.ctime_ns
+                and after.st_mtime_ns == node.mtime_ns
+                and after.st_size == node.size
+            ):
+                return ids, size, False
+            self.progress.advance(0, -size)  # counted again by the second read
+            os.lseek(fd, 0, os.SEEK_SET)
+            ids, size = self._read_from(fd, after.st_size)
+            again = os.fstat(fd)
+        finally:
+            os.close(fd)
+        changed = (
+            again.st_ctime_ns != after.st_ctime_ns
+            or again.st_mtime_ns != after.st_mtime_ns
+            or again.st_size != after.st_size
+        )
+        return ids, size, changed
+
+    def _read_from(self, fd: int, expected: int) -> tuple[list[str], int]:
         st = self._state()
         chunker = st.chunker
         save: Callable[[int, bytes | memoryview], tuple[bytes, bool]] = self.saver.save
         ids: list[str] = []
         total = 0
-        with open(path, "rb", buffering=0) as f:
-            if expected <= chunker.params.min_size:
-                # One chunk: read it whole (it may have grown since the walk) into a buffer
-                # of that size. Larger files come first, so let their window go.
-                st.window = None
-                view = st.small
-                n = 0
-                while n < len(view):
-                    got = f.readinto(view[n:])
-                    if not got:
-                        break
-                    n += got
-                if n <= chunker.params.min_size:
-                    if n:
-                        ids.append(save(BLOB_DATA, view[:n])[0].hex())
-                        self.progress.advance(0, n)
-                    return ids, n
-                f.seek(0)
-            if st.window is None:
-                st.window = chunker.stream_buffer()
-            for piece in chunker.cut_stream(f.readinto, st.window):
-                ids.append(save(BLOB_DATA, piece)[0].hex())
-                total += len(piece)
-                self.progress.advance(0, len(piece))
+        if expected <= chunker.params.min_size:
+            # One chunk: read it whole (it may have grown since the walk) into a buffer
+            # of that size. Larger files come first, so let their window go.
+            st.window = None
+            view = st.small
+            n = 0
+            while n < len(view):
+                got = os.readv(fd, (view[n:],))
+                if not got:
+                    break
+                n += got
+            if n <= chunker.params.min_size:
+                if n:
+                    ids.append(save(BLOB_DATA, view[:n])[0].hex())
+                    self.progress.advance(0, n)
+                return ids, n
+            os.lseek(fd, 0, os.SEEK_SET)
+        if st.window is None:
+            st.window = chunker.stream_buffer()
+        for piece in chunker.cut_stream(lambda view: os.readv(fd, (view,)), st.window):
+            ids.append(save(BLOB_DATA, piece)[0].hex())
+            total += len(piece)
+            self.progress.advance(0, len(piece))
         return ids, total
 
 
