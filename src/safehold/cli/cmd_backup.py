@@ -10,8 +10,22 @@ from typing import Any
 from safehold.cli.config_run import add_config_arguments, backup_from_config
 from safehold.cli.context import Context, human_bytes
 from safehold.cli.progress import make_progress
+from safehold.cli.selection import (
+    PATTERN_HELP,
+    add_backup_selection,
+    backup_selection_given,
+    exclude_patterns,
+    files_from,
+)
 from safehold.engine.backup import BackupOptions, run_backup, start_prescan
 from safehold.errors import ExitCode, UsageError
+
+COMMAND_HELP = """
+--command runs one program with its arguments, without a shell (as exec does): quotes
+group words, but '|', '>', ';', '&&' and $VARS are passed to the program as they are.
+For a pipeline, give the shell yourself:
+  safehold backup --stdin-name db.sql.zst --command "sh -c 'pg_dump mydb | zstd'"
+"""
 
 
 def register(sub: Any) -> None:
@@ -22,15 +36,16 @@ def register(sub: Any) -> None:
         description="Save a new snapshot. Files unchanged since the parent snapshot (same "
         "size, times and inode) are not read again. Unreadable files are reported, recorded "
         "in the snapshot, and make the exit code 3.",
+        epilog=PATTERN_HELP + COMMAND_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="folders and files to back up")
     p.add_argument(
-        "-e",
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="skip names (PATTERN without '/') or paths (with '/') matching this glob; repeatable",
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="show what would be saved (each item: new, changed or unchanged; counts and "
+        "sizes), reading no file and writing nothing to the repository",
     )
     p.add_argument(
         "-x",
@@ -57,8 +72,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--command",
         metavar="CMD",
-        help="run CMD and back up its standard output as it streams "
-        "(needs --stdin-name); a non-zero exit saves no snapshot",
+        help="run CMD and back up its standard output as it streams (needs "
+        "--stdin-name); CMD is split into arguments like a shell would, but not run by "
+        "one: for pipes, redirections or $VARS give \"sh -c '...'\"; a non-zero exit "
+        "saves no snapshot",
     )
     p.add_argument(
         "--chain-length",
@@ -70,18 +87,32 @@ def register(sub: Any) -> None:
         "--isolated", action="store_true", help="make a snapshot that shares no data with any other"
     )
     p.add_argument("--threads", type=int, metavar="N", help="worker threads (default: cores)")
+    add_backup_selection(p)
     add_config_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.config:
+        given = [*backup_selection_given(args), *(["--dry-run"] if args.dry_run else [])]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} cannot be used with --config",
+                hint="set what to leave out in the source's block (docs/sources/directory.md)",
+            )
         return backup_from_config(args, ctx)
     if args.source:
         raise UsageError("--source needs --config FILE")
+    listed = files_from(args)
+    if (args.stdin_name or args.command) and listed:
+        raise UsageError("--files-from and its kin list paths; they cannot go with --stdin-name")
     opts = BackupOptions(
-        paths=args.paths,
-        excludes=args.exclude,
+        paths=[*listed, *args.paths],
+        excludes=[*args.exclude, *exclude_patterns(args.exclude_file, "--exclude-file")],
+        iexcludes=[*args.iexclude, *exclude_patterns(args.iexclude_file, "--iexclude-file")],
+        exclude_if_present=args.exclude_if_present,
+        exclude_caches=args.exclude_caches,
+        exclude_larger_than=args.exclude_larger_than,
         one_file_system=args.one_file_system,
         tags=args.tag,
         host=args.host,
@@ -97,6 +128,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     if args.threads:
         opts.threads = max(1, args.threads)
+    if args.dry_run:
+        return dry_run(opts, ctx)
     # The folders are listed while the key is derived and the index loaded.
     prescan = start_prescan(opts)
     try:
@@ -134,6 +167,50 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print(
             f"safehold: {len(result.errors)} item(s) could not be read; they are listed in "
             f"snapshot {snap.short_id}",
+            file=sys.stderr,
+        )
+        return ExitCode.PARTIAL
+    return 0
+
+
+def dry_run(opts: BackupOptions, ctx: Context) -> int:
+    """``backup --dry-run``: every item the backup would save, and the totals."""
+    from safehold.engine.backup_preview import preview_backup
+
+    prescan = start_prescan(opts)
+    try:
+        repo = ctx.open_repo()
+        preview = preview_backup(repo, opts, make_progress(ctx.progress_enabled()), prescan=prescan)
+    finally:
+        if prescan is not None:
+            prescan.close()
+    s = preview.summary
+    if ctx.json:
+        ctx.emit_json(
+            {
+                "dry_run": True,
+                "parent": preview.parent,
+                "summary": s,
+                "items": [
+                    {"path": i.path, "type": i.type, "status": i.status, "size": i.size}
+                    for i in preview.items
+                ],
+                "errors": [{"path": p, "error": m} for p, m in preview.errors],
+            }
+        )
+    else:
+        for i in preview.items:
+            ctx.print(f"{i.status:<9} {i.path}{'/' if i.type == 'dir' else ''}")
+        ctx.print(
+            f"would save: {s['files_new']} new, {s['files_changed']} changed and "
+            f"{s['files_unchanged']} unchanged files in {s['dirs']} folders, "
+            f"{human_bytes(s['total_bytes'])}; would read {human_bytes(s['bytes_to_read'])}"
+        )
+        ctx.print("dry run: nothing was read or written")
+    if preview.errors:
+        print(
+            f"safehold: {len(preview.errors)} item(s) could not be listed; a backup would "
+            "record them as unreadable",
             file=sys.stderr,
         )
         return ExitCode.PARTIAL

@@ -28,7 +28,7 @@ from safehold.engine.backup_plan import Planner, build_tree, root_plan
 from safehold.engine.prescan import Prescan
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.engine.read_queue import HeldProgress, ReadQueue
-from safehold.engine.scan import Excluder
+from safehold.engine.scan import CACHEDIR_TAG, Excluder
 from safehold.engine.vanished import VANISHED, Vanished
 from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
 from safehold.repository import tree as t
@@ -47,7 +47,12 @@ WALK_SWITCH_INTERVAL = 0.0002  # seconds; see _backup_paths
 @dataclass(kw_only=True)
 class BackupOptions:
     paths: list[str] = field(default_factory=list)
+    # What the walk leaves out, as restic's options of these names (engine/scan.py).
     excludes: list[str] = field(default_factory=list)
+    iexcludes: list[str] = field(default_factory=list)  # patterns ignoring case
+    exclude_if_present: list[str] = field(default_factory=list)  # NAME[:HEADER] tag files
+    exclude_caches: bool = False  # folders holding a valid CACHEDIR.TAG
+    exclude_larger_than: int | None = None  # bytes
     one_file_system: bool = False
     tags: list[str] = field(default_factory=list)
     host: str | None = None
@@ -139,6 +144,32 @@ def _source_kind(opts: BackupOptions) -> str:
     return "command" if opts.command else "stdin" if opts.stdin_name else "directory"
 
 
+def excluder_for(
+    opts: BackupOptions, warn: Callable[[str, str], None] | None = None
+) -> Excluder:
+    """The walk's exclusions; UsageError for a malformed pattern or tag."""
+    tags = [*opts.exclude_if_present, *([CACHEDIR_TAG] if opts.exclude_caches else [])]
+    return Excluder(
+        opts.excludes,
+        ipatterns=opts.iexcludes,
+        if_present=tags,
+        max_size=opts.exclude_larger_than,
+        warn=warn,
+    )
+
+
+def refuse_excluded_paths(paths: list[str], excluder: Excluder) -> None:
+    """A backup path that the exclusions take out is a mistake to say, not an empty
+    snapshot to save (restic saves one silently)."""
+    for path in paths:
+        why = excluder.excludes_root(path)
+        if why is not None:
+            raise UsageError(
+                f"backup path {path} is excluded: {why}",
+                hint="drop the pattern or option, or back up another path",
+            )
+
+
 def start_prescan(opts: BackupOptions) -> Prescan | None:
     """A started :class:`Prescan` of the folders ``opts`` backs up (None for streams), for
     the caller to run while it opens the repository, pass to :func:`run_backup` and close.
@@ -147,9 +178,10 @@ def start_prescan(opts: BackupOptions) -> Prescan | None:
         return None
     try:
         paths = _resolve_paths(opts.paths)
+        excluder = excluder_for(opts)
     except SafeholdError:
         return None
-    return Prescan(paths, Excluder(opts.excludes), opts.one_file_system).start()
+    return Prescan(paths, excluder, opts.one_file_system).start()
 
 
 def run_backup(
@@ -174,6 +206,8 @@ def run_backup(
     if opts.chain_length is not None and opts.chain_length < 0:
         raise UsageError("--chain-length must be 0 or more")
     paths = _resolve_paths(opts.paths) if opts.paths else []
+    if paths:
+        refuse_excluded_paths(paths, excluder_for(opts, progress.warn))
     started = time.monotonic()
     host = opts.host or socket.gethostname()
     with repo.lock("backup"):
@@ -389,7 +423,7 @@ def _backup_paths(
             index=repo.index,
             chain=saver.chain_id,
             load_tree=repo.load_tree_json,
-            excluder=Excluder(opts.excludes),
+            excluder=excluder_for(opts, held.warn),
             one_file_system=opts.one_file_system,
             force=opts.force,
             save_tree=save_tree,

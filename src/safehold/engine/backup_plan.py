@@ -237,13 +237,17 @@ class Planner:
                 meta.error = msg
             plan.parent_count = -1
             return
-        excl = self.excluder if self.excluder.active else None
+        # Excludes (engine/scan.py): a test of names for this folder, None if none applies.
+        skip = self.excluder.folder(path, entries) if self.excluder.active else None
+        big = self.excluder.max_size
         jobs = self.jobs
         for de in entries:
-            if excl is not None and excl.excluded(de.path, de.name):
+            if skip is not None and skip(de.name):
                 continue
             try:
                 st = de.stat(follow_symlinks=False)
+                if big is not None and st.st_size > big and not stat.S_ISDIR(st.st_mode):
+                    continue
                 old = parent_nodes.get(de.name)
                 queued = len(jobs)
                 item = self.item(de.path, de.name, st, old if isinstance(old, dict) else None, dev)

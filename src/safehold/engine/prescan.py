@@ -92,7 +92,8 @@ class Prescan:
         limit: int = LIMIT,
     ) -> None:
         self._roots = roots
-        self._excluder = excluder if excluder.active else None
+        # A walk of its own (Excluder.fork): the exclusions follow the folders it lists.
+        self._excluder = excluder.fork() if excluder.active else None
         self._one_fs = one_file_system
         self._limit = limit
         # Items listed (written by the prescan thread) and taken (by the walk): one writer
@@ -179,14 +180,14 @@ class Prescan:
             names = []
             rows = array("q")
             below = []
-            excl = self._excluder
+            skip = self._excluder.folder(path, entries) if self._excluder is not None else None
             for de in entries:
                 st = de.stat(follow_symlinks=False)
                 names.append(de.name)
                 rows.extend(_ROW(st))
                 if (
                     stat.S_ISDIR(st.st_mode)
-                    and (excl is None or not excl.excluded(de.path, de.name))
+                    and (skip is None or not skip(de.name))
                     and not (self._one_fs and st.st_dev != dev)
                 ):
                     below.append((de.path, st.st_dev))

@@ -406,6 +406,10 @@ def run_source_backup(
             opts.paths = list(content.paths)
             opts.excludes = list(content.excludes)
             opts.one_file_system = content.one_file_system
+            opts.iexcludes = list(content.iexcludes)
+            opts.exclude_caches = content.exclude_caches
+            opts.exclude_if_present = list(content.exclude_if_present)
+            opts.exclude_larger_than = content.exclude_larger_than
         else:
             opts.streams = list(content.streams)
         if threads:
