@@ -476,7 +476,7 @@ def test_full_target_during_a_direct_write(tmpfs: Tmpfs) -> None:
     target = tmpfs("direct", "1m")
     writer = FileWriter(owner=False, overwrite=True)
     with Folder.top(str(target)) as folder:  # closed after: the tmpfs unmounts
-        f = OpenFile(folder, "big", str(target / "big"), (0o100644, 0, 0, 0), 3 * MiB, 1, False)
+        f = OpenFile(folder, "big", (0o100644, 0, 0, 0), 3 * MiB, 1, False)
         with pytest.raises(TargetError, match="restore target is full") as err:
             writer.put(f, os.urandom(3 * MiB), 0)
     assert "free space" in (err.value.hint or "")

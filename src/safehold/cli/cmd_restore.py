@@ -10,9 +10,12 @@ from typing import Any
 from safehold.cli.config_run import add_config_arguments, restore_from_config
 from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.cli.progress import make_progress
-from safehold.engine.restore import RestoreOptions, RestoreResult, run_restore
+from safehold.cli.selection import PATTERN_HELP, add_restore_selection
+from safehold.engine.restore import RestoreOptions, RestoreResult, run_restore, selection_of
 from safehold.engine.restore_folders import raise_open_files_limit
 from safehold.errors import ExitCode, UsageError
+from safehold.repository.repository import Repository
+from safehold.repository.snapshot import Snapshot
 
 FIRST_SOCKETS = 10  # sockets named in the summary (all are counted)
 
@@ -24,6 +27,8 @@ def register(sub: Any) -> None:
         description="Restore SNAPSHOT (an id prefix, or 'latest') under --target, at the "
         "paths it was taken from (/srv/db is restored as TARGET/srv/db). Every byte is "
         "verified against its id as it is written.",
+        epilog=PATTERN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot id prefix or 'latest'")
     p.add_argument(
@@ -46,12 +51,10 @@ def register(sub: Any) -> None:
         "pg_restore --jobs, which first spools the dump to a temporary file)",
     )
     p.add_argument(
-        "-i",
-        "--include",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="restore only this path (and what is below it); repeatable",
+        "--dry-run",
+        action="store_true",
+        help="list what would be written (and the counts), writing nothing; a selection "
+        "that takes nothing fails as the restore would",
     )
     p.add_argument(
         "--buffered",
@@ -69,6 +72,7 @@ def register(sub: Any) -> None:
         "if one is refused to root or by the target's file system",
     )
     p.add_argument("--no-acls", action="store_true", help="do not set the saved POSIX ACLs")
+    add_restore_selection(p)
     add_latest_filters(p)
     add_config_arguments(p)
     p.set_defaults(func=run)
@@ -82,6 +86,20 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             raise UsageError(
                 "--no-xattrs and --no-acls apply to a restore into a folder, without --config"
             )
+        chosen = [
+            flag
+            for flag, given in (
+                ("--exclude", args.exclude),
+                ("--iinclude", args.iinclude),
+                ("--iexclude", args.iexclude),
+                ("--dry-run", args.dry_run),
+            )
+            if given
+        ]
+        if chosen:
+            raise UsageError(
+                f"{', '.join(chosen)} cannot be used with --config (it restores whole sources)"
+            )
         return restore_from_config(args, ctx)
     for flag, given in (
         ("--source", args.source),
@@ -92,25 +110,27 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             raise UsageError(f"{flag} needs --config FILE")
     if not args.target:
         raise UsageError("restore needs --target DIR", hint="the folder to restore into")
+    opts = RestoreOptions(
+        target=args.target,
+        includes=args.include,
+        excludes=args.exclude,
+        iincludes=args.iinclude,
+        iexcludes=args.iexclude,
+        direct=not args.buffered,
+        # Worker processes, each with its own interpreter lock (engine/restore_procs.py).
+        processes=os.cpu_count() or 1,
+        xattrs=not args.no_xattrs,
+        acls=not args.no_acls,
+    )
+    selection_of(opts)  # a malformed pattern is refused before the repository is opened
     repo = ctx.open_repo()
     snap = find_snapshot(repo, args.snapshot, args)
+    if args.dry_run:
+        return dry_run(repo, snap, opts, ctx)
     # Restore keeps the target's folders open (engine/restore_folders.py); past the
     # descriptor limit it opens them again for every file, which is slower.
     raise_open_files_limit()
-    result = run_restore(
-        repo,
-        snap,
-        RestoreOptions(
-            target=args.target,
-            includes=args.include,
-            direct=not args.buffered,
-            # Worker processes, each with its own interpreter lock (engine/restore_procs.py).
-            processes=os.cpu_count() or 1,
-            xattrs=not args.no_xattrs,
-            acls=not args.no_acls,
-        ),
-        make_progress(ctx.progress_enabled()),
-    )
+    result = run_restore(repo, snap, opts, make_progress(ctx.progress_enabled()))
     if ctx.json:
         ctx.emit_json(
             {
@@ -175,3 +195,37 @@ def _report_metadata(result: RestoreResult) -> bool:
             file=sys.stderr,
         )
     return any(not lost.expected for lost in result.attrs_not_set)
+
+
+def dry_run(repo: Repository, snap: Snapshot, opts: RestoreOptions, ctx: Context) -> int:
+    """``restore --dry-run``: what would be written under the target, and the counts."""
+    from safehold.engine.restore_preview import preview_restore
+
+    preview = preview_restore(repo, snap, opts)
+    if ctx.json:
+        ctx.emit_json(
+            {
+                "dry_run": True,
+                "snapshot": snap.id,
+                "target": opts.target,
+                "files": preview.files,
+                "dirs": preview.dirs,
+                "bytes": preview.bytes,
+                "items": [{"path": i.path, "type": i.type, "size": i.size} for i in preview.items],
+                "errors": [{"path": p, "error": m} for p, m in preview.errors],
+                "damaged": [{"path": p, "error": m} for p, m in preview.damaged],
+            }
+        )
+    else:
+        for i in preview.items:
+            ctx.print(f"{i.path}{'/' if i.type == 'dir' else ''}")
+        ctx.print(
+            f"would restore snapshot {snap.short_id}: {preview.files} files, {preview.dirs} "
+            f"folders, {human_bytes(preview.bytes)} into {opts.target}"
+        )
+        ctx.print("dry run: nothing was written")
+    for p, m in preview.errors:
+        print(f"safehold: would not restore {p}: {m}", file=sys.stderr)
+    if preview.damaged:
+        return ExitCode.INTEGRITY
+    return 0 if not preview.errors else ExitCode.PARTIAL

@@ -61,7 +61,7 @@ from safehold.engine.restore_write import (
     OpenFile,
     target_error,
 )
-from safehold.engine.walk import normalize, selected
+from safehold.engine.walk import Chosen, Selection, Where
 from safehold.engine.xattrs import AttrSetter, Choice, NotSet
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t
@@ -94,7 +94,11 @@ __all__ = ["MAX_GAP", "MAX_SPAN", "RestoreOptions", "RestoreResult", "run_restor
 @dataclass(kw_only=True)
 class RestoreOptions:
     target: str
+    # What to restore (engine/walk.py's Selection; restic's patterns): all when empty.
     includes: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    iincludes: list[str] = field(default_factory=list)  # ignoring case
+    iexcludes: list[str] = field(default_factory=list)
     # Threads when restoring without worker processes: one more than cores, as a direct
     # write waits for the disk and the spare thread uses the core meanwhile (benchmark
     # restore 4.25 -> 4.03 s with 3 on 2 cores, 3 runs each; 4 were no faster and held
@@ -201,6 +205,8 @@ class _Restorer:
         self.uid, self.gid = os.geteuid(), os.getegid()
         self.max_span = read_span(repo.storage, MAX_SPAN)
         self.empty = 0  # files without content, made while planning
+        self.selection = Selection()  # --include/--exclude (engine/walk.py)
+        self.chosen = 0  # items the selection took, when it is active
 
     # --- planning --------------------------------------------------------------------------
 
@@ -209,11 +215,10 @@ class _Restorer:
         self.root = Folder.top(target)
         return self.root
 
-    def plan(
-        self, tree_id: str, snap_path: str, folder: Folder, includes: list[str], setgid: bool
-    ) -> int:
+    def plan(self, tree_id: str, folder: Folder, where: Where | None, setgid: bool) -> int:
         """Plan the contents of ``folder`` (open while this runs); ``setgid``: it hands its
-        group to what is created in it (so a new file's group is not the process's).
+        group to what is created in it (so a new file's group is not the process's);
+        ``where``: the folder's place in the selection, None when all of it is restored.
         Returns how many files (and hard links) are to be made in it."""
         try:
             # The nodes' JSON objects, read as tree.Node.from_json does: building Node
@@ -227,25 +232,26 @@ class _Restorer:
         files = 0
         dest = folder.path
         prefix = dest if dest.endswith("/") else dest + "/"
-        whole = True
-        path = ""
+        sel = self.selection
+        pick = sel.pick(where) if where is not None else None
         for d in nodes:
             name = d["name"]
-            if includes:
-                path = f"{snap_path}/{name}"
-                whole, descend = selected(path, includes)
-                if not whole and not descend:
-                    continue
             out = prefix + name
             typ = d.get("type")  # an unknown type (or none) is left out
+            if where is not None:
+                if typ == t.DIR:
+                    chosen, enter, sub = sel.enter(where, name)
+                    if enter:
+                        self._plan_folder(folder, name, out, d, sel.below(sub, chosen), setgid)
+                    continue
+                if pick is not None and not pick(name):
+                    continue
+                self.chosen += 1
             if typ == t.FILE:
-                if whole:
-                    self._plan_file(folder, name, out, d, setgid)
-                    files += 1
+                self._plan_file(folder, name, out, d, setgid)
+                files += 1
             elif typ == t.DIR:
-                self._plan_folder(folder, name, out, d, path, [] if whole else includes, setgid)
-            elif not whole:
-                continue
+                self._plan_folder(folder, name, out, d, None, setgid)
             elif typ == t.SYMLINK:
                 try:
                     with contextlib.suppress(FileNotFoundError):
@@ -287,10 +293,15 @@ class _Restorer:
         name: str,
         out: str,
         d: dict[str, Any],
-        path: str,
-        includes: list[str],
+        where: Where | Chosen | None,
         setgid: bool,
     ) -> None:
+        """Make a folder and plan what it holds; ``where``: see :meth:`plan` (a Chosen
+        when the selection took the folder itself)."""
+        before = self.chosen
+        if isinstance(where, Chosen):
+            self.chosen += 1
+            where = where.where
         try:
             fd, created = make_folder(name, parent.fd)
         except OSError as exc:
@@ -308,8 +319,24 @@ class _Restorer:
         # A new folder takes the set-group-id bit of its parent.
         sub_setgid = setgid if created else _setgid(fd)
         subtree = d.get("subtree", "")
-        files = self.plan(subtree, path, folder, includes, sub_setgid) if subtree else 0
+        files = self.plan(subtree, folder, where, sub_setgid) if subtree else 0
+        if where is not None and self.chosen == before and created:
+            self._drop(folder, parent)
+            return
         self._keep(folder, files)
+
+    def _drop(self, folder: Folder, parent: Folder) -> None:
+        """A folder made only to look below it for what the selection takes, which holds
+        none of it: made, so unmade (restic makes the folders above what it restores only;
+        one that was there already stays, as it is)."""
+        for i in range(len(self.dirs) - 1, -1, -1):
+            if self.dirs[i][0] is folder:
+                del self.dirs[i]
+                break
+        self.result.dirs -= 1
+        folder.close()
+        with contextlib.suppress(OSError):
+            os.rmdir(folder.name, dir_fd=parent.fd)
 
     def _keep(self, folder: Folder, files: int) -> None:
         """Keep ``folder`` open if it is among the ``budget`` folders with the most files
@@ -375,7 +402,7 @@ class _Restorer:
         self.result.files += 1
         self.result.bytes += size
         meta = _meta(d)
-        f = OpenFile(folder, name, out, meta, size, len(content), bool(d.get("sparse", False)))
+        f = OpenFile(folder, name, meta, size, len(content), bool(d.get("sparse", False)))
         f.xattrs = d.get("xattrs")
         if key is not None:
             self.hardlinks[key] = f
@@ -590,7 +617,7 @@ class _Restorer:
 def run_restore(
     repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: Progress = NO_PROGRESS
 ) -> RestoreResult:
-    includes = [normalize(p) for p in opts.includes]
+    selection = selection_of(opts)
     target = os.path.abspath(opts.target)
     if os.path.exists(target) and not os.path.isdir(target):
         raise UsageError(f"restore target {target} exists and is not a folder")
@@ -599,10 +626,11 @@ def run_restore(
         if not repo.index_loaded:
             repo.load_index()
         r = _Restorer(repo, opts, progress)
+        r.selection = selection
         try:
             os.makedirs(target, exist_ok=True)
             root = r.open_root(target)
-            r.plan(snap.tree, "", root, includes, _setgid(root.fd))
+            r.plan(snap.tree, root, selection.root if selection.active else None, _setgid(root.fd))
             r.run()
         except OSError as exc:
             r.close_all()
@@ -612,9 +640,24 @@ def run_restore(
             raise
         finally:
             r.close_folders()
-    if includes and not (r.result.files or r.result.dirs):
-        raise UsageError(
-            f"nothing in snapshot {snap.short_id} matches {', '.join(includes)}",
-            hint=f"see 'safehold ls {snap.short_id}'",
-        )
+    refuse_nothing_chosen(selection, snap, r.chosen)
     return r.result
+
+
+def selection_of(opts: RestoreOptions) -> Selection:
+    """The options' selection; UsageError for a malformed pattern."""
+    return Selection(
+        opts.includes, opts.excludes, iincludes=opts.iincludes, iexcludes=opts.iexcludes
+    )
+
+
+def refuse_nothing_chosen(selection: Selection, snap: Snapshot, chosen: int) -> None:
+    """A selection that took nothing is a mistake to report (exit 2), not an empty
+    restore to call a success."""
+    if selection.active and not chosen:
+        what = "matches" if not selection.lists[2] and not selection.lists[3] else "is left by"
+        raise UsageError(
+            f"nothing in snapshot {snap.short_id} {what} {selection.describe()}",
+            hint=f"see 'safehold ls {snap.short_id}'; the patterns are restic's "
+            "(safehold restore --help)",
+        )

@@ -63,7 +63,6 @@ class OpenFile:
         "meta",
         "name",
         "owned",
-        "path",
         "remaining",
         "size",
         "sparse",
@@ -72,11 +71,10 @@ class OpenFile:
     )
 
     def __init__(
-        self, folder: Folder, name: str, path: str, meta: Meta, size: int, blobs: int, sparse: bool
+        self, folder: Folder, name: str, meta: Meta, size: int, blobs: int, sparse: bool
     ) -> None:
         self.folder = folder
         self.name = name  # one path component (tree.check_names), created in ``folder``
-        self.path = path  # for messages only: nothing is ever opened by it
         self.meta = meta
         self.size = size
         self.remaining = blobs
@@ -89,6 +87,13 @@ class OpenFile:
         self.owned = False
         self.created = False  # created by this restore (not an existing file truncated)
         self.xattrs: Any = None  # the node's ``xattrs`` field, if it has one
+
+    @property
+    def path(self) -> str:
+        """For messages only: nothing is ever opened by it. Made when asked, not kept: a
+        path string per file was 3-4 MiB of a benchmark restore's peak (twice, counting the
+        worker processes' copies)."""
+        return os.path.join(self.folder.path, self.name)
 
     def make_shared(self) -> None:
         """Several blobs, possibly written by several workers."""

@@ -330,9 +330,7 @@ def _restore_pieces(
 ) -> None:
     size = sum(len(d) for _, d in pieces)
     with Folder.top(str(path.parent)) as folder:
-        f = restore_write.OpenFile(
-            folder, path.name, str(path), (0o100644, 0, 0, 0), size, len(pieces), False
-        )
+        f = restore_write.OpenFile(folder, path.name, (0o100644, 0, 0, 0), size, len(pieces), False)
         if len(pieces) > 1:
             f.make_shared()
         done = 0
