@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from safehold.engine.find import FindMatcher, find_in_snapshot
+from safehold.engine.find import compile_patterns, find_in_snapshot
 from safehold.repository.repository import Repository
 from safehold.storage.local import LocalStorage
 from tests.conftest import PASSWORD
@@ -111,7 +111,7 @@ def test_find_selects_what_restic_find_selects(
         theirs = sorted(m["path"] for e in json.loads(out or b"[]") for m in e["matches"])
         # The engine in this process (the command line prints what it yields): twelve
         # command lines would cost seconds of start-up for nothing more.
-        matcher = FindMatcher.compile(patterns)
+        matcher = compile_patterns(patterns)
         ours = sorted(
             "/src" + p.removeprefix(str(src))
             for p, _node in find_in_snapshot(repo, snapshot, matcher)
@@ -144,6 +144,9 @@ def test_find_anchors_absolute_patterns_and_prints_each_snapshot(
         f"{src}/c/Foo.TXT",
     ]
     assert found(cli, cli_repo, "nothing-like-this") == {}
+    assert found(cli, cli_repo, "-s", second, "*.log", "!deep") == {
+        second: [f"{src}/a/foo/g.log", f"{src}/b/new.log"]
+    }
 
     text = ok(cli, "-r", cli_repo, "find", "new.log").stdout
     assert text == (

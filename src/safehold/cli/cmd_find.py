@@ -11,7 +11,8 @@ from typing import Any
 from safehold.cli.cmd_ls import long_line, node_json
 from safehold.cli.cmd_snapshots import filtered
 from safehold.cli.context import Context
-from safehold.engine.find import FindMatcher, find_in_snapshot
+from safehold.engine.find import compile_patterns, find_in_snapshot
+from safehold.policy.patterns import PatternList
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 
@@ -20,7 +21,8 @@ patterns (as restic's): matched against each whole path in the snapshot, one fol
 level at a time. '*' and '?' stay within one name, '[a-z]' is a class ('[^a-z]' negates),
 '**' spans any number of folders. A pattern without a leading '/' matches at any depth
 ('*.log', 'cache', 'deep/*.log'); one with it is anchored at the root ('/srv/db/*.conf').
-A folder that matches is listed with everything below it.
+A folder that matches is listed with everything below it; a later '!PATTERN' takes back
+what it matches ('*.log' '!deep': the logs outside folders named deep).
 
 examples:
   safehold find '*.pgdump'                      # in every snapshot
@@ -69,7 +71,7 @@ def choose(repo: Repository, refs: list[str], args: argparse.Namespace) -> list[
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    matcher = FindMatcher.compile(args.patterns, ignore_case=args.ignore_case)
+    matcher = compile_patterns(args.patterns, ignore_case=args.ignore_case)
     args.path = [os.path.abspath(p) for p in args.path]
     repo = ctx.open_repo()
     with repo.lock("read"):
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _json(repo: Repository, snaps: list[Snapshot], matcher: FindMatcher) -> None:
+def _json(repo: Repository, snaps: list[Snapshot], matcher: PatternList) -> None:
     """One object per snapshot with hits, as restic prints them; matches are streamed, so
     a search that finds millions of paths needs no memory for them."""
     out = sys.stdout
@@ -103,7 +105,7 @@ def _json(repo: Repository, snaps: list[Snapshot], matcher: FindMatcher) -> None
     out.write("]\n" if first else "\n]\n")
 
 
-def _text(repo: Repository, snaps: list[Snapshot], matcher: FindMatcher, *, long: bool) -> None:
+def _text(repo: Repository, snaps: list[Snapshot], matcher: PatternList, *, long: bool) -> None:
     # Bytes, so that names that are not UTF-8 print as they are on disk.
     out = sys.stdout.buffer
     for snap in snaps:
