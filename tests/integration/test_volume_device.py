@@ -9,6 +9,7 @@ root, and a failure under CI when loop devices are missing (tests/servers: unava
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import shutil
@@ -159,6 +160,16 @@ def test_freeze_must_be_the_mount_point_of_the_mounted_device(ext4: Ext4, tmp_pa
     own = configured("volume", path=ext4.device, freeze=str(ext4.mount), **commands)
     assert len(read_stream(own.content().streams[0])) == 64 * MIB
     assert log.read_text() == f"-f {ext4.mount}\n-u {ext4.mount}\n"
+
+
+def test_a_mounted_device_read_without_freeze_is_warned_about(
+    ext4: Ext4, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = configured("volume", path=ext4.device)
+    with caplog.at_level(logging.WARNING, logger="safehold.sources.volume"):
+        assert len(read_stream(source.content().streams[0])) == 64 * MIB
+    assert f"is mounted at {ext4.mount} and not frozen" in caplog.text
+    assert f"set freeze: {ext4.mount}" in caplog.text
 
 
 def read_direct(device: str, n: int) -> bytes:

@@ -32,7 +32,8 @@ guest file system or a snapshot-capable setup rather than hours of upload; the c
 are configurable (``freeze_command``/``thaw_command``, ``{mountpoint}`` is replaced).
 fsfreeze freezes the whole file system holding the path it is given, so the path must be
 a mount point, and the device's own mount point when the volume is a mounted device
-(:func:`check_freeze`); anything else is refused before freezing.
+(:func:`check_freeze`); anything else is refused before freezing. A mounted device read
+without a freeze is read all the same (it may be mounted read-only), with a warning.
 
 Restoring writes a file sparse (all-zero blocks are skipped, then the file is truncated to
 its size) through a temporary file renamed into place, or a block device in full (every
@@ -376,6 +377,18 @@ def _frozen(settings: Settings) -> Iterator[None]:
 @contextmanager
 def _open_volume(settings: Settings) -> Iterator[BinaryIO]:
     path = settings.path
+    if settings.freeze is None:
+        mounted_at = _device_mount_points(path, _mounts())
+        if mounted_at:
+            # Allowed (a file system mounted read-only is fine), but said: under writes the
+            # image mixes blocks from before and during the read.
+            log.warning(
+                "volume %s is mounted at %s and not frozen: blocks written while it is read "
+                "make an inconsistent image; set freeze: %s, or back up a snapshot",
+                path,
+                mounted_at[0],
+                mounted_at[0],
+            )
     with _frozen(settings):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
