@@ -109,6 +109,7 @@ def locks(repo: str) -> list[str]:
 def test_mount_shows_every_snapshot_by_id_time_host_and_tag_and_reads_it_exactly(
     cli: CliRunner, cli_env: dict[str, str], cli_repo: str, sample_tree: Path, tmp_path: Path
 ) -> None:
+    os.setxattr(sample_tree / "hello.txt", "user.origin", b"the web server\0")
     first = json.loads(
         ok(cli, "-r", cli_repo, "backup", "--json", "--tag", "daily", str(sample_tree)).stdout
     )["snapshot"]
@@ -150,6 +151,9 @@ def test_mount_shows_every_snapshot_by_id_time_host_and_tag_and_reads_it_exactly
                     assert a.st_nlink == b.st_nlink, src
                 elif stat.S_ISLNK(a.st_mode):
                     assert os.readlink(src) == os.readlink(seen)
+                if not stat.S_ISLNK(a.st_mode):
+                    assert sorted(os.listxattr(seen)) == sorted(os.listxattr(src)), src
+        assert os.getxattr(root / "hello.txt", "user.origin") == b"the web server\0"
 
         # Reads at any offset, across the boundaries of the big file's chunks.
         data = (sample_tree / "sub" / "data.bin").read_bytes()

@@ -171,6 +171,17 @@ def _operations(fuse: Any, view: MountView, on_ready: Callable[[MountView], None
             return [".", "..", *view.listdir(path)]
 
         @guarded
+        def listxattr(self, path: str) -> list[str]:
+            return list(view.xattrs(path))
+
+        @guarded
+        def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+            value = view.xattrs(path).get(name)
+            if value is None:
+                raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+            return value
+
+        @guarded
         def readlink(self, path: str) -> str:
             return view.readlink(path)
 

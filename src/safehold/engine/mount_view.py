@@ -295,6 +295,15 @@ class MountView:
             "st_atime": time_ns,
         }
 
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        """The extended attributes stored for ``path``, but ACLs: FUSE hands those only
+        to file systems that enforce them, and this one lets the kernel check the modes
+        (``ls -l`` and restore show and set the ACLs)."""
+        node = self.lookup(path).node
+        if node is None:
+            return {}
+        return {k: v for k, v in node.xattrs.items() if not k.startswith("system.posix_acl_")}
+
     def readlink(self, path: str) -> str:
         entry = self.lookup(path)
         if entry.names is None and entry.node is None:
