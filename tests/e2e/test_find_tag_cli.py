@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,8 @@ from safehold.engine.find import compile_patterns, find_in_snapshot
 from safehold.repository.repository import Repository
 from safehold.storage.local import LocalStorage
 from tests.conftest import PASSWORD
-from tests.servers import unavailable
+from tests.integration.test_excludes_restic import cheap_restic_key
+from tests.servers import need_binary
 
 CliRunner = Callable[..., Any]
 USAGE = 2
@@ -88,14 +88,13 @@ RESTIC_CASES = [
 def test_find_selects_what_restic_find_selects(
     cli: CliRunner, cli_repo: str, tmp_path: Path
 ) -> None:
-    restic = shutil.which("restic")
-    if restic is None:
-        unavailable("restic is not installed (Debian package restic)")
+    restic = need_binary("restic", "restic")
     src = make_tree(tmp_path / "src")
     snap = backup(cli, cli_repo, str(src))
     env = {**os.environ, "RESTIC_PASSWORD": "pw", "RESTIC_CACHE_DIR": str(tmp_path / "rc")}
     rrepo = str(tmp_path / "restic")
     subprocess.run([restic, "init", "-q", "-r", rrepo], env=env, check=True)
+    cheap_restic_key(Path(rrepo), b"pw")  # each restic command derives its key once
     # restic 0.14 stores a backed-up folder at the root of its tree: /src/...
     subprocess.run([restic, "backup", "-q", "-r", rrepo, "src"], env=env, cwd=tmp_path, check=True)
     repo = Repository.open(LocalStorage(Path(cli_repo)), PASSWORD)
