@@ -192,11 +192,12 @@ class MountView:
         return self._in_group(group, rest[1:], latest=True)
 
     def _in_group(self, group: dict[str, Snapshot], rest: list[str], *, latest: bool) -> Entry:
-        newest = max(group, key=lambda n: (group[n].time, group[n].id), default="")
+        # A group's names are in time order (_build_layout): its last is the newest.
+        newest = next(reversed(group), "") if latest else ""
         if not rest:
-            names = tuple(group) + ((LATEST,) if latest and newest else ())
+            names = tuple(group) + ((LATEST,) if newest else ())
             return Entry(names=names, time_ns=self._newest(group.values()))
-        if latest and rest[0] == LATEST and newest:
+        if newest and rest[0] == LATEST:
             if len(rest) > 1:
                 # The kernel follows the link itself; a path through it is not ours.
                 raise _error(errno.ENOENT)
