@@ -76,6 +76,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     repo = ctx.open_repo()
     with repo.lock("read"):
         repo.load_index()
+        # Listed under the lock: each keeps its data until the lock goes, even if a forget
+        # removes it meanwhile (docs/format.md, section 16).
         snaps = choose(repo, args.snapshot, args)
         if ctx.json:
             _json(repo, snaps, matcher)
@@ -91,7 +93,6 @@ def _json(repo: Repository, snaps: list[Snapshot], matcher: PatternList) -> None
     out.write("[")
     first = True
     for snap in snaps:
-        repo.confirm_snapshot(snap)
         count = 0
         for path, node in find_in_snapshot(repo, snap, matcher):
             if not count:
@@ -109,7 +110,6 @@ def _text(repo: Repository, snaps: list[Snapshot], matcher: PatternList, *, long
     # Bytes, so that names that are not UTF-8 print as they are on disk.
     out = sys.stdout.buffer
     for snap in snaps:
-        repo.confirm_snapshot(snap)
         header = False
         for path, node in find_in_snapshot(repo, snap, matcher):
             if not header:
