@@ -18,6 +18,7 @@ APT_PKGS=(
   swift-proxy swift-object swift-container swift-account memcached
   curl
   acl attr libcap2-bin e2fsprogs   # getfacl/getfattr/getcap and mkfs.ext4 for metadata and volume tests
+  restic                           # the reference the pattern and find tests compare with
   fuse3                            # libfuse 3 and fusermount: safehold mount (mfusepy loads libfuse at run time)
 )
 AZURITE_VERSION=3.35.0

@@ -194,6 +194,16 @@ def test_tag_add_remove_and_set_give_snapshots_new_ids_naming_the_old(
     assert len(snapshots(cli, cli_repo)) == 2
 
 
+def test_backup_tags_split_on_commas_as_tag_reads_them(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    src = make_tree(tmp_path / "src")
+    backup(cli, cli_repo, "--tag", "nightly,db", "--tag", "eu", str(src))
+    assert [s["tags"] for s in snapshots(cli, cli_repo)] == [["db", "eu", "nightly"]]
+    ok(cli, "-r", cli_repo, "tag", "--remove", "db", "latest")  # a tag of its own, removable
+    assert [s["tags"] for s in snapshots(cli, cli_repo)] == [["eu", "nightly"]]
+
+
 # --- snapshots --latest, ls --json ---------------------------------------------------------
 
 

@@ -53,7 +53,14 @@ def register(sub: Any) -> None:
         action="store_true",
         help="do not cross into other mounted file systems",
     )
-    p.add_argument("--tag", action="append", default=[], help="tag the snapshot; repeatable")
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG[,TAG...]",
+        help="tag the snapshot; repeatable, or several at once separated by commas (as "
+        "restic, and as 'safehold tag' and 'forget --keep-tag' read them)",
+    )
     p.add_argument("--host", help="host name to record (default: this machine's)")
     p.add_argument("--parent", metavar="SNAPSHOT", help="compare against this snapshot")
     p.add_argument("--force", action="store_true", help="read every file, changed or not")
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         exclude_caches=args.exclude_caches,
         exclude_larger_than=args.exclude_larger_than,
         one_file_system=args.one_file_system,
-        tags=args.tag,
+        tags=[t.strip() for spec in args.tag for t in spec.split(",") if t.strip()],
         host=args.host,
         parent=args.parent,
         force=args.force,
