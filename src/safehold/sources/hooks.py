@@ -7,11 +7,17 @@ The phases are the OSB backup agent's, in the order a run calls them::
     restore: pre-restore-lock  [write the snapshot back]  restore
              restore-cleanup  post-restore-unlock
 
-Each hook runs in a process group of its own, so a timeout (or Ctrl-C) kills everything
-it started, not only the shell at its top. Its standard output and error are captured,
-each bounded to the last :data:`OUTPUT_KEEP` bytes, so a chatty script cannot fill the
-memory of the run or of its record. A hook may run as another user (``backup_user``):
-safehold must then run as root, and the hook gets that user's groups, home and name.
+Each hook runs in a process group (and session) of its own, so a timeout (or Ctrl-C)
+kills everything it started, not only the shell at its top, and its time-out holds
+whatever its descendants do: a process it leaves in the background holding its output
+(``sleep 30 &``) gets :data:`OUTPUT_GRACE` seconds after the hook exited, then safehold
+stops reading and ends the group (the result is ``lingering``). Its standard output and
+error are captured, each bounded to the last :data:`OUTPUT_KEEP` bytes, so a chatty
+script cannot fill the memory of the run or of its record; the last line it printed, the
+two streams taken in the order they came, is the one-line reason of a failure.
+
+A hook may run as another user (``backup_user``): safehold must then run as root, and the
+hook gets that user's groups, home and name.
 
 The repository password never reaches a hook: ``SAFEHOLD_PASSWORD*`` and
 ``SAFEHOLD_REPOSITORY*`` variables (and any variable the caller names in ``hide_env``) are
@@ -26,18 +32,19 @@ from __future__ import annotations
 import os
 import pwd
 import shlex
-import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from safehold.errors import SourceError
+from safehold.sources.process import OUTPUT_GRACE, ProcessGroup, Tail, wait_all
 
 __all__ = [
     "BACKUP_PHASES",
+    "OUTPUT_GRACE",
     "OUTPUT_KEEP",
     "PHASES",
     "RESTORE_PHASES",
@@ -62,6 +69,7 @@ DEFAULT_TIMEOUT = 600.0  # seconds
 # The repository's password and location (which may carry credentials) stay with safehold.
 _HIDDEN_PREFIXES = ("SAFEHOLD_PASSWORD", "SAFEHOLD_REPOSITORY")
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a timed-out hook's group
+_LINE_KEEP = 4096  # bytes of an unfinished line kept to find the last line printed
 
 
 class HookError(SourceError):
@@ -103,6 +111,11 @@ class HookResult:
     stderr: str = ""
     output_truncated: bool = False
     user: str | None = None
+    # It exited, but processes it started still held its output OUTPUT_GRACE s later:
+    # safehold stopped reading and ended its process group.
+    lingering: bool = False
+    last_printed: str = ""  # its last line of output, stdout and stderr in arrival order
+    argv: list[str] = field(default_factory=list)  # what was run ([] if it could not be)
 
     @property
     def ok(self) -> bool:
@@ -116,9 +129,27 @@ class HookResult:
             return f"was killed by signal {-self.exit_code}"
         return f"exited with status {self.exit_code}"
 
+    def pasteable(self) -> str:
+        """The command as a shell would take it (quoted: it can be pasted to try it)."""
+        return shlex.join(self.argv) if self.argv else self.command
+
+    def lingering_note(self, grace: float = OUTPUT_GRACE) -> str:
+        """Why the run went on without the rest of its output (``""`` if it did not)."""
+        if not self.lingering:
+            return ""
+        return (
+            f"the {self.phase} hook {self.describe()}, but processes it started still held "
+            f"its output {grace:g} s later: safehold stopped reading it and ended the hook's "
+            "process group (redirect the output of a command left in the background: "
+            "cmd >/dev/null 2>&1 &)"
+        )
+
     def last_line(self) -> str:
-        """The last line the hook printed (stderr first): the usual one-line reason."""
-        for text in (self.stderr, self.stdout):
+        """The last line the hook printed, stdout and stderr in the order they came: the
+        usual one-line reason."""
+        if self.last_printed:
+            return self.last_printed
+        for text in (self.stderr, self.stdout):  # a result put together by hand
             lines = [line for line in text.strip().splitlines() if line.strip()]
             if lines:
                 return lines[-1].strip()[:300]
@@ -136,38 +167,43 @@ class HookResult:
             "stdout": self.stdout,
             "stderr": self.stderr,
             "output_truncated": self.output_truncated,
+            "lingering": self.lingering,
+            "last_line": self.last_line(),
             "user": self.user,
         }
 
 
-class _Tail:
-    """Reads a pipe to its end on a thread, keeping only the last ``keep`` bytes."""
+class _Lines:
+    """The last line a hook printed, stdout and stderr taken together in the order their
+    pieces arrived (each stream's lines are put together first, so a line written in two
+    pieces is still one line)."""
 
-    def __init__(self, pipe: IO[bytes], keep: int) -> None:
-        self._pipe = pipe
-        self._keep = keep
-        self._buf = bytearray()
-        self.truncated = False
-        self._thread = threading.Thread(target=self._run, daemon=True, name="hook-output")
-        self._thread.start()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._last: tuple[int, bytes] = (0, b"")
+        self._partial: dict[str, tuple[int, bytes]] = {}
 
-    def _run(self) -> None:
-        try:
-            while piece := self._pipe.read(65536):
-                self._buf += piece
-                if len(self._buf) > 2 * self._keep:
-                    del self._buf[: -self._keep]
-                    self.truncated = True
-        except (OSError, ValueError):
-            pass  # the pipe was closed under us after a kill
+    def feeder(self, stream: str) -> Callable[[bytes], None]:
+        def feed(piece: bytes) -> None:
+            with self._lock:
+                self._seq += 1
+                _, before = self._partial.get(stream, (0, b""))
+                *complete, rest = (before + piece).split(b"\n")
+                for line in reversed(complete):
+                    if line.strip():
+                        self._last = (self._seq, line)
+                        break
+                self._seq += 1  # what is left of the piece came after its lines
+                self._partial[stream] = (self._seq, rest[-_LINE_KEEP:])
 
-    def text(self) -> str:
-        # A grandchild that outlived a killed group may still hold the pipe open: do not
-        # wait for it forever.
-        self._thread.join(2)
-        if len(self._buf) > self._keep:
-            self.truncated = True
-        return bytes(self._buf[-self._keep :]).decode(errors="replace")
+        return feed
+
+    def last(self) -> str:
+        with self._lock:
+            candidates = [self._last, *(p for p in self._partial.values() if p[1].strip())]
+            _, line = max(candidates, key=lambda c: c[0])
+        return line.decode(errors="replace").strip()[:300]
 
 
 @dataclass(frozen=True)
@@ -205,26 +241,6 @@ def _hook_env(
     return base
 
 
-def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the hook's process group, then SIGKILL whatever is left after ``grace``."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass  # the group is already gone
-        try:
-            proc.wait(wait)
-            # The leader is gone; kill stragglers in its group that ignored SIGTERM.
-            if sig == signal.SIGTERM:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_hook(
     spec: HookSpec,
     *,
@@ -233,12 +249,18 @@ def run_hook(
     default_user: str | None = None,
     hide_env: Sequence[str] = (),
     kill_grace: float = KILL_GRACE,
+    output_grace: float = OUTPUT_GRACE,
 ) -> HookResult:
     """Run ``spec`` to its end and report how it went; never raises for a failing hook.
 
     ``timeout`` caps the hook's own (a run's remaining time). ``env`` is added to the
     environment. A KeyboardInterrupt (or any exception, such as the run's overall
     timeout) while waiting kills the hook's process group and propagates.
+
+    The hook's time-out holds whatever it started: at the deadline its process group is
+    ended and its output no longer read. Once it exited, processes it left holding its
+    output get ``output_grace`` seconds to let go; then reading stops, the group is ended
+    and the result says so (``lingering``).
     """
     limit = spec.timeout if timeout is None else min(spec.timeout, max(0.0, timeout))
     user = spec.user or default_user
@@ -252,6 +274,7 @@ def run_hook(
     if not argv:
         result.error = "its command line is empty"
         return result
+    result.argv = argv
     try:
         ident = _identity(user) if user else None
     except HookError as exc:
@@ -272,45 +295,58 @@ def run_hook(
             env=_hook_env(env, ident, hide_env),
             # Another user may not be allowed into our working folder.
             cwd="/" if extra else None,
-            start_new_session=True,  # its own process group, killed as a whole
+            start_new_session=True,  # its own process group, ended as a whole
             **extra,
         )
     except OSError as exc:
-        result.error = f"could not start {argv[0]!r}: {exc.strerror or exc}"
+        result.error = f"could not start {shlex.quote(argv[0])}: {exc.strerror or exc}"
         result.duration_s = time.monotonic() - started
         return result
     assert proc.stdout is not None and proc.stderr is not None
-    out, err = _Tail(proc.stdout, OUTPUT_KEEP), _Tail(proc.stderr, OUTPUT_KEEP)
+    group = ProcessGroup(proc)
+    lines = _Lines()
+    tails = [
+        Tail(proc.stdout, OUTPUT_KEEP, on_data=lines.feeder("stdout"), name="hook-stdout"),
+        Tail(proc.stderr, OUTPUT_KEEP, on_data=lines.feeder("stderr"), name="hook-stderr"),
+    ]
+    deadline = started + limit
     try:
         try:
-            result.exit_code = proc.wait(limit)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc, kill_grace)
-            result.timed_out = True
-            result.exit_code = None
-            result.error = f"timed out after {limit:g} s (its process group was killed)"
-    except BaseException:
-        # Ctrl-C or the run's own timeout, while waiting or even while killing.
-        _kill_group(proc, 0.5)
-        result.interrupted = True
-        result.error = "interrupted (its process group was killed)"
-        _finish(result, proc, out, err, started)
-        raise
-    _finish(result, proc, out, err, started)
+            if not group.wait_exit(deadline - time.monotonic()):
+                result.timed_out = True
+                group.end(kill_grace)
+                capped = " (the time left of the run's timeout)" if limit < spec.timeout else ""
+                result.error = f"timed out after {limit:g} s{capped}; its process group was killed"
+            elif not wait_all(tails, min(deadline, time.monotonic() + output_grace)):
+                # It exited, but something it started (`sleep 30 &`) still holds its output.
+                result.lingering = True
+                result.exit_code = group.end(
+                    kill_grace, gone=lambda t: wait_all(tails, time.monotonic() + t)
+                )
+            else:
+                result.exit_code = group.reap()
+        except BaseException:
+            # Ctrl-C or the run's own timeout, while waiting or even while ending the group.
+            group.end(0.5)
+            result.interrupted = True
+            result.error = "interrupted (its process group was killed)"
+            raise
+    finally:
+        _finish(result, tails, lines, started)
     return result
 
 
-def _finish(
-    result: HookResult,
-    proc: subprocess.Popen[bytes],
-    out: _Tail,
-    err: _Tail,
-    started: float,
-) -> None:
+def _finish(result: HookResult, tails: list[Tail], lines: _Lines, started: float) -> None:
+    # Whatever already sits in a pipe is read; a holder outside the group (a daemon that
+    # left its session) is not waited for.
+    try:
+        wait_all(tails, time.monotonic() + 0.2)
+    finally:
+        for tail in tails:
+            tail.stop()
+    out, err = tails
     result.stdout = out.text()
     result.stderr = err.text()
     result.output_truncated = out.truncated or err.truncated
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    result.last_printed = lines.last()
     result.duration_s = time.monotonic() - started

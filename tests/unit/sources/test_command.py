@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from safehold.errors import SourceError, UsageError
+from safehold.sources import process
 from safehold.sources.base import RestoreRequest
 from safehold.sources.command import CommandSource, Settings, build
-from safehold.sources.process import ToolMissing
+from safehold.sources.process import CommandFailed, ToolMissing
+from tests.process_groups import gone, read_pid
 from tests.unit.sources.memfiles import MemoryFiles, read_stream
 
 PY = sys.executable
@@ -113,3 +117,87 @@ def test_restore_of_a_snapshot_without_the_file() -> None:
 def test_settings_are_checked(settings: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.model_validate(settings)
+
+
+# --- standard error, descendants (issue 15) ------------------------------------------------
+
+PG_DUMP_DYING = r"""
+for i in $(seq 1 400); do echo "pg_dump: dumping contents of table public.t$i" >&2; done
+echo 'pg_dump: error: Dumping the contents of table "orders" failed: PQgetResult() failed.' >&2
+echo 'pg_dump: detail: Error message from server: server closed the connection unexpectedly' >&2
+printf '\tThis probably means the server terminated abnormally\n' >&2
+echo 'pg_dump: detail: Command was: COPY public.orders (id, total) TO stdout;' >&2
+exit 1
+"""
+
+
+def test_a_failure_shows_the_end_of_stderr_and_keeps_its_last_8_kib() -> None:
+    src = source(command=PG_DUMP_DYING, shell=True)
+    with pytest.raises(CommandFailed) as caught:
+        read_stream(src.content().streams[0])
+    err = caught.value
+    summary, intro, *shown = err.message.splitlines()
+    assert summary == "command source 'stdout': sh exited with status 1"
+    assert intro == "  its standard error ended with:"
+    # The cause ("server closed the connection") is shown, not only the last line.
+    assert "server closed the connection unexpectedly" in err.message
+    assert (
+        shown[-1].strip()
+        == "pg_dump: detail: Command was: COPY public.orders (id, total) TO stdout;"
+    )
+    assert len(shown) <= 13 and shown[0].strip().startswith("[… ")
+    # The whole tail the docs promise is kept for the run record.
+    assert 8000 < len(err.stderr.encode()) <= 8192
+    assert err.stderr.endswith("Command was: COPY public.orders (id, total) TO stdout;")
+    assert err.status == 1
+
+
+def test_a_dump_that_fails_is_not_held_by_what_it_left_running(tmp_path: Path) -> None:
+    pgid = tmp_path / "pgid"
+    src = source(command=f"echo $$ > {pgid}; echo rows; sleep 30 & exit 3", shell=True)
+    started = time.monotonic()
+    with pytest.raises(CommandFailed, match="status 3"):
+        read_stream(src.content().streams[0])
+    assert time.monotonic() - started < 15  # well under the child's 30 s
+    assert gone(read_pid(pgid)), "the dump's background child survived"
+
+
+def test_a_dump_whose_output_stays_held_after_it_exited_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(process, "DRAIN_IDLE", 1.0)
+    pgid = tmp_path / "pgid"
+    src = source(command=f"echo $$ > {pgid}; echo rows; sleep 30 &", shell=True)
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="still held its standard output") as caught:
+        read_stream(src.content().streams[0])
+    assert time.monotonic() - started < 15
+    assert "may be incomplete" in caught.value.message
+    assert gone(read_pid(pgid))
+
+
+def test_output_still_written_after_the_command_exited_is_kept() -> None:
+    # A compressor behind a process substitution may finish after the shell exits.
+    src = source(command="echo one; (sleep 0.5; echo two) &", shell=True)
+    assert read_stream(src.content().streams[0]) == b"one\ntwo\n"
+
+
+def test_a_restore_command_that_fails_shows_its_stderr_and_is_not_held(tmp_path: Path) -> None:
+    pgid = tmp_path / "pgid"
+    script = (
+        f"echo $$ > {pgid}; sleep 30 & cat >/dev/null; echo 'psql: FATAL: no space' >&2; exit 2"
+    )
+    src = source(command="true", name="x", restore_command=script, shell=True)
+    started = time.monotonic()
+    with pytest.raises(CommandFailed, match="status 2: psql: FATAL: no space"):
+        src.restore(MemoryFiles({"x": b"y" * 100_000}), RestoreRequest())
+    assert time.monotonic() - started < 15
+    assert gone(read_pid(pgid))
+
+
+def test_a_missing_program_is_named_so_it_can_be_pasted(tmp_path: Path) -> None:
+    missing = str(tmp_path / "it's missing")
+    src = source(command=[missing, "--all"])
+    with pytest.raises(ToolMissing) as caught:
+        read_stream(src.content().streams[0])
+    assert f"could not start {shlex.quote(missing)}:" in caught.value.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from safehold.sources import hooks as hookmod
 from safehold.sources.hooks import HookSpec, run_hook
+from tests.process_groups import gone, read_pid
 
 
 def test_runs_with_env_and_captures_output(tmp_path: Path) -> None:
@@ -130,3 +132,90 @@ def test_backup_user_runs_the_hook_as_that_user() -> None:
 def test_another_user_needs_root() -> None:
     res = run_hook(HookSpec(phase="backup", run="true"), env={}, default_user="nobody")
     assert not res.ok and "needs safehold to run as root" in res.describe()
+
+
+# --- descendants, output order, quoting (issue 15) ---------------------------------------
+
+
+def test_a_background_child_holding_the_output_cannot_hold_the_hook(tmp_path: Path) -> None:
+    # The hook exits at once; `sleep 30` keeps its stdout and stderr open. It used to hold
+    # the run for its whole life, whatever the hook's timeout.
+    pgid_file = tmp_path / "pgid"
+    spec = HookSpec(
+        phase="pre-backup-check",
+        run=f"echo $$ > {pgid_file}; sleep 30 & echo checked",
+        shell=True,
+        timeout=4,
+    )
+    started = time.monotonic()
+    res = run_hook(spec, env={})
+    assert time.monotonic() - started < 15  # well under the child's 30 s
+    assert res.ok and res.exit_code == 0 and res.lingering and not res.timed_out
+    assert res.stdout == "checked\n"
+    assert "still held its output" in res.lingering_note()
+    assert res.to_json()["lingering"] is True
+    assert gone(read_pid(pgid_file)), "the hook's background child survived"
+
+
+def test_a_background_child_that_let_go_of_the_output_is_left_alone(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    spec = HookSpec(
+        phase="pre-backup-lock",
+        run=f"sleep 30 >/dev/null 2>&1 & echo $! > {pid_file}; echo locked",
+        shell=True,
+    )
+    res = run_hook(spec, env={})
+    child = read_pid(pid_file)
+    try:
+        assert res.ok and not res.lingering and res.stdout == "locked\n"
+        assert res.duration_s < 10
+        assert _alive(child)  # a lock holder the unlock hook will end, say
+    finally:
+        os.kill(child, 9)
+
+
+def test_a_timeout_holds_when_a_process_outside_the_group_keeps_the_output(
+    tmp_path: Path,
+) -> None:
+    # setsid puts the child beyond the group's kill; it keeps the pipes open for 30 s.
+    pid_file = tmp_path / "escaped"
+    spec = HookSpec(
+        phase="backup",
+        run=f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 30' & sleep 60",
+        shell=True,
+        timeout=1,
+    )
+    started = time.monotonic()
+    res = run_hook(spec, env={}, kill_grace=0.5)
+    escaped = read_pid(pid_file)
+    try:
+        assert time.monotonic() - started < 15
+        assert res.timed_out and not res.ok and "timed out after 1 s" in res.describe()
+    finally:
+        os.kill(escaped, 9)
+
+
+def test_the_last_line_is_the_last_printed_whichever_the_stream() -> None:
+    # The reason is what came last, not stderr before stdout.
+    spec = HookSpec(
+        phase="pre-backup-check",
+        run="echo 'checking the replica' >&2; sleep 0.3; echo 'replica is 900 s behind'; exit 1",
+        shell=True,
+    )
+    res = run_hook(spec, env={})
+    assert res.exit_code == 1 and res.last_line() == "replica is 900 s behind"
+    assert res.to_json()["last_line"] == "replica is 900 s behind"
+    spec = HookSpec(
+        phase="pre-backup-check",
+        run="echo 'lag: 900 s'; sleep 0.3; printf 'too far behind' >&2; exit 1",
+        shell=True,
+    )
+    assert run_hook(spec, env={}).last_line() == "too far behind"
+
+
+def test_commands_in_messages_can_be_pasted(tmp_path: Path) -> None:
+    res = run_hook(HookSpec(phase="backup", run="echo 'a b' c", shell=True), env={})
+    assert res.pasteable() == "/bin/sh -c 'echo '\"'\"'a b'\"'\"' c'"
+    missing = str(tmp_path / "it's missing")
+    res = run_hook(HookSpec(phase="backup", run=shlex.join([missing, "--now"])), env={})
+    assert res.describe().startswith(f"could not start {shlex.quote(missing)}:")
