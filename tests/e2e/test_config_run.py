@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -343,3 +344,107 @@ def test_a_configured_restore_of_a_damaged_tree_exits_4(
 
     assert res.code == 4, res.output  # damage, not "some files could not be read" (3)
     assert (target / str(data).lstrip("/") / "sub").is_dir()  # left empty, the rest restored
+
+
+def test_ctrl_c_still_prints_the_record_under_json(
+    cli_env: dict[str, str], cli_repo: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    started = tmp_path / "started"
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"""\
+repository: {cli_repo}
+sources:
+  slow:
+    type: directory
+    paths: [{data}]
+    hooks:
+      pre-backup-lock: {{run: "touch {started}; sleep 60", shell: true}}
+      post-backup-unlock: {{run: "echo unlocked", shell: true}}
+"""
+    )
+    env = {**cli_env, "SAFEHOLD_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safehold", "--json", "backup", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    record = json.loads(out)
+    assert record["outcome"] == "interrupted" and record["exit_code"] == 130
+    assert [p["phase"] for p in record["phases"]] == ["pre-backup-lock", "post-backup-unlock"]
+    assert record["phases"][0]["interrupted"] is True
+    assert b"safehold: interrupted" in err
+
+
+def test_the_skip_reason_is_the_checks_last_line_as_printed(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "safehold.yaml"
+    check = "echo 'asking the replica' >&2; sleep 0.3; echo 'replica is 900 s behind'; exit 1"
+    config.write_text(
+        f"repository: {cli_repo}\nsources:\n  db:\n    type: directory\n    paths: [{data}]\n"
+        f"    hooks:\n      pre-backup-check: {{run: {json.dumps(check)}, shell: true}}\n"
+    )
+    env = {"SAFEHOLD_STATE_DIR": str(tmp_path / "st")}
+    res = cli("--json", "backup", "--config", str(config), env=env)
+    assert res.code == 8, res.output
+    reason = "the pre-backup-check hook exited with status 1: replica is 900 s behind"
+    assert json.loads(res.stdout)["reason"] == reason
+    assert f"backup skipped: {reason}" in res.stderr
+    # The text log shows the hook's command as it can be pasted into a shell.
+    assert "command=/bin/sh -c 'echo '\"'\"'asking the replica" in res.stderr
+
+
+def test_a_failed_dump_shows_its_stderr_tail_and_records_8_kib(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "fake_pg_dump.sh"
+    write_script(
+        script,
+        'for i in $(seq 1 300); do echo "pg_dump: dumping contents of table public.t$i" >&2; '
+        "done\n"
+        "echo 'pg_dump: error: Dumping the contents of table \"orders\" failed' >&2\n"
+        "echo 'pg_dump: detail: server closed the connection unexpectedly' >&2\n"
+        "echo 'pg_dump: detail: Command was: COPY public.orders (id) TO stdout;' >&2\n"
+        "exit 1",
+    )
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"repository: {cli_repo}\nsources:\n  shop:\n    type: command\n"
+        f"    command: [{script}]\n    name: shop.sql\n"
+    )
+    env = {"SAFEHOLD_STATE_DIR": str(tmp_path / "state")}
+    res = cli("--log-format", "json", "--json", "backup", "--config", str(config), env=env)
+    assert res.code == 6, res.output
+    record = json.loads(res.stdout)
+    assert record["outcome"] == "failed"
+    # The cause is in the message, not only the last line.
+    for text in (record["error"], res.stderr):
+        assert "server closed the connection unexpectedly" in text
+        assert "Command was: COPY public.orders (id) TO stdout;" in text
+    assert record["error"].startswith(
+        "command source 'shop.sql': fake_pg_dump.sh exited with status 1; no snapshot was saved\n"
+    )
+    tail = record["error_output"]
+    assert 8000 < len(tail) <= 8192 and tail.endswith("COPY public.orders (id) TO stdout;")
+    (finished,) = [e for e in json_lines(res.stderr) if e["event"] == "run.finished"]
+    assert finished["error_output"] == tail
+    (saved,) = (tmp_path / "state" / "runs" / "shop").glob("*.json")
+    assert json.loads(saved.read_text())["error_output"] == tail

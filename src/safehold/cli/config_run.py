@@ -204,6 +204,8 @@ def _report(ctx: Context, record: RunRecord) -> int:
         )
     if record.outcome == "skipped":
         print(f"safehold: {record.source}: backup skipped: {record.reason}", file=sys.stderr)
+    elif record.outcome == "interrupted":
+        print("safehold: interrupted", file=sys.stderr)
     elif record.outcome not in ("success", "partial"):
         print(f"safehold: error: {record.error}", file=sys.stderr)
     for warning in record.warnings:
@@ -241,6 +243,7 @@ def backup_from_config(args: argparse.Namespace, ctx: Context) -> int:
         sink=sink,
         progress=make_progress(ctx.progress_enabled()),
         threads=args.threads,
+        on_interrupt="return",  # --json prints the record of an interrupted run too
     )
     return _report(ctx, record)
 
@@ -281,5 +284,6 @@ def restore_from_config(args: argparse.Namespace, ctx: Context) -> int:
         jobs=args.jobs or 1,
         sink=sink,
         progress=make_progress(ctx.progress_enabled()),
+        on_interrupt="return",
     )
     return _report(ctx, record)

@@ -18,7 +18,9 @@ from safehold.engine.run_log import LogEvent, LogSink
 
 __all__ = ["make_sink"]
 
-_TEXT_SKIP = {"run_id", "backup_guid", "source", "identifier", "stdout", "stderr"}
+# Output is shown as indented lines (a failed hook's), or is in the error's message already
+# (a failed tool's last lines; error_output keeps its last 8 KiB for the JSON log).
+_TEXT_SKIP = {"run_id", "backup_guid", "source", "identifier", "stdout", "stderr", "error_output"}
 
 
 def _ts(event: LogEvent) -> str:

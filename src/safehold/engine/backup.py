@@ -354,8 +354,10 @@ def _backup_stream(
         with stream.open() as reader:
             node.content, node.size = _save_stream(repo, saver, reader, threads, progress)
     except SourceError as exc:
+        # On the first line: a failed tool's message goes on with its standard error.
+        first, sep, rest = exc.message.partition("\n")
         raise SourceError(
-            f"{exc.message}; no snapshot was saved",
+            f"{first}; no snapshot was saved{sep}{rest}",
             hint=exc.hint
             or "fix the command or source; data it produced is kept and reused by the next backup",
         ) from exc

@@ -68,6 +68,9 @@ class RunRecord:
     outcome: str = "running"
     exit_code: int | None = None
     error: str = ""
+    # The end of the standard error of the tool whose failure ``error`` reports (its last
+    # 8 KiB; the message shows only its last lines).
+    error_output: str = ""
     reason: str = ""  # why a run was skipped
     snapshot: str = ""  # saved (backup) or restored (restore) snapshot id
     target: str = ""  # restore target
@@ -93,6 +96,7 @@ class RunRecord:
             "outcome": self.outcome,
             "exit_code": self.exit_code,
             "error": self.error,
+            "error_output": self.error_output,
             "reason": self.reason,
             "snapshot": self.snapshot or None,
             "target": self.target or None,

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from safehold.clock import utcnow
 from safehold.engine.backup import BackupOptions, run_backup
@@ -55,10 +55,13 @@ from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 from safehold.sources.base import RestoreRequest, Source, TreeContent
 from safehold.sources.hooks import HookError, HookResult, HookSpec, run_hook
+from safehold.sources.process import CommandFailed
 
 __all__ = ["SourceJob", "run_source_backup", "run_source_restore"]
 
 IDENTIFIER_TIMEOUT = 60.0
+# What a Ctrl-C does once the run has cleaned up, unlocked and saved its record.
+OnInterrupt = Literal["raise", "return"]
 _LOG_OUTPUT = 4096  # bytes of a hook's output put in a log line (the record keeps more)
 
 
@@ -199,14 +202,15 @@ class _Run:
             )
             self.log.error("hook.killed", phase=spec.phase, timed_out=timed_out)
             raise
-        for name in ("command", "stdout", "stderr", "error"):
+        for name in ("command", "stdout", "stderr", "error", "last_printed"):
             setattr(result, name, self.redactor.text(getattr(result, name)))
+        result.argv = [self.redactor.text(a) for a in result.argv]
         self.record.phases.append(result.to_json())
         self.log.log(
             "info" if result.ok else "error",
             "hook.finished",
             phase=spec.phase,
-            command=result.command,
+            command=result.pasteable(),
             exit_code=result.exit_code,
             timed_out=result.timed_out,
             duration_s=round(result.duration_s, 3),
@@ -214,6 +218,11 @@ class _Run:
             stderr=result.stderr[-_LOG_OUTPUT:],
             error=result.error,
         )
+        if result.lingering:
+            # The run goes on without the rest of its output: say why, loudly.
+            note = result.lingering_note()
+            self.record.warnings.append(note)
+            self.log.warning("hook.lingering", phase=spec.phase, message=note)
         return result
 
     def hook(self, phase: str, *, fatal: bool, capped: bool = True) -> HookResult | None:
@@ -258,6 +267,8 @@ class _Run:
         cleanup: str,
         unlock: str,
         after: Callable[[], None] | None = None,
+        *,
+        on_interrupt: OnInterrupt = "raise",
     ) -> RunRecord:
         self.identify()
         self.log.info(
@@ -298,6 +309,8 @@ class _Run:
         finally:
             self.deadline.disarm()
         self._finish()
+        if on_interrupt == "return" and isinstance(raised, KeyboardInterrupt):
+            return self.record  # outcome "interrupted": the caller reports it like the rest
         if raised is not None and not isinstance(raised, SafeholdError | _RunTimeout | _Skipped):
             raise raised  # a bug, or Ctrl-C: the caller shows it (the record is saved)
         return self.record
@@ -340,6 +353,10 @@ class _Run:
             )
         elif isinstance(exc, SafeholdError):
             rec.outcome, rec.exit_code, rec.error = "failed", exc.exit_code, str(exc)
+            failed = _command_failure(exc)
+            if failed is not None:
+                # The message shows its last lines; the record keeps all that was kept.
+                rec.error_output = self.redactor.text(failed.stderr)
         else:
             rec.outcome, rec.exit_code = "failed", ExitCode.FAILURE
             rec.error = f"unexpected {type(exc).__name__}: {exc}"
@@ -364,10 +381,21 @@ class _Run:
             exit_code=rec.exit_code,
             snapshot=rec.snapshot or None,
             error=rec.error or None,
+            error_output=rec.error_output or None,
             reason=rec.reason or None,
             warnings=rec.warnings,
             duration_s=round((rec.finished - rec.started).total_seconds(), 3),
         )
+
+
+def _command_failure(exc: BaseException) -> CommandFailed | None:
+    """The failed tool behind ``exc`` (the engine wraps it to say no snapshot was saved)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, CommandFailed):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def run_source_backup(
@@ -378,11 +406,14 @@ def run_source_backup(
     sink: LogSink = discard,
     progress: Progress = NO_PROGRESS,
     threads: int | None = None,
+    on_interrupt: OnInterrupt = "raise",
 ) -> RunRecord:
     """Back ``job``'s source up once, hooks and all; the record says how it went.
 
     Failures become the record's outcome and exit code; only a KeyboardInterrupt or an
-    unexpected bug propagates (after cleanup, unlock and the record).
+    unexpected bug propagates (after cleanup, unlock and the record). With
+    ``on_interrupt="return"`` an interrupted run returns its record too (outcome
+    ``interrupted``, exit code 130), for a front end that reports every run alike.
     """
     run = _Run(job, "backup", state_dir, sink)
 
@@ -428,7 +459,9 @@ def run_source_backup(
     def copies() -> None:
         _replicate(run, repo, job, progress)
 
-    return run.execute(body, "backup-cleanup", "post-backup-unlock", copies)
+    return run.execute(
+        body, "backup-cleanup", "post-backup-unlock", copies, on_interrupt=on_interrupt
+    )
 
 
 def _replicate(run: _Run, repo: Repository, job: SourceJob, progress: Progress) -> None:
@@ -465,8 +498,10 @@ def run_source_restore(
     jobs: int = 1,
     sink: LogSink = discard,
     progress: Progress = NO_PROGRESS,
+    on_interrupt: OnInterrupt = "raise",
 ) -> RunRecord:
-    """Restore ``snap`` through ``job``'s source once, with the restore hooks.
+    """Restore ``snap`` through ``job``'s source once, with the restore hooks (a Ctrl-C
+    as :func:`run_source_backup` says).
 
     A stream source restores itself (``Source.restore``: into a database, a file...); a
     tree source (its ``restore`` raises NotImplementedError) is written under ``target``
@@ -494,7 +529,7 @@ def run_source_restore(
         run.record.warnings.extend(f"could not restore {p}: {m}" for p, m in errors)
         run.hook("restore", fatal=True)
 
-    return run.execute(body, "restore-cleanup", "post-restore-unlock")
+    return run.execute(body, "restore-cleanup", "post-restore-unlock", on_interrupt=on_interrupt)
 
 
 def _restore_data(
