@@ -241,11 +241,16 @@ def _download(storage: Storage, entry: ArchiveEntry, tmp: BinaryIO) -> None:
 class _Decrypting:
     """A reader that undoes the ``openssl enc`` framing of ``raw``."""
 
-    def __init__(self, raw: BinaryIO, passphrase: bytes) -> None:
+    def __init__(
+        self, raw: BinaryIO, passphrase: bytes, derived: dict[bytes, tuple[bytes, bytes]]
+    ) -> None:
         head = raw.read(16)
         if len(head) < 16 or not head.startswith(_MAGIC):
             raise IntegrityError("the archive is not in openssl 'Salted__' format")
-        key, iv = _derive(passphrase, head[8:16])
+        salt = head[8:16]
+        if salt not in derived:  # PBKDF2 once per restore, not once per pass
+            derived[salt] = _derive(passphrase, salt)
+        key, iv = derived[salt]
         self._raw = raw
         self._dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
         self._unpad = padding.PKCS7(128).unpadder()
@@ -290,22 +295,26 @@ def restore_archive(
         # Two passes over the downloaded file: a stream can only be read forward, and the
         # member list must be checked in full before the first byte is written (decrypting
         # and decompressing twice costs CPU; keeping the plain tar would cost its size).
-        with _tar_stream(tmp, entry, passphrase) as tar:
+        derived: dict[bytes, tuple[bytes, bytes]] = {}
+        with _tar_stream(tmp, entry, passphrase, derived) as tar:
             check_members(tar, entry.name)
-        with _tar_stream(tmp, entry, passphrase) as tar:
+        with _tar_stream(tmp, entry, passphrase, derived) as tar:
             return extract(tar, target, opts, entry.name)
 
 
 @contextlib.contextmanager
 def _tar_stream(
-    tmp: BinaryIO, entry: ArchiveEntry, passphrase: bytes | None
+    tmp: BinaryIO,
+    entry: ArchiveEntry,
+    passphrase: bytes | None,
+    derived: dict[bytes, tuple[bytes, bytes]],
 ) -> Iterator[tarfile.TarFile]:
     """The downloaded archive ``tmp`` as a tar stream, from its start."""
     tmp.seek(0)
     raw: IO[bytes] = tmp
     if entry.encrypted:
         assert passphrase is not None
-        raw = _Decrypting(tmp, passphrase)  # type: ignore[assignment]
+        raw = _Decrypting(tmp, passphrase, derived)  # type: ignore[assignment]
     try:
         with (
             zstandard.ZstdDecompressor().stream_reader(raw, closefd=False) as plain,

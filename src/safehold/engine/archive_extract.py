@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import grp
 import os
 import pwd
@@ -37,6 +38,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from safehold.engine.restore_folders import (
     Folder,
@@ -56,6 +58,7 @@ _NAMED = 5
 
 # (mode, uid, gid, mtime in ns), as restore_folders takes it
 Meta = tuple[int, int, int, int]
+_T = TypeVar("_T")
 
 
 def _umask() -> int:
@@ -135,8 +138,9 @@ class _Checker:
             target = member_path(m.linkname)
             if not target or target not in self.linkable:
                 return "", f"a hard link to {m.linkname!r}, not an earlier file of the archive"
-            # ... (whose path has no symlink of the archive in it: that was checked
-            # when it was added, and a symlink added since replaces it or is below it)
+            for parent in _parents(target):  # a symlink made since in place of its folder
+                if parent in self.symlinks:
+                    return "", f"a hard link below {parent!r}, a symlink of the archive"
         for parent in _parents(path):  # folders now, whatever they were
             self.linkable.discard(parent)
         if m.issym():
@@ -272,23 +276,24 @@ class _Extractor:
             self.result.dirs += 1
             return
         with self._descriptor(parent) as fd:
-            self._clear(fd, name, path)
             if m.islnk():
-                self._hardlink(m, fd, name)
+                self._hardlink(m, fd, name, path)
                 self.result.files += 1
             elif m.issym():
-                os.symlink(m.linkname, name, dir_fd=fd)
+                self._make(fd, name, path, lambda: os.symlink(m.linkname, name, dir_fd=fd))
                 set_entry_meta(fd, name, self.meta(m), self.opts.owner, is_link=True)
                 self.result.others += 1
             elif m.isfifo() or m.ischr() or m.isblk():
                 self._special(m, fd, name, path)
             else:  # regular, contiguous, sparse, or a type tar does not know: its data
-                self._file(m, fd, name, tar)
+                self._file(m, fd, name, path, tar)
 
-    def _file(self, m: tarfile.TarInfo, folder: int, name: str, tar: tarfile.TarFile) -> None:
+    def _file(
+        self, m: tarfile.TarInfo, folder: int, name: str, path: str, tar: tarfile.TarFile
+    ) -> None:
         # Created writable by its owner whatever its mode (0444, 000), written, then given
         # its owner and, last, its mode: a change of owner clears the set-id bits.
-        fd = os.open(name, _CREATE, 0o600, dir_fd=folder)
+        fd = self._make(folder, name, path, lambda: os.open(name, _CREATE, 0o600, dir_fd=folder))
         try:
             src = tar.extractfile(m)
             if src is not None:
@@ -307,33 +312,50 @@ class _Extractor:
             os.close(fd)
         self.result.files += 1
 
-    def _hardlink(self, m: tarfile.TarInfo, folder: int, name: str) -> None:
+    def _hardlink(self, m: tarfile.TarInfo, folder: int, name: str, path: str) -> None:
         # check_members allowed only an earlier member that is no folder: its folder is
         # one of ours, reached without following a link.
         target = member_path(m.linkname)
         assert target
-        if target == member_path(m.name):
+        if target == path:
             return  # a link to itself: the file is there already
         src_path, _, src_name = target.rpartition("/")
         with self._descriptor(self.folder(src_path)) as src:
-            os.link(src_name, name, src_dir_fd=src, dst_dir_fd=folder, follow_symlinks=False)
+            self._make(
+                folder,
+                name,
+                path,
+                lambda: os.link(
+                    src_name, name, src_dir_fd=src, dst_dir_fd=folder, follow_symlinks=False
+                ),
+            )
 
     def _special(self, m: tarfile.TarInfo, folder: int, name: str, path: str) -> None:
+        if m.isfifo():
+            make = functools.partial(os.mkfifo, name, 0o600, dir_fd=folder)
+        else:
+            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+            dev = os.makedev(m.devmajor, m.devminor)
+            make = functools.partial(os.mknod, name, 0o600 | kind, dev, dir_fd=folder)
         try:
-            if m.isfifo():
-                os.mkfifo(name, 0o600, dir_fd=folder)
-            else:
-                kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-                dev = os.makedev(m.devmajor, m.devminor)
-                os.mknod(name, 0o600 | kind, dev, dir_fd=folder)
+            self._make(folder, name, path, make)
         except PermissionError as exc:  # mknod needs CAP_MKNOD: reported, as tar does
             self.result.errors.append((path, f"cannot make the device: {exc.strerror}"))
             return
         set_entry_meta(folder, name, self.meta(m), self.opts.owner, is_link=False)
         self.result.others += 1
 
+    def _make(self, folder: int, name: str, path: str, make: Callable[[], _T]) -> _T:
+        """``make()`` the member ``name`` (exclusively: no call here follows or reuses what
+        is there); if something is in the way, replace it as tar does and make it again."""
+        try:
+            return make()
+        except FileExistsError:
+            self._clear(folder, name, path)
+        return make()
+
     def _clear(self, folder: int, name: str, path: str) -> None:
-        """Make room for a member that is no folder: what is there is replaced (as tar
+        """Make room for a member that is no folder: what is there is removed (as tar
         does), an empty folder too; a folder with something in it stays (an error)."""
         try:
             st = os.stat(name, dir_fd=folder, follow_symlinks=False)

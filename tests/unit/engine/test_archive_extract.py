@@ -94,6 +94,12 @@ HOSTILE = {
     ],
     "hardlink-out": [(member("h", tarfile.LNKTYPE, linkname="../outside/victim"), b"")],
     "hardlink-abs": [(member("h", tarfile.LNKTYPE, linkname="OUTSIDE/victim"), b"")],
+    "hardlink-below-a-later-symlink": [
+        (member("a", tarfile.DIRTYPE), b""),
+        (member("a/f"), b"f"),
+        (member("a", tarfile.SYMTYPE, linkname="OUTSIDE"), b""),
+        (member("h", tarfile.LNKTYPE, linkname="a/f"), b""),
+    ],
     "hardlink-through-symlink": [
         (member("l", tarfile.SYMTYPE, linkname="OUTSIDE"), b""),
         (member("h", tarfile.LNKTYPE, linkname="l/victim"), b""),
