@@ -63,6 +63,21 @@ SIZE_SYNTAX = "bytes, or with a suffix k, m, g or t (powers of 1024, as restic r
 NameTest = Callable[[str], bool]
 
 
+_META = "*?[]\\"  # what makes a component a glob (restic's isSimple)
+
+
+def _either(tests: list[NameTest]) -> NameTest | None:
+    """One test for "any of ``tests``" (at most three: names, prefixes, globs)."""
+    if len(tests) < 2:
+        return tests[0] if tests else None
+    a, b, *more = tests
+    if not more:
+        return lambda name: a(name) or b(name)
+    rest = _either(more)
+    assert rest is not None
+    return lambda name: a(name) or b(name) or rest(name)
+
+
 def every_name(_name: str) -> bool:
     """The test :meth:`PatternList.names` gives where every name matches."""
     return True
@@ -167,7 +182,7 @@ def _translate(part: str) -> str:
 def _part(text: str) -> _Part:
     if text == "**":
         return _DOUBLE
-    if not any(c in text for c in "\\[]*?"):
+    if not any(c in text for c in _META):
         return _Part(text, None, False)
     return _Part(text, re.compile(f"(?s:{_translate(text)})\\Z"), False)
 
@@ -343,29 +358,42 @@ class PatternList:
             return self._fold_test(state, last)
         if state.matched:
             return every_name
-        plain = frozenset(
-            self.patterns[i].parts[-1].text for i in last if self.patterns[i].parts[-1].rx is None
-        )
-        globs = [self.patterns[i].parts[-1] for i in last if self.patterns[i].parts[-1].rx]
-        rx = None
-        if globs:
-            bodies = sorted({g.rx.pattern for g in globs if g.rx is not None})
-            rx = re.compile("|".join(f"(?:{b})" for b in bodies))
-        lower = self.ignore_case
-        if rx is None and not plain:
-            return None
-        if rx is None:
-            if lower:
-                return lambda name: name.lower() in plain
-            return plain.__contains__
-        match = rx.match
-        if not plain:
-            if lower:
-                return lambda name: match(name.lower()) is not None
-            return lambda name: match(name) is not None
-        if lower:
-            return lambda name: (n := name.lower()) in plain or match(n) is not None
-        return lambda name: name in plain or match(name) is not None
+        # The cheapest test for each: a set of plain names, str.endswith / startswith for
+        # "*.log" / "core*" (one C call for all of them), one expression for other globs.
+        plain: set[str] = set()
+        suffixes: list[str] = []
+        prefixes: list[str] = []
+        bodies: set[str] = set()
+        for i in last:
+            part = self.patterns[i].parts[-1]
+            text = part.text
+            if part.rx is None:
+                plain.add(text)
+            elif text.startswith("*") and not any(c in text[1:] for c in _META):
+                suffixes.append(text[1:])
+            elif text.endswith("*") and not any(c in text[:-1] for c in _META):
+                prefixes.append(text[:-1])
+            else:
+                bodies.add(part.rx.pattern)
+        tests: list[NameTest] = []
+        names, ends = frozenset(plain), tuple(suffixes)
+        if plain and suffixes:  # the usual list ("cache", "*.tmp"): one call per name
+            tests.append(lambda name: name in names or name.endswith(ends))
+        elif plain:
+            tests.append(names.__contains__)
+        elif suffixes:
+            tests.append(lambda name: name.endswith(ends))
+        if prefixes:
+            starts = tuple(prefixes)
+            tests.append(lambda name: name.startswith(starts))
+        if bodies:
+            match = re.compile("|".join(f"(?:{b})" for b in sorted(bodies))).match
+            tests.append(lambda name: match(name) is not None)
+        test = _either(tests)
+        if test is None or not self.ignore_case:
+            return test
+        cased = test
+        return lambda name: cased(name.lower())
 
     def _fold_test(self, state: State, last: list[int]) -> NameTest | None:
         """With negated patterns, each name is folded through the list in order."""
