@@ -23,7 +23,8 @@ from safehold.errors import ExitCode, UsageError
 COMMAND_HELP = """
 --command runs one program with its arguments, without a shell (as exec does): quotes
 group words, but '|', '>', ';', '&&' and $VARS are passed to the program as they are.
-For a pipeline, give the shell yourself:
+For a pipeline, give the shell yourself (with bash -o pipefail -c '...', a failure of any
+command of the pipeline, not only the last, fails the backup):
   safehold backup --stdin-name db.sql.zst --command "sh -c 'pg_dump mydb | zstd'"
 """
 
