@@ -248,6 +248,8 @@ def _fill(value: Any, root: Path) -> Any:
         return value.replace(R, str(root))
     if isinstance(value, list):
         return [_fill(v, root) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, root) for k, v in value.items()}
     return value
 
 
