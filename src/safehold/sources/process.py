@@ -27,8 +27,10 @@ never through ``argv``, which ``ps`` shows to every user of the machine.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import select
 import selectors
 import shlex
 import shutil
@@ -355,6 +357,19 @@ def _finish_stderr(tail: Tail, group: ProcessGroup, grace: float = OUTPUT_GRACE)
     return tail.text()
 
 
+# The default 64 KiB made 16 times as many reads: reading 2 GB took 0.82 CPU s instead
+# of the 0.60 of a plain blocking read, 0.55 with this.
+_PIPE_SIZE = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    """Let the tool's output pipe hold 1 MiB (Linux; the default limit for any user)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size, or not Linux: the default is fine
+
+
 class _DumpOutput(io.RawIOBase):
     """A dump tool's standard output, read without blocking past the tool's end: a tool
     that failed fails the read at once; after one that exited with status 0, whatever it
@@ -371,10 +386,13 @@ class _DumpOutput(io.RawIOBase):
         self._what = what
         self._tool = tool
         self._idle_since: float | None = None  # set once the tool exited with status 0
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self._fd, selectors.EVENT_READ)
+        _widen(self._fd)
+        # select.poll, not a selectors object: this is on the path of every read that
+        # finds the pipe empty, and the dump's reader is usually faster than its tool.
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
         if group.exit_fd is not None:
-            self._sel.register(group.exit_fd, selectors.EVENT_READ)
+            self._poll.register(group.exit_fd, select.POLLIN)
 
     def readable(self) -> bool:
         return True
@@ -395,8 +413,8 @@ class _DumpOutput(io.RawIOBase):
             code = self._group.status()
             if code is None:
                 # Until data comes or the tool ends (a poll on an old kernel); the run's
-                # timeout or Ctrl-C interrupts the select.
-                self._sel.select(None if self._group.exit_fd is not None else 0.05)
+                # timeout or Ctrl-C interrupts the poll.
+                self._poll.poll(None if self._group.exit_fd is not None else 50)
                 return
             if code != 0:
                 # It failed: what it wrote is no dump, whoever still holds the pipe.
@@ -406,10 +424,10 @@ class _DumpOutput(io.RawIOBase):
                 raise _failure(self._what, code, stderr, self._tool)
             self._idle_since = time.monotonic()
             if self._group.exit_fd is not None:
-                self._sel.unregister(self._group.exit_fd)
+                self._poll.unregister(self._group.exit_fd)
         left = self._idle_since + DRAIN_IDLE - time.monotonic()
         if left > 0:
-            self._sel.select(left)
+            self._poll.poll(left * 1000)
             return
         self._group.signal(signal.SIGKILL)
         _finish_stderr(self._tail, self._group, 0.5)
@@ -424,7 +442,6 @@ class _DumpOutput(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._sel.close()
             self._pipe.close()
         super().close()
 
