@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
 import socket
 import sys
 import threading
@@ -128,7 +129,7 @@ def _streams(opts: BackupOptions) -> list[Stream]:
     name = _stream_name(opts.stdin_name)
     if opts.command:
         argv = opts.command
-        return [Stream(name, lambda: command_stream(argv, what=f"command {argv[0]!r}"))]
+        return [Stream(name, lambda: command_stream(argv, what=f"command {shlex.join(argv)}"))]
     stream = opts.stdin
     assert stream is not None
     return [Stream(name, lambda: nullcontext(stream))]
@@ -144,9 +145,7 @@ def _source_kind(opts: BackupOptions) -> str:
     return "command" if opts.command else "stdin" if opts.stdin_name else "directory"
 
 
-def excluder_for(
-    opts: BackupOptions, warn: Callable[[str, str], None] | None = None
-) -> Excluder:
+def excluder_for(opts: BackupOptions, warn: Callable[[str, str], None] | None = None) -> Excluder:
     """The walk's exclusions; UsageError for a malformed pattern or tag."""
     tags = [*opts.exclude_if_present, *([CACHEDIR_TAG] if opts.exclude_caches else [])]
     return Excluder(

@@ -51,6 +51,7 @@ import logging
 import mmap
 import os
 import re
+import shlex
 import stat
 import subprocess
 import tempfile
@@ -228,15 +229,17 @@ def _run(argv: list[str], what: str) -> None:
         )
     except FileNotFoundError as exc:
         raise ToolMissing(
-            f"{what}: {argv[0]!r} was not found",
+            f"{what}: {shlex.quote(argv[0])} was not found",
             hint="install it (fsfreeze: apt-get install util-linux) or set "
             "freeze_command/thaw_command",
         ) from exc
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SourceError(f"{what}: {argv[0]!r} failed: {exc}") from exc
+        raise SourceError(f"{what}: {shlex.join(argv)} failed: {exc}") from exc
     if proc.returncode != 0:
         detail = proc.stderr.decode(errors="replace").strip()
-        raise SourceError(f"{what}: {argv[0]!r} exited with status {proc.returncode}: {detail}")
+        raise SourceError(
+            f"{what}: {shlex.join(argv)} exited with status {proc.returncode}: {detail}"
+        )
 
 
 # --- freeze ---------------------------------------------------------------------------------
