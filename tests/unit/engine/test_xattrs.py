@@ -9,14 +9,17 @@ import shutil
 import socket
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from safehold.engine import restore_procs
 from safehold.engine import xattrs as xa
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.diff import METADATA, diff_trees
+from safehold.engine.progress import Progress
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.errors import FormatError
 from safehold.repository import tree as t
@@ -336,3 +339,32 @@ def small_packs(tmp_path: Path) -> Repository:
     """Packs of 256 KiB: a small tree spreads over many, so restore forks workers."""
     storage = LocalStorage(tmp_path / "repo", create=True)
     return Repository.init(storage, PASSWORD, kdf=FAST_KDF, pack_size=256 * 1024)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_worker_processes_send_what_they_could_not_set() -> None:
+    got: list[dict[str, object]] = []
+    lock = threading.Lock()
+
+    def on_notes(notes: list[dict[str, object]]) -> None:
+        with lock:
+            got.extend(notes)
+
+    def notes() -> list[dict[str, object]]:
+        # One note fits a pipe's atomic write, the other only once its paths are cut.
+        return [{"pid": os.getpid(), "paths": ["/a", "/b"]}, {"paths": ["x" * 5000, "/c"]}]
+
+    packs = [(bytes([i]), None) for i in range(12)]
+    restore_procs.run_forked(
+        lambda _pack, _blobs: None,
+        packs,
+        3,
+        Progress(),
+        lambda _progress: None,
+        child_notes=notes,
+        on_notes=on_notes,
+    )
+
+    # From each of the two children (the parent's own are its caller's to read).
+    assert sorted(str(n["paths"]) for n in got) == ["['/a', '/b']"] * 2 + ["[]"] * 2
+    assert len({n["pid"] for n in got if "pid" in n} - {os.getpid()}) == 2
