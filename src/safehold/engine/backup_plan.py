@@ -202,7 +202,7 @@ class Planner:
         elif "xattrs" not in old:
             return old
         else:
-            attrs = {}
+            attrs = t.NO_XATTRS
         if (t.encode_xattrs(attrs) if attrs else {}) == old.get("xattrs", {}):
             return old
         # (the parent's attributes are not decoded: they are replaced)

@@ -25,12 +25,16 @@ it concerns (:class:`NotSet`).
 from __future__ import annotations
 
 import base64
+import bisect
 import errno
 import os
 import struct
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from safehold.repository.tree import NO_XATTRS
 
 __all__ = [
     "ACL_ACCESS",
@@ -73,15 +77,15 @@ def kinds(choice: Choice) -> list[str]:
     return [k for k, on in (("acls", choice.acls), ("xattrs", choice.xattrs)) if on]
 
 
-def read(path: str, choice: Choice) -> tuple[dict[str, bytes], str]:
+def read(path: str, choice: Choice) -> tuple[Mapping[str, bytes], str]:
     """The attributes of the item at ``path`` (never following a symlink) that ``choice``
     wants, and why some could not be read ("" if all were)."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as exc:
-        return {}, "" if exc.errno in _NONE else (exc.strerror or str(exc))
+        return NO_XATTRS, "" if exc.errno in _NONE else (exc.strerror or str(exc))
     if not names:
-        return {}, ""
+        return NO_XATTRS, ""
     out = {}
     problem = ""
     for name in names:
@@ -94,7 +98,7 @@ def read(path: str, choice: Choice) -> tuple[dict[str, bytes], str]:
             # fails as well and is reported for itself; one message per item is enough.
             if exc.errno not in _NONE and exc.errno != errno.EACCES:
                 problem = f"{name}: {exc.strerror or exc}"
-    return out, problem
+    return out or NO_XATTRS, problem
 
 
 def what(name: str) -> str:
@@ -119,7 +123,9 @@ class NotSet:
     # root): expected, as owners are, which only root restores either.
     expected: bool
     count: int = 0
-    paths: list[str] = field(default_factory=list)  # the first FIRST_PATHS
+    # The first FIRST_PATHS in name order (not in the order workers met them: the same
+    # restore names the same paths).
+    paths: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -181,8 +187,9 @@ class AttrSetter:
                 return  # (several attributes of one kind on the same item count once)
             self._last[key] = path
             entry.count += 1
-            if len(entry.paths) < FIRST_PATHS:
-                entry.paths.append(path)
+            if len(entry.paths) < FIRST_PATHS or path < entry.paths[-1]:
+                bisect.insort(entry.paths, path)
+                del entry.paths[FIRST_PATHS:]
 
     def failures(self) -> list[NotSet]:
         with self._lock:
@@ -203,8 +210,7 @@ class AttrSetter:
                 if entry is None:
                     entry = self._failed[key] = NotSet(key[0], key[1], bool(d["expected"]))
                 entry.count += int(d["count"])
-                room = FIRST_PATHS - len(entry.paths)
-                entry.paths.extend(str(p) for p in d["paths"][: max(0, room)])
+                entry.paths = sorted({*entry.paths, *map(str, d["paths"])})[:FIRST_PATHS]
 
 
 # POSIX ACLs as Linux stores them in the attributes: a 4-byte version (2), then entries of

@@ -25,7 +25,9 @@ import base64
 import binascii
 import json
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -40,6 +42,10 @@ FIFO = "fifo"
 CHARDEV = "chardev"
 BLOCKDEV = "blockdev"
 SOCKET = "socket"
+
+# The attributes of every node without any (most nodes): one shared, read-only mapping
+# rather than an empty dict per node (64 bytes each, a million in a large first backup).
+NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -64,7 +70,7 @@ class Node:
     sparse: bool = False
     error: str = ""  # why the file could not be read (the node keeps its metadata)
     # Extended attributes by name (ACLs are ``system.posix_acl_access``/``_default``).
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = field(default_factory=lambda: NO_XATTRS)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "type": self.type, "mode": self.mode}
@@ -121,20 +127,20 @@ class Node:
             content=list(d.get("content", ())),
             sparse=bool(d.get("sparse", False)),
             error=d.get("error", ""),
-            xattrs=_xattrs(d["xattrs"], strict) if "xattrs" in d else {},
+            xattrs=_xattrs(d["xattrs"], strict) if "xattrs" in d else NO_XATTRS,
         )
 
 
-def _xattrs(raw: Any, strict: bool) -> dict[str, bytes]:
+def _xattrs(raw: Any, strict: bool) -> Mapping[str, bytes]:
     try:
         return decode_xattrs(raw)
     except ValueError:
         if strict:
             raise
-        return {}
+        return NO_XATTRS
 
 
-def encode_xattrs(attrs: dict[str, bytes]) -> dict[str, str]:
+def encode_xattrs(attrs: Mapping[str, bytes]) -> dict[str, str]:
     """A node's ``xattrs`` field: each value in standard base64 (with padding)."""
     return {name: base64.b64encode(value).decode("ascii") for name, value in attrs.items()}
 
