@@ -259,7 +259,7 @@ def test_source_path_that_does_not_exist_exits_2(
     [
         (
             'sh -c "echo partial; exit 3"',
-            ("'sh'", "exited with status 3", "no snapshot was saved", "fix the command"),
+            ("sh exited with status 3", "no snapshot was saved", "fix the command"),
         ),
         (
             "no-such-command-for-safehold --dump",

@@ -18,7 +18,8 @@ from tests.process_groups import gone, read_pid
 def test_runs_with_env_and_captures_output(tmp_path: Path) -> None:
     spec = HookSpec(
         phase="pre-backup-lock",
-        run='echo "phase=$SAFEHOLD_PHASE run=$SAFEHOLD_RUN_ID"; echo oops >&2; exit 3',
+        # The pause orders the two lines: written at once to two pipes, either may be read first.
+        run='echo "phase=$SAFEHOLD_PHASE run=$SAFEHOLD_RUN_ID"; sleep 0.2; echo oops >&2; exit 3',
         shell=True,
     )
     res = run_hook(spec, env={"SAFEHOLD_PHASE": "pre-backup-lock", "SAFEHOLD_RUN_ID": "r-1"})
