@@ -17,7 +17,7 @@ from safehold.cli.selection import (
     exclude_patterns,
     files_from,
 )
-from safehold.engine.backup import BackupOptions, run_backup, start_prescan
+from safehold.engine.backup import CHANGED_WHILE_READ, BackupOptions, run_backup, start_prescan
 from safehold.errors import ExitCode, UsageError
 
 COMMAND_HELP = """
@@ -172,13 +172,21 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.print(f"snapshot {snap.short_id} saved (chain {snap.chain[:8]}, {kind})")
         # Each unreadable item was already named once, as a warning, when it was met.
     if result.errors:
-        print(
-            f"safehold: {len(result.errors)} item(s) could not be read; they are listed in "
-            f"snapshot {snap.short_id}",
-            file=sys.stderr,
-        )
+        print(f"safehold: {_errors_line(result.errors)}; snapshot {snap.short_id}", file=sys.stderr)
         return ExitCode.PARTIAL
     return 0
+
+
+def _errors_line(errors: list[tuple[str, str]]) -> str:
+    """The exit-3 line: how many items were not read and how many changed while read (those
+    are stored as read, perhaps torn), both listed in the snapshot's errors."""
+    changed = sum(1 for _, why in errors if why == CHANGED_WHILE_READ)
+    parts = []
+    if len(errors) > changed:
+        parts.append(f"{len(errors) - changed} item(s) could not be read")
+    if changed:
+        parts.append(f"{changed} file(s) changed while read and may be inconsistent")
+    return ", ".join(parts) + "; they are listed in the snapshot's errors"
 
 
 def dry_run(opts: BackupOptions, ctx: Context) -> int:
