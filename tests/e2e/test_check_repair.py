@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from safehold.engine.walk import find, walk
+from safehold.engine.tree_walk import find, walk
 from safehold.repository.format import T_INDEX
 from safehold.repository.index import Location, decode_index
 from safehold.repository.repository import Repository, pack_name

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safehold.engine.walk import walk
+from safehold.engine.tree_walk import walk
 from safehold.repository.format import BLOB_TREE, T_INDEX
 from safehold.repository.index import decode_index
 from safehold.repository.lock import Lock

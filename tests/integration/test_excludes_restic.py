@@ -25,7 +25,7 @@ import pytest
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.backup_preview import preview_backup
 from safehold.engine.restore import RestoreOptions, run_restore
-from safehold.engine.walk import walk
+from safehold.engine.tree_walk import walk
 from safehold.errors import UsageError
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot

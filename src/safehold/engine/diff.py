@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from safehold.engine.walk import walk
+from safehold.engine.tree_walk import walk
 from safehold.errors import IntegrityError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository

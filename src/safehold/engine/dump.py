@@ -27,7 +27,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO
 
-from safehold.engine.walk import find, normalize, walk
+from safehold.engine.tree_walk import find, normalize, walk
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository

@@ -20,7 +20,7 @@ import zipfile
 from typing import IO
 
 from safehold.engine.dump import DumpResult, content_size, member_name
-from safehold.engine.walk import walk
+from safehold.engine.tree_walk import walk
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from safehold.engine.walk import walk
+from safehold.engine.tree_walk import walk
 from safehold.errors import UsageError
 from safehold.policy.patterns import PatternList, State
 from safehold.repository import tree as t

@@ -61,7 +61,7 @@ from safehold.engine.restore_write import (
     OpenFile,
     target_error,
 )
-from safehold.engine.walk import Chosen, Selection, Where
+from safehold.engine.tree_walk import Chosen, Selection, Where
 from safehold.engine.xattrs import AttrSetter, Choice, NotSet
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t
@@ -94,7 +94,7 @@ __all__ = ["MAX_GAP", "MAX_SPAN", "RestoreOptions", "RestoreResult", "run_restor
 @dataclass(kw_only=True)
 class RestoreOptions:
     target: str
-    # What to restore (engine/walk.py's Selection; restic's patterns): all when empty.
+    # What to restore (engine/tree_walk.py's Selection; restic's patterns): all when empty.
     includes: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)
     iincludes: list[str] = field(default_factory=list)  # ignoring case
@@ -205,7 +205,7 @@ class _Restorer:
         self.uid, self.gid = os.geteuid(), os.getegid()
         self.max_span = read_span(repo.storage, MAX_SPAN)
         self.empty = 0  # files without content, made while planning
-        self.selection = Selection()  # --include/--exclude (engine/walk.py)
+        self.selection = Selection()  # --include/--exclude (engine/tree_walk.py)
         self.chosen = 0  # items the selection took, when it is active
 
     # --- planning --------------------------------------------------------------------------

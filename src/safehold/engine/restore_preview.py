@@ -1,6 +1,6 @@
 """``restore --dry-run``: what a restore would write, writing nothing.
 
-The preview walks the snapshot's trees with the restore's selection (engine/walk.py) and
+The preview walks the snapshot's trees with the restore's selection (engine/tree_walk.py) and
 lists what the restore would make under the target: the folders it would create (those
 the selection takes, and those above what it takes), files, links, FIFOs and devices, with
 the same counts the restore reports. Nothing is created, not even the target, and no lock
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safehold.engine.restore import RestoreOptions, refuse_nothing_chosen, selection_of
-from safehold.engine.walk import Chosen, Selection, Where
+from safehold.engine.tree_walk import Chosen, Selection, Where
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository

@@ -12,7 +12,7 @@ from safehold.crypto.keys import KdfParams
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.copy import COPIED, FAILED, SKIPPED, copy_snapshots
 from safehold.engine.progress import Progress
-from safehold.engine.walk import walk
+from safehold.engine.tree_walk import walk
 from safehold.errors import ObjectNotFound
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
 from safehold.repository.repository import Repository, new_chain_id

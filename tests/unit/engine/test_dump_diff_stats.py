@@ -17,7 +17,7 @@ from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.diff import ADDED, METADATA, MODIFIED, REMOVED, TYPE_CHANGED, diff_trees
 from safehold.engine.dump import dump, pax_time
 from safehold.engine.stats import compute_stats, list_chains, raw_data, restore_size
-from safehold.engine.walk import find
+from safehold.engine.tree_walk import find
 from safehold.errors import IntegrityError, UsageError
 from safehold.repository.chunker import ChunkerParams
 from safehold.repository.repository import Repository, pack_name

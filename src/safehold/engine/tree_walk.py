@@ -1,5 +1,6 @@
-"""Walking a snapshot's trees: the shared helper of restore, ls, diff, dump and stats; and
-restore's selection of what to write."""
+"""Walking a snapshot's trees (not the file system: that is ``engine/backup``'s scan): the
+shared helper of restore, ls, diff, dump, find and stats; and restore's selection of what
+to write."""
 
 from __future__ import annotations
 
