@@ -13,9 +13,7 @@ from safehold.cli.progress import make_progress
 from safehold.engine.verify import run_check
 from safehold.errors import ExitCode, UsageError
 from safehold.policy.duration import parse_duration
-from safehold.repository.check import CheckOptions, CheckReport, parse_subset
-from safehold.repository.check_age import OVERDUE
-from safehold.repository.check_options import MaxAge
+from safehold.repository.check import OVERDUE, CheckOptions, CheckReport, MaxAge, parse_subset
 
 
 def register(sub: Any) -> None:

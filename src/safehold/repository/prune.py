@@ -114,9 +114,9 @@ from safehold.errors import (
 )
 from safehold.repository import lock as lockmod
 from safehold.repository import tree as t
-from safehold.repository.check_report import NoProgress, ProgressSink
 from safehold.repository.format import T_INDEX
 from safehold.repository.index import Index, PackRecord, decode_index
+from safehold.repository.progress import NoProgress, ProgressSink
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.sealed_packs import SealedPackWriter
 from safehold.repository.snapshot import Snapshot

@@ -94,7 +94,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from safehold.errors import IntegrityError, ObjectNotFound, ObjectRetained
-from safehold.repository.check_report import NoProgress, ProgressSink
 from safehold.repository.format import T_INDEX
 from safehold.repository.index import Index, PackRecord, decode_index
 from safehold.repository.index_cache import CachedIndex
@@ -105,6 +104,7 @@ from safehold.repository.pack import (
     parse_header,
     parse_trailer,
 )
+from safehold.repository.progress import NoProgress, ProgressSink
 from safehold.repository.repair_report import (
     BLOBS_DAMAGED,
     HEADER_DAMAGED,

@@ -9,10 +9,8 @@ from pathlib import Path
 from safehold.clock import FakeClock
 from safehold.crypto.keys import KdfParams
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.repository.check import CheckOptions, check_repository
-from safehold.repository.check_age import OVERDUE, snapshots_overdue
-from safehold.repository.check_options import MaxAge
-from safehold.repository.check_report import WARNING
+from safehold.repository.check import OVERDUE, WARNING, CheckOptions, MaxAge, check_repository
+from safehold.repository.check.age import snapshots_overdue
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 from safehold.storage.memory import MemoryStorage

@@ -1,16 +1,17 @@
 """The state one check run shares between its parts: structure checks
-(:mod:`~safehold.repository.check_structure`), data reads
-(:mod:`~safehold.repository.check_data`) and the snapshot walk
-(:mod:`~safehold.repository.check_walk`)."""
+(:mod:`~safehold.repository.check.structure`), data reads
+(:mod:`~safehold.repository.check.data`) and the snapshot walk
+(:mod:`~safehold.repository.check.walk`)."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
 from safehold.repository import tree as t
-from safehold.repository.check_options import CheckOptions
-from safehold.repository.check_report import CheckReport, Found, Problem, ProgressSink
+from safehold.repository.check.options import CheckOptions
+from safehold.repository.check.report import CheckReport, Found, Problem
 from safehold.repository.index import Index
+from safehold.repository.progress import ProgressSink
 from safehold.repository.repository import Repository
 
 __all__ = ["CheckState"]

@@ -22,8 +22,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from safehold.errors import IntegrityError, ObjectNotFound
-from safehold.repository.check_options import MaxAge
-from safehold.repository.check_report import WARNING, Problem
+from safehold.repository.check.options import MaxAge
+from safehold.repository.check.report import WARNING, Problem
 from safehold.repository.repository import Repository, fetch_each
 from safehold.repository.snapshot import Snapshot
 

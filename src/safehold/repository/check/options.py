@@ -87,7 +87,7 @@ class MaxAge:
     A group is what a backup schedule feeds: one host and set of paths, or one host and
     configured source (``source_name``). Only snapshots matching every filter count; when
     none does, that is overdue too (a schedule that never ran, or whose every snapshot
-    went). See :mod:`safehold.repository.check_age`.
+    went). See :mod:`safehold.repository.check.age`.
     """
 
     age: timedelta

@@ -6,8 +6,8 @@ import json
 
 from safehold.crypto.keys import key_file_meta
 from safehold.errors import IntegrityError, ObjectNotFound
-from safehold.repository.check_report import ERROR, WARNING, why
-from safehold.repository.check_state import CheckState
+from safehold.repository.check.report import ERROR, WARNING, why
+from safehold.repository.check.state import CheckState
 from safehold.repository.format import T_CONFIG, T_INDEX, open_object
 from safehold.repository.format import storage_id as hash_name
 from safehold.repository.index import decode_index

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from safehold.errors import FormatError, IntegrityError, ObjectNotFound
 from safehold.repository import tree as t
-from safehold.repository.check_report import CLEAN, ERROR, Found, Issue, why
-from safehold.repository.check_state import CheckState
+from safehold.repository.check.report import CLEAN, ERROR, Found, Issue, why
+from safehold.repository.check.state import CheckState
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
 from safehold.repository.repository import pack_name
 from safehold.repository.snapshot import Snapshot

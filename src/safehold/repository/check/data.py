@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from safehold.errors import IntegrityError, ObjectNotFound
-from safehold.repository.check_report import ERROR, WARNING, Problem
-from safehold.repository.check_state import CheckState
+from safehold.repository.check.report import ERROR, WARNING, Problem
+from safehold.repository.check.state import CheckState
 from safehold.repository.format import storage_id as hash_name
 from safehold.repository.index import PackRecord
 from safehold.repository.pack import (

@@ -1,4 +1,4 @@
-"""What a check finds and how it is reported: severities, problems, the report, progress.
+"""What a check finds and how it is reported: severities, problems, the report.
 
 An *error* means data cannot be read as things stand (``safehold check`` exits 4); a
 *warning* is something the next backup or ``safehold repair index`` tidies up; a *note* is
@@ -8,7 +8,7 @@ information (a stale lock that was removed).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from safehold.errors import SafeholdError
 from safehold.repository import lock as lockmod
@@ -24,9 +24,7 @@ __all__ = [
     "CheckReport",
     "Found",
     "Issue",
-    "NoProgress",
     "Problem",
-    "ProgressSink",
     "stale_lock_notes",
     "why",
 ]
@@ -35,29 +33,6 @@ ERROR = "error"
 WARNING = "warning"
 NOTE = "note"
 SEVERITIES = (ERROR, WARNING, NOTE)
-
-
-class ProgressSink(Protocol):
-    """The part of the engine's progress events that checking and repairing need."""
-
-    def start(self, phase: str, total_items: int = 0, total_bytes: int = 0) -> None: ...
-
-    def advance(self, items: int = 0, nbytes: int = 0) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class NoProgress:
-    """Progress events that go nowhere."""
-
-    def start(self, phase: str, total_items: int = 0, total_bytes: int = 0) -> None:
-        pass
-
-    def advance(self, items: int = 0, nbytes: int = 0) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 @dataclass(frozen=True, slots=True)
