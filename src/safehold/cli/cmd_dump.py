@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
-from safehold.engine.dump import DumpResult, dump
+from safehold.engine.export import DumpResult, dump
 from safehold.errors import ExitCode, TargetError, UsageError
 
 

@@ -14,8 +14,7 @@ from typing import Any
 from safehold.cli.cmd_snapshots import snapshot_json
 from safehold.cli.context import Context, add_latest_filters, find_snapshot
 from safehold.engine import xattrs as xa
-from safehold.engine.dump import locate
-from safehold.engine.tree_walk import walk
+from safehold.engine.tree_walk import locate, walk
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 

@@ -41,7 +41,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from safehold.engine.archive_extract import ExtractOptions, ExtractResult, check_members, extract
-from safehold.engine.dump import locate, write_tar
+from safehold.engine.export import write_tar
+from safehold.engine.tree_walk import locate
 from safehold.errors import IntegrityError, UsageError, WrongPassword
 from safehold.policy.retention import (
     RetentionPolicy,

@@ -11,6 +11,7 @@ from safehold.errors import UsageError
 from safehold.policy.patterns import PatternList, State, every_name
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
+from safehold.repository.snapshot import Snapshot
 
 
 def walk(repo: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str, t.Node]]:
@@ -53,6 +54,17 @@ def find(repo: Repository, root_tree: str, path: str) -> tuple[str, t.Node] | No
 Where = tuple[State, State, State, State]
 # A test of the names of a folder's items that are not folders: True = restore it.
 Pick = Callable[[str], bool]
+
+
+def locate(repo: Repository, snap: Snapshot, path: str) -> tuple[str, t.Node]:
+    """The node at ``path`` in ``snap``, or a usage error naming what is missing."""
+    found = find(repo, snap.tree, path)
+    if found is None:
+        raise UsageError(
+            f"{normalize(path)} is not in snapshot {snap.short_id}",
+            hint=f"see 'safehold ls {snap.short_id}'",
+        )
+    return found
 
 
 def _nothing(_name: str) -> bool:

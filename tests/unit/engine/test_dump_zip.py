@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.dump import dump
+from safehold.engine.export import dump
 from safehold.repository.repository import Repository
 from tests.conftest import make_sample_tree
 

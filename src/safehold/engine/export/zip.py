@@ -19,7 +19,7 @@ import time
 import zipfile
 from typing import IO
 
-from safehold.engine.dump import DumpResult, content_size, member_name
+from safehold.engine.export.common import DumpResult, content_size, member_name
 from safehold.engine.tree_walk import walk
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
