@@ -152,7 +152,7 @@ def kdf_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
     calls: list[bytes] = []
     real = kdf._compute
 
-    def counting(password: bytes, *args: int | bytes) -> bytes:
+    def counting(password: bytes, *args: int | bytes | str) -> bytes:
         calls.append(password)
         return real(password, *args)  # type: ignore[arg-type]
 

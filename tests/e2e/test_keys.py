@@ -292,3 +292,21 @@ def test_init_with_restics_lanes_writes_them_and_refuses_too_many(
     bad = cli("-r", str(tmp_path / "other"), "init", "--kdf-p", "17")
     assert bad.code == 2 and "p=17" in bad.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_init_calibrates_its_lanes_as_restic_does(cli: CliRunner, tmp_path: Path) -> None:
+    # restic fills 0.5 s of one core with its scrypt lanes; so does init, with at least 4
+    # (docs/format.md, "Cost of a guess"). The full cost: this test derives it twice.
+    repo = tmp_path / "repo"
+    res = cli("-r", str(repo), "init")
+    assert res.code == 0, res.output
+    [key] = list((repo / "keys").iterdir())
+    doc = json.loads(key.read_text())
+    assert (doc["kdf"], doc["n"], doc["r"]) == ("scrypt-lanes", 1 << 15, 8)
+    assert 4 <= doc["p"] <= 16
+    assert cli("-r", str(repo), "snapshots").code == 0
+    # The tests' cheap keys are not calibrated: 4 lanes.
+    cheap = tmp_path / "cheap"
+    assert cli("-r", str(cheap), "init", "--kdf-log2n", "10").code == 0
+    [key] = list((cheap / "keys").iterdir())
+    assert json.loads(key.read_text())["p"] == 4

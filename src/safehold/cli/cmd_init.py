@@ -7,7 +7,8 @@ from typing import Any
 
 from safehold.app import init_repository
 from safehold.cli.context import Context
-from safehold.crypto.keys import DEFAULT_SCRYPT_P, KdfParams
+from safehold.crypto.kdf import calibrated_lanes
+from safehold.crypto.keys import DEFAULT_SCRYPT_N, DEFAULT_SCRYPT_P, DEFAULT_SCRYPT_R, KdfParams
 from safehold.errors import UsageError
 
 
@@ -41,23 +42,33 @@ def add_kdf_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kdf-p",
         type=int,
-        default=DEFAULT_SCRYPT_P,
+        default=None,
         metavar="P",
-        help="scrypt lanes (default: %(default)s); every lane is paid by every command and by "
-        "every guess of an attacker alike. restic calibrates its keys to 0.5 s (p=8 with "
-        "N=15 on a 2-core machine of 2026): --kdf-p 8 makes a guess cost as much as "
-        "restic's, and every command about 0.35 s more (docs/format.md, 'Cost of a guess')",
+        help="scrypt lanes, 1-16; every lane is paid by every command and by every guess of "
+        "an attacker alike (default: as many as one core computes in 0.5 s, at least "
+        f"{DEFAULT_SCRYPT_P}, as restic calibrates its keys; the lanes run side by side, so "
+        "a command on two cores waits about half that: docs/format.md, 'Cost of a guess')",
     )
 
 
 def kdf_params(args: argparse.Namespace) -> KdfParams:
     if not 10 <= args.kdf_log2n <= 22:
         raise UsageError("--kdf-log2n must be between 10 and 22")
-    params = KdfParams(n=1 << args.kdf_log2n, p=args.kdf_p)
+    n = 1 << args.kdf_log2n
+    lanes = args.kdf_p
+    if lanes is None and n < DEFAULT_SCRYPT_N:
+        # A key for tests ("--kdf-log2n" says so): no calibration, which would choose the
+        # most lanes.
+        lanes = DEFAULT_SCRYPT_P
+    elif lanes is None:
+        # At least the default's work per guess: fewer lanes where each holds more memory.
+        default_work = DEFAULT_SCRYPT_N * DEFAULT_SCRYPT_P
+        lanes = calibrated_lanes(n, DEFAULT_SCRYPT_R, least=-(-default_work // n))
+    params = KdfParams(n=n, p=lanes)
     try:
         params.check()
     except ValueError as exc:
-        raise UsageError(f"--kdf-log2n {args.kdf_log2n} with --kdf-p {args.kdf_p}: {exc}") from None
+        raise UsageError(f"--kdf-log2n {args.kdf_log2n} with --kdf-p {lanes}: {exc}") from None
     return params
 
 

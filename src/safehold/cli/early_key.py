@@ -93,7 +93,9 @@ def derive_key_ahead(argv: Sequence[str]) -> bool:
         return False
     if first is None:
         return False
-    return derive_ahead(password, first.salt, n=first.n, r=first.r, p=first.p, length=KEK_LEN)
+    return derive_ahead(
+        password, first.salt, n=first.n, r=first.r, p=first.p, length=KEK_LEN, kind=first.kind
+    )
 
 
 def _first_key_file(keys: str) -> KeyFileKdf | None:

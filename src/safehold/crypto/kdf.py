@@ -1,4 +1,14 @@
-"""scrypt, and deriving a key ahead of time while the program starts.
+"""scrypt, in lanes computed side by side, and deriving a key ahead of time while the
+program starts.
+
+Two key derivations exist (docs/format.md, "Key files"). ``scrypt`` is RFC 7914's, whose
+``p`` lanes OpenSSL computes one after the other. ``scrypt-lanes``, what safehold writes
+since 2026-12-06, computes ``p`` independent scrypt(n, r, 1) lanes, each over the salt
+followed by the lane's number, on as many cores as the machine has (up to
+:data:`MAX_THREADS`), and combines their outputs with HKDF-SHA256. A guess costs an
+attacker the same as one of RFC 7914's with the same ``n, r, p`` (every lane must be
+computed, each holding ``128 * n * r`` bytes), while a command on two cores waits half as
+long: that is what pays for matching restic's calibrated cost (:func:`calibrated_lanes`).
 
 Deriving the key-encryption key of a key file is the longest single step of opening a
 repository (about 0.13 s here at the default cost, with a core to itself), and it needs
@@ -23,20 +33,33 @@ every command take minutes, or exhaust memory (docs/format.md, "Key files").
 from __future__ import annotations
 
 import base64
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "KDF_LANES",
+    "KDF_SCRYPT",
     "KEK_LEN",
     "KeyFileKdf",
+    "calibrated_lanes",
     "check_scrypt",
     "derive_ahead",
     "key_file_kdf",
+    "lanes_for",
     "scrypt",
 ]
 
 KEK_LEN = 32  # bytes of a key file's key-encryption key (an AES-256 key)
+KDF_SCRYPT = "scrypt"  # RFC 7914, lanes one after the other
+KDF_LANES = "scrypt-lanes"  # independent scrypt(n, r, 1) lanes side by side, then HKDF
+KDFS = (KDF_SCRYPT, KDF_LANES)
+LANES_INFO = b"safehold scrypt-lanes v1"
+# Lanes computed at once: each holds 128 * n * r bytes (32 MiB at the default), so a machine
+# with many cores is not asked for a gigabyte to open a repository.
+MAX_THREADS = 4
 
 # Bounds on what a key file may ask for (docs/format.md, "Key files"). They admit every key
 # file safehold has written: `init/key add --kdf-log2n` 10 to 22 with r=8 and p=1 or 2
@@ -51,7 +74,7 @@ MAX_WORK = (1 << 22) * 8 * 2  # n * r * p: the costliest key file --kdf-log2n wr
 MIN_SALT, MAX_SALT = 16, 64  # bytes (safehold writes 32)
 
 # Inputs -> (done, result). An entry is taken by the first scrypt() call that matches it.
-_Inputs = tuple[bytes, bytes, int, int, int, int]
+_Inputs = tuple[bytes, bytes, int, int, int, int, str]
 _ahead: dict[_Inputs, tuple[threading.Event, list[bytes]]] = {}
 _lock = threading.Lock()
 # Entries nobody took (the command failed before opening the repository) are dropped
@@ -59,12 +82,95 @@ _lock = threading.Lock()
 _MAX_AHEAD = 4
 
 
-def _compute(password: bytes, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
+def _compute(
+    password: bytes, salt: bytes, n: int, r: int, p: int, length: int, kind: str = KDF_SCRYPT
+) -> bytes:
     # Imported here: the module stays light for the command line's early start. (Not
     # hashlib.scrypt: it refuses working sets above 2 GiB, which `init --kdf-log2n 22` has.)
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-    return Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(password)
+    if kind == KDF_SCRYPT:
+        return Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(password)
+    if kind != KDF_LANES:
+        raise ValueError(f"kdf {kind!r} is unknown")
+
+    def lane(i: int) -> bytes:
+        lane_salt = salt + i.to_bytes(4, "big")
+        return Scrypt(salt=lane_salt, length=KEK_LEN, n=n, r=r, p=1).derive(password)
+
+    outputs = _side_by_side(lane, p, _threads(p))
+    return _combine(b"".join(outputs), salt, length)
+
+
+def _threads(lanes: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(lanes, cores, MAX_THREADS))
+
+
+def _side_by_side(lane: Callable[[int], bytes], lanes: int, threads: int) -> list[bytes]:
+    """``lane(i)`` for every lane, on ``threads`` threads (OpenSSL's scrypt releases the
+    interpreter lock); the first failure is raised once all have ended."""
+    outputs: list[bytes | None] = [None] * lanes
+    failures: list[BaseException] = []
+
+    def work(first: int) -> None:
+        try:
+            for i in range(first, lanes, threads):
+                outputs[i] = lane(i)
+        except BaseException as exc:  # raised in the caller's thread below
+            failures.append(exc)
+
+    helpers = [threading.Thread(target=work, args=(t,), name="kdf-lane") for t in range(1, threads)]
+    for h in helpers:
+        h.start()
+    work(0)
+    for h in helpers:
+        h.join()
+    if failures:
+        raise failures[0]
+    done = [out for out in outputs if out is not None]
+    assert len(done) == lanes, "every lane is computed by exactly one thread"
+    return done
+
+
+def _combine(lanes: bytes, salt: bytes, length: int) -> bytes:
+    from cryptography.hazmat.primitives.hashes import SHA256
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=SHA256(), length=length, salt=salt, info=LANES_INFO).derive(lanes)
+
+
+def calibrated_lanes(n: int, r: int, *, budget: float = 0.5, least: int = 4) -> int:
+    """How many lanes of scrypt(n, r, 1) one core computes in ``budget`` seconds here:
+    restic calibrates ``p`` to 0.5 s of its own (pure Go) scrypt on the machine that runs
+    ``init``, so the same budget of OpenSSL's is at least restic's cost per guess. At least
+    ``least`` lanes, fewer only where the work bound allows no more (n = 2**22).
+
+    Measured on one lane of at most 2**15 (a lane's time grows with ``n``, and one of 2**22
+    takes seconds), the faster of two runs: a busy machine would otherwise choose fewer."""
+    import time
+
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    probe = min(n, 1 << 15)
+    best = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        Scrypt(salt=bytes(32), length=KEK_LEN, n=probe, r=r, p=1).derive(b"calibration")
+        best = min(best, time.perf_counter() - started)
+    return lanes_for(best * n / probe, budget=budget, least=least, most=MAX_WORK // (n * r))
+
+
+def lanes_for(
+    lane_seconds: float, *, budget: float = 0.5, least: int = 4, most: int = MAX_P
+) -> int:
+    """The lanes :func:`calibrated_lanes` chooses for one lane taking ``lane_seconds``:
+    enough to fill ``budget``, at least ``least``, at most ``most`` and :data:`MAX_P`."""
+    fit = int(budget / lane_seconds + 0.999) if lane_seconds > 0 else MAX_P
+    return max(1, min(MAX_P, most, max(least, fit)))
 
 
 def check_scrypt(salt: bytes, n: int, r: int, p: int) -> None:
@@ -95,33 +201,40 @@ def check_scrypt(salt: bytes, n: int, r: int, p: int) -> None:
         raise ValueError(f"the salt is {len(salt)} bytes, not {MIN_SALT} to {MAX_SALT}")
 
 
-def scrypt(password: bytes, salt: bytes, *, n: int, r: int, p: int, length: int) -> bytes:
-    """scrypt(password, salt, n, r, p) of ``length`` bytes (RFC 7914); ValueError for
-    inputs outside :func:`check_scrypt`'s bounds."""
+def scrypt(
+    password: bytes, salt: bytes, *, n: int, r: int, p: int, length: int, kind: str = KDF_SCRYPT
+) -> bytes:
+    """scrypt(password, salt, n, r, p) of ``length`` bytes: RFC 7914's for ``kind``
+    ``scrypt``, ``p`` lanes side by side for ``scrypt-lanes``; ValueError for inputs
+    outside :func:`check_scrypt`'s bounds."""
     check_scrypt(salt, n, r, p)
     with _lock:
-        pending = _ahead.pop((password, salt, n, r, p, length), None)
+        pending = _ahead.pop((password, salt, n, r, p, length, kind), None)
     if pending is not None:
         done, result = pending
         done.wait()
         if result:
             return result[0]
-    return _compute(password, salt, n, r, p, length)
+    return _compute(password, salt, n, r, p, length, kind)
 
 
-def derive_ahead(password: bytes, salt: bytes, *, n: int, r: int, p: int, length: int) -> bool:
+def derive_ahead(
+    password: bytes, salt: bytes, *, n: int, r: int, p: int, length: int, kind: str = KDF_SCRYPT
+) -> bool:
     """Start scrypt of these inputs in a thread, for a later :func:`scrypt` to take;
     returns whether it started (never for inputs outside :func:`check_scrypt`'s bounds)."""
     try:
         check_scrypt(salt, n, r, p)
     except ValueError:
         return False
-    key = (password, salt, n, r, p, length)
+    if kind not in KDFS:
+        return False
+    key = (password, salt, n, r, p, length, kind)
     done, result = threading.Event(), []
 
     def run() -> None:
         try:
-            result.append(_compute(password, salt, n, r, p, length))
+            result.append(_compute(password, salt, n, r, p, length, kind))
         except Exception:
             pass  # best effort: the later call computes it again and reports the problem
         finally:
@@ -139,12 +252,14 @@ def derive_ahead(password: bytes, salt: bytes, *, n: int, r: int, p: int, length
 
 @dataclass(frozen=True)
 class KeyFileKdf:
-    """What derives a key file's key-encryption key: scrypt's salt and parameters."""
+    """What derives a key file's key-encryption key: scrypt's salt and parameters, and
+    whether its lanes run one after the other (``scrypt``) or side by side."""
 
     salt: bytes
     n: int
     r: int
     p: int
+    kind: str = KDF_SCRYPT
 
     @property
     def cost(self) -> tuple[int, int]:
@@ -160,13 +275,15 @@ def key_file_kdf(doc: object) -> KeyFileKdf:
         raise ValueError("not a JSON object")
     if doc.get("version") != 1:
         raise ValueError(f"version {doc.get('version')!r} is unknown (this safehold reads 1)")
-    if doc.get("kdf") != "scrypt":
-        raise ValueError(f"kdf {doc.get('kdf')!r} is unknown (this safehold knows scrypt)")
+    if doc.get("kdf") not in KDFS:
+        raise ValueError(
+            f"kdf {doc.get('kdf')!r} is unknown (this safehold knows {' and '.join(KDFS)})"
+        )
     missing = [k for k in ("n", "r", "p", "salt") if k not in doc]
     if missing:
         raise ValueError(f"{', '.join(missing)} missing")
     salt = b64_field(doc, "salt", MAX_SALT)
-    kdf = KeyFileKdf(salt=salt, n=doc["n"], r=doc["r"], p=doc["p"])
+    kdf = KeyFileKdf(salt=salt, n=doc["n"], r=doc["r"], p=doc["p"], kind=doc["kdf"])
     check_scrypt(kdf.salt, kdf.n, kdf.r, kdf.p)
     return kdf
 

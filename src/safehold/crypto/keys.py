@@ -22,19 +22,26 @@ from typing import Any
 import blake3
 
 from safehold.crypto.aead import CIPHER_AES_256_GCM, KEY_LEN, OVERHEAD, Aead
-from safehold.crypto.kdf import KeyFileKdf, b64_field, check_scrypt, key_file_kdf, scrypt
+from safehold.crypto.kdf import (
+    KDF_LANES,
+    KeyFileKdf,
+    b64_field,
+    check_scrypt,
+    key_file_kdf,
+    scrypt,
+)
 from safehold.errors import FormatError, IntegrityError, WrongPassword
 
 KEYFILE_VERSION = 1
 KEYFILE_AAD = b"safehold key file v1"
-# The cost an attacker pays per guess: scrypt N=2**15, r=8 holds 32 MiB (restic's N and r)
-# and p=2 runs it twice, 0.12-0.15 s here. Until format note 2026-11 the default was N=2**16,
-# p=1, which set every command's peak memory (docs/architecture.md, "Key derivation cost").
-# restic's calibrated files here use p=8: four times this work per guess, 0.5 s per command
-# (docs/format.md, "Cost of a guess", compares them).
+# The cost an attacker pays per guess: scrypt N=2**15, r=8 holds 32 MiB per lane (restic's N
+# and r). `init` and `key add` calibrate the lanes as restic calibrates p, to 0.5 s of one
+# core (kdf.calibrated_lanes: 6 here); without calibration, 4. The lanes run side by side
+# (scrypt-lanes), so two cores wait half that. Before 2026-12-06 the default was p=2 of RFC
+# 7914's scrypt, a quarter of restic's work per guess (docs/format.md, "Cost of a guess").
 DEFAULT_SCRYPT_N = 1 << 15
 DEFAULT_SCRYPT_R = 8
-DEFAULT_SCRYPT_P = 2
+DEFAULT_SCRYPT_P = 4
 # Ours are about 500 bytes; the sealed master key about 140. Anything far larger is not one.
 MAX_KEY_FILE = 64 * 1024
 MAX_SEALED = 1024
@@ -78,12 +85,16 @@ class MasterKey:
 
 @dataclass(frozen=True)
 class KdfParams:
+    """The derivation a new key file gets: ``kind`` is ``scrypt-lanes`` (what safehold
+    writes) or ``scrypt`` (RFC 7914, what it wrote before, and restic's)."""
+
     n: int = DEFAULT_SCRYPT_N
     r: int = DEFAULT_SCRYPT_R
     p: int = DEFAULT_SCRYPT_P
+    kind: str = KDF_LANES
 
     def derive(self, password: bytes, salt: bytes) -> bytes:
-        return scrypt(password, salt, n=self.n, r=self.r, p=self.p, length=KEY_LEN)
+        return scrypt(password, salt, n=self.n, r=self.r, p=self.p, length=KEY_LEN, kind=self.kind)
 
     def check(self, salt: bytes = bytes(32)) -> None:
         """ValueError if key files with these parameters would be refused when opened."""
@@ -105,7 +116,7 @@ def make_key_file(
     sealed = kek.seal(json.dumps(master.to_json()).encode(), KEYFILE_AAD)
     doc = {
         "version": KEYFILE_VERSION,
-        "kdf": "scrypt",
+        "kdf": params.kind,
         "n": params.n,
         "r": params.r,
         "p": params.p,
@@ -128,7 +139,7 @@ class KeyFile:
         """Unwrap the master key: :class:`WrongPassword` if the password does not fit,
         :class:`FormatError` if it fits but what it unwraps is not a master key."""
         k = self.kdf
-        kek = Aead(scrypt(password, k.salt, n=k.n, r=k.r, p=k.p, length=KEY_LEN))
+        kek = Aead(scrypt(password, k.salt, n=k.n, r=k.r, p=k.p, length=KEY_LEN, kind=k.kind))
         try:
             plain = kek.open(self.sealed, KEYFILE_AAD, what="key file")
         except IntegrityError as exc:

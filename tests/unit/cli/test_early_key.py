@@ -147,7 +147,7 @@ def test_a_hostile_key_file_is_never_derived_ahead(
 
     assert derive_key_ahead(["-r", str(repo_dir), "snapshots"])
 
-    [(_pw, _salt, n, r, p, _len)] = kdf._ahead
+    [(_pw, _salt, n, r, p, _len, _kind)] = kdf._ahead
     assert (n, r, p) == (good["n"], good["r"], good["p"])  # the good key's, not the hostile's
     _open(repo_dir)
     assert computed == [PASSWORD]
@@ -170,5 +170,5 @@ def test_the_cheapest_key_file_is_derived_ahead(repo_dir: Path, computed: list[b
     _key_file_first(repo_dir, {**good, "n": 1 << 12, "p": 16})
 
     assert derive_key_ahead(["-r", str(repo_dir), "snapshots"])
-    [(_pw, _salt, n, _r, p, _len)] = kdf._ahead
+    [(_pw, _salt, n, _r, p, _len, _kind)] = kdf._ahead
     assert (n, p) == (good["n"], good["p"])

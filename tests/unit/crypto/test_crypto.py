@@ -64,8 +64,12 @@ def test_default_key_files_hold_32_mib_and_older_parameters_still_open() -> None
     master = MasterKey.generate()
     doc = json.loads(make_key_file(master, b"pw"))
     # 128 * n * r bytes of scrypt working set: the peak memory of every command.
-    assert (doc["n"], doc["r"], doc["p"]) == (1 << 15, 8, 2)
+    assert (doc["kdf"], doc["n"], doc["r"], doc["p"]) == ("scrypt-lanes", 1 << 15, 8, 4)
     assert 128 * doc["n"] * doc["r"] == 32 * 1024 * 1024
+    # RFC 7914 key files (safehold's until 2026-12-06, p=2; restic's) open as before.
+    rfc = make_key_file(master, b"pw", params=KdfParams(p=2, kind="scrypt"))
+    assert json.loads(rfc)["kdf"] == "scrypt"
+    assert open_key_file(rfc, b"pw") == master
     # A key file from before the change (n=2**16, p=1) opens with its own parameters.
     old = make_key_file(master, b"pw", params=KdfParams(n=1 << 16, r=8, p=1))
     assert json.loads(old)["n"] == 1 << 16

@@ -44,7 +44,8 @@ def test_untaken_derivations_are_bounded(computed: list[bytes]) -> None:
     for i in range(kdf._MAX_AHEAD + 3):
         kdf.derive_ahead(b"pw%d" % i, b"s" * 32, **SMALL)
     assert len(kdf._ahead) == kdf._MAX_AHEAD
-    assert (b"pw0", b"s" * 32, 1 << 10, 8, 2, 32) not in kdf._ahead  # oldest dropped
+    oldest = (b"pw0", b"s" * 32, 1 << 10, 8, 2, 32, kdf.KDF_SCRYPT)
+    assert oldest not in kdf._ahead  # dropped
 
 
 def test_a_failed_derivation_ahead_is_reported_by_the_real_call(computed: list[bytes]) -> None:
@@ -52,3 +53,75 @@ def test_a_failed_derivation_ahead_is_reported_by_the_real_call(computed: list[b
     kdf.derive_ahead(b"pw", b"s" * 32, **bad)
     with pytest.raises(ValueError):
         kdf.scrypt(b"pw", b"s" * 32, **bad)
+
+
+def _lanes_by_hand(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    """scrypt-lanes as docs/format.md writes it, from hashlib's scrypt and an HKDF written
+    out (RFC 5869) with hmac: another build of every piece."""
+    import hmac
+
+    lanes = b"".join(
+        hashlib.scrypt(password, salt=salt + i.to_bytes(4, "big"), n=n, r=r, p=1, dklen=32)
+        for i in range(p)
+    )
+    prk = hmac.digest(salt, lanes, "sha256")
+    return hmac.digest(prk, kdf.LANES_INFO + b"\x01", "sha256")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_lanes_side_by_side_are_the_documented_function(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kdf, "_threads", lambda lanes: min(lanes, threads))
+    salt = b"salt" * 8
+    got = kdf.scrypt(b"pw", salt, n=1 << 10, r=8, p=5, length=32, kind=kdf.KDF_LANES)
+    assert got == _lanes_by_hand(b"pw", salt, 1 << 10, 8, 5)
+    # Not RFC 7914's scrypt with the same parameters, and every lane counts.
+    assert got != kdf.scrypt(b"pw", salt, n=1 << 10, r=8, p=5, length=32)
+    assert got != _lanes_by_hand(b"pw", salt, 1 << 10, 8, 4)
+
+
+def test_a_failing_lane_fails_the_derivation() -> None:
+    def lane(i: int) -> bytes:
+        if i == 3:
+            raise MemoryError("no memory for lane 3")
+        return bytes([i])
+
+    with pytest.raises(MemoryError, match="lane 3"):
+        kdf._side_by_side(lane, 5, 2)
+    assert kdf._side_by_side(lambda i: bytes([i]), 5, 2) == [bytes([i]) for i in range(5)]
+
+
+def test_lanes_are_derived_ahead_too(computed: list[bytes]) -> None:
+    lanes = dict(SMALL, kind=kdf.KDF_LANES)
+    kdf.derive_ahead(b"pw", b"s" * 32, **lanes)  # type: ignore[arg-type]
+    got = kdf.scrypt(b"pw", b"s" * 32, **lanes)  # type: ignore[arg-type]
+    assert computed == [b"pw"]
+    assert got == _lanes_by_hand(b"pw", b"s" * 32, 1 << 10, 8, 2)
+    # RFC 7914's derivation of the same inputs is another entry: not taken by the lanes'.
+    kdf.derive_ahead(b"pw", b"s" * 32, **SMALL)
+    kdf.scrypt(b"pw", b"s" * 32, **lanes)  # type: ignore[arg-type]
+    assert computed == [b"pw", b"pw", b"pw"] and len(kdf._ahead) == 1
+
+
+@pytest.mark.parametrize(
+    ("lane_seconds", "lanes"),
+    [(0.085, 6), (0.1, 5), (0.125, 4), (0.3, 4), (0.01, 16), (0.0, 16)],
+)
+def test_calibration_fills_restics_budget(lane_seconds: float, lanes: int) -> None:
+    # restic's budget is 0.5 s of one core; never fewer than 4 lanes, never beyond the bound.
+    assert kdf.lanes_for(lane_seconds) == lanes
+
+
+def test_calibration_of_large_lanes_stays_within_the_work_bound() -> None:
+    # n = 2**22: one lane is the most the work bound (and a sensible wait) allows.
+    most = kdf.MAX_WORK // ((1 << 22) * 8)
+    assert most == 2
+    assert kdf.lanes_for(11.0, least=1, most=most) == 1
+    assert kdf.lanes_for(0.01, least=1, most=most) == 2
+    assert kdf.lanes_for(11.0, least=4, most=most) == 2  # the bound comes before the least
+
+
+def test_calibration_measures_this_machine() -> None:
+    lanes = kdf.calibrated_lanes(1 << 10, 8)  # a lane of 2**10 takes milliseconds
+    assert lanes == kdf.MAX_P

@@ -133,7 +133,7 @@ def test_a_key_file_that_unwraps_junk_is_a_format_error() -> None:
     [
         KdfParams(n=1 << 10),  # the tests' cheap keys (tests/conftest.py)
         KdfParams(),  # the default
-        KdfParams(n=1 << 22),  # the costliest --kdf-log2n, at the default r and p
+        KdfParams(n=1 << 22, p=1),  # the costliest --kdf-log2n, as init calibrates it
         KdfParams(n=1 << 16, r=8, p=1),  # the default before 2026-11
         KdfParams(n=1 << 22, r=8, p=2),  # the costliest --kdf-log2n before any change
         KdfParams(n=1 << 15, r=8, p=8),  # restic's calibrated files on the reference machine
