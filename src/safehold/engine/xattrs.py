@@ -151,7 +151,6 @@ class AttrSetter:
         self.privileged = privileged
         self._lock = threading.Lock()
         self._failed: dict[tuple[str, str], NotSet] = {}
-        self._last: dict[tuple[str, str], str] = {}  # the item each kind last failed on
 
     def set(self, target: int | str, attrs: Any, path: str, *, follow: bool = True) -> None:
         """Set ``attrs`` (a node's ``xattrs`` field: names to base64) on ``target``, a
@@ -163,6 +162,7 @@ class AttrSetter:
         if not isinstance(attrs, dict):
             self._fail(path, "extended attributes", "the node's record of them is damaged", False)
             return
+        failed: dict[tuple[str, str], bool] = {}  # one count per kind and item
         for name, value in attrs.items():
             if not self.choice.wants(name):
                 continue
@@ -171,21 +171,23 @@ class AttrSetter:
                 os.setxattr(target, name, raw, follow_symlinks=follow)
             except OSError as exc:
                 if exc.errno == errno.EBADF and isinstance(target, int):
-                    raise
+                    raise  # nothing counted yet: the retry with the path counts it
                 expected = not self.privileged and exc.errno in (errno.EPERM, errno.EACCES)
-                self._fail(path, what(name), exc.strerror or str(exc), expected)
+                failed.setdefault((what(name), exc.strerror or str(exc)), expected)
             except (ValueError, TypeError):  # not base64, or a NUL in the name
-                self._fail(path, what(str(name)), "the saved value is damaged", False)
+                failed.setdefault((what(str(name)), "the saved value is damaged"), False)
+        for (kind, reason), expected in failed.items():
+            self._fail(path, kind, reason, expected)
 
     def _fail(self, path: str, kind: str, reason: str, expected: bool) -> None:
+        # Several attributes of one kind on one item count once: set() gathers an item's
+        # failures first (counting by the last item seen miscounted when threads set
+        # attributes of several items at once).
         key = (kind, reason)
         with self._lock:
             entry = self._failed.get(key)
             if entry is None:
                 entry = self._failed[key] = NotSet(kind, reason, expected)
-            elif self._last.get(key) == path:
-                return  # (several attributes of one kind on the same item count once)
-            self._last[key] = path
             entry.count += 1
             if len(entry.paths) < FIRST_PATHS or path < entry.paths[-1]:
                 bisect.insort(entry.paths, path)
@@ -199,7 +201,6 @@ class AttrSetter:
         """Forget what failed (a forked worker starts with its parent's collection)."""
         with self._lock:
             self._failed = {}
-            self._last = {}
 
     def merge(self, docs: list[dict[str, Any]]) -> None:
         """Add failures a worker process collected (``NotSet.to_json`` each)."""

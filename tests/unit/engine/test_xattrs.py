@@ -18,7 +18,7 @@ import pytest
 from safehold.engine import restore_procs
 from safehold.engine import xattrs as xa
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.diff import METADATA, diff_trees
+from safehold.engine.inspect.diff import METADATA, diff_trees
 from safehold.engine.progress import Progress
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.errors import FormatError
@@ -368,3 +368,28 @@ def test_worker_processes_send_what_they_could_not_set() -> None:
     # From each of the two children (the parent's own are its caller's to read).
     assert sorted(str(n["paths"]) for n in got) == ["['/a', '/b']"] * 2 + ["[]"] * 2
     assert len({n["pid"] for n in got if "pid" in n} - {os.getpid()}) == 2
+
+
+def test_items_failing_at_once_in_threads_count_once_each(tmp_path: Path) -> None:
+    # Restore threads set several items' attributes at the same time; each item counts
+    # once per kind however its attributes interleave with another's (a count by the last
+    # item seen made 20 items 21 in CI).
+    setter = xa.AttrSetter(xa.Choice(), privileged=True)
+    value = "dg=="  # base64 of b"v"
+    attrs = {f"trusted.n{i}": value for i in range(6)}
+    missing = [str(tmp_path / f"gone-{i:03}") for i in range(120)]  # ENOENT for each
+    barrier = threading.Barrier(4)
+
+    def work(paths: list[str]) -> None:
+        barrier.wait()
+        for p in paths:
+            setter.set(p, attrs, p)
+
+    threads = [threading.Thread(target=work, args=(missing[k::4],)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    [failed] = setter.failures()
+    assert (failed.what, failed.count) == ("trusted.* attributes", 120)
+    assert failed.paths == missing[: len(failed.paths)]  # the first in name order
