@@ -10,14 +10,14 @@ from safehold.cli.context import Context
 from safehold.cli.progress import make_progress
 from safehold.engine.verify import run_repair_index
 from safehold.errors import ExitCode
-from safehold.repository.rebuild import RepairOptions
-from safehold.repository.repair_report import (
+from safehold.repository.repair import (
     BLOBS_DAMAGED,
     HEADER_DAMAGED,
     MISMATCH,
     MISSING,
     UNREADABLE,
     PackFinding,
+    RepairOptions,
     RepairReport,
 )
 

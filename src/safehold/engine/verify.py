@@ -14,7 +14,7 @@ from safehold.repository.check import (
     check_repository,
     stale_lock_notes,
 )
-from safehold.repository.rebuild import RepairOptions, RepairReport, repair_index
+from safehold.repository.repair import RepairOptions, RepairReport, repair_index
 from safehold.repository.repository import Repository
 
 __all__ = ["run_check", "run_repair_index"]

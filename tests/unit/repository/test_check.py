@@ -29,7 +29,7 @@ from safehold.repository.check import (
 from safehold.repository.format import BLOB_DATA, BLOB_TREE, T_INDEX, T_LOCK, seal_object
 from safehold.repository.index import Location, decode_index
 from safehold.repository.lock import LockInfo
-from safehold.repository.rebuild import RepairOptions, repair_index
+from safehold.repository.repair import RepairOptions, repair_index
 from safehold.repository.repository import Repository, new_chain_id, pack_name
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot

@@ -21,12 +21,13 @@ from safehold.repository.chunker import ChunkerParams
 from safehold.repository.format import BLOB_DATA, T_INDEX
 from safehold.repository.index import PackRecord, decode_index
 from safehold.repository.pack import TRAILER_LEN
-from safehold.repository.rebuild import RepairOptions, repair_index
-from safehold.repository.repair_report import (
+from safehold.repository.repair import (
     BLOBS_DAMAGED,
     HEADER_DAMAGED,
     MISSING,
     UNREADABLE,
+    RepairOptions,
+    repair_index,
 )
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.saver import BlobSaver

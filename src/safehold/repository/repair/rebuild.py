@@ -105,7 +105,7 @@ from safehold.repository.pack import (
     parse_trailer,
 )
 from safehold.repository.progress import NoProgress, ProgressSink
-from safehold.repository.repair_report import (
+from safehold.repository.repair.report import (
     BLOBS_DAMAGED,
     HEADER_DAMAGED,
     MISMATCH,
