@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -41,6 +42,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MAKE_DATASET = REPO_ROOT.parent / "shared" / "bench" / "make_dataset.py"
 DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+SMALL_FILES_PY = Path(__file__).resolve().parent / "small_files.py"
 DEFAULT_BORG_VENV = Path("/tmp/venv-borg")
 DEFAULT_BORG_SPEC = "borgbackup==1.4.5"
 TIME_BIN = Path("/usr/bin/time")
@@ -56,8 +58,14 @@ ALL_TOOLS = ("safehold", "restic", "borg")
 PEERS = ("restic", "borg")
 TOOL_LABELS = {"safehold": "safehold", "restic": "restic", "borg": "borg (zstd,3)"}
 TIMED_PHASES = ("a_initial", "b_nochange", "c_mutated", "d_restore", "d_sync")
+# Read-only commands on the latest snapshot, after (d); run on the small-file tree, where
+# a tool's cost per item shows (--extra-phases runs them on any dataset).
+EXTRA_PHASES = ("e_partial", "f_ls", "g_dump", "h_check")
 # The targets safehold is held to, as ratios safehold/peer measured in the same run.
 WALL_TARGETS = {"a_initial": 0.6, "b_nochange": 0.4, "c_mutated": 0.4, "d_restore": 0.5}
+# A partial restore is a restore; listing, dumping one file and checking are held to "no
+# slower than the peer" (issue 16: check at most restic's time and memory).
+EXTRA_TARGETS = {"e_partial": 0.5, "f_ls": 1.0, "g_dump": 1.0, "h_check": 1.0}
 RSS_TARGET = 1.0
 REPO_TARGET = 1.0
 
@@ -70,6 +78,10 @@ def phase_label(phase: str, mutate_pct: float = 5) -> str:
         "c_mutated": f"(c) re-backup after mutate {mutate_pct:g}%",
         "d_restore": "(d) full restore",
         "d_sync": "(d') sync after restore",
+        "e_partial": "(e) restore of one folder",
+        "f_ls": "(f) ls of the whole snapshot",
+        "g_dump": "(g) dump of one file",
+        "h_check": "(h) check",
     }
     return labels.get(phase, phase)
 
@@ -125,6 +137,24 @@ class Tool:
         """Where the copy of the data dir ends up inside restore_dir."""
         return self.restore_dir / self.data.relative_to(self.data.anchor)
 
+    @property
+    def partial_dir(self) -> Path:
+        return self.base / "partial"
+
+    def partial_restore_cmd(self, folder: Path) -> tuple[list[str], Path | None]:
+        """Restore only ``folder`` (an absolute path in the data) into partial_dir."""
+        raise NotImplementedError
+
+    def ls_cmd(self) -> list[str]:
+        raise NotImplementedError
+
+    def dump_cmd(self, file: Path) -> list[str]:
+        """Write one file of the latest snapshot to standard output."""
+        raise NotImplementedError
+
+    def check_cmd(self) -> list[str]:
+        raise NotImplementedError
+
 
 class Safehold(Tool):
     name = "safehold"
@@ -151,6 +181,19 @@ class Safehold(Tool):
     def restore_cmd(self) -> tuple[list[str], Path | None]:
         cmd = [*self.cmd, "-r", str(self.repo), "restore", "latest", "--target"]
         return [*cmd, str(self.restore_dir)], None
+
+    def partial_restore_cmd(self, folder: Path) -> tuple[list[str], Path | None]:
+        cmd = [*self.cmd, "-r", str(self.repo), "restore", "latest", "--target"]
+        return [*cmd, str(self.partial_dir), "--include", str(folder)], None
+
+    def ls_cmd(self) -> list[str]:
+        return [*self.cmd, "-r", str(self.repo), "ls", "latest"]
+
+    def dump_cmd(self, file: Path) -> list[str]:
+        return [*self.cmd, "-r", str(self.repo), "dump", "latest", str(file)]
+
+    def check_cmd(self) -> list[str]:
+        return [*self.cmd, "-r", str(self.repo), "check"]
 
     def restored_tree(self) -> Path:
         # The layout inside the target is safehold's choice: full path (like restic and
@@ -188,6 +231,19 @@ class Restic(Tool):
         cmd = [self.binary, "-r", str(self.repo), "restore", "latest"]
         return [*cmd, "--target", str(self.restore_dir)], None
 
+    def partial_restore_cmd(self, folder: Path) -> tuple[list[str], Path | None]:
+        cmd = [self.binary, "-r", str(self.repo), "restore", "latest"]
+        return [*cmd, "--target", str(self.partial_dir), "--include", str(folder)], None
+
+    def ls_cmd(self) -> list[str]:
+        return [self.binary, "-r", str(self.repo), "ls", "latest"]
+
+    def dump_cmd(self, file: Path) -> list[str]:
+        return [self.binary, "-r", str(self.repo), "dump", "latest", str(file)]
+
+    def check_cmd(self) -> list[str]:
+        return [self.binary, "-r", str(self.repo), "check"]
+
 
 class Borg(Tool):
     name = "borg"
@@ -216,6 +272,21 @@ class Borg(Tool):
     def restore_cmd(self) -> tuple[list[str], Path | None]:
         # borg extracts into the current directory; "c" is the latest archive.
         return [self.binary, "extract", f"{self.repo}::c"], self.restore_dir
+
+    # borg keeps paths without their leading "/".
+    def partial_restore_cmd(self, folder: Path) -> tuple[list[str], Path | None]:
+        member = str(folder.relative_to(folder.anchor))
+        return [self.binary, "extract", f"{self.repo}::c", member], self.partial_dir
+
+    def ls_cmd(self) -> list[str]:
+        return [self.binary, "list", f"{self.repo}::c"]
+
+    def dump_cmd(self, file: Path) -> list[str]:
+        member = str(file.relative_to(file.anchor))
+        return [self.binary, "extract", "--stdout", f"{self.repo}::c", member]
+
+    def check_cmd(self) -> list[str]:
+        return [self.binary, "check", str(self.repo)]
 
 
 # --------------------------------------------------------------------------- measuring
@@ -592,6 +663,7 @@ class Config:
     rotate: bool
     verify_reps: int
     warm_tools: bool
+    extra_phases: bool = False  # (e)-(h) after (d): see EXTRA_PHASES
 
 
 class Bench:
@@ -761,6 +833,7 @@ class Bench:
                 f"  mutated {cfg.mutate_pct:g}% (seed {cfg.mutate_seed}): "
                 f"{bytes_a / MiB:.1f} -> {bytes_c / MiB:.1f} MiB"
             )
+            extras = self.extra_targets() if cfg.extra_phases else None
             for tool in order:
                 if not alive[tool.name]:
                     continue
@@ -772,11 +845,40 @@ class Bench:
                     # How much of the restore was still dirty in the page cache.
                     Step("d_sync", ["sync"], bytes_c, prepare=False),
                 ]
-                if self.chain(tool, rep, plan) and rep <= cfg.verify_reps:
+                then = EXTRA_PHASES if extras else ()
+                if not self.chain(tool, rep, plan, then=then):
+                    continue
+                if rep <= cfg.verify_reps:
                     self.verify(tool, rep)
+                if extras:
+                    self.chain(tool, rep, self.extra_plan(tool, *extras))
             for tool in order:
                 self.discard(tool.restore_dir)
+                self.discard(tool.partial_dir)
             os.sync()
+
+    def extra_targets(self) -> tuple[Path, Path, int]:
+        """The folder that (e) restores, the file that (g) dumps, and the folder's bytes:
+        the folder in the middle of the sorted folders that hold files, and its first file,
+        so every tool and repetition reads the same items of the mutated tree."""
+        holding = sorted(
+            (Path(dirpath), sorted(names)) for dirpath, _, names in os.walk(self.data) if names
+        )
+        if not holding:
+            raise SystemExit(f"{self.data} holds no files for the extra phases")
+        folder, names = holding[len(holding) // 2]
+        size = sum((folder / n).lstat().st_size for n in names)
+        return folder, folder / names[0], size
+
+    def extra_plan(self, tool: Tool, folder: Path, file: Path, folder_bytes: int) -> list[Step]:
+        tool.partial_dir.mkdir(parents=True)
+        cmd, cwd = tool.partial_restore_cmd(folder)
+        return [
+            Step("e_partial", cmd, folder_bytes, cwd=cwd, reads_data=False),
+            Step("f_ls", tool.ls_cmd(), 0, reads_data=False),
+            Step("g_dump", tool.dump_cmd(file), file.lstat().st_size, reads_data=False),
+            Step("h_check", tool.check_cmd(), 0, reads_data=False),
+        ]
 
     def discard(self, path: Path) -> None:
         """Move a tree out of the way; it is deleted when the run ends. On ext4, after tens
@@ -905,10 +1007,18 @@ def ratio_cell(
     return text, "✅" if round(value, 2) <= target else "❌"
 
 
+def wall_targets(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The phases judged by their wall time: (a)-(d), and (e)-(h) when the run had them."""
+    ran = {r.get("phase") for r in records if r.get("kind") == "step"}
+    extra = {phase: t for phase, t in EXTRA_TARGETS.items() if phase in ran}
+    return {**WALL_TARGETS, **extra}
+
+
 def render(records: list[dict[str, Any]]) -> str:
     meta = next((r for r in records if r.get("kind") == "meta"), {})
     pct = float(meta.get("mutate_pct", 5))
     tools = [t for t in ALL_TOOLS if any(r.get("tool") == t for r in records)]
+    targets = wall_targets(records)
     mutates = [r for r in records if r.get("kind") == "mutate"]
     out: list[str] = []
     w = out.append
@@ -952,13 +1062,13 @@ def render(records: list[dict[str, Any]]) -> str:
         w(head)
         w("|---|---|" + "---|---|" * len(peers))
         rows: list[tuple[str, str, str, float]] = []
-        for phase, target in WALL_TARGETS.items():
+        for phase, target in targets.items():
             rows.append((f"wall time {phase_label(phase, pct)}", phase, "wall", target))
         for phase in ("a_initial", "c_mutated"):
             rows.append(
                 (f"repo size after {phase_label(phase, pct)[:3]}", phase, "repo_bytes", REPO_TARGET)
             )
-        for phase in WALL_TARGETS:
+        for phase in targets:
             rows.append((f"peak RSS {phase_label(phase, pct)}", phase, "rss", RSS_TARGET))
         met = dict.fromkeys(peers, 0)
         for title, phase, name, target in rows:
@@ -982,7 +1092,7 @@ def render(records: list[dict[str, Any]]) -> str:
     )
     w("|---|---|---|---|---|---|---|---|---|---|")
     for tool in tools:
-        for phase in TIMED_PHASES:
+        for phase in (*TIMED_PHASES, *EXTRA_PHASES):
             ok = steps(records, tool, phase)
             bad = [
                 r
@@ -995,7 +1105,12 @@ def render(records: list[dict[str, Any]]) -> str:
             if not ok and not bad:
                 continue
             walls = [r["wall_s"] for r in ok]
-            rates = [r["data_bytes"] / MiB / r["wall_s"] for r in ok if r["wall_s"] > 0]
+            # ls and check read no data of their own: no rate.
+            rates = [
+                r["data_bytes"] / MiB / r["wall_s"]
+                for r in ok
+                if r["wall_s"] > 0 and r["data_bytes"]
+            ]
             rss = [v for r in ok if (v := metric(r, "rss")) is not None]
             cpu = [(r["user_s"] or 0) + (r["sys_s"] or 0) for r in ok]
             cpu_pct = [
@@ -1059,6 +1174,92 @@ def render(records: list[dict[str, Any]]) -> str:
                 f"(exit {r['exit']}), log `{r['log']}`"
             )
         w("")
+    return "\n".join(out)
+
+
+SHORT_LABELS = {
+    "a_initial": "(a) initial",
+    "b_nochange": "(b) no change",
+    "c_mutated": "(c) after change",
+    "d_restore": "(d) restore",
+    "e_partial": "(e) one folder",
+    "f_ls": "(f) ls",
+    "g_dump": "(g) dump",
+    "h_check": "(h) check",
+}
+
+
+def render_matrix(runs: list[list[dict[str, Any]]]) -> str:
+    """Several datasets measured in one run: their ratios side by side, one row a dataset,
+    then each dataset's own report."""
+    metas = [next((r for r in recs if r.get("kind") == "meta"), {}) for recs in runs]
+    first = metas[0]
+    all_records = [r for recs in runs for r in recs]
+    tools = [t for t in ALL_TOOLS if any(r.get("tool") == t for r in all_records)]
+    peers = [p for p in PEERS if p in tools]
+    targets = wall_targets(all_records)
+    out: list[str] = []
+    w = out.append
+
+    w(f"Run `{first.get('run_id', '?').rsplit('-', 1)[0]}`, command (from the repository root):\n")
+    w(f"```\n{first.get('command', '?')}\n```\n")
+    host = first.get("host", {})
+    w(
+        f"- machine: {host.get('cpus', '?')} CPUs, {host.get('mem_gib', '?')} GiB RAM, "
+        f"{host.get('system', '?')}; repetitions per dataset: {first.get('reps', '?')}, tool "
+        f"order rotated each repetition: {'yes' if first.get('rotate') else 'no'}"
+    )
+    versions = first.get("versions", {})
+    w("- versions: " + "; ".join(f"{t}: {versions.get(t, '?')}" for t in tools))
+    w(f"- started {first.get('started', '?')}; datasets, in the order they ran:")
+    for meta in metas:
+        ds = meta.get("dataset", {})
+        w(
+            f"  - {ds.get('label', ds.get('path', '?'))}: `{ds.get('path', '?')}`, "
+            f"{ds.get('files', 0):,} files, {ds.get('bytes', 0) / MiB:,.1f} MiB; raw results "
+            f"`{meta.get('results', '?')}`"
+        )
+    w("")
+
+    def label(meta: dict[str, Any]) -> str:
+        ds = meta.get("dataset", {})
+        return str(ds.get("label", ds.get("path", "?")))
+
+    for peer in peers:
+        for title, name, extra in (
+            ("wall time", "wall", ()),
+            ("peak memory (and repository size after (c))", "rss", ("repo",)),
+        ):
+            w(f"#### {title.capitalize()}, safehold / {TOOL_LABELS[peer]}\n")
+            head = "| dataset |"
+            for phase, target in targets.items():
+                goal = target if name == "wall" else RSS_TARGET
+                head += f" {SHORT_LABELS[phase]} ≤ {goal:.1f}x |"
+            head += " repo (c) ≤ 1.0x |" if extra else ""
+            w(head)
+            w("|---|" + "---|" * (len(targets) + len(extra)))
+            met = total = 0
+            for meta, recs in zip(metas, runs, strict=True):
+                cells = ""
+                columns = [
+                    (phase, name, t if name == "wall" else RSS_TARGET)
+                    for phase, t in targets.items()
+                ]
+                if extra:
+                    columns.append(("c_mutated", "repo_bytes", REPO_TARGET))
+                for phase, metric_name, goal in columns:
+                    text, mark = ratio_cell(recs, phase, metric_name, peer, goal)
+                    if text != "-":
+                        total += 1
+                        met += mark == "✅"
+                    # Only the ratio of medians: the ranges are in each dataset's report.
+                    cells += f" {text.split(' [')[0]} {mark} |" if text != "-" else " - |"
+                w(f"| {label(meta)} |{cells}")
+            w(f"\nWithin target: {met} of {total}.\n")
+
+    for meta, recs in zip(metas, runs, strict=True):
+        w(f"### {label(meta)}\n")
+        w(render(recs))
     return "\n".join(out)
 
 
@@ -1293,10 +1494,175 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--report",
         type=Path,
+        nargs="+",
         metavar="JSONL",
-        help="do not run: print (and with --write-docs, write) the report of a saved results file",
+        help="do not run: print (and with --write-docs, write) the report of a saved results "
+        "file; several files (the datasets of one run): the report over all of them",
+    )
+    several = p.add_argument_group(
+        "several datasets in one run (any of these replaces --dataset; see bench/README.md)"
+    )
+    several.add_argument(
+        "--sizes",
+        metavar="GIB,...",
+        help="datasets of make_dataset.py of these sizes in GiB, e.g. 0.25,1,2 "
+        "(default with --seeds: 2)",
+    )
+    several.add_argument("--seeds", metavar="SEED,...", help="their seeds, e.g. 42,7 (default: 42)")
+    several.add_argument(
+        "--small-files",
+        action="store_true",
+        help="also a tree of many small mail-sized files (bench/small_files.py; first seed), "
+        "with (e)-(h) after (d)",
+    )
+    several.add_argument(
+        "--small-files-count", type=int, default=200_000, help="files in the small-file tree"
+    )
+    several.add_argument(
+        "--small-files-folders",
+        type=int,
+        default=0,
+        help="folders in the small-file tree (default: one per 100 files)",
+    )
+    several.add_argument(
+        "--datasets-dir",
+        type=Path,
+        default=Path("/tmp"),
+        help="where the datasets are generated when missing (ds_<MiB>m_s<seed>, "
+        "ds_small_<files>f_<folders>d_s<seed>); 2 GiB of seed 42 is --dataset",
+    )
+    several.add_argument(
+        "--extra-phases",
+        action="store_true",
+        help="run (e) restore of one folder, (f) ls, (g) dump of one file, (h) check on "
+        "every dataset, not only the small-file tree",
     )
     return p.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of a run over several: where it lives, how it is made and changed."""
+
+    label: str
+    path: Path
+    gen_cmd: list[str]  # run when path does not exist
+    mutate_py: Path  # called as `mutate_py mutate DIR PCT SEED` before (c)
+    extra_phases: bool
+
+
+def split_list(text: str, kind: type[float] | type[int], option: str) -> list[Any]:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) < 0 or (option == "--sizes" and min(values) == 0):
+        raise SystemExit(f"{option}: expected positive numbers, got {text!r}")
+    return values
+
+
+def dataset_specs(args: argparse.Namespace, make_py: Path) -> list[DatasetSpec] | None:
+    """The datasets of --sizes/--seeds/--small-files, in that order; None without them
+    (one dataset, --dataset, as before)."""
+    if not (args.sizes or args.seeds or args.small_files):
+        return None
+    seeds: list[int] = split_list(args.seeds, int, "--seeds") if args.seeds else [42]
+    if args.sizes:
+        sizes: list[float] = split_list(args.sizes, float, "--sizes")
+    else:
+        sizes = [] if args.small_files and not args.seeds else [2.0]
+    where = args.datasets_dir.resolve()
+    specs = []
+    for size in sizes:
+        mib = round(size * 1024)
+        for seed in seeds:
+            # The default dataset is make_dataset.py's 2 GiB of seed 42: reuse it.
+            default = mib == args.size_mb and seed == args.seed
+            path = args.dataset.resolve() if default else where / f"ds_{mib}m_s{seed}"
+            gen = [sys.executable, str(make_py), str(path), str(mib), str(seed)]
+            label = f"{size:g} GiB, seed {seed}"
+            specs.append(DatasetSpec(label, path, gen, make_py, args.extra_phases))
+    if args.small_files:
+        count, seed = args.small_files_count, seeds[0]
+        folders = args.small_files_folders or max(1, count // 100)
+        path = where / f"ds_small_{count}f_{folders}d_s{seed}"
+        gen = [sys.executable, str(SMALL_FILES_PY), "gen", str(path), str(count), str(seed)]
+        gen += ["--folders", str(folders)]
+        label = f"{count:,} small files in {folders:,} folders, seed {seed}"
+        specs.append(DatasetSpec(label, path, gen, SMALL_FILES_PY, True))
+    return specs
+
+
+def check_dataset(dataset: Path, work: Path) -> None:
+    if work in (Path("/"), REPO_ROOT) or work == dataset or work in dataset.parents:
+        raise SystemExit(f"--work {work} would contain or clash with {dataset}; pick another")
+    if dataset == work / "data" or work / "data" in dataset.parents:
+        raise SystemExit(f"--dataset must not live under {work / 'data'}")
+
+
+def run_dataset(
+    cfg: Config,
+    run_id: str,
+    command: str,
+    args: argparse.Namespace,
+    label: str | None = None,
+) -> list[dict[str, Any]]:
+    """Measure one dataset; print and save its report; return its records."""
+    results = Results(cfg.work / "results" / f"{run_id}.jsonl")
+    bench = Bench(cfg, results, run_id)
+
+    log(f"== command: {command}")
+    versions: dict[str, str] = {}
+    for name, tool in bench.tools.items():
+        versions[name] = command_version(tool.version_cmd(), tool.env())
+    if "safehold" in versions:
+        versions["safehold"] += f" ({shlex.join(cfg.safehold_cmd)}, git {git_describe()})"
+    if "borg" in versions:
+        versions["borg"] += " (--compression zstd,3, repokey)"
+    for name, version in versions.items():
+        log(f"   {name}: {version}")
+    log(f"== measuring dataset {cfg.dataset}")
+    files, size = tree_bytes(cfg.dataset)
+    meta: dict[str, Any] = {
+        "kind": "meta",
+        "run_id": run_id,
+        "command": command,
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "dataset": {"path": str(cfg.dataset), "files": files, "bytes": size},
+        "work": str(cfg.work),
+        "results": str(results.path),
+        "reps": cfg.reps,
+        "tools": cfg.tools,
+        "mutate_pct": cfg.mutate_pct,
+        "mutate_seed": cfg.mutate_seed,
+        "drop_caches": cfg.drop,
+        "rotate": cfg.rotate,
+        "warm_tools": cfg.warm_tools,
+        "timeout_s": cfg.timeout,
+        "versions": versions,
+        "host": host_info(),
+        "time_tool": str(TIME_BIN) if TIME_BIN.exists() else "wait4 rusage",
+    }
+    if label is not None:
+        meta["dataset"]["label"] = label
+    results.add(meta)
+    log(f"   {files:,} files, {size / MiB:,.1f} MiB; results -> {results.path}")
+
+    settle(cfg.work, args.settle)
+    try:
+        bench.run()
+    finally:
+        if not args.keep:
+            bench.cleanup()
+        else:
+            bench.remove_trash()
+
+    text = render(results.records)
+    report_path = results.path.with_suffix(".md")
+    report_path.write_text(text + "\n")
+    print("\n" + text)
+    log(f"== raw results: {results.path}\n== report: {report_path}\n== command: {command}")
+    return results.records
 
 
 def main(argv: Sequence[str]) -> int:
@@ -1304,7 +1670,8 @@ def main(argv: Sequence[str]) -> int:
     command = shlex.join(["python3", "bench/run.py", *argv])
 
     if args.report:
-        text = render(load_results(args.report))
+        runs = [load_results(path) for path in args.report]
+        text = render(runs[0]) if len(runs) == 1 else render_matrix(runs)
         print(text)
         if args.write_docs:
             write_docs(args.docs, text)
@@ -1326,20 +1693,22 @@ def main(argv: Sequence[str]) -> int:
     make_py = args.make_dataset_py.resolve()
     if not make_py.exists():
         raise SystemExit(f"{make_py} not found (needed for the mutation): see --make-dataset-py")
-    dataset = args.dataset.resolve()
-    if not dataset.is_dir():
-        if not args.make_dataset:
-            raise SystemExit(f"no dataset at {dataset}: pass --make-dataset to generate it")
-        log(f"== generating {dataset} ({args.size_mb} MiB, seed {args.seed})")
-        subprocess.run(
-            [sys.executable, str(make_py), str(dataset), str(args.size_mb), str(args.seed)],
-            check=True,
-        )
     work = args.work.resolve()
-    if work in (Path("/"), REPO_ROOT) or work == dataset or work in dataset.parents:
-        raise SystemExit(f"--work {work} would contain or clash with {dataset}; pick another")
-    if dataset == work / "data" or work / "data" in dataset.parents:
-        raise SystemExit(f"--dataset must not live under {work / 'data'}")
+    specs = dataset_specs(args, make_py)
+    if specs is None:
+        dataset = args.dataset.resolve()
+        if not dataset.is_dir():
+            if not args.make_dataset:
+                raise SystemExit(f"no dataset at {dataset}: pass --make-dataset to generate it")
+            log(f"== generating {dataset} ({args.size_mb} MiB, seed {args.seed})")
+            subprocess.run(
+                [sys.executable, str(make_py), str(dataset), str(args.size_mb), str(args.seed)],
+                check=True,
+            )
+        check_dataset(dataset, work)
+    else:
+        for spec in specs:
+            check_dataset(spec.path, work)
     for name, binary in (("restic", args.restic), ("borg", args.borg)):
         if name in tools and not shutil.which(binary):
             raise SystemExit(f"{name} not found ({binary}): run with --install or pass --{name}")
@@ -1349,7 +1718,7 @@ def main(argv: Sequence[str]) -> int:
         loud(f"{DROP_CACHES} is not writable: the page cache is only warmed, not dropped")
     safehold_cmd = shlex.split(args.safehold) if args.safehold else default_safehold_cmd()
     cfg = Config(
-        dataset=dataset,
+        dataset=args.dataset.resolve(),
         work=work,
         reps=args.reps,
         tools=tools,
@@ -1364,64 +1733,44 @@ def main(argv: Sequence[str]) -> int:
         rotate=not args.no_rotate,
         verify_reps=args.verify_reps,
         warm_tools=not args.no_warm_tools,
+        extra_phases=args.extra_phases,
     )
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    results = Results(work / "results" / f"{run_id}.jsonl")
-    bench = Bench(cfg, results, run_id)
-
-    log(f"== command: {command}")
-    versions: dict[str, str] = {}
-    for name, tool in bench.tools.items():
-        versions[name] = command_version(tool.version_cmd(), tool.env())
-    if "safehold" in versions:
-        versions["safehold"] += f" ({shlex.join(safehold_cmd)}, git {git_describe()})"
-    if "borg" in versions:
-        versions["borg"] += " (--compression zstd,3, repokey)"
-    for name, version in versions.items():
-        log(f"   {name}: {version}")
-    log(f"== measuring dataset {dataset}")
-    files, size = tree_bytes(dataset)
-    results.add(
-        {
-            "kind": "meta",
-            "run_id": run_id,
-            "command": command,
-            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "dataset": {"path": str(dataset), "files": files, "bytes": size},
-            "work": str(work),
-            "results": str(results.path),
-            "reps": cfg.reps,
-            "tools": tools,
-            "mutate_pct": cfg.mutate_pct,
-            "mutate_seed": cfg.mutate_seed,
-            "drop_caches": drop,
-            "rotate": cfg.rotate,
-            "warm_tools": cfg.warm_tools,
-            "timeout_s": cfg.timeout,
-            "versions": versions,
-            "host": host_info(),
-            "time_tool": str(TIME_BIN) if TIME_BIN.exists() else "wait4 rusage",
-        }
-    )
-    log(f"   {files:,} files, {size / MiB:,.1f} MiB; results -> {results.path}")
-
-    settle(work, args.settle)
-    try:
-        bench.run()
-    finally:
-        if not args.keep:
-            bench.cleanup()
-        else:
-            bench.remove_trash()
-
-    text = render(results.records)
-    report_path = results.path.with_suffix(".md")
-    report_path.write_text(text + "\n")
-    print("\n" + text)
-    log(f"== raw results: {results.path}\n== report: {report_path}\n== command: {command}")
+    if specs is None:
+        text = render(run_dataset(cfg, run_id, command, args))
+    else:
+        text = run_matrix(cfg, specs, run_id, command, args)
     if args.write_docs:
         write_docs(args.docs, text)
     return 0
+
+
+def run_matrix(
+    cfg: Config, specs: list[DatasetSpec], run_id: str, command: str, args: argparse.Namespace
+) -> str:
+    """Every dataset in turn, each a run of its own (results `<run>-<n>.jsonl`); then one
+    report: the ratios of every dataset side by side, followed by each dataset's report."""
+    for spec in specs:
+        if not spec.path.is_dir():
+            log(f"== generating {spec.path} ({spec.label})")
+            subprocess.run(spec.gen_cmd, check=True)
+    log("== datasets: " + "; ".join(f"{s.label} ({s.path})" for s in specs))
+    runs = []
+    for n, spec in enumerate(specs, 1):
+        log(f"\n==== dataset {n}/{len(specs)}: {spec.label}")
+        one = dataclasses.replace(
+            cfg,
+            dataset=spec.path,
+            make_dataset_py=spec.mutate_py,
+            extra_phases=cfg.extra_phases or spec.extra_phases,
+        )
+        runs.append(run_dataset(one, f"{run_id}-{n}", command, args, spec.label))
+    text = render_matrix(runs)
+    report_path = cfg.work / "results" / f"{run_id}.md"
+    report_path.write_text(text + "\n")
+    print("\n" + text)
+    log(f"== report of all datasets: {report_path}")
+    return text
 
 
 if __name__ == "__main__":
