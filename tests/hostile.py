@@ -18,8 +18,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from safehold.repository.chains import new_chain_id
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
-from safehold.repository.repository import Repository, new_chain_id
+from safehold.repository.repository import Repository
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
 

@@ -10,7 +10,6 @@ failed source leaves the repository as it was, plus packs the next backup reuses
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import shlex
 import socket
@@ -33,9 +32,10 @@ from safehold.engine.scan import CACHEDIR_TAG, Excluder
 from safehold.engine.vanished import VANISHED, Vanished
 from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
 from safehold.repository import tree as t
+from safehold.repository.chains import continues_chain, new_chain_id, next_chain_id
 from safehold.repository.chunker import Chunker
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
-from safehold.repository.repository import Repository, new_chain_id
+from safehold.repository.repository import Repository
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import writer_view
@@ -302,29 +302,12 @@ def _choose_chain(
     finished = repo.finished_chains()
     if opts.source_name:  # a configured source keeps its chains whatever its streams are
         key = [f"source:{opts.source_name}"]
-    if parent is None or parent.isolated:
-        return None, _next_chain(repo, host, key, "", finished), 0
-    if parent.chain in finished or (
-        opts.chain_length is not None and parent.chain_seq >= opts.chain_length
-    ):
-        # A fresh full upload in a new chain.
-        return None, _next_chain(repo, host, key, parent.chain, finished), 0
+    if parent is None or not continues_chain(parent, finished, opts.chain_length):
+        # A fresh full upload in a new chain: the source's first, or the one after the parent's.
+        previous = "" if parent is None or parent.isolated else parent.chain
+        chain = next_chain_id(repo.master, host=host, key=key, previous=previous, finished=finished)
+        return None, chain, 0
     return parent, parent.chain, parent.chain_seq + 1
-
-
-def _next_chain(
-    repo: Repository, host: str, key: list[str], previous: str, finished: set[str]
-) -> str:
-    """The id of the chain that follows ``previous`` for this source (or its first chain).
-
-    Derived, not random, so that a full backup that was interrupted and run again joins
-    the same chain and reuses the packs the interrupted run uploaded.
-    """
-    seed = json.dumps([host, key, previous]).encode()
-    chain = repo.master.blob_id(b"safehold chain\0" + seed)[:16].hex()
-    while chain in finished:
-        chain = repo.master.blob_id(b"safehold chain\0" + chain.encode())[:16].hex()
-    return chain
 
 
 # --- streams -------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import os
 import secrets
 import socket
 import threading
@@ -43,7 +42,6 @@ from safehold.errors import (
     SnapshotNotFound,
     UsageError,
 )
-from safehold.ids import to_hex
 from safehold.repository import key_files
 from safehold.repository import lock as lockmod
 from safehold.repository.chunker import ChunkerParams
@@ -871,7 +869,3 @@ def _exists(storage: Storage, name: str) -> bool:
     except ObjectNotFound:
         return False
     return True
-
-
-def new_chain_id() -> str:
-    return to_hex(os.urandom(16))

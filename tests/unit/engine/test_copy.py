@@ -14,8 +14,9 @@ from safehold.engine.copy import COPIED, FAILED, SKIPPED, copy_snapshots
 from safehold.engine.progress import Progress
 from safehold.engine.tree_walk import walk
 from safehold.errors import ObjectNotFound
+from safehold.repository.chains import new_chain_id
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
-from safehold.repository.repository import Repository, new_chain_id
+from safehold.repository.repository import Repository
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.tree import encode_tree_json

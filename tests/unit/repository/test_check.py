@@ -18,6 +18,7 @@ from safehold.engine.tree_walk import find, walk
 from safehold.engine.verify import run_check, run_repair_index
 from safehold.errors import IntegrityError, RepositoryLocked, UsageError
 from safehold.repository import tree as t
+from safehold.repository.chains import new_chain_id
 from safehold.repository.check import (
     CheckOptions,
     CheckReport,
@@ -30,7 +31,7 @@ from safehold.repository.format import BLOB_DATA, BLOB_TREE, T_INDEX, T_LOCK, se
 from safehold.repository.index import Location, decode_index
 from safehold.repository.lock import LockInfo
 from safehold.repository.repair import RepairOptions, repair_index
-from safehold.repository.repository import Repository, new_chain_id, pack_name
+from safehold.repository.repository import Repository, pack_name
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import write_trash
