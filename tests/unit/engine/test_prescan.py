@@ -12,6 +12,7 @@ import pytest
 from safehold.engine.backup import BackupOptions, run_backup, start_prescan
 from safehold.engine.prescan import FIELDS, Prescan
 from safehold.engine.scan import Excluder
+from safehold.engine.tree_walk import find
 from safehold.repository.repository import Repository
 from tests.conftest import make_sample_tree
 
@@ -79,8 +80,12 @@ def test_the_limit_and_the_walk_overtaking_stop_it(tmp_path: Path) -> None:
 
 
 def _root_tree(repo: Repository, src: Path, prescan: Prescan | None) -> str:
+    """The tree of ``src`` itself: the folders above it (/tmp) are saved too, with times
+    that other processes change between two backups."""
     opts = BackupOptions(paths=[str(src)], host="h", force=True)
-    return run_backup(repo, opts, prescan=prescan).snapshot.tree
+    found = find(repo, run_backup(repo, opts, prescan=prescan).snapshot.tree, str(src))
+    assert found is not None
+    return found[1].subtree
 
 
 @pytest.mark.parametrize("limit", [10**6, 25, 1])
