@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from safehold.engine.find import compile_patterns, find_in_snapshot
+from safehold.engine.inspect.find import compile_patterns, find_in_snapshot
 from safehold.repository.repository import Repository
 from safehold.storage.local import LocalStorage
 from tests.conftest import PASSWORD

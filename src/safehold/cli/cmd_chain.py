@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from safehold.cli.context import Context
-from safehold.engine.stats import ChainInfo, list_chains
+from safehold.engine.inspect.stats import ChainInfo, list_chains
 from safehold.errors import SnapshotNotFound, UsageError
 from safehold.repository.snapshot import Snapshot
 

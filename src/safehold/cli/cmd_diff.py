@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
-from safehold.engine.diff import Change, DiffStats, diff_trees
+from safehold.engine.inspect.diff import Change, DiffStats, diff_trees
 from safehold.repository import tree as t
 
 

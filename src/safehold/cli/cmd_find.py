@@ -11,7 +11,7 @@ from typing import Any
 from safehold.cli.cmd_ls import long_line, node_json
 from safehold.cli.cmd_snapshots import filtered
 from safehold.cli.context import Context
-from safehold.engine.find import compile_patterns, find_in_snapshot
+from safehold.engine.inspect.find import compile_patterns, find_in_snapshot
 from safehold.policy.patterns import PatternList
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot

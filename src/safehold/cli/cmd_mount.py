@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 from safehold.cli.context import Context, print_warning
-from safehold.engine.mount import MountOptions, check_fuse, serve
-from safehold.engine.mount_view import MountView
+from safehold.engine.inspect.mount import MountOptions, check_fuse, serve
+from safehold.engine.inspect.mount_view import MountView
 from safehold.errors import ExitCode
 
 EPILOG = """\

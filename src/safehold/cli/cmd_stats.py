@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
-from safehold.engine.stats import ALL, MODES, Stats, compute_stats
+from safehold.engine.inspect.stats import ALL, MODES, Stats, compute_stats
 from safehold.repository.snapshot import Snapshot
 
 

@@ -14,10 +14,17 @@ from pathlib import Path
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.diff import ADDED, METADATA, MODIFIED, REMOVED, TYPE_CHANGED, diff_trees
 from safehold.engine.export import dump
 from safehold.engine.export.tar import pax_time
-from safehold.engine.stats import compute_stats, list_chains, raw_data, restore_size
+from safehold.engine.inspect.diff import (
+    ADDED,
+    METADATA,
+    MODIFIED,
+    REMOVED,
+    TYPE_CHANGED,
+    diff_trees,
+)
+from safehold.engine.inspect.stats import compute_stats, list_chains, raw_data, restore_size
 from safehold.engine.tree_walk import find
 from safehold.errors import IntegrityError, UsageError
 from safehold.repository.chunker import ChunkerParams

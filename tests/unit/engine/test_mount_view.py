@@ -13,7 +13,7 @@ import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.forget import ForgetOptions, run_forget
-from safehold.engine.mount_view import MountView, time_name
+from safehold.engine.inspect.mount_view import MountView, time_name
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 from tests.hostile import file, folder, write_snapshot

@@ -26,7 +26,7 @@ and forgotten ones disappear. The caller holds a lock for as long as this view i
 every snapshot shown was listed while it was held, so its data stays until it is released
 (docs/format.md, section 16).
 
-This module knows nothing of FUSE (:mod:`safehold.engine.mount` serves it): errors are
+This module knows nothing of FUSE (:mod:`safehold.engine.inspect.mount` serves it): errors are
 ``OSError`` with an ``errno``, attributes are ``st_*`` dictionaries.
 """
 

@@ -1,4 +1,4 @@
-"""The mount use case: serve :class:`~safehold.engine.mount_view.MountView` through FUSE.
+"""The mount use case: serve :class:`~safehold.engine.inspect.mount_view.MountView` through FUSE.
 
 The binding is mfusepy (a maintained fork of fusepy: ctypes over the high-level libfuse
 API, version 2 or 3, found at run time). pyfuse3 was the other candidate: it is compiled
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from safehold.engine.mount_view import MountView
+from safehold.engine.inspect.mount_view import MountView
 from safehold.errors import SafeholdError, UsageError
 from safehold.repository.repository import Repository
 
