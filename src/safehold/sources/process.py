@@ -103,6 +103,10 @@ def find_tool(name: str, package: str, *, path: str | None = None) -> str:
 # --- process groups ---------------------------------------------------------------------
 
 
+# The longest a wait in the main thread sleeps before Python looks at pending signals.
+SIGNAL_SLICE = 0.2
+
+
 class ProcessGroup:
     """A started process that leads a process group of its own (``start_new_session``).
 
@@ -144,7 +148,10 @@ class ProcessGroup:
                     left = None if end is None else end - time.monotonic()
                     if left is not None and left <= 0:
                         return False
-                    sel.select(left)
+                    # In slices: a signal the kernel gives to another thread (one reading
+                    # the tool's output) leaves this select asleep, and Python runs its
+                    # handler (Ctrl-C, the run's timeout) only once this thread wakes.
+                    sel.select(SIGNAL_SLICE if left is None else min(left, SIGNAL_SLICE))
             return True
         while self.status() is None:
             if end is not None and time.monotonic() >= end:

@@ -220,3 +220,31 @@ def test_commands_in_messages_can_be_pasted(tmp_path: Path) -> None:
     missing = str(tmp_path / "it's missing")
     res = run_hook(HookSpec(phase="backup", run=shlex.join([missing, "--now"])), env={})
     assert res.describe().startswith(f"could not start {shlex.quote(missing)}:")
+
+
+def test_ctrl_c_given_to_another_thread_still_stops_the_hook(tmp_path: Path) -> None:
+    # The kernel hands a process's SIGINT to any thread; Python runs the handler only in
+    # the main thread, once it wakes. A wait that slept until the hook's end held a
+    # Ctrl-C 60 s (seen once in CI, under load).
+    import signal
+    import threading
+
+    started = tmp_path / "started"
+    spec = HookSpec(phase="pre-backup-lock", run=f"touch {started}; sleep 30", shell=True)
+
+    def interrupt_from_another_thread() -> None:
+        deadline = time.monotonic() + 10
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)  # the main thread is waiting for the hook by now
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    helper = threading.Thread(target=interrupt_from_another_thread)
+    t0 = time.monotonic()
+    helper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_hook(spec, env={})
+    finally:
+        helper.join()
+    assert time.monotonic() - t0 < 10  # not the hook's 30 s
