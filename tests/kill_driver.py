@@ -42,7 +42,8 @@ from typing import Any
 
 import safehold.app
 from safehold.model import ObjectInfo
-from safehold.storage.base import Storage, read_into
+from safehold.storage.base import Storage
+from safehold.storage.capabilities import read_into
 from safehold.storage.local import TEMP_PREFIX, LocalStorage
 
 BEFORE, AFTER, MID = "before", "after", "mid"

@@ -30,8 +30,7 @@ from safehold.errors import (
     StoragePermissionDenied,
     TransientStorageError,
 )
-from safehold.storage.swift import SwiftStorage, from_location
-from safehold.storage.swift_options import parse_options
+from safehold.storage.swift import SwiftStorage, from_location, parse_options
 from tests.conftest import CliResult, CliRunner, make_sample_tree
 from tests.integration.helpers import (
     assert_error,

@@ -12,7 +12,8 @@ import pytest
 
 from safehold.errors import IntegrityError, ObjectExists, ObjectNotFound
 from safehold.model import ObjectInfo
-from safehold.storage.base import Storage, read_into, storage_time
+from safehold.storage.base import Storage
+from safehold.storage.capabilities import read_into, storage_time
 from safehold.storage.memory import MemoryStorage
 
 MiB = 1024 * 1024

@@ -67,13 +67,13 @@ from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.snapshot import Snapshot
-from safehold.storage.base import fork_safe, read_into, read_span
-from safehold.storage.direct import suits_direct_io
+from safehold.storage.capabilities import fork_safe, read_into, read_span
+from safehold.storage.local.direct import suits_direct_io
 
 # Two needed blobs closer than this are fetched in one ranged read...
 MAX_GAP = 1024 * 1024
 # ...of at most this many bytes (one blob may be larger), unless the storage prefers another
-# size (storage.base.read_span: a local folder reads 1 MiB at a time). It bounds what each
+# size (storage.capabilities.read_span: a local folder reads 1 MiB at a time). It bounds what each
 # worker holds; remote storage wants few, large reads (a round trip each). Two reads per
 # default-size pack keep remote restores close to whole-pack reads.
 MAX_SPAN = 8 * 1024 * 1024
@@ -105,7 +105,7 @@ class RestoreOptions:
     # 12 MiB more). Worker processes have restore_procs.THREADS each.
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2) + 1)
     # Processes to share the packs out among (engine/restore_procs.py), each with threads of
-    # its own, where the storage allows (storage.base.fork_safe: the local folder); 1:
+    # its own, where the storage allows (storage.capabilities.fork_safe: the local folder); 1:
     # threads of this process only (a service's restores: it forks nothing).
     processes: int = 1
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)  # chown only as root

@@ -33,7 +33,7 @@ from safehold.errors import ObjectNotFound, ObjectRetained, UsageError
 from safehold.repository.prune import rescue_for_forget
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
-from safehold.storage.base import retention_keeper
+from safehold.storage.capabilities import retention_keeper
 
 __all__ = ["TagChange", "TagOptions", "TagResult", "new_tags", "run_tag"]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from safehold.errors import ObjectNotFound, SafeholdError
 from safehold.repository.repository import Repository
-from safehold.storage.base import RetentionKeeper, retention_keeper
+from safehold.storage.capabilities import RetentionKeeper, retention_keeper
 
 __all__ = ["RetentionReport", "extend_retention"]
 

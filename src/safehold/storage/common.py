@@ -1,8 +1,8 @@
 """Logic the storage backends share: ranged-read checks and location-option parsing.
 
 No SDK imports here (pydantic only, which the settings models use anyway), so the option
-modules that must not pull in an SDK (:mod:`~safehold.storage.s3_config`,
-:mod:`~safehold.storage.swift_options`) can use it as well as every backend.
+modules that must not pull in an SDK (:mod:`safehold.storage.s3.settings`,
+:mod:`safehold.storage.swift.settings`) can use it as well as every backend.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from collections.abc import Callable, Mapping, Set
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from safehold.errors import ConfigError, IntegrityError, StorageError, TransientStorageError
+from safehold.errors import ConfigError, IntegrityError
 
 if TYPE_CHECKING:  # pydantic itself is imported by the settings models that raise these
     from pydantic import ValidationError
 
 __all__ = [
-    "TRANSIENT_STATUS",
     "as_bool",
     "check_aliases",
     "check_length",
@@ -29,12 +28,7 @@ __all__ = [
     "settings_error",
     "short_read",
     "split_path",
-    "status_error",
 ]
-
-#: HTTP answers worth another try: a timeout, throttling, or a server-side failure.
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
 
 # --- ranged reads ----------------------------------------------------------------------------
 
@@ -84,13 +78,6 @@ def check_length(where: str, name: str, data: bytes, offset: int, length: int | 
     """A read of ``length`` bytes that brought fewer means the object is shorter."""
     if length is not None and len(data) != length:
         raise short_read(where, name, offset + len(data), offset, length)
-
-
-def status_error(where: str, action: str, status: int, detail: str) -> StorageError:
-    """An HTTP error answer not handled more specifically: transient or final by status."""
-    if status in TRANSIENT_STATUS:
-        return TransientStorageError(f"{where}: could not {action} ({detail}); may be temporary")
-    return StorageError(f"{where}: could not {action} ({detail})")
 
 
 # --- location options ------------------------------------------------------------------------

@@ -12,8 +12,9 @@ A location is a plain path (``/srv/backup``, ``./repo``, ``C:\\backup``) or ``SC
 
 Each backend's page in docs/storage/ lists its options and environment variables.
 
-Each scheme maps to a factory in :data:`BACKENDS`; a new backend adds one entry there and
-imports its module inside its factory, so an SDK is loaded only when its scheme is used.
+Each scheme maps to a factory in :data:`BACKENDS`; a new backend adds one entry there. The
+factory imports the backend's package (``safehold.storage.<name>``) when its scheme is
+first used, so an SDK is loaded only then.
 
 Locations may carry credentials (``s3://KEY:SECRET@host/bucket``, ``?sig=...``); use
 :func:`redact` before putting one in a message or a log.
@@ -45,36 +46,10 @@ class BackendFactory(Protocol):
         ...
 
 
-def _no_options(scheme: str, options: Options | None) -> None:
-    if options:
-        raise ConfigError(
-            f"unknown option(s) for a {scheme} location: {', '.join(sorted(options))}",
-            hint=f"a {scheme} location takes no options",
-        )
-
-
-def _open_local(rest: str, *, create: bool, options: Options | None = None) -> Storage:
-    from safehold.storage.local import LocalStorage
-
-    _no_options("local", options)
-    if not rest:
-        raise ConfigError("the location 'local:' needs a path", hint="write local:/path/to/repo")
-    return LocalStorage(rest, create=create)
-
-
-def _open_memory(rest: str, *, create: bool, options: Options | None = None) -> Storage:
-    from safehold.storage.memory import MemoryStorage
-
-    _no_options("memory", options)
-    if not rest:
-        raise ConfigError("the location 'memory:' needs a name", hint="write memory:NAME")
-    return MemoryStorage.named(rest)
-
-
 def _lazy(module: str) -> BackendFactory:
     """A factory that imports ``safehold.storage.<module>`` (and so its SDK) only when used.
 
-    Each such module defines ``from_location(rest, *, create, options=None) -> Storage``.
+    Each backend defines ``from_location(rest, *, create, options=None) -> Storage``.
     """
 
     def factory(rest: str, *, create: bool, options: Options | None = None) -> Storage:
@@ -86,8 +61,8 @@ def _lazy(module: str) -> BackendFactory:
 
 
 BACKENDS: dict[str, BackendFactory] = {
-    "local": _open_local,
-    "memory": _open_memory,
+    "local": _lazy("local"),
+    "memory": _lazy("memory"),
     "s3": _lazy("s3"),
     "azure": _lazy("azure"),
     "gs": _lazy("gcs"),
@@ -118,7 +93,7 @@ def open_location(
         raise ConfigError("the storage location is empty", hint="give a folder path")
     found = _SCHEME.match(location)
     if found is None:
-        return _open_local(location, create=create, options=options)
+        return BACKENDS["local"](location, create=create, options=options)
     scheme, rest = found.group(1).lower(), found.group(2)
     factory = BACKENDS.get(scheme)
     if factory is None:

@@ -8,6 +8,9 @@ durability: everything is gone when the process exits.
 the process, so that two parts of a program (or a test and the CLI it drives) opening the
 location ``memory:NAME`` see the same objects.
 
+It stays one module, not a package like the other backends: it has no settings, no client
+and no foreign exceptions to translate, so the package's other files would be empty.
+
 A memory storage has no clock of its own: ``server_time`` is None, unless a ``clock`` is
 given (a :class:`~safehold.clock.FakeClock` set apart from the client's), which lets tests
 play a storage whose time disagrees with the client's.
@@ -16,16 +19,16 @@ play a storage whose time disagrees with the client's.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import ClassVar
 
 from safehold.clock import Clock
-from safehold.errors import IntegrityError, ObjectExists, ObjectNotFound
+from safehold.errors import ConfigError, IntegrityError, ObjectExists, ObjectNotFound
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name
 
-__all__ = ["MemoryStorage"]
+__all__ = ["MemoryStorage", "from_location"]
 
 
 class MemoryStorage:
@@ -64,7 +67,7 @@ class MemoryStorage:
         pass  # the objects outlive the handle, as files outlive a LocalStorage
 
     def server_time(self) -> datetime | None:
-        """``clock``'s time if one was given (see storage.base.ServerClock), else None."""
+        """``clock``'s time if one was given (see storage.capabilities.ServerClock), else None."""
         return self.clock.now() if self.clock is not None else None
 
     def put(self, name: str, data: bytes | memoryview, *, exclusive: bool = False) -> None:
@@ -115,3 +118,18 @@ class MemoryStorage:
         with self._lock:
             if self._objects.pop(name, None) is None:
                 raise ObjectNotFound(f"{self._where}: cannot delete {name!r}: no such object")
+
+
+def from_location(
+    rest: str, *, create: bool, options: Mapping[str, object] | None = None
+) -> MemoryStorage:
+    """Open ``memory:NAME``, the process-wide store of that name (``create`` changes
+    nothing: it is made empty on first use)."""
+    if options:
+        raise ConfigError(
+            f"unknown option(s) for a memory location: {', '.join(sorted(options))}",
+            hint="a memory location takes no options",
+        )
+    if not rest:
+        raise ConfigError("the location 'memory:' needs a name", hint="write memory:NAME")
+    return MemoryStorage.named(rest)

@@ -30,7 +30,8 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import Storage, read_into, retention_keeper
+from safehold.storage.base import Storage
+from safehold.storage.capabilities import read_into, retention_keeper
 
 __all__ = [
     "ALL_OPS",
@@ -171,7 +172,7 @@ class RetryingStorage:
 
         self._retry("delete", name, call)
 
-    # Optional capabilities whose calls deserve retries too (storage.base).
+    # Optional capabilities whose calls deserve retries too (storage.capabilities).
 
     def keeps_retention(self) -> bool:
         return retention_keeper(self.inner) is not None

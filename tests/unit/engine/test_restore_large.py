@@ -11,7 +11,7 @@ import pytest
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.repository.repository import Repository
-from safehold.storage.direct import DirectWrites, suits_direct_io
+from safehold.storage.local.direct import DirectWrites, suits_direct_io
 
 
 def test_large_blobs_land_in_place(

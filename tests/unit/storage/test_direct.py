@@ -1,4 +1,4 @@
-"""Direct writes (storage/direct.py) and the local storage's use of them for large objects."""
+"""Direct writes (storage/local/direct.py) and the local storage's use of them for packs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from safehold.storage import direct
-from safehold.storage.direct import ALIGN, DirectWrites
-from safehold.storage.local import DIRECT_MIN, LocalStorage
+from safehold.storage.local import DIRECT_MIN, LocalStorage, direct
+from safehold.storage.local.direct import ALIGN, DirectWrites
 
 DIRECT_FLAG = getattr(os, "O_DIRECT", 0)
 pytestmark = pytest.mark.skipif(not DIRECT_FLAG, reason="no O_DIRECT on this platform")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from safehold.errors import TransientStorageError
-from safehold.storage.base import RetentionKeeper, retention_keeper
+from safehold.storage.capabilities import RetentionKeeper, retention_keeper
 from safehold.storage.memory import MemoryStorage
 from safehold.storage.wrappers import FaultyStorage, LimitedStorage, RetryingStorage
 

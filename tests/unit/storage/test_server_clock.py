@@ -6,12 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from safehold.clock import FakeClock
-from safehold.storage.base import (
-    ServerClock,
-    clock_reading,
-    http_date,
-    storage_time,
-)
+from safehold.storage.base import clock_reading, http_date
+from safehold.storage.capabilities import ServerClock, storage_time
 from safehold.storage.local import TEMP_PREFIX, LocalStorage
 from safehold.storage.memory import MemoryStorage
 from safehold.storage.wrappers import FaultyStorage, LimitedStorage, RetryingStorage

@@ -20,7 +20,8 @@ from safehold.errors import (
     TransientStorageError,
 )
 from safehold.model import ObjectInfo
-from safehold.storage.base import Storage, read_into
+from safehold.storage.base import Storage
+from safehold.storage.capabilities import read_into
 from safehold.storage.local import LocalStorage
 from safehold.storage.memory import MemoryStorage
 from safehold.storage.wrappers import (

@@ -14,7 +14,7 @@ from safehold.repository.prune.results import PruneResult, SweepResult
 from safehold.repository.prune.sweep import sweep
 from safehold.repository.prune.temp_files import remove_stale_temp_files
 from safehold.repository.repository import Repository
-from safehold.storage.base import storage_time
+from safehold.storage.capabilities import storage_time
 
 __all__ = ["CLOCK_READING_ERROR", "check_clock", "prune"]
 

@@ -4,33 +4,18 @@ own them."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Protocol
 
 from safehold.errors import SafeholdError
 from safehold.repository import lock as lockmod
 from safehold.repository.prune.options import DEFAULT_LOCK_SKEW
 from safehold.repository.repository import Repository
+from safehold.storage.capabilities import TempFileSweeper, capability
 
 __all__ = ["TEMP_FILE_MIN_AGE", "remove_stale_temp_files"]
 
 # Temporary files of interrupted writes (local storage) are removed once older than this
 # and than every live lock (see remove_stale_temp_files).
 TEMP_FILE_MIN_AGE = timedelta(hours=1)
-
-
-class _TempFileCleaner(Protocol):
-    def remove_stale_temp_files(self, older_than_seconds: float) -> int: ...
-
-
-def _temp_file_cleaner(storage: object) -> _TempFileCleaner | None:
-    """The backend under the storage wrappers, if it leaves temporary files (local)."""
-    for _depth in range(8):
-        if hasattr(storage, "remove_stale_temp_files"):
-            return storage
-        storage = getattr(storage, "inner", None)
-        if storage is None:
-            break
-    return None
 
 
 def remove_stale_temp_files(
@@ -45,7 +30,7 @@ def remove_stale_temp_files(
     belongs to no live process; ``min_age`` (one hour) also guards writers that take no
     lock (``init``, key files), which write one small object and finish.
     """
-    cleaner = _temp_file_cleaner(repo.storage)
+    cleaner = capability(repo.storage, TempFileSweeper)
     if cleaner is None:
         return 0
     now = repo.clock.now()

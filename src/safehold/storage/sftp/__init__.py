@@ -33,9 +33,11 @@ is as durable as the server's filesystem makes it.
 **Errors.** SFTP status codes become :mod:`safehold.errors` classes here and nowhere else;
 anything below them (sockets, SSH) is a transient error.
 
-Modules: ``options`` (the location string and options, no paramiko), ``keys`` (private keys
-and host-key trust), ``session`` (one SFTP session, and the pool), ``storage`` (the
-``Storage`` itself). Only this package imports paramiko.
+Modules, the same in every backend package: ``settings`` (the location string and options),
+``client`` (one SFTP session, the pool, and the connector that makes sessions), ``errors``
+(status replies and broken connections as safehold errors), ``storage`` (the ``Storage``
+itself); and ``keys`` (private keys and host-key trust, which the client uses). Only this
+package imports paramiko.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from __future__ import annotations
 import logging
 
 from safehold.storage.sftp.keys import fingerprint
-from safehold.storage.sftp.options import SftpOptions, SftpTarget, parse_location
+from safehold.storage.sftp.settings import SftpOptions, SftpTarget, parse_location
 from safehold.storage.sftp.storage import SftpStorage, from_location
 
 __all__ = [

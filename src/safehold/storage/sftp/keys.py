@@ -22,7 +22,7 @@ from safehold.errors import (
     ConfigError,
     StorageError,
 )
-from safehold.storage.sftp.options import ENV_PREFIX, SftpOptions, SftpTarget
+from safehold.storage.sftp.settings import ENV_PREFIX, SftpOptions, SftpTarget
 
 __all__ = ["HostKeyTrust", "default_keys", "fingerprint", "load_private_key"]
 

@@ -7,10 +7,8 @@ goes back to the pool) or fail below SFTP (the session is dropped, the error is 
 
 from __future__ import annotations
 
-import errno
 import os
 import posixpath
-import socket
 import stat as stat_mode
 import time
 import uuid
@@ -18,19 +16,12 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import paramiko
 from paramiko.sftp import (
-    SFTP_CONNECTION_LOST,
-    SFTP_FAILURE,
     SFTP_FLAG_CREATE,
     SFTP_FLAG_EXCL,
     SFTP_FLAG_READ,
     SFTP_FLAG_WRITE,
-    SFTP_NO_CONNECTION,
     SFTP_NO_SUCH_FILE,
-    SFTP_OP_UNSUPPORTED,
-    SFTP_PERMISSION_DENIED,
-    SFTPError,
 )
 
 from safehold.errors import (
@@ -38,25 +29,18 @@ from safehold.errors import (
     ObjectNotFound,
     SafeholdError,
     StorageError,
-    StorageFull,
-    StoragePermissionDenied,
-    TransientStorageError,
 )
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name, clock_reading
 from safehold.storage.common import check_range, short_read
-from safehold.storage.sftp.keys import HostKeyTrust, default_keys, load_private_key
-from safehold.storage.sftp.options import ENV_PREFIX, SftpOptions, SftpTarget, parse_location
-from safehold.storage.sftp.session import Pool, Session, StatusError
+from safehold.storage.sftp.client import Connector, Pool, Session
+from safehold.storage.sftp.errors import BROKEN, Context, StatusError, translate
+from safehold.storage.sftp.settings import SftpOptions, SftpTarget, parse_location
 
 __all__ = ["TEMP_PREFIX", "SftpStorage", "from_location"]
 
 T = TypeVar("T")
 TEMP_PREFIX = ".tmp-"
-
-
-# Failures below the SFTP layer: sockets, SSH, a garbled SFTP stream.
-_BROKEN = (OSError, EOFError, paramiko.SSHException, SFTPError)
 
 
 class SftpStorage:
@@ -68,9 +52,8 @@ class SftpStorage:
         self._where = target.describe()
         self._root = target.path
         self._create = create
-        self._key = load_private_key(opts)
-        self._trust = HostKeyTrust(target, opts, self._where)
-        self._pool = Pool(self._connect, opts.max_connections)
+        self._context = Context(self._where, target.user, opts.timeout)
+        self._pool = Pool(Connector(target, opts, self._where), opts.max_connections)
 
     def __repr__(self) -> str:
         return f"SftpStorage({self._where!r})"
@@ -80,102 +63,6 @@ class SftpStorage:
 
     def close(self) -> None:
         self._pool.close()
-
-    # --- connecting ---------------------------------------------------------------------------
-
-    def _connect(self) -> Session:
-        target, opts = self._target, self._opts
-        server = f"{target.host}:{target.port}"
-        try:
-            sock = socket.create_connection((target.host, target.port), opts.connect_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except socket.gaierror as exc:
-            if exc.errno == socket.EAI_AGAIN:
-                raise TransientStorageError(f"{self._where}: cannot resolve {target.host}") from exc
-            raise StorageError(
-                f"{self._where}: unknown host {target.host!r}", hint="check the location"
-            ) from exc
-        except TimeoutError as exc:
-            raise TransientStorageError(
-                f"{self._where}: no answer from {server} within {opts.connect_timeout:g} s "
-                "(connect_timeout)"
-            ) from exc
-        except OSError as exc:
-            raise TransientStorageError(
-                f"{self._where}: cannot connect to {server} ({exc.strerror or exc}); is the SSH "
-                "server running?"
-            ) from exc
-        transport = paramiko.Transport(sock)
-        transport.banner_timeout = transport.handshake_timeout = opts.connect_timeout
-        transport.auth_timeout = opts.connect_timeout
-        transport.set_keepalive(30)  # keeps NAT and firewall state of an idle pooled session
-        step = "open an SSH connection"
-        try:
-            self._trust.prefer_known_types(transport)
-            transport.start_client(timeout=opts.connect_timeout)
-            if transport.host_key is None:  # start_client gives up quietly when time is up
-                raise TimeoutError("no SSH handshake")
-            self._trust.verify(transport.get_remote_server_key())
-            self._authenticate(transport)
-            step = "open an SFTP session"
-            channel = transport.open_session(timeout=opts.connect_timeout)
-            channel.settimeout(opts.timeout)
-            try:
-                channel.invoke_subsystem("sftp")
-            except paramiko.SSHException as exc:
-                raise StorageError(
-                    f"{self._where}: the server refused the SFTP subsystem ({exc})",
-                    hint="enable SFTP on the server (`Subsystem sftp internal-sftp` for "
-                    "OpenSSH); servers that offer only legacy scp are not supported",
-                ) from exc
-            return Session(transport, channel)
-        except SafeholdError:
-            transport.close()
-            raise
-        except _BROKEN as exc:
-            transport.close()
-            raise TransientStorageError(
-                f"{self._where}: could not {step} to {server} "
-                f"({_reason(exc, opts.connect_timeout, 'connect_timeout')}); may be temporary"
-            ) from exc
-        except BaseException:
-            transport.close()
-            raise
-
-    def _authenticate(self, transport: paramiko.Transport) -> None:
-        user, opts = self._target.user, self._opts
-        if self._key is not None:
-            keys = [self._key]  # only the key asked for, as ssh's IdentitiesOnly
-        elif opts.password is None:
-            keys = default_keys(opts.key_passphrase)
-        else:
-            keys = []
-        for key in keys:
-            try:
-                transport.auth_publickey(user, key)
-                return
-            except paramiko.BadAuthenticationType:
-                break  # the server takes no keys at all
-            except paramiko.AuthenticationException as exc:
-                _raise_if_timeout(exc)
-                continue
-        if opts.password is not None:
-            try:
-                transport.auth_password(user, opts.password)
-                return
-            except paramiko.AuthenticationException as exc:
-                _raise_if_timeout(exc)
-        if self._key is not None:
-            what = f"the key from {self._opts.sources.get('key') or self._opts.sources['key_file']}"
-        elif opts.password is not None:
-            what = f"the password from {self._opts.sources['password']}"
-        else:
-            what = "ssh-agent and ~/.ssh/id_ed25519, id_ecdsa, id_rsa (no key_file was given)"
-        raise StoragePermissionDenied(
-            f"{self._where}: the server refused the login as {user!r} with {what}",
-            hint=f"add the public key to ~{user}/.ssh/authorized_keys on the server, or set "
-            f"key_file (or {ENV_PREFIX}KEY_FILE) to a key it accepts",
-        )
 
     # --- calls -----------------------------------------------------------------------------------
 
@@ -190,45 +77,16 @@ class SftpStorage:
             return result
         except StatusError as exc:
             healthy = True
-            raise self._status_error(exc, action, missing_is_not_found) from exc
+            raise translate(
+                exc, self._context, action, missing_is_not_found=missing_is_not_found
+            ) from exc
         except SafeholdError:
             healthy = True
             raise
-        except _BROKEN as exc:
-            raise TransientStorageError(
-                f"{self._where}: the connection failed while trying to {action} "
-                f"({_reason(exc, self._opts.timeout)}); may be temporary"
-            ) from exc
+        except BROKEN as exc:
+            raise translate(exc, self._context, action) from exc
         finally:
             self._pool.release(session, healthy=healthy)
-
-    def _status_error(
-        self, exc: StatusError, action: str, missing_is_not_found: bool
-    ) -> StorageError:
-        where, detail = self._where, exc.text or f"status {exc.code}"
-        if exc.code == SFTP_NO_SUCH_FILE and missing_is_not_found:
-            return ObjectNotFound(f"{where}: cannot {action}: no such object")
-        if exc.code == SFTP_PERMISSION_DENIED:
-            return StoragePermissionDenied(
-                f"{where}: permission denied: could not {action} ({detail})",
-                hint=f"check the owner and mode of the folder on the server and that "
-                f"{self._target.user!r} may write there",
-            )
-        if exc.code in (SFTP_NO_CONNECTION, SFTP_CONNECTION_LOST):
-            return TransientStorageError(
-                f"{where}: could not {action} ({detail}); may be temporary"
-            )
-        if exc.code == SFTP_FAILURE and any(w in detail.lower() for w in ("space", "quota")):
-            return StorageFull(f"{where} is full: could not {action} ({detail})")
-        if exc.code == SFTP_OP_UNSUPPORTED:
-            return StorageError(f"{where}: the server does not support what {action} needs")
-        return StorageError(
-            f"{where}: could not {action}: the server answered {detail!r}",
-            hint="SFTP does not say why; common causes are a full disk or quota, or a "
-            "file where a folder should be: check the server"
-            if exc.code == SFTP_FAILURE
-            else None,
-        )
 
     def _path(self, name: str) -> str:
         return f"{self._root}/{check_name(name)}"
@@ -379,7 +237,7 @@ class SftpStorage:
     # --- clock ---------------------------------------------------------------------------------
 
     def server_time(self) -> datetime | None:
-        """The server's clock (storage.base.ServerClock): the modification time the server
+        """The server's clock (storage.capabilities.ServerClock): the modification time the server
         gives a temporary file created now in the root (SFTP version 3 carries whole
         seconds), which is removed again. None if no file can be created there."""
         tmp = f"{self._root}/{TEMP_PREFIX}{uuid.uuid4().hex}"
@@ -441,22 +299,6 @@ class SftpStorage:
 
         # Materialised while the session is held: a caller may interleave other calls.
         return iter(self._call(f"list {prefix or '/'}", walk))
-
-
-def _raise_if_timeout(exc: paramiko.AuthenticationException) -> None:
-    # paramiko reports a server that stops answering during the login as an auth failure.
-    if "timeout" in str(exc).lower():
-        raise TimeoutError("no answer during the login") from exc
-
-
-def _reason(exc: BaseException, timeout: float, option: str = "timeout") -> str:
-    # paramiko reports a server that never says hello as a banner error.
-    if isinstance(exc, TimeoutError) or "protocol banner" in str(exc):
-        return f"no answer within {timeout:g} s (the {option} option)"
-    if isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE):
-        return "the connection was reset"
-    text = str(exc).strip()
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def from_location(

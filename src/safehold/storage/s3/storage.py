@@ -1,8 +1,8 @@
 """Amazon S3 and S3-compatible servers as storage (boto3).
 
 The location is ``s3:https://host:port/bucket/prefix`` (any compatible endpoint) or
-``s3:bucket/prefix`` (AWS); options are described in :mod:`safehold.storage.s3_config` and
-docs/storage/s3.md. Object ``name`` is the key ``prefix/name``.
+``s3:bucket/prefix`` (AWS); options are described in :mod:`safehold.storage.s3.settings`
+and docs/storage/s3.md. Object ``name`` is the key ``prefix/name``.
 
 **Atomic put.** S3 makes an object visible only when its PUT (or CompleteMultipartUpload)
 succeeds, so readers never see a partial object. Objects above ``part_size`` go up as a
@@ -14,7 +14,8 @@ exists. AWS (since 2024), MinIO, Ceph and SeaweedFS honour it. A server that ans
 501 NotImplemented makes this module fall back, for that store, to a HEAD before the
 PUT, which is not atomic (documented as best effort).
 
-**Errors.** Every botocore/urllib3 failure is translated once, by :func:`translate`.
+**Errors.** Every botocore/urllib3 failure is translated once, by
+:func:`safehold.storage.s3.errors.translate`.
 botocore's own retries are off: retrying lives in ``RetryingStorage`` alone.
 
 **Object Lock (immutable mode).** With ``object_lock_days`` the bucket is created with
@@ -28,7 +29,7 @@ costs nothing that retention protects. Deleting removes every version of the nam
 newest first (a refreshed lock has several; removing only the newest would bring an
 older one back); a version still under retention raises :class:`ObjectLocked` with its
 end date, and the object stays whole. :meth:`S3Storage.extend_retention` lengthens an
-object's retention (storage.base.RetentionKeeper; see repository.retention for why).
+object's retention (storage.capabilities.RetentionKeeper; see repository.retention for why).
 """
 
 from __future__ import annotations
@@ -37,18 +38,13 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
-import boto3
 import botocore.exceptions as bce
-import urllib3.exceptions
-from botocore.config import Config
 
 from safehold.errors import (
-    ConfigError,
     ObjectExists,
     ObjectNotFound,
-    ObjectRetained,
     StorageError,
     StoragePermissionDenied,
     TransientStorageError,
@@ -62,9 +58,11 @@ from safehold.storage.common import (
     past_end,
     short_read,
 )
-from safehold.storage.s3_config import S3Settings, parse_settings
+from safehold.storage.s3.client import open_client
+from safehold.storage.s3.errors import AUTH_CODES, SDK_ERRORS, ObjectLocked, translate
+from safehold.storage.s3.settings import S3Settings, parse_settings
 
-__all__ = ["ObjectLocked", "S3Storage", "from_location", "translate"]
+__all__ = ["UNRETAINED_PREFIXES", "S3Storage", "from_location", "retained"]
 
 # With Object Lock, every object is retained except these, which are deleted in normal
 # operation (docs/format.md, "Layout"): locks by the command that took them, trash records
@@ -78,125 +76,10 @@ _MAX_VERSIONS = 1000
 # threshold, so their memory is reused rather than faulted in for every piece).
 _READ_PIECE = 512 * 1024
 
-_AUTH_CODES = frozenset(
-    {
-        "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-        "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId",
-        "UnrecognizedClientException",
-    }
-)  # fmt: skip
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-        "TooManyRequestsException", "RequestThrottled", "RequestTimeout", "InternalError",
-        "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
-        "RequestTimeTooSkewed",
-    }
-)  # fmt: skip
-_MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
-
-
-class ObjectLocked(ObjectRetained):
-    """The object is under S3 Object Lock retention (or a legal hold) and cannot be
-    deleted yet."""
-
 
 def retained(name: str) -> bool:
     """Whether an object of this name is written with a retention in immutable mode."""
     return not name.startswith(UNRETAINED_PREFIXES)
-
-
-def translate(exc: BaseException, *, settings: S3Settings, action: str) -> StorageError:
-    """Classify an SDK failure while trying to ``action`` as a safehold storage error."""
-    where = settings.describe()
-    if isinstance(exc, bce.ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in _MISSING_CODES:
-            return ObjectNotFound(f"{where}: cannot {action}: no such object")
-        if code == "NoSuchBucket":
-            return ObjectNotFound(
-                f"{where}: cannot {action}: the bucket {settings.bucket!r} does not exist",
-                hint="check the bucket name, or run `safehold init` to create the repository",
-            )
-        if code in ("PreconditionFailed", "412") or status == 412:
-            return ObjectExists(f"{where}: cannot {action}: the object already exists")
-        if code in _AUTH_CODES or code == "AccessDenied" or status in (401, 403):
-            return _denied(where, action, code or str(status), settings)
-        if code == "InvalidBucketName":
-            return StorageError(
-                f"{where}: the bucket name {settings.bucket!r} is not valid",
-                hint="bucket names are 3 to 63 lowercase letters, digits, dots and hyphens",
-            )
-        if code == "InvalidRequest" and settings.object_lock_days:
-            return StorageError(
-                f"{where}: could not {action} ({code}): is Object Lock enabled on the bucket?",
-                hint="object_lock_days needs a bucket created with Object Lock; let "
-                "`safehold init` create the bucket, or enable Object Lock on it",
-            )
-        if code in _TRANSIENT_CODES or status in (429, 500, 502, 503, 504):
-            return TransientStorageError(
-                f"{where}: could not {action} ({code or status}); may be temporary"
-            )
-        return StorageError(f"{where}: could not {action} ({code or status})")
-    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
-        return StoragePermissionDenied(
-            f"{where}: no S3 credentials found",
-            hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give access_key_id/"
-            "secret_access_key or profile in the destination's options",
-        )
-    if isinstance(exc, bce.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        return StorageError(
-            f"{where}: the server's TLS certificate is not trusted",
-            hint="install its CA (or set AWS_CA_BUNDLE to the CA file)",
-        )
-    if isinstance(exc, bce.ConnectTimeoutError | bce.ReadTimeoutError):
-        return TransientStorageError(
-            f"{where}: could not {action}: the server did not answer in time "
-            f"(connect_timeout={settings.connect_timeout:g} s, "
-            f"read_timeout={settings.read_timeout:g} s)",
-            hint="raise read_timeout for slow links; check that the endpoint is up",
-        )
-    if isinstance(exc, bce.EndpointConnectionError):
-        return TransientStorageError(
-            f"{where}: could not {action}: cannot connect to the endpoint",
-            hint="check that the server is up and endpoint_url is right",
-        )
-    if isinstance(
-        exc,
-        bce.HTTPClientError
-        | bce.ResponseStreamingError
-        | bce.IncompleteReadError
-        | bce.ChecksumError
-        | urllib3.exceptions.HTTPError
-        | OSError,
-    ):
-        return TransientStorageError(f"{where}: could not {action} ({type(exc).__name__})")
-    if isinstance(exc, bce.ProfileNotFound):
-        return StoragePermissionDenied(
-            f"{where}: the AWS profile is not defined",
-            hint="check the profile option / AWS_PROFILE and ~/.aws/config",
-        )
-    return StorageError(f"{where}: could not {action} ({type(exc).__name__})")
-
-
-def _denied(where: str, action: str, code: str, settings: S3Settings) -> StoragePermissionDenied:
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        problem = "the server rejected the credentials (wrong access key or secret)"
-    elif code in ("ExpiredToken", "InvalidToken", "TokenRefreshRequired"):
-        problem = "the session token is expired or invalid"
-    else:
-        problem = "access denied"
-    return StoragePermissionDenied(
-        f"{where}: cannot {action}: {problem} ({code})",
-        hint=f"the credentials come from {settings.credential_source()}; check them and "
-        "their permissions on the bucket",
-    )
-
-
-# The SDK exceptions this module translates; anything else is a bug and propagates.
-_SDK_ERRORS = (bce.BotoCoreError, bce.ClientError, urllib3.exceptions.HTTPError, OSError)
 
 
 class S3Storage:
@@ -208,40 +91,7 @@ class S3Storage:
         self._prefix = f"{settings.prefix}/" if settings.prefix else ""
         self._conditional_put = True  # cleared if the server rejects If-None-Match
         self._lock = threading.Lock()
-        try:
-            session = boto3.session.Session(
-                aws_access_key_id=settings.access_key_id,
-                aws_secret_access_key=settings.secret_access_key,
-                aws_session_token=settings.session_token,
-                region_name=settings.region,
-                profile_name=settings.profile,
-            )
-            # The stubs say str, but a session without any configured region gives None.
-            region = settings.region or cast("str | None", session.region_name)
-            if region is None and settings.endpoint_url:
-                region = "us-east-1"  # compatible servers ignore it but SigV4 needs one
-            if region is None:
-                raise ConfigError(
-                    f"{self._where}: no AWS region",
-                    hint="give the region option or set AWS_REGION / AWS_DEFAULT_REGION",
-                )
-            self._region = region
-            config = Config(
-                connect_timeout=settings.connect_timeout,
-                read_timeout=settings.read_timeout,
-                retries={"total_max_attempts": 1},  # RetryingStorage retries
-                max_pool_connections=32,
-                s3={"addressing_style": settings.addressing_style},
-                # Integrity of stored data is the repository's job (every blob is
-                # authenticated); CRC trailers would cost about 30 % more client CPU.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            )
-            self._client: Any = session.client(
-                "s3", endpoint_url=settings.endpoint_url, region_name=region, config=config
-            )
-        except _SDK_ERRORS as exc:
-            raise translate(exc, settings=settings, action="open") from exc
+        self._client, self._region = open_client(settings)
         if create and settings.create_bucket:
             self._ensure_bucket()
 
@@ -256,7 +106,7 @@ class S3Storage:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code not in ("404", "NoSuchBucket", "NotFound"):
                 raise translate(exc, settings=self._s, action="check the bucket") from exc
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise translate(exc, settings=self._s, action="check the bucket") from exc
         args: dict[str, Any] = {"Bucket": bucket}
         if self._region != "us-east-1":
@@ -269,7 +119,7 @@ class S3Storage:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return  # a concurrent init made it (or it is someone else's: puts will say)
-            if code == "AccessDenied" or code in _AUTH_CODES:
+            if code == "AccessDenied" or code in AUTH_CODES:
                 raise StoragePermissionDenied(
                     f"{self._where}: the bucket {bucket!r} does not exist and these "
                     f"credentials may not create it ({code})",
@@ -277,7 +127,7 @@ class S3Storage:
                     f"s3:CreateBucket to the credentials from {self._s.credential_source()}",
                 ) from exc
             raise translate(exc, settings=self._s, action="create the bucket") from exc
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise translate(exc, settings=self._s, action="create the bucket") from exc
 
     # --- plumbing -------------------------------------------------------------------------
@@ -295,14 +145,14 @@ class S3Storage:
         return self._prefix + check_name(name)
 
     def server_time(self) -> dt.datetime | None:
-        """The service's clock (storage.base.ServerClock): the ``Date`` header of a HEAD on
+        """The service's clock (storage.capabilities.ServerClock): the ``Date`` header of a HEAD on
         the bucket. An error answer counts too: it comes from the same server's clock."""
         started = time.monotonic()
         try:
             reply = self._client.head_bucket(Bucket=self._s.bucket)
         except bce.ClientError as exc:
             reply = exc.response
-        except _SDK_ERRORS:
+        except SDK_ERRORS:
             return None
         ended = time.monotonic()
         stamp = http_date(reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"))
@@ -311,7 +161,7 @@ class S3Storage:
     def _call(self, action: str, method: str, **kwargs: Any) -> Any:
         try:
             return getattr(self._client, method)(Bucket=self._s.bucket, **kwargs)
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise translate(exc, settings=self._s, action=action) from exc
 
     def _put_args(self, name: str) -> dict[str, Any]:
@@ -381,7 +231,7 @@ class S3Storage:
                 self._client.abort_multipart_upload(
                     Bucket=self._s.bucket, Key=key, UploadId=upload_id
                 )
-            except _SDK_ERRORS:
+            except SDK_ERRORS:
                 pass  # the server is unreachable: the bucket's lifecycle rule cleans up
             raise
 
@@ -404,14 +254,14 @@ class S3Storage:
             return past_end(lambda: self.stat(name).size, self._where, name, offset, length)
         try:
             data: bytes = response["Body"].read()
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise translate(exc, settings=self._s, action=f"read {name!r}") from exc
         check_length(self._where, name, data, offset, length)
         self._check_body(name, len(data), response)
         return data
 
     def get_into(self, name: str, offset: int, out: memoryview) -> None:
-        """``get`` into the caller's buffer (see ``storage.base.read_into``): the body is
+        """``get`` into the caller's buffer (see ``storage.capabilities.read_into``): the body is
         copied in pieces small enough for the allocator to reuse, instead of being joined
         into one new multi-MiB object per read, each of whose pages is faulted in afresh."""
         length = len(out)
@@ -432,7 +282,7 @@ class S3Storage:
                     break
                 out[got : got + len(piece)] = piece
                 got += len(piece)
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise translate(exc, settings=self._s, action=f"read {name!r}") from exc
         finally:
             body.close()
@@ -454,7 +304,7 @@ class S3Storage:
             if str(exc.response.get("Error", {}).get("Code", "")) == "InvalidRange":
                 return None
             raise translate(exc, settings=self._s, action=action) from exc
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise translate(exc, settings=self._s, action=action) from exc
 
     def _check_body(self, name: str, got: int, response: Any) -> None:
@@ -484,7 +334,7 @@ class S3Storage:
                 if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchBucket":
                     return  # no bucket, no objects (as a missing folder for local)
                 raise translate(exc, settings=self._s, action=action) from exc
-            except _SDK_ERRORS as exc:
+            except SDK_ERRORS as exc:
                 raise translate(exc, settings=self._s, action=action) from exc
             for item in page.get("Contents", ()):
                 key = item["Key"]
@@ -528,7 +378,7 @@ class S3Storage:
             hint="remove its old versions with the provider's tools, then run the command again",
         )
 
-    # --- retention (storage.base.RetentionKeeper) ----------------------------------------
+    # --- retention (storage.capabilities.RetentionKeeper) ----------------------------------------
 
     def keeps_retention(self) -> bool:
         return bool(self._s.object_lock_days)

@@ -1,4 +1,5 @@
-"""One SFTP session per SSH connection, and the pool that lends sessions to threads.
+"""The client side of an SFTP location: one SFTP session per SSH connection, the pool that
+lends sessions to threads, and the :class:`Connector` that makes them.
 
 paramiko's ``SFTPClient`` reads replies on the calling thread, and a thread waiting for its
 own reply consumes (and drops) replies meant for others, so a session is never shared: the
@@ -9,6 +10,7 @@ can tell "the server said no" (the session is fine) from a broken connection.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -35,7 +37,17 @@ from paramiko.sftp import (
     int64,
 )
 
-__all__ = ["Pool", "Session", "StatusEOF", "StatusError"]
+from safehold.errors import (
+    SafeholdError,
+    StorageError,
+    StoragePermissionDenied,
+    TransientStorageError,
+)
+from safehold.storage.sftp.errors import BROKEN, StatusEOF, StatusError, reason
+from safehold.storage.sftp.keys import HostKeyTrust, default_keys, load_private_key
+from safehold.storage.sftp.settings import ENV_PREFIX, SftpOptions, SftpTarget
+
+__all__ = ["Connector", "Pool", "Session", "StatusEOF", "StatusError"]
 
 # SFTP v3 servers must accept requests of 32 KiB; more may be cut short or refused.
 _CHUNK = 32 * 1024
@@ -44,19 +56,6 @@ _IN_FLIGHT = 64
 
 
 # --- one SFTP session ----------------------------------------------------------------------------
-
-
-class StatusError(Exception):
-    """An SFTP status reply other than OK: the session itself is still fine."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"SFTP status {code}: {text}")
-        self.code = code
-        self.text = text
-
-
-class StatusEOF(StatusError, EOFError):
-    """SFTP_EOF. An EOFError too, because paramiko's directory loops stop on EOFError."""
 
 
 class _Internals(Protocol):
@@ -269,3 +268,118 @@ class Pool:
             idle, self._idle = self._idle, []
         for session in idle:
             session.shut()
+
+
+# --- connecting ----------------------------------------------------------------------------------
+
+
+class Connector:
+    """Makes the sessions of one location (the :class:`Pool` calls it when it needs one)."""
+
+    def __init__(self, target: SftpTarget, opts: SftpOptions, where: str) -> None:
+        self._target = target
+        self._opts = opts
+        self._where = where
+        self._key = load_private_key(opts)
+        self._trust = HostKeyTrust(target, opts, where)
+
+    def __call__(self) -> Session:
+        """A new session: connected, the host key checked, logged in, SFTP started."""
+        target, opts = self._target, self._opts
+        server = f"{target.host}:{target.port}"
+        try:
+            sock = socket.create_connection((target.host, target.port), opts.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except socket.gaierror as exc:
+            if exc.errno == socket.EAI_AGAIN:
+                raise TransientStorageError(f"{self._where}: cannot resolve {target.host}") from exc
+            raise StorageError(
+                f"{self._where}: unknown host {target.host!r}", hint="check the location"
+            ) from exc
+        except TimeoutError as exc:
+            raise TransientStorageError(
+                f"{self._where}: no answer from {server} within {opts.connect_timeout:g} s "
+                "(connect_timeout)"
+            ) from exc
+        except OSError as exc:
+            raise TransientStorageError(
+                f"{self._where}: cannot connect to {server} ({exc.strerror or exc}); is the SSH "
+                "server running?"
+            ) from exc
+        transport = paramiko.Transport(sock)
+        transport.banner_timeout = transport.handshake_timeout = opts.connect_timeout
+        transport.auth_timeout = opts.connect_timeout
+        transport.set_keepalive(30)  # keeps NAT and firewall state of an idle pooled session
+        step = "open an SSH connection"
+        try:
+            self._trust.prefer_known_types(transport)
+            transport.start_client(timeout=opts.connect_timeout)
+            if transport.host_key is None:  # start_client gives up quietly when time is up
+                raise TimeoutError("no SSH handshake")
+            self._trust.verify(transport.get_remote_server_key())
+            self._authenticate(transport)
+            step = "open an SFTP session"
+            channel = transport.open_session(timeout=opts.connect_timeout)
+            channel.settimeout(opts.timeout)
+            try:
+                channel.invoke_subsystem("sftp")
+            except paramiko.SSHException as exc:
+                raise StorageError(
+                    f"{self._where}: the server refused the SFTP subsystem ({exc})",
+                    hint="enable SFTP on the server (`Subsystem sftp internal-sftp` for "
+                    "OpenSSH); servers that offer only legacy scp are not supported",
+                ) from exc
+            return Session(transport, channel)
+        except SafeholdError:
+            transport.close()
+            raise
+        except BROKEN as exc:
+            transport.close()
+            raise TransientStorageError(
+                f"{self._where}: could not {step} to {server} "
+                f"({reason(exc, opts.connect_timeout, 'connect_timeout')}); may be temporary"
+            ) from exc
+        except BaseException:
+            transport.close()
+            raise
+
+    def _authenticate(self, transport: paramiko.Transport) -> None:
+        user, opts = self._target.user, self._opts
+        if self._key is not None:
+            keys = [self._key]  # only the key asked for, as ssh's IdentitiesOnly
+        elif opts.password is None:
+            keys = default_keys(opts.key_passphrase)
+        else:
+            keys = []
+        for key in keys:
+            try:
+                transport.auth_publickey(user, key)
+                return
+            except paramiko.BadAuthenticationType:
+                break  # the server takes no keys at all
+            except paramiko.AuthenticationException as exc:
+                _raise_if_timeout(exc)
+                continue
+        if opts.password is not None:
+            try:
+                transport.auth_password(user, opts.password)
+                return
+            except paramiko.AuthenticationException as exc:
+                _raise_if_timeout(exc)
+        if self._key is not None:
+            what = f"the key from {self._opts.sources.get('key') or self._opts.sources['key_file']}"
+        elif opts.password is not None:
+            what = f"the password from {self._opts.sources['password']}"
+        else:
+            what = "ssh-agent and ~/.ssh/id_ed25519, id_ecdsa, id_rsa (no key_file was given)"
+        raise StoragePermissionDenied(
+            f"{self._where}: the server refused the login as {user!r} with {what}",
+            hint=f"add the public key to ~{user}/.ssh/authorized_keys on the server, or set "
+            f"key_file (or {ENV_PREFIX}KEY_FILE) to a key it accepts",
+        )
+
+
+def _raise_if_timeout(exc: paramiko.AuthenticationException) -> None:
+    # paramiko reports a server that stops answering during the login as an auth failure.
+    if "timeout" in str(exc).lower():
+        raise TimeoutError("no answer during the login") from exc

@@ -8,7 +8,7 @@ be objects); the repository format never needs that.
 starts with ``.tmp-``, which :meth:`LocalStorage.list` never shows), is fsynced, then renamed
 over the final name, and the folder is fsynced so the rename itself survives a power cut.
 Objects of ``DIRECT_MIN`` bytes or more (packs) are written with direct I/O
-(:mod:`safehold.storage.direct`), past the page cache, on file systems that suit it.
+(:mod:`safehold.storage.local.direct`), past the page cache, on file systems that suit it.
 A crash can leave a temporary file behind but never a partial object;
 :meth:`LocalStorage.remove_stale_temp_files` cleans such leftovers. Object names whose last
 part starts with ``.tmp-`` are therefore reserved.
@@ -21,7 +21,8 @@ check-then-rename would race). Hard links work on every POSIX filesystem safehol
 and fsynced in the root: the time of whoever stamps files there, which on NFS or SMB is
 the file server (it sets the time of a write it applies), and otherwise this machine.
 
-**Errors.** Every ``OSError`` is translated once, by :func:`translate_os_error`, into the
+**Errors.** Every ``OSError`` is translated once, by
+:func:`safehold.storage.local.errors.translate_os_error`, into the
 :mod:`safehold.errors` hierarchy, keeping the original as ``__cause__``.
 """
 
@@ -32,75 +33,25 @@ import os
 import stat as stat_mode
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from safehold.errors import (
-    ObjectExists,
-    ObjectNotFound,
-    StorageError,
-    StorageFull,
-    StoragePermissionDenied,
-    TransientStorageError,
-)
+from safehold.errors import ObjectExists, ObjectNotFound, StorageError
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name, clock_reading
 from safehold.storage.common import check_range, short_read
-from safehold.storage.direct import DirectWrites, suits_direct_io, write_all
+from safehold.storage.local.direct import DirectWrites, suits_direct_io, write_all
+from safehold.storage.local.errors import MISSING, translate_os_error
+from safehold.storage.local.settings import parse_location
 
-__all__ = ["TEMP_PREFIX", "LocalStorage", "translate_os_error"]
+__all__ = ["DIRECT_MIN", "TEMP_PREFIX", "LocalStorage", "from_location"]
 
 TEMP_PREFIX = ".tmp-"
 # Objects this large go to disk with direct writes: packs, not the small metadata objects
 # (keys, snapshots, locks, most index files), where the extra system calls would cost more
 # than the copy they save.
 DIRECT_MIN = 1024 * 1024
-
-# ENOTDIR/EISDIR: a path through (or onto) a file or folder where the other was expected
-# means no object of that name exists.
-_MISSING = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
-_FULL = {errno.ENOSPC, errno.EDQUOT}
-_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
-# Errors a retry may cure. EIO is here because on network filesystems (NFS, SMB, FUSE
-# mounts of cloud storage) it usually means a dropped connection; a disk that really fails
-# will keep failing and the retry wrapper gives up after its last attempt.
-_TRANSIENT = {
-    getattr(errno, code)
-    for code in (
-        "EIO", "ETIMEDOUT", "EAGAIN", "EINTR", "EBUSY", "ESTALE", "ENOLCK", "ECONNRESET",
-        "ECONNABORTED", "ECONNREFUSED", "ENETDOWN", "ENETUNREACH", "ENETRESET",
-        "EHOSTDOWN", "EHOSTUNREACH",
-    )
-    if hasattr(errno, code)
-}  # fmt: skip
-
-
-def translate_os_error(
-    exc: OSError, *, where: str, action: str, missing_is_not_found: bool = True
-) -> StorageError:
-    """Classify ``exc`` (raised while trying to ``action`` in ``where``) as a storage error.
-
-    With ``missing_is_not_found=False`` (writes), a vanished path is a plain
-    :class:`StorageError`: the object was never the thing missing.
-    """
-    code = exc.errno
-    detail = exc.strerror or str(exc)
-    if code in _MISSING and missing_is_not_found:
-        return ObjectNotFound(f"{where}: cannot {action}: no such object")
-    if code in _FULL:
-        return StorageFull(
-            f"{where} is full: could not {action} ({detail})",
-            hint="free space on that filesystem (or raise the quota), then run the command again",
-        )
-    if code in _DENIED:
-        return StoragePermissionDenied(
-            f"{where}: permission denied: could not {action} ({detail})",
-            hint="check the owner and mode of the folder and whether it is mounted read-only",
-        )
-    if code in _TRANSIENT:
-        return TransientStorageError(f"{where}: could not {action} ({detail}); may be temporary")
-    return StorageError(f"{where}: could not {action} ({detail})")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -119,8 +70,8 @@ def _fsync_dir(path: Path) -> None:
 class LocalStorage:
     """Objects as files under ``root``. See the module docstring for the guarantees."""
 
-    read_span = 1024 * 1024  # see storage.base.read_span
-    fork_safe = True  # files opened per call: nothing shared with a forked child
+    read_span = 1024 * 1024  # see storage.capabilities.ReadSpan
+    fork_safe = True  # storage.capabilities.ForkSafe: files opened per call, nothing shared
 
     def __init__(self, root: str | Path, *, create: bool = False) -> None:
         self._root = Path(os.path.abspath(Path(root).expanduser()))
@@ -236,7 +187,7 @@ class LocalStorage:
         return data
 
     def get_into(self, name: str, offset: int, out: memoryview) -> None:
-        """``get`` into the caller's buffer (see ``storage.base.read_into``)."""
+        """``get`` into the caller's buffer (see ``storage.capabilities.read_into``)."""
         path = self._path(name)
         check_range(offset, len(out))
         got = 0
@@ -284,7 +235,7 @@ class LocalStorage:
             try:
                 entries = list(os.scandir(path))
             except OSError as exc:
-                if exc.errno in _MISSING:
+                if exc.errno in MISSING:
                     continue  # no such folder (yet, or removed by hand): nothing to list
                 raise self._error(exc, f"list {rel or '/'}") from exc
             for entry in entries:
@@ -302,7 +253,7 @@ class LocalStorage:
                         size = entry.stat(follow_symlinks=False).st_size
                         yield ObjectInfo(entry_name, size)
                 except OSError as exc:
-                    if exc.errno in _MISSING:
+                    if exc.errno in MISSING:
                         continue  # deleted while we listed: a listing is not a snapshot
                     raise self._error(exc, f"list {entry_name!r}") from exc
 
@@ -319,7 +270,7 @@ class LocalStorage:
     # --- clock ----------------------------------------------------------------------------
 
     def server_time(self) -> datetime | None:
-        """The file system's time (see the module docstring; storage.base.ServerClock), or
+        """The file system's time (see the module docstring; storage.capabilities.ServerClock), or
         None if no file can be written in the root (a read-only mount)."""
         started = time.monotonic()
         try:
@@ -367,7 +318,7 @@ class LocalStorage:
                     except FileNotFoundError:
                         pass  # its writer finished or another sweeper got there first
         except OSError as exc:
-            if exc.errno in _MISSING:
+            if exc.errno in MISSING:
                 return removed
             raise self._error(exc, "remove stale temporary files") from exc
         return removed
@@ -375,3 +326,10 @@ class LocalStorage:
 
 def _raise(exc: OSError) -> None:
     raise exc
+
+
+def from_location(
+    rest: str, *, create: bool, options: Mapping[str, object] | None = None
+) -> LocalStorage:
+    """Open ``local:rest`` (or a plain path); ``create`` lets the root folder be made."""
+    return LocalStorage(parse_location(rest, options), create=create)

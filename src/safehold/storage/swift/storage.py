@@ -38,15 +38,13 @@ name. Packs are about 16 MiB and Swift accepts 5 GiB per object by default, so s
 off unless configured. Deleting then costs one HEAD more (to find a manifest's segments).
 
 **Errors.** Every swiftclient, requests and socket exception is translated by
-:meth:`SwiftStorage._translate`; the token and keys never appear in messages.
+:func:`safehold.storage.swift.errors.translate`; the token and keys never appear in messages.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import logging
 import re
 import threading
 import time
@@ -55,175 +53,34 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
-import requests
-import urllib3
-from swiftclient import client as swift  # type: ignore[import-untyped]
-
 from safehold.errors import (
     ConfigError,
     ObjectExists,
     ObjectNotFound,
     SafeholdError,
     StorageError,
-    StorageFull,
     StoragePermissionDenied,
-    TransientStorageError,
 )
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name, clock_reading, http_date
 from safehold.storage.common import check_range, empty_read, past_end, short_read
-from safehold.storage.location import redact
-from safehold.storage.swift_options import SwiftOptions, parse_options, split_query
+from safehold.storage.swift.client import Auth, swift
+from safehold.storage.swift.errors import (
+    NETWORK_ERRORS,
+    AuthFailed,
+    Context,
+    CredentialsRefused,
+    auth_error,
+    translate,
+)
+from safehold.storage.swift.settings import SwiftOptions, parse_options, split_query
 
 __all__ = ["SwiftStorage", "from_location"]
 
 T = TypeVar("T")
 
-# swiftclient logs every 4xx answer at INFO with a curl command line (an expected 404, a
-# 412 on exclusive create); we translate those into errors, so quieten it unless the user
-# configured its level. Tokens in its debug lines are cut to no visible characters.
-if logging.getLogger("swiftclient").level == logging.NOTSET:
-    logging.getLogger("swiftclient").setLevel(logging.WARNING)
-swift.logger_settings["reveal_sensitive_prefix"] = 0
-
 _LIST_PAGE = 10_000  # Swift's default (and maximum) container_listing_limit
 _WRITER_META = "X-Object-Meta-Safehold-Writer"
-
-_NETWORK_ERRORS = (
-    requests.exceptions.RequestException,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-)
-
-# --- authentication ------------------------------------------------------------------------
-
-
-class _AuthFailed(Exception):
-    """Credentials were refused (401 from the auth service or a storage call)."""
-
-
-class _CredentialsRefused(StoragePermissionDenied):
-    """The auth service or the cluster refused the credentials (not a missing right)."""
-
-
-class _Auth:
-    """One token shared by every thread; renewed when a call reports it expired."""
-
-    def __init__(self, opts: SwiftOptions, where: str) -> None:
-        self._opts = opts
-        self._where = where
-        self._lock = threading.Lock()
-        self._url = opts.storage_url
-        self._token = opts.auth_token
-        self._generation = 0
-
-    @property
-    def renewable(self) -> bool:
-        return self._opts.storage_url is None
-
-    def current(self) -> tuple[str, str, int]:
-        with self._lock:
-            if self._url is None or self._token is None:
-                self._url, self._token = self._authenticate()
-                self._generation += 1
-            return self._url, self._token, self._generation
-
-    def expired(self, generation: int) -> None:
-        """The token of ``generation`` was refused; the next :meth:`current` renews it."""
-        with self._lock:
-            if generation == self._generation and self.renewable:
-                self._url = self._token = None
-
-    def _authenticate(self) -> tuple[str, str]:
-        opts = self._opts
-        assert opts.auth_url is not None
-        timeout = (opts.connect_timeout, opts.timeout)
-        try:
-            if opts.auth_version == "1":
-                url, token = swift.get_auth_1_0(opts.auth_url, opts.user, opts.key, timeout=timeout)
-                return str(url), str(token)
-            return self._keystone_v3(timeout)
-        except swift.ClientException as exc:
-            if exc.http_status == 401:
-                raise _AuthFailed() from None
-            raise self._service_error(exc.http_status, exc.http_reason) from None
-
-    def _service_error(self, status: int | None, reason: str) -> StorageError:
-        """The auth service answered, but not with a token (and not with 401)."""
-        message = (
-            f"{self._where}: the auth service at {redact(self._opts.auth_url or '')} "
-            f"answered {status} {reason}".rstrip()
-        )
-        if status is None or status >= 500 or status in (408, 429):
-            return TransientStorageError(message + "; may be temporary")
-        return StorageError(message, hint="check auth_url and auth_version")
-
-    def _keystone_v3(self, timeout: tuple[float, float]) -> tuple[str, str]:
-        opts = self._opts
-        assert opts.auth_url is not None
-        base = opts.auth_url.rstrip("/")
-        url = base + ("/auth/tokens" if base.endswith("/v3") else "/v3/auth/tokens")
-        project: dict[str, object] = (
-            {"id": opts.project_id}
-            if opts.project_id
-            else {"name": opts.project_name, "domain": {"name": opts.project_domain_name}}
-        )
-        body = {
-            "auth": {
-                "identity": {
-                    "methods": ["password"],
-                    "password": {
-                        "user": {
-                            "name": opts.username,
-                            "domain": {"name": opts.user_domain_name},
-                            "password": opts.password,
-                        }
-                    },
-                },
-                "scope": {"project": project},
-            }
-        }
-        parsed, conn = swift.http_connection(url, timeout=timeout)
-        try:
-            conn.request(
-                "POST",
-                parsed.path,
-                json.dumps(body),
-                {"Content-Type": "application/json", "Accept": "application/json"},
-            )
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        if resp.status == 401:
-            raise _AuthFailed()
-        if resp.status != 201 or not resp.getheader("x-subject-token"):
-            raise self._service_error(resp.status, resp.reason)
-        token = str(resp.getheader("x-subject-token"))
-        try:
-            catalog = json.loads(raw)["token"].get("catalog", [])
-        except (ValueError, KeyError, AttributeError, TypeError):
-            raise StorageError(
-                f"{self._where}: the auth service at {redact(opts.auth_url)} sent a token "
-                "but no readable catalog",
-                hint="check that auth_url is a Keystone v3 endpoint",
-            ) from None
-        for service in catalog:
-            if service.get("type") != "object-store":
-                continue
-            for endpoint in service.get("endpoints", []):
-                region = endpoint.get("region_id") or endpoint.get("region")
-                if endpoint.get("interface") == opts.interface and (
-                    opts.region_name is None or region == opts.region_name
-                ):
-                    return str(endpoint["url"]), token
-        where = f" in region {opts.region_name!r}" if opts.region_name else ""
-        raise StorageError(
-            f"{self._where}: Keystone lists no {opts.interface} object-store endpoint{where}",
-            hint="check region_name and interface (or OS_REGION_NAME, OS_INTERFACE)",
-        )
-
 
 # --- the storage ------------------------------------------------------------------------------
 
@@ -241,7 +98,8 @@ class SwiftStorage:
         self._prefix = f"{prefix}/" if prefix else ""
         self._opts = opts
         self._where = f"swift:{container}/{prefix}" if prefix else f"swift:{container}"
-        self._auth = _Auth(opts, self._where)
+        self._auth = Auth(opts, self._where)
+        self._context = Context(self._where, opts)
         self._local = threading.local()
         self._conns_lock = threading.Lock()
         self._conns: list[Any] = []
@@ -298,59 +156,18 @@ class SwiftStorage:
                     self._auth.expired(generation)
                     renewed = True
                     continue
-                raise self._translate(exc, action) from None
-            except _AuthFailed:
-                raise self._auth_error() from None
-            except _NETWORK_ERRORS as exc:
+                raise translate(exc, self._context, action) from None
+            except AuthFailed:
+                raise auth_error(self._context) from None
+            except NETWORK_ERRORS as exc:
                 self._drop_connection()  # after a timeout the connection is in an unknown state
-                raise TransientStorageError(
-                    f"{self._where}: could not {action} ({type(exc).__name__}: "
-                    f"{_safe(exc)}); may be temporary"
-                ) from exc
-
-    def _auth_error(self) -> _CredentialsRefused:
-        opts = self._opts
-        if not self._auth.renewable:
-            what = "the token (auth_token) was refused or has expired"
-            fix = f"get a new token, or give auth_url and credentials instead ({opts.source})"
-        else:
-            what = f"authentication at {redact(opts.auth_url or '')} failed"
-            names = "user and key" if opts.auth_version == "1" else "username and password"
-            fix = f"check the {names} ({opts.source})"
-        return _CredentialsRefused(f"{self._where}: {what}", hint=fix)
-
-    def _translate(self, exc: Any, action: str) -> StorageError:
-        status = exc.http_status
-        reason = f"{status} {exc.http_reason}".strip() if status else _safe(exc)
-        message = f"{self._where}: could not {action} ({reason})"
-        if status == 401:
-            return self._auth_error()
-        if status == 403:
-            return StoragePermissionDenied(
-                message + ": permission denied",
-                hint="the account may not do this; ask its admin for the role or a container ACL",
-            )
-        if status == 404:
-            return ObjectNotFound(message)
-        if status == 412:
-            return ObjectExists(f"{self._where}: could not {action}: it already exists")
-        if status == 413:
-            return StorageFull(
-                message + ": the object is too large, or the account is over its quota",
-                hint="raise the quota, or set segment_size below the server's max_file_size",
-            )
-        if status == 507:
-            return StorageFull(message, hint="the Swift cluster is out of space")
-        if status is None or status in (408, 422, 429, 498, 499) or status >= 500:
-            # 422: the body did not match its ETag on the way; sending it again may work.
-            return TransientStorageError(message + "; may be temporary")
-        return StorageError(message)
+                raise translate(exc, self._context, action) from exc
 
     def _obj(self, name: str) -> str:
         return self._prefix + check_name(name)
 
     def server_time(self) -> datetime | None:
-        """The cluster's clock (storage.base.ServerClock): the ``Date`` header of a HEAD
+        """The cluster's clock (storage.capabilities.ServerClock): the ``Date`` header of a HEAD
         on the container."""
 
         def head(url: str, token: str, conn: tuple[Any, Any]) -> Mapping[str, str]:
@@ -385,7 +202,7 @@ class SwiftStorage:
         try:
             self._call(f"find the container {container!r}", head)
             return
-        except _CredentialsRefused:
+        except CredentialsRefused:
             raise
         except StoragePermissionDenied as exc:
             exc.hint = denied_hint
@@ -606,11 +423,6 @@ class SwiftStorage:
                                 query_string=query)  # fmt: skip
 
         self._call(f"delete {name!r}", delete)
-
-
-def _safe(exc: BaseException) -> str:
-    """An exception's text without URLs' query strings (where tokens could hide)."""
-    return re.sub(r"\?\S*", "?…", str(exc))[:300]
 
 
 def _total_size(headers: Mapping[str, str], fallback: int) -> int:
