@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.copy import copy_snapshots
-from safehold.engine.forget import ForgetOptions, run_forget
+from safehold.engine.maintain.copy import copy_snapshots
+from safehold.engine.maintain.forget import ForgetOptions, run_forget
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.policy.retention import RetentionPolicy
 from safehold.repository.check import CheckOptions, check_repository

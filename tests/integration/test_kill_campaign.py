@@ -58,8 +58,8 @@ from typing import Any
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.copy import CopyOptions, copy_snapshots
-from safehold.engine.forget import ForgetOptions, run_forget
+from safehold.engine.maintain.copy import CopyOptions, copy_snapshots
+from safehold.engine.maintain.forget import ForgetOptions, run_forget
 from safehold.repository.check import CheckOptions, check_repository
 from safehold.repository.chunker import ChunkerParams
 from safehold.repository.prune import PruneOptions, prune

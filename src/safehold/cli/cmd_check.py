@@ -10,7 +10,7 @@ from typing import Any
 
 from safehold.cli.context import Context, human_bytes
 from safehold.cli.progress import make_progress
-from safehold.engine.verify import run_check
+from safehold.engine.maintain.verify import run_check
 from safehold.errors import ExitCode, UsageError
 from safehold.policy.duration import parse_duration
 from safehold.repository.check import OVERDUE, CheckOptions, CheckReport, MaxAge, parse_subset

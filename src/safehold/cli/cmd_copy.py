@@ -17,7 +17,7 @@ from safehold.cli.context import (
     read_password,
 )
 from safehold.cli.progress import make_progress
-from safehold.engine.copy import COPIED, SKIPPED, CopyOptions, CopyResult, copy_snapshots
+from safehold.engine.maintain.copy import COPIED, SKIPPED, CopyOptions, CopyResult, copy_snapshots
 from safehold.errors import (
     ExitCode,
     RepositoryNotFound,

@@ -10,7 +10,7 @@ from safehold.cli import cmd_prune
 from safehold.cli.cmd_snapshots import snapshot_json
 from safehold.cli.context import Context
 from safehold.cli.progress import make_progress
-from safehold.engine.forget import (
+from safehold.engine.maintain.forget import (
     ForgetGroup,
     ForgetOptions,
     RetainedSnapshot,

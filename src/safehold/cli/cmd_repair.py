@@ -8,7 +8,7 @@ from typing import Any
 
 from safehold.cli.context import Context
 from safehold.cli.progress import make_progress
-from safehold.engine.verify import run_repair_index
+from safehold.engine.maintain.verify import run_repair_index
 from safehold.errors import ExitCode
 from safehold.repository.repair import (
     BLOBS_DAMAGED,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from safehold.engine.archive import ArchiveOptions, write_archive
-from safehold.engine.copy import COPIED, FAILED, SKIPPED, copy_snapshots
+from safehold.engine.maintain.copy import COPIED, FAILED, SKIPPED, copy_snapshots
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.errors import SafeholdError
 from safehold.repository.repository import Repository

@@ -10,7 +10,7 @@ import pytest
 
 from safehold.crypto.keys import KdfParams
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.copy import COPIED, FAILED, SKIPPED, copy_snapshots
+from safehold.engine.maintain.copy import COPIED, FAILED, SKIPPED, copy_snapshots
 from safehold.engine.progress import Progress
 from safehold.engine.tree_walk import walk
 from safehold.errors import ObjectNotFound

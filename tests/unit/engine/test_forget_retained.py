@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safehold.crypto.keys import KdfParams
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.forget import ForgetOptions, run_forget
+from safehold.engine.maintain.forget import ForgetOptions, run_forget
 from safehold.errors import ObjectRetained
 from safehold.policy.retention import RetentionPolicy
 from safehold.repository.check import check_repository

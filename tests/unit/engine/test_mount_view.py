@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.forget import ForgetOptions, run_forget
 from safehold.engine.inspect.mount_view import MountView, time_name
+from safehold.engine.maintain.forget import ForgetOptions, run_forget
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 from tests.hostile import file, folder, write_snapshot

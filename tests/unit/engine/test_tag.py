@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.copy import COPIED, SKIPPED, copy_snapshots
-from safehold.engine.forget import ForgetOptions, run_forget
+from safehold.engine.maintain.copy import COPIED, SKIPPED, copy_snapshots
+from safehold.engine.maintain.forget import ForgetOptions, run_forget
 from safehold.engine.tag import TagOptions, new_tags, run_tag
 from safehold.errors import RepositoryLocked, StorageError, UsageError
 from safehold.policy.retention import RetentionPolicy

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
+from safehold.engine.maintain.verify import run_check, run_repair_index
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.engine.tree_walk import find, walk
-from safehold.engine.verify import run_check, run_repair_index
 from safehold.errors import IntegrityError, RepositoryLocked, UsageError
 from safehold.repository import tree as t
 from safehold.repository.chains import new_chain_id

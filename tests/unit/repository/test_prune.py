@@ -18,7 +18,7 @@ import pytest
 from safehold.clock import Clock, FakeClock
 from safehold.crypto.keys import KdfParams
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.forget import ForgetOptions, run_forget
+from safehold.engine.maintain.forget import ForgetOptions, run_forget
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.errors import IntegrityError, ObjectRetained
 from safehold.model import ObjectInfo

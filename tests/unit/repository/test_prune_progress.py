@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safehold.crypto.keys import KdfParams
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.forget import ForgetOptions, run_forget
+from safehold.engine.maintain.forget import ForgetOptions, run_forget
 from safehold.repository.prune import PruneOptions, prune
 from safehold.repository.repository import Repository
 from safehold.storage.memory import MemoryStorage

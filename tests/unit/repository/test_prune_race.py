@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.forget import ForgetOptions, run_forget
+from safehold.engine.maintain.forget import ForgetOptions, run_forget
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.errors import SnapshotNotFound
 from safehold.policy.retention import RetentionPolicy

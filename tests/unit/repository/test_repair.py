@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
+from safehold.engine.maintain.verify import run_repair_index
 from safehold.engine.restore import RestoreOptions, run_restore
-from safehold.engine.verify import run_repair_index
 from safehold.errors import IntegrityError, ObjectNotFound
 from safehold.repository.check import CheckOptions, CheckReport, check_repository
 from safehold.repository.chunker import ChunkerParams
