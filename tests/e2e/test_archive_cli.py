@@ -9,11 +9,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from safehold.clock import FakeClock
+from safehold.engine.backup import BackupOptions, run_backup
+from safehold.repository.repository import Repository
 from safehold.storage.local import LocalStorage
 from tests.archive_trees import (
     NOBODY,
@@ -24,7 +27,7 @@ from tests.archive_trees import (
     plain_tar,
     put_archive,
 )
-from tests.conftest import CliRunner
+from tests.conftest import PASSWORD, CliRunner
 from tests.integration.helpers import assert_same_tree, restored_root, tree_manifest
 
 
@@ -88,10 +91,13 @@ def test_write_list_restore_forget(
     assert_same_tree(tree_manifest(sample_tree), restored_root(target, sample_tree), mtimes=False)
 
     # A newer snapshot's archive, then keep only the newest. Archive names carry the
-    # snapshot's time to the second: two in one second have no order, so the next second.
-    time.sleep(1.1)
+    # snapshot's time to the second: two in one second have no order, so the newer one is
+    # saved through a clock set to the next second (not by sleeping past it).
     (sample_tree / "hello.txt").write_text("changed\n")
-    assert cli("-r", cli_repo, "backup", str(sample_tree)).code == 0
+    repo = Repository.open(LocalStorage(Path(cli_repo)), PASSWORD)
+    first = repo.find_snapshot(written["snapshot"])
+    repo.clock = FakeClock(first.time + timedelta(seconds=1))
+    run_backup(repo, BackupOptions(paths=[str(sample_tree)]))
     assert cli("-r", cli_repo, "archive", "write", "--to", dest, "--prefix", "svc").code == 0
     res = cli("archive", "forget", dest, "--prefix", "svc", "--keep-last", "1", "--json")
     assert res.code == 0, res.output

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from safehold.app import open_storage
 from safehold.cli.cmd_forget import add_keep_rules, policy_from
 from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.cli.context import read_password as _read_password
+from safehold.clock import utcnow
 from safehold.engine.archive import (
     ArchiveEntry,
     ArchiveOptions,
@@ -204,9 +204,7 @@ def run_forget(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError("no keep rule given", hint="give at least one --keep-* option")
     storage = open_storage(args.location)
     try:
-        result = forget_archives(
-            storage, args.prefix, policy, datetime.now(UTC), dry_run=args.dry_run
-        )
+        result = forget_archives(storage, args.prefix, policy, utcnow(), dry_run=args.dry_run)
     finally:
         storage.close()
     if ctx.json:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from safehold.cli.context import Context, human_bytes
 from safehold.cli.progress import make_progress
+from safehold.clock import utcnow
 from safehold.engine.maintain.verify import run_check
 from safehold.errors import ExitCode, UsageError
 from safehold.policy.duration import parse_duration
@@ -72,7 +72,7 @@ def max_age_from(args: argparse.Namespace) -> MaxAge | None:
     duration = parse_duration(args.max_age)
     if duration.is_zero():
         raise UsageError("--max-age must be longer than zero", hint="for example --max-age 26h")
-    now = datetime.now(UTC)
+    now = utcnow()
     return MaxAge(
         age=now - duration.subtract_from(now),
         limit=args.max_age,
