@@ -4,6 +4,8 @@ parent with its own type and message."""
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import signal
 import threading
@@ -110,9 +112,25 @@ def _packs(n: int) -> list[tuple[bytes, int]]:
 def test_every_pack_once_and_progress_forwarded(tmp_path: Path) -> None:
     progress = Counting()
     sink: Progress = progress  # the parent's own workers report straight to it
+    # No pack is done before each of the three processes holds one (a barrier shared
+    # through the fork), so every process gets some however the scheduler runs them. A
+    # process's first pack waits at the barrier, its other thread behind it, so the others
+    # hold at most four of the 40 tickets while waiting. Were a process missing, the wait
+    # times out and the count of process ids below says so.
+    everyone = multiprocessing.get_context("fork").Barrier(3)
+    arrived: set[int] = set()
+    first = threading.Lock()
+    here = threading.Event()  # in each process's own copy: its first pack passed the barrier
 
     def work(pack_id: bytes, k: int) -> None:
-        time.sleep(0.01)  # long enough for every process to get some
+        with first:
+            mine = os.getpid() not in arrived
+            arrived.add(os.getpid())
+        if mine:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                everyone.wait(timeout=30)
+            here.set()
+        here.wait(timeout=30)
         (tmp_path / f"{k}-{os.getpid()}").touch()
         sink.advance(1, k)
 
