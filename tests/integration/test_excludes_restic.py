@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.backup_preview import preview_backup
+from safehold.engine.backup.preview import preview_backup
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.engine.tree_walk import walk
 from safehold.errors import UsageError

@@ -191,7 +191,7 @@ def _errors_line(errors: list[tuple[str, str]]) -> str:
 
 def dry_run(opts: BackupOptions, ctx: Context) -> int:
     """``backup --dry-run``: every item the backup would save, and the totals."""
-    from safehold.engine.backup_preview import preview_backup
+    from safehold.engine.backup.preview import preview_backup
 
     prescan = start_prescan(opts)
     try:

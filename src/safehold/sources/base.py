@@ -53,7 +53,7 @@ class TreeContent:
     paths: list[str]
     excludes: list[str] = field(default_factory=list)
     one_file_system: bool = False
-    # The other exclusions of engine/backup.py's BackupOptions, by the same names.
+    # The other exclusions of engine/backup/backup.py's BackupOptions, by the same names.
     iexcludes: list[str] = field(default_factory=list)
     exclude_caches: bool = False
     exclude_if_present: list[str] = field(default_factory=list)

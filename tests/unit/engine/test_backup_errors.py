@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup, start_prescan
+from safehold.engine.backup.vanished import VANISHED
 from safehold.engine.progress import Progress
-from safehold.engine.vanished import VANISHED
 from safehold.repository.repository import Repository
 from tests.conftest import PASSWORD
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.backup_plan import DirPlan, Planner
+from safehold.engine.backup.plan import DirPlan, Planner
+from safehold.engine.backup.scan import Excluder
 from safehold.engine.restore import RestoreOptions, run_restore
-from safehold.engine.scan import Excluder
 from safehold.errors import SourceError, SourceNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.index import Index

@@ -12,10 +12,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from safehold.engine.backup import CHANGED_WHILE_READ, _Counters, _FileReader
+from safehold.engine.backup.file_reader import CHANGED_WHILE_READ, Counters, FileReader
+from safehold.engine.backup.scan import node_from_stat
+from safehold.engine.backup.vanished import Vanished
 from safehold.engine.progress import Progress
-from safehold.engine.scan import node_from_stat
-from safehold.engine.vanished import Vanished
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.saver import BlobSaver
@@ -54,7 +54,7 @@ def read_with(
     """Reads ``path`` as a backup does; returns its node, the errors, and what was stored."""
     saver = BlobSaver(repo, bytes(16))
     errors: list[tuple[str, str]] = []
-    reader = _FileReader(repo, saver, _Counters(), errors, progress, Vanished())
+    reader = FileReader(repo, saver, Counters(), errors, progress, Vanished())
     node = node_from_stat(path.name, os.lstat(path), str(path))
     reader.read((str(path), node))
     saver.finish()

@@ -1,4 +1,4 @@
-"""The prescan (engine/prescan.py): folders listed ahead of the walk, and backups that use
+"""The prescan (engine/backup/prescan.py): folders listed ahead of the walk, and backups that use
 it keep exactly what a walk alone keeps."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup, start_prescan
-from safehold.engine.prescan import FIELDS, Prescan
-from safehold.engine.scan import Excluder
+from safehold.engine.backup.prescan import FIELDS, Prescan
+from safehold.engine.backup.scan import Excluder
 from safehold.engine.tree_walk import find
 from safehold.repository.repository import Repository
 from tests.conftest import make_sample_tree

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
+from safehold.engine.backup.read_queue import HeldProgress, ReadQueue
 from safehold.engine.progress import Progress
-from safehold.engine.read_queue import HeldProgress, ReadQueue
 
 
 def test_every_job_runs_once_and_the_largest_known_goes_first() -> None:

@@ -1,6 +1,6 @@
 """``backup --dry-run``: what a backup of folders would save, without saving anything.
 
-The preview walks exactly as a backup does (engine/backup_plan.py: the same exclusions, the
+The preview walks exactly as a backup does (engine/backup/plan.py: the same exclusions, the
 same comparison with the parent snapshot), but reads no file and writes nothing to the
 repository: no pack, no index, no snapshot, and no lock, as restic's dry run. It reads the
 index and the parent's trees, so a prune running meanwhile may delete a parent tree it
@@ -20,15 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from safehold.engine.backup import (
+from safehold.engine.backup.backup import (
     BackupOptions,
     _choose_chain,
     _resolve_paths,
     excluder_for,
     refuse_excluded_paths,
 )
-from safehold.engine.backup_plan import DirItem, DirPlan, Item, Planner, TextItem, root_plan
-from safehold.engine.prescan import Prescan
+from safehold.engine.backup.plan import DirItem, DirPlan, Item, Planner, TextItem, root_plan
+from safehold.engine.backup.prescan import Prescan
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t

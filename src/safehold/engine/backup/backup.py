@@ -24,12 +24,13 @@ from typing import IO, BinaryIO
 
 from safehold import __version__
 from safehold.engine import xattrs as xa
-from safehold.engine.backup_plan import Planner, build_tree, root_plan
-from safehold.engine.prescan import Prescan
+from safehold.engine.backup.file_reader import Counters, FileReader
+from safehold.engine.backup.plan import Planner, build_tree, root_plan
+from safehold.engine.backup.prescan import Prescan
+from safehold.engine.backup.read_queue import HeldProgress, ReadQueue
+from safehold.engine.backup.scan import CACHEDIR_TAG, Excluder
+from safehold.engine.backup.vanished import Vanished
 from safehold.engine.progress import NO_PROGRESS, Progress
-from safehold.engine.read_queue import HeldProgress, ReadQueue
-from safehold.engine.scan import CACHEDIR_TAG, Excluder
-from safehold.engine.vanished import VANISHED, Vanished
 from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.chains import continues_chain, new_chain_id, next_chain_id
@@ -48,7 +49,7 @@ WALK_SWITCH_INTERVAL = 0.0002  # seconds; see _backup_paths
 @dataclass(kw_only=True)
 class BackupOptions:
     paths: list[str] = field(default_factory=list)
-    # What the walk leaves out, as restic's options of these names (engine/scan.py).
+    # What the walk leaves out, as restic's options of these names (engine/backup/scan.py).
     excludes: list[str] = field(default_factory=list)
     iexcludes: list[str] = field(default_factory=list)  # patterns ignoring case
     exclude_if_present: list[str] = field(default_factory=list)  # NAME[:HEADER] tag files
@@ -77,16 +78,6 @@ class BackupResult:
     snapshot: Snapshot
     errors: list[tuple[str, str]]
     summary: dict[str, int | float]
-
-
-@dataclass
-class _Counters:
-    files_new: int = 0
-    files_changed: int = 0
-    files_unchanged: int = 0
-    bytes_read: int = 0
-    total_bytes: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _resolve_paths(paths: list[str]) -> list[str]:
@@ -215,7 +206,7 @@ def run_backup(
         key = _source_key(opts, paths)
         parent, chain, seq = _choose_chain(repo, opts, host, key)
         saver = BlobSaver(repo, bytes.fromhex(chain))
-        counters = _Counters()
+        counters = Counters()
         errors: list[tuple[str, str]] = []
         try:
             if opts.streams is not None or opts.stdin_name:
@@ -318,7 +309,7 @@ def _backup_stream(
     saver: BlobSaver,
     stream: Stream,
     threads: int,
-    counters: _Counters,
+    counters: Counters,
     progress: Progress,
 ) -> t.Node:
     """Save one stream as a file; its close raises SourceError if the producer failed."""
@@ -389,7 +380,7 @@ def _backup_paths(
     opts: BackupOptions,
     paths: list[str],
     parent: Snapshot | None,
-    counters: _Counters,
+    counters: Counters,
     errors: list[tuple[str, str]],
     progress: Progress,
     prescan: Prescan | None,
@@ -401,7 +392,7 @@ def _backup_paths(
 
     held = HeldProgress(progress)
     vanished = Vanished()
-    reader = _FileReader(repo, saver, counters, errors, held, vanished)
+    reader = FileReader(repo, saver, counters, errors, held, vanished)
     with ReadQueue[tuple[str, t.Node]](reader.read, opts.threads) as queue:
         planner = Planner(
             index=repo.index,
@@ -451,151 +442,6 @@ def _backup_paths(
     saver.close_packs(BLOB_DATA)
     progress.finish()
     return build_tree(save_tree, root)
-
-
-# Recorded in the snapshot's errors (exit 3) for a file that changed while it was read,
-# twice: its content is what was read, possibly torn, and restores as such.
-CHANGED_WHILE_READ = "changed while read: stored as read"
-
-
-class _FileReader:
-    """Reads a file the walk found new or changed and saves its chunks.
-
-    A file that changes while it is read would be stored torn (a prefix, or old and new
-    parts mixed), so the open descriptor is stat-ed once after reading and compared with
-    the walk's lstat (size, mtime, ctime), as borg and restic compare before and after:
-    the walk's lstat is the "before", so that an unchanged file costs one fstat and a file
-    reused from the parent nothing. A difference means the file changed after the walk,
-    before it was opened or while it was read; it is then read once more through the same
-    descriptor, between that fstat and another. If it changed again, what the second read
-    got is stored and the file is named in the snapshot's errors (CHANGED_WHILE_READ) and
-    warned about. The node keeps the walk's times either way, so the next backup reads the
-    file again (its times differ by then) rather than trusting this content.
-    """
-
-    def __init__(
-        self,
-        repo: Repository,
-        saver: BlobSaver,
-        counters: _Counters,
-        errors: list[tuple[str, str]],
-        progress: Progress,
-        vanished: Vanished,
-    ) -> None:
-        self.repo = repo
-        self.saver = saver
-        self.counters = counters
-        self.errors = errors
-        self.progress = progress
-        self.vanished = vanished
-        self._local = threading.local()
-
-    def _state(self) -> _ReadState:
-        st: _ReadState | None = getattr(self._local, "st", None)
-        if st is None:
-            st = self._local.st = _ReadState(Chunker(self.repo.config.chunker))
-        return st
-
-    def read(self, job: tuple[str, t.Node]) -> None:
-        path, node = job
-        try:
-            content, size, changed = self._read(path, node)
-        except OSError as exc:
-            msg = exc.strerror or str(exc)
-            node.error = msg
-            node.content = []
-            gone = self.vanished.folder_of(path, exc)
-            if gone is None or gone[1]:
-                where, why = (path, msg) if gone is None else (gone[0], VANISHED)
-                with self.counters.lock:
-                    self.errors.append((where, why))
-                self.progress.warn(where, why)
-            self.progress.advance(1, node.size)
-            return
-        node.content = content
-        if size != node.size:
-            # The file changed since the walk; record what we stored.
-            self.progress.advance(0, size - node.size)
-            node.size = size
-        with self.counters.lock:
-            self.counters.bytes_read += size
-            if changed:
-                self.errors.append((path, CHANGED_WHILE_READ))
-        if changed:
-            self.progress.warn(path, CHANGED_WHILE_READ)
-        self.progress.advance(1, 0)
-
-    def _read(self, path: str, node: t.Node) -> tuple[list[str], int, bool]:
-        """The file's chunk ids and size, and whether it changed while read (see above)."""
-        # os.open, not open(): FileIO stats every file it opens (to refuse a folder), so
-        # the fstat after reading keeps the syscalls per file what they were. A folder put
-        # in the file's place fails its first read instead (EISDIR).
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            ids, size = self._read_from(fd, node.size)
-            after = os.fstat(fd)
-            if (
-                after.st_ctime_ns == node.ctime_ns
-                and after.st_mtime_ns == node.mtime_ns
-                and after.st_size == node.size
-            ):
-                return ids, size, False
-            self.progress.advance(0, -size)  # counted again by the second read
-            os.lseek(fd, 0, os.SEEK_SET)
-            ids, size = self._read_from(fd, after.st_size)
-            again = os.fstat(fd)
-        finally:
-            os.close(fd)
-        changed = (
-            again.st_ctime_ns != after.st_ctime_ns
-            or again.st_mtime_ns != after.st_mtime_ns
-            or again.st_size != after.st_size
-        )
-        return ids, size, changed
-
-    def _read_from(self, fd: int, expected: int) -> tuple[list[str], int]:
-        st = self._state()
-        chunker = st.chunker
-        save: Callable[[int, bytes | memoryview], tuple[bytes, bool]] = self.saver.save
-        ids: list[str] = []
-        total = 0
-        if expected <= chunker.params.min_size:
-            # One chunk: read it whole (it may have grown since the walk) into a buffer
-            # of that size. Larger files come first, so let their window go.
-            st.window = None
-            view = st.small
-            n = 0
-            while n < len(view):
-                got = os.readv(fd, (view[n:],))
-                if not got:
-                    break
-                n += got
-            if n <= chunker.params.min_size:
-                if n:
-                    ids.append(save(BLOB_DATA, view[:n])[0].hex())
-                    self.progress.advance(0, n)
-                return ids, n
-            os.lseek(fd, 0, os.SEEK_SET)
-        if st.window is None:
-            st.window = chunker.stream_buffer()
-        for piece in chunker.cut_stream(lambda view: os.readv(fd, (view,)), st.window):
-            ids.append(save(BLOB_DATA, piece)[0].hex())
-            total += len(piece)
-            self.progress.advance(0, len(piece))
-        return ids, total
-
-
-class _ReadState:
-    """One reader thread's chunker and buffers: a small one for files of one chunk, and a
-    stream window for larger files, kept while they come and dropped at the first small
-    file so that it does not stay resident for the rest of the backup."""
-
-    __slots__ = ("chunker", "small", "window")
-
-    def __init__(self, chunker: Chunker) -> None:
-        self.chunker = chunker
-        self.small = memoryview(bytearray(chunker.params.min_size + 1))
-        self.window: memoryview | None = None
 
 
 def describe_error(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from safehold.repository import tree as t
 
 class StatLike(Protocol):
     """What the walk reads of an item's ``lstat``: an ``os.stat_result``, or a prescanned
-    item's (engine/prescan.py)."""
+    item's (engine/backup/prescan.py)."""
 
     @property
     def st_mode(self) -> int: ...

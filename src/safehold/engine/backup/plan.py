@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safehold.engine import xattrs as xa
-from safehold.engine.prescan import Entry, Prescan
-from safehold.engine.scan import Excluder, StatLike, node_from_stat
-from safehold.engine.vanished import VANISHED, Vanished
+from safehold.engine.backup.prescan import Entry, Prescan
+from safehold.engine.backup.scan import Excluder, StatLike, node_from_stat
+from safehold.engine.backup.vanished import VANISHED, Vanished
 from safehold.errors import IntegrityError
 from safehold.repository import tree as t
 from safehold.repository.index import Index
@@ -101,7 +101,7 @@ class Planner:
     save_tree: SaveTree | None = None
     # Called with each file to read as soon as the walk finds it (reading may start then).
     on_job: Callable[[tuple[str, t.Node]], None] | None = None
-    # Folders listed ahead of the walk (engine/prescan.py), taken as the walk reaches them.
+    # Folders listed ahead of the walk (engine/backup/prescan.py), taken as the walk reaches them.
     prescan: Prescan | None = None
     # Folders that vanished during the backup, shared with the readers (one error each).
     vanished: Vanished = field(default_factory=Vanished)
@@ -237,7 +237,7 @@ class Planner:
                 meta.error = msg
             plan.parent_count = -1
             return
-        # Excludes (engine/scan.py): a test of names for this folder, None if none applies.
+        # Excludes (engine/backup/scan.py): a test of names for this folder, None if none applies.
         skip = self.excluder.folder(path, entries) if self.excluder.active else None
         big = self.excluder.max_size
         jobs = self.jobs

@@ -24,9 +24,9 @@ import threading
 from array import array
 from types import TracebackType
 
-from safehold.engine.scan import Excluder
+from safehold.engine.backup.scan import Excluder
 
-# The stat fields the walk uses (engine/backup_plan.py, engine/scan.py), in this order.
+# The stat fields the walk uses (engine/backup/plan.py, engine/backup/scan.py), in this order.
 FIELDS = (
     "st_mode",
     "st_ino",
