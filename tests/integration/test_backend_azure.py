@@ -2,8 +2,9 @@
 
 Azurite verifies Shared Key and SAS signatures (also in ``--loose`` mode), so a wrong key,
 a SAS token signed with a wrong key and a SAS token without the permission to create a
-container are real refusals. Faults that stop the server use a server of the test's own;
-slow answers go through :class:`tests.servers.proxy.FaultProxy`.
+container are real refusals. Faults that stop the server mid-backup use a server of the
+test's own; the failure modes of single calls (stopped, hung, slow server, wrong key) are
+tests/storage/test_failure_modes.py, run over every backend.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from safehold.errors import (
     ObjectNotFound,
     StorageError,
     StoragePermissionDenied,
-    TransientStorageError,
 )
 from safehold.storage.azure import AzureStorage, from_location
 from safehold.storage.location import open_location
@@ -37,7 +37,6 @@ from tests.integration.helpers import (
     tree_manifest,
 )
 from tests.servers.azure import ACCOUNT, DEV_KEY, Azurite, start_azurite, unique_container
-from tests.servers.proxy import FaultProxy
 
 pytestmark = pytest.mark.xdist_group("azure")
 
@@ -262,55 +261,6 @@ def test_server_hanging_mid_backup_fails_within_the_timeout_then_resumes(
     doc = backup_json(cli, repo, str(src))
     check_read_data(cli, repo)
     restore_and_compare(cli, repo, doc["snapshot"], src, expected, tmp_path / "restore")
-
-
-def test_slow_answers_against_the_read_timeout(azurite: Azurite) -> None:
-    with FaultProxy(azurite.port) as proxy:
-        endpoint = f"{proxy.url}/{ACCOUNT}"
-        container = unique_container()
-        patient = from_location(
-            f"{container}/p", create=True, options=azurite.options(endpoint=endpoint)
-        )
-        hasty = from_location(
-            f"{container}/p",
-            create=False,
-            options=azurite.options(endpoint=endpoint, read_timeout=0.3),
-        )
-        try:
-            patient.put("x", b"payload")
-            proxy.delay(1.0)
-            t0 = time.monotonic()
-            with pytest.raises(
-                TransientStorageError, match=r"did not answer in time \(read_timeout=0.3 s\)"
-            ):
-                hasty.get("x")
-            assert time.monotonic() - t0 < 1.0
-            assert patient.get("x") == b"payload"  # slow, but within its 60 s
-        finally:
-            proxy.delay(0)
-            patient.close()
-            hasty.close()
-
-
-def test_stopped_server_is_a_transient_error(azurite: Azurite) -> None:
-    with FaultProxy(azurite.port) as proxy:
-        store = from_location(
-            f"{unique_container()}/p",
-            create=True,
-            options=azurite.options(endpoint=f"{proxy.url}/{ACCOUNT}"),
-        )
-        try:
-            store.put("x", b"1")
-            proxy.go_away()
-            # The pooled connection is reset; a new one is refused.
-            with pytest.raises(TransientStorageError, match=r"broke|cannot connect"):
-                store.get("x")
-            with pytest.raises(TransientStorageError, match="cannot connect"):
-                store.get("x")
-            proxy.come_back()
-            assert store.get("x") == b"1"
-        finally:
-            store.close()
 
 
 # --- options ---------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 fake-gcs-server checks no credentials, so a *rejected* key cannot be tested here: the
 credential faults tested are the ones the backend itself catches before any request (a key
 file that is not JSON, or not a key). A bucket the credentials may not create cannot be
-expressed either. Stopping the server uses a server of the test's own (with its objects in
-a folder, so it can come back); slow answers go through :class:`tests.servers.proxy.FaultProxy`.
+expressed either. Stopping the server mid-backup uses a server of the test's own (with its
+objects in a folder, so it can come back); the failure modes of single calls (stopped, hung,
+slow server) are tests/storage/test_failure_modes.py, run over every backend.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from safehold.errors import (
     ExitCode,
     ObjectNotFound,
     StorageError,
-    TransientStorageError,
 )
 from safehold.storage.gcs import GcsStorage, from_location
 from safehold.storage.location import open_location
@@ -35,7 +35,6 @@ from tests.integration.helpers import (
     tree_manifest,
 )
 from tests.servers.gcs import FakeGcs, start_fake_gcs, unique_bucket
-from tests.servers.proxy import FaultProxy
 
 pytestmark = pytest.mark.xdist_group("gcs")
 
@@ -269,52 +268,6 @@ def test_server_stopping_mid_backup_fails_cleanly_then_resumes(
     finally:
         after.close()
         back.stop()
-
-
-def test_hung_server_hits_the_read_timeout(own_gcs: FakeGcs) -> None:
-    store = from_location(
-        f"{unique_bucket()}/p", create=True, options=own_gcs.options(read_timeout=0.5)
-    )
-    try:
-        store.put("x", b"payload")
-        own_gcs.process.pause()
-        t0 = time.monotonic()
-        try:
-            with pytest.raises(TransientStorageError, match=r"read_timeout=0.5 s"):
-                store.get("x")
-        finally:
-            own_gcs.process.resume()
-        assert time.monotonic() - t0 < 5
-        assert store.get("x") == b"payload"
-    finally:
-        store.close()
-
-
-def test_slow_answers_against_the_read_timeout(fake_gcs: FakeGcs) -> None:
-    with FaultProxy(fake_gcs.port) as proxy:
-        bucket = unique_bucket()
-        patient = from_location(
-            f"{bucket}/p", create=True, options=fake_gcs.options(endpoint=proxy.url)
-        )
-        hasty = from_location(
-            f"{bucket}/p",
-            create=False,
-            options=fake_gcs.options(endpoint=proxy.url, read_timeout=0.3),
-        )
-        try:
-            patient.put("x", b"payload")
-            proxy.delay(1.0)
-            t0 = time.monotonic()
-            with pytest.raises(
-                TransientStorageError, match=r"did not answer in time \(read_timeout=0.3 s\)"
-            ):
-                hasty.get("x")
-            assert time.monotonic() - t0 < 1.0
-            assert patient.get("x") == b"payload"  # slow, but within its 60 s
-        finally:
-            proxy.delay(0)
-            patient.close()
-            hasty.close()
 
 
 # --- options ---------------------------------------------------------------------------------

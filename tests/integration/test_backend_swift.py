@@ -3,8 +3,9 @@
 Through the CLI (credentials from ST_AUTH/ST_USER/ST_KEY): init, backup, restore
 bit-identical, ``check --read-data``; a wrong key; a user who may not create containers;
 a missing container with ``?create_container=false``; the proxy going away in the middle
-of a backup. Through the library: a hung and a slow proxy against the ``timeout`` option,
-token renewal, large objects in segments, Keystone v3, options and the environment.
+of a backup. Through the library: token renewal, large objects in segments, Keystone v3,
+options and the environment. A hung and a slow server against the ``timeout`` option are
+tests/storage/test_failure_modes.py, run over every backend.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from safehold.errors import (
     ObjectExists,
     StorageError,
     StoragePermissionDenied,
-    TransientStorageError,
 )
 from safehold.storage.swift import SwiftStorage, from_location, parse_options
 from tests.conftest import CliResult, CliRunner, make_sample_tree
@@ -259,49 +259,6 @@ def test_proxy_stopped_mid_backup_then_next_backup_succeeds(
     assert snapshot_ids(cli, location) == [snapshot]
     check_read_data(cli, location)  # reads every pack back: the data is all there
     watcher.close()
-
-
-def test_hung_proxy_fails_within_the_timeout(proxy_restored: SwiftServer) -> None:
-    storage = from_location(
-        f"{new_container()}/p", create=True, options=proxy_restored.options(timeout=1)
-    )
-    storage.put("a", b"hello")
-    proxy_restored.proxy.pause()
-    started = time.monotonic()
-    for call in (lambda: storage.stat("a"), lambda: storage.put("b", b"x" * 100_000)):
-        with pytest.raises(TransientStorageError, match="may be temporary"):
-            call()
-    assert time.monotonic() - started < 6
-    proxy_restored.proxy.resume()
-    assert storage.get("a") == b"hello"
-    storage.put("b", b"after")
-    assert storage.get("b") == b"after"
-
-
-@pytest.mark.parametrize(("timeout", "succeeds"), [(8.0, True), (0.5, False)])
-def test_slow_proxy_against_the_timeout_option(
-    proxy_restored: SwiftServer, timeout: float, succeeds: bool
-) -> None:
-    storage = from_location(
-        f"{new_container()}/p", create=True, options=proxy_restored.options(timeout=timeout)
-    )
-    storage.put("a", b"hello")
-    # The proxy answers, but only after 2 s: slow, not dead.
-    proxy_restored.proxy.pause()
-    timer = threading.Timer(2.0, proxy_restored.proxy.resume)
-    timer.start()
-    started = time.monotonic()
-    try:
-        if succeeds:
-            assert storage.get("a") == b"hello"
-            assert time.monotonic() - started >= 1.5
-        else:
-            with pytest.raises(TransientStorageError):
-                storage.get("a")
-            assert time.monotonic() - started < 1.9
-    finally:
-        timer.join()
-    assert storage.get("a") == b"hello"
 
 
 # --- Keystone v3 ------------------------------------------------------------------------------

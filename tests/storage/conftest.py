@@ -3,7 +3,8 @@
 Adding a backend is one line in ``BACKENDS``: ``pytest.param(make_x, id="x")``, where
 ``make_x(tmp_path, request)`` returns a fresh, empty ``Storage`` (it may use
 ``request.getfixturevalue`` to reach a server fixture) and calls :func:`unavailable` when
-its server cannot be reached.
+its server cannot be reached. The failure-mode suite (``test_failure_modes.py``) runs over
+:data:`REAL_SERVERS`, each reached through a fault proxy as ``proxied.py`` describes.
 """
 
 from __future__ import annotations
