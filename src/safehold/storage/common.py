@@ -1,8 +1,7 @@
 """Logic the storage backends share: ranged-read checks and location-option parsing.
 
-No SDK imports here (pydantic only, which the settings models use anyway), so the option
-modules that must not pull in an SDK (:mod:`safehold.storage.s3.settings`,
-:mod:`safehold.storage.swift.settings`) can use it as well as every backend.
+No SDK imports here (pydantic only, which the settings models use anyway): every
+backend's ``settings`` module uses it, and validates without touching its SDK.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Options of the swift backend: validated from a config block, or read from the
 environment variables the ``swift`` command line uses (docs/storage/swift.md).
 
-Kept apart from :mod:`safehold.storage.swift` so that validating a configuration never
-imports python-swiftclient.
+No swiftclient here: parsing and validation happen before anything connects.
 """
 
 from __future__ import annotations
