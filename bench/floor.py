@@ -8,7 +8,7 @@ Run from the repository root, after ``python3 bench/run.py`` has made the datase
 Three measurements, each repeated ``--reps`` times into a fresh folder:
 
 * ``write``: the dataset's tree written from memory by restore's own writer
-  (:class:`safehold.engine.restore_write.FileWriter`, with restore's thread count): folders
+  (:class:`safehold.engine.restore.write.FileWriter`, with restore's thread count): folders
   made first, files created exclusively, 1 MiB blobs placed with ``pwrite`` (whole blocks
   of large blobs with direct I/O), metadata set through the descriptor. Nothing is read,
   decrypted, decompressed or verified.
@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from safehold.engine.restore import RestoreOptions
-from safehold.engine.restore_write import FileWriter, OpenFile
+from safehold.engine.restore.write import FileWriter, OpenFile
 from safehold.repository.format import BLOB_DATA
 from safehold.repository.repository import Repository, pack_name
 from safehold.storage.local import LocalStorage

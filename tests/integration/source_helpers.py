@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from safehold.engine.backup import BackupOptions, BackupResult, run_backup
-from safehold.engine.source_restore import snapshot_files
+from safehold.engine.restore.streams import snapshot_files
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 from safehold.sources.base import SnapshotFiles, Source, Stream, StreamContent

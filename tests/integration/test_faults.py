@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from safehold.engine.restore_folders import Folder
-from safehold.engine.restore_write import FileWriter, OpenFile
+from safehold.engine.restore.folders import Folder
+from safehold.engine.restore.write import FileWriter, OpenFile
 from safehold.errors import ExitCode, TargetError
 from safehold.repository import lock as lockmod
 from safehold.repository.format import T_LOCK, seal_object

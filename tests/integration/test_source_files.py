@@ -13,7 +13,7 @@ import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.restore import RestoreOptions, run_restore
-from safehold.engine.source_restore import snapshot_files
+from safehold.engine.restore.streams import snapshot_files
 from safehold.errors import SourceError, TargetError
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot

@@ -26,7 +26,7 @@ from safehold.engine.archive import (
     restore_archive,
     write_archive,
 )
-from safehold.engine.restore_folders import raise_open_files_limit
+from safehold.engine.restore.folders import raise_open_files_limit
 from safehold.errors import ExitCode, UsageError
 
 PASSPHRASE_ENV = "SAFEHOLD_ARCHIVE_PASSPHRASE"
@@ -171,7 +171,7 @@ def run_restore(args: argparse.Namespace, ctx: Context) -> int:
     try:
         entry = find_archive(storage, args.prefix, args.archive)
         phrase = _passphrase(args, needed=entry.encrypted)
-        # The extraction keeps the target's folders open (engine/restore_folders.py).
+        # The extraction keeps the target's folders open (engine/restore/folders.py).
         raise_open_files_limit()
         result = restore_archive(storage, entry, args.target, passphrase=phrase, tmpdir=args.tmpdir)
     finally:

@@ -12,7 +12,7 @@ from safehold.cli.context import Context, add_latest_filters, find_snapshot, hum
 from safehold.cli.progress import make_progress
 from safehold.cli.selection import PATTERN_HELP, add_restore_selection
 from safehold.engine.restore import RestoreOptions, RestoreResult, run_restore, selection_of
-from safehold.engine.restore_folders import raise_open_files_limit
+from safehold.engine.restore.folders import raise_open_files_limit
 from safehold.errors import ExitCode, UsageError
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         iincludes=args.iinclude,
         iexcludes=args.iexclude,
         direct=not args.buffered,
-        # Worker processes, each with its own interpreter lock (engine/restore_procs.py).
+        # Worker processes, each with its own interpreter lock (engine/restore/workers.py).
         processes=os.cpu_count() or 1,
         xattrs=not args.no_xattrs,
         acls=not args.no_acls,
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     snap = find_snapshot(repo, args.snapshot, args)
     if args.dry_run:
         return dry_run(repo, snap, opts, ctx)
-    # Restore keeps the target's folders open (engine/restore_folders.py); past the
+    # Restore keeps the target's folders open (engine/restore/folders.py); past the
     # descriptor limit it opens them again for every file, which is slower.
     raise_open_files_limit()
     result = run_restore(repo, snap, opts, make_progress(ctx.progress_enabled()))
@@ -199,7 +199,7 @@ def _report_metadata(result: RestoreResult) -> bool:
 
 def dry_run(repo: Repository, snap: Snapshot, opts: RestoreOptions, ctx: Context) -> int:
     """``restore --dry-run``: what would be written under the target, and the counts."""
-    from safehold.engine.restore_preview import preview_restore
+    from safehold.engine.restore.preview import preview_restore
 
     preview = preview_restore(repo, snap, opts)
     if ctx.json:

@@ -17,7 +17,7 @@ is written (:func:`check_members`, a first pass over the stream): a member name 
 absolute or has a ``..`` component, a member below a symlink the archive made (``x ->
 /etc`` then ``x/passwd``), or a hard link to anything but an earlier member refuses the
 whole archive. Then everything is created as the main restore creates it
-(:mod:`safehold.engine.restore_folders`): relative to open folder descriptors, folders
+(:mod:`safehold.engine.restore.folders`): relative to open folder descriptors, folders
 opened with ``O_NOFOLLOW``, files created with ``O_EXCL | O_NOFOLLOW``; a symlink already in
 the target where a folder belongs is replaced, never followed.
 
@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from safehold.engine.restore_folders import (
+from safehold.engine.restore.folders import (
     Folder,
     folder_budget,
     make_folder,

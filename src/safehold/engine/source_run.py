@@ -47,9 +47,9 @@ from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.engine.replicate import Destination, replicate
 from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.engine.restore.streams import snapshot_files
 from safehold.engine.run_log import LogSink, Redactor, RunLogger, discard
 from safehold.engine.run_state import RunInProgress, RunRecord, run_lock, save_record
-from safehold.engine.source_restore import snapshot_files
 from safehold.errors import ExitCode, SafeholdError, UsageError
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot

@@ -15,7 +15,7 @@ import pytest
 from safehold.engine.archive import ArchiveOptions, restore_archive, write_archive
 from safehold.engine.archive_extract import ExtractOptions, member_path
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.restore_folders import folder_budget
+from safehold.engine.restore.folders import folder_budget
 from safehold.errors import IntegrityError, TargetError
 from safehold.repository.repository import Repository
 from safehold.storage.local import LocalStorage

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from safehold.engine import restore as restore_mod
-from safehold.engine import restore_procs
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.progress import Progress
 from safehold.engine.restore import RestoreOptions, RestoreResult, run_restore
+from safehold.engine.restore import restore as restore_mod
+from safehold.engine.restore import workers as restore_procs
 from safehold.errors import IntegrityError
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot

@@ -12,7 +12,7 @@ import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.restore import RestoreOptions, run_restore
-from safehold.engine.restore_write import current_umask
+from safehold.engine.restore.write import current_umask
 from safehold.repository.repository import Repository
 
 MODES = [0o644, 0o664, 0o600, 0o640, 0o000, 0o444, 0o755, 0o777, 0o4755, 0o2750, 0o1777]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from safehold.engine import restore_write
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.restore import MAX_GAP, MAX_SPAN, RestoreOptions, run_restore, spans
-from safehold.engine.restore_folders import Folder
+from safehold.engine.restore import write as restore_write
+from safehold.engine.restore.folders import Folder
+from safehold.engine.restore.restore import MAX_GAP, MAX_SPAN, RestoreOptions, run_restore, spans
 from safehold.errors import FormatError, IntegrityError, SafeholdError, TargetError
 from safehold.repository.chunker import ChunkerParams
 from safehold.repository.format import BLOB_DATA

@@ -1,4 +1,4 @@
-"""Restore workers in forked processes (engine/restore_procs.py): the same files as with
+"""Restore workers in forked processes (engine/restore/workers.py): the same files as with
 threads, every pack exactly once, progress forwarded, and a child's failure raised in the
 parent with its own type and message."""
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from safehold.engine import restore_procs
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.progress import Progress
 from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.engine.restore import workers as restore_procs
 from safehold.errors import IntegrityError, SafeholdError, TargetError
 from safehold.repository.repository import Repository
 from safehold.storage.local import LocalStorage
@@ -73,7 +73,7 @@ def test_the_same_tree_as_with_threads(
         forked.append(1)
         real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("safehold.engine.restore.run_forked", spy)
+    monkeypatch.setattr("safehold.engine.restore.restore.run_forked", spy)
     progress = Counting()
     result = run_restore(
         small_packs, snap, RestoreOptions(target=str(tmp_path / "p"), processes=2), progress
@@ -201,7 +201,7 @@ def test_no_fork_over_a_storage_with_connections(
     def refuse(*args: object, **kw: object) -> None:
         raise AssertionError("forked over a storage that is not fork-safe")
 
-    monkeypatch.setattr("safehold.engine.restore.run_forked", refuse)
+    monkeypatch.setattr("safehold.engine.restore.restore.run_forked", refuse)
     run_restore(mem_repo, snap, RestoreOptions(target=str(tmp_path / "p"), processes=2))
     assert tree_state(tmp_path / "p" / str(src).lstrip("/")) == tree_state(src)
 

@@ -12,7 +12,7 @@ from typing import BinaryIO
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.source_restore import snapshot_files
+from safehold.engine.restore.streams import snapshot_files
 from safehold.errors import SourceError
 from safehold.repository.repository import Repository
 from safehold.sources.base import Stream

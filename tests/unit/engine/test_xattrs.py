@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from safehold.engine import restore_procs
 from safehold.engine import xattrs as xa
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.inspect.diff import METADATA, diff_trees
 from safehold.engine.progress import Progress
 from safehold.engine.restore import RestoreOptions, run_restore
+from safehold.engine.restore import workers as restore_procs
 from safehold.errors import FormatError
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from safehold.engine.restore import RestoreOptions, refuse_nothing_chosen, selection_of
+from safehold.engine.restore.restore import RestoreOptions, refuse_nothing_chosen, selection_of
 from safehold.engine.tree_walk import Chosen, Selection, Where
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
 from safehold.repository import tree as t

@@ -3,10 +3,10 @@
 Restore first walks the snapshot's trees and plans: every folder is created, and every
 needed blob is listed once under its pack with the places (file, offset) it goes. Then
 packs are processed in parallel, by threads or, for the command line's large restores of
-a local repository, by worker processes (:mod:`safehold.engine.restore_procs`, which
+a local repository, by worker processes (:mod:`safehold.engine.restore.workers`, which
 explains why): each is read in a few large ranged reads, every blob is
 opened and verified against its id (:meth:`Repository.open_blob`), and written to every
-place it belongs (:mod:`safehold.engine.restore_write`). A file is closed and gets its
+place it belongs (:mod:`safehold.engine.restore.write`). A file is closed and gets its
 metadata as soon as its last blob is written. Folders get their metadata last, since
 creating their children changes their times.
 
@@ -22,7 +22,7 @@ them) is created, written, given its metadata and closed in one go, without a lo
 
 Nothing is written outside the target: names are checked when trees are decoded, and
 everything is created relative to open folder descriptors, never through a link
-(:mod:`safehold.engine.restore_folders` argues why). A tree that is damaged, missing or
+(:mod:`safehold.engine.restore.folders` argues why). A tree that is damaged, missing or
 hostile (a name that is not one path component, a name twice) is not restored at all: its
 folder stays empty, the rest of the snapshot is restored, and the result lists it under
 ``damaged`` (the command line then exits 4).
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safehold.engine.progress import NO_PROGRESS, Progress
-from safehold.engine.restore_folders import (
+from safehold.engine.restore.folders import (
     Folder,
     SetAttrs,
     folder_budget,
@@ -51,8 +51,8 @@ from safehold.engine.restore_folders import (
     set_entry_meta,
     set_folder_meta,
 )
-from safehold.engine.restore_procs import run_forked, usable
-from safehold.engine.restore_write import (
+from safehold.engine.restore.workers import run_forked, usable
+from safehold.engine.restore.write import (
     DIRECT_ALIGN,
     DIRECT_MIN,
     BlobTargets,
@@ -104,7 +104,7 @@ class RestoreOptions:
     # restore 4.25 -> 4.03 s with 3 on 2 cores, 3 runs each; 4 were no faster and held
     # 12 MiB more). Worker processes have restore_procs.THREADS each.
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2) + 1)
-    # Processes to share the packs out among (engine/restore_procs.py), each with threads of
+    # Processes to share the packs out among (engine/restore/workers.py), each with threads of
     # its own, where the storage allows (storage.capabilities.fork_safe: the local folder); 1:
     # threads of this process only (a service's restores: it forks nothing).
     processes: int = 1

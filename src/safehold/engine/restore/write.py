@@ -1,7 +1,7 @@
 """Writing restored files: creating them, placing blobs, and their metadata.
 
 A restored file is created by its name relative to its folder's descriptor
-(:mod:`safehold.engine.restore_folders`: no path through folders is ever looked up), and
+(:mod:`safehold.engine.restore.folders`: no path through folders is ever looked up), and
 exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``), which also refuses to follow a symlink
 planted at its name; only when something is already there does restore look at it,
 replace what is not a regular file, and truncate what is (or replace it, when it may not
@@ -10,7 +10,7 @@ with its permission bits and its owner's write bit, so that when the umask keeps
 the saved mode has that bit and the file's user and group are the process's (the planner
 tells), it needs no ``fchmod`` or ``fchown``: two system calls less for each of tens of
 thousands of small files. The write bit is there because a file may be opened again to
-be written (by worker processes, engine/restore_procs.py): a read-only file created with
+be written (by worker processes, engine/restore/workers.py): a read-only file created with
 its final mode could then be written only by root with ``CAP_DAC_OVERRIDE``. Data goes in
 with ``pwrite`` at the blob's offset, so blobs of one file may arrive in any order from
 any worker. Once its last blob is written a file gets owner, extended attributes, mode and
@@ -37,7 +37,7 @@ import stat
 import threading
 from typing import Any
 
-from safehold.engine.restore_folders import Folder
+from safehold.engine.restore.folders import Folder
 from safehold.engine.xattrs import AttrSetter
 from safehold.errors import TargetError
 from safehold.storage.local.direct import ALIGN, DirectWrites, write_all
@@ -153,7 +153,7 @@ class FileWriter:
         self.overwrite = overwrite
         self.attrs = attrs  # sets extended attributes (None: none are)
         # In a restore worker process: files of several blobs exist already and are
-        # finished by the parent (engine/restore_procs.py); only their blobs are written.
+        # finished by the parent (engine/restore/workers.py); only their blobs are written.
         self.shared = False
         self._direct = DirectWrites(direct)
         umask = current_umask()
