@@ -8,7 +8,7 @@ from typing import Any
 
 from safehold.cli.cmd_snapshots import snapshot_json
 from safehold.cli.context import Context
-from safehold.engine.tag import TagOptions, run_tag
+from safehold.engine.maintain.tag import TagOptions, run_tag
 from safehold.errors import StoragePermissionDenied
 
 EPILOG = """\

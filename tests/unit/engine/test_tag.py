@@ -13,7 +13,7 @@ import pytest
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.maintain.copy import COPIED, SKIPPED, copy_snapshots
 from safehold.engine.maintain.forget import ForgetOptions, run_forget
-from safehold.engine.tag import TagOptions, new_tags, run_tag
+from safehold.engine.maintain.tag import TagOptions, new_tags, run_tag
 from safehold.errors import RepositoryLocked, StorageError, UsageError
 from safehold.policy.retention import RetentionPolicy
 from safehold.repository.check import check_repository
