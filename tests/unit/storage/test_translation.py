@@ -153,12 +153,12 @@ def test_s3() -> None:
     check_all(
         sdk_exceptions("botocore.exceptions", "urllib3.exceptions"),
         SDK_ERRORS,
-        lambda exc: translate(exc, settings=settings, action="read 'x'"),
+        lambda exc: translate(exc, settings, "read 'x'"),
         make,
     )
     for status in (400, 401, 403, 404, 408, 409, 429, 500, 501, 502, 503, 504, 505):
         reply = {"Error": {"Code": str(status)}, "ResponseMetadata": {"HTTPStatusCode": status}}
-        error = translate(bce.ClientError(reply, "GetObject"), settings=settings, action="read")  # type: ignore[arg-type]
+        error = translate(bce.ClientError(reply, "GetObject"), settings, "read")  # type: ignore[arg-type]
         check_status(error, status, missing=ObjectNotFound)
 
 

@@ -55,5 +55,5 @@ def open_client(settings: S3Settings) -> tuple[S3Client, str]:
             "s3", endpoint_url=settings.endpoint_url, region_name=region, config=config
         )
     except SDK_ERRORS as exc:
-        raise translate(exc, settings=settings, action="open") from exc
+        raise translate(exc, settings, "open") from exc
     return client, region

@@ -59,7 +59,7 @@ class ObjectLocked(ObjectRetained):
     deleted yet."""
 
 
-def translate(exc: BaseException, *, settings: S3Settings, action: str) -> StorageError:
+def translate(exc: BaseException, settings: S3Settings, action: str) -> StorageError:
     """Classify an SDK failure (one of :data:`SDK_ERRORS`) while trying to ``action`` as a
     safehold storage error."""
     where = settings.describe()

@@ -105,9 +105,9 @@ class S3Storage:
         except bce.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code not in ("404", "NoSuchBucket", "NotFound"):
-                raise translate(exc, settings=self._s, action="check the bucket") from exc
+                raise translate(exc, self._s, "check the bucket") from exc
         except SDK_ERRORS as exc:
-            raise translate(exc, settings=self._s, action="check the bucket") from exc
+            raise translate(exc, self._s, "check the bucket") from exc
         args: dict[str, Any] = {"Bucket": bucket}
         if self._region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
@@ -126,9 +126,9 @@ class S3Storage:
                     hint="create the bucket with an account that may, or grant "
                     f"s3:CreateBucket to the credentials from {self._s.credential_source()}",
                 ) from exc
-            raise translate(exc, settings=self._s, action="create the bucket") from exc
+            raise translate(exc, self._s, "create the bucket") from exc
         except SDK_ERRORS as exc:
-            raise translate(exc, settings=self._s, action="create the bucket") from exc
+            raise translate(exc, self._s, "create the bucket") from exc
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class S3Storage:
         try:
             return getattr(self._client, method)(Bucket=self._s.bucket, **kwargs)
         except SDK_ERRORS as exc:
-            raise translate(exc, settings=self._s, action=action) from exc
+            raise translate(exc, self._s, action) from exc
 
     def _put_args(self, name: str) -> dict[str, Any]:
         args: dict[str, Any] = {}
@@ -255,7 +255,7 @@ class S3Storage:
         try:
             data: bytes = response["Body"].read()
         except SDK_ERRORS as exc:
-            raise translate(exc, settings=self._s, action=f"read {name!r}") from exc
+            raise translate(exc, self._s, f"read {name!r}") from exc
         check_length(self._where, name, data, offset, length)
         self._check_body(name, len(data), response)
         return data
@@ -283,7 +283,7 @@ class S3Storage:
                 out[got : got + len(piece)] = piece
                 got += len(piece)
         except SDK_ERRORS as exc:
-            raise translate(exc, settings=self._s, action=f"read {name!r}") from exc
+            raise translate(exc, self._s, f"read {name!r}") from exc
         finally:
             body.close()
         self._check_body(name, got, response)
@@ -303,9 +303,9 @@ class S3Storage:
         except bce.ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) == "InvalidRange":
                 return None
-            raise translate(exc, settings=self._s, action=action) from exc
+            raise translate(exc, self._s, action) from exc
         except SDK_ERRORS as exc:
-            raise translate(exc, settings=self._s, action=action) from exc
+            raise translate(exc, self._s, action) from exc
 
     def _check_body(self, name: str, got: int, response: Any) -> None:
         expected = response.get("ContentLength")
@@ -333,9 +333,9 @@ class S3Storage:
             except bce.ClientError as exc:
                 if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchBucket":
                     return  # no bucket, no objects (as a missing folder for local)
-                raise translate(exc, settings=self._s, action=action) from exc
+                raise translate(exc, self._s, action) from exc
             except SDK_ERRORS as exc:
-                raise translate(exc, settings=self._s, action=action) from exc
+                raise translate(exc, self._s, action) from exc
             for item in page.get("Contents", ()):
                 key = item["Key"]
                 if key.endswith("/"):
