@@ -14,7 +14,7 @@ from pathlib import Path
 
 import zstandard
 
-from safehold.engine.archive import ArchiveEntry, find_archive
+from safehold.archive import ArchiveEntry, find_archive
 from safehold.storage.base import Storage
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

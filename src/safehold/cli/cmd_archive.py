@@ -13,11 +13,7 @@ import sys
 from typing import Any
 
 from safehold.app import open_storage
-from safehold.cli.cmd_forget import add_keep_rules, policy_from
-from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
-from safehold.cli.context import read_password as _read_password
-from safehold.clock import utcnow
-from safehold.engine.archive import (
+from safehold.archive import (
     ArchiveEntry,
     ArchiveOptions,
     find_archive,
@@ -26,6 +22,10 @@ from safehold.engine.archive import (
     restore_archive,
     write_archive,
 )
+from safehold.cli.cmd_forget import add_keep_rules, policy_from
+from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
+from safehold.cli.context import read_password as _read_password
+from safehold.clock import utcnow
 from safehold.engine.restore.folders import raise_open_files_limit
 from safehold.errors import ExitCode, UsageError
 

@@ -105,7 +105,7 @@ _ARCHIVE_KEYS = ("prefix", "level", "tmpdir")
 def _destinations(config: Config, cache: dict[str, Any]) -> list[Destination]:
     """The file's further destinations, opened lazily (one that is down fails alone)."""
     from safehold.app import open_repository, open_storage
-    from safehold.engine.archive import ArchiveOptions
+    from safehold.archive import ArchiveOptions
     from safehold.engine.replicate import ArchiveDestination, RepositoryDestination
     from safehold.storage.location import redact
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from safehold.engine.archive import ArchiveOptions, write_archive
+from safehold.archive import ArchiveOptions, write_archive
 from safehold.engine.maintain.copy import COPIED, FAILED, SKIPPED, copy_snapshots
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.errors import SafeholdError
@@ -32,7 +32,7 @@ class RepositoryDestination:
 
 @dataclass(frozen=True)
 class ArchiveDestination:
-    """A plain-archive destination (engine.archive)."""
+    """A plain-archive destination (safehold.archive)."""
 
     label: str
     open: Callable[[], Storage]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safehold.engine.archive import ArchiveOptions, list_archives
+from safehold.archive import ArchiveOptions, list_archives
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.replicate import ArchiveDestination, RepositoryDestination, replicate
 from safehold.errors import StorageError

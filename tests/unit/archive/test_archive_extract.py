@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from safehold.engine.archive import ArchiveOptions, restore_archive, write_archive
-from safehold.engine.archive_extract import ExtractOptions, member_path
+from safehold.archive import ArchiveOptions, restore_archive, write_archive
+from safehold.archive.extract import ExtractOptions, member_path
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.restore.folders import folder_budget
 from safehold.errors import IntegrityError, TargetError

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from safehold.engine.archive import (
-    PBKDF2_ITERATIONS,
+from safehold.archive import (
     ArchiveOptions,
     find_archive,
     forget_archives,
@@ -19,6 +18,7 @@ from safehold.engine.archive import (
     restore_archive,
     write_archive,
 )
+from safehold.crypto.openssl_enc import PBKDF2_ITERATIONS
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.errors import IntegrityError, UsageError, WrongPassword
 from safehold.policy.retention import RetentionPolicy
