@@ -1,8 +1,9 @@
 """The ``Storage`` Protocol over pooled SFTP sessions (see the package docstring).
 
 Every call borrows a session and runs one function on it (:meth:`SftpStorage._call`); the
-function may raise :class:`StatusError` (the server said no: translated here, the session
-goes back to the pool) or fail below SFTP (the session is dropped, the error is transient).
+function may raise :class:`StatusError` (the server said no: the session goes back to the
+pool) or fail below SFTP (the session is dropped); either is translated by
+:func:`safehold.storage.sftp.errors.translate`.
 """
 
 from __future__ import annotations
