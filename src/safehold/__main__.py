@@ -2,4 +2,6 @@
 
 from safehold.cli.main import entry
 
-entry()
+# Guarded so that importing every module (a check for import cycles) does not run the CLI.
+if __name__ == "__main__":
+    entry()
