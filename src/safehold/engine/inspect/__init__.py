@@ -1,28 +1,12 @@
 """Inspect: reading snapshots without restoring them.
 
-``diff`` compares two snapshots' trees, ``stats`` counts what snapshots hold and store,
-``find`` searches snapshots with the backup's patterns, ``mount`` serves them as a
-read-only file system (``mount_view`` is the part that knows nothing of FUSE). All of them
-walk snapshot trees through ``engine/tree_walk.py`` or load trees directly.
+- ``diff.py``: ``diff_trees`` compares two snapshots' trees;
+- ``stats.py``: ``compute_stats`` and ``list_chains`` count what snapshots hold and store;
+- ``find.py``: ``find_in_snapshot`` searches snapshots with the backup's patterns;
+- ``mount.py``: ``serve`` offers snapshots as a read-only file system through FUSE;
+  ``mount_view.py`` (``MountView``) is the part that knows nothing of FUSE.
+
+They walk snapshot trees through ``engine/tree_walk.py`` or load trees directly. Callers
+import the module of their use case: each is its own command, and none should pay at start
+for loading the others.
 """
-
-from __future__ import annotations
-
-from safehold.engine.inspect.diff import DiffResult, diff_trees
-from safehold.engine.inspect.find import compile_patterns, find_in_snapshot
-from safehold.engine.inspect.mount import MountOptions, check_fuse, serve
-from safehold.engine.inspect.mount_view import MountView
-from safehold.engine.inspect.stats import compute_stats, list_chains
-
-__all__ = [
-    "DiffResult",
-    "MountOptions",
-    "MountView",
-    "check_fuse",
-    "compile_patterns",
-    "compute_stats",
-    "diff_trees",
-    "find_in_snapshot",
-    "list_chains",
-    "serve",
-]

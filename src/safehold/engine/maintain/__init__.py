@@ -1,27 +1,15 @@
 """Maintain: the use cases that keep a repository healthy and its history in shape.
 
-``forget`` removes snapshots by id or retention policy (then prune, in the repository,
-frees what nothing needs), ``verify`` runs the repository's check and index repair with
-the engine's progress, ``copy`` copies snapshots between repositories blob by verified
-blob, ``tag`` rewrites snapshots' tags (a new snapshot, then the old one removed).
+- ``forget.py``: ``run_forget`` removes snapshots by id or retention policy (then prune, in
+  the repository, frees what nothing needs);
+- ``verify.py``: ``run_check`` and ``run_repair_index``, the repository's check and index
+  repair with the engine's progress;
+- ``copy.py``: ``copy_snapshots`` copies snapshots between repositories, blob by verified
+  blob;
+- ``tag.py``: ``run_tag`` rewrites snapshots' tags (a new snapshot, then the old one
+  removed, as forget removes it).
+
+Callers import the module of their use case: these are unrelated commands, and a package
+that imported all of them would make ``check`` load forget's and copy's modules, prune's
+with them, at every start.
 """
-
-from __future__ import annotations
-
-from safehold.engine.maintain.copy import CopyOptions, CopyResult, copy_snapshots
-from safehold.engine.maintain.forget import ForgetOptions, ForgetResult, run_forget
-from safehold.engine.maintain.tag import TagOptions, run_tag
-from safehold.engine.maintain.verify import run_check, run_repair_index
-
-__all__ = [
-    "CopyOptions",
-    "CopyResult",
-    "ForgetOptions",
-    "ForgetResult",
-    "TagOptions",
-    "copy_snapshots",
-    "run_check",
-    "run_forget",
-    "run_repair_index",
-    "run_tag",
-]
