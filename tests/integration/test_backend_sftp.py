@@ -303,6 +303,27 @@ def wait_for_upload(folder: Path, proc: subprocess.Popen[bytes], timeout: float 
     pytest.fail("no pack upload started")
 
 
+def unread_by_server(port: int) -> int:
+    """Bytes that clients sent to 127.0.0.1:``port`` and the server has not read yet (the
+    receive queues of its sockets in /proc/net/tcp; a listener's counts waiting connections)."""
+    local = f"0100007F:{port:04X}"
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local:
+            total += int(fields[4].split(":")[1], 16)
+    return total
+
+
+def wait_until_unread(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until the backup has sent the (paused) server something it has not read."""
+    deadline = time.monotonic() + timeout
+    while unread_by_server(port) == 0:
+        assert proc.poll() is None, f"the backup ended first: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the backup sent the paused server nothing"
+        time.sleep(0.01)
+
+
 def finish(proc: subprocess.Popen[bytes], within: float) -> tuple[int, str, float]:
     started = time.monotonic()
     try:
@@ -375,7 +396,16 @@ def test_slow_server_within_the_timeout_is_fine(
     proc = start_backup(cli_env, repo, src, env)
     wait_for_upload(folder, proc)
     server.pause()
-    time.sleep(2)
-    server.resume()
+    try:
+        # A stall the backup feels: it has sent the stopped server bytes it cannot read...
+        wait_until_unread(server.port, proc)
+        # ...and waits for the answer: for a third of the timeout the backup cannot end.
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        server.resume()
     code, err, _took = finish(proc, within=120)
     assert code == 0, err
