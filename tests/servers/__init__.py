@@ -33,11 +33,25 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+# The sockets that hold the ports free_port handed out, for as long as this process runs.
+_held_ports: list[socket.socket] = []
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on, held for the caller's server.
+
+    A socket of this process keeps the port bound (never listening, with SO_REUSEADDR)
+    until the process ends. Linux then gives the port to no other bind to port 0 and to no
+    outgoing connection, and refuses it to a bind without SO_REUSEADDR; the server meant
+    to have it sets SO_REUSEADDR, as servers do, and binds and listens on it, also when a
+    test stops and starts it again. A port only found free and let go could be taken by
+    another process before the server bound it.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    _held_ports.append(s)
+    return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
