@@ -63,7 +63,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # How many refused members a message names (the count says how many there are).
 _NAMED = 5
 
-# (mode, uid, gid, mtime in ns), as restore_folders takes it
+# (mode, uid, gid, mtime in ns), as engine/restore/folders.py takes it
 Meta = tuple[int, int, int, int]
 _T = TypeVar("_T")
 
@@ -488,7 +488,7 @@ def extract(tar: tarfile.TarFile, target: str, opts: ExtractOptions, archive: st
 
 
 def _chmod(fd: int, mode: int) -> None:
-    """``fchmod``, also of a descriptor opened for its path only (restore_folders opens a
+    """``fchmod``, also of a descriptor opened for its path only (restore's folders.py opens a
     folder it may not read so)."""
     try:
         os.chmod(fd, mode)

@@ -48,7 +48,7 @@ __all__ = [
     "set_folder_meta",
 ]
 
-# (mode, uid, gid, mtime in ns), as in restore_write.Meta
+# (mode, uid, gid, mtime in ns), as in write.Meta
 Meta = tuple[int, int, int, int]
 # Sets an item's extended attributes, given its descriptor or a path to it, and whether
 # to follow a symlink there (engine/xattrs.py, AttrSetter.set).

@@ -102,7 +102,7 @@ class RestoreOptions:
     # Threads when restoring without worker processes: one more than cores, as a direct
     # write waits for the disk and the spare thread uses the core meanwhile (benchmark
     # restore 4.25 -> 4.03 s with 3 on 2 cores, 3 runs each; 4 were no faster and held
-    # 12 MiB more). Worker processes have restore_procs.THREADS each.
+    # 12 MiB more). Worker processes have workers.THREADS each.
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2) + 1)
     # Processes to share the packs out among (engine/restore/workers.py), each with threads of
     # its own, where the storage allows (storage.capabilities.fork_safe: the local folder); 1:
@@ -110,7 +110,7 @@ class RestoreOptions:
     processes: int = 1
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)  # chown only as root
     overwrite: bool = True
-    direct: bool = True  # large blobs written with direct I/O (restore_write)
+    direct: bool = True  # large blobs written with direct I/O (write.py)
     xattrs: bool = True  # set the saved extended attributes (engine/xattrs.py)...
     acls: bool = True  # ...and ACLs
 
@@ -190,7 +190,7 @@ class _Restorer:
         self.folder_attrs: dict[Folder, Any] = {}  # the ``xattrs`` of folders with any
         self.root: Folder | None = None
         self.dirs: list[tuple[Folder, Meta]] = []
-        # Folders kept open (restore_folders): at most ``budget``, those with most files
+        # Folders kept open (folders.py): at most ``budget``, those with most files
         # (a min-heap of (files, order, folder)); the others are opened again per use.
         self.budget = folder_budget()
         self.kept: list[tuple[int, int, Folder]] = []

@@ -197,7 +197,7 @@ def _relay(
     os.set_blocking(tickets, False)
     failure: BaseException | None = None
     buf = bytearray()
-    # poll, not select: the restore keeps folders open (restore_folders), so these pipes
+    # poll, not select: the restore keeps folders open (folders.py), so these pipes
     # may well be numbered past select's limit of 1,024.
     poller = select.poll()
     poller.register(reports, select.POLLIN)
