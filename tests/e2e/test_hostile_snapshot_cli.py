@@ -20,7 +20,7 @@ from safehold.repository.repository import Repository
 from safehold.storage.local import LocalStorage
 from tests.conftest import PASSWORD, CliRunner
 from tests.hostile import ATTACKS, attack, file, folder, write_snapshot
-from tests.unit.engine.test_restore_hostile import outside
+from tests.unit.engine.restore.test_restore_hostile import outside
 
 INTEGRITY = 4
 

@@ -1,0 +1,82 @@
+"""The queue that reads files while the walk goes on."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from safehold.engine.backup.read_queue import HeldProgress, ReadQueue
+from safehold.engine.progress import Progress
+
+
+def test_every_job_runs_once_and_the_largest_known_goes_first() -> None:
+    gate = threading.Event()
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def read(job: int) -> None:
+        if job == -1:
+            gate.wait(5)  # hold the only reader until every other job is queued
+            return
+        with lock:
+            done.append(job)
+
+    with ReadQueue[int](read, 1) as queue:
+        queue.put(-1, 10**9)
+        for size in [5, 50, 1, 500, 20]:
+            queue.put(size, size)
+        gate.set()
+    assert done == [500, 50, 20, 5, 1]
+
+
+def test_a_reader_error_stops_the_walk_and_is_raised() -> None:
+    ran: list[int] = []
+
+    def read(job: int) -> None:
+        ran.append(job)
+        if job == 3:
+            raise OSError("disk on fire")
+
+    with pytest.raises(OSError, match="disk on fire"), ReadQueue[int](read, 2) as queue:
+        for i in range(1000):
+            queue.put(i, 1000 - i)  # in order: 0 is the largest
+    assert 3 in ran
+    assert len(ran) < 1000  # the rest were dropped, the walk was told at its next put
+
+
+def test_an_error_in_the_walk_drops_queued_jobs() -> None:
+    gate = threading.Event()
+    ran: list[int] = []
+
+    def read(job: int) -> None:
+        gate.wait(5)
+        ran.append(job)
+
+    # The reader is still busy with the first job when the walk fails (the gate opens
+    # only while the queue is being closed).
+    threading.Timer(0.3, gate.set).start()
+    with pytest.raises(RuntimeError, match="walk failed"), ReadQueue[int](read, 1) as queue:
+        for i in range(10):
+            queue.put(i, 10 - i)
+        raise RuntimeError("walk failed")
+    assert ran in ([], [0])  # at most the job already started
+
+
+class _Sink(Progress):
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def advance(self, items: int = 0, nbytes: int = 0) -> None:
+        self.calls.append((items, nbytes))
+
+
+def test_held_progress_is_released_in_one_step_then_forwarded() -> None:
+    sink = _Sink()
+    held = HeldProgress(sink)
+    held.advance(1, 10)
+    held.advance(0, 5)
+    assert sink.calls == []
+    held.release()
+    held.advance(2, 7)
+    assert sink.calls == [(1, 15), (2, 7)]
