@@ -33,25 +33,38 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-# The sockets that hold the ports free_port handed out, for as long as this process runs.
+# The sockets that hold the ports handed out, for as long as this process runs.
 _held_ports: list[socket.socket] = []
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on, held for the caller's server.
+def hold_port(port: int = 0) -> int | None:
+    """Bind ``port`` on 127.0.0.1 (0: a free one) for a server about to start, and keep it
+    bound until this process ends; None if something else has it.
 
-    A socket of this process keeps the port bound (never listening, with SO_REUSEADDR)
-    until the process ends. Linux then gives the port to no other bind to port 0 and to no
-    outgoing connection, and refuses it to a bind without SO_REUSEADDR; the server meant
-    to have it sets SO_REUSEADDR, as servers do, and binds and listens on it, also when a
-    test stops and starts it again. A port only found free and let go could be taken by
-    another process before the server bound it.
+    The socket never listens. It binds without SO_REUSEADDR, so that the port is nobody
+    else's (another test process's hold included), then sets it: Linux then gives the
+    port to no bind to port 0 and no outgoing connection, and refuses it to a bind without
+    SO_REUSEADDR, while the server meant to have it sets SO_REUSEADDR, as servers do, and
+    binds and listens on it, also when a test stops and starts it again. A port only found
+    free and let go could be taken by another process before the server bound it.
     """
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        return None
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", 0))
     _held_ports.append(s)
     return int(s.getsockname()[1])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, held for the caller's server (see
+    :func:`hold_port`)."""
+    port = hold_port()
+    assert port is not None  # the kernel chose one that was free
+    return port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from safehold.storage.base import Storage
-from tests.servers import ServerProcess, port_open, unavailable
+from tests.servers import ServerProcess, hold_port, port_open, unavailable
 
 __all__ = ["SeaweedS3", "make_storage", "s3_server", "start_seaweedfs", "weed_binary"]
 
@@ -103,22 +102,14 @@ def weed_binary() -> str:
     return found
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _port_pair(taken: set[int]) -> int:
     """A port p with p and p + 10000 both free (weed's gRPC twin) and below 65536."""
     rng = random.Random()
     for _ in range(500):
         port = rng.randrange(20000, 55000)
         pair = {port, port + 10000}
-        if not pair & taken and all(_bindable(p) for p in pair):
+        # Held until the session ends (a pair whose twin is taken leaves one port held).
+        if not pair & taken and all(hold_port(p) for p in pair):
             taken.update(pair)
             return port
     raise RuntimeError("no free port pair (p, p+10000) on 127.0.0.1")
