@@ -1,7 +1,10 @@
-"""The composition root: from a location and a password to a storage stack and repository.
+"""The composition root: from a location and a password to a storage stack and repository,
+and from a configuration file's source block to the job a run runs.
 
 Only this module chooses wrappers (retry, concurrency limit) for a storage backend, so
-the layers below never need to know how their storage is decorated.
+the layers below never need to know how their storage is decorated. It also builds a
+:class:`~safehold.runs.SourceJob` from the validated configuration (:func:`source_job`),
+so that ``config`` stays parsing and validation and ``runs`` knows no configuration file.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safehold.crypto.keys import KdfParams
 from safehold.repository.chunker import ChunkerParams
@@ -17,6 +21,13 @@ from safehold.repository.repository import DEFAULT_PACK_SIZE, Repository
 from safehold.storage.base import Storage
 from safehold.storage.location import open_location
 from safehold.storage.wrappers import LimitedStorage, RetryingStorage
+
+# The configuration (pydantic, every source kind's settings) and the runs (the backup and
+# restore engines) are imported when a job is built, not by every command that opens a
+# repository.
+if TYPE_CHECKING:
+    from safehold.config import Config
+    from safehold.runs import SourceJob
 
 MAX_CONCURRENT_CALLS = 8
 
@@ -72,4 +83,45 @@ def init_repository(
         chunker=chunker,
         pack_size=pack_size,
         kdf=kdf,
+    )
+
+
+def source_job(config: Config, name: str | None, *, plan: str = "") -> SourceJob:
+    """The run's view of source ``name`` (the file's only one when ``None``): the built
+    source, its hooks and settings, and every secret of the file to mask."""
+    from safehold.config import choose_source, config_secrets, source_secrets
+    from safehold.runs import SourceJob
+    from safehold.sources.hooks import HookSpec
+    from safehold.sources.registry import kind_module
+
+    sc = choose_source(config, name)
+    common = sc.common
+    source = kind_module(sc.kind).build(sc.settings)
+    hooks = {
+        phase: HookSpec(
+            phase=phase, run=hook.run, timeout=hook.timeout, shell=hook.shell, user=hook.user
+        )
+        for phase, hook in common.hooks.by_phase().items()
+    }
+    paths = getattr(sc.settings, "paths", None)
+    target_dir = str(paths[0]) if isinstance(paths, list) and paths else None
+    secrets = source_secrets(sc.settings) + config_secrets(config)
+    hide_env = [r.password_env for r in [config.repository, *config.destinations] if r]
+    return SourceJob(
+        name=sc.name,
+        kind=sc.kind,
+        source=source,
+        hooks=hooks,
+        plan=plan,
+        host=common.host,
+        tags=list(common.tags),
+        chain_length=common.chain_length,
+        timeout=common.timeout,
+        backup_user=common.backup_user,
+        exit_if_in_progress=common.exit_if_in_progress,
+        identifier=common.identifier,
+        identifier_command=common.identifier_command,
+        target_dir=target_dir,
+        secrets=secrets,
+        hide_env=[h for h in hide_env if h],
     )

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from safehold.engine.backup import BackupOptions, BackupResult, run_backup
-from safehold.engine.restore.streams import snapshot_files
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
+from safehold.runs.snapshot_files import snapshot_files
 from safehold.sources.base import SnapshotFiles, Source, Stream, StreamContent
 
 __all__ = [

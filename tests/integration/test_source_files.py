@@ -13,10 +13,10 @@ import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.restore import RestoreOptions, run_restore
-from safehold.engine.restore.streams import snapshot_files
 from safehold.errors import SourceError, TargetError
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
+from safehold.runs.snapshot_files import snapshot_files
 from safehold.sources.base import RestoreRequest, Source, StreamContent
 from safehold.sources.registry import kind_module
 from tests.conftest import make_sample_tree

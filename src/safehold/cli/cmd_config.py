@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
 
 
 def run_check(args: argparse.Namespace, ctx: Context) -> int:
-    from safehold.config import load_config, source_job  # pydantic: only when needed
+    from safehold.app import source_job
+    from safehold.config import load_config  # pydantic: only when needed
 
     config = load_config(args.file)
     problems: list[str] = []

@@ -23,11 +23,8 @@ from safehold.errors import ConfigError, ExitCode, UsageError
 if TYPE_CHECKING:
     from safehold.config import Config
     from safehold.config.models import RepositoryConfig
-    from safehold.engine.replicate import Destination
-    from safehold.engine.run_log import LogSink
-    from safehold.engine.run_state import RunRecord
-    from safehold.engine.source_run import SourceJob
     from safehold.repository.repository import Repository
+    from safehold.runs import Destination, LogSink, RunRecord, SourceJob
     from safehold.storage.base import Storage
 
 __all__ = ["add_config_arguments", "backup_from_config", "restore_from_config"]
@@ -106,7 +103,7 @@ def _destinations(config: Config, cache: dict[str, Any]) -> list[Destination]:
     """The file's further destinations, opened lazily (one that is down fails alone)."""
     from safehold.app import open_repository, open_storage
     from safehold.archive import ArchiveOptions
-    from safehold.engine.replicate import ArchiveDestination, RepositoryDestination
+    from safehold.runs import ArchiveDestination, RepositoryDestination
     from safehold.storage.location import redact
 
     out: list[Destination] = []
@@ -174,10 +171,10 @@ def _open(ctx: Context, config: Config) -> tuple[Repository, bytes]:
 
 
 def _prepare(ctx: Context, args: argparse.Namespace) -> tuple[Config, SourceJob, LogSink, Path]:
+    from safehold.app import source_job
     from safehold.clock import utcnow
-    from safehold.config import load_config, source_job
-    from safehold.engine.run_log import LogEvent
-    from safehold.engine.run_state import default_state_dir
+    from safehold.config import load_config
+    from safehold.runs import LogEvent, default_state_dir
 
     config = load_config(args.config)
     sink = _sink(ctx)
@@ -215,7 +212,7 @@ def _report(ctx: Context, record: RunRecord) -> int:
 
 def backup_from_config(args: argparse.Namespace, ctx: Context) -> int:
     from safehold.cli.progress import make_progress
-    from safehold.engine.source_run import run_source_backup
+    from safehold.runs import run_source_backup
 
     if args.paths or args.stdin_name or args.command or args.exclude or args.one_file_system:
         raise UsageError(
@@ -250,7 +247,7 @@ def backup_from_config(args: argparse.Namespace, ctx: Context) -> int:
 
 def restore_from_config(args: argparse.Namespace, ctx: Context) -> int:
     from safehold.cli.progress import make_progress
-    from safehold.engine.source_run import run_source_restore
+    from safehold.runs import run_source_restore
 
     if args.include:
         raise UsageError("--include is not available with --config (it restores whole sources)")

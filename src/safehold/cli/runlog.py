@@ -5,7 +5,7 @@
     {"ts": "2026-11-22T03:00:00.123Z", "level": "info", "event": "hook.finished",
      "run_id": "…", "backup_guid": "…", "source": "pg-main", "identifier": "…", ...}
 
-The events were masked for secrets by the engine (:class:`~safehold.engine.run_log.Redactor`).
+The events were masked for secrets by the engine (:class:`~safehold.runs.events.Redactor`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import sys
 from typing import TextIO
 
-from safehold.engine.run_log import LogEvent, LogSink
+from safehold.runs.events import LogEvent, LogSink
 
 __all__ = ["make_sink"]
 

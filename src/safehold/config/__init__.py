@@ -1,11 +1,12 @@
 """The YAML configuration: a repository, destinations, and named sources with their hooks.
 
-:func:`load_config` reads and validates a file (every problem reported with the key's
-path and line); :func:`source_job` turns one source block into what
-:mod:`safehold.engine.source_run` runs. docs/configuration.md describes every key.
+Pure parsing and validation: :func:`load_config` reads and validates a file (every
+problem reported with the key's path and line), :func:`choose_source` picks a source
+block by name, and :mod:`~safehold.config.secrets` says which values are credentials.
+Building a run from a source block (``safehold.app.source_job``) is the composition
+root's work, running it is :mod:`safehold.runs`'. docs/configuration.md describes every key.
 """
 
-from safehold.config.jobs import choose_source, repository_secrets, source_job
 from safehold.config.load import load_config, parse_config
 from safehold.config.models import (
     Config,
@@ -14,7 +15,9 @@ from safehold.config.models import (
     RepositoryConfig,
     SourceCommon,
     SourceConfig,
+    choose_source,
 )
+from safehold.config.secrets import config_secrets, repository_secrets, source_secrets
 
 __all__ = [
     "Config",
@@ -24,8 +27,9 @@ __all__ = [
     "SourceCommon",
     "SourceConfig",
     "choose_source",
+    "config_secrets",
     "load_config",
     "parse_config",
     "repository_secrets",
-    "source_job",
+    "source_secrets",
 ]

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from safehold.errors import UsageError
 from safehold.sources.hooks import DEFAULT_TIMEOUT, PHASES
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "RepositoryConfig",
     "SourceCommon",
     "SourceConfig",
+    "choose_source",
     "parse_seconds",
 ]
 
@@ -257,3 +259,23 @@ class Config:
     sources: dict[str, SourceConfig]
     warnings: list[str] = field(default_factory=list)
     reserved: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def choose_source(config: Config, name: str | None) -> SourceConfig:
+    """The source called ``name``; without a name, the file's only source."""
+    if name is None:
+        if len(config.sources) == 1:
+            return next(iter(config.sources.values()))
+        raise UsageError(
+            f"{config.path} has {len(config.sources)} sources; say which one",
+            hint="add --source NAME (one of: " + ", ".join(config.sources) + ")"
+            if config.sources
+            else "add a sources: section to the file",
+        )
+    found = config.sources.get(name)
+    if found is None:
+        raise UsageError(
+            f"no source {name!r} in {config.path}",
+            hint="its sources are: " + (", ".join(config.sources) or "none"),
+        )
+    return found

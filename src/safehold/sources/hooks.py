@@ -24,7 +24,7 @@ The repository password never reaches a hook: ``SAFEHOLD_PASSWORD*`` and
 removed from its environment.
 
 Running the phases in order, and which of them always run, is the engine's job
-(:mod:`safehold.engine.source_run`); this module runs one hook.
+(:mod:`safehold.runs.source_run`); this module runs one hook.
 """
 
 from __future__ import annotations

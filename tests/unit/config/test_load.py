@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from safehold.config import load_config, parse_config, source_job
+from safehold.app import source_job
+from safehold.config import load_config, parse_config
 from safehold.errors import ConfigError, ExitCode, UsageError
 
 

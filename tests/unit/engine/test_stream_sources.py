@@ -12,9 +12,9 @@ from typing import BinaryIO
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.restore.streams import snapshot_files
 from safehold.errors import SourceError
 from safehold.repository.repository import Repository
+from safehold.runs.snapshot_files import snapshot_files
 from safehold.sources.base import Stream
 from safehold.sources.process import command_stream
 

@@ -1,12 +1,12 @@
-"""Restore: a snapshot (or parts of it) back into a folder, or to a stream source.
+"""Restore: a snapshot (or parts of it) back into a folder.
 
 ``restore`` plans and runs it (docs/architecture.md, "Restore pipeline"); ``folders``
 holds the guarantee that nothing is written outside the target (every folder created and
 opened relative to its parent's descriptor); ``write`` writes blobs into files (direct
 I/O for large ones); ``workers`` shares packs out among forked processes for the command
 line's large local restores; ``preview`` (``--dry-run``) lists what would be written.
-``streams`` gives a stream source (a database dump) the files its backup saved, for its
-own restore tool.
+A stream source (a database dump) restores itself with its own tool, from the files
+:mod:`safehold.runs.snapshot_files` hands it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from safehold.engine.restore.restore import (
     run_restore,
     selection_of,
 )
-from safehold.engine.restore.streams import snapshot_files
 
 __all__ = [
     "RestoreOptions",
@@ -31,5 +30,4 @@ __all__ = [
     "refuse_nothing_chosen",
     "run_restore",
     "selection_of",
-    "snapshot_files",
 ]

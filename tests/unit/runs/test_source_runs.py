@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
-from safehold.config import load_config, source_job
-from safehold.engine.run_log import LogEvent
-from safehold.engine.run_state import run_lock
-from safehold.engine.source_run import SourceJob, run_source_backup, run_source_restore
+from safehold.app import source_job
+from safehold.config import load_config
 from safehold.errors import ExitCode
 from safehold.repository.repository import Repository
+from safehold.runs.events import LogEvent
+from safehold.runs.job import SourceJob
+from safehold.runs.source_run import run_source_backup, run_source_restore
+from safehold.runs.state import run_lock
 from safehold.sources.base import RestoreRequest, SnapshotFiles, TreeContent
 
 PHASE_LOGGER = 'echo "$SAFEHOLD_PHASE $SAFEHOLD_OUTCOME $SAFEHOLD_SNAPSHOT" >> "$HOOK_LOG"'

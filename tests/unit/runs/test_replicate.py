@@ -6,9 +6,9 @@ from pathlib import Path
 
 from safehold.archive import ArchiveOptions, list_archives
 from safehold.engine.backup import BackupOptions, run_backup
-from safehold.engine.replicate import ArchiveDestination, RepositoryDestination, replicate
 from safehold.errors import StorageError
 from safehold.repository.repository import Repository
+from safehold.runs.replicate import ArchiveDestination, RepositoryDestination, replicate
 from safehold.storage.memory import MemoryStorage
 from tests.conftest import FAST_KDF, PASSWORD
 

@@ -7,11 +7,13 @@ import os
 import time
 from pathlib import Path
 
-from safehold.config import load_config, source_job
-from safehold.engine.run_log import LogEvent
-from safehold.engine.source_run import SourceJob, run_source_backup
+from safehold.app import source_job
+from safehold.config import load_config
 from safehold.errors import ExitCode
 from safehold.repository.repository import Repository
+from safehold.runs.events import LogEvent
+from safehold.runs.job import SourceJob
+from safehold.runs.source_run import run_source_backup
 from tests.process_groups import gone, read_pid
 
 

@@ -25,8 +25,8 @@ Guarantees (docs/hooks.md):
 * The overall ``timeout`` bounds everything before cleanup: each hook gets at most the
   time left, and (in the main thread) a SIGALRM interrupts a read that overruns.
 
-Every run writes a :class:`~safehold.engine.run_state.RunRecord` and sends log events
-(:mod:`safehold.engine.run_log`) carrying its run id and identifier.
+Every run writes a :class:`~safehold.runs.state.RunRecord` and sends log events
+(:mod:`safehold.runs.events`) carrying its run id and identifier.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -45,48 +44,25 @@ from typing import Any, Literal
 from safehold.clock import utcnow
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.progress import NO_PROGRESS, Progress
-from safehold.engine.replicate import Destination, replicate
 from safehold.engine.restore import RestoreOptions, run_restore
-from safehold.engine.restore.streams import snapshot_files
-from safehold.engine.run_log import LogSink, Redactor, RunLogger, discard
-from safehold.engine.run_state import RunInProgress, RunRecord, run_lock, save_record
 from safehold.errors import ExitCode, SafeholdError, UsageError
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
+from safehold.runs.events import LogSink, Redactor, RunLogger, discard
+from safehold.runs.job import SourceJob
+from safehold.runs.replicate import replicate
+from safehold.runs.snapshot_files import snapshot_files
+from safehold.runs.state import RunInProgress, RunRecord, run_lock, save_record
 from safehold.sources.base import RestoreRequest, Source, TreeContent
 from safehold.sources.hooks import HookError, HookResult, HookSpec, run_hook
 from safehold.sources.process import CommandFailed
 
-__all__ = ["SourceJob", "run_source_backup", "run_source_restore"]
+__all__ = ["OnInterrupt", "run_source_backup", "run_source_restore"]
 
 IDENTIFIER_TIMEOUT = 60.0
 # What a Ctrl-C does once the run has cleaned up, unlocked and saved its record.
 OnInterrupt = Literal["raise", "return"]
 _LOG_OUTPUT = 4096  # bytes of a hook's output put in a log line (the record keeps more)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SourceJob:
-    """Everything a run needs to know about one configured source."""
-
-    name: str
-    kind: str
-    source: Source
-    hooks: Mapping[str, HookSpec] = field(default_factory=dict)
-    plan: str = ""  # the plan that asked for the run; "" = the source's name
-    host: str | None = None
-    tags: list[str] = field(default_factory=list)
-    chain_length: int | None = None
-    timeout: float | None = None
-    backup_user: str | None = None
-    exit_if_in_progress: bool = False
-    identifier: str | None = None
-    identifier_command: str | None = None
-    target_dir: str | None = None  # a tree source's folder, told to backup hooks
-    secrets: list[str] = field(default_factory=list)  # masked wherever they would show
-    hide_env: list[str] = field(default_factory=list)  # variables hooks must not see
-    # Further places each new snapshot is sent to once the unlock hook has run.
-    destinations: list[Destination] = field(default_factory=list)
 
 
 class _Skipped(Exception):

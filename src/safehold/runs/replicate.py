@@ -19,7 +19,7 @@ from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 from safehold.storage.base import Storage
 
-__all__ = ["ArchiveDestination", "Outcome", "RepositoryDestination", "replicate"]
+__all__ = ["ArchiveDestination", "Destination", "Outcome", "RepositoryDestination", "replicate"]
 
 
 @dataclass(frozen=True)
