@@ -68,7 +68,7 @@ def test_unchanged_files_are_not_read_again(mem_repo: Repository, tmp_path: Path
     second = run_backup(mem_repo, BackupOptions(paths=[str(src)]))
     assert second.summary["bytes_read"] == 0
     assert second.summary["blobs_new"] == 0
-    assert second.snapshot.tree == first.snapshot.tree
+    assert _own(mem_repo, second.snapshot.tree, src) == _own(mem_repo, first.snapshot.tree, src)
     assert second.snapshot.parent == first.snapshot.id
     (src / "sub" / "data.bin").write_bytes(b"changed")
     third = run_backup(mem_repo, BackupOptions(paths=[str(src)]))
@@ -85,6 +85,12 @@ def _subtree(repo: Repository, tree_id: str, *names: str) -> str:
     for name in names:
         tree_id = next(n.subtree for n in repo.load_tree(tree_id) if n.name == name)
     return tree_id
+
+
+def _own(repo: Repository, tree_id: str, src: Path) -> str:
+    """The tree of ``src`` itself in a snapshot's tree: the folders above it (/tmp) are
+    saved with times that other processes change between two backups."""
+    return _subtree(repo, tree_id, *str(src).strip("/").split("/"))
 
 
 @pytest.mark.parametrize(
@@ -130,7 +136,8 @@ def test_deep_changes_reach_the_root_and_untouched_folders_keep_their_trees(
         mem_repo, first.tree, *prefix, "other"
     )
     third = backup(mem_repo, src)
-    assert third.tree == second.tree  # and nothing changed is nothing new
+    # And nothing changed is nothing new.
+    assert _own(mem_repo, third.tree, src) == _own(mem_repo, second.tree, src)
     assert tree_state(restored(mem_repo, second, tmp_path / "out", src)) == tree_state(src)
 
 
@@ -151,7 +158,7 @@ def test_a_rebackup_writes_the_same_trees_as_a_full_rescan(
     again = backup(mem_repo, src)
     rescan = backup(mem_repo, src, force=True)
     assert again.parent == first.id and again.tree != first.tree
-    assert again.tree == rescan.tree
+    assert _own(mem_repo, again.tree, src) == _own(mem_repo, rescan.tree, src)
     prefix = str(src).strip("/").split("/")
     assert _subtree(mem_repo, again.tree, *prefix, "b") == _subtree(
         mem_repo, first.tree, *prefix, "b"
