@@ -276,7 +276,9 @@ def test_a_dry_run_lists_what_the_backup_saves(tree: Path, repo: Repository) -> 
     dry = {i.path + ("/" if i.type == "dir" else "") for i in preview.items if i.type != "symlink"}
     assert dry == saved(repo, tree, host="dry", **options)
     again = preview_backup(repo, BackupOptions(paths=[str(tree)], host="dry", **options))
-    assert again.parent is not None and {i.status for i in again.items} == {"unchanged"}
+    # (The folders above the tree, /tmp, may carry other times by now: other processes.)
+    below = [i for i in again.items if i.path == str(tree) or i.path.startswith(f"{tree}/")]
+    assert again.parent is not None and {i.status for i in below} == {"unchanged"}
     assert again.summary["bytes_to_read"] == 0
     assert again.summary["files_unchanged"] == sum(1 for i in again.items if i.type == "file")
 
