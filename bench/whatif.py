@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import collections
 import cProfile
+import dataclasses
 import heapq
 import importlib
 import os
@@ -113,8 +114,9 @@ def patch_no_merge() -> None:
 
 
 def patch_switch_interval() -> None:
-    backup = target("safehold.engine.backup", "WALK_SWITCH_INTERVAL")
-    backup.WALK_SWITCH_INTERVAL = 0.001
+    # The walk's interval is the command line's runtime setting now (safehold.runtime).
+    main = target("safehold.cli.main", "RUNTIME")
+    main.RUNTIME = dataclasses.replace(main.RUNTIME, walk_switch_interval=None)
 
 
 def profiled(out: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from safehold import runtime
 from safehold.crypto.keys import KdfParams
 from safehold.repository.repository import Repository
+from safehold.runtime import RuntimeSettings
 from safehold.storage.local import LocalStorage
 from safehold.storage.memory import MemoryStorage
 
@@ -50,6 +53,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def long_mode(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--long"))
+
+
+def _runtime_allowing(settings: RuntimeSettings) -> Iterator[None]:
+    before = runtime.current()
+    runtime.configure(settings)
+    try:
+        yield
+    finally:
+        runtime.configure(before)
+
+
+@pytest.fixture
+def allow_fork() -> Iterator[None]:
+    """Restores may fork workers, as the command line allows (safehold.runtime); a test
+    process configures no runtime, so without this they restore in threads."""
+    yield from _runtime_allowing(dataclasses.replace(runtime.current(), fork=True))
+
+
+@pytest.fixture
+def allow_alarm() -> Iterator[None]:
+    """A run's time-out may arm SIGALRM in the main thread, as the command line allows."""
+    yield from _runtime_allowing(dataclasses.replace(runtime.current(), alarm=True))
 
 
 @pytest.fixture

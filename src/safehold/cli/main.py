@@ -4,13 +4,12 @@ to exit codes (documented in README.md)."""
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import os
 import sys
 from collections.abc import Sequence
 
-from safehold import __version__
+from safehold import __version__, runtime
 from safehold.cli.early_key import derive_key_ahead
 from safehold.errors import ExitCode, SafeholdError
 
@@ -161,48 +160,9 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
     )
 
 
-def _tune_allocator() -> None:
-    """Large buffers (chunks, packs) go back to the system when freed; the smaller ones
-    stay in the process to be reused.
-
-    glibc raises its mmap threshold after the first large free, after which multi-MiB
-    buffers come from thread arenas and are kept: peak RSS then grows with every thread.
-    A fixed threshold (which also turns the dynamic adjustment off) keeps them mmapped.
-    Below it, glibc gives freed memory at the top of a heap back once more than 128 KiB
-    is free, and every page given back is faulted in again by the next allocation: on a
-    virtual machine that was a third of a backup's system time (145,000 faults for 2 GiB,
-    73,000 with this threshold, for 2 MiB more peak RSS). A long-running process that
-    wants its memory back between runs calls ``malloc_trim``.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
-        libc.mallopt(-8, 4)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
-def _tune_collector() -> None:
-    """Collect cycles less often: a walk allocates one dict per file and folder, none in a
-    cycle, and with the default gen-0 threshold (700) the collector's passes over them took
-    15 % of a no-change backup of 33,000 files (0.08 s of 0.54). At 10,000 the youngest
-    generation was still collected 24 times in a re-backup after a 5 % change, 35-50 ms in
-    all; at 100,000, 2-6 ms, for 3 MiB more peak memory (105.6 instead of 102.5 MiB: what
-    waits longer to be found is only young garbage). Cycles are still found."""
-    gc.set_threshold(100_000, 20, 20)
-
-
-def _tune_switching() -> None:
-    """Hand the interpreter lock over after 1 ms instead of 5. Backup and restore threads
-    spend most of their time in C (reading, hashing, compression, encryption) with the lock
-    released, and need it back only briefly between calls; while another thread runs Python
-    (the walk, the planning), each of those short steps waited up to a whole interval. A
-    re-backup after a 5 % change took 1.38-1.42 s instead of 1.57-1.68 s, an initial backup
-    of 2 GiB 6.43 s instead of 6.78 s (docs/benchmarks.md)."""
-    sys.setswitchinterval(0.001)
+# The command line's process-wide settings (safehold.runtime says why each, measured);
+# a module global so that an experiment (bench/whatif.py) can change one before main runs.
+RUNTIME = runtime.COMMAND_LINE
 
 
 def entry() -> None:
@@ -217,14 +177,12 @@ def entry() -> None:
     goes on (a test, a wrapper) keeps collecting normally.
     """
     code = main()
-    gc.freeze()
+    runtime.leave_without_collection()
     raise SystemExit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _tune_allocator()
-    _tune_collector()
-    _tune_switching()
+    runtime.configure(RUNTIME)
     if argv is None:
         argv = sys.argv[1:]
     command = named_command(argv)

@@ -7,6 +7,8 @@ restore it calls. The package's modules:
 - ``job``: :class:`SourceJob`, everything a run needs to know about one source;
 - ``source_run``: the run itself (identifier, run lock, hooks in their order, the
   overall time-out, the data, cleanup and unlock whatever happened) and its outcome;
+- ``deadline``: the run's overall time-out, by SIGALRM where the runtime allows one,
+  else checked between reads;
 - ``state``: the machine's run locks and one :class:`RunRecord` file per run;
 - ``events``: the run's structured log events, secrets masked (the command line's
   ``cli/runlog.py`` prints them);

@@ -23,7 +23,8 @@ Guarantees (docs/hooks.md):
 * Two runs of one source never overlap: the second waits, or with
   ``exit_if_in_progress`` exits at once (exit code 9).
 * The overall ``timeout`` bounds everything before cleanup: each hook gets at most the
-  time left, and (in the main thread) a SIGALRM interrupts a read that overruns.
+  time left, and a read that overruns is interrupted by a SIGALRM where the runtime
+  allows one, else ended at the next read (:mod:`safehold.runs.deadline`).
 
 Every run writes a :class:`~safehold.runs.state.RunRecord` and sends log events
 (:mod:`safehold.runs.events`) carrying its run id and identifier.
@@ -32,14 +33,10 @@ Every run writes a :class:`~safehold.runs.state.RunRecord` and sends log events
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import Any, Literal
+from typing import Literal
 
 from safehold.clock import utcnow
 from safehold.engine.backup import BackupOptions, run_backup
@@ -48,6 +45,7 @@ from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.errors import ExitCode, SafeholdError, UsageError
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
+from safehold.runs.deadline import Deadline, RunTimeout
 from safehold.runs.events import LogSink, Redactor, RunLogger, discard
 from safehold.runs.job import SourceJob
 from safehold.runs.replicate import replicate
@@ -69,45 +67,6 @@ class _Skipped(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class _RunTimeout(BaseException):
-    """Raised by the overall timeout's alarm; a BaseException so no ``except Exception``
-    on the way swallows it."""
-
-
-class _Deadline:
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds if seconds else None
-        self._armed = False
-        self._previous: Any = None
-
-    def remaining(self) -> float | None:
-        return None if self._end is None else max(0.0, self._end - time.monotonic())
-
-    def check(self) -> None:
-        if self._end is not None and time.monotonic() >= self._end:
-            raise _RunTimeout()
-
-    def arm(self) -> None:
-        # Signals reach the main thread only; elsewhere (a service worker) the deadline
-        # still caps every hook and is checked between phases.
-        if self._end is None or threading.current_thread() is not threading.main_thread():
-            return
-
-        def fire(signum: int, frame: FrameType | None) -> None:
-            raise _RunTimeout()
-
-        self._previous = signal.signal(signal.SIGALRM, fire)
-        signal.setitimer(signal.ITIMER_REAL, max(0.001, self._end - time.monotonic()))
-        self._armed = True
-
-    def disarm(self) -> None:
-        if self._armed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self._previous)
-            self._armed = False
 
 
 class _Run:
@@ -133,7 +92,7 @@ class _Run:
             source=job.name,
             identifier="",
         )
-        self.deadline = _Deadline(job.timeout)
+        self.deadline = Deadline(job.timeout)
         self.target_dir = job.target_dir or ""
         self.extra_env: dict[str, str] = {}
 
@@ -165,7 +124,7 @@ class _Run:
                 hide_env=self.job.hide_env,
             )
         except BaseException as exc:  # Ctrl-C, or the overall timeout: the hook was killed
-            timed_out = isinstance(exc, _RunTimeout)
+            timed_out = isinstance(exc, RunTimeout)
             self.record.phases.append(
                 {
                     "phase": spec.phase,
@@ -287,7 +246,7 @@ class _Run:
         self._finish()
         if on_interrupt == "return" and isinstance(raised, KeyboardInterrupt):
             return self.record  # outcome "interrupted": the caller reports it like the rest
-        if raised is not None and not isinstance(raised, SafeholdError | _RunTimeout | _Skipped):
+        if raised is not None and not isinstance(raised, SafeholdError | RunTimeout | _Skipped):
             raise raised  # a bug, or Ctrl-C: the caller shows it (the record is saved)
         return self.record
 
@@ -315,7 +274,7 @@ class _Run:
             rec.outcome, rec.exit_code, rec.reason = "skipped", ExitCode.SKIPPED, exc.reason
         elif isinstance(exc, RunInProgress):
             rec.outcome, rec.exit_code, rec.error = "in-progress", exc.exit_code, str(exc)
-        elif isinstance(exc, _RunTimeout):
+        elif isinstance(exc, RunTimeout):
             rec.outcome, rec.exit_code = "timeout", ExitCode.SOURCE
             rec.error = (
                 f"the run of source {self.job.name!r} timed out after "
@@ -418,7 +377,7 @@ def run_source_backup(
             opts.exclude_if_present = list(content.exclude_if_present)
             opts.exclude_larger_than = content.exclude_larger_than
         else:
-            opts.streams = list(content.streams)
+            opts.streams = [run.deadline.bound(s) for s in content.streams]
         if threads:
             opts.threads = max(1, threads)
         run.log.info(

@@ -116,6 +116,7 @@ def restore(repo: Repository, snap: Snapshot, target: Path, **kw: object) -> Pat
 @needs_tools
 @as_root
 @pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.usefixtures("allow_fork")  # worker processes, as the command line allows
 def test_attributes_acls_and_capabilities_come_back(
     small_packs: Repository, tmp_path: Path, processes: int
 ) -> None:

@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from safehold.app import source_job
 from safehold.config import load_config
 from safehold.errors import ExitCode
@@ -67,6 +69,7 @@ def test_a_check_hook_leaving_a_child_lets_the_run_go_on_and_says_why(
     assert _ended(read_pid(child)), "the hook's background child survived"
 
 
+@pytest.mark.usefixtures("allow_alarm")  # SIGALRM, as the command line allows
 def test_the_sources_timeout_holds_against_a_dump_left_in_the_background(
     tmp_path: Path, mem_repo: Repository
 ) -> None:

@@ -150,6 +150,7 @@ def test_a_hook_timeout_still_unlocks(s: Setup, mem_repo: Repository) -> None:
     assert rec.phases[0]["timed_out"] is True
 
 
+@pytest.mark.usefixtures("allow_alarm")  # SIGALRM, as the command line allows
 def test_the_overall_timeout_interrupts_a_read_and_still_unlocks(
     s: Setup, mem_repo: Repository
 ) -> None:

@@ -13,7 +13,6 @@ import getpass
 import os
 import shlex
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
-from safehold import __version__
+from safehold import __version__, runtime
 from safehold.engine import xattrs as xa
 from safehold.engine.backup.file_reader import Counters, FileReader
 from safehold.engine.backup.plan import Planner, build_tree, root_plan
@@ -42,8 +41,6 @@ from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import writer_view
 from safehold.sources.base import Stream
 from safehold.sources.process import command_stream
-
-WALK_SWITCH_INTERVAL = 0.0002  # seconds; see _backup_paths
 
 
 @dataclass(kw_only=True)
@@ -410,21 +407,15 @@ def _backup_paths(
         )
         progress.start("scan")
         root = root_plan(planner, parent.tree if parent else None)
-        # The walk is pure Python and holds the interpreter lock; the readers, already at
-        # work, need it back after every read and hash and wait for the walk to hand it
-        # over, which it does once per switch interval. A shorter one during the walk: 5 %
-        # re-backup 1.325 -> 1.275 s (6 interleaved runs each); for the whole run it also
-        # cost an initial backup 1-2 % (forced switches while readers run alone).
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, WALK_SWITCH_INTERVAL))
-        try:
+        # The walk is pure Python and holds the interpreter lock while the readers wait
+        # for it: a shorter switch interval during it, where the entry point allows one
+        # (safehold.runtime, walk_switch_interval: measured there).
+        with runtime.walk_switching():
             if paths == ["/"]:
                 planner.walk("/", root, os.lstat("/").st_dev, t.Node(name="", type=t.DIR))
             else:
                 for path in paths:
                     planner.place(root, path)
-        finally:
-            sys.setswitchinterval(interval)
         progress.finish()
         errors.extend(planner.errors)
         for path, msg in planner.errors:

@@ -3,10 +3,11 @@
 Restore first walks the snapshot's trees and plans: every folder is created, and every
 needed blob is listed once under its pack with the places (file, offset) it goes. Then
 packs are processed in parallel, by threads or, for the command line's large restores of
-a local repository, by worker processes (:mod:`safehold.engine.restore.workers`, which
-explains why): each is read in a few large ranged reads, every blob is
-opened and verified against its id (:meth:`Repository.open_blob`), and written to every
-place it belongs (:mod:`safehold.engine.restore.write`). A file is closed and gets its
+a local repository where the runtime allows forking, by worker processes
+(:mod:`safehold.engine.restore.workers`, which explains why): each is read in a few
+large ranged reads, every blob is opened and verified against its id
+(:meth:`Repository.open_blob`), and written to every place it belongs
+(:mod:`safehold.engine.restore.write`). A file is closed and gets its
 metadata as soon as its last blob is written. Folders get their metadata last, since
 creating their children changes their times.
 
@@ -41,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from safehold import runtime
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.engine.restore.folders import (
     Folder,
@@ -105,8 +107,8 @@ class RestoreOptions:
     # 12 MiB more). Worker processes have workers.THREADS each.
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2) + 1)
     # Processes to share the packs out among (engine/restore/workers.py), each with threads of
-    # its own, where the storage allows (storage.capabilities.fork_safe: the local folder); 1:
-    # threads of this process only (a service's restores: it forks nothing).
+    # its own, where the storage allows (storage.capabilities.fork_safe: the local folder)
+    # and the entry point does (safehold.runtime.may_fork); 1: threads of this process only.
     processes: int = 1
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)  # chown only as root
     overwrite: bool = True
@@ -533,7 +535,8 @@ class _Restorer:
         self.wanted.clear()  # the packs' lists hold the blobs now
         self.progress.start("restore", self.result.files, self.result.bytes)
         self.progress.advance(self.empty, 0)
-        if usable(self.opts.processes, len(wanted)) and fork_safe(self.repo.storage):
+        forking = runtime.may_fork() and usable(self.opts.processes, len(wanted))
+        if forking and fork_safe(self.repo.storage):
             self._run_forked(wanted)
         else:
             self._run_threads(wanted)

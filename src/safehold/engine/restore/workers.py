@@ -9,6 +9,10 @@ in 2.9 s instead of 3.8 s, with less CPU time. The parent is one of the workers:
 child copies the pages of the parent's objects it touches (reference counts are writes),
 about 18 MiB of the benchmark's plan each, so one child less is that much less memory.
 
+Only where the entry point allows forking (``safehold.runtime.may_fork``: the command
+line does, a threaded server must not); without it the restore's threads do all the work
+in one process, correctly, if more slowly.
+
 How the work is shared (POSIX ``fork``, after planning, so every child has the plan):
 
 * tickets: the parent writes every pack's number, 4 bytes each, into a pipe; a worker
@@ -34,7 +38,6 @@ never the parent's progress sink, and touches no lock but its own.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import select
@@ -45,7 +48,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from safehold import errors
+from safehold import errors, runtime
 from safehold.engine.progress import Progress
 from safehold.errors import SafeholdError
 
@@ -98,30 +101,29 @@ def run_forked(
     reports_r, reports_w = os.pipe()
     tickets_r, tickets_w = os.pipe()
     pids: list[int] = []
-    # The collector of a child would write to the header of every object it inherited,
-    # copying the parent's memory page by page: frozen objects it leaves alone.
-    gc.freeze()
     try:
-        for _ in range(processes - 1):
-            try:
-                pid = os.fork()
-            except OSError:
-                if pids:
-                    break  # fewer children than asked: the others share the tickets
-                raise
-            if pid == 0:
-                os.close(reports_r)
-                os.close(tickets_w)
-                # (never returns)
-                _child(work, packs, tickets_r, reports_w, child_setup, child_notes)
-            pids.append(pid)
+        # The collector of a child would write to the header of every object it
+        # inherited, copying the parent's memory page by page: frozen objects it leaves
+        # alone.
+        with runtime.frozen_collector():
+            for _ in range(processes - 1):
+                try:
+                    pid = os.fork()
+                except OSError:
+                    if pids:
+                        break  # fewer children than asked: the others share the tickets
+                    raise
+                if pid == 0:
+                    os.close(reports_r)
+                    os.close(tickets_w)
+                    # (never returns)
+                    _child(work, packs, tickets_r, reports_w, child_setup, child_notes)
+                pids.append(pid)
     except BaseException:
         for fd in (reports_r, reports_w, tickets_r, tickets_w):
             os.close(fd)
         _end(pids, signal.SIGKILL)
         raise
-    finally:
-        gc.unfreeze()  # (in this process)
     os.close(reports_w)
     # Reports and tickets are handled by a thread; this one works like a child meanwhile.
     outcome: list[BaseException | None] = []

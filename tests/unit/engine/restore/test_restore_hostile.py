@@ -27,6 +27,8 @@ from tests.unit.engine.test_backup_restore import tree_state
 
 FORK = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 MODES = [pytest.param(1, id="threads"), pytest.param(2, id="processes", marks=FORK)]
+# Worker processes where asked for, as the command line allows (safehold.runtime).
+pytestmark = pytest.mark.usefixtures("allow_fork")
 
 
 @pytest.fixture

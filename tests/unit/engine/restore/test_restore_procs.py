@@ -25,7 +25,10 @@ from safehold.storage.memory import MemoryStorage
 from tests.conftest import FAST_KDF, PASSWORD, make_sample_tree
 from tests.unit.engine.test_backup_restore import tree_state
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform"),
+    pytest.mark.usefixtures("allow_fork"),  # as the command line allows (safehold.runtime)
+]
 
 
 class Counting(Progress):
