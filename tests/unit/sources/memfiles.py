@@ -1,6 +1,6 @@
 """A SnapshotFiles held in memory, for restoring sources without a repository.
 
-The engine's real one (``safehold.runs.snapshot_files.snapshot_files``) is exercised by
+The real one (``safehold.runs.snapshot_files.snapshot_files``) is exercised by
 tests/integration/test_source_files.py; this one hands a source bytes its own stream
 produced, through small reads, as the real reader may.
 """
