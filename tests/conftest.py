@@ -78,6 +78,20 @@ def allow_alarm() -> Iterator[None]:
 
 
 @pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """Ctrl-C handled as Python does by default, here and in the programs this test starts.
+    A test run started in the background by a shell without job control (``cmd &`` in a
+    script) inherits SIGINT ignored, and so does every program it starts: a test that
+    sends SIGINT would wait for nothing. A handled signal is reset to its default when a
+    child program starts, an ignored one is not."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def mem_repo() -> Repository:
     return Repository.init(MemoryStorage(), PASSWORD, kdf=FAST_KDF)
 

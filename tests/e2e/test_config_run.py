@@ -347,7 +347,7 @@ def test_a_configured_restore_of_a_damaged_tree_exits_4(
 
 
 def test_ctrl_c_still_prints_the_record_under_json(
-    cli_env: dict[str, str], cli_repo: str, tmp_path: Path
+    cli_env: dict[str, str], cli_repo: str, tmp_path: Path, sigint_default: None
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()

@@ -207,6 +207,7 @@ def test_an_interrupt_unmounts_and_releases_the_lock(
     sample_tree: Path,
     tmp_path: Path,
     fuse: None,
+    sigint_default: None,
 ) -> None:
     ok(cli, "-r", cli_repo, "backup", str(sample_tree))
     mnt = tmp_path / "mnt"
