@@ -36,7 +36,7 @@ KEYFILE_VERSION = 1
 KEYFILE_AAD = b"safehold key file v1"
 # The cost an attacker pays per guess: scrypt N=2**15, r=8 holds 32 MiB per lane (restic's N
 # and r). `init` and `key add` calibrate the lanes as restic calibrates p, to 0.5 s of one
-# core (kdf.calibrated_lanes: 6 here); without calibration, 4. The lanes run side by side
+# core (kdf.calibrated_lanes: 7 here); without calibration, 4. The lanes run side by side
 # (scrypt-lanes), so two cores wait half that. Before 2026-12-06 the default was p=2 of RFC
 # 7914's scrypt, a quarter of restic's work per guess (docs/format.md, "Cost of a guess").
 DEFAULT_SCRYPT_N = 1 << 15
