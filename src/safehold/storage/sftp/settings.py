@@ -42,7 +42,8 @@ class SftpTarget:
         return self.host if self.port == DEFAULT_PORT else f"[{self.host}]:{self.port}"
 
 
-def parse_location(rest: str) -> SftpTarget:
+# Both syntaxes (sftp URL and scp) and their errors in one place (ruff's branch cap waived).
+def parse_location(rest: str) -> SftpTarget:  # noqa: PLR0912
     """``[//][USER@]HOST[:PORT]/PATH`` (``/~/PATH`` relative) or ``[USER@]HOST:PATH`` (scp)."""
     syntax = "write sftp:USER@HOST[:PORT]/absolute/path or sftp:USER@HOST[:PORT]/~/relative/path"
     text = rest[2:] if rest.startswith("//") else rest
