@@ -6,6 +6,7 @@ echo "== test servers' packages"
 bash scripts/test-deps.sh
 echo "== ruff"
 uv run --frozen ruff check src tests bench
+uv run --frozen ruff format --check src tests bench
 echo "== mypy"
 uv run --frozen mypy
 echo "== import contracts"
