@@ -282,7 +282,7 @@ class _Extractor:
             self.metas[path] = self.meta(m)
             self.result.dirs += 1
             return
-        with self._descriptor(parent) as fd:
+        with parent.descriptor() as fd:
             if m.islnk():
                 self._hardlink(m, fd, name, path)
                 self.result.files += 1
@@ -327,7 +327,7 @@ class _Extractor:
         if target == path:
             return  # a link to itself: the file is there already
         src_path, _, src_name = target.rpartition("/")
-        with self._descriptor(self.folder(src_path)) as src:
+        with self.folder(src_path).descriptor() as src:
             self._make(
                 folder,
                 name,
@@ -388,7 +388,7 @@ class _Extractor:
             return found
         parent_path, _, name = path.rpartition("/")
         parent = self.folder(parent_path)
-        with self._descriptor(parent) as pfd:
+        with parent.descriptor() as pfd:
             try:
                 fd, created = make_folder(name, pfd)
             except FileExistsError:  # a file, FIFO or device in the way: tar replaces it
@@ -418,17 +418,6 @@ class _Extractor:
             _chmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
             self.modes[path] = stat.S_IMODE(st.st_mode)
 
-    @contextlib.contextmanager
-    def _descriptor(self, folder: Folder) -> Iterator[int]:
-        if folder.fd >= 0:
-            yield folder.fd
-            return
-        fd = folder.open()
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-
     def finish_folders(self) -> None:
         """Owner, mode and times of the archive's folders, children before their parents
         (a folder made read-only or closed first would keep its children from theirs; its
@@ -438,7 +427,7 @@ class _Extractor:
             mode = self.modes.get(path)
             if meta is None and mode is None:
                 continue
-            with self._descriptor(self.folders[path]) as fd:
+            with self.folders[path].descriptor() as fd:
                 if meta is not None:
                     set_folder_meta(fd, meta, self.opts.owner)
                 elif mode is not None:

@@ -33,6 +33,7 @@ every command take minutes, or exhaust memory (docs/format.md, "Key files").
 from __future__ import annotations
 
 import base64
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -169,7 +170,7 @@ def lanes_for(
 ) -> int:
     """The lanes :func:`calibrated_lanes` chooses for one lane taking ``lane_seconds``:
     enough to fill ``budget``, at least ``least``, at most ``most`` and :data:`MAX_P`."""
-    fit = int(budget / lane_seconds + 0.999) if lane_seconds > 0 else MAX_P
+    fit = math.ceil(budget / lane_seconds) if lane_seconds > 0 else MAX_P
     return max(1, min(MAX_P, most, max(least, fit)))
 
 

@@ -34,7 +34,7 @@ import errno
 import os
 import resource
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 __all__ = [
     "Folder",
@@ -93,6 +93,19 @@ class Folder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def descriptor(self) -> Iterator[int]:
+        """Its descriptor for a moment: the one kept open, or a new one (:meth:`open`, for
+        a folder past the budget of open ones) closed afterwards."""
+        if self.fd >= 0:
+            yield self.fd
+            return
+        fd = self.open()
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def open(self) -> int:
         """A new descriptor of this folder, for the caller to close: opened one component

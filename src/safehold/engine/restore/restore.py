@@ -37,7 +37,6 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,19 +155,6 @@ def spans(blobs: list[_Blob], max_span: int = MAX_SPAN) -> list[tuple[int, int, 
 
 def _setgid(fd: int) -> bool:
     return bool(os.fstat(fd).st_mode & stat.S_ISGID)
-
-
-@contextlib.contextmanager
-def _descriptor(folder: Folder) -> Iterator[int]:
-    """The folder's descriptor: its kept one, or a temporary one (past the budget)."""
-    if folder.fd >= 0:
-        yield folder.fd
-        return
-    fd = folder.open()
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _meta(d: dict[str, Any]) -> Meta:
@@ -549,7 +535,7 @@ class _Restorer:
             attrs = self.folder_attrs.get(folder)
             setter = None if attrs is None else self._attr_setter(attrs, folder.path)
             try:
-                with _descriptor(folder) as fd:
+                with folder.descriptor() as fd:
                     set_folder_meta(fd, meta, owner, attrs=setter)
             except OSError as exc:
                 raise target_error(folder.path, exc) from exc
@@ -561,7 +547,7 @@ class _Restorer:
         their folders' descriptors, and a link at ``first`` is linked as itself, never
         followed (linkat without AT_SYMLINK_FOLLOW)."""
         try:
-            with _descriptor(first.folder) as src, _descriptor(folder) as dst:
+            with first.folder.descriptor() as src, folder.descriptor() as dst:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=dst)
                 os.link(first.name, name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
