@@ -16,6 +16,12 @@ Concepts:
   within a duration of ``now``, the newest per bucket within a duration, and snapshots
   carrying a set of tags. A snapshot is kept when at least one rule keeps it; the result
   records every rule that did, so ``forget`` can explain itself.
+- **Schedule** (:mod:`safehold.policy.schedule`): when a plan wants to run -- cron fields
+  (five, or six with seconds first as service-backup writes them), names, a stable
+  per-plan spread (``H``, ``@daily-random``) and ``@every``, in a time zone -- as slot times.
+- **Slots** (:mod:`safehold.policy.slots`): the scheduler's rule for the ledger: which due
+  slots run, which are skipped (paused, overlap, minimum interval) and which were missed,
+  with one catch-up run after a downtime.
 - **Groups**: retention applies to one series at a time (one host and set of paths, one
   plan and destination); :func:`group_items` splits a list of snapshots into such series.
 """
