@@ -32,13 +32,14 @@ from safehold.config.models import (
     SourceCommon,
     SourceConfig,
 )
+from safehold.config.plans import ServiceConfig
 from safehold.errors import ConfigError
 from safehold.sources.registry import KINDS
 
 __all__ = ["load_config", "parse_config"]
 
 Path_ = tuple[str | int, ...]
-TOP_KEYS = ("version", "repository", "destinations", "sources", *RESERVED_TOP_KEYS)
+TOP_KEYS = ("version", "repository", "destinations", "sources", "service", *RESERVED_TOP_KEYS)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MAX_SHOWN = 20
@@ -209,6 +210,9 @@ def parse_config(
         context,
     )
     sources = _sources(data.get("sources"), problems, context, warnings, lines)
+    service = _validate(
+        TypeAdapter(ServiceConfig | None), data.get("service"), ("service",), problems, context
+    )
     problems.raise_if_any()
     return Config(
         path=path,
@@ -217,6 +221,7 @@ def parse_config(
         sources=sources,
         warnings=warnings,
         reserved=reserved,
+        service=service or ServiceConfig(),
     )
 
 

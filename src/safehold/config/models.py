@@ -6,9 +6,10 @@ hooks, host, tags, timeouts...) and its kind's own, validated by that kind's ``S
 :data:`COMMON_KEYS` and validates each half, so an error path always names the key the
 user wrote.
 
-Keys reserved for the long-running service (``schedule``, ``retention``, ``verify``
-in a source, ``service`` and ``alerts`` at the top) are accepted now, so a file written
-for a later version still loads, but this version does nothing with them and says so.
+A source with a ``schedule`` is a plan for ``safehold serve`` (its keys:
+:mod:`safehold.config.plans`). Keys reserved for later issues (``verify`` in a source,
+``alerts`` at the top) are accepted now, so a file written for a later version still
+loads, but this version does nothing with them and says so.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ from pydantic import (
     model_validator,
 )
 
+from safehold.config.plans import (
+    DEFAULT_PROJECT,
+    RetentionConfig,
+    ServiceConfig,
+    check_project,
+    check_schedule,
+    check_timezone,
+)
 from safehold.errors import UsageError
 from safehold.sources.hooks import DEFAULT_TIMEOUT, PHASES
 
@@ -173,10 +182,48 @@ class SourceCommon(BaseModel):
     exit_if_in_progress: bool = False  # False: wait for the running one to finish
     identifier: str | None = None  # carried in every log line of a run
     identifier_command: str | None = None  # ...or printed by this command at the start
-    # Reserved for `safehold serve` (a later version): accepted, not acted upon.
-    schedule: Any = None
-    retention: Any = None
+    # A plan's keys (safehold.config.plans): a schedule makes the source a plan that
+    # `safehold serve` runs; the others say what happens around each slot.
+    timezone: str = "UTC"  # the wall clock the schedule's fields read (before schedule:
+    # validation reads the fields in this order)
+    schedule: str | None = None  # cron, a name or '@every' (service-backup: cron_schedule)
+    project: str = DEFAULT_PROJECT
+    paused: bool = False
+    min_interval: Seconds | None = None  # staffeln's backup_min_interval
+    # While a run of the plan is going: 'skip' the slot, or 'queue' one run behind it.
+    # Default: 'skip' with exit_if_in_progress (service-backup's name), else 'queue'.
+    on_overlap: Literal["skip", "queue"] | None = None
+    catch_up: Literal["once", "none"] = "once"  # after a downtime: one run, or none
+    start_window: Seconds | None = None  # how late a slot may start (default 1 h)
+    retries: int = Field(default=0, ge=0, le=20)
+    retry_delay: Seconds = 60.0  # before the first retry; doubled at each further one
+    retention: RetentionConfig | None = None  # applied after each successful run
+    # Reserved for the drills and verification issue: accepted, not acted upon.
     verify: Any = None
+
+    @field_validator("project")
+    @classmethod
+    def _project_name(cls, name: str) -> str:
+        return check_project(name)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_known(cls, zone: str) -> str:
+        return check_timezone(zone)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_parses(cls, schedule: str | None, info: ValidationInfo) -> str | None:
+        if schedule is not None:
+            check_schedule(schedule, info.data.get("timezone", "UTC"))
+        return schedule
+
+    @property
+    def overlap(self) -> Literal["skip", "queue"]:
+        """``on_overlap``, with its default from ``exit_if_in_progress``."""
+        if self.on_overlap is not None:
+            return self.on_overlap
+        return "skip" if self.exit_if_in_progress else "queue"
 
     @field_validator("identifier_command")
     @classmethod
@@ -193,8 +240,8 @@ class SourceCommon(BaseModel):
 
 
 COMMON_KEYS = frozenset(SourceCommon.model_fields)
-RESERVED_SOURCE_KEYS = ("schedule", "retention", "verify")
-RESERVED_TOP_KEYS = ("service", "alerts")
+RESERVED_SOURCE_KEYS = ("verify",)
+RESERVED_TOP_KEYS = ("alerts",)
 
 
 class RepositoryConfig(BaseModel):
@@ -259,6 +306,12 @@ class Config:
     sources: dict[str, SourceConfig]
     warnings: list[str] = field(default_factory=list)
     reserved: dict[str, Any] = field(default_factory=dict, repr=False)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+    @property
+    def plans(self) -> dict[str, SourceConfig]:
+        """The sources with a ``schedule``: what ``safehold serve`` runs."""
+        return {n: s for n, s in self.sources.items() if s.common.schedule is not None}
 
 
 def choose_source(config: Config, name: str | None) -> SourceConfig:

@@ -252,9 +252,11 @@ def test_service_backup_names(tmp_path: Path) -> None:
     assert hooks["backup-cleanup"].run == str(clean)
     assert sc.common.identifier_command == "echo instance-42"
     assert sc.common.exit_if_in_progress and sc.common.backup_user == "nobody"
-    # The schedule is kept for the service, and the file says this version ignores it.
+    # The schedule makes the source a plan for the service; exit_if_in_progress is its
+    # overlap rule.
     assert sc.common.schedule == "0 3 * * *"
-    assert any("redis-files.schedule: reserved" in w for w in cfg.warnings)
+    assert list(cfg.plans) == ["redis-files"] and sc.common.overlap == "skip"
+    assert not cfg.warnings
 
 
 @pytest.mark.parametrize(
@@ -286,17 +288,17 @@ def test_alias_conflicts(block: str, expected: str, tmp_path: Path) -> None:
 
 def test_reserved_keys_warn(tmp_path: Path) -> None:
     text = """\
-    service: {listen: ":8080"}
+    alerts: {email: ops@example.org}
     sources:
       f:
         type: directory
         paths: [/x]
-        retention: {keep_daily: 7}
+        verify: {period: 30d}
     """
     cfg = load_config(write(tmp_path, text), env={})
-    assert "service" in cfg.reserved
-    assert any(w.startswith("service: reserved") for w in cfg.warnings)
-    assert any("sources.f.retention: reserved" in w for w in cfg.warnings)
+    assert "alerts" in cfg.reserved
+    assert any(w.startswith("alerts: reserved") for w in cfg.warnings)
+    assert any("sources.f.verify: reserved" in w for w in cfg.warnings)
 
 
 def test_missing_file_and_empty_file(tmp_path: Path) -> None:

@@ -1,0 +1,152 @@
+"""The keys that make a source a plan for ``safehold serve``, and the ``service:`` block.
+
+A source block with a ``schedule:`` (service-backup's ``cron_schedule``) is a **plan**: the
+service runs it on that schedule. Its other scheduling keys (in
+:class:`~safehold.config.models.SourceCommon`) say what
+happens around a slot: paused, overlapping runs, a minimum interval between runs
+(staffeln's ``backup_min_interval``), catching up after a downtime, retries, and the
+retention applied after each successful run (``forget``'s rules, or the OSB backup
+manager's ``DAYS``/``HOURS``/``FILES``). A source without a schedule is still run by hand
+(``safehold backup --config FILE --source NAME``) and ignores these keys.
+
+The top-level ``service:`` block (:class:`ServiceConfig`) says where the service keeps its
+state and which database it uses.
+"""
+
+from __future__ import annotations
+
+import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from safehold.errors import UsageError
+from safehold.policy import Duration, RetentionPolicy, from_osb, parse_duration
+from safehold.policy.schedule import parse_schedule
+
+__all__ = [
+    "DEFAULT_PROJECT",
+    "RetentionConfig",
+    "ServiceConfig",
+    "check_project",
+    "check_schedule",
+    "check_timezone",
+]
+
+DEFAULT_PROJECT = "default"
+_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class RetentionConfig(BaseModel):
+    """A plan's retention: ``forget``'s keep rules, or OSB's ``type`` and ``period``.
+
+    ``{keep_daily: 7, keep_weekly: 4}`` keeps as ``safehold forget --keep-daily 7
+    --keep-weekly 4`` does; ``{type: DAYS, period: 30}`` keeps 30 days (OSB's forms:
+    ``DAYS``, ``HOURS``, ``FILES``). Durations are written as ``forget`` takes them
+    (``30d``, ``1y6m``, ``12h``); ``keep_tags`` holds ``TAG[,TAG]`` sets.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_last: int | None = None
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: str | None = None
+    keep_within_hourly: str | None = None
+    keep_within_daily: str | None = None
+    keep_within_weekly: str | None = None
+    keep_within_monthly: str | None = None
+    keep_within_yearly: str | None = None
+    keep_tags: list[str] = Field(default_factory=list)
+    type: str | None = None  # OSB: FILES, DAYS or HOURS
+    period: int | None = None
+
+    def policy(self) -> RetentionPolicy:
+        """The rules as :func:`safehold.policy.apply_retention` takes them."""
+        if self.type is not None or self.period is not None:
+            return from_osb(self.type or "", self.period if self.period is not None else 0)
+
+        def within(unit: str) -> Duration | None:
+            text = getattr(self, f"keep_within_{unit}" if unit else "keep_within")
+            return parse_duration(text) if text is not None else None
+
+        return RetentionPolicy(
+            keep_last=self.keep_last,
+            keep_hourly=self.keep_hourly,
+            keep_daily=self.keep_daily,
+            keep_weekly=self.keep_weekly,
+            keep_monthly=self.keep_monthly,
+            keep_yearly=self.keep_yearly,
+            keep_within=within(""),
+            keep_within_hourly=within("hourly"),
+            keep_within_daily=within("daily"),
+            keep_within_weekly=within("weekly"),
+            keep_within_monthly=within("monthly"),
+            keep_within_yearly=within("yearly"),
+            keep_tags=tuple(
+                frozenset(t.strip() for t in spec.split(",") if t.strip())
+                for spec in self.keep_tags
+            ),
+        )
+
+    @model_validator(mode="after")
+    def _valid(self) -> RetentionConfig:
+        osb = self.type is not None or self.period is not None
+        keeps = [n for n in type(self).model_fields if n.startswith("keep_") and getattr(self, n)]
+        if osb and keeps:
+            raise ValueError("give keep_* rules or OSB's type and period, not both")
+        if not osb and not keeps:
+            # An empty policy would keep nothing at all: never what a plan means.
+            raise ValueError("give at least one keep_* rule, or type and period (DAYS 30)")
+        try:
+            self.policy()
+        except UsageError as exc:
+            raise ValueError(str(exc).splitlines()[0]) from None
+        return self
+
+
+class ServiceConfig(BaseModel):
+    """The ``service:`` block: where ``safehold serve`` keeps its state and catalog."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Default: /var/lib/safehold for root, else ~/.local/share/safehold.
+    state_dir: str | None = None
+    # A shared PostgreSQL for several processes or machines; none = a private cluster.
+    database: SecretStr | None = None
+    workers: int | None = Field(default=None, ge=1, le=256)
+    # Accepted for the API issue; not used yet.
+    listen: str | None = None
+
+
+def check_schedule(expression: str, timezone: str) -> None:
+    """Raise ``ValueError`` with the schedule's problem (for pydantic to place it)."""
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        timezone = "UTC"  # the time zone's own validator reports it
+    try:
+        parse_schedule(expression, key="check", timezone=timezone)
+    except UsageError as exc:
+        raise ValueError(f"{exc.args[0]} ({exc.hint})" if exc.hint else exc.args[0]) from None
+
+
+def check_timezone(zone: str) -> str:
+    """An IANA time zone name this machine knows."""
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {zone!r} (use an IANA name such as UTC or Europe/Berlin)"
+        ) from None
+    return zone
+
+
+def check_project(name: str) -> str:
+    """A project name: 1-64 letters, digits, '.', '_' or '-'."""
+    if not _PROJECT.fullmatch(name):
+        raise ValueError("a project name is 1-64 letters, digits, '.', '_' or '-'")
+    return name
