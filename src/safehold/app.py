@@ -86,7 +86,9 @@ def init_repository(
     )
 
 
-def source_job(config: Config, name: str | None, *, plan: str = "") -> SourceJob:
+def source_job(
+    config: Config, name: str | None, *, plan: str = "", run_id: str | None = None
+) -> SourceJob:
     """The run's view of source ``name`` (the file's only one when ``None``): the built
     source, its hooks and settings, and every secret of the file to mask."""
     from safehold.config import choose_source, config_secrets, source_secrets
@@ -113,6 +115,7 @@ def source_job(config: Config, name: str | None, *, plan: str = "") -> SourceJob
         source=source,
         hooks=hooks,
         plan=plan,
+        run_id=run_id,
         host=common.host,
         tags=list(common.tags),
         chain_length=common.chain_length,

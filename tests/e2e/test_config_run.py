@@ -448,3 +448,30 @@ def test_a_failed_dump_shows_its_stderr_tail_and_records_8_kib(
     assert finished["error_output"] == tail
     (saved,) = (tmp_path / "state" / "runs" / "shop").glob("*.json")
     assert json.loads(saved.read_text())["error_output"] == tail
+
+
+def test_the_service_chooses_the_run_id_and_plan(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    """`safehold serve` runs a plan as this command with its catalog row's run id: the
+    log lines, the record and the run record on disk all carry that id and the plan."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"repository: {{location: {cli_repo}, password_env: REPO_PW}}\n"
+        f"sources:\n  files: {{type: directory, paths: [{data}]}}\n"
+    )
+    env = {"REPO_PW": PASSWORD.decode(), "SAFEHOLD_STATE_DIR": str(tmp_path / "state")}
+    run_id = "8a0c5e3e-3b9f-4f7e-9d55-2f3f3c0f9a11"
+    res = cli(
+        "--log-format", "json", "--json", "backup", "--config", str(config),
+        "--run-id", run_id.upper(), "--plan", "shop/files", env=env,
+    )  # fmt: skip
+    assert res.code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["run_id"] == run_id and record["plan"] == "shop/files"
+    assert {line["run_id"] for line in json_lines(res.stderr)} == {run_id}
+    bad = cli("backup", "--config", str(config), "--run-id", "nope", env=env)
+    assert bad.code == 2 and "not a UUID" in bad.stderr

@@ -43,6 +43,19 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="run locks and run records (default: $SAFEHOLD_STATE_DIR or ~/.local/state/safehold)",
     )
+    # Set by `safehold serve` when it runs a plan in a child process: its catalog row and
+    # the run's log lines then carry the same run id and plan.
+    g.add_argument("--run-id", metavar="UUID", type=_uuid, help=argparse.SUPPRESS)
+    g.add_argument("--plan", metavar="PROJECT/NAME", help=argparse.SUPPRESS)
+
+
+def _uuid(text: str) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
 
 
 def _sink(ctx: Context) -> LogSink:
@@ -180,7 +193,9 @@ def _prepare(ctx: Context, args: argparse.Namespace) -> tuple[Config, SourceJob,
     sink = _sink(ctx)
     for warning in config.warnings:
         sink(LogEvent(utcnow(), "warning", "config.warning", {"message": warning}))
-    job = source_job(config, args.source)
+    job = source_job(
+        config, args.source, plan=getattr(args, "plan", None) or "", run_id=args.run_id
+    )
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     return config, job, sink, state_dir
 

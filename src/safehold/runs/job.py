@@ -26,6 +26,9 @@ class SourceJob:
     source: Source
     hooks: Mapping[str, HookSpec] = field(default_factory=dict)
     plan: str = ""  # the plan that asked for the run; "" = the source's name
+    # The run's id (its backup_guid): the service chooses it, so that its catalog row and
+    # the run's log lines carry the same one; None = a new random one.
+    run_id: str | None = None
     host: str | None = None
     tags: list[str] = field(default_factory=list)
     chain_length: int | None = None

@@ -74,7 +74,7 @@ class _Run:
         self.job = job
         self.state_dir = state_dir
         self.redactor = Redactor(job.secrets)
-        run_id = str(uuid.uuid4())
+        run_id = job.run_id or str(uuid.uuid4())
         self.record = RunRecord(
             run_id=run_id,
             operation=operation,
