@@ -27,6 +27,7 @@ class ExitCode:
     LOCKED = 11  # the repository is locked by another live process
     WRONG_PASSWORD = 12  # no key in the repository opens with that password
     OVERDUE = 13  # check --max-age: a group's newest snapshot is too old (none: too)
+    DATABASE = 14  # the service's database could not be started, reached or logged in to
     INTERRUPTED = 130
 
 
@@ -165,6 +166,30 @@ class FormatError(IntegrityError):
 class SnapshotNotFound(RepositoryError):
     exit_code = ExitCode.USAGE
     http_status = 404
+
+
+# --- the service's database ------------------------------------------------------------
+
+
+class DatabaseError(SafeholdError):
+    """The service's database (its catalog and job queue) could not be set up or used."""
+
+    exit_code = ExitCode.DATABASE
+    http_status = 503
+
+
+class DatabaseNotInstalled(DatabaseError):
+    """The private cluster needs PostgreSQL's server programs, and they are not there."""
+
+
+class DatabaseUnreachable(DatabaseError):
+    """No connection: the server is down, the address wrong, or the network in between."""
+
+
+class DatabaseAuthFailed(DatabaseError):
+    """The server refused the user or password of the database URL."""
+
+    http_status = 502
 
 
 class Interrupted(SafeholdError):

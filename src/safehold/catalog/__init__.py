@@ -1,0 +1,49 @@
+"""The catalog: the service's state in PostgreSQL (SQLAlchemy 2 models, Alembic migrations).
+
+Concepts:
+
+- **Plan** (:class:`Plan`): a source with a schedule, from the configuration file (which
+  stays its source of truth) or created through the API, unique by project and name.
+- **Slot** (:class:`Slot`): the ledger. One row for every slot a plan's schedule asked
+  for, unique by plan and time however many processes tick, ending in one state
+  (succeeded, failed, timed out, skipped with its reason, or missed).
+- **Run** (:class:`Run`): one attempt at a job (backup, retention, prune, drill), with its
+  phases, bytes, snapshot and error; its id is the ``backup_guid`` of logs.
+  :class:`RunLine` holds its log lines.
+- **Worker** (:class:`Worker`): a process that runs jobs, and its last heartbeat.
+
+The repositories stay the source of truth for snapshots; the catalog records what the
+service did. This package sits on the ground floor: it imports nothing of safehold's but
+the errors, ids and clock (an import-linter contract), so that any layer may read it.
+The schema changes only through :mod:`safehold.catalog.migrate`.
+"""
+
+from __future__ import annotations
+
+from safehold.catalog.models import (
+    Base,
+    Plan,
+    PlanOrigin,
+    Run,
+    RunKind,
+    RunLine,
+    RunState,
+    RunTrigger,
+    Slot,
+    SlotState,
+    Worker,
+)
+
+__all__ = [
+    "Base",
+    "Plan",
+    "PlanOrigin",
+    "Run",
+    "RunKind",
+    "RunLine",
+    "RunState",
+    "RunTrigger",
+    "Slot",
+    "SlotState",
+    "Worker",
+]

@@ -1,0 +1,230 @@
+"""The catalog's tables as SQLAlchemy 2 typed models.
+
+The migrations in ``migrations/versions`` create exactly these tables; a test compares
+the two (Alembic's ``compare_metadata`` against a migrated database finds no difference),
+so a change here needs its migration in the same commit.
+
+States and kinds are text columns with a CHECK rather than PostgreSQL enum types: adding
+a value is then one constraint swapped in a migration, not an ``ALTER TYPE`` that cannot
+run inside a transaction on older servers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Base",
+    "Plan",
+    "PlanOrigin",
+    "Run",
+    "RunKind",
+    "RunLine",
+    "RunState",
+    "RunTrigger",
+    "Slot",
+    "SlotState",
+    "Worker",
+]
+
+# Constraint names are derived, never left to the server, so that migrations can name
+# what they drop and the comparison with the models is exact.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class PlanOrigin(StrEnum):
+    FILE = "file"  # declared in the configuration file, which stays its source of truth
+    API = "api"  # created at run time through the API; lives only in the catalog
+
+
+class SlotState(StrEnum):
+    PENDING = "pending"  # due, nothing queued for it yet
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"  # with its reason: paused, overlap, min_interval, pre-backup-check
+    MISSED = "missed"  # nothing ran it within its window
+
+
+class RunKind(StrEnum):
+    BACKUP = "backup"
+    RETENTION = "retention"
+    PRUNE = "prune"
+    DRILL = "drill"
+
+
+class RunTrigger(StrEnum):
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    CATCH_UP = "catch_up"
+    RETRY = "retry"
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    WORKER_LOST = "worker_lost"  # its worker stopped heart-beating; a retry is a new run
+    CANCELLED = "cancelled"
+
+
+def one_of(column: str, values: type[StrEnum]) -> str:
+    """The CHECK condition that ``column`` holds one of ``values``."""
+    listed = ", ".join(f"'{v.value}'" for v in values)
+    return f"{column} IN ({listed})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSONB,
+        list[dict[str, Any]]: JSONB,
+        uuid.UUID: Uuid(),
+        str: Text(),
+    }
+
+
+class Plan(Base):
+    """A source with a schedule: from the configuration file, or created through the API."""
+
+    __tablename__ = "plans"
+    __table_args__ = (
+        UniqueConstraint("project", "name"),
+        CheckConstraint(one_of("origin", PlanOrigin), name="origin"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    project: Mapped[str] = mapped_column(server_default=text("'default'"))
+    name: Mapped[str]
+    origin: Mapped[str]
+    # The configuration's source name (None for a plan made through the API).
+    source: Mapped[str | None]
+    schedule: Mapped[str]
+    timezone: Mapped[str] = mapped_column(server_default=text("'UTC'"))
+    # The plan's parsed settings (retention, timeout, on_overlap, ...), as JSON.
+    settings: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Slot(Base):
+    """The ledger: one row per slot a plan's schedule asked for, created exactly once."""
+
+    __tablename__ = "slots"
+    __table_args__ = (
+        UniqueConstraint("plan_id", "slot_at"),
+        CheckConstraint(one_of("state", SlotState), name="state"),
+        Index(None, "state", "slot_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    slot_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(server_default=text("'pending'"))
+    reason: Mapped[str | None]
+    # The run that decided the slot's state (the last attempt when retried). slots and
+    # runs refer to each other, so this key is added after both tables exist.
+    run_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL", use_alter=True)
+    )
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    ended_at: Mapped[datetime | None]
+
+
+class Run(Base):
+    """One attempt at a job; its id is the run's ``backup_guid`` in logs and records."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(one_of("kind", RunKind), name="kind"),
+        CheckConstraint(one_of("trigger", RunTrigger), name="trigger"),
+        CheckConstraint(one_of("state", RunState), name="state"),
+        Index(None, "plan_id", "queued_at"),
+        Index(None, "state"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    # None for a manual run, which fills no slot.
+    slot_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("slots.id", ondelete="SET NULL")
+    )
+    kind: Mapped[str]
+    trigger: Mapped[str]
+    attempt: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    state: Mapped[str] = mapped_column(server_default=text("'queued'"))
+    worker: Mapped[str | None]
+    # procrastinate's job id, while the job is in its queue.
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    queued_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    # [{phase, state, started_at, ended_at, output}], in the order they ran.
+    phases: Mapped[list[dict[str, Any]]] = mapped_column(server_default=text("'[]'::jsonb"))
+    snapshot_id: Mapped[str | None]
+    bytes_read: Mapped[int | None] = mapped_column(BigInteger)
+    bytes_added: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None]
+    hint: Mapped[str | None]
+
+
+class RunLine(Base):
+    """A run's log lines, numbered from 0 in the order they were written."""
+
+    __tablename__ = "run_lines"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime]
+    level: Mapped[str]
+    message: Mapped[str]
+
+
+class Worker(Base):
+    """A worker process: where it runs and when it last said it was alive."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(primary_key=True)
+    host: Mapped[str]
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    stopped_at: Mapped[datetime | None]
