@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.servers.private_cluster import make_state_dir
+from tests.servers.private_cluster import make_state_dir, private_cluster
 
-__all__ = ["make_state_dir"]
+__all__ = ["make_state_dir", "private_cluster"]

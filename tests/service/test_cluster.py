@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from safehold.errors import DatabaseNotInstalled, ExitCode, UsageError
+from safehold.errors import DatabaseError, DatabaseNotInstalled, ExitCode, UsageError
 from safehold.service.cluster import Cluster, open_cluster
 from tests.servers.private_cluster import run_python
 
@@ -178,3 +178,13 @@ def test_a_state_folder_too_deep_for_a_socket() -> None:
         with open_cluster(deep):
             pass
     assert not deep.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another user only for root")
+def test_a_state_folder_the_server_user_cannot_reach(make_state_dir: StateDirs) -> None:
+    state_dir = make_state_dir()
+    state_dir.parent.chmod(0o700)  # root's alone: the postgres user cannot pass
+    with pytest.raises(DatabaseError, match="cannot reach") as caught:
+        with open_cluster(state_dir):
+            pass
+    assert caught.value.hint is not None and "chmod o+x" in caught.value.hint
