@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "COMMAND_LINE",
+    "SERVICE",
     "RuntimeSettings",
     "configure",
     "current",
@@ -95,6 +96,14 @@ COMMAND_LINE = RuntimeSettings(
     alarm=True,
     fork=True,
 )
+
+# The service (`safehold serve` and the commands that talk to its catalog): a process that
+# lives for days with an event loop, database connections and threads of its own, and runs
+# every job in a child process that is a command line (COMMAND_LINE applies there). It
+# changes nothing process-wide: a switch interval or collector setting tuned for one
+# backup would slow its event loop, SIGALRM would interrupt whichever thread it lands in,
+# and forking a threaded process can leave a lock held forever in the child.
+SERVICE = RuntimeSettings()
 
 _settings = RuntimeSettings()
 

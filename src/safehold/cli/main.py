@@ -36,7 +36,14 @@ COMMANDS = [
     "chain",
     "unlock",
     "config",
+    "serve",
+    "plans",
+    "plan",
+    "runs",
 ]
+
+# Commands that run (or talk to) the long-running service, under runtime.SERVICE.
+SERVICE_COMMANDS = ("serve", "plans", "plan", "runs")
 
 EPILOG = """\
 environment:
@@ -182,10 +189,12 @@ def entry() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    runtime.configure(RUNTIME)
     if argv is None:
         argv = sys.argv[1:]
     command = named_command(argv)
+    # `serve` runs for days beside its jobs' children: the long-running settings (none of
+    # the command line's); its jobs run as command lines in their own processes.
+    runtime.configure(runtime.SERVICE if command in SERVICE_COMMANDS else RUNTIME)
     if command is not None:
         derive_key_ahead(argv)  # on the other core, while the command's modules load
     # Only now the modules every command needs (the repository, its crypto and storage):

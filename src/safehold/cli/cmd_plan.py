@@ -1,0 +1,86 @@
+"""``safehold plan run|pause|resume NAME``: act on one plan of a running service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from safehold.cli.context import Context
+from safehold.cli.service_args import add_service_arguments, open_service_database
+from safehold.errors import UsageError
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "plan",
+        help="run a plan now, or pause and resume it",
+        description="Act on one plan: 'run' queues a run now (service-backup's manual "
+        "backup; a worker of 'safehold serve' runs it), 'pause' makes its slots skipped "
+        "until 'resume'. NAME is the source's name, or PROJECT/NAME.",
+    )
+    p.add_argument("action", choices=("run", "pause", "resume"))
+    p.add_argument("name", metavar="NAME")
+    add_service_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from sqlalchemy import text
+
+    from safehold.service.plans import plans_from_config, sync_plans
+
+    with open_service_database(args) as (config, database):
+        specs = plans_from_config(config)
+        key = args.name if "/" in args.name else _key(args.name, specs)
+        if key not in specs:
+            raise UsageError(
+                f"no plan {args.name!r} in {args.config}",
+                hint="its plans are: " + (", ".join(sorted(specs)) or "none"),
+            )
+        sync_plans(database.engine, [specs[key]])
+        if args.action == "run":
+            run_id = asyncio.run(_queue(database.conninfo, database.engine, specs, key))
+            if ctx.json:
+                ctx.emit_json({"plan": key, "run_id": str(run_id), "state": "queued"})
+            else:
+                ctx.print(f"plan {key}: run {run_id} queued")
+            return 0
+        project, name = key.split("/", 1)
+        with database.engine.begin() as db:
+            db.execute(
+                text("UPDATE plans SET paused = :p WHERE project = :pr AND name = :n"),
+                {"p": args.action == "pause", "pr": project, "n": name},
+            )
+        if ctx.json:
+            ctx.emit_json({"plan": key, "paused": args.action == "pause"})
+        else:
+            ctx.print(f"plan {key}: {'paused' if args.action == 'pause' else 'resumed'}")
+            if args.action == "resume" and specs[key].paused:
+                ctx.print(f"  (the file still says paused: true for {key})")
+    return 0
+
+
+def _key(name: str, specs: dict[str, Any]) -> str:
+    found = [key for key in specs if key.split("/", 1)[1] == name]
+    if len(found) > 1:
+        raise UsageError(
+            f"plan name {name!r} is in several projects",
+            hint="say PROJECT/NAME: " + ", ".join(found),
+        )
+    return found[0] if found else name
+
+
+async def _queue(conninfo: str, engine: Any, specs: Any, key: str) -> object:
+    from procrastinate import App, PsycopgConnector
+
+    from safehold.catalog import RunTrigger
+    from safehold.service.jobs import Jobs, register
+
+    app = App(connector=PsycopgConnector(conninfo=conninfo))
+    register(app)
+    async with app.open_async():
+        jobs = Jobs(app, engine, plans=lambda: specs, state_dir=None, worker="cli")  # type: ignore[arg-type]
+        run_id = await asyncio.to_thread(jobs.new_run, key, trigger=RunTrigger.MANUAL)
+        await jobs.defer(run_id, key)
+    return run_id

@@ -1,0 +1,79 @@
+"""``safehold runs``: the service's runs, newest first; ``runs show ID``: one of them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from safehold.cli.context import Context
+from safehold.cli.service_args import add_service_arguments, open_service_database
+from safehold.errors import UsageError
+
+_STATES = ("queued", "running", "succeeded", "failed", "timed_out", "skipped", "worker_lost",
+           "cancelled")  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "runs",
+        help="list the service's runs, or show one",
+        description="List the runs the service made, newest first ('runs'), or show one "
+        "with its phases, hook output and log lines ('runs show ID'; a unique prefix of "
+        "the id is enough).",
+    )
+    p.add_argument("show", nargs="?", choices=("show",), help=argparse.SUPPRESS)
+    p.add_argument("run_id", nargs="?", metavar="ID", help="with 'show': the run to show")
+    p.add_argument("--plan", metavar="NAME", help="only this plan's runs (NAME or PROJECT/NAME)")
+    p.add_argument("--state", choices=_STATES, help="only runs in this state")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    add_service_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from safehold.service.queries import run_detail, runs_list
+
+    if args.show and not args.run_id:
+        raise UsageError("runs show needs a run id", hint="list them with: safehold runs")
+    with open_service_database(args) as (_config, database):
+        if args.show:
+            found = run_detail(database.engine, args.run_id)
+            if found is None:
+                raise UsageError(
+                    f"no run {args.run_id!r} (or the prefix is not unique)",
+                    hint="list them with: safehold runs --config FILE",
+                )
+            return _show(found, ctx)
+        rows = runs_list(database.engine, plan=args.plan, state=args.state, limit=args.limit)
+    if ctx.json:
+        ctx.emit_json(rows)
+        return 0
+    for row in rows:
+        when = row["started_at"] or row["queued_at"]
+        took = f"{row['duration_s']:.1f}s" if row["duration_s"] is not None else "-"
+        snap = (row["snapshot_id"] or "")[:8] or "-"
+        ctx.print(
+            f"{row['id'][:8]}  {when:%Y-%m-%d %H:%M:%S}  {row['plan']:<24} {row['state']:<11} "
+            f"{row['trigger']:<9} {took:>8}  {snap}  {row['error'] or row['reason'] or ''}".rstrip()
+        )
+    return 0
+
+
+def _show(run: dict[str, Any], ctx: Context) -> int:
+    if ctx.json:
+        ctx.emit_json(run)
+        return 0
+    for key in ("id", "plan", "kind", "trigger", "attempt", "state", "worker", "slot_at",
+                "queued_at", "started_at", "ended_at", "duration_s", "snapshot_id",
+                "bytes_read", "bytes_added", "reason", "error", "hint"):  # fmt: skip
+        if run.get(key) not in (None, ""):
+            ctx.print(f"{key + ':':<12} {run[key]}")
+    for phase in run.get("phases") or []:
+        ctx.print(f"phase {phase.get('phase')}: {phase.get('outcome') or phase.get('state')}")
+        for line in str(phase.get("output") or phase.get("stderr") or "").splitlines()[-10:]:
+            ctx.print(f"    | {line}")
+    if run["lines"]:
+        ctx.print("log:")
+    for line in run["lines"]:
+        ctx.print(f"  {line['at']:%H:%M:%S} {line['level']:<7} {line['message']}")
+    return 0

@@ -1,0 +1,381 @@
+"""Jobs on procrastinate's queue: queueing a run, running it on a worker, ending it.
+
+A run row (``runs``) is the service's record of one attempt; a procrastinate job is how a
+worker gets to it. :meth:`Jobs.defer` queues the job ``safehold.run`` for a run, with the
+plan's key as procrastinate's ``lock``, so that the jobs of one plan run one at a time in
+the order they were queued whatever the number of workers and machines.
+
+A worker that takes the job (:meth:`Jobs.execute`):
+
+1. **claims** the run: ``queued`` -> ``running`` in one ``UPDATE``; a job whose run is not
+   ``queued`` any more (a second job for the same run, or a cancelled run) does nothing;
+2. runs it in a child process (:mod:`.child`), storing its log lines as they come;
+3. **ends** it: the run's state, phases, snapshot, bytes and error from the child's record,
+   the slot's state from the run's; a failed run with retries left gets a new run
+   (``trigger = retry``, ``attempt + 1``), queued after the plan's back-off.
+
+A worker killed mid-run leaves its job ``doing`` with procrastinate, holding the plan's
+lock. :meth:`Jobs.reap` (every tick) finds such jobs by their worker's stale heartbeat,
+marks the job failed and the run ``worker_lost``, and queues a new attempt: a lost worker
+is not the run's fault, so it is retried at least once even when the plan has no retries.
+Retrying the stalled job itself would collide with a newer job of the same plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from procrastinate import App, JobContext
+from procrastinate.jobs import Status
+from sqlalchemy import Engine, text
+from sqlalchemy.dialects.postgresql import insert
+
+from safehold.catalog import Run, RunKind, RunLine, RunState, RunTrigger
+from safehold.clock import utcnow
+from safehold.service import child
+from safehold.service.child import ChildResult, LogLine, backup_argv, run_child
+from safehold.service.plans import PlanSpec
+
+__all__ = ["RUN_TASK", "Jobs", "outcome_of"]
+
+RUN_TASK = "safehold.run"
+STALL_SECONDS = 30.0  # a worker silent this long is lost (it heart-beats every 5 s)
+_FLUSH_EVERY = 0.5  # seconds between writes of a running job's log lines
+
+log = logging.getLogger("safehold.service")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A run's end as the catalog records it."""
+
+    state: RunState
+    reason: str | None = None  # for the slot: why skipped, or what failed
+    error: str | None = None
+    hint: str | None = None
+
+
+def outcome_of(result: ChildResult) -> Outcome:
+    """The run state a child's exit and record stand for."""
+    record = result.record or {}
+    outcome = record.get("outcome")
+    error = record.get("error") or None
+    if result.killed:
+        return Outcome(RunState.TIMED_OUT, "killed by the service after its time-out", error)
+    if outcome == "success":
+        return Outcome(RunState.SUCCEEDED)
+    if outcome == "partial":
+        # The snapshot is saved: a file could not be read, or a destination failed.
+        warnings = "; ".join(record.get("warnings") or []) or error
+        return Outcome(RunState.SUCCEEDED, None, warnings)
+    if outcome == "skipped":
+        return Outcome(RunState.SKIPPED, record.get("reason") or "skipped by its check")
+    if outcome == "in-progress":
+        return Outcome(RunState.SKIPPED, "another run of this source was in progress")
+    if outcome == "timeout":
+        return Outcome(RunState.TIMED_OUT, "the run's time-out", error)
+    if outcome is None:
+        tail = "\n".join(result.stderr_tail[-5:])
+        message = f"the run's process ended with exit code {result.exit_code}"
+        return Outcome(RunState.FAILED, message, f"{message}: {tail}" if tail else message)
+    return Outcome(RunState.FAILED, error or outcome, error or outcome)
+
+
+class Jobs:
+    """The queue's side of the service: defer, execute, end and reap runs."""
+
+    def __init__(
+        self,
+        app: App,
+        engine: Engine,
+        *,
+        plans: Callable[[], Mapping[str, PlanSpec]],
+        state_dir: Path,
+        worker: str,
+    ) -> None:
+        self.app = app
+        self.engine = engine
+        self._plans = plans  # read at each use: a reload replaces them
+        self.state_dir = state_dir
+        self.worker = worker
+
+    # --- queueing ---------------------------------------------------------------------
+
+    async def defer(self, run_id: uuid.UUID, plan_key: str, delay: float = 0.0) -> int:
+        """Queue the job of run ``run_id`` (after ``delay`` seconds); its job id."""
+        options: dict[str, Any] = {"lock": plan_key}
+        if delay > 0:
+            options["schedule_in"] = {"seconds": delay}
+        job_id = await self.app.configure_task(RUN_TASK, **options).defer_async(run_id=str(run_id))
+        await asyncio.to_thread(self._set_job, run_id, job_id)
+        return job_id
+
+    def _set_job(self, run_id: uuid.UUID, job_id: int) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                text("UPDATE runs SET job_id = :j WHERE id = :r"), {"j": job_id, "r": run_id}
+            )
+
+    def new_run(
+        self,
+        plan_key: str,
+        *,
+        trigger: RunTrigger,
+        attempt: int = 1,
+        slot_id: int | None = None,
+    ) -> uuid.UUID:
+        """A queued run row for plan ``plan_key`` (no job yet: :meth:`defer` it)."""
+        run_id = uuid.uuid4()
+        project, name = plan_key.split("/", 1)
+        with self.engine.begin() as db:
+            plan_id = db.execute(
+                text("SELECT id FROM plans WHERE project = :p AND name = :n"),
+                {"p": project, "n": name},
+            ).scalar_one()
+            db.execute(
+                insert(Run).values(
+                    id=run_id,
+                    plan_id=plan_id,
+                    slot_id=slot_id,
+                    kind=RunKind.BACKUP.value,
+                    trigger=trigger.value,
+                    attempt=attempt,
+                    state=RunState.QUEUED.value,
+                )
+            )
+            if slot_id is not None:
+                db.execute(
+                    text(
+                        "UPDATE slots SET run_id = :r, state = 'queued', ended_at = NULL "
+                        "WHERE id = :s"
+                    ),
+                    {"r": run_id, "s": slot_id},
+                )
+        return run_id
+
+    # --- running ----------------------------------------------------------------------
+
+    async def execute(self, run_id: uuid.UUID) -> None:
+        """Run the run ``run_id`` to its end (the body of the ``safehold.run`` task)."""
+        claimed = await asyncio.to_thread(self._claim, run_id)
+        if claimed is None:
+            log.info("run %s: not queued any more; nothing to do", run_id)
+            return
+        plan_key, slot_id, attempt = claimed
+        spec = self._plans().get(plan_key)
+        if spec is None:
+            outcome = Outcome(
+                RunState.FAILED,
+                "the plan is not in the configuration any more",
+                f"plan {plan_key} is not in the configuration any more",
+                "add it back to the file, or ignore this run",
+            )
+            await asyncio.to_thread(self._end, run_id, slot_id, outcome, None)
+            return
+        lines = _LineWriter(self.engine, run_id)
+        flusher = asyncio.create_task(lines.run())
+        argv = backup_argv(
+            spec.config_path,
+            spec.name,
+            run_id=str(run_id),
+            plan=plan_key,
+            state_dir=self.state_dir / "runs",
+        )
+        limit = spec.timeout + child.KILL_GRACE if spec.timeout else None
+        try:
+            result = await run_child(argv, on_line=lines.add, limit=limit)
+        finally:
+            flusher.cancel()
+            await asyncio.to_thread(lines.flush)
+        outcome = outcome_of(result)
+        await asyncio.to_thread(self._end, run_id, slot_id, outcome, result.record)
+        if outcome.state in (RunState.FAILED, RunState.TIMED_OUT) and attempt <= spec.retries:
+            await self._retry(spec, slot_id, attempt, outcome)
+
+    async def _retry(
+        self, spec: PlanSpec, slot_id: int | None, attempt: int, outcome: Outcome
+    ) -> None:
+        delay = spec.retry_in(attempt)
+        run_id = await asyncio.to_thread(
+            self.new_run, spec.key, trigger=RunTrigger.RETRY, attempt=attempt + 1, slot_id=slot_id
+        )
+        log.info(
+            "plan %s: attempt %d %s; attempt %d in %.0f s (run %s)",
+            spec.key, attempt, outcome.state.value, attempt + 1, delay, run_id,
+        )  # fmt: skip
+        await self.defer(run_id, spec.key, delay)
+
+    def _claim(self, run_id: uuid.UUID) -> tuple[str, int | None, int] | None:
+        with self.engine.begin() as db:
+            row = db.execute(
+                text(
+                    "UPDATE runs SET state = 'running', started_at = now(), worker = :w "
+                    "WHERE id = :r AND state = 'queued' "
+                    "RETURNING plan_id, slot_id, attempt"
+                ),
+                {"w": self.worker, "r": run_id},
+            ).one_or_none()
+            if row is None:
+                return None
+            plan_id, slot_id, attempt = row
+            project, name = db.execute(
+                text("SELECT project, name FROM plans WHERE id = :p"), {"p": plan_id}
+            ).one()
+            if slot_id is not None:
+                db.execute(
+                    text("UPDATE slots SET state = 'running', reason = NULL WHERE id = :s"),
+                    {"s": slot_id},
+                )
+        return f"{project}/{name}", slot_id, attempt
+
+    def _end(
+        self,
+        run_id: uuid.UUID,
+        slot_id: int | None,
+        outcome: Outcome,
+        record: dict[str, Any] | None,
+    ) -> None:
+        record = record or {}
+        summary = record.get("summary") or {}
+        with self.engine.begin() as db:
+            db.execute(
+                text(
+                    "UPDATE runs SET state = :state, ended_at = now(), phases = :phases, "
+                    "snapshot_id = :snap, bytes_read = :read, bytes_added = :added, "
+                    "error = :error, hint = :hint WHERE id = :r"
+                ),
+                {
+                    "state": outcome.state.value,
+                    "phases": _json(record.get("phases") or []),
+                    "snap": record.get("snapshot"),
+                    "read": summary.get("bytes_read"),
+                    "added": summary.get("data_added"),
+                    "error": outcome.error,
+                    "hint": outcome.hint,
+                    "r": run_id,
+                },
+            )
+            if slot_id is not None:
+                db.execute(
+                    text(
+                        "UPDATE slots SET state = :state, reason = :reason, ended_at = now() "
+                        "WHERE id = :s AND run_id = :r"
+                    ),
+                    {
+                        "state": outcome.state.value,
+                        "reason": outcome.reason,
+                        "s": slot_id,
+                        "r": run_id,
+                    },
+                )
+
+    # --- lost workers -----------------------------------------------------------------
+
+    async def reap(self) -> int:
+        """End the runs of jobs whose worker stopped heart-beating; how many."""
+        stalled = await self.app.job_manager.get_stalled_jobs(
+            task_name=RUN_TASK, seconds_since_heartbeat=STALL_SECONDS
+        )
+        ended = 0
+        for job in stalled:
+            assert job.id is not None
+            await self.app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
+            run_id = uuid.UUID(str(job.task_kwargs["run_id"]))
+            lost = await asyncio.to_thread(self._lose, run_id)
+            if lost is None:
+                continue
+            ended += 1
+            plan_key, slot_id, attempt = lost
+            spec = self._plans().get(plan_key)
+            if spec is not None and attempt <= max(spec.retries, 1):
+                await self._retry(
+                    spec, slot_id, attempt, Outcome(RunState.WORKER_LOST, "worker lost")
+                )
+        return ended
+
+    def _lose(self, run_id: uuid.UUID) -> tuple[str, int | None, int] | None:
+        # One UPDATE decides: when two processes reap the same job, one of them ends it.
+        with self.engine.begin() as db:
+            row = db.execute(
+                text(
+                    "UPDATE runs r SET state = 'worker_lost', ended_at = now(), "
+                    "error = :error, hint = :hint FROM plans p "
+                    "WHERE r.id = :r AND p.id = r.plan_id AND r.state IN ('running', 'queued') "
+                    "RETURNING r.slot_id, r.attempt, p.project, p.name"
+                ),
+                {"r": run_id, "error": _LOST_ERROR, "hint": _LOST_HINT},
+            ).one_or_none()
+            if row is None:
+                return None
+            slot_id, attempt, project, name = row
+            if slot_id is not None:
+                db.execute(
+                    text(
+                        "UPDATE slots SET state = 'failed', reason = 'worker lost', "
+                        "ended_at = now() WHERE id = :s AND run_id = :r"
+                    ),
+                    {"s": slot_id, "r": run_id},
+                )
+        return f"{project}/{name}", slot_id, attempt
+
+
+_LOST_ERROR = "the worker running it stopped (killed, or cut off from the database)"
+_LOST_HINT = "it is retried on another worker; see that worker's log for why it stopped"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+class _LineWriter:
+    """Buffers a running job's log lines and writes them every half second."""
+
+    def __init__(self, engine: Engine, run_id: uuid.UUID) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.pending: list[LogLine] = []
+        self.seq = 0
+
+    def add(self, line: LogLine) -> None:
+        self.pending.append(line)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_EVERY)
+            await asyncio.to_thread(self.flush)
+
+    def flush(self) -> None:
+        lines, self.pending = self.pending, []
+        if not lines:
+            return
+        now = utcnow()
+        rows = []
+        for line in lines:
+            message = line.message
+            if line.fields:
+                message = f"{message} {_json(line.fields)}"
+            rows.append(
+                {"run_id": self.run_id, "seq": self.seq, "at": now, "level": line.level,
+                 "message": message}
+            )  # fmt: skip
+            self.seq += 1
+        with self.engine.begin() as db:
+            db.execute(insert(RunLine), rows)
+
+
+async def run_task(context: JobContext, run_id: str) -> None:
+    """The ``safehold.run`` task: the worker's :class:`Jobs` runs the run."""
+    jobs: Jobs = context.additional_context["jobs"]
+    await jobs.execute(uuid.UUID(run_id))
+
+
+def register(app: App) -> None:
+    """Register the service's tasks on ``app``."""
+    app.task(name=RUN_TASK, pass_context=True)(run_task)

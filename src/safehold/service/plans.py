@@ -1,0 +1,142 @@
+"""Plans as the service sees them: the configuration's scheduled sources, and their rows.
+
+A :class:`PlanSpec` is everything the scheduler and the workers need of one plan, built
+from a validated configuration file (:func:`plans_from_config`). :func:`sync_plans` makes
+the catalog agree with the file: a row per plan (``project/name``), its schedule and
+settings rewritten from the file on every start and reload. The file stays the source of
+truth for what it declares; a pause given at run time (``safehold plan pause``) is the
+row's own ``paused`` and survives reloads, so a plan is paused when either says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.dialects.postgresql import insert
+
+from safehold.catalog import Plan, PlanOrigin
+from safehold.config import Config
+from safehold.policy.schedule import Schedule, parse_schedule
+from safehold.policy.slots import DEFAULT_START_WINDOW, PlanRules
+
+__all__ = ["PlanSpec", "plans_from_config", "sync_plans"]
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """One plan: where it comes from, when it runs and what happens around a run."""
+
+    project: str
+    name: str  # the source's name in the configuration
+    config_path: str  # the file the worker's child process reads the source from
+    schedule: Schedule
+    paused: bool = False
+    min_interval: float | None = None
+    on_overlap: Literal["skip", "queue"] = "queue"
+    catch_up: Literal["once", "none"] = "once"
+    start_window: float | None = None
+    retries: int = 0
+    retry_delay: float = 60.0
+    timeout: float | None = None
+
+    @property
+    def key(self) -> str:
+        """``project/name``: the plan's identity in the ledger, the logs and the queue."""
+        return f"{self.project}/{self.name}"
+
+    def rules(self, *, paused: bool = False) -> PlanRules:
+        """The slot rule's view of this plan; ``paused`` adds a run-time pause."""
+        return PlanRules(
+            key=self.key,
+            schedule=self.schedule,
+            paused=self.paused or paused,
+            min_interval=_span(self.min_interval),
+            on_overlap=self.on_overlap,
+            catch_up=self.catch_up,
+            start_window=_span(self.start_window) or DEFAULT_START_WINDOW,
+        )
+
+    def retry_in(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (the delay doubles each time)."""
+        return float(self.retry_delay * 2 ** max(0, attempt - 1))
+
+    def settings(self) -> dict[str, Any]:
+        """What the catalog row records of the file's settings (shown by ``plans``)."""
+        return {
+            "paused": self.paused,
+            "min_interval": self.min_interval,
+            "on_overlap": self.on_overlap,
+            "catch_up": self.catch_up,
+            "start_window": self.start_window,
+            "retries": self.retries,
+            "retry_delay": self.retry_delay,
+            "timeout": self.timeout,
+            "config": self.config_path,
+        }
+
+
+def _span(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def plans_from_config(config: Config) -> dict[str, PlanSpec]:
+    """The file's plans (sources with a ``schedule``), keyed ``project/name``."""
+    out: dict[str, PlanSpec] = {}
+    for name, source in config.plans.items():
+        common = source.common
+        assert common.schedule is not None
+        key = f"{common.project}/{name}"
+        out[key] = PlanSpec(
+            project=common.project,
+            name=name,
+            config_path=config.path,
+            schedule=parse_schedule(common.schedule, key=key, timezone=common.timezone),
+            paused=common.paused,
+            min_interval=common.min_interval,
+            on_overlap=common.overlap,
+            catch_up=common.catch_up,
+            start_window=common.start_window,
+            retries=common.retries,
+            retry_delay=common.retry_delay,
+            timeout=common.timeout,
+        )
+    return out
+
+
+def sync_plans(engine: Engine, specs: Iterable[PlanSpec]) -> dict[str, int]:
+    """Write the file's plans into the catalog; their row ids, keyed ``project/name``.
+
+    Safe when several processes start at once with the same file: each row is an upsert
+    on ``(project, name)``.
+    """
+    ids: dict[str, int] = {}
+    with engine.begin() as db:
+        for spec in specs:
+            values = {
+                "project": spec.project,
+                "name": spec.name,
+                "origin": PlanOrigin.FILE.value,
+                "source": spec.name,
+                "schedule": spec.schedule.expression,
+                "timezone": spec.schedule.timezone,
+                "settings": spec.settings(),
+            }
+            statement = insert(Plan).values(**values)
+            changed = {k: statement.excluded[k] for k in values if k not in ("project", "name")}
+            upsert = statement.on_conflict_do_update(
+                index_elements=[Plan.project, Plan.name], set_={**changed, "updated_at": func.now()}
+            ).returning(Plan.id)
+            ids[spec.key] = db.execute(upsert).scalar_one()
+    return ids
+
+
+def plan_ids(engine: Engine, keys: Iterable[str]) -> Mapping[str, int]:
+    """The row ids of the plans ``project/name`` that the catalog has."""
+    wanted = {tuple(key.split("/", 1)) for key in keys}
+    with engine.connect() as db:
+        rows = db.execute(select(Plan.id, Plan.project, Plan.name)).all()
+    return {f"{p}/{n}": i for i, p, n in rows if (p, n) in wanted}

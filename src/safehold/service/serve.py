@@ -1,0 +1,210 @@
+"""``safehold serve``: the scheduler tick and the workers, in one long-running process.
+
+One process holds, on one event loop:
+
+- a **procrastinate worker** running up to ``workers`` jobs at once (each in a child
+  process, :mod:`.child`), heart-beating every 5 seconds;
+- the **scheduler** (unless ``scheduler=False``: a worker-only process for an extra
+  machine): every ``tick_interval`` it ticks (:mod:`.tick`), queues the new runs' jobs,
+  and, every few ticks, re-queues orphaned runs and reaps the runs of lost workers.
+
+Any number of such processes may share one database; any of them may stop at any moment.
+``stop`` (set by SIGTERM or SIGINT) ends the loop: the scheduler stops at once, the worker
+stops taking jobs and waits ``stop_grace`` seconds for the running ones, then kills them
+(their runs end as failed, "the service stopped", and are retried per the plan). ``reload``
+(SIGHUP, or ``safehold serve --reload``) reads the configuration file again and applies
+it between two ticks without touching running jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from procrastinate import App, PsycopgConnector
+from sqlalchemy import Engine, text
+
+from safehold.clock import SYSTEM_CLOCK, Clock
+from safehold.config import Config, load_config
+from safehold.service.database import open_database
+from safehold.service.jobs import STALL_SECONDS, Jobs, register
+from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
+from safehold.service.tick import orphaned_runs, tick
+
+__all__ = ["ServeOptions", "Service", "serve"]
+
+log = logging.getLogger("safehold.service")
+
+ORPHAN_GRACE = timedelta(seconds=30)  # a run queued this long with no job gets one
+HOUSEKEEPING_EVERY = 5.0  # seconds between re-queueing orphans and reaping lost workers
+
+
+@dataclass
+class ServeOptions:
+    """How ``safehold serve`` was asked to run."""
+
+    config_path: str
+    database: str | None = None  # None: the private cluster under state_dir
+    state_dir: Path | None = None
+    workers: int = 2
+    scheduler: bool = True
+    tick_interval: float = 1.0
+    stop_grace: float = 60.0
+    clock: Clock = field(default=SYSTEM_CLOCK)
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+
+class Service:
+    """The running service: its plans, its database and its loop."""
+
+    def __init__(self, options: ServeOptions, config: Config, engine: Engine, app: App) -> None:
+        self.options = options
+        self.engine = engine
+        self.app = app
+        self.specs: Mapping[str, PlanSpec] = {}
+        self.ids: Mapping[str, int] = {}
+        state_dir = options.state_dir or Path(config.service.state_dir or ".")
+        self.jobs = Jobs(
+            app, engine, plans=lambda: self.specs, state_dir=state_dir, worker=options.name
+        )
+        self.apply(config)
+        self.reload_requested = False
+
+    def apply(self, config: Config) -> None:
+        """Take the plans of ``config`` (at start and on reload)."""
+        specs = plans_from_config(config)
+        self.ids = sync_plans(self.engine, specs.values())
+        self.specs = specs
+        log.info("plans: %s", ", ".join(sorted(specs)) or "none")
+
+    def reload(self) -> None:
+        """Read the configuration file again; a broken file keeps the plans as they were."""
+        try:
+            config = load_config(self.options.config_path)
+        except Exception as exc:  # a reload must never take the service down
+            log.error("reload: %s; keeping the plans as they were", exc)
+            return
+        self.apply(config)
+
+    async def scheduler(self, stop: asyncio.Event) -> None:
+        """Tick until ``stop``; housekeeping every few seconds."""
+        last_housekeeping = 0.0
+        while not stop.is_set():
+            if self.reload_requested:
+                self.reload_requested = False
+                await asyncio.to_thread(self.reload)
+            await self.tick_once()
+            clock = self.options.clock
+            if clock.monotonic() - last_housekeeping >= HOUSEKEEPING_EVERY:
+                last_housekeeping = clock.monotonic()
+                await self.housekeeping()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.options.tick_interval)
+
+    async def tick_once(self) -> int:
+        """One tick and the queueing of its runs; how many runs it queued."""
+        now = self.options.clock.now()
+        try:
+            result = await asyncio.to_thread(tick, self.engine, self.specs, self.ids, now)
+        except Exception as exc:  # the database went away: try again next tick
+            log.warning("tick failed: %s", exc)
+            return 0
+        for run in result.new_runs:
+            await self.jobs.defer(run.run_id, run.plan_key)
+        return len(result.new_runs)
+
+    async def housekeeping(self) -> None:
+        """Queue orphaned runs again and end the runs of lost workers."""
+        try:
+            now = self.options.clock.now()
+            for run_id in await asyncio.to_thread(orphaned_runs, self.engine, now, ORPHAN_GRACE):
+                key = await asyncio.to_thread(self._plan_key, run_id)
+                if key is not None:
+                    await self.jobs.defer(run_id, key)
+            await self.jobs.reap()
+        except Exception as exc:
+            log.warning("housekeeping failed: %s", exc)
+
+    def _plan_key(self, run_id: object) -> str | None:
+        with self.engine.connect() as db:
+            row = db.execute(
+                text(
+                    "SELECT p.project, p.name FROM runs r JOIN plans p ON p.id = r.plan_id "
+                    "WHERE r.id = :r"
+                ),
+                {"r": run_id},
+            ).one_or_none()
+        return None if row is None else f"{row[0]}/{row[1]}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the worker and the scheduler until ``stop`` is set."""
+        tasks = []
+        if self.options.workers > 0:
+            tasks.append(
+                asyncio.create_task(
+                    self.app.run_worker_async(
+                        name=self.options.name,
+                        concurrency=self.options.workers,
+                        install_signal_handlers=False,
+                        additional_context={"jobs": self.jobs},
+                        update_heartbeat_interval=5.0,
+                        stalled_worker_timeout=STALL_SECONDS,
+                        shutdown_graceful_timeout=self.options.stop_grace,
+                        delete_jobs="successful",
+                    ),
+                    name="worker",
+                )
+            )
+        if self.options.scheduler:
+            tasks.append(asyncio.create_task(self.scheduler(stop), name="scheduler"))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        stopper.cancel()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+
+async def serve(options: ServeOptions, *, ready: Callable[[Service], None] | None = None) -> None:
+    """Run the service until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
+    config = load_config(options.config_path)
+    state_dir = options.state_dir or (
+        Path(config.service.state_dir) if config.service.state_dir else None
+    )
+    database = options.database or (
+        config.service.database.get_secret_value() if config.service.database else None
+    )
+    with open_database(database, state_dir) as db:
+        app = App(connector=PsycopgConnector(conninfo=db.conninfo))
+        register(app)
+        async with app.open_async():
+            service = Service(options, config, db.engine, app)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: _request_reload(service))
+            log.info("serving (database %s, %d workers)", db.display_url, options.workers)
+            if ready is not None:
+                ready(service)
+            try:
+                await service.run(stop)
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+
+
+def _request_reload(service: Service) -> None:
+    service.reload_requested = True

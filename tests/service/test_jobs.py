@@ -1,0 +1,213 @@
+"""A run from claim to end, with a real child backup, a real catalog and queue."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from procrastinate import App, PsycopgConnector
+from sqlalchemy import Engine, text
+
+from safehold.catalog import RunTrigger
+from safehold.config import load_config
+from safehold.service.child import run_child
+from safehold.service.cluster import Cluster
+from safehold.service.database import prepare
+from safehold.service.jobs import RUN_TASK, Jobs, register
+from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
+from tests.conftest import PASSWORD, CliRunner
+from tests.servers.private_cluster import fresh_database
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("service_database")]
+
+
+@dataclass
+class Setup:
+    engine: Engine
+    conninfo: str
+    tmp: Path
+    repo: str
+
+    def config(self, block: str) -> dict[str, PlanSpec]:
+        path = self.tmp / "safehold.yaml"
+        path.write_text(
+            f"repository: {{location: {self.repo}, password_env: SH_TEST_PW}}\n"
+            f"sources:\n  job:\n    type: directory\n    paths: [{self.tmp / 'data'}]\n"
+            '    schedule: "@daily"\n' + "".join(f"    {line}\n" for line in block.splitlines())
+        )
+        specs = plans_from_config(load_config(str(path)))
+        sync_plans(self.engine, specs.values())
+        return specs
+
+
+@pytest.fixture
+def setup(
+    private_cluster: Cluster,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    cli_repo: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Setup]:
+    name = "jobs_" + request.node.name[:40].lower()
+    engine = fresh_database(private_cluster, name)
+    prepare(engine)
+    monkeypatch.setenv("SH_TEST_PW", PASSWORD.decode())
+    monkeypatch.setenv("SAFEHOLD_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "file").write_text("some data\n")
+    try:
+        yield Setup(engine, private_cluster.conninfo(name), tmp_path, cli_repo)
+    finally:
+        engine.dispose()
+
+
+def run_once(
+    setup: Setup, specs: dict[str, PlanSpec], *, trigger: RunTrigger = RunTrigger.MANUAL
+) -> tuple[uuid.UUID, dict[str, Any]]:
+    async def go() -> uuid.UUID:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(
+                app, setup.engine, plans=lambda: specs, state_dir=setup.tmp / "state", worker="w1"
+            )
+            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=trigger)
+            await jobs.execute(run_id)
+            return run_id
+
+    run_id = asyncio.run(go())
+    return run_id, row(setup.engine, run_id)
+
+
+def row(engine: Engine, run_id: uuid.UUID) -> dict[str, Any]:
+    with engine.connect() as db:
+        found = db.execute(text("SELECT * FROM runs WHERE id = :r"), {"r": run_id}).one()
+    return dict(found._mapping)
+
+
+def test_a_run_backs_up_and_records_everything(setup: Setup, cli: CliRunner) -> None:
+    specs = setup.config("")
+    run_id, run = run_once(setup, specs)
+    assert run["state"] == "succeeded" and run["worker"] == "w1"
+    assert run["started_at"] <= run["ended_at"] and run["bytes_added"] > 0
+    snaps = cli("-r", setup.repo, "snapshots", "--json")
+    assert run["snapshot_id"] in snaps.stdout
+    with setup.engine.connect() as db:
+        lines = (
+            db.execute(
+                text("SELECT message FROM run_lines WHERE run_id = :r ORDER BY seq"), {"r": run_id}
+            )
+            .scalars()
+            .all()
+        )
+    assert lines[0].startswith("run.started") and lines[-1].startswith("run.finished")
+    assert PASSWORD.decode() not in " ".join(lines)
+
+    # A second job for the same run (re-queued after a crash) finds nothing to do.
+    async def again() -> None:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        async with app.open_async():
+            jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w2")
+            await jobs.execute(run_id)
+
+    asyncio.run(again())
+    assert row(setup.engine, run_id)["worker"] == "w1"
+
+
+def test_a_failed_run_is_retried_after_its_delay(setup: Setup) -> None:
+    hook = setup.tmp / "lock.sh"
+    hook.write_text("#!/bin/sh\necho 'cannot lock the service' >&2\nexit 3\n")
+    hook.chmod(0o755)
+    specs = setup.config(f"retries: 1\nretry_delay: 90s\nhooks: {{pre-backup-lock: {hook}}}")
+    run_id, run = run_once(setup, specs)
+    assert run["state"] == "failed" and "pre-backup-lock" in run["error"]
+    with setup.engine.connect() as db:
+        retry = db.execute(
+            text("SELECT id, attempt, trigger, state, job_id FROM runs WHERE id <> :r"),
+            {"r": run_id},
+        ).one()
+        scheduled = db.execute(
+            text(
+                "SELECT scheduled_at - now(), lock, task_name FROM procrastinate_jobs WHERE id = :j"
+            ),
+            {"j": retry.job_id},
+        ).one()
+    assert (retry.attempt, retry.trigger, retry.state) == (2, "retry", "queued")
+    assert 60 < scheduled[0].total_seconds() <= 90
+    assert scheduled[1:] == ("default/job", RUN_TASK)
+
+
+def test_a_run_the_check_hook_declines_is_skipped(setup: Setup) -> None:
+    specs = setup.config("hooks: {pre-backup-check: 'sh -c \"echo replica lagging; exit 1\"'}")
+    _, run = run_once(setup, specs)
+    assert run["state"] == "skipped" and run["snapshot_id"] is None
+
+
+def test_a_run_past_its_timeout_is_timed_out(setup: Setup) -> None:
+    specs = setup.config("timeout: 1s\nhooks: {backup: 'sleep 30'}")
+    started = time.monotonic()
+    _, run = run_once(setup, specs)
+    assert run["state"] == "timed_out"
+    assert time.monotonic() - started < 25
+
+
+def test_the_parent_kills_a_child_that_does_not_end() -> None:
+    lines: list[object] = []
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys, time\n"
+        'print(\'{"level": "info", "event": "x"}\', file=sys.stderr, flush=True)\n'
+        "time.sleep(60)\n",
+    ]
+    started = time.monotonic()
+    result = asyncio.run(run_child(argv, on_line=lines.append, limit=1.0))
+    assert result.killed and result.record is None
+    assert time.monotonic() - started < 15
+    assert len(lines) == 1
+
+
+def test_a_lost_worker_s_run_is_ended_and_retried(setup: Setup) -> None:
+    specs = setup.config("")
+
+    async def go() -> tuple[uuid.UUID, int]:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
+            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
+            await jobs.defer(run_id, "default/job")
+            # A worker takes the job and dies: its heartbeat stops.
+            worker_id = await app.job_manager.register_worker()
+            job = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
+            assert job is not None
+            await asyncio.to_thread(jobs._claim, run_id)
+            with setup.engine.begin() as db:
+                db.execute(
+                    text(
+                        "UPDATE procrastinate_workers "
+                        "SET last_heartbeat = now() - interval '1 hour'"
+                    )
+                )
+            return run_id, await jobs.reap()
+
+    run_id, reaped = asyncio.run(go())
+    assert reaped == 1
+    lost = row(setup.engine, run_id)
+    assert lost["state"] == "worker_lost" and "worker" in lost["error"]
+    with setup.engine.connect() as db:
+        retry = db.execute(
+            text("SELECT attempt, trigger, state FROM runs WHERE id <> :r"), {"r": run_id}
+        ).one()
+        statuses = (
+            db.execute(text("SELECT status FROM procrastinate_jobs ORDER BY id")).scalars().all()
+        )
+    assert tuple(retry) == (2, "retry", "queued")
+    assert statuses == ["failed", "todo"]  # the stalled job ended; its plan's lock is free
