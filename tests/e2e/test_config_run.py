@@ -475,3 +475,30 @@ def test_the_service_chooses_the_run_id_and_plan(
     assert {line["run_id"] for line in json_lines(res.stderr)} == {run_id}
     bad = cli("backup", "--config", str(config), "--run-id", "nope", env=env)
     assert bad.code == 2 and "not a UUID" in bad.stderr
+
+
+def test_forget_applies_a_source_s_retention(cli: CliRunner, cli_repo: str, tmp_path: Path) -> None:
+    """What `safehold serve` runs after each backup of a plan: the plan's retention, over
+    that source's snapshots only."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"repository: {{location: {cli_repo}, password_env: REPO_PW}}\n"
+        "sources:\n"
+        f"  a: {{type: directory, paths: [{tmp_path / 'a'}], retention: {{keep_last: 2}}}}\n"
+        f"  b: {{type: directory, paths: [{tmp_path / 'b'}]}}\n"
+    )
+    env = {"REPO_PW": PASSWORD.decode(), "SAFEHOLD_STATE_DIR": str(tmp_path / "state")}
+    for i in range(3):
+        for name in ("a", "b"):
+            (tmp_path / name / "f").write_text(str(i))
+            res = cli("backup", "--config", str(config), "--source", name, env=env)
+            assert res.code == 0, res.output
+    res = cli("--json", "forget", "--config", str(config), "--source", "a", env=env)
+    assert res.code == 0, res.output
+    assert len(json.loads(res.stdout)["removed"]) == 1
+    snaps = json.loads(cli("-r", cli_repo, "snapshots", "--json").stdout)
+    assert sorted(s["source_name"] for s in snaps) == ["a", "a", "b", "b", "b"]
+    res = cli("forget", "--config", str(config), "--source", "b", env=env)
+    assert res.code == 2 and "has no retention" in res.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 import uuid
@@ -211,3 +212,29 @@ def test_a_lost_worker_s_run_is_ended_and_retried(setup: Setup) -> None:
         )
     assert tuple(retry) == (2, "retry", "queued")
     assert statuses == ["failed", "todo"]  # the stalled job ended; its plan's lock is free
+
+
+def test_a_successful_backup_queues_the_plan_s_retention(setup: Setup, cli: CliRunner) -> None:
+    specs = setup.config("retention: {keep_last: 1}")
+    run_once(setup, specs)
+    (setup.tmp / "data" / "file").write_text("changed\n")
+    run_once(setup, specs)
+    with setup.engine.connect() as db:
+        retention = (
+            db.execute(text("SELECT id FROM runs WHERE kind = 'retention' AND state = 'queued'"))
+            .scalars()
+            .all()
+        )
+    assert len(retention) == 2  # one after each backup
+
+    async def run_retention() -> None:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w")
+            await jobs.execute(retention[-1])
+
+    asyncio.run(run_retention())
+    assert row(setup.engine, retention[-1])["state"] == "succeeded"
+    snaps = cli("-r", setup.repo, "snapshots", "--json")
+    assert len(json.loads(snaps.stdout)) == 1  # keep_last 1

@@ -21,6 +21,7 @@ from safehold.errors import UsageError
 from safehold.policy.duration import Duration, parse_duration
 from safehold.policy.retention import RetentionPolicy
 from safehold.repository.prune import prune
+from safehold.repository.repository import Repository
 from safehold.repository.retention import extend_retention
 from safehold.repository.snapshot import Snapshot
 
@@ -55,6 +56,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshot ids to remove")
     add_keep_rules(p)
+    c = p.add_argument_group("a configured source's retention (docs/configuration.md)")
+    c.add_argument(
+        "--config",
+        metavar="FILE",
+        help="take the repository from FILE and, with --source, that source's retention",
+    )
+    c.add_argument(
+        "--source",
+        metavar="NAME",
+        help="with --config: only this source's snapshots, kept by its retention: block "
+        "unless keep rules are given here (what 'safehold serve' runs after each backup)",
+    )
     f = p.add_argument_group("which snapshots")
     f.add_argument("--host", help="only snapshots of this host")
     f.add_argument("--tag", action="append", default=[], help="only snapshots with this tag")
@@ -121,8 +134,15 @@ def policy_from(args: argparse.Namespace) -> RetentionPolicy:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    policy = policy_from(args)
+    source = None
+    if args.config or args.source:
+        from safehold.cli.config_run import source_retention
+
+        policy, source = source_retention(args, ctx, policy)
     opts = ForgetOptions(
-        policy=policy_from(args),
+        policy=policy,
+        source=source,
         snapshot_ids=args.snapshots,
         host=args.host,
         tags=args.tag,
@@ -130,7 +150,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         group_by=args.group_by,
         dry_run=args.dry_run,
     )
-    repo = ctx.open_repo()
+    repo = ctx.open_repo() if not args.config else _config_repo(args, ctx)
     result = run_forget(repo, opts)
     pruned = (
         prune(
@@ -176,6 +196,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if retention:
         cmd_prune.print_retention(ctx, retention)
     return 0
+
+
+def _config_repo(args: argparse.Namespace, ctx: Context) -> Repository:
+    from safehold.cli.config_run import open_configured_repository
+
+    return open_configured_repository(args.config, ctx)
 
 
 def _group_json(g: ForgetGroup) -> dict[str, Any]:

@@ -23,11 +23,18 @@ from safehold.errors import ConfigError, ExitCode, UsageError
 if TYPE_CHECKING:
     from safehold.config import Config
     from safehold.config.models import RepositoryConfig
+    from safehold.policy import RetentionPolicy
     from safehold.repository.repository import Repository
     from safehold.runs import Destination, LogSink, RunRecord, SourceJob
     from safehold.storage.base import Storage
 
-__all__ = ["add_config_arguments", "backup_from_config", "restore_from_config"]
+__all__ = [
+    "add_config_arguments",
+    "backup_from_config",
+    "open_configured_repository",
+    "restore_from_config",
+    "source_retention",
+]
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -181,6 +188,37 @@ def _open(ctx: Context, config: Config) -> tuple[Repository, bytes]:
         **ctx.cache_options(),
     )
     return repo, password
+
+
+def open_configured_repository(path: str, ctx: Context) -> Repository:
+    """The repository of the file at ``path`` (``-r`` and the password flags still win)."""
+    from safehold.config import load_config
+
+    return _open(ctx, load_config(path))[0]
+
+
+def source_retention(
+    args: argparse.Namespace, ctx: Context, given: RetentionPolicy
+) -> tuple[RetentionPolicy, str | None]:
+    """``forget --config FILE [--source NAME]``: the keep rules and the source to apply
+    them to. Rules given on the command line win over the source's ``retention:``."""
+    from safehold.config import choose_source, load_config
+
+    if not args.config:
+        raise UsageError("--source needs --config (the file that names the source)")
+    config = load_config(args.config)
+    if args.source is None:
+        return given, None
+    source = choose_source(config, args.source)
+    if not given.is_empty() or args.snapshots:
+        return given, source.name
+    if source.common.retention is None:
+        raise UsageError(
+            f"source {source.name!r} in {args.config} has no retention:",
+            hint="add e.g. 'retention: {keep_daily: 7}' to its block, or give keep rules "
+            "here (--keep-daily 7)",
+        )
+    return source.common.retention.policy(), source.name
 
 
 def _prepare(ctx: Context, args: argparse.Namespace) -> tuple[Config, SourceJob, LogSink, Path]:

@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KILL_GRACE", "ChildResult", "LogLine", "backup_argv", "run_child"]
+__all__ = [
+    "KILL_GRACE",
+    "ChildResult",
+    "LogLine",
+    "backup_argv",
+    "retention_argv",
+    "run_child",
+]
 
 KILL_GRACE = 120.0  # the parent's backstop beyond the run's own time-out
 TERM_WAIT = 10.0  # between SIGTERM and SIGKILL to the child's process group
@@ -76,6 +83,21 @@ def backup_argv(
         plan,
         "--state-dir",
         str(state_dir),
+    ]
+
+
+def retention_argv(config_path: str, source: str) -> list[str]:
+    """The child's command line for a plan's retention (``forget``, no prune)."""
+    return [
+        sys.executable,
+        "-m",
+        "safehold",
+        "--json",
+        "forget",
+        "--config",
+        config_path,
+        "--source",
+        source,
     ]
 
 

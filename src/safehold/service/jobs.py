@@ -26,21 +26,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from procrastinate import App, JobContext
 from procrastinate.jobs import Status
 from sqlalchemy import Engine, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert
 
 from safehold.catalog import Run, RunKind, RunLine, RunState, RunTrigger
 from safehold.clock import utcnow
 from safehold.service import child
-from safehold.service.child import ChildResult, LogLine, backup_argv, run_child
+from safehold.service.child import (
+    ChildResult,
+    LogLine,
+    backup_argv,
+    retention_argv,
+    run_child,
+)
 from safehold.service.plans import PlanSpec
 
 __all__ = ["RUN_TASK", "Jobs", "outcome_of"]
@@ -49,7 +57,12 @@ RUN_TASK = "safehold.run"
 STALL_SECONDS = 30.0  # a worker silent this long is lost (it heart-beats every 5 s)
 _FLUSH_EVERY = 0.5  # seconds between writes of a running job's log lines
 
+DB_PATIENCE = 600.0  # seconds a run's end waits for the database to come back
+DB_RETRY_MAX = 10.0
+
 log = logging.getLogger("safehold.service")
+run_log = logging.getLogger("safehold.service.run")  # the runs' own lines, passed on
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,16 @@ def outcome_of(result: ChildResult) -> Outcome:
     return Outcome(RunState.FAILED, error or outcome, error or outcome)
 
 
+def retention_outcome(result: ChildResult) -> Outcome:
+    """A ``forget`` child's end: its exit code says it all."""
+    if result.killed:
+        return Outcome(RunState.TIMED_OUT, "killed by the service after its time-out")
+    if result.exit_code == 0:
+        return Outcome(RunState.SUCCEEDED)
+    tail = "\n".join(result.stderr_tail[-5:]) or f"exit code {result.exit_code}"
+    return Outcome(RunState.FAILED, "retention failed", f"forget failed: {tail}")
+
+
 class Jobs:
     """The queue's side of the service: defer, execute, end and reap runs."""
 
@@ -114,7 +137,7 @@ class Jobs:
         if delay > 0:
             options["schedule_in"] = {"seconds": delay}
         job_id = await self.app.configure_task(RUN_TASK, **options).defer_async(run_id=str(run_id))
-        await asyncio.to_thread(self._set_job, run_id, job_id)
+        await self._db(self._set_job, run_id, job_id)
         return job_id
 
     def _set_job(self, run_id: uuid.UUID, job_id: int) -> None:
@@ -130,6 +153,7 @@ class Jobs:
         trigger: RunTrigger,
         attempt: int = 1,
         slot_id: int | None = None,
+        kind: RunKind = RunKind.BACKUP,
     ) -> uuid.UUID:
         """A queued run row for plan ``plan_key`` (no job yet: :meth:`defer` it)."""
         run_id = uuid.uuid4()
@@ -144,7 +168,7 @@ class Jobs:
                     id=run_id,
                     plan_id=plan_id,
                     slot_id=slot_id,
-                    kind=RunKind.BACKUP.value,
+                    kind=kind.value,
                     trigger=trigger.value,
                     attempt=attempt,
                     state=RunState.QUEUED.value,
@@ -164,11 +188,11 @@ class Jobs:
 
     async def execute(self, run_id: uuid.UUID) -> None:
         """Run the run ``run_id`` to its end (the body of the ``safehold.run`` task)."""
-        claimed = await asyncio.to_thread(self._claim, run_id)
+        claimed = await self._db(self._claim, run_id)
         if claimed is None:
             log.info("run %s: not queued any more; nothing to do", run_id)
             return
-        plan_key, slot_id, attempt = claimed
+        plan_key, slot_id, attempt, kind = claimed
         spec = self._plans().get(plan_key)
         if spec is None:
             outcome = Outcome(
@@ -177,33 +201,76 @@ class Jobs:
                 f"plan {plan_key} is not in the configuration any more",
                 "add it back to the file, or ignore this run",
             )
-            await asyncio.to_thread(self._end, run_id, slot_id, outcome, None)
+            await self._db(self._end, run_id, slot_id, outcome, None)
             return
-        lines = _LineWriter(self.engine, run_id)
+        if kind == RunKind.RETENTION.value:
+            argv = retention_argv(spec.config_path, spec.name)
+        else:
+            argv = backup_argv(
+                spec.config_path,
+                spec.name,
+                run_id=str(run_id),
+                plan=plan_key,
+                state_dir=self.state_dir / "runs",
+            )
+        lines = _LineWriter(self, run_id, plan_key)
         flusher = asyncio.create_task(lines.run())
-        argv = backup_argv(
-            spec.config_path,
-            spec.name,
-            run_id=str(run_id),
-            plan=plan_key,
-            state_dir=self.state_dir / "runs",
-        )
         limit = spec.timeout + child.KILL_GRACE if spec.timeout else None
         try:
             result = await run_child(argv, on_line=lines.add, limit=limit)
+        except asyncio.CancelledError:
+            # Stopped harder than the grace allowed: the child was killed with the task.
+            stopped = Outcome(
+                RunState.FAILED,
+                "the service stopped",
+                "the service stopped while the run went on",
+                "it runs again at the plan's next slot",
+            )
+            await asyncio.shield(self._db(self._end, run_id, slot_id, stopped, None))
+            raise
         finally:
             flusher.cancel()
-            await asyncio.to_thread(lines.flush)
-        outcome = outcome_of(result)
-        await asyncio.to_thread(self._end, run_id, slot_id, outcome, result.record)
+            await self._db(lines.flush)
+        if kind == RunKind.RETENTION.value:
+            outcome = retention_outcome(result)
+        else:
+            outcome = outcome_of(result)
+        await self._db(self._end, run_id, slot_id, outcome, result.record)
+        if kind != RunKind.BACKUP.value:
+            return
         if outcome.state in (RunState.FAILED, RunState.TIMED_OUT) and attempt <= spec.retries:
             await self._retry(spec, slot_id, attempt, outcome)
+        elif outcome.state is RunState.SUCCEEDED and spec.retention:
+            retention = await self._db(
+                self.new_run, spec.key, trigger=RunTrigger.SCHEDULE, kind=RunKind.RETENTION
+            )
+            await self.defer(retention, spec.key)
+
+    async def _db(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``call`` in a thread, tried again while the database cannot be reached.
+
+        A run's end must not be lost because PostgreSQL restarted under it: the child's
+        work is done and only the record is missing. Each try waits longer (up to
+        :data:`DB_RETRY_MAX` seconds between two) for :data:`DB_PATIENCE` seconds in all.
+        """
+        deadline = time.monotonic() + DB_PATIENCE
+        wait = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(call, *args, **kwargs)
+            except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+                if time.monotonic() + wait > deadline:
+                    raise
+                log.warning("the database is not answering (%s); trying again in %.0f s",
+                            str(exc).splitlines()[0], wait)  # fmt: skip
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, DB_RETRY_MAX)
 
     async def _retry(
         self, spec: PlanSpec, slot_id: int | None, attempt: int, outcome: Outcome
     ) -> None:
         delay = spec.retry_in(attempt)
-        run_id = await asyncio.to_thread(
+        run_id = await self._db(
             self.new_run, spec.key, trigger=RunTrigger.RETRY, attempt=attempt + 1, slot_id=slot_id
         )
         log.info(
@@ -212,19 +279,19 @@ class Jobs:
         )  # fmt: skip
         await self.defer(run_id, spec.key, delay)
 
-    def _claim(self, run_id: uuid.UUID) -> tuple[str, int | None, int] | None:
+    def _claim(self, run_id: uuid.UUID) -> tuple[str, int | None, int, str] | None:
         with self.engine.begin() as db:
             row = db.execute(
                 text(
                     "UPDATE runs SET state = 'running', started_at = now(), worker = :w "
                     "WHERE id = :r AND state = 'queued' "
-                    "RETURNING plan_id, slot_id, attempt"
+                    "RETURNING plan_id, slot_id, attempt, kind"
                 ),
                 {"w": self.worker, "r": run_id},
             ).one_or_none()
             if row is None:
                 return None
-            plan_id, slot_id, attempt = row
+            plan_id, slot_id, attempt, kind = row
             project, name = db.execute(
                 text("SELECT project, name FROM plans WHERE id = :p"), {"p": plan_id}
             ).one()
@@ -233,7 +300,7 @@ class Jobs:
                     text("UPDATE slots SET state = 'running', reason = NULL WHERE id = :s"),
                     {"s": slot_id},
                 )
-        return f"{project}/{name}", slot_id, attempt
+        return f"{project}/{name}", slot_id, attempt, kind
 
     def _end(
         self,
@@ -288,7 +355,7 @@ class Jobs:
             assert job.id is not None
             await self.app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
             run_id = uuid.UUID(str(job.task_kwargs["run_id"]))
-            lost = await asyncio.to_thread(self._lose, run_id)
+            lost = await self._db(self._lose, run_id)
             if lost is None:
                 continue
             ended += 1
@@ -335,21 +402,36 @@ def _json(value: Any) -> str:
 
 
 class _LineWriter:
-    """Buffers a running job's log lines and writes them every half second."""
+    """Buffers a running job's log lines, writes them every half second, and passes each
+    to the service's own log (one JSON object a line with ``--log-format json``)."""
 
-    def __init__(self, engine: Engine, run_id: uuid.UUID) -> None:
-        self.engine = engine
+    def __init__(self, jobs: Jobs, run_id: uuid.UUID, plan: str) -> None:
+        self.engine = jobs.engine
         self.run_id = run_id
+        self.plan = plan
         self.pending: list[LogLine] = []
         self.seq = 0
 
     def add(self, line: LogLine) -> None:
         self.pending.append(line)
+        fields = {"run_id": str(self.run_id), "backup_guid": str(self.run_id), "plan": self.plan}
+        fields.update(line.fields)
+        run_log.log(
+            _LEVELS.get(line.level, logging.INFO),
+            "%s %s: %s",
+            self.plan,
+            str(self.run_id)[:8],
+            line.message,
+            extra={"fields": {"event": line.message, **fields}},
+        )
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(_FLUSH_EVERY)
-            await asyncio.to_thread(self.flush)
+            try:
+                await asyncio.to_thread(self.flush)
+            except sa_exc.SQLAlchemyError:
+                continue  # kept for the next try; the final flush waits for the database
 
     def flush(self) -> None:
         lines, self.pending = self.pending, []
@@ -357,17 +439,25 @@ class _LineWriter:
             return
         now = utcnow()
         rows = []
-        for line in lines:
+        for offset, line in enumerate(lines):
             message = line.message
             if line.fields:
                 message = f"{message} {_json(line.fields)}"
             rows.append(
-                {"run_id": self.run_id, "seq": self.seq, "at": now, "level": line.level,
-                 "message": message}
+                {"run_id": self.run_id, "seq": self.seq + offset, "at": now,
+                 "level": line.level, "message": message}
             )  # fmt: skip
-            self.seq += 1
-        with self.engine.begin() as db:
-            db.execute(insert(RunLine), rows)
+        try:
+            with self.engine.begin() as db:
+                db.execute(insert(RunLine), rows)
+        except BaseException:
+            self.pending[:0] = lines  # not lost: written with the next flush
+            raise
+        self.seq += len(rows)
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}  # fmt: skip
 
 
 async def run_task(context: JobContext, run_id: str) -> None:

@@ -42,6 +42,7 @@ class PlanSpec:
     retries: int = 0
     retry_delay: float = 60.0
     timeout: float | None = None
+    retention: bool = False  # a retention: block: forget runs after each successful backup
 
     @property
     def key(self) -> str:
@@ -75,6 +76,7 @@ class PlanSpec:
             "retries": self.retries,
             "retry_delay": self.retry_delay,
             "timeout": self.timeout,
+            "retention": self.retention,
             "config": self.config_path,
         }
 
@@ -103,6 +105,7 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
             retries=common.retries,
             retry_delay=common.retry_delay,
             timeout=common.timeout,
+            retention=common.retention is not None,
         )
     return out
 

@@ -50,6 +50,7 @@ class ForgetOptions:
     host: str | None = None
     tags: list[str] = field(default_factory=list)  # snapshots carrying all these tags
     paths: list[str] = field(default_factory=list)  # snapshots including all these paths
+    source: str | None = None  # only snapshots of this configured source (a plan's own)
     group_by: tuple[str, ...] = DEFAULT_GROUP_BY
     dry_run: bool = False
 
@@ -176,6 +177,8 @@ def _decide(repo: Repository, opts: ForgetOptions) -> ForgetResult:
 
 def _selected(s: Snapshot, opts: ForgetOptions) -> bool:
     if opts.host and s.hostname != opts.host:
+        return False
+    if opts.source is not None and s.source_name != opts.source:
         return False
     if opts.tags and not set(opts.tags) <= set(s.tags):
         return False
