@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from safehold.cli.context import Context
+from safehold.clock import Clock
 from safehold.cli.service_args import add_service_arguments, database_url, state_dir
 from safehold.errors import ExitCode, UsageError
 
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             file=sys.stderr,
         )
     _logging(getattr(args, "log_format", "text") or "text", quiet=ctx.quiet)
+    clock = _clock()
     options = ServeOptions(
         config_path=os.path.abspath(args.config),
         database=database_url(args, config),
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         scheduler=args.scheduler,
         tick_interval=args.tick,
         stop_grace=args.stop_grace,
+        clock=clock,
     )
     pid_file = folder / f"serve.{os.getpid()}.pid"
     try:
@@ -101,6 +104,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     finally:
         pid_file.unlink(missing_ok=True)
     return ExitCode.OK
+
+
+def _clock() -> Clock:
+    """The system clock, or for the project's own tests a faster one shared by several
+    processes (``SAFEHOLD_TEST_CLOCK=ORIGIN:SPEED``, safehold.clock.ScaledClock)."""
+    from safehold.clock import SYSTEM_CLOCK, ScaledClock
+
+    given = os.environ.get("SAFEHOLD_TEST_CLOCK")
+    if not given:
+        return SYSTEM_CLOCK
+    try:
+        return ScaledClock.parse(given)
+    except ValueError:
+        raise UsageError(
+            f"SAFEHOLD_TEST_CLOCK={given!r} is not ORIGIN:SPEED", hint="unset it"
+        ) from None
 
 
 def _reload(folder: Path, ctx: Context) -> int:

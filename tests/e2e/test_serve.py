@@ -1,0 +1,221 @@
+"""``safehold serve`` as operators run it: real processes, its own private PostgreSQL,
+a real PostgreSQL database backed up to SeaweedFS, and the ledger's states checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import PASSWORD
+from tests.servers.postgres import PG_PASSWORD, PG_USER_PW, PgServer
+from tests.servers.s3 import SeaweedS3, unique_bucket
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+
+
+class Service:
+    """One ``safehold serve`` process and the commands that talk to its catalog."""
+
+    def __init__(self, config: Path, state_dir: Path, env: dict[str, str], log: Path) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def base(self) -> list[str]:
+        return ["--config", str(self.config), "--state-dir", str(self.state_dir)]
+
+    def start(self, *extra: str) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "safehold", "--log-format", "json", "serve",
+                 *self.base(), "--tick", "0.5", "--workers", "3", *extra],
+                env=self.env, stdout=out, stderr=out,
+            )  # fmt: skip
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return code
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "safehold", *args, *self.base()],
+            env=self.env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if check:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    def runs(self, *args: str) -> list[dict[str, Any]]:
+        return json.loads(self.run("--json", "runs", "--limit", "1000", *args).stdout)  # type: ignore[no-any-return]
+
+    def count(self, plan: str, state: str | None = None, kind: str = "backup") -> int:
+        """Runs of ``plan`` (in ``state``), read straight from the running service's private
+        cluster: cheaper than a command for the polling in :func:`wait_for`."""
+        conninfo = f"host='{self.state_dir}/postgresql/run' port=5432 user=safehold dbname=safehold"
+        project, name = plan.split("/")
+        try:
+            conn = psycopg.connect(conninfo)
+        except psycopg.OperationalError:
+            return 0  # the service is still starting its cluster
+        with conn:
+            found = conn.execute(
+                "SELECT count(*) FROM runs r JOIN plans p ON p.id = r.plan_id "
+                "WHERE p.project = %s AND p.name = %s AND r.kind = %s "
+                "AND (%s::text IS NULL OR r.state = %s)",
+                (project, name, kind, state, state),
+            ).fetchone()
+        assert found is not None
+        return int(found[0])
+
+    def plans(self) -> dict[str, dict[str, Any]]:
+        return {p["plan"]: p for p in json.loads(self.run("--json", "plans").stdout)}
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def service(
+    make_state_dir: Callable[[], Path], tmp_path: Path, s3_server: SeaweedS3
+) -> Iterator[Service]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
+    env.update(s3_server.env())
+    env.update(
+        REPO_PW=PASSWORD.decode(),
+        HOME=str(tmp_path / "home"),
+        SAFEHOLD_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    svc = Service(tmp_path / "safehold.yaml", make_state_dir(), env, tmp_path / "serve.log")
+    try:
+        yield svc
+    finally:
+        if svc.proc is not None:
+            svc.proc.kill()
+            svc.proc.wait()
+
+
+def test_serve_runs_plans_on_their_schedules(
+    service: Service, pg_server: PgServer, s3_server: SeaweedS3, tmp_path: Path
+) -> None:
+    db = f"serve_{os.getpid()}"
+    pg_server.psql(f"DROP DATABASE IF EXISTS {db}")
+    pg_server.psql(f"CREATE DATABASE {db}")
+    pg_server.psql("CREATE TABLE t AS SELECT generate_series(1, 500) AS n", db=db)
+    repo = f"s3:{s3_server.endpoint}/{unique_bucket('serve')}/repo"
+    init = subprocess.run(
+        [sys.executable, "-m", "safehold", "-r", repo, "init", "--kdf-log2n", "10"],
+        env={**service.env, "SAFEHOLD_PASSWORD": PASSWORD.decode()},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    hang = tmp_path / "hang.sh"
+    hang.write_text("#!/bin/sh\nsleep 60\n")
+    hang.chmod(0o755)
+    slow = tmp_path / "slow.sh"
+    slow.write_text("#!/bin/sh\nsleep 4\n")
+    slow.chmod(0o755)
+    (tmp_path / "files").mkdir()
+    config = f"""\
+repository: {{location: "{repo}", password_env: REPO_PW}}
+sources:
+  shop-db:
+    type: postgres
+    url: postgresql://{PG_USER_PW}@127.0.0.1:{pg_server.port}/{db}
+    password: {PG_PASSWORD}
+    schedule: "*/3 * * * * *"
+    retention: {{keep_last: 2}}
+  hangs:
+    type: directory
+    paths: [{tmp_path / "files"}]
+    schedule: "*/5 * * * * *"
+    timeout: 2s
+    hooks: {{pre-backup-lock: {hang}}}
+  overlaps:
+    type: directory
+    paths: [{tmp_path / "files"}]
+    schedule: "* * * * * *"
+    exit_if_in_progress: true
+    hooks: {{backup: {slow}}}
+  rare:
+    type: directory
+    paths: [{tmp_path / "files"}]
+    schedule: "@yearly"
+"""
+    service.config.write_text(config)
+    service.start()
+
+    def ran(plan: str, state: str, count: int = 1) -> Callable[[], bool]:
+        return lambda: service.count(plan, state) >= count
+
+    wait_for("two backups of shop-db", ran("default/shop-db", "succeeded", 2))
+    wait_for("a timed-out run of hangs", ran("default/hangs", "timed_out"))
+    wait_for("a succeeded run of overlaps", ran("default/overlaps", "succeeded"))
+
+    # Run now (service-backup's manual backup) a plan whose next slot is months away.
+    queued = json.loads(service.run("--json", "plan", "run", "rare").stdout)
+    wait_for("the manual run", ran("default/rare", "succeeded"))
+    (manual,) = service.runs("--plan", "rare")
+    assert manual["id"] == queued["run_id"]
+    assert manual["trigger"] == "manual" and manual["snapshot_id"]
+
+    # Pause: slots are recorded as skipped, none runs; resume: they run again.
+    service.run("plan", "pause", "shop-db")
+    time.sleep(3.5)  # a run queued just before the pause may still start
+    before = service.count("default/shop-db")
+    time.sleep(4)
+    assert service.count("default/shop-db") == before
+    assert service.plans()["default/shop-db"]["paused"]
+    service.run("plan", "resume", "shop-db")
+    wait_for("a run after resume", lambda: service.count("default/shop-db") > before)
+
+    # Reload: a new plan in the file runs without a restart.
+    service.config.write_text(
+        config + f"  added:\n    type: directory\n    paths: [{tmp_path / 'files'}]\n"
+        '    schedule: "*/2 * * * * *"\n'
+    )
+    service.run("serve", "--reload")
+    wait_for("the added plan's run", ran("default/added", "succeeded"))
+
+    assert service.stop() == 0
+    status = service.plans()
+    assert status["default/shop-db"]["last_success"] is not None
+    assert status["default/hangs"]["failed"] >= 1
+    runs = service.runs()
+    # The overlapping plan's slots were skipped while a run went on, with the reason.
+    show = service.run("runs", "show", runs[0]["id"][:8]).stdout
+    assert runs[0]["id"] in show
+    skipped = service.run("--json", "runs", "--state", "skipped").stdout
+    assert json.loads(skipped) == [] or all(r["state"] == "skipped" for r in json.loads(skipped))
+    # Retention ran after the backups (those queued when the service stopped wait for the
+    # next start).
+    retention = [r for r in runs if r["kind"] == "retention" and r["state"] != "queued"]
+    assert retention
+    assert all(r["state"] == "succeeded" for r in retention), [
+        (r["state"], r["error"]) for r in retention
+    ]
+    # Secrets never reach the log.
+    log = service.log.read_text()
+    assert PG_PASSWORD not in log and PASSWORD.decode() not in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(line.get("backup_guid") and line.get("plan") == "default/shop-db" for line in lines)
