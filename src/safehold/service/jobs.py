@@ -131,9 +131,14 @@ class Jobs:
 
     # --- queueing ---------------------------------------------------------------------
 
-    async def defer(self, run_id: uuid.UUID, plan_key: str, delay: float = 0.0) -> int:
-        """Queue the job of run ``run_id`` (after ``delay`` seconds); its job id."""
+    async def defer(
+        self, run_id: uuid.UUID, plan_key: str, delay: float = 0.0, *, first: bool = False
+    ) -> int:
+        """Queue the job of run ``run_id`` (after ``delay`` seconds); its job id. ``first``
+        puts it before every job queued without it (a retry of work already lost)."""
         options: dict[str, Any] = {"lock": plan_key}
+        if first:
+            options["priority"] = 1
         if delay > 0:
             options["schedule_in"] = {"seconds": delay}
         job_id = await self.app.configure_task(RUN_TASK, **options).defer_async(run_id=str(run_id))
@@ -277,7 +282,7 @@ class Jobs:
             "plan %s: attempt %d %s; attempt %d in %.0f s (run %s)",
             spec.key, attempt, outcome.state.value, attempt + 1, delay, run_id,
         )  # fmt: skip
-        await self.defer(run_id, spec.key, delay)
+        await self.defer(run_id, spec.key, delay, first=True)
 
     def _claim(self, run_id: uuid.UUID) -> tuple[str, int | None, int, str] | None:
         with self.engine.begin() as db:
