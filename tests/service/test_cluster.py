@@ -188,3 +188,38 @@ def test_a_state_folder_the_server_user_cannot_reach(make_state_dir: StateDirs) 
         with open_cluster(state_dir):
             pass
     assert caught.value.hint is not None and "chmod o+x" in caught.value.hint
+
+
+def test_a_cluster_made_by_a_version_no_longer_installed(make_state_dir: StateDirs) -> None:
+    """After an upgrade of Debian's postgresql, the cluster needs its own version's
+    programs, not the newest: the error names the package."""
+    state_dir = make_state_dir()
+    data = state_dir / "postgresql" / "data"
+    data.mkdir(parents=True)
+    (data / "PG_VERSION").write_text("9\n")
+    with pytest.raises(DatabaseNotInstalled, match="'postgresql-9'") as caught:
+        with open_cluster(state_dir):
+            pass
+    assert "\n" not in str(caught.value)
+
+
+def test_the_server_outlives_its_starter_killed_and_the_next_user_stops_it(
+    make_state_dir: StateDirs,
+) -> None:
+    state_dir = make_state_dir()
+    child = run_python(
+        "import sys; from pathlib import Path\n"
+        "from safehold.service.cluster import open_cluster\n"
+        f"with open_cluster(Path({str(state_dir)!r})) as c:\n"
+        "    print(c.pid(), flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    assert child.stdout is not None
+    pid = int(child.stdout.readline())
+    child.kill()
+    child.wait(timeout=30)
+    assert alive(pid)  # its locks died with it; the server did not
+    with open_cluster(state_dir) as cluster:
+        assert cluster.pid() == pid
+        assert query(cluster, "SELECT 1") == 1
+    wait_gone(pid)

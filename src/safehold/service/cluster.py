@@ -89,12 +89,14 @@ def _version_key(folder: Path) -> tuple[int, str]:
     return (int(name), name) if name.isdigit() else (-1, name)
 
 
-def find_bin_dir(bin_dir: Path | None = None) -> Path:
+def find_bin_dir(bin_dir: Path | None = None, *, version: str | None = None) -> Path:
     """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``.
 
     ``bin_dir`` when given (and nothing else); otherwise the newest of Debian's
     ``/usr/lib/postgresql/<version>/bin`` (the programs are not on PATH there), then the
-    folder of a ``pg_ctl`` on PATH (other distributions).
+    folder of a ``pg_ctl`` on PATH (other distributions). With ``version`` (the major
+    version an existing cluster was made with: a server opens only its own version's
+    files), only programs of that version.
     """
     if bin_dir is not None:
         candidates = [bin_dir]
@@ -105,9 +107,34 @@ def find_bin_dir(bin_dir: Path | None = None) -> Path:
         if on_path is not None:
             candidates.append(Path(on_path).resolve().parent)
     for folder in candidates:
-        if _has_server_programs(folder):
+        if _has_server_programs(folder) and (version is None or _major(folder) == version):
             return folder
-    raise DatabaseNotInstalled(_MISSING)
+    if version is None:
+        raise DatabaseNotInstalled(_MISSING)
+    raise DatabaseNotInstalled(
+        f"the private PostgreSQL cluster was made by PostgreSQL {version}, whose server "
+        f"programs are not installed: install the Debian package 'postgresql-{version}' "
+        "(or move the cluster to an installed version with pg_upgrade)"
+    )
+
+
+def _major(folder: Path) -> str | None:
+    """The major version of the programs in ``folder`` ("15"), from ``pg_ctl --version``."""
+    if folder.parent.parent == Path("/usr/lib/postgresql"):
+        return folder.parent.name  # Debian names the folder so
+    try:
+        done = subprocess.run(
+            [str(folder / "pg_ctl"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError:
+        return None
+    # "pg_ctl (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+    words = done.stdout.split()
+    return words[2].split(".")[0] if len(words) > 2 else None
 
 
 @dataclass(frozen=True)
@@ -188,7 +215,8 @@ def open_cluster(
     """Use the private cluster of ``state_dir``: create it the first time, start it unless it
     runs, and stop it on leaving if no other process uses it any more."""
     state_dir = (state_dir or default_state_dir()).absolute()
-    cluster = Cluster(state_dir, find_bin_dir(bin_dir))
+    made_by = _made_by(state_dir / "postgresql" / "data")
+    cluster = Cluster(state_dir, find_bin_dir(bin_dir, version=made_by))
     _check_socket_path(cluster)
     account = _Account.for_this_process()
     _make_state_dir(state_dir, account)
@@ -210,6 +238,14 @@ def open_cluster(
     finally:
         os.close(users)
         os.close(decide)
+
+
+def _made_by(data_dir: Path) -> str | None:
+    """The major version of PostgreSQL that made the cluster in ``data_dir``, if any."""
+    try:
+        return (data_dir / "PG_VERSION").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _leave(cluster: Cluster, account: _Account, users: int) -> None:
