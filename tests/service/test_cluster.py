@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -223,3 +224,40 @@ def test_the_server_outlives_its_starter_killed_and_the_next_user_stops_it(
         assert cluster.pid() == pid
         assert query(cluster, "SELECT 1") == 1
     wait_gone(pid)
+
+
+def _child_of(pid: int) -> int:
+    """The one child of ``pid`` (runuser forks the program it runs and waits for it)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        if found.stdout.split():
+            return int(found.stdout.split()[0])
+        assert time.monotonic() < deadline, "runuser started nothing"
+        time.sleep(0.05)
+
+
+def test_a_pid_file_naming_another_program_does_not_block_the_start(
+    make_state_dir: StateDirs,
+) -> None:
+    """After a crash and a reboot the dead server's process id can be another program's,
+    of the same user: pg_ctl would take it for the server, running, forever."""
+    state_dir = make_state_dir()
+    with open_cluster(state_dir) as cluster:
+        pid = cluster.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid)
+    user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    other = subprocess.Popen([*user, "sleep", "300"])
+    try:
+        sleeper = other.pid if not user else _child_of(other.pid)
+        pid_file = cluster.data_dir / "postmaster.pid"
+        lines = pid_file.read_text().splitlines()
+        pid_file.write_text("\n".join([str(sleeper), *lines[1:]]) + "\n")
+        with open_cluster(state_dir) as cluster:
+            assert cluster.pid() not in (None, sleeper)
+            assert query(cluster, "SELECT 1") == 1
+    finally:
+        other.kill()
+        other.wait()

@@ -347,11 +347,32 @@ def _running(cluster: Cluster, account: _Account) -> bool:
     return _pg_ctl(cluster, account, "status", check=False).returncode == 0
 
 
+def _forget_stale_pid_file(cluster: Cluster) -> None:
+    """Remove a ``postmaster.pid`` whose process id now belongs to another program.
+
+    pg_ctl and the server take a ``postmaster.pid`` naming a live process of the server's
+    user for a running server. After a crash and a restart of the machine or container,
+    process ids start again from the bottom and the dead server's id may be some other
+    program's: then neither would start the cluster, ever. A postmaster's command line
+    names the ``postgres`` program.
+    """
+    pid = cluster.pid()
+    if pid is None:
+        return
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return  # gone (or no /proc): pg_ctl sees a dead process itself
+    if os.path.basename(argv0) not in (b"postgres", b"postmaster"):
+        (cluster.data_dir / "postmaster.pid").unlink(missing_ok=True)
+
+
 def _ensure_running(cluster: Cluster, account: _Account) -> None:
     _make_server_folder(cluster, account)
     if not (cluster.data_dir / "PG_VERSION").exists():
         _initdb(cluster, account)
     _write_settings(cluster, account)
+    _forget_stale_pid_file(cluster)
     if not _running(cluster, account):
         _start(cluster, account)
     _create_database(cluster)
@@ -447,9 +468,16 @@ def _last_line(text: str) -> str:
 def _create_database(cluster: Cluster) -> None:
     import psycopg
 
-    with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
-        found = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
-        ).fetchone()
-        if found is None:
-            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+    try:
+        with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
+            ).fetchone()
+            if found is None:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            f"the private PostgreSQL cluster does not answer on {cluster.socket_path}: "
+            f"{_last_line(str(exc))}",
+            hint=f"its log is {cluster.log_path}",
+        ) from exc
