@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -188,3 +189,75 @@ def test_a_state_folder_the_server_user_cannot_reach(make_state_dir: StateDirs) 
         with open_cluster(state_dir):
             pass
     assert caught.value.hint is not None and "chmod o+x" in caught.value.hint
+
+
+def test_a_cluster_made_by_a_version_no_longer_installed(make_state_dir: StateDirs) -> None:
+    """After an upgrade of Debian's postgresql, the cluster needs its own version's
+    programs, not the newest: the error names the package."""
+    state_dir = make_state_dir()
+    data = state_dir / "postgresql" / "data"
+    data.mkdir(parents=True)
+    (data / "PG_VERSION").write_text("9\n")
+    with pytest.raises(DatabaseNotInstalled, match="'postgresql-9'") as caught:
+        with open_cluster(state_dir):
+            pass
+    assert "\n" not in str(caught.value)
+
+
+def test_the_server_outlives_its_starter_killed_and_the_next_user_stops_it(
+    make_state_dir: StateDirs,
+) -> None:
+    state_dir = make_state_dir()
+    child = run_python(
+        "import sys; from pathlib import Path\n"
+        "from safehold.service.cluster import open_cluster\n"
+        f"with open_cluster(Path({str(state_dir)!r})) as c:\n"
+        "    print(c.pid(), flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    assert child.stdout is not None
+    pid = int(child.stdout.readline())
+    child.kill()
+    child.wait(timeout=30)
+    assert alive(pid)  # its locks died with it; the server did not
+    with open_cluster(state_dir) as cluster:
+        assert cluster.pid() == pid
+        assert query(cluster, "SELECT 1") == 1
+    wait_gone(pid)
+
+
+def _child_of(pid: int) -> int:
+    """The one child of ``pid`` (runuser forks the program it runs and waits for it)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        if found.stdout.split():
+            return int(found.stdout.split()[0])
+        assert time.monotonic() < deadline, "runuser started nothing"
+        time.sleep(0.05)
+
+
+def test_a_pid_file_naming_another_program_does_not_block_the_start(
+    make_state_dir: StateDirs,
+) -> None:
+    """After a crash and a reboot the dead server's process id can be another program's,
+    of the same user: pg_ctl would take it for the server, running, forever."""
+    state_dir = make_state_dir()
+    with open_cluster(state_dir) as cluster:
+        pid = cluster.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid)
+    user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    other = subprocess.Popen([*user, "sleep", "300"])
+    try:
+        sleeper = other.pid if not user else _child_of(other.pid)
+        pid_file = cluster.data_dir / "postmaster.pid"
+        lines = pid_file.read_text().splitlines()
+        pid_file.write_text("\n".join([str(sleeper), *lines[1:]]) + "\n")
+        with open_cluster(state_dir) as cluster:
+            assert cluster.pid() not in (None, sleeper)
+            assert query(cluster, "SELECT 1") == 1
+    finally:
+        other.kill()
+        other.wait()

@@ -12,6 +12,7 @@ from procrastinate import App, PsycopgConnector
 from sqlalchemy import inspect, text
 
 from safehold.catalog import migrate
+from safehold.errors import DatabaseError
 from safehold.service.cluster import Cluster
 from safehold.service.database import open_database
 from tests.servers.private_cluster import database_url, fresh_database, run_python
@@ -90,3 +91,16 @@ def test_two_processes_migrate_one_shared_database_at_once(private_cluster: Clus
             versions = conn.execute(text(f"SELECT count(*) FROM {migrate.VERSION_TABLE}"))
             assert versions.scalar() == 1
         assert db.cluster is None  # a server given by URL is not ours to stop
+
+
+def test_a_catalog_newer_than_this_safehold(private_cluster: Cluster) -> None:
+    engine = fresh_database(private_cluster, "newer")
+    with engine.begin() as conn:
+        migrate.upgrade(conn)
+        conn.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = 'fffe'"))
+    engine.dispose()
+    url = database_url(private_cluster, "newer").set(drivername="postgresql")
+    with pytest.raises(DatabaseError, match="does not know") as caught:
+        with open_database(url.render_as_string(hide_password=False)):
+            pass
+    assert caught.value.hint is not None and "upgrade safehold" in caught.value.hint

@@ -89,12 +89,14 @@ def _version_key(folder: Path) -> tuple[int, str]:
     return (int(name), name) if name.isdigit() else (-1, name)
 
 
-def find_bin_dir(bin_dir: Path | None = None) -> Path:
+def find_bin_dir(bin_dir: Path | None = None, *, version: str | None = None) -> Path:
     """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``.
 
     ``bin_dir`` when given (and nothing else); otherwise the newest of Debian's
     ``/usr/lib/postgresql/<version>/bin`` (the programs are not on PATH there), then the
-    folder of a ``pg_ctl`` on PATH (other distributions).
+    folder of a ``pg_ctl`` on PATH (other distributions). With ``version`` (the major
+    version an existing cluster was made with: a server opens only its own version's
+    files), only programs of that version.
     """
     if bin_dir is not None:
         candidates = [bin_dir]
@@ -105,9 +107,34 @@ def find_bin_dir(bin_dir: Path | None = None) -> Path:
         if on_path is not None:
             candidates.append(Path(on_path).resolve().parent)
     for folder in candidates:
-        if _has_server_programs(folder):
+        if _has_server_programs(folder) and (version is None or _major(folder) == version):
             return folder
-    raise DatabaseNotInstalled(_MISSING)
+    if version is None:
+        raise DatabaseNotInstalled(_MISSING)
+    raise DatabaseNotInstalled(
+        f"the private PostgreSQL cluster was made by PostgreSQL {version}, whose server "
+        f"programs are not installed: install the Debian package 'postgresql-{version}' "
+        "(or move the cluster to an installed version with pg_upgrade)"
+    )
+
+
+def _major(folder: Path) -> str | None:
+    """The major version of the programs in ``folder`` ("15"), from ``pg_ctl --version``."""
+    if folder.parent.parent == Path("/usr/lib/postgresql"):
+        return folder.parent.name  # Debian names the folder so
+    try:
+        done = subprocess.run(
+            [str(folder / "pg_ctl"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError:
+        return None
+    # "pg_ctl (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+    words = done.stdout.split()
+    return words[2].split(".")[0] if len(words) > 2 else None
 
 
 @dataclass(frozen=True)
@@ -188,7 +215,8 @@ def open_cluster(
     """Use the private cluster of ``state_dir``: create it the first time, start it unless it
     runs, and stop it on leaving if no other process uses it any more."""
     state_dir = (state_dir or default_state_dir()).absolute()
-    cluster = Cluster(state_dir, find_bin_dir(bin_dir))
+    made_by = _made_by(state_dir / "postgresql" / "data")
+    cluster = Cluster(state_dir, find_bin_dir(bin_dir, version=made_by))
     _check_socket_path(cluster)
     account = _Account.for_this_process()
     _make_state_dir(state_dir, account)
@@ -210,6 +238,14 @@ def open_cluster(
     finally:
         os.close(users)
         os.close(decide)
+
+
+def _made_by(data_dir: Path) -> str | None:
+    """The major version of PostgreSQL that made the cluster in ``data_dir``, if any."""
+    try:
+        return (data_dir / "PG_VERSION").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _leave(cluster: Cluster, account: _Account, users: int) -> None:
@@ -311,11 +347,32 @@ def _running(cluster: Cluster, account: _Account) -> bool:
     return _pg_ctl(cluster, account, "status", check=False).returncode == 0
 
 
+def _forget_stale_pid_file(cluster: Cluster) -> None:
+    """Remove a ``postmaster.pid`` whose process id now belongs to another program.
+
+    pg_ctl and the server take a ``postmaster.pid`` naming a live process of the server's
+    user for a running server. After a crash and a restart of the machine or container,
+    process ids start again from the bottom and the dead server's id may be some other
+    program's: then neither would start the cluster, ever. A postmaster's command line
+    names the ``postgres`` program.
+    """
+    pid = cluster.pid()
+    if pid is None:
+        return
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return  # gone (or no /proc): pg_ctl sees a dead process itself
+    if os.path.basename(argv0) not in (b"postgres", b"postmaster"):
+        (cluster.data_dir / "postmaster.pid").unlink(missing_ok=True)
+
+
 def _ensure_running(cluster: Cluster, account: _Account) -> None:
     _make_server_folder(cluster, account)
     if not (cluster.data_dir / "PG_VERSION").exists():
         _initdb(cluster, account)
     _write_settings(cluster, account)
+    _forget_stale_pid_file(cluster)
     if not _running(cluster, account):
         _start(cluster, account)
     _create_database(cluster)
@@ -411,9 +468,16 @@ def _last_line(text: str) -> str:
 def _create_database(cluster: Cluster) -> None:
     import psycopg
 
-    with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
-        found = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
-        ).fetchone()
-        if found is None:
-            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+    try:
+        with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
+            ).fetchone()
+            if found is None:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            f"the private PostgreSQL cluster does not answer on {cluster.socket_path}: "
+            f"{_last_line(str(exc))}",
+            hint=f"its log is {cluster.log_path}",
+        ) from exc

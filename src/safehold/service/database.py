@@ -29,10 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from alembic.util import CommandError as AlembicCommandError
 from procrastinate import __version__ as procrastinate_version
 from procrastinate.schema import SchemaManager
 from psycopg.conninfo import make_conninfo
@@ -69,7 +70,7 @@ class Database:
     ``cluster`` is the private cluster in use, None for a server given by URL."""
 
     engine: Engine
-    conninfo: str
+    conninfo: str = field(repr=False)
     display_url: str
     cluster: Cluster | None = None
 
@@ -112,6 +113,12 @@ def _opened(url: URL, cluster: Cluster | None) -> Iterator[Database]:
             raise _connect_error(exc, display, url.password) from exc
         try:
             prepare(engine)
+        except AlembicCommandError as exc:
+            raise DatabaseError(
+                f"the catalog in {display} is at a revision this safehold does not know "
+                f"({exc}; the newest it knows is {migrate.head()})",
+                hint="a newer safehold has migrated it: upgrade safehold here too",
+            ) from exc
         except sa_exc.OperationalError as exc:
             raise _connect_error(exc, display, url.password) from exc
         except sa_exc.DBAPIError as exc:
