@@ -23,3 +23,30 @@ sh ls latest "$work/sample/docs" || true
 sh restore latest --target "$work/restored"
 diff -r "$work/sample" "$work/restored$work/sample"
 echo "restored copy is identical to the source: $work/restored$work/sample"
+
+# The same folder as a plan that `safehold serve` runs every three seconds, with its own
+# private PostgreSQL (the machine's postgresql package) under a state folder in $work.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "(skipping 'safehold serve': install the postgresql package to see it)"
+  exit 0
+fi
+chmod 711 "$work"   # as root the cluster runs as the postgres user, who must pass through
+cat > "$work/safehold.yaml" <<YAML
+repository: {location: $work/repo, password_env: SAFEHOLD_PASSWORD}
+service: {state_dir: $work/state}
+sources:
+  sample:
+    type: directory
+    paths: [$work/sample]
+    schedule: "*/3 * * * * *"
+    retention: {keep_last: 3}
+YAML
+echo "+ safehold serve --config $work/safehold.yaml   (for 12 seconds)"
+uv run --frozen safehold serve --config "$work/safehold.yaml" --workers 1 &
+serve=$!
+sleep 12
+kill -TERM "$serve"
+wait "$serve" || true
+sh plans --config "$work/safehold.yaml"
+sh runs --config "$work/safehold.yaml"
+sh snapshots

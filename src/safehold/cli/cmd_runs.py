@@ -53,8 +53,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         took = f"{row['duration_s']:.1f}s" if row["duration_s"] is not None else "-"
         snap = (row["snapshot_id"] or "")[:8] or "-"
         ctx.print(
-            f"{row['id'][:8]}  {when:%Y-%m-%d %H:%M:%S}  {row['plan']:<24} {row['state']:<11} "
-            f"{row['trigger']:<9} {took:>8}  {snap}  {row['error'] or row['reason'] or ''}".rstrip()
+            f"{row['id'][:8]}  {when:%Y-%m-%d %H:%M:%S}  {row['plan']:<24} {row['kind']:<9} "
+            f"{row['state']:<11} {row['trigger']:<9} {took:>8}  {snap}  "
+            f"{row['error'] or row['reason'] or ''}".rstrip()
         )
     return 0
 
