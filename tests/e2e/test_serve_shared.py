@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import PASSWORD
 from tests.servers.postgres import PgServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+pytestmark = pytest.mark.slow
 
 PLANS = 200
 SPEED = 30.0  # schedule time runs 30 times faster: a minute every two seconds
