@@ -238,3 +238,53 @@ def test_a_successful_backup_queues_the_plan_s_retention(setup: Setup, cli: CliR
     assert row(setup.engine, retention[-1])["state"] == "succeeded"
     snaps = cli("-r", setup.repo, "snapshots", "--json")
     assert len(json.loads(snaps.stdout)) == 1  # keep_last 1
+
+
+def test_max_concurrent_jobs_limits_runs_on_one_repository(setup: Setup) -> None:
+    """Three plans on one repository with max_concurrent_jobs 1: their runs, started at
+    once, run one after the other (from their own start and end times)."""
+    hook = setup.tmp / "slow.sh"
+    trace = setup.tmp / "trace"
+    hook.write_text(f"#!/bin/sh\necho start >> {trace}\nsleep 1\necho end >> {trace}\n")
+    hook.chmod(0o755)
+    path = setup.tmp / "safehold.yaml"
+    plans = "".join(
+        f"  p{i}: {{type: directory, paths: [{setup.tmp / 'data'}], schedule: '@daily', "
+        f"hooks: {{backup: {hook}}}}}\n"
+        for i in range(3)
+    )
+    path.write_text(
+        f"repository: {{location: {setup.repo}, password_env: SH_TEST_PW, "
+        f"max_concurrent_jobs: 1}}\nsources:\n{plans}"
+    )
+    specs = plans_from_config(load_config(str(path)))
+    sync_plans(setup.engine, specs.values())
+
+    async def go() -> None:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        async with app.open_async():
+            jobs = Jobs(
+                app, setup.engine, plans=lambda: specs, state_dir=setup.tmp / "state",
+                worker="w", conninfo=setup.conninfo,
+            )  # fmt: skip
+            ids = [
+                await asyncio.to_thread(jobs.new_run, key, trigger=RunTrigger.MANUAL)
+                for key in specs
+            ]
+            await asyncio.gather(*(jobs.execute(run_id) for run_id in ids))
+
+    asyncio.run(go())
+    with setup.engine.connect() as db:
+        spans = db.execute(
+            text("SELECT state, started_at, ended_at FROM runs ORDER BY started_at")
+        ).all()
+    assert [s.state for s in spans] == ["succeeded"] * 3
+    # The backup hooks ran one at a time: each ended before the next started.
+    assert trace.read_text().split() == ["start", "end"] * 3
+
+
+def test_a_destination_cannot_carry_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "safehold.yaml"
+    path.write_text("destinations: [{location: /x, password: y, max_concurrent_jobs: 2}]\n")
+    with pytest.raises(Exception, match="belongs in the repository"):
+        load_config(str(path))

@@ -256,6 +256,9 @@ class RepositoryConfig(BaseModel):
     password_env: str | None = None  # name of the variable holding the password
     # Backend options (credentials, endpoint...): values may be secrets, so never shown.
     options: dict[str, Any] = Field(default_factory=dict, repr=False)
+    # `safehold serve`: at most this many runs write to this repository at once, across
+    # every worker and machine (fifty plans must not open fifty uploads to one bucket).
+    max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000)
 
     @model_validator(mode="before")
     @classmethod
@@ -283,6 +286,13 @@ class DestinationConfig(RepositoryConfig):
 
     name: str | None = None  # shown in log lines about this destination
     format: Literal["repository", "archive"] = "repository"
+
+    @model_validator(mode="after")
+    def _limit_on_the_repository(self) -> DestinationConfig:
+        # Copies run inside each backup's run, which the repository's limit already counts.
+        if self.max_concurrent_jobs is not None:
+            raise ValueError("max_concurrent_jobs belongs in the repository: block")
+        return self
 
 
 @dataclass(frozen=True)

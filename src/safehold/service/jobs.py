@@ -49,6 +49,7 @@ from safehold.service.child import (
     retention_argv,
     run_child,
 )
+from safehold.service.limits import repository_slot
 from safehold.service.plans import PlanSpec
 
 __all__ = ["RUN_TASK", "Jobs", "outcome_of"]
@@ -122,12 +123,14 @@ class Jobs:
         plans: Callable[[], Mapping[str, PlanSpec]],
         state_dir: Path,
         worker: str,
+        conninfo: str | None = None,
     ) -> None:
         self.app = app
         self.engine = engine
         self._plans = plans  # read at each use: a reload replaces them
         self.state_dir = state_dir
         self.worker = worker
+        self.conninfo = conninfo  # for the repositories' run limits (None: no limits)
 
     # --- queueing ---------------------------------------------------------------------
 
@@ -222,7 +225,10 @@ class Jobs:
         flusher = asyncio.create_task(lines.run())
         limit = spec.timeout + child.KILL_GRACE if spec.timeout else None
         try:
-            result = await run_child(argv, on_line=lines.add, limit=limit)
+            async with repository_slot(
+                self.conninfo, spec.repository, spec.max_concurrent, what=f"run {run_id}"
+            ):
+                result = await run_child(argv, on_line=lines.add, limit=limit)
         except asyncio.CancelledError:
             # Stopped harder than the grace allowed: the child was killed with the task.
             stopped = Outcome(

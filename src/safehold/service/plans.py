@@ -43,6 +43,9 @@ class PlanSpec:
     retry_delay: float = 60.0
     timeout: float | None = None
     retention: bool = False  # a retention: block: forget runs after each successful backup
+    # The repository's location and its max_concurrent_jobs (None: no limit).
+    repository: str = ""
+    max_concurrent: int | None = None
 
     @property
     def key(self) -> str:
@@ -106,6 +109,8 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
             retry_delay=common.retry_delay,
             timeout=common.timeout,
             retention=common.retention is not None,
+            repository=config.repository.location if config.repository else "",
+            max_concurrent=config.repository.max_concurrent_jobs if config.repository else None,
         )
     return out
 

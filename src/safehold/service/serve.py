@@ -30,11 +30,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from procrastinate import App, PsycopgConnector
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.config import Config, load_config
-from safehold.service.database import open_database
+from safehold.service.cluster import default_state_dir
+from safehold.service.database import Database, open_database
 from safehold.service.jobs import STALL_SECONDS, Jobs, register
 from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
 from safehold.service.tick import orphaned_runs, tick
@@ -65,15 +66,26 @@ class ServeOptions:
 class Service:
     """The running service: its plans, its database and its loop."""
 
-    def __init__(self, options: ServeOptions, config: Config, engine: Engine, app: App) -> None:
+    def __init__(
+        self,
+        options: ServeOptions,
+        config: Config,
+        database: Database,
+        app: App,
+        state_dir: Path,
+    ) -> None:
         self.options = options
-        self.engine = engine
+        self.engine = database.engine
         self.app = app
         self.specs: Mapping[str, PlanSpec] = {}
         self.ids: Mapping[str, int] = {}
-        state_dir = options.state_dir or Path(config.service.state_dir or ".")
         self.jobs = Jobs(
-            app, engine, plans=lambda: self.specs, state_dir=state_dir, worker=options.name
+            app,
+            self.engine,
+            plans=lambda: self.specs,
+            state_dir=state_dir,
+            worker=options.name,
+            conninfo=database.conninfo,
         )
         self.apply(config)
         self.reload_requested = False
@@ -181,7 +193,7 @@ async def serve(options: ServeOptions, *, ready: Callable[[Service], None] | Non
     """Run the service until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
     config = load_config(options.config_path)
     state_dir = options.state_dir or (
-        Path(config.service.state_dir) if config.service.state_dir else None
+        Path(config.service.state_dir) if config.service.state_dir else default_state_dir()
     )
     database = options.database or (
         config.service.database.get_secret_value() if config.service.database else None
@@ -190,7 +202,7 @@ async def serve(options: ServeOptions, *, ready: Callable[[Service], None] | Non
         app = App(connector=PsycopgConnector(conninfo=db.conninfo))
         register(app)
         async with app.open_async():
-            service = Service(options, config, db.engine, app)
+            service = Service(options, config, db, app, state_dir)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, stop.set)
