@@ -26,6 +26,7 @@ read; slot times are returned in UTC.
 from __future__ import annotations
 
 import re
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,6 +78,11 @@ class Schedule:
     _seconds_first: bool = field(default=False, repr=False, compare=False)
     _hashed: bool = field(default=False, repr=False, compare=False)
     _every: int | None = field(default=None, repr=False, compare=False)
+    # One croniter per schedule, moved to each new start: building one parses and expands
+    # the expression, which cost more than the search itself (a tick over 10,000 plans).
+    # croniter keeps its position in the object, so uses are serialised by the lock.
+    _cached: list[croniter] = field(default_factory=list, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def interval(self) -> int | None:
@@ -90,15 +96,24 @@ class Schedule:
         assert self._every is not None
         return zlib.crc32(self.key.encode()) % self._every
 
-    def _iter(self, after: datetime) -> croniter:
+    def _search(self, start: datetime, *, forward: bool) -> datetime:
         assert self._cron is not None
-        return croniter(
-            self._cron,
-            after.astimezone(self._zone()),
-            ret_type=datetime,  # type: ignore[arg-type]  # the stubs know only float
-            hash_id=self.key.encode() if self._hashed else None,
-            second_at_beginning=self._seconds_first,
-        )
+        with self._lock:
+            if not self._cached:
+                self._cached.append(
+                    croniter(
+                        self._cron,
+                        start.astimezone(self._zone()),
+                        ret_type=datetime,  # type: ignore[arg-type]  # stubs know only float
+                        hash_id=self.key.encode() if self._hashed else None,
+                        second_at_beginning=self._seconds_first,
+                    )
+                )
+            it = self._cached[0]
+            it.set_current(start.astimezone(self._zone()), force=True)
+            found = it.get_next(datetime) if forward else it.get_prev(datetime)
+        assert isinstance(found, datetime)
+        return found.astimezone(UTC)
 
     def next_after(self, after: datetime) -> datetime:
         """The first slot strictly after ``after`` (an aware datetime), in UTC."""
@@ -108,9 +123,7 @@ class Schedule:
             ts = int(after.timestamp())
             n = (ts - offset) // self._every + 1
             return datetime.fromtimestamp(n * self._every + offset, UTC)
-        found = self._iter(after).get_next(datetime)
-        assert isinstance(found, datetime)
-        return found.astimezone(UTC)
+        return self._search(after, forward=True)
 
     def previous_at_or_before(self, moment: datetime) -> datetime:
         """The last slot at or before ``moment``, in UTC."""
@@ -121,9 +134,7 @@ class Schedule:
             n = (ts - offset) // self._every
             return datetime.fromtimestamp(n * self._every + offset, UTC)
         # croniter's get_prev is strictly before its start; start a microsecond later.
-        found = self._iter(moment + timedelta(microseconds=1)).get_prev(datetime)
-        assert isinstance(found, datetime)
-        return found.astimezone(UTC)
+        return self._search(moment + timedelta(microseconds=1), forward=False)
 
     def slots(self, after: datetime, until: datetime) -> Iterator[datetime]:
         """Every slot in ``(after, until]``, oldest first, in UTC.

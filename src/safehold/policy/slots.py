@@ -40,6 +40,7 @@ __all__ = [
     "SlotDecision",
     "SlotState",
     "decide_slots",
+    "plan_tick",
     "slots_left_out",
     "start_window_end",
 ]
@@ -116,9 +117,41 @@ def decide_slots(
     left out are older than those returned, so no later tick sees them either; the
     service logs that it left some out (:func:`slots_left_out`).
     """
-    due, _ = rules.schedule.recent_slots(facts.since, now, limit)
-    past = [slot for slot in due if start_window_end(rules, slot) <= now]
-    current = [slot for slot in due if start_window_end(rules, slot) > now]
+    return plan_tick(rules, facts, now, limit=limit)[0]
+
+
+def plan_tick(
+    rules: PlanRules,
+    facts: PlanFacts,
+    now: datetime,
+    *,
+    limit: int = 10_000,
+    first_due: datetime | None = None,
+) -> tuple[list[SlotDecision], datetime]:
+    """:func:`decide_slots`, and the plan's next slot after the rows decided (when the
+    next tick should look at it again). ``first_due``, the first slot after
+    ``facts.since`` if the caller knows it, saves a schedule search: the usual tick finds
+    one slot due and searches only for the one after it."""
+    schedule = rules.schedule
+    due: list[datetime] = []
+    following: datetime | None = None
+    if first_due is not None and first_due > facts.since:
+        slot = first_due
+        while slot <= now and len(due) < limit:
+            due.append(slot)
+            slot = schedule.next_after(slot)
+        following = slot
+        if slot <= now:  # more than limit: keep the newest ones instead
+            due, following = [], None
+    if following is None:
+        due, _ = schedule.recent_slots(facts.since, now, limit)
+        following = schedule.next_after(due[-1] if due else facts.since)
+    ends = [
+        min(due[i + 1] if i + 1 < len(due) else following, slot + rules.start_window)
+        for i, slot in enumerate(due)
+    ]
+    past = [slot for slot, end in zip(due, ends, strict=True) if end <= now]
+    current = [slot for slot, end in zip(due, ends, strict=True) if end > now]
     decisions: list[SlotDecision] = []
     catch_up_slot = None
     if past and not current and rules.catch_up == "once" and not rules.paused:
@@ -139,7 +172,7 @@ def decide_slots(
         decision = _runnable(rules, facts, slot, waiting, trigger="schedule")
         waiting += decision.queues_a_run
         decisions.append(decision)
-    return decisions
+    return decisions, following
 
 
 def _runnable(

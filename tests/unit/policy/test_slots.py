@@ -12,6 +12,7 @@ from safehold.policy.slots import (
     PlanRules,
     SlotState,
     decide_slots,
+    plan_tick,
     slots_left_out,
     start_window_end,
 )
@@ -131,3 +132,33 @@ def test_ticks_at_any_pace_decide_every_slot_exactly_once(ticks: list[int], runn
         if decisions:
             since = decisions[-1].slot_at
     assert seen == list(rules.schedule.slots(T0, now))
+
+
+@settings(deadline=None, max_examples=80)
+@given(
+    schedule=st.sampled_from(
+        ["* * * * *", "*/7 * * * * *", "@hourly", "0 */2 * * *", "@every 50s"]
+    ),
+    since_s=st.integers(0, 7200),
+    span_s=st.integers(0, 20000),
+    limit=st.integers(1, 50),
+    window_s=st.integers(1, 4000),
+)
+def test_the_known_first_slot_gives_the_same_decisions(
+    schedule: str, since_s: int, span_s: int, limit: int, window_s: int
+) -> None:
+    """plan_tick with the first due slot known (the tick's cache) decides exactly as the
+    search from scratch does, and names the next slot after what it decided."""
+    rules = PlanRules(
+        key="p",
+        schedule=parse_schedule(schedule, key="p"),
+        start_window=timedelta(seconds=window_s),
+    )
+    since = T0 + timedelta(seconds=since_s)
+    now = since + timedelta(seconds=span_s)
+    facts = PlanFacts(since=since)
+    known = rules.schedule.next_after(since)
+    fast, following = plan_tick(rules, facts, now, limit=limit, first_due=known)
+    assert fast == decide_slots(rules, facts, now, limit=limit)
+    newest = fast[-1].slot_at if fast else since
+    assert following == rules.schedule.next_after(newest)
