@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safehold import runtime
+from safehold.direct_io import suits_direct_io
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.engine.restore.folders import (
     Folder,
@@ -69,7 +70,6 @@ from safehold.repository import tree as t
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.snapshot import Snapshot
 from safehold.storage.capabilities import fork_safe, read_into, read_span
-from safehold.storage.local.direct import suits_direct_io
 
 # Two needed blobs closer than this are fetched in one ranged read...
 MAX_GAP = 1024 * 1024
