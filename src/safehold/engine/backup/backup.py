@@ -1,5 +1,7 @@
 """The backup use case: folders, files, standard input or a command's output -> snapshot.
 
+Folders and files are walked and read here; streams are saved by ``stream.py``.
+
 Order of work (docs/architecture.md, "Backup pipeline"): lock, load the index (and adopt
 packs an interrupted backup left behind), choose the parent and the chain, walk, read the
 changed files in parallel (largest first), save trees bottom-up, write the index, then the
@@ -11,15 +13,11 @@ from __future__ import annotations
 
 import getpass
 import os
-import shlex
 import socket
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 from safehold import __version__, runtime
 from safehold.engine import xattrs as xa
@@ -28,19 +26,18 @@ from safehold.engine.backup.plan import Planner, build_tree, root_plan
 from safehold.engine.backup.prescan import Prescan
 from safehold.engine.backup.read_queue import HeldProgress, ReadQueue
 from safehold.engine.backup.scan import CACHEDIR_TAG, Excluder
+from safehold.engine.backup.stream import backup_streams, one_stream, stream_name
 from safehold.engine.backup.vanished import Vanished
 from safehold.engine.progress import NO_PROGRESS, Progress
-from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
+from safehold.errors import SafeholdError, SourceNotFound, UsageError
 from safehold.repository import tree as t
 from safehold.repository.chains import continues_chain, new_chain_id, next_chain_id
-from safehold.repository.chunker import Chunker
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
 from safehold.repository.repository import Repository
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import writer_view
 from safehold.sources.base import Stream
-from safehold.sources.process import command_stream
 
 
 @dataclass(kw_only=True)
@@ -99,28 +96,12 @@ def _source_key(opts: BackupOptions, paths: list[str]) -> list[str]:
     return paths
 
 
-def _stream_name(name: str) -> str:
-    """The root file name of a stream: one path component (docs/format.md, "Trees")."""
-    out = name.strip("/").replace("/", "_") or "stdin"
-    if out in (".", "..") or "\0" in out:
-        raise UsageError(
-            f"{name!r} cannot be a file name in a snapshot", hint="give --stdin-name a file name"
-        )
-    return out
-
-
 def _streams(opts: BackupOptions) -> list[Stream]:
     """The streams to save: a stream source's, or standard input / a command as one."""
     if opts.streams is not None:
         return opts.streams
     assert opts.stdin_name
-    name = _stream_name(opts.stdin_name)
-    if opts.command:
-        argv = opts.command
-        return [Stream(name, lambda: command_stream(argv, what=f"command {shlex.join(argv)}"))]
-    stream = opts.stdin
-    assert stream is not None
-    return [Stream(name, lambda: nullcontext(stream))]
+    return [one_stream(opts.stdin_name, command=opts.command, stdin=opts.stdin)]
 
 
 def _attr_choice(opts: BackupOptions) -> xa.Choice:
@@ -185,7 +166,7 @@ def run_backup(
     if opts.streams is not None:
         if opts.paths or opts.stdin_name:
             raise UsageError("a stream source takes no paths and no --stdin-name")
-        names = [_stream_name(s.name) for s in opts.streams]
+        names = [stream_name(s.name) for s in opts.streams]
         if not names or len(set(names)) != len(names):
             raise UsageError(f"a stream source needs distinct stream names, got {names}")
     elif not opts.stdin_name and not opts.paths:
@@ -207,12 +188,9 @@ def run_backup(
         errors: list[tuple[str, str]] = []
         try:
             if opts.streams is not None or opts.stdin_name:
-                nodes = [
-                    _backup_stream(repo, saver, stream, opts.threads, counters, progress)
-                    for stream in _streams(opts)
-                ]
-                nodes.sort(key=lambda n: n.name)  # trees are sorted by name
-                root_id = saver.save(BLOB_TREE, t.encode_tree(nodes))[0].hex()
+                root_id = backup_streams(
+                    repo, saver, _streams(opts), opts.threads, counters, progress
+                )
             else:
                 root_id = _backup_paths(
                     repo, saver, opts, paths, parent, counters, errors, progress, prescan
@@ -296,76 +274,6 @@ def _choose_chain(
         chain = next_chain_id(repo.master, host=host, key=key, previous=previous, finished=finished)
         return None, chain, 0
     return parent, parent.chain, parent.chain_seq + 1
-
-
-# --- streams -------------------------------------------------------------------------------
-
-
-def _backup_stream(
-    repo: Repository,
-    saver: BlobSaver,
-    stream: Stream,
-    threads: int,
-    counters: Counters,
-    progress: Progress,
-) -> t.Node:
-    """Save one stream as a file; its close raises SourceError if the producer failed."""
-    now_ns = time.time_ns()
-    node = t.Node(
-        name=_stream_name(stream.name),
-        type=t.FILE,
-        mode=stream.mode,
-        mtime_ns=now_ns,
-        ctime_ns=now_ns,
-    )
-    node.uid, node.gid = os.getuid(), os.getgid()
-    progress.start("backup")
-    try:
-        with stream.open() as reader:
-            node.content, node.size = _save_stream(repo, saver, reader, threads, progress)
-    except SourceError as exc:
-        # On the first line: a failed tool's message goes on with its standard error.
-        first, sep, rest = exc.message.partition("\n")
-        raise SourceError(
-            f"{first}; no snapshot was saved{sep}{rest}",
-            hint=exc.hint
-            or "fix the command or source; data it produced is kept and reused by the next backup",
-        ) from exc
-    counters.files_new += 1
-    counters.bytes_read += node.size
-    counters.total_bytes += node.size
-    progress.finish()
-    return node
-
-
-def _save_stream(
-    repo: Repository, saver: BlobSaver, stream: IO[bytes], threads: int, progress: Progress
-) -> tuple[list[str], int]:
-    """Chunk a stream in this thread and seal chunks in a pool, keeping their order.
-
-    Never touches a temporary file: at most ``2 * threads`` chunks are in memory.
-    """
-    chunker = Chunker(repo.config.chunker)
-    slots = threading.BoundedSemaphore(2 * threads)
-    futures: list[Future[tuple[bytes, bool]]] = []
-    total = 0
-
-    def save(data: bytes) -> tuple[bytes, bool]:
-        try:
-            return saver.save(BLOB_DATA, data)
-        finally:
-            slots.release()
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="seal") as pool:
-        buf = chunker.stream_buffer()
-        for piece in chunker.cut_stream(stream.readinto, buf):  # type: ignore[attr-defined]
-            slots.acquire()
-            data = bytes(piece)  # the buffer is reused for the next chunk
-            total += len(data)
-            futures.append(pool.submit(save, data))
-            progress.advance(0, len(data))
-        ids = [f.result()[0].hex() for f in futures]
-    return ids, total
 
 
 # --- folders -------------------------------------------------------------------------------
