@@ -15,6 +15,7 @@ from typing import Any
 from safehold.cli.context import Context
 from safehold.engine.inspect.stats import ChainInfo, list_chains
 from safehold.errors import SnapshotNotFound, UsageError
+from safehold.ids import HexId
 from safehold.repository.snapshot import Snapshot
 
 
@@ -111,7 +112,7 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def resolve_chain(ref: str, snaps: list[Snapshot], chains: list[ChainInfo]) -> str:
+def resolve_chain(ref: str, snaps: list[Snapshot], chains: list[ChainInfo]) -> HexId:
     """The chain id that ``ref`` (a snapshot id prefix or a chain id prefix) names."""
     found = {s.chain for s in snaps if s.id.startswith(ref)}
     found |= {c.id for c in chains if c.id.startswith(ref)}

@@ -18,6 +18,7 @@ from safehold.engine.maintain.forget import (
     run_forget,
 )
 from safehold.errors import UsageError
+from safehold.ids import SnapshotId
 from safehold.policy.duration import Duration, parse_duration
 from safehold.policy.retention import RetentionPolicy
 from safehold.repository.prune import prune
@@ -195,7 +196,9 @@ def _until(r: RetainedSnapshot) -> str:
     return f"retained until {r.until:%Y-%m-%d %H:%M} UTC" if r.until else "retained"
 
 
-def _print_group(ctx: Context, g: ForgetGroup, retained: dict[str, RetainedSnapshot]) -> None:
+def _print_group(
+    ctx: Context, g: ForgetGroup, retained: dict[SnapshotId, RetainedSnapshot]
+) -> None:
     if g.key:
         parts = []
         for name, value in g.key.items():

@@ -31,6 +31,7 @@ from safehold.crypto.kdf import (
     scrypt,
 )
 from safehold.errors import FormatError, IntegrityError, WrongPassword
+from safehold.ids import BlobId
 
 KEYFILE_VERSION = 1
 KEYFILE_AAD = b"safehold key file v1"
@@ -65,9 +66,9 @@ class MasterKey:
     def aead(self) -> Aead:
         return Aead(self.encrypt)
 
-    def blob_id(self, data: bytes | memoryview) -> bytes:
+    def blob_id(self, data: bytes | memoryview) -> BlobId:
         """Keyed BLAKE3: ids say nothing about content to someone without the key."""
-        return blake3.blake3(data, key=self.ident, max_threads=1).digest()
+        return BlobId(blake3.blake3(data, key=self.ident, max_threads=1).digest())
 
     def to_json(self) -> dict[str, str]:
         return {"encrypt": _b64(self.encrypt), "ident": _b64(self.ident)}

@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from itertools import accumulate, repeat
 from operator import add
 
+from safehold.ids import BlobId
+
 __all__ = ["FIELDS", "ID_LEN", "Entry", "SortedRun"]
 
 ID_LEN = 32
@@ -109,15 +111,15 @@ class SortedRun:
     def same(self, i: int, blob_id: bytes) -> bool:
         return i < self.n and self.ids.startswith(blob_id, i << 5)
 
-    def id_at(self, i: int) -> bytes:
-        return self.ids[i << 5 : (i + 1) << 5]
+    def id_at(self, i: int) -> BlobId:
+        return BlobId(self.ids[i << 5 : (i + 1) << 5])
 
     def entry(self, i: int) -> Entry:
         m = self.meta
         j = i * FIELDS
         return (m[j], self.types[i], m[j + 1], m[j + 2], m[j + 3])
 
-    def distinct_ids(self) -> Iterator[bytes]:
+    def distinct_ids(self) -> Iterator[BlobId]:
         last = b""
         for i in range(self.n):
             b = self.id_at(i)
@@ -152,7 +154,7 @@ class SortedRun:
         return SortedRun(bytes(new_ids), new_meta, bytes(new_types), distinct)
 
     def merged(
-        self, keys: list[bytes], first: dict[bytes, Entry], more: dict[bytes, list[Entry]]
+        self, keys: list[BlobId], first: dict[BlobId, Entry], more: dict[BlobId, list[Entry]]
     ) -> SortedRun:
         """A new run holding this run's records and the overlay's: ``keys`` sorted, each
         id's entries ``first[id]`` then ``more[id]`` (in the order they were added, all

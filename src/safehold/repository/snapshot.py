@@ -13,28 +13,29 @@ from datetime import datetime
 from typing import Any
 
 from safehold.errors import FormatError
+from safehold.ids import NO_SNAPSHOT, HexId, SnapshotId
 
 
 @dataclass
 class Snapshot:
     time: datetime
-    tree: str
+    tree: HexId
     paths: list[str]
     hostname: str
-    chain: str  # hex chain id
+    chain: HexId
     chain_seq: int = 0  # 0 = the chain's full backup, n = the n-th incremental
     isolated: bool = False
     username: str = ""
     tags: list[str] = field(default_factory=list)
-    parent: str = ""
+    parent: SnapshotId = NO_SNAPSHOT
     program_version: str = ""
     source: str = ""  # "directory", "stdin", "command", "postgres"...: what produced it
     source_name: str = ""  # the configured source's name ("pg-main"); empty without a config
     summary: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)  # unreadable files
-    original: str = ""  # a copy's source snapshot id (a copy of a copy keeps the first)
+    original: SnapshotId = NO_SNAPSHOT  # a copy's source (a copy of a copy keeps the first)
     attrs: list[str] = field(default_factory=list)  # extended attributes saved: acls, xattrs
-    id: str = ""  # set when loaded or saved; not stored
+    id: SnapshotId = NO_SNAPSHOT  # set when loaded or saved; not stored
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -65,7 +66,7 @@ class Snapshot:
         return json.dumps(self.to_json(), sort_keys=True).encode()
 
     @classmethod
-    def decode(cls, raw: bytes, snap_id: str) -> Snapshot:
+    def decode(cls, raw: bytes, snap_id: SnapshotId) -> Snapshot:
         try:
             d = json.loads(raw)
             chain = d["chain"]

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from safehold.errors import FormatError
+from safehold.ids import NO_HEX_ID, HexId
 
 # Node types.
 FILE = "file"
@@ -65,8 +66,8 @@ class Node:
     links: int = 1
     rdev: int = 0
     target: str = ""  # symlink target
-    subtree: str = ""  # hex id of the folder's tree
-    content: list[str] = field(default_factory=list)  # hex ids of data blobs, in order
+    subtree: HexId = NO_HEX_ID  # the folder's tree ("" for anything else)
+    content: list[HexId] = field(default_factory=list)  # data blobs, in order
     sparse: bool = False
     error: str = ""  # why the file could not be read (the node keeps its metadata)
     # Extended attributes by name (ACLs are ``system.posix_acl_access``/``_default``).

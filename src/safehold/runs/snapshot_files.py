@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import BinaryIO, cast
 
 from safehold.errors import UsageError
+from safehold.ids import blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -40,7 +41,7 @@ class BlobStreamReader:
             hex_id = next(self._ids, None)
             if hex_id is None:
                 return
-            self._pending.append(self._pool.submit(self._repo.load_blob, bytes.fromhex(hex_id)))
+            self._pending.append(self._pool.submit(self._repo.load_blob, blob_from_hex(hex_id)))
 
     def _next_blob(self) -> bool:
         if not self._pending:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from safehold.errors import ExitCode, SafeholdError
+from safehold.ids import NO_SNAPSHOT, SnapshotId
 
 __all__ = ["RunInProgress", "RunRecord", "default_state_dir", "run_lock", "save_record"]
 
@@ -72,7 +73,7 @@ class RunRecord:
     # 8 KiB; the message shows only its last lines).
     error_output: str = ""
     reason: str = ""  # why a run was skipped
-    snapshot: str = ""  # saved (backup) or restored (restore) snapshot id
+    snapshot: SnapshotId = NO_SNAPSHOT  # saved (backup) or restored (restore)
     target: str = ""  # restore target
     summary: dict[str, Any] = field(default_factory=dict)
     phases: list[dict[str, Any]] = field(default_factory=list)

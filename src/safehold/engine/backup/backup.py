@@ -30,6 +30,7 @@ from safehold.engine.backup.stream import backup_streams, one_stream, stream_nam
 from safehold.engine.backup.vanished import Vanished
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.errors import SafeholdError, SourceNotFound, UsageError
+from safehold.ids import NO_SNAPSHOT, HexId, chain_from_hex, to_hex
 from safehold.repository import tree as t
 from safehold.repository.chains import continues_chain, new_chain_id, next_chain_id
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
@@ -183,7 +184,7 @@ def run_backup(
         repo.index_unindexed_packs(exclude=trashed)
         key = _source_key(opts, paths)
         parent, chain, seq = _choose_chain(repo, opts, host, key)
-        saver = BlobSaver(repo, bytes.fromhex(chain))
+        saver = BlobSaver(repo, chain_from_hex(chain))
         counters = Counters()
         errors: list[tuple[str, str]] = []
         try:
@@ -228,7 +229,7 @@ def run_backup(
             hostname=host,
             username=user,
             tags=sorted(set(opts.tags)),
-            parent=parent.id if parent else "",
+            parent=parent.id if parent else NO_SNAPSHOT,
             chain=chain,
             chain_seq=seq,
             isolated=opts.isolated,
@@ -245,7 +246,7 @@ def run_backup(
 
 def _choose_chain(
     repo: Repository, opts: BackupOptions, host: str, key: list[str]
-) -> tuple[Snapshot | None, str, int]:
+) -> tuple[Snapshot | None, HexId, int]:
     """Returns (parent whose unchanged files may be reused, chain id, position in chain)."""
     if opts.isolated:
         return None, new_chain_id(), 0
@@ -289,11 +290,11 @@ def _backup_paths(
     errors: list[tuple[str, str]],
     progress: Progress,
     prescan: Prescan | None,
-) -> str:
-    """Back up ``paths``; returns the root tree id (hex)."""
+) -> HexId:
+    """Back up ``paths``; returns the root tree id."""
 
-    def save_tree(raw: bytes) -> str:
-        return saver.save(BLOB_TREE, raw)[0].hex()
+    def save_tree(raw: bytes) -> HexId:
+        return to_hex(saver.save(BLOB_TREE, raw)[0])
 
     held = HeldProgress(progress)
     vanished = Vanished()

@@ -22,6 +22,7 @@ from typing import IO, BinaryIO
 from safehold.engine.backup.file_reader import Counters
 from safehold.engine.progress import Progress
 from safehold.errors import SourceError, UsageError
+from safehold.ids import HexId
 from safehold.repository import tree as t
 from safehold.repository.chunker import Chunker
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
@@ -58,12 +59,12 @@ def backup_streams(
     threads: int,
     counters: Counters,
     progress: Progress,
-) -> str:
+) -> HexId:
     """Save ``streams`` one after the other as the files of a root tree; returns its id
     (hex). The first stream whose producer fails stops the backup with SourceError."""
     nodes = [_backup_stream(repo, saver, s, threads, counters, progress) for s in streams]
     nodes.sort(key=lambda n: n.name)  # trees are sorted by name
-    return saver.save(BLOB_TREE, t.encode_tree(nodes))[0].hex()
+    return HexId(saver.save(BLOB_TREE, t.encode_tree(nodes))[0].hex())
 
 
 def _backup_stream(
@@ -105,7 +106,7 @@ def _backup_stream(
 
 def _save_stream(
     repo: Repository, saver: BlobSaver, stream: IO[bytes], threads: int, progress: Progress
-) -> tuple[list[str], int]:
+) -> tuple[list[HexId], int]:
     """Chunk a stream in this thread and seal chunks in a pool, keeping their order.
 
     Never touches a temporary file: at most ``2 * threads`` chunks are in memory.
@@ -129,5 +130,5 @@ def _save_stream(
             total += len(data)
             futures.append(pool.submit(save, data))
             progress.advance(0, len(data))
-        ids = [f.result()[0].hex() for f in futures]
+        ids = [HexId(f.result()[0].hex()) for f in futures]
     return ids, total

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from safehold.engine.tree_walk import walk
 from safehold.errors import IntegrityError
+from safehold.ids import HexId, blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 
@@ -76,7 +77,7 @@ class DiffResult:
     stats: DiffStats = field(default_factory=DiffStats)
 
 
-def diff_trees(repo: Repository, old_tree: str, new_tree: str) -> DiffResult:
+def diff_trees(repo: Repository, old_tree: HexId, new_tree: HexId) -> DiffResult:
     """Compare two root trees (``Snapshot.tree``); the index must be loaded."""
     differ = _Differ(repo)
     if old_tree != new_tree:
@@ -126,7 +127,7 @@ class _Differ:
         else:
             s.type_changed += 1
 
-    def tree(self, old_id: str, new_id: str, prefix: str) -> None:
+    def tree(self, old_id: HexId, new_id: HexId, prefix: str) -> None:
         old = {n.name: n for n in self.repo.load_tree(old_id)} if old_id else {}
         new = {n.name: n for n in self.repo.load_tree(new_id)} if new_id else {}
         for name in sorted(old.keys() | new.keys()):
@@ -182,7 +183,7 @@ class _Differ:
         self.result.stats.bytes_removed += sum(self._raw(h) * n for h, n in (old - new).items())
 
     def _raw(self, hex_id: str) -> int:
-        loc = self.repo.index.lookup(bytes.fromhex(hex_id))
+        loc = self.repo.index.lookup(blob_from_hex(hex_id))
         if loc is None:
             raise IntegrityError(
                 f"blob {hex_id[:8]} is not in the index",

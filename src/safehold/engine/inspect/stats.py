@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from safehold.ids import HexId, blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -122,7 +123,7 @@ class _TreeSize:
 
 
 def restore_size(repo: Repository, snaps: list[Snapshot]) -> RestoreSize:
-    cache: dict[str, _TreeSize] = {}
+    cache: dict[HexId, _TreeSize] = {}
     out = RestoreSize(snapshots=len(snaps))
     for snap in snaps:
         size = _tree_size(repo, snap.tree, cache)
@@ -133,7 +134,7 @@ def restore_size(repo: Repository, snaps: list[Snapshot]) -> RestoreSize:
     return out
 
 
-def _tree_size(repo: Repository, tree_id: str, cache: dict[str, _TreeSize]) -> _TreeSize:
+def _tree_size(repo: Repository, tree_id: HexId, cache: dict[HexId, _TreeSize]) -> _TreeSize:
     cached = cache.get(tree_id)
     if cached is not None:
         return cached
@@ -186,7 +187,7 @@ def raw_data(repo: Repository, snaps: list[Snapshot]) -> RawData:
     every = trees | data
     out = RawData(blobs=len(every), data_blobs=len(data), tree_blobs=len(trees))
     for hex_id in every:
-        loc = repo.index.lookup(bytes.fromhex(hex_id))
+        loc = repo.index.lookup(blob_from_hex(hex_id))
         if loc is None:
             out.missing_blobs += 1
             continue
@@ -202,7 +203,7 @@ def raw_data(repo: Repository, snaps: list[Snapshot]) -> RawData:
 
 @dataclass
 class ChainInfo:
-    id: str
+    id: HexId
     snapshots: list[Snapshot]  # in chain order: the full backup first
     finished: bool  # finished by hand: the next backup of its source starts a new chain
 
@@ -217,11 +218,11 @@ class ChainInfo:
         return "isolated" if self.isolated else "open"
 
 
-def list_chains(snaps: list[Snapshot], finished: set[str]) -> list[ChainInfo]:
+def list_chains(snaps: list[Snapshot], finished: set[HexId]) -> list[ChainInfo]:
     """Group snapshots by chain, oldest chain first. ``finished``: Repository.finished_chains().
 
     A chain whose snapshots were all forgotten is not listed, even if it was finished."""
-    by_chain: dict[str, list[Snapshot]] = {}
+    by_chain: dict[HexId, list[Snapshot]] = {}
     for s in snaps:
         by_chain.setdefault(s.chain, []).append(s)
     chains = [

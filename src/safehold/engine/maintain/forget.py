@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from safehold.errors import IntegrityError, ObjectNotFound, ObjectRetained, UsageError
+from safehold.ids import SnapshotId
 from safehold.policy.retention import RetentionPolicy, apply_retention, group_items
 from safehold.repository.prune import rescue_for_forget
 from safehold.repository.repository import Repository
@@ -79,7 +80,7 @@ class ForgetResult:
     # Chosen for removal but kept by the storage's retention; not in ``removed``.
     retained: list[RetainedSnapshot] = field(default_factory=list)
     # Snapshot objects named by id that cannot be read (damaged): removed as named.
-    damaged: list[str] = field(default_factory=list)
+    damaged: list[SnapshotId] = field(default_factory=list)
 
 
 def parse_group_by(text: str) -> tuple[str, ...]:
@@ -142,7 +143,7 @@ def _decide(repo: Repository, opts: ForgetOptions) -> ForgetResult:
     snaps = [s for s in repo.list_snapshots() if _selected(s, opts)]
     if opts.snapshot_ids:
         chosen: dict[str, Snapshot] = {}
-        damaged: list[str] = []
+        damaged: list[SnapshotId] = []
         for ref in opts.snapshot_ids:
             try:
                 snap = repo.find_snapshot(ref, snapshots=snaps)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from safehold.errors import ObjectNotFound, ObjectRetained, UsageError
+from safehold.ids import NO_SNAPSHOT
 from safehold.repository.prune import rescue_for_forget
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -106,7 +107,7 @@ def run_tag(repo: Repository, opts: TagOptions) -> TagResult:
             if tags == snap.tags:
                 result.unchanged.append(snap)
                 continue
-            new = replace(snap, tags=tags, original=snap.original or snap.id, id="")
+            new = replace(snap, tags=tags, original=snap.original or snap.id, id=NO_SNAPSHOT)
             result.changed.append(TagChange(snap, written.get(new.encode(), new)))
         for change in result.changed:
             repo.confirm_snapshot(change.old)

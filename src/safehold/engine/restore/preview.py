@@ -17,6 +17,7 @@ from typing import Any
 from safehold.engine.restore.restore import RestoreOptions, refuse_nothing_chosen, selection_of
 from safehold.engine.tree_walk import Chosen, Selection, Where
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
+from safehold.ids import HexId
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -66,7 +67,7 @@ class _Walker:
 
     def folder(
         self,
-        tree_id: str,
+        tree_id: HexId,
         dest: str,
         where: Where | None,
         emit: Callable[[PlannedItem], None] | None = None,

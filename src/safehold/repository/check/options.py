@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from safehold.errors import UsageError
+from safehold.ids import PackId
 
 __all__ = ["MAX_GROUPS", "CheckOptions", "MaxAge", "Subset", "parse_subset"]
 
@@ -31,11 +32,11 @@ class Subset:
     groups: int = 0
     percent: float = 0.0
 
-    def selects(self, pack_id: bytes) -> bool:
+    def selects(self, pack_id: PackId) -> bool:
         """Whether the ``n/t`` group holds ``pack_id`` (always False for a percentage)."""
         return bool(self.groups) and pack_id[0] % self.groups == self.group - 1
 
-    def select(self, pack_ids: Iterable[bytes]) -> list[bytes]:
+    def select(self, pack_ids: Iterable[PackId]) -> list[PackId]:
         ids = sorted(pack_ids)
         if self.groups:
             return [p for p in ids if self.selects(p)]

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from safehold.errors import SafeholdError
+from safehold.ids import NO_PACK, PackId
 from safehold.repository import lock as lockmod
 from safehold.repository.repository import Repository
 
@@ -66,7 +67,7 @@ class CheckReport:
     read_data: str = ""  # "" (structure only), "all", or the subset, e.g. "1/7"
     packs_read: int = 0
     bytes_read: int = 0
-    read_pack_ids: list[bytes] = field(default_factory=list)  # kept out of JSON: long
+    read_pack_ids: list[PackId] = field(default_factory=list)  # kept out of JSON: long
 
     def _of(self, severity: str) -> list[Problem]:
         return [p for p in self.problems if p.severity == severity]
@@ -155,7 +156,7 @@ class Issue:
     path: str  # relative to the tree it was found under; "" is that tree itself
     code: str
     message: str
-    pack: bytes = b""
+    pack: PackId = NO_PACK
 
 
 class Found:

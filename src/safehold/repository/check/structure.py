@@ -6,6 +6,7 @@ import json
 
 from safehold.crypto.keys import key_file_meta
 from safehold.errors import IntegrityError, ObjectNotFound
+from safehold.ids import PackId
 from safehold.repository.check.report import ERROR, WARNING, why
 from safehold.repository.check.state import CheckState
 from safehold.repository.format import T_CONFIG, T_INDEX, open_object
@@ -114,7 +115,7 @@ class StructureChecks(CheckState):
             if pack_id not in self.index.packs and pack_id not in self.trashed:
                 self._unindexed(pack_id)
 
-    def _unindexed(self, pack_id: bytes) -> None:
+    def _unindexed(self, pack_id: PackId) -> None:
         name = pack_name(pack_id)
         try:
             rec = self.repo.read_pack_header(pack_id, self.listed[pack_id])

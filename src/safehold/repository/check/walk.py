@@ -5,6 +5,7 @@ chain. Problems are reported per snapshot and path."""
 from __future__ import annotations
 
 from safehold.errors import FormatError, IntegrityError, ObjectNotFound
+from safehold.ids import BlobId, ChainId, SnapshotId, blob_from_hex, chain_from_hex
 from safehold.repository import tree as t
 from safehold.repository.check.report import CLEAN, ERROR, Found, Issue, why
 from safehold.repository.check.state import CheckState
@@ -37,13 +38,13 @@ _HINTS = {
 
 
 class SnapshotChecks(CheckState):
-    def check_snapshots(self, snap_ids: list[str]) -> None:
+    def check_snapshots(self, snap_ids: list[SnapshotId]) -> None:
         self.progress.start("check", len(snap_ids))
         try:
             for sid in snap_ids:
                 try:
                     snap = self.repo.load_snapshot(sid)
-                    chain, root = bytes.fromhex(snap.chain), bytes.fromhex(snap.tree)
+                    chain, root = chain_from_hex(snap.chain), blob_from_hex(snap.tree)
                 except ObjectNotFound:
                     continue  # forgotten while we worked
                 except (IntegrityError, ValueError) as exc:
@@ -56,7 +57,7 @@ class SnapshotChecks(CheckState):
         finally:
             self.progress.finish()
 
-    def check_snapshot(self, snap: Snapshot, chain: bytes, root: bytes) -> None:
+    def check_snapshot(self, snap: Snapshot, chain: ChainId, root: BlobId) -> None:
         found = self.tree(root, chain)
         for issue in found.items:
             path = issue.path or "/"
@@ -74,7 +75,7 @@ class SnapshotChecks(CheckState):
             msg = f"{found.total - len(found.items)} more problems in this snapshot are not listed"
             self.add(ERROR, "more", f"snapshot {snap.short_id}", msg, snapshot=snap.id)
 
-    def tree(self, tree_id: bytes, chain: bytes) -> Found:
+    def tree(self, tree_id: BlobId, chain: ChainId) -> Found:
         """Problems under one tree for a snapshot of ``chain``, each tree walked once per
         chain (the chain invariant depends on the chain; the rest does not)."""
         key = (tree_id, chain)
@@ -108,7 +109,7 @@ class SnapshotChecks(CheckState):
                 self.file(node, chain, path, found)
             elif node.type == t.DIR and node.subtree:
                 try:
-                    sub = bytes.fromhex(node.subtree)
+                    sub = blob_from_hex(node.subtree)
                 except ValueError:
                     found.add(Issue(path, "tree-damaged", "the folder names an invalid tree id"))
                     continue
@@ -116,15 +117,15 @@ class SnapshotChecks(CheckState):
         self.memo[key] = found if found.total else CLEAN
         return found
 
-    def file(self, node: t.Node, chain: bytes, path: str, found: Found) -> None:
+    def file(self, node: t.Node, chain: ChainId, path: str, found: Found) -> None:
         """One issue per kind of problem per file: the first blob, and how many share it."""
         first: dict[str, Issue] = {}
         count: dict[str, int] = {}
         for hex_id in node.content:
             try:
-                blob_id = bytes.fromhex(hex_id)
+                blob_id = blob_from_hex(hex_id)
             except ValueError:
-                blob_id = b""
+                blob_id = BlobId(b"")
             if len(blob_id) != 32:
                 msg = f"the file names an invalid blob id {hex_id!r}"
                 found.add(Issue(path, "tree-damaged", msg))
@@ -138,7 +139,7 @@ class SnapshotChecks(CheckState):
             extra = f" (and {more} more blobs of this file)" if more else ""
             found.add(Issue(path, code, issue.message + extra, issue.pack))
 
-    def blob_issues(self, blob_id: bytes, chain: bytes, kind: int) -> list[Issue]:
+    def blob_issues(self, blob_id: BlobId, chain: ChainId, kind: int) -> list[Issue]:
         what = f"{_TYPE_NAMES[kind]} {blob_id.hex()[:8]}"
         loc = self.index.lookup(blob_id)
         if loc is None:
@@ -172,7 +173,7 @@ class SnapshotChecks(CheckState):
             out.append(Issue("", "blob-damaged", f"{what} in pack {short} is damaged", pack))
         return out
 
-    def load_tree(self, tree_id: bytes) -> list[t.Node]:
+    def load_tree(self, tree_id: BlobId) -> list[t.Node]:
         nodes = self.trees.get(tree_id)
         if nodes is not None:
             self.trees.move_to_end(tree_id)

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 
 from safehold.errors import ObjectNotFound, ObjectRetained
+from safehold.ids import PackId
 from safehold.repository.index import Index, PackRecord
 from safehold.repository.progress import ProgressSink
 from safehold.repository.prune.options import PruneOptions
@@ -33,7 +34,7 @@ INDEX_FILE_MAX_BLOBS = 100_000
 
 def mark_packs(
     repo: Repository, opts: PruneOptions, progress: ProgressSink, *, dry_run: bool = False
-) -> tuple[MarkResult, UsedCache, dict[bytes, PackRecord]]:
+) -> tuple[MarkResult, UsedCache, dict[PackId, PackRecord]]:
     result = MarkResult()
     pending = list_trash(repo)
     pending_index = {name for rec in pending for name in rec.index}
