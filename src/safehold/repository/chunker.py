@@ -16,6 +16,9 @@ from pyfastcdc import FastCDC
 
 @dataclass(frozen=True)
 class ChunkerParams:
+    """A repository's chunk sizes (bytes) and gear seed, stored in its config: they decide the
+    cut points, so they never change after ``init``."""
+
     min_size: int = 512 * 1024
     avg_size: int = 1024 * 1024
     max_size: int = 8 * 1024 * 1024

@@ -38,6 +38,8 @@ _COUNT = struct.Struct("<I")
 
 @dataclass(frozen=True, slots=True)
 class Location:
+    """Where one blob is stored: its pack, type, and the byte range of its sealed form."""
+
     pack_id: PackId
     blob_type: int
     offset: int
@@ -47,6 +49,8 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class PackRecord:
+    """One pack as an index file lists it: its id, chain, stored size and blob entries."""
+
     pack_id: PackId
     chain_id: ChainId
     size: int
@@ -54,6 +58,7 @@ class PackRecord:
 
 
 def encode_index(packs: Iterable[PackRecord]) -> bytes:
+    """The plaintext of an index file listing ``packs`` (docs/format.md, "Index files")."""
     packs = list(packs)
     out = bytearray(_COUNT.pack(len(packs)))
     for p in packs:
@@ -64,6 +69,8 @@ def encode_index(packs: Iterable[PackRecord]) -> bytes:
 
 
 def decode_index(raw: bytes, what: str) -> list[PackRecord]:
+    """The packs an index file's plaintext lists; raises :class:`FormatError` naming ``what``
+    if it is truncated or malformed."""
     try:
         (count,) = _COUNT.unpack_from(raw, 0)
         pos = _COUNT.size

@@ -62,6 +62,9 @@ def _directory(ids: bytes, n: int, bits: int) -> array[int]:
 
 
 class SortedRun:
+    """The index's records sorted by blob id, in flat buffers (docs/architecture.md, "The index
+    is a compact sorted array"): never changed once built, so readers need no lock."""
+
     __slots__ = ("bits", "dir", "distinct", "ids", "meta", "n", "shift", "types")
 
     def __init__(

@@ -116,6 +116,9 @@ def this_holder() -> Holder:
 
 @dataclass
 class LockInfo:
+    """A lock object's contents: who holds it (host, process, kernel), since when, its kind,
+    and whether it is exclusive."""
+
     name: str
     created: datetime
     refreshed: datetime
@@ -194,6 +197,8 @@ def holder_gone(info: LockInfo) -> bool:
 
 
 def is_stale(info: LockInfo, now: datetime) -> bool:
+    """Whether a lock may be ignored at ``now``: not refreshed for ``STALE_SECONDS``, or taken
+    by a process of this kernel that is gone."""
     if now - info.refreshed > timedelta(seconds=STALE_SECONDS):
         return True
     return holder_gone(info)
@@ -206,6 +211,8 @@ _TAG_CONFLICTS = frozenset({"tag", "forget"})
 
 
 def conflicts(mine: LockInfo, other: LockInfo) -> bool:
+    """Whether ``mine`` may not be held beside ``other``: either is exclusive, a ``tag`` beside
+    a ``tag`` or ``forget``, or two prunes."""
     if mine.exclusive or other.exclusive:
         return True
     if (mine.kind == "tag" and other.kind in _TAG_CONFLICTS) or (

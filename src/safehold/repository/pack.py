@@ -43,6 +43,9 @@ def pack_length(blobs_length: int, count: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PackEntry:
+    """One blob in a pack: its type, where its sealed form sits (bytes), its plaintext length
+    and id."""
+
     blob_type: int
     offset: int
     length: int
@@ -162,4 +165,5 @@ def parse_header(aead: Aead, sealed: bytes, what: str) -> tuple[ChainId, list[Pa
 
 
 def check_pack_start(first: bytes, what: str) -> None:
+    """Raise :class:`FormatError` unless ``first`` (a pack's first four bytes) is a pack header."""
     check_header(first, T_PACK, what)

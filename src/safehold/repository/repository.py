@@ -80,6 +80,9 @@ TREE_PACK_CACHE = 64 << 20  # bytes of tree packs kept
 
 @dataclass(frozen=True)
 class RepoConfig:
+    """The repository's config object: its id, chunking, compression level (None: off) and
+    pack size in bytes; fixed at ``init``."""
+
     repo_id: str
     chunker: ChunkerParams
     compression: int | None  # zstd level, None = off

@@ -33,6 +33,9 @@ from safehold.repository.repository import Repository, pack_name
 
 @dataclass
 class SaverStats:
+    """What a :class:`BlobSaver` stored (bytes as plaintext and as sealed) and how many blobs it
+    was asked to save."""
+
     blobs_new: int = 0
     blobs_seen: int = 0
     bytes_new_raw: int = 0  # plaintext bytes of new blobs

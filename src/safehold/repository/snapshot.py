@@ -18,6 +18,9 @@ from safehold.ids import NO_SNAPSHOT, HexId, SnapshotId
 
 @dataclass
 class Snapshot:
+    """The record of one backup (docs/format.md, "Snapshots"): its root tree, chain, source and
+    summary; ``id`` is set once it is stored or loaded."""
+
     time: datetime
     tree: HexId
     paths: list[str]

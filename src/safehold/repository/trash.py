@@ -39,6 +39,8 @@ __all__ = [
 def write_trash(
     repo: Repository, packs: list[PackId], index: list[str] | None = None
 ) -> TrashRecord:
+    """Store a trash record for ``packs`` (and the index files that list exactly them), dated
+    by the repository's clock."""
     created = repo.clock.now()
     doc: dict[str, Any] = {"created": created.isoformat(), "packs": sorted(p.hex() for p in packs)}
     if index:
@@ -53,6 +55,7 @@ def list_trash(repo: Repository, *, damaged: list[str] | None = None) -> list[Tr
 
 
 def trashed_packs(repo: Repository) -> set[PackId]:
+    """Every pack some readable trash record names."""
     return {p for rec in list_trash(repo) for p in rec.packs}
 
 

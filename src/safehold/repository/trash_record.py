@@ -19,6 +19,9 @@ __all__ = ["TrashRecord", "parse_trash"]
 
 @dataclass
 class TrashRecord:
+    """Packs prune found garbage, from ``created`` on, with the index files that keep them
+    indexed until the sweep deletes them (docs/format.md, section 16)."""
+
     name: str
     created: datetime
     packs: list[PackId]

@@ -51,6 +51,9 @@ NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
 @dataclass(slots=True)
 class Node:
+    """One item of a folder as a tree stores it (docs/format.md, "Trees"); ids are the hex that
+    the tree's JSON holds."""
+
     name: str
     type: str
     mode: int = 0
@@ -163,6 +166,7 @@ def decode_xattrs(raw: Any) -> dict[str, bytes]:
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
+    """The canonical bytes of a tree of ``nodes``, whatever their order."""
     return encode_tree_json([n.to_json() for n in nodes])
 
 

@@ -36,6 +36,9 @@ class _PackResult:
 
 
 class DataChecks(CheckState):
+    """The ``--read-data`` part of check: reads the chosen packs whole, in parallel, and opens
+    every blob against the index and the pack's own header."""
+
     def read_data(self) -> None:
         # Packs in the trash and in no index are garbage waiting for prune, and an unindexed
         # pack whose header does not open was already reported (nothing reads it, and

@@ -103,6 +103,9 @@ class MaxAge:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckOptions:
+    """What ``check`` does beyond the structure: read data (all or a subset), and how old a
+    source's newest snapshot may be."""
+
     read_data: bool = False
     subset: Subset | None = None  # implies read_data
     threads: int = 4  # packs downloaded at once

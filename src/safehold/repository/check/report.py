@@ -58,6 +58,8 @@ class Problem:
 
 @dataclass
 class CheckReport:
+    """What a check found and counted; ``problems`` decide its exit code (docs/format.md)."""
+
     problems: list[Problem] = field(default_factory=list)
     snapshots: int = 0
     trees: int = 0  # distinct trees loaded and decoded
@@ -141,6 +143,7 @@ def stale_lock_notes(repo: Repository) -> list[Problem]:
 
 
 def why(exc: Exception) -> str:
+    """The message of an exception for a report: a safehold error's own, else its type and text."""
     return exc.message if isinstance(exc, SafeholdError) else f"{type(exc).__name__}: {exc}"
 
 
@@ -153,6 +156,8 @@ MAX_PATHS = 20
 
 @dataclass(slots=True)
 class Issue:
+    """One problem below a tree, before it becomes a :class:`Problem` of a snapshot."""
+
     path: str  # relative to the tree it was found under; "" is that tree itself
     code: str
     message: str

@@ -19,6 +19,9 @@ __all__ = ["CheckState"]
 
 
 class CheckState:
+    """What the parts of one check run share: the repository, the options, the index loaded as
+    check sees it, the packs listed and what was found so far."""
+
     def __init__(self, repo: Repository, opts: CheckOptions, progress: ProgressSink) -> None:
         self.repo = repo
         self.opts = opts

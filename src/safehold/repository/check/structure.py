@@ -19,6 +19,9 @@ __all__ = ["StructureChecks"]
 
 
 class StructureChecks(CheckState):
+    """Checks that need no pack contents: the config and key files, index files, the packs
+    listed against the index, locks, the trash."""
+
     def check_config_and_keys(self) -> None:
         storage = self.repo.storage
         try:

@@ -38,6 +38,9 @@ _HINTS = {
 
 
 class SnapshotChecks(CheckState):
+    """The snapshot walk: every tree of every snapshot loaded once per chain, and every blob
+    named checked against the index and the chain."""
+
     def check_snapshots(self, snap_ids: list[SnapshotId]) -> None:
         self.progress.start("check", len(snap_ids))
         try:

@@ -35,6 +35,9 @@ INDEX_FILE_MAX_BLOBS = 100_000
 def mark_packs(
     repo: Repository, opts: PruneOptions, progress: ProgressSink, *, dry_run: bool = False
 ) -> tuple[MarkResult, UsedCache, dict[PackId, PackRecord]]:
+    """Prune's first phase: find the packs no snapshot needs, repack the partly used ones and
+    put both in the trash; returns the counts, the blobs in use and the records of the packs
+    trashed. ``dry_run`` writes nothing."""
     result = MarkResult()
     pending = list_trash(repo)
     pending_index = {name for rec in pending for name in rec.index}

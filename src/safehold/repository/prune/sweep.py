@@ -204,6 +204,8 @@ def _count_waiting(
 def still_needed(
     rec: PackRecord, live: Index, used: dict[ChainId, set[BlobId]], needed: set[BlobId]
 ) -> bool:
+    """Whether a trashed pack still holds a blob that a chain uses and holds nowhere else, or a
+    blob needed across chains that no live pack has: then it is rescued, not deleted."""
     chain_used = used.get(rec.chain_id, set())
     for e in rec.entries:
         b = e.blob_id

@@ -149,6 +149,8 @@ def used_blobs(
 def walk_snapshots(
     repo: Repository, view: Index, snaps: list[Snapshot], progress: ProgressSink
 ) -> dict[ChainId, set[BlobId]]:
+    """The blob ids each chain's snapshots use (trees and data), reading each tree once per
+    chain from ``view``; raises :class:`IntegrityError` for a blob no pack holds."""
     used: dict[ChainId, set[BlobId]] = {}
     walked: dict[ChainId, set[HexId]] = {}
     for snap in snaps:

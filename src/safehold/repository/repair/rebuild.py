@@ -129,6 +129,9 @@ READ_THREADS = 4
 
 @dataclass(frozen=True, kw_only=True)
 class RepairOptions:
+    """How ``repair index`` reads packs: headers only or every blob, whether trashed packs are
+    taken in, and how many packs go into one new index file."""
+
     read_all_packs: bool = False
     """Read every pack whole and open every blob, not only the headers (slow)."""
     include_trash: bool = False

@@ -51,6 +51,9 @@ class PackFinding:
 
 @dataclass
 class RepairReport:
+    """What ``repair index`` did: index files kept, written and removed, and per pack what was
+    lost, damaged or found elsewhere."""
+
     read_all_packs: bool = False
     packs: int = 0  # packs indexed afterwards (new packs included)
     blobs: int = 0  # distinct blobs they hold
