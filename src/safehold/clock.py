@@ -8,12 +8,17 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    """Where time comes from: wall-clock ``now`` (aware, UTC) and ``monotonic`` seconds, so that
+    tests can pass a :class:`FakeClock`."""
+
     def now(self) -> datetime: ...
 
     def monotonic(self) -> float: ...
 
 
 class SystemClock:
+    """The real clock: UTC wall time and ``time.monotonic``."""
+
     def now(self) -> datetime:
         return datetime.now(UTC)
 
@@ -44,4 +49,5 @@ SYSTEM_CLOCK = SystemClock()
 
 
 def utcnow() -> datetime:
+    """The current time in UTC from the system clock."""
     return SYSTEM_CLOCK.now()

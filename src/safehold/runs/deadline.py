@@ -33,6 +33,9 @@ class RunTimeout(BaseException):
 
 
 class Deadline:
+    """The time left to one run (``seconds`` None: no limit); see the module docstring for the
+    alarm and how it is checked without one."""
+
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self._end = time.monotonic() + seconds if seconds else None

@@ -27,6 +27,8 @@ _MIN_SECRET = 4  # shorter "secrets" would mask ordinary words and digits everyw
 
 @dataclass(frozen=True)
 class LogEvent:
+    """One structured log event of a run, with its fields (secrets masked before it is made)."""
+
     ts: datetime
     level: str  # "debug", "info", "warning", "error"
     event: str  # dotted name: "hook.finished", "backup.saved", "run.finished"

@@ -44,6 +44,8 @@ Destination = RepositoryDestination | ArchiveDestination
 
 @dataclass
 class Outcome:
+    """What became of the new snapshot at one further destination."""
+
     destination: str
     status: str  # "copied", "skipped" (already there), "archived" or "failed"
     target: str = ""  # the copy's snapshot id or the archive's object name

@@ -39,6 +39,8 @@ class RunInProgress(SafeholdError):
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where run locks and run records live: ``SAFEHOLD_STATE_DIR``, else
+    ``$XDG_STATE_HOME/safehold``, else ``~/.local/state/safehold``."""
     env = os.environ if env is None else env
     if env.get("SAFEHOLD_STATE_DIR"):
         return Path(env["SAFEHOLD_STATE_DIR"])

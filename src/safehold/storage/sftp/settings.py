@@ -26,6 +26,8 @@ ENV_PREFIX = "SAFEHOLD_SFTP_"
 
 @dataclass(frozen=True)
 class SftpTarget:
+    """Where an SFTP location points: user, host, port and the repository's path on the server."""
+
     user: str
     host: str
     port: int
