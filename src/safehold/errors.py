@@ -58,8 +58,6 @@ class ConfigError(UsageError):
     """The configuration file (or an option standing for it) is invalid; the message names
     the value."""
 
-    pass
-
 
 class SourceNotFound(UsageError):
     """A path or source given to back up does not exist."""
@@ -139,8 +137,6 @@ class ObjectRetained(StoragePermissionDenied):
 
 class RepositoryError(SafeholdError):
     """Base of the errors about the repository itself rather than its storage."""
-
-    pass
 
 
 class RepositoryNotFound(RepositoryError):
