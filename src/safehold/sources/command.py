@@ -84,6 +84,9 @@ def _argv(cmd: str | list[str], shell: bool) -> list[str]:
 
 
 class CommandSource:
+    """A command's standard output as one stream (see the module docstring); restores by
+    piping the file into ``restore_command``."""
+
     kind = "command"
 
     def __init__(self, settings: Settings) -> None:
@@ -142,4 +145,5 @@ class CommandSource:
 
 
 def build(settings: Settings) -> CommandSource:
+    """The source for a validated ``command`` block (the registry's entry point)."""
     return CommandSource(settings)

@@ -69,6 +69,8 @@ class Settings(BaseModel):
 
 
 class DirectorySource:
+    """Folders for the engine to walk; restored by the engine's tree restore, not by itself."""
+
     kind = "directory"
 
     def __init__(self, settings: Settings) -> None:
@@ -98,4 +100,5 @@ class DirectorySource:
 
 
 def build(settings: Settings) -> DirectorySource:
+    """The source for a validated ``directory`` block (the registry's entry point)."""
     return DirectorySource(settings)

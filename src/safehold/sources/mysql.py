@@ -164,6 +164,9 @@ def describe_failure(stderr: str) -> tuple[str, str | None]:
 
 
 class MysqlSource:
+    """One ``<db>.sql`` stream per database of a MySQL or MariaDB server, restored with the
+    client (see the module docstring)."""
+
     kind = "mysql"
 
     def __init__(self, settings: Settings) -> None:
@@ -305,4 +308,5 @@ class MysqlSource:
 
 
 def build(settings: Settings) -> MysqlSource:
+    """The source for a validated ``mysql`` block (the registry's entry point)."""
     return MysqlSource(settings)

@@ -97,6 +97,9 @@ class _Server:
 
 
 class PostgresSource:
+    """One ``<db>.pgdump`` stream per database of a PostgreSQL server (and ``globals.sql``),
+    restored with ``pg_restore`` (see the module docstring)."""
+
     kind = "postgres"
 
     def __init__(self, settings: Settings) -> None:
@@ -305,4 +308,5 @@ class PostgresSource:
 
 
 def build(settings: Settings) -> PostgresSource:
+    """The source for a validated ``postgres`` block (the registry's entry point)."""
     return PostgresSource(settings)

@@ -65,6 +65,9 @@ class Settings(BaseModel):
 
 
 class RedisSource:
+    """A Redis server's RDB snapshot as the stream ``dump.rdb``, taken by ``sync`` or
+    ``bgsave`` (see the module docstring)."""
+
     kind = "redis"
 
     def __init__(self, settings: Settings) -> None:
@@ -257,4 +260,5 @@ def _answers(host: str, port: int) -> bool:
 
 
 def build(settings: Settings) -> RedisSource:
+    """The source for a validated ``redis`` block (the registry's entry point)."""
     return RedisSource(settings)

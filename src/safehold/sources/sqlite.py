@@ -243,6 +243,8 @@ def _write_copy(files: SnapshotFiles, name: str, fd: int) -> None:
 
 
 class SqliteSource:
+    """A consistent online copy of one SQLite database as a single stream."""
+
     kind = "sqlite"
 
     def __init__(self, settings: Settings) -> None:
@@ -316,4 +318,5 @@ def _fsync_dir(folder: str) -> None:
 
 
 def build(settings: Settings) -> SqliteSource:
+    """The source for a validated ``sqlite`` block (the registry's entry point)."""
     return SqliteSource(settings)

@@ -458,6 +458,8 @@ def _write_sparse(fd: int, piece: memoryview, offset: int) -> None:
 
 
 class VolumeSource:
+    """A large file or block device as one stream, holes skipped, devices read with direct I/O."""
+
     kind = "volume"
 
     def __init__(self, settings: Settings) -> None:
@@ -570,4 +572,5 @@ class VolumeSource:
 
 
 def build(settings: Settings) -> VolumeSource:
+    """The source for a validated ``volume`` block (the registry's entry point)."""
     return VolumeSource(settings)
