@@ -25,6 +25,8 @@ def walk(repo: Repository, tree_id: HexId, prefix: str = "") -> Iterator[tuple[s
 
 
 def normalize(path: str) -> str:
+    """``path`` as an absolute snapshot path without ``.`` or empty parts; raises
+    :class:`UsageError` for ``..``."""
     parts = [p for p in path.split("/") if p and p != "."]
     if ".." in parts:
         raise UsageError(f"path {path!r} must not contain '..'")

@@ -43,6 +43,9 @@ from safehold.sources.base import Stream
 
 @dataclass(kw_only=True)
 class BackupOptions:
+    """What to back up (paths, or one stream: standard input, a command, a stream source's
+    streams) and how: excludes, parent and chain choice, tags, threads, attributes."""
+
     paths: list[str] = field(default_factory=list)
     # What the walk leaves out, as restic's options of these names (engine/backup/scan.py).
     excludes: list[str] = field(default_factory=list)
@@ -70,6 +73,8 @@ class BackupOptions:
 
 @dataclass
 class BackupResult:
+    """The saved snapshot, the files that could not be read (path, why) and the run's counts."""
+
     snapshot: Snapshot
     errors: list[tuple[str, str]]
     summary: dict[str, int | float]
@@ -160,6 +165,11 @@ def run_backup(
     *,
     prescan: Prescan | None = None,
 ) -> BackupResult:
+    """Back up what ``opts`` names into a new snapshot of ``repo``, under a shared lock.
+
+    Raises :class:`UsageError` for contradictory options, :class:`SourceError` when a stream's
+    producer fails (then no snapshot is written); unreadable files are listed in the result
+    instead. ``prescan``: one :func:`start_prescan` began before the repository was opened."""
     if opts.command and not opts.stdin_name:
         raise UsageError("--command needs --stdin-name NAME for the stream's file name")
     if opts.stdin_name and opts.paths:
@@ -345,4 +355,5 @@ def _backup_paths(
 
 
 def describe_error(exc: BaseException) -> str:
+    """An exception as one line for a message: a safehold error's own text, else type and text."""
     return str(exc) if isinstance(exc, SafeholdError) else f"{type(exc).__name__}: {exc}"

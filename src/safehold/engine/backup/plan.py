@@ -52,6 +52,8 @@ _BY_NAME = operator.attrgetter("name")
 
 @dataclass(eq=False, slots=True)
 class DirItem:
+    """A folder in a plan: its own node (the parent's, or new) and the plan of its contents."""
+
     meta: JsonNode | t.Node  # the folder's own node: reused from the parent, or new
     plan: DirPlan
 
@@ -71,6 +73,9 @@ Item = JsonNode | t.Node | DirItem | TextItem
 
 @dataclass(eq=False, slots=True)
 class DirPlan:
+    """One folder's plan during the walk: its items in name order, the parent's tree to compare
+    with, and how many of its items are still being read or saved."""
+
     items: list[Item] = field(default_factory=list)
     parent_subtree: HexId = NO_HEX_ID
     parent_count: int = -1  # items in the parent's tree; -1 = no parent tree

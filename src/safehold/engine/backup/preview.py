@@ -41,6 +41,8 @@ __all__ = ["BackupPreview", "PreviewItem", "preview_backup"]
 
 @dataclass(frozen=True, slots=True)
 class PreviewItem:
+    """One item a backup would save, and whether it is new, changed or unchanged."""
+
     path: str
     type: str
     status: str  # "new", "changed" or "unchanged", against the parent snapshot
@@ -49,6 +51,9 @@ class PreviewItem:
 
 @dataclass
 class BackupPreview:
+    """What ``backup --dry-run`` found: the parent it compared with, the items, unreadable
+    paths and the counts."""
+
     parent: str | None
     items: list[PreviewItem] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)

@@ -21,6 +21,8 @@ from safehold.repository.repository import Repository
 
 @dataclass
 class DumpResult:
+    """What a dump wrote: the path, the kind of output, counts, and what it skipped (why)."""
+
     path: str  # the normalized path that was dumped
     kind: str  # "file" (its bytes), "tar" or "zip"
     files: int = 0

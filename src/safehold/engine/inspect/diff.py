@@ -36,6 +36,8 @@ TYPE_CHANGED = "T"
 
 @dataclass(frozen=True, slots=True)
 class Change:
+    """One difference between two snapshots at ``path``."""
+
     path: str
     kind: str  # one of ADDED, REMOVED, MODIFIED, METADATA, TYPE_CHANGED
     old: t.Node | None  # None when added
@@ -51,6 +53,8 @@ class Change:
 
 @dataclass
 class DiffStats:
+    """How many items differ, by kind, and the bytes of files added and removed."""
+
     added: int = 0
     removed: int = 0
     modified: int = 0
@@ -73,6 +77,8 @@ class DiffStats:
 
 @dataclass
 class DiffResult:
+    """Every change between two trees and their counts."""
+
     changes: list[Change] = field(default_factory=list)  # parents first, siblings by name
     stats: DiffStats = field(default_factory=DiffStats)
 
@@ -86,6 +92,8 @@ def diff_trees(repo: Repository, old_tree: HexId, new_tree: HexId) -> DiffResult
 
 
 def metadata_differs(a: t.Node, b: t.Node) -> bool:
+    """Whether two nodes differ in what ``diff`` reports as metadata: mode, owner, modification
+    time, extended attributes."""
     return (
         a.mode != b.mode
         or a.uid != b.uid

@@ -31,6 +31,8 @@ MODES = (RESTORE_SIZE, RAW_DATA, ALL)
 
 @dataclass
 class RestoreSize:
+    """What restoring the snapshots would write: items by kind and file bytes."""
+
     snapshots: int = 0
     files: int = 0
     dirs: int = 0
@@ -40,6 +42,8 @@ class RestoreSize:
 
 @dataclass
 class RawData:
+    """The distinct blobs the snapshots reference, their plaintext and stored bytes."""
+
     blobs: int = 0
     data_blobs: int = 0
     tree_blobs: int = 0
@@ -51,6 +55,8 @@ class RawData:
 
 @dataclass
 class RepoTotals:
+    """The repository as a whole: snapshots, chains, packs and their stored bytes."""
+
     snapshots: int = 0
     chains: int = 0
     packs: int = 0
@@ -59,6 +65,8 @@ class RepoTotals:
 
 @dataclass
 class Stats:
+    """The parts of ``stats`` that were asked for (None: not computed)."""
+
     restore_size: RestoreSize | None = None
     raw_data: RawData | None = None
     repository: RepoTotals | None = None
@@ -123,6 +131,8 @@ class _TreeSize:
 
 
 def restore_size(repo: Repository, snaps: list[Snapshot]) -> RestoreSize:
+    """What restoring ``snaps`` would write; each tree is counted once however many snapshots
+    share it, hard links once."""
     cache: dict[HexId, _TreeSize] = {}
     out = RestoreSize(snapshots=len(snaps))
     for snap in snaps:
@@ -183,6 +193,8 @@ def referenced_blobs(repo: Repository, snaps: list[Snapshot]) -> tuple[set[str],
 
 
 def raw_data(repo: Repository, snaps: list[Snapshot]) -> RawData:
+    """The distinct blobs ``snaps`` reference and what they take (plaintext, stored); those not
+    in the index are counted as missing."""
     trees, data = referenced_blobs(repo, snaps)
     every = trees | data
     out = RawData(blobs=len(every), data_blobs=len(data), tree_blobs=len(trees))
@@ -203,6 +215,8 @@ def raw_data(repo: Repository, snaps: list[Snapshot]) -> RawData:
 
 @dataclass
 class ChainInfo:
+    """One chain: its id, its snapshots in order, whether it was finished by hand."""
+
     id: HexId
     snapshots: list[Snapshot]  # in chain order: the full backup first
     finished: bool  # finished by hand: the next backup of its source starts a new chain

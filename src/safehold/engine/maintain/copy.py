@@ -57,11 +57,16 @@ MAX_PROBLEMS = 20
 
 @dataclass(kw_only=True)
 class CopyOptions:
+    """How a copy runs: how many blobs are loaded and sealed at once."""
+
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
 
 
 @dataclass
 class CopyResult:
+    """What became of one snapshot: copied (verified), skipped (already there) or failed, and
+    what the copy added to the destination."""
+
     source: Snapshot
     status: str  # COPIED (written and verified), SKIPPED (already there) or FAILED
     target: SnapshotId = NO_SNAPSHOT  # the destination's copy (for SKIPPED: the existing one)

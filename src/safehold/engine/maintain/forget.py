@@ -45,6 +45,9 @@ GroupKey = tuple[tuple[str, str | tuple[str, ...]], ...]
 
 @dataclass(kw_only=True)
 class ForgetOptions:
+    """Which snapshots to forget: a retention policy or ids, the filters, the grouping, and
+    whether to only say what would go."""
+
     policy: RetentionPolicy | None = None
     snapshot_ids: list[str] = field(default_factory=list)  # id prefixes to remove
     # Filters: only snapshots matching all of them are considered.
@@ -57,6 +60,9 @@ class ForgetOptions:
 
 @dataclass
 class ForgetGroup:
+    """One group of snapshots (same host, paths... as ``group_by`` says): kept, removed, and the
+    rules that kept each."""
+
     key: dict[str, Any]  # e.g. {"host": "db1", "paths": ["/srv/db"]}; {} when not grouped
     keep: list[Snapshot]  # newest first
     remove: list[Snapshot]  # newest first
@@ -74,6 +80,9 @@ class RetainedSnapshot:
 
 @dataclass
 class ForgetResult:
+    """What ``forget`` removed (or would), what the storage's retention kept, and damaged
+    snapshots removed by name."""
+
     groups: list[ForgetGroup]
     removed: list[Snapshot]  # forgotten (or, in a dry run, that would be)
     dry_run: bool

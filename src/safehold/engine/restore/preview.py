@@ -27,6 +27,8 @@ __all__ = ["PlannedItem", "RestorePreview", "preview_restore"]
 
 @dataclass(frozen=True, slots=True)
 class PlannedItem:
+    """One item a restore would write, at its path under the target."""
+
     path: str  # where it would be written
     type: str
     size: int = 0
@@ -34,6 +36,8 @@ class PlannedItem:
 
 @dataclass
 class RestorePreview:
+    """What ``restore --dry-run`` found: the items, counts, and what would not be restored."""
+
     items: list[PlannedItem] = field(default_factory=list)
     files: int = 0
     dirs: int = 0

@@ -95,6 +95,9 @@ __all__ = ["MAX_GAP", "MAX_SPAN", "RestoreOptions", "RestoreResult", "run_restor
 
 @dataclass(kw_only=True)
 class RestoreOptions:
+    """Where to restore, what to select, and how: threads or worker processes, direct writes,
+    owners and attributes."""
+
     target: str
     # What to restore (engine/tree_walk.py's Selection; restic's patterns): all when empty.
     includes: list[str] = field(default_factory=list)
@@ -119,6 +122,8 @@ class RestoreOptions:
 
 @dataclass
 class RestoreResult:
+    """What a restore wrote, and everything it could not (path, why)."""
+
     files: int = 0
     dirs: int = 0
     bytes: int = 0
@@ -609,6 +614,10 @@ class _Restorer:
 def run_restore(
     repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: Progress = NO_PROGRESS
 ) -> RestoreResult:
+    """Restore ``snap`` (as ``opts`` selects) into ``opts.target``, under a shared lock.
+
+    Raises :class:`UsageError` if the target is not a folder, :class:`TargetError` when it
+    cannot be written; items that cannot be restored are listed in the result."""
     selection = selection_of(opts)
     target = os.path.abspath(opts.target)
     if os.path.exists(target) and not os.path.isdir(target):

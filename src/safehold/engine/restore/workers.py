@@ -70,6 +70,8 @@ Work = Callable[[PackId, Any], None]
 
 
 def usable(processes: int, packs: int) -> bool:
+    """Whether forked workers are worth it: more than one process asked for, ``fork`` exists,
+    and at least ``MIN_PACKS_PER_CHILD`` packs for each."""
     return processes > 1 and hasattr(os, "fork") and packs >= MIN_PACKS_PER_CHILD * processes
 
 

@@ -105,6 +105,7 @@ BlobTargets = list[tuple[OpenFile, int]]
 
 
 def target_error(path: str, exc: OSError) -> TargetError:
+    """The :class:`TargetError` for a failed write of ``path``: a full disk says so."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetError(
             f"the restore target is full while writing {path}",
