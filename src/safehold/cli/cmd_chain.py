@@ -20,6 +20,7 @@ from safehold.repository.snapshot import Snapshot
 
 
 def register(sub: Any) -> None:
+    """Add ``chain`` and its subcommands (list, finish) to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "chain",
         help="list chains, or finish one",
@@ -71,6 +72,7 @@ def _matches(s: Snapshot, args: argparse.Namespace) -> bool:
 
 
 def chain_json(c: ChainInfo) -> dict[str, Any]:
+    """A chain as ``chain list --json`` prints it."""
     return {
         "id": c.id,
         "status": c.status,
@@ -92,6 +94,7 @@ def chain_json(c: ChainInfo) -> dict[str, Any]:
 
 
 def run_list(args: argparse.Namespace, ctx: Context) -> int:
+    """``chain list``: every chain with its snapshots and status."""
     repo = ctx.open_repo()
     with repo.lock("read"):
         chains = list_chains(repo.list_snapshots(), repo.finished_chains())
@@ -126,6 +129,8 @@ def resolve_chain(ref: str, snaps: list[Snapshot], chains: list[ChainInfo]) -> H
 
 
 def run_finish(args: argparse.Namespace, ctx: Context) -> int:
+    """``chain finish``: mark a chain finished, so that the next backup of its source starts
+    a new one."""
     repo = ctx.open_repo()
     with repo.lock("chain"):
         snaps = repo.list_snapshots()

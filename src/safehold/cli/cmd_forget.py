@@ -46,6 +46,7 @@ def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 def register(sub: Any) -> None:
+    """Add ``forget`` and its options (the ``--keep-*`` rules) to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "forget",
         help="remove snapshots by id or by a retention policy",
@@ -103,6 +104,7 @@ def add_keep_rules(p: argparse.ArgumentParser) -> None:
 
 
 def policy_from(args: argparse.Namespace) -> RetentionPolicy:
+    """The retention policy the ``--keep-*`` options give (empty when none is given)."""
     within: dict[str, Duration | None] = {}
     for unit in _WITHIN:
         name = f"keep_within_{unit}" if unit else "keep_within"
@@ -122,6 +124,7 @@ def policy_from(args: argparse.Namespace) -> RetentionPolicy:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``forget``: remove snapshots by id or policy, then prune if asked."""
     opts = ForgetOptions(
         policy=policy_from(args),
         snapshot_ids=args.snapshots,

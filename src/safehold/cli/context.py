@@ -20,6 +20,9 @@ from safehold.repository.snapshot import Snapshot
 
 @dataclass
 class Context:
+    """What every command needs from the command line: the repository and its password, output
+    mode, progress; the one place that opens the repository for a command."""
+
     args: argparse.Namespace
 
     @property
@@ -159,6 +162,7 @@ def read_password(
 
 
 def human_bytes(n: float) -> str:
+    """``n`` bytes for people: B, KiB, MiB, GiB or TiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"

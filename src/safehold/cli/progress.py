@@ -10,6 +10,8 @@ from safehold.engine.progress import Progress
 
 
 class BarProgress(Progress):
+    """Progress bars on standard error, drawn with rich."""
+
     def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import (
@@ -66,4 +68,5 @@ class WarningsOnly(Progress):
 
 
 def make_progress(enabled: bool) -> Progress:
+    """Bars when ``enabled`` (a terminal, not ``--quiet``), else warnings only."""
     return BarProgress() if enabled else WarningsOnly()
