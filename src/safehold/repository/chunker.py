@@ -25,6 +25,7 @@ class ChunkerParams:
     seed: int = 0
 
     def to_json(self) -> dict[str, int]:
+        """The parameters as the repository config stores them."""
         return {
             "min_size": self.min_size,
             "avg_size": self.avg_size,
@@ -49,6 +50,7 @@ class Chunker:
         )
 
     def cut(self, buf: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+        """Views of ``buf`` cut into chunks (valid while ``buf`` is)."""
         view = memoryview(buf)
         for chunk in self._cdc.cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]

@@ -163,6 +163,7 @@ class IndexLoader:
                 types.append(blob_type)
 
     def finish(self) -> Index:
+        """The index of every file added, its records sorted once into the run."""
         index, cols = self._index, self._cols
         n = len(cols.ids)
         if n:
@@ -236,6 +237,7 @@ class Index:
         return pn
 
     def add_pack(self, rec: PackRecord) -> None:
+        """Add a pack's blobs (a pack already present is left as it is); thread-safe."""
         with self._lock:
             if rec.pack_id in self._pack_no:
                 return
@@ -330,6 +332,7 @@ class Index:
     # --- reading ---------------------------------------------------------------------------
 
     def lookup(self, blob_id: BlobId) -> Location | None:
+        """Where the first live copy of ``blob_id`` is, or None."""
         first, more = self._first, self._more  # before the run: see the class docstring
         run = self._run
         alive = self._alive
@@ -361,6 +364,7 @@ class Index:
         return self.lookup(blob_id) is not None
 
     def has_in_chain(self, blob_id: BlobId, chain_id: ChainId) -> bool:
+        """Whether a live pack of ``chain_id`` holds ``blob_id`` (deduplication is per chain)."""
         cn = self._chain_no.get(chain_id)
         if cn is None:
             return False
@@ -413,13 +417,16 @@ class Index:
         return True
 
     def chain_of(self, pack_id: PackId) -> ChainId:
+        """The chain of a present pack (KeyError for one not in the index)."""
         return self._chains[self._pack_chain[self._pack_no[pack_id]]]
 
     def blob_count(self) -> int:
+        """How many distinct blobs the index holds."""
         self.flush()
         return self._run.distinct
 
     def blob_ids(self) -> Iterator[BlobId]:
+        """Every distinct blob id, in id order."""
         self.flush()
         return self._run.distinct_ids()
 

@@ -86,9 +86,11 @@ class SortedRun:
 
     @classmethod
     def empty(cls) -> SortedRun:
+        """A run with no records."""
         return cls(b"", array("I"), b"", 0)
 
     def nbytes(self) -> int:
+        """Bytes the run's buffers hold."""
         return len(self.ids) + len(self.meta) * 4 + len(self.types) + len(self.dir) * 4
 
     # --- reading ---------------------------------------------------------------------------
@@ -112,17 +114,21 @@ class SortedRun:
         return pos >> 5
 
     def same(self, i: int, blob_id: bytes) -> bool:
+        """Whether record ``i`` exists and has the id ``blob_id``."""
         return i < self.n and self.ids.startswith(blob_id, i << 5)
 
     def id_at(self, i: int) -> BlobId:
+        """The id of record ``i``."""
         return BlobId(self.ids[i << 5 : (i + 1) << 5])
 
     def entry(self, i: int) -> Entry:
+        """Record ``i`` as (pack number, type, offset, length, raw length)."""
         m = self.meta
         j = i * FIELDS
         return (m[j], self.types[i], m[j + 1], m[j + 2], m[j + 3])
 
     def distinct_ids(self) -> Iterator[BlobId]:
+        """Every distinct id, in order (records of one id are adjacent)."""
         last = b""
         for i in range(self.n):
             b = self.id_at(i)

@@ -130,6 +130,8 @@ class PackBuilder:
         return pack_length(blobs, len(self.entries) + 1) <= limit
 
     def finish(self, aead: Aead) -> memoryview:
+        """Append the sealed header and trailer; returns the whole pack, a view of the builder's
+        buffer (valid until the buffer is reused)."""
         plain = bytearray(self.chain_id)
         plain += _COUNT.pack(len(self.entries))
         for e in self.entries:

@@ -90,6 +90,7 @@ class RepoConfig:
     created: str
 
     def to_json(self) -> dict[str, Any]:
+        """The config as its stored object holds it."""
         return {
             "version": REPO_VERSION,
             "id": self.repo_id,
@@ -101,6 +102,8 @@ class RepoConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RepoConfig:
+        """A config from its stored JSON; raises :class:`FormatError` for another repository
+        version."""
         if d.get("version") != REPO_VERSION:
             raise FormatError(
                 f"repository version {d.get('version')!r} is not supported "
@@ -196,6 +199,8 @@ class Repository:
         kdf: KdfParams | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> Repository:
+        """Create a repository on ``storage`` (config and a first key file for ``password``) and
+        return it opened; raises :class:`RepositoryExists` if one is there."""
         if _exists(storage, "config"):
             raise RepositoryExists(
                 f"a repository already exists at {storage.describe()}",
@@ -262,6 +267,7 @@ class Repository:
     # --- keys ------------------------------------------------------------------------------
 
     def add_key(self, password: bytes, *, kdf: KdfParams | None = None) -> str:
+        """Store a key file for ``password`` that opens this repository; returns its name."""
         raw = make_key_file(self.master, password, params=kdf, meta=_default_key_meta(self.clock))
         name = "keys/" + storage_id(raw)
         self.storage.put(name, raw, exclusive=True)
@@ -281,6 +287,8 @@ class Repository:
         return out
 
     def find_key(self, prefix: str) -> str:
+        """The key file whose id starts with ``prefix``; raises :class:`UsageError` unless exactly
+        one does."""
         matches: list[str] = [k["id"] for k in self.list_keys() if k["id"].startswith(prefix)]
         if len(matches) != 1:
             what = "no key" if not matches else f"{len(matches)} keys"
@@ -288,6 +296,8 @@ class Repository:
         return "keys/" + matches[0]
 
     def remove_key(self, name: str) -> None:
+        """Delete key file ``name``; refuses (UsageError) the one this repository was opened
+        with."""
         if name == self.key_name:
             raise UsageError(
                 "refusing to remove the key this command was opened with",
@@ -298,12 +308,16 @@ class Repository:
     # --- sealed objects ------------------------------------------------------------------
 
     def save_object(self, prefix: str, obj_type: int, payload: bytes) -> str:
+        """Seal ``payload`` as an object of ``obj_type`` under ``prefix``, named by its hash;
+        returns its name."""
         raw = seal_object(self.aead, obj_type, payload, self.config.compression or 3)
         name = prefix + storage_id(raw)
         self.storage.put(name, raw)
         return name
 
     def load_object(self, name: str, obj_type: int) -> bytes:
+        """The payload of object ``name``, checked against its name (a mismatch is damage:
+        :class:`IntegrityError`)."""
         raw = self.storage.get(name)
         if storage_id(raw) != name.rsplit("/", 1)[-1]:
             raise IntegrityError(f"{name} does not match its name: it was damaged")
@@ -312,6 +326,8 @@ class Repository:
     # --- locks -----------------------------------------------------------------------------
 
     def lock(self, kind: str, *, exclusive: bool = False) -> lockmod.Lock:
+        """Take a lock of ``kind`` (refreshed in the background until released); raises
+        :class:`RepositoryLocked` when a live conflicting lock is held. A context manager."""
         return lockmod.acquire(
             self.storage,
             self.aead,
@@ -324,6 +340,7 @@ class Repository:
     # --- index -----------------------------------------------------------------------------
 
     def list_index_files(self) -> list[str]:
+        """The names of every index file, sorted."""
         return sorted(o.name for o in self.storage.list("index/"))
 
     def list_trash(self, *, damaged: list[str] | None = None) -> list[TrashRecord]:
@@ -466,6 +483,7 @@ class Repository:
         self._index_written = False
 
     def write_index(self, records: Iterable[PackRecord]) -> str:
+        """Store an index file listing ``records``; returns its name."""
         records = list(records)
         name = self.save_object("index/", T_INDEX, encode_index(records))
         if self._index_base is not None:
@@ -477,6 +495,7 @@ class Repository:
         return name
 
     def list_packs(self) -> dict[PackId, int]:
+        """Every stored pack and its size in bytes (objects not named like a pack are left out)."""
         out = {}
         for obj in self.storage.list("data/"):
             name = obj.name.rsplit("/", 1)[-1]
@@ -487,6 +506,8 @@ class Repository:
         return out
 
     def read_pack_header(self, pack_id: PackId, size: int) -> PackRecord:
+        """A pack's record read from its own header (for packs no index lists); raises
+        :class:`FormatError` or :class:`IntegrityError` for a damaged one."""
         name = pack_name(pack_id)
         tail_len = min(size, 64 * 1024)
         tail = self.storage.get(name, size - tail_len, tail_len)
@@ -529,6 +550,7 @@ class Repository:
     # --- blobs -----------------------------------------------------------------------------
 
     def blob_id(self, data: bytes | memoryview) -> BlobId:
+        """The id of a blob of ``data``: the keyed hash, as the saver computes it."""
         return self.master.blob_id(data)
 
     def open_blob(
@@ -612,6 +634,8 @@ class Repository:
         return loc
 
     def load_blob(self, blob_id: BlobId) -> bytes:
+        """A blob's plaintext, verified; raises :class:`IntegrityError` if no index lists it or no
+        copy is left."""
         loc = self.locate(blob_id)
         if loc is None:
             raise IntegrityError(
@@ -704,6 +728,7 @@ class Repository:
             return self.load_blob(blob_id)
 
     def load_tree(self, tree_id: HexId) -> list[Node]:
+        """A tree's nodes, decoded and checked (names included), through a small cache."""
         with self._tree_lock:
             cached = self._tree_cache.get(tree_id)
             if cached is not None:
@@ -723,16 +748,20 @@ class Repository:
     # --- snapshots -------------------------------------------------------------------------
 
     def save_snapshot(self, snap: Snapshot) -> SnapshotId:
+        """Store ``snap`` (its packs and index must be stored already); sets and returns its id."""
         name = self.save_object("snapshots/", T_SNAPSHOT, snap.encode())
         snap.id = SnapshotId(name.removeprefix("snapshots/"))
         return snap.id
 
     def list_snapshot_ids(self) -> list[SnapshotId]:
+        """The ids of every stored snapshot, readable or not."""
         return [
             SnapshotId(o.name.removeprefix("snapshots/")) for o in self.storage.list("snapshots/")
         ]
 
     def load_snapshot(self, snap_id: SnapshotId) -> Snapshot:
+        """Snapshot ``snap_id``; raises :class:`ObjectNotFound` if it is gone,
+        :class:`IntegrityError` if it cannot be read."""
         raw = self.load_object("snapshots/" + snap_id, T_SNAPSHOT)
         return Snapshot.decode(raw, snap_id)
 
@@ -805,17 +834,20 @@ class Repository:
             ) from None
 
     def delete_snapshot(self, snap_id: SnapshotId) -> None:
+        """Delete snapshot ``snap_id`` (its data stays until a prune)."""
         self.storage.delete("snapshots/" + snap_id)
 
     # --- chains ----------------------------------------------------------------------------
 
     def finish_chain(self, chain: HexId) -> None:
+        """Mark ``chain`` finished: the next backup of its source starts a new chain."""
         doc = {"finished": self.clock.now().isoformat()}
         self.storage.put(
             f"chains/{chain}", seal_object(self.aead, T_CHAIN, json.dumps(doc).encode())
         )
 
     def finished_chains(self) -> set[HexId]:
+        """The ids of every finished chain."""
         return {HexId(o.name.removeprefix("chains/")) for o in self.storage.list("chains/")}
 
 

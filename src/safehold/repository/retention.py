@@ -42,6 +42,7 @@ class RetentionReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, why), not extended
 
     def to_json(self) -> dict[str, Any]:
+        """The report as ``--json`` output prints it."""
         return {
             "checked": self.checked,
             "extended": self.extended,

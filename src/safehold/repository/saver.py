@@ -319,4 +319,6 @@ class BlobSaver:
         return self.repo.write_index(records)
 
     def abort(self) -> None:
+        """Cancel the uploads not yet started and wait for the running ones: after a failure,
+        instead of :meth:`finish`."""
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -41,6 +41,8 @@ class Snapshot:
     id: SnapshotId = NO_SNAPSHOT  # set when loaded or saved; not stored
 
     def to_json(self) -> dict[str, Any]:
+        """The snapshot as its stored JSON holds it (optional keys only when set, so older
+        snapshots keep their bytes)."""
         d: dict[str, Any] = {
             "version": 1,
             "time": self.time.isoformat(),
@@ -66,10 +68,12 @@ class Snapshot:
         return d
 
     def encode(self) -> bytes:
+        """The snapshot's canonical JSON bytes (sorted keys), as stored."""
         return json.dumps(self.to_json(), sort_keys=True).encode()
 
     @classmethod
     def decode(cls, raw: bytes, snap_id: SnapshotId) -> Snapshot:
+        """A snapshot from its stored JSON; raises :class:`FormatError` if it is malformed."""
         try:
             d = json.loads(raw)
             chain = d["chain"]
@@ -106,6 +110,7 @@ class Snapshot:
 
     @property
     def short_id(self) -> str:
+        """The first 8 hex digits of the id, as listings show it."""
         return self.id[:8]
 
 

@@ -77,6 +77,7 @@ class Node:
     xattrs: Mapping[str, bytes] = field(default_factory=lambda: NO_XATTRS)
 
     def to_json(self) -> dict[str, Any]:
+        """The node as a tree stores it (optional fields only when set)."""
         d: dict[str, Any] = {"name": self.name, "type": self.type, "mode": self.mode}
         if self.type != SYMLINK or self.uid or self.gid:
             d.update(uid=self.uid, gid=self.gid)

@@ -53,9 +53,11 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """Whether the destination has the snapshot (copied, already there, or archived)."""
         return self.status != FAILED
 
     def to_json(self) -> dict[str, str]:
+        """The outcome as the run record stores it."""
         return {
             "destination": self.destination,
             "status": self.status,

@@ -83,6 +83,7 @@ class RunRecord:
     destinations: list[dict[str, str]] = field(default_factory=list)  # one per copy made
 
     def to_json(self) -> dict[str, Any]:
+        """The record as its JSON file holds it."""
         return {
             "run_id": self.run_id,
             "operation": self.operation,

@@ -40,6 +40,8 @@ class DataChecks(CheckState):
     every blob against the index and the pack's own header."""
 
     def read_data(self) -> None:
+        """Read the chosen packs (all, or ``--read-data-subset``) and report every damaged or
+        mismatching blob; unindexed garbage and packs already reported are skipped."""
         # Packs in the trash and in no index are garbage waiting for prune, and an unindexed
         # pack whose header does not open was already reported (nothing reads it, and
         # repair has salvaged what any index knew of it): neither is worth reading.

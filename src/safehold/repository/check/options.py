@@ -37,6 +37,7 @@ class Subset:
         return bool(self.groups) and pack_id[0] % self.groups == self.group - 1
 
     def select(self, pack_ids: Iterable[PackId]) -> list[PackId]:
+        """The packs of ``pack_ids`` this subset reads, sorted (a percentage picks at random)."""
         ids = sorted(pack_ids)
         if self.groups:
             return [p for p in ids if self.selects(p)]
@@ -44,6 +45,7 @@ class Subset:
         return sorted(random.sample(ids, k))
 
     def describe(self) -> str:
+        """The subset as the user wrote it: ``n/t`` or a percentage."""
         return f"{self.group}/{self.groups}" if self.groups else f"{self.percent:g}%"
 
 
@@ -98,6 +100,7 @@ class MaxAge:
     source: str | None = None  # snapshots of this configured source
 
     def describe(self) -> str:
+        """The limit as the user wrote it."""
         return self.limit or str(self.age)
 
 

@@ -53,6 +53,7 @@ class Problem:
         return f"{self.subject}: {self.message}"
 
     def to_json(self) -> dict[str, str]:
+        """The problem as ``check --json`` prints it (empty fields left out)."""
         return {k: v for k, v in asdict(self).items() if v}
 
 
@@ -76,21 +77,26 @@ class CheckReport:
 
     @property
     def errors(self) -> list[Problem]:
+        """The problems of severity error: any of them fails the check."""
         return self._of(ERROR)
 
     @property
     def warnings(self) -> list[Problem]:
+        """The problems of severity warning."""
         return self._of(WARNING)
 
     @property
     def notes(self) -> list[Problem]:
+        """The problems of severity note (nothing wrong, worth knowing)."""
         return self._of(NOTE)
 
     @property
     def ok(self) -> bool:
+        """Whether the check found no error."""
         return not self.errors
 
     def to_json(self) -> dict[str, Any]:
+        """The report as ``check --json`` prints it."""
         return {
             "ok": self.ok,
             "errors": [p.to_json() for p in self.errors],
@@ -174,11 +180,13 @@ class Found:
         self.total = 0
 
     def add(self, issue: Issue) -> None:
+        """Count ``issue``; keep it if fewer than ``MAX_PATHS`` are kept."""
         self.total += 1
         if len(self.items) < MAX_PATHS:
             self.items.append(issue)
 
     def extend(self, other: Found, prefix: str) -> None:
+        """Take in what was found below a sub-folder, its paths under ``prefix``."""
         room = MAX_PATHS - len(self.items)
         self.items.extend(
             Issue(prefix + i.path, i.code, i.message, i.pack) for i in other.items[:room]

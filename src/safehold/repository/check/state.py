@@ -43,4 +43,5 @@ class CheckState:
         self.blob_ids: set[BlobId] = set()
 
     def add(self, severity: str, code: str, subject: str, message: str, **kw: str) -> None:
+        """Add a problem to the report; ``kw`` are its optional fields (hint, pack)."""
         self.report.problems.append(Problem(severity, code, subject, message, **kw))

@@ -23,6 +23,7 @@ class StructureChecks(CheckState):
     listed against the index, locks, the trash."""
 
     def check_config_and_keys(self) -> None:
+        """Check that the config and every key file can be read."""
         storage = self.repo.storage
         try:
             raw = storage.get("config")
@@ -54,6 +55,8 @@ class StructureChecks(CheckState):
                 self.add(ERROR, "key-damaged", name, msg, hint=hint)
 
     def load_index(self) -> None:
+        """Load every index file into the check's own index, reporting those that cannot be read;
+        a file prune replaced meanwhile is followed to its replacement."""
         loaded: set[str] = set()
         # Prune writes a replacement index before deleting the old file: when a file
         # vanishes under us, a fresh listing shows what replaced it.
@@ -84,6 +87,8 @@ class StructureChecks(CheckState):
         self.report.index_files = len(loaded)
 
     def check_packs(self) -> None:
+        """List the stored packs and compare them with the index and the trash: missing packs,
+        wrong sizes, packs no index lists."""
         self.listed = self.repo.list_packs()
         self.report.packs = len(self.listed)
         damaged: list[str] = []

@@ -42,6 +42,7 @@ class SnapshotChecks(CheckState):
     named checked against the index and the chain."""
 
     def check_snapshots(self, snap_ids: list[SnapshotId]) -> None:
+        """Walk every snapshot of ``snap_ids`` (a forgotten one is skipped), with progress."""
         self.progress.start("check", len(snap_ids))
         try:
             for sid in snap_ids:
@@ -61,6 +62,7 @@ class SnapshotChecks(CheckState):
             self.progress.finish()
 
     def check_snapshot(self, snap: Snapshot, chain: ChainId, root: BlobId) -> None:
+        """Report what the walk of one snapshot's trees found, as problems of that snapshot."""
         found = self.tree(root, chain)
         for issue in found.items:
             path = issue.path or "/"
@@ -143,6 +145,8 @@ class SnapshotChecks(CheckState):
             found.add(Issue(path, code, issue.message + extra, issue.pack))
 
     def blob_issues(self, blob_id: BlobId, chain: ChainId, kind: int) -> list[Issue]:
+        """What is wrong with one blob a tree of ``chain`` names: missing, only in an unindexed
+        pack, damaged, or stored in another chain."""
         what = f"{_TYPE_NAMES[kind]} {blob_id.hex()[:8]}"
         loc = self.index.lookup(blob_id)
         if loc is None:
@@ -177,6 +181,8 @@ class SnapshotChecks(CheckState):
         return out
 
     def load_tree(self, tree_id: BlobId) -> list[t.Node]:
+        """A tree's nodes, read through the check's index (and unindexed packs), kept in a bounded
+        cache."""
         nodes = self.trees.get(tree_id)
         if nodes is not None:
             self.trees.move_to_end(tree_id)

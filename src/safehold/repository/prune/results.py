@@ -64,17 +64,21 @@ class PruneResult:
 
     @property
     def packs_deleted(self) -> int:
+        """Packs deleted by both sweeps."""
         return self.earlier.packs_deleted + self.swept.packs_deleted
 
     @property
     def bytes_freed(self) -> int:
+        """Stored bytes freed by both sweeps."""
         return self.earlier.bytes_freed + self.swept.bytes_freed
 
     @property
     def packs_rescued(self) -> int:
+        """Packs both sweeps rescued (kept: a snapshot still needs them)."""
         return self.earlier.packs_rescued + self.swept.packs_rescued
 
     def to_json(self) -> dict[str, Any]:
+        """The result as ``prune --json`` prints it, the sweeps' totals included."""
         d = asdict(self)
         d["packs_deleted"] = self.packs_deleted
         d["bytes_freed"] = self.bytes_freed

@@ -37,6 +37,7 @@ class PackFinding:
     damaged: list[str] = field(default_factory=list)  # ids (hex) whose stored blob fails
 
     def to_json(self) -> dict[str, Any]:
+        """The finding as ``repair index --json`` prints it."""
         return {
             "pack": self.pack,
             "problem": self.problem,
@@ -73,6 +74,7 @@ class RepairReport:
     suspect: list[tuple[str, str]] = field(default_factory=list)
 
     def of(self, problem: str) -> list[PackFinding]:
+        """The findings of one kind of problem."""
         return [f for f in self.findings if f.problem == problem]
 
     @property
@@ -94,6 +96,7 @@ class RepairReport:
         return not self.lost and not self.unrecovered
 
     def to_json(self) -> dict[str, Any]:
+        """The report as ``repair index --json`` prints it."""
         return {
             "ok": self.ok,
             "read_all_packs": self.read_all_packs,
