@@ -34,6 +34,8 @@ class SftpTarget:
     path: str  # absolute ("/srv/repo") or relative to the login folder ("backups/repo")
 
     def describe(self) -> str:
+        """The location for messages: ``sftp:USER@HOST:PORT/PATH`` (``/~/`` for a path relative
+        to the login folder)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         path = self.path if self.path.startswith("/") else f"/~/{self.path}"
         return f"sftp:{self.user}@{host}:{self.port}{path}"
