@@ -42,6 +42,7 @@ class ArchiveEntry:
 
     @property
     def id(self) -> str:
+        """The archive's id, as commands take it: its object name."""
         return self.name
 
 
