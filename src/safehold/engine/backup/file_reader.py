@@ -78,6 +78,8 @@ class FileReader:
         return st
 
     def read(self, job: tuple[str, t.Node]) -> None:
+        """Read and save one changed file (a reader thread's job): its node gets the content ids
+        and the size read; a file that cannot be read keeps its metadata and an error."""
         path, node = job
         try:
             content, size, changed = self._read(path, node)

@@ -64,6 +64,7 @@ class DiffStats:
     bytes_removed: int = 0
 
     def to_json(self) -> dict[str, int]:
+        """The counts as ``diff --json`` prints them."""
         return {
             "added": self.added,
             "removed": self.removed,

@@ -163,6 +163,7 @@ class MountView:
 
     @property
     def snapshots(self) -> list[Snapshot]:
+        """The snapshots shown, oldest first."""
         return sorted(self._layout.by_id.values(), key=lambda s: (s.time, s.id))
 
     # --- paths -------------------------------------------------------------------------
@@ -247,6 +248,7 @@ class MountView:
         return found
 
     def listdir(self, path: str) -> list[str]:
+        """The names in the folder at ``path``; raises ``OSError(ENOTDIR)`` for anything else."""
         entry = self.lookup(path)
         if entry.names is not None:
             return list(entry.names)
@@ -307,6 +309,7 @@ class MountView:
         return {k: v for k, v in node.xattrs.items() if not k.startswith("system.posix_acl_")}
 
     def readlink(self, path: str) -> str:
+        """The target of the symlink at ``path``; raises ``OSError(EINVAL)`` for anything else."""
         entry = self.lookup(path)
         if entry.names is None and entry.node is None:
             return entry.target
@@ -344,6 +347,8 @@ class MountView:
         return fh
 
     def read(self, fh: int, size: int, offset: int, path: str = "") -> bytes:
+        """Up to ``size`` bytes of open file ``fh`` from ``offset`` (fewer at its end); ``path``
+        names it in errors."""
         f = self._files.get(fh)
         if f is None:
             raise _error(errno.EBADF)
@@ -361,6 +366,7 @@ class MountView:
         return b"".join(out)
 
     def release(self, fh: int) -> None:
+        """Forget handle ``fh``."""
         with self._files_lock:
             self._files.pop(fh, None)
 

@@ -73,6 +73,7 @@ class Stats:
 
     @property
     def dedup_ratio(self) -> float | None:
+        """File bytes a restore would write per plaintext byte stored, or None when not computed."""
         if self.restore_size is None or self.raw_data is None:
             return None
         if not self.raw_data.data_raw_bytes:
@@ -81,11 +82,13 @@ class Stats:
 
     @property
     def compression_ratio(self) -> float | None:
+        """Plaintext bytes per stored byte, or None when not computed."""
         if self.raw_data is None or not self.raw_data.stored_bytes:
             return None
         return self.raw_data.raw_bytes / self.raw_data.stored_bytes
 
     def to_json(self) -> dict[str, Any]:
+        """The statistics as ``stats --json`` prints them."""
         return {
             "restore_size": asdict(self.restore_size) if self.restore_size else None,
             "raw_data": asdict(self.raw_data) if self.raw_data else None,
@@ -223,10 +226,12 @@ class ChainInfo:
 
     @property
     def isolated(self) -> bool:
+        """Whether the chain holds an isolated snapshot (an isolated chain has only that one)."""
         return any(s.isolated for s in self.snapshots)
 
     @property
     def status(self) -> str:
+        """``finished``, ``isolated`` or ``open`` (a later backup may still join it)."""
         if self.finished:
             return "finished"
         return "isolated" if self.isolated else "open"

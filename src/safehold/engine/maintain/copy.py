@@ -77,6 +77,7 @@ class CopyResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the destination has the snapshot (copied or already there)."""
         return self.status != FAILED
 
 

@@ -203,6 +203,7 @@ class FileWriter:
             return 1
 
     def write_empty(self, f: OpenFile) -> None:
+        """Create ``f`` with no content and give it its metadata."""
         self._finish(f, self._open(f))
 
     def create(self, f: OpenFile) -> None:
