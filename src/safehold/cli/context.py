@@ -27,13 +27,17 @@ class Context:
 
     @property
     def json(self) -> bool:
+        """Whether ``--json`` was given: results go to standard output as JSON."""
         return bool(self.args.json)
 
     @property
     def quiet(self) -> bool:
+        """Whether ``--quiet`` was given: no text output but errors and warnings."""
         return bool(self.args.quiet)
 
     def location(self) -> str:
+        """The repository location (``-r``/``--repo``, else ``SAFEHOLD_REPOSITORY``); raises
+        :class:`UsageError` when there is none."""
         repo: str | None = self.args.repo or os.environ.get("SAFEHOLD_REPOSITORY")
         if not repo:
             raise UsageError(
@@ -43,27 +47,36 @@ class Context:
         return repo
 
     def password(self, *, confirm: bool = False, prompt: str = "repository password") -> bytes:
+        """The repository password (file, command, environment or prompt); ``confirm`` asks twice
+        at a prompt."""
         return read_password(
             self.args.password_file, self.args.password_command, confirm=confirm, prompt=prompt
         )
 
     def open_repo(self) -> Repository:
+        """The repository, opened with the password and the cache options; damaged objects it skips
+        are warned about on standard error."""
         return open_repository(
             self.location(), self.password(), on_warning=print_warning, **self.cache_options()
         )
 
     def cache_options(self) -> dict[str, Any]:
+        """The local index cache options of the command line."""
         return cache_options(self.args)
 
     def print(self, text: str = "") -> None:
+        """Print ``text`` unless ``--quiet``."""
         if not self.quiet:
             print(text)
 
     def emit_json(self, obj: Any) -> None:
+        """Write ``obj`` as indented JSON to standard output (values JSON lacks as strings)."""
         json.dump(obj, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
 
     def progress_enabled(self) -> bool:
+        """Whether to draw bars: standard error is a terminal, and neither ``--json`` nor
+        ``--quiet`` was given."""
         return not self.json and not self.quiet and sys.stderr.isatty()
 
 

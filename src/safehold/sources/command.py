@@ -102,6 +102,7 @@ class CommandSource:
         return {k: v.get_secret_value() for k, v in self.settings.env.items()}
 
     def content(self) -> StreamContent:
+        """One stream, named ``name``: the command's standard output, run when the stream opens."""
         name = self.settings.name
 
         @contextmanager
@@ -117,6 +118,8 @@ class CommandSource:
         return StreamContent([Stream(name, opener)])
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Pipe the saved file into ``restore_command`` (target and replace passed in its
+        environment); raises :class:`UsageError` without one, :class:`SourceError` if it fails."""
         name = self.settings.name
         if self._restore_argv is None:
             raise UsageError(

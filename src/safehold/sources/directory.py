@@ -77,6 +77,7 @@ class DirectorySource:
         self.settings = settings
 
     def content(self) -> TreeContent:
+        """The paths for the engine to walk, with the source's excludes."""
         s = self.settings
         # Copies: the engine must not share (and so could not change) the settings' lists.
         return TreeContent(
@@ -90,6 +91,7 @@ class DirectorySource:
         )
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Never: the engine's tree restore restores a directory source (NotImplementedError)."""
         raise NotImplementedError(
             "a directory source is restored by the engine's tree restore "
             "(safehold restore SNAPSHOT --target FOLDER), not by the source"

@@ -227,6 +227,8 @@ class MysqlSource:
     # --- backup ---------------------------------------------------------------------------
 
     def content(self) -> StreamContent:
+        """One stream per database (asking the server for the list); raises :class:`SourceError`
+        when there is none to back up."""
         dump = self._tool("mariadb-dump", "mysqldump")
         databases = self._databases()  # also proves the server is up and the login works
         if not databases:
@@ -265,6 +267,8 @@ class MysqlSource:
         return server, db
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Load each chosen dump with the client into its database (or the target name), created
+        if missing; raises :class:`TargetError` for a database with tables unless ``replace``."""
         server, target_db = self._target(request)
         dumps = [(n, db) for n in files.names() if (db := db_from_stream(n)) is not None]
         dumps = select_dumps(dumps, request.options.get("database"), target_db)

@@ -93,6 +93,7 @@ class RedisSource:
         return os.environ.get("REDISCLI_AUTH")
 
     def connect(self) -> RedisConnection:
+        """A new connection to the server, logged in."""
         return RedisConnection(
             self.host,
             self.port,
@@ -104,6 +105,8 @@ class RedisSource:
     # --- backup ---------------------------------------------------------------------------
 
     def content(self) -> StreamContent:
+        """The stream ``dump.rdb``, after a PING that fails early on a server that is down or
+        refuses the login."""
         with self.connect() as conn:  # fail early if down or the password is wrong
             conn.call("PING")
         opener = self._open_sync if self.settings.method == "sync" else self._open_bgsave
@@ -187,6 +190,8 @@ class RedisSource:
     # --- restore --------------------------------------------------------------------------
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Place the RDB file for a stopped server (at the target or ``rdb_path``); raises
+        :class:`TargetError` if a server answers there or a file exists without ``replace``."""
         names = [n for n in files.names() if n.endswith(".rdb")]
         if len(names) != 1:
             raise UsageError(f"expected one RDB file in the snapshot, found {names}")

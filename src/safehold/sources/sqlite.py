@@ -252,9 +252,12 @@ class SqliteSource:
         self.name = settings.name or os.path.basename(settings.path.rstrip("/")) or "database"
 
     def content(self) -> StreamContent:
+        """One stream: a consistent copy of the database, taken when it opens."""
         return StreamContent([Stream(self.name, lambda: _consistent_copy(self.settings))])
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Write the database to the target (or its own path) through a temporary file renamed
+        over it; raises :class:`TargetError` for an existing file unless ``replace``."""
         target = os.path.abspath(request.target or self.settings.path)
         old = None
         if os.path.lexists(target):
