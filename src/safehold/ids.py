@@ -4,12 +4,13 @@ The convention (docs/architecture.md, "Ids"): an id the format stores in binary 
 headers, index files) is raw ``bytes`` in every signature: :data:`BlobId`, :data:`PackId`,
 :data:`ChainId`. An id the format stores as text (in the JSON of trees and snapshots, in
 object names) is carried as that text, :data:`HexId`, and turned into its raw form where
-it meets the index or a pack (:func:`blob_from_hex`, :func:`chain_from_hex`): a tree node's contents
-and subtree, a snapshot's tree, parent and chain. A snapshot has no raw form at all: it is
-only ever found by its object name, :data:`SnapshotId`.
+it meets the index or a pack (:func:`blob_from_hex`, :func:`chain_from_hex`): a tree
+node's contents and subtree, a snapshot's tree, parent and chain. A snapshot has no raw
+form at all: it is only ever found by its object name, :data:`SnapshotId`.
 
-These are ``NewType``s: free at run time, checked by mypy, so a raw id cannot be handed
-where its hex text is expected (or a pack id where a blob id is) without a conversion.
+These are ``NewType``s, checked by mypy, so a raw id cannot be handed where its hex text is
+expected (or a pack id where a blob id is) without a conversion. At run time they are the
+plain types: calling one returns its argument.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import secrets
 from typing import NewType
 
 ID_LEN = 32
-CHAIN_ID_LEN = 16
 
 BlobId = NewType("BlobId", bytes)
 """A blob's id: the keyed BLAKE3 of its plain bytes (32 bytes); trees are blobs too."""
