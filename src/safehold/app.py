@@ -35,6 +35,8 @@ MAX_CONCURRENT_CALLS = 8
 def open_storage(
     location: str, *, create: bool = False, options: Mapping[str, object] | None = None
 ) -> Storage:
+    """The storage stack for ``location``: its backend, at most ``MAX_CONCURRENT_CALLS`` calls
+    at once, transient failures retried. The one place the wrappers are chosen."""
     backend = open_location(location, create=create, options=options)
     return RetryingStorage(LimitedStorage(backend, MAX_CONCURRENT_CALLS))
 
@@ -76,6 +78,8 @@ def init_repository(
     pack_size: int = DEFAULT_PACK_SIZE,
     kdf: KdfParams | None = None,
 ) -> Repository:
+    """Create a repository at ``location`` (raises :class:`RepositoryExists` if one is there)
+    and return it opened."""
     return Repository.init(
         open_storage(location, create=True),
         password,

@@ -8,16 +8,25 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    def now(self) -> datetime: ...
+    """Where time comes from: wall-clock ``now`` (aware, UTC) and ``monotonic`` seconds, so that
+    tests can pass a :class:`FakeClock`."""
 
-    def monotonic(self) -> float: ...
+    def now(self) -> datetime:
+        """The wall-clock time, timezone-aware in UTC."""
+
+    def monotonic(self) -> float:
+        """Seconds of a clock that never goes back, for measuring intervals."""
 
 
 class SystemClock:
+    """The real clock: UTC wall time and ``time.monotonic``."""
+
     def now(self) -> datetime:
+        """The system's time, in UTC."""
         return datetime.now(UTC)
 
     def monotonic(self) -> float:
+        """``time.monotonic()``."""
         return time.monotonic()
 
 
@@ -29,12 +38,15 @@ class FakeClock:
         self._mono = 0.0
 
     def now(self) -> datetime:
+        """The time the clock was set to (2026-01-01 UTC unless given), plus every advance."""
         return self._now
 
     def monotonic(self) -> float:
+        """Seconds advanced since the clock was made."""
         return self._mono
 
     def advance(self, delta: timedelta | float) -> None:
+        """Move both readings forward by ``delta`` (a timedelta or seconds)."""
         seconds = delta.total_seconds() if isinstance(delta, timedelta) else float(delta)
         self._now += timedelta(seconds=seconds)
         self._mono += seconds
@@ -54,10 +66,12 @@ class ScaledClock:
         self.speed = speed
 
     def now(self) -> datetime:
+        """The scaled wall time, in UTC."""
         scaled = self.origin + (time.time() - self.origin) * self.speed
         return datetime.fromtimestamp(scaled, UTC)
 
     def monotonic(self) -> float:
+        """Real monotonic seconds (waits are not scaled)."""
         return time.monotonic()
 
     @classmethod
@@ -71,4 +85,5 @@ SYSTEM_CLOCK = SystemClock()
 
 
 def utcnow() -> datetime:
+    """The current time in UTC from the system clock."""
     return SYSTEM_CLOCK.now()

@@ -49,15 +49,20 @@ class SafeholdError(Exception):
 
 
 class UsageError(SafeholdError):
+    """The command or its arguments are wrong: the user must change what they asked (exit 2)."""
+
     exit_code = ExitCode.USAGE
     http_status = 400
 
 
 class ConfigError(UsageError):
-    pass
+    """The configuration file (or an option standing for it) is invalid; the message names
+    the value."""
 
 
 class SourceNotFound(UsageError):
+    """A path or source given to back up does not exist."""
+
     http_status = 404
 
 
@@ -92,18 +97,26 @@ class TransientStorageError(StorageError):
 
 
 class ObjectNotFound(StorageError):
+    """No object of that name is stored (never written, or deleted meanwhile)."""
+
     http_status = 404
 
 
 class ObjectExists(StorageError):
+    """An exclusive create found the name taken."""
+
     http_status = 409
 
 
 class StorageFull(StorageError):
+    """The storage has no room (disk, quota) for the write."""
+
     http_status = 507
 
 
 class StoragePermissionDenied(StorageError):
+    """The storage refused the call for these credentials (or, as a subclass, for retention)."""
+
     http_status = 403
 
 
@@ -124,25 +137,33 @@ class ObjectRetained(StoragePermissionDenied):
 
 
 class RepositoryError(SafeholdError):
-    pass
+    """Base of the errors about the repository itself rather than its storage."""
 
 
 class RepositoryNotFound(RepositoryError):
+    """Nothing, or not a safehold repository, is at the location (exit 10)."""
+
     exit_code = ExitCode.NO_REPOSITORY
     http_status = 404
 
 
 class RepositoryExists(RepositoryError):
+    """``init`` found a repository at the location already."""
+
     exit_code = ExitCode.USAGE
     http_status = 409
 
 
 class WrongPassword(RepositoryError):
+    """No key file of the repository opens with the password given (exit 12)."""
+
     exit_code = ExitCode.WRONG_PASSWORD
     http_status = 401
 
 
 class RepositoryLocked(RepositoryError):
+    """Another live process holds a lock that conflicts with the one asked for (exit 11)."""
+
     exit_code = ExitCode.LOCKED
     http_status = 423
 
@@ -164,6 +185,8 @@ class FormatError(IntegrityError):
 
 
 class SnapshotNotFound(RepositoryError):
+    """No snapshot matches the id prefix or filters given."""
+
     exit_code = ExitCode.USAGE
     http_status = 404
 
@@ -193,4 +216,6 @@ class DatabaseAuthFailed(DatabaseError):
 
 
 class Interrupted(SafeholdError):
+    """The user interrupted the command (Ctrl-C, SIGTERM); exit 130."""
+
     exit_code = ExitCode.INTERRUPTED

@@ -85,6 +85,9 @@ def _umask() -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class ExtractOptions:
+    """Whose files an extraction makes and with which modes: owners and exact modes as root,
+    as GNU tar does; else the user's own, less ``umask``."""
+
     # Owners and exact modes (set-id and sticky bits too) as root, as GNU tar does; else
     # the extracting user's files, permission bits less ``umask``.
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)
@@ -93,6 +96,8 @@ class ExtractOptions:
 
 @dataclass
 class ExtractResult:
+    """What an extraction made (``bytes``: of file content), and what it could not make, why."""
+
     files: int = 0  # regular files and hard links
     dirs: int = 0
     others: int = 0  # symlinks, FIFOs, devices

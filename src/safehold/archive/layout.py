@@ -42,15 +42,20 @@ class ArchiveEntry:
 
     @property
     def id(self) -> str:
+        """The archive's id, as commands take it: its object name."""
         return self.name
 
 
 def label_of(snap: Snapshot) -> str:
+    """The label in an archive's name: the source's name, else the host's, with characters
+    outside ``[A-Za-z0-9._-]`` replaced by ``-``."""
     raw = snap.source_name or snap.hostname or "backup"
     return re.sub(r"[^A-Za-z0-9._-]", "-", raw)
 
 
 def object_name(prefix: str, snap: Snapshot, encrypted: bool) -> str:
+    """The object name of ``snap``'s archive under ``prefix``:
+    ``YYYY/MM/DD/<label>_<UTC time>_<short id>.tar.zst`` (``.enc`` appended when encrypted)."""
     when = snap.time.astimezone(UTC)
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
     base = f"{when:%Y/%m/%d}/{label_of(snap)}_{stamp}_{snap.short_id}.tar.zst"

@@ -32,6 +32,9 @@ from safehold.storage.base import Storage
 
 @dataclass(frozen=True, kw_only=True)
 class ArchiveOptions:
+    """How an archive is written: object name prefix, passphrase (None: not encrypted), zstd
+    level, and where the temporary file goes (None: the system's)."""
+
     prefix: str = ""
     passphrase: bytes | None = None
     level: int = 3

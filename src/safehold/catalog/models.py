@@ -61,11 +61,15 @@ NAMING = {
 
 
 class PlanOrigin(StrEnum):
+    """Where a plan was declared."""
+
     FILE = "file"  # declared in the configuration file, which stays its source of truth
     API = "api"  # created at run time through the API; lives only in the catalog
 
 
 class SlotState(StrEnum):
+    """Where a ledger row stands; the last five states are final."""
+
     PENDING = "pending"  # due, nothing queued for it yet
     QUEUED = "queued"
     RUNNING = "running"
@@ -77,6 +81,8 @@ class SlotState(StrEnum):
 
 
 class RunKind(StrEnum):
+    """What a run does."""
+
     BACKUP = "backup"
     RETENTION = "retention"
     PRUNE = "prune"
@@ -84,6 +90,8 @@ class RunKind(StrEnum):
 
 
 class RunTrigger(StrEnum):
+    """What queued a run."""
+
     SCHEDULE = "schedule"
     MANUAL = "manual"
     CATCH_UP = "catch_up"
@@ -91,6 +99,8 @@ class RunTrigger(StrEnum):
 
 
 class RunState(StrEnum):
+    """Where a run stands; all but queued and running are final."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -108,6 +118,8 @@ def one_of(column: str, values: type[StrEnum]) -> str:
 
 
 class Base(DeclarativeBase):
+    """The catalog's declarative base: one metadata, its naming convention and type map."""
+
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {
         datetime: DateTime(timezone=True),

@@ -33,6 +33,7 @@ PASSPHRASE_ENV = "SAFEHOLD_ARCHIVE_PASSPHRASE"
 
 
 def register(sub: Any) -> None:
+    """Add ``archive`` and its subcommands (write, list, restore, forget) to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "archive",
         help="write, list, restore and expire plain .tar.zst archives",
@@ -127,6 +128,7 @@ def _entry_json(e: ArchiveEntry) -> dict[str, Any]:
 
 
 def run_write(args: argparse.Namespace, ctx: Context) -> int:
+    """``archive write``: one snapshot of the repository as a ``.tar.zst`` at the destination."""
     repo = ctx.open_repo()
     repo.load_index()
     snap = find_snapshot(repo, args.snapshot, args)
@@ -149,6 +151,7 @@ def run_write(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_list(args: argparse.Namespace, ctx: Context) -> int:
+    """``archive list``: the archives stored at the destination."""
     storage = open_storage(args.location)
     try:
         entries = list_archives(storage, args.prefix)
@@ -167,6 +170,7 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_restore(args: argparse.Namespace, ctx: Context) -> int:
+    """``archive restore``: one archive, checked, extracted into a folder."""
     storage = open_storage(args.location)
     try:
         entry = find_archive(storage, args.prefix, args.archive)
@@ -199,6 +203,7 @@ def run_restore(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_forget(args: argparse.Namespace, ctx: Context) -> int:
+    """``archive forget``: delete the archives the ``--keep-*`` rules do not keep."""
     policy = policy_from(args)
     if policy.is_empty():
         raise UsageError("no keep rule given", hint="give at least one --keep-* option")

@@ -30,6 +30,7 @@ command of the pipeline, not only the last, fails the backup):
 
 
 def register(sub: Any) -> None:
+    """Add ``backup`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "backup",
         help="back up folders, files, standard input, a command's output, or a configured "
@@ -101,6 +102,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``backup``: paths, a stream or a configured source into a new snapshot; returns the exit
+    code (3 when some files could not be read)."""
     if args.config:
         given = [*backup_selection_given(args), *(["--dry-run"] if args.dry_run else [])]
         if given:

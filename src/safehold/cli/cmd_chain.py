@@ -15,10 +15,12 @@ from typing import Any
 from safehold.cli.context import Context
 from safehold.engine.inspect.stats import ChainInfo, list_chains
 from safehold.errors import SnapshotNotFound, UsageError
+from safehold.ids import HexId
 from safehold.repository.snapshot import Snapshot
 
 
 def register(sub: Any) -> None:
+    """Add ``chain`` and its subcommands (list, finish) to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "chain",
         help="list chains, or finish one",
@@ -70,6 +72,7 @@ def _matches(s: Snapshot, args: argparse.Namespace) -> bool:
 
 
 def chain_json(c: ChainInfo) -> dict[str, Any]:
+    """A chain as ``chain list --json`` prints it."""
     return {
         "id": c.id,
         "status": c.status,
@@ -91,6 +94,7 @@ def chain_json(c: ChainInfo) -> dict[str, Any]:
 
 
 def run_list(args: argparse.Namespace, ctx: Context) -> int:
+    """``chain list``: every chain with its snapshots and status."""
     repo = ctx.open_repo()
     with repo.lock("read"):
         chains = list_chains(repo.list_snapshots(), repo.finished_chains())
@@ -111,7 +115,7 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def resolve_chain(ref: str, snaps: list[Snapshot], chains: list[ChainInfo]) -> str:
+def resolve_chain(ref: str, snaps: list[Snapshot], chains: list[ChainInfo]) -> HexId:
     """The chain id that ``ref`` (a snapshot id prefix or a chain id prefix) names."""
     found = {s.chain for s in snaps if s.id.startswith(ref)}
     found |= {c.id for c in chains if c.id.startswith(ref)}
@@ -125,6 +129,8 @@ def resolve_chain(ref: str, snaps: list[Snapshot], chains: list[ChainInfo]) -> s
 
 
 def run_finish(args: argparse.Namespace, ctx: Context) -> int:
+    """``chain finish``: mark a chain finished, so that the next backup of its source starts
+    a new one."""
     repo = ctx.open_repo()
     with repo.lock("chain"):
         snaps = repo.list_snapshots()

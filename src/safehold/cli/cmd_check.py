@@ -17,6 +17,7 @@ from safehold.repository.check import OVERDUE, CheckOptions, CheckReport, MaxAge
 
 
 def register(sub: Any) -> None:
+    """Add ``check`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "check",
         help="verify the repository (structure; with --read-data also every byte)",
@@ -83,6 +84,7 @@ def max_age_from(args: argparse.Namespace) -> MaxAge | None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``check``: verify the repository; the exit code says what the worst finding was."""
     # Parsed before the repository is opened: a typo should not cost a password prompt.
     subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
     max_age = max_age_from(args)

@@ -12,6 +12,7 @@ from safehold.storage.location import redact
 
 
 def register(sub: Any) -> None:
+    """Add ``config`` and its subcommand (check) to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "config",
         help="check a configuration file",
@@ -29,6 +30,7 @@ def register(sub: Any) -> None:
 
 
 def run_check(args: argparse.Namespace, ctx: Context) -> int:
+    """``config check``: validate a configuration file and build every source it names."""
     from safehold.app import source_job
     from safehold.config import load_config  # pydantic: only when needed
 

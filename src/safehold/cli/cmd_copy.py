@@ -35,6 +35,7 @@ TO_PASSWORD_COMMAND_ENV = "SAFEHOLD_TO_PASSWORD_COMMAND"
 
 
 def register(sub: Any) -> None:
+    """Add ``copy`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "copy",
         help="copy snapshots to another repository",
@@ -75,6 +76,8 @@ def read_to_password(password_file: str | None, password_command: str | None) ->
 
 
 def open_destination(args: argparse.Namespace) -> Repository:
+    """The destination repository of ``copy``, opened with its own password; raises
+    :class:`UsageError` when none is given (``--to`` or the environment)."""
     location: str | None = args.to or os.environ.get(TO_REPOSITORY_ENV)
     if not location:
         raise UsageError(
@@ -96,6 +99,7 @@ def open_destination(args: argparse.Namespace) -> Repository:
 
 
 def select(src: Repository, args: argparse.Namespace) -> list[Snapshot]:
+    """The snapshots to copy: those named (each once), else every one matching the filters."""
     snaps = src.list_snapshots()
     if not args.snapshots:
         return filtered(snaps, args)
@@ -109,6 +113,7 @@ def select(src: Repository, args: argparse.Namespace) -> list[Snapshot]:
 
 
 def result_json(r: CopyResult) -> dict[str, Any]:
+    """One snapshot's outcome as ``copy --json`` prints it."""
     return {
         "source": r.source.id,
         "status": r.status,
@@ -125,6 +130,7 @@ def result_json(r: CopyResult) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``copy``: snapshots to another repository, verified; exit 4 if any copy failed."""
     src = ctx.open_repo()
     dst = open_destination(args)
     snaps = select(src, args)

@@ -12,6 +12,7 @@ from safehold.repository import tree as t
 
 
 def register(sub: Any) -> None:
+    """Add ``diff`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "diff",
         help="show what changed between two snapshots",
@@ -28,6 +29,7 @@ def register(sub: Any) -> None:
 
 
 def change_json(c: Change) -> dict[str, Any]:
+    """One change as ``diff --json`` prints it."""
     node = c.node
     return {
         "path": c.path,
@@ -40,6 +42,7 @@ def change_json(c: Change) -> dict[str, Any]:
 
 
 def summary_lines(s: DiffStats) -> list[str]:
+    """The counts at the end of ``diff``'s output."""
     return [
         f"{s.added} added, {s.removed} removed, {s.modified} modified, "
         f"{s.metadata} metadata only, {s.type_changed} type changed",
@@ -49,6 +52,7 @@ def summary_lines(s: DiffStats) -> list[str]:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``diff``: what changed between two snapshots."""
     repo = ctx.open_repo()
     with repo.lock("read"):
         repo.load_index()

@@ -15,6 +15,7 @@ from safehold.errors import ExitCode, TargetError, UsageError
 
 
 def register(sub: Any) -> None:
+    """Add ``dump`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "dump",
         help="write a file, or a folder as a tar archive, to standard output",
@@ -41,6 +42,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``dump``: a file's bytes, or a folder as tar or zip, to standard output or ``--output``;
+    refuses to write to a terminal."""
     if not args.output and sys.stdout.isatty():
         raise UsageError(
             "refusing to write binary data to a terminal",

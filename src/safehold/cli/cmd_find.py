@@ -32,6 +32,7 @@ examples:
 
 
 def register(sub: Any) -> None:
+    """Add ``find`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "find",
         help="find files and folders by name or path in snapshots",
@@ -71,6 +72,7 @@ def choose(repo: Repository, refs: list[str], args: argparse.Namespace) -> list[
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``find``: the items whose name or path matches, in every snapshot chosen."""
     matcher = compile_patterns(args.patterns, ignore_case=args.ignore_case)
     args.path = [os.path.abspath(p) for p in args.path]
     repo = ctx.open_repo()

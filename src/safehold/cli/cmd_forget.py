@@ -18,6 +18,7 @@ from safehold.engine.maintain.forget import (
     run_forget,
 )
 from safehold.errors import UsageError
+from safehold.ids import SnapshotId
 from safehold.policy.duration import Duration, parse_duration
 from safehold.policy.retention import RetentionPolicy
 from safehold.repository.prune import prune
@@ -46,6 +47,7 @@ def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 def register(sub: Any) -> None:
+    """Add ``forget`` and its options (the ``--keep-*`` rules) to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "forget",
         help="remove snapshots by id or by a retention policy",
@@ -115,6 +117,7 @@ def add_keep_rules(p: argparse.ArgumentParser) -> None:
 
 
 def policy_from(args: argparse.Namespace) -> RetentionPolicy:
+    """The retention policy the ``--keep-*`` options give (empty when none is given)."""
     within: dict[str, Duration | None] = {}
     for unit in _WITHIN:
         name = f"keep_within_{unit}" if unit else "keep_within"
@@ -134,6 +137,7 @@ def policy_from(args: argparse.Namespace) -> RetentionPolicy:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``forget``: remove snapshots by id or policy, then prune if asked."""
     policy = policy_from(args)
     source = None
     if args.config or args.source:
@@ -221,7 +225,9 @@ def _until(r: RetainedSnapshot) -> str:
     return f"retained until {r.until:%Y-%m-%d %H:%M} UTC" if r.until else "retained"
 
 
-def _print_group(ctx: Context, g: ForgetGroup, retained: dict[str, RetainedSnapshot]) -> None:
+def _print_group(
+    ctx: Context, g: ForgetGroup, retained: dict[SnapshotId, RetainedSnapshot]
+) -> None:
     if g.key:
         parts = []
         for name, value in g.key.items():

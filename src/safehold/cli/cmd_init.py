@@ -13,6 +13,7 @@ from safehold.errors import UsageError
 
 
 def register(sub: Any) -> None:
+    """Add ``init`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "init",
         help="create a new repository",
@@ -30,6 +31,8 @@ def register(sub: Any) -> None:
 
 
 def add_kdf_option(p: argparse.ArgumentParser) -> None:
+    """Add the key derivation options (``--kdf-log2n``, ``--kdf-p``) shared by ``init`` and
+    ``key``."""
     p.add_argument(
         "--kdf-log2n",
         type=int,
@@ -52,6 +55,8 @@ def add_kdf_option(p: argparse.ArgumentParser) -> None:
 
 
 def kdf_params(args: argparse.Namespace) -> KdfParams:
+    """The scrypt parameters the options ask for: lanes calibrated to at least the default's
+    work when ``--kdf-p`` is not given; raises :class:`UsageError` for values out of range."""
     if not 10 <= args.kdf_log2n <= 22:
         raise UsageError("--kdf-log2n must be between 10 and 22")
     n = 1 << args.kdf_log2n
@@ -73,6 +78,8 @@ def kdf_params(args: argparse.Namespace) -> KdfParams:
 
 
 def parse_level(text: str) -> int | None:
+    """The zstd level of ``--compression`` (1-19), or None for ``off``; raises
+    :class:`UsageError` for anything else."""
     if text in ("off", "none", "0"):
         return None
     try:
@@ -85,6 +92,7 @@ def parse_level(text: str) -> int | None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``init``: create a repository at the location."""
     location = ctx.location()
     level = parse_level(args.compression)
     repo = init_repository(

@@ -39,6 +39,7 @@ to shut out a removed key for new data, start a new repository (a new master key
 
 
 def register(sub: Any) -> None:
+    """Add ``key`` and its subcommands (list, add, remove, passwd) to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "key",
         help="list, add or remove passwords (keys)",
@@ -105,6 +106,7 @@ def _short(key_name: str) -> str:
 
 
 def run_list(args: argparse.Namespace, ctx: Context) -> int:
+    """``key list``: the repository's key files, the one in use marked."""
     repo = ctx.open_repo()
     keys = repo.list_keys()
     if ctx.json:
@@ -128,6 +130,7 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_add(args: argparse.Namespace, ctx: Context) -> int:
+    """``key add``: a key file for another password."""
     kdf = kdf_params(args)
     repo = ctx.open_repo()
     name = _add_checked(repo, read_new_password(args.new_password_file), kdf)
@@ -139,6 +142,7 @@ def run_add(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_remove(args: argparse.Namespace, ctx: Context) -> int:
+    """``key remove``: delete a key file, under an exclusive lock."""
     repo = ctx.open_repo()
     with repo.lock("key", exclusive=True):
         name = repo.find_key(args.key_id)
@@ -151,6 +155,7 @@ def run_remove(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_passwd(args: argparse.Namespace, ctx: Context) -> int:
+    """``key passwd``: a key file for a new password, then the one in use removed."""
     kdf = kdf_params(args)
     repo = ctx.open_repo()
     new_password = read_new_password(args.new_password_file)

@@ -30,6 +30,7 @@ _FORMAT_BITS = {
 
 
 def register(sub: Any) -> None:
+    """Add ``ls`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "ls",
         help="list files and folders in a snapshot",
@@ -106,6 +107,7 @@ def _attr_value(value: bytes) -> str:
 
 
 def node_json(path: str, node: t.Node) -> dict[str, Any]:
+    """One item as ``ls --json`` prints it."""
     return {
         "path": path,
         "name": node.name,
@@ -137,6 +139,7 @@ def _acl(node: t.Node, name: str) -> list[str] | None:
 
 
 def long_line(path: str, node: t.Node) -> str:
+    """One item as ``ls --long`` prints it: permissions, owner, size, modification time, path."""
     user = node.user or str(node.uid)
     group = node.group or str(node.gid)
     try:
@@ -159,6 +162,7 @@ def _iso(ns: int) -> str | None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``ls``: the items of a snapshot, or of a folder in it."""
     repo = ctx.open_repo()
     with repo.lock("read"):
         repo.load_index()

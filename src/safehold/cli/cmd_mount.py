@@ -31,6 +31,7 @@ libfuse, Debian package fuse3); without it, the error says what is missing (exit
 
 
 def register(sub: Any) -> None:
+    """Add ``mount`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "mount",
         help="browse the snapshots as a read-only file system (FUSE)",
@@ -51,6 +52,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``mount``: the snapshots as a read-only file system until unmounted or interrupted."""
     check_fuse(args.mountpoint)  # before asking for a password
     repo = ctx.open_repo()
     errors: list[tuple[str, str]] = []

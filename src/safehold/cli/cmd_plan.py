@@ -12,6 +12,7 @@ from safehold.errors import UsageError
 
 
 def register(sub: Any) -> None:
+    """Add ``plan`` to the command line's subcommands."""
     p: argparse.ArgumentParser = sub.add_parser(
         "plan",
         help="run a plan now, or pause and resume it",
@@ -26,6 +27,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``plan``: run|pause|resume; the exit code."""
     from sqlalchemy import text
 
     from safehold.service.plans import plans_from_config, sync_plans

@@ -11,6 +11,7 @@ from safehold.cli.service_args import add_service_arguments, open_service_databa
 
 
 def register(sub: Any) -> None:
+    """Add ``plans`` to the command line's subcommands."""
     p: argparse.ArgumentParser = sub.add_parser(
         "plans",
         help="list the plans with their next slot, last result and RPO",
@@ -41,6 +42,7 @@ def _age(seconds: float | None) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``plans``: list; the exit code."""
     from safehold.clock import utcnow
     from safehold.service.plans import plans_from_config
     from safehold.service.queries import plan_status

@@ -24,6 +24,7 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
 def register(sub: Any) -> None:
+    """Add ``prune`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "prune",
         help="delete data no snapshot needs (backups may keep running)",
@@ -38,6 +39,7 @@ def register(sub: Any) -> None:
 
 
 def add_prune_options(p: argparse.ArgumentParser) -> None:
+    """Add the options ``prune`` shares with ``forget --prune``."""
     p.add_argument(
         "--max-unused",
         type=parse_percent,
@@ -57,6 +59,7 @@ def add_prune_options(p: argparse.ArgumentParser) -> None:
 
 
 def parse_percent(text: str) -> float:
+    """``--max-unused``'s value as a percentage (``unlimited``: 100)."""
     if text.strip().lower() == "unlimited":
         return 100.0
     try:
@@ -69,6 +72,7 @@ def parse_percent(text: str) -> float:
 
 
 def parse_seconds(text: str) -> timedelta:
+    """A time span written ``90s``, ``5m`` or ``1h`` (seconds without a unit)."""
     m = re.fullmatch(r"\s*([0-9]+)\s*([smh]?)\s*", text)
     if not m:
         raise argparse.ArgumentTypeError(f"not a time span: {text!r} (write e.g. 90s, 5m, 1h)")
@@ -76,10 +80,12 @@ def parse_seconds(text: str) -> timedelta:
 
 
 def options_from(args: argparse.Namespace, *, dry_run: bool) -> PruneOptions:
+    """The prune options the command line gives."""
     return PruneOptions(max_unused=args.max_unused, lock_skew=args.lock_skew, dry_run=dry_run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``prune``: delete what no snapshot needs, in two phases (backups may keep running)."""
     repo = ctx.open_repo()
     progress = make_progress(ctx.progress_enabled())
     result = prune(repo, options_from(args, dry_run=args.dry_run), progress=progress)
@@ -98,6 +104,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def print_result(ctx: Context, r: PruneResult) -> None:
+    """Print what a prune did (or would do, for a dry run)."""
     would = "would be " if r.dry_run else ""
     _print_sweep(ctx, "trash from earlier runs", r.earlier, would)
     m = r.mark
@@ -158,6 +165,7 @@ def _print_sweep(ctx: Context, what: str, s: SweepResult, would: str) -> None:
 
 
 def print_retention(ctx: Context, report: RetentionReport) -> None:
+    """Print what extending the retention did, and what failed."""
     ctx.print(
         f"retention: {report.extended} of {report.checked} object(s) given a new end date "
         "(the rest have more than half of the period left)"

@@ -45,6 +45,7 @@ needed it)."""
 
 
 def register(sub: Any) -> None:
+    """Add ``repair`` and its subcommand (index) to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "repair",
         help="repair the repository (the index)",
@@ -72,6 +73,7 @@ def register(sub: Any) -> None:
 
 
 def run_index(args: argparse.Namespace, ctx: Context) -> int:
+    """``repair index``: rebuild the index from the packs."""
     opts = RepairOptions(read_all_packs=args.read_all_packs, include_trash=args.include_trash)
     repo = ctx.open_repo()
     report = run_repair_index(repo, opts, make_progress(ctx.progress_enabled()))

@@ -21,6 +21,7 @@ FIRST_SOCKETS = 10  # sockets named in the summary (all are counted)
 
 
 def register(sub: Any) -> None:
+    """Add ``restore`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "restore",
         help="restore a snapshot into a folder, or a configured source (--config --source)",
@@ -79,6 +80,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``restore``: a snapshot into a folder, or a configured source through its own tool."""
     if args.config:
         if args.buffered:
             raise UsageError("--buffered applies to a restore into a folder, without --config")

@@ -14,6 +14,7 @@ _STATES = ("queued", "running", "succeeded", "failed", "timed_out", "skipped", "
 
 
 def register(sub: Any) -> None:
+    """Add ``runs`` to the command line's subcommands."""
     p: argparse.ArgumentParser = sub.add_parser(
         "runs",
         help="list the service's runs, or show one",
@@ -31,6 +32,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``runs``: list or show; the exit code."""
     from safehold.service.queries import run_detail, runs_list
 
     if args.show and not args.run_id:

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from safehold.cli.context import Context
-from safehold.clock import Clock
 from safehold.cli.service_args import add_service_arguments, database_url, state_dir
+from safehold.clock import Clock
 from safehold.errors import ExitCode, UsageError
 
 
 def register(sub: Any) -> None:
+    """Add ``serve`` to the command line's subcommands."""
     p: argparse.ArgumentParser = sub.add_parser(
         "serve",
         help="run the plans (sources with a schedule) on their schedules",
@@ -67,6 +68,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``serve``: serve; the exit code."""
     from safehold.config import load_config
     from safehold.service.serve import ServeOptions, serve
 

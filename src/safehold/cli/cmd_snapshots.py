@@ -11,6 +11,7 @@ from safehold.repository.snapshot import Snapshot
 
 
 def register(sub: Any) -> None:
+    """Add ``snapshots`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "snapshots", help="list snapshots", description="List snapshots, oldest first."
     )
@@ -25,12 +26,14 @@ def register(sub: Any) -> None:
 
 
 def add_filters(p: argparse.ArgumentParser) -> None:
+    """Add the ``--host``, ``--tag`` and ``--path`` filters several commands share."""
     p.add_argument("--host", help="only snapshots of this host")
     p.add_argument("--tag", action="append", default=[], help="only snapshots with this tag")
     p.add_argument("--path", action="append", default=[], help="only snapshots of this path")
 
 
 def filtered(snaps: list[Snapshot], args: argparse.Namespace) -> list[Snapshot]:
+    """The snapshots matching every filter given (``--host``, all ``--tag``s, all ``--path``s)."""
     out = []
     for s in snaps:
         if args.host and s.hostname != args.host:
@@ -56,6 +59,7 @@ def latest(snaps: list[Snapshot], n: int) -> list[Snapshot]:
 
 
 def snapshot_json(s: Snapshot) -> dict[str, Any]:
+    """A snapshot as ``--json`` output prints it: its stored JSON plus its id."""
     d = s.to_json()
     d["id"] = s.id
     d["short_id"] = s.short_id
@@ -63,6 +67,7 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``snapshots``: list them, oldest first."""
     repo = ctx.open_repo()
     snaps = filtered(repo.list_snapshots(), args)
     if args.latest is not None:

@@ -11,6 +11,7 @@ from safehold.repository.snapshot import Snapshot
 
 
 def register(sub: Any) -> None:
+    """Add ``stats`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "stats",
         help="show how much snapshots hold and the repository stores",
@@ -31,6 +32,7 @@ def _ratio(r: float | None) -> str:
 
 
 def lines(st: Stats) -> list[str]:
+    """The lines ``stats`` prints for the parts computed."""
     out: list[str] = []
     if st.repository:
         r = st.repository
@@ -65,6 +67,7 @@ def lines(st: Stats) -> list[str]:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``stats``: how much the snapshots hold and the repository stores."""
     repo = ctx.open_repo()
     with repo.lock("read"):
         repo.load_index()

@@ -30,6 +30,7 @@ def _tag_list(text: str) -> list[str]:
 
 
 def register(sub: Any) -> None:
+    """Add ``tag`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "tag",
         help="add, remove or set the tags of snapshots",
@@ -65,6 +66,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``tag``: add, remove or set the tags of snapshots (each rewritten as a new object)."""
     opts = TagOptions(
         add=[t for text in args.add for t in _tag_list(text)],
         remove=[t for text in args.remove for t in _tag_list(text)],

@@ -10,6 +10,7 @@ from safehold.repository.lock import remove_locks
 
 
 def register(sub: Any) -> None:
+    """Add ``unlock`` and its options to the parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "unlock",
         help="remove stale locks",
@@ -27,6 +28,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``unlock``: remove stale locks (all of them with ``--remove-all``)."""
     repo = ctx.open_repo()
     removed = remove_locks(repo.storage, repo.aead, all_locks=args.remove_all, clock=repo.clock)
     if ctx.json:

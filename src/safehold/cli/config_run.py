@@ -38,6 +38,7 @@ __all__ = [
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the ``--config``/``--source`` options of the commands that run a configured source."""
     g = p.add_argument_group("configured sources (docs/configuration.md)")
     g.add_argument("--config", metavar="FILE", help="the YAML configuration file")
     g.add_argument(
@@ -264,6 +265,8 @@ def _report(ctx: Context, record: RunRecord) -> int:
 
 
 def backup_from_config(args: argparse.Namespace, ctx: Context) -> int:
+    """``backup --config``: run the source's backup (hooks, time-out, destinations) and return
+    its exit code; raises :class:`UsageError` for options the file decides."""
     from safehold.cli.progress import make_progress
     from safehold.runs import run_source_backup
 
@@ -299,6 +302,8 @@ def backup_from_config(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def restore_from_config(args: argparse.Namespace, ctx: Context) -> int:
+    """``restore --config``: restore the source through its own tool; raises
+    :class:`UsageError` for options that do not apply."""
     from safehold.cli.progress import make_progress
     from safehold.runs import run_source_restore
 

@@ -20,17 +20,24 @@ from safehold.repository.snapshot import Snapshot
 
 @dataclass
 class Context:
+    """What every command needs from the command line: the repository and its password, output
+    mode, progress; the one place that opens the repository for a command."""
+
     args: argparse.Namespace
 
     @property
     def json(self) -> bool:
+        """Whether ``--json`` was given: results go to standard output as JSON."""
         return bool(self.args.json)
 
     @property
     def quiet(self) -> bool:
+        """Whether ``--quiet`` was given: no text output but errors and warnings."""
         return bool(self.args.quiet)
 
     def location(self) -> str:
+        """The repository location (``-r``/``--repo``, else ``SAFEHOLD_REPOSITORY``); raises
+        :class:`UsageError` when there is none."""
         repo: str | None = self.args.repo or os.environ.get("SAFEHOLD_REPOSITORY")
         if not repo:
             raise UsageError(
@@ -40,27 +47,36 @@ class Context:
         return repo
 
     def password(self, *, confirm: bool = False, prompt: str = "repository password") -> bytes:
+        """The repository password (file, command, environment or prompt); ``confirm`` asks twice
+        at a prompt."""
         return read_password(
             self.args.password_file, self.args.password_command, confirm=confirm, prompt=prompt
         )
 
     def open_repo(self) -> Repository:
+        """The repository, opened with the password and the cache options; damaged objects it skips
+        are warned about on standard error."""
         return open_repository(
             self.location(), self.password(), on_warning=print_warning, **self.cache_options()
         )
 
     def cache_options(self) -> dict[str, Any]:
+        """The local index cache options of the command line."""
         return cache_options(self.args)
 
     def print(self, text: str = "") -> None:
+        """Print ``text`` unless ``--quiet``."""
         if not self.quiet:
             print(text)
 
     def emit_json(self, obj: Any) -> None:
+        """Write ``obj`` as indented JSON to standard output (values JSON lacks as strings)."""
         json.dump(obj, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
 
     def progress_enabled(self) -> bool:
+        """Whether to draw bars: standard error is a terminal, and neither ``--json`` nor
+        ``--quiet`` was given."""
         return not self.json and not self.quiet and sys.stderr.isatty()
 
 
@@ -159,6 +175,7 @@ def read_password(
 
 
 def human_bytes(n: float) -> str:
+    """``n`` bytes for people: B, KiB, MiB, GiB or TiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"

@@ -189,6 +189,8 @@ def entry() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse ``argv``, run the command, and map errors to the exit code it
+    returns (the one place that does)."""
     if argv is None:
         argv = sys.argv[1:]
     command = named_command(argv)

@@ -10,6 +10,8 @@ from safehold.engine.progress import Progress
 
 
 class BarProgress(Progress):
+    """Progress bars on standard error, drawn with rich."""
+
     def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import (
@@ -36,21 +38,25 @@ class BarProgress(Progress):
         self._items = 0
 
     def start(self, phase: str, total_items: int = 0, total_bytes: int = 0) -> None:
+        """A bar for ``phase`` (sized in bytes when ``total_bytes`` is known)."""
         with self._lock:
             self._bar.start()
             self._items = 0
             self._task = self._bar.add_task(phase, total=total_bytes or None)
 
     def advance(self, items: int = 0, nbytes: int = 0) -> None:
+        """Move the bar by ``nbytes`` (items are not drawn)."""
         with self._lock:
             if self._task is not None:
                 self._bar.advance(self._task, nbytes)
 
     def warn(self, path: str, message: str) -> None:
+        """A warning line above the bar."""
         with self._lock:
             self._console.print(f"[yellow]warning[/]: {path}: {message}")
 
     def finish(self) -> None:
+        """Remove the bar."""
         with self._lock:
             if self._task is not None:
                 self._bar.remove_task(self._task)
@@ -62,8 +68,10 @@ class WarningsOnly(Progress):
     """In a pipe: no bar, but problems with single files still go to standard error."""
 
     def warn(self, path: str, message: str) -> None:
+        """A warning line on standard error."""
         print(f"warning: {path}: {message}", file=sys.stderr)
 
 
 def make_progress(enabled: bool) -> Progress:
+    """Bars when ``enabled`` (a terminal, not ``--quiet``), else warnings only."""
     return BarProgress() if enabled else WarningsOnly()

@@ -38,6 +38,7 @@ def _size(text: str) -> int:
 
 
 def add_backup_selection(p: argparse.ArgumentParser) -> None:
+    """Add the options that say what a backup leaves out (excludes, tag files, size, caches)."""
     g = p.add_argument_group("what to leave out (patterns: see below)")
     g.add_argument(
         "-e",
@@ -216,6 +217,7 @@ def _glob(pattern: str) -> list[str]:
 
 
 def add_restore_selection(p: argparse.ArgumentParser) -> None:
+    """Add the options that say what a restore writes (includes, excludes)."""
     g = p.add_argument_group("what to restore (patterns: see below)")
     g.add_argument(
         "-i",

@@ -41,6 +41,8 @@ class Aead:
         self._aes = AESGCM(key)
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        """``plaintext`` sealed under a fresh random nonce: cipher id, nonce, ciphertext and tag;
+        ``aad`` is authenticated, not stored."""
         nonce = os.urandom(NONCE_LEN)
         return _CIPHER_ID + nonce + self._aes.encrypt(nonce, plaintext, aad)
 
@@ -61,6 +63,8 @@ class Aead:
             body[:] = sealed
 
     def open(self, message: bytes | memoryview, aad: bytes, *, what: str = "object") -> bytes:
+        """The plaintext of a sealed ``message`` with ``aad``; raises :class:`IntegrityError`
+        naming ``what`` if it was damaged, altered, or sealed under another key."""
         nonce = self._nonce(message, what)
         try:
             return self._aes.decrypt(nonce, message[1 + NONCE_LEN :], aad)

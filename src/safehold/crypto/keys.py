@@ -31,6 +31,7 @@ from safehold.crypto.kdf import (
     scrypt,
 )
 from safehold.errors import FormatError, IntegrityError, WrongPassword
+from safehold.ids import BlobId
 
 KEYFILE_VERSION = 1
 KEYFILE_AAD = b"safehold key file v1"
@@ -60,16 +61,19 @@ class MasterKey:
 
     @classmethod
     def generate(cls) -> MasterKey:
+        """A new master key from the system's random source."""
         return cls(encrypt=secrets.token_bytes(KEY_LEN), ident=secrets.token_bytes(KEY_LEN))
 
     def aead(self) -> Aead:
+        """The cipher that seals this repository's objects."""
         return Aead(self.encrypt)
 
-    def blob_id(self, data: bytes | memoryview) -> bytes:
+    def blob_id(self, data: bytes | memoryview) -> BlobId:
         """Keyed BLAKE3: ids say nothing about content to someone without the key."""
-        return blake3.blake3(data, key=self.ident, max_threads=1).digest()
+        return BlobId(blake3.blake3(data, key=self.ident, max_threads=1).digest())
 
     def to_json(self) -> dict[str, str]:
+        """The key as a key file stores it (inside its sealed part): two base64 keys."""
         return {"encrypt": _b64(self.encrypt), "ident": _b64(self.ident)}
 
     @classmethod
@@ -94,6 +98,8 @@ class KdfParams:
     kind: str = KDF_LANES
 
     def derive(self, password: bytes, salt: bytes) -> bytes:
+        """The 32-byte key that opens a key file, from ``password`` and its ``salt`` (slow on
+        purpose: this is the cost of a guess)."""
         return scrypt(password, salt, n=self.n, r=self.r, p=self.p, length=KEY_LEN, kind=self.kind)
 
     def check(self, salt: bytes = bytes(32)) -> None:

@@ -46,9 +46,11 @@ class Encrypter:
         self._pad = padding.PKCS7(128).padder()
 
     def update(self, data: bytes) -> bytes:
+        """Ciphertext for ``data`` (whole blocks only; the rest waits for more data or finalize)."""
         return self._enc.update(self._pad.update(data))
 
     def finalize(self) -> bytes:
+        """The last, padded block; nothing may be encrypted after it."""
         return self._enc.update(self._pad.finalize()) + self._enc.finalize()
 
 
@@ -75,6 +77,9 @@ class DecryptingReader:
         self._done = False
 
     def read(self, n: int = -1) -> bytes:
+        """The plaintext of the next ``max(n, 16)`` stored bytes (``_PIECE`` of them when ``n``
+        is negative), so not exactly ``n`` bytes; ``b""`` after the end. Raises
+        :class:`WrongPassword` when the final padding is invalid."""
         if self._done:
             return b""
         piece = self._raw.read(_PIECE if n < 0 else max(n, 16))

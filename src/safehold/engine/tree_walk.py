@@ -8,13 +8,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from safehold.errors import UsageError
+from safehold.ids import HexId
 from safehold.policy.patterns import PatternList, State, every_name
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 
 
-def walk(repo: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str, t.Node]]:
+def walk(repo: Repository, tree_id: HexId, prefix: str = "") -> Iterator[tuple[str, t.Node]]:
     """Yields ``(absolute path, node)`` for every node, parents before children."""
     for node in repo.load_tree(tree_id):
         path = f"{prefix}/{node.name}"
@@ -24,13 +25,15 @@ def walk(repo: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str
 
 
 def normalize(path: str) -> str:
+    """``path`` as an absolute snapshot path without ``.`` or empty parts; raises
+    :class:`UsageError` for ``..``."""
     parts = [p for p in path.split("/") if p and p != "."]
     if ".." in parts:
         raise UsageError(f"path {path!r} must not contain '..'")
     return "/" + "/".join(parts)
 
 
-def find(repo: Repository, root_tree: str, path: str) -> tuple[str, t.Node] | None:
+def find(repo: Repository, root_tree: HexId, path: str) -> tuple[str, t.Node] | None:
     """The node at ``path`` inside a snapshot, or None."""
     path = normalize(path)
     if path == "/":

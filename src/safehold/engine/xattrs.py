@@ -65,9 +65,11 @@ class Choice:
 
     @property
     def any(self) -> bool:
+        """Whether any attribute is read or set."""
         return self.xattrs or self.acls
 
     def wants(self, name: str) -> bool:
+        """Whether the attribute ``name`` is of a kind chosen (ACLs are by their name)."""
         return self.acls if name in _ACLS else self.xattrs
 
 
@@ -128,6 +130,7 @@ class NotSet:
     paths: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        """The failure as ``--json`` output prints it."""
         return {
             "what": self.what,
             "reason": self.reason,
@@ -137,6 +140,7 @@ class NotSet:
         }
 
     def describe(self) -> str:
+        """The failure in words: what, on how many items (the first paths named), and why."""
         items = f"{self.count} item{'s' if self.count != 1 else ''}"
         more = ", ..." if self.count > len(self.paths) else ""
         return f"{self.what} not set on {items} ({self.reason}): {', '.join(self.paths)}{more}"
@@ -194,6 +198,7 @@ class AttrSetter:
                 del entry.paths[FIRST_PATHS:]
 
     def failures(self) -> list[NotSet]:
+        """Every kind of failure so far, with its count and first paths, sorted."""
         with self._lock:
             return sorted(self._failed.values(), key=lambda n: (n.what, n.reason))
 

@@ -45,6 +45,7 @@ class Duration:
                 )
 
     def is_zero(self) -> bool:
+        """Whether every part of the duration is zero."""
         return not (self.years or self.months or self.days or self.hours)
 
     def subtract_from(self, dt: datetime) -> datetime:

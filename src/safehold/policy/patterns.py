@@ -317,6 +317,7 @@ class PatternList:
         return self._fold(state.matched)
 
     def match(self, path: str) -> bool:
+        """Whether ``path`` (absolute) matches the list."""
         return self.matched(self.state_of(path))
 
     def matching(self, path: str) -> list[str]:

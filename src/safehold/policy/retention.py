@@ -34,13 +34,16 @@ class RetentionItem(Protocol):
     """
 
     @property
-    def id(self) -> str: ...
+    def id(self) -> str:
+        """Unique among the items of one call."""
 
     @property
-    def time(self) -> datetime: ...
+    def time(self) -> datetime:
+        """When the snapshot was taken (timezone-aware)."""
 
     @property
-    def tags(self) -> Sequence[str]: ...
+    def tags(self) -> Sequence[str]:
+        """Its tags, for ``keep_tags``."""
 
 
 T = TypeVar("T", bound=RetentionItem)

@@ -16,18 +16,18 @@ import json
 import os
 
 from safehold.crypto.keys import MasterKey
-from safehold.ids import to_hex
+from safehold.ids import HexId, to_hex
 from safehold.repository.snapshot import Snapshot
 
 __all__ = ["continues_chain", "new_chain_id", "next_chain_id"]
 
 
-def new_chain_id() -> str:
+def new_chain_id() -> HexId:
     """A random chain id, for a chain no later backup joins (``--isolated``)."""
     return to_hex(os.urandom(16))
 
 
-def continues_chain(parent: Snapshot, finished: set[str], chain_length: int | None) -> bool:
+def continues_chain(parent: Snapshot, finished: set[HexId], chain_length: int | None) -> bool:
     """Whether a backup of ``parent``'s source joins ``parent``'s chain (else it starts the
     next one with a full upload)."""
     if parent.isolated or parent.chain in finished:
@@ -36,8 +36,8 @@ def continues_chain(parent: Snapshot, finished: set[str], chain_length: int | No
 
 
 def next_chain_id(
-    master: MasterKey, *, host: str, key: list[str], previous: str, finished: set[str]
-) -> str:
+    master: MasterKey, *, host: str, key: list[str], previous: str, finished: set[HexId]
+) -> HexId:
     """The id of the chain that follows ``previous`` ("" for a source's first chain) for the
     source ``key`` (its paths, or ``source:<name>`` for a configured source) on ``host``.
 
@@ -45,7 +45,7 @@ def next_chain_id(
     again from the result while that id names a finished chain (docs/format.md).
     """
     seed = json.dumps([host, key, previous]).encode()
-    chain = master.blob_id(b"safehold chain\0" + seed)[:16].hex()
+    chain = to_hex(master.blob_id(b"safehold chain\0" + seed)[:16])
     while chain in finished:
-        chain = master.blob_id(b"safehold chain\0" + chain.encode())[:16].hex()
+        chain = to_hex(master.blob_id(b"safehold chain\0" + chain.encode())[:16])
     return chain

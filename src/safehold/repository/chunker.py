@@ -16,12 +16,16 @@ from pyfastcdc import FastCDC
 
 @dataclass(frozen=True)
 class ChunkerParams:
+    """A repository's chunk sizes (bytes) and gear seed, stored in its config: they decide the
+    cut points, so they never change after ``init``."""
+
     min_size: int = 512 * 1024
     avg_size: int = 1024 * 1024
     max_size: int = 8 * 1024 * 1024
     seed: int = 0
 
     def to_json(self) -> dict[str, int]:
+        """The parameters as the repository config stores them."""
         return {
             "min_size": self.min_size,
             "avg_size": self.avg_size,
@@ -46,6 +50,7 @@ class Chunker:
         )
 
     def cut(self, buf: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+        """Views of ``buf`` cut into chunks (valid while ``buf`` is)."""
         view = memoryview(buf)
         for chunk in self._cdc.cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]

@@ -97,6 +97,9 @@ def decompress_into(comp_id: int, payload: bytes | memoryview, out: memoryview) 
 
 
 def decompress(comp_id: int, payload: bytes | memoryview, raw_length: int | None = None) -> bytes:
+    """The plain bytes of ``payload`` compressed with ``comp_id``; ``raw_length``, when known,
+    is checked. Raises :class:`FormatError` for an unknown id, :class:`IntegrityError` for
+    damaged data or a wrong length."""
     if comp_id == COMP_NONE:
         return bytes(payload)
     if comp_id == COMP_ZSTD:

@@ -43,10 +43,13 @@ BLOB_TREE = 2
 
 
 def header(obj_type: int) -> bytes:
+    """The four bytes every stored object starts with: magic, format version, ``obj_type``."""
     return MAGIC + bytes((FORMAT_VERSION, obj_type))
 
 
 def check_header(raw: bytes | memoryview, obj_type: int, what: str) -> None:
+    """Raise :class:`FormatError` unless ``raw`` starts with the header of ``obj_type`` in this
+    format version; ``what`` names the object in the message."""
     if len(raw) < 4 or bytes(raw[:2]) != MAGIC:
         raise FormatError(f"{what} is not a safehold object (bad magic)")
     if raw[2] != FORMAT_VERSION:
@@ -61,12 +64,16 @@ def check_header(raw: bytes | memoryview, obj_type: int, what: str) -> None:
 
 
 def seal_object(aead: Aead, obj_type: int, payload: bytes, level: int | None = 3) -> bytes:
+    """A stored object: its header, then the compressed ``payload`` sealed with the header as
+    associated data (``level`` None: uncompressed)."""
     head = header(obj_type)
     comp_id, body = compress(payload, level)
     return head + aead.seal(bytes((comp_id,)) + bytes(body), head)
 
 
 def open_object(aead: Aead, raw: bytes, obj_type: int, what: str) -> bytes:
+    """The payload of a stored object of ``obj_type``, checked, opened and decompressed; raises
+    :class:`FormatError` or an integrity error (wrong key, damage) naming ``what``."""
     check_header(raw, obj_type, what)
     head = bytes(raw[:4])
     plain = aead.open(memoryview(raw)[4:], head, what=what)

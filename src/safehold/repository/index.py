@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from safehold.errors import FormatError
+from safehold.ids import BlobId, ChainId, HexId, PackId
 from safehold.repository.index_run import FIELDS, ID_LEN, Entry, SortedRun, _bits_for
 from safehold.repository.pack import _ENTRY, ENTRY_LEN, PackEntry
 
@@ -37,7 +38,9 @@ _COUNT = struct.Struct("<I")
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    pack_id: bytes
+    """Where one blob is stored: its pack, type, and the byte range of its sealed form."""
+
+    pack_id: PackId
     blob_type: int
     offset: int
     length: int
@@ -46,13 +49,16 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class PackRecord:
-    pack_id: bytes
-    chain_id: bytes
+    """One pack as an index file lists it: its id, chain, stored size and blob entries."""
+
+    pack_id: PackId
+    chain_id: ChainId
     size: int
     entries: tuple[PackEntry, ...]
 
 
 def encode_index(packs: Iterable[PackRecord]) -> bytes:
+    """The plaintext of an index file listing ``packs`` (docs/format.md, "Index files")."""
     packs = list(packs)
     out = bytearray(_COUNT.pack(len(packs)))
     for p in packs:
@@ -63,6 +69,8 @@ def encode_index(packs: Iterable[PackRecord]) -> bytes:
 
 
 def decode_index(raw: bytes, what: str) -> list[PackRecord]:
+    """The packs an index file's plaintext lists; raises :class:`FormatError` naming ``what``
+    if it is truncated or malformed."""
     try:
         (count,) = _COUNT.unpack_from(raw, 0)
         pos = _COUNT.size
@@ -129,7 +137,7 @@ class IndexLoader:
 
     def add_file(self, raw: bytes, what: str) -> None:
         """Add one index file's packs; a damaged file raises and adds nothing."""
-        packs: list[tuple[bytes, bytes, int, int, int]] = []  # id, chain, size, start, count
+        packs: list[tuple[PackId, ChainId, int, int, int]] = []  # id, chain, size, start, count
         try:
             (count,) = _COUNT.unpack_from(raw, 0)
             pos = _COUNT.size
@@ -155,6 +163,7 @@ class IndexLoader:
                 types.append(blob_type)
 
     def finish(self) -> Index:
+        """The index of every file added, its records sorted once into the run."""
         index, cols = self._index, self._cols
         n = len(cols.ids)
         if n:
@@ -192,28 +201,28 @@ class Index:
     def __init__(self, *, merge_at: int | None = None) -> None:
         self._lock = threading.Lock()
         self._merge_at = merge_at
-        self._pack_ids: list[bytes] = []  # pack number -> pack id
-        self._pack_no: dict[bytes, int] = {}  # present pack id -> pack number
+        self._pack_ids: list[PackId] = []  # pack number -> pack id
+        self._pack_no: dict[PackId, int] = {}  # present pack id -> pack number
         self._pack_chain = array("I")  # pack number -> chain number
         self._pack_size = array("Q")
         self._alive = bytearray()  # pack number -> 1 while present
-        self._chains: list[bytes] = []
-        self._chain_no: dict[bytes, int] = {}
+        self._chains: list[ChainId] = []
+        self._chain_no: dict[ChainId, int] = {}
         self._run = SortedRun.empty()
         # The overlay: each id's first entry added since the last merge, and any later ones
         # (the same blob in another pack: rare, so kept apart to keep the common case small).
-        self._first: dict[bytes, Entry] = {}
-        self._more: dict[bytes, list[Entry]] = {}
+        self._first: dict[BlobId, Entry] = {}
+        self._more: dict[BlobId, list[Entry]] = {}
         self._overlay_len = 0
         self._recent: dict[int, PackRecord] = {}  # packs whose entries are in the overlay
         self._dead_in_run = 0
         self._groups: _PackGroups | None = None
         self._groups_lock = threading.Lock()
-        self.packs: Mapping[bytes, PackRecord] = _PackView(self)
+        self.packs: Mapping[PackId, PackRecord] = _PackView(self)
 
     # --- writing ---------------------------------------------------------------------------
 
-    def _new_pack(self, pack_id: bytes, chain_id: bytes, size: int) -> int:
+    def _new_pack(self, pack_id: PackId, chain_id: ChainId, size: int) -> int:
         """Intern a pack; returns its number. The caller holds the lock (or owns the index)
         and has checked that the pack is not present."""
         pn = len(self._pack_ids)
@@ -228,6 +237,7 @@ class Index:
         return pn
 
     def add_pack(self, rec: PackRecord) -> None:
+        """Add a pack's blobs (a pack already present is left as it is); thread-safe."""
         with self._lock:
             if rec.pack_id in self._pack_no:
                 return
@@ -243,7 +253,7 @@ class Index:
             if self._overlay_len >= self._threshold():
                 self._merge()
 
-    def remove_pack(self, pack_id: bytes) -> None:
+    def remove_pack(self, pack_id: PackId) -> None:
         """Forget a pack (prune); blobs fall back to their copies in other packs."""
         with self._lock:
             pn = self._pack_no.pop(pack_id, None)
@@ -321,7 +331,8 @@ class Index:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def lookup(self, blob_id: bytes) -> Location | None:
+    def lookup(self, blob_id: BlobId) -> Location | None:
+        """Where the first live copy of ``blob_id`` is, or None."""
         first, more = self._first, self._more  # before the run: see the class docstring
         run = self._run
         alive = self._alive
@@ -349,10 +360,11 @@ class Index:
         pn, blob_type, offset, length, raw_length = entry
         return Location(self._pack_ids[pn], blob_type, offset, length, raw_length)
 
-    def __contains__(self, blob_id: bytes) -> bool:
+    def __contains__(self, blob_id: BlobId) -> bool:
         return self.lookup(blob_id) is not None
 
-    def has_in_chain(self, blob_id: bytes, chain_id: bytes) -> bool:
+    def has_in_chain(self, blob_id: BlobId, chain_id: ChainId) -> bool:
+        """Whether a live pack of ``chain_id`` holds ``blob_id`` (deduplication is per chain)."""
         cn = self._chain_no.get(chain_id)
         if cn is None:
             return False
@@ -377,7 +389,7 @@ class Index:
             return True
         return any(alive[e[0]] and chain[e[0]] == cn for e in more.get(blob_id, ()))
 
-    def has_all_in_chain(self, hex_ids: list[str], chain_id: bytes) -> bool:
+    def has_all_in_chain(self, hex_ids: list[HexId], chain_id: ChainId) -> bool:
         """Whether every blob of ``hex_ids`` (hex) is stored in a live pack of the chain:
         :meth:`has_in_chain` for each, with the sorted run searched inline. A re-backup
         asks this for every unchanged file while its walk holds the interpreter lock, which
@@ -400,18 +412,21 @@ class Index:
                     pn = meta[(pos >> 5) * FIELDS]
                     if alive[pn] and chain[pn] == cn:
                         continue  # its first copy: the common case
-            if not self.has_in_chain(blob_id, chain_id):
+            if not self.has_in_chain(BlobId(blob_id), chain_id):
                 return False
         return True
 
-    def chain_of(self, pack_id: bytes) -> bytes:
+    def chain_of(self, pack_id: PackId) -> ChainId:
+        """The chain of a present pack (KeyError for one not in the index)."""
         return self._chains[self._pack_chain[self._pack_no[pack_id]]]
 
     def blob_count(self) -> int:
+        """How many distinct blobs the index holds."""
         self.flush()
         return self._run.distinct
 
-    def blob_ids(self) -> Iterator[bytes]:
+    def blob_ids(self) -> Iterator[BlobId]:
+        """Every distinct blob id, in id order."""
         self.flush()
         return self._run.distinct_ids()
 
@@ -461,12 +476,12 @@ class Index:
 
         index = cls()
         pack_ids = bytes(take(32 * packs))
-        index._pack_ids = [pack_ids[i : i + 32] for i in range(0, len(pack_ids), 32)]
+        index._pack_ids = [PackId(pack_ids[i : i + 32]) for i in range(0, len(pack_ids), 32)]
         index._pack_chain = _from_le("I", take(4 * packs))
         index._pack_size = _from_le("Q", take(8 * packs))
         index._alive = bytearray(take(packs))
         chain_ids = bytes(take(16 * chains))
-        index._chains = [chain_ids[i : i + 16] for i in range(0, len(chain_ids), 16)]
+        index._chains = [ChainId(chain_ids[i : i + 16]) for i in range(0, len(chain_ids), 16)]
         ids = bytes(take(32 * n))
         meta = _from_le("I", take(4 * FIELDS * n))
         types = bytes(take(n))
@@ -486,7 +501,7 @@ class Index:
 
     # --- packs -----------------------------------------------------------------------------
 
-    def _record(self, pack_id: bytes) -> PackRecord:
+    def _record(self, pack_id: PackId) -> PackRecord:
         pn = self._pack_no[pack_id]
         rec = self._recent.get(pn)
         if rec is not None:
@@ -524,20 +539,20 @@ class _PackGroups:
     packs: array[int]  # the pack number of each, ascending
 
 
-class _PackView(Mapping[bytes, PackRecord]):
+class _PackView(Mapping[PackId, PackRecord]):
     """``index.packs``: the present packs by id. Records are rebuilt on access (their
     entries are not kept as objects), so hold on to one rather than looking it up again."""
 
     def __init__(self, index: Index) -> None:
         self._index = index
 
-    def __getitem__(self, pack_id: bytes) -> PackRecord:
+    def __getitem__(self, pack_id: PackId) -> PackRecord:
         return self._index._record(pack_id)
 
     def __contains__(self, pack_id: object) -> bool:
         return pack_id in self._index._pack_no
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[PackId]:
         return iter(list(self._index._pack_no))
 
     def __len__(self) -> int:

@@ -44,6 +44,9 @@ CACHEDIR_TAG = (
 
 @dataclass(frozen=True)
 class CachedIndex:
+    """An index loaded from the cache, with the names of the index files it was built from (the
+    caller uses it only while exactly these are listed)."""
+
     names: frozenset[str]  # the index files the index was built from
     index: Index
 

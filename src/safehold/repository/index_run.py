@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from itertools import accumulate, repeat
 from operator import add
 
+from safehold.ids import BlobId
+
 __all__ = ["FIELDS", "ID_LEN", "Entry", "SortedRun"]
 
 ID_LEN = 32
@@ -60,6 +62,9 @@ def _directory(ids: bytes, n: int, bits: int) -> array[int]:
 
 
 class SortedRun:
+    """The index's records sorted by blob id, in flat buffers (docs/architecture.md, "The index
+    is a compact sorted array"): never changed once built, so readers need no lock."""
+
     __slots__ = ("bits", "dir", "distinct", "ids", "meta", "n", "shift", "types")
 
     def __init__(
@@ -81,9 +86,11 @@ class SortedRun:
 
     @classmethod
     def empty(cls) -> SortedRun:
+        """A run with no records."""
         return cls(b"", array("I"), b"", 0)
 
     def nbytes(self) -> int:
+        """Bytes the run's buffers hold."""
         return len(self.ids) + len(self.meta) * 4 + len(self.types) + len(self.dir) * 4
 
     # --- reading ---------------------------------------------------------------------------
@@ -107,17 +114,21 @@ class SortedRun:
         return pos >> 5
 
     def same(self, i: int, blob_id: bytes) -> bool:
+        """Whether record ``i`` exists and has the id ``blob_id``."""
         return i < self.n and self.ids.startswith(blob_id, i << 5)
 
-    def id_at(self, i: int) -> bytes:
-        return self.ids[i << 5 : (i + 1) << 5]
+    def id_at(self, i: int) -> BlobId:
+        """The id of record ``i``."""
+        return BlobId(self.ids[i << 5 : (i + 1) << 5])
 
     def entry(self, i: int) -> Entry:
+        """Record ``i`` as (pack number, type, offset, length, raw length)."""
         m = self.meta
         j = i * FIELDS
         return (m[j], self.types[i], m[j + 1], m[j + 2], m[j + 3])
 
-    def distinct_ids(self) -> Iterator[bytes]:
+    def distinct_ids(self) -> Iterator[BlobId]:
+        """Every distinct id, in order (records of one id are adjacent)."""
         last = b""
         for i in range(self.n):
             b = self.id_at(i)
@@ -152,7 +163,7 @@ class SortedRun:
         return SortedRun(bytes(new_ids), new_meta, bytes(new_types), distinct)
 
     def merged(
-        self, keys: list[bytes], first: dict[bytes, Entry], more: dict[bytes, list[Entry]]
+        self, keys: list[BlobId], first: dict[BlobId, Entry], more: dict[BlobId, list[Entry]]
     ) -> SortedRun:
         """A new run holding this run's records and the overlay's: ``keys`` sorted, each
         id's entries ``first[id]`` then ``more[id]`` (in the order they were added, all

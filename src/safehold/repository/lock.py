@@ -59,6 +59,7 @@ class Holder:
     process: str = ""  # random, one per process
 
     def to_json(self) -> dict[str, Any]:
+        """The holder as the lock object stores it."""
         return {
             "boot_id": self.boot_id,
             "pid_ns": self.pid_ns,
@@ -68,6 +69,7 @@ class Holder:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Holder:
+        """A holder from a lock object's JSON (missing fields: empty, as older locks have none)."""
         return cls(
             boot_id=str(d.get("boot_id", "")),
             pid_ns=str(d.get("pid_ns", "")),
@@ -116,6 +118,9 @@ def this_holder() -> Holder:
 
 @dataclass
 class LockInfo:
+    """A lock object's contents: who holds it (host, process, kernel), since when, its kind,
+    and whether it is exclusive."""
+
     name: str
     created: datetime
     refreshed: datetime
@@ -126,6 +131,7 @@ class LockInfo:
     holder: Holder = field(default_factory=Holder)
 
     def to_json(self) -> dict[str, Any]:
+        """The lock as its object stores it."""
         return {
             "created": self.created.isoformat(),
             "refreshed": self.refreshed.isoformat(),
@@ -138,6 +144,7 @@ class LockInfo:
 
     @classmethod
     def from_json(cls, name: str, d: dict[str, Any]) -> LockInfo:
+        """A lock from its object's JSON; raises ValueError (or KeyError) for a malformed one."""
         created = datetime.fromisoformat(d["created"])
         refreshed = datetime.fromisoformat(d["refreshed"])
         if created.tzinfo is None or refreshed.tzinfo is None:
@@ -154,6 +161,7 @@ class LockInfo:
         )
 
     def describe(self) -> str:
+        """The lock in words, for messages: mode, kind, holder, since when."""
         mode = "exclusive" if self.exclusive else "shared"
         return (
             f"{mode} {self.kind} lock held by PID {self.pid} on {self.hostname} "
@@ -194,6 +202,8 @@ def holder_gone(info: LockInfo) -> bool:
 
 
 def is_stale(info: LockInfo, now: datetime) -> bool:
+    """Whether a lock may be ignored at ``now``: not refreshed for ``STALE_SECONDS``, or taken
+    by a process of this kernel that is gone."""
     if now - info.refreshed > timedelta(seconds=STALE_SECONDS):
         return True
     return holder_gone(info)
@@ -206,6 +216,8 @@ _TAG_CONFLICTS = frozenset({"tag", "forget"})
 
 
 def conflicts(mine: LockInfo, other: LockInfo) -> bool:
+    """Whether ``mine`` may not be held beside ``other``: either is exclusive, a ``tag`` beside
+    a ``tag`` or ``forget``, or two prunes."""
     if mine.exclusive or other.exclusive:
         return True
     if (mine.kind == "tag" and other.kind in _TAG_CONFLICTS) or (
@@ -270,6 +282,7 @@ class Lock:
                 self._write()
 
     def release(self) -> None:
+        """Stop refreshing and delete the lock object (already gone is fine)."""
         self._stop.set()
         with contextlib.suppress(ObjectNotFound):
             self._storage.delete(self.info.name)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from safehold.crypto.aead import OVERHEAD, Aead
 from safehold.errors import FormatError
+from safehold.ids import BlobId, ChainId
 from safehold.repository.format import T_PACK, check_header, header
 
 PACK_HEADER_AAD = b"safehold pack header"
@@ -42,11 +43,14 @@ def pack_length(blobs_length: int, count: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PackEntry:
+    """One blob in a pack: its type, where its sealed form sits (bytes), its plaintext length
+    and id."""
+
     blob_type: int
     offset: int
     length: int
     raw_length: int
-    blob_id: bytes
+    blob_id: BlobId
 
 
 class PackBuilder:
@@ -58,7 +62,7 @@ class PackBuilder:
     """
 
     def __init__(
-        self, chain_id: bytes, capacity: int = 1 << 20, *, buf: bytearray | None = None
+        self, chain_id: ChainId, capacity: int = 1 << 20, *, buf: bytearray | None = None
     ) -> None:
         if len(chain_id) != CHAIN_ID_LEN:
             raise ValueError("chain ids are 16 bytes")
@@ -81,7 +85,7 @@ class PackBuilder:
         self.size = end
 
     def add(
-        self, blob_type: int, blob_id: bytes, sealed: bytes | tuple[bytes, ...], raw_length: int
+        self, blob_type: int, blob_id: BlobId, sealed: bytes | tuple[bytes, ...], raw_length: int
     ) -> PackEntry:
         """Append one sealed blob, given whole or as consecutive parts."""
         parts = (sealed,) if isinstance(sealed, bytes) else sealed
@@ -92,7 +96,7 @@ class PackBuilder:
         self.entries.append(entry)
         return entry
 
-    def reserve(self, blob_type: int, blob_id: bytes, length: int, raw_length: int) -> PackEntry:
+    def reserve(self, blob_type: int, blob_id: BlobId, length: int, raw_length: int) -> PackEntry:
         """Claim the next ``length`` bytes for one sealed blob, to be written through
         ``view(entry)`` before the pack is finished.
 
@@ -126,6 +130,8 @@ class PackBuilder:
         return pack_length(blobs, len(self.entries) + 1) <= limit
 
     def finish(self, aead: Aead) -> memoryview:
+        """Append the sealed header and trailer; returns the whole pack, a view of the builder's
+        buffer (valid until the buffer is reused)."""
         plain = bytearray(self.chain_id)
         plain += _COUNT.pack(len(self.entries))
         for e in self.entries:
@@ -146,12 +152,12 @@ def parse_trailer(tail: bytes, pack_size: int, what: str) -> int:
     return int(length)
 
 
-def parse_header(aead: Aead, sealed: bytes, what: str) -> tuple[bytes, list[PackEntry]]:
+def parse_header(aead: Aead, sealed: bytes, what: str) -> tuple[ChainId, list[PackEntry]]:
     """Opens a sealed pack header; returns ``(chain id, entries)``."""
     plain = aead.open(sealed, PACK_HEADER_AAD, what=f"{what} header")
     if len(plain) < CHAIN_ID_LEN + 4:
         raise FormatError(f"{what} header is truncated")
-    chain_id = plain[:CHAIN_ID_LEN]
+    chain_id = ChainId(plain[:CHAIN_ID_LEN])
     (count,) = _COUNT.unpack_from(plain, CHAIN_ID_LEN)
     start = CHAIN_ID_LEN + 4
     if len(plain) != start + count * ENTRY_LEN:
@@ -161,4 +167,5 @@ def parse_header(aead: Aead, sealed: bytes, what: str) -> tuple[bytes, list[Pack
 
 
 def check_pack_start(first: bytes, what: str) -> None:
+    """Raise :class:`FormatError` unless ``first`` (a pack's first four bytes) is a pack header."""
     check_header(first, T_PACK, what)

@@ -14,21 +14,24 @@ __all__ = ["NoProgress", "ProgressSink"]
 class ProgressSink(Protocol):
     """The part of the engine's progress events that checking, pruning and repairing need."""
 
-    def start(self, phase: str, total_items: int = 0, total_bytes: int = 0) -> None: ...
+    def start(self, phase: str, total_items: int = 0, total_bytes: int = 0) -> None:
+        """A phase begins, with its totals when known (0: unknown)."""
 
-    def advance(self, items: int = 0, nbytes: int = 0) -> None: ...
+    def advance(self, items: int = 0, nbytes: int = 0) -> None:
+        """Items and bytes done since the last call."""
 
-    def finish(self) -> None: ...
+    def finish(self) -> None:
+        """The phase is over."""
 
 
 class NoProgress:
     """Progress events that go nowhere."""
 
     def start(self, phase: str, total_items: int = 0, total_bytes: int = 0) -> None:
-        pass
+        """Nothing: no one is watching."""
 
     def advance(self, items: int = 0, nbytes: int = 0) -> None:
-        pass
+        """Nothing: no one is watching."""
 
     def finish(self) -> None:
-        pass
+        """Nothing: no one is watching."""

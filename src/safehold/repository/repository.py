@@ -42,6 +42,7 @@ from safehold.errors import (
     SnapshotNotFound,
     UsageError,
 )
+from safehold.ids import BlobId, HexId, PackId, SnapshotId, blob_from_hex
 from safehold.repository import key_files
 from safehold.repository import lock as lockmod
 from safehold.repository.chunker import ChunkerParams
@@ -79,6 +80,9 @@ TREE_PACK_CACHE = 64 << 20  # bytes of tree packs kept
 
 @dataclass(frozen=True)
 class RepoConfig:
+    """The repository's config object: its id, chunking, compression level (None: off) and
+    pack size in bytes; fixed at ``init``."""
+
     repo_id: str
     chunker: ChunkerParams
     compression: int | None  # zstd level, None = off
@@ -86,6 +90,7 @@ class RepoConfig:
     created: str
 
     def to_json(self) -> dict[str, Any]:
+        """The config as its stored object holds it."""
         return {
             "version": REPO_VERSION,
             "id": self.repo_id,
@@ -97,6 +102,8 @@ class RepoConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RepoConfig:
+        """A config from its stored JSON; raises :class:`FormatError` for another repository
+        version."""
         if d.get("version") != REPO_VERSION:
             raise FormatError(
                 f"repository version {d.get('version')!r} is not supported "
@@ -112,8 +119,9 @@ class RepoConfig:
         )
 
 
-def pack_name(pack_id: bytes | str) -> str:
-    h = pack_id if isinstance(pack_id, str) else pack_id.hex()
+def pack_name(pack_id: PackId) -> str:
+    """The object name of a pack: ``data/<first two hex digits>/<hex id>``."""
+    h = pack_id.hex()
     return f"data/{h[:2]}/{h}"
 
 
@@ -150,17 +158,17 @@ class Repository:
         self.read_only_packs: Index | None = None
         # Packs found missing while reading, and the index files loaded again then.
         self._relocate_lock = threading.Lock()
-        self._missing_packs: set[bytes] = set()
+        self._missing_packs: set[PackId] = set()
         self._fresh_index: Index | None = None
         self.index_cache: IndexCache | None = None
         # With a cache: the index files loaded or written by this process, and the index
         # they hold (without packs added in memory only), for update_index_cache.
         self._index_base: tuple[set[str], Index] | None = None
         self._index_written = False
-        self._tree_cache: OrderedDict[str, list[Node]] = OrderedDict()
+        self._tree_cache: OrderedDict[HexId, list[Node]] = OrderedDict()
         self._tree_lock = threading.Lock()
         # Whole tree packs, so that walking a tree costs one read per pack, not per folder.
-        self._tree_packs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._tree_packs: OrderedDict[PackId, bytes] = OrderedDict()
         self._tree_pack_bytes = 0
         self._tree_pack_lock = threading.Lock()
         # Damaged objects that a command skipped (a junk lock, a damaged trash record or
@@ -191,6 +199,8 @@ class Repository:
         kdf: KdfParams | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> Repository:
+        """Create a repository on ``storage`` (config and a first key file for ``password``) and
+        return it opened; raises :class:`RepositoryExists` if one is there."""
         if _exists(storage, "config"):
             raise RepositoryExists(
                 f"a repository already exists at {storage.describe()}",
@@ -257,6 +267,7 @@ class Repository:
     # --- keys ------------------------------------------------------------------------------
 
     def add_key(self, password: bytes, *, kdf: KdfParams | None = None) -> str:
+        """Store a key file for ``password`` that opens this repository; returns its name."""
         raw = make_key_file(self.master, password, params=kdf, meta=_default_key_meta(self.clock))
         name = "keys/" + storage_id(raw)
         self.storage.put(name, raw, exclusive=True)
@@ -276,6 +287,8 @@ class Repository:
         return out
 
     def find_key(self, prefix: str) -> str:
+        """The key file whose id starts with ``prefix``; raises :class:`UsageError` unless exactly
+        one does."""
         matches: list[str] = [k["id"] for k in self.list_keys() if k["id"].startswith(prefix)]
         if len(matches) != 1:
             what = "no key" if not matches else f"{len(matches)} keys"
@@ -283,6 +296,8 @@ class Repository:
         return "keys/" + matches[0]
 
     def remove_key(self, name: str) -> None:
+        """Delete key file ``name``; refuses (UsageError) the one this repository was opened
+        with."""
         if name == self.key_name:
             raise UsageError(
                 "refusing to remove the key this command was opened with",
@@ -293,12 +308,16 @@ class Repository:
     # --- sealed objects ------------------------------------------------------------------
 
     def save_object(self, prefix: str, obj_type: int, payload: bytes) -> str:
+        """Seal ``payload`` as an object of ``obj_type`` under ``prefix``, named by its hash;
+        returns its name."""
         raw = seal_object(self.aead, obj_type, payload, self.config.compression or 3)
         name = prefix + storage_id(raw)
         self.storage.put(name, raw)
         return name
 
     def load_object(self, name: str, obj_type: int) -> bytes:
+        """The payload of object ``name``, checked against its name (a mismatch is damage:
+        :class:`IntegrityError`)."""
         raw = self.storage.get(name)
         if storage_id(raw) != name.rsplit("/", 1)[-1]:
             raise IntegrityError(f"{name} does not match its name: it was damaged")
@@ -307,6 +326,8 @@ class Repository:
     # --- locks -----------------------------------------------------------------------------
 
     def lock(self, kind: str, *, exclusive: bool = False) -> lockmod.Lock:
+        """Take a lock of ``kind`` (refreshed in the background until released); raises
+        :class:`RepositoryLocked` when a live conflicting lock is held. A context manager."""
         return lockmod.acquire(
             self.storage,
             self.aead,
@@ -319,6 +340,7 @@ class Repository:
     # --- index -----------------------------------------------------------------------------
 
     def list_index_files(self) -> list[str]:
+        """The names of every index file, sorted."""
         return sorted(o.name for o in self.storage.list("index/"))
 
     def list_trash(self, *, damaged: list[str] | None = None) -> list[TrashRecord]:
@@ -338,7 +360,7 @@ class Repository:
         out.sort(key=lambda r: r.created)
         return out
 
-    def _prefer_live(self, trashed: set[bytes] | None) -> None:
+    def _prefer_live(self, trashed: set[PackId] | None) -> None:
         """Move trashed packs behind every other copy of their blobs: readers then take a
         live copy where one exists (the sweep may delete a trashed pack once no snapshot
         needs it from there), and still find blobs that only a trashed pack holds (a
@@ -352,7 +374,7 @@ class Repository:
                 self.index.add_pack(rec)  # added last: its copies come after the others
 
     def load_index(
-        self, *, strict: bool = False, use_cache: bool = True, trashed: set[bytes] | None = None
+        self, *, strict: bool = False, use_cache: bool = True, trashed: set[PackId] | None = None
     ) -> list[str]:
         """Load every index file. A file deleted meanwhile (prune replaced it) is skipped:
         prune writes the replacement before deleting, so a fresh listing covers it.
@@ -461,6 +483,7 @@ class Repository:
         self._index_written = False
 
     def write_index(self, records: Iterable[PackRecord]) -> str:
+        """Store an index file listing ``records``; returns its name."""
         records = list(records)
         name = self.save_object("index/", T_INDEX, encode_index(records))
         if self._index_base is not None:
@@ -471,17 +494,20 @@ class Repository:
             self._index_written = True
         return name
 
-    def list_packs(self) -> dict[bytes, int]:
+    def list_packs(self) -> dict[PackId, int]:
+        """Every stored pack and its size in bytes (objects not named like a pack are left out)."""
         out = {}
         for obj in self.storage.list("data/"):
             name = obj.name.rsplit("/", 1)[-1]
             if obj.name.startswith(".") or len(name) != 64:
                 continue
             with contextlib.suppress(ValueError):
-                out[bytes.fromhex(name)] = obj.size
+                out[PackId(bytes.fromhex(name))] = obj.size
         return out
 
-    def read_pack_header(self, pack_id: bytes, size: int) -> PackRecord:
+    def read_pack_header(self, pack_id: PackId, size: int) -> PackRecord:
+        """A pack's record read from its own header (for packs no index lists); raises
+        :class:`FormatError` or :class:`IntegrityError` for a damaged one."""
         name = pack_name(pack_id)
         tail_len = min(size, 64 * 1024)
         tail = self.storage.get(name, size - tail_len, tail_len)
@@ -498,7 +524,7 @@ class Repository:
     def index_unindexed_packs(
         self,
         *,
-        exclude: set[bytes] | None = None,
+        exclude: set[PackId] | None = None,
         on_error: Callable[[str, Exception], None] | None = None,
     ) -> int:
         """Find packs that no index lists (left by an interrupted or concurrent backup),
@@ -523,11 +549,12 @@ class Repository:
 
     # --- blobs -----------------------------------------------------------------------------
 
-    def blob_id(self, data: bytes | memoryview) -> bytes:
+    def blob_id(self, data: bytes | memoryview) -> BlobId:
+        """The id of a blob of ``data``: the keyed hash, as the saver computes it."""
         return self.master.blob_id(data)
 
     def open_blob(
-        self, blob_id: bytes, sealed: bytes | memoryview, raw_length: int, where: str
+        self, blob_id: BlobId, sealed: bytes | memoryview, raw_length: int, where: str
     ) -> bytes:
         """Decrypt, decompress and verify one blob read from ``where``."""
         if not sealed:
@@ -542,7 +569,7 @@ class Repository:
 
     def open_blob_into(
         self,
-        blob_id: bytes,
+        blob_id: BlobId,
         sealed: bytes | memoryview,
         raw_length: int,
         where: str,
@@ -567,7 +594,7 @@ class Repository:
 
     def open_blob_exact(
         self,
-        blob_id: bytes,
+        blob_id: BlobId,
         sealed: bytes | memoryview,
         where: str,
         scratch: bytearray,
@@ -590,11 +617,11 @@ class Repository:
         self._verify(blob_id, out, where)
         return out
 
-    def _verify(self, blob_id: bytes, data: bytes | memoryview, where: str) -> None:
+    def _verify(self, blob_id: BlobId, data: bytes | memoryview, where: str) -> None:
         if self.master.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:8]} in {where} does not match its id")
 
-    def locate(self, blob_id: bytes) -> Location | None:
+    def locate(self, blob_id: BlobId) -> Location | None:
         """Where a blob is: its first copy in the index, else in packs kept apart for
         reading only (a writer's view leaves prune's trash out of its index), else in the
         index files loaded again after a pack went missing (:meth:`relocate`)."""
@@ -606,7 +633,9 @@ class Repository:
             loc = fresh.lookup(blob_id)
         return loc
 
-    def load_blob(self, blob_id: bytes) -> bytes:
+    def load_blob(self, blob_id: BlobId) -> bytes:
+        """A blob's plaintext, verified; raises :class:`IntegrityError` if no index lists it or no
+        copy is left."""
         loc = self.locate(blob_id)
         if loc is None:
             raise IntegrityError(
@@ -620,7 +649,7 @@ class Repository:
             sealed = self.storage.get(pack_name(loc.pack_id), loc.offset, loc.length)
         return self.open_blob(blob_id, sealed, loc.raw_length, pack_name(loc.pack_id))
 
-    def relocate(self, blob_id: bytes, missing: bytes) -> Location:
+    def relocate(self, blob_id: BlobId, missing: PackId) -> Location:
         """Another copy of a blob whose pack ``missing`` is gone, from the index files as
         they are now; raises :class:`IntegrityError` (damage: exit 4) if none is indexed.
 
@@ -659,7 +688,7 @@ class Repository:
             )
         return loc
 
-    def load_tree_blob(self, blob_id: bytes) -> bytes:
+    def load_tree_blob(self, blob_id: BlobId) -> bytes:
         """A tree blob, read through a cache of whole tree packs.
 
         Trees live in packs of their own (the saver keeps one open pack per blob type), and
@@ -698,38 +727,45 @@ class Repository:
                 self._tree_pack_bytes -= len(self._tree_packs.pop(loc.pack_id, b""))
             return self.load_blob(blob_id)
 
-    def load_tree(self, tree_id: str) -> list[Node]:
+    def load_tree(self, tree_id: HexId) -> list[Node]:
+        """A tree's nodes, decoded and checked (names included), through a small cache."""
         with self._tree_lock:
             cached = self._tree_cache.get(tree_id)
             if cached is not None:
                 self._tree_cache.move_to_end(tree_id)
                 return cached
-        nodes = decode_tree(self.load_tree_blob(bytes.fromhex(tree_id)), f"tree {tree_id[:8]}")
+        nodes = decode_tree(self.load_tree_blob(blob_from_hex(tree_id)), f"tree {tree_id[:8]}")
         with self._tree_lock:
             self._tree_cache[tree_id] = nodes
             if len(self._tree_cache) > TREE_CACHE:
                 self._tree_cache.popitem(last=False)
         return nodes
 
-    def load_tree_json(self, tree_id: str) -> list[dict[str, Any]]:
+    def load_tree_json(self, tree_id: HexId) -> list[dict[str, Any]]:
         """A tree's nodes as JSON objects, uncached (each is read once by a backup)."""
-        return decode_tree_json(self.load_tree_blob(bytes.fromhex(tree_id)), f"tree {tree_id[:8]}")
+        return decode_tree_json(self.load_tree_blob(blob_from_hex(tree_id)), f"tree {tree_id[:8]}")
 
     # --- snapshots -------------------------------------------------------------------------
 
-    def save_snapshot(self, snap: Snapshot) -> str:
+    def save_snapshot(self, snap: Snapshot) -> SnapshotId:
+        """Store ``snap`` (its packs and index must be stored already); sets and returns its id."""
         name = self.save_object("snapshots/", T_SNAPSHOT, snap.encode())
-        snap.id = name.removeprefix("snapshots/")
+        snap.id = SnapshotId(name.removeprefix("snapshots/"))
         return snap.id
 
-    def list_snapshot_ids(self) -> list[str]:
-        return [o.name.removeprefix("snapshots/") for o in self.storage.list("snapshots/")]
+    def list_snapshot_ids(self) -> list[SnapshotId]:
+        """The ids of every stored snapshot, readable or not."""
+        return [
+            SnapshotId(o.name.removeprefix("snapshots/")) for o in self.storage.list("snapshots/")
+        ]
 
-    def load_snapshot(self, snap_id: str) -> Snapshot:
+    def load_snapshot(self, snap_id: SnapshotId) -> Snapshot:
+        """Snapshot ``snap_id``; raises :class:`ObjectNotFound` if it is gone,
+        :class:`IntegrityError` if it cannot be read."""
         raw = self.load_object("snapshots/" + snap_id, T_SNAPSHOT)
         return Snapshot.decode(raw, snap_id)
 
-    def list_snapshots(self, *, damaged: list[str] | None = None) -> list[Snapshot]:
+    def list_snapshots(self, *, damaged: list[SnapshotId] | None = None) -> list[Snapshot]:
         """Every readable snapshot, oldest first. One that cannot be read (damaged, junk)
         is skipped with a warning: it costs its own restore, not everyone else's. Its id
         goes to ``damaged`` for callers that must not go on without it (prune)."""
@@ -797,19 +833,22 @@ class Repository:
                 hint="see 'safehold snapshots' for what is there now",
             ) from None
 
-    def delete_snapshot(self, snap_id: str) -> None:
+    def delete_snapshot(self, snap_id: SnapshotId) -> None:
+        """Delete snapshot ``snap_id`` (its data stays until a prune)."""
         self.storage.delete("snapshots/" + snap_id)
 
     # --- chains ----------------------------------------------------------------------------
 
-    def finish_chain(self, chain: str) -> None:
+    def finish_chain(self, chain: HexId) -> None:
+        """Mark ``chain`` finished: the next backup of its source starts a new chain."""
         doc = {"finished": self.clock.now().isoformat()}
         self.storage.put(
             f"chains/{chain}", seal_object(self.aead, T_CHAIN, json.dumps(doc).encode())
         )
 
-    def finished_chains(self) -> set[str]:
-        return {o.name.removeprefix("chains/") for o in self.storage.list("chains/")}
+    def finished_chains(self) -> set[HexId]:
+        """The ids of every finished chain."""
+        return {HexId(o.name.removeprefix("chains/")) for o in self.storage.list("chains/")}
 
 
 # Remote stores answer one small read in tens of milliseconds: index files and snapshots
@@ -817,16 +856,17 @@ class Repository:
 # one per object.
 FETCHERS = 8
 T = TypeVar("T")
+K = TypeVar("K", bound=str)
 
 
 def fetch_each(
-    names: Sequence[str], fetch: Callable[[str], T], *, workers: int = FETCHERS
-) -> Iterator[tuple[str, T | SafeholdError]]:
+    names: Sequence[K], fetch: Callable[[K], T], *, workers: int = FETCHERS
+) -> Iterator[tuple[K, T | SafeholdError]]:
     """``fetch(name)`` for every name, in order, at most ``2 * workers`` ahead of the
     consumer (so memory stays bounded). A SafeholdError is returned in place of its
     result, for the caller to skip or raise; anything else propagates."""
 
-    def attempt(name: str) -> T | SafeholdError:
+    def attempt(name: K) -> T | SafeholdError:
         try:
             return fetch(name)
         except SafeholdError as exc:
@@ -836,7 +876,7 @@ def fetch_each(
         for name in names:
             yield name, attempt(name)
         return
-    window: deque[tuple[str, Future[T | SafeholdError]]] = deque()
+    window: deque[tuple[K, Future[T | SafeholdError]]] = deque()
     with ThreadPoolExecutor(min(workers, len(names)), thread_name_prefix="fetch") as pool:
         todo = iter(names)
         try:

@@ -35,11 +35,14 @@ WORKERS = 8
 
 @dataclass
 class RetentionReport:
+    """What :func:`extend_retention` did: objects looked at, given a new end, or not (why)."""
+
     checked: int = 0  # objects looked at
     extended: int = 0  # given a new end date
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, why), not extended
 
     def to_json(self) -> dict[str, Any]:
+        """The report as ``--json`` output prints it."""
         return {
             "checked": self.checked,
             "extended": self.extended,

@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from safehold.crypto.aead import OVERHEAD
+from safehold.ids import BlobId, ChainId, PackId
 from safehold.repository.compress import compress
 from safehold.repository.format import BLOB_TREE, storage_id
 from safehold.repository.index import PackRecord
@@ -32,6 +33,9 @@ from safehold.repository.repository import Repository, pack_name
 
 @dataclass
 class SaverStats:
+    """What a :class:`BlobSaver` stored (bytes as plaintext and as sealed) and how many blobs it
+    was asked to save."""
+
     blobs_new: int = 0
     blobs_seen: int = 0
     bytes_new_raw: int = 0  # plaintext bytes of new blobs
@@ -92,7 +96,7 @@ class BlobSaver:
     def __init__(
         self,
         repo: Repository,
-        chain_id: bytes,
+        chain_id: ChainId,
         *,
         upload_threads: int = 2,
         max_pending_packs: int = 1,
@@ -104,7 +108,7 @@ class BlobSaver:
         self.stats = SaverStats()
         self.records: list[PackRecord] = []
         self._lock = threading.Lock()
-        self._pending: set[bytes] = set()
+        self._pending: set[BlobId] = set()
         self._open: dict[int, _Pack] = {}
         self._pack_lock = threading.Lock()
         self._idle = threading.Condition(self._pack_lock)
@@ -116,8 +120,8 @@ class BlobSaver:
         self._error: BaseException | None = None
 
     def save(
-        self, blob_type: int, data: bytes | memoryview, blob_id: bytes | None = None
-    ) -> tuple[bytes, bool]:
+        self, blob_type: int, data: bytes | memoryview, blob_id: BlobId | None = None
+    ) -> tuple[BlobId, bool]:
         """Store ``data`` unless this chain already has it. Returns ``(id, newly stored)``."""
         if self._error is not None:
             raise self._error
@@ -147,7 +151,7 @@ class BlobSaver:
         return bid, True
 
     def _reserve(
-        self, blob_type: int, bid: bytes, length: int, raw_length: int
+        self, blob_type: int, bid: BlobId, length: int, raw_length: int
     ) -> tuple[_Pack, PackEntry]:
         """Claim room for one sealed blob in the open pack of its type, closing a pack that
         cannot take it and waiting for a free buffer when all are in use."""
@@ -254,7 +258,7 @@ class BlobSaver:
         try:
             try:
                 raw = builder.finish(self.repo.aead)
-                pack_id = bytes.fromhex(storage_id(raw))
+                pack_id = PackId(bytes.fromhex(storage_id(raw)))
                 self.repo.storage.put(pack_name(pack_id), raw)
                 del raw
             finally:
@@ -315,4 +319,6 @@ class BlobSaver:
         return self.repo.write_index(records)
 
     def abort(self) -> None:
+        """Cancel the uploads not yet started and wait for the running ones: after a failure,
+        instead of :meth:`finish`."""
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -9,6 +9,7 @@ into a pack that an index will vouch for.
 
 from __future__ import annotations
 
+from safehold.ids import ChainId, PackId
 from safehold.repository.format import storage_id
 from safehold.repository.index import PackRecord
 from safehold.repository.pack import PackBuilder, PackEntry
@@ -25,10 +26,10 @@ class SealedPackWriter:
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
-        self._builders: dict[tuple[bytes, int], PackBuilder] = {}
+        self._builders: dict[tuple[ChainId, int], PackBuilder] = {}
         self.records: list[PackRecord] = []  # the packs stored so far
 
-    def add(self, chain_id: bytes, entry: PackEntry, sealed: bytes | memoryview) -> None:
+    def add(self, chain_id: ChainId, entry: PackEntry, sealed: bytes | memoryview) -> None:
         """Append the blob ``entry`` describes (its type, id and raw length; its offset is
         where it was read from) to the open pack of ``chain_id``."""
         key = (chain_id, entry.blob_type)
@@ -42,7 +43,7 @@ class SealedPackWriter:
 
     def _store(self, builder: PackBuilder) -> None:
         raw = builder.finish(self.repo.aead)
-        pack_id = bytes.fromhex(storage_id(raw))
+        pack_id = PackId(bytes.fromhex(storage_id(raw)))
         self.repo.storage.put(pack_name(pack_id), raw)
         self.records.append(PackRecord(pack_id, builder.chain_id, len(raw), tuple(builder.entries)))
 

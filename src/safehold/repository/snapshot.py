@@ -13,30 +13,36 @@ from datetime import datetime
 from typing import Any
 
 from safehold.errors import FormatError
+from safehold.ids import NO_SNAPSHOT, HexId, SnapshotId
 
 
 @dataclass
 class Snapshot:
+    """The record of one backup (docs/format.md, "Snapshots"): its root tree, chain, source and
+    summary; ``id`` is set once it is stored or loaded."""
+
     time: datetime
-    tree: str
+    tree: HexId
     paths: list[str]
     hostname: str
-    chain: str  # hex chain id
+    chain: HexId
     chain_seq: int = 0  # 0 = the chain's full backup, n = the n-th incremental
     isolated: bool = False
     username: str = ""
     tags: list[str] = field(default_factory=list)
-    parent: str = ""
+    parent: SnapshotId = NO_SNAPSHOT
     program_version: str = ""
     source: str = ""  # "directory", "stdin", "command", "postgres"...: what produced it
     source_name: str = ""  # the configured source's name ("pg-main"); empty without a config
     summary: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)  # unreadable files
-    original: str = ""  # a copy's source snapshot id (a copy of a copy keeps the first)
+    original: SnapshotId = NO_SNAPSHOT  # a copy's source (a copy of a copy keeps the first)
     attrs: list[str] = field(default_factory=list)  # extended attributes saved: acls, xattrs
-    id: str = ""  # set when loaded or saved; not stored
+    id: SnapshotId = NO_SNAPSHOT  # set when loaded or saved; not stored
 
     def to_json(self) -> dict[str, Any]:
+        """The snapshot as its stored JSON holds it (optional keys only when set, so older
+        snapshots keep their bytes)."""
         d: dict[str, Any] = {
             "version": 1,
             "time": self.time.isoformat(),
@@ -62,10 +68,12 @@ class Snapshot:
         return d
 
     def encode(self) -> bytes:
+        """The snapshot's canonical JSON bytes (sorted keys), as stored."""
         return json.dumps(self.to_json(), sort_keys=True).encode()
 
     @classmethod
-    def decode(cls, raw: bytes, snap_id: str) -> Snapshot:
+    def decode(cls, raw: bytes, snap_id: SnapshotId) -> Snapshot:
+        """A snapshot from its stored JSON; raises :class:`FormatError` if it is malformed."""
         try:
             d = json.loads(raw)
             chain = d["chain"]
@@ -102,6 +110,7 @@ class Snapshot:
 
     @property
     def short_id(self) -> str:
+        """The first 8 hex digits of the id, as listings show it."""
         return self.id[:8]
 
 

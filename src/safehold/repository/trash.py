@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from safehold.ids import PackId
 from safehold.repository.format import T_TRASH
 from safehold.repository.index import Index
 from safehold.repository.repository import Repository
@@ -36,8 +37,10 @@ __all__ = [
 
 
 def write_trash(
-    repo: Repository, packs: list[bytes], index: list[str] | None = None
+    repo: Repository, packs: list[PackId], index: list[str] | None = None
 ) -> TrashRecord:
+    """Store a trash record for ``packs`` (and the index files that list exactly them), dated
+    by the repository's clock."""
     created = repo.clock.now()
     doc: dict[str, Any] = {"created": created.isoformat(), "packs": sorted(p.hex() for p in packs)}
     if index:
@@ -51,11 +54,12 @@ def list_trash(repo: Repository, *, damaged: list[str] | None = None) -> list[Tr
     return repo.list_trash(damaged=damaged)
 
 
-def trashed_packs(repo: Repository) -> set[bytes]:
+def trashed_packs(repo: Repository) -> set[PackId]:
+    """Every pack some readable trash record names."""
     return {p for rec in list_trash(repo) for p in rec.packs}
 
 
-def writer_view(repo: Repository) -> set[bytes]:
+def writer_view(repo: Repository) -> set[PackId]:
     """Load the index as a writer (backup, copy) must see it, and return the trashed packs.
 
     The trash is listed *before* the index is loaded. A record written after this listing

@@ -12,15 +12,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from safehold.errors import IntegrityError
+from safehold.ids import PackId
 
 __all__ = ["TrashRecord", "parse_trash"]
 
 
 @dataclass
 class TrashRecord:
+    """Packs prune found garbage, from ``created`` on, with the index files that keep them
+    indexed until the sweep deletes them (docs/format.md, section 16)."""
+
     name: str
     created: datetime
-    packs: list[bytes]
+    packs: list[PackId]
     index: list[str] = field(default_factory=list)  # index files that list exactly ``packs``
 
 
@@ -29,7 +33,7 @@ def parse_trash(name: str, payload: bytes) -> TrashRecord:
     try:
         doc = json.loads(payload)
         created = datetime.fromisoformat(doc["created"])
-        packs = [bytes.fromhex(h) for h in doc["packs"]]
+        packs = [PackId(bytes.fromhex(h)) for h in doc["packs"]]
         index = [str(n) for n in doc.get("index", [])]
         if created.tzinfo is None or any(len(p) != 32 for p in packs):
             raise ValueError("bad time zone or pack id")

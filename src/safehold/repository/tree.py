@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from safehold.errors import FormatError
+from safehold.ids import NO_HEX_ID, HexId
 
 # Node types.
 FILE = "file"
@@ -50,6 +51,9 @@ NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
 @dataclass(slots=True)
 class Node:
+    """One item of a folder as a tree stores it (docs/format.md, "Trees"); ids are the hex that
+    the tree's JSON holds."""
+
     name: str
     type: str
     mode: int = 0
@@ -65,14 +69,15 @@ class Node:
     links: int = 1
     rdev: int = 0
     target: str = ""  # symlink target
-    subtree: str = ""  # hex id of the folder's tree
-    content: list[str] = field(default_factory=list)  # hex ids of data blobs, in order
+    subtree: HexId = NO_HEX_ID  # the folder's tree ("" for anything else)
+    content: list[HexId] = field(default_factory=list)  # data blobs, in order
     sparse: bool = False
     error: str = ""  # why the file could not be read (the node keeps its metadata)
     # Extended attributes by name (ACLs are ``system.posix_acl_access``/``_default``).
     xattrs: Mapping[str, bytes] = field(default_factory=lambda: NO_XATTRS)
 
     def to_json(self) -> dict[str, Any]:
+        """The node as a tree stores it (optional fields only when set)."""
         d: dict[str, Any] = {"name": self.name, "type": self.type, "mode": self.mode}
         if self.type != SYMLINK or self.uid or self.gid:
             d.update(uid=self.uid, gid=self.gid)
@@ -162,6 +167,7 @@ def decode_xattrs(raw: Any) -> dict[str, bytes]:
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
+    """The canonical bytes of a tree of ``nodes``, whatever their order."""
     return encode_tree_json([n.to_json() for n in nodes])
 
 

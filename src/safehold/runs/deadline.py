@@ -33,6 +33,9 @@ class RunTimeout(BaseException):
 
 
 class Deadline:
+    """The time left to one run (``seconds`` None: no limit); see the module docstring for the
+    alarm and how it is checked without one."""
+
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self._end = time.monotonic() + seconds if seconds else None
@@ -40,9 +43,11 @@ class Deadline:
         self._previous: Any = None
 
     def remaining(self) -> float | None:
+        """Seconds left (never below 0), or None without a limit."""
         return None if self._end is None else max(0.0, self._end - time.monotonic())
 
     def check(self) -> None:
+        """Raise :class:`RunTimeout` if the time is up."""
         if self._end is not None and time.monotonic() >= self._end:
             raise RunTimeout()
 
@@ -59,6 +64,7 @@ class Deadline:
         self._armed = True
 
     def disarm(self) -> None:
+        """Cancel the alarm and put back the SIGALRM handler found by :meth:`arm`."""
         if self._armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self._previous)

@@ -27,6 +27,8 @@ _MIN_SECRET = 4  # shorter "secrets" would mask ordinary words and digits everyw
 
 @dataclass(frozen=True)
 class LogEvent:
+    """One structured log event of a run, with its fields (secrets masked before it is made)."""
+
     ts: datetime
     level: str  # "debug", "info", "warning", "error"
     event: str  # dotted name: "hook.finished", "backup.saved", "run.finished"
@@ -49,17 +51,20 @@ class Redactor:
         self._secrets = sorted(found, key=len, reverse=True)
 
     def add(self, secret: str) -> None:
+        """Mask ``secret`` from now on (ignored when shorter than ``_MIN_SECRET`` characters)."""
         if secret and len(secret) >= _MIN_SECRET and secret not in self._secrets:
             self._secrets.append(secret)
             self._secrets.sort(key=len, reverse=True)
 
     def text(self, value: str) -> str:
+        """``value`` with every known secret in it masked."""
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
         return value
 
     def value(self, value: Any) -> Any:
+        """``value`` with secrets masked in its strings, inside dicts and lists too."""
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
@@ -78,17 +83,22 @@ class RunLogger:
         self.bound: dict[str, Any] = dict(bound)
 
     def bind(self, **more: Any) -> None:
+        """Add fields to every later event of this run."""
         self.bound.update(more)
 
     def log(self, level: str, event: str, **fields: Any) -> None:
+        """Send one event of ``level`` with the bound fields, secrets masked."""
         merged = {**self.bound, **fields}
         self._sink(LogEvent(utcnow(), level, event, self._redactor.value(merged)))
 
     def info(self, event: str, **fields: Any) -> None:
+        """:meth:`log` at level info."""
         self.log("info", event, **fields)
 
     def warning(self, event: str, **fields: Any) -> None:
+        """:meth:`log` at level warning."""
         self.log("warning", event, **fields)
 
     def error(self, event: str, **fields: Any) -> None:
+        """:meth:`log` at level error."""
         self.log("error", event, **fields)

@@ -44,6 +44,8 @@ Destination = RepositoryDestination | ArchiveDestination
 
 @dataclass
 class Outcome:
+    """What became of the new snapshot at one further destination."""
+
     destination: str
     status: str  # "copied", "skipped" (already there), "archived" or "failed"
     target: str = ""  # the copy's snapshot id or the archive's object name
@@ -51,9 +53,11 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """Whether the destination has the snapshot (copied, already there, or archived)."""
         return self.status != FAILED
 
     def to_json(self) -> dict[str, str]:
+        """The outcome as the run record stores it."""
         return {
             "destination": self.destination,
             "status": self.status,

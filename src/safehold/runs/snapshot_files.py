@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import BinaryIO, cast
 
 from safehold.errors import UsageError
+from safehold.ids import HexId, blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -25,7 +26,7 @@ __all__ = ["BlobStreamReader", "snapshot_files"]
 class BlobStreamReader:
     """A read-only binary stream over a list of blob ids, fetched ``ahead`` at a time."""
 
-    def __init__(self, repo: Repository, content: list[str], *, ahead: int = 8) -> None:
+    def __init__(self, repo: Repository, content: list[HexId], *, ahead: int = 8) -> None:
         self._repo = repo
         self._ids = iter(content)
         self._pool = ThreadPoolExecutor(max(1, ahead), thread_name_prefix="restore-read")
@@ -40,7 +41,7 @@ class BlobStreamReader:
             hex_id = next(self._ids, None)
             if hex_id is None:
                 return
-            self._pending.append(self._pool.submit(self._repo.load_blob, bytes.fromhex(hex_id)))
+            self._pending.append(self._pool.submit(self._repo.load_blob, blob_from_hex(hex_id)))
 
     def _next_blob(self) -> bool:
         if not self._pending:
@@ -50,9 +51,11 @@ class BlobStreamReader:
         return True
 
     def readable(self) -> bool:
+        """Always: the stream is read, never written or sought."""
         return True
 
     def readinto(self, buf: bytearray | memoryview) -> int:
+        """Fill ``buf`` from the blobs in order; returns the bytes read, 0 at the end."""
         view = memoryview(buf).cast("B")
         done = 0
         while done < len(view):
@@ -65,6 +68,7 @@ class BlobStreamReader:
         return done
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all that is left when ``n`` is negative); ``b""`` at the end."""
         if n is None or n < 0:
             parts = [bytes(self._blob)]
             self._blob = memoryview(b"")
@@ -78,6 +82,7 @@ class BlobStreamReader:
         return bytes(buf)
 
     def close(self) -> None:
+        """Stop fetching ahead and wait for the fetches under way."""
         if not self._closed:
             self._closed = True
             for f in self._pending:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from safehold.errors import ExitCode, SafeholdError
+from safehold.ids import NO_SNAPSHOT, SnapshotId
 
 __all__ = ["RunInProgress", "RunRecord", "default_state_dir", "run_lock", "save_record"]
 
@@ -38,6 +39,8 @@ class RunInProgress(SafeholdError):
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where run locks and run records live: ``SAFEHOLD_STATE_DIR``, else
+    ``$XDG_STATE_HOME/safehold``, else ``~/.local/state/safehold``."""
     env = os.environ if env is None else env
     if env.get("SAFEHOLD_STATE_DIR"):
         return Path(env["SAFEHOLD_STATE_DIR"])
@@ -72,7 +75,7 @@ class RunRecord:
     # 8 KiB; the message shows only its last lines).
     error_output: str = ""
     reason: str = ""  # why a run was skipped
-    snapshot: str = ""  # saved (backup) or restored (restore) snapshot id
+    snapshot: SnapshotId = NO_SNAPSHOT  # saved (backup) or restored (restore)
     target: str = ""  # restore target
     summary: dict[str, Any] = field(default_factory=dict)
     phases: list[dict[str, Any]] = field(default_factory=list)
@@ -80,6 +83,7 @@ class RunRecord:
     destinations: list[dict[str, str]] = field(default_factory=list)  # one per copy made
 
     def to_json(self) -> dict[str, Any]:
+        """The record as its JSON file holds it."""
         return {
             "run_id": self.run_id,
             "operation": self.operation,

@@ -178,22 +178,27 @@ class Cluster:
 
     @property
     def root(self) -> Path:
+        """``STATE_DIR/postgresql``: the server user's folder."""
         return self.state_dir / "postgresql"
 
     @property
     def data_dir(self) -> Path:
+        """The cluster itself (initdb's folder)."""
         return self.root / "data"
 
     @property
     def socket_dir(self) -> Path:
+        """The folder of the unix socket, the only way in."""
         return self.root / "run"
 
     @property
     def log_path(self) -> Path:
+        """PostgreSQL's own log: where to look when the server does not start."""
         return self.root / "server.log"
 
     @property
     def socket_path(self) -> Path:
+        """The socket file (at most 107 bytes long, checked when the cluster opens)."""
         return self.socket_dir / f".s.PGSQL.{PORT}"
 
     def conninfo(self, dbname: str = DATABASE_NAME) -> str:

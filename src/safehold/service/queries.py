@@ -41,6 +41,7 @@ class PlanStatus:
         return (now - self.last_success).total_seconds()
 
     def to_json(self, now: datetime) -> dict[str, Any]:
+        """The line as ``plans --json`` prints it (``rpo_seconds`` counted at ``now``)."""
         return {
             "plan": self.key,
             "schedule": self.schedule,

@@ -84,6 +84,9 @@ def _argv(cmd: str | list[str], shell: bool) -> list[str]:
 
 
 class CommandSource:
+    """A command's standard output as one stream (see the module docstring); restores by
+    piping the file into ``restore_command``."""
+
     kind = "command"
 
     def __init__(self, settings: Settings) -> None:
@@ -99,6 +102,7 @@ class CommandSource:
         return {k: v.get_secret_value() for k, v in self.settings.env.items()}
 
     def content(self) -> StreamContent:
+        """One stream, named ``name``: the command's standard output, run when the stream opens."""
         name = self.settings.name
 
         @contextmanager
@@ -114,6 +118,8 @@ class CommandSource:
         return StreamContent([Stream(name, opener)])
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Pipe the saved file into ``restore_command`` (target and replace passed in its
+        environment); raises :class:`UsageError` without one, :class:`SourceError` if it fails."""
         name = self.settings.name
         if self._restore_argv is None:
             raise UsageError(
@@ -142,4 +148,5 @@ class CommandSource:
 
 
 def build(settings: Settings) -> CommandSource:
+    """The source for a validated ``command`` block (the registry's entry point)."""
     return CommandSource(settings)

@@ -69,12 +69,15 @@ class Settings(BaseModel):
 
 
 class DirectorySource:
+    """Folders for the engine to walk; restored by the engine's tree restore, not by itself."""
+
     kind = "directory"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     def content(self) -> TreeContent:
+        """The paths for the engine to walk, with the source's excludes."""
         s = self.settings
         # Copies: the engine must not share (and so could not change) the settings' lists.
         return TreeContent(
@@ -88,6 +91,7 @@ class DirectorySource:
         )
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Never: the engine's tree restore restores a directory source (NotImplementedError)."""
         raise NotImplementedError(
             "a directory source is restored by the engine's tree restore "
             "(safehold restore SNAPSHOT --target FOLDER), not by the source"
@@ -98,4 +102,5 @@ class DirectorySource:
 
 
 def build(settings: Settings) -> DirectorySource:
+    """The source for a validated ``directory`` block (the registry's entry point)."""
     return DirectorySource(settings)

@@ -91,6 +91,8 @@ class HookSpec:
     user: str | None = None
 
     def argv(self) -> list[str]:
+        """The command to run: through ``/bin/sh -c`` with ``shell``, else split like a shell
+        would, never interpreted."""
         if self.shell:
             return ["/bin/sh", "-c", self.run]
         return shlex.split(self.run)
@@ -119,6 +121,7 @@ class HookResult:
 
     @property
     def ok(self) -> bool:
+        """Whether it exited 0, in time and uninterrupted."""
         return self.exit_code == 0 and not self.timed_out and not self.interrupted
 
     def describe(self) -> str:
@@ -156,6 +159,7 @@ class HookResult:
         return ""
 
     def to_json(self) -> dict[str, Any]:
+        """The result as the run record stores it."""
         return {
             "phase": self.phase,
             "command": self.command,

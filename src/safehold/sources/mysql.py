@@ -164,6 +164,9 @@ def describe_failure(stderr: str) -> tuple[str, str | None]:
 
 
 class MysqlSource:
+    """One ``<db>.sql`` stream per database of a MySQL or MariaDB server, restored with the
+    client (see the module docstring)."""
+
     kind = "mysql"
 
     def __init__(self, settings: Settings) -> None:
@@ -224,6 +227,8 @@ class MysqlSource:
     # --- backup ---------------------------------------------------------------------------
 
     def content(self) -> StreamContent:
+        """One stream per database (asking the server for the list); raises :class:`SourceError`
+        when there is none to back up."""
         dump = self._tool("mariadb-dump", "mysqldump")
         databases = self._databases()  # also proves the server is up and the login works
         if not databases:
@@ -262,6 +267,8 @@ class MysqlSource:
         return server, db
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Load each chosen dump with the client into its database (or the target name), created
+        if missing; raises :class:`TargetError` for a database with tables unless ``replace``."""
         server, target_db = self._target(request)
         dumps = [(n, db) for n in files.names() if (db := db_from_stream(n)) is not None]
         dumps = select_dumps(dumps, request.options.get("database"), target_db)
@@ -305,4 +312,5 @@ class MysqlSource:
 
 
 def build(settings: Settings) -> MysqlSource:
+    """The source for a validated ``mysql`` block (the registry's entry point)."""
     return MysqlSource(settings)

@@ -97,6 +97,9 @@ class _Server:
 
 
 class PostgresSource:
+    """One ``<db>.pgdump`` stream per database of a PostgreSQL server (and ``globals.sql``),
+    restored with ``pg_restore`` (see the module docstring)."""
+
     kind = "postgres"
 
     def __init__(self, settings: Settings) -> None:
@@ -182,6 +185,8 @@ class PostgresSource:
     # --- backup ---------------------------------------------------------------------------
 
     def content(self) -> StreamContent:
+        """One stream per database (and ``globals.sql`` when asked), after checking that pg_dump
+        can dump this server's version."""
         dump = self._tool("pg_dump")
         self._check_versions(dump)
         streams: list[Stream] = []
@@ -213,6 +218,8 @@ class PostgresSource:
         return _Server(params, password, self.settings), db
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Roles first when asked, then ``pg_restore`` of each chosen dump into its database (or
+        the target name); raises :class:`TargetError` for one holding tables unless ``replace``."""
         server, target_db = self._target(request)
         names = files.names()
         dumps = [(n, db) for n in names if (db := db_from_stream(n)) is not None]
@@ -305,4 +312,5 @@ class PostgresSource:
 
 
 def build(settings: Settings) -> PostgresSource:
+    """The source for a validated ``postgres`` block (the registry's entry point)."""
     return PostgresSource(settings)

@@ -160,6 +160,8 @@ class ProcessGroup:
         return True
 
     def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process group (the leader alone if the group may not be signalled);
+        nothing once reaped."""
         if self._reaped:
             return  # the group id may belong to someone else by now
         try:
@@ -174,6 +176,7 @@ class ProcessGroup:
                 pass
 
     def reap(self) -> int:
+        """Wait for the leader and return its exit status (negative: killed by that signal)."""
         code = self.proc.wait()
         self._reaped = True
         if self.exit_fd is not None:
@@ -197,6 +200,7 @@ class ProcessGroup:
         return self.reap()
 
     def kill(self) -> int:
+        """SIGKILL the group and reap the leader; returns its exit status."""
         self.signal(signal.SIGKILL)
         return self.reap()
 
@@ -246,6 +250,7 @@ class Tail:
 
     @property
     def done(self) -> bool:
+        """Whether the pipe's end was reached (or reading stopped)."""
         return not self._thread.is_alive()
 
     def wait(self, timeout: float) -> bool:
@@ -269,11 +274,13 @@ class Tail:
         return reached
 
     def data(self) -> bytes:
+        """The last ``keep`` bytes read (``truncated`` says whether there were more)."""
         if len(self._buf) > self._keep:
             self.truncated = True
         return bytes(self._buf[-self._keep :])
 
     def text(self) -> str:
+        """:meth:`data` as text, undecodable bytes replaced."""
         return self.data().decode(errors="replace")
 
 

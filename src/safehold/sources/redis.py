@@ -65,6 +65,9 @@ class Settings(BaseModel):
 
 
 class RedisSource:
+    """A Redis server's RDB snapshot as the stream ``dump.rdb``, taken by ``sync`` or
+    ``bgsave`` (see the module docstring)."""
+
     kind = "redis"
 
     def __init__(self, settings: Settings) -> None:
@@ -90,6 +93,7 @@ class RedisSource:
         return os.environ.get("REDISCLI_AUTH")
 
     def connect(self) -> RedisConnection:
+        """A new connection to the server, logged in."""
         return RedisConnection(
             self.host,
             self.port,
@@ -101,6 +105,8 @@ class RedisSource:
     # --- backup ---------------------------------------------------------------------------
 
     def content(self) -> StreamContent:
+        """The stream ``dump.rdb``, after a PING that fails early on a server that is down or
+        refuses the login."""
         with self.connect() as conn:  # fail early if down or the password is wrong
             conn.call("PING")
         opener = self._open_sync if self.settings.method == "sync" else self._open_bgsave
@@ -184,6 +190,8 @@ class RedisSource:
     # --- restore --------------------------------------------------------------------------
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Place the RDB file for a stopped server (at the target or ``rdb_path``); raises
+        :class:`TargetError` if a server answers there or a file exists without ``replace``."""
         names = [n for n in files.names() if n.endswith(".rdb")]
         if len(names) != 1:
             raise UsageError(f"expected one RDB file in the snapshot, found {names}")
@@ -257,4 +265,5 @@ def _answers(host: str, port: int) -> bool:
 
 
 def build(settings: Settings) -> RedisSource:
+    """The source for a validated ``redis`` block (the registry's entry point)."""
     return RedisSource(settings)

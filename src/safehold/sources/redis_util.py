@@ -96,6 +96,7 @@ class RedisConnection:
                 ) from exc
 
     def close(self) -> None:
+        """Close the socket."""
         self.rfile.close()
         self.sock.close()
 
@@ -106,6 +107,7 @@ class RedisConnection:
         self.close()
 
     def send(self, *args: bytes | str | int) -> None:
+        """Send one command; raises :class:`SourceError` if the link is gone."""
         out = bytearray(b"*%d\r\n" % len(args))
         for arg in args:
             raw = arg if isinstance(arg, bytes) else str(arg).encode()
@@ -116,10 +118,13 @@ class RedisConnection:
             raise SourceError(f"the Redis server at {self.where} closed the link: {exc}") from exc
 
     def call(self, *args: bytes | str | int) -> object:
+        """Send one command and return its reply."""
         self.send(*args)
         return self.reply()
 
     def readline(self) -> bytes:
+        """One line of the reply, its line end included; raises :class:`SourceError` if the link
+        breaks or closes."""
         try:
             line = self.rfile.readline()
         except OSError as exc:
@@ -129,12 +134,14 @@ class RedisConnection:
         return line
 
     def read_exact(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; raises :class:`SourceError` if the server closes first."""
         data = self.rfile.read(n)
         if len(data) != n:
             raise SourceError(f"the Redis server at {self.where} closed the link mid-reply")
         return data
 
     def reply(self) -> object:
+        """The next reply, parsed (an error reply raises :class:`RedisReplyError`)."""
         line = self.readline()
         kind, rest = line[:1], line[1:].rstrip(b"\r\n")
         if kind == b"+":
@@ -245,9 +252,12 @@ class RdbReader(io.RawIOBase):
         self.size = 0
 
     def readable(self) -> bool:
+        """Always: the RDB is read, never written or sought."""
         return True
 
     def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+        """Fill ``b`` with the next bytes of the RDB; 0 at its end, once the end check passed
+        (:class:`SourceError` if not)."""
         while not self._buf:
             if self._done:
                 return 0

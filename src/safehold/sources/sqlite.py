@@ -243,6 +243,8 @@ def _write_copy(files: SnapshotFiles, name: str, fd: int) -> None:
 
 
 class SqliteSource:
+    """A consistent online copy of one SQLite database as a single stream."""
+
     kind = "sqlite"
 
     def __init__(self, settings: Settings) -> None:
@@ -250,9 +252,12 @@ class SqliteSource:
         self.name = settings.name or os.path.basename(settings.path.rstrip("/")) or "database"
 
     def content(self) -> StreamContent:
+        """One stream: a consistent copy of the database, taken when it opens."""
         return StreamContent([Stream(self.name, lambda: _consistent_copy(self.settings))])
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Write the database to the target (or its own path) through a temporary file renamed
+        over it; raises :class:`TargetError` for an existing file unless ``replace``."""
         target = os.path.abspath(request.target or self.settings.path)
         old = None
         if os.path.lexists(target):
@@ -316,4 +321,5 @@ def _fsync_dir(folder: str) -> None:
 
 
 def build(settings: Settings) -> SqliteSource:
+    """The source for a validated ``sqlite`` block (the registry's entry point)."""
     return SqliteSource(settings)

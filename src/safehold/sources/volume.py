@@ -458,6 +458,8 @@ def _write_sparse(fd: int, piece: memoryview, offset: int) -> None:
 
 
 class VolumeSource:
+    """A large file or block device as one stream, holes skipped, devices read with direct I/O."""
+
     kind = "volume"
 
     def __init__(self, settings: Settings) -> None:
@@ -465,9 +467,12 @@ class VolumeSource:
         self.name = settings.name or os.path.basename(settings.path.rstrip("/")) or "volume"
 
     def content(self) -> StreamContent:
+        """One stream: the file or device, read when it opens."""
         return StreamContent([Stream(self.name, lambda: _open_volume(self.settings))])
 
     def restore(self, files: SnapshotFiles, request: RestoreRequest) -> None:
+        """Write the image back to a file (through a temporary file) or a block device; raises
+        :class:`TargetError` for a target holding data unless ``replace``."""
         target = os.path.abspath(request.target or self.settings.path)
         size = files.size(self.name)
         try:
@@ -570,4 +575,5 @@ class VolumeSource:
 
 
 def build(settings: Settings) -> VolumeSource:
+    """The source for a validated ``volume`` block (the registry's entry point)."""
     return VolumeSource(settings)

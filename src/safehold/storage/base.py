@@ -41,21 +41,28 @@ class Storage(Protocol):
       another :class:`StorageError` (not worth one). Nothing else escapes.
     """
 
-    def put(self, name: str, data: bytes | memoryview, *, exclusive: bool = False) -> None: ...
+    def put(self, name: str, data: bytes | memoryview, *, exclusive: bool = False) -> None:
+        """Store ``data`` as ``name``, atomically and durably; ``exclusive``: raise
+        :class:`ObjectExists` instead of replacing an object of that name."""
 
-    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Exactly ``length`` bytes of ``name`` from ``offset`` (None: to the end); raises
+        :class:`ObjectNotFound`, or :class:`IntegrityError` when the object is shorter."""
 
-    def stat(self, name: str) -> ObjectInfo: ...
+    def stat(self, name: str) -> ObjectInfo:
+        """The name and size of ``name``; raises :class:`ObjectNotFound`."""
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose name starts with ``prefix``, each once, in no order."""
 
-    def delete(self, name: str) -> None: ...
+    def delete(self, name: str) -> None:
+        """Remove ``name``; raises :class:`ObjectNotFound` if there is none."""
 
     def describe(self) -> str:
         """A human-readable location for messages; never contains credentials."""
-        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections and sessions; the storage is not used afterwards."""
 
 
 def clock_reading(

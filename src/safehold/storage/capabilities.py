@@ -47,7 +47,8 @@ class ReadsInto(Protocol):
     """Reads straight into the caller's buffer: the ranged ``get`` of ``len(out)`` bytes at
     ``offset``, with its guarantees and errors, written into ``out``."""
 
-    def get_into(self, name: str, offset: int, out: memoryview) -> None: ...
+    def get_into(self, name: str, offset: int, out: memoryview) -> None:
+        """Fill ``out`` with the bytes of ``name`` from ``offset`` (errors as ``get``)."""
 
 
 @runtime_checkable
@@ -77,7 +78,8 @@ class ServerClock(Protocol):
     when the backend cannot tell this time (no answer, no clock). It never raises.
     """
 
-    def server_time(self) -> datetime | None: ...
+    def server_time(self) -> datetime | None:
+        """The storage's time now (aware, UTC), or None when it cannot tell; never raises."""
 
 
 @runtime_checkable
@@ -91,9 +93,12 @@ class RetentionKeeper(Protocol):
     shortens one. It raises :class:`StorageError` like any call.
     """
 
-    def keeps_retention(self) -> bool: ...
+    def keeps_retention(self) -> bool:
+        """Whether objects at this location are written with a retention period."""
 
-    def extend_retention(self, name: str) -> bool: ...
+    def extend_retention(self, name: str) -> bool:
+        """Give ``name`` a new end a full period from now if less than half is left; says
+        whether it did."""
 
 
 @runtime_checkable
@@ -104,7 +109,8 @@ class TempFileSweeper(Protocol):
     many went; a write in progress keeps its file.
     """
 
-    def remove_stale_temp_files(self, older_than_seconds: float) -> int: ...
+    def remove_stale_temp_files(self, older_than_seconds: float) -> int:
+        """Delete temporary files older than ``older_than_seconds``; returns how many."""
 
 
 def layers(storage: Storage) -> Iterator[Storage]:

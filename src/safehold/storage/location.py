@@ -37,6 +37,8 @@ Options = Mapping[str, object]
 
 
 class BackendFactory(Protocol):
+    """How a backend module opens a location: ``BACKENDS`` maps each scheme to one."""
+
     def __call__(self, rest: str, *, create: bool, options: Options | None = None) -> Storage:
         """Open the backend for the location ``SCHEME:rest``.
 

@@ -5,9 +5,10 @@ The parts, in the order a backup meets them (docs/architecture.md, "Backup pipel
 nodes and holds the excludes; ``plan`` (the planner) compares them with the parent
 snapshot, decides what to read and builds each folder's tree; ``read_queue`` hands the
 changed files to reader threads, largest first, and ``file_reader`` reads and saves them;
-``vanished`` tells a folder that went away from a file that failed. ``backup`` runs it all,
-streams included; ``preview`` (``--dry-run``) lists what would be saved without reading a
-file or writing to the repository.
+``vanished`` tells a folder that went away from a file that failed. ``stream`` saves
+standard input, a command's output or a stream source's dumps instead of folders.
+``backup`` runs it all; ``preview`` (``--dry-run``) lists what would be saved without
+reading a file or writing to the repository.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The backup use case: folders, files, standard input or a command's output -> snapshot.
 
+Folders and files are walked and read here; streams are saved by ``stream.py``.
+
 Order of work (docs/architecture.md, "Backup pipeline"): lock, load the index (and adopt
 packs an interrupted backup left behind), choose the parent and the chain, walk, read the
 changed files in parallel (largest first), save trees bottom-up, write the index, then the
@@ -11,15 +13,11 @@ from __future__ import annotations
 
 import getpass
 import os
-import shlex
 import socket
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 from safehold import __version__, runtime
 from safehold.engine import xattrs as xa
@@ -28,23 +26,26 @@ from safehold.engine.backup.plan import Planner, build_tree, root_plan
 from safehold.engine.backup.prescan import Prescan
 from safehold.engine.backup.read_queue import HeldProgress, ReadQueue
 from safehold.engine.backup.scan import CACHEDIR_TAG, Excluder
+from safehold.engine.backup.stream import backup_streams, one_stream, stream_name
 from safehold.engine.backup.vanished import Vanished
 from safehold.engine.progress import NO_PROGRESS, Progress
-from safehold.errors import SafeholdError, SourceError, SourceNotFound, UsageError
+from safehold.errors import SafeholdError, SourceNotFound, UsageError
+from safehold.ids import NO_SNAPSHOT, HexId, chain_from_hex, to_hex
 from safehold.repository import tree as t
 from safehold.repository.chains import continues_chain, new_chain_id, next_chain_id
-from safehold.repository.chunker import Chunker
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
 from safehold.repository.repository import Repository
 from safehold.repository.saver import BlobSaver
 from safehold.repository.snapshot import Snapshot
 from safehold.repository.trash import writer_view
 from safehold.sources.base import Stream
-from safehold.sources.process import command_stream
 
 
 @dataclass(kw_only=True)
 class BackupOptions:
+    """What to back up (paths, or one stream: standard input, a command, a stream source's
+    streams) and how: excludes, parent and chain choice, tags, threads, attributes."""
+
     paths: list[str] = field(default_factory=list)
     # What the walk leaves out, as restic's options of these names (engine/backup/scan.py).
     excludes: list[str] = field(default_factory=list)
@@ -72,6 +73,8 @@ class BackupOptions:
 
 @dataclass
 class BackupResult:
+    """The saved snapshot, the files that could not be read (path, why) and the run's counts."""
+
     snapshot: Snapshot
     errors: list[tuple[str, str]]
     summary: dict[str, int | float]
@@ -99,28 +102,12 @@ def _source_key(opts: BackupOptions, paths: list[str]) -> list[str]:
     return paths
 
 
-def _stream_name(name: str) -> str:
-    """The root file name of a stream: one path component (docs/format.md, "Trees")."""
-    out = name.strip("/").replace("/", "_") or "stdin"
-    if out in (".", "..") or "\0" in out:
-        raise UsageError(
-            f"{name!r} cannot be a file name in a snapshot", hint="give --stdin-name a file name"
-        )
-    return out
-
-
 def _streams(opts: BackupOptions) -> list[Stream]:
     """The streams to save: a stream source's, or standard input / a command as one."""
     if opts.streams is not None:
         return opts.streams
     assert opts.stdin_name
-    name = _stream_name(opts.stdin_name)
-    if opts.command:
-        argv = opts.command
-        return [Stream(name, lambda: command_stream(argv, what=f"command {shlex.join(argv)}"))]
-    stream = opts.stdin
-    assert stream is not None
-    return [Stream(name, lambda: nullcontext(stream))]
+    return [one_stream(opts.stdin_name, command=opts.command, stdin=opts.stdin)]
 
 
 def _attr_choice(opts: BackupOptions) -> xa.Choice:
@@ -178,6 +165,11 @@ def run_backup(
     *,
     prescan: Prescan | None = None,
 ) -> BackupResult:
+    """Back up what ``opts`` names into a new snapshot of ``repo``, under a shared lock.
+
+    Raises :class:`UsageError` for contradictory options, :class:`SourceError` when a stream's
+    producer fails (then no snapshot is written); unreadable files are listed in the result
+    instead. ``prescan``: one :func:`start_prescan` began before the repository was opened."""
     if opts.command and not opts.stdin_name:
         raise UsageError("--command needs --stdin-name NAME for the stream's file name")
     if opts.stdin_name and opts.paths:
@@ -185,7 +177,7 @@ def run_backup(
     if opts.streams is not None:
         if opts.paths or opts.stdin_name:
             raise UsageError("a stream source takes no paths and no --stdin-name")
-        names = [_stream_name(s.name) for s in opts.streams]
+        names = [stream_name(s.name) for s in opts.streams]
         if not names or len(set(names)) != len(names):
             raise UsageError(f"a stream source needs distinct stream names, got {names}")
     elif not opts.stdin_name and not opts.paths:
@@ -202,17 +194,14 @@ def run_backup(
         repo.index_unindexed_packs(exclude=trashed)
         key = _source_key(opts, paths)
         parent, chain, seq = _choose_chain(repo, opts, host, key)
-        saver = BlobSaver(repo, bytes.fromhex(chain))
+        saver = BlobSaver(repo, chain_from_hex(chain))
         counters = Counters()
         errors: list[tuple[str, str]] = []
         try:
             if opts.streams is not None or opts.stdin_name:
-                nodes = [
-                    _backup_stream(repo, saver, stream, opts.threads, counters, progress)
-                    for stream in _streams(opts)
-                ]
-                nodes.sort(key=lambda n: n.name)  # trees are sorted by name
-                root_id = saver.save(BLOB_TREE, t.encode_tree(nodes))[0].hex()
+                root_id = backup_streams(
+                    repo, saver, _streams(opts), opts.threads, counters, progress
+                )
             else:
                 root_id = _backup_paths(
                     repo, saver, opts, paths, parent, counters, errors, progress, prescan
@@ -250,7 +239,7 @@ def run_backup(
             hostname=host,
             username=user,
             tags=sorted(set(opts.tags)),
-            parent=parent.id if parent else "",
+            parent=parent.id if parent else NO_SNAPSHOT,
             chain=chain,
             chain_seq=seq,
             isolated=opts.isolated,
@@ -267,7 +256,7 @@ def run_backup(
 
 def _choose_chain(
     repo: Repository, opts: BackupOptions, host: str, key: list[str]
-) -> tuple[Snapshot | None, str, int]:
+) -> tuple[Snapshot | None, HexId, int]:
     """Returns (parent whose unchanged files may be reused, chain id, position in chain)."""
     if opts.isolated:
         return None, new_chain_id(), 0
@@ -298,76 +287,6 @@ def _choose_chain(
     return parent, parent.chain, parent.chain_seq + 1
 
 
-# --- streams -------------------------------------------------------------------------------
-
-
-def _backup_stream(
-    repo: Repository,
-    saver: BlobSaver,
-    stream: Stream,
-    threads: int,
-    counters: Counters,
-    progress: Progress,
-) -> t.Node:
-    """Save one stream as a file; its close raises SourceError if the producer failed."""
-    now_ns = time.time_ns()
-    node = t.Node(
-        name=_stream_name(stream.name),
-        type=t.FILE,
-        mode=stream.mode,
-        mtime_ns=now_ns,
-        ctime_ns=now_ns,
-    )
-    node.uid, node.gid = os.getuid(), os.getgid()
-    progress.start("backup")
-    try:
-        with stream.open() as reader:
-            node.content, node.size = _save_stream(repo, saver, reader, threads, progress)
-    except SourceError as exc:
-        # On the first line: a failed tool's message goes on with its standard error.
-        first, sep, rest = exc.message.partition("\n")
-        raise SourceError(
-            f"{first}; no snapshot was saved{sep}{rest}",
-            hint=exc.hint
-            or "fix the command or source; data it produced is kept and reused by the next backup",
-        ) from exc
-    counters.files_new += 1
-    counters.bytes_read += node.size
-    counters.total_bytes += node.size
-    progress.finish()
-    return node
-
-
-def _save_stream(
-    repo: Repository, saver: BlobSaver, stream: IO[bytes], threads: int, progress: Progress
-) -> tuple[list[str], int]:
-    """Chunk a stream in this thread and seal chunks in a pool, keeping their order.
-
-    Never touches a temporary file: at most ``2 * threads`` chunks are in memory.
-    """
-    chunker = Chunker(repo.config.chunker)
-    slots = threading.BoundedSemaphore(2 * threads)
-    futures: list[Future[tuple[bytes, bool]]] = []
-    total = 0
-
-    def save(data: bytes) -> tuple[bytes, bool]:
-        try:
-            return saver.save(BLOB_DATA, data)
-        finally:
-            slots.release()
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="seal") as pool:
-        buf = chunker.stream_buffer()
-        for piece in chunker.cut_stream(stream.readinto, buf):  # type: ignore[attr-defined]
-            slots.acquire()
-            data = bytes(piece)  # the buffer is reused for the next chunk
-            total += len(data)
-            futures.append(pool.submit(save, data))
-            progress.advance(0, len(data))
-        ids = [f.result()[0].hex() for f in futures]
-    return ids, total
-
-
 # --- folders -------------------------------------------------------------------------------
 
 
@@ -381,11 +300,11 @@ def _backup_paths(
     errors: list[tuple[str, str]],
     progress: Progress,
     prescan: Prescan | None,
-) -> str:
-    """Back up ``paths``; returns the root tree id (hex)."""
+) -> HexId:
+    """Back up ``paths``; returns the root tree id."""
 
-    def save_tree(raw: bytes) -> str:
-        return saver.save(BLOB_TREE, raw)[0].hex()
+    def save_tree(raw: bytes) -> HexId:
+        return to_hex(saver.save(BLOB_TREE, raw)[0])
 
     held = HeldProgress(progress)
     vanished = Vanished()
@@ -436,4 +355,5 @@ def _backup_paths(
 
 
 def describe_error(exc: BaseException) -> str:
+    """An exception as one line for a message: a safehold error's own text, else type and text."""
     return str(exc) if isinstance(exc, SafeholdError) else f"{type(exc).__name__}: {exc}"

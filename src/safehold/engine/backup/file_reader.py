@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from safehold.engine.backup.vanished import VANISHED, Vanished
 from safehold.engine.progress import Progress
+from safehold.ids import HexId
 from safehold.repository import tree as t
 from safehold.repository.chunker import Chunker
 from safehold.repository.format import BLOB_DATA
@@ -77,6 +78,8 @@ class FileReader:
         return st
 
     def read(self, job: tuple[str, t.Node]) -> None:
+        """Read and save one changed file (a reader thread's job): its node gets the content ids
+        and the size read; a file that cannot be read keeps its metadata and an error."""
         path, node = job
         try:
             content, size, changed = self._read(path, node)
@@ -105,7 +108,7 @@ class FileReader:
             self.progress.warn(path, CHANGED_WHILE_READ)
         self.progress.advance(1, 0)
 
-    def _read(self, path: str, node: t.Node) -> tuple[list[str], int, bool]:
+    def _read(self, path: str, node: t.Node) -> tuple[list[HexId], int, bool]:
         """The file's chunk ids and size, and whether it changed while read (see above)."""
         # os.open, not open(): FileIO stats every file it opens (to refuse a folder), so
         # the fstat after reading keeps the syscalls per file what they were. A folder put
@@ -133,11 +136,11 @@ class FileReader:
         )
         return ids, size, changed
 
-    def _read_from(self, fd: int, expected: int) -> tuple[list[str], int]:
+    def _read_from(self, fd: int, expected: int) -> tuple[list[HexId], int]:
         st = self._state()
         chunker = st.chunker
         save: Callable[[int, bytes | memoryview], tuple[bytes, bool]] = self.saver.save
-        ids: list[str] = []
+        ids: list[HexId] = []
         total = 0
         if expected <= chunker.params.min_size:
             # One chunk: read it whole (it may have grown since the walk) into a buffer
@@ -152,14 +155,14 @@ class FileReader:
                 n += got
             if n <= chunker.params.min_size:
                 if n:
-                    ids.append(save(BLOB_DATA, view[:n])[0].hex())
+                    ids.append(HexId(save(BLOB_DATA, view[:n])[0].hex()))
                     self.progress.advance(0, n)
                 return ids, n
             os.lseek(fd, 0, os.SEEK_SET)
         if st.window is None:
             st.window = chunker.stream_buffer()
         for piece in chunker.cut_stream(lambda view: os.readv(fd, (view,)), st.window):
-            ids.append(save(BLOB_DATA, piece)[0].hex())
+            ids.append(HexId(save(BLOB_DATA, piece)[0].hex()))
             total += len(piece)
             self.progress.advance(0, len(piece))
         return ids, total

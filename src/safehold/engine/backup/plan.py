@@ -31,11 +31,12 @@ from safehold.engine.backup.prescan import Entry, Prescan
 from safehold.engine.backup.scan import Excluder, StatLike, node_from_stat
 from safehold.engine.backup.vanished import VANISHED, Vanished
 from safehold.errors import IntegrityError
+from safehold.ids import NO_HEX_ID, ChainId, HexId, blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.index import Index
 
 JsonNode = dict[str, Any]
-SaveTree = Callable[[bytes], str]  # (outside Planner, whose ``bytes`` field shadows the type)
+SaveTree = Callable[[bytes], HexId]  # (outside Planner, whose ``bytes`` field shadows the type)
 
 _KIND = {
     stat.S_IFDIR: t.DIR,
@@ -51,6 +52,8 @@ _BY_NAME = operator.attrgetter("name")
 
 @dataclass(eq=False, slots=True)
 class DirItem:
+    """A folder in a plan: its own node (the parent's, or new) and the plan of its contents."""
+
     meta: JsonNode | t.Node  # the folder's own node: reused from the parent, or new
     plan: DirPlan
 
@@ -70,8 +73,11 @@ Item = JsonNode | t.Node | DirItem | TextItem
 
 @dataclass(eq=False, slots=True)
 class DirPlan:
+    """One folder's plan during the walk: its items in name order, the parent's tree to compare
+    with, and how many of its items are still being read or saved."""
+
     items: list[Item] = field(default_factory=list)
-    parent_subtree: str = ""
+    parent_subtree: HexId = NO_HEX_ID
     parent_count: int = -1  # items in the parent's tree; -1 = no parent tree
     named: dict[str, Item] = field(default_factory=dict)  # for placing backup paths
     pending: int = 0  # files still to read and sub-folders not yet saved, in this folder
@@ -83,7 +89,7 @@ class Planner:
     """One walk. ``load_tree`` returns a parent tree's JSON nodes by id."""
 
     index: Index
-    chain: bytes
+    chain: ChainId
     load_tree: Any
     excluder: Excluder
     one_file_system: bool
@@ -124,13 +130,13 @@ class Planner:
         plan.changed = not self.reusable(old["subtree"])
         return plan
 
-    def reusable(self, tree_id: str) -> bool:
+    def reusable(self, tree_id: HexId) -> bool:
         """Whether a parent's tree may be named again as it is: only if stored in this
         chain and not in prune's trash (the index leaves trashed packs out), like every
         blob a backup references without writing it."""
-        return self.index.has_in_chain(bytes.fromhex(tree_id), self.chain)
+        return self.index.has_in_chain(blob_from_hex(tree_id), self.chain)
 
-    def _in_chain(self, content: list[str]) -> bool:
+    def _in_chain(self, content: list[HexId]) -> bool:
         return self.index.has_all_in_chain(content, self.chain)
 
     def item(self, path: str, name: str, st: StatLike, old: JsonNode | None, dev: int) -> Item:
@@ -332,7 +338,7 @@ def _name(item: Item) -> str:
     return str(item["name"] if isinstance(item, dict) else item.name)
 
 
-def root_plan(planner: Planner, parent_root: str | None) -> DirPlan:
+def root_plan(planner: Planner, parent_root: HexId | None) -> DirPlan:
     """The virtual root: the parent's root nodes are the starting point for matching."""
     if parent_root is None or planner.force:
         return DirPlan()
@@ -347,7 +353,7 @@ def root_plan(planner: Planner, parent_root: str | None) -> DirPlan:
     return plan
 
 
-def folder_node(meta: JsonNode | t.Node, subtree: str) -> JsonNode:
+def folder_node(meta: JsonNode | t.Node, subtree: HexId) -> JsonNode:
     """A folder's node pointing at ``subtree``: the parent's node itself if it already did."""
     if isinstance(meta, dict) and meta.get("subtree") == subtree:
         return meta
@@ -356,7 +362,7 @@ def folder_node(meta: JsonNode | t.Node, subtree: str) -> JsonNode:
     return d
 
 
-def build_tree(save_tree: SaveTree, plan: DirPlan) -> str:
+def build_tree(save_tree: SaveTree, plan: DirPlan) -> HexId:
     """Save the trees of ``plan`` bottom-up (folders saved during the walk are plain nodes
     by now); an unchanged folder keeps its parent's tree id and is not encoded again."""
     out: list[JsonNode | TextItem] = []

@@ -75,6 +75,7 @@ class Entry:
         self._stat = st
 
     def stat(self, *, follow_symlinks: bool = True) -> Stat:
+        """The item's own ``lstat`` fields, as listed (``follow_symlinks`` must be False)."""
         assert not follow_symlinks, "the walk never follows symlinks"
         return self._stat
 
@@ -106,6 +107,7 @@ class Prescan:
         self._thread = threading.Thread(target=self._run, name="prescan", daemon=True)
 
     def start(self) -> Prescan:
+        """Start listing in the background; returns this prescan."""
         self._thread.start()
         return self
 
@@ -121,6 +123,7 @@ class Prescan:
         self.close()
 
     def close(self) -> None:
+        """Stop listing, wait for the thread, and drop what it listed."""
         self._stop = True
         if self._thread.is_alive():
             self._thread.join()

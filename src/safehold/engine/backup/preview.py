@@ -31,6 +31,7 @@ from safehold.engine.backup.plan import DirItem, DirPlan, Item, Planner, TextIte
 from safehold.engine.backup.prescan import Prescan
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
+from safehold.ids import HexId, chain_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.trash import writer_view
@@ -40,6 +41,8 @@ __all__ = ["BackupPreview", "PreviewItem", "preview_backup"]
 
 @dataclass(frozen=True, slots=True)
 class PreviewItem:
+    """One item a backup would save, and whether it is new, changed or unchanged."""
+
     path: str
     type: str
     status: str  # "new", "changed" or "unchanged", against the parent snapshot
@@ -48,6 +51,9 @@ class PreviewItem:
 
 @dataclass
 class BackupPreview:
+    """What ``backup --dry-run`` found: the parent it compared with, the items, unreadable
+    paths and the counts."""
+
     parent: str | None
     items: list[PreviewItem] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
@@ -75,7 +81,7 @@ def preview_backup(
     writer_view(repo)  # the index as a backup sees it: reads only
     parent, chain, _seq = _choose_chain(repo, opts, host, paths)
 
-    def load_tree(tree_id: str) -> list[dict[str, Any]]:
+    def load_tree(tree_id: HexId) -> list[dict[str, Any]]:
         try:
             return repo.load_tree_json(tree_id)
         except ObjectNotFound as exc:  # swept by a prune meanwhile: as if no parent
@@ -83,7 +89,7 @@ def preview_backup(
 
     planner = Planner(
         index=repo.index,
-        chain=bytes.fromhex(chain),
+        chain=chain_from_hex(chain),
         load_tree=load_tree,
         excluder=excluder_for(opts, progress.warn),
         one_file_system=opts.one_file_system,
@@ -117,7 +123,7 @@ def _list(
     plan: DirPlan,
     prefix: str,
     emit: Callable[[PreviewItem], None],
-    load_tree: Callable[[str], list[dict[str, Any]]],
+    load_tree: Callable[[HexId], list[dict[str, Any]]],
 ) -> bool:
     """Emit the items of ``plan`` (a folder before what it holds); True if any of them is
     new or changed. Without a save_tree the walk keeps parsed nodes: no TextItem here."""

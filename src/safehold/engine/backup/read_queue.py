@@ -101,6 +101,7 @@ class HeldProgress(Progress):
         self._bytes = 0
 
     def advance(self, items: int = 0, nbytes: int = 0) -> None:
+        """Add to the counts held until :meth:`release`; after it, forward them at once."""
         if not self._released:
             with self._lock:
                 if not self._released:
@@ -110,9 +111,11 @@ class HeldProgress(Progress):
         self._target.advance(items, nbytes)
 
     def warn(self, path: str, message: str) -> None:
+        """Forward a warning at once: only counts are held."""
         self._target.warn(path, message)
 
     def release(self) -> None:
+        """Hand what was held to the real sink; from now on everything goes straight through."""
         with self._lock:
             self._released = True
             items, nbytes = self._items, self._bytes

@@ -49,6 +49,7 @@ class StatLike(Protocol):
 
 @lru_cache(maxsize=1024)
 def user_name(uid: int) -> str:
+    """The user name of ``uid``, "" if it has none (cached: a walk asks for the same few)."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -57,6 +58,7 @@ def user_name(uid: int) -> str:
 
 @lru_cache(maxsize=1024)
 def group_name(gid: int) -> str:
+    """The group name of ``gid``, "" if it has none (cached like :func:`user_name`)."""
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
@@ -64,6 +66,8 @@ def group_name(gid: int) -> str:
 
 
 def node_from_stat(name: str, st: StatLike, path: str) -> t.Node:
+    """A tree node for the item ``name`` from its ``lstat`` result; ``path`` is read only for a
+    symlink's target."""
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         kind = t.DIR

@@ -14,12 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from safehold.errors import IntegrityError
+from safehold.ids import blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 
 
 @dataclass
 class DumpResult:
+    """What a dump wrote: the path, the kind of output, counts, and what it skipped (why)."""
+
     path: str  # the normalized path that was dumped
     kind: str  # "file" (its bytes), "tar" or "zip"
     files: int = 0
@@ -47,7 +50,7 @@ def content_size(repo: Repository, path: str, node: t.Node) -> int:
     """
     total = 0
     for hex_id in node.content:
-        loc = repo.index.lookup(bytes.fromhex(hex_id))
+        loc = repo.index.lookup(blob_from_hex(hex_id))
         if loc is None:
             raise IntegrityError(
                 f"{path}: blob {hex_id[:8]} is not in the index",

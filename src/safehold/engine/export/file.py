@@ -8,6 +8,7 @@ from typing import IO
 
 from safehold.engine.export.common import content_size
 from safehold.errors import UsageError
+from safehold.ids import blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 
@@ -22,7 +23,7 @@ def write_file(repo: Repository, path: str, node: t.Node, out: IO[bytes]) -> int
     content_size(repo, path, node)  # fail before the first byte, not halfway
     written = 0
     for hex_id in node.content:
-        data = repo.load_blob(bytes.fromhex(hex_id))
+        data = repo.load_blob(blob_from_hex(hex_id))
         out.write(data)
         written += len(data)
     return written

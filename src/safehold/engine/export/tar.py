@@ -19,6 +19,7 @@ from typing import IO
 
 from safehold.engine.export.common import DumpResult, content_size, member_name
 from safehold.engine.tree_walk import walk
+from safehold.ids import HexId, blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 
@@ -115,7 +116,7 @@ class _ContentReader:
     at a time. ``tarfile`` takes a short read for the end of the data, so every ``read``
     returns exactly ``n`` bytes until the content runs out."""
 
-    def __init__(self, repo: Repository, content: list[str]) -> None:
+    def __init__(self, repo: Repository, content: list[HexId]) -> None:
         self._repo = repo
         self._ids = iter(content)
         self._blob = memoryview(b"")
@@ -128,7 +129,7 @@ class _ContentReader:
                 hex_id = next(self._ids, None)
                 if hex_id is None:
                     break
-                self._blob = memoryview(self._repo.load_blob(bytes.fromhex(hex_id)))
+                self._blob = memoryview(self._repo.load_blob(blob_from_hex(hex_id)))
                 continue
             take = len(self._blob) if want is None else min(want, len(self._blob))
             parts.append(bytes(self._blob[:take]))

@@ -21,6 +21,7 @@ from typing import IO
 
 from safehold.engine.export.common import DumpResult, content_size, member_name
 from safehold.engine.tree_walk import walk
+from safehold.ids import blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 
@@ -75,7 +76,7 @@ def _add(
         info.file_size = size
         with zf.open(info, "w", force_zip64=True) as dest:
             for hex_id in node.content:
-                dest.write(repo.load_blob(bytes.fromhex(hex_id)))
+                dest.write(repo.load_blob(blob_from_hex(hex_id)))
         result.files += 1
         result.bytes += size
     else:

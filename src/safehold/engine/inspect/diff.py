@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from safehold.engine.tree_walk import walk
 from safehold.errors import IntegrityError
+from safehold.ids import HexId, blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 
@@ -35,6 +36,8 @@ TYPE_CHANGED = "T"
 
 @dataclass(frozen=True, slots=True)
 class Change:
+    """One difference between two snapshots at ``path``."""
+
     path: str
     kind: str  # one of ADDED, REMOVED, MODIFIED, METADATA, TYPE_CHANGED
     old: t.Node | None  # None when added
@@ -50,6 +53,8 @@ class Change:
 
 @dataclass
 class DiffStats:
+    """How many items differ, by kind, and the bytes of files added and removed."""
+
     added: int = 0
     removed: int = 0
     modified: int = 0
@@ -59,6 +64,7 @@ class DiffStats:
     bytes_removed: int = 0
 
     def to_json(self) -> dict[str, int]:
+        """The counts as ``diff --json`` prints them."""
         return {
             "added": self.added,
             "removed": self.removed,
@@ -72,11 +78,13 @@ class DiffStats:
 
 @dataclass
 class DiffResult:
+    """Every change between two trees and their counts."""
+
     changes: list[Change] = field(default_factory=list)  # parents first, siblings by name
     stats: DiffStats = field(default_factory=DiffStats)
 
 
-def diff_trees(repo: Repository, old_tree: str, new_tree: str) -> DiffResult:
+def diff_trees(repo: Repository, old_tree: HexId, new_tree: HexId) -> DiffResult:
     """Compare two root trees (``Snapshot.tree``); the index must be loaded."""
     differ = _Differ(repo)
     if old_tree != new_tree:
@@ -85,6 +93,8 @@ def diff_trees(repo: Repository, old_tree: str, new_tree: str) -> DiffResult:
 
 
 def metadata_differs(a: t.Node, b: t.Node) -> bool:
+    """Whether two nodes differ in what ``diff`` reports as metadata: mode, owner, modification
+    time, extended attributes."""
     return (
         a.mode != b.mode
         or a.uid != b.uid
@@ -126,7 +136,7 @@ class _Differ:
         else:
             s.type_changed += 1
 
-    def tree(self, old_id: str, new_id: str, prefix: str) -> None:
+    def tree(self, old_id: HexId, new_id: HexId, prefix: str) -> None:
         old = {n.name: n for n in self.repo.load_tree(old_id)} if old_id else {}
         new = {n.name: n for n in self.repo.load_tree(new_id)} if new_id else {}
         for name in sorted(old.keys() | new.keys()):
@@ -182,7 +192,7 @@ class _Differ:
         self.result.stats.bytes_removed += sum(self._raw(h) * n for h, n in (old - new).items())
 
     def _raw(self, hex_id: str) -> int:
-        loc = self.repo.index.lookup(bytes.fromhex(hex_id))
+        loc = self.repo.index.lookup(blob_from_hex(hex_id))
         if loc is None:
             raise IntegrityError(
                 f"blob {hex_id[:8]} is not in the index",

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from safehold.engine.tree_walk import walk
 from safehold.errors import UsageError
+from safehold.ids import HexId
 from safehold.policy.patterns import PatternList, State
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
@@ -46,7 +47,7 @@ def find_in_snapshot(
 
 
 def _visit(
-    repo: Repository, tree_id: str, prefix: str, patterns: PatternList, state: State
+    repo: Repository, tree_id: HexId, prefix: str, patterns: PatternList, state: State
 ) -> Iterator[tuple[str, t.Node]]:
     for node in repo.load_tree(tree_id):
         path = f"{prefix}/{node.name}"

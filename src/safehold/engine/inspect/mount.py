@@ -35,6 +35,8 @@ __all__ = ["MountOptions", "check_fuse", "serve"]
 
 @dataclass(kw_only=True)
 class MountOptions:
+    """How a snapshot mount behaves: other users let in, libfuse's trace on."""
+
     allow_other: bool = False  # let other users in (the kernel still checks modes)
     debug: bool = False  # libfuse's own trace of every call, on standard error
 

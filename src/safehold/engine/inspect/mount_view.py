@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from safehold.errors import ObjectNotFound, SafeholdError
+from safehold.ids import BlobId, HexId, blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -96,7 +97,7 @@ class _Layout:
 class _OpenFile:
     node: t.Node
     starts: list[int]  # offset of each blob in the file
-    ids: list[bytes]
+    ids: list[BlobId]
 
 
 class MountView:
@@ -119,12 +120,12 @@ class MountView:
         self._layout = _Layout()
         self._listed_at: float | None = None
         self._refresh_lock = threading.Lock()
-        self._dicts: OrderedDict[str, dict[str, t.Node]] = OrderedDict()
+        self._dicts: OrderedDict[HexId, dict[str, t.Node]] = OrderedDict()
         self._dicts_lock = threading.Lock()
-        self._blobs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._blobs: OrderedDict[BlobId, bytes] = OrderedDict()
         self._blob_bytes = 0
         self._blobs_lock = threading.Lock()
-        self._loading: dict[bytes, threading.Event] = {}
+        self._loading: dict[BlobId, threading.Event] = {}
         self._files: dict[int, _OpenFile] = {}
         self._next_fh = 1
         self._files_lock = threading.Lock()
@@ -162,6 +163,7 @@ class MountView:
 
     @property
     def snapshots(self) -> list[Snapshot]:
+        """The snapshots shown, oldest first."""
         return sorted(self._layout.by_id.values(), key=lambda s: (s.time, s.id))
 
     # --- paths -------------------------------------------------------------------------
@@ -227,7 +229,7 @@ class MountView:
             node = child
         return node
 
-    def _children(self, tree_id: str, snap: Snapshot) -> dict[str, t.Node]:
+    def _children(self, tree_id: HexId, snap: Snapshot) -> dict[str, t.Node]:
         with self._dicts_lock:
             found = self._dicts.get(tree_id)
             if found is not None:
@@ -246,6 +248,7 @@ class MountView:
         return found
 
     def listdir(self, path: str) -> list[str]:
+        """The names in the folder at ``path``; raises ``OSError(ENOTDIR)`` for anything else."""
         entry = self.lookup(path)
         if entry.names is not None:
             return list(entry.names)
@@ -306,6 +309,7 @@ class MountView:
         return {k: v for k, v in node.xattrs.items() if not k.startswith("system.posix_acl_")}
 
     def readlink(self, path: str) -> str:
+        """The target of the symlink at ``path``; raises ``OSError(EINVAL)`` for anything else."""
         entry = self.lookup(path)
         if entry.names is None and entry.node is None:
             return entry.target
@@ -322,7 +326,7 @@ class MountView:
             raise _error(errno.EISDIR if node is None or node.type == t.DIR else errno.EACCES)
         starts, ids, offset = [], [], 0
         for hex_id in node.content:
-            blob_id = bytes.fromhex(hex_id)
+            blob_id = blob_from_hex(hex_id)
             loc = self.repo.locate(blob_id)
             if loc is None:
                 self._report(path, f"blob {hex_id[:8]} is not in the index")
@@ -343,6 +347,8 @@ class MountView:
         return fh
 
     def read(self, fh: int, size: int, offset: int, path: str = "") -> bytes:
+        """Up to ``size`` bytes of open file ``fh`` from ``offset`` (fewer at its end); ``path``
+        names it in errors."""
         f = self._files.get(fh)
         if f is None:
             raise _error(errno.EBADF)
@@ -360,10 +366,11 @@ class MountView:
         return b"".join(out)
 
     def release(self, fh: int) -> None:
+        """Forget handle ``fh``."""
         with self._files_lock:
             self._files.pop(fh, None)
 
-    def _blob(self, blob_id: bytes, path: str) -> bytes:
+    def _blob(self, blob_id: BlobId, path: str) -> bytes:
         """A blob's bytes, verified, through a small cache; one load per blob at a time."""
         while True:
             with self._blobs_lock:

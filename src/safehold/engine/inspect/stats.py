@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from safehold.ids import HexId, blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -30,6 +31,8 @@ MODES = (RESTORE_SIZE, RAW_DATA, ALL)
 
 @dataclass
 class RestoreSize:
+    """What restoring the snapshots would write: items by kind and file bytes."""
+
     snapshots: int = 0
     files: int = 0
     dirs: int = 0
@@ -39,6 +42,8 @@ class RestoreSize:
 
 @dataclass
 class RawData:
+    """The distinct blobs the snapshots reference, their plaintext and stored bytes."""
+
     blobs: int = 0
     data_blobs: int = 0
     tree_blobs: int = 0
@@ -50,6 +55,8 @@ class RawData:
 
 @dataclass
 class RepoTotals:
+    """The repository as a whole: snapshots, chains, packs and their stored bytes."""
+
     snapshots: int = 0
     chains: int = 0
     packs: int = 0
@@ -58,12 +65,15 @@ class RepoTotals:
 
 @dataclass
 class Stats:
+    """The parts of ``stats`` that were asked for (None: not computed)."""
+
     restore_size: RestoreSize | None = None
     raw_data: RawData | None = None
     repository: RepoTotals | None = None
 
     @property
     def dedup_ratio(self) -> float | None:
+        """File bytes a restore would write per plaintext byte stored, or None when not computed."""
         if self.restore_size is None or self.raw_data is None:
             return None
         if not self.raw_data.data_raw_bytes:
@@ -72,11 +82,13 @@ class Stats:
 
     @property
     def compression_ratio(self) -> float | None:
+        """Plaintext bytes per stored byte, or None when not computed."""
         if self.raw_data is None or not self.raw_data.stored_bytes:
             return None
         return self.raw_data.raw_bytes / self.raw_data.stored_bytes
 
     def to_json(self) -> dict[str, Any]:
+        """The statistics as ``stats --json`` prints them."""
         return {
             "restore_size": asdict(self.restore_size) if self.restore_size else None,
             "raw_data": asdict(self.raw_data) if self.raw_data else None,
@@ -122,7 +134,9 @@ class _TreeSize:
 
 
 def restore_size(repo: Repository, snaps: list[Snapshot]) -> RestoreSize:
-    cache: dict[str, _TreeSize] = {}
+    """What restoring ``snaps`` would write; each tree is counted once however many snapshots
+    share it, hard links once."""
+    cache: dict[HexId, _TreeSize] = {}
     out = RestoreSize(snapshots=len(snaps))
     for snap in snaps:
         size = _tree_size(repo, snap.tree, cache)
@@ -133,7 +147,7 @@ def restore_size(repo: Repository, snaps: list[Snapshot]) -> RestoreSize:
     return out
 
 
-def _tree_size(repo: Repository, tree_id: str, cache: dict[str, _TreeSize]) -> _TreeSize:
+def _tree_size(repo: Repository, tree_id: HexId, cache: dict[HexId, _TreeSize]) -> _TreeSize:
     cached = cache.get(tree_id)
     if cached is not None:
         return cached
@@ -182,11 +196,13 @@ def referenced_blobs(repo: Repository, snaps: list[Snapshot]) -> tuple[set[str],
 
 
 def raw_data(repo: Repository, snaps: list[Snapshot]) -> RawData:
+    """The distinct blobs ``snaps`` reference and what they take (plaintext, stored); those not
+    in the index are counted as missing."""
     trees, data = referenced_blobs(repo, snaps)
     every = trees | data
     out = RawData(blobs=len(every), data_blobs=len(data), tree_blobs=len(trees))
     for hex_id in every:
-        loc = repo.index.lookup(bytes.fromhex(hex_id))
+        loc = repo.index.lookup(blob_from_hex(hex_id))
         if loc is None:
             out.missing_blobs += 1
             continue
@@ -202,26 +218,30 @@ def raw_data(repo: Repository, snaps: list[Snapshot]) -> RawData:
 
 @dataclass
 class ChainInfo:
-    id: str
+    """One chain: its id, its snapshots in order, whether it was finished by hand."""
+
+    id: HexId
     snapshots: list[Snapshot]  # in chain order: the full backup first
     finished: bool  # finished by hand: the next backup of its source starts a new chain
 
     @property
     def isolated(self) -> bool:
+        """Whether the chain holds an isolated snapshot (an isolated chain has only that one)."""
         return any(s.isolated for s in self.snapshots)
 
     @property
     def status(self) -> str:
+        """``finished``, ``isolated`` or ``open`` (a later backup may still join it)."""
         if self.finished:
             return "finished"
         return "isolated" if self.isolated else "open"
 
 
-def list_chains(snaps: list[Snapshot], finished: set[str]) -> list[ChainInfo]:
+def list_chains(snaps: list[Snapshot], finished: set[HexId]) -> list[ChainInfo]:
     """Group snapshots by chain, oldest chain first. ``finished``: Repository.finished_chains().
 
     A chain whose snapshots were all forgotten is not listed, even if it was finished."""
-    by_chain: dict[str, list[Snapshot]] = {}
+    by_chain: dict[HexId, list[Snapshot]] = {}
     for s in snaps:
         by_chain.setdefault(s.chain, []).append(s)
     chains = [

@@ -28,6 +28,16 @@ from typing import Any
 
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.errors import FormatError, IntegrityError, SafeholdError
+from safehold.ids import (
+    NO_SNAPSHOT,
+    BlobId,
+    ChainId,
+    HexId,
+    SnapshotId,
+    blob_from_hex,
+    chain_from_hex,
+    to_hex,
+)
 from safehold.repository import tree as t
 from safehold.repository.format import BLOB_DATA, BLOB_TREE
 from safehold.repository.repository import Repository
@@ -47,14 +57,19 @@ MAX_PROBLEMS = 20
 
 @dataclass(kw_only=True)
 class CopyOptions:
+    """How a copy runs: how many blobs are loaded and sealed at once."""
+
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
 
 
 @dataclass
 class CopyResult:
+    """What became of one snapshot: copied (verified), skipped (already there) or failed, and
+    what the copy added to the destination."""
+
     source: Snapshot
     status: str  # COPIED (written and verified), SKIPPED (already there) or FAILED
-    target: str = ""  # the destination snapshot's id (for SKIPPED: the existing copy)
+    target: SnapshotId = NO_SNAPSHOT  # the destination's copy (for SKIPPED: the existing one)
     blobs_new: int = 0
     data_added: int = 0  # plaintext bytes of blobs new to the destination
     data_added_stored: int = 0  # their sealed size
@@ -62,17 +77,18 @@ class CopyResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the destination has the snapshot (copied or already there)."""
         return self.status != FAILED
 
 
-def _blob_id(text: str, tree_id: str) -> bytes:
+def _blob_id(text: str, tree_id: str) -> BlobId:
     try:
         raw = bytes.fromhex(text)
     except (ValueError, TypeError) as exc:
         raise FormatError(f"tree {tree_id[:8]} names an invalid id {text!r}") from exc
     if len(raw) != 32:
         raise FormatError(f"tree {tree_id[:8]} names an invalid id {text!r}")
-    return raw
+    return BlobId(raw)
 
 
 def _content(node: dict[str, Any], tree_id: str) -> list[str]:
@@ -118,12 +134,12 @@ def copy_snapshots(
 class _Job:
     """One snapshot being copied: its chain, its saver, the blobs its saver holds."""
 
-    chain: bytes
+    chain: ChainId
     saver: BlobSaver
     pool: ThreadPoolExecutor
     # Destination ids this saver stored or found pending: not yet in the index, but safe
     # to reference because finish() makes them durable before the snapshot is written.
-    staged: set[bytes] = field(default_factory=set)
+    staged: set[BlobId] = field(default_factory=set)
 
 
 class _Copier:
@@ -137,13 +153,13 @@ class _Copier:
         # Source blob id -> destination blob id. Both depend on the content only, so the
         # mapping holds across chains; whether the destination chain has the blob is asked
         # of the index each time (a crash of one snapshot must not leave a false "done").
-        self._ids: dict[bytes, bytes] = {}
+        self._ids: dict[BlobId, BlobId] = {}
         self._ids_lock = threading.Lock()
         # (chain, destination tree id) already verified in this run: shared subtrees of
         # later snapshots are not walked again.
-        self._verified: set[tuple[bytes, str]] = set()
+        self._verified: set[tuple[ChainId, HexId]] = set()
         # Destination snapshot id by the identity of what it is a copy of.
-        self._present: dict[str, str] = {}
+        self._present: dict[SnapshotId, SnapshotId] = {}
         for s in dst.list_snapshots():
             self._present[s.id] = s.id
             if s.original:
@@ -158,7 +174,7 @@ class _Copier:
         existing = self._present.get(snap.id) or self._present.get(identity)
         if existing:
             return CopyResult(snap, SKIPPED, target=existing)
-        chain = bytes.fromhex(snap.chain)
+        chain = chain_from_hex(snap.chain)
         saver = BlobSaver(self.dst, chain)
         self.progress.start("copy", 0, int(snap.summary.get("total_bytes", 0) or 0))
         try:
@@ -194,11 +210,11 @@ class _Copier:
             tree=root,
             tags=list(snap.tags),
             paths=list(snap.paths),
-            parent=self._present.get(snap.parent, "") if snap.parent else "",
+            parent=self._present.get(snap.parent, NO_SNAPSHOT) if snap.parent else NO_SNAPSHOT,
             summary=dict(snap.summary),
             errors=[dict(e) for e in snap.errors],
             original=identity,
-            id="",
+            id=NO_SNAPSHOT,
         )
         target = self.dst.save_snapshot(copy)
         result = CopyResult(
@@ -214,7 +230,7 @@ class _Copier:
             # An unverified copy must not stay: it would be skipped, never repaired.
             self.dst.delete_snapshot(target)
             result.status = FAILED
-            result.target = ""
+            result.target = NO_SNAPSHOT
             result.problems = problems
             return result
         self._present[snap.id] = target
@@ -226,7 +242,7 @@ class _Copier:
 
     # --- translating blobs and trees -------------------------------------------------------
 
-    def _known(self, job: _Job, src_id: bytes) -> bytes | None:
+    def _known(self, job: _Job, src_id: BlobId) -> BlobId | None:
         """The destination id of ``src_id`` if the destination chain already holds it."""
         dst_id = self._ids.get(src_id)
         if dst_id is None:
@@ -235,21 +251,21 @@ class _Copier:
             return dst_id
         return None
 
-    def _save(self, job: _Job, src_id: bytes, blob_type: int, data: bytes) -> bytes:
+    def _save(self, job: _Job, src_id: BlobId, blob_type: int, data: bytes) -> BlobId:
         dst_id, _ = job.saver.save(blob_type, data)
         with self._ids_lock:
             self._ids[src_id] = dst_id
             job.staged.add(dst_id)
         return dst_id
 
-    def _data(self, job: _Job, src_id: bytes) -> bytes:
+    def _data(self, job: _Job, src_id: BlobId) -> BlobId:
         known = self._known(job, src_id)
         if known is not None:
             return known
         data = self.src.load_blob(src_id)  # verified against its id while opened
         return self._save(job, src_id, BLOB_DATA, data)
 
-    def _tree(self, job: _Job, tree_id: str) -> str:
+    def _tree(self, job: _Job, tree_id: HexId) -> HexId:
         """Copy a tree and everything below it; returns the destination tree id.
 
         A tree is saved only after all it names was saved by the same saver or is already
@@ -260,7 +276,7 @@ class _Copier:
         src_id = _blob_id(tree_id, tree_id)
         known = self._known(job, src_id)
         if known is not None:
-            return known.hex()
+            return to_hex(known)
         nodes = self.src.load_tree_json(tree_id)
         contents = [_content(node, tree_id) for node in nodes]
         # Each distinct chunk once (a file may repeat one), loaded and sealed in parallel.
@@ -274,15 +290,15 @@ class _Copier:
                 new["content"] = [translated[c] for c in ids]
             subtree = node.get("subtree")
             if subtree:
-                new["subtree"] = self._tree(job, str(subtree))
+                new["subtree"] = self._tree(job, HexId(str(subtree)))
             if node.get("type") == t.FILE:
                 self.progress.advance(1, int(node.get("size", 0)))
             out.append(new)
-        return self._save(job, src_id, BLOB_TREE, t.encode_tree_json(out)).hex()
+        return to_hex(self._save(job, src_id, BLOB_TREE, t.encode_tree_json(out)))
 
     # --- verifying the copy ----------------------------------------------------------------
 
-    def _verify(self, snap_id: str, root: str, chain: bytes) -> list[str]:
+    def _verify(self, snap_id: SnapshotId, root: HexId, chain: ChainId) -> list[str]:
         """Cheap structural check of a written copy: the snapshot and every tree load
         (decrypted and checked against their ids) from the destination, and every blob
         they name is in the destination index, in the snapshot's chain."""
@@ -302,14 +318,14 @@ class _Copier:
             return [f"the copied snapshot does not load: {exc}"]
         if stored.tree != root:
             return [f"the copied snapshot names tree {stored.tree[:8]}, not {root[:8]}"]
-        seen: set[tuple[bytes, str]] = set()
+        seen: set[tuple[ChainId, HexId]] = set()
         stack = [(root, "/")]
         while stack:
             tree_id, path = stack.pop()
             if (chain, tree_id) in self._verified or (chain, tree_id) in seen:
                 continue
             seen.add((chain, tree_id))
-            if not self.dst.index.has_in_chain(bytes.fromhex(tree_id), chain):
+            if not self.dst.index.has_in_chain(blob_from_hex(tree_id), chain):
                 problem(f"{path}: tree {tree_id[:8]} is not in the destination index")
                 continue
             try:
@@ -320,7 +336,7 @@ class _Copier:
             for node in nodes:
                 node_path = path.rstrip("/") + "/" + node.name
                 for c in node.content:
-                    if not self.dst.index.has_in_chain(bytes.fromhex(c), chain):
+                    if not self.dst.index.has_in_chain(blob_from_hex(c), chain):
                         problem(f"{node_path}: blob {c[:8]} is not in the destination index")
                 if node.subtree:
                     stack.append((node.subtree, node_path))

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from safehold.errors import IntegrityError, ObjectNotFound, ObjectRetained, UsageError
+from safehold.ids import SnapshotId
 from safehold.policy.retention import RetentionPolicy, apply_retention, group_items
 from safehold.repository.prune import rescue_for_forget
 from safehold.repository.repository import Repository
@@ -44,6 +45,9 @@ GroupKey = tuple[tuple[str, str | tuple[str, ...]], ...]
 
 @dataclass(kw_only=True)
 class ForgetOptions:
+    """Which snapshots to forget: a retention policy or ids, the filters, the grouping, and
+    whether to only say what would go."""
+
     policy: RetentionPolicy | None = None
     snapshot_ids: list[str] = field(default_factory=list)  # id prefixes to remove
     # Filters: only snapshots matching all of them are considered.
@@ -57,6 +61,9 @@ class ForgetOptions:
 
 @dataclass
 class ForgetGroup:
+    """One group of snapshots (same host, paths... as ``group_by`` says): kept, removed, and the
+    rules that kept each."""
+
     key: dict[str, Any]  # e.g. {"host": "db1", "paths": ["/srv/db"]}; {} when not grouped
     keep: list[Snapshot]  # newest first
     remove: list[Snapshot]  # newest first
@@ -74,13 +81,16 @@ class RetainedSnapshot:
 
 @dataclass
 class ForgetResult:
+    """What ``forget`` removed (or would), what the storage's retention kept, and damaged
+    snapshots removed by name."""
+
     groups: list[ForgetGroup]
     removed: list[Snapshot]  # forgotten (or, in a dry run, that would be)
     dry_run: bool
     # Chosen for removal but kept by the storage's retention; not in ``removed``.
     retained: list[RetainedSnapshot] = field(default_factory=list)
     # Snapshot objects named by id that cannot be read (damaged): removed as named.
-    damaged: list[str] = field(default_factory=list)
+    damaged: list[SnapshotId] = field(default_factory=list)
 
 
 def parse_group_by(text: str) -> tuple[str, ...]:
@@ -143,7 +153,7 @@ def _decide(repo: Repository, opts: ForgetOptions) -> ForgetResult:
     snaps = [s for s in repo.list_snapshots() if _selected(s, opts)]
     if opts.snapshot_ids:
         chosen: dict[str, Snapshot] = {}
-        damaged: list[str] = []
+        damaged: list[SnapshotId] = []
         for ref in opts.snapshot_ids:
             try:
                 snap = repo.find_snapshot(ref, snapshots=snaps)

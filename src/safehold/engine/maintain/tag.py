@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from safehold.errors import ObjectNotFound, ObjectRetained, UsageError
+from safehold.ids import NO_SNAPSHOT
 from safehold.repository.prune import rescue_for_forget
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -40,6 +41,8 @@ __all__ = ["TagChange", "TagOptions", "TagResult", "new_tags", "run_tag"]
 
 @dataclass(kw_only=True)
 class TagOptions:
+    """Tags to add, remove or set, on the snapshots named or matching the filters."""
+
     add: list[str] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)
     set: list[str] | None = None  # replaces every tag; [] removes them all
@@ -52,12 +55,16 @@ class TagOptions:
 
 @dataclass(frozen=True)
 class TagChange:
+    """One snapshot rewritten with new tags: the old object and the new."""
+
     old: Snapshot
     new: Snapshot
 
 
 @dataclass
 class TagResult:
+    """What ``tag`` changed, left as it was, or wrote anew while the storage keeps the old."""
+
     changed: list[TagChange] = field(default_factory=list)
     unchanged: list[Snapshot] = field(default_factory=list)  # already tagged as asked
     # Written anew, but the storage keeps the old object (a retention or legal hold).
@@ -106,7 +113,7 @@ def run_tag(repo: Repository, opts: TagOptions) -> TagResult:
             if tags == snap.tags:
                 result.unchanged.append(snap)
                 continue
-            new = replace(snap, tags=tags, original=snap.original or snap.id, id="")
+            new = replace(snap, tags=tags, original=snap.original or snap.id, id=NO_SNAPSHOT)
             result.changed.append(TagChange(snap, written.get(new.encode(), new)))
         for change in result.changed:
             repo.confirm_snapshot(change.old)

@@ -23,6 +23,8 @@ __all__ = ["run_check", "run_repair_index"]
 def run_check(
     repo: Repository, opts: CheckOptions | None = None, progress: Progress = NO_PROGRESS
 ) -> CheckReport:
+    """Check the repository under a shared ``check`` lock; stale locks found before it was taken
+    are reported too."""
     # Stale locks are noted before taking ours: taking a lock removes them.
     notes = stale_lock_notes(repo)
     with repo.lock("check"):
@@ -34,5 +36,6 @@ def run_check(
 def run_repair_index(
     repo: Repository, opts: RepairOptions | None = None, progress: Progress = NO_PROGRESS
 ) -> RepairReport:
+    """Rebuild the index (``repair index``) under an exclusive lock."""
     with repo.lock("repair", exclusive=True):
         return repair_index(repo, opts, progress=progress)

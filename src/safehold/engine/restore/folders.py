@@ -128,6 +128,7 @@ class Folder:
         return fd
 
     def close(self) -> None:
+        """Close the folder's descriptor (once; later calls do nothing)."""
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)

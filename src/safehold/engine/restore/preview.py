@@ -17,6 +17,7 @@ from typing import Any
 from safehold.engine.restore.restore import RestoreOptions, refuse_nothing_chosen, selection_of
 from safehold.engine.tree_walk import Chosen, Selection, Where
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
+from safehold.ids import HexId
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -26,6 +27,8 @@ __all__ = ["PlannedItem", "RestorePreview", "preview_restore"]
 
 @dataclass(frozen=True, slots=True)
 class PlannedItem:
+    """One item a restore would write, at its path under the target."""
+
     path: str  # where it would be written
     type: str
     size: int = 0
@@ -33,6 +36,8 @@ class PlannedItem:
 
 @dataclass
 class RestorePreview:
+    """What ``restore --dry-run`` found: the items, counts, and what would not be restored."""
+
     items: list[PlannedItem] = field(default_factory=list)
     files: int = 0
     dirs: int = 0
@@ -66,7 +71,7 @@ class _Walker:
 
     def folder(
         self,
-        tree_id: str,
+        tree_id: HexId,
         dest: str,
         where: Where | None,
         emit: Callable[[PlannedItem], None] | None = None,

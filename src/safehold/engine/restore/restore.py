@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safehold import runtime
+from safehold.direct_io import suits_direct_io
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.engine.restore.folders import (
     Folder,
@@ -65,11 +66,11 @@ from safehold.engine.restore.write import (
 from safehold.engine.tree_walk import Chosen, Selection, Where
 from safehold.engine.xattrs import AttrSetter, Choice, NotSet
 from safehold.errors import IntegrityError, ObjectNotFound, UsageError
+from safehold.ids import BlobId, HexId, PackId, blob_from_hex
 from safehold.repository import tree as t
 from safehold.repository.repository import Repository, pack_name
 from safehold.repository.snapshot import Snapshot
 from safehold.storage.capabilities import fork_safe, read_into, read_span
-from safehold.storage.local.direct import suits_direct_io
 
 # Two needed blobs closer than this are fetched in one ranged read...
 MAX_GAP = 1024 * 1024
@@ -87,13 +88,16 @@ KEEP_MAX = 4 * 1024 * 1024
 ALIGNED_MIN = DIRECT_MIN + DIRECT_ALIGN
 
 # A blob to restore: (offset in its pack, length, raw length, id, where it goes).
-_Blob = tuple[int, int, int, bytes, BlobTargets]
+_Blob = tuple[int, int, int, BlobId, BlobTargets]
 
 __all__ = ["MAX_GAP", "MAX_SPAN", "RestoreOptions", "RestoreResult", "run_restore", "spans"]
 
 
 @dataclass(kw_only=True)
 class RestoreOptions:
+    """Where to restore, what to select, and how: threads or worker processes, direct writes,
+    owners and attributes."""
+
     target: str
     # What to restore (engine/tree_walk.py's Selection; restic's patterns): all when empty.
     includes: list[str] = field(default_factory=list)
@@ -118,6 +122,8 @@ class RestoreOptions:
 
 @dataclass
 class RestoreResult:
+    """What a restore wrote, and everything it could not (path, why)."""
+
     files: int = 0
     dirs: int = 0
     bytes: int = 0
@@ -186,8 +192,8 @@ class _Restorer:
         self.hardlinks: dict[tuple[int, int], OpenFile] = {}
         # (folder, name, path, key) of the later paths of hard-linked files
         self.late_hardlinks: list[tuple[Folder, str, str, tuple[int, int]]] = []
-        self.wanted: dict[bytes, _Blob] = {}
-        self.by_pack: dict[bytes, list[_Blob]] = {}
+        self.wanted: dict[BlobId, _Blob] = {}
+        self.by_pack: dict[PackId, list[_Blob]] = {}
         self.multi: list[OpenFile] = []  # files of several blobs (closed on failure)
         self.local = threading.local()
         self.uid, self.gid = os.geteuid(), os.getegid()
@@ -205,7 +211,7 @@ class _Restorer:
 
     # One function on purpose: it runs once per restored item, where a call per kind of
     # item costs time the restore target does not leave (ruff's branch cap waived).
-    def plan(self, tree_id: str, folder: Folder, where: Where | None, setgid: bool) -> int:  # noqa: PLR0912
+    def plan(self, tree_id: HexId, folder: Folder, where: Where | None, setgid: bool) -> int:  # noqa: PLR0912
         """Plan the contents of ``folder`` (open while this runs); ``setgid``: it hands its
         group to what is created in it (so a new file's group is not the process's);
         ``where``: the folder's place in the selection, None when all of it is restored.
@@ -405,7 +411,7 @@ class _Restorer:
         wanted = self.wanted
         offset = 0
         for hex_id in content:
-            blob_id = bytes.fromhex(hex_id)
+            blob_id = blob_from_hex(hex_id)
             blob = wanted.get(blob_id)
             if blob is None:
                 loc = self.repo.locate(blob_id)
@@ -455,7 +461,7 @@ class _Restorer:
             buf = self.local.aligned = mmap.mmap(-1, max(size, SCRATCH_MIN))
         return memoryview(buf)
 
-    def _do_pack(self, pack_id: bytes, blobs: list[_Blob]) -> None:
+    def _do_pack(self, pack_id: PackId, blobs: list[_Blob]) -> None:
         name = pack_name(pack_id)
         storage = self.repo.storage
         open_blob = self.repo.open_blob_into
@@ -508,7 +514,7 @@ class _Restorer:
             advance(files, nbytes)
         blobs.clear()  # lets finished files go
 
-    def _relocated(self, pack_id: bytes, blobs: list[_Blob]) -> None:
+    def _relocated(self, pack_id: PackId, blobs: list[_Blob]) -> None:
         """The blobs of a pack that is gone, each read from its other copy (slow: rare)."""
         for _off, _length, raw_len, blob_id, targets in blobs:
             self.repo.relocate(blob_id, pack_id)
@@ -554,7 +560,7 @@ class _Restorer:
         except OSError as exc:
             raise target_error(out, exc) from exc
 
-    def _run_threads(self, wanted: list[tuple[bytes, list[_Blob]]]) -> None:
+    def _run_threads(self, wanted: list[tuple[PackId, list[_Blob]]]) -> None:
         with ThreadPoolExecutor(self.opts.threads, thread_name_prefix="restore") as pool:
             futures = [pool.submit(self._do_pack, p, b) for p, b in wanted]
             try:
@@ -565,7 +571,7 @@ class _Restorer:
                     fut.cancel()
                 raise
 
-    def _run_forked(self, wanted: list[tuple[bytes, list[_Blob]]]) -> None:
+    def _run_forked(self, wanted: list[tuple[PackId, list[_Blob]]]) -> None:
         for f in self.multi:  # several blobs, maybe in several processes: made here
             self.writer.create(f)
 
@@ -608,6 +614,10 @@ class _Restorer:
 def run_restore(
     repo: Repository, snap: Snapshot, opts: RestoreOptions, progress: Progress = NO_PROGRESS
 ) -> RestoreResult:
+    """Restore ``snap`` (as ``opts`` selects) into ``opts.target``, under a shared lock.
+
+    Raises :class:`UsageError` if the target is not a folder, :class:`TargetError` when it
+    cannot be written; items that cannot be restored are listed in the result."""
     selection = selection_of(opts)
     target = os.path.abspath(opts.target)
     if os.path.exists(target) and not os.path.isdir(target):

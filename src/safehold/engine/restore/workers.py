@@ -51,6 +51,7 @@ from typing import Any
 from safehold import errors, runtime
 from safehold.engine.progress import Progress
 from safehold.errors import SafeholdError
+from safehold.ids import PackId
 
 __all__ = ["THREADS", "run_forked", "usable"]
 
@@ -65,10 +66,12 @@ _RECORD = struct.Struct("<Bqq")  # kind, then two numbers (progress) or a length
 _PROGRESS, _ERROR, _NOTES = 1, 2, 3
 _CHUNK = 4096  # ticket writes of at most PIPE_BUF bytes are atomic: whole records only
 
-Work = Callable[[bytes, Any], None]
+Work = Callable[[PackId, Any], None]
 
 
 def usable(processes: int, packs: int) -> bool:
+    """Whether forked workers are worth it: more than one process asked for, ``fork`` exists,
+    and at least ``MIN_PACKS_PER_CHILD`` packs for each."""
     return processes > 1 and hasattr(os, "fork") and packs >= MIN_PACKS_PER_CHILD * processes
 
 
@@ -84,7 +87,7 @@ class _PipeProgress(Progress):
 
 def run_forked(
     work: Work,
-    packs: Sequence[tuple[bytes, Any]],
+    packs: Sequence[tuple[PackId, Any]],
     processes: int,
     progress: Progress,
     child_setup: Callable[[Progress], None],
@@ -159,7 +162,7 @@ def run_forked(
 
 
 def _work(
-    work: Work, packs: Sequence[tuple[bytes, Any]], tickets: int, stop: threading.Event
+    work: Work, packs: Sequence[tuple[PackId, Any]], tickets: int, stop: threading.Event
 ) -> None:
     """``THREADS`` threads taking tickets until the pipe is closed or ``stop`` is set; the
     first error sets it and is raised."""
@@ -253,7 +256,7 @@ def _relay(
 
 def _child(
     work: Work,
-    packs: Sequence[tuple[bytes, Any]],
+    packs: Sequence[tuple[PackId, Any]],
     tickets: int,
     reports: int,
     child_setup: Callable[[Progress], None],

@@ -21,7 +21,7 @@ A file of one blob is written by the one worker that opened the blob, start to f
 without a lock; a file of several blobs is shared between workers and locked.
 
 Large blobs go to disk with direct I/O (``O_DIRECT``, switched on around each write with
-``fcntl``; see :mod:`safehold.storage.local.direct`): copying gigabytes into the page cache was
+``fcntl``; see :mod:`safehold.direct_io`): copying gigabytes into the page cache was
 half of a restore's CPU time (on a virtual machine, where every fresh page-cache page is
 expensive); with direct writes the data is also on disk when restore returns instead of
 dirty in memory. A file system that refuses direct I/O (``EINVAL``) turns it off for the
@@ -37,10 +37,10 @@ import stat
 import threading
 from typing import Any
 
+from safehold.direct_io import ALIGN, DirectWrites, write_all
 from safehold.engine.restore.folders import Folder
 from safehold.engine.xattrs import AttrSetter
 from safehold.errors import TargetError
-from safehold.storage.local.direct import ALIGN, DirectWrites, write_all
 
 # (mode, uid, gid, mtime in ns)
 Meta = tuple[int, int, int, int]
@@ -105,6 +105,7 @@ BlobTargets = list[tuple[OpenFile, int]]
 
 
 def target_error(path: str, exc: OSError) -> TargetError:
+    """The :class:`TargetError` for a failed write of ``path``: a full disk says so."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetError(
             f"the restore target is full while writing {path}",
@@ -202,6 +203,7 @@ class FileWriter:
             return 1
 
     def write_empty(self, f: OpenFile) -> None:
+        """Create ``f`` with no content and give it its metadata."""
         self._finish(f, self._open(f))
 
     def create(self, f: OpenFile) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from safehold.errors import IntegrityError, ObjectNotFound
+from safehold.ids import SnapshotId
 from safehold.repository.check.options import MaxAge
 from safehold.repository.check.report import WARNING, Problem
 from safehold.repository.repository import Repository, fetch_each
@@ -41,7 +42,7 @@ _HINT = (
 
 
 def overdue_problems(
-    repo: Repository, snap_ids: list[str], rule: MaxAge, now: datetime
+    repo: Repository, snap_ids: list[SnapshotId], rule: MaxAge, now: datetime
 ) -> list[Problem]:
     """Load the snapshots ``snap_ids`` and judge them (:func:`snapshots_overdue`). A damaged
     one is left out (the snapshot walk reports it), a forgotten one too; a storage failure

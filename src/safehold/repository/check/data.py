@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from safehold.errors import IntegrityError, ObjectNotFound
+from safehold.ids import BlobId, ChainId, PackId
 from safehold.repository.check.report import ERROR, WARNING, Problem
 from safehold.repository.check.state import CheckState
 from safehold.repository.format import storage_id as hash_name
@@ -25,17 +26,22 @@ __all__ = ["DataChecks"]
 
 @dataclass
 class _PackResult:
-    pack_id: bytes
+    pack_id: PackId
     nbytes: int = 0
     problems: list[Problem] = field(default_factory=list)
-    damaged: list[bytes] = field(default_factory=list)  # ids of blobs that failed to open
+    damaged: list[BlobId] = field(default_factory=list)  # ids of blobs that failed to open
 
     def problem(self, code: str, name: str, message: str, hint: str = "") -> None:
         self.problems.append(Problem(ERROR, code, name, message, hint, self.pack_id.hex()))
 
 
 class DataChecks(CheckState):
+    """The ``--read-data`` part of check: reads the chosen packs whole, in parallel, and opens
+    every blob against the index and the pack's own header."""
+
     def read_data(self) -> None:
+        """Read the chosen packs (all, or ``--read-data-subset``) and report every damaged or
+        mismatching blob; unindexed garbage and packs already reported are skipped."""
         # Packs in the trash and in no index are garbage waiting for prune, and an unindexed
         # pack whose header does not open was already reported (nothing reads it, and
         # repair has salvaged what any index knew of it): neither is worth reading.
@@ -55,7 +61,7 @@ class DataChecks(CheckState):
         finally:
             self.progress.finish()
 
-    def _read_pack(self, pack_id: bytes) -> _PackResult:
+    def _read_pack(self, pack_id: PackId) -> _PackResult:
         """Runs in a worker thread: touches only its own result and read-only state."""
         name = pack_name(pack_id)
         res = _PackResult(pack_id)
@@ -109,7 +115,7 @@ class DataChecks(CheckState):
 
     def _parse_pack(
         self, raw: bytes, name: str, res: _PackResult
-    ) -> tuple[bytes, list[PackEntry] | None]:
+    ) -> tuple[ChainId, list[PackEntry] | None]:
         try:
             check_pack_start(raw[:4], name)
             hlen = parse_trailer(raw[-TRAILER_LEN:], len(raw), name)
@@ -121,11 +127,11 @@ class DataChecks(CheckState):
                 "through the index, but the index can no longer be rebuilt from this pack"
             )
             res.problem("pack-header", name, msg)
-            return b"", None
+            return ChainId(b""), None
 
 
 def _compare(
-    rec: PackRecord, chain_id: bytes, header: list[PackEntry], name: str, res: _PackResult
+    rec: PackRecord, chain_id: ChainId, header: list[PackEntry], name: str, res: _PackResult
 ) -> None:
     """The index and the pack's own header must describe the pack the same way."""
     differences = []

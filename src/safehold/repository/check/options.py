@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from safehold.errors import UsageError
+from safehold.ids import PackId
 
 __all__ = ["MAX_GROUPS", "CheckOptions", "MaxAge", "Subset", "parse_subset"]
 
@@ -31,11 +32,12 @@ class Subset:
     groups: int = 0
     percent: float = 0.0
 
-    def selects(self, pack_id: bytes) -> bool:
+    def selects(self, pack_id: PackId) -> bool:
         """Whether the ``n/t`` group holds ``pack_id`` (always False for a percentage)."""
         return bool(self.groups) and pack_id[0] % self.groups == self.group - 1
 
-    def select(self, pack_ids: Iterable[bytes]) -> list[bytes]:
+    def select(self, pack_ids: Iterable[PackId]) -> list[PackId]:
+        """The packs of ``pack_ids`` this subset reads, sorted (a percentage picks at random)."""
         ids = sorted(pack_ids)
         if self.groups:
             return [p for p in ids if self.selects(p)]
@@ -43,6 +45,7 @@ class Subset:
         return sorted(random.sample(ids, k))
 
     def describe(self) -> str:
+        """The subset as the user wrote it: ``n/t`` or a percentage."""
         return f"{self.group}/{self.groups}" if self.groups else f"{self.percent:g}%"
 
 
@@ -97,11 +100,15 @@ class MaxAge:
     source: str | None = None  # snapshots of this configured source
 
     def describe(self) -> str:
+        """The limit as the user wrote it."""
         return self.limit or str(self.age)
 
 
 @dataclass(frozen=True, kw_only=True)
 class CheckOptions:
+    """What ``check`` does beyond the structure: read data (all or a subset), and how old a
+    source's newest snapshot may be."""
+
     read_data: bool = False
     subset: Subset | None = None  # implies read_data
     threads: int = 4  # packs downloaded at once

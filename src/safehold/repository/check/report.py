@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from safehold.errors import SafeholdError
+from safehold.ids import NO_PACK, PackId
 from safehold.repository import lock as lockmod
 from safehold.repository.repository import Repository
 
@@ -52,11 +53,14 @@ class Problem:
         return f"{self.subject}: {self.message}"
 
     def to_json(self) -> dict[str, str]:
+        """The problem as ``check --json`` prints it (empty fields left out)."""
         return {k: v for k, v in asdict(self).items() if v}
 
 
 @dataclass
 class CheckReport:
+    """What a check found and counted; ``problems`` decide its exit code (docs/format.md)."""
+
     problems: list[Problem] = field(default_factory=list)
     snapshots: int = 0
     trees: int = 0  # distinct trees loaded and decoded
@@ -66,28 +70,33 @@ class CheckReport:
     read_data: str = ""  # "" (structure only), "all", or the subset, e.g. "1/7"
     packs_read: int = 0
     bytes_read: int = 0
-    read_pack_ids: list[bytes] = field(default_factory=list)  # kept out of JSON: long
+    read_pack_ids: list[PackId] = field(default_factory=list)  # kept out of JSON: long
 
     def _of(self, severity: str) -> list[Problem]:
         return [p for p in self.problems if p.severity == severity]
 
     @property
     def errors(self) -> list[Problem]:
+        """The problems of severity error: any of them fails the check."""
         return self._of(ERROR)
 
     @property
     def warnings(self) -> list[Problem]:
+        """The problems of severity warning."""
         return self._of(WARNING)
 
     @property
     def notes(self) -> list[Problem]:
+        """The problems of severity note (nothing wrong, worth knowing)."""
         return self._of(NOTE)
 
     @property
     def ok(self) -> bool:
+        """Whether the check found no error."""
         return not self.errors
 
     def to_json(self) -> dict[str, Any]:
+        """The report as ``check --json`` prints it."""
         return {
             "ok": self.ok,
             "errors": [p.to_json() for p in self.errors],
@@ -140,6 +149,7 @@ def stale_lock_notes(repo: Repository) -> list[Problem]:
 
 
 def why(exc: Exception) -> str:
+    """The message of an exception for a report: a safehold error's own, else its type and text."""
     return exc.message if isinstance(exc, SafeholdError) else f"{type(exc).__name__}: {exc}"
 
 
@@ -152,10 +162,12 @@ MAX_PATHS = 20
 
 @dataclass(slots=True)
 class Issue:
+    """One problem below a tree, before it becomes a :class:`Problem` of a snapshot."""
+
     path: str  # relative to the tree it was found under; "" is that tree itself
     code: str
     message: str
-    pack: bytes = b""
+    pack: PackId = NO_PACK
 
 
 class Found:
@@ -168,11 +180,13 @@ class Found:
         self.total = 0
 
     def add(self, issue: Issue) -> None:
+        """Count ``issue``; keep it if fewer than ``MAX_PATHS`` are kept."""
         self.total += 1
         if len(self.items) < MAX_PATHS:
             self.items.append(issue)
 
     def extend(self, other: Found, prefix: str) -> None:
+        """Take in what was found below a sub-folder, its paths under ``prefix``."""
         room = MAX_PATHS - len(self.items)
         self.items.extend(
             Issue(prefix + i.path, i.code, i.message, i.pack) for i in other.items[:room]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from safehold.ids import BlobId, ChainId, PackId
 from safehold.repository import tree as t
 from safehold.repository.check.options import CheckOptions
 from safehold.repository.check.report import CheckReport, Found, Problem
@@ -18,25 +19,29 @@ __all__ = ["CheckState"]
 
 
 class CheckState:
+    """What the parts of one check run share: the repository, the options, the index loaded as
+    check sees it, the packs listed and what was found so far."""
+
     def __init__(self, repo: Repository, opts: CheckOptions, progress: ProgressSink) -> None:
         self.repo = repo
         self.opts = opts
         self.progress = progress
         self.report = CheckReport()
         self.index = Index()
-        self.index_file_of: dict[bytes, str] = {}
+        self.index_file_of: dict[PackId, str] = {}
         # Headers of readable packs no index lists: lets the walk go on past a lost index
         # file and say which pack still holds a blob the index forgot.
         self.extra = Index()
-        self.needed_extra: set[bytes] = set()
-        self.listed: dict[bytes, int] = {}
-        self.trashed: set[bytes] = set()
-        self.bad_packs: dict[bytes, tuple[str, str]] = {}  # pack id -> (code, why)
-        self.bad_blobs: set[tuple[bytes, bytes]] = set()  # (blob id, pack id), from read-data
-        self.memo: dict[tuple[bytes, bytes], Found] = {}  # (tree id, chain id)
-        self.trees: OrderedDict[bytes, list[t.Node]] = OrderedDict()
-        self.tree_ids: set[bytes] = set()
-        self.blob_ids: set[bytes] = set()
+        self.needed_extra: set[PackId] = set()
+        self.listed: dict[PackId, int] = {}
+        self.trashed: set[PackId] = set()
+        self.bad_packs: dict[PackId, tuple[str, str]] = {}  # pack id -> (code, why)
+        self.bad_blobs: set[tuple[BlobId, PackId]] = set()  # (blob id, pack id), from read-data
+        self.memo: dict[tuple[BlobId, ChainId], Found] = {}  # (tree id, chain id)
+        self.trees: OrderedDict[BlobId, list[t.Node]] = OrderedDict()
+        self.tree_ids: set[BlobId] = set()
+        self.blob_ids: set[BlobId] = set()
 
     def add(self, severity: str, code: str, subject: str, message: str, **kw: str) -> None:
+        """Add a problem to the report; ``kw`` are its optional fields (hint, pack)."""
         self.report.problems.append(Problem(severity, code, subject, message, **kw))

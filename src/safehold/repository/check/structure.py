@@ -6,6 +6,7 @@ import json
 
 from safehold.crypto.keys import key_file_meta
 from safehold.errors import IntegrityError, ObjectNotFound
+from safehold.ids import PackId
 from safehold.repository.check.report import ERROR, WARNING, why
 from safehold.repository.check.state import CheckState
 from safehold.repository.format import T_CONFIG, T_INDEX, open_object
@@ -18,7 +19,11 @@ __all__ = ["StructureChecks"]
 
 
 class StructureChecks(CheckState):
+    """Checks that need no pack contents: the config and key files, index files, the packs
+    listed against the index, locks, the trash."""
+
     def check_config_and_keys(self) -> None:
+        """Check that the config and every key file can be read."""
         storage = self.repo.storage
         try:
             raw = storage.get("config")
@@ -50,6 +55,8 @@ class StructureChecks(CheckState):
                 self.add(ERROR, "key-damaged", name, msg, hint=hint)
 
     def load_index(self) -> None:
+        """Load every index file into the check's own index, reporting those that cannot be read;
+        a file prune replaced meanwhile is followed to its replacement."""
         loaded: set[str] = set()
         # Prune writes a replacement index before deleting the old file: when a file
         # vanishes under us, a fresh listing shows what replaced it.
@@ -80,6 +87,8 @@ class StructureChecks(CheckState):
         self.report.index_files = len(loaded)
 
     def check_packs(self) -> None:
+        """List the stored packs and compare them with the index and the trash: missing packs,
+        wrong sizes, packs no index lists."""
         self.listed = self.repo.list_packs()
         self.report.packs = len(self.listed)
         damaged: list[str] = []
@@ -114,7 +123,7 @@ class StructureChecks(CheckState):
             if pack_id not in self.index.packs and pack_id not in self.trashed:
                 self._unindexed(pack_id)
 
-    def _unindexed(self, pack_id: bytes) -> None:
+    def _unindexed(self, pack_id: PackId) -> None:
         name = pack_name(pack_id)
         try:
             rec = self.repo.read_pack_header(pack_id, self.listed[pack_id])

@@ -5,6 +5,7 @@ chain. Problems are reported per snapshot and path."""
 from __future__ import annotations
 
 from safehold.errors import FormatError, IntegrityError, ObjectNotFound
+from safehold.ids import BlobId, ChainId, SnapshotId, blob_from_hex, chain_from_hex
 from safehold.repository import tree as t
 from safehold.repository.check.report import CLEAN, ERROR, Found, Issue, why
 from safehold.repository.check.state import CheckState
@@ -37,13 +38,17 @@ _HINTS = {
 
 
 class SnapshotChecks(CheckState):
-    def check_snapshots(self, snap_ids: list[str]) -> None:
+    """The snapshot walk: every tree of every snapshot loaded once per chain, and every blob
+    named checked against the index and the chain."""
+
+    def check_snapshots(self, snap_ids: list[SnapshotId]) -> None:
+        """Walk every snapshot of ``snap_ids`` (a forgotten one is skipped), with progress."""
         self.progress.start("check", len(snap_ids))
         try:
             for sid in snap_ids:
                 try:
                     snap = self.repo.load_snapshot(sid)
-                    chain, root = bytes.fromhex(snap.chain), bytes.fromhex(snap.tree)
+                    chain, root = chain_from_hex(snap.chain), blob_from_hex(snap.tree)
                 except ObjectNotFound:
                     continue  # forgotten while we worked
                 except (IntegrityError, ValueError) as exc:
@@ -56,7 +61,8 @@ class SnapshotChecks(CheckState):
         finally:
             self.progress.finish()
 
-    def check_snapshot(self, snap: Snapshot, chain: bytes, root: bytes) -> None:
+    def check_snapshot(self, snap: Snapshot, chain: ChainId, root: BlobId) -> None:
+        """Report what the walk of one snapshot's trees found, as problems of that snapshot."""
         found = self.tree(root, chain)
         for issue in found.items:
             path = issue.path or "/"
@@ -74,7 +80,7 @@ class SnapshotChecks(CheckState):
             msg = f"{found.total - len(found.items)} more problems in this snapshot are not listed"
             self.add(ERROR, "more", f"snapshot {snap.short_id}", msg, snapshot=snap.id)
 
-    def tree(self, tree_id: bytes, chain: bytes) -> Found:
+    def tree(self, tree_id: BlobId, chain: ChainId) -> Found:
         """Problems under one tree for a snapshot of ``chain``, each tree walked once per
         chain (the chain invariant depends on the chain; the rest does not)."""
         key = (tree_id, chain)
@@ -108,7 +114,7 @@ class SnapshotChecks(CheckState):
                 self.file(node, chain, path, found)
             elif node.type == t.DIR and node.subtree:
                 try:
-                    sub = bytes.fromhex(node.subtree)
+                    sub = blob_from_hex(node.subtree)
                 except ValueError:
                     found.add(Issue(path, "tree-damaged", "the folder names an invalid tree id"))
                     continue
@@ -116,15 +122,15 @@ class SnapshotChecks(CheckState):
         self.memo[key] = found if found.total else CLEAN
         return found
 
-    def file(self, node: t.Node, chain: bytes, path: str, found: Found) -> None:
+    def file(self, node: t.Node, chain: ChainId, path: str, found: Found) -> None:
         """One issue per kind of problem per file: the first blob, and how many share it."""
         first: dict[str, Issue] = {}
         count: dict[str, int] = {}
         for hex_id in node.content:
             try:
-                blob_id = bytes.fromhex(hex_id)
+                blob_id = blob_from_hex(hex_id)
             except ValueError:
-                blob_id = b""
+                blob_id = BlobId(b"")
             if len(blob_id) != 32:
                 msg = f"the file names an invalid blob id {hex_id!r}"
                 found.add(Issue(path, "tree-damaged", msg))
@@ -138,7 +144,9 @@ class SnapshotChecks(CheckState):
             extra = f" (and {more} more blobs of this file)" if more else ""
             found.add(Issue(path, code, issue.message + extra, issue.pack))
 
-    def blob_issues(self, blob_id: bytes, chain: bytes, kind: int) -> list[Issue]:
+    def blob_issues(self, blob_id: BlobId, chain: ChainId, kind: int) -> list[Issue]:
+        """What is wrong with one blob a tree of ``chain`` names: missing, only in an unindexed
+        pack, damaged, or stored in another chain."""
         what = f"{_TYPE_NAMES[kind]} {blob_id.hex()[:8]}"
         loc = self.index.lookup(blob_id)
         if loc is None:
@@ -172,7 +180,9 @@ class SnapshotChecks(CheckState):
             out.append(Issue("", "blob-damaged", f"{what} in pack {short} is damaged", pack))
         return out
 
-    def load_tree(self, tree_id: bytes) -> list[t.Node]:
+    def load_tree(self, tree_id: BlobId) -> list[t.Node]:
+        """A tree's nodes, read through the check's index (and unindexed packs), kept in a bounded
+        cache."""
         nodes = self.trees.get(tree_id)
         if nodes is not None:
             self.trees.move_to_end(tree_id)

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 
 from safehold.errors import ObjectNotFound, ObjectRetained
+from safehold.ids import PackId
 from safehold.repository.index import Index, PackRecord
 from safehold.repository.progress import ProgressSink
 from safehold.repository.prune.options import PruneOptions
@@ -33,7 +34,10 @@ INDEX_FILE_MAX_BLOBS = 100_000
 
 def mark_packs(
     repo: Repository, opts: PruneOptions, progress: ProgressSink, *, dry_run: bool = False
-) -> tuple[MarkResult, UsedCache, dict[bytes, PackRecord]]:
+) -> tuple[MarkResult, UsedCache, dict[PackId, PackRecord]]:
+    """Prune's first phase: find the packs no snapshot needs, repack the partly used ones and
+    put both in the trash; returns the counts, the blobs in use and the records of the packs
+    trashed. ``dry_run`` writes nothing."""
     result = MarkResult()
     pending = list_trash(repo)
     pending_index = {name for rec in pending for name in rec.index}

@@ -16,6 +16,8 @@ DEFAULT_LOCK_SKEW = timedelta(minutes=5)
 
 @dataclass(frozen=True, kw_only=True)
 class PruneOptions:
+    """How prune decides what to repack and how long trashed packs wait; validated on creation."""
+
     max_unused: float = DEFAULT_MAX_UNUSED
     """Percent of a pack's blob bytes that may be unused before the pack is repacked;
     100 never repacks (only wholly unused packs are removed)."""

@@ -3,6 +3,7 @@ new packs of the same chains (step 1 of the mark)."""
 
 from __future__ import annotations
 
+from safehold.ids import BlobId, ChainId, PackId
 from safehold.repository.index import Index, PackRecord
 from safehold.repository.progress import ProgressSink
 from safehold.repository.prune.results import MarkResult
@@ -15,10 +16,10 @@ __all__ = ["repack_packs"]
 def repack_packs(
     repo: Repository,
     live: Index,
-    doomed: set[bytes],
+    doomed: set[PackId],
     repack: list[PackRecord],
-    used: dict[bytes, set[bytes]],
-    foreign: set[bytes],
+    used: dict[ChainId, set[BlobId]],
+    foreign: set[BlobId],
     result: MarkResult,
     progress: ProgressSink,
     *,
@@ -37,15 +38,15 @@ def repack_packs(
 def _copy_used(
     repo: Repository,
     live: Index,
-    doomed: set[bytes],
+    doomed: set[PackId],
     repack: list[PackRecord],
-    used: dict[bytes, set[bytes]],
-    foreign: set[bytes],
+    used: dict[ChainId, set[BlobId]],
+    foreign: set[BlobId],
     result: MarkResult,
     progress: ProgressSink,
     dry_run: bool,
 ) -> list[PackRecord]:
-    kept: dict[bytes, set[bytes]] = {}
+    kept: dict[ChainId, set[BlobId]] = {}
     for rec in live.packs.values():
         if rec.pack_id not in doomed:
             kept.setdefault(rec.chain_id, set()).update(e.blob_id for e in rec.entries)

@@ -10,6 +10,8 @@ __all__ = ["MarkResult", "PruneResult", "SweepResult"]
 
 @dataclass
 class SweepResult:
+    """What one sweep did: trash records finished or left waiting, packs deleted or rescued."""
+
     records_swept: int = 0
     records_waiting: int = 0
     packs_deleted: int = 0
@@ -27,6 +29,8 @@ class SweepResult:
 
 @dataclass
 class MarkResult:
+    """What prune's mark phase found and moved to the trash."""
+
     snapshots: int = 0
     packs: int = 0  # indexed packs
     bytes: int = 0
@@ -47,6 +51,8 @@ class MarkResult:
 
 @dataclass
 class PruneResult:
+    """The whole of one prune: the sweep of older records, the mark, the sweep after it."""
+
     dry_run: bool
     earlier: SweepResult
     mark: MarkResult
@@ -58,17 +64,21 @@ class PruneResult:
 
     @property
     def packs_deleted(self) -> int:
+        """Packs deleted by both sweeps."""
         return self.earlier.packs_deleted + self.swept.packs_deleted
 
     @property
     def bytes_freed(self) -> int:
+        """Stored bytes freed by both sweeps."""
         return self.earlier.bytes_freed + self.swept.bytes_freed
 
     @property
     def packs_rescued(self) -> int:
+        """Packs both sweeps rescued (kept: a snapshot still needs them)."""
         return self.earlier.packs_rescued + self.swept.packs_rescued
 
     def to_json(self) -> dict[str, Any]:
+        """The result as ``prune --json`` prints it, the sweeps' totals included."""
         d = asdict(self)
         d["packs_deleted"] = self.packs_deleted
         d["bytes_freed"] = self.bytes_freed

@@ -7,6 +7,7 @@ import contextlib
 from datetime import timedelta
 
 from safehold.errors import ObjectNotFound, ObjectRetained
+from safehold.ids import BlobId, ChainId, PackId
 from safehold.repository import lock as lockmod
 from safehold.repository.index import Index, PackRecord
 from safehold.repository.progress import NoProgress, ProgressSink
@@ -37,7 +38,7 @@ def sweep(  # noqa: PLR0912, PLR0915
     dry_run: bool = False,
     progress: ProgressSink | None = None,
     _used: UsedCache | None = None,
-    _known: dict[bytes, PackRecord] | None = None,
+    _known: dict[PackId, PackRecord] | None = None,
 ) -> SweepResult:
     """Delete the packs of every trash record whose sweep-after time has passed for all
     locks but ``own_lock``, rescuing the packs a snapshot still needs. The caller holds a
@@ -67,11 +68,11 @@ def sweep(  # noqa: PLR0912, PLR0915
         trashed = {p for rec in records for p in rec.packs if p not in live.packs and p in sizes}
         headers = read_headers(repo, trashed, sizes, known)
         used = used_blobs(repo, index_view(live, headers.values()), snaps, progress)
-    needed: set[bytes] = set()
+    needed: set[BlobId] = set()
     for blobs in used.values():
         needed |= blobs
     rescued: list[PackRecord] = []
-    doomed: list[bytes] = []
+    doomed: list[PackId] = []
     for pack_id in candidates:
         if pack_id in live.packs:
             result.packs_readopted += 1
@@ -102,7 +103,7 @@ def sweep(  # noqa: PLR0912, PLR0915
         result.bytes_freed = sum(sizes[p] for p in doomed)
     progress = progress or NoProgress()
     progress.start("delete", len(doomed), result.bytes_freed)
-    retained: set[bytes] = set(held_back)
+    retained: set[PackId] = set(held_back)
     try:
         for pack_id in doomed:
             try:
@@ -133,10 +134,10 @@ def sweep(  # noqa: PLR0912, PLR0915
     return result
 
 
-def _delete_trash_index(repo: Repository, ready: list[TrashRecord]) -> set[bytes]:
+def _delete_trash_index(repo: Repository, ready: list[TrashRecord]) -> set[PackId]:
     """Delete the index files of ``ready`` records; returns the packs of records one of
     whose index files the storage refused to delete (retention): they must stay."""
-    held_back: set[bytes] = set()
+    held_back: set[PackId] = set()
     for record in ready:
         for name in record.index:
             try:
@@ -193,7 +194,7 @@ def _ready_records(
 
 
 def _count_waiting(
-    result: SweepResult, waiting: list[TrashRecord], deleted: set[bytes], sizes: dict[bytes, int]
+    result: SweepResult, waiting: list[TrashRecord], deleted: set[PackId], sizes: dict[PackId, int]
 ) -> None:
     packs = {p for rec in waiting for p in rec.packs if p in sizes and p not in deleted}
     result.packs_waiting = len(packs)
@@ -201,8 +202,10 @@ def _count_waiting(
 
 
 def still_needed(
-    rec: PackRecord, live: Index, used: dict[bytes, set[bytes]], needed: set[bytes]
+    rec: PackRecord, live: Index, used: dict[ChainId, set[BlobId]], needed: set[BlobId]
 ) -> bool:
+    """Whether a trashed pack still holds a blob that a chain uses and holds nowhere else, or a
+    blob needed across chains that no live pack has: then it is rescued, not deleted."""
     chain_used = used.get(rec.chain_id, set())
     for e in rec.entries:
         b = e.blob_id

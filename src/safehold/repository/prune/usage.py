@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from safehold.errors import IntegrityError, ObjectNotFound, SafeholdError
+from safehold.ids import BlobId, ChainId, HexId, PackId, SnapshotId, blob_from_hex, chain_from_hex
 from safehold.repository import tree as t
 from safehold.repository.format import T_INDEX
 from safehold.repository.index import Index, PackRecord, decode_index
@@ -37,13 +38,13 @@ class UsedCache:
     snapshots never change (a forgotten snapshot only makes the cache conservative)."""
 
     snapshot_ids: frozenset[str]
-    used: dict[bytes, set[bytes]]
+    used: dict[ChainId, set[BlobId]]
 
 
 def list_snapshots(repo: Repository) -> list[Snapshot]:
     """Every snapshot; prune does not go on past one it cannot read, since it would not
     know which data that snapshot needs."""
-    damaged: list[str] = []
+    damaged: list[SnapshotId] = []
     snaps = repo.list_snapshots(damaged=damaged)
     if damaged:
         names = ", ".join(f"snapshots/{sid}" for sid in sorted(damaged))
@@ -56,10 +57,10 @@ def list_snapshots(repo: Repository) -> list[Snapshot]:
     return snaps
 
 
-def load_records(repo: Repository, names: Iterable[str]) -> dict[bytes, PackRecord]:
+def load_records(repo: Repository, names: Iterable[str]) -> dict[PackId, PackRecord]:
     """The pack records of the given index files (trash index files); files that are
     gone or damaged add nothing (callers read the pack headers instead)."""
-    out: dict[bytes, PackRecord] = {}
+    out: dict[PackId, PackRecord] = {}
     for name in sorted(names):
         try:
             records = decode_index(repo.load_object(name, T_INDEX), name)
@@ -106,12 +107,12 @@ def index_view(live: Index, extra: Iterable[PackRecord]) -> Index:
 
 def read_headers(
     repo: Repository,
-    pack_ids: Iterable[bytes],
-    sizes: dict[bytes, int],
-    known: dict[bytes, PackRecord] | None,
-) -> dict[bytes, PackRecord]:
+    pack_ids: Iterable[PackId],
+    sizes: dict[PackId, int],
+    known: dict[PackId, PackRecord] | None,
+) -> dict[PackId, PackRecord]:
     """Pack headers by id; packs whose header cannot be read are left out."""
-    out: dict[bytes, PackRecord] = {}
+    out: dict[PackId, PackRecord] = {}
     todo = []
     for p in pack_ids:
         if known and p in known:
@@ -119,7 +120,7 @@ def read_headers(
         else:
             todo.append(p)
 
-    def read(pack_id: bytes) -> PackRecord | None:
+    def read(pack_id: PackId) -> PackRecord | None:
         try:
             return repo.read_pack_header(pack_id, sizes[pack_id])
         except (SafeholdError, ValueError):
@@ -134,7 +135,7 @@ def read_headers(
 
 def used_blobs(
     repo: Repository, view: Index, snaps: list[Snapshot], progress: ProgressSink | None = None
-) -> dict[bytes, set[bytes]]:
+) -> dict[ChainId, set[BlobId]]:
     """Blob ids used by the snapshots of each chain: every tree reachable from their roots
     and every data blob those trees name. Raises if a snapshot needs a blob no pack holds."""
     progress = progress or NoProgress()
@@ -147,11 +148,13 @@ def used_blobs(
 
 def walk_snapshots(
     repo: Repository, view: Index, snaps: list[Snapshot], progress: ProgressSink
-) -> dict[bytes, set[bytes]]:
-    used: dict[bytes, set[bytes]] = {}
-    walked: dict[bytes, set[str]] = {}
+) -> dict[ChainId, set[BlobId]]:
+    """The blob ids each chain's snapshots use (trees and data), reading each tree once per
+    chain from ``view``; raises :class:`IntegrityError` for a blob no pack holds."""
+    used: dict[ChainId, set[BlobId]] = {}
+    walked: dict[ChainId, set[HexId]] = {}
     for snap in snaps:
-        chain = bytes.fromhex(snap.chain)
+        chain = chain_from_hex(snap.chain)
         chain_used = used.setdefault(chain, set())
         chain_walked = walked.setdefault(chain, set())
         stack = [snap.tree]
@@ -160,7 +163,7 @@ def walk_snapshots(
             if tree_id in chain_walked:
                 continue
             chain_walked.add(tree_id)
-            blob_id = bytes.fromhex(tree_id)
+            blob_id = blob_from_hex(tree_id)
             chain_used.add(blob_id)
             # Names are not checked: a hostile tree's blobs are kept like any other's
             # (check and restore refuse its names; prune only needs the ids it holds).
@@ -170,7 +173,7 @@ def walk_snapshots(
                 if node.subtree:
                     stack.append(node.subtree)
                 for hex_id in node.content:
-                    data_id = bytes.fromhex(hex_id)
+                    data_id = blob_from_hex(hex_id)
                     if data_id not in view:
                         raise _missing(data_id, snap)
                     chain_used.add(data_id)
@@ -178,12 +181,12 @@ def walk_snapshots(
     return used
 
 
-def foreign_needed(live: Index, used: dict[bytes, set[bytes]]) -> set[bytes]:
+def foreign_needed(live: Index, used: dict[ChainId, set[BlobId]]) -> set[BlobId]:
     """Blobs a chain uses but holds no copy of: they count as used wherever they are."""
     return {b for chain, blobs in used.items() for b in blobs if not live.has_in_chain(b, chain)}
 
 
-def _read_blob(repo: Repository, view: Index, blob_id: bytes, snap: Snapshot) -> bytes:
+def _read_blob(repo: Repository, view: Index, blob_id: BlobId, snap: Snapshot) -> bytes:
     loc = view.lookup(blob_id)
     if loc is None:
         raise _missing(blob_id, snap)
@@ -192,7 +195,7 @@ def _read_blob(repo: Repository, view: Index, blob_id: bytes, snap: Snapshot) ->
     return repo.open_blob(blob_id, sealed, loc.raw_length, name)
 
 
-def _missing(blob_id: bytes, snap: Snapshot) -> IntegrityError:
+def _missing(blob_id: BlobId, snap: Snapshot) -> IntegrityError:
     return IntegrityError(
         f"snapshot {snap.short_id} needs blob {blob_id.hex()[:8]}, which no pack holds; "
         "prune stopped without deleting anything",

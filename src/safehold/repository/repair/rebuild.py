@@ -94,6 +94,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from safehold.errors import IntegrityError, ObjectNotFound, ObjectRetained
+from safehold.ids import BlobId, ChainId, PackId
 from safehold.repository.format import T_INDEX
 from safehold.repository.index import Index, PackRecord, decode_index
 from safehold.repository.index_cache import CachedIndex
@@ -128,6 +129,9 @@ READ_THREADS = 4
 
 @dataclass(frozen=True, kw_only=True)
 class RepairOptions:
+    """How ``repair index`` reads packs: headers only or every blob, whether trashed packs are
+    taken in, and how many packs go into one new index file."""
+
     read_all_packs: bool = False
     """Read every pack whole and open every blob, not only the headers (slow)."""
     include_trash: bool = False
@@ -165,13 +169,13 @@ class _Seen:
 class _Job:
     """Blobs to verify and copy out of one pack."""
 
-    pack_id: bytes
-    chain_id: bytes
+    pack_id: PackId
+    chain_id: ChainId
     entries: list[PackEntry]
     finding: PackFinding
 
 
-_Key = tuple[bytes, bytes]  # (blob id, chain id)
+_Key = tuple[BlobId, ChainId]  # a blob as a chain needs it
 
 
 class _Repair:
@@ -180,18 +184,18 @@ class _Repair:
         self.opts = opts
         self.progress = progress
         self.report = RepairReport(read_all_packs=opts.read_all_packs)
-        self.listed: dict[bytes, int] = {}
+        self.listed: dict[PackId, int] = {}
         self.files: dict[str, list[PackRecord]] = {}  # index files that loaded, not prune's
         self.prune_files: dict[str, list[PackRecord]] = {}  # named by trash records, loaded
-        self.prune_recs: dict[bytes, list[PackRecord]] = {}  # pack -> records in those
-        self.live: dict[bytes, list[PackRecord]] = {}  # pack -> its records in self.files
-        self.final: dict[bytes, PackRecord] = {}  # packs indexed afterwards, as they will be
+        self.prune_recs: dict[PackId, list[PackRecord]] = {}  # pack -> records in those
+        self.live: dict[PackId, list[PackRecord]] = {}  # pack -> its records in self.files
+        self.final: dict[PackId, PackRecord] = {}  # packs indexed afterwards, as they will be
         self.jobs: list[_Job] = []
-        self.missing: list[tuple[PackFinding, bytes, list[PackEntry]]] = []
+        self.missing: list[tuple[PackFinding, ChainId, list[PackEntry]]] = []
         self._cache: CachedIndex | None = None
         self._cache_read = False
-        self._elsewhere: dict[_Key, list[tuple[bytes, PackEntry]]] = {}
-        self._intact: dict[_Key, bool] = {}
+        self._elsewhere: dict[_Key, list[tuple[PackId, PackEntry]]] = {}
+        self._intact: dict[tuple[BlobId, PackId], bool] = {}  # (blob, the pack of the copy)
         self._salvaged: set[_Key] = set()
 
     def run(self) -> RepairReport:
@@ -251,7 +255,7 @@ class _Repair:
         finally:
             self.progress.finish()
 
-    def _inspect(self, todo: list[bytes]) -> dict[bytes, _Seen]:
+    def _inspect(self, todo: list[PackId]) -> dict[PackId, _Seen]:
         read_all = self.opts.read_all_packs
         stored = [p for p in todo if p in self.listed]
         total = sum(self.listed[p] for p in stored) if read_all else 0
@@ -266,7 +270,7 @@ class _Repair:
             self.progress.finish()
         return out
 
-    def _read_pack(self, pack_id: bytes) -> _Seen:
+    def _read_pack(self, pack_id: PackId) -> _Seen:
         """Runs in a worker thread."""
         size = self.listed[pack_id]
         try:
@@ -294,7 +298,7 @@ class _Repair:
 
     # --- deciding ----------------------------------------------------------------------
 
-    def _decide(self, pack_id: bytes, seen: _Seen) -> None:
+    def _decide(self, pack_id: PackId, seen: _Seen) -> None:
         name = pack_name(pack_id)
         recs = self.live.get(pack_id, [])
         if seen.missing:
@@ -338,7 +342,7 @@ class _Repair:
                 _Job(pack_id, header.chain_id, extra, PackFinding(name, MISMATCH, why, len(extra)))
             )
 
-    def _known(self, pack_id: bytes) -> tuple[bytes, list[PackEntry]] | None:
+    def _known(self, pack_id: PackId) -> tuple[ChainId, list[PackEntry]] | None:
         """Every entry an index file or the index cache gives for the pack, and its chain."""
         recs = [*self.live.get(pack_id, []), *self.prune_recs.get(pack_id, [])]
         cached = self._cached()
@@ -389,7 +393,7 @@ class _Repair:
             raw = memoryview(self.repo.storage.get(name))
         except ObjectNotFound:
             raw = memoryview(b"")
-        done: set[bytes] = set()
+        done: set[BlobId] = set()
         for e in job.entries:
             if e.blob_id in done:
                 continue
@@ -409,7 +413,7 @@ class _Repair:
                 finding.damaged.append(e.blob_id.hex())
                 finding.lost.append(e.blob_id.hex())
 
-    def _intact_elsewhere(self, key: _Key, pack_id: bytes) -> bool:
+    def _intact_elsewhere(self, key: _Key, pack_id: PackId) -> bool:
         """Whether another pack the new index lists holds an intact copy of the blob."""
         for other, e in self._elsewhere.get(key, []):
             if other == pack_id:
@@ -420,7 +424,7 @@ class _Repair:
                 return True
         return False
 
-    def _check_copy(self, pack_id: bytes, e: PackEntry) -> bool:
+    def _check_copy(self, pack_id: PackId, e: PackEntry) -> bool:
         key = (e.blob_id, pack_id)
         got = self._intact.get(key)
         if got is None:

@@ -37,6 +37,7 @@ class PackFinding:
     damaged: list[str] = field(default_factory=list)  # ids (hex) whose stored blob fails
 
     def to_json(self) -> dict[str, Any]:
+        """The finding as ``repair index --json`` prints it."""
         return {
             "pack": self.pack,
             "problem": self.problem,
@@ -51,6 +52,9 @@ class PackFinding:
 
 @dataclass
 class RepairReport:
+    """What ``repair index`` did: index files kept, written and removed, and per pack what was
+    lost, damaged or found elsewhere."""
+
     read_all_packs: bool = False
     packs: int = 0  # packs indexed afterwards (new packs included)
     blobs: int = 0  # distinct blobs they hold
@@ -70,6 +74,7 @@ class RepairReport:
     suspect: list[tuple[str, str]] = field(default_factory=list)
 
     def of(self, problem: str) -> list[PackFinding]:
+        """The findings of one kind of problem."""
         return [f for f in self.findings if f.problem == problem]
 
     @property
@@ -91,6 +96,7 @@ class RepairReport:
         return not self.lost and not self.unrecovered
 
     def to_json(self) -> dict[str, Any]:
+        """The report as ``repair index --json`` prints it."""
         return {
             "ok": self.ok,
             "read_all_packs": self.read_all_packs,

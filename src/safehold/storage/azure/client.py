@@ -41,6 +41,8 @@ def _secret(value: SecretStr | None) -> str | None:
 
 
 def credentials(settings: AzureSettings, env: Mapping[str, str]) -> Credentials:
+    """The credentials to use: the destination's options first, then the ``AZURE_STORAGE_*``
+    environment variables; raises :class:`ConfigError` when there are none or two kinds."""
     conn = _secret(settings.connection_string)
     key = _secret(settings.account_key)
     sas = _secret(settings.sas_token)
@@ -121,6 +123,8 @@ def _account_url(settings: AzureSettings, creds: Credentials) -> str:
 
 
 def service_client(settings: AzureSettings, creds: Credentials) -> BlobServiceClient:
+    """A blob service client for ``creds``, with the SDK's own retries off (only
+    ``RetryingStorage`` retries) and the settings' time-outs."""
     transport: dict[str, Any] = {
         "retry_total": 0,  # RetryingStorage alone retries (STYLE.md, habit 3)
         "connection_timeout": settings.connect_timeout,

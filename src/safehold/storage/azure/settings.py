@@ -79,6 +79,7 @@ class Target:
     prefix: str  # "" or "some/path/" (ends with '/')
 
     def describe(self) -> str:
+        """The location for messages: ``azure:CONTAINER/PREFIX``."""
         return f"azure:{self.container}/{self.prefix.rstrip('/')}".rstrip("/")
 
 

@@ -35,12 +35,17 @@ _SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "token_uri")
 
 @dataclass(frozen=True)
 class Auth:
+    """Credentials to use, the project, and where they came from (for hints, never their
+    content)."""
+
     credentials: Credentials
     project: str | None
     source: str  # where the credentials came from, for hints (never their content)
 
 
 def endpoint(settings: GcsSettings, env: Mapping[str, str]) -> str | None:
+    """The endpoint URL of an emulator (the ``endpoint`` option or ``STORAGE_EMULATOR_HOST``), or
+    None for Google itself."""
     endpoint = (settings.endpoint or env.get("STORAGE_EMULATOR_HOST") or "").strip().rstrip("/")
     if not endpoint:
         return None
@@ -51,6 +56,8 @@ def endpoint(settings: GcsSettings, env: Mapping[str, str]) -> str | None:
 
 
 def auth(settings: GcsSettings, env: Mapping[str, str], endpoint: str | None) -> Auth:
+    """The credentials: inline JSON, a key file, none for an emulator, else Google's
+    application defaults; raises :class:`ConfigError` when none can be found or read."""
     inline = settings.credentials_json
     if inline is not None:
         text = inline.get_secret_value() if isinstance(inline, SecretStr) else inline

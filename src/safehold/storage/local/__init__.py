@@ -5,8 +5,8 @@ Modules, the same as every backend package's where the file system allows: ``set
 (the ``Storage`` itself; its docstring gives the guarantees). There is no ``client``: the
 file system needs no session, every call opens what it uses (which is also why a forked
 child may read through a copy, see :class:`~safehold.storage.capabilities.ForkSafe`).
-``direct`` writes large buffers with ``O_DIRECT``, past the page cache: the local put uses
-it for packs, and restore for the files it writes.
+The put writes packs with ``O_DIRECT`` through :mod:`safehold.direct_io`, a file-system
+helper on the ground floor, since restore writes its files with it too.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ be objects); the repository format never needs that.
 starts with ``.tmp-``, which :meth:`LocalStorage.list` never shows), is fsynced, then renamed
 over the final name, and the folder is fsynced so the rename itself survives a power cut.
 Objects of ``DIRECT_MIN`` bytes or more (packs) are written with direct I/O
-(:mod:`safehold.storage.local.direct`), past the page cache, on file systems that suit it.
+(:mod:`safehold.direct_io`), past the page cache, on file systems that suit it.
 A crash can leave a temporary file behind but never a partial object;
 :meth:`LocalStorage.remove_stale_temp_files` cleans such leftovers. Object names whose last
 part starts with ``.tmp-`` are therefore reserved.
@@ -37,11 +37,11 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from safehold.direct_io import DirectWrites, suits_direct_io, write_all
 from safehold.errors import ObjectExists, ObjectNotFound, StorageError
 from safehold.model import ObjectInfo
 from safehold.storage.base import check_name, clock_reading
 from safehold.storage.common import check_range, short_read
-from safehold.storage.local.direct import DirectWrites, suits_direct_io, write_all
 from safehold.storage.local.errors import MISSING, translate_os_error
 from safehold.storage.local.settings import parse_location
 

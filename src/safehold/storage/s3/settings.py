@@ -82,6 +82,7 @@ class S3Settings:
     object_lock_mode: ObjectLockMode = "GOVERNANCE"
 
     def describe(self) -> str:
+        """The location for messages: ``s3:[ENDPOINT/]BUCKET/PREFIX``."""
         where = f"{self.endpoint_url}/{self.bucket}" if self.endpoint_url else self.bucket
         return f"s3:{where}/{self.prefix}" if self.prefix else f"s3:{where}"
 

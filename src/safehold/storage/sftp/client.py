@@ -122,13 +122,16 @@ class Session(paramiko.SFTPClient):
         _status(CMD_STATUS, msg)
 
     def alive(self) -> bool:
+        """Whether the session's connection and channel are still open."""
         channel = self.get_channel()
         return self.transport.is_active() and channel is not None and not channel.closed
 
     def shut(self) -> None:
+        """Close the connection (the session is not used again)."""
         self.transport.close()
 
     def open_handle(self, path: str, flags: int) -> bytes:
+        """Open ``path`` with SFTP ``flags`` (a new file gets mode 0600); returns its handle."""
         attrs = paramiko.SFTPAttributes()
         attrs.st_mode = 0o600  # only the login user: like mkstemp in the local backend
         t, msg = self._raw._request(CMD_OPEN, path, flags, attrs)
@@ -137,9 +140,11 @@ class Session(paramiko.SFTPClient):
         return msg.get_binary()
 
     def close_handle(self, handle: bytes) -> None:
+        """Close a handle, the reply checked."""
         self._raw._request(CMD_CLOSE, handle)
 
     def fstat(self, handle: bytes) -> paramiko.SFTPAttributes:
+        """The attributes of an open handle."""
         _t, msg = self._raw._request(CMD_FSTAT, handle)
         attrs = paramiko.SFTPAttributes._from_msg(msg)  # type: ignore[attr-defined]
         return cast(paramiko.SFTPAttributes, attrs)
@@ -158,6 +163,8 @@ class Session(paramiko.SFTPClient):
             _status(*replies.got[num])
 
     def replace(self, old: str, new: str) -> None:
+        """Rename ``old`` over ``new``: atomic with the server's ``posix-rename`` extension, else
+        remove then rename (a reader may miss the name for a moment)."""
         if "posix-rename@openssh.com" in self.extensions:
             self.posix_rename(old, new)
             return
@@ -232,6 +239,8 @@ class Pool:
         self._closed = False
 
     def acquire(self) -> Session:
+        """Borrow a live session (an idle one, else a new connection), waiting for a free slot;
+        give it back with :meth:`release`."""
         self._slots.acquire()
         try:
             with self._lock:
@@ -246,6 +255,8 @@ class Pool:
             raise
 
     def release(self, session: Session, *, healthy: bool) -> None:
+        """Give ``session`` back; an unhealthy one is closed, and the idle ones with it (they most
+        likely share its fate)."""
         try:
             dropped = [session]
             with self._lock:
@@ -263,6 +274,7 @@ class Pool:
             self._slots.release()
 
     def close(self) -> None:
+        """Close the idle sessions; borrowed ones are closed when released."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []

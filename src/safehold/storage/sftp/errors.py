@@ -112,6 +112,8 @@ def _status_error(
 
 
 def reason(exc: BaseException, timeout: float, option: str = "timeout") -> str:
+    """Why a connection or call failed, in words for a message (the time-out named by the
+    option ``option`` that set it)."""
     # paramiko reports a server that never says hello as a banner error.
     if isinstance(exc, TimeoutError) or "protocol banner" in str(exc):
         return f"no answer within {timeout:g} s (the {option} option)"

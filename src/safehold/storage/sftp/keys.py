@@ -198,6 +198,9 @@ class HostKeyTrust:
         return {key_type: key.asbytes() for key_type, key in (found or {}).items()}
 
     def verify(self, key: paramiko.PKey) -> None:
+        """Accept the server's host key if a pin or the known_hosts file names it, or on first use
+        when allowed (then it is recorded); else raise :class:`StorageError` saying how to fix it.
+        """
         blob, key_type = key.asbytes(), key.get_name()
         received = _show(key_type, blob)
         server = self._target.known_hosts_name

@@ -26,12 +26,16 @@ ENV_PREFIX = "SAFEHOLD_SFTP_"
 
 @dataclass(frozen=True)
 class SftpTarget:
+    """Where an SFTP location points: user, host, port and the repository's path on the server."""
+
     user: str
     host: str
     port: int
     path: str  # absolute ("/srv/repo") or relative to the login folder ("backups/repo")
 
     def describe(self) -> str:
+        """The location for messages: ``sftp:USER@HOST:PORT/PATH`` (``/~/`` for a path relative
+        to the login folder)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         path = self.path if self.path.startswith("/") else f"/~/{self.path}"
         return f"sftp:{self.user}@{host}:{self.port}{path}"

@@ -43,9 +43,12 @@ class Auth:
 
     @property
     def renewable(self) -> bool:
+        """Whether a refused token can be renewed (not when the token and URL were given)."""
         return self._opts.storage_url is None
 
     def current(self) -> tuple[str, str, int]:
+        """The storage URL, a token, and the token's generation (for :meth:`expired`),
+        authenticating first when there is no token."""
         with self._lock:
             if self._url is None or self._token is None:
                 self._url, self._token = self._authenticate()

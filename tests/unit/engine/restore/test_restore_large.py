@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from safehold.direct_io import DirectWrites, suits_direct_io
 from safehold.engine.backup import BackupOptions, run_backup
 from safehold.engine.restore import RestoreOptions, run_restore
 from safehold.repository.repository import Repository
-from safehold.storage.local.direct import DirectWrites, suits_direct_io
 
 
 def test_large_blobs_land_in_place(

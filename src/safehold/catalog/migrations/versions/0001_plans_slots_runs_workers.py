@@ -28,6 +28,7 @@ def _moment(name: str) -> sa.Column[object]:
 
 
 def upgrade() -> None:
+    """Create the plans, the slot ledger, runs, run lines and workers."""
     op.create_table(
         "plans",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
@@ -142,6 +143,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop what :func:`upgrade` made, foreign keys first."""
     op.drop_table("run_lines")
     op.drop_constraint(op.f("fk_slots_run_id_runs"), "slots", type_="foreignkey")
     op.drop_table("runs")

@@ -18,6 +18,9 @@ write, and a file system without direct I/O (some FUSE and network ones) refuses
 both with ``EINVAL``: the first refusal turns direct writes off for the rest of the
 object's life and everything goes through the page cache as before.
 
+A file-system helper on the ground floor, not a storage backend: the local storage's put
+writes its packs with it and restore the files it restores, and neither is the other's.
+
 Callers ask :func:`suits_direct_io` first: direct writes are used only on file systems
 that sit on a block device (ext4, XFS, btrfs, F2FS). Elsewhere direct I/O is refused,
 emulated, or slower than the page cache (on NFS every direct write waits for the server).
