@@ -13,7 +13,7 @@ from safehold.policy.schedule import parse_schedule
 from safehold.service.cluster import Cluster
 from safehold.service.database import prepare
 from safehold.service.plans import PlanSpec, sync_plans
-from safehold.service.tick import orphaned_runs, tick
+from safehold.service.tick import TickState, orphaned_runs, tick
 from tests.servers.private_cluster import fresh_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("service_database")]
@@ -62,8 +62,9 @@ def ledger(engine: Engine) -> list[tuple[str, datetime, str, str | None]]:
 def test_each_slot_once_and_a_run_for_each_queued_one(engine: Engine) -> None:
     plans = {s.key: s for s in (spec("a", "* * * * *"), spec("b", "*/2 * * * *"))}
     ids = register(engine, *plans.values())
+    state = TickState()  # what a ticking process remembers between ticks
     for second in range(0, 5 * 60, 7):  # ticks every 7 s for 5 minutes
-        tick(engine, plans, ids, T0 + timedelta(seconds=second))
+        tick(engine, plans, ids, T0 + timedelta(seconds=second), state)
     rows = ledger(engine)
     a = [r for r in rows if r[0] == "a"]
     b = [r for r in rows if r[0] == "b"]
@@ -87,9 +88,11 @@ def test_concurrent_ticks_never_duplicate_a_slot(engine: Engine) -> None:
     results = []
 
     def ticker(offset: int) -> None:
+        state = TickState()  # each "process" remembers its own next slots
         try:
             for step in range(10):
-                results.append(tick(engine, plans, ids, T0 + timedelta(seconds=step + offset)))
+                now = T0 + timedelta(seconds=step + offset)
+                results.append(tick(engine, plans, ids, now, state))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -140,3 +143,18 @@ def test_runs_without_a_job_are_found_after_the_grace(engine: Engine) -> None:
     with engine.begin() as db:
         db.execute(text("UPDATE runs SET job_id = 1"))
     assert orphaned_runs(engine, later, timedelta(seconds=30)) == []
+
+
+def test_a_process_whose_memory_is_stale_still_records_every_slot(engine: Engine) -> None:
+    """Two processes tick in turn, each with its own memory of the next slots: the one
+    that finds a plan already ticked by the other moves on; no slot is lost or doubled."""
+    plans = {s.key: s for s in (spec(f"p{i}", "*/10 * * * * *") for i in range(30))}
+    ids = register(engine, *plans.values())
+    one, two = TickState(), TickState()
+    for step in range(1, 40):
+        state = one if step % 3 else two
+        tick(engine, plans, ids, T0 + timedelta(seconds=step * 4), state)
+    rows = ledger(engine)
+    expected = [T0 + timedelta(seconds=10 * k) for k in range(1, 16)]  # up to T0 + 156 s
+    for name in (f"p{i}" for i in range(30)):
+        assert [r[1] for r in rows if r[0] == name] == expected

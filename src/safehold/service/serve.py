@@ -38,7 +38,7 @@ from safehold.service.cluster import default_state_dir
 from safehold.service.database import Database, open_database
 from safehold.service.jobs import STALL_SECONDS, Jobs, register
 from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
-from safehold.service.tick import orphaned_runs, tick
+from safehold.service.tick import TickState, orphaned_runs, tick
 
 __all__ = ["ServeOptions", "Service", "serve"]
 
@@ -95,6 +95,7 @@ class Service:
         specs = plans_from_config(config)
         self.ids = sync_plans(self.engine, specs.values())
         self.specs = specs
+        self.tick_state = TickState()  # schedules may have changed: forget next slots
         log.info("plans: %s", ", ".join(sorted(specs)) or "none")
 
     def reload(self) -> None:
@@ -125,7 +126,9 @@ class Service:
         """One tick and the queueing of its runs; how many runs it queued."""
         now = self.options.clock.now()
         try:
-            result = await asyncio.to_thread(tick, self.engine, self.specs, self.ids, now)
+            result = await asyncio.to_thread(
+                tick, self.engine, self.specs, self.ids, now, self.tick_state
+            )
         except Exception as exc:  # the database went away: try again next tick
             log.warning("tick failed: %s", exc)
             return 0
