@@ -98,6 +98,13 @@ class Schedule:
 
     def _search(self, start: datetime, *, forward: bool) -> datetime:
         assert self._cron is not None
+        # Plans with the same unspread schedule share their answers (every plan at
+        # @hourly is due at once: one search serves them all).
+        key = self.key if self._hashed else ""
+        return _shared_search(self, key, start, forward)
+
+    def _search_now(self, start: datetime, forward: bool) -> datetime:
+        assert self._cron is not None
         with self._lock:
             if not self._cached:
                 self._cached.append(
@@ -170,6 +177,27 @@ class Schedule:
         if self._cron == self.expression:
             return f"cron {self.expression}{zone}"
         return f"{self.expression} (cron {self._cron}){zone}"
+
+
+_SHARED: dict[tuple[str, str, bool, str, datetime, bool], datetime] = {}
+_SHARED_LOCK = threading.Lock()
+_SHARED_MAX = 65_536
+
+
+def _shared_search(schedule: Schedule, key: str, start: datetime, forward: bool) -> datetime:
+    """A schedule search, remembered for every schedule with the same fields, time zone
+    and spread key (a bounded memory, emptied when full)."""
+    assert schedule._cron is not None
+    memo = (schedule._cron, schedule.timezone, schedule._seconds_first, key, start, forward)
+    with _SHARED_LOCK:
+        found = _SHARED.get(memo)
+    if found is None:
+        found = schedule._search_now(start, forward)
+        with _SHARED_LOCK:
+            if len(_SHARED) >= _SHARED_MAX:
+                _SHARED.clear()
+            _SHARED[memo] = found
+    return found
 
 
 def parse_every(text: str) -> int:

@@ -10,15 +10,15 @@ row's own ``paused`` and survives reloads, so a plan is paused when either says 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Engine, func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Engine, select, text
 
-from safehold.catalog import Plan, PlanOrigin
+from safehold.catalog import Plan
 from safehold.config import Config
 from safehold.policy.schedule import Schedule, parse_schedule
 from safehold.policy.slots import DEFAULT_START_WINDOW, PlanRules
@@ -121,25 +121,38 @@ def sync_plans(engine: Engine, specs: Iterable[PlanSpec]) -> dict[str, int]:
     Safe when several processes start at once with the same file: each row is an upsert
     on ``(project, name)``.
     """
-    ids: dict[str, int] = {}
+    rows = list(specs)
+    if not rows:
+        return {}
     with engine.begin() as db:
-        for spec in specs:
-            values = {
-                "project": spec.project,
-                "name": spec.name,
-                "origin": PlanOrigin.FILE.value,
-                "source": spec.name,
-                "schedule": spec.schedule.expression,
-                "timezone": spec.schedule.timezone,
-                "settings": spec.settings(),
-            }
-            statement = insert(Plan).values(**values)
-            changed = {k: statement.excluded[k] for k in values if k not in ("project", "name")}
-            upsert = statement.on_conflict_do_update(
-                index_elements=[Plan.project, Plan.name], set_={**changed, "updated_at": func.now()}
-            ).returning(Plan.id)
-            ids[spec.key] = db.execute(upsert).scalar_one()
-    return ids
+        found = db.execute(
+            _UPSERT_PLANS,
+            {
+                "project": [spec.project for spec in rows],
+                "name": [spec.name for spec in rows],
+                "schedule": [spec.schedule.expression for spec in rows],
+                "timezone": [spec.schedule.timezone for spec in rows],
+                "settings": [json.dumps(spec.settings()) for spec in rows],
+            },
+        ).all()
+    return {f"{project}/{name}": plan_id for plan_id, project, name in found}
+
+
+# One statement for all the file's plans, their columns as arrays (10,000 plans: one
+# round trip instead of 10,000).
+_UPSERT_PLANS = text(
+    """
+    INSERT INTO plans (project, name, origin, source, schedule, timezone, settings)
+    SELECT p.project, p.name, 'file', p.name, p.schedule, p.timezone, p.settings::jsonb
+    FROM unnest(CAST(:project AS text[]), CAST(:name AS text[]), CAST(:schedule AS text[]),
+                CAST(:timezone AS text[]), CAST(:settings AS text[]))
+         AS p(project, name, schedule, timezone, settings)
+    ON CONFLICT (project, name) DO UPDATE SET
+      origin = excluded.origin, source = excluded.source, schedule = excluded.schedule,
+      timezone = excluded.timezone, settings = excluded.settings, updated_at = now()
+    RETURNING id, project, name
+    """
+)
 
 
 def plan_ids(engine: Engine, keys: Iterable[str]) -> Mapping[str, int]:
