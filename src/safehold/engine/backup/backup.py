@@ -390,7 +390,9 @@ def _backup_paths(
     held = HeldProgress(progress)
     vanished = Vanished()
     reader = FileReader(repo, saver, counters, errors, held, vanished)
-    with ReadQueue[tuple[str, t.Node]](reader.read, opts.threads) as queue:
+    # Files of one chunk (read whole, in FileReader._read_from) are read in walk order.
+    small = repo.config.chunker.min_size
+    with ReadQueue[tuple[str, t.Node]](reader.read, opts.threads, small=small) as queue:
         planner = Planner(
             index=repo.index,
             chain=saver.chain_id,
