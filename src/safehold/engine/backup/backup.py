@@ -24,7 +24,7 @@ from typing import IO, BinaryIO
 from safehold import __version__, runtime
 from safehold.engine import xattrs as xa
 from safehold.engine.backup.file_reader import Counters, FileReader
-from safehold.engine.backup.plan import Planner, build_tree, root_plan
+from safehold.engine.backup.plan import DirPlan, Planner, build_tree, root_plan
 from safehold.engine.backup.prescan import Prescan
 from safehold.engine.backup.read_queue import HeldProgress, ReadQueue
 from safehold.engine.backup.scan import CACHEDIR_TAG, Excluder
@@ -390,9 +390,16 @@ def _backup_paths(
     held = HeldProgress(progress)
     vanished = Vanished()
     reader = FileReader(repo, saver, counters, errors, held, vanished)
+    planner: Planner
+
+    def read(job: tuple[str, t.Node, DirPlan]) -> None:
+        path, node, folder = job
+        reader.read((path, node))
+        planner.file_read(folder)  # the folder's tree is saved after its last file
+
     # Files of one chunk (read whole, in FileReader._read_from) are read in walk order.
     small = repo.config.chunker.min_size
-    with ReadQueue[tuple[str, t.Node]](reader.read, opts.threads, small=small) as queue:
+    with ReadQueue[tuple[str, t.Node, DirPlan]](read, opts.threads, small=small) as queue:
         planner = Planner(
             index=repo.index,
             chain=saver.chain_id,
@@ -401,7 +408,8 @@ def _backup_paths(
             one_file_system=opts.one_file_system,
             force=opts.force,
             save_tree=save_tree,
-            on_job=lambda job: queue.put(job, job[1].size),  # read while the walk goes on
+            # Read while the walk goes on.
+            on_job=lambda path, node, folder: queue.put((path, node, folder), node.size),
             prescan=prescan,
             vanished=vanished,
             attrs=_attr_choice(opts),
@@ -426,10 +434,8 @@ def _backup_paths(
         counters.files_changed = planner.files_changed
         counters.files_unchanged = planner.files_unchanged
         counters.total_bytes = planner.bytes
-        jobs = planner.jobs
-        todo_bytes = sum(node.size for _, node in jobs)
         progress.start("backup", planner.files, planner.bytes)
-        progress.advance(planner.files - len(jobs), planner.bytes - todo_bytes)
+        progress.advance(planner.files - planner.to_read, planner.bytes - planner.to_read_bytes)
         held.release()
     # Every file is read: only trees follow, so the data pack buffers can go now.
     saver.close_packs(BLOB_DATA)
