@@ -205,28 +205,31 @@ def run_backup(
         saver = BlobSaver(repo, bytes.fromhex(chain))
         counters = Counters()
         errors: list[tuple[str, str]] = []
-        try:
-            if opts.streams is not None or opts.stdin_name:
-                nodes = [
-                    _backup_stream(repo, saver, stream, opts.threads, counters, progress)
-                    for stream in _streams(opts)
-                ]
-                nodes.sort(key=lambda n: n.name)  # trees are sorted by name
-                root_id = saver.save(BLOB_TREE, t.encode_tree(nodes))[0].hex()
-            else:
-                root_id = _backup_paths(
-                    repo, saver, opts, paths, parent, counters, errors, progress, prescan
-                )
-            saver.finish()
-            repo.update_index_cache()  # the next command loads this backup's index files too
-        except BaseException:
-            # Keep what was uploaded findable: the next backup adopts these packs anyway,
-            # but an index now saves it the work.
+        # Every new blob adds an index record: merged once at the end (the index cache),
+        # not every 65,536 records in both of the repository's indexes while savers wait.
+        with repo.index_merges_deferred():
             try:
+                if opts.streams is not None or opts.stdin_name:
+                    nodes = [
+                        _backup_stream(repo, saver, stream, opts.threads, counters, progress)
+                        for stream in _streams(opts)
+                    ]
+                    nodes.sort(key=lambda n: n.name)  # trees are sorted by name
+                    root_id = saver.save(BLOB_TREE, t.encode_tree(nodes))[0].hex()
+                else:
+                    root_id = _backup_paths(
+                        repo, saver, opts, paths, parent, counters, errors, progress, prescan
+                    )
                 saver.finish()
+                repo.update_index_cache()  # the next command loads this backup's index files too
             except BaseException:
-                saver.abort()
-            raise
+                # Keep what was uploaded findable: the next backup adopts these packs anyway,
+                # but an index now saves it the work.
+                try:
+                    saver.finish()
+                except BaseException:
+                    saver.abort()
+                raise
         summary: dict[str, int | float] = {
             "files_new": counters.files_new,
             "files_changed": counters.files_changed,
