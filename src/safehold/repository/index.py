@@ -128,8 +128,9 @@ class IndexLoader:
         self._index = Index()
         self._cols = _Columns([], array("I"), bytearray())
 
-    def add_file(self, raw: bytes, what: str) -> None:
-        """Add one index file's packs; a damaged file raises and adds nothing."""
+    def add_file(self, raw: bytes, what: str) -> list[bytes]:
+        """Add one index file's packs; a damaged file raises and adds nothing. Returns the
+        ids of the packs the file lists (those listed before by another file too)."""
         packs: list[tuple[bytes, bytes, int, int, int]] = []  # id, chain, size, start, count
         try:
             (count,) = _COUNT.unpack_from(raw, 0)
@@ -154,6 +155,7 @@ class IndexLoader:
                 ids.append(blob_id)
                 meta.extend((pn, offset, length, raw_length))
                 types.append(blob_type)
+        return [p[0] for p in packs]
 
     def finish(self) -> Index:
         index, cols = self._index, self._cols
@@ -368,6 +370,36 @@ class Index:
 
     def __contains__(self, blob_id: bytes) -> bool:
         return self.lookup(blob_id) is not None
+
+    def locate(self, blob_id: bytes, chain_id: bytes) -> tuple[Location | None, bool]:
+        """``(lookup(blob_id), has_in_chain(blob_id, chain_id))`` with one search of the
+        run when the overlay is empty (a loaded index, as check walks it)."""
+        first = self._first  # before the run: see the class docstring
+        run = self._run
+        if first or not run.n:
+            return self.lookup(blob_id), self.has_in_chain(blob_id, chain_id)
+        i = run.first(blob_id)
+        if i < 0:
+            return None, False
+        cn = self._chain_no.get(chain_id, -1)
+        alive, chain, meta = self._alive, self._pack_chain, run.meta
+        loc: Location | None = None
+        in_chain = False
+        while True:
+            j = i * FIELDS
+            pn = meta[j]
+            if alive[pn]:
+                if loc is None:
+                    loc = Location(
+                        self._pack_ids[pn], run.types[i], meta[j + 1], meta[j + 2], meta[j + 3]
+                    )
+                if chain[pn] == cn:
+                    in_chain = True
+                    break
+            i += 1
+            if not run.same(i, blob_id):
+                break
+        return loc, in_chain
 
     def has_in_chain(self, blob_id: bytes, chain_id: bytes) -> bool:
         cn = self._chain_no.get(chain_id)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
@@ -563,4 +564,37 @@ def test_tree_naming_an_invalid_blob_id(scene: Scene) -> None:
     report = _check(scene)
     assert [(p.code, p.snapshot, p.path) for p in report.errors] == [
         ("tree-damaged", snap.id, "/odd")
+    ]
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        {"name": "a", "type": "file", "content": ["00" * 32], "mode": 1},
+        {"name": "a", "type": "dir", "subtree": "11" * 32},
+        {"name": "a", "type": "file", "content": "abc"},  # taken, then named invalid ids
+        {"name": "a", "type": "file", "xattrs": {"user.x": "eA=="}},
+        {"name": "a"},  # no type
+        {"name": "a", "type": "file", "content": 3},
+        {"name": "a", "type": "file", "content": None},
+        {"name": "a", "type": "file", "xattrs": {"user.x": "not base64!"}},
+        {"name": "a", "type": "file", "xattrs": []},
+    ],
+)
+def test_the_walk_refuses_the_trees_decode_tree_refuses(node: dict[str, object]) -> None:
+    """check's walk reads trees as JSON (check/walk.py, _entries): it must refuse exactly
+    the trees every other reader refuses, and see the same of the others."""
+    from safehold.errors import FormatError
+    from safehold.repository.check.walk import _entries
+
+    raw = orjson.dumps({"nodes": [node]})
+    try:
+        nodes = t.decode_tree(raw)
+    except FormatError:
+        with pytest.raises(FormatError, match="is not a valid tree"):
+            _entries(raw, "tree")
+        return
+    assert [(n.name, n.type, n.content, n.subtree) for n in nodes] == [
+        (name, kind, list(content), subtree)
+        for name, kind, content, subtree in _entries(raw, "tree")
     ]

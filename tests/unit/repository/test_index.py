@@ -333,3 +333,24 @@ def test_merges_are_deferred_inside_merges_deferred() -> None:
     assert index.blob_count() == 100_000
     assert all(index.lookup(r.entries[-1].blob_id) is not None for r in recs[::9])
     assert index._threshold() == 1 << 16
+
+
+@given(st.lists(pack_records(), max_size=12), st.integers(0, 11), st.booleans())
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_locate_is_lookup_and_has_in_chain(
+    records: list[PackRecord], removed: int, flushed: bool
+) -> None:
+    index = Index(merge_at=4)
+    for rec in records:
+        index.add_pack(rec)
+    if records:
+        index.remove_pack(records[removed % len(records)].pack_id)
+    if flushed:
+        index.flush()
+    ids = {e.blob_id for rec in records for e in rec.entries} | {b"\x01" * 32}
+    for blob_id in ids:
+        for chain in (b"a" * 16, b"b" * 16, b"c" * 16, b"z" * 16):
+            assert index.locate(blob_id, chain) == (
+                index.lookup(blob_id),
+                index.has_in_chain(blob_id, chain),
+            )

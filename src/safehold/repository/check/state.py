@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
-from safehold.repository import tree as t
 from safehold.repository.check.options import CheckOptions
 from safehold.repository.check.report import CheckReport, Found, Problem
 from safehold.repository.index import Index
@@ -34,7 +34,8 @@ class CheckState:
         self.bad_packs: dict[bytes, tuple[str, str]] = {}  # pack id -> (code, why)
         self.bad_blobs: set[tuple[bytes, bytes]] = set()  # (blob id, pack id), from read-data
         self.memo: dict[tuple[bytes, bytes], Found] = {}  # (tree id, chain id)
-        self.trees: OrderedDict[bytes, list[t.Node]] = OrderedDict()
+        # Trees walked lately: (name, type, content, subtree) of each node (check/walk.py).
+        self.trees: OrderedDict[bytes, list[tuple[str, Any, Any, Any]]] = OrderedDict()
         self.tree_ids: set[bytes] = set()
         self.blob_ids: set[bytes] = set()
 
