@@ -598,3 +598,45 @@ def test_the_walk_refuses_the_trees_decode_tree_refuses(node: dict[str, object])
         (name, kind, list(content), subtree)
         for name, kind, content, subtree in _entries(raw, "tree")
     ]
+
+
+@pytest.mark.parametrize("cap", [1 << 16, 3])
+def test_the_tree_cache_is_bounded_by_nodes_and_the_report_is_the_same(
+    mem_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    """Two chains of the same folders: each tree is walked once per chain, loaded once
+    while the cache holds it, and the cache never holds more than its share of nodes."""
+    from safehold.repository.check import walk as check_walk
+
+    src = tmp_path / "src"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(5):
+            (src / f"d{d}" / f"f{f}").write_text(f"{d}/{f}")
+    for _ in range(2):
+        run_backup(mem_repo, BackupOptions(paths=[str(src)], isolated=True))
+    monkeypatch.setattr(check_walk, "TREE_CACHE_NODES", cap)
+    loaded: list[bytes] = []
+    sizes: list[int] = []
+    real = check_walk._entries
+
+    def counting(data: bytes, what: str) -> list[check_walk.Entry]:
+        loaded.append(data)
+        return real(data, what)
+
+    real_load = check_walk.SnapshotChecks.load_tree
+
+    def load_tree(self: check_walk.SnapshotChecks, tree_id: bytes) -> list[check_walk.Entry]:
+        out = real_load(self, tree_id)
+        sizes.append(self.cached_nodes)
+        assert self.cached_nodes == sum(map(len, self.trees.values()))
+        return out
+
+    monkeypatch.setattr(check_walk, "_entries", counting)
+    monkeypatch.setattr(check_walk.SnapshotChecks, "load_tree", load_tree)
+    report = check_repository(mem_repo)
+    assert report.ok and report.snapshots == 2
+    assert max(sizes) <= cap
+    trees = report.trees  # distinct trees
+    # Walked once per chain: loaded once each with room, again for the second chain without.
+    assert len(loaded) == (trees if cap > 100 else 2 * trees)

@@ -36,6 +36,7 @@ class CheckState:
         self.memo: dict[tuple[bytes, bytes], Found] = {}  # (tree id, chain id)
         # Trees walked lately: (name, type, content, subtree) of each node (check/walk.py).
         self.trees: OrderedDict[bytes, list[tuple[str, Any, Any, Any]]] = OrderedDict()
+        self.cached_nodes = 0  # in ``trees``
         self.tree_ids: set[bytes] = set()
         self.blob_ids: set[bytes] = set()
 
