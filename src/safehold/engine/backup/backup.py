@@ -2,9 +2,10 @@
 
 Order of work (docs/architecture.md, "Backup pipeline"): lock, load the index (and adopt
 packs an interrupted backup left behind), choose the parent and the chain, walk, read the
-changed files in parallel (largest first), save trees bottom-up, write the index, then the
-snapshot. Until the snapshot is written nothing is visible to readers, so a crash or a
-failed source leaves the repository as it was, plus packs the next backup reuses.
+changed files in parallel (largest first, files of one chunk in walk order), save each
+folder's tree once its files are read, write the index, then the snapshot. Until the
+snapshot is written nothing is visible to readers, so a crash or a failed source leaves
+the repository as it was, plus packs the next backup reuses.
 """
 
 from __future__ import annotations

@@ -419,8 +419,9 @@ def folder_node(meta: JsonNode | t.Node, subtree: str) -> JsonNode:
 
 
 def build_tree(save_tree: SaveTree, plan: DirPlan) -> str:
-    """Save the trees of ``plan`` bottom-up (folders saved during the walk are plain nodes
-    by now); an unchanged folder keeps its parent's tree id and is not encoded again."""
+    """Save the trees of ``plan`` bottom-up (folders saved already are their ``saved``
+    nodes or plain nodes by now); an unchanged folder keeps its parent's tree id and is
+    not encoded again."""
     out: list[JsonNode | TextItem] = []
     same = plan.parent_count == len(plan.items) and not plan.changed
     for item in plan.items:
