@@ -450,16 +450,6 @@ class Repository:
         """Keep the loaded index in ``root`` (see :mod:`safehold.repository.index_cache`)."""
         self.index_cache = IndexCache(root, self.config.repo_id)
 
-    @contextlib.contextmanager
-    def index_merges_deferred(self) -> Iterator[None]:
-        """Defer the merges of the index and of the index kept for the cache while a
-        writer adds many packs (:meth:`Index.merges_deferred`)."""
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(self.index.merges_deferred())
-            if self._index_base is not None:
-                stack.enter_context(self._index_base[1].merges_deferred())
-            yield
-
     def update_index_cache(self) -> None:
         """Cache the index as loaded plus the index files this process wrote since (the
         end of a backup), so that the next command finds it whole. Packs this process added

@@ -206,9 +206,9 @@ def run_backup(
         saver = BlobSaver(repo, bytes.fromhex(chain))
         counters = Counters()
         errors: list[tuple[str, str]] = []
-        # Every new blob adds an index record: merged once at the end (the index cache),
-        # not every 65,536 records in both of the repository's indexes while savers wait.
-        with repo.index_merges_deferred():
+        # Every new blob adds an index record: not merged every 65,536 records while the
+        # savers wait (the index kept for the cache gets its records only at the end).
+        with repo.index.merges_deferred():
             try:
                 if opts.streams is not None or opts.stdin_name:
                     nodes = [

@@ -88,7 +88,7 @@ class DirPlan:
     parent_count: int = -1  # items in the parent's tree; -1 = no parent tree
     named: dict[str, Item] = field(default_factory=dict)  # for placing backup paths
     # Files still to read and sub-folders not yet saved, in this folder, plus one while
-    # the walk is in it (Planner._hold): counted under Planner's lock.
+    # the walk is in it (set in Planner.item): counted under Planner's lock.
     pending: int = 0
     changed: bool = False  # a sub-folder saved during the walk differs from the parent's
     up: DirPlan | None = None  # the folder above, when this folder is saved on its own
