@@ -8,11 +8,18 @@ Ciphers are registered by id so that a repository can move to another one withou
 guessing. Nonces are random: with 96-bit nonces the collision bound for one key is reached
 after about 2**32 messages, far beyond one repository's blob count in practice; the format
 document states this limit.
+
+Nonces are sliced from a per-thread buffer of ``os.urandom`` bytes (:class:`_Nonces`), one
+getrandom call per 341 nonces rather than per blob: each call releases the interpreter lock
+and waits to get it back, 30 µs a blob in a reader thread of a backup of small files. A
+forked child drops the buffers it inherited (``os.register_at_fork``), or it would seal with
+the same nonces as its parent under the same key.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,6 +35,35 @@ _CIPHER_ID = bytes((CIPHER_AES_256_GCM,))
 # The *_into methods came with cryptography 45 (the project allows >= 43).
 _HAS_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
 _HAS_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")
+_NONCE_BATCH = 341 * NONCE_LEN  # 4,092 bytes
+
+
+class _Nonces(threading.local):
+    """This thread's buffer of random bytes and how much of it is used."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.pos = 0
+
+    def take(self) -> bytes:
+        pos = self.pos
+        if pos + NONCE_LEN > len(self.buf):
+            self.buf = os.urandom(_NONCE_BATCH)
+            pos = 0
+        self.pos = pos + NONCE_LEN
+        return self.buf[pos : pos + NONCE_LEN]
+
+
+_nonces = _Nonces()
+
+
+def _forget_nonces() -> None:
+    """In a forked child: new buffers, none of the parent's bytes."""
+    global _nonces
+    _nonces = _Nonces()
+
+
+os.register_at_fork(after_in_child=_forget_nonces)
 
 
 class Aead:
@@ -43,14 +79,14 @@ class Aead:
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
         """``plaintext`` sealed under a fresh random nonce: cipher id, nonce, ciphertext and tag;
         ``aad`` is authenticated, not stored."""
-        nonce = os.urandom(NONCE_LEN)
+        nonce = _nonces.take()
         return _CIPHER_ID + nonce + self._aes.encrypt(nonce, plaintext, aad)
 
     def seal_into(self, plaintext: bytes | memoryview, aad: bytes, out: memoryview) -> None:
         """Seals straight into ``out`` (exactly ``len(plaintext) + OVERHEAD`` bytes), e.g. a
         pack buffer: no sealed copy is allocated, touched and copied again. A wrong size
         raises ValueError."""
-        nonce = os.urandom(NONCE_LEN)
+        nonce = _nonces.take()
         out[0] = CIPHER_AES_256_GCM
         out[1 : 1 + NONCE_LEN] = nonce
         body = out[1 + NONCE_LEN :]

@@ -62,3 +62,53 @@ def test_open_into_reports_damage_like_open(native: bool, monkeypatch: pytest.Mo
         aead.open_into(sealed[:10], b"aad", out)
     with pytest.raises(FormatError, match="unknown cipher id 7"):
         aead.open_into(b"\x07" + bytes(sealed[1:]), b"aad", out)
+
+
+def _nonce_of(message: bytes) -> bytes:
+    return message[1 : 1 + aead_module.NONCE_LEN]
+
+
+def test_nonces_come_from_a_per_thread_buffer_and_never_repeat() -> None:
+    import threading
+
+    aead = Aead(b"k" * 32)
+    nonces = [_nonce_of(aead.seal(b"x", b"")) for _ in range(1000)]  # 3 buffers' worth
+    others: list[bytes] = []
+    thread = threading.Thread(
+        target=lambda: others.extend(_nonce_of(aead.seal(b"x", b"")) for _ in range(500))
+    )
+    thread.start()
+    thread.join()
+    assert len(set(nonces + others)) == 1500
+    assert all(len(n) == aead_module.NONCE_LEN for n in nonces)
+
+
+def test_a_forked_child_drops_the_nonce_buffer_it_inherited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    monkeypatch.setattr(aead_module, "_nonces", aead_module._Nonces())
+    aead = Aead(b"k" * 32)
+    aead.seal(b"x", b"")  # this thread's buffer now holds the next 340 nonces
+    inherited = aead_module._nonces
+    assert inherited.pos == aead_module.NONCE_LEN
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the state it starts from, and its first nonce
+        try:
+            fresh = aead_module._nonces is not inherited and aead_module._nonces.buf == b""
+            os.write(write_end, bytes([fresh]) + _nonce_of(aead.seal(b"x", b"")))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    got = b""
+    while chunk := os.read(read_end, 64):
+        got += chunk
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert got[:1] == b"\x01"
+    child_nonce = got[1:]
+    assert len(child_nonce) == aead_module.NONCE_LEN
+    # The parent's next nonce is the one the child would have used without the reset.
+    assert _nonce_of(aead.seal(b"x", b"")) != child_nonce

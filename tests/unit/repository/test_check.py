@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 from safehold.engine.backup import BackupOptions, run_backup
@@ -564,3 +565,78 @@ def test_tree_naming_an_invalid_blob_id(scene: Scene) -> None:
     assert [(p.code, p.snapshot, p.path) for p in report.errors] == [
         ("tree-damaged", snap.id, "/odd")
     ]
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        {"name": "a", "type": "file", "content": ["00" * 32], "mode": 1},
+        {"name": "a", "type": "dir", "subtree": "11" * 32},
+        {"name": "a", "type": "file", "content": "abc"},  # taken, then named invalid ids
+        {"name": "a", "type": "file", "xattrs": {"user.x": "eA=="}},
+        {"name": "a"},  # no type
+        {"name": "a", "type": "file", "content": 3},
+        {"name": "a", "type": "file", "content": None},
+        {"name": "a", "type": "file", "xattrs": {"user.x": "not base64!"}},
+        {"name": "a", "type": "file", "xattrs": []},
+    ],
+)
+def test_the_walk_refuses_the_trees_decode_tree_refuses(node: dict[str, object]) -> None:
+    """check's walk reads trees as JSON (check/walk.py, _entries): it must refuse exactly
+    the trees every other reader refuses, and see the same of the others."""
+    from safehold.errors import FormatError
+    from safehold.repository.check.walk import _entries
+
+    raw = orjson.dumps({"nodes": [node]})
+    try:
+        nodes = t.decode_tree(raw)
+    except FormatError:
+        with pytest.raises(FormatError, match="is not a valid tree"):
+            _entries(raw, "tree")
+        return
+    assert [(n.name, n.type, n.content, n.subtree) for n in nodes] == [
+        (name, kind, list(content), subtree)
+        for name, kind, content, subtree in _entries(raw, "tree")
+    ]
+
+
+@pytest.mark.parametrize("cap", [1 << 16, 3])
+def test_the_tree_cache_is_bounded_by_nodes_and_the_report_is_the_same(
+    mem_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    """Two chains of the same folders: each tree is walked once per chain, loaded once
+    while the cache holds it, and the cache never holds more than its share of nodes."""
+    from safehold.repository.check import walk as check_walk
+
+    src = tmp_path / "src"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(5):
+            (src / f"d{d}" / f"f{f}").write_text(f"{d}/{f}")
+    for _ in range(2):
+        run_backup(mem_repo, BackupOptions(paths=[str(src)], isolated=True))
+    monkeypatch.setattr(check_walk, "TREE_CACHE_NODES", cap)
+    loaded: list[bytes] = []
+    sizes: list[int] = []
+    real = check_walk._entries
+
+    def counting(data: bytes, what: str) -> list[check_walk.Entry]:
+        loaded.append(data)
+        return real(data, what)
+
+    real_load = check_walk.SnapshotChecks.load_tree
+
+    def load_tree(self: check_walk.SnapshotChecks, tree_id: bytes) -> list[check_walk.Entry]:
+        out = real_load(self, tree_id)
+        sizes.append(self.cached_nodes)
+        assert self.cached_nodes == sum(map(len, self.trees.values()))
+        return out
+
+    monkeypatch.setattr(check_walk, "_entries", counting)
+    monkeypatch.setattr(check_walk.SnapshotChecks, "load_tree", load_tree)
+    report = check_repository(mem_repo)
+    assert report.ok and report.snapshots == 2
+    assert max(sizes) <= cap
+    trees = report.trees  # distinct trees
+    # Walked once per chain: loaded once each with room, again for the second chain without.
+    assert len(loaded) == (trees if cap > 100 else 2 * trees)

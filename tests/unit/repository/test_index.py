@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from safehold.errors import FormatError
 from safehold.repository.index import Index, IndexLoader, Location, PackRecord, encode_index
+from safehold.repository.index_run import SortedRun
 from safehold.repository.pack import PackEntry
 
 # A few ids that share leading bytes (same directory bucket, and a neighbour that differs
@@ -288,3 +289,68 @@ def test_ids_of_the_wrong_length_are_never_found() -> None:
     for wrong in (blob_id[:16], blob_id[4:20], blob_id + b"\x00", b""):
         assert index.lookup(wrong) is None
         assert not index.has_in_chain(wrong, b"a" * 16)
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), unique=True, max_size=300))
+def test_a_run_built_from_an_overlay_is_the_merged_one(ids: list[bytes]) -> None:
+    """The first merge's shortcut (SortedRun.of_overlay) builds the run the general merge
+    builds from an empty run: the same records, order, count and directory."""
+    first = {b: (i % 7, i % 2, 8 + i, 10 + i, 2**32 - 1 - i) for i, b in enumerate(ids)}
+    keys = sorted(first)
+    fast = SortedRun.of_overlay(keys, first)
+    slow = SortedRun.empty()._merged(keys, first, {})
+    assert (fast.ids, fast.meta, fast.types, fast.distinct, fast.dir) == (
+        slow.ids,
+        slow.meta,
+        slow.types,
+        slow.distinct,
+        slow.dir,
+    )
+
+
+def test_merges_are_deferred_inside_merges_deferred() -> None:
+    import hashlib
+
+    def add(index: Index, p: int) -> PackRecord:
+        entries = tuple(
+            PackEntry(0, 8 + i, 1, 1, hashlib.sha256(b"%d/%d" % (p, i)).digest())
+            for i in range(1000)
+        )
+        rec = PackRecord(hashlib.sha256(b"p%d" % p).digest(), b"a" * 16, 99, entries)
+        index.add_pack(rec)
+        return rec
+
+    plain = Index()
+    for p in range(70):
+        add(plain, p)
+    assert plain._run.n == 66_000  # merged at 65,536 records
+    index = Index()
+    with index.merges_deferred(records=200_000):
+        recs = [add(index, p) for p in range(100)]
+        assert index._run.n == 0
+        assert all(index.lookup(r.entries[-1].blob_id) is not None for r in recs[::9])
+    assert index._run.n == 0  # merged when next needed, not on leaving
+    assert index.blob_count() == 100_000
+    assert all(index.lookup(r.entries[-1].blob_id) is not None for r in recs[::9])
+    assert index._threshold() == 1 << 16
+
+
+@given(st.lists(pack_records(), max_size=12), st.integers(0, 11), st.booleans())
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_locate_is_lookup_and_has_in_chain(
+    records: list[PackRecord], removed: int, flushed: bool
+) -> None:
+    index = Index(merge_at=4)
+    for rec in records:
+        index.add_pack(rec)
+    if records:
+        index.remove_pack(records[removed % len(records)].pack_id)
+    if flushed:
+        index.flush()
+    ids = {e.blob_id for rec in records for e in rec.entries} | {b"\x01" * 32}
+    for blob_id in ids:
+        for chain in (b"a" * 16, b"b" * 16, b"c" * 16, b"z" * 16):
+            assert index.locate(blob_id, chain) == (
+                index.lookup(blob_id),
+                index.has_in_chain(blob_id, chain),
+            )

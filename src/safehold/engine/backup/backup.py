@@ -4,9 +4,10 @@ Folders and files are walked and read here; streams are saved by ``stream.py``.
 
 Order of work (docs/architecture.md, "Backup pipeline"): lock, load the index (and adopt
 packs an interrupted backup left behind), choose the parent and the chain, walk, read the
-changed files in parallel (largest first), save trees bottom-up, write the index, then the
-snapshot. Until the snapshot is written nothing is visible to readers, so a crash or a
-failed source leaves the repository as it was, plus packs the next backup reuses.
+changed files in parallel (largest first, files of one chunk in walk order), save each
+folder's tree once its files are read, write the index, then the snapshot. Until the
+snapshot is written nothing is visible to readers, so a crash or a failed source leaves
+the repository as it was, plus packs the next backup reuses.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import BinaryIO
 from safehold import __version__, runtime
 from safehold.engine import xattrs as xa
 from safehold.engine.backup.file_reader import Counters, FileReader
-from safehold.engine.backup.plan import Planner, build_tree, root_plan
+from safehold.engine.backup.plan import DirPlan, Planner, build_tree, root_plan
 from safehold.engine.backup.prescan import Prescan
 from safehold.engine.backup.read_queue import HeldProgress, ReadQueue
 from safehold.engine.backup.scan import CACHEDIR_TAG, Excluder
@@ -197,25 +198,28 @@ def run_backup(
         saver = BlobSaver(repo, chain_from_hex(chain))
         counters = Counters()
         errors: list[tuple[str, str]] = []
-        try:
-            if opts.streams is not None or opts.stdin_name:
-                root_id = backup_streams(
-                    repo, saver, _streams(opts), opts.threads, counters, progress
-                )
-            else:
-                root_id = _backup_paths(
-                    repo, saver, opts, paths, parent, counters, errors, progress, prescan
-                )
-            saver.finish()
-            repo.update_index_cache()  # the next command loads this backup's index files too
-        except BaseException:
-            # Keep what was uploaded findable: the next backup adopts these packs anyway,
-            # but an index now saves it the work.
+        # Every new blob adds an index record: not merged every 65,536 records while the
+        # savers wait (the index kept for the cache gets its records only at the end).
+        with repo.index.merges_deferred():
             try:
+                if opts.streams is not None or opts.stdin_name:
+                    root_id = backup_streams(
+                        repo, saver, _streams(opts), opts.threads, counters, progress
+                    )
+                else:
+                    root_id = _backup_paths(
+                        repo, saver, opts, paths, parent, counters, errors, progress, prescan
+                    )
                 saver.finish()
+                repo.update_index_cache()  # the next command loads this backup's index files too
             except BaseException:
-                saver.abort()
-            raise
+                # Keep what was uploaded findable: the next backup adopts these packs anyway,
+                # but an index now saves it the work.
+                try:
+                    saver.finish()
+                except BaseException:
+                    saver.abort()
+                raise
         summary: dict[str, int | float] = {
             "files_new": counters.files_new,
             "files_changed": counters.files_changed,
@@ -309,7 +313,16 @@ def _backup_paths(
     held = HeldProgress(progress)
     vanished = Vanished()
     reader = FileReader(repo, saver, counters, errors, held, vanished)
-    with ReadQueue[tuple[str, t.Node]](reader.read, opts.threads) as queue:
+    planner: Planner
+
+    def read(job: tuple[str, t.Node, DirPlan]) -> None:
+        path, node, folder = job
+        reader.read((path, node))
+        planner.file_read(folder)  # the folder's tree is saved after its last file
+
+    # Files of one chunk (read whole, in FileReader._read_from) are read in walk order.
+    small = repo.config.chunker.min_size
+    with ReadQueue[tuple[str, t.Node, DirPlan]](read, opts.threads, small=small) as queue:
         planner = Planner(
             index=repo.index,
             chain=saver.chain_id,
@@ -318,7 +331,8 @@ def _backup_paths(
             one_file_system=opts.one_file_system,
             force=opts.force,
             save_tree=save_tree,
-            on_job=lambda job: queue.put(job, job[1].size),  # read while the walk goes on
+            # Read while the walk goes on.
+            on_job=lambda path, node, folder: queue.put((path, node, folder), node.size),
             prescan=prescan,
             vanished=vanished,
             attrs=_attr_choice(opts),
@@ -343,10 +357,8 @@ def _backup_paths(
         counters.files_changed = planner.files_changed
         counters.files_unchanged = planner.files_unchanged
         counters.total_bytes = planner.bytes
-        jobs = planner.jobs
-        todo_bytes = sum(node.size for _, node in jobs)
         progress.start("backup", planner.files, planner.bytes)
-        progress.advance(planner.files - len(jobs), planner.bytes - todo_bytes)
+        progress.advance(planner.files - planner.to_read, planner.bytes - planner.to_read_bytes)
         held.release()
     # Every file is read: only trees follow, so the data pack buffers can go now.
     saver.close_packs(BLOB_DATA)

@@ -153,6 +153,10 @@ class FileReader:
                 if not got:
                     break
                 n += got
+                if n == expected:
+                    # The size the walk saw: no second call to find the end of the file
+                    # (the fstat after reading catches a file that grew meanwhile).
+                    break
             if n <= chunker.params.min_size:
                 if n:
                     ids.append(HexId(save(BLOB_DATA, view[:n])[0].hex()))

@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from safehold.ids import BlobId, ChainId, PackId
-from safehold.repository import tree as t
 from safehold.repository.check.options import CheckOptions
 from safehold.repository.check.report import CheckReport, Found, Problem
 from safehold.repository.index import Index
@@ -38,7 +38,9 @@ class CheckState:
         self.bad_packs: dict[PackId, tuple[str, str]] = {}  # pack id -> (code, why)
         self.bad_blobs: set[tuple[BlobId, PackId]] = set()  # (blob id, pack id), from read-data
         self.memo: dict[tuple[BlobId, ChainId], Found] = {}  # (tree id, chain id)
-        self.trees: OrderedDict[BlobId, list[t.Node]] = OrderedDict()
+        # Trees walked lately: (name, type, content, subtree) of each node (check/walk.py).
+        self.trees: OrderedDict[BlobId, list[tuple[str, Any, Any, Any]]] = OrderedDict()
+        self.cached_nodes = 0  # in ``trees``
         self.tree_ids: set[BlobId] = set()
         self.blob_ids: set[BlobId] = set()
 

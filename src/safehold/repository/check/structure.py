@@ -11,7 +11,7 @@ from safehold.repository.check.report import ERROR, WARNING, why
 from safehold.repository.check.state import CheckState
 from safehold.repository.format import T_CONFIG, T_INDEX, open_object
 from safehold.repository.format import storage_id as hash_name
-from safehold.repository.index import decode_index
+from safehold.repository.index import IndexLoader
 from safehold.repository.repository import RepoConfig, pack_name
 from safehold.repository.trash import list_trash
 
@@ -58,6 +58,7 @@ class StructureChecks(CheckState):
         """Load every index file into the check's own index, reporting those that cannot be read;
         a file prune replaced meanwhile is followed to its replacement."""
         loaded: set[str] = set()
+        loader = IndexLoader()
         # Prune writes a replacement index before deleting the old file: when a file
         # vanishes under us, a fresh listing shows what replaced it.
         for _attempt in range(3):
@@ -66,12 +67,12 @@ class StructureChecks(CheckState):
                 if name in loaded:
                     continue
                 try:
-                    records = decode_index(self.repo.load_object(name, T_INDEX), name)
+                    listed = loader.add_file(self.repo.load_object(name, T_INDEX), name)
                 except ObjectNotFound:
                     vanished = True
                     continue
                 except IntegrityError as exc:
-                    records = []
+                    listed = []
                     msg = (
                         f"the index file is damaged ({exc.message}); "
                         "the packs it lists are unknown until the index is rebuilt"
@@ -79,11 +80,12 @@ class StructureChecks(CheckState):
                     hint = "run 'safehold repair index': it rebuilds the index from the packs"
                     self.add(ERROR, "index-damaged", name, msg, hint=hint)
                 loaded.add(name)
-                for rec in records:
-                    self.index.add_pack(rec)
-                    self.index_file_of.setdefault(rec.pack_id, name)
+                for pack_id in listed:
+                    self.index_file_of.setdefault(pack_id, name)
             if not vanished:
                 break
+        # Sorted once (IndexLoader), not added pack by pack and merged afterwards.
+        self.index = loader.finish()
         self.report.index_files = len(loaded)
 
     def check_packs(self) -> None:

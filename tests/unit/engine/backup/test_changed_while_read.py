@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from safehold.engine.backup.file_reader import CHANGED_WHILE_READ, Counters, FileReader
 from safehold.engine.backup.scan import node_from_stat
 from safehold.engine.backup.vanished import Vanished
@@ -103,3 +105,37 @@ def test_a_file_that_changes_on_both_reads_is_named_in_the_errors(
     assert stored == path.read_bytes() and node.size == 6 * MIB and node.error == ""
     # The walk's times stay, so the next backup reads the file again.
     assert (node.mtime_ns, node.ctime_ns) == (walk.st_mtime_ns, walk.st_ctime_ns)
+
+
+def test_a_small_file_read_in_one_call_and_one_that_grew_since_the_walk(
+    mem_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of one chunk is read in one readv when it has the size the walk saw (no
+    second call to find its end); one that grew after the walk is still stored whole."""
+    calls: list[int] = []
+    real = os.readv
+
+    def counting(fd: int, buffers: list[memoryview]) -> int:
+        calls.append(fd)
+        return real(fd, buffers)
+
+    monkeypatch.setattr(os, "readv", counting)
+    path = tmp_path / "mail"
+    path.write_bytes(b"m" * 3000)
+    node, errors, stored = read_with(mem_repo, path, ChangeAtFirstChunk([]))
+    assert (stored, errors, len(calls)) == (b"m" * 3000, [], 1)
+
+    grown = tmp_path / "grown"
+    grown.write_bytes(b"a" * 3000)
+    node = node_from_stat(grown.name, os.lstat(grown), str(grown))
+    with open(grown, "ab") as f:
+        f.write(b"b" * 100)
+    os.utime(grown, ns=(node.mtime_ns + 7, node.mtime_ns + 7))
+    saver = BlobSaver(mem_repo, bytes(16))
+    errors = []
+    FileReader(mem_repo, saver, Counters(), errors, ChangeAtFirstChunk([]), Vanished()).read(
+        (str(grown), node)
+    )
+    saver.finish()
+    stored = b"".join(mem_repo.load_blob(bytes.fromhex(i)) for i in node.content)
+    assert (stored, node.size, errors) == (b"a" * 3000 + b"b" * 100, 3100, [])

@@ -30,6 +30,27 @@ def test_every_job_runs_once_and_the_largest_known_goes_first() -> None:
     assert done == [500, 50, 20, 5, 1]
 
 
+def test_small_jobs_come_after_larger_ones_in_the_order_they_were_put() -> None:
+    gate = threading.Event()
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def read(job: int) -> None:
+        if job == -1:
+            gate.wait(5)  # hold the only reader until every other job is queued
+            return
+        with lock:
+            done.append(job)
+
+    with ReadQueue[int](read, 1, small=100) as queue:
+        queue.put(-1, 10**9)
+        for size in [5, 500, 50, 1, 100, 2000, 101, 20]:
+            queue.put(size, size)
+        gate.set()
+    # Larger than ``small``: largest first; the rest first-in first-out.
+    assert done == [2000, 500, 101, 5, 50, 1, 100, 20]
+
+
 def test_a_reader_error_stops_the_walk_and_is_raised() -> None:
     ran: list[int] = []
 
@@ -61,6 +82,25 @@ def test_an_error_in_the_walk_drops_queued_jobs() -> None:
             queue.put(i, 10 - i)
         raise RuntimeError("walk failed")
     assert ran in ([], [0])  # at most the job already started
+
+
+def test_an_error_in_the_walk_drops_queued_small_jobs_too() -> None:
+    gate = threading.Event()
+    ran: list[int] = []
+
+    def read(job: int) -> None:
+        gate.wait(5)
+        ran.append(job)
+
+    threading.Timer(0.3, gate.set).start()
+    with (
+        pytest.raises(RuntimeError, match="walk failed"),
+        ReadQueue[int](read, 1, small=100) as queue,
+    ):
+        for i in range(10):
+            queue.put(i, 10 - i)  # all small: first-in first-out
+        raise RuntimeError("walk failed")
+    assert ran in ([], [0])
 
 
 class _Sink(Progress):
