@@ -21,7 +21,7 @@ The rules, in the order they apply to a slot:
    ``exit_if_in_progress``) skips the slot; ``on_overlap: queue`` queues one run behind
    it, and skips further slots while that one waits.
 5. **Minimum interval** (staffeln's ``backup_min_interval``): a slot that comes less than
-   ``min_interval`` after the start of the last successful run is skipped.
+   ``min_interval`` after the start of the last run that is going or succeeded is skipped.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ class PlanFacts:
     since: datetime
     running: int = 0  # runs started and not ended
     waiting: int = 0  # runs queued and not started
-    last_success_start: datetime | None = None
+    # The start of the newest run that is going or succeeded (min_interval counts from it:
+    # a run under way counts, or a slot queued behind it would come too soon).
+    last_start: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -194,13 +196,13 @@ def _runnable(
             return SlotDecision(
                 slot, SlotState.SKIPPED, "overlap: a run is already queued", trigger
             )
-    if rules.min_interval is not None and facts.last_success_start is not None:
-        since_last = slot - facts.last_success_start
+    if rules.min_interval is not None and facts.last_start is not None:
+        since_last = slot - facts.last_start
         if since_last < rules.min_interval:
             return SlotDecision(
                 slot,
                 SlotState.SKIPPED,
-                f"min_interval: the last successful run started {_ago(since_last)} before "
+                f"min_interval: the last run started {_ago(since_last)} before "
                 f"(min_interval {_ago(rules.min_interval)})",
                 trigger,
             )

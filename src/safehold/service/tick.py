@@ -47,7 +47,7 @@ _FACTS = text(
       (SELECT count(*) FROM runs r WHERE r.plan_id = p.id AND r.kind = 'backup'
          AND r.state = 'queued') AS waiting,
       (SELECT max(r.started_at) FROM runs r WHERE r.plan_id = p.id AND r.kind = 'backup'
-         AND r.state = 'succeeded') AS last_success
+         AND r.state IN ('running', 'succeeded')) AS last_start
     FROM plans p WHERE p.id = ANY(:ids)
     """
 )
@@ -138,14 +138,14 @@ def tick(
         if not due:
             return result
         rows: list[tuple[int, SlotDecision]] = []
-        for plan_id, paused, created_at, newest, running, waiting, last_success in db.execute(
+        for plan_id, paused, created_at, newest, running, waiting, last_start in db.execute(
             _FACTS, {"ids": due}
         ):
             spec = by_id[plan_id]
             since = newest or created_at
             known = state.next_due[plan_id]
             facts = PlanFacts(
-                since=since, running=running, waiting=waiting, last_success_start=last_success
+                since=since, running=running, waiting=waiting, last_start=last_start
             )
             decisions, moved[plan_id] = plan_tick(
                 spec.rules(paused=paused),
