@@ -164,8 +164,9 @@ def bench_overhead(work: Path, state_dir: Path, reps: int) -> list[tuple[str, st
         subprocess.run([*safehold, "backup", "--config", str(config), "--source", "small"],
                        env=env, check=True, capture_output=True)  # fmt: skip
         manual.append(time.perf_counter() - started)
+    quiet = subprocess.DEVNULL
     serve = subprocess.Popen([*safehold, "serve", "--config", str(config), "--workers", "1"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                             env=env, stdout=quiet, stderr=quiet)  # fmt: skip
     try:
         service = []
         for _ in range(reps):
