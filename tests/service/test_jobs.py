@@ -288,3 +288,73 @@ def test_a_destination_cannot_carry_the_limit(tmp_path: Path) -> None:
     path.write_text("destinations: [{location: /x, password: y, max_concurrent_jobs: 2}]\n")
     with pytest.raises(Exception, match="belongs in the repository"):
         load_config(str(path))
+
+
+def test_a_repository_s_prune_is_a_plan_of_its_own(setup: Setup) -> None:
+    setup.config("")
+    path = setup.tmp / "safehold.yaml"
+    text_ = path.read_text().replace(
+        "password_env: SH_TEST_PW}", "password_env: SH_TEST_PW, prune: {schedule: '@weekly', "
+        "max_unused: 5%}}",
+    )  # fmt: skip
+    path.write_text(text_)
+    specs = plans_from_config(load_config(str(path)))
+    prune = specs[f"_repository/{setup.repo}"]
+    assert prune.kind == "prune" and prune.max_unused == "5%"
+    assert prune.lock == f"repository:{setup.repo}" and specs["default/job"].lock == "default/job"
+    with pytest.raises(Exception, match="not between"):
+        path.write_text(text_.replace("5%", "150%"))
+        load_config(str(path))
+
+
+def test_a_prune_job_succeeds_and_never_blocks_a_backup(setup: Setup, cli: CliRunner) -> None:
+    path = setup.tmp / "safehold.yaml"
+    setup.config("")
+    path.write_text(
+        path.read_text().replace(
+            "password_env: SH_TEST_PW}",
+            "password_env: SH_TEST_PW, max_concurrent_jobs: 1, prune: {schedule: '@weekly'}}",
+        )
+    )
+    specs = plans_from_config(load_config(str(path)))
+    sync_plans(setup.engine, specs.values())
+    prune_key = f"_repository/{setup.repo}"
+
+    async def go() -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(
+                app, setup.engine, plans=lambda: specs, state_dir=setup.tmp / "state",
+                worker="w", conninfo=setup.conninfo,
+            )  # fmt: skip
+
+            async def queue(key: str) -> uuid.UUID:
+                run_id = await asyncio.to_thread(
+                    jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=specs[key].kind
+                )
+                await jobs.defer(run_id, key)
+                return run_id
+
+            worker = await app.job_manager.register_worker()
+            # A worker holds the prune's job (``doing``: its lock is taken)...
+            prune = await queue(prune_key)
+            held = await app.job_manager.fetch_job(queues=None, worker_id=worker)
+            assert held is not None and held.lock == f"repository:{setup.repo}"
+            # ...a second prune of the repository waits behind it...
+            second = await queue(prune_key)
+            # ...and a backup of a plan on the same repository is taken and runs.
+            backup = await queue("default/job")
+            got = await app.job_manager.fetch_job(queues=None, worker_id=worker)
+            assert got is not None and got.task_kwargs["run_id"] == str(backup)
+            assert await app.job_manager.fetch_job(queues=None, worker_id=worker) is None
+            # The backup runs to its end while the prune's job is still held.
+            await jobs.execute(backup)
+            await jobs.execute(prune)
+            return prune, second, backup
+
+    prune, second, backup = asyncio.run(go())
+    assert row(setup.engine, backup)["state"] == "succeeded"
+    done = row(setup.engine, prune)
+    assert (done["state"], done["kind"]) == ("succeeded", "prune")
+    assert row(setup.engine, second)["state"] == "queued"

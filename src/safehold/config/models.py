@@ -34,6 +34,7 @@ from pydantic import (
 
 from safehold.config.plans import (
     DEFAULT_PROJECT,
+    PruneConfig,
     RetentionConfig,
     ServiceConfig,
     check_project,
@@ -259,6 +260,8 @@ class RepositoryConfig(BaseModel):
     # `safehold serve`: at most this many runs write to this repository at once, across
     # every worker and machine (fifty plans must not open fifty uploads to one bucket).
     max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000)
+    # `safehold serve`: prune this repository on its own schedule (PruneConfig).
+    prune: PruneConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -292,6 +295,8 @@ class DestinationConfig(RepositoryConfig):
         # Copies run inside each backup's run, which the repository's limit already counts.
         if self.max_concurrent_jobs is not None:
             raise ValueError("max_concurrent_jobs belongs in the repository: block")
+        if self.prune is not None:
+            raise ValueError("prune belongs in the repository: block")
         return self
 
 
