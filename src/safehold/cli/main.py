@@ -41,6 +41,7 @@ COMMANDS = [
     "plan",
     "runs",
     "workers",
+    "catalog",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
