@@ -178,6 +178,8 @@ class SourceCommon(BaseModel):
     host: str | None = None  # host name recorded in snapshots (default: this machine's)
     tags: list[str] = Field(default_factory=list)
     chain_length: int | None = Field(default=None, ge=0)
+    # Each snapshot its own chain, sharing no data with any other (backup --isolated).
+    isolated: bool = False
     timeout: Seconds | None = None  # the whole run, hooks included
     backup_user: str | None = None  # hooks run as this user (safehold must be root)
     exit_if_in_progress: bool = False  # False: wait for the running one to finish
@@ -237,6 +239,8 @@ class SourceCommon(BaseModel):
     def _one_identifier(self) -> SourceCommon:
         if self.identifier is not None and self.identifier_command is not None:
             raise ValueError("give identifier or identifier_command, not both")
+        if self.isolated and self.chain_length is not None:
+            raise ValueError("give isolated or chain_length, not both (isolated: no chains)")
         return self
 
 
