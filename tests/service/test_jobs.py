@@ -16,7 +16,7 @@ import pytest
 from procrastinate import App, PsycopgConnector
 from sqlalchemy import Engine, text
 
-from safehold.catalog import RunTrigger
+from safehold.catalog import RunKind, RunTrigger
 from safehold.config import load_config
 from safehold.service.child import run_child
 from safehold.service.cluster import Cluster
@@ -175,16 +175,37 @@ def test_the_parent_kills_a_child_that_does_not_end() -> None:
     assert len(lines) == 1
 
 
-def test_a_lost_worker_s_run_is_ended_and_retried(setup: Setup) -> None:
-    specs = setup.config("")
+@pytest.mark.parametrize(
+    ("plan", "kind", "retried"),
+    [
+        ("default/job", "backup", True),
+        ("default/job", "retention", False),
+        ("prune", "prune", True),
+    ],
+)
+def test_a_lost_worker_s_run_is_ended_and_retried(
+    setup: Setup, plan: str, kind: str, retried: bool
+) -> None:
+    """A lost run is retried as what it was (a retention is not: the next backup queues
+    another)."""
+    setup.config("")
+    path = setup.tmp / "safehold.yaml"
+    path.write_text(
+        path.read_text().replace("SH_TEST_PW}", "SH_TEST_PW, prune: {schedule: '@weekly'}}")
+    )
+    specs = plans_from_config(load_config(str(path)))
+    sync_plans(setup.engine, specs.values())
+    key = f"_repository/{setup.repo}" if plan == "prune" else plan
 
     async def go() -> tuple[uuid.UUID, int]:
         app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
         register(app)
         async with app.open_async():
             jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
-            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
-            await jobs.defer(run_id, "default/job")
+            run_id = await asyncio.to_thread(
+                jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=RunKind(kind)
+            )
+            await jobs.defer(run_id, key)
             # A worker takes the job and dies: its heartbeat stops.
             worker_id = await app.job_manager.register_worker()
             job = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
@@ -204,13 +225,16 @@ def test_a_lost_worker_s_run_is_ended_and_retried(setup: Setup) -> None:
     lost = row(setup.engine, run_id)
     assert lost["state"] == "worker_lost" and "worker" in lost["error"]
     with setup.engine.connect() as db:
-        retry = db.execute(
-            text("SELECT attempt, trigger, state FROM runs WHERE id <> :r"), {"r": run_id}
-        ).one()
+        retries = db.execute(
+            text("SELECT attempt, trigger, state, kind FROM runs WHERE id <> :r"), {"r": run_id}
+        ).all()
         statuses = (
             db.execute(text("SELECT status FROM procrastinate_jobs ORDER BY id")).scalars().all()
         )
-    assert tuple(retry) == (2, "retry", "queued")
+    if not retried:
+        assert retries == [] and statuses == ["failed"]
+        return
+    assert [tuple(r) for r in retries] == [(2, "retry", "queued", kind)]
     assert statuses == ["failed", "todo"]  # the stalled job ended; its plan's lock is free
 
 

@@ -387,15 +387,16 @@ class Jobs:
             if lost is None:
                 continue
             ended += 1
-            plan_key, slot_id, attempt = lost
+            plan_key, slot_id, attempt, kind = lost
             spec = self._plans().get(plan_key)
-            if spec is not None and attempt <= max(spec.retries, 1):
+            # A lost retention is not retried: the plan's next backup queues another.
+            if spec is not None and kind == spec.kind and attempt <= max(spec.retries, 1):
                 await self._retry(
                     spec, slot_id, attempt, Outcome(RunState.WORKER_LOST, "worker lost")
                 )
         return ended
 
-    def _lose(self, run_id: uuid.UUID) -> tuple[str, int | None, int] | None:
+    def _lose(self, run_id: uuid.UUID) -> tuple[str, int | None, int, str] | None:
         # One UPDATE decides: when two processes reap the same job, one of them ends it.
         with self.engine.begin() as db:
             row = db.execute(
@@ -403,13 +404,13 @@ class Jobs:
                     "UPDATE runs r SET state = 'worker_lost', ended_at = now(), "
                     "error = :error, hint = :hint FROM plans p "
                     "WHERE r.id = :r AND p.id = r.plan_id AND r.state IN ('running', 'queued') "
-                    "RETURNING r.slot_id, r.attempt, p.project, p.name"
+                    "RETURNING r.slot_id, r.attempt, r.kind, p.project, p.name"
                 ),
                 {"r": run_id, "error": _LOST_ERROR, "hint": _LOST_HINT},
             ).one_or_none()
             if row is None:
                 return None
-            slot_id, attempt, project, name = row
+            slot_id, attempt, kind, project, name = row
             if slot_id is not None:
                 db.execute(
                     text(
@@ -418,7 +419,7 @@ class Jobs:
                     ),
                     {"s": slot_id, "r": run_id},
                 )
-        return f"{project}/{name}", slot_id, attempt
+        return f"{project}/{name}", slot_id, attempt, kind
 
 
 _LOST_ERROR = "the worker running it stopped (killed, or cut off from the database)"
