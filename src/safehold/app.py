@@ -123,6 +123,7 @@ def source_job(
         host=common.host,
         tags=list(common.tags),
         chain_length=common.chain_length,
+        isolated=common.isolated,
         timeout=common.timeout,
         backup_user=common.backup_user,
         exit_if_in_progress=common.exit_if_in_progress,

@@ -502,3 +502,37 @@ def test_forget_applies_a_source_s_retention(cli: CliRunner, cli_repo: str, tmp_
     assert sorted(s["source_name"] for s in snaps) == ["a", "a", "b", "b", "b"]
     res = cli("forget", "--config", str(config), "--source", "b", env=env)
     assert res.code == 2 and "has no retention" in res.stderr
+
+
+def test_a_source_s_isolated_key_makes_each_snapshot_isolated(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    """KBOSS's flag: with ``isolated: true`` each run of the source (by hand or by the
+    service, which runs this same command) is a chain of its own; the source next to it
+    keeps its chain."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("same data\n")
+    config = tmp_path / "safehold.yaml"
+    config.write_text(
+        f"repository: {{location: {cli_repo}, password_env: REPO_PW}}\n"
+        "sources:\n"
+        f"  iso: {{type: directory, paths: [{tmp_path / 'd'}], isolated: true}}\n"
+        f"  chained: {{type: directory, paths: [{tmp_path / 'd'}]}}\n"
+    )
+    env = {"REPO_PW": PASSWORD.decode(), "SAFEHOLD_STATE_DIR": str(tmp_path / "state")}
+    for _ in range(2):
+        for name in ("iso", "chained"):
+            res = cli("backup", "--config", str(config), "--source", name, env=env)
+            assert res.code == 0, res.output
+    snaps = json.loads(cli("-r", cli_repo, "--json", "snapshots", env=env).stdout)
+    iso = [s["chain"] for s in snaps if s["source_name"] == "iso"]
+    chained = [s["chain"] for s in snaps if s["source_name"] == "chained"]
+    assert all(c["isolated"] and c["seq"] == 0 for c in iso) and iso[0]["id"] != iso[1]["id"]
+    assert [c["seq"] for c in chained] == [0, 1] and not any(c["isolated"] for c in chained)
+    refused = cli("backup", "--config", str(config), "--source", "iso", "--isolated", env=env)
+    assert refused.code == 2 and "isolated: true" in refused.stderr
+    config.write_text(
+        config.read_text().replace("isolated: true", "isolated: true, chain_length: 3")
+    )
+    bad = cli("config", "check", str(config), env=env)
+    assert bad.code != 0 and "not both" in bad.output

@@ -16,7 +16,7 @@ import pytest
 from procrastinate import App, PsycopgConnector
 from sqlalchemy import Engine, text
 
-from safehold.catalog import RunTrigger
+from safehold.catalog import RunKind, RunTrigger
 from safehold.config import load_config
 from safehold.service.child import run_child
 from safehold.service.cluster import Cluster
@@ -175,16 +175,37 @@ def test_the_parent_kills_a_child_that_does_not_end() -> None:
     assert len(lines) == 1
 
 
-def test_a_lost_worker_s_run_is_ended_and_retried(setup: Setup) -> None:
-    specs = setup.config("")
+@pytest.mark.parametrize(
+    ("plan", "kind", "retried"),
+    [
+        ("default/job", "backup", True),
+        ("default/job", "retention", False),
+        ("prune", "prune", True),
+    ],
+)
+def test_a_lost_worker_s_run_is_ended_and_retried(
+    setup: Setup, plan: str, kind: str, retried: bool
+) -> None:
+    """A lost run is retried as what it was (a retention is not: the next backup queues
+    another)."""
+    setup.config("")
+    path = setup.tmp / "safehold.yaml"
+    path.write_text(
+        path.read_text().replace("SH_TEST_PW}", "SH_TEST_PW, prune: {schedule: '@weekly'}}")
+    )
+    specs = plans_from_config(load_config(str(path)))
+    sync_plans(setup.engine, specs.values())
+    key = f"_repository/{setup.repo}" if plan == "prune" else plan
 
     async def go() -> tuple[uuid.UUID, int]:
         app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
         register(app)
         async with app.open_async():
             jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
-            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
-            await jobs.defer(run_id, "default/job")
+            run_id = await asyncio.to_thread(
+                jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=RunKind(kind)
+            )
+            await jobs.defer(run_id, key)
             # A worker takes the job and dies: its heartbeat stops.
             worker_id = await app.job_manager.register_worker()
             job = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
@@ -204,13 +225,16 @@ def test_a_lost_worker_s_run_is_ended_and_retried(setup: Setup) -> None:
     lost = row(setup.engine, run_id)
     assert lost["state"] == "worker_lost" and "worker" in lost["error"]
     with setup.engine.connect() as db:
-        retry = db.execute(
-            text("SELECT attempt, trigger, state FROM runs WHERE id <> :r"), {"r": run_id}
-        ).one()
+        retries = db.execute(
+            text("SELECT attempt, trigger, state, kind FROM runs WHERE id <> :r"), {"r": run_id}
+        ).all()
         statuses = (
             db.execute(text("SELECT status FROM procrastinate_jobs ORDER BY id")).scalars().all()
         )
-    assert tuple(retry) == (2, "retry", "queued")
+    if not retried:
+        assert retries == [] and statuses == ["failed"]
+        return
+    assert [tuple(r) for r in retries] == [(2, "retry", "queued", kind)]
     assert statuses == ["failed", "todo"]  # the stalled job ended; its plan's lock is free
 
 
@@ -288,3 +312,73 @@ def test_a_destination_cannot_carry_the_limit(tmp_path: Path) -> None:
     path.write_text("destinations: [{location: /x, password: y, max_concurrent_jobs: 2}]\n")
     with pytest.raises(Exception, match="belongs in the repository"):
         load_config(str(path))
+
+
+def test_a_repository_s_prune_is_a_plan_of_its_own(setup: Setup) -> None:
+    setup.config("")
+    path = setup.tmp / "safehold.yaml"
+    text_ = path.read_text().replace(
+        "password_env: SH_TEST_PW}", "password_env: SH_TEST_PW, prune: {schedule: '@weekly', "
+        "max_unused: 5%}}",
+    )  # fmt: skip
+    path.write_text(text_)
+    specs = plans_from_config(load_config(str(path)))
+    prune = specs[f"_repository/{setup.repo}"]
+    assert prune.kind == "prune" and prune.max_unused == "5%"
+    assert prune.lock == f"repository:{setup.repo}" and specs["default/job"].lock == "default/job"
+    with pytest.raises(Exception, match="not between"):
+        path.write_text(text_.replace("5%", "150%"))
+        load_config(str(path))
+
+
+def test_a_prune_job_succeeds_and_never_blocks_a_backup(setup: Setup, cli: CliRunner) -> None:
+    path = setup.tmp / "safehold.yaml"
+    setup.config("")
+    path.write_text(
+        path.read_text().replace(
+            "password_env: SH_TEST_PW}",
+            "password_env: SH_TEST_PW, max_concurrent_jobs: 1, prune: {schedule: '@weekly'}}",
+        )
+    )
+    specs = plans_from_config(load_config(str(path)))
+    sync_plans(setup.engine, specs.values())
+    prune_key = f"_repository/{setup.repo}"
+
+    async def go() -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(
+                app, setup.engine, plans=lambda: specs, state_dir=setup.tmp / "state",
+                worker="w", conninfo=setup.conninfo,
+            )  # fmt: skip
+
+            async def queue(key: str) -> uuid.UUID:
+                run_id = await asyncio.to_thread(
+                    jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=specs[key].kind
+                )
+                await jobs.defer(run_id, key)
+                return run_id
+
+            worker = await app.job_manager.register_worker()
+            # A worker holds the prune's job (``doing``: its lock is taken)...
+            prune = await queue(prune_key)
+            held = await app.job_manager.fetch_job(queues=None, worker_id=worker)
+            assert held is not None and held.lock == f"repository:{setup.repo}"
+            # ...a second prune of the repository waits behind it...
+            second = await queue(prune_key)
+            # ...and a backup of a plan on the same repository is taken and runs.
+            backup = await queue("default/job")
+            got = await app.job_manager.fetch_job(queues=None, worker_id=worker)
+            assert got is not None and got.task_kwargs["run_id"] == str(backup)
+            assert await app.job_manager.fetch_job(queues=None, worker_id=worker) is None
+            # The backup runs to its end while the prune's job is still held.
+            await jobs.execute(backup)
+            await jobs.execute(prune)
+            return prune, second, backup
+
+    prune, second, backup = asyncio.run(go())
+    assert row(setup.engine, backup)["state"] == "succeeded"
+    done = row(setup.engine, prune)
+    assert (done["state"], done["kind"]) == ("succeeded", "prune")
+    assert row(setup.engine, second)["state"] == "queued"

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
+from safehold.catalog import RunKind
 from safehold.policy.schedule import parse_schedule
 from safehold.service.cluster import Cluster
 from safehold.service.database import prepare
@@ -158,3 +159,27 @@ def test_a_process_whose_memory_is_stale_still_records_every_slot(engine: Engine
     expected = [T0 + timedelta(seconds=10 * k) for k in range(1, 16)]  # up to T0 + 156 s
     for name in (f"p{i}" for i in range(30)):
         assert [r[1] for r in rows if r[0] == name] == expected
+
+
+def test_a_prune_plan_s_slots_queue_prune_runs(engine: Engine) -> None:
+    prune = PlanSpec(
+        project="_repository",
+        name="/srv/repo",
+        config_path="/nonexistent.yaml",
+        schedule=parse_schedule("*/2 * * * *", key="_repository//srv/repo"),
+        kind=RunKind.PRUNE,
+        on_overlap="skip",
+    )
+    plans = {s.key: s for s in (spec("a", "*/2 * * * *"), prune)}
+    ids = register(engine, *plans.values())
+    result = tick(engine, plans, ids, T0 + timedelta(minutes=2))
+    assert sorted(r.plan_key for r in result.new_runs) == ["_repository//srv/repo", "default/a"]
+    with engine.connect() as db:
+        kinds = db.execute(
+            text("SELECT p.name, r.kind FROM runs r JOIN plans p ON p.id = r.plan_id ORDER BY 1")
+        ).all()
+    assert [tuple(k) for k in kinds] == [("/srv/repo", "prune"), ("a", "backup")]
+    # The prune still waiting counts as the plan's run: the next slot is skipped (on_overlap).
+    tick(engine, plans, ids, T0 + timedelta(minutes=4))
+    prune_rows = [r for r in ledger(engine) if r[0] == "/srv/repo"]
+    assert [r[2] for r in prune_rows] == ["queued", "skipped"]

@@ -96,6 +96,7 @@ class RunTrigger(StrEnum):
     MANUAL = "manual"
     CATCH_UP = "catch_up"
     RETRY = "retry"
+    RESYNC = "resync"  # not run by the service: a snapshot found by ``catalog resync``
 
 
 class RunState(StrEnum):

@@ -83,6 +83,8 @@ async def _queue(conninfo: str, engine: Any, specs: Any, key: str) -> object:
     register(app)
     async with app.open_async():
         jobs = Jobs(app, engine, plans=lambda: specs, state_dir=None, worker="cli")  # type: ignore[arg-type]
-        run_id = await asyncio.to_thread(jobs.new_run, key, trigger=RunTrigger.MANUAL)
+        run_id = await asyncio.to_thread(
+            jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=specs[key].kind
+        )
         await jobs.defer(run_id, key)
     return run_id

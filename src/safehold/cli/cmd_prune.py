@@ -35,6 +35,12 @@ def register(sub: Any) -> None:
     )
     add_prune_options(p)
     p.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="take the repository and its password from FILE's repository: block (what "
+        "'safehold serve' runs on the block's prune: schedule)",
+    )
     p.set_defaults(func=run)
 
 
@@ -86,7 +92,12 @@ def options_from(args: argparse.Namespace, *, dry_run: bool) -> PruneOptions:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """``prune``: delete what no snapshot needs, in two phases (backups may keep running)."""
-    repo = ctx.open_repo()
+    if args.config:
+        from safehold.cli.config_run import open_configured_repository
+
+        repo = open_configured_repository(args.config, ctx)
+    else:
+        repo = ctx.open_repo()
     progress = make_progress(ctx.progress_enabled())
     result = prune(repo, options_from(args, dry_run=args.dry_run), progress=progress)
     # Immutable mode: what is still needed gets a new retention end, after the prune so

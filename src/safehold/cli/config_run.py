@@ -277,7 +277,10 @@ def backup_from_config(args: argparse.Namespace, ctx: Context) -> int:
             "(set them in the source's block), or drop --config",
         )
     if args.parent or args.force or args.isolated:
-        raise UsageError("--parent, --force and --isolated are not available with --config")
+        raise UsageError(
+            "--parent, --force and --isolated are not available with --config",
+            hint="for isolated snapshots of a source, give its block 'isolated: true'",
+        )
     config, job, sink, state_dir = _prepare(ctx, args)
     # Command-line flags add to (tags) or override (host, chain length) the file's.
     job = dataclasses.replace(

@@ -40,10 +40,12 @@ COMMANDS = [
     "plans",
     "plan",
     "runs",
+    "workers",
+    "catalog",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
-SERVICE_COMMANDS = ("serve", "plans", "plan", "runs")
+SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "workers")
 
 EPILOG = """\
 environment:

@@ -34,6 +34,7 @@ from pydantic import (
 
 from safehold.config.plans import (
     DEFAULT_PROJECT,
+    PruneConfig,
     RetentionConfig,
     ServiceConfig,
     check_project,
@@ -177,6 +178,8 @@ class SourceCommon(BaseModel):
     host: str | None = None  # host name recorded in snapshots (default: this machine's)
     tags: list[str] = Field(default_factory=list)
     chain_length: int | None = Field(default=None, ge=0)
+    # Each snapshot its own chain, sharing no data with any other (backup --isolated).
+    isolated: bool = False
     timeout: Seconds | None = None  # the whole run, hooks included
     backup_user: str | None = None  # hooks run as this user (safehold must be root)
     exit_if_in_progress: bool = False  # False: wait for the running one to finish
@@ -236,6 +239,8 @@ class SourceCommon(BaseModel):
     def _one_identifier(self) -> SourceCommon:
         if self.identifier is not None and self.identifier_command is not None:
             raise ValueError("give identifier or identifier_command, not both")
+        if self.isolated and self.chain_length is not None:
+            raise ValueError("give isolated or chain_length, not both (isolated: no chains)")
         return self
 
 
@@ -259,6 +264,8 @@ class RepositoryConfig(BaseModel):
     # `safehold serve`: at most this many runs write to this repository at once, across
     # every worker and machine (fifty plans must not open fifty uploads to one bucket).
     max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000)
+    # `safehold serve`: prune this repository on its own schedule (PruneConfig).
+    prune: PruneConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -292,6 +299,8 @@ class DestinationConfig(RepositoryConfig):
         # Copies run inside each backup's run, which the repository's limit already counts.
         if self.max_concurrent_jobs is not None:
             raise ValueError("max_concurrent_jobs belongs in the repository: block")
+        if self.prune is not None:
+            raise ValueError("prune belongs in the repository: block")
         return self
 
 

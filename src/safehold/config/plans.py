@@ -9,6 +9,9 @@ retention applied after each successful run (``forget``'s rules, or the OSB back
 manager's ``DAYS``/``HOURS``/``FILES``). A source without a schedule is still run by hand
 (``safehold backup --config FILE --source NAME``) and ignores these keys.
 
+The ``repository:`` block's ``prune:`` (:class:`PruneConfig`) gives the repository a
+prune of its own schedule, which the service runs apart from the backups.
+
 The top-level ``service:`` block (:class:`ServiceConfig`) says where the service keeps its
 state and which database it uses.
 """
@@ -18,7 +21,15 @@ from __future__ import annotations
 import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from safehold.errors import UsageError
 from safehold.policy import Duration, RetentionPolicy, from_osb, parse_duration
@@ -26,6 +37,7 @@ from safehold.policy.schedule import parse_schedule
 
 __all__ = [
     "DEFAULT_PROJECT",
+    "PruneConfig",
     "RetentionConfig",
     "ServiceConfig",
     "check_project",
@@ -106,6 +118,47 @@ class RetentionConfig(BaseModel):
         except UsageError as exc:
             raise ValueError(str(exc).splitlines()[0]) from None
         return self
+
+
+class PruneConfig(BaseModel):
+    """The ``repository:`` block's ``prune:``: when ``safehold serve`` prunes it.
+
+    ``{schedule: "@weekly"}`` runs ``safehold prune --config FILE`` weekly, as a job of
+    its own that backups never wait for (the repository lets them run during a prune).
+    ``max_unused`` is ``prune --max-unused``: a percentage (``10%``) or ``unlimited``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timezone: str = "UTC"  # before schedule: validation reads the fields in this order
+    schedule: str
+    max_unused: str | None = None
+    paused: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_known(cls, zone: str) -> str:
+        return check_timezone(zone)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_parses(cls, schedule: str, info: ValidationInfo) -> str:
+        check_schedule(schedule, info.data.get("timezone", "UTC"))
+        return schedule
+
+    @field_validator("max_unused", mode="before")
+    @classmethod
+    def _percentage(cls, value: object) -> object:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = f"{value:g}%"
+        if isinstance(value, str) and value.strip().lower() != "unlimited":
+            try:
+                number = float(value.strip().removesuffix("%"))
+            except ValueError:
+                raise ValueError(f"{value!r} is not a percentage (write e.g. 10%)") from None
+            if not 0 <= number <= 100:
+                raise ValueError(f"{value!r} is not between 0% and 100%")
+        return value
 
 
 class ServiceConfig(BaseModel):

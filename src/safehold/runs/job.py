@@ -32,6 +32,7 @@ class SourceJob:
     host: str | None = None
     tags: list[str] = field(default_factory=list)
     chain_length: int | None = None
+    isolated: bool = False  # each snapshot shares no data with any other
     timeout: float | None = None
     backup_user: str | None = None
     exit_if_in_progress: bool = False

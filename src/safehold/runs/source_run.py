@@ -365,6 +365,7 @@ def run_source_backup(
             tags=list(job.tags),
             host=job.host,
             chain_length=job.chain_length,
+            isolated=job.isolated,
             source_kind=job.kind,
             source_name=job.name,
         )

@@ -32,6 +32,7 @@ __all__ = [
     "ChildResult",
     "LogLine",
     "backup_argv",
+    "prune_argv",
     "retention_argv",
     "run_child",
 ]
@@ -99,6 +100,14 @@ def retention_argv(config_path: str, source: str) -> list[str]:
         "--source",
         source,
     ]
+
+
+def prune_argv(config_path: str, *, max_unused: str | None = None) -> list[str]:
+    """The child's command line for a prune of the file's repository."""
+    argv = [sys.executable, "-m", "safehold", "--json", "prune", "--config", config_path]
+    if max_unused is not None:
+        argv += ["--max-unused", max_unused]
+    return argv
 
 
 def parse_line(raw: str) -> LogLine:

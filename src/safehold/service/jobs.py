@@ -14,6 +14,10 @@ A worker that takes the job (:meth:`Jobs.execute`):
    the slot's state from the run's; a failed run with retries left gets a new run
    (``trigger = retry``, ``attempt + 1``), queued after the plan's back-off.
 
+A repository's prune plan (:mod:`.plans`) runs ``safehold prune --config FILE`` the same
+way, under the repository's lock rather than a plan's, and takes none of the repository's
+``max_concurrent_jobs`` slots: backups never wait for a prune.
+
 A worker killed mid-run leaves its job ``doing`` with procrastinate, holding the plan's
 lock. :meth:`Jobs.reap` (every tick) finds such jobs by their worker's stale heartbeat,
 marks the job failed and the run ``worker_lost``, and queues a new attempt: a lost worker
@@ -46,6 +50,7 @@ from safehold.service.child import (
     ChildResult,
     LogLine,
     backup_argv,
+    prune_argv,
     retention_argv,
     run_child,
 )
@@ -102,14 +107,14 @@ def outcome_of(result: ChildResult) -> Outcome:
     return Outcome(RunState.FAILED, error or outcome, error or outcome)
 
 
-def retention_outcome(result: ChildResult) -> Outcome:
-    """A ``forget`` child's end: its exit code says it all."""
+def exit_outcome(result: ChildResult, command: str) -> Outcome:
+    """A ``forget`` or ``prune`` child's end: its exit code says it all."""
     if result.killed:
         return Outcome(RunState.TIMED_OUT, "killed by the service after its time-out")
     if result.exit_code == 0:
         return Outcome(RunState.SUCCEEDED)
     tail = "\n".join(result.stderr_tail[-5:]) or f"exit code {result.exit_code}"
-    return Outcome(RunState.FAILED, "retention failed", f"forget failed: {tail}")
+    return Outcome(RunState.FAILED, f"{command} failed", f"{command} failed: {tail}")
 
 
 class Jobs:
@@ -139,7 +144,8 @@ class Jobs:
     ) -> int:
         """Queue the job of run ``run_id`` (after ``delay`` seconds); its job id. ``first``
         puts it before every job queued without it (a retry of work already lost)."""
-        options: dict[str, Any] = {"lock": plan_key}
+        spec = self._plans().get(plan_key)
+        options: dict[str, Any] = {"lock": spec.lock if spec is not None else plan_key}
         if first:
             options["priority"] = 1
         if delay > 0:
@@ -213,6 +219,8 @@ class Jobs:
             return
         if kind == RunKind.RETENTION.value:
             argv = retention_argv(spec.config_path, spec.name)
+        elif kind == RunKind.PRUNE.value:
+            argv = prune_argv(spec.config_path, max_unused=spec.max_unused)
         else:
             argv = backup_argv(
                 spec.config_path,
@@ -224,10 +232,10 @@ class Jobs:
         lines = _LineWriter(self, run_id, plan_key)
         flusher = asyncio.create_task(lines.run())
         limit = spec.timeout + child.KILL_GRACE if spec.timeout else None
+        # A prune takes no run slot of its repository: it must never make a backup wait.
+        cap = None if kind == RunKind.PRUNE.value else spec.max_concurrent
         try:
-            async with repository_slot(
-                self.conninfo, spec.repository, spec.max_concurrent, what=f"run {run_id}"
-            ):
+            async with repository_slot(self.conninfo, spec.repository, cap, what=f"run {run_id}"):
                 result = await run_child(argv, on_line=lines.add, limit=limit)
         except asyncio.CancelledError:
             # Stopped harder than the grace allowed: the child was killed with the task.
@@ -243,15 +251,19 @@ class Jobs:
             flusher.cancel()
             await self._db(lines.flush)
         if kind == RunKind.RETENTION.value:
-            outcome = retention_outcome(result)
+            outcome = exit_outcome(result, "forget")
+        elif kind == RunKind.PRUNE.value:
+            outcome = exit_outcome(result, "prune")
         else:
             outcome = outcome_of(result)
-        await self._db(self._end, run_id, slot_id, outcome, result.record)
-        if kind != RunKind.BACKUP.value:
-            return
+        # A prune's record is its summary, not a backup's: only its end is kept.
+        record = result.record if kind == RunKind.BACKUP.value else None
+        await self._db(self._end, run_id, slot_id, outcome, record)
+        if kind != spec.kind.value:
+            return  # retention: no retries and nothing after it
         if outcome.state in (RunState.FAILED, RunState.TIMED_OUT) and attempt <= spec.retries:
             await self._retry(spec, slot_id, attempt, outcome)
-        elif outcome.state is RunState.SUCCEEDED and spec.retention:
+        elif outcome.state is RunState.SUCCEEDED and spec.retention and kind == RunKind.BACKUP:
             retention = await self._db(
                 self.new_run, spec.key, trigger=RunTrigger.SCHEDULE, kind=RunKind.RETENTION
             )
@@ -282,7 +294,12 @@ class Jobs:
     ) -> None:
         delay = spec.retry_in(attempt)
         run_id = await self._db(
-            self.new_run, spec.key, trigger=RunTrigger.RETRY, attempt=attempt + 1, slot_id=slot_id
+            self.new_run,
+            spec.key,
+            trigger=RunTrigger.RETRY,
+            attempt=attempt + 1,
+            slot_id=slot_id,
+            kind=spec.kind,
         )
         log.info(
             "plan %s: attempt %d %s; attempt %d in %.0f s (run %s)",
@@ -370,15 +387,16 @@ class Jobs:
             if lost is None:
                 continue
             ended += 1
-            plan_key, slot_id, attempt = lost
+            plan_key, slot_id, attempt, kind = lost
             spec = self._plans().get(plan_key)
-            if spec is not None and attempt <= max(spec.retries, 1):
+            # A lost retention is not retried: the plan's next backup queues another.
+            if spec is not None and kind == spec.kind and attempt <= max(spec.retries, 1):
                 await self._retry(
                     spec, slot_id, attempt, Outcome(RunState.WORKER_LOST, "worker lost")
                 )
         return ended
 
-    def _lose(self, run_id: uuid.UUID) -> tuple[str, int | None, int] | None:
+    def _lose(self, run_id: uuid.UUID) -> tuple[str, int | None, int, str] | None:
         # One UPDATE decides: when two processes reap the same job, one of them ends it.
         with self.engine.begin() as db:
             row = db.execute(
@@ -386,13 +404,13 @@ class Jobs:
                     "UPDATE runs r SET state = 'worker_lost', ended_at = now(), "
                     "error = :error, hint = :hint FROM plans p "
                     "WHERE r.id = :r AND p.id = r.plan_id AND r.state IN ('running', 'queued') "
-                    "RETURNING r.slot_id, r.attempt, p.project, p.name"
+                    "RETURNING r.slot_id, r.attempt, r.kind, p.project, p.name"
                 ),
                 {"r": run_id, "error": _LOST_ERROR, "hint": _LOST_HINT},
             ).one_or_none()
             if row is None:
                 return None
-            slot_id, attempt, project, name = row
+            slot_id, attempt, kind, project, name = row
             if slot_id is not None:
                 db.execute(
                     text(
@@ -401,7 +419,7 @@ class Jobs:
                     ),
                     {"s": slot_id, "r": run_id},
                 )
-        return f"{project}/{name}", slot_id, attempt
+        return f"{project}/{name}", slot_id, attempt, kind
 
 
 _LOST_ERROR = "the worker running it stopped (killed, or cut off from the database)"

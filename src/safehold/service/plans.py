@@ -6,6 +6,13 @@ the catalog agree with the file: a row per plan (``project/name``), its schedule
 settings rewritten from the file on every start and reload. The file stays the source of
 truth for what it declares; a pause given at run time (``safehold plan pause``) is the
 row's own ``paused`` and survives reloads, so a plan is paused when either says so.
+
+A repository with a ``prune:`` schedule is a plan too, of kind ``prune``: project
+``_repository`` (no user's project can start with ``_``), named by the repository's
+location without its credentials. Its slots are in the ledger and its runs are shown
+like a source's; its jobs hold a lock of their own (:attr:`PlanSpec.lock`), the
+repository's, so that two prunes of one repository never overlap while backups, which
+do not take it, go on beside a prune.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, select, text
 
-from safehold.catalog import Plan
+from safehold.catalog import Plan, RunKind
 from safehold.config import Config
 from safehold.policy.schedule import Schedule, parse_schedule
 from safehold.policy.slots import DEFAULT_START_WINDOW, PlanRules
+from safehold.storage.location import redact
 
-__all__ = ["PlanSpec", "plans_from_config", "sync_plans"]
+__all__ = ["REPOSITORY_PROJECT", "PlanSpec", "plans_from_config", "sync_plans"]
+
+REPOSITORY_PROJECT = "_repository"  # the project of the repositories' prune plans
 
 
 @dataclass(frozen=True)
@@ -46,11 +56,25 @@ class PlanSpec:
     # The repository's location and its max_concurrent_jobs (None: no limit).
     repository: str = ""
     max_concurrent: int | None = None
+    kind: RunKind = RunKind.BACKUP  # BACKUP: a source's plan; PRUNE: a repository's
+    max_unused: str | None = None  # a prune plan's ``prune --max-unused``
 
     @property
     def key(self) -> str:
         """``project/name``: the plan's identity in the ledger, the logs and the queue."""
         return f"{self.project}/{self.name}"
+
+    @property
+    def lock(self) -> str:
+        """procrastinate's lock for the plan's jobs: one job holding it runs at a time.
+
+        A source's plan locks its own key; a prune locks its repository (prefixed, so
+        that a local repository at a relative path such as ``default/db`` cannot take a
+        plan's lock).
+        """
+        if self.kind is RunKind.PRUNE:
+            return f"repository:{self.name}"
+        return self.key
 
     def rules(self, *, paused: bool = False) -> PlanRules:
         """The slot rule's view of this plan; ``paused`` adds a run-time pause."""
@@ -81,6 +105,8 @@ class PlanSpec:
             "timeout": self.timeout,
             "retention": self.retention,
             "config": self.config_path,
+            "kind": self.kind.value,
+            "max_unused": self.max_unused,
         }
 
 
@@ -112,6 +138,24 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
             repository=config.repository.location if config.repository else "",
             max_concurrent=config.repository.max_concurrent_jobs if config.repository else None,
         )
+    if config.repository is not None and config.repository.prune is not None:
+        prune = config.repository.prune
+        spec = PlanSpec(
+            project=REPOSITORY_PROJECT,
+            name=redact(config.repository.location),
+            config_path=config.path,
+            schedule=parse_schedule(
+                prune.schedule,
+                key=f"{REPOSITORY_PROJECT}/{redact(config.repository.location)}",
+                timezone=prune.timezone,
+            ),
+            paused=prune.paused,
+            on_overlap="skip",  # a prune still going when the next is due is enough
+            repository=config.repository.location,
+            kind=RunKind.PRUNE,
+            max_unused=prune.max_unused,
+        )
+        out[spec.key] = spec
     return out
 
 

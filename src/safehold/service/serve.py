@@ -4,6 +4,7 @@ One process holds, on one event loop:
 
 - a **procrastinate worker** running up to ``workers`` jobs at once (each in a child
   process, :mod:`.child`), heart-beating every 5 seconds;
+- a **heartbeat** in the catalog's ``workers`` table every 5 seconds (:mod:`.workers`);
 - the **scheduler** (unless ``scheduler=False``: a worker-only process for an extra
   machine): every ``tick_interval`` it ticks (:mod:`.tick`), queues the new runs' jobs,
   and, every few ticks, re-queues orphaned runs and reaps the runs of lost workers.
@@ -39,6 +40,7 @@ from safehold.service.database import Database, open_database
 from safehold.service.jobs import STALL_SECONDS, Jobs, register
 from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
 from safehold.service.tick import TickState, orphaned_runs, tick
+from safehold.service.workers import beat, register_worker, stopped
 
 __all__ = ["ServeOptions", "Service", "serve"]
 
@@ -159,9 +161,23 @@ class Service:
             ).one_or_none()
         return None if row is None else f"{row[0]}/{row[1]}"
 
+    async def heartbeat(self, stop: asyncio.Event) -> None:
+        """Move this process's ``heartbeat_at`` in ``workers`` until ``stop``.
+
+        Its own loop, not the scheduler's housekeeping: a worker-only process
+        (``--no-scheduler``) has no scheduler but must still be seen alive.
+        """
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(beat, self.engine, self.options.name)
+            except Exception as exc:  # the database went away: the next beat tries again
+                log.warning("heartbeat failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run the worker and the scheduler until ``stop`` is set."""
-        tasks = []
+        tasks = [asyncio.create_task(self.heartbeat(stop), name="heartbeat")]
         if self.options.workers > 0:
             tasks.append(
                 asyncio.create_task(
@@ -211,6 +227,9 @@ async def serve(options: ServeOptions, *, ready: Callable[[Service], None] | Non
             loop.add_signal_handler(signal.SIGTERM, stop.set)
             loop.add_signal_handler(signal.SIGINT, stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: _request_reload(service))
+            await asyncio.to_thread(
+                register_worker, db.engine, options.name, socket.gethostname(), os.getpid()
+            )
             log.info("serving (database %s, %d workers)", db.display_url, options.workers)
             if ready is not None:
                 ready(service)
@@ -219,6 +238,10 @@ async def serve(options: ServeOptions, *, ready: Callable[[Service], None] | Non
             finally:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+            try:  # a clean stop only: a process that failed keeps its row as it was
+                await asyncio.to_thread(stopped, db.engine, options.name)
+            except Exception as exc:
+                log.warning("could not record the stop in workers: %s", exc)
 
 
 def _request_reload(service: Service) -> None:

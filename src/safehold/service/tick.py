@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
 
-from safehold.catalog import RunKind, RunState
+from safehold.catalog import RunState
 from safehold.policy.slots import PlanFacts, SlotDecision, plan_tick
 from safehold.service.plans import PlanSpec
 
@@ -42,12 +42,12 @@ _FACTS = text(
     """
     SELECT p.id, p.paused, p.created_at,
       (SELECT max(s.slot_at) FROM slots s WHERE s.plan_id = p.id) AS newest_slot,
-      (SELECT count(*) FROM runs r WHERE r.plan_id = p.id AND r.kind = 'backup'
-         AND r.state = 'running') AS running,
-      (SELECT count(*) FROM runs r WHERE r.plan_id = p.id AND r.kind = 'backup'
-         AND r.state = 'queued') AS waiting,
-      (SELECT max(r.started_at) FROM runs r WHERE r.plan_id = p.id AND r.kind = 'backup'
-         AND r.state IN ('running', 'succeeded')) AS last_start
+      (SELECT count(*) FROM runs r WHERE r.plan_id = p.id
+         AND r.kind IN ('backup', 'prune') AND r.state = 'running') AS running,
+      (SELECT count(*) FROM runs r WHERE r.plan_id = p.id
+         AND r.kind IN ('backup', 'prune') AND r.state = 'queued') AS waiting,
+      (SELECT max(r.started_at) FROM runs r WHERE r.plan_id = p.id
+         AND r.kind IN ('backup', 'prune') AND r.state IN ('running', 'succeeded')) AS last_start
     FROM plans p WHERE p.id = ANY(:ids)
     """
 )
@@ -75,9 +75,10 @@ _INSERT_SLOTS = text(
 _INSERT_RUNS = text(
     """
     INSERT INTO runs (id, plan_id, slot_id, kind, trigger, state)
-    SELECT r.id, r.plan_id, r.slot_id, 'backup', r.trigger, 'queued'
+    SELECT r.id, r.plan_id, r.slot_id, r.kind, r.trigger, 'queued'
     FROM unnest(CAST(:id AS uuid[]), CAST(:plan AS bigint[]), CAST(:slot AS bigint[]),
-                CAST(:trigger AS text[])) AS r(id, plan_id, slot_id, trigger)
+                CAST(:kind AS text[]), CAST(:trigger AS text[]))
+         AS r(id, plan_id, slot_id, kind, trigger)
     """
 )
 
@@ -144,9 +145,7 @@ def tick(
             spec = by_id[plan_id]
             since = newest or created_at
             known = state.next_due[plan_id]
-            facts = PlanFacts(
-                since=since, running=running, waiting=waiting, last_start=last_start
-            )
+            facts = PlanFacts(since=since, running=running, waiting=waiting, last_start=last_start)
             decisions, moved[plan_id] = plan_tick(
                 spec.rules(paused=paused),
                 facts,
@@ -185,7 +184,7 @@ def _record(
             "id": uuid.uuid4(),
             "plan_id": plan_id,
             "slot_id": slot_id,
-            "kind": RunKind.BACKUP.value,
+            "kind": by_id[plan_id].kind.value,
             "trigger": triggers[(plan_id, slot_at)],
             "state": RunState.QUEUED.value,
         }
@@ -199,6 +198,7 @@ def _record(
                 "id": [run["id"] for run in runs],
                 "plan": [run["plan_id"] for run in runs],
                 "slot": [run["slot_id"] for run in runs],
+                "kind": [run["kind"] for run in runs],
                 "trigger": [run["trigger"] for run in runs],
             },
         )
