@@ -204,3 +204,33 @@ def test_the_database_goes_away_and_comes_back(cluster: Cluster, tmp_path: Path)
     assert dupes == []
     states = dict(cluster.query("SELECT state, count(*) FROM runs GROUP BY state"))
     assert "running" not in states, states
+
+
+def test_a_worker_cut_off_from_the_database_stops_its_runs_first(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A worker that cannot reach the database for FENCE_SECONDS stops its running jobs
+    (their hooks included) before the others could reap them and run them again: a run is
+    never made twice at once."""
+    pids = tmp_path / "pids"
+    hook = tmp_path / "long.sh"
+    hook.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 120\n")
+    hook.chmod(0o755)
+    write_plans(cluster, 1, "*/2 * * * * *", f", hooks: {{backup: {hook}}}")
+    proc = cluster.start()
+    running = "SELECT count(*) FROM runs WHERE state = 'running'"
+    wait_for("a run under way", lambda: cluster.count(running) == 1 and pids.exists())
+    hook_pid = int(pids.read_text().split()[0])
+    cluster.server.stop()
+    cut_at = time.monotonic()
+    # FENCE_SECONDS (15) after the last heartbeat, plus the child's grace (8).
+    wait_for("the hook to be stopped", lambda: not Path(f"/proc/{hook_pid}").exists(), 40)
+    assert time.monotonic() - cut_at < 30  # before any other worker could reap it
+    assert proc.poll() is None
+    cluster.server.start()
+    lost = "SELECT count(*) FROM runs WHERE state = 'worker_lost'"
+    wait_for("the stopped run recorded as lost", lambda: cluster.count(lost) == 1)
+    retried = "SELECT count(*) FROM runs WHERE trigger = 'retry'"
+    wait_for("its retry", lambda: cluster.count(retried) == 1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0

@@ -10,8 +10,8 @@ its run record as JSON on standard output when it ends.
 
 The run's own ``timeout`` is enforced by the child, which then still runs the unlock and
 cleanup hooks and records the run as timed out. The parent's limit is a backstop for a
-child that does not end: ``timeout`` plus :data:`KILL_GRACE`, then SIGTERM to the group,
-then SIGKILL.
+child that does not end: ``timeout`` plus :data:`KILL_GRACE`, then SIGINT to the child
+(as Ctrl-C: it stops its hooks and runs the unlock hooks), then SIGKILL to its group.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 KILL_GRACE = 120.0  # the parent's backstop beyond the run's own time-out
-TERM_WAIT = 10.0  # between SIGTERM and SIGKILL to the child's process group
+TERM_WAIT = 8.0  # between SIGINT to the child and SIGKILL to its process group
 _STDERR_KEEP = 40  # lines of unparsed standard error kept for the error message
 
 
@@ -133,8 +133,10 @@ async def run_child(
     on_line: Callable[[LogLine], None],
     limit: float | None,
     env: dict[str, str] | None = None,
+    on_start: Callable[[asyncio.subprocess.Process], None] | None = None,
 ) -> ChildResult:
-    """Run ``argv`` in a new session; kill its group after ``limit`` seconds, if given."""
+    """Run ``argv`` in a new session; kill its group after ``limit`` seconds, if given.
+    ``on_start`` gets the process as soon as it runs (the worker keeps it to fence)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -145,6 +147,8 @@ async def run_child(
         env=env,
     )
     assert proc.stdout is not None and proc.stderr is not None
+    if on_start is not None:
+        on_start(proc)
     tail: list[str] = []
 
     async def read_stderr() -> None:
@@ -172,17 +176,27 @@ async def run_child(
     return ChildResult(code, _record(out), killed, tail)
 
 
+async def stop_child(proc: asyncio.subprocess.Process, grace: float = TERM_WAIT) -> None:
+    """End a child as Ctrl-C would (SIGINT: it stops its hooks and tools, runs the unlock
+    and cleanup hooks and records the run as interrupted), then, after ``grace`` seconds,
+    SIGKILL its process group."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), timeout=grace)
+        return
+    except ProcessLookupError:
+        return
+    except TimeoutError:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    await proc.wait()
+
+
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=TERM_WAIT)
-            return
-        except TimeoutError:
-            continue
+    await stop_child(proc)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: dlopen is not safe after

@@ -53,6 +53,7 @@ from safehold.service.child import (
     prune_argv,
     retention_argv,
     run_child,
+    stop_child,
 )
 from safehold.service.limits import repository_slot
 from safehold.service.plans import PlanSpec
@@ -63,6 +64,12 @@ RUN_TASK = "safehold.run"
 STALL_SECONDS = 30.0  # a worker silent this long is lost (it heart-beats every 5 s)
 _FLUSH_EVERY = 0.5  # seconds between writes of a running job's log lines
 
+# A worker whose heartbeats have failed this long stops its running children (fence), which
+# takes at most child.TERM_WAIT more: done before the others reap its jobs, once
+# procrastinate's heartbeat is STALL_SECONDS old (a beat every 5 s: 25 s at the least).
+FENCE_SECONDS = 15.0
+# The ledger knows no "worker lost" or "cancelled": its slot failed.
+_SLOT_STATE = {RunState.WORKER_LOST: "failed", RunState.CANCELLED: "failed"}
 DB_PATIENCE = 600.0  # seconds a run's end waits for the database to come back
 DB_RETRY_MAX = 10.0
 
@@ -136,6 +143,41 @@ class Jobs:
         self.state_dir = state_dir
         self.worker = worker
         self.conninfo = conninfo  # for the repositories' run limits (None: no limits)
+        self._children: dict[uuid.UUID, asyncio.subprocess.Process] = {}  # running now
+        self._fenced: set[uuid.UUID] = set()
+        self._stopping: set[asyncio.Future[None]] = set()  # fenced children being stopped
+
+    def fence(self) -> int:
+        """Stop every running child: this worker has been cut off from the database for
+        so long that the others are about to end its runs as lost and run them again.
+        Stopping them first (Ctrl-C, then SIGKILL after a few seconds: before the others
+        reap) is what keeps a run from being made twice at once: a lease that ran out.
+        Returns how many were stopped."""
+        running = list(self._children.items())
+        for run_id, proc in running:
+            self._fenced.add(run_id)
+            stopping = asyncio.ensure_future(stop_child(proc))
+            self._stopping.add(stopping)  # kept until done: a task without a reference may go
+            stopping.add_done_callback(self._stopping.discard)
+        return len(running)
+
+    async def _fenced_end(
+        self, spec: PlanSpec, run_id: uuid.UUID, slot_id: int | None, attempt: int, kind: str
+    ) -> None:
+        """A run this worker killed when it lost the database: ended as lost, unless the
+        others did so first, and then retried as the reaper would."""
+        self._fenced.discard(run_id)
+        lost = Outcome(
+            RunState.WORKER_LOST,
+            "worker lost",
+            "this worker was cut off from the database for "
+            f"{FENCE_SECONDS:.0f} seconds and killed the run",
+            "it is retried; see the worker's log for the database errors",
+        )
+        if not await self._db(self._end, run_id, slot_id, lost, None):
+            return  # another process reaped it and queued the retry
+        if kind == spec.kind.value and attempt <= max(spec.retries, 1):
+            await self._retry(spec, slot_id, attempt, lost)
 
     # --- queueing ---------------------------------------------------------------------
 
@@ -236,7 +278,12 @@ class Jobs:
         cap = None if kind == RunKind.PRUNE.value else spec.max_concurrent
         try:
             async with repository_slot(self.conninfo, spec.repository, cap, what=f"run {run_id}"):
-                result = await run_child(argv, on_line=lines.add, limit=limit)
+                result = await run_child(
+                    argv,
+                    on_line=lines.add,
+                    limit=limit,
+                    on_start=lambda proc: self._children.__setitem__(run_id, proc),
+                )
         except asyncio.CancelledError:
             # Stopped harder than the grace allowed: the child was killed with the task.
             stopped = Outcome(
@@ -248,8 +295,12 @@ class Jobs:
             await asyncio.shield(self._db(self._end, run_id, slot_id, stopped, None))
             raise
         finally:
+            self._children.pop(run_id, None)
             flusher.cancel()
             await self._db(lines.flush)
+        if run_id in self._fenced:
+            await self._fenced_end(spec, run_id, slot_id, attempt, kind)
+            return
         if kind == RunKind.RETENTION.value:
             outcome = exit_outcome(result, "forget")
         elif kind == RunKind.PRUNE.value:
@@ -336,15 +387,17 @@ class Jobs:
         slot_id: int | None,
         outcome: Outcome,
         record: dict[str, Any] | None,
-    ) -> None:
+    ) -> bool:
+        """Record a run's end, if it is still running (not ended meanwhile by a process
+        that reaped it); whether it was."""
         record = record or {}
         summary = record.get("summary") or {}
         with self.engine.begin() as db:
-            db.execute(
+            ended = db.execute(
                 text(
                     "UPDATE runs SET state = :state, ended_at = now(), phases = :phases, "
                     "snapshot_id = :snap, bytes_read = :read, bytes_added = :added, "
-                    "error = :error, hint = :hint WHERE id = :r"
+                    "error = :error, hint = :hint WHERE id = :r AND state = 'running'"
                 ),
                 {
                     "state": outcome.state.value,
@@ -357,6 +410,8 @@ class Jobs:
                     "r": run_id,
                 },
             )
+            if not ended.rowcount:
+                return False
             if slot_id is not None:
                 db.execute(
                     text(
@@ -364,12 +419,14 @@ class Jobs:
                         "WHERE id = :s AND run_id = :r"
                     ),
                     {
-                        "state": outcome.state.value,
+                        "state": _SLOT_STATE.get(outcome.state, outcome.state.value),
                         "reason": outcome.reason,
                         "s": slot_id,
                         "r": run_id,
                     },
                 )
+
+        return True
 
     # --- lost workers -----------------------------------------------------------------
 

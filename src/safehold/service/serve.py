@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,7 +38,7 @@ from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.config import Config, load_config
 from safehold.service.cluster import default_state_dir
 from safehold.service.database import Database, open_database
-from safehold.service.jobs import STALL_SECONDS, Jobs, register
+from safehold.service.jobs import FENCE_SECONDS, STALL_SECONDS, Jobs, register
 from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
 from safehold.service.tick import TickState, orphaned_runs, tick
 from safehold.service.workers import beat, register_worker, stopped
@@ -167,11 +168,22 @@ class Service:
         Its own loop, not the scheduler's housekeeping: a worker-only process
         (``--no-scheduler``) has no scheduler but must still be seen alive.
         """
+        last_ok = time.monotonic()
+        fenced = False
         while not stop.is_set():
             try:
                 await asyncio.to_thread(beat, self.engine, self.options.name)
+                last_ok, fenced = time.monotonic(), False
             except Exception as exc:  # the database went away: the next beat tries again
                 log.warning("heartbeat failed: %s", exc)
+                if not fenced and time.monotonic() - last_ok >= FENCE_SECONDS:
+                    fenced = True
+                    killed = self.jobs.fence()
+                    log.error(
+                        "no database for %.0f s: the other processes will run this one's "
+                        "jobs again; %d running job(s) killed so that none runs twice",
+                        FENCE_SECONDS, killed,
+                    )  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
 
