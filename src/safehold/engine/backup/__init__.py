@@ -4,7 +4,8 @@ The parts, in the order a backup meets them (docs/architecture.md, "Backup pipel
 ``prescan`` lists folders ahead of the walk; ``scan`` turns the file system's items into
 nodes and holds the excludes; ``plan`` (the planner) compares them with the parent
 snapshot, decides what to read and builds each folder's tree; ``read_queue`` hands the
-changed files to reader threads, largest first, and ``file_reader`` reads and saves them;
+changed files to reader threads (files of several chunks largest first, files of one
+chunk in walk order), and ``file_reader`` reads and saves them;
 ``vanished`` tells a folder that went away from a file that failed. ``stream`` saves
 standard input, a command's output or a stream source's dumps instead of folders.
 ``backup`` runs it all; ``preview`` (``--dry-run``) lists what would be saved without

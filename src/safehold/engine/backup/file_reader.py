@@ -2,7 +2,8 @@
 
 Each reader thread keeps its own chunker and buffers (:class:`ReadState`); the blobs go
 to the repository through the narrow ``BlobSaver``. Which file a thread reads next is the
-read queue's choice (``read_queue.py``: the largest known so far).
+read queue's choice (``read_queue.py``: the largest known so far, then the files of one
+chunk in walk order).
 """
 
 from __future__ import annotations
