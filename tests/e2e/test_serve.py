@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import PASSWORD
+from tests.e2e.waiting import wait_for
 from tests.servers.postgres import PG_PASSWORD, PG_USER_PW, PgServer
 from tests.servers.s3 import SeaweedS3, unique_bucket
 
@@ -108,15 +109,6 @@ class Service:
 
     def plans(self) -> dict[str, dict[str, Any]]:
         return {p["plan"]: p for p in json.loads(self.run("--json", "plans").stdout)}
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

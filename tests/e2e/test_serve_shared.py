@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from tests.conftest import PASSWORD
+from tests.e2e.waiting import wait_for
 from tests.servers.postgres import PgServer
 
 pytestmark = pytest.mark.slow
@@ -59,15 +60,6 @@ class Cluster:
             return int(self.query(sql, *args)[0][0])
         except psycopg.Error:
             return 0  # not migrated yet, or the server is down
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -37,9 +37,9 @@ from safehold.config.plans import (
     PruneConfig,
     RetentionConfig,
     ServiceConfig,
+    TimeZone,
     check_project,
     check_schedule,
-    check_timezone,
 )
 from safehold.errors import UsageError
 from safehold.sources.hooks import DEFAULT_TIMEOUT, PHASES
@@ -187,7 +187,7 @@ class SourceCommon(BaseModel):
     identifier_command: str | None = None  # ...or printed by this command at the start
     # A plan's keys (safehold.config.plans): a schedule makes the source a plan that
     # `safehold serve` runs; the others say what happens around each slot.
-    timezone: str = "UTC"  # the wall clock the schedule's fields read (before schedule:
+    timezone: TimeZone = "UTC"  # the wall clock the schedule's fields read (before schedule:
     # validation reads the fields in this order)
     schedule: str | None = None  # cron, a name or '@every' (service-backup: cron_schedule)
     project: str = DEFAULT_PROJECT
@@ -208,11 +208,6 @@ class SourceCommon(BaseModel):
     @classmethod
     def _project_name(cls, name: str) -> str:
         return check_project(name)
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone_known(cls, zone: str) -> str:
-        return check_timezone(zone)
 
     @field_validator("schedule")
     @classmethod

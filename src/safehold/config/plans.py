@@ -19,9 +19,11 @@ state and which database it uses.
 from __future__ import annotations
 
 import re
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -40,6 +42,7 @@ __all__ = [
     "PruneConfig",
     "RetentionConfig",
     "ServiceConfig",
+    "TimeZone",
     "check_project",
     "check_schedule",
     "check_timezone",
@@ -47,6 +50,21 @@ __all__ = [
 
 DEFAULT_PROJECT = "default"
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_timezone(zone: str) -> str:
+    """An IANA time zone name this machine knows."""
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {zone!r} (use an IANA name such as UTC or Europe/Berlin)"
+        ) from None
+    return zone
+
+
+# A time zone field: an IANA name this machine knows (checked where it is declared).
+TimeZone = Annotated[str, AfterValidator(check_timezone)]
 
 
 class RetentionConfig(BaseModel):
@@ -130,15 +148,10 @@ class PruneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timezone: str = "UTC"  # before schedule: validation reads the fields in this order
+    timezone: TimeZone = "UTC"  # before schedule: validation reads the fields in this order
     schedule: str
     max_unused: str | None = None
     paused: bool = False
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone_known(cls, zone: str) -> str:
-        return check_timezone(zone)
 
     @field_validator("schedule")
     @classmethod
@@ -185,17 +198,6 @@ def check_schedule(expression: str, timezone: str) -> None:
         parse_schedule(expression, key="check", timezone=timezone)
     except UsageError as exc:
         raise ValueError(f"{exc.args[0]} ({exc.hint})" if exc.hint else exc.args[0]) from None
-
-
-def check_timezone(zone: str) -> str:
-    """An IANA time zone name this machine knows."""
-    try:
-        ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown time zone {zone!r} (use an IANA name such as UTC or Europe/Berlin)"
-        ) from None
-    return zone
 
 
 def check_project(name: str) -> str:
