@@ -186,6 +186,20 @@ def test_the_database_goes_away_and_comes_back(cluster: Cluster, tmp_path: Path)
     # ...and new slots run again, without a restart.
     after = "SELECT count(*) FROM runs WHERE state = 'succeeded' AND started_at > to_timestamp(%s)"
     wait_for("runs after the outage", lambda: cluster.count(after, started) >= 2)
+    # A whole minute without it: the runs under way are stopped (the worker cannot tell
+    # whether others rerun them), recorded as lost when it is back, and retried.
+    wait_for("runs under way again", lambda: cluster.count(running) >= 1)
+    cluster.server.stop()
+    time.sleep(60)
+    assert proc.poll() is None
+    cluster.server.start()
+    back = time.time()
+    wait_for(
+        "the runs of the long outage to end",
+        lambda: cluster.count("SELECT count(*) FROM runs WHERE state = 'running' "
+                              "AND started_at < to_timestamp(%s)", back) == 0,
+    )  # fmt: skip
+    wait_for("runs after the long outage", lambda: cluster.count(after, back) >= 2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
     # Nothing was recorded twice: one row per slot, one run per slot and attempt.

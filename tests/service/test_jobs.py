@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 import uuid
@@ -18,7 +19,8 @@ from sqlalchemy import Engine, text
 
 from safehold.catalog import RunKind, RunTrigger
 from safehold.config import load_config
-from safehold.service.child import run_child
+from safehold.service import child
+from safehold.service.child import LogLine, run_child
 from safehold.service.cluster import Cluster
 from safehold.service.database import prepare
 from safehold.service.jobs import RUN_TASK, Jobs, register
@@ -159,8 +161,10 @@ def test_a_run_past_its_timeout_is_timed_out(setup: Setup) -> None:
     assert time.monotonic() - started < 25
 
 
-def test_the_parent_kills_a_child_that_does_not_end() -> None:
-    lines: list[object] = []
+def test_the_parent_stops_a_child_that_does_not_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its limit a child gets Ctrl-C (SIGINT: a safehold child stops its hooks and
+    runs the unlock hooks), and SIGKILL of its group if it still runs TERM_WAIT later."""
+    lines: list[LogLine] = []
     argv = [
         sys.executable,
         "-c",
@@ -172,7 +176,19 @@ def test_the_parent_kills_a_child_that_does_not_end() -> None:
     result = asyncio.run(run_child(argv, on_line=lines.append, limit=1.0))
     assert result.killed and result.record is None
     assert time.monotonic() - started < 15
-    assert len(lines) == 1
+    assert lines[0].message == "x"
+    assert lines[-1].message == "KeyboardInterrupt"  # it was asked, and ended by itself
+    # A child that ignores Ctrl-C is killed with its group after TERM_WAIT.
+    monkeypatch.setattr(child, "TERM_WAIT", 1.0)
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)\n",
+    ]
+    started = time.monotonic()
+    result = asyncio.run(run_child(stubborn, on_line=lines.append, limit=1.0))
+    assert result.killed and result.exit_code == -signal.SIGKILL
+    assert time.monotonic() - started < 15
 
 
 @pytest.mark.parametrize(
@@ -206,11 +222,13 @@ def test_a_lost_worker_s_run_is_ended_and_retried(
                 jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=RunKind(kind)
             )
             await jobs.defer(run_id, key)
-            # A worker takes the job and dies: its heartbeat stops.
+            # A worker takes the job: its heartbeat stops...
             worker_id = await app.job_manager.register_worker()
             job = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
             assert job is not None
-            await asyncio.to_thread(jobs._claim, run_id)
+            # ...another process ("w0") claimed the run, and dies.
+            dead = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w0")
+            await asyncio.to_thread(dead._claim, run_id)
             with setup.engine.begin() as db:
                 db.execute(
                     text(
@@ -382,3 +400,34 @@ def test_a_prune_job_succeeds_and_never_blocks_a_backup(setup: Setup, cli: CliRu
     done = row(setup.engine, prune)
     assert (done["state"], done["kind"]) == ("succeeded", "prune")
     assert row(setup.engine, second)["state"] == "queued"
+
+
+def test_a_process_never_reaps_the_runs_it_runs_itself(setup: Setup) -> None:
+    """After a database outage the queue's heartbeat of a live worker is late; its own
+    process must not end its runs as lost (another process would run them twice)."""
+    specs = setup.config("")
+
+    async def go() -> int:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
+            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
+            await jobs.defer(run_id, "default/job")
+            worker_id = await app.job_manager.register_worker()
+            assert await app.job_manager.fetch_job(queues=None, worker_id=worker_id) is not None
+            await asyncio.to_thread(jobs._claim, run_id)
+            with setup.engine.begin() as db:
+                db.execute(
+                    text(
+                        "UPDATE procrastinate_workers "
+                        "SET last_heartbeat = now() - interval '1 hour'"
+                    )
+                )
+            return await jobs.reap()
+
+    assert asyncio.run(go()) == 0
+    with setup.engine.connect() as db:
+        states = db.execute(text("SELECT state FROM runs")).scalars().all()
+        jobs_left = db.execute(text("SELECT status FROM procrastinate_jobs")).scalars().all()
+    assert states == ["running"] and jobs_left == ["doing"]

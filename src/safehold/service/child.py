@@ -176,13 +176,13 @@ async def run_child(
     return ChildResult(code, _record(out), killed, tail)
 
 
-async def stop_child(proc: asyncio.subprocess.Process, grace: float = TERM_WAIT) -> None:
+async def stop_child(proc: asyncio.subprocess.Process, grace: float | None = None) -> None:
     """End a child as Ctrl-C would (SIGINT: it stops its hooks and tools, runs the unlock
     and cleanup hooks and records the run as interrupted), then, after ``grace`` seconds,
-    SIGKILL its process group."""
+    SIGKILL its process group (``grace``: :data:`TERM_WAIT` when not given)."""
     try:
         proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.wait(), timeout=grace)
+        await asyncio.wait_for(proc.wait(), timeout=TERM_WAIT if grace is None else grace)
         return
     except ProcessLookupError:
         return

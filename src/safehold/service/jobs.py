@@ -438,8 +438,12 @@ class Jobs:
         ended = 0
         for job in stalled:
             assert job.id is not None
-            await self.app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
             run_id = uuid.UUID(str(job.task_kwargs["run_id"]))
+            if run_id in self._children or await self._db(self._mine, run_id):
+                # This process runs it: alive, only its queue heartbeat is late (after a
+                # database outage, until the worker has registered again).
+                continue
+            await self.app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
             lost = await self._db(self._lose, run_id)
             if lost is None:
                 continue
@@ -452,6 +456,15 @@ class Jobs:
                     spec, slot_id, attempt, Outcome(RunState.WORKER_LOST, "worker lost")
                 )
         return ended
+
+    def _mine(self, run_id: uuid.UUID) -> bool:
+        """Whether this process claimed the run ``run_id`` and has not ended it."""
+        with self.engine.connect() as db:
+            found = db.execute(
+                text("SELECT 1 FROM runs WHERE id = :r AND worker = :w AND state = 'running'"),
+                {"r": run_id, "w": self.worker},
+            ).one_or_none()
+        return found is not None
 
     def _lose(self, run_id: uuid.UUID) -> tuple[str, int | None, int, str] | None:
         # One UPDATE decides: when two processes reap the same job, one of them ends it.

@@ -92,6 +92,8 @@ class Service:
         )
         self.apply(config)
         self.reload_requested = False
+        self.restart_worker = asyncio.Event()  # set when the database is back after a fence
+        self.tick_failing = False
 
     def apply(self, config: Config) -> None:
         """Take the plans of ``config`` (at start and on reload)."""
@@ -133,8 +135,13 @@ class Service:
                 tick, self.engine, self.specs, self.ids, now, self.tick_state
             )
         except Exception as exc:  # the database went away: try again next tick
-            log.warning("tick failed: %s", exc)
+            if not self.tick_failing:  # once per outage, not twice a second
+                log.warning("ticks fail until the database answers: %s", exc)
+            self.tick_failing = True
             return 0
+        if self.tick_failing:
+            log.info("ticks work again")
+            self.tick_failing = False
         for run in result.new_runs:
             await self.jobs.defer(run.run_id, run.plan_key)
         return len(result.new_runs)
@@ -173,6 +180,8 @@ class Service:
         while not stop.is_set():
             try:
                 await asyncio.to_thread(beat, self.engine, self.options.name)
+                if fenced:
+                    self.restart_worker.set()
                 last_ok, fenced = time.monotonic(), False
             except Exception as exc:  # the database went away: the next beat tries again
                 log.warning("heartbeat failed: %s", exc)
@@ -187,29 +196,44 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
 
+    def _start_worker(self) -> asyncio.Task[None]:
+        return asyncio.create_task(
+            self.app.run_worker_async(
+                name=self.options.name,
+                concurrency=self.options.workers,
+                install_signal_handlers=False,
+                additional_context={"jobs": self.jobs},
+                update_heartbeat_interval=5.0,
+                stalled_worker_timeout=STALL_SECONDS,
+                shutdown_graceful_timeout=self.options.stop_grace,
+                delete_jobs="successful",
+            ),
+            name="worker",
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Run the worker and the scheduler until ``stop`` is set."""
+        """Run the worker and the scheduler until ``stop`` is set. After the database was
+        away long enough to stop the jobs (a fence), the queue's worker is started again,
+        so that it registers anew with a fresh heartbeat before it takes more jobs."""
         tasks = [asyncio.create_task(self.heartbeat(stop), name="heartbeat")]
-        if self.options.workers > 0:
-            tasks.append(
-                asyncio.create_task(
-                    self.app.run_worker_async(
-                        name=self.options.name,
-                        concurrency=self.options.workers,
-                        install_signal_handlers=False,
-                        additional_context={"jobs": self.jobs},
-                        update_heartbeat_interval=5.0,
-                        stalled_worker_timeout=STALL_SECONDS,
-                        shutdown_graceful_timeout=self.options.stop_grace,
-                        delete_jobs="successful",
-                    ),
-                    name="worker",
-                )
-            )
         if self.options.scheduler:
             tasks.append(asyncio.create_task(self.scheduler(stop), name="scheduler"))
+        worker = self._start_worker() if self.options.workers > 0 else None
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            restart = asyncio.create_task(self.restart_worker.wait())
+            waiting = [stopper, restart, *tasks, *([worker] if worker else [])]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not restart.done() or stopper.done() or worker is None:
+                restart.cancel()
+                break
+            self.restart_worker.clear()
+            log.info("the database is back: starting the queue's worker again")
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+            worker = self._start_worker()
+        if worker is not None:
+            tasks.append(worker)
         for task in tasks:
             if not task.done():
                 task.cancel()
