@@ -20,7 +20,7 @@ from safehold.engine.maintain.forget import (
 from safehold.errors import UsageError
 from safehold.ids import SnapshotId
 from safehold.policy.duration import Duration, parse_duration
-from safehold.policy.retention import RetentionPolicy
+from safehold.policy.retention import RetentionPolicy, keep_tag_sets
 from safehold.repository.prune import prune
 from safehold.repository.repository import Repository
 from safehold.repository.retention import extend_retention
@@ -129,9 +129,7 @@ def policy_from(args: argparse.Namespace) -> RetentionPolicy:
         keep_weekly=args.keep_weekly,
         keep_monthly=args.keep_monthly,
         keep_yearly=args.keep_yearly,
-        keep_tags=tuple(
-            frozenset(t.strip() for t in spec.split(",") if t.strip()) for spec in args.keep_tag
-        ),
+        keep_tags=keep_tag_sets(args.keep_tag),
         **within,
     )
 

@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _when(moment: datetime | None, now: datetime) -> str:
+def _when(moment: datetime | None) -> str:
     if moment is None:
         return "-"
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
@@ -62,9 +62,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             (
                 row.key + (" (paused)" if row.paused else ""),
                 row.schedule,
-                _when(row.next_slot, now),
+                _when(row.next_slot),
                 row.last_state or "-",
-                _when(row.last_success, now),
+                _when(row.last_success),
                 _age(row.rpo_seconds(now)),
                 str(row.missed),
                 str(row.failed),

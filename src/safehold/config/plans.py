@@ -35,6 +35,7 @@ from pydantic import (
 
 from safehold.errors import UsageError
 from safehold.policy import Duration, RetentionPolicy, from_osb, parse_duration
+from safehold.policy.retention import keep_tag_sets
 from safehold.policy.schedule import parse_schedule
 
 __all__ = [
@@ -116,10 +117,7 @@ class RetentionConfig(BaseModel):
             keep_within_weekly=within("weekly"),
             keep_within_monthly=within("monthly"),
             keep_within_yearly=within("yearly"),
-            keep_tags=tuple(
-                frozenset(t.strip() for t in spec.split(",") if t.strip())
-                for spec in self.keep_tags
-            ),
+            keep_tags=keep_tag_sets(self.keep_tags),
         )
 
     @model_validator(mode="after")

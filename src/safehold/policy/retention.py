@@ -22,6 +22,7 @@ __all__ = [
     "apply_retention",
     "from_osb",
     "group_items",
+    "keep_tag_sets",
 ]
 
 
@@ -242,6 +243,12 @@ def group_items(items: Iterable[G], key: Callable[[G], K]) -> dict[K, list[G]]:
     for item in items:
         groups.setdefault(key(item), []).append(item)
     return groups
+
+
+def keep_tag_sets(specs: Iterable[str]) -> tuple[frozenset[str], ...]:
+    """``keep_tags`` from ``TAG[,TAG]`` specs as ``forget --keep-tag`` and a plan's
+    ``retention:`` block write them (blank names dropped)."""
+    return tuple(frozenset(t.strip() for t in spec.split(",") if t.strip()) for spec in specs)
 
 
 def from_osb(retention_type: str, period: int) -> RetentionPolicy:

@@ -104,9 +104,14 @@ class SlotDecision:
         return self.state is SlotState.QUEUED
 
 
-def start_window_end(rules: PlanRules, slot_at: datetime) -> datetime:
-    """When ``slot_at`` stops being startable: its next slot or its window, the earlier."""
-    return min(rules.schedule.next_after(slot_at), slot_at + rules.start_window)
+def start_window_end(
+    rules: PlanRules, slot_at: datetime, next_slot: datetime | None = None
+) -> datetime:
+    """When ``slot_at`` stops being startable: its next slot or its window, the earlier
+    (``next_slot``, when the caller knows it, saves the schedule search)."""
+    if next_slot is None:
+        next_slot = rules.schedule.next_after(slot_at)
+    return min(next_slot, slot_at + rules.start_window)
 
 
 def decide_slots(
@@ -116,8 +121,8 @@ def decide_slots(
 
     At most ``limit`` rows come back (the newest ones): a plan that fires every second
     and was down for a week would otherwise ask for 600,000 rows in one tick. The rows
-    left out are older than those returned, so no later tick sees them either; the
-    service logs that it left some out (:func:`slots_left_out`).
+    left out are older than those returned, so no later tick sees them either; the tick
+    logs a plan that reached the limit (:func:`slots_left_out` says whether one would).
     """
     return plan_tick(rules, facts, now, limit=limit)[0]
 
@@ -149,7 +154,7 @@ def plan_tick(
         due, _ = schedule.recent_slots(facts.since, now, limit)
         following = schedule.next_after(due[-1] if due else facts.since)
     ends = [
-        min(due[i + 1] if i + 1 < len(due) else following, slot + rules.start_window)
+        start_window_end(rules, slot, due[i + 1] if i + 1 < len(due) else following)
         for i, slot in enumerate(due)
     ]
     past = [slot for slot, end in zip(due, ends, strict=True) if end <= now]

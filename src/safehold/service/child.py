@@ -166,11 +166,11 @@ async def run_child(
         out, _ = await asyncio.wait_for(asyncio.shield(readers), timeout=limit)
     except TimeoutError:
         killed = True
-        await _kill_group(proc)
+        await stop_child(proc)
         out, _ = await readers
     except asyncio.CancelledError:
         # The service is stopping hard (a second signal): take the child down with it.
-        await _kill_group(proc)
+        await stop_child(proc)
         raise
     code = await proc.wait()
     return ChildResult(code, _record(out), killed, tail)
@@ -193,10 +193,6 @@ async def stop_child(proc: asyncio.subprocess.Process, grace: float | None = Non
     except ProcessLookupError:
         return
     await proc.wait()
-
-
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    await stop_child(proc)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: dlopen is not safe after

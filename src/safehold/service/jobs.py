@@ -362,18 +362,15 @@ class Jobs:
         with self.engine.begin() as db:
             row = db.execute(
                 text(
-                    "UPDATE runs SET state = 'running', started_at = now(), worker = :w "
-                    "WHERE id = :r AND state = 'queued' "
-                    "RETURNING plan_id, slot_id, attempt, kind"
+                    "UPDATE runs r SET state = 'running', started_at = now(), worker = :w "
+                    "FROM plans p WHERE r.id = :r AND r.state = 'queued' AND p.id = r.plan_id "
+                    "RETURNING r.slot_id, r.attempt, r.kind, p.project, p.name"
                 ),
                 {"w": self.worker, "r": run_id},
             ).one_or_none()
             if row is None:
                 return None
-            plan_id, slot_id, attempt, kind = row
-            project, name = db.execute(
-                text("SELECT project, name FROM plans WHERE id = :p"), {"p": plan_id}
-            ).one()
+            slot_id, attempt, kind, project, name = row
             if slot_id is not None:
                 db.execute(
                     text("UPDATE slots SET state = 'running', reason = NULL WHERE id = :s"),

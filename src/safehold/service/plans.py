@@ -18,14 +18,14 @@ do not take it, go on beside a prune.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, text
 
-from safehold.catalog import Plan, RunKind
+from safehold.catalog import RunKind
 from safehold.config import Config
 from safehold.policy.schedule import Schedule, parse_schedule
 from safehold.policy.slots import DEFAULT_START_WINDOW, PlanRules
@@ -197,11 +197,3 @@ _UPSERT_PLANS = text(
     RETURNING id, project, name
     """
 )
-
-
-def plan_ids(engine: Engine, keys: Iterable[str]) -> Mapping[str, int]:
-    """The row ids of the plans ``project/name`` that the catalog has."""
-    wanted = {tuple(key.split("/", 1)) for key in keys}
-    with engine.connect() as db:
-        rows = db.execute(select(Plan.id, Plan.project, Plan.name)).all()
-    return {f"{p}/{n}": i for i, p, n in rows if (p, n) in wanted}

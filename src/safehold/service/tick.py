@@ -20,6 +20,7 @@ second job finds nothing to claim.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ _SINCE = text(
 _LINK_RUNS = text(
     "UPDATE slots s SET run_id = r.id FROM runs r WHERE r.slot_id = s.id AND r.id = ANY(:runs)"
 )
+log = logging.getLogger("safehold.service")
+
 # A tick's rows go in as arrays, one parameter a column whatever the number of rows
 # (a multi-row VALUES cost 5 s of statement building for 10,000 rows).
 _INSERT_SLOTS = text(
@@ -153,6 +156,11 @@ def tick(
                 limit=ROWS_PER_PLAN,
                 first_due=known if known > since else None,
             )
+            if len(decisions) == ROWS_PER_PLAN:
+                log.warning(
+                    "plan %s: more than %d slots came due at once (a long downtime); the "
+                    "older ones are not in the ledger", spec.key, ROWS_PER_PLAN,
+                )  # fmt: skip
             rows.extend((plan_id, d) for d in decisions)
         _record(db, by_id, rows, result)
     state.next_due.update(moved)
