@@ -215,6 +215,52 @@ class DatabaseAuthFailed(DatabaseError):
     http_status = 502
 
 
+# --- the REST API ------------------------------------------------------------------------
+
+
+class NotFound(UsageError):
+    """No such object, or one the caller may not see: the API never tells the two apart, so
+    that a token of one project cannot learn what another project holds."""
+
+    http_status = 404
+
+
+class Conflict(UsageError):
+    """The object is not in a state that allows the change (a plan of the configuration
+    file through the API, a run that has ended)."""
+
+    http_status = 409
+
+
+class Unauthenticated(UsageError):
+    """No token, or one that is unknown, revoked or malformed (the reply never says which)."""
+
+    http_status = 401
+
+
+class Forbidden(UsageError):
+    """The token's role does not allow the call (in its own project: other projects' objects
+    are :class:`NotFound`)."""
+
+    http_status = 403
+
+
+class RequestTooLarge(UsageError):
+    """The request's body is larger than the API accepts."""
+
+    http_status = 413
+
+
+class TooManyRequests(UsageError):
+    """Too many failed token checks from this address: wait ``retry_after`` seconds."""
+
+    http_status = 429
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after: int = 60) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
 class Interrupted(SafeholdError):
     """The user interrupted the command (Ctrl-C, SIGTERM); exit 130."""
 

@@ -14,7 +14,7 @@ from tests.servers.private_cluster import fresh_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("catalog_cluster")]
 
-TABLES = {"plans", "slots", "runs", "run_lines", "workers"}
+TABLES = {"plans", "slots", "runs", "run_lines", "workers", "projects", "tokens"}
 
 
 def test_up_from_empty_and_down_to_nothing(private_cluster: Cluster) -> None:

@@ -11,6 +11,8 @@ Concepts:
   phases, bytes, snapshot and error; its id is the ``backup_guid`` of logs.
   :class:`RunLine` holds its log lines.
 - **Worker** (:class:`Worker`): a process that runs jobs, and its last heartbeat.
+- **Project** and **Token** (:class:`Project`, :class:`Token`): the API's bearer tokens,
+  each of one project and one role (:class:`TokenRole`), kept as a hash of the secret.
 
 The repositories stay the source of truth for snapshots; the catalog records what the
 service did. This package sits on the ground floor: it imports nothing of safehold's but
@@ -24,6 +26,7 @@ from safehold.catalog.models import (
     Base,
     Plan,
     PlanOrigin,
+    Project,
     Run,
     RunKind,
     RunLine,
@@ -31,6 +34,8 @@ from safehold.catalog.models import (
     RunTrigger,
     Slot,
     SlotState,
+    Token,
+    TokenRole,
     Worker,
 )
 
@@ -38,6 +43,7 @@ __all__ = [
     "Base",
     "Plan",
     "PlanOrigin",
+    "Project",
     "Run",
     "RunKind",
     "RunLine",
@@ -45,5 +51,7 @@ __all__ = [
     "RunTrigger",
     "Slot",
     "SlotState",
+    "Token",
+    "TokenRole",
     "Worker",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "Base",
     "Plan",
     "PlanOrigin",
+    "Project",
     "Run",
     "RunKind",
     "RunLine",
@@ -46,6 +47,8 @@ __all__ = [
     "RunTrigger",
     "Slot",
     "SlotState",
+    "Token",
+    "TokenRole",
     "Worker",
 ]
 
@@ -110,6 +113,15 @@ class RunState(StrEnum):
     SKIPPED = "skipped"
     WORKER_LOST = "worker_lost"  # its worker stopped heart-beating; a retry is a new run
     CANCELLED = "cancelled"
+
+
+class TokenRole(StrEnum):
+    """What an API token may do, within its project (docs/api.md)."""
+
+    ADMIN = "admin"  # everything, tokens included
+    OPERATOR = "operator"  # read, and run, pause, resume, cancel
+    VIEWER = "viewer"  # read only
+    AGENT = "agent"  # an agent's own jobs only
 
 
 def one_of(column: str, values: type[StrEnum]) -> str:
@@ -241,3 +253,35 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
     stopped_at: Mapped[datetime | None]
+
+
+class Project(Base):
+    """A project: the boundary of what a token sees. Plans name theirs by text (a file's
+    ``project:``); this table records the projects tokens were made for."""
+
+    __tablename__ = "projects"
+
+    name: Mapped[str] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Token(Base):
+    """An API bearer token. Only the SHA-256 of its secret is kept: the secret is 32 random
+    bytes, so a fast hash is enough (nothing to brute-force as a password would be), and the
+    clear token is shown once, when it is made."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (
+        CheckConstraint(one_of("role", TokenRole), name="role"),
+        Index(None, "project"),
+    )
+
+    # The token's public part (``shk_<id>_<secret>``): how a request finds its row.
+    id: Mapped[str] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name", ondelete="CASCADE"))
+    role: Mapped[str]
+    name: Mapped[str] = mapped_column(server_default=text("''"))
+    secret_sha256: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
