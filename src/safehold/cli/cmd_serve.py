@@ -28,7 +28,8 @@ def register(sub: Any) -> None:
         "process. With no database given it starts a private PostgreSQL under the state "
         "folder (the machine's 'postgresql' package); with --database several processes, "
         "on several machines, share the work. SIGTERM or Ctrl-C stops it (running jobs get "
-        "--stop-grace seconds to finish); SIGHUP, or 'serve --reload', reads the file again.",
+        "--stop-grace seconds to finish); SIGHUP, or 'serve --reload', reads the file again. "
+        "The REST API listens on --listen (docs/api.md).",
     )
     add_service_arguments(p)
     p.add_argument(
@@ -59,6 +60,17 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="on SIGTERM, how long running jobs may go on before they are killed (default: 60)",
     )
+    api = p.add_argument_group("the REST API (docs/api.md)")
+    api.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8808",
+        help="where the API listens (default: 127.0.0.1:8808; port 0: any free port, "
+        "named in the log)",
+    )
+    api.add_argument("--no-api", dest="api", action="store_false", help="serve no API")
+    api.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
+    api.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
     p.add_argument(
         "--reload",
         action="store_true",
@@ -98,14 +110,35 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         stop_grace=args.stop_grace,
         clock=clock,
     )
+    companions = _api(args)
     pid_file = folder / f"serve.{os.getpid()}.pid"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{os.getpid()}\n")
-        asyncio.run(serve(options))
+        asyncio.run(serve(options, companions=companions))
     finally:
         pid_file.unlink(missing_ok=True)
     return ExitCode.OK
+
+
+def _api(args: argparse.Namespace) -> list[Any]:
+    """The API's companion task, its socket bound now (an address in use fails at once,
+    before the database starts); none with ``--no-api``."""
+    if not args.api:
+        return []
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together", hint="give both, or neither")
+    from safehold.api.server import ApiOptions, api_companion, bind
+
+    options = ApiOptions(
+        listen=args.listen,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+    )
+    for given in (options.tls_cert, options.tls_key):
+        if given is not None and not given.is_file():
+            raise UsageError(f"no file {given}", hint="give the certificate's and key's paths")
+    return [api_companion(bind(options.listen), options)]
 
 
 def _clock() -> Clock:

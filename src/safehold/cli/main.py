@@ -42,10 +42,11 @@ COMMANDS = [
     "runs",
     "workers",
     "catalog",
+    "token",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
-SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "workers")
+SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "workers", "token")
 
 EPILOG = """\
 environment:

@@ -26,10 +26,11 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from procrastinate import App, PsycopgConnector
 from sqlalchemy import text
@@ -43,7 +44,7 @@ from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
 from safehold.service.tick import TickState, orphaned_runs, tick
 from safehold.service.workers import beat, register_worker, stopped
 
-__all__ = ["ServeOptions", "Service", "serve"]
+__all__ = ["Companion", "ServeOptions", "Service", "serve"]
 
 log = logging.getLogger("safehold.service")
 
@@ -211,11 +212,13 @@ class Service:
             name="worker",
         )
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run the worker and the scheduler until ``stop`` is set. After the database was
-        away long enough to stop the jobs (a fence), the queue's worker is started again,
-        so that it registers anew with a fresh heartbeat before it takes more jobs."""
+    async def run(self, stop: asyncio.Event, companions: Sequence[Companion] = ()) -> None:
+        """Run the worker and the scheduler (and ``companions``) until ``stop`` is set.
+        After the database was away long enough to stop the jobs (a fence), the queue's
+        worker is started again, so that it registers anew with a fresh heartbeat before it
+        takes more jobs."""
         tasks = [asyncio.create_task(self.heartbeat(stop), name="heartbeat")]
+        tasks += [asyncio.create_task(run(self, stop), name="companion") for run in companions]
         if self.options.scheduler:
             tasks.append(asyncio.create_task(self.scheduler(stop), name="scheduler"))
         worker = self._start_worker() if self.options.workers > 0 else None
@@ -244,8 +247,19 @@ class Service:
                 raise result
 
 
-async def serve(options: ServeOptions, *, ready: Callable[[Service], None] | None = None) -> None:
-    """Run the service until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
+# A task run beside the service on its loop until the stop event is set (the REST API, which
+# the command line composes: the service imports nothing above it).
+Companion = Callable[[Service, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+async def serve(
+    options: ServeOptions,
+    *,
+    ready: Callable[[Service], None] | None = None,
+    companions: Sequence[Companion] = (),
+) -> None:
+    """Run the service until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+    ``companions`` run beside it on its loop until it stops."""
     config = load_config(options.config_path)
     state_dir = options.state_dir or (
         Path(config.service.state_dir) if config.service.state_dir else default_state_dir()
@@ -270,7 +284,7 @@ async def serve(options: ServeOptions, *, ready: Callable[[Service], None] | Non
             if ready is not None:
                 ready(service)
             try:
-                await service.run(stop)
+                await service.run(stop, companions)
             finally:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)

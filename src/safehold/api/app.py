@@ -1,0 +1,114 @@
+"""The API's application: routes, error handlers and the request size limit, composed.
+
+:func:`create_app` takes the service's parts (:class:`~safehold.api.state.ApiState`) so
+that the same app runs inside ``safehold serve``, in tests on a catalog of their own, and
+bare (no database: only to write the OpenAPI document).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from sqlalchemy import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from safehold import __version__
+from safehold.api.auth import FailureLimiter
+from safehold.api.errors import error_code, error_response, install_error_handlers
+from safehold.api.routes import health, managed, projects, runs, tokens
+from safehold.api.routes import plans as plan_routes
+from safehold.api.state import ApiState
+from safehold.errors import RequestTooLarge
+from safehold.service.jobs import Jobs
+from safehold.service.plans import PlanSpec
+
+__all__ = ["MAX_BODY", "create_app"]
+
+MAX_BODY = 64 * 1024  # bytes: the largest body a route takes is a token's name
+
+
+def create_app(
+    engine: Engine | None = None,
+    *,
+    plans: Callable[[], Mapping[str, PlanSpec]] = dict,
+    jobs: Jobs | None = None,
+    limiter: FailureLimiter | None = None,
+    max_body: int = MAX_BODY,
+) -> FastAPI:
+    """The API over the catalog ``engine``, the service's current ``plans`` and its queue
+    ``jobs``; with no engine, an app good only for its OpenAPI document."""
+    app = FastAPI(
+        title="safehold",
+        version=__version__,
+        summary="The backup service's REST API: plans, the slot ledger, runs, tokens.",
+        description="Every route under /api/v1 takes a bearer token "
+        "(`safehold token create`); each token sees its own project only. Errors are "
+        '`{"error": {"code", "message", "hint"}}` with a stable code. See docs/api.md.',
+        # Operation ids are the routes' names: stable for generated clients.
+        generate_unique_id_function=_operation_id,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.safehold = ApiState(
+        engine=engine,  # type: ignore[arg-type]  # None: the OpenAPI document only
+        plans=plans,
+        jobs=jobs,
+        limiter=limiter or FailureLimiter(),
+        max_body=max_body,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(managed.staffeln_router)
+    v1 = APIRouter(prefix="/api/v1")
+    for module in (plan_routes, runs, managed, projects, tokens):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.add_middleware(BodyLimit, limit=max_body)
+    return app
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+class BodyLimit:
+    """Refuses a request whose body is over ``limit`` bytes with 413, before a route reads
+    it: by its ``Content-Length``, or, for a chunked body, as soon as the bytes received
+    pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await self._refuse(scope, receive, send)
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                text, hint = _too_large(self.limit)
+                raise RequestTooLarge(text, hint=hint)
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message, hint = _too_large(self.limit)
+        response = error_response(413, error_code(RequestTooLarge), message, hint,
+                                  {"Connection": "close"})  # fmt: skip
+        await response(scope, receive, send)
+
+
+def _too_large(limit: int) -> tuple[str, str]:
+    return f"the request's body is over {limit} bytes", "send a smaller body"

@@ -1,0 +1,36 @@
+"""What the routes share: the catalog, the service's plans and queue, the limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from safehold.service.plans import PlanSpec
+
+if TYPE_CHECKING:
+    from safehold.api.auth import FailureLimiter
+    from safehold.service.jobs import Jobs
+
+__all__ = ["ApiState", "api_state"]
+
+
+@dataclass
+class ApiState:
+    """The service's parts an API call uses. ``plans`` is read at each call (a reload
+    replaces the plans); ``jobs`` queues runs, on the service's own event loop."""
+
+    engine: Engine
+    plans: Callable[[], Mapping[str, PlanSpec]]
+    jobs: Jobs | None
+    limiter: FailureLimiter
+    max_body: int = field(default=64 * 1024)
+
+
+def api_state(request: Request) -> ApiState:
+    """The :class:`ApiState` of the app serving ``request``."""
+    state: ApiState = request.app.state.safehold
+    return state
