@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +21,7 @@ from safehold.api.auth import FailureLimiter
 from safehold.api.errors import error_code, error_response, install_error_handlers
 from safehold.api.routes import health, managed, projects, runs, tokens
 from safehold.api.routes import plans as plan_routes
+from safehold.api.schemas import ErrorBody
 from safehold.api.state import ApiState
 from safehold.errors import RequestTooLarge
 from safehold.service.jobs import Jobs
@@ -50,6 +53,7 @@ def create_app(
         generate_unique_id_function=_operation_id,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(known_query)],
     )
     app.state.safehold = ApiState(
         engine=engine,  # type: ignore[arg-type]  # None: the OpenAPI document only
@@ -61,7 +65,12 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(managed.staffeln_router)
-    v1 = APIRouter(prefix="/api/v1")
+    # What any route under /api/v1 may answer besides its own: a body that is not JSON, no
+    # or a bad token, a body too large, too many bad tokens.
+    v1 = APIRouter(
+        prefix="/api/v1",
+        responses={status: {"model": ErrorBody} for status in (400, 401, 413, 429)},
+    )
     for module in (plan_routes, runs, managed, projects, tokens):
         v1.include_router(module.router)
     app.include_router(v1)
@@ -71,6 +80,27 @@ def create_app(
 
 def _operation_id(route: APIRoute) -> str:
     return route.name
+
+
+def known_query(request: Request) -> None:
+    """Refuse a query parameter the route does not take (422): a misspelt filter
+    (``?stat=failed``) must not quietly answer for every run."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = set(request.query_params) - _query_names(route.dependant)
+    if unknown:
+        raise RequestValidationError(
+            [{"loc": ("query", name), "msg": "not a parameter of this route",
+              "type": "extra_forbidden"} for name in sorted(unknown)[:5]]
+        )  # fmt: skip
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 class BodyLimit:

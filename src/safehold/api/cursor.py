@@ -15,10 +15,18 @@ from datetime import datetime
 
 from safehold.errors import UsageError
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "decode_cursor", "encode_cursor", "foreign_cursor"]
+__all__ = [
+    "CURSOR_PATTERN",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "decode_cursor",
+    "encode_cursor",
+    "foreign_cursor",
+]
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"  # base64url without padding
 
 
 def encode_cursor(at: datetime, key: str) -> str:

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from safehold.errors import (
     DatabaseUnreachable,
@@ -32,6 +33,7 @@ __all__ = ["error_code", "error_response", "install_error_handlers"]
 log = logging.getLogger("safehold.api")
 
 _STARLETTE_CODES = {
+    400: ("invalid_request", "the request's body could not be read", "send JSON in UTF-8"),
     404: ("not_found", "no such route", "the API lives under /api/v1; see /openapi.json"),
     405: ("method_not_allowed", "this route does not take that method", None),
 }
@@ -76,12 +78,21 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _starlette(_request: Request, exc: Exception) -> JSONResponse:
+def _starlette(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code, message, hint = _STARLETTE_CODES.get(
         exc.status_code, (f"http_{exc.status_code}", str(exc.detail), None)
     )
-    return error_response(exc.status_code, code, message, hint, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path only (GET of
+        # /tokens, not its POST): every route on it is asked.
+        methods = set()
+        for route in request.app.routes:
+            if isinstance(route, Route) and route.matches(request.scope)[0] is Match.PARTIAL:
+                methods |= route.methods or set()
+        headers["Allow"] = ", ".join(sorted(methods))
+    return error_response(exc.status_code, code, message, hint, headers)
 
 
 def _database(request: Request, exc: Exception) -> JSONResponse:
@@ -92,6 +103,18 @@ def _database(request: Request, exc: Exception) -> JSONResponse:
         "the service's database does not answer", hint="try again; the service waits for it"
     )
     return _safehold(request, error)
+
+
+def _data(request: Request, exc: Exception) -> JSONResponse:
+    # A value PostgreSQL cannot hold (a NUL character in text): the request's fault.
+    log.info("%s %s: a value the database refused: %s", request.method, request.url.path,
+             type(getattr(exc, "orig", exc)).__name__)  # fmt: skip
+    return error_response(
+        422,
+        "invalid_request",
+        "a value of the request is not one the catalog can hold (a NUL character?)",
+        "send printable text",
+    )
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -107,6 +130,7 @@ def install_error_handlers(app: FastAPI) -> None:
         (StarletteHTTPException, _starlette),
         (sa_exc.OperationalError, _database),
         (sa_exc.InterfaceError, _database),
+        (sa_exc.DataError, _data),
         (Exception, _unexpected),
     ]
     for exc_class, handler in handlers:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ErrorBody",
@@ -34,6 +34,9 @@ RunStateName = Literal[
 ]  # fmt: skip
 RunKindName = Literal["backup", "retention", "prune", "drill"]
 RoleName = Literal["admin", "operator", "viewer", "agent"]
+# Text that reaches the catalog: PostgreSQL's text holds no NUL, and a label needs no
+# control character.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
 
 class ErrorDetail(BaseModel):
@@ -187,8 +190,10 @@ class TokenOut(BaseModel):
 class TokenCreate(BaseModel):
     """A token to make in the caller's project."""
 
+    model_config = ConfigDict(extra="forbid")
+
     role: RoleName
-    name: str = Field(default="", max_length=200)
+    name: str = Field(default="", max_length=200, pattern=PRINTABLE)
 
 
 class TokenCreated(TokenOut):

@@ -29,7 +29,8 @@ __all__ = ["router", "staffeln_router"]
 router = APIRouter(tags=["managed"], responses={401: {"model": ErrorBody}})
 staffeln_router = APIRouter(tags=["managed"])
 
-BackupId = Annotated[str, Query(min_length=1, max_length=200)]
+# Snapshot ids are hex, run ids UUIDs: nothing else can be one of safehold's.
+BackupId = Annotated[str, Query(min_length=1, max_length=100, pattern=r"^[0-9A-Za-z._-]+$")]
 
 _FIND = text(
     """

@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from safehold.api.auth import Operator, Reader
 from safehold.api.cursor import (
+    CURSOR_PATTERN,
     DEFAULT_LIMIT,
     MAX_LIMIT,
     decode_cursor,
@@ -147,7 +148,7 @@ def list_slots(
     who: Reader,
     name: str,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,
 ) -> SlotPage:
     """The plan's ledger, newest slot first: each slot's state and reason, and its run."""
     state = api_state(request)

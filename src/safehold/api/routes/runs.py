@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from safehold.api.auth import Operator, Reader
 from safehold.api.cursor import (
+    CURSOR_PATTERN,
     DEFAULT_LIMIT,
     MAX_LIMIT,
     decode_cursor,
@@ -25,6 +26,7 @@ from safehold.api.cursor import (
     foreign_cursor,
 )
 from safehold.api.schemas import (
+    PRINTABLE,
     ErrorBody,
     RunDetail,
     RunKindName,
@@ -64,11 +66,13 @@ def _fields(row: Any) -> dict[str, Any]:
 def list_runs(
     request: Request,
     who: Reader,
-    plan: Annotated[str | None, Query(max_length=200, description="a plan's name")] = None,
+    plan: Annotated[
+        str | None, Query(max_length=200, pattern=PRINTABLE, description="a plan's name")
+    ] = None,
     state: RunStateName | None = None,
     kind: RunKindName | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,
 ) -> RunPage:
     """The project's runs, newest first, optionally of one plan, in one state or of one
     kind; pass ``next_cursor`` back as ``cursor`` for the next page."""

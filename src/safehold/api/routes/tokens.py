@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 
 from safehold.api.auth import Admin
 from safehold.api.schemas import ErrorBody, TokenCreate, TokenCreated, TokenOut
@@ -35,7 +37,11 @@ def create_project_token(request: Request, who: Admin, body: TokenCreate) -> Tok
 
 
 @router.post("/{token_id}/revoke", name="revoke_token", responses={404: {"model": ErrorBody}})
-def revoke_project_token(request: Request, who: Admin, token_id: str) -> TokenOut:
+def revoke_project_token(
+    request: Request,
+    who: Admin,
+    token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="from GET /tokens")],
+) -> TokenOut:
     """Revoke a token of the project (its row stays, to show when it was revoked)."""
     info = revoke_token(api_state(request).engine, token_id, project=who.project)
     return TokenOut(**info.to_json())
