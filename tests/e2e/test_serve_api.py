@@ -33,11 +33,17 @@ class Serve:
         self.config = tmp / "safehold.yaml"
         (tmp / "data").mkdir()
         (tmp / "data" / "file").write_text("some data\n")
+        self.hang_pid = tmp / "hang.pid"
+        hang = tmp / "hang.sh"
+        hang.write_text(f"#!/bin/sh\necho $$ > {self.hang_pid}\nexec sleep 120\n")
+        hang.chmod(0o755)
         self.config.write_text(
             f"repository: {{location: {tmp / 'repo'}, password_env: REPO_PW}}\n"
             f"service: {{state_dir: {state_dir}}}\n"
             f"sources:\n  job:\n    type: directory\n    paths: [{tmp / 'data'}]\n"
             '    schedule: "@daily"\n'
+            f"  hangs:\n    type: directory\n    paths: [{tmp / 'data'}]\n"
+            f'    schedule: "@daily"\n    hooks: {{pre-backup-lock: {hang}}}\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -102,7 +108,7 @@ def test_a_session_through_the_api(serve: Serve) -> None:
     with httpx.Client(base_url=base, headers=auth, timeout=30) as client:
         assert client.get("/readyz").json()["status"] == "ready"
         plans = client.get("/api/v1/plans").json()
-        assert [plan["name"] for plan in plans] == ["job"]
+        assert [plan["name"] for plan in plans] == ["hangs", "job"]
         run_id = client.post("/api/v1/plans/job/run").json()["run_id"]
 
         def ended() -> bool:
@@ -146,4 +152,32 @@ def test_https_and_a_port_in_use(serve: Serve, tmp_path: Path) -> None:
     taken = serve.safehold("serve", "--config", str(serve.config), "--listen",
                            f"127.0.0.1:{port}")  # fmt: skip
     assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
+    assert serve.stop() == 0
+
+
+def test_cancel_a_running_run(serve: Serve) -> None:
+    made = serve.safehold("token", "create", "--config", str(serve.config), "--project",
+                          "default", "--role", "operator")  # fmt: skip
+    base = serve.start()
+    auth = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    with httpx.Client(base_url=base, headers=auth, timeout=30) as client:
+
+        def state(run_id: str) -> str:
+            return str(client.get(f"/api/v1/runs/{run_id}").json()["state"])
+
+        first = client.post("/api/v1/plans/hangs/run").json()["run_id"]
+        wait_for("the hook to start", serve.hang_pid.exists, timeout=60)
+        hook = int(serve.hang_pid.read_text())
+        assert state(first) == "running"
+        serve.hang_pid.unlink()
+        cancelled = client.post(f"/api/v1/runs/{first}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        wait_for("the hook to be stopped", lambda: not Path(f"/proc/{hook}").exists(), 60)
+        # The plan's lock is free again: its next run starts.
+        second = client.post("/api/v1/plans/hangs/run").json()["run_id"]
+        wait_for("the next run to start", serve.hang_pid.exists, timeout=60)
+        assert state(second) == "running" and state(first) == "cancelled"
+        assert client.post(f"/api/v1/runs/{second}/cancel").json()["state"] == "cancelled"
+        error = client.post(f"/api/v1/runs/{first}/cancel")
+        assert error.status_code == 409 and error.json()["error"]["code"] == "conflict"
     assert serve.stop() == 0

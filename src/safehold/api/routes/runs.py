@@ -1,11 +1,17 @@
 """``/api/v1/runs``: the runs of the token's project's plans, one run with its phases and
 log lines, and cancelling a queued run.
 
-Cancelling is for a queued run only: one ``UPDATE`` from ``queued`` to ``cancelled``, the
-same row a worker's claim moves from ``queued`` to ``running``, so exactly one of the two
-wins; the procrastinate job is then cancelled too (a job that started meanwhile finds its
-run not queued and does nothing). A running run is not cancelled yet: its worker would
-have to watch procrastinate's abort requests and stop the child (409 says so).
+Cancelling a run is one ``UPDATE`` to ``cancelled`` from ``queued`` or ``running``:
+
+- **queued**: the same row a worker's claim moves from ``queued`` to ``running``, so
+  exactly one of the two wins; the procrastinate job is then cancelled (a job taken
+  meanwhile finds its run not queued and does nothing).
+- **running**: procrastinate is asked to abort the job. The worker running it cancels the
+  job's task, which stops the child as Ctrl-C would (its unlock and cleanup hooks run)
+  and then kills it; the worker's own record of the end changes nothing, since it only
+  ends a run that is still ``running``, and a cancelled run is not retried. A run that
+  ends by itself in the moment between the two keeps ``cancelled`` in the catalog (its
+  snapshot, if it made one, is in the repository: ``safehold catalog resync`` finds it).
 """
 
 from __future__ import annotations
@@ -122,26 +128,31 @@ def get_run(request: Request, who: Reader, run_id: uuid.UUID) -> RunDetail:
 
 @router.post("/{run_id}/cancel", name="cancel_run", responses={409: {"model": ErrorBody}})
 async def cancel_run(request: Request, who: Operator, run_id: uuid.UUID) -> RunDetail:
-    """Cancel a queued run: it will not run (its slot, if any, is recorded as failed,
-    ``cancelled``). A running or ended run answers 409."""
+    """Cancel a queued or running run: a queued one will not run, a running one is
+    stopped (its unlock and cleanup hooks run). Its slot, if any, is recorded as failed,
+    ``cancelled``. An ended run answers 409."""
     import asyncio
 
     state = api_state(request)
-    job_id = await asyncio.to_thread(_cancel, request, who.project, run_id)
+    job_id, was = await asyncio.to_thread(_cancel, request, who.project, run_id)
     if job_id is not None and state.jobs is not None:
-        # A job already taken is left alone: its claim finds the run cancelled.
-        await state.jobs.app.job_manager.cancel_job_by_id_async(job_id)
+        # queued: a job not taken yet is cancelled; one taken meanwhile finds its run
+        # cancelled at its claim. running: the worker holding the job aborts it.
+        await state.jobs.app.job_manager.cancel_job_by_id_async(job_id, abort=was == "running")
     return get_run(request, who, run_id)
 
 
-def _cancel(request: Request, project: str, run_id: uuid.UUID) -> int | None:
+def _cancel(request: Request, project: str, run_id: uuid.UUID) -> tuple[int | None, str]:
     with api_state(request).engine.begin() as db:
+        # The row locked first, to return the state it had before the UPDATE.
         row = db.execute(
             text(
+                "WITH before AS (SELECT r.id, r.state FROM runs r JOIN plans p "
+                "ON p.id = r.plan_id WHERE r.id = :r AND p.project = :project "
+                "AND r.state IN ('queued', 'running') FOR UPDATE OF r) "
                 "UPDATE runs r SET state = 'cancelled', ended_at = now(), "
-                "error = 'cancelled through the API' FROM plans p "
-                "WHERE r.id = :r AND p.id = r.plan_id AND p.project = :project "
-                "AND r.state = 'queued' RETURNING r.job_id, r.slot_id"
+                "error = 'cancelled through the API' FROM before WHERE r.id = before.id "
+                "RETURNING r.job_id, r.slot_id, before.state"
             ),
             {"r": run_id, "project": project},
         ).one_or_none()
@@ -154,7 +165,7 @@ def _cancel(request: Request, project: str, run_id: uuid.UUID) -> int | None:
                     ),
                     {"s": row[1], "r": run_id},
                 )
-            return int(row[0]) if row[0] is not None else None
+            return (int(row[0]) if row[0] is not None else None), row[2]
         found = db.execute(
             text(
                 "SELECT r.state FROM runs r JOIN plans p ON p.id = r.plan_id "
@@ -164,9 +175,4 @@ def _cancel(request: Request, project: str, run_id: uuid.UUID) -> int | None:
         ).scalar_one_or_none()
     if found is None:
         raise NotFound(f"no run {run_id}", hint="list them with GET /api/v1/runs")
-    if found == "running":
-        raise Conflict(
-            f"run {run_id} is running; only a queued run can be cancelled so far",
-            hint="wait for it to end, or stop it with the plan's timeout",
-        )
     raise Conflict(f"run {run_id} has ended ({found})", hint="nothing to cancel")
