@@ -165,7 +165,7 @@ def bench_overhead(work: Path, state_dir: Path, reps: int) -> list[tuple[str, st
                        env=env, check=True, capture_output=True)  # fmt: skip
         manual.append(time.perf_counter() - started)
     serve = subprocess.Popen(
-        [*safehold, "serve", "--config", str(config), "--workers", "1"],
+        [*safehold, "serve", "--config", str(config), "--workers", "1", "--no-api"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

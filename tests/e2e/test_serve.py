@@ -42,7 +42,8 @@ class Service:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "safehold", "--log-format", "json", "serve",
-                 *self.base(), "--tick", "0.5", "--workers", "3", *extra],
+                 *self.base(), "--tick", "0.5", "--workers", "3",
+                 "--listen", "127.0.0.1:0", *extra],
                 env=self.env, stdout=out, stderr=out,
             )  # fmt: skip
 

@@ -45,7 +45,7 @@ class Cluster:
             [sys.executable, "-m", "safehold", "--log-format", "json", "serve",
              "--config", str(self.tmp / "safehold.yaml"), "--database", self.url,
              "--state-dir", str(self.tmp / f"state{len(self.procs)}"),
-             "--tick", "0.5", "--workers", "2", *extra],
+             "--tick", "0.5", "--workers", "2", "--listen", "127.0.0.1:0", *extra],
             env=self.env, stdout=log, stderr=log,
         )  # fmt: skip
         self.procs.append(proc)

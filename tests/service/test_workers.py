@@ -61,7 +61,7 @@ def check_serve(engine: Engine, private_cluster: Cluster, tmp_path: Path) -> Non
         )
     with (tmp_path / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "safehold", "serve", *base, "--workers", "1"],
+            [sys.executable, "-m", "safehold", "serve", *base, "--workers", "1", "--no-api"],
             env=env, stdout=log, stderr=log,
         )  # fmt: skip
     try:

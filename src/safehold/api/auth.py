@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Annotated
@@ -32,6 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from safehold.api.state import api_state
 from safehold.api.tokens import Principal, verify_token
 from safehold.catalog import TokenRole
+from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.errors import Forbidden, TooManyRequests, Unauthenticated
 
 __all__ = ["Admin", "FailureLimiter", "Operator", "Reader", "principal", "require"]
@@ -43,16 +43,24 @@ class FailureLimiter:
     """Failed token checks per client address, in a sliding window (thread-safe: token
     checks run in FastAPI's thread pool)."""
 
-    def __init__(self, limit: int = 10, window: float = 60.0, *, addresses: int = 10_000) -> None:
+    def __init__(
+        self,
+        limit: int = 10,
+        window: float = 60.0,
+        *,
+        addresses: int = 10_000,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.limit = limit
         self.window = window
+        self.clock = clock
         self.addresses = addresses  # remembered at most: a flood of addresses stays bounded
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def check(self, address: str) -> None:
         """Raise :class:`TooManyRequests` while ``address`` has used up its failures."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._lock:
             failures = self._failures.get(address)
             if failures is None:
@@ -71,7 +79,7 @@ class FailureLimiter:
         """Count a failed token check from ``address``."""
         with self._lock:
             failures = self._failures.pop(address, None) or deque(maxlen=self.limit)
-            failures.append(time.monotonic())
+            failures.append(self.clock.monotonic())
             self._failures[address] = failures  # the most recent at the end
             while len(self._failures) > self.addresses:
                 self._failures.popitem(last=False)
