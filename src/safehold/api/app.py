@@ -66,10 +66,10 @@ def create_app(
     app.include_router(health.router)
     app.include_router(managed.staffeln_router)
     # What any route under /api/v1 may answer besides its own: a body that is not JSON, no
-    # or a bad token, a body too large, too many bad tokens.
+    # or a bad token, a body too large, too many bad tokens, the database away.
     v1 = APIRouter(
         prefix="/api/v1",
-        responses={status: {"model": ErrorBody} for status in (400, 401, 413, 429)},
+        responses={status: {"model": ErrorBody} for status in (400, 401, 413, 429, 503)},
     )
     for module in (plan_routes, runs, managed, projects, tokens):
         v1.include_router(module.router)
