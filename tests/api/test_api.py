@@ -5,6 +5,7 @@ check, the body size limit and the limit on failed token checks."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -45,6 +46,14 @@ def test_errors_have_one_shape(api: Api) -> None:
         big = client.post("/api/v1/tokens", content=b"x" * (65 * 1024),
                           headers={"content-type": "application/json"})  # fmt: skip
         error(big, 413, "request_too_large")
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the bytes are counted
+            for _ in range(65):
+                yield b"x" * 1024
+
+        streamed = client.post("/api/v1/tokens", content=chunks(),
+                               headers={"content-type": "application/json"})  # fmt: skip
+        error(streamed, 413, "request_too_large")
 
 
 def test_error_codes_are_stable() -> None:

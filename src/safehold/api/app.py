@@ -14,6 +14,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from safehold import __version__
@@ -127,8 +128,9 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
-                text, hint = _too_large(self.limit)
-                raise RequestTooLarge(text, hint=hint)
+                # Starlette's exception, not ours: FastAPI turns any other error raised
+                # while it reads a body into a 400, and lets this one through.
+                raise StarletteHTTPException(413)
             return message
 
         await self.app(scope, limited, send)

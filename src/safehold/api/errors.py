@@ -36,6 +36,7 @@ _STARLETTE_CODES = {
     400: ("invalid_request", "the request's body could not be read", "send JSON in UTF-8"),
     404: ("not_found", "no such route", "the API lives under /api/v1; see /openapi.json"),
     405: ("method_not_allowed", "this route does not take that method", None),
+    413: ("request_too_large", "the request's body is too large", "send a smaller body"),
 }
 
 
