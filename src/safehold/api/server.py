@@ -99,6 +99,11 @@ async def serve_api(
         ssl_keyfile=options.tls_key,
         timeout_graceful_shutdown=5,
         server_header=False,
+        # X-Forwarded-For is believed from a proxy on this machine only (the limit on
+        # failed token checks counts per client address), whatever FORWARDED_ALLOW_IPS,
+        # which uvicorn would otherwise read from the environment, says.
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1,::1",
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
