@@ -153,6 +153,9 @@ def test_https_and_a_port_in_use(serve: Serve, tmp_path: Path) -> None:
                            f"127.0.0.1:{port}")  # fmt: skip
     assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
     assert serve.stop() == 0
+    wrong = serve.safehold("serve", "--config", str(serve.config), "--listen", "127.0.0.1:0",
+                           "--tls-cert", str(key), "--tls-key", str(cert))  # fmt: skip
+    assert wrong.returncode == 2 and "cannot serve HTTPS" in wrong.stderr, wrong.stderr
 
 
 def test_cancel_a_running_run(serve: Serve) -> None:

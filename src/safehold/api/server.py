@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,15 @@ from safehold.errors import UsageError
 if TYPE_CHECKING:
     from safehold.service.serve import Service
 
-__all__ = ["DEFAULT_LISTEN", "ApiOptions", "api_companion", "bind", "parse_listen", "serve_api"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "ApiOptions",
+    "api_companion",
+    "bind",
+    "check_tls",
+    "parse_listen",
+    "serve_api",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:8808"
 log = logging.getLogger("safehold.api")
@@ -84,6 +93,22 @@ def bind(listen: str) -> socket.socket:
         ) from exc
     sock.set_inheritable(False)  # the jobs' child processes must not hold it
     return sock
+
+
+def check_tls(options: ApiOptions) -> None:
+    """Load the certificate and key once before the service starts, so that a wrong file
+    is a usage error at once rather than the API's task failing in the running service."""
+    if options.tls_cert is None or options.tls_key is None:
+        return
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(
+            f"cannot serve HTTPS with {options.tls_cert} and {options.tls_key}: "
+            f"{getattr(exc, 'strerror', None) or exc}",
+            hint="--tls-cert takes a PEM certificate (chain), --tls-key its unencrypted key",
+        ) from exc
 
 
 async def serve_api(

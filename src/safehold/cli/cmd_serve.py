@@ -128,16 +128,14 @@ def _api(args: argparse.Namespace) -> list[Any]:
         return []
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together", hint="give both, or neither")
-    from safehold.api.server import ApiOptions, api_companion, bind
+    from safehold.api.server import ApiOptions, api_companion, bind, check_tls
 
     options = ApiOptions(
         listen=args.listen,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
     )
-    for given in (options.tls_cert, options.tls_key):
-        if given is not None and not given.is_file():
-            raise UsageError(f"no file {given}", hint="give the certificate's and key's paths")
+    check_tls(options)
     return [api_companion(bind(options.listen), options)]
 
 
