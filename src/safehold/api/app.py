@@ -61,7 +61,6 @@ def create_app(
         plans=plans,
         jobs=jobs,
         limiter=limiter or FailureLimiter(),
-        max_body=max_body,
     )
     install_error_handlers(app)
     app.include_router(health.router)

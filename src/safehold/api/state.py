@@ -1,9 +1,9 @@
-"""What the routes share: the catalog, the service's plans and queue, the limits."""
+"""What the routes share: the catalog, the service's plans and queue, the token limiter."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -27,7 +27,6 @@ class ApiState:
     plans: Callable[[], Mapping[str, PlanSpec]]
     jobs: Jobs | None
     limiter: FailureLimiter
-    max_body: int = field(default=64 * 1024)
 
 
 def api_state(request: Request) -> ApiState:

@@ -16,6 +16,7 @@ Cancelling a run is one ``UPDATE`` to ``cancelled`` from ``queued`` or ``running
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated, Any
 
@@ -131,8 +132,6 @@ async def cancel_run(request: Request, who: Operator, run_id: uuid.UUID) -> RunD
     """Cancel a queued or running run: a queued one will not run, a running one is
     stopped (its unlock and cleanup hooks run). Its slot, if any, is recorded as failed,
     ``cancelled``. An ended run answers 409."""
-    import asyncio
-
     state = api_state(request)
     job_id, was = await asyncio.to_thread(_cancel, request, who.project, run_id)
     if job_id is not None and state.jobs is not None:
