@@ -201,6 +201,8 @@ class Run(Base):
         CheckConstraint(one_of("state", RunState), name="state"),
         Index(None, "plan_id", "queued_at"),
         Index(None, "state"),
+        # The API's "is this backup managed" check (migration 0003).
+        Index(None, "snapshot_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

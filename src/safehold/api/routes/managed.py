@@ -14,6 +14,7 @@ An id is a snapshot id that a run recorded (``runs.snapshot_id``) or a run id.
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -32,19 +33,34 @@ staffeln_router = APIRouter(tags=["managed"])
 # Snapshot ids are hex, run ids UUIDs: nothing else can be one of safehold's.
 BackupId = Annotated[str, Query(min_length=1, max_length=100, pattern=r"^[0-9A-Za-z._-]+$")]
 
-_FIND = text(
+# Each form finds its row by an index (runs' primary key, ix_runs_snapshot_id): the
+# staffeln form answers without a token, so it must cost a lookup, never a scan.
+_BY_SNAPSHOT = text(
     """
     SELECT r.id, p.name FROM runs r JOIN plans p ON p.id = r.plan_id
-    WHERE (r.snapshot_id = :b OR CAST(r.id AS text) = lower(:b))
-      AND (CAST(:project AS text) IS NULL OR p.project = :project)
+    WHERE r.snapshot_id = :b AND (CAST(:project AS text) IS NULL OR p.project = :project)
     ORDER BY r.queued_at DESC LIMIT 1
+    """
+)
+_BY_RUN = text(
+    """
+    SELECT r.id, p.name FROM runs r JOIN plans p ON p.id = r.plan_id
+    WHERE r.id = :run AND (CAST(:project AS text) IS NULL OR p.project = :project)
     """
 )
 
 
 def _find(request: Request, backup_id: str, project: str | None) -> Any:
+    try:
+        run_id: uuid.UUID | None = uuid.UUID(backup_id)
+    except ValueError:
+        run_id = None
     with api_state(request).engine.connect() as db:
-        return db.execute(_FIND, {"b": backup_id, "project": project}).one_or_none()
+        if run_id is not None:
+            found = db.execute(_BY_RUN, {"run": run_id, "project": project}).one_or_none()
+            if found is not None:
+                return found
+        return db.execute(_BY_SNAPSHOT, {"b": backup_id, "project": project}).one_or_none()
 
 
 @router.get("/managed", name="managed")

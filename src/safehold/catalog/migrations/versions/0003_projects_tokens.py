@@ -1,4 +1,4 @@
-"""Projects and the API's bearer tokens (hashed).
+"""Projects, the API's bearer tokens (hashed), and runs found by their snapshot.
 
 Revision ID: 0003
 Revises: 0002
@@ -19,7 +19,7 @@ NOW = sa.text("now()")
 
 
 def upgrade() -> None:
-    """Create the projects and the tokens."""
+    """Create the projects and the tokens; index the runs' snapshot ids."""
     op.create_table(
         "projects",
         sa.Column("name", sa.Text(), nullable=False),
@@ -48,9 +48,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tokens")),
     )
     op.create_index(op.f("ix_tokens_project"), "tokens", ["project"])
+    op.create_index(op.f("ix_runs_snapshot_id"), "runs", ["snapshot_id"])
 
 
 def downgrade() -> None:
-    """Drop the tokens, then the projects."""
+    """Drop the index, the tokens, then the projects."""
+    op.drop_index(op.f("ix_runs_snapshot_id"), "runs")
     op.drop_table("tokens")
     op.drop_table("projects")
