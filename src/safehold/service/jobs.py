@@ -55,7 +55,7 @@ from safehold.service.child import (
     run_child,
     stop_child,
 )
-from safehold.service.limits import repository_slot
+from safehold.service.limits import write_slots
 from safehold.service.plans import PlanSpec
 
 __all__ = ["RUN_TASK", "Jobs", "outcome_of"]
@@ -67,6 +67,8 @@ _FLUSH_EVERY = 0.5  # seconds between writes of a running job's log lines
 # A worker whose heartbeats have failed this long stops its running children (fence), which
 # takes at most child.TERM_WAIT more: done before the others reap its jobs, once
 # procrastinate's heartbeat is STALL_SECONDS old (a beat every 5 s: 25 s at the least).
+# Shorter windows would fence runs through an ordinary database restart or fail-over;
+# longer ones delay the retry of a lost worker's runs (docs/architecture.md).
 FENCE_SECONDS = 15.0
 # The ledger knows no "worker lost" or "cancelled": its slot failed.
 _SLOT_STATE = {RunState.WORKER_LOST: "failed", RunState.CANCELLED: "failed"}
@@ -273,11 +275,16 @@ class Jobs:
             )
         lines = _LineWriter(self, run_id, plan_key)
         flusher = asyncio.create_task(lines.run())
-        limit = spec.timeout + child.KILL_GRACE if spec.timeout else None
+        limit = None
+        if spec.timeout:
+            # A backup's child keeps its own time-out (its cleanup hooks still run): the
+            # parent's limit is a backstop after a grace. Forget and prune have none inside.
+            grace = child.KILL_GRACE if kind == RunKind.BACKUP.value else 0.0
+            limit = spec.timeout + grace
         # A prune takes no run slot of its repository: it must never make a backup wait.
-        cap = None if kind == RunKind.PRUNE.value else spec.max_concurrent
+        caps = () if kind == RunKind.PRUNE.value else spec.limits
         try:
-            async with repository_slot(self.conninfo, spec.repository, cap, what=f"run {run_id}"):
+            async with write_slots(self.conninfo, caps, what=f"run {run_id}"):
                 result = await run_child(
                     argv,
                     on_line=lines.add,
