@@ -39,6 +39,7 @@ __all__ = [
     "Base",
     "Plan",
     "PlanOrigin",
+    "RestorePoint",
     "Run",
     "RunKind",
     "RunLine",
@@ -241,3 +242,37 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
     stopped_at: Mapped[datetime | None]
+
+
+class RestorePoint(Base):
+    """A snapshot a plan made, as the catalog knows it: where its chain stands, whether it
+    is held, and whether the repository still has it.
+
+    Written when a backup run succeeds and by ``catalog resync`` (which also finds the ones
+    forgotten outside the service); the repository stays the source of truth. A held
+    point is passed to every retention of its plan as ``forget --keep-id``.
+    """
+
+    __tablename__ = "restore_points"
+    __table_args__ = (
+        UniqueConstraint("plan_id", "snapshot_id"),
+        # Listing a plan's points newest first, a page at a time, reads this index only.
+        Index(None, "plan_id", "taken_at", "id"),
+        Index(None, "snapshot_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    snapshot_id: Mapped[str]
+    # The run that made it (None: found by resync, or its run was deleted).
+    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    taken_at: Mapped[datetime]
+    chain_id: Mapped[str | None]
+    chain_seq: Mapped[int | None] = mapped_column(Integer)  # 0: the chain's full backup
+    isolated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    bytes_added: Mapped[int | None] = mapped_column(BigInteger)
+    held_at: Mapped[datetime | None]
+    held_by: Mapped[str | None]
+    hold_reason: Mapped[str | None]
+    # When the service learnt that the repository no longer has it (None: it has).
+    forgotten_at: Mapped[datetime | None]

@@ -87,9 +87,10 @@ def backup_argv(
     ]
 
 
-def retention_argv(config_path: str, source: str) -> list[str]:
-    """The child's command line for a plan's retention (``forget``, no prune)."""
-    return [
+def retention_argv(config_path: str, source: str, *, held: Sequence[str] = ()) -> list[str]:
+    """The child's command line for a plan's retention (``forget``, no prune); ``held``:
+    the snapshots it must keep whatever its rules say (held restore points)."""
+    argv = [
         sys.executable,
         "-m",
         "safehold",
@@ -100,6 +101,9 @@ def retention_argv(config_path: str, source: str) -> list[str]:
         "--source",
         source,
     ]
+    for snapshot in held:
+        argv += ["--keep-id", snapshot]
+    return argv
 
 
 def prune_argv(config_path: str, *, max_unused: str | None = None) -> list[str]:

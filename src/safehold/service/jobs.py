@@ -57,6 +57,7 @@ from safehold.service.child import (
 )
 from safehold.service.limits import write_slots
 from safehold.service.plans import PlanSpec
+from safehold.service.restore_points import held_snapshots, mark_forgotten, record_point
 
 __all__ = ["RUN_TASK", "Jobs", "outcome_of"]
 
@@ -261,18 +262,7 @@ class Jobs:
             )
             await self._db(self._end, run_id, slot_id, outcome, None)
             return
-        if kind == RunKind.RETENTION.value:
-            argv = retention_argv(spec.config_path, spec.name)
-        elif kind == RunKind.PRUNE.value:
-            argv = prune_argv(spec.config_path, max_unused=spec.max_unused)
-        else:
-            argv = backup_argv(
-                spec.config_path,
-                spec.name,
-                run_id=str(run_id),
-                plan=plan_key,
-                state_dir=self.state_dir / "runs",
-            )
+        argv = await self._argv(spec, kind, run_id)
         lines = _LineWriter(self, run_id, plan_key)
         flusher = asyncio.create_task(lines.run())
         limit = None
@@ -317,6 +307,9 @@ class Jobs:
         # A prune's record is its summary, not a backup's: only its end is kept.
         record = result.record if kind == RunKind.BACKUP.value else None
         await self._db(self._end, run_id, slot_id, outcome, record)
+        if kind == RunKind.RETENTION.value and outcome.state is RunState.SUCCEEDED:
+            removed = (result.record or {}).get("removed") or []
+            await self._db(self._forgotten, run_id, removed)
         if kind != spec.kind.value:
             return  # retention: no retries and nothing after it
         if outcome.state in (RunState.FAILED, RunState.TIMED_OUT) and attempt <= spec.retries:
@@ -326,6 +319,21 @@ class Jobs:
                 self.new_run, spec.key, trigger=RunTrigger.SCHEDULE, kind=RunKind.RETENTION
             )
             await self.defer(retention, spec.key)
+
+    async def _argv(self, spec: PlanSpec, kind: str, run_id: uuid.UUID) -> list[str]:
+        """The child's command line for a run of ``kind`` of the plan ``spec``."""
+        if kind == RunKind.RETENTION.value:
+            held = await self._db(held_snapshots, self.engine, spec.key)
+            return retention_argv(spec.config_path, spec.name, held=held)
+        if kind == RunKind.PRUNE.value:
+            return prune_argv(spec.config_path, max_unused=spec.max_unused)
+        return backup_argv(
+            spec.config_path,
+            spec.name,
+            run_id=str(run_id),
+            plan=spec.key,
+            state_dir=self.state_dir / "runs",
+        )
 
     async def _db(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``call`` in a thread, tried again while the database cannot be reached.
@@ -416,6 +424,8 @@ class Jobs:
             )
             if not ended.rowcount:
                 return False
+            if outcome.state is RunState.SUCCEEDED and record:
+                record_point(db, run_id, record, taken_at=None)
             if slot_id is not None:
                 db.execute(
                     text(
@@ -431,6 +441,14 @@ class Jobs:
                 )
 
         return True
+
+    def _forgotten(self, run_id: uuid.UUID, removed: list[str]) -> None:
+        """Note the snapshots a retention run removed as forgotten restore points."""
+        with self.engine.begin() as db:
+            plan_id = db.execute(
+                text("SELECT plan_id FROM runs WHERE id = :r"), {"r": run_id}
+            ).scalar_one()
+            mark_forgotten(db, plan_id, removed)
 
     # --- lost workers -----------------------------------------------------------------
 
