@@ -160,8 +160,8 @@ def test_pages_follow_the_cursor_and_a_bad_cursor_is_refused(
         plan_id = db.execute(text("SELECT id FROM plans WHERE name = 'db'")).scalar_one()
         db.execute(
             text(
-                "INSERT INTO restore_points (plan_id, snapshot_id, taken_at) "
-                "SELECT :p, md5(i::text) || md5(i::text), "
+                "INSERT INTO restore_points (plan_id, project, snapshot_id, taken_at) "
+                "SELECT :p, 'default', md5(i::text) || md5(i::text), "
                 "  timestamptz '2026-01-01' + (i / 2) * interval '1 hour' "
                 "FROM generate_series(1, 25) i"
             ),

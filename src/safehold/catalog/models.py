@@ -256,13 +256,21 @@ class RestorePoint(Base):
     __tablename__ = "restore_points"
     __table_args__ = (
         UniqueConstraint("plan_id", "snapshot_id"),
-        # Listing a plan's points newest first, a page at a time, reads this index only.
+        # Listing newest first, a page at a time, reads one index range: a plan's, a
+        # project's, or everything's (an admin's); never a sort of a million rows.
         Index(None, "plan_id", "taken_at", "id"),
+        Index(None, "project", "taken_at", "id"),
+        Index(None, "taken_at", "id"),
         Index(None, "snapshot_id"),
+        # A point's chain's full: one index probe per listed point.
+        Index(None, "plan_id", "chain_id", "chain_seq"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    # The plan's project, copied so that a project's listing has an index of its own
+    # (a plan never changes project: another project is another plan).
+    project: Mapped[str]
     snapshot_id: Mapped[str]
     # The run that made it (None: found by resync, or its run was deleted).
     run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))

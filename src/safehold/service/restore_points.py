@@ -97,10 +97,11 @@ def record_point(
     chain = record.get("chain") or {}
     db.execute(
         text(
-            "INSERT INTO restore_points (plan_id, snapshot_id, run_id, taken_at, chain_id, "
-            "chain_seq, isolated, bytes_added) "
-            "SELECT plan_id, :snap, id, coalesce(:at, ended_at, now()), :chain, :seq, :iso, "
-            ":added FROM runs WHERE id = :r "
+            "INSERT INTO restore_points (plan_id, project, snapshot_id, run_id, taken_at, "
+            "chain_id, chain_seq, isolated, bytes_added) "
+            "SELECT r.plan_id, p.project, :snap, r.id, coalesce(:at, r.ended_at, now()), "
+            ":chain, :seq, :iso, :added FROM runs r JOIN plans p ON p.id = r.plan_id "
+            "WHERE r.id = :r "
             "ON CONFLICT (plan_id, snapshot_id) DO NOTHING"
         ),
         {
@@ -147,7 +148,7 @@ def held_snapshots(engine: Engine, plan_key: str) -> list[str]:
 
 
 _COLUMNS = """
-    r.id, p.project, p.name AS plan, r.snapshot_id, r.run_id, r.taken_at, r.chain_id,
+    r.id, r.project, p.name AS plan, r.snapshot_id, r.run_id, r.taken_at, r.chain_id,
     r.chain_seq, r.isolated, r.bytes_added, r.held_at, r.held_by, r.hold_reason,
     r.forgotten_at,
     (SELECT f.snapshot_id FROM restore_points f WHERE f.plan_id = r.plan_id
@@ -181,12 +182,14 @@ def list_points(
         raise UsageError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
     where = ["TRUE"]
     params: dict[str, Any] = {"limit": limit + 1}
+    # Each filter is on the points' own columns, so that the planner walks the one index
+    # that matches (a join's condition on plans would let it pick the global one).
     if projects is not None:
-        where.append("p.project = ANY(:projects)")
+        where.append("r.project = ANY(:projects)")
         params["projects"] = list(projects)
     if plan is not None:
         project, name = plan.split("/", 1) if "/" in plan else ("default", plan)
-        where.append("p.project = :project AND p.name = :name")
+        where.append("r.plan_id = (SELECT id FROM plans WHERE project = :project AND name = :name)")
         params.update(project=project, name=name)
     if held is not None:
         where.append("r.held_at IS NOT NULL" if held else "r.held_at IS NULL")
@@ -214,7 +217,7 @@ def _find(db: Connection, ref: str, projects: Iterable[str] | None) -> int:
     params: dict[str, Any] = {}
     scope = ""
     if projects is not None:
-        scope = " AND p.project = ANY(:projects)"
+        scope = " AND r.project = ANY(:projects)"
         params["projects"] = list(projects)
     if ref.isdigit():
         query = "r.id = :id"

@@ -144,9 +144,9 @@ def resync(
 # statement for all of them, as arrays.
 _POINTS = text(
     """
-    INSERT INTO restore_points (plan_id, snapshot_id, run_id, taken_at, chain_id, chain_seq,
-                                isolated, bytes_added)
-    SELECT s.plan_id, s.snap,
+    INSERT INTO restore_points (plan_id, project, snapshot_id, run_id, taken_at, chain_id,
+                                chain_seq, isolated, bytes_added)
+    SELECT s.plan_id, (SELECT p.project FROM plans p WHERE p.id = s.plan_id), s.snap,
       (SELECT r.id FROM runs r WHERE r.plan_id = s.plan_id AND r.snapshot_id = s.snap
          AND r.state = 'succeeded' ORDER BY r.queued_at LIMIT 1),
       s.taken_at, s.chain_id, s.chain_seq, s.isolated, s.added

@@ -23,6 +23,7 @@ def upgrade() -> None:
         "restore_points",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("plan_id", sa.BigInteger(), nullable=False),
+        sa.Column("project", sa.Text(), nullable=False),
         sa.Column("snapshot_id", sa.Text(), nullable=False),
         sa.Column("run_id", sa.Uuid(), nullable=True),
         sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False),
@@ -51,19 +52,25 @@ def upgrade() -> None:
             "plan_id", "snapshot_id", name=op.f("uq_restore_points_plan_id_snapshot_id")
         ),
     )
-    op.create_index(
-        op.f("ix_restore_points_plan_id_taken_at_id"),
-        "restore_points",
+    for columns in (
         ["plan_id", "taken_at", "id"],
-    )
-    op.create_index(op.f("ix_restore_points_snapshot_id"), "restore_points", ["snapshot_id"])
+        ["project", "taken_at", "id"],
+        ["taken_at", "id"],
+        ["snapshot_id"],
+        ["plan_id", "chain_id", "chain_seq"],
+    ):
+        name = "ix_restore_points_" + "_".join(columns)
+        op.create_index(op.f(name), "restore_points", columns)
     # What the catalog already knows: every succeeded backup run's snapshot (chains are
     # unknown to those rows; a resync fills them in).
     op.execute(
         """
-        INSERT INTO restore_points (plan_id, snapshot_id, run_id, taken_at, bytes_added)
-        SELECT plan_id, snapshot_id, id, coalesce(ended_at, queued_at), bytes_added
-        FROM runs WHERE kind = 'backup' AND state = 'succeeded' AND snapshot_id IS NOT NULL
+        INSERT INTO restore_points (plan_id, project, snapshot_id, run_id, taken_at,
+                                    bytes_added)
+        SELECT r.plan_id, p.project, r.snapshot_id, r.id, coalesce(r.ended_at, r.queued_at),
+               r.bytes_added
+        FROM runs r JOIN plans p ON p.id = r.plan_id
+        WHERE r.kind = 'backup' AND r.state = 'succeeded' AND r.snapshot_id IS NOT NULL
         ON CONFLICT DO NOTHING
         """
     )
