@@ -205,3 +205,62 @@ def test_resync_completes_points_and_notes_the_ones_removed_by_hand(
     assert points(cli, service)["restore_points"] == []
     [gone] = points(cli, service, "--all")["restore_points"]
     assert gone["forgotten_at"] is not None
+
+
+def test_a_restore_job_brings_a_point_back_into_a_new_target(
+    service: Service, cli: CliRunner
+) -> None:
+    """restore-points restore queues a restore run; a worker runs it through the source's
+    restore path; --wait follows it to its end and says how it went."""
+    service.run()
+    [point] = points(cli, service)["restore_points"]
+    target = service.tmp / "restored"
+    queued = points(cli, service, "restore", point["snapshot_id"][:12], "--target", str(target))
+    assert (queued["state"], queued["snapshot"]) == ("queued", point["snapshot_id"])
+    run_id = uuid.UUID(queued["run_id"])
+
+    async def work(wanted: uuid.UUID | None = None) -> None:
+        app = App(connector=PsycopgConnector(conninfo=service.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(
+                app, service.engine, plans=lambda: service.specs, state_dir=service.tmp / "s",
+                worker="w",
+            )  # fmt: skip
+            run = wanted
+            while run is None:  # the run --wait is about to queue
+                with service.engine.connect() as db:
+                    run = db.execute(
+                        text("SELECT id FROM runs WHERE kind = 'restore' AND state = 'queued'")
+                    ).scalar()
+                await asyncio.sleep(0.1)
+            await jobs.execute(run)
+
+    asyncio.run(work(run_id))
+    assert service.state(run_id) == "succeeded"
+    restored = target / str(service.tmp / "data").lstrip("/") / "f"
+    assert restored.read_text() == "first\n"
+    res = cli(
+        "--json", "jobs", "--kind", "restore", "--config", str(service.config),
+        "--database", service.url,
+    )  # fmt: skip
+    [listed] = json.loads(res.stdout)
+    assert (listed["id"], listed["kind"], listed["snapshot_id"]) == (
+        str(run_id),
+        "restore",
+        point["snapshot_id"],
+    )
+
+    # --wait, into a target that now holds data and without --replace: the job fails,
+    # the command says why and exits 1.
+    import threading
+
+    worker = threading.Thread(target=lambda: asyncio.run(work()))
+    worker.start()
+    res = cli(
+        "restore-points", "restore", str(point["id"]), "--target", str(target), "--wait",
+        "--config", str(service.config), "--database", service.url,
+    )  # fmt: skip
+    worker.join(timeout=120)
+    assert res.code == 1, res.output
+    assert "failed" in res.stdout and "already holds files" in res.stdout, res.stdout

@@ -88,6 +88,7 @@ class RunKind(StrEnum):
     RETENTION = "retention"
     PRUNE = "prune"
     DRILL = "drill"
+    RESTORE = "restore"  # a restore point back into its source, or into a named target
 
 
 class RunTrigger(StrEnum):
@@ -215,6 +216,8 @@ class Run(Base):
     bytes_added: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None]
     hint: Mapped[str | None]
+    # What the job was asked, beyond its plan: a restore's snapshot, target and replace.
+    params: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
 
 
 class RunLine(Base):

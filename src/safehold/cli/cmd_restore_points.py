@@ -30,15 +30,30 @@ def register(sub: Any) -> None:
     p.add_argument(
         "action",
         nargs="?",
-        choices=("list", "hold", "release"),
+        choices=("list", "hold", "release", "restore"),
         default="list",
         help="list (the default); hold REF: keep it whatever its plan's retention says; "
-        "release REF: end the hold",
+        "release REF: end the hold; restore REF: queue a restore job of it, through its "
+        "source's restore path and hooks, for a worker of 'safehold serve'",
     )
     p.add_argument(
         "ref", nargs="?", metavar="REF", help="the point's number or snapshot id (a prefix)"
     )
     p.add_argument("--reason", help="with hold: why it is held (shown in the list)")
+    p.add_argument(
+        "--target",
+        metavar="TARGET",
+        help="with restore: where to (a folder for a directory source, a database name for "
+        "a database; default: the source's own place)",
+    )
+    p.add_argument(
+        "--replace", action="store_true", help="with restore: allow overwriting existing data"
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with restore: wait for the job's end; the exit code is 0 only if it succeeded",
+    )
     p.add_argument("--plan", metavar="NAME", help="only this plan's (NAME or PROJECT/NAME)")
     p.add_argument("--held", action="store_true", help="only the held ones")
     p.add_argument("--all", action="store_true", help="also the ones the repository no longer has")
@@ -65,6 +80,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             return _done(ctx, found, "held")
         if action == "release":
             return _done(ctx, points.release(database.engine, args.ref), "released")
+        if action == "restore":
+            return _restore(args, ctx, _config, database)
         page = points.list_points(
             database.engine,
             plan=args.plan,
@@ -105,3 +122,45 @@ def _done(ctx: Context, point: dict[str, Any], what: str) -> int:
     else:
         ctx.print(f"{what}: {_line(point)}")
     return 0
+
+
+def _restore(args: argparse.Namespace, ctx: Context, config: Any, database: Any) -> int:
+    """Queue a restore job of the point ``args.ref``; with ``--wait``, follow it to its end."""
+    from safehold.catalog import RunKind
+    from safehold.service.jobs import submit
+    from safehold.service.plans import plans_from_config, sync_plans
+    from safehold.service.queries import wait_for_run
+    from safehold.service.restore_points import restore_request
+
+    key, snapshot = restore_request(database.engine, args.ref)
+    specs = plans_from_config(config)
+    if key not in specs:
+        raise UsageError(
+            f"restore point {args.ref} belongs to plan {key}, which is not in {args.config}",
+            hint="restore it with 'safehold restore SNAPSHOT --config FILE --source NAME'",
+        )
+    sync_plans(database.engine, [specs[key]])
+    params = {"snapshot": snapshot, "target": args.target, "replace": args.replace}
+    run_id = submit(
+        database.conninfo, database.engine, specs, key, kind=RunKind.RESTORE, params=params
+    )
+    queued = {"plan": key, "snapshot": snapshot, "run_id": str(run_id), "state": "queued"}
+    if not args.wait:
+        if ctx.json:
+            ctx.emit_json(queued)
+        else:
+            ctx.print(f"restore of {snapshot[:8]} ({key}): run {run_id} queued")
+        return 0
+    if not ctx.json:
+        ctx.print(f"restore of {snapshot[:8]} ({key}): run {run_id} queued; waiting")
+    ended = wait_for_run(database.engine, run_id)
+    if ctx.json:
+        ctx.emit_json(ended)
+    else:
+        took = f" in {ended['duration_s']:.1f}s" if ended["duration_s"] is not None else ""
+        ctx.print(f"run {run_id}: {ended['state']}{took}")
+        if ended["error"]:
+            ctx.print(f"  error: {ended['error']}")
+        if ended["hint"]:
+            ctx.print(f"  hint: {ended['hint']}")
+    return 0 if ended["state"] == "succeeded" else 1

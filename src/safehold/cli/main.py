@@ -46,7 +46,7 @@ COMMANDS = [
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
-SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "restore-points", "workers")
+SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "jobs", "restore-points", "workers")
 
 EPILOG = """\
 environment:

@@ -106,6 +106,33 @@ def retention_argv(config_path: str, source: str, *, held: Sequence[str] = ()) -
     return argv
 
 
+def restore_argv(
+    config_path: str, source: str, *, snapshot: str, target: str | None, replace: bool
+) -> list[str]:
+    """The child's command line for a restore of one configured source: ``snapshot``
+    through the source's restore path and hooks, into ``target`` (None: the source's own
+    place, e.g. its database)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "safehold",
+        "--log-format",
+        "json",
+        "--json",
+        "restore",
+        snapshot,
+        "--config",
+        config_path,
+        "--source",
+        source,
+    ]
+    if target:
+        argv += ["--target", target]
+    if replace:
+        argv.append("--replace")
+    return argv
+
+
 def prune_argv(config_path: str, *, max_unused: str | None = None) -> list[str]:
     """The child's command line for a prune of the file's repository."""
     argv = [sys.executable, "-m", "safehold", "--json", "prune", "--config", config_path]

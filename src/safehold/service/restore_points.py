@@ -48,6 +48,7 @@ __all__ = [
     "mark_forgotten",
     "record_point",
     "release",
+    "restore_request",
 ]
 
 MAX_PAGE = 500
@@ -255,6 +256,23 @@ def _one(db: Connection, point_id: int) -> dict[str, Any]:
         {"id": point_id},
     ).one()
     return _point(row)
+
+
+def restore_request(
+    engine: Engine, ref: str, *, projects: Iterable[str] | None = None
+) -> tuple[str, str]:
+    """The plan (``project/name``) and snapshot of the point ``ref`` names: what a restore
+    job of it runs. A forgotten point cannot be restored."""
+    with engine.connect() as db:
+        point_id = _find(db, ref, projects)
+        project, name, snapshot = db.execute(
+            text(
+                "SELECT p.project, p.name, r.snapshot_id FROM restore_points r "
+                "JOIN plans p ON p.id = r.plan_id WHERE r.id = :id"
+            ),
+            {"id": point_id},
+        ).one()
+    return f"{project}/{name}", str(snapshot)
 
 
 def hold(
