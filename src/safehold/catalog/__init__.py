@@ -10,6 +10,8 @@ Concepts:
 - **Run** (:class:`Run`): one attempt at a job (backup, retention, prune, drill), with its
   phases, bytes, snapshot and error; its id is the ``backup_guid`` of logs.
   :class:`RunLine` holds its log lines.
+- **Restore point** (:class:`RestorePoint`): a snapshot a plan made, with its chain, its
+  hold, and whether the repository still has it.
 - **Worker** (:class:`Worker`): a process that runs jobs, and its last heartbeat.
 - **Project** and **Token** (:class:`Project`, :class:`Token`): the API's bearer tokens,
   each of one project and one role (:class:`TokenRole`), kept as a hash of the secret.
@@ -27,6 +29,7 @@ from safehold.catalog.models import (
     Plan,
     PlanOrigin,
     Project,
+    RestorePoint,
     Run,
     RunKind,
     RunLine,
@@ -44,6 +47,7 @@ __all__ = [
     "Plan",
     "PlanOrigin",
     "Project",
+    "RestorePoint",
     "Run",
     "RunKind",
     "RunLine",

@@ -1,8 +1,8 @@
 """Projects, the API's bearer tokens (hashed), and runs found by their snapshot.
 
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-12-06
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-07
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision: str | None = "0002"
+revision = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | None = None
 depends_on: str | None = None
 
