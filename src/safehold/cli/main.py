@@ -42,10 +42,11 @@ COMMANDS = [
     "runs",
     "workers",
     "catalog",
+    "agent",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
-SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "workers")
+SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "workers", "agent")
 
 EPILOG = """\
 environment:
