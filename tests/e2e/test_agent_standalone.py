@@ -253,11 +253,17 @@ def test_in_progress_manual_run_retries_and_sigterm(agent: Agent, tmp_path: Path
     assert agent.events("agent.stopped")
 
 
-def test_a_failing_source_is_retried_and_its_failure_logged(agent: Agent, tmp_path: Path) -> None:
+def test_retries_timeouts_and_a_queue_behind_a_long_run(agent: Agent, tmp_path: Path) -> None:
     (tmp_path / "files").mkdir()
     broken = tmp_path / "broken.sh"
     broken.write_text("#!/bin/sh\necho 'redis-cli: connection refused' >&2\nexit 1\n")
     broken.chmod(0o755)
+    hang = tmp_path / "hang.sh"
+    hang.write_text("#!/bin/sh\nexec sleep 30\n")
+    hang.chmod(0o755)
+    slow = tmp_path / "slow.sh"
+    slow.write_text("#!/bin/sh\nexec sleep 3\n")
+    slow.chmod(0o755)
     agent.config.write_text(
         f"repository: {{location: {agent.repo}, password_env: REPO_PW}}\n"
         "sources:\n"
@@ -267,10 +273,33 @@ def test_a_failing_source_is_retried_and_its_failure_logged(agent: Agent, tmp_pa
         '    cron_schedule: "*/5 * * * *"\n'  # every ten seconds at this speed
         "    retries: 2\n"
         "    retry_delay: 0.5s\n"
+        "  hangs:\n"
+        f"    source_folder: {tmp_path / 'files'}\n"
+        f"    source_executable: {hang}\n"
+        '    cron_schedule: "*/5 * * * *"\n'
+        "    timeout: 1s\n"
+        "  queued:\n"
+        f"    source_folder: {tmp_path / 'files'}\n"
+        f"    source_executable: {slow}\n"
+        '    cron_schedule: "* * * * *"\n'  # every two seconds, each run three
     )
     agent.start()
     wait_for("the retries to give up", lambda: bool(agent.events("backup.gave_up")))
+    wait_for("a timed-out run", lambda: bool(agent.events("backup.finished", "hangs")))
+    wait_for("two runs behind others", lambda: len(agent.events("backup.queued", "queued")) >= 2)
     assert agent.stop() == 0
+    # The source's timeout: the run is stopped (its hook too) and recorded as timed out.
+    (timed_out, *_) = agent.events("backup.finished", "hangs")
+    assert timed_out["outcome"] == "timeout" and "timed out after 1 s" in timed_out["error"]
+    # A slot that comes while a run goes waits behind it (on_overlap: queue): one at a
+    # time, the next starting when the one before has ended.
+    lines = [e for e in agent.lines() if e.get("source") == "queued"]
+    going = 0
+    for line in lines:
+        going += {"backup.started": 1, "backup.finished": -1}.get(line["event"], 0)
+        assert going <= 1
+    assert any(r["reason"].startswith("overlap: a run is already queued")
+               for r in agent.events("slot.skipped", "queued"))  # fmt: skip
     finished = agent.events("backup.finished", "broken")[:3]
     assert [e["attempt"] for e in finished] == [1, 2, 3]
     assert all(e["outcome"] == "failed" and e["level"] == "error" for e in finished)
@@ -285,7 +314,7 @@ def test_a_failing_source_is_retried_and_its_failure_logged(agent: Agent, tmp_pa
     assert PASSWORD.decode() not in agent.log.read_text()
 
 
-def test_the_agent_refuses_a_second_agent_and_a_file_without_schedules(
+def test_one_agent_per_folder_a_file_without_schedules_and_a_reload(
     agent: Agent, tmp_path: Path
 ) -> None:
     (tmp_path / "files").mkdir()
@@ -304,4 +333,16 @@ def test_the_agent_refuses_a_second_agent_and_a_file_without_schedules(
     done = agent.run()
     assert done.returncode == 2 and "an agent already runs" in done.stderr
     assert agent.run("status").stdout.startswith("agent: running, pid ")
+    # SIGHUP reads the file again: a source added runs without a restart.
+    agent.config.write_text(
+        agent.config.read_text()
+        + f"  added: {{source_folder: {tmp_path / 'files'}, cron_schedule: '* * * * *'}}\n"
+    )
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_for("the added source's backup", lambda: bool(agent.events("backup.finished", "added")))
+    assert agent.events("agent.reloaded")
     assert agent.stop() == 0
+    status = agent.run("status")
+    assert status.stdout.startswith("agent: not running")
+    assert "added" in status.stdout and "@daily" in status.stdout

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from safehold.errors import SafeholdError, UsageError
+from safehold.errors import ExitCode, SafeholdError, UsageError
 
 __all__ = [
     "STATE_FILE",
@@ -51,7 +51,7 @@ _VERSION = 1
 class AgentAlreadyRunning(SafeholdError):
     """Another agent holds the state folder's ``agent.lock``."""
 
-    exit_code = 2  # a usage problem: two agents cannot share one state folder
+    exit_code = ExitCode.USAGE  # two agents cannot share one state folder
 
 
 def default_agent_dir() -> Path:

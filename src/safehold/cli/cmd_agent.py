@@ -65,9 +65,7 @@ def register(sub: Any) -> None:
         help="on SIGTERM, how long an interrupted backup has to run its unlock and cleanup "
         "hooks before it is killed (default: 10)",
     )
-    # None: JSON, the agent's default (a log shipper's format, as service-backup's);
-    # --log-format text after 'agent' for people.
-    p.set_defaults(func=run, agent_command=None, log_format=None)
+    p.set_defaults(func=run, agent_command=None)
     subs = p.add_subparsers(dest="agent_command", metavar="{run,status}")
     manual = subs.add_parser(
         "run",
@@ -119,7 +117,9 @@ def _state_dir(args: argparse.Namespace, config: Config) -> Path:
 def _sink(args: argparse.Namespace, ctx: Context) -> LogSink:
     from safehold.cli.runlog import make_sink
 
-    return make_sink(args.log_format or "json", quiet=ctx.quiet)
+    # JSON unless told otherwise: the agent's log goes to a log shipper, as service-backup's
+    # does; --log-format text for people.
+    return make_sink(getattr(args, "log_format", None) or "json", quiet=ctx.quiet)
 
 
 def _serve(
