@@ -4,6 +4,7 @@ cron schedules, exit_if_in_progress, the manual trigger, JSON logs with backup_g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -262,7 +263,7 @@ def test_retries_timeouts_and_a_queue_behind_a_long_run(agent: Agent, tmp_path: 
     hang.write_text("#!/bin/sh\nexec sleep 30\n")
     hang.chmod(0o755)
     slow = tmp_path / "slow.sh"
-    slow.write_text("#!/bin/sh\nexec sleep 3\n")
+    slow.write_text("#!/bin/sh\nexec sleep 5\n")
     slow.chmod(0o755)
     agent.config.write_text(
         f"repository: {{location: {agent.repo}, password_env: REPO_PW}}\n"
@@ -281,12 +282,20 @@ def test_retries_timeouts_and_a_queue_behind_a_long_run(agent: Agent, tmp_path: 
         "  queued:\n"
         f"    source_folder: {tmp_path / 'files'}\n"
         f"    source_executable: {slow}\n"
-        '    cron_schedule: "* * * * *"\n'  # every two seconds, each run three
+        '    cron_schedule: "* * * * *"\n'  # every two seconds, each run five
     )
     agent.start()
     wait_for("the retries to give up", lambda: bool(agent.events("backup.gave_up")))
     wait_for("a timed-out run", lambda: bool(agent.events("backup.finished", "hangs")))
     wait_for("two runs behind others", lambda: len(agent.events("backup.queued", "queued")) >= 2)
+
+    def skipped_behind_one_waiting() -> bool:
+        return any(
+            (e["reason"] or "").startswith("overlap: a run is already queued")
+            for e in agent.events("slot.skipped", "queued")
+        )
+
+    wait_for("a slot skipped while one waits", skipped_behind_one_waiting)
     assert agent.stop() == 0
     # The source's timeout: the run is stopped (its hook too) and recorded as timed out.
     (timed_out, *_) = agent.events("backup.finished", "hangs")
@@ -298,8 +307,7 @@ def test_retries_timeouts_and_a_queue_behind_a_long_run(agent: Agent, tmp_path: 
     for line in lines:
         going += {"backup.started": 1, "backup.finished": -1}.get(line["event"], 0)
         assert going <= 1
-    assert any(r["reason"].startswith("overlap: a run is already queued")
-               for r in agent.events("slot.skipped", "queued"))  # fmt: skip
+
     finished = agent.events("backup.finished", "broken")[:3]
     assert [e["attempt"] for e in finished] == [1, 2, 3]
     assert all(e["outcome"] == "failed" and e["level"] == "error" for e in finished)
@@ -346,3 +354,40 @@ def test_one_agent_per_folder_a_file_without_schedules_and_a_reload(
     status = agent.run("status")
     assert status.stdout.startswith("agent: not running")
     assert "added" in status.stdout and "@daily" in status.stdout
+
+
+def test_a_killed_agent_s_run_is_recorded_lost_at_the_next_start(
+    agent: Agent, tmp_path: Path
+) -> None:
+    (tmp_path / "files").mkdir()
+    pids = tmp_path / "hook.pids"
+    slow = tmp_path / "slow.sh"
+    slow.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 60\n")
+    slow.chmod(0o755)
+    agent.config.write_text(
+        f"repository: {{location: {agent.repo}, password_env: REPO_PW}}\n"
+        "sources:\n"
+        f"  slow: {{source_folder: {tmp_path / 'files'}, source_executable: {slow}, "
+        "cron_schedule: '* * * * *', exit_if_in_progress: true}\n"
+    )
+    try:
+        agent.start()
+        wait_for("the slow backup's hook", lambda: pids.exists())
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait()
+        agent.proc = None
+        # The child backup died with the agent (its hook, in its own process group, may
+        # run on): the state file's entry has no live process behind it any more.
+        wait_for("the run to be dead", lambda: not agent.status()["slow"]["running"])
+        agent.start()
+        wait_for("the lost run noticed", lambda: bool(agent.events("backup.lost", "slow")))
+        (lost,) = agent.events("backup.lost", "slow")
+        assert lost["backup_guid"] == agent.events("backup.started", "slow")[0]["backup_guid"]
+        wait_for("the next run", lambda: len(agent.events("backup.started", "slow")) >= 2)
+        assert agent.stop() == 0
+        assert agent.status()["slow"]["last_result"]["outcome"] == "interrupted"
+    finally:
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)

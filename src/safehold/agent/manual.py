@@ -57,16 +57,22 @@ async def run_now(
 
     def interrupt() -> None:
         stopped.set()
+        request.stopped = True
         stoppers.extend(asyncio.ensure_future(stop_child(p, stop_grace)) for p in procs)
+
+    def started(proc: asyncio.subprocess.Process) -> None:
+        procs.append(proc)
+        if stopped.is_set():  # interrupted while it was being started
+            stoppers.append(asyncio.ensure_future(stop_child(proc, stop_grace)))
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
     try:
-        result = await run_backup(request, on_start=procs.append)
+        result = await run_backup(request, on_start=started)
         procs.clear()
         if result.outcome in SAVED and chosen.common.retention and not stopped.is_set():
-            await run_retention(request, on_start=procs.append)
+            await run_retention(request, on_start=started)
         await asyncio.gather(*stoppers, return_exceptions=True)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

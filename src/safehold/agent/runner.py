@@ -61,6 +61,9 @@ class RunRequest:
     slot: datetime | None = None
     timeout: float | None = None
     identifier: str = field(default="", init=False)  # learnt from the child's lines
+    # Set when the agent (or Ctrl-C of the manual trigger) stops the run: a child stopped
+    # before it could write its record (still starting) ended interrupted, not failed.
+    stopped: bool = field(default=False, init=False)
 
     def fields(self) -> dict[str, Any]:
         """The fields every line about this run carries."""
@@ -120,6 +123,7 @@ async def run_backup(
     ``in-progress`` when another run held the source's run lock and the source says
     ``exit_if_in_progress``: that one is not recorded as the source's last result)."""
     started = request.clock.now()
+    began = request.clock.monotonic()  # durations in real seconds, whatever the clock
     me = {"pid": os.getpid(), "since": process_start(os.getpid()), "started": started.isoformat(),
           "trigger": request.trigger}  # fmt: skip
 
@@ -151,6 +155,8 @@ async def run_backup(
         raise
     outcome, code, error = outcome_of(result)
     record = result.record or {}
+    if request.stopped and result.record is None:
+        outcome, code, error = "interrupted", ExitCode.INTERRUPTED, "interrupted"
     ended = request.clock.now()
     run = RunResult(
         run_id=request.run_id,
@@ -174,7 +180,7 @@ async def run_backup(
             entry.last_success = run
 
     await asyncio.to_thread(request.state.update, request.source, end)
-    duration = round((ended - started).total_seconds(), 3)
+    duration = round(request.clock.monotonic() - began, 3)
     if outcome == "in-progress":
         request.log(
             "error",

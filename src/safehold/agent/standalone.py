@@ -70,6 +70,7 @@ class _Lane:
     next_slot: datetime | None = None
     task: asyncio.Task[None] | None = None
     proc: asyncio.subprocess.Process | None = None
+    request: RunRequest | None = None  # the run going, or the last one
     retry_pending: bool = False
     waiting: deque[tuple[str, datetime | None]] = field(default_factory=deque)
 
@@ -84,6 +85,7 @@ class StandaloneAgent:
         self.lanes: dict[str, _Lane] = {}
         self.stop = asyncio.Event()
         self.reload_requested = False
+        self._stopping: set[asyncio.Future[None]] = set()
         self.apply(config)
 
     def log(self, level: str, event: str, **fields: object) -> None:
@@ -262,8 +264,11 @@ class StandaloneAgent:
                 slot=slot,
                 timeout=plan.timeout,
             )
+            lane.request = request
+            if self.stop.is_set():
+                return  # stopped while this run waited to start
             try:
-                result = await run_backup(request, on_start=lambda p: setattr(lane, "proc", p))
+                result = await run_backup(request, on_start=self._on_start(lane))
             except Exception as exc:  # the agent must outlive any one run's trouble
                 self.log("error", "backup.error", source=plan.name, run_id=request.run_id,
                          backup_guid=request.run_id, error=str(exc))  # fmt: skip
@@ -272,7 +277,7 @@ class StandaloneAgent:
                 lane.proc = None
             if result.outcome in SAVED:
                 if plan.retention and not self.stop.is_set():
-                    await run_retention(request, on_start=lambda p: setattr(lane, "proc", p))
+                    await run_retention(request, on_start=self._on_start(lane))
                     lane.proc = None
                 return
             if result.outcome not in _RETRIED or attempt > plan.retries or self.stop.is_set():
@@ -292,6 +297,19 @@ class StandaloneAgent:
             if self.stop.is_set():
                 return
             attempt += 1
+
+    def _on_start(self, lane: _Lane) -> Callable[[asyncio.subprocess.Process], None]:
+        """Keep a lane's child; one that starts after the stop began is stopped at once
+        (:meth:`stop_runs` saw no child to stop yet)."""
+
+        def started(proc: asyncio.subprocess.Process) -> None:
+            lane.proc = proc
+            if self.stop.is_set():
+                stopping = asyncio.ensure_future(stop_child(proc, self.options.stop_grace))
+                self._stopping.add(stopping)  # a task nobody references may be collected
+                stopping.add_done_callback(self._stopping.discard)
+
+        return started
 
     async def run(self) -> None:
         """Look at the schedules every tick until :attr:`stop` is set; then stop the runs."""
@@ -316,6 +334,8 @@ class StandaloneAgent:
                      grace_s=self.options.stop_grace)  # fmt: skip
         for lane in running:
             lane.waiting.clear()
+            if lane.request is not None:
+                lane.request.stopped = True
         stops = [
             stop_child(lane.proc, self.options.stop_grace)
             for lane in running
@@ -324,6 +344,7 @@ class StandaloneAgent:
         await asyncio.gather(*stops, return_exceptions=True)
         tasks = [lane.task for lane in running if lane.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._stopping, return_exceptions=True)
 
 
 _PID = os.getpid()  # this process: its own runs in the state file are not "others"
