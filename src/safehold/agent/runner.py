@@ -201,10 +201,12 @@ async def run_backup(
             duration_s=duration,
         )
     else:
+        # A skip (the pre-backup-check said no) and a stop are no failure of the backup.
+        level = {"skipped": "info", "interrupted": "warning"}.get(outcome, "error")
         request.log(
-            "info" if outcome == "skipped" else "error",
+            level,
             "backup.finished",
-            message="Perform backup completed with error" if outcome != "skipped" else None,
+            message="Perform backup completed with error" if level == "error" else None,
             outcome=outcome,
             exit_code=code,
             error=error or None,
