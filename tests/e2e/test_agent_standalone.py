@@ -161,6 +161,8 @@ def test_two_sources_on_their_slots_and_a_restart_catches_up_once(
     assert all(line["source"] == "redis" and line["plan"] == "default/redis" for line in mine)
     finished = [line for line in mine if line["event"] == "backup.finished"]
     assert finished[0]["identifier"] == "service-instance-42"
+    # Later runs' lines carry it from their first, before their child has said it again.
+    assert started[1]["identifier"] == "service-instance-42"
     assert agent.events("retention.finished", "files")
     # The state file has each source's last result and success.
     status = agent.status()

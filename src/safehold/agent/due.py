@@ -42,6 +42,7 @@ class AgentPlan:
     timeout: float | None = None
     retention: bool = False  # a retention: block: forget after each successful backup
     exit_if_in_progress: bool = False
+    identifier: str = ""  # the file's identifier: key (identifier_command's output: per run)
 
     @property
     def schedule(self) -> Schedule:
@@ -84,6 +85,7 @@ def agent_plans(config: Config) -> dict[str, AgentPlan]:
             timeout=common.timeout,
             retention=common.retention is not None,
             exit_if_in_progress=common.exit_if_in_progress,
+            identifier=common.identifier or "",
         )
     return out
 

@@ -50,6 +50,7 @@ async def run_now(
         run_id=str(uuid.uuid4()),
         trigger="manual",
         timeout=chosen.common.timeout,
+        identifier=chosen.common.identifier or "",
     )
     procs: list[asyncio.subprocess.Process] = []
     stopped = asyncio.Event()

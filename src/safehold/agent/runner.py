@@ -9,7 +9,7 @@ start, and ``exit_if_in_progress`` is answered by the child itself (exit code 9)
 Every log line the child writes is passed on with the run's ``backup_guid`` (its run id),
 ``source`` and ``plan`` added; the agent's own lines about the run carry the same fields
 and the source's ``identifier`` (service-backup's ``service_identifier_executable``
-output) once the child has said it.
+output: the one the last run printed until this run's child says it).
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ class RunRequest:
     attempt: int = 1
     slot: datetime | None = None
     timeout: float | None = None
-    identifier: str = field(default="", init=False)  # learnt from the child's lines
+    # The source's identifier: the file's, or the one its command printed last time,
+    # until the child says it for this run.
+    identifier: str = ""
     # Set when the agent (or Ctrl-C of the manual trigger) stops the run: a child stopped
     # before it could write its record (still starting) ended interrupted, not failed.
     stopped: bool = field(default=False, init=False)

@@ -72,6 +72,7 @@ class _Lane:
     proc: asyncio.subprocess.Process | None = None
     request: RunRequest | None = None  # the run going, or the last one
     retry_pending: bool = False
+    identifier: str = ""  # the source's identifier, as its last run said it
     waiting: deque[tuple[str, datetime | None]] = field(default_factory=deque)
 
 
@@ -193,6 +194,13 @@ class StandaloneAgent:
             started += self._act(lane, due.decisions, due.left_out)
         return started
 
+    def _about(self, lane: _Lane) -> dict[str, object]:
+        """The fields of a line about a source (not one run)."""
+        found: dict[str, object] = {"source": lane.plan.name, "plan": lane.plan.key}
+        if lane.identifier or lane.plan.identifier:
+            found["identifier"] = lane.identifier or lane.plan.identifier
+        return found
+
     def _act(self, lane: _Lane, decisions: list[SlotDecision], left_out: bool) -> int:
         plan = lane.plan
         missed = [d.slot_at for d in decisions if d.state is SlotState.MISSED]
@@ -200,8 +208,7 @@ class StandaloneAgent:
             self.log(
                 "warning",
                 "slots.missed",
-                source=plan.name,
-                plan=plan.key,
+                **self._about(lane),
                 count=len(missed),
                 first=missed[0].isoformat() if missed else None,
                 last=missed[-1].isoformat() if missed else None,
@@ -216,8 +223,7 @@ class StandaloneAgent:
                 self.log(
                     "warning" if overlap and plan.exit_if_in_progress else "info",
                     "slot.skipped",
-                    source=plan.name,
-                    plan=plan.key,
+                    **self._about(lane),
                     slot=decision.slot_at.isoformat(),
                     reason=decision.reason,
                 )
@@ -227,7 +233,7 @@ class StandaloneAgent:
                     self._start(lane, decision.trigger, decision.slot_at)
                 else:
                     lane.waiting.append((decision.trigger, decision.slot_at))
-                    self.log("info", "backup.queued", source=plan.name, plan=plan.key,
+                    self.log("info", "backup.queued", **self._about(lane),
                              slot=decision.slot_at.isoformat(),
                              reason="a run of the source is going")  # fmt: skip
         return started
@@ -263,6 +269,7 @@ class StandaloneAgent:
                 attempt=attempt,
                 slot=slot,
                 timeout=plan.timeout,
+                identifier=lane.identifier or plan.identifier,
             )
             lane.request = request
             if self.stop.is_set():
@@ -275,6 +282,7 @@ class StandaloneAgent:
                 return
             finally:
                 lane.proc = None
+                lane.identifier = request.identifier
             if result.outcome in SAVED:
                 if plan.retention and not self.stop.is_set():
                     await run_retention(request, on_start=self._on_start(lane))
