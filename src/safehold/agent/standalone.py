@@ -185,12 +185,12 @@ class StandaloneAgent:
                 waiting=len(lane.waiting) + lane.retry_pending,
                 next_slot=lane.next_slot,
             )
+            if due.since is not None:
+                # The decisions are written before any run starts: a crash now does not
+                # run these slots a second time after the restart (and a failed write
+                # leaves them to be decided again at the next look).
+                self.state.update(lane.plan.name, _decided_until(due.since))
             lane.next_slot = due.next_slot
-            if due.since is None:
-                continue
-            # The decisions are written before any run starts: a crash now does not run
-            # these slots a second time after the restart.
-            self.state.update(lane.plan.name, _decided_until(due.since))
             started += self._act(lane, due.decisions, due.left_out)
         return started
 
@@ -321,14 +321,21 @@ class StandaloneAgent:
 
     async def run(self) -> None:
         """Look at the schedules every tick until :attr:`stop` is set; then stop the runs."""
+        failing = False
         while not self.stop.is_set():
-            if self.reload_requested:
-                self.reload_requested = False
-                self.reload()
             try:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
                 self.look(self.options.clock.now())
+                if failing:
+                    self.log("info", "agent.look_works_again")
+                failing = False
             except Exception as exc:  # a full disk, a state file gone bad: said, then retried
-                self.log("error", "agent.look_failed", error=str(exc))
+                if not failing:  # once, not every tick until it is fixed
+                    self.log("error", "agent.look_failed", error=str(exc),
+                             message="the schedules are looked at again every tick")  # fmt: skip
+                failing = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=self.options.tick_interval)
         await self.stop_runs()
