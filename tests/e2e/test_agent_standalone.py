@@ -360,6 +360,13 @@ def test_one_agent_per_folder_a_file_without_schedules_and_a_reload(
     done = agent.run()
     assert done.returncode == 2 and "an agent already runs" in done.stderr
     assert agent.run("status").stdout.startswith("agent: running, pid ")
+    # The manual trigger beside the agent; --json prints its result.
+    manual = agent.run("run", "files", "--json")
+    assert manual.returncode == 0, manual.stderr
+    result = json.loads(manual.stdout)
+    assert result["outcome"] == "success" and result["trigger"] == "manual"
+    assert agent.snapshots() == {"files": 1}
+    assert agent.status()["files"]["last_success"]["run_id"] == result["run_id"]
     # SIGHUP reads the file again: a source added runs without a restart.
     agent.config.write_text(
         agent.config.read_text()
