@@ -252,8 +252,9 @@ def test_in_progress_manual_run_retries_and_sigterm(agent: Agent, tmp_path: Path
     assert line["message"].startswith("Backup currently in progress, exiting.")
     # The agent skips the slots that come meanwhile, and says why.
     wait_for("a skipped slot", lambda: bool(agent.events("slot.skipped", "slow")))
-    reason = agent.events("slot.skipped", "slow")[0]["reason"]
-    assert reason.startswith("overlap: the previous run is still going")
+    (skipped, *_) = agent.events("slot.skipped", "slow")
+    assert skipped["reason"].startswith("overlap: the previous run is still going")
+    assert skipped["message"].startswith("Backup currently in progress, exiting.")
 
     # A manual run of a failing source: its failure logged as JSON with its backup_guid.
     failed = agent.run("run", "broken")

@@ -35,7 +35,13 @@ from datetime import datetime
 from pathlib import Path
 
 from safehold.agent.due import AgentPlan, agent_plans, due_slots
-from safehold.agent.runner import SAVED, RunRequest, run_backup, run_retention
+from safehold.agent.runner import (
+    IN_PROGRESS_MESSAGE,
+    SAVED,
+    RunRequest,
+    run_backup,
+    run_retention,
+)
 from safehold.agent.state import AgentState, RunResult, SourceState, hold_agent_lock
 from safehold.clock import SYSTEM_CLOCK, Clock, utcnow
 from safehold.config import Config, load_config
@@ -219,13 +225,15 @@ class StandaloneAgent:
         started = 0
         for decision in decisions:
             if decision.state is SlotState.SKIPPED:
-                overlap = (decision.reason or "").startswith("overlap")
+                refused = plan.exit_if_in_progress and (decision.reason or "").startswith("overlap")
                 self.log(
-                    "warning" if overlap and plan.exit_if_in_progress else "info",
+                    "warning" if refused else "info",
                     "slot.skipped",
                     **self._about(lane),
                     slot=decision.slot_at.isoformat(),
                     reason=decision.reason,
+                    # service-backup's words, which its users' monitors look for.
+                    message=IN_PROGRESS_MESSAGE if refused else None,
                 )
             elif decision.queues_a_run:
                 started += 1
