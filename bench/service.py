@@ -16,7 +16,9 @@ It starts a private PostgreSQL cluster in a temporary state folder (the machine'
 3. **overhead on a small backup**: the same 10-file folder backed up by hand
    (``safehold backup --config F --source S``, wall time) and as a plan's manual run under
    ``safehold serve`` (queued to ended, from the catalog); the difference is what the
-   service adds.
+   service adds;
+4. **restore points**: a page of 50 with ``--points`` of them in the catalog (a plan's
+   newest, a plan's page far back through the cursor, a project's, a small project's).
 
 Figures go to standard output as a Markdown table (docs/benchmarks.md, "The service").
 """
@@ -60,7 +62,7 @@ def _specs(count: int, schedule: str) -> dict[str, object]:
 
 def _reset(engine: Engine) -> None:
     with engine.begin() as db:
-        db.execute(text("TRUNCATE plans, slots, runs, run_lines CASCADE"))
+        db.execute(text("TRUNCATE plans, slots, runs, run_lines, restore_points CASCADE"))
 
 
 def bench_tick(engine: Engine, plans: int) -> list[tuple[str, str]]:
@@ -107,6 +109,71 @@ def bench_tick(engine: Engine, plans: int) -> list[tuple[str, str]]:
         f"{len(result.new_runs):,} runs written",
         f"{time.perf_counter() - started:.3f} s",
     ))  # fmt: skip
+    _reset(engine)
+    return rows
+
+
+def _latencies(call: object, reps: int) -> tuple[float, float]:
+    """Median and p99 of ``reps`` calls, in milliseconds."""
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        call()  # type: ignore[operator]
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+def bench_points(engine: Engine, count: int, reps: int = 300) -> list[tuple[str, str]]:
+    """Listing restore points, a page of 50, with ``count`` of them in the catalog: 100
+    plans of project ``bench`` share them; a small project ``tiny`` has 10."""
+    import random
+
+    from safehold.service.restore_points import list_points
+
+    _reset(engine)
+    per_plan = max(1, count // 100)
+    started = time.perf_counter()
+    with engine.begin() as db:
+        db.execute(text(
+            "INSERT INTO plans (project, name, origin, schedule) "
+            "SELECT 'bench', 'p' || i, 'api', '@daily' FROM generate_series(0, 99) i "
+            "UNION ALL SELECT 'tiny', 'only', 'api', '@daily'"
+        ))  # fmt: skip
+        db.execute(
+            text(
+                "INSERT INTO restore_points (plan_id, project, snapshot_id, taken_at, chain_id, "
+                "  chain_seq) "
+                "SELECT p.id, p.project, md5(p.id || '-' || i) || md5(i || '-' || p.id), "
+                "  timestamptz '2020-01-01' + i * interval '1 hour', md5(p.id || '/' || i / 10),"
+                "  i % 10 "
+                "FROM plans p, generate_series(1, "
+                "  CASE WHEN p.project = 'tiny' THEN 10 ELSE :n END) i"
+            ),
+            {"n": per_plan},
+        )
+        db.execute(text("ANALYZE restore_points"))
+    total = per_plan * 100 + 10
+    rows = [(f"write {total:,} restore points (setup)", f"{time.perf_counter() - started:.1f} s")]
+    plans = [f"bench/p{i}" for i in range(100)]
+    deep = {}
+    for plan in plans[:20]:
+        page = list_points(engine, plan=plan, limit=500)
+        for _ in range(9):  # the cursor after 5,000 points
+            assert page.next_cursor is not None
+            page = list_points(engine, plan=plan, limit=500, cursor=page.next_cursor)
+        deep[plan] = page.next_cursor
+    cases = [
+        ("a plan's newest page", lambda: list_points(engine, plan=random.choice(plans))),
+        ("a plan's page 5,000 points back (cursor)",
+         lambda: list_points(engine, plan=(p := random.choice(plans[:20])), cursor=deep[p])),
+        ("a project's newest page (all of them in it)",
+         lambda: list_points(engine, projects=["bench"])),
+        ("a small project's page beside them", lambda: list_points(engine, projects=["tiny"])),
+    ]  # fmt: skip
+    for what, call in cases:
+        median, p99 = _latencies(call, reps)
+        rows.append((f"{what}, 50 a page: median / p99", f"{median:.1f} / {p99:.1f} ms"))
     _reset(engine)
     return rows
 
@@ -214,7 +281,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--jobs", type=int, default=2_000)
     p.add_argument("--reps", type=int, default=5, help="repetitions of the small backup")
+    p.add_argument("--points", type=int, default=1_000_000, help="restore points to list")
+    p.add_argument(
+        "--only", choices=("tick", "jobs", "overhead", "points"), action="append",
+        help="run only these measurements (repeatable; default: all)",
+    )  # fmt: skip
     args = p.parse_args()
+    only = set(args.only or ("tick", "jobs", "overhead", "points"))
     sys.path.insert(0, str(ROOT / "src"))
     from safehold.service.database import open_database
 
@@ -223,9 +296,14 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     try:
         with open_database(None, work / "state") as db:
-            rows += bench_tick(db.engine, args.plans)
-            rows += bench_jobs(db.conninfo, args.jobs, args.workers)
-        rows += bench_overhead(work, work / "state2", args.reps)
+            if "tick" in only:
+                rows += bench_tick(db.engine, args.plans)
+            if "jobs" in only:
+                rows += bench_jobs(db.conninfo, args.jobs, args.workers)
+            if "points" in only:
+                rows += bench_points(db.engine, args.points)
+        if "overhead" in only:
+            rows += bench_overhead(work, work / "state2", args.reps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0]

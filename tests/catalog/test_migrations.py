@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from safehold.catalog import Base, migrate
 from safehold.service.cluster import Cluster
@@ -14,7 +14,7 @@ from tests.servers.private_cluster import fresh_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("catalog_cluster")]
 
-TABLES = {"plans", "slots", "runs", "run_lines", "workers"}
+TABLES = set(Base.metadata.tables)
 
 
 def test_up_from_empty_and_down_to_nothing(private_cluster: Cluster) -> None:
@@ -74,5 +74,40 @@ def test_a_change_to_the_models_alone_is_seen(private_cluster: Cluster) -> None:
             )
             diff = compare_metadata(context, drifted)
         assert [d[0] for d in diff] == ["add_column"]
+    finally:
+        engine.dispose()
+
+
+def test_restore_points_start_from_the_succeeded_backups(private_cluster: Cluster) -> None:
+    """The migration that adds restore points fills them from what the runs already say:
+    a succeeded backup's snapshot, not a failed one's or a retention's."""
+    engine = fresh_database(private_cluster, "points")
+    try:
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0002")
+            plan = conn.execute(
+                text(
+                    "INSERT INTO plans (name, origin, schedule) VALUES ('db', 'file', '@daily') "
+                    "RETURNING id"
+                )
+            ).scalar_one()
+            for state, kind, snap in [
+                ("succeeded", "backup", "a" * 64),
+                ("failed", "backup", None),
+                ("succeeded", "retention", None),
+            ]:
+                conn.execute(
+                    text(
+                        "INSERT INTO runs (id, plan_id, kind, trigger, state, snapshot_id, "
+                        "ended_at, bytes_added) VALUES (gen_random_uuid(), :p, :k, 'manual', "
+                        ":s, :snap, now(), 7)"
+                    ),
+                    {"p": plan, "k": kind, "s": state, "snap": snap},
+                )
+            migrate.upgrade(conn)
+            points = conn.execute(
+                text("SELECT snapshot_id, bytes_added, held_at FROM restore_points")
+            ).all()
+        assert [tuple(p) for p in points] == [("a" * 64, 7, None)]
     finally:
         engine.dispose()

@@ -24,6 +24,7 @@ from safehold.runs.child import LogLine, run_child
 from safehold.service.cluster import Cluster
 from safehold.service.database import prepare
 from safehold.service.jobs import RUN_TASK, Jobs, register
+from safehold.service.limits import write_slots
 from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
 from tests.conftest import PASSWORD, CliRunner
 from tests.servers.private_cluster import fresh_database
@@ -282,9 +283,10 @@ def test_a_successful_backup_queues_the_plan_s_retention(setup: Setup, cli: CliR
     assert len(json.loads(snaps.stdout)) == 1  # keep_last 1
 
 
-def test_max_concurrent_jobs_limits_runs_on_one_repository(setup: Setup) -> None:
-    """Three plans on one repository with max_concurrent_jobs 1: their runs, started at
-    once, run one after the other (from their own start and end times)."""
+@pytest.mark.parametrize("where", ["repository", "destination"])
+def test_max_concurrent_jobs_limits_runs_on_one_place(setup: Setup, where: str) -> None:
+    """Three plans writing to one repository, or one destination, with max_concurrent_jobs
+    1 there: their runs, started at once, run one after the other."""
     hook = setup.tmp / "slow.sh"
     trace = setup.tmp / "trace"
     hook.write_text(f"#!/bin/sh\necho start >> {trace}\nsleep 1\necho end >> {trace}\n")
@@ -295,11 +297,17 @@ def test_max_concurrent_jobs_limits_runs_on_one_repository(setup: Setup) -> None
         f"hooks: {{backup: {hook}}}}}\n"
         for i in range(3)
     )
+    limit = ", max_concurrent_jobs: 1"
     path.write_text(
-        f"repository: {{location: {setup.repo}, password_env: SH_TEST_PW, "
-        f"max_concurrent_jobs: 1}}\nsources:\n{plans}"
+        f"repository: {{location: {setup.repo}, password_env: SH_TEST_PW"
+        f"{limit if where == 'repository' else ''}}}\n"
+        f"destinations: [{{location: {setup.tmp / 'plain'}, format: archive, name: plain"
+        f"{limit if where == 'destination' else ''}}}]\n"
+        f"sources:\n{plans}"
     )
     specs = plans_from_config(load_config(str(path)))
+    place = setup.repo if where == "repository" else str(setup.tmp / "plain")
+    assert specs["default/p0"].limits == ((place, 1),)
     sync_plans(setup.engine, specs.values())
 
     async def go() -> None:
@@ -325,9 +333,40 @@ def test_max_concurrent_jobs_limits_runs_on_one_repository(setup: Setup) -> None
     assert trace.read_text().split() == ["start", "end"] * 3
 
 
-def test_a_destination_cannot_carry_the_limit(tmp_path: Path) -> None:
+def test_limits_on_several_places_never_deadlock(setup: Setup, tmp_path: Path) -> None:
+    """Two runs each writing to the same two limited places, listed in opposite orders:
+    both finish, one after the other (taking the first place each and then waiting for the
+    other's would hang both for ever)."""
     path = tmp_path / "safehold.yaml"
-    path.write_text("destinations: [{location: /x, password: y, max_concurrent_jobs: 2}]\n")
+    path.write_text(
+        "repository: {location: /r, password: p, max_concurrent_jobs: 1}\n"
+        "destinations: [{location: /d1, password: p, max_concurrent_jobs: 1},"
+        " {location: /d2, password: p}]\n"
+        "sources: {a: {type: directory, paths: [/], schedule: '@daily'}}\n"
+    )
+    limits = plans_from_config(load_config(str(path)))["default/a"].limits
+    assert limits == (("/r", 1), ("/d1", 1))
+    spans: list[tuple[str, float, float]] = []
+
+    async def run(name: str, order: tuple[tuple[str, int], ...]) -> None:
+        async with write_slots(setup.conninfo, order, what=name):
+            start = time.monotonic()
+            await asyncio.sleep(0.3)
+            spans.append((name, start, time.monotonic()))
+
+    async def both() -> None:
+        await asyncio.wait_for(
+            asyncio.gather(run("a", limits), run("b", tuple(reversed(limits)))), timeout=20
+        )
+
+    asyncio.run(both())
+    (_, _, first_end), (_, second_start, _) = sorted(spans, key=lambda span: span[1])
+    assert first_end <= second_start
+
+
+def test_a_destination_cannot_carry_a_prune(tmp_path: Path) -> None:
+    path = tmp_path / "safehold.yaml"
+    path.write_text("destinations: [{location: /x, password: y, prune: {schedule: '@daily'}}]\n")
     with pytest.raises(Exception, match="belongs in the repository"):
         load_config(str(path))
 
@@ -344,9 +383,51 @@ def test_a_repository_s_prune_is_a_plan_of_its_own(setup: Setup) -> None:
     prune = specs[f"_repository/{setup.repo}"]
     assert prune.kind == "prune" and prune.max_unused == "5%"
     assert prune.lock == f"repository:{setup.repo}" and specs["default/job"].lock == "default/job"
+    assert (prune.timeout, prune.retries) == (None, 0)
     with pytest.raises(Exception, match="not between"):
         path.write_text(text_.replace("5%", "150%"))
         load_config(str(path))
+
+
+def test_a_prune_past_its_timeout_is_stopped_and_retried(setup: Setup) -> None:
+    """``prune: {timeout, retries}`` mean what they mean for a source: a prune still
+    going at its time-out is stopped, recorded as timed out, and tried again."""
+    setup.config("")
+    path = setup.tmp / "safehold.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "password_env: SH_TEST_PW}",
+            "password_env: SH_TEST_PW, prune: {schedule: '@weekly', timeout: 50ms, "
+            "retries: 1, retry_delay: 1h}}",
+        )
+    )
+    specs = plans_from_config(load_config(str(path)))
+    key = f"_repository/{setup.repo}"
+    assert (specs[key].timeout, specs[key].retries, specs[key].retry_delay) == (0.05, 1, 3600)
+    sync_plans(setup.engine, specs.values())
+
+    async def go() -> uuid.UUID:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(
+                app, setup.engine, plans=lambda: specs, state_dir=setup.tmp / "state",
+                worker="w", conninfo=setup.conninfo,
+            )  # fmt: skip
+            run_id = await asyncio.to_thread(
+                jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=RunKind.PRUNE
+            )
+            await jobs.execute(run_id)
+            return run_id
+
+    run_id = asyncio.run(go())
+    done = row(setup.engine, run_id)
+    assert (done["state"], done["kind"]) == ("timed_out", "prune")
+    with setup.engine.connect() as db:
+        retry = db.execute(
+            text("SELECT trigger, attempt, state FROM runs WHERE id <> :r"), {"r": run_id}
+        ).one()
+    assert tuple(retry) == ("retry", 2, "queued")
 
 
 def test_a_prune_job_succeeds_and_never_blocks_a_backup(setup: Setup, cli: CliRunner) -> None:

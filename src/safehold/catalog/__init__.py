@@ -10,6 +10,8 @@ Concepts:
 - **Run** (:class:`Run`): one attempt at a job (backup, retention, prune, drill), with its
   phases, bytes, snapshot and error; its id is the ``backup_guid`` of logs.
   :class:`RunLine` holds its log lines.
+- **Restore point** (:class:`RestorePoint`): a snapshot a plan made, with its chain, its
+  hold, and whether the repository still has it.
 - **Worker** (:class:`Worker`): a process that runs jobs, and its last heartbeat.
 
 The repositories stay the source of truth for snapshots; the catalog records what the
@@ -24,6 +26,7 @@ from safehold.catalog.models import (
     Base,
     Plan,
     PlanOrigin,
+    RestorePoint,
     Run,
     RunKind,
     RunLine,
@@ -38,6 +41,7 @@ __all__ = [
     "Base",
     "Plan",
     "PlanOrigin",
+    "RestorePoint",
     "Run",
     "RunKind",
     "RunLine",

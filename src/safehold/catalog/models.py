@@ -39,6 +39,7 @@ __all__ = [
     "Base",
     "Plan",
     "PlanOrigin",
+    "RestorePoint",
     "Run",
     "RunKind",
     "RunLine",
@@ -87,6 +88,7 @@ class RunKind(StrEnum):
     RETENTION = "retention"
     PRUNE = "prune"
     DRILL = "drill"
+    RESTORE = "restore"  # a restore point back into its source, or into a named target
 
 
 class RunTrigger(StrEnum):
@@ -214,6 +216,8 @@ class Run(Base):
     bytes_added: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None]
     hint: Mapped[str | None]
+    # What the job was asked, beyond its plan: a restore's snapshot, target and replace.
+    params: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
 
 
 class RunLine(Base):
@@ -241,3 +245,45 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
     stopped_at: Mapped[datetime | None]
+
+
+class RestorePoint(Base):
+    """A snapshot a plan made, as the catalog knows it: where its chain stands, whether it
+    is held, and whether the repository still has it.
+
+    Written when a backup run succeeds and by ``catalog resync`` (which also finds the ones
+    forgotten outside the service); the repository stays the source of truth. A held
+    point is passed to every retention of its plan as ``forget --keep-id``.
+    """
+
+    __tablename__ = "restore_points"
+    __table_args__ = (
+        UniqueConstraint("plan_id", "snapshot_id"),
+        # Listing newest first, a page at a time, reads one index range: a plan's, a
+        # project's, or everything's (an admin's); never a sort of a million rows.
+        Index(None, "plan_id", "taken_at", "id"),
+        Index(None, "project", "taken_at", "id"),
+        Index(None, "taken_at", "id"),
+        Index(None, "snapshot_id"),
+        # A point's chain's full: one index probe per listed point.
+        Index(None, "plan_id", "chain_id", "chain_seq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    # The plan's project, copied so that a project's listing has an index of its own
+    # (a plan never changes project: another project is another plan).
+    project: Mapped[str]
+    snapshot_id: Mapped[str]
+    # The run that made it (None: found by resync, or its run was deleted).
+    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    taken_at: Mapped[datetime]
+    chain_id: Mapped[str | None]
+    chain_seq: Mapped[int | None] = mapped_column(Integer)  # 0: the chain's full backup
+    isolated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    bytes_added: Mapped[int | None] = mapped_column(BigInteger)
+    held_at: Mapped[datetime | None]
+    held_by: Mapped[str | None]
+    hold_reason: Mapped[str | None]
+    # When the service learnt that the repository no longer has it (None: it has).
+    forgotten_at: Mapped[datetime | None]

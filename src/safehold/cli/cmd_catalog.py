@@ -34,7 +34,15 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     repo = open_configured_repository(args.config, ctx)
     seen = [
-        SnapshotSeen(snap.id, snap.source_name, snap.time, snap.summary)
+        SnapshotSeen(
+            snap.id,
+            snap.source_name,
+            snap.time,
+            snap.summary,
+            chain_id=snap.chain,
+            chain_seq=snap.chain_seq,
+            isolated=snap.isolated,
+        )
         for snap in repo.list_snapshots()
     ]
     with open_service_database(args) as (config, database):

@@ -82,6 +82,15 @@ def register(sub: Any) -> None:
         help="apply the rules per host,paths (default), host, paths, tags (any "
         "combination), or none",
     )
+    p.add_argument(
+        "--keep-id",
+        action="append",
+        default=[],
+        metavar="SNAPSHOT",
+        help="never remove this snapshot, whatever the rules say (kept as 'held'; naming it "
+        "for removal is refused); repeatable. 'safehold serve' passes a plan's held "
+        "restore points",
+    )
     p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
     p.add_argument("--prune", action="store_true", help="run 'safehold prune' afterwards")
     cmd_prune.add_prune_options(p)
@@ -151,6 +160,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         paths=args.path,
         group_by=args.group_by,
         dry_run=args.dry_run,
+        held=args.keep_id,
     )
     repo = ctx.open_repo() if not args.config else _config_repo(args, ctx)
     result = run_forget(repo, opts)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from safehold.cli.context import Context
@@ -30,6 +29,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     """``plan``: run|pause|resume; the exit code."""
     from sqlalchemy import text
 
+    from safehold.service.jobs import submit
     from safehold.service.plans import plans_from_config, sync_plans
 
     with open_service_database(args) as (config, database):
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             )
         sync_plans(database.engine, [specs[key]])
         if args.action == "run":
-            run_id = asyncio.run(_queue(database.conninfo, database.engine, specs, key))
+            run_id = submit(database.conninfo, database.engine, specs, key, kind=specs[key].kind)
             if ctx.json:
                 ctx.emit_json({"plan": key, "run_id": str(run_id), "state": "queued"})
             else:
@@ -71,20 +71,3 @@ def _key(name: str, specs: dict[str, Any]) -> str:
             hint="say PROJECT/NAME: " + ", ".join(found),
         )
     return found[0] if found else name
-
-
-async def _queue(conninfo: str, engine: Any, specs: Any, key: str) -> object:
-    from procrastinate import App, PsycopgConnector
-
-    from safehold.catalog import RunTrigger
-    from safehold.service.jobs import Jobs, register
-
-    app = App(connector=PsycopgConnector(conninfo=conninfo))
-    register(app)
-    async with app.open_async():
-        jobs = Jobs(app, engine, plans=lambda: specs, state_dir=None, worker="cli")  # type: ignore[arg-type]
-        run_id = await asyncio.to_thread(
-            jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=specs[key].kind
-        )
-        await jobs.defer(run_id, key)
-    return run_id

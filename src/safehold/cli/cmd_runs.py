@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
     """Add ``runs`` to the command line's subcommands."""
     p: argparse.ArgumentParser = sub.add_parser(
         "runs",
-        help="list the service's runs, or show one",
+        aliases=["jobs"],  # the OSB backup manager's name: backup jobs and restore jobs
+        help="list the service's runs (alias: jobs), or show one",
         description="List the runs the service made, newest first ('runs'), or show one "
         "with its phases, hook output and log lines ('runs show ID'; a unique prefix of "
         "the id is enough).",
@@ -26,6 +27,11 @@ def register(sub: Any) -> None:
     p.add_argument("run_id", nargs="?", metavar="ID", help="with 'show': the run to show")
     p.add_argument("--plan", metavar="NAME", help="only this plan's runs (NAME or PROJECT/NAME)")
     p.add_argument("--state", choices=_STATES, help="only runs in this state")
+    p.add_argument(
+        "--kind",
+        choices=("backup", "restore", "retention", "prune"),
+        help="only runs of this kind (the OSB backup manager's backup and restore jobs)",
+    )
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
     add_service_arguments(p)
     p.set_defaults(func=run)
@@ -46,7 +52,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                     hint="list them with: safehold runs --config FILE",
                 )
             return _show(found, ctx)
-        rows = runs_list(database.engine, plan=args.plan, state=args.state, limit=args.limit)
+        rows = runs_list(
+            database.engine, plan=args.plan, state=args.state, kind=args.kind, limit=args.limit
+        )
     if ctx.json:
         ctx.emit_json(rows)
         return 0

@@ -40,13 +40,14 @@ COMMANDS = [
     "plans",
     "plan",
     "runs",
+    "restore-points",
     "workers",
     "catalog",
     "agent",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
-SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "workers", "agent")
+SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "jobs", "restore-points", "workers", "agent")
 
 EPILOG = """\
 environment:
@@ -107,7 +108,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _global_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in [only] if only in COMMANDS else COMMANDS:
-        importlib.import_module(f"safehold.cli.cmd_{name}").register(sub)
+        importlib.import_module(f"safehold.cli.cmd_{name.replace('-', '_')}").register(sub)
     # Global options are accepted after the command too (`safehold snapshots --json`,
     # `safehold key list --json`); SUPPRESS keeps a subcommand from resetting what was
     # given before it.

@@ -15,15 +15,13 @@ loads, but this version does nothing with them and says so.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -36,10 +34,12 @@ from safehold.config.plans import (
     DEFAULT_PROJECT,
     PruneConfig,
     RetentionConfig,
+    Seconds,
     ServiceConfig,
     TimeZone,
     check_project,
     check_schedule,
+    parse_seconds,
 )
 from safehold.errors import UsageError
 from safehold.sources.hooks import DEFAULT_TIMEOUT, PHASES
@@ -58,31 +58,6 @@ __all__ = [
     "choose_source",
     "parse_seconds",
 ]
-
-_SECONDS_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
-_SECONDS_FULL = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:h|ms|m|s))+")
-_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def parse_seconds(value: object) -> object:
-    """``90``, ``"90s"``, ``"5m"``, ``"1h30m"``, ``"500ms"`` -> seconds (a float).
-
-    Anything else is passed on for pydantic to reject with its usual message.
-    """
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if _SECONDS_FULL.fullmatch(text):
-            return sum(float(n) * _UNIT[u] for n, u in _SECONDS_PART.findall(text))
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(
-                f"{value!r} is not a duration (write seconds, or e.g. 30s, 5m, 1h30m)"
-            ) from None
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0)]
 
 
 def _check_executable(run: str, base_dir: str | None) -> str:
@@ -256,8 +231,9 @@ class RepositoryConfig(BaseModel):
     password_env: str | None = None  # name of the variable holding the password
     # Backend options (credentials, endpoint...): values may be secrets, so never shown.
     options: dict[str, Any] = Field(default_factory=dict, repr=False)
-    # `safehold serve`: at most this many runs write to this repository at once, across
-    # every worker and machine (fifty plans must not open fifty uploads to one bucket).
+    # `safehold serve`: at most this many runs write to this repository (or destination)
+    # at once, across every worker and machine (fifty plans must not open fifty uploads
+    # to one bucket).
     max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000)
     # `safehold serve`: prune this repository on its own schedule (PruneConfig).
     prune: PruneConfig | None = None
@@ -290,10 +266,7 @@ class DestinationConfig(RepositoryConfig):
     format: Literal["repository", "archive"] = "repository"
 
     @model_validator(mode="after")
-    def _limit_on_the_repository(self) -> DestinationConfig:
-        # Copies run inside each backup's run, which the repository's limit already counts.
-        if self.max_concurrent_jobs is not None:
-            raise ValueError("max_concurrent_jobs belongs in the repository: block")
+    def _prune_on_the_repository(self) -> DestinationConfig:
         if self.prune is not None:
             raise ValueError("prune belongs in the repository: block")
         return self

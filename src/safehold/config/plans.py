@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -42,15 +43,43 @@ __all__ = [
     "DEFAULT_PROJECT",
     "PruneConfig",
     "RetentionConfig",
+    "Seconds",
     "ServiceConfig",
     "TimeZone",
     "check_project",
     "check_schedule",
     "check_timezone",
+    "parse_seconds",
 ]
 
 DEFAULT_PROJECT = "default"
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+_SECONDS_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
+_SECONDS_FULL = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:h|ms|m|s))+")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_seconds(value: object) -> object:
+    """``90``, ``"90s"``, ``"5m"``, ``"1h30m"``, ``"500ms"`` -> seconds (a float).
+
+    Anything else is passed on for pydantic to reject with its usual message.
+    """
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if _SECONDS_FULL.fullmatch(text):
+            return sum(float(n) * _UNIT[u] for n, u in _SECONDS_PART.findall(text))
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a duration (write seconds, or e.g. 30s, 5m, 1h30m)"
+            ) from None
+    return value
+
+
+# A duration in seconds, written as a number or with units (90, "90s", "5m", "1h30m").
+Seconds = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0)]
 
 
 def check_timezone(zone: str) -> str:
@@ -142,6 +171,7 @@ class PruneConfig(BaseModel):
     ``{schedule: "@weekly"}`` runs ``safehold prune --config FILE`` weekly, as a job of
     its own that backups never wait for (the repository lets them run during a prune).
     ``max_unused`` is ``prune --max-unused``: a percentage (``10%``) or ``unlimited``.
+    ``timeout``, ``retries`` and ``retry_delay`` mean what they mean in a source's block.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -150,6 +180,9 @@ class PruneConfig(BaseModel):
     schedule: str
     max_unused: str | None = None
     paused: bool = False
+    timeout: Seconds | None = None  # the prune's process is stopped past it, as a run's
+    retries: int = Field(default=0, ge=0, le=20)
+    retry_delay: Seconds = 60.0
 
     @field_validator("schedule")
     @classmethod

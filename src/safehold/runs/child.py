@@ -38,6 +38,7 @@ __all__ = [
     "backup_argv",
     "parse_line",
     "prune_argv",
+    "restore_argv",
     "retention_argv",
     "run_child",
     "stop_child",
@@ -93,9 +94,10 @@ def backup_argv(
     ]
 
 
-def retention_argv(config_path: str, source: str) -> list[str]:
-    """The child's command line for a plan's retention (``forget``, no prune)."""
-    return [
+def retention_argv(config_path: str, source: str, *, held: Sequence[str] = ()) -> list[str]:
+    """The child's command line for a plan's retention (``forget``, no prune); ``held``:
+    the snapshots it must keep whatever its rules say (held restore points)."""
+    argv = [
         sys.executable,
         "-m",
         "safehold",
@@ -106,6 +108,36 @@ def retention_argv(config_path: str, source: str) -> list[str]:
         "--source",
         source,
     ]
+    for snapshot in held:
+        argv += ["--keep-id", snapshot]
+    return argv
+
+
+def restore_argv(
+    config_path: str, source: str, *, snapshot: str, target: str | None, replace: bool
+) -> list[str]:
+    """The child's command line for a restore of one configured source: ``snapshot``
+    through the source's restore path and hooks, into ``target`` (None: the source's own
+    place, e.g. its database)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "safehold",
+        "--log-format",
+        "json",
+        "--json",
+        "restore",
+        snapshot,
+        "--config",
+        config_path,
+        "--source",
+        source,
+    ]
+    if target:
+        argv += ["--target", target]
+    if replace:
+        argv.append("--replace")
+    return argv
 
 
 def prune_argv(config_path: str, *, max_unused: str | None = None) -> list[str]:

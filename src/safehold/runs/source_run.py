@@ -386,6 +386,8 @@ def run_source_backup(
         )
         result = run_backup(repo, opts, progress)
         run.record.snapshot = result.snapshot.id
+        saved = result.snapshot
+        run.record.chain = {"id": saved.chain, "seq": saved.chain_seq, "isolated": saved.isolated}
         run.record.summary = dict(result.summary)
         run.log.info("backup.saved", snapshot=result.snapshot.id, summary=run.record.summary)
         if result.errors:

@@ -76,6 +76,8 @@ class RunRecord:
     error_output: str = ""
     reason: str = ""  # why a run was skipped
     snapshot: SnapshotId = NO_SNAPSHOT  # saved (backup) or restored (restore)
+    # The saved snapshot's chain: {"id", "seq" (0: the chain's full), "isolated"}.
+    chain: dict[str, Any] = field(default_factory=dict)
     target: str = ""  # restore target
     summary: dict[str, Any] = field(default_factory=dict)
     phases: list[dict[str, Any]] = field(default_factory=list)
@@ -103,6 +105,7 @@ class RunRecord:
             "error_output": self.error_output,
             "reason": self.reason,
             "snapshot": self.snapshot or None,
+            "chain": self.chain or None,
             "target": self.target or None,
             "summary": self.summary,
             "phases": self.phases,

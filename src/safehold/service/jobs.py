@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from procrastinate import App, JobContext
+from procrastinate import App, JobContext, PsycopgConnector
 from procrastinate.jobs import Status
 from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
@@ -51,14 +51,16 @@ from safehold.service.child import (
     LogLine,
     backup_argv,
     prune_argv,
+    restore_argv,
     retention_argv,
     run_child,
     stop_child,
 )
-from safehold.service.limits import repository_slot
+from safehold.service.limits import write_slots
 from safehold.service.plans import PlanSpec
+from safehold.service.restore_points import held_snapshots, mark_forgotten, record_point
 
-__all__ = ["RUN_TASK", "Jobs", "outcome_of"]
+__all__ = ["RUN_TASK", "Jobs", "Queue", "outcome_of", "submit"]
 
 RUN_TASK = "safehold.run"
 STALL_SECONDS = 30.0  # a worker silent this long is lost (it heart-beats every 5 s)
@@ -67,6 +69,8 @@ _FLUSH_EVERY = 0.5  # seconds between writes of a running job's log lines
 # A worker whose heartbeats have failed this long stops its running children (fence), which
 # takes at most child.TERM_WAIT more: done before the others reap its jobs, once
 # procrastinate's heartbeat is STALL_SECONDS old (a beat every 5 s: 25 s at the least).
+# Shorter windows would fence runs through an ordinary database restart or fail-over;
+# longer ones delay the retry of a lost worker's runs (docs/architecture.md).
 FENCE_SECONDS = 15.0
 # The ledger knows no "worker lost" or "cancelled": its slot failed.
 _SLOT_STATE = {RunState.WORKER_LOST: "failed", RunState.CANCELLED: "failed"}
@@ -124,8 +128,138 @@ def exit_outcome(result: ChildResult, command: str) -> Outcome:
     return Outcome(RunState.FAILED, f"{command} failed", f"{command} failed: {tail}")
 
 
-class Jobs:
-    """The queue's side of the service: defer, execute, end and reap runs."""
+class Queue:
+    """Runs put in the queue: a run row, then its procrastinate job. All a command or an
+    API request needs to ask for work, without being a worker."""
+
+    def __init__(
+        self, app: App, engine: Engine, *, plans: Callable[[], Mapping[str, PlanSpec]]
+    ) -> None:
+        self.app = app
+        self.engine = engine
+        self._plans = plans  # read at each use: a reload replaces them
+
+    async def defer(
+        self, run_id: uuid.UUID, plan_key: str, delay: float = 0.0, *, first: bool = False
+    ) -> int:
+        """Queue the job of run ``run_id`` (after ``delay`` seconds); its job id. ``first``
+        puts it before every job queued without it (a retry of work already lost)."""
+        spec = self._plans().get(plan_key)
+        options: dict[str, Any] = {"lock": spec.lock if spec is not None else plan_key}
+        if first:
+            options["priority"] = 1
+        if delay > 0:
+            options["schedule_in"] = {"seconds": delay}
+        job_id = await self.app.configure_task(RUN_TASK, **options).defer_async(run_id=str(run_id))
+        await self._db(self._set_job, run_id, job_id)
+        return job_id
+
+    def _set_job(self, run_id: uuid.UUID, job_id: int) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                text("UPDATE runs SET job_id = :j WHERE id = :r"), {"j": job_id, "r": run_id}
+            )
+
+    def new_run(
+        self,
+        plan_key: str,
+        *,
+        trigger: RunTrigger,
+        attempt: int = 1,
+        slot_id: int | None = None,
+        kind: RunKind = RunKind.BACKUP,
+        params: dict[str, Any] | None = None,
+    ) -> uuid.UUID:
+        """A queued run row for plan ``plan_key`` (no job yet: :meth:`defer` it);
+        ``params``: what the job needs beyond its plan (a restore's snapshot and target)."""
+        run_id = uuid.uuid4()
+        project, name = plan_key.split("/", 1)
+        with self.engine.begin() as db:
+            plan_id = db.execute(
+                text("SELECT id FROM plans WHERE project = :p AND name = :n"),
+                {"p": project, "n": name},
+            ).scalar_one()
+            db.execute(
+                insert(Run).values(
+                    id=run_id,
+                    plan_id=plan_id,
+                    slot_id=slot_id,
+                    kind=kind.value,
+                    trigger=trigger.value,
+                    attempt=attempt,
+                    state=RunState.QUEUED.value,
+                    params=params or {},
+                )
+            )
+            if slot_id is not None:
+                db.execute(
+                    text(
+                        "UPDATE slots SET run_id = :r, state = 'queued', ended_at = NULL "
+                        "WHERE id = :s"
+                    ),
+                    {"r": run_id, "s": slot_id},
+                )
+        return run_id
+
+    async def submit(
+        self,
+        plan_key: str,
+        *,
+        trigger: RunTrigger = RunTrigger.MANUAL,
+        kind: RunKind = RunKind.BACKUP,
+        params: dict[str, Any] | None = None,
+    ) -> uuid.UUID:
+        """A new run of plan ``plan_key``, queued now; its id."""
+        run_id = await self._db(self.new_run, plan_key, trigger=trigger, kind=kind, params=params)
+        await self.defer(run_id, plan_key)
+        return run_id
+
+    async def _db(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``call`` in a thread, tried again while the database cannot be reached.
+
+        A run's end must not be lost because PostgreSQL restarted under it: the child's
+        work is done and only the record is missing. Each try waits longer (up to
+        :data:`DB_RETRY_MAX` seconds between two) for :data:`DB_PATIENCE` seconds in all.
+        """
+        deadline = time.monotonic() + DB_PATIENCE
+        wait = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(call, *args, **kwargs)
+            except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+                if time.monotonic() + wait > deadline:
+                    raise
+                log.warning("the database is not answering (%s); trying again in %.0f s",
+                            str(exc).splitlines()[0], wait)  # fmt: skip
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, DB_RETRY_MAX)
+
+
+def submit(
+    conninfo: str,
+    engine: Engine,
+    specs: Mapping[str, PlanSpec],
+    plan_key: str,
+    *,
+    kind: RunKind = RunKind.BACKUP,
+    params: dict[str, Any] | None = None,
+) -> uuid.UUID:
+    """Queue one run from outside the service's loop (a command); its id. A worker of
+    ``safehold serve`` runs it."""
+
+    async def go() -> uuid.UUID:
+        app = App(connector=PsycopgConnector(conninfo=conninfo))
+        register(app)
+        async with app.open_async():
+            queue = Queue(app, engine, plans=lambda: specs)
+            return await queue.submit(plan_key, kind=kind, params=params)
+
+    return asyncio.run(go())
+
+
+class Jobs(Queue):
+    """The workers' side of the service: execute, end and reap runs (and queue them, as
+    every :class:`Queue` does)."""
 
     def __init__(
         self,
@@ -137,9 +271,7 @@ class Jobs:
         worker: str,
         conninfo: str | None = None,
     ) -> None:
-        self.app = app
-        self.engine = engine
-        self._plans = plans  # read at each use: a reload replaces them
+        super().__init__(app, engine, plans=plans)
         self.state_dir = state_dir
         self.worker = worker
         self.conninfo = conninfo  # for the repositories' run limits (None: no limits)
@@ -179,67 +311,6 @@ class Jobs:
         if kind == spec.kind.value and attempt <= max(spec.retries, 1):
             await self._retry(spec, slot_id, attempt, lost)
 
-    # --- queueing ---------------------------------------------------------------------
-
-    async def defer(
-        self, run_id: uuid.UUID, plan_key: str, delay: float = 0.0, *, first: bool = False
-    ) -> int:
-        """Queue the job of run ``run_id`` (after ``delay`` seconds); its job id. ``first``
-        puts it before every job queued without it (a retry of work already lost)."""
-        spec = self._plans().get(plan_key)
-        options: dict[str, Any] = {"lock": spec.lock if spec is not None else plan_key}
-        if first:
-            options["priority"] = 1
-        if delay > 0:
-            options["schedule_in"] = {"seconds": delay}
-        job_id = await self.app.configure_task(RUN_TASK, **options).defer_async(run_id=str(run_id))
-        await self._db(self._set_job, run_id, job_id)
-        return job_id
-
-    def _set_job(self, run_id: uuid.UUID, job_id: int) -> None:
-        with self.engine.begin() as db:
-            db.execute(
-                text("UPDATE runs SET job_id = :j WHERE id = :r"), {"j": job_id, "r": run_id}
-            )
-
-    def new_run(
-        self,
-        plan_key: str,
-        *,
-        trigger: RunTrigger,
-        attempt: int = 1,
-        slot_id: int | None = None,
-        kind: RunKind = RunKind.BACKUP,
-    ) -> uuid.UUID:
-        """A queued run row for plan ``plan_key`` (no job yet: :meth:`defer` it)."""
-        run_id = uuid.uuid4()
-        project, name = plan_key.split("/", 1)
-        with self.engine.begin() as db:
-            plan_id = db.execute(
-                text("SELECT id FROM plans WHERE project = :p AND name = :n"),
-                {"p": project, "n": name},
-            ).scalar_one()
-            db.execute(
-                insert(Run).values(
-                    id=run_id,
-                    plan_id=plan_id,
-                    slot_id=slot_id,
-                    kind=kind.value,
-                    trigger=trigger.value,
-                    attempt=attempt,
-                    state=RunState.QUEUED.value,
-                )
-            )
-            if slot_id is not None:
-                db.execute(
-                    text(
-                        "UPDATE slots SET run_id = :r, state = 'queued', ended_at = NULL "
-                        "WHERE id = :s"
-                    ),
-                    {"r": run_id, "s": slot_id},
-                )
-        return run_id
-
     # --- running ----------------------------------------------------------------------
 
     async def execute(self, run_id: uuid.UUID) -> None:
@@ -248,7 +319,7 @@ class Jobs:
         if claimed is None:
             log.info("run %s: not queued any more; nothing to do", run_id)
             return
-        plan_key, slot_id, attempt, kind = claimed
+        plan_key, slot_id, attempt, kind, params = claimed
         spec = self._plans().get(plan_key)
         if spec is None:
             outcome = Outcome(
@@ -259,25 +330,20 @@ class Jobs:
             )
             await self._db(self._end, run_id, slot_id, outcome, None)
             return
-        if kind == RunKind.RETENTION.value:
-            argv = retention_argv(spec.config_path, spec.name)
-        elif kind == RunKind.PRUNE.value:
-            argv = prune_argv(spec.config_path, max_unused=spec.max_unused)
-        else:
-            argv = backup_argv(
-                spec.config_path,
-                spec.name,
-                run_id=str(run_id),
-                plan=plan_key,
-                state_dir=self.state_dir / "runs",
-            )
+        argv = await self._argv(spec, kind, run_id, params)
         lines = _LineWriter(self, run_id, plan_key)
         flusher = asyncio.create_task(lines.run())
-        limit = spec.timeout + child.KILL_GRACE if spec.timeout else None
+        limit = None
+        if spec.timeout:
+            # A backup's or restore's child keeps its own time-out (its cleanup hooks still
+            # run): the parent's limit is a backstop after a grace. Forget and prune have none.
+            own = (RunKind.BACKUP.value, RunKind.RESTORE.value)
+            grace = child.KILL_GRACE if kind in own else 0.0
+            limit = spec.timeout + grace
         # A prune takes no run slot of its repository: it must never make a backup wait.
-        cap = None if kind == RunKind.PRUNE.value else spec.max_concurrent
+        caps = () if kind == RunKind.PRUNE.value else spec.limits
         try:
-            async with repository_slot(self.conninfo, spec.repository, cap, what=f"run {run_id}"):
+            async with write_slots(self.conninfo, caps, what=f"run {run_id}"):
                 result = await run_child(
                     argv,
                     on_line=lines.add,
@@ -308,8 +374,11 @@ class Jobs:
         else:
             outcome = outcome_of(result)
         # A prune's record is its summary, not a backup's: only its end is kept.
-        record = result.record if kind == RunKind.BACKUP.value else None
+        record = result.record if kind in (RunKind.BACKUP.value, RunKind.RESTORE.value) else None
         await self._db(self._end, run_id, slot_id, outcome, record)
+        if kind == RunKind.RETENTION.value and outcome.state is RunState.SUCCEEDED:
+            removed = (result.record or {}).get("removed") or []
+            await self._db(self._forgotten, run_id, removed)
         if kind != spec.kind.value:
             return  # retention: no retries and nothing after it
         if outcome.state in (RunState.FAILED, RunState.TIMED_OUT) and attempt <= spec.retries:
@@ -320,25 +389,30 @@ class Jobs:
             )
             await self.defer(retention, spec.key)
 
-    async def _db(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """``call`` in a thread, tried again while the database cannot be reached.
-
-        A run's end must not be lost because PostgreSQL restarted under it: the child's
-        work is done and only the record is missing. Each try waits longer (up to
-        :data:`DB_RETRY_MAX` seconds between two) for :data:`DB_PATIENCE` seconds in all.
-        """
-        deadline = time.monotonic() + DB_PATIENCE
-        wait = 0.5
-        while True:
-            try:
-                return await asyncio.to_thread(call, *args, **kwargs)
-            except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-                if time.monotonic() + wait > deadline:
-                    raise
-                log.warning("the database is not answering (%s); trying again in %.0f s",
-                            str(exc).splitlines()[0], wait)  # fmt: skip
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, DB_RETRY_MAX)
+    async def _argv(
+        self, spec: PlanSpec, kind: str, run_id: uuid.UUID, params: dict[str, Any]
+    ) -> list[str]:
+        """The child's command line for a run of ``kind`` of the plan ``spec``."""
+        if kind == RunKind.RESTORE.value:
+            return restore_argv(
+                spec.config_path,
+                spec.name,
+                snapshot=str(params["snapshot"]),
+                target=params.get("target"),
+                replace=bool(params.get("replace")),
+            )
+        if kind == RunKind.RETENTION.value:
+            held = await self._db(held_snapshots, self.engine, spec.key)
+            return retention_argv(spec.config_path, spec.name, held=held)
+        if kind == RunKind.PRUNE.value:
+            return prune_argv(spec.config_path, max_unused=spec.max_unused)
+        return backup_argv(
+            spec.config_path,
+            spec.name,
+            run_id=str(run_id),
+            plan=spec.key,
+            state_dir=self.state_dir / "runs",
+        )
 
     async def _retry(
         self, spec: PlanSpec, slot_id: int | None, attempt: int, outcome: Outcome
@@ -358,25 +432,25 @@ class Jobs:
         )  # fmt: skip
         await self.defer(run_id, spec.key, delay, first=True)
 
-    def _claim(self, run_id: uuid.UUID) -> tuple[str, int | None, int, str] | None:
+    def _claim(self, run_id: uuid.UUID) -> tuple[str, int | None, int, str, dict[str, Any]] | None:
         with self.engine.begin() as db:
             row = db.execute(
                 text(
                     "UPDATE runs r SET state = 'running', started_at = now(), worker = :w "
                     "FROM plans p WHERE r.id = :r AND r.state = 'queued' AND p.id = r.plan_id "
-                    "RETURNING r.slot_id, r.attempt, r.kind, p.project, p.name"
+                    "RETURNING r.slot_id, r.attempt, r.kind, p.project, p.name, r.params"
                 ),
                 {"w": self.worker, "r": run_id},
             ).one_or_none()
             if row is None:
                 return None
-            slot_id, attempt, kind, project, name = row
+            slot_id, attempt, kind, project, name, params = row
             if slot_id is not None:
                 db.execute(
                     text("UPDATE slots SET state = 'running', reason = NULL WHERE id = :s"),
                     {"s": slot_id},
                 )
-        return f"{project}/{name}", slot_id, attempt, kind
+        return f"{project}/{name}", slot_id, attempt, kind, params or {}
 
     def _end(
         self,
@@ -409,6 +483,8 @@ class Jobs:
             )
             if not ended.rowcount:
                 return False
+            if outcome.state is RunState.SUCCEEDED and record.get("operation") == "backup":
+                record_point(db, run_id, record, taken_at=None)
             if slot_id is not None:
                 db.execute(
                     text(
@@ -424,6 +500,14 @@ class Jobs:
                 )
 
         return True
+
+    def _forgotten(self, run_id: uuid.UUID, removed: list[str]) -> None:
+        """Note the snapshots a retention run removed as forgotten restore points."""
+        with self.engine.begin() as db:
+            plan_id = db.execute(
+                text("SELECT plan_id FROM runs WHERE id = :r"), {"r": run_id}
+            ).scalar_one()
+            mark_forgotten(db, plan_id, removed)
 
     # --- lost workers -----------------------------------------------------------------
 

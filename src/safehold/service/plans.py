@@ -53,9 +53,11 @@ class PlanSpec:
     retry_delay: float = 60.0
     timeout: float | None = None
     retention: bool = False  # a retention: block: forget runs after each successful backup
-    # The repository's location and its max_concurrent_jobs (None: no limit).
+    # The repository's location (a prune plan's lock is named after it).
     repository: str = ""
-    max_concurrent: int | None = None
+    # (location, max_concurrent_jobs) of the repository and each destination with a limit:
+    # a run holds a slot of each while it writes.
+    limits: tuple[tuple[str, int], ...] = ()
     kind: RunKind = RunKind.BACKUP  # BACKUP: a source's plan; PRUNE: a repository's
     max_unused: str | None = None  # a prune plan's ``prune --max-unused``
 
@@ -117,6 +119,11 @@ def _span(seconds: float | None) -> timedelta | None:
 def plans_from_config(config: Config) -> dict[str, PlanSpec]:
     """The file's plans (sources with a ``schedule``), keyed ``project/name``."""
     out: dict[str, PlanSpec] = {}
+    limits = tuple(
+        (place.location, place.max_concurrent_jobs)
+        for place in (config.repository, *config.destinations)
+        if place is not None and place.max_concurrent_jobs is not None
+    )
     for name, source in config.plans.items():
         common = source.common
         assert common.schedule is not None
@@ -136,7 +143,7 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
             timeout=common.timeout,
             retention=common.retention is not None,
             repository=config.repository.location if config.repository else "",
-            max_concurrent=config.repository.max_concurrent_jobs if config.repository else None,
+            limits=limits,
         )
     if config.repository is not None and config.repository.prune is not None:
         prune = config.repository.prune
@@ -151,6 +158,9 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
             ),
             paused=prune.paused,
             on_overlap="skip",  # a prune still going when the next is due is enough
+            timeout=prune.timeout,
+            retries=prune.retries,
+            retry_delay=prune.retry_delay,
             repository=config.repository.location,
             kind=RunKind.PRUNE,
             max_unused=prune.max_unused,

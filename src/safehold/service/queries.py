@@ -7,6 +7,7 @@ lose), counted from the ledger without any external dead-man switch.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ from sqlalchemy import Engine, text
 
 from safehold.service.plans import PlanSpec
 
-__all__ = ["PlanStatus", "plan_status", "run_detail", "runs_list"]
+__all__ = [
+    "FINAL_STATES",
+    "PlanStatus",
+    "plan_status",
+    "run_detail",
+    "runs_list",
+    "wait_for_run",
+]
 
 
 @dataclass(frozen=True)
@@ -112,9 +120,15 @@ def _run_dict(row: Any) -> dict[str, Any]:
 
 
 def runs_list(
-    engine: Engine, *, plan: str | None = None, state: str | None = None, limit: int = 50
+    engine: Engine,
+    *,
+    plan: str | None = None,
+    state: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """The newest runs first, optionally of one plan (``project/name``) or in one state."""
+    """The newest runs first, optionally of one plan (``project/name``), in one state, or
+    of one kind."""
     where: list[str] = ["TRUE"]
     params: dict[str, object] = {"limit": limit}
     if plan is not None:
@@ -124,6 +138,9 @@ def runs_list(
     if state is not None:
         where.append("r.state = :state")
         params["state"] = state
+    if kind is not None:
+        where.append("r.kind = :kind")
+        params["kind"] = kind
     query = text(
         f"SELECT {_RUN_COLUMNS} FROM runs r JOIN plans p ON p.id = r.plan_id "
         f"LEFT JOIN slots s ON s.id = r.slot_id WHERE {' AND '.join(where)} "
@@ -131,6 +148,24 @@ def runs_list(
     )
     with engine.connect() as db:
         return [_run_dict(row) for row in db.execute(query, params)]
+
+
+FINAL_STATES = ("succeeded", "failed", "timed_out", "skipped", "worker_lost", "cancelled")
+
+
+def wait_for_run(
+    engine: Engine, run_id: uuid.UUID, *, poll: float = 0.5, timeout: float | None = None
+) -> dict[str, Any]:
+    """The run ``run_id`` once it has ended (polled every ``poll`` seconds); a
+    :class:`TimeoutError` after ``timeout`` seconds, if given."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        found = run_detail(engine, str(run_id))
+        if found is not None and found["state"] in FINAL_STATES:
+            return found
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} has not ended after {timeout} s")
+        time.sleep(poll)
 
 
 def run_detail(engine: Engine, run_id: str) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from safehold.catalog import RunKind, RunState, RunTrigger
 from safehold.service.plans import PlanSpec, sync_plans
@@ -42,6 +42,9 @@ class SnapshotSeen:
     source_name: str
     time: datetime
     summary: Mapping[str, Any] = field(default_factory=dict)
+    chain_id: str | None = None
+    chain_seq: int | None = None
+    isolated: bool = False
 
 
 @dataclass
@@ -133,4 +136,57 @@ def resync(
             report.added.append(
                 {"plan": plan, "run_id": str(run_id), "snapshot": snap.id, "time": snap.time}
             )
+        _restore_points(db, ids, by_name, everything)
     return report
+
+
+# A snapshot's point: made (with the run that names it) or completed with its chain; one
+# statement for all of them, as arrays.
+_POINTS = text(
+    """
+    INSERT INTO restore_points (plan_id, project, snapshot_id, run_id, taken_at, chain_id,
+                                chain_seq, isolated, bytes_added)
+    SELECT s.plan_id, (SELECT p.project FROM plans p WHERE p.id = s.plan_id), s.snap,
+      (SELECT r.id FROM runs r WHERE r.plan_id = s.plan_id AND r.snapshot_id = s.snap
+         AND r.state = 'succeeded' ORDER BY r.queued_at LIMIT 1),
+      s.taken_at, s.chain_id, s.chain_seq, s.isolated, s.added
+    FROM unnest(CAST(:plan AS bigint[]), CAST(:snap AS text[]), CAST(:at AS timestamptz[]),
+                CAST(:chain AS text[]), CAST(:seq AS integer[]), CAST(:iso AS boolean[]),
+                CAST(:added AS bigint[]))
+         AS s(plan_id, snap, taken_at, chain_id, chain_seq, isolated, added)
+    ON CONFLICT (plan_id, snapshot_id) DO UPDATE SET
+      taken_at = excluded.taken_at, chain_id = excluded.chain_id,
+      chain_seq = excluded.chain_seq, isolated = excluded.isolated, forgotten_at = NULL
+    """
+)
+
+
+def _restore_points(
+    db: Connection,
+    ids: Mapping[str, int],
+    by_name: Mapping[str, str],
+    snapshots: list[SnapshotSeen],
+) -> None:
+    """Every snapshot of a plan is one of its restore points; a point whose snapshot is
+    gone from the repository is forgotten."""
+    mine = [(ids[by_name[s.source_name]], s) for s in snapshots if s.source_name in by_name]
+    if mine:
+        db.execute(
+            _POINTS,
+            {
+                "plan": [plan_id for plan_id, _ in mine],
+                "snap": [s.id for _, s in mine],
+                "at": [s.time for _, s in mine],
+                "chain": [s.chain_id for _, s in mine],
+                "seq": [s.chain_seq for _, s in mine],
+                "iso": [s.isolated for _, s in mine],
+                "added": [s.summary.get("data_added") for _, s in mine],
+            },
+        )
+    db.execute(
+        text(
+            "UPDATE restore_points SET forgotten_at = now() WHERE plan_id = ANY(:plans) "
+            "AND forgotten_at IS NULL AND NOT snapshot_id = ANY(:present)"
+        ),
+        {"plans": list(ids.values()), "present": [s.id for s in snapshots]},
+    )

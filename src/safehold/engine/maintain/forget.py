@@ -22,7 +22,12 @@ from typing import Any
 
 from safehold.errors import IntegrityError, ObjectNotFound, ObjectRetained, UsageError
 from safehold.ids import SnapshotId
-from safehold.policy.retention import RetentionPolicy, apply_retention, group_items
+from safehold.policy.retention import (
+    RetentionPolicy,
+    RetentionResult,
+    apply_retention,
+    group_items,
+)
 from safehold.repository.prune import rescue_for_forget
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
@@ -57,6 +62,9 @@ class ForgetOptions:
     source: str | None = None  # only snapshots of this configured source (a plan's own)
     group_by: tuple[str, ...] = DEFAULT_GROUP_BY
     dry_run: bool = False
+    # Ids (or unique prefixes) never removed, whatever the rules say: the service's held
+    # restore points. Naming one of them for removal is refused.
+    held: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -162,6 +170,12 @@ def _decide(repo: Repository, opts: ForgetOptions) -> ForgetResult:
                 damaged.extend(i for i in repo.list_snapshot_ids() if i.startswith(ref))
                 continue
             chosen[snap.id] = snap
+        for snap_id in chosen:
+            if _is_held(snap_id, opts.held):
+                raise UsageError(
+                    f"snapshot {snap_id[:8]} is held: it is not removed while the hold lasts",
+                    hint="release the hold first (safehold restore-points release)",
+                )
         removed = sorted(chosen.values(), key=lambda s: (s.time, s.id), reverse=True)
         group = ForgetGroup(key={}, keep=[], remove=removed, reasons={})
         return ForgetResult([group], removed, opts.dry_run, damaged=sorted(set(damaged)))
@@ -170,7 +184,7 @@ def _decide(repo: Repository, opts: ForgetOptions) -> ForgetResult:
     groups = []
     removed = []
     for key, members in group_items(snaps, lambda s: _group_key(s, opts.group_by)).items():
-        decision = apply_retention(members, opts.policy, now)
+        decision = _keep_held(apply_retention(members, opts.policy, now), opts.held)
         groups.append(
             ForgetGroup(
                 key={
@@ -183,6 +197,22 @@ def _decide(repo: Repository, opts: ForgetOptions) -> ForgetResult:
         )
         removed.extend(decision.remove)
     return ForgetResult(groups, removed, opts.dry_run)
+
+
+def _is_held(snap_id: str, held: list[str]) -> bool:
+    return any(snap_id.startswith(ref) for ref in held)
+
+
+def _keep_held(decision: RetentionResult[Snapshot], held: list[str]) -> RetentionResult[Snapshot]:
+    """The decision with the held snapshots it would remove kept instead, reason ``held``."""
+    kept = [s for s in decision.remove if _is_held(s.id, held)]
+    if not kept:
+        return decision
+    return RetentionResult(
+        keep=sorted([*decision.keep, *kept], key=lambda s: (s.time, s.id), reverse=True),
+        remove=[s for s in decision.remove if not _is_held(s.id, held)],
+        reasons=decision.reasons | {snap.id: ["held"] for snap in kept},
+    )
 
 
 def _selected(s: Snapshot, opts: ForgetOptions) -> bool:

@@ -1,0 +1,166 @@
+"""``safehold restore-points``: the snapshots the service's plans made, and their holds.
+
+``restore-points`` lists them newest first, a page at a time, with their chain (the
+chain's full and each point's place in it) and whether they are held;
+``restore-points hold REF`` keeps one from its plan's retention until
+``restore-points release REF``. REF is the point's number or its snapshot id (a prefix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from typing import Any
+
+from safehold.cli.context import Context
+from safehold.cli.service_args import add_service_arguments, open_service_database
+from safehold.errors import UsageError
+
+
+def register(sub: Any) -> None:
+    """Add ``restore-points`` and its actions (list, hold, release) to the parser."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "restore-points",
+        help="list the plans' restore points; hold or release one",
+        description="List the snapshots the service's plans made (newest first, a page "
+        "at a time), or hold one so that its plan's retention keeps it, or release it. "
+        "The repository stays their source of truth: 'safehold catalog resync' adds the "
+        "snapshots made outside the service and notes the ones removed by hand.",
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "hold", "release", "restore"),
+        default="list",
+        help="list (the default); hold REF: keep it whatever its plan's retention says; "
+        "release REF: end the hold; restore REF: queue a restore job of it, through its "
+        "source's restore path and hooks, for a worker of 'safehold serve'",
+    )
+    p.add_argument(
+        "ref", nargs="?", metavar="REF", help="the point's number or snapshot id (a prefix)"
+    )
+    p.add_argument("--reason", help="with hold: why it is held (shown in the list)")
+    p.add_argument(
+        "--target",
+        metavar="TARGET",
+        help="with restore: where to (a folder for a directory source, a database name for "
+        "a database; default: the source's own place)",
+    )
+    p.add_argument(
+        "--replace", action="store_true", help="with restore: allow overwriting existing data"
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with restore: wait for the job's end; the exit code is 0 only if it succeeded",
+    )
+    p.add_argument("--plan", metavar="NAME", help="only this plan's (NAME or PROJECT/NAME)")
+    p.add_argument("--held", action="store_true", help="only the held ones")
+    p.add_argument("--all", action="store_true", help="also the ones the repository no longer has")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="a page of N (default 50)")
+    p.add_argument("--cursor", metavar="C", help="the page after the one that printed C")
+    add_service_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    """``restore-points``: list, hold or release; the exit code."""
+    from safehold.service import restore_points as points
+
+    action = args.action
+    if action != "list" and not args.ref:
+        raise UsageError(
+            f"restore-points {action} needs the point's number or snapshot id",
+            hint="list them with: safehold restore-points --config FILE",
+        )
+    with open_service_database(args) as (_config, database):
+        if action == "hold":
+            who = f"cli:{getpass.getuser()}"
+            found = points.hold(database.engine, args.ref, by=who, reason=args.reason)
+            return _done(ctx, found, "held")
+        if action == "release":
+            return _done(ctx, points.release(database.engine, args.ref), "released")
+        if action == "restore":
+            return _restore(args, ctx, _config, database)
+        page = points.list_points(
+            database.engine,
+            plan=args.plan,
+            held=True if args.held else None,
+            include_forgotten=args.all,
+            cursor=args.cursor,
+            limit=args.limit,
+        )
+    if ctx.json:
+        ctx.emit_json({"restore_points": page.points, "next_cursor": page.next_cursor})
+        return 0
+    for point in page.points:
+        ctx.print(_line(point))
+    if page.next_cursor:
+        ctx.print(f"more: --cursor {page.next_cursor}")
+    return 0
+
+
+def _line(point: dict[str, Any]) -> str:
+    seq = point["chain_seq"]
+    place = "isolated" if point["isolated"] else ("-" if seq is None else
+                                                  "full" if seq == 0 else f"+{seq}")  # fmt: skip
+    marks = []
+    if point["held"]:
+        marks.append(f"held by {point['held_by']}" + (f": {point['hold_reason']}"
+                                                      if point["hold_reason"] else ""))  # fmt: skip
+    if point["forgotten_at"] is not None:
+        marks.append(f"gone since {point['forgotten_at']:%Y-%m-%d %H:%M}")
+    return (
+        f"{point['id']:>6}  {point['snapshot_id'][:8]}  {point['taken_at']:%Y-%m-%d %H:%M:%S}  "
+        f"{point['project'] + '/' + point['plan']:<24} {place:<8} {'; '.join(marks)}"
+    ).rstrip()
+
+
+def _done(ctx: Context, point: dict[str, Any], what: str) -> int:
+    if ctx.json:
+        ctx.emit_json(point)
+    else:
+        ctx.print(f"{what}: {_line(point)}")
+    return 0
+
+
+def _restore(args: argparse.Namespace, ctx: Context, config: Any, database: Any) -> int:
+    """Queue a restore job of the point ``args.ref``; with ``--wait``, follow it to its end."""
+    from safehold.catalog import RunKind
+    from safehold.service.jobs import submit
+    from safehold.service.plans import plans_from_config, sync_plans
+    from safehold.service.queries import wait_for_run
+    from safehold.service.restore_points import restore_request
+
+    key, snapshot = restore_request(database.engine, args.ref)
+    specs = plans_from_config(config)
+    if key not in specs:
+        raise UsageError(
+            f"restore point {args.ref} belongs to plan {key}, which is not in {args.config}",
+            hint="restore it with 'safehold restore SNAPSHOT --config FILE --source NAME'",
+        )
+    sync_plans(database.engine, [specs[key]])
+    params = {"snapshot": snapshot, "target": args.target, "replace": args.replace}
+    run_id = submit(
+        database.conninfo, database.engine, specs, key, kind=RunKind.RESTORE, params=params
+    )
+    queued = {"plan": key, "snapshot": snapshot, "run_id": str(run_id), "state": "queued"}
+    if not args.wait:
+        if ctx.json:
+            ctx.emit_json(queued)
+        else:
+            ctx.print(f"restore of {snapshot[:8]} ({key}): run {run_id} queued")
+        return 0
+    if not ctx.json:
+        ctx.print(f"restore of {snapshot[:8]} ({key}): run {run_id} queued; waiting")
+    ended = wait_for_run(database.engine, run_id)
+    if ctx.json:
+        ctx.emit_json(ended)
+    else:
+        took = f" in {ended['duration_s']:.1f}s" if ended["duration_s"] is not None else ""
+        ctx.print(f"run {run_id}: {ended['state']}{took}")
+        if ended["error"]:
+            ctx.print(f"  error: {ended['error']}")
+        if ended["hint"]:
+            ctx.print(f"  hint: {ended['hint']}")
+    return 0 if ended["state"] == "succeeded" else 1
