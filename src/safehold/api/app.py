@@ -20,17 +20,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from safehold import __version__
 from safehold.api.auth import FailureLimiter
 from safehold.api.errors import error_code, error_response, install_error_handlers
-from safehold.api.routes import health, managed, projects, runs, tokens
+from safehold.api.routes import agent, health, managed, projects, runs, tokens
 from safehold.api.routes import plans as plan_routes
 from safehold.api.schemas import ErrorBody
 from safehold.api.state import ApiState
 from safehold.errors import RequestTooLarge
+from safehold.service.agents import Agents
 from safehold.service.jobs import Jobs
 from safehold.service.plans import PlanSpec
 
 __all__ = ["MAX_BODY", "create_app"]
 
 MAX_BODY = 64 * 1024  # bytes: the largest body a route takes is a token's name
+# An agent's report of a run's end carries its record: each hook's output (64 KiB a
+# stream) and its phases.
+MAX_AGENT_BODY = 4 * 1024 * 1024
 
 
 def create_app(
@@ -61,6 +65,7 @@ def create_app(
         plans=plans,
         jobs=jobs,
         limiter=limiter or FailureLimiter(),
+        agents=Agents(jobs) if jobs is not None else None,
     )
     install_error_handlers(app)
     app.include_router(health.router)
@@ -71,10 +76,13 @@ def create_app(
         prefix="/api/v1",
         responses={status: {"model": ErrorBody} for status in (400, 401, 413, 429, 503)},
     )
-    for module in (plan_routes, runs, managed, projects, tokens):
+    for module in (plan_routes, runs, managed, projects, tokens, agent):
         v1.include_router(module.router)
+    v1.include_router(agent.agents_router)
     app.include_router(v1)
-    app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(
+        BodyLimit, limit=max_body, larger={"/api/v1/agent/": max(max_body, MAX_AGENT_BODY)}
+    )
     return app
 
 
@@ -108,17 +116,25 @@ class BodyLimit:
     it: by its ``Content-Length``, or, for a chunked body, as soon as the bytes received
     pass the limit."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.larger = larger or {}  # path prefix -> its own limit
+
+    def _limit(self, path: str) -> int:
+        for prefix, limit in self.larger.items():
+            if path.startswith(prefix):
+                return limit
+        return self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope.get("path", ""))
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await self._refuse(scope, receive, send)
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                await self._refuse(scope, receive, send, limit)
                 return
         received = 0
 
@@ -126,7 +142,7 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
+            if received > limit:
                 # Starlette's exception, not ours: FastAPI turns any other error raised
                 # while it reads a body into a 400, and lets this one through.
                 raise StarletteHTTPException(413)
@@ -134,8 +150,8 @@ class BodyLimit:
 
         await self.app(scope, limited, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message, hint = _too_large(self.limit)
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        message, hint = _too_large(limit)
         response = error_response(413, error_code(RequestTooLarge), message, hint,
                                   {"Connection": "close"})  # fmt: skip
         await response(scope, receive, send)

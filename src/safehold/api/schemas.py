@@ -9,6 +9,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AgentBeat",
+    "AgentEnd",
+    "AgentEnded",
+    "AgentJob",
+    "AgentLine",
+    "AgentLines",
+    "AgentOut",
+    "AgentRegister",
+    "AgentRegistered",
     "ErrorBody",
     "ErrorDetail",
     "Health",
@@ -200,3 +209,97 @@ class TokenCreated(TokenOut):
     """A token just made: ``token`` is shown this once and never again."""
 
     token: str
+
+
+# An agent's name, as its token registers it (also a plan's ``agent:``).
+AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# A log line: any text but NUL, which PostgreSQL's text cannot hold.
+NO_NUL = r"^[^\x00]*$"
+
+
+class AgentRegister(BaseModel):
+    """An agent says who it is; its token's first registration binds the name to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=AGENT_NAME, examples=["redis-vm-1"])
+    host: str = Field(default="", max_length=255, pattern=PRINTABLE)
+    version: str = Field(default="", max_length=64, pattern=PRINTABLE)
+
+
+class AgentRegistered(BaseModel):
+    """The registration: the agent's name, project, and how often to heart-beat."""
+
+    name: str
+    project: str
+    heartbeat_every: float
+
+
+class AgentBeat(BaseModel):
+    """A heartbeat's answer: the runs the agent must stop (cancelled meanwhile)."""
+
+    abort: list[str]
+
+
+class AgentJob(BaseModel):
+    """A job for the agent: what to run, claimed for it."""
+
+    run_id: str
+    kind: RunKindName
+    plan: str  # PROJECT/NAME
+    source: str  # the source's name in the agent's configuration file
+    attempt: int
+    timeout: float | None
+    params: dict[str, Any]
+    held: list[str] = Field(default_factory=list)  # a retention keeps these snapshots
+
+
+class AgentLine(BaseModel):
+    """One log line of a running run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: datetime | None = None
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    message: str = Field(max_length=65536, pattern=NO_NUL)
+
+
+class AgentLines(BaseModel):
+    """Log lines of a running run, in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lines: list[AgentLine] = Field(max_length=1000)
+
+
+class AgentEnd(BaseModel):
+    """How the run's child ended on the agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exit_code: int
+    record: dict[str, Any] | None = None  # the child's run record (its --json output)
+    killed: bool = False  # stopped by the agent past its time-out
+    stderr_tail: list[str] = Field(default_factory=list, max_length=40)
+
+
+class AgentEnded(BaseModel):
+    """The run's end as the catalog took it (``recorded``: false if it had ended before:
+    cancelled, or reaped as lost)."""
+
+    run_id: str
+    state: RunStateName
+    recorded: bool
+
+
+class AgentOut(BaseModel):
+    """An agent as listed: online (heart-beat within the stall window), stopped, or lost."""
+
+    name: str
+    project: str
+    host: str | None
+    version: str | None
+    status: Literal["online", "stopped", "lost"]
+    registered_at: datetime
+    heartbeat_at: datetime
+    running: int

@@ -13,6 +13,7 @@ from safehold.service.plans import PlanSpec
 
 if TYPE_CHECKING:
     from safehold.api.auth import FailureLimiter
+    from safehold.service.agents import Agents
     from safehold.service.jobs import Jobs
 
 __all__ = ["ApiState", "api_state"]
@@ -27,6 +28,7 @@ class ApiState:
     plans: Callable[[], Mapping[str, PlanSpec]]
     jobs: Jobs | None
     limiter: FailureLimiter
+    agents: Agents | None = None  # the agents' side of the queue (with jobs)
 
 
 def api_state(request: Request) -> ApiState:

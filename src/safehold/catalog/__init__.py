@@ -25,6 +25,7 @@ The schema changes only through :mod:`safehold.catalog.migrate`.
 from __future__ import annotations
 
 from safehold.catalog.models import (
+    Agent,
     Base,
     Plan,
     PlanOrigin,
@@ -43,6 +44,7 @@ from safehold.catalog.models import (
 )
 
 __all__ = [
+    "Agent",
     "Base",
     "Plan",
     "PlanOrigin",

@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "Agent",
     "Base",
     "Plan",
     "PlanOrigin",
@@ -333,3 +334,28 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class Agent(Base):
+    """An agent (``safehold agent --server``): a machine that runs its plans' jobs itself,
+    reached by no one, pulling them over the API with a token of role ``agent``.
+
+    The first token that registers a name owns it: another agent token of the project
+    cannot act as that agent. ``worker_id`` is the agent's procrastinate worker, which the
+    server keeps alive from the agent's heartbeats, so that a silent agent's jobs are found
+    stalled as a silent worker's are.
+    """
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("project", "name"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name", ondelete="CASCADE"))
+    name: Mapped[str]
+    token_id: Mapped[str | None] = mapped_column(ForeignKey("tokens.id", ondelete="SET NULL"))
+    host: Mapped[str | None]
+    version: Mapped[str | None]
+    worker_id: Mapped[int | None] = mapped_column(BigInteger)
+    registered_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    stopped_at: Mapped[datetime | None]

@@ -65,6 +65,29 @@ def register(sub: Any) -> None:
         help="on SIGTERM, how long an interrupted backup has to run its unlock and cleanup "
         "hooks before it is killed (default: 10)",
     )
+    remote = p.add_argument_group(
+        "working for a service (safehold serve): its plans with agent: NAME run here"
+    )
+    remote.add_argument(
+        "--server",
+        metavar="URL",
+        default=os.environ.get("SAFEHOLD_SERVER"),
+        help="the service's API (default: $SAFEHOLD_SERVER); the agent takes its jobs from "
+        "it over HTTP instead of running the file's schedules itself",
+    )
+    remote.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=os.environ.get("SAFEHOLD_TOKEN_FILE"),
+        help="a file holding a token of role agent (default: $SAFEHOLD_TOKEN_FILE)",
+    )
+    remote.add_argument("--name", metavar="NAME", help="this agent's name (the plans' agent:)")
+    remote.add_argument(
+        "--concurrency", type=int, default=2, metavar="N", help="jobs run at once (default: 2)"
+    )
+    remote.add_argument(
+        "--ca-file", metavar="FILE", help="the CA that signed the service's certificate"
+    )
     p.set_defaults(func=run, agent_command=None)
     subs = p.add_subparsers(dest="agent_command", metavar="{run,status}")
     manual = subs.add_parser(
@@ -101,7 +124,35 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     sink = _sink(args, ctx)
     if args.agent_command == "run":
         return _run_now(ctx, config_path, args.source, folder, sink)
+    if getattr(args, "server", None):
+        return _remote(args, config_path, folder)
     return _serve(args, config, config_path, folder, sink)
+
+
+def _remote(args: argparse.Namespace, config_path: str, folder: Path) -> int:
+    """``agent --server URL``: take the jobs of the plans bound to this agent."""
+    from safehold.agent.remote import RemoteOptions, check_server, read_token, serve_remote
+    from safehold.cli.service_args import service_logging
+
+    if not args.token_file or not args.name:
+        raise UsageError(
+            "safehold agent --server needs --token-file FILE and --name NAME",
+            hint="make a token with: safehold token create --role agent --project P",
+        )
+    if args.concurrency < 1 or args.stop_grace < 0:
+        raise UsageError("--concurrency must be 1 or more and --stop-grace zero or more")
+    options = RemoteOptions(
+        server=check_server(args.server),
+        token=read_token(args.token_file),
+        name=args.name,
+        config_path=config_path,
+        state_dir=folder,
+        concurrency=args.concurrency,
+        stop_grace=args.stop_grace,
+        ca_file=args.ca_file,
+    )
+    service_logging(getattr(args, "log_format", None) or "json", quiet=False)
+    return asyncio.run(serve_remote(options))
 
 
 def _state_dir(args: argparse.Namespace, config: Config) -> Path:
@@ -126,7 +177,7 @@ def _serve(
     args: argparse.Namespace, config: Config, config_path: str, folder: Path, sink: LogSink
 ) -> int:
     from safehold.agent import AgentOptions, run_agent
-    from safehold.cli.cmd_serve import _clock
+    from safehold.cli.service_args import service_clock
 
     if args.tick <= 0 or args.stop_grace < 0:
         raise UsageError("--tick must be above zero and --stop-grace zero or more")
@@ -141,7 +192,7 @@ def _serve(
         state_dir=folder,
         tick_interval=args.tick,
         stop_grace=args.stop_grace,
-        clock=_clock(),
+        clock=service_clock(),
     )
     asyncio.run(run_agent(options, sink))
     return ExitCode.OK
@@ -150,9 +201,11 @@ def _serve(
 def _run_now(ctx: Context, config_path: str, source: str, folder: Path, sink: LogSink) -> int:
     from safehold.agent import run_now
     from safehold.agent.runner import SAVED
-    from safehold.cli.cmd_serve import _clock
+    from safehold.cli.service_args import service_clock
 
-    result = asyncio.run(run_now(config_path, source, state_dir=folder, clock=_clock(), sink=sink))
+    result = asyncio.run(
+        run_now(config_path, source, state_dir=folder, clock=service_clock(), sink=sink)
+    )
     if ctx.json:
         ctx.emit_json(result.to_json())
     elif result.outcome in SAVED:
@@ -176,9 +229,9 @@ def _run_now(ctx: Context, config_path: str, source: str, folder: Path, sink: Lo
 
 def _status(ctx: Context, config: Config, folder: Path) -> int:
     from safehold.agent import agent_status
-    from safehold.cli.cmd_serve import _clock
+    from safehold.cli.service_args import service_clock
 
-    found = agent_status(config, folder, _clock().now())
+    found = agent_status(config, folder, service_clock().now())
     if ctx.json:
         ctx.emit_json(found)
         return ExitCode.OK

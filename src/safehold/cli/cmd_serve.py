@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import os
 import signal
 import sys
@@ -13,8 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from safehold.cli.context import Context
-from safehold.cli.service_args import add_service_arguments, database_url, state_dir
-from safehold.clock import Clock
+from safehold.cli.service_args import (
+    add_service_arguments,
+    database_url,
+    service_clock,
+    service_logging,
+    state_dir,
+)
 from safehold.errors import ExitCode, UsageError
 
 
@@ -98,8 +101,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             f"safehold: warning: {args.config} has no plans (no source has a schedule:)",
             file=sys.stderr,
         )
-    _logging(getattr(args, "log_format", "text") or "text", quiet=ctx.quiet)
-    clock = _clock()
+    service_logging(getattr(args, "log_format", "text") or "text", quiet=ctx.quiet)
+    clock = service_clock()
     options = ServeOptions(
         config_path=os.path.abspath(args.config),
         database=database_url(args, config),
@@ -139,22 +142,6 @@ def _api(args: argparse.Namespace) -> list[Any]:
     return [api_companion(bind(options.listen), options)]
 
 
-def _clock() -> Clock:
-    """The system clock, or for the project's own tests a faster one shared by several
-    processes (``SAFEHOLD_TEST_CLOCK=ORIGIN:SPEED``, safehold.clock.ScaledClock)."""
-    from safehold.clock import SYSTEM_CLOCK, ScaledClock
-
-    given = os.environ.get("SAFEHOLD_TEST_CLOCK")
-    if not given:
-        return SYSTEM_CLOCK
-    try:
-        return ScaledClock.parse(given)
-    except ValueError:
-        raise UsageError(
-            f"SAFEHOLD_TEST_CLOCK={given!r} is not ORIGIN:SPEED", hint="unset it"
-        ) from None
-
-
 def _reload(folder: Path, ctx: Context) -> int:
     sent = 0
     for pid_file in folder.glob("serve.*.pid"):
@@ -173,35 +160,3 @@ def _reload(folder: Path, ctx: Context) -> int:
         )
     ctx.print(f"asked {sent} serve process{'es' if sent > 1 else ''} to reload")
     return ExitCode.OK
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object a line, as the runs' own log lines are."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "event": "service",
-            "message": record.getMessage(),
-        }
-        line.update(getattr(record, "fields", {}))
-        return json.dumps(line, default=str)
-
-
-def _logging(fmt: str, *, quiet: bool) -> None:
-    import time
-
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        formatter: logging.Formatter = _JsonFormatter()
-        formatter.converter = time.gmtime
-    else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s")
-    handler.setFormatter(formatter)
-    root = logging.getLogger("safehold")
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
-    # procrastinate's own lines (jobs started, finished) at warning and above only.
-    logging.getLogger("procrastinate").addHandler(handler)
-    logging.getLogger("procrastinate").setLevel(logging.WARNING)

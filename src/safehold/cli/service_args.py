@@ -3,23 +3,37 @@
 ``serve``, ``plans``, ``plan`` and ``runs`` take the configuration file (its plans and its
 ``service:`` block) and may override where the service's state and database are:
 ``--state-dir`` and ``--database`` (or ``SAFEHOLD_DATABASE``), which win over the file.
-Every command given the same file therefore finds the same catalog.
+Every command given the same file therefore finds the same catalog. The clock and the
+log lines of the long-running commands (``serve``, ``agent``) are set up here too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from safehold.errors import UsageError
 
 if TYPE_CHECKING:
+    from safehold.clock import Clock
     from safehold.config import Config
     from safehold.service.database import Database
 
-__all__ = ["add_service_arguments", "database_url", "open_service_database", "state_dir"]
+__all__ = [
+    "add_service_arguments",
+    "database_url",
+    "open_service_database",
+    "service_clock",
+    "service_logging",
+    "state_dir",
+]
 
 
 def add_service_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,3 +86,53 @@ def open_service_database(args: argparse.Namespace) -> Iterator[tuple[Config, Da
     config = load_config(args.config)
     with open_database(database_url(args, config), state_dir(args, config)) as database:
         yield config, database
+
+
+def service_clock() -> Clock:
+    """The system clock, or for the project's own tests a faster one shared by several
+    processes (``SAFEHOLD_TEST_CLOCK=ORIGIN:SPEED``, safehold.clock.ScaledClock)."""
+    from safehold.clock import SYSTEM_CLOCK, ScaledClock
+
+    given = os.environ.get("SAFEHOLD_TEST_CLOCK")
+    if not given:
+        return SYSTEM_CLOCK
+    try:
+        return ScaledClock.parse(given)
+    except ValueError:
+        raise UsageError(
+            f"SAFEHOLD_TEST_CLOCK={given!r} is not ORIGIN:SPEED", hint="unset it"
+        ) from None
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line, as the runs' own log lines are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": "service",
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        return json.dumps(line, default=str)
+
+
+def service_logging(fmt: str, *, quiet: bool) -> None:
+    """Log the service's (or an agent's) lines on standard error: text, or one JSON
+    object a line (``fmt == "json"``)."""
+    import time
+
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        formatter: logging.Formatter = _JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger("safehold")
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    # procrastinate's own lines (jobs started, finished) at warning and above only.
+    logging.getLogger("procrastinate").addHandler(handler)
+    logging.getLogger("procrastinate").setLevel(logging.WARNING)

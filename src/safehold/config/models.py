@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from safehold.config.plans import (
+    AGENT_NAME,
     DEFAULT_PROJECT,
     PruneConfig,
     RetentionConfig,
@@ -166,6 +167,9 @@ class SourceCommon(BaseModel):
     # validation reads the fields in this order)
     schedule: str | None = None  # cron, a name or '@every' (service-backup: cron_schedule)
     project: str = DEFAULT_PROJECT
+    # `safehold serve`: the agent (`safehold agent --server`) that runs this plan on its
+    # machine; None: the service's own workers run it.
+    agent: str | None = None
     paused: bool = False
     min_interval: Seconds | None = None  # staffeln's backup_min_interval
     # While a run of the plan is going: 'skip' the slot, or 'queue' one run behind it.
@@ -183,6 +187,13 @@ class SourceCommon(BaseModel):
     @classmethod
     def _project_name(cls, name: str) -> str:
         return check_project(name)
+
+    @field_validator("agent")
+    @classmethod
+    def _agent_name(cls, name: str | None) -> str | None:
+        if name is not None and not AGENT_NAME.fullmatch(name):
+            raise ValueError("an agent's name is 1-64 letters, digits, '.', '_' or '-'")
+        return name
 
     @field_validator("schedule")
     @classmethod

@@ -40,6 +40,7 @@ from safehold.policy.retention import keep_tag_sets
 from safehold.policy.schedule import parse_schedule
 
 __all__ = [
+    "AGENT_NAME",
     "DEFAULT_PROJECT",
     "PruneConfig",
     "RetentionConfig",
@@ -54,6 +55,7 @@ __all__ = [
 
 DEFAULT_PROJECT = "default"
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+AGENT_NAME = _PROJECT  # an agent's name, as ``safehold agent --name`` takes it
 
 _SECONDS_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
 _SECONDS_FULL = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:h|ms|m|s))+")

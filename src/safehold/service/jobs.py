@@ -146,6 +146,8 @@ class Queue:
         puts it before every job queued without it (a retry of work already lost)."""
         spec = self._plans().get(plan_key)
         options: dict[str, Any] = {"lock": spec.lock if spec is not None else plan_key}
+        if spec is not None and spec.agent is not None:
+            options["queue"] = spec.queue  # its agent takes it, not the service's workers
         if first:
             options["priority"] = 1
         if delay > 0:
@@ -367,6 +369,19 @@ class Jobs(Queue):
         if run_id in self._fenced:
             await self._fenced_end(spec, run_id, slot_id, attempt, kind)
             return
+        await self.finish(spec, run_id, slot_id, attempt, kind, result)
+
+    async def finish(
+        self,
+        spec: PlanSpec,
+        run_id: uuid.UUID,
+        slot_id: int | None,
+        attempt: int,
+        kind: str,
+        result: ChildResult,
+    ) -> bool:
+        """End a run from how its child ended (here, or on an agent): its record, then a
+        retry or the plan's retention. False if the run had already ended (reaped)."""
         if kind == RunKind.RETENTION.value:
             outcome = exit_outcome(result, "forget")
         elif kind == RunKind.PRUNE.value:
@@ -375,12 +390,13 @@ class Jobs(Queue):
             outcome = outcome_of(result)
         # A prune's record is its summary, not a backup's: only its end is kept.
         record = result.record if kind in (RunKind.BACKUP.value, RunKind.RESTORE.value) else None
-        await self._db(self._end, run_id, slot_id, outcome, record)
+        if not await self._db(self._end, run_id, slot_id, outcome, record):
+            return False
         if kind == RunKind.RETENTION.value and outcome.state is RunState.SUCCEEDED:
             removed = (result.record or {}).get("removed") or []
             await self._db(self._forgotten, run_id, removed)
         if kind != spec.kind.value:
-            return  # retention: no retries and nothing after it
+            return True  # retention, restore: no retries and nothing after it
         if outcome.state in (RunState.FAILED, RunState.TIMED_OUT) and attempt <= spec.retries:
             await self._retry(spec, slot_id, attempt, outcome)
         elif outcome.state is RunState.SUCCEEDED and spec.retention and kind == RunKind.BACKUP:
@@ -388,6 +404,7 @@ class Jobs(Queue):
                 self.new_run, spec.key, trigger=RunTrigger.SCHEDULE, kind=RunKind.RETENTION
             )
             await self.defer(retention, spec.key)
+        return True
 
     async def _argv(
         self, spec: PlanSpec, kind: str, run_id: uuid.UUID, params: dict[str, Any]
@@ -432,7 +449,11 @@ class Jobs(Queue):
         )  # fmt: skip
         await self.defer(run_id, spec.key, delay, first=True)
 
-    def _claim(self, run_id: uuid.UUID) -> tuple[str, int | None, int, str, dict[str, Any]] | None:
+    def _claim(
+        self, run_id: uuid.UUID, worker: str | None = None
+    ) -> tuple[str, int | None, int, str, dict[str, Any]] | None:
+        """Mark a queued run running on ``worker`` (default: this process); its plan, slot,
+        attempt, kind and parameters, or None if it is not queued any more."""
         with self.engine.begin() as db:
             row = db.execute(
                 text(
@@ -440,7 +461,7 @@ class Jobs(Queue):
                     "FROM plans p WHERE r.id = :r AND r.state = 'queued' AND p.id = r.plan_id "
                     "RETURNING r.slot_id, r.attempt, r.kind, p.project, p.name, r.params"
                 ),
-                {"w": self.worker, "r": run_id},
+                {"w": worker or self.worker, "r": run_id},
             ).one_or_none()
             if row is None:
                 return None
@@ -553,11 +574,17 @@ class Jobs(Queue):
             row = db.execute(
                 text(
                     "UPDATE runs r SET state = 'worker_lost', ended_at = now(), "
-                    "error = :error, hint = :hint FROM plans p "
+                    "error = CASE WHEN r.worker LIKE 'agent:%' THEN :agent_error ELSE :error "
+                    "END, hint = :hint FROM plans p "
                     "WHERE r.id = :r AND p.id = r.plan_id AND r.state IN ('running', 'queued') "
                     "RETURNING r.slot_id, r.attempt, r.kind, p.project, p.name"
                 ),
-                {"r": run_id, "error": _LOST_ERROR, "hint": _LOST_HINT},
+                {
+                    "r": run_id,
+                    "error": _LOST_ERROR,
+                    "agent_error": _AGENT_LOST,
+                    "hint": _LOST_HINT,
+                },
             ).one_or_none()
             if row is None:
                 return None
@@ -574,6 +601,7 @@ class Jobs(Queue):
 
 
 _LOST_ERROR = "the worker running it stopped (killed, or cut off from the database)"
+_AGENT_LOST = "agent lost: the agent running it stopped heart-beating (stopped, or cut off)"
 _LOST_HINT = "it is retried on another worker; see that worker's log for why it stopped"
 
 

@@ -31,9 +31,24 @@ from safehold.policy.schedule import Schedule, parse_schedule
 from safehold.policy.slots import DEFAULT_START_WINDOW, PlanRules
 from safehold.storage.location import redact
 
-__all__ = ["REPOSITORY_PROJECT", "PlanSpec", "plans_from_config", "sync_plans"]
+__all__ = [
+    "REPOSITORY_PROJECT",
+    "WORKER_QUEUE",
+    "PlanSpec",
+    "agent_queue",
+    "plans_from_config",
+    "sync_plans",
+]
 
 REPOSITORY_PROJECT = "_repository"  # the project of the repositories' prune plans
+
+
+WORKER_QUEUE = "default"  # procrastinate's default: the service's own workers take it
+
+
+def agent_queue(project: str, agent: str) -> str:
+    """The queue of the jobs an agent takes (``agent:PROJECT/NAME``)."""
+    return f"agent:{project}/{agent}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class PlanSpec:
     # (location, max_concurrent_jobs) of the repository and each destination with a limit:
     # a run holds a slot of each while it writes.
     limits: tuple[tuple[str, int], ...] = ()
+    agent: str | None = None  # the agent that runs it on its machine (None: the workers)
     kind: RunKind = RunKind.BACKUP  # BACKUP: a source's plan; PRUNE: a repository's
     max_unused: str | None = None  # a prune plan's ``prune --max-unused``
 
@@ -65,6 +81,13 @@ class PlanSpec:
     def key(self) -> str:
         """``project/name``: the plan's identity in the ledger, the logs and the queue."""
         return f"{self.project}/{self.name}"
+
+    @property
+    def queue(self) -> str:
+        """The procrastinate queue of the plan's jobs: its agent's own, or the workers'."""
+        if self.agent is not None:
+            return agent_queue(self.project, self.agent)
+        return WORKER_QUEUE
 
     @property
     def lock(self) -> str:
@@ -108,6 +131,7 @@ class PlanSpec:
             "retention": self.retention,
             "config": self.config_path,
             "kind": self.kind.value,
+            "agent": self.agent,
             "max_unused": self.max_unused,
         }
 
@@ -131,6 +155,7 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
         out[key] = PlanSpec(
             project=common.project,
             name=name,
+            agent=common.agent,
             config_path=config.path,
             schedule=parse_schedule(common.schedule, key=key, timezone=common.timezone),
             paused=common.paused,

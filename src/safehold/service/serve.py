@@ -40,7 +40,7 @@ from safehold.config import Config, load_config
 from safehold.service.cluster import default_state_dir
 from safehold.service.database import Database, open_database
 from safehold.service.jobs import FENCE_SECONDS, STALL_SECONDS, Jobs, register
-from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
+from safehold.service.plans import WORKER_QUEUE, PlanSpec, plans_from_config, sync_plans
 from safehold.service.tick import TickState, orphaned_runs, tick
 from safehold.service.workers import beat, register_worker, stopped
 
@@ -201,6 +201,8 @@ class Service:
         return asyncio.create_task(
             self.app.run_worker_async(
                 name=self.options.name,
+                # Only the workers' queue: an agent's jobs wait for that agent.
+                queues=[WORKER_QUEUE],
                 concurrency=self.options.workers,
                 install_signal_handlers=False,
                 additional_context={"jobs": self.jobs},
