@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from safehold import __version__
 from safehold.api.auth import FailureLimiter
 from safehold.api.errors import error_code, error_response, install_error_handlers
-from safehold.api.routes import agent, health, managed, projects, runs, tokens
+from safehold.api.routes import agent, health, managed, projects, restore_points, runs, tokens
 from safehold.api.routes import plans as plan_routes
 from safehold.api.schemas import ErrorBody
 from safehold.api.state import ApiState
@@ -79,6 +79,9 @@ def create_app(
     for module in (plan_routes, runs, managed, projects, tokens, agent):
         v1.include_router(module.router)
     v1.include_router(agent.agents_router)
+    v1.include_router(restore_points.router)
+    v1.include_router(restore_points.plan_points_router)
+    v1.include_router(restore_points.jobs_router)
     app.include_router(v1)
     app.add_middleware(
         BodyLimit, limit=max_body, larger={"/api/v1/agent/": max(max_body, MAX_AGENT_BODY)}

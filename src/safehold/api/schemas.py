@@ -21,10 +21,15 @@ __all__ = [
     "ErrorBody",
     "ErrorDetail",
     "Health",
+    "HoldRequest",
     "Managed",
     "PlanOut",
     "ProjectOut",
     "Ready",
+    "RestoreJobCreate",
+    "RestorePointOut",
+    "RestorePointPage",
+    "RestoreRequest",
     "RunDetail",
     "RunLineOut",
     "RunOut",
@@ -303,3 +308,55 @@ class AgentOut(BaseModel):
     registered_at: datetime
     heartbeat_at: datetime
     running: int
+
+
+class RestorePointOut(BaseModel):
+    """A snapshot a plan made: its chain, its hold, and whether the repository has it."""
+
+    id: int
+    project: str
+    plan: str
+    snapshot_id: str
+    run_id: str | None
+    taken_at: datetime
+    chain_id: str | None
+    chain_seq: int | None  # 0: the chain's full backup
+    full: str | None  # the snapshot id of its chain's full backup
+    isolated: bool
+    bytes_added: int | None
+    held: bool
+    held_at: datetime | None
+    held_by: str | None
+    hold_reason: str | None
+    forgotten_at: datetime | None  # the repository no longer has it
+
+
+class RestorePointPage(BaseModel):
+    """A page of restore points, newest first; ``next_cursor`` fetches the next page."""
+
+    items: list[RestorePointOut]
+    next_cursor: str | None
+
+
+class HoldRequest(BaseModel):
+    """Why a restore point is held (kept from its plan's retention until released)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=500, pattern=PRINTABLE)
+
+
+class RestoreRequest(BaseModel):
+    """Where a restore job restores a point: the source's own place (no target), or a
+    target (a folder for a directory source, a database name for a database)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str | None = Field(default=None, max_length=4096, pattern=PRINTABLE)
+    replace: bool = False
+
+
+class RestoreJobCreate(RestoreRequest):
+    """A restore job (the OSB backup manager's name): which point, where to."""
+
+    restore_point: str = Field(max_length=64, pattern=r"^[0-9a-fA-F]+$|^[0-9]+$")

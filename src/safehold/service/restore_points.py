@@ -35,13 +35,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from safehold.errors import UsageError
+from safehold.errors import NotFound, UsageError
 
 __all__ = [
     "Page",
-    "PointNotFound",
     "decode_cursor",
     "encode_cursor",
+    "get_point",
     "held_snapshots",
     "hold",
     "list_points",
@@ -52,12 +52,6 @@ __all__ = [
 ]
 
 MAX_PAGE = 500
-
-
-class PointNotFound(UsageError):
-    """No restore point (of the plans one may see) has that id or snapshot id."""
-
-    http_status = 404
 
 
 @dataclass(frozen=True)
@@ -213,7 +207,15 @@ def list_points(
     return Page(points, encode_cursor(last.taken_at, last.id) if last is not None else None)
 
 
-def _find(db: Connection, ref: str, projects: Iterable[str] | None) -> int:
+def get_point(engine: Engine, ref: str, *, projects: Iterable[str] | None = None) -> dict[str, Any]:
+    """The point ``ref`` names (its number or a snapshot id prefix), forgotten or not."""
+    with engine.connect() as db:
+        return _one(db, _find(db, ref, projects, forgotten=True))
+
+
+def _find(
+    db: Connection, ref: str, projects: Iterable[str] | None, *, forgotten: bool = False
+) -> int:
     """The id of the one point ``ref`` names: its number, or a snapshot id (prefix)."""
     params: dict[str, Any] = {}
     scope = ""
@@ -225,7 +227,7 @@ def _find(db: Connection, ref: str, projects: Iterable[str] | None) -> int:
         params["id"] = int(ref)
     else:
         if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref.lower()):
-            raise PointNotFound(
+            raise NotFound(
                 f"{ref!r} is neither a restore point's number nor a snapshot id",
                 hint="list them with 'safehold restore-points'",
             )
@@ -234,14 +236,12 @@ def _find(db: Connection, ref: str, projects: Iterable[str] | None) -> int:
     found = db.execute(
         text(
             "SELECT r.id FROM restore_points r JOIN plans p ON p.id = r.plan_id "
-            f"WHERE {query}{scope} AND r.forgotten_at IS NULL LIMIT 2"
+            f"WHERE {query}{scope}{'' if forgotten else ' AND r.forgotten_at IS NULL'} LIMIT 2"
         ),
         params,
     ).all()
     if not found:
-        raise PointNotFound(
-            f"no restore point {ref}", hint="list them with 'safehold restore-points'"
-        )
+        raise NotFound(f"no restore point {ref}", hint="list them with 'safehold restore-points'")
     if len(found) > 1:
         raise UsageError(f"{ref!r} names more than one restore point", hint="give more digits")
     return int(found[0][0])
