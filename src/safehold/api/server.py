@@ -83,8 +83,12 @@ def bind(listen: str) -> socket.socket:
         raise UsageError(f"cannot listen on {listen}: {exc}", hint="check the host") from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: uvicorn writes a response's headers and body
+        # separately, and Nagle's algorithm held the body back until the client's delayed
+        # ACK (40 ms on Linux) on every call.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(1024)  # many agents may connect at once (their long polls)
     except OSError as exc:
         sock.close()
         raise UsageError(

@@ -10,7 +10,7 @@ import pytest
 from safehold.api.auth import FailureLimiter
 from safehold.api.cursor import decode_cursor, encode_cursor
 from safehold.api.errors import error_code
-from safehold.api.server import parse_listen
+from safehold.api.server import bind, parse_listen
 from safehold.clock import FakeClock
 from safehold.errors import RequestTooLarge, TooManyRequests, UsageError
 
@@ -62,3 +62,22 @@ def test_listen_addresses() -> None:
 def test_error_codes_are_the_class_names_in_snake_case() -> None:
     assert error_code(RequestTooLarge) == "request_too_large"
     assert error_code(UsageError) == "usage_error"
+
+
+def test_the_listening_socket_sends_small_writes_at_once() -> None:
+    """TCP_NODELAY on the listening socket (accepted connections inherit it): without it
+    every response's body waited for the client's delayed ACK, 40 ms a call."""
+    import socket
+
+    sock = bind("127.0.0.1:0")
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        client = socket.create_connection(sock.getsockname())
+        accepted, _ = sock.accept()
+        try:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        finally:
+            accepted.close()
+            client.close()
+    finally:
+        sock.close()
