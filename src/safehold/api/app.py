@@ -25,7 +25,7 @@ from safehold.api.routes import plans as plan_routes
 from safehold.api.schemas import ErrorBody
 from safehold.api.state import ApiState
 from safehold.errors import RequestTooLarge
-from safehold.service.jobs import Jobs
+from safehold.service.jobs import Queue
 from safehold.service.plans import PlanSpec
 
 __all__ = ["MAX_BODY", "create_app"]
@@ -37,7 +37,7 @@ def create_app(
     engine: Engine | None = None,
     *,
     plans: Callable[[], Mapping[str, PlanSpec]] = dict,
-    jobs: Jobs | None = None,
+    jobs: Queue | None = None,
     limiter: FailureLimiter | None = None,
     max_body: int = MAX_BODY,
 ) -> FastAPI:

@@ -9,7 +9,6 @@ flag, as ``safehold plan pause`` is, and survives reloads.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -98,10 +97,7 @@ async def run_plan(request: Request, who: Operator, name: str) -> RunQueued:
     state = api_state(request)
     spec = _spec(state, who.project, name)
     assert state.jobs is not None, "the API was made without the service's queue"
-    run_id = await asyncio.to_thread(
-        state.jobs.new_run, spec.key, trigger=RunTrigger.MANUAL, kind=spec.kind
-    )
-    await state.jobs.defer(run_id, spec.key)
+    run_id = await state.jobs.submit(spec.key, trigger=RunTrigger.MANUAL, kind=spec.kind)
     return RunQueued(plan=spec.name, run_id=str(run_id))
 
 
