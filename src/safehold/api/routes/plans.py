@@ -9,6 +9,7 @@ flag, as ``safehold plan pause`` is, and survives reloads.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -97,7 +98,12 @@ async def run_plan(request: Request, who: Operator, name: str) -> RunQueued:
     state = api_state(request)
     spec = _spec(state, who.project, name)
     assert state.jobs is not None, "the API was made without the service's queue"
-    run_id = await state.jobs.submit(spec.key, trigger=RunTrigger.MANUAL, kind=spec.kind)
+    # Not Queue.submit: it waits up to ten minutes for a database that went away, which a
+    # worker recording a run's end must do and a request must not (503 at once).
+    run_id = await asyncio.to_thread(
+        state.jobs.new_run, spec.key, trigger=RunTrigger.MANUAL, kind=spec.kind
+    )
+    await state.jobs.defer(run_id, spec.key)
     return RunQueued(plan=spec.name, run_id=str(run_id))
 
 
