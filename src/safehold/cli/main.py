@@ -44,6 +44,7 @@ COMMANDS = [
     "workers",
     "catalog",
     "token",
+    "agent",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
@@ -56,6 +57,7 @@ SERVICE_COMMANDS = (
     "restore-points",
     "workers",
     "token",
+    "agent",
 )
 
 EPILOG = """\
@@ -175,8 +177,10 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
     g.add_argument(
         "--log-format",
         choices=("text", "json"),
-        default=default if default is not None else "text",
-        help="source runs' log lines on stderr: text, or one JSON object per line",
+        # None when not given: each command has its default (text; json for the agent).
+        default=default,
+        help="source runs' log lines on stderr: text, or one JSON object per line "
+        "(default: text; json for 'safehold agent')",
     )
 
 
