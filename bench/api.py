@@ -108,8 +108,8 @@ def bench_points(engine: Engine, url: str, count: int) -> list[tuple[str, str]]:
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
         page = client.get("/api/v1/plans/p7/restore-points", params={"limit": 500}).json()
         for _ in range(9):
-            page = client.get("/api/v1/plans/p7/restore-points",
-                              params={"limit": 500, "cursor": page["next_cursor"]}).json()  # fmt: skip
+            after = {"limit": 500, "cursor": page["next_cursor"]}
+            page = client.get("/api/v1/plans/p7/restore-points", params=after).json()
         deep = page["next_cursor"]
         cases = [
             ("the project's newest page", "/api/v1/restore-points", {}),
@@ -209,11 +209,9 @@ def bench_agents(
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
             stop_at = time.monotonic() + seconds
             await asyncio.gather(*(agent(i, t, stop_at, client) for i, t in enumerate(tokens)))
+            viewer = create_token(engine, project="fleet", role="viewer").token
             online = await client.get(
-                "/api/v1/agents",
-                headers={
-                    "Authorization": f"Bearer {create_token(engine, project='fleet', role='viewer').token}"
-                },
+                "/api/v1/agents", headers={"Authorization": f"Bearer {viewer}"}
             )
             return sum(1 for a in online.json() if a["status"] == "online")
 

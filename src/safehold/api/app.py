@@ -26,7 +26,7 @@ from safehold.api.schemas import ErrorBody
 from safehold.api.state import ApiState
 from safehold.errors import RequestTooLarge
 from safehold.service.agents import Agents
-from safehold.service.jobs import Jobs
+from safehold.service.jobs import Jobs, Queue
 from safehold.service.plans import PlanSpec
 
 __all__ = ["MAX_BODY", "create_app"]
@@ -41,7 +41,7 @@ def create_app(
     engine: Engine | None = None,
     *,
     plans: Callable[[], Mapping[str, PlanSpec]] = dict,
-    jobs: Jobs | None = None,
+    jobs: Queue | None = None,
     limiter: FailureLimiter | None = None,
     max_body: int = MAX_BODY,
 ) -> FastAPI:
@@ -65,7 +65,8 @@ def create_app(
         plans=plans,
         jobs=jobs,
         limiter=limiter or FailureLimiter(),
-        agents=Agents(jobs) if jobs is not None else None,
+        # Agents are served by a worker process's queue only (it ends their runs).
+        agents=Agents(jobs) if isinstance(jobs, Jobs) else None,
     )
     install_error_handlers(app)
     app.include_router(health.router)

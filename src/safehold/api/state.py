@@ -14,7 +14,7 @@ from safehold.service.plans import PlanSpec
 if TYPE_CHECKING:
     from safehold.api.auth import FailureLimiter
     from safehold.service.agents import Agents
-    from safehold.service.jobs import Jobs
+    from safehold.service.jobs import Queue
 
 __all__ = ["ApiState", "api_state"]
 
@@ -22,11 +22,12 @@ __all__ = ["ApiState", "api_state"]
 @dataclass
 class ApiState:
     """The service's parts an API call uses. ``plans`` is read at each call (a reload
-    replaces the plans); ``jobs`` queues runs, on the service's own event loop."""
+    replaces the plans); ``jobs`` queues runs: the service's own queue, on its event loop
+    (the API needs a queue, not a worker)."""
 
     engine: Engine
     plans: Callable[[], Mapping[str, PlanSpec]]
-    jobs: Jobs | None
+    jobs: Queue | None
     limiter: FailureLimiter
     agents: Agents | None = None  # the agents' side of the queue (with jobs)
 

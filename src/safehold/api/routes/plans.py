@@ -98,6 +98,8 @@ async def run_plan(request: Request, who: Operator, name: str) -> RunQueued:
     state = api_state(request)
     spec = _spec(state, who.project, name)
     assert state.jobs is not None, "the API was made without the service's queue"
+    # Not Queue.submit: it waits up to ten minutes for a database that went away, which a
+    # worker recording a run's end must do and a request must not (503 at once).
     run_id = await asyncio.to_thread(
         state.jobs.new_run, spec.key, trigger=RunTrigger.MANUAL, kind=spec.kind
     )
