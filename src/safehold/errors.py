@@ -60,6 +60,19 @@ class ConfigError(UsageError):
     the value."""
 
 
+class Conflict(UsageError):
+    """The request clashes with what exists: a name taken, an object in use, or a plan the
+    configuration file owns (read-only through the API)."""
+
+    http_status = 409
+
+
+class NotFound(UsageError):
+    """No object of that name in that project (a destination, a plan)."""
+
+    http_status = 404
+
+
 class SourceNotFound(UsageError):
     """A path or source given to back up does not exist."""
 
@@ -213,6 +226,14 @@ class DatabaseAuthFailed(DatabaseError):
     """The server refused the user or password of the database URL."""
 
     http_status = 502
+
+
+class ServiceKeyError(SafeholdError):
+    """The service's secret key is missing, unreadable, or not the one the catalog's
+    secrets were sealed with (another machine's key file, or none)."""
+
+    exit_code = ExitCode.USAGE
+    http_status = 500
 
 
 class Interrupted(SafeholdError):

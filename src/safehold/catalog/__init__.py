@@ -13,6 +13,9 @@ Concepts:
 - **Restore point** (:class:`RestorePoint`): a snapshot a plan made, with its chain, its
   hold, and whether the repository still has it.
 - **Worker** (:class:`Worker`): a process that runs jobs, and its last heartbeat.
+- **Destination** (:class:`Destination`): a place snapshots go, made through the service,
+  its credentials sealed with the service's key; :class:`ServiceKey` holds that key's
+  check value.
 
 The repositories stay the source of truth for snapshots; the catalog records what the
 service did. This package sits on the ground floor: it imports nothing of safehold's but
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 from safehold.catalog.models import (
     Base,
+    Destination,
+    DestinationFormat,
     Plan,
     PlanOrigin,
     RestorePoint,
@@ -32,6 +37,7 @@ from safehold.catalog.models import (
     RunLine,
     RunState,
     RunTrigger,
+    ServiceKey,
     Slot,
     SlotState,
     Worker,
@@ -39,6 +45,8 @@ from safehold.catalog.models import (
 
 __all__ = [
     "Base",
+    "Destination",
+    "DestinationFormat",
     "Plan",
     "PlanOrigin",
     "RestorePoint",
@@ -47,6 +55,7 @@ __all__ = [
     "RunLine",
     "RunState",
     "RunTrigger",
+    "ServiceKey",
     "Slot",
     "SlotState",
     "Worker",
