@@ -43,10 +43,13 @@ COMMANDS = [
     "restore-points",
     "workers",
     "catalog",
+    "destinations",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
-SERVICE_COMMANDS = ("serve", "plans", "plan", "runs", "jobs", "restore-points", "workers")
+SERVICE_COMMANDS = (
+    "serve", "plans", "plan", "runs", "jobs", "restore-points", "workers", "destinations",
+)  # fmt: skip
 
 EPILOG = """\
 environment:

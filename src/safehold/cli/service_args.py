@@ -18,8 +18,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from safehold.config import Config
     from safehold.service.database import Database
+    from safehold.service.vault import Vault
 
-__all__ = ["add_service_arguments", "database_url", "open_service_database", "state_dir"]
+__all__ = [
+    "add_service_arguments",
+    "database_url",
+    "open_service_database",
+    "open_service_vault",
+    "state_dir",
+]
 
 
 def add_service_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,3 +79,13 @@ def open_service_database(args: argparse.Namespace) -> Iterator[tuple[Config, Da
     config = load_config(args.config)
     with open_database(database_url(args, config), state_dir(args, config)) as database:
         yield config, database
+
+
+@contextmanager
+def open_service_vault(args: argparse.Namespace) -> Iterator[tuple[Database, Vault]]:
+    """The catalog's database and the service's key (read, or made, on first use)."""
+    from safehold.service.vault import Vault, key_file_path
+
+    with open_service_database(args) as (config, database):
+        key_file = key_file_path(config.service.key_file, state_dir(args, config))
+        yield database, Vault(database.engine, key_file)
