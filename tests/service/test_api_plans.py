@@ -107,7 +107,9 @@ def execute(setup: Setup, specs: dict[str, PlanSpec], key: str) -> dict[str, Any
 def test_an_api_plan_backs_up_with_a_password_only_sealed_in_the_catalog(
     setup: Setup, cli: CliRunner
 ) -> None:
-    made = create_plan(setup.engine, setup.vault, "p1", "job", setup.block(retries=1))
+    # A hook that prints its environment: the destination's variables are not in it.
+    hooks = {"post-backup-unlock": "env"}
+    made = create_plan(setup.engine, setup.vault, "p1", "job", setup.block(retries=1, hooks=hooks))
     assert made.origin == "api" and made.repository == "main" and made.schedule == "@daily"
     specs = plans_from_catalog(setup.engine, setup.vault, setup.state)
     spec = specs["p1/job"]
@@ -122,6 +124,8 @@ def test_an_api_plan_backs_up_with_a_password_only_sealed_in_the_catalog(
     assert run["state"] == "succeeded", run["error"]
     snaps = json.loads(cli("-r", setup.repo, "snapshots", "--json").stdout)
     assert len(snaps) == 1 and run["snapshot_id"] in json.dumps(snaps)
+    printed = json.dumps(run["phases"], default=str)
+    assert "PATH=" in printed and "SAFEHOLD_SECRET_" not in printed
     # Nothing of the run (its lines, its record) nor any row holds the password in clear.
     assert PASSWORD.decode() not in catalog_text(setup.engine)
 
