@@ -224,3 +224,39 @@ def test_copies_go_to_further_destinations_without_secrets_in_the_file(
     assert len(json.loads(copied.stdout)) == 1, copied.output
     with pytest.raises(Conflict, match="used by 1 plan"):
         delete_destination(setup.engine, "p1", "copy")
+
+
+def test_the_service_follows_api_plans_and_a_worker_finds_a_new_one(setup: Setup) -> None:
+    from safehold.service.database import Database
+    from safehold.service.serve import ServeOptions, Service
+
+    config_path = setup.tmp / "safehold.yaml"
+    config_path.write_text(
+        f"repository: {setup.repo}\nservice: {{key_file: {setup.vault.key_file}}}\n"
+        f"sources:\n  nightly:\n    type: directory\n    paths: [{setup.tmp / 'data'}]\n"
+        "    schedule: '@daily'\n"
+    )
+    app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+    database = Database(setup.engine, setup.conninfo, "test")
+    service = Service(
+        ServeOptions(config_path=str(config_path)),
+        parse_config(config_path.read_text(), path=str(config_path)),
+        database,
+        app,
+        setup.state,
+    )
+    assert set(service.specs) == {"default/nightly"}
+    assert service.refresh_api_plans() is False  # nothing changed: nothing read
+    create_plan(setup.engine, setup.vault, "p1", "job", setup.block())
+    # A worker asked for the new plan before the next look reads it at once.
+    assert service.jobs._plans().get("p1/job") is not None
+    assert set(service.specs) == {"default/nightly", "p1/job"}
+    assert service.ids["p1/job"] != service.ids["default/nightly"]
+    assert service.refresh_api_plans() is False
+    update_plan(setup.engine, setup.vault, "p1", "job", setup.block(schedule="@hourly"))
+    assert service.refresh_api_plans() is True
+    assert service.specs["p1/job"].schedule.expression == "@hourly"
+    delete_plan(setup.engine, "p1", "job")
+    assert service.refresh_api_plans() is True
+    assert set(service.specs) == {"default/nightly"}
+    assert service.jobs._plans().get("p1/job") is None

@@ -138,6 +138,12 @@ def test_serve_runs_an_api_plan_made_from_the_command_line(setup: Setup) -> None
     assert PASSWORD.decode() not in generated
     assert PASSWORD.decode() not in log.read_text()
     assert PASSWORD.decode() not in catalog_text(setup.engine)
+    listed = setup.run("plans")
+    assert listed.code == 0 and "p1/job" in listed.stdout, listed.output
+    paused = setup.run("plan", "pause", "p1/job")
+    assert paused.code == 0 and json.loads(paused.stdout)["paused"] is True, paused.output
+    queued = setup.run("plan", "run", "p1/job")
+    assert queued.code == 0 and json.loads(queued.stdout)["state"] == "queued", queued.output
     deleted = setup.run("plans", "delete", "job", "--project", "p1")
     assert deleted.code == 0, deleted.output
     assert setup.run("plans", "show", "job", "--project", "p1").code == 2

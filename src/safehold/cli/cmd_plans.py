@@ -57,12 +57,15 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.action is not None:
         return _act(args, ctx)
     from safehold.clock import utcnow
+    from safehold.service.api_plans import listed_plans
     from safehold.service.plans import plans_from_config
     from safehold.service.queries import plan_status
 
     with open_service_database(args) as (config, database):
         now = utcnow()
-        rows = plan_status(database.engine, plans_from_config(config), now)
+        # The file's plans and those made through the service (which win a name clash).
+        specs = {**plans_from_config(config), **listed_plans(database.engine)}
+        rows = plan_status(database.engine, specs, now)
     if ctx.json:
         ctx.emit_json([row.to_json(now) for row in rows])
         return 0

@@ -38,6 +38,7 @@ from sqlalchemy import Connection, Engine, text
 
 from safehold.config import Config, parse_config
 from safehold.errors import Conflict, NotFound, SafeholdError, UsageError
+from safehold.policy.schedule import parse_schedule
 from safehold.service.destinations import check_name, destination_block
 from safehold.service.plans import PlanSpec, plans_from_config
 from safehold.service.vault import Vault
@@ -49,6 +50,7 @@ __all__ = [
     "create_plan",
     "delete_plan",
     "get_plan",
+    "listed_plans",
     "plan_document",
     "plans_from_catalog",
     "update_plan",
@@ -435,6 +437,31 @@ def plans_from_catalog(engine: Engine, vault: Vault, state_dir: Path) -> dict[st
             ),
         )
     _remove_stale(root, set(out))
+    return out
+
+
+def listed_plans(engine: Engine) -> dict[str, PlanSpec]:
+    """The API plans as listings and commands that queue a run see them: their schedule,
+    pause and lock, from their rows alone (no key needed, no file written). Not for
+    running them: that is :func:`plans_from_catalog`."""
+    with engine.connect() as db:
+        rows = db.execute(
+            text("SELECT project, name, schedule, timezone, settings FROM plans "
+                 "WHERE origin = 'api'")
+        ).all()  # fmt: skip
+    out = {}
+    for row in rows:
+        key = f"{row.project}/{row.name}"
+        settings = row.settings or {}
+        out[key] = PlanSpec(
+            project=row.project,
+            name=row.name,
+            config_path="",
+            schedule=parse_schedule(row.schedule, key=key, timezone=row.timezone),
+            paused=bool(settings.get("paused")),
+            retries=int(settings.get("retries") or 0),
+            retention=bool(settings.get("retention")),
+        )
     return out
 
 

@@ -30,8 +30,9 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -98,10 +99,11 @@ class Service:
         self.api_specs: Mapping[str, PlanSpec] = {}
         self.api_ids: Mapping[str, int] = {}
         self.api_stamp: object = None
+        self._api_lock = threading.Lock()  # the loop's look, and a worker's lookup (_Plans)
         self.jobs = Jobs(
             app,
             self.engine,
-            plans=lambda: self.specs,
+            plans=lambda: _Plans(self),
             state_dir=state_dir,
             worker=options.name,
             conninfo=database.conninfo,
@@ -129,6 +131,10 @@ class Service:
     def refresh_api_plans(self) -> bool:
         """Read the API plans again if the catalog's plans or destinations changed since
         the last read; whether it did."""
+        with self._api_lock:
+            return self._refresh_api_plans()
+
+    def _refresh_api_plans(self) -> bool:
         with self.engine.connect() as db:
             stamp = tuple(db.execute(_API_STAMP).one())
             if stamp == self.api_stamp:
@@ -298,6 +304,34 @@ class Service:
         for result in results:
             if isinstance(result, Exception):
                 raise result
+
+
+class _Plans(Mapping[str, PlanSpec]):
+    """The service's plans as its workers look them up: a plan they do not know is read
+    again from the catalog first (it was made through the API a moment ago and another
+    process ticked it before this one's next look), then looked up once more."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def __getitem__(self, key: str) -> PlanSpec:
+        try:
+            return self.service.specs[key]
+        except KeyError:
+            pass
+        try:
+            # Rare (a new API plan, or a run of a plan gone): a short blocking read is
+            # simpler than making every lookup awaitable.
+            self.service.refresh_api_plans()
+        except Exception as exc:
+            log.warning("reading the API plans failed: %s", exc)
+        return self.service.specs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.service.specs)
+
+    def __len__(self) -> int:
+        return len(self.service.specs)
 
 
 # Whether an API plan or a destination changed: one index-free pass over two small tables.
