@@ -21,6 +21,7 @@ from safehold.catalog import RunTrigger
 from safehold.config import parse_config
 from safehold.errors import ConfigError, Conflict, NotFound, UsageError
 from safehold.service.api_plans import (
+    PlanCache,
     create_plan,
     delete_plan,
     get_plan,
@@ -29,7 +30,11 @@ from safehold.service.api_plans import (
 )
 from safehold.service.cluster import Cluster
 from safehold.service.database import prepare
-from safehold.service.destinations import create_destination, delete_destination
+from safehold.service.destinations import (
+    create_destination,
+    delete_destination,
+    update_destination,
+)
 from safehold.service.jobs import Jobs, register
 from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
 from safehold.service.vault import Vault
@@ -139,6 +144,17 @@ def test_update_and_delete(setup: Setup) -> None:
     assert changed.source["paused"] is True
     spec = plans_from_catalog(setup.engine, setup.vault, setup.state)["p1/job"]
     assert spec.paused and spec.schedule.expression == "0 3 * * *"
+    # With a cache, an unchanged plan is not built again; a changed one is.
+    cache: PlanCache = {}
+    first = plans_from_catalog(setup.engine, setup.vault, setup.state, cache=cache)["p1/job"]
+    again = plans_from_catalog(setup.engine, setup.vault, setup.state, cache=cache)["p1/job"]
+    assert again is first
+    update_plan(setup.engine, setup.vault, "p1", "job", setup.block(schedule="0 4 * * *"))
+    changed = plans_from_catalog(setup.engine, setup.vault, setup.state, cache=cache)["p1/job"]
+    assert changed is not first and changed.schedule.expression == "0 4 * * *"
+    update_destination(setup.engine, setup.vault, "p1", "main", {"max_concurrent_jobs": 3})
+    limited = plans_from_catalog(setup.engine, setup.vault, setup.state, cache=cache)["p1/job"]
+    assert limited.limits == ((setup.repo, 3),)
     # The destination is in use: it stays.
     with pytest.raises(Conflict) as caught:
         delete_destination(setup.engine, "p1", "main")

@@ -46,6 +46,7 @@ from safehold.storage.location import redact
 
 __all__ = [
     "SECRET_VAR",
+    "PlanCache",
     "PlanView",
     "create_plan",
     "delete_plan",
@@ -390,54 +391,85 @@ def _write_private(path: Path, content: str) -> None:
     os.replace(tmp, path)
 
 
-def plans_from_catalog(engine: Engine, vault: Vault, state_dir: Path) -> dict[str, PlanSpec]:
+# What a reading of the API plans keeps for the next: per plan, what its spec was made
+# from (its row's and its destinations' updated_at) and the spec.
+PlanCache = dict[str, tuple[tuple[Any, ...], PlanSpec]]
+
+
+def plans_from_catalog(
+    engine: Engine, vault: Vault, state_dir: Path, *, cache: PlanCache | None = None
+) -> dict[str, PlanSpec]:
     """The API plans as the workers run them, keyed ``project/name``: each with its
     generated configuration file (written under ``STATE_DIR/plans``) and its secret
     environment. A plan that no longer validates (a destination gone, a script removed)
-    is left out and logged; the others run."""
-    with engine.connect() as db:
-        rows = db.execute(
-            text("SELECT project, name, settings FROM plans WHERE origin = 'api'")
-        ).all()
+    is left out and logged; the others run.
+
+    With ``cache`` (kept by the caller between calls), a plan whose row and destinations
+    have not changed since is not built again: a change to one plan of thousands costs
+    one plan's work."""
+    cache = {} if cache is None else cache
     root = state_dir / "plans"
     out: dict[str, PlanSpec] = {}
-    for row in rows:
-        key = f"{row.project}/{row.name}"
-        path = root / row.project / f"{row.name}.yaml"
-        settings = dict(row.settings)
-        try:
-            with engine.connect() as db:
-                source = {**settings["source"], "project": row.project}
-                document, env = plan_document(
-                    db,
-                    vault,
-                    row.project,
-                    row.name,
-                    source,
-                    settings["repository"],
-                    list(settings.get("copies") or []),
-                )
-            _write_private(path, document)
-            config = parse_config(document, path=str(path), env={**os.environ, **env})
-            spec = _spec(config, row.project, row.name)
-        except SafeholdError as exc:
-            log.error("plan %s: %s; it does not run until fixed", key, exc.message)
-            continue
-        # The limits' and locks' names: locations without credentials, so that the spec
-        # holds no secret between runs.
-        places = [config.repository, *config.destinations]
-        out[key] = replace(
-            spec,
-            env=RunEnv(engine, vault, row.project, row.name, {**settings, "source": source}),
-            repository=redact(places[0].location) if places[0] else "",
-            limits=tuple(
-                (redact(p.location), p.max_concurrent_jobs)
-                for p in places
-                if p is not None and p.max_concurrent_jobs is not None
-            ),
-        )
+    with engine.connect() as db:
+        rows = db.execute(
+            text("SELECT project, name, settings, updated_at FROM plans WHERE origin = 'api'")
+        ).all()
+        changed = {
+            (r.project, r.name): r.updated_at
+            for r in db.execute(text("SELECT project, name, updated_at FROM destinations"))
+        }
+        for row in rows:
+            key = f"{row.project}/{row.name}"
+            path = root / row.project / f"{row.name}.yaml"
+            settings = dict(row.settings)
+            dests = [settings.get("repository"), *(settings.get("copies") or [])]
+            stamp = (row.updated_at, *(changed.get((row.project, d)) for d in dests))
+            kept = cache.get(key)
+            if kept is not None and kept[0] == stamp and path.exists():
+                out[key] = kept[1]
+                continue
+            try:
+                spec = _runnable(db, engine, vault, path, row.project, row.name, settings)
+            except SafeholdError as exc:
+                log.error("plan %s: %s; it does not run until fixed", key, exc.message)
+                continue
+            cache[key] = (stamp, spec)
+            out[key] = spec
+    for key in set(cache) - set(out):
+        del cache[key]
     _remove_stale(root, set(out))
     return out
+
+
+def _runnable(
+    db: Connection,
+    engine: Engine,
+    vault: Vault,
+    path: Path,
+    project: str,
+    name: str,
+    settings: dict[str, Any],
+) -> PlanSpec:
+    """One API plan's spec, its generated file written."""
+    source = {**settings["source"], "project": project}
+    copies = list(settings.get("copies") or [])
+    document, env = plan_document(db, vault, project, name, source, settings["repository"], copies)
+    _write_private(path, document)
+    config = parse_config(document, path=str(path), env={**os.environ, **env})
+    spec = _spec(config, project, name)
+    # The limits' and locks' names: locations without credentials, so that the spec
+    # holds no secret between runs.
+    places = [config.repository, *config.destinations]
+    return replace(
+        spec,
+        env=RunEnv(engine, vault, project, name, {**settings, "source": source}),
+        repository=redact(places[0].location) if places[0] else "",
+        limits=tuple(
+            (redact(p.location), p.max_concurrent_jobs)
+            for p in places
+            if p is not None and p.max_concurrent_jobs is not None
+        ),
+    )
 
 
 def listed_plans(engine: Engine) -> dict[str, PlanSpec]:

@@ -42,7 +42,7 @@ from sqlalchemy import text
 
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.config import Config, load_config
-from safehold.service.api_plans import plans_from_catalog
+from safehold.service.api_plans import PlanCache, plans_from_catalog
 from safehold.service.cluster import default_state_dir
 from safehold.service.database import Database, open_database
 from safehold.service.jobs import FENCE_SECONDS, STALL_SECONDS, Jobs, register
@@ -99,6 +99,7 @@ class Service:
         self.api_specs: Mapping[str, PlanSpec] = {}
         self.api_ids: Mapping[str, int] = {}
         self.api_stamp: object = None
+        self.api_cache: PlanCache = {}  # a changed plan is built again, not all of them
         self._api_lock = threading.Lock()  # the loop's look, and a worker's lookup (_Plans)
         self.jobs = Jobs(
             app,
@@ -142,7 +143,7 @@ class Service:
             rows = db.execute(
                 text("SELECT id, project, name FROM plans WHERE origin = 'api'")
             ).all()
-        specs = plans_from_catalog(self.engine, self.vault, self.state_dir)
+        specs = plans_from_catalog(self.engine, self.vault, self.state_dir, cache=self.api_cache)
         ids = {f"{r.project}/{r.name}": r.id for r in rows}
         self.api_ids = {key: plan_id for key, plan_id in ids.items() if key in specs}
         self.api_specs = specs
