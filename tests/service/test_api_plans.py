@@ -276,3 +276,20 @@ def test_the_service_follows_api_plans_and_a_worker_finds_a_new_one(setup: Setup
     assert service.refresh_api_plans() is True
     assert set(service.specs) == {"default/nightly"}
     assert service.jobs._plans().get("p1/job") is None
+
+
+def test_a_run_whose_secrets_do_not_open_fails_with_the_reason(setup: Setup) -> None:
+    from dataclasses import replace
+
+    from safehold.service.api_plans import RunEnv
+
+    create_plan(setup.engine, setup.vault, "p1", "job", setup.block())
+    spec = plans_from_catalog(setup.engine, setup.vault, setup.state)["p1/job"]
+    # The worker's machine holds another key than the one that sealed the destination.
+    stranger = Vault(setup.engine, setup.tmp / "stranger.key")
+    settings = {"source": setup.block(), "repository": "main", "copies": []}
+    spec = replace(spec, env=RunEnv(setup.engine, stranger, "p1", "job", settings))
+    run = execute(setup, {"p1/job": spec}, "p1/job")
+    assert run["state"] == "failed"
+    assert "not the key this catalog's secrets were sealed with" in run["error"]
+    assert "copy the key file" in run["hint"]

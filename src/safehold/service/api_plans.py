@@ -48,6 +48,7 @@ __all__ = [
     "SECRET_VAR",
     "PlanCache",
     "PlanView",
+    "RunEnv",
     "create_plan",
     "delete_plan",
     "get_plan",

@@ -335,7 +335,7 @@ class Jobs(Queue):
         env = None
         if spec.env is not None:  # an API plan: its destinations' secrets, opened now
             try:
-                env = await asyncio.to_thread(spec.env)
+                env = await self._db(spec.env)
             except SafeholdError as exc:
                 failed = Outcome(RunState.FAILED, exc.message, exc.message, exc.hint)
                 await self._db(self._end, run_id, slot_id, failed, None)
