@@ -293,3 +293,33 @@ def test_a_run_whose_secrets_do_not_open_fails_with_the_reason(setup: Setup) -> 
     assert run["state"] == "failed"
     assert "not the key this catalog's secrets were sealed with" in run["error"]
     assert "copy the key file" in run["hint"]
+
+
+def test_a_source_credential_is_sealed_too(setup: Setup) -> None:
+    from safehold.service.api_plans import RunEnv
+
+    url = "postgresql://backup:src-pw-5d2c@127.0.0.1:5432/shop"
+    block = {
+        "type": "postgres",
+        "url": url,
+        "password": "other-pw-8e1f",
+        "schedule": "@daily",
+        "repository": "main",
+        "hooks": {"post-backup-unlock": "true"},
+    }
+    made = create_plan(setup.engine, setup.vault, "p1", "pg", block)
+    assert made.source is not None
+    assert made.source["url"] == "<sealed>" and made.source["password"] == "<sealed>"
+    assert made.source["hooks"] == {"post-backup-unlock": "true"}  # not a credential
+    dump = catalog_text(setup.engine)
+    assert "src-pw-5d2c" not in dump and "other-pw-8e1f" not in dump
+    spec = plans_from_catalog(setup.engine, setup.vault, setup.state)["p1/pg"]
+    content = Path(spec.config_path).read_text()
+    assert "src-pw-5d2c" not in content and "other-pw-8e1f" not in content
+    assert spec.env is not None and isinstance(spec.env, RunEnv)
+    values = set(spec.env().values())
+    assert url in values and "other-pw-8e1f" in values and PASSWORD.decode() in values
+    # The document read with those values gives the source its credentials back.
+    config = parse_config(content, path=spec.config_path, env=spec.env())
+    settings = config.sources["pg"].settings
+    assert settings.url.get_secret_value() == url  # type: ignore[attr-defined]

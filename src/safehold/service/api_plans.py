@@ -7,7 +7,11 @@ destination of the same project (:mod:`.destinations`), and optionally ``copies:
 configuration document beside its destinations and read with
 :func:`safehold.config.parse_config`, so a problem is named by its key
 (``sources.NAME.paths: field required``) exactly as in a file. The plan's row keeps the
-block as given in ``plans.settings`` (``source``, ``repository``, ``copies``).
+block in ``plans.settings`` (``source``, ``repository``, ``copies``), except the strings
+that hold a credential as the source's kind declares them (a ``password``, a ``url`` with
+one: :func:`safehold.config.source_secrets`): those are shown and kept as ``<sealed>``,
+their paths in ``secret_paths``, their values sealed in ``sealed_source`` with associated
+data naming the plan. ``${VAR}`` references are kept as written (they are no secret).
 
 A plan of the configuration file is read-only here (:class:`~safehold.errors.Conflict`):
 the file stays its source of truth. Names are unique per project, whatever the origin.
@@ -15,20 +19,23 @@ the file stays its source of truth. Names are unique per project, whatever the o
 **Running one.** A worker's child reads its plan from a configuration file, so the service
 writes one per API plan (:func:`plans_from_catalog`): ``STATE_DIR/plans/PROJECT/NAME.yaml``,
 mode 0600, replaced atomically. It holds no secret: every string that came from a sealed
-destination (its location, password, options) is written as ``${SAFEHOLD_SECRET_N}``, and
-the plan's :attr:`PlanSpec.env` opens the destinations again when a run starts and gives
-the child those variables in its environment. The child's own interpolation puts them
-back; nothing of them reaches a disk. Numbers and booleans are written as they are.
+destination (its location, password, options) is written as ``${SAFEHOLD_SECRET_N}``,
+and so is each sealed value of the source; the plan's :attr:`PlanSpec.env` opens them
+again when a run starts and gives the child those variables in its environment. The
+child's own interpolation puts them back; nothing of them reaches a disk. Numbers and
+booleans are written as they are.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import copy
 import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,7 @@ from typing import Any
 import yaml
 from sqlalchemy import Connection, Engine, text
 
-from safehold.config import Config, parse_config
+from safehold.config import Config, parse_config, source_secrets
 from safehold.errors import Conflict, NotFound, SafeholdError, UsageError
 from safehold.policy.schedule import parse_schedule
 from safehold.service.destinations import check_name, destination_block
@@ -45,6 +52,7 @@ from safehold.service.vault import Vault
 from safehold.storage.location import redact
 
 __all__ = [
+    "SEALED",
     "SECRET_VAR",
     "PlanCache",
     "PlanView",
@@ -53,14 +61,17 @@ __all__ = [
     "delete_plan",
     "get_plan",
     "listed_plans",
+    "plan_aad",
     "plan_document",
     "plans_from_catalog",
+    "stored_document",
     "update_plan",
 ]
 
 log = logging.getLogger("safehold.service")
 
-SECRET_VAR = "SAFEHOLD_SECRET_"  # the variables standing for a destination's strings
+SECRET_VAR = "SAFEHOLD_SECRET_"  # the variables standing for the plan's secret strings
+SEALED = "<sealed>"  # shown, and kept in the row, in place of a source's credential
 _SECRET_REF = re.compile(r"SAFEHOLD_SECRET_", re.I)
 _PLAN_KEYS = ("repository", "copies")  # an API plan's keys beyond a source block's
 
@@ -128,9 +139,11 @@ def plan_document(
     source: Mapping[str, Any],
     repository: str,
     copies: list[str],
+    secrets: Sequence[tuple[Sequence[str | int], str]] = (),
 ) -> tuple[str, dict[str, str]]:
-    """The configuration document that runs the plan (no secret in it), and the
-    environment its ``${SAFEHOLD_SECRET_N}`` stand for."""
+    """The configuration document that runs the plan, and the environment its
+    ``${SAFEHOLD_SECRET_N}`` stand for: the destinations' strings, and the source's
+    ``secrets`` (each a path in the block and its value, put at that path)."""
     env: dict[str, str] = {}
     repo = _destination(destination_block(db, vault, project, repository), env, None)
     if repo.get("format", "repository") != "repository":
@@ -143,8 +156,77 @@ def plan_document(
     document: dict[str, Any] = {"version": 1, "repository": repo}
     if dests:
         document["destinations"] = dests
-    document["sources"] = {name: dict(source)}
+    block = copy.deepcopy(dict(source))
+    for path, value in secrets:
+        _put(block, path, _hide(value, env))
+    document["sources"] = {name: block}
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True), env
+
+
+def _put(block: Any, path: Sequence[str | int], value: Any) -> None:
+    for step in path[:-1]:
+        block = block[step]
+    block[path[-1]] = value
+
+
+def _leaves(
+    value: Any, path: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Every string in a block, with its path."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(v, (*path, i))
+
+
+def plan_aad(project: str, name: str) -> bytes:
+    """The associated data binding a plan's sealed source values to the plan."""
+    return b"safehold-plan\0" + project.encode() + b"\0" + name.encode()
+
+
+def _seal_source(
+    vault: Vault, project: str, name: str, source: dict[str, Any], secrets: Sequence[str]
+) -> dict[str, Any]:
+    """The row's keys for a source block: the block with each string that holds a
+    credential (as the source's kind says: a password, a URL with one) replaced by
+    :data:`SEALED`, the paths of those strings, and their values sealed."""
+    found = [(list(path), leaf) for path, leaf in _leaves(source)
+             if any(secret and secret in leaf for secret in secrets)]  # fmt: skip
+    shown = copy.deepcopy(source)
+    for path, _ in found:
+        _put(shown, path, SEALED)
+    out: dict[str, Any] = {"source": shown, "secret_paths": [path for path, _ in found]}
+    if found:
+        values = json.dumps([leaf for _, leaf in found]).encode()
+        sealed = vault.seal(values, aad=plan_aad(project, name))
+        out["sealed_source"] = base64.b64encode(sealed).decode()
+    return out
+
+
+def stored_document(
+    db: Connection, vault: Vault, project: str, name: str, settings: Mapping[str, Any]
+) -> tuple[str, dict[str, str]]:
+    """:func:`plan_document` for a plan as its row keeps it (its source's credentials
+    sealed)."""
+    paths = settings.get("secret_paths") or []
+    values: list[str] = []
+    if paths:
+        sealed = base64.b64decode(settings["sealed_source"])
+        values = json.loads(vault.open(sealed, aad=plan_aad(project, name)))
+    return plan_document(
+        db,
+        vault,
+        project,
+        name,
+        {**settings["source"], "project": project},
+        settings["repository"],
+        list(settings.get("copies") or []),
+        list(zip(paths, values, strict=True)),
+    )
 
 
 def _split(project: str, name: str, block: Any) -> tuple[dict[str, Any], str, list[str]]:
@@ -201,12 +283,15 @@ def _check(
             text("SELECT 1 FROM destinations WHERE project = :p AND name = :n FOR SHARE"),
             {"p": project, "n": dest},
         )
+    # The source's own values are in this document only here, in memory, to validate it.
     document, env = plan_document(db, vault, project, name, source, repository, copies)
     config = parse_config(document, path=f"<plan {project}/{name}>", env={**os.environ, **env})
     spec = _spec(config, project, name)
+    secrets = source_secrets(config.sources[name].settings)
+    given = {k: v for k, v in source.items() if k != "project"}
     settings = {
         **{k: v for k, v in spec.settings().items() if k != "config"},
-        "source": {k: v for k, v in source.items() if k != "project"},
+        **_seal_source(vault, project, name, given, secrets),
         "repository": repository,
         "copies": copies,
     }
@@ -367,15 +452,7 @@ class RunEnv:
     def __call__(self) -> dict[str, str]:
         """The ``SAFEHOLD_SECRET_N`` variables of the plan's document."""
         with self.engine.connect() as db:
-            _, env = plan_document(
-                db,
-                self.vault,
-                self.project,
-                self.name,
-                self.settings["source"],
-                self.settings["repository"],
-                list(self.settings.get("copies") or []),
-            )
+            _, env = stored_document(db, self.vault, self.project, self.name, self.settings)
         return env
 
 
@@ -452,9 +529,7 @@ def _runnable(
     settings: dict[str, Any],
 ) -> PlanSpec:
     """One API plan's spec, its generated file written."""
-    source = {**settings["source"], "project": project}
-    copies = list(settings.get("copies") or [])
-    document, env = plan_document(db, vault, project, name, source, settings["repository"], copies)
+    document, env = stored_document(db, vault, project, name, settings)
     _write_private(path, document)
     config = parse_config(document, path=str(path), env={**os.environ, **env})
     spec = _spec(config, project, name)
@@ -463,7 +538,7 @@ def _runnable(
     places = [config.repository, *config.destinations]
     return replace(
         spec,
-        env=RunEnv(engine, vault, project, name, {**settings, "source": source}),
+        env=RunEnv(engine, vault, project, name, settings),
         repository=redact(places[0].location) if places[0] else "",
         limits=tuple(
             (redact(p.location), p.max_concurrent_jobs)
