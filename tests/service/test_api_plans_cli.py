@@ -129,6 +129,14 @@ def test_serve_runs_an_api_plan_made_from_the_command_line(setup: Setup) -> None
         )  # fmt: skip
     try:
         snapshot = _wait_for_success(setup.engine, "job", log)
+        # A restore job of the plan's point, run by serve's worker with the sealed password.
+        paused = setup.run("plan", "pause", "p1/job")
+        assert paused.code == 0 and json.loads(paused.stdout)["paused"] is True, paused.output
+        target = setup.tmp / "restored"
+        restored = setup.run("restore-points", "restore", snapshot[:12], "--target",
+                             str(target), "--wait")  # fmt: skip
+        assert restored.code == 0, restored.output + log.read_text()[-3000:]
+        assert (target / str(setup.tmp / "data").lstrip("/") / "f").read_text() == "first\n"
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=90)
@@ -140,8 +148,6 @@ def test_serve_runs_an_api_plan_made_from_the_command_line(setup: Setup) -> None
     assert PASSWORD.decode() not in catalog_text(setup.engine)
     listed = setup.run("plans")
     assert listed.code == 0 and "p1/job" in listed.stdout, listed.output
-    paused = setup.run("plan", "pause", "p1/job")
-    assert paused.code == 0 and json.loads(paused.stdout)["paused"] is True, paused.output
     queued = setup.run("plan", "run", "p1/job")
     assert queued.code == 0 and json.loads(queued.stdout)["state"] == "queued", queued.output
     deleted = setup.run("plans", "delete", "job", "--project", "p1")
