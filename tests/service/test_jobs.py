@@ -19,8 +19,8 @@ from sqlalchemy import Engine, text
 
 from safehold.catalog import RunKind, RunTrigger
 from safehold.config import load_config
-from safehold.service import child
-from safehold.service.child import LogLine, run_child
+from safehold.runs import child
+from safehold.runs.child import LogLine, run_child
 from safehold.service.cluster import Cluster
 from safehold.service.database import prepare
 from safehold.service.jobs import RUN_TASK, Jobs, register

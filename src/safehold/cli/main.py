@@ -43,12 +43,14 @@ COMMANDS = [
     "restore-points",
     "workers",
     "catalog",
+    "agent",
     "destinations",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
 SERVICE_COMMANDS = (
-    "serve", "plans", "plan", "runs", "jobs", "restore-points", "workers", "destinations",
+    "serve", "plans", "plan", "runs", "jobs", "restore-points", "workers", "agent",
+    "destinations",
 )  # fmt: skip
 
 EPILOG = """\
@@ -168,8 +170,10 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
     g.add_argument(
         "--log-format",
         choices=("text", "json"),
-        default=default if default is not None else "text",
-        help="source runs' log lines on stderr: text, or one JSON object per line",
+        # None when not given: each command has its default (text; json for the agent).
+        default=default,
+        help="source runs' log lines on stderr: text, or one JSON object per line "
+        "(default: text; json for 'safehold agent')",
     )
 
 

@@ -10,7 +10,7 @@ service-backup                  safehold
 ``source_executable: CMD``      the ``backup`` hook: runs before the source is read
 ``cleanup_executable: CMD``     the ``backup-cleanup`` hook (a failure is logged only)
 ``service_identifier_executable``  ``identifier_command``: its output tags every log line
-``cron_schedule``               ``schedule`` (reserved for ``safehold serve``)
+``cron_schedule``               ``schedule`` (``safehold serve``, ``safehold agent``)
 ``exit_if_in_progress``         the same name
 ``backup_user``                 the same name
 ==============================  ==========================================================
