@@ -323,3 +323,18 @@ def test_a_source_credential_is_sealed_too(setup: Setup) -> None:
     config = parse_config(content, path=spec.config_path, env=spec.env())
     settings = config.sources["pg"].settings
     assert settings.url.get_secret_value() == url  # type: ignore[attr-defined]
+    # The block as shown, sent back with a change: the sealed values stay what they were.
+    shown = {**made.source, "schedule": "@hourly", "repository": "main"}
+    update_plan(setup.engine, setup.vault, "p1", "pg", shown)
+    spec = plans_from_catalog(setup.engine, setup.vault, setup.state)["p1/pg"]
+    assert spec.env is not None and url in set(spec.env().values())
+    assert spec.schedule.expression == "@hourly"
+
+
+def test_an_archive_cannot_be_a_plans_repository(setup: Setup) -> None:
+    create_destination(
+        setup.engine, setup.vault, "p1", "tars", {"location": str(setup.tmp / "t"),
+                                                 "format": "archive"}
+    )  # fmt: skip
+    with pytest.raises(UsageError, match="repository: destination 'tars' is an archive"):
+        create_plan(setup.engine, setup.vault, "p1", "job", setup.block(repository="tars"))

@@ -131,6 +131,18 @@ def _destination(block: dict[str, Any], env: dict[str, str], name: str | None) -
     return hidden
 
 
+def _repository_block(
+    db: Connection, vault: Vault, project: str, name: str, repository: str
+) -> dict[str, Any]:
+    block = destination_block(db, vault, project, repository)
+    if block.get("format", "repository") != "repository":
+        raise UsageError(
+            f"plan {project}/{name}: repository: destination {repository!r} is an archive",
+            hint="a plan's repository must be a safehold repository; put archives in copies",
+        )
+    return block
+
+
 def plan_document(
     db: Connection,
     vault: Vault,
@@ -145,13 +157,7 @@ def plan_document(
     ``${SAFEHOLD_SECRET_N}`` stand for: the destinations' strings, and the source's
     ``secrets`` (each a path in the block and its value, put at that path)."""
     env: dict[str, str] = {}
-    repo = _destination(destination_block(db, vault, project, repository), env, None)
-    if repo.get("format", "repository") != "repository":
-        raise UsageError(
-            f"plan {project}/{name}: repository: destination {repository!r} is an archive",
-            hint="a plan's repository must be a safehold repository; put archives in copies",
-        )
-    repo.pop("format", None)
+    repo = _destination(_repository_block(db, vault, project, name, repository), env, None)
     dests = [_destination(destination_block(db, vault, project, c), env, c) for c in copies]
     document: dict[str, Any] = {"version": 1, "repository": repo}
     if dests:
@@ -344,6 +350,7 @@ def update_plan(
     stay; a changed schedule applies from the next tick."""
     with engine.begin() as db:
         _must_be_api(db, project, name, "changed")
+        block = _keep_sealed(db, vault, project, name, block)
         settings, spec = _check(db, vault, project, name, block)
         db.execute(
             text(
@@ -353,6 +360,37 @@ def update_plan(
             _row_params(project, name, spec, settings),
         )
     return get_plan(engine, project, name)
+
+
+def _keep_sealed(
+    db: Connection, vault: Vault, project: str, name: str, block: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """``block`` with each :data:`SEALED` left where the stored block had a sealed value
+    put back to that value: a client that cannot read a credential can send the block it
+    was shown, changed elsewhere, and keep it."""
+    settings = db.execute(
+        text("SELECT settings FROM plans WHERE project = :p AND name = :n"),
+        {"p": project, "n": name},
+    ).scalar_one()
+    paths = settings.get("secret_paths") or []
+    if not paths or not isinstance(block, Mapping):
+        return block
+    sealed = base64.b64decode(settings["sealed_source"])
+    values = json.loads(vault.open(sealed, aad=plan_aad(project, name)))
+    out = copy.deepcopy(dict(block))
+    for path, value in zip(paths, values, strict=True):
+        try:
+            if _get(out, path) == SEALED:
+                _put(out, path, value)
+        except (KeyError, IndexError, TypeError):
+            continue  # the new block has no value there
+    return out
+
+
+def _get(block: Any, path: Sequence[str | int]) -> Any:
+    for step in path:
+        block = block[step]
+    return block
 
 
 def delete_plan(engine: Engine, project: str, name: str) -> None:
