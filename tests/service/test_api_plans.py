@@ -25,6 +25,7 @@ from safehold.service.api_plans import (
     create_plan,
     delete_plan,
     get_plan,
+    list_plans,
     plans_from_catalog,
     update_plan,
 )
@@ -181,6 +182,7 @@ def test_a_file_plan_is_read_only_here(setup: Setup) -> None:
     with pytest.raises(Conflict, match="already has a plan 'nightly'"):
         create_plan(setup.engine, setup.vault, "p1", "nightly", setup.block())
     assert get_plan(setup.engine, "p1", "nightly").origin == "file"
+    assert [p.name for p in list_plans(setup.engine, "p1")] == ["nightly"]
     # Another project may use the name.
     create_destination(setup.engine, setup.vault, "p2", "main", {"location": setup.repo})
     assert create_plan(setup.engine, setup.vault, "p2", "nightly", setup.block()).project == "p2"

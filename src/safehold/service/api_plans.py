@@ -60,6 +60,7 @@ __all__ = [
     "create_plan",
     "delete_plan",
     "get_plan",
+    "list_plans",
     "listed_plans",
     "plan_aad",
     "plan_document",
@@ -408,14 +409,28 @@ def get_plan(engine: Engine, project: str, name: str) -> PlanView:
     """Plan ``name`` of ``project``, of either origin."""
     with engine.connect() as db:
         row = db.execute(
-            text(
-                "SELECT project, name, origin, schedule, timezone, paused, settings FROM plans "
-                "WHERE project = :p AND name = :n"
-            ),
+            text(f"SELECT {_VIEW_COLUMNS} FROM plans WHERE project = :p AND name = :n"),
             {"p": project, "n": name},
         ).one_or_none()
     if row is None:
         raise _not_found(project, name)
+    return _view(row)
+
+
+def list_plans(engine: Engine, project: str) -> list[PlanView]:
+    """The plans of ``project``, of either origin, by name."""
+    with engine.connect() as db:
+        rows = db.execute(
+            text(f"SELECT {_VIEW_COLUMNS} FROM plans WHERE project = :p ORDER BY name"),
+            {"p": project},
+        ).all()
+    return [_view(row) for row in rows]
+
+
+_VIEW_COLUMNS = "project, name, origin, schedule, timezone, paused, settings"
+
+
+def _view(row: Any) -> PlanView:
     api = row.origin == "api"
     settings = row.settings or {}
     return PlanView(
