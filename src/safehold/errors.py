@@ -226,8 +226,8 @@ class NotFound(UsageError):
 
 
 class Conflict(UsageError):
-    """The object is not in a state that allows the change (a plan of the configuration
-    file through the API, a run that has ended)."""
+    """The request clashes with what exists: a name taken, an object in use, a plan the
+    configuration file owns (read-only through the API), a run that has ended."""
 
     http_status = 409
 
@@ -259,6 +259,14 @@ class TooManyRequests(UsageError):
     def __init__(self, message: str, *, hint: str | None = None, retry_after: int = 60) -> None:
         super().__init__(message, hint=hint)
         self.retry_after = retry_after
+
+
+class ServiceKeyError(SafeholdError):
+    """The service's secret key is missing, unreadable, or not the one the catalog's
+    secrets were sealed with (another machine's key file, or none)."""
+
+    exit_code = ExitCode.USAGE
+    http_status = 500
 
 
 class Interrupted(SafeholdError):

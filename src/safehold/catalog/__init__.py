@@ -15,6 +15,9 @@ Concepts:
 - **Worker** (:class:`Worker`): a process that runs jobs, and its last heartbeat.
 - **Project** and **Token** (:class:`Project`, :class:`Token`): the API's bearer tokens,
   each of one project and one role (:class:`TokenRole`), kept as a hash of the secret.
+- **Destination** (:class:`Destination`): a place snapshots go, made through the service,
+  its credentials sealed with the service's key; :class:`ServiceKey` holds that key's
+  check value.
 
 The repositories stay the source of truth for snapshots; the catalog records what the
 service did. This package sits on the ground floor: it imports nothing of safehold's but
@@ -27,6 +30,8 @@ from __future__ import annotations
 from safehold.catalog.models import (
     Agent,
     Base,
+    Destination,
+    DestinationFormat,
     Plan,
     PlanOrigin,
     Project,
@@ -36,6 +41,7 @@ from safehold.catalog.models import (
     RunLine,
     RunState,
     RunTrigger,
+    ServiceKey,
     Slot,
     SlotState,
     Token,
@@ -46,6 +52,8 @@ from safehold.catalog.models import (
 __all__ = [
     "Agent",
     "Base",
+    "Destination",
+    "DestinationFormat",
     "Plan",
     "PlanOrigin",
     "Project",
@@ -55,6 +63,7 @@ __all__ = [
     "RunLine",
     "RunState",
     "RunTrigger",
+    "ServiceKey",
     "Slot",
     "SlotState",
     "Token",

@@ -25,7 +25,9 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    SmallInteger,
     Text,
     UniqueConstraint,
     Uuid,
@@ -38,6 +40,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Agent",
     "Base",
+    "Destination",
+    "DestinationFormat",
     "Plan",
     "PlanOrigin",
     "Project",
@@ -47,6 +51,7 @@ __all__ = [
     "RunLine",
     "RunState",
     "RunTrigger",
+    "ServiceKey",
     "Slot",
     "SlotState",
     "Token",
@@ -359,3 +364,47 @@ class Agent(Base):
     registered_at: Mapped[datetime] = mapped_column(server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
     stopped_at: Mapped[datetime | None]
+
+
+class DestinationFormat(StrEnum):
+    """How a destination stores snapshots."""
+
+    REPOSITORY = "repository"  # a safehold repository
+    ARCHIVE = "archive"  # plain .tar.zst archives under PREFIX/YYYY/MM/DD/
+
+
+class Destination(Base):
+    """A place snapshots go, made through the service (OSB's "endpoint").
+
+    Its whole block (location, password or how to get it, options) is ``sealed`` with the
+    service's key (``safehold.service.vault``); only what may be shown is in clear: the
+    location without its credentials, the format and the options' names.
+    """
+
+    __tablename__ = "destinations"
+    __table_args__ = (
+        UniqueConstraint("project", "name"),
+        CheckConstraint(one_of("format", DestinationFormat), name="format"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    project: Mapped[str]
+    name: Mapped[str]
+    display: Mapped[str]  # the location, redacted
+    format: Mapped[str]
+    option_names: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ServiceKey(Base):
+    """One row: the check value of the service's secret key (an HMAC of a fixed text
+    under the key), so that a process holding another key is told so at once."""
+
+    __tablename__ = "service_keys"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    key_check: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

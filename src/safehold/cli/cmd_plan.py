@@ -29,18 +29,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     """``plan``: run|pause|resume; the exit code."""
     from sqlalchemy import text
 
+    from safehold.service.api_plans import listed_plans
     from safehold.service.jobs import submit
     from safehold.service.plans import plans_from_config, sync_plans
 
     with open_service_database(args) as (config, database):
-        specs = plans_from_config(config)
+        # The file's plans and those made through the service (which win a name clash).
+        api = listed_plans(database.engine)
+        specs = {**plans_from_config(config), **api}
         key = args.name if "/" in args.name else _key(args.name, specs)
         if key not in specs:
             raise UsageError(
                 f"no plan {args.name!r} in {args.config}",
                 hint="its plans are: " + (", ".join(sorted(specs)) or "none"),
             )
-        sync_plans(database.engine, [specs[key]])
+        if key not in api:
+            sync_plans(database.engine, [specs[key]])
         if args.action == "run":
             run_id = submit(database.conninfo, database.engine, specs, key, kind=specs[key].kind)
             if ctx.json:

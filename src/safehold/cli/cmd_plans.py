@@ -1,4 +1,5 @@
-"""``safehold plans``: each plan's schedule, next slot, last result and RPO."""
+"""``safehold plans``: each plan's schedule, next slot, last result and RPO; and
+``plans create|update|delete|show NAME`` for the plans made through the service."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 from safehold.cli.context import Context
 from safehold.cli.service_args import add_service_arguments, open_service_database
+from safehold.cli.service_input import add_block_argument, add_project_argument, read_block
+from safehold.errors import UsageError
 
 
 def register(sub: Any) -> None:
@@ -18,8 +21,16 @@ def register(sub: Any) -> None:
         description="List the file's plans (sources with a schedule): the schedule, the "
         "next slot, the last slot's state, the last success and the RPO (age of the newest "
         "successful backup), and how many slots were missed or failed, from the service's "
-        "ledger.",
+        "ledger. 'create', 'update' and 'delete' manage the plans made through the "
+        "service (not the file's, which are read-only there): the plan's block, read from "
+        "--from-file (or standard input), is a source block as in the file's sources: plus "
+        "'repository: DEST' (a destination of the project, see 'safehold destinations') and "
+        "optionally 'copies: [DEST, ...]'. 'show' prints one plan of either origin.",
     )
+    p.add_argument("action", nargs="?", choices=("create", "update", "delete", "show"))
+    p.add_argument("name", metavar="NAME", nargs="?")
+    add_project_argument(p)
+    add_block_argument(p, "plan's block")
     add_service_arguments(p)
     p.set_defaults(func=run)
 
@@ -42,14 +53,19 @@ def _age(seconds: float | None) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    """``plans``: list; the exit code."""
+    """``plans``: list, or act on one API plan; the exit code."""
+    if args.action is not None:
+        return _act(args, ctx)
     from safehold.clock import utcnow
+    from safehold.service.api_plans import listed_plans
     from safehold.service.plans import plans_from_config
     from safehold.service.queries import plan_status
 
     with open_service_database(args) as (config, database):
         now = utcnow()
-        rows = plan_status(database.engine, plans_from_config(config), now)
+        # The file's plans and those made through the service (which win a name clash).
+        specs = {**plans_from_config(config), **listed_plans(database.engine)}
+        rows = plan_status(database.engine, specs, now)
     if ctx.json:
         ctx.emit_json([row.to_json(now) for row in rows])
         return 0
@@ -73,4 +89,42 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
         ctx.print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def _act(args: argparse.Namespace, ctx: Context) -> int:
+    """``plans create|update|delete|show NAME``."""
+    from safehold.cli.service_args import open_service_vault
+    from safehold.service import api_plans
+
+    if not args.name:
+        raise UsageError(f"plans {args.action} needs the plan's NAME")
+    changes = args.action in ("create", "update")
+    block = read_block(args.from_file, "plan") if changes else {}
+    with open_service_vault(args) as (database, vault):
+        engine, project = database.engine, args.project
+        if args.action == "delete":
+            api_plans.delete_plan(engine, project, args.name)
+            if ctx.json:
+                ctx.emit_json({"project": project, "name": args.name, "deleted": True})
+            else:
+                ctx.print(f"plan {project}/{args.name} deleted")
+            return 0
+        if args.action == "create":
+            view = api_plans.create_plan(engine, vault, project, args.name, block)
+        elif args.action == "update":
+            view = api_plans.update_plan(engine, vault, project, args.name, block)
+        else:
+            view = api_plans.get_plan(engine, project, args.name)
+    if ctx.json:
+        ctx.emit_json(view.to_json())
+        return 0
+    ctx.print(f"plan {view.project}/{view.name} ({view.origin})")
+    paused = " paused" if view.paused else ""
+    ctx.print(f"  schedule:   {view.schedule} ({view.timezone}){paused}")
+    if view.repository is not None:
+        ctx.print(f"  repository: {view.repository}")
+        ctx.print(f"  copies:     {', '.join(view.copies) or '-'}")
+    if changes:
+        ctx.print("  a running service takes it within a few seconds")
     return 0

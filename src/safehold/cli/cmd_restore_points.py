@@ -127,19 +127,23 @@ def _done(ctx: Context, point: dict[str, Any], what: str) -> int:
 def _restore(args: argparse.Namespace, ctx: Context, config: Any, database: Any) -> int:
     """Queue a restore job of the point ``args.ref``; with ``--wait``, follow it to its end."""
     from safehold.catalog import RunKind
+    from safehold.service.api_plans import listed_plans
     from safehold.service.jobs import submit
     from safehold.service.plans import plans_from_config, sync_plans
     from safehold.service.queries import wait_for_run
     from safehold.service.restore_points import restore_request
 
     key, snapshot = restore_request(database.engine, args.ref)
-    specs = plans_from_config(config)
+    # The file's plans and those made through the service (which win a name clash).
+    api = listed_plans(database.engine)
+    specs = {**plans_from_config(config), **api}
     if key not in specs:
         raise UsageError(
             f"restore point {args.ref} belongs to plan {key}, which is not in {args.config}",
             hint="restore it with 'safehold restore SNAPSHOT --config FILE --source NAME'",
         )
-    sync_plans(database.engine, [specs[key]])
+    if key not in api:
+        sync_plans(database.engine, [specs[key]])
     params = {"snapshot": snapshot, "target": args.target, "replace": args.replace}
     run_id = submit(
         database.conninfo, database.engine, specs, key, kind=RunKind.RESTORE, params=params

@@ -45,6 +45,7 @@ COMMANDS = [
     "catalog",
     "token",
     "agent",
+    "destinations",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
@@ -58,6 +59,7 @@ SERVICE_COMMANDS = (
     "workers",
     "token",
     "agent",
+    "destinations",
 )
 
 EPILOG = """\

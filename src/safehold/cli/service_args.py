@@ -25,11 +25,13 @@ if TYPE_CHECKING:
     from safehold.clock import Clock
     from safehold.config import Config
     from safehold.service.database import Database
+    from safehold.service.vault import Vault
 
 __all__ = [
     "add_service_arguments",
     "database_url",
     "open_service_database",
+    "open_service_vault",
     "service_clock",
     "service_logging",
     "state_dir",
@@ -136,3 +138,13 @@ def service_logging(fmt: str, *, quiet: bool) -> None:
     # procrastinate's own lines (jobs started, finished) at warning and above only.
     logging.getLogger("procrastinate").addHandler(handler)
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
+
+
+@contextmanager
+def open_service_vault(args: argparse.Namespace) -> Iterator[tuple[Database, Vault]]:
+    """The catalog's database and the service's key (read, or made, on first use)."""
+    from safehold.service.vault import Vault, key_file_path
+
+    with open_service_database(args) as (config, database):
+        key_file = key_file_path(config.service.key_file, state_dir(args, config))
+        yield database, Vault(database.engine, key_file)

@@ -7,7 +7,7 @@ Building a run from a source block (``safehold.app.source_job``) is the composit
 root's work, running it is :mod:`safehold.runs`'. docs/configuration.md describes every key.
 """
 
-from safehold.config.load import load_config, parse_config
+from safehold.config.load import load_config, parse_config, validate_destination
 from safehold.config.models import (
     Config,
     DestinationConfig,
@@ -32,4 +32,5 @@ __all__ = [
     "parse_config",
     "repository_secrets",
     "source_secrets",
+    "validate_destination",
 ]

@@ -36,7 +36,7 @@ from safehold.config.plans import ServiceConfig
 from safehold.errors import ConfigError
 from safehold.sources.registry import KINDS
 
-__all__ = ["load_config", "parse_config"]
+__all__ = ["load_config", "parse_config", "validate_destination"]
 
 Path_ = tuple[str | int, ...]
 TOP_KEYS = ("version", "repository", "destinations", "sources", "service", *RESERVED_TOP_KEYS)
@@ -181,7 +181,9 @@ def parse_config(
         problems.add((), "the file must be a mapping (sources:, repository:, ...)")
         problems.raise_if_any()
     data = _interpolate(data, (), problems, env)
-    base_dir = os.path.dirname(os.path.abspath(path)) if path != "<config>" else None
+    # A name in angle brackets (``<config>``, ``<plan P/NAME>``) is no file: relative
+    # script paths have no folder to be relative to.
+    base_dir = None if path.startswith("<") else os.path.dirname(os.path.abspath(path))
     context = {"base_dir": base_dir}
 
     warnings: list[str] = []
@@ -223,6 +225,23 @@ def parse_config(
         reserved=reserved,
         service=service or ServiceConfig(),
     )
+
+
+def validate_destination(data: Any, *, where: str) -> DestinationConfig:
+    """A destination block (as one item of the file's ``destinations:``) validated as the
+    file's are; every problem named by its key, after ``where`` (what the block is).
+
+    Values are taken as given: no ``${VAR}`` interpolation (a destination given to the
+    service carries its credentials themselves).
+    """
+    problems = _Problems(where, {})
+    if not isinstance(data, dict):
+        problems.add((), "must be a mapping (location:, password:, options:, ...)")
+        problems.raise_if_any()
+    found = _validate(TypeAdapter(DestinationConfig), data, (), problems, {"base_dir": None})
+    problems.raise_if_any()
+    assert isinstance(found, DestinationConfig)
+    return found
 
 
 def _validate(

@@ -219,6 +219,10 @@ class ServiceConfig(BaseModel):
     workers: int | None = Field(default=None, ge=1, le=256)
     # Accepted for the API issue; not used yet.
     listen: str | None = None
+    # The service's secret key, which seals the destinations' credentials in the catalog
+    # (default: $SAFEHOLD_SERVICE_KEY_FILE, else STATE_DIR/service.key). Every machine
+    # sharing the database needs a copy of the same file.
+    key_file: str | None = None
 
 
 def check_schedule(expression: str, timezone: str) -> None:

@@ -25,7 +25,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,11 +170,13 @@ async def run_child(
     *,
     on_line: Callable[[LogLine], None],
     limit: float | None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
     on_start: Callable[[asyncio.subprocess.Process], None] | None = None,
 ) -> ChildResult:
     """Run ``argv`` in a new session; kill its group after ``limit`` seconds, if given.
-    ``on_start`` gets the process as soon as it runs (the worker keeps it to fence)."""
+    ``env`` is added to the service's own environment (an API plan's secrets: in the
+    child's environment only, never on its command line or a disk). ``on_start`` gets
+    the process as soon as it runs (the worker keeps it to fence)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -182,7 +184,7 @@ async def run_child(
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own process group: killed whole, hooks included
         preexec_fn=_die_with_parent,
-        env=env,
+        env=None if env is None else {**os.environ, **env},
     )
     assert proc.stdout is not None and proc.stderr is not None
     if on_start is not None:

@@ -45,6 +45,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from safehold.catalog import Run, RunKind, RunLine, RunState, RunTrigger
 from safehold.clock import utcnow
+from safehold.errors import SafeholdError
 from safehold.service import child
 from safehold.service.child import (
     ChildResult,
@@ -333,6 +334,14 @@ class Jobs(Queue):
             await self._db(self._end, run_id, slot_id, outcome, None)
             return
         argv = await self._argv(spec, kind, run_id, params)
+        env = None
+        if spec.env is not None:  # an API plan: its destinations' secrets, opened now
+            try:
+                env = await self._db(spec.env)
+            except SafeholdError as exc:
+                failed = Outcome(RunState.FAILED, exc.message, exc.message, exc.hint)
+                await self._db(self._end, run_id, slot_id, failed, None)
+                return
         lines = _LineWriter(self, run_id, plan_key)
         flusher = asyncio.create_task(lines.run())
         limit = None
@@ -350,6 +359,7 @@ class Jobs(Queue):
                     argv,
                     on_line=lines.add,
                     limit=limit,
+                    env=env,
                     on_start=lambda proc: self._children.__setitem__(run_id, proc),
                 )
         except asyncio.CancelledError:

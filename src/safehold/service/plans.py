@@ -18,8 +18,9 @@ do not take it, go on beside a prune.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 REPOSITORY_PROJECT = "_repository"  # the project of the repositories' prune plans
+
+log = logging.getLogger("safehold.service")
 
 
 WORKER_QUEUE = "default"  # procrastinate's default: the service's own workers take it
@@ -76,6 +79,10 @@ class PlanSpec:
     agent: str | None = None  # the agent that runs it on its machine (None: the workers)
     kind: RunKind = RunKind.BACKUP  # BACKUP: a source's plan; PRUNE: a repository's
     max_unused: str | None = None  # a prune plan's ``prune --max-unused``
+    # An API plan's secret environment for its child (its destinations' credentials,
+    # which its generated configuration file names as ${SAFEHOLD_SECRET_N}): called when a
+    # run starts, so that nothing secret is kept in the spec. None: a file plan.
+    env: Callable[[], Mapping[str, str]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -214,7 +221,14 @@ def sync_plans(engine: Engine, specs: Iterable[PlanSpec]) -> dict[str, int]:
                 "settings": [json.dumps(spec.settings()) for spec in rows],
             },
         ).all()
-    return {f"{project}/{name}": plan_id for plan_id, project, name in found}
+    ids = {f"{project}/{name}": plan_id for plan_id, project, name in found}
+    for spec in rows:
+        if spec.key not in ids:
+            # An API plan had the name first: the file's plan is not run (a file plan must
+            # not silently take over a plan someone made through the API).
+            log.error("plan %s: the name belongs to a plan made through the API; the "
+                      "file's plan of that name does not run (rename one)", spec.key)  # fmt: skip
+    return ids
 
 
 # One statement for all the file's plans, their columns as arrays (10,000 plans: one
@@ -229,6 +243,7 @@ _UPSERT_PLANS = text(
     ON CONFLICT (project, name) DO UPDATE SET
       origin = excluded.origin, source = excluded.source, schedule = excluded.schedule,
       timezone = excluded.timezone, settings = excluded.settings, updated_at = now()
+    WHERE plans.origin = 'file'
     RETURNING id, project, name
     """
 )

@@ -15,6 +15,11 @@ stops taking jobs and waits ``stop_grace`` seconds for the running ones, then ki
 (their runs end as failed, "the service stopped", and are retried per the plan). ``reload``
 (SIGHUP, or ``safehold serve --reload``) reads the configuration file again and applies
 it between two ticks without touching running jobs.
+
+The plans made through the service (:mod:`.api_plans`) are read from the catalog beside
+the file's, and again whenever a cheap look at ``plans`` and ``destinations`` (counts,
+newest ``updated_at``) every :data:`API_PLANS_EVERY` seconds sees a change; the file's
+plans are not touched by that.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -37,11 +43,13 @@ from sqlalchemy import text
 
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.config import Config, load_config
+from safehold.service.api_plans import PlanCache, plans_from_catalog
 from safehold.service.cluster import default_state_dir
 from safehold.service.database import Database, open_database
 from safehold.service.jobs import FENCE_SECONDS, STALL_SECONDS, Jobs, register
 from safehold.service.plans import WORKER_QUEUE, PlanSpec, plans_from_config, sync_plans
 from safehold.service.tick import TickState, orphaned_runs, tick
+from safehold.service.vault import Vault, key_file_path
 from safehold.service.workers import beat, register_worker, stopped
 
 __all__ = ["Companion", "ServeOptions", "Service", "serve"]
@@ -50,6 +58,7 @@ log = logging.getLogger("safehold.service")
 
 ORPHAN_GRACE = timedelta(seconds=30)  # a run queued this long with no job gets one
 HOUSEKEEPING_EVERY = 5.0  # seconds between re-queueing orphans and reaping lost workers
+API_PLANS_EVERY = 5.0  # seconds between looks for changed API plans and destinations
 
 
 @dataclass
@@ -81,17 +90,28 @@ class Service:
         self.options = options
         self.engine = database.engine
         self.app = app
-        self.specs: Mapping[str, PlanSpec] = {}
+        self.specs: Mapping[str, PlanSpec] = {}  # the file's and the API's, merged
         self.ids: Mapping[str, int] = {}
+        self.file_specs: Mapping[str, PlanSpec] = {}
+        self.file_ids: Mapping[str, int] = {}
+        # The plans made through the service; the key opens their destinations.
+        self.state_dir = state_dir
+        self.vault = Vault(self.engine, key_file_path(config.service.key_file, state_dir))
+        self.api_specs: Mapping[str, PlanSpec] = {}
+        self.api_ids: Mapping[str, int] = {}
+        self.api_stamp: object = None
+        self.api_cache: PlanCache = {}  # a changed plan is built again, not all of them
+        self._api_lock = threading.Lock()  # the loop's look, and a worker's lookup (_Plans)
         self.jobs = Jobs(
             app,
             self.engine,
-            plans=lambda: self.specs,
+            plans=lambda: _Plans(self),
             state_dir=state_dir,
             worker=options.name,
             conninfo=database.conninfo,
         )
         self.apply(config)
+        self.refresh_api_plans()
         self.reload_requested = False
         self.restart_worker = asyncio.Event()  # set when the database is back after a fence
         self.tick_failing = False
@@ -99,10 +119,52 @@ class Service:
     def apply(self, config: Config) -> None:
         """Take the plans of ``config`` (at start and on reload)."""
         specs = plans_from_config(config)
-        self.ids = sync_plans(self.engine, specs.values())
-        self.specs = specs
-        self.tick_state = TickState()  # schedules may have changed: forget next slots
+        self.file_ids = sync_plans(self.engine, specs.values())
+        self.file_specs = specs
+        self._merge()
         log.info("plans: %s", ", ".join(sorted(specs)) or "none")
+
+    def _merge(self) -> None:
+        # An API plan wins a name clash: sync_plans leaves its row alone (and says so).
+        self.specs = {**self.file_specs, **self.api_specs}
+        self.ids = {**self.file_ids, **self.api_ids}
+        self.tick_state = TickState()  # schedules may have changed: forget next slots
+
+    def refresh_api_plans(self) -> bool:
+        """Read the API plans again if the catalog's plans or destinations changed since
+        the last read; whether it did."""
+        with self._api_lock:
+            return self._refresh_api_plans()
+
+    def _refresh_api_plans(self) -> bool:
+        with self.engine.connect() as db:
+            stamp = tuple(db.execute(_API_STAMP).one())
+            if stamp == self.api_stamp:
+                return False
+            rows = db.execute(
+                text("SELECT id, project, name FROM plans WHERE origin = 'api'")
+            ).all()
+        specs = plans_from_catalog(self.engine, self.vault, self.state_dir, cache=self.api_cache)
+        ids = {f"{r.project}/{r.name}": r.id for r in rows}
+        self.api_ids = {key: plan_id for key, plan_id in ids.items() if key in specs}
+        self.api_specs = specs
+        self.api_stamp = stamp
+        self._merge()
+        log.info("API plans: %s", ", ".join(sorted(specs)) or "none")
+        return True
+
+    async def api_plans(self, stop: asyncio.Event) -> None:
+        """Follow the API plans until ``stop`` (in every process: a worker-only one runs
+        them too)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=API_PLANS_EVERY)
+            if stop.is_set():
+                return
+            try:
+                await asyncio.to_thread(self.refresh_api_plans)
+            except Exception as exc:  # the database went away: the next look tries again
+                log.warning("reading the API plans failed: %s", exc)
 
     def reload(self) -> None:
         """Read the configuration file again; a broken file keeps the plans as they were."""
@@ -220,6 +282,7 @@ class Service:
         worker is started again, so that it registers anew with a fresh heartbeat before it
         takes more jobs."""
         tasks = [asyncio.create_task(self.heartbeat(stop), name="heartbeat")]
+        tasks.append(asyncio.create_task(self.api_plans(stop), name="api-plans"))
         tasks += [asyncio.create_task(run(self, stop), name="companion") for run in companions]
         if self.options.scheduler:
             tasks.append(asyncio.create_task(self.scheduler(stop), name="scheduler"))
@@ -247,6 +310,43 @@ class Service:
         for result in results:
             if isinstance(result, Exception):
                 raise result
+
+
+class _Plans(Mapping[str, PlanSpec]):
+    """The service's plans as its workers look them up: a plan they do not know is read
+    again from the catalog first (it was made through the API a moment ago and another
+    process ticked it before this one's next look), then looked up once more."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def __getitem__(self, key: str) -> PlanSpec:
+        try:
+            return self.service.specs[key]
+        except KeyError:
+            pass
+        try:
+            # Rare (a new API plan, or a run of a plan gone): a short blocking read is
+            # simpler than making every lookup awaitable.
+            self.service.refresh_api_plans()
+        except Exception as exc:
+            log.warning("reading the API plans failed: %s", exc)
+        return self.service.specs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.service.specs)
+
+    def __len__(self) -> int:
+        return len(self.service.specs)
+
+
+# Whether an API plan or a destination changed: one index-free pass over two small tables.
+_API_STAMP = text(
+    "SELECT (SELECT count(*) FROM plans WHERE origin = 'api'), "
+    "(SELECT max(updated_at) FROM plans WHERE origin = 'api'), "
+    "(SELECT coalesce(sum(id), 0) FROM plans WHERE origin = 'api'), "
+    "(SELECT count(*) FROM destinations), (SELECT max(updated_at) FROM destinations)"
+)
 
 
 # A task run beside the service on its loop until the stop event is set (the REST API, which

@@ -19,9 +19,9 @@ two streams taken in the order they came, is the one-line reason of a failure.
 A hook may run as another user (``backup_user``): safehold must then run as root, and the
 hook gets that user's groups, home and name.
 
-The repository password never reaches a hook: ``SAFEHOLD_PASSWORD*`` and
-``SAFEHOLD_REPOSITORY*`` variables (and any variable the caller names in ``hide_env``) are
-removed from its environment.
+The repository password never reaches a hook: ``SAFEHOLD_PASSWORD*``,
+``SAFEHOLD_REPOSITORY*`` and ``SAFEHOLD_SECRET_*`` variables (and any variable the caller
+names in ``hide_env``) are removed from its environment.
 
 Running the phases in order, and which of them always run, is the engine's job
 (:mod:`safehold.runs.source_run`); this module runs one hook.
@@ -67,7 +67,8 @@ PHASES = BACKUP_PHASES + RESTORE_PHASES
 OUTPUT_KEEP = 64 * 1024  # bytes of stdout and of stderr kept per hook (the last ones)
 DEFAULT_TIMEOUT = 600.0  # seconds
 # The repository's password and location (which may carry credentials) stay with safehold.
-_HIDDEN_PREFIXES = ("SAFEHOLD_PASSWORD", "SAFEHOLD_REPOSITORY")
+# SAFEHOLD_SECRET_N: a service plan's destination credentials (safehold.service.api_plans).
+_HIDDEN_PREFIXES = ("SAFEHOLD_PASSWORD", "SAFEHOLD_REPOSITORY", "SAFEHOLD_SECRET_")
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a timed-out hook's group
 _LINE_KEEP = 4096  # bytes of an unfinished line kept to find the last line printed
 

@@ -114,7 +114,8 @@ def open_location(
 
 
 # scheme://userinfo@ — userinfo cannot contain '/', '?' or '#'.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+# An optional backend scheme before the URL's own (``s3:https://KEY:SECRET@host/...``).
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?[A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _SECRET_KEY = re.compile(
     r"pass|pwd|secret|token|key|sig|credential|auth|session|sas", re.IGNORECASE
 )

@@ -104,6 +104,7 @@ def test_incomplete_locations(location: str) -> None:
         ("local:/srv/user@host", "local:/srv/user@host"),
         ("memory:x", "memory:x"),
         ("s3://AKIA:secret@host:9000/bucket/prefix", "s3://host:9000/bucket/prefix"),
+        ("s3:https://AKIA:secret@host:9000/bucket", "s3:https://host:9000/bucket"),
         ("sftp://backup@host/srv/repo", "sftp://host/srv/repo"),
         ("https://ghp_token@example.com/x", "https://example.com/x"),
         (
