@@ -24,6 +24,7 @@ from safehold.service.cluster import Cluster
 from safehold.service.database import prepare
 from safehold.service.jobs import Jobs, register
 from safehold.service.plans import PlanSpec, plans_from_config, sync_plans
+from safehold.service.vault import Vault
 from tests.servers.private_cluster import fresh_database, make_state_dir, private_cluster
 
 __all__ = ["Api", "api", "make_state_dir", "private_cluster"]
@@ -43,6 +44,7 @@ class Api:
     specs: dict[str, PlanSpec]
     tokens: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
     done_run: uuid.UUID = field(default_factory=uuid.uuid4)
+    folder: Path = field(default_factory=Path)
 
     def client(self, project: str | None = "default", role: str = "admin") -> httpx.Client:
         headers = {}
@@ -112,7 +114,8 @@ def api(
             # A high limit: the tests' bad tokens all come from 127.0.0.1 (the limit's own
             # test has an app of its own).
             web = create_app(engine, plans=lambda: specs, jobs=jobs,
-                             limiter=FailureLimiter(limit=10_000))  # fmt: skip
+                             limiter=FailureLimiter(limit=10_000),
+                             vault=Vault(engine, folder / "service.key"))  # fmt: skip
             stop = asyncio.Event()
             loop_box.append((asyncio.get_running_loop(), stop))
             started.set()
@@ -129,7 +132,7 @@ def api(
     runner.start()
     started.wait(30)
     assert not failure, failure
-    found = Api(f"http://127.0.0.1:{port}", engine, conninfo, specs)
+    found = Api(f"http://127.0.0.1:{port}", engine, conninfo, specs, folder=folder)
     for project in PROJECTS:
         for role in ROLES:
             found.tokens[project, role] = create_token(

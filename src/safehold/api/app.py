@@ -20,7 +20,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from safehold import __version__
 from safehold.api.auth import FailureLimiter
 from safehold.api.errors import error_code, error_response, install_error_handlers
-from safehold.api.routes import agent, health, managed, projects, restore_points, runs, tokens
+from safehold.api.routes import (
+    agent,
+    destinations,
+    health,
+    managed,
+    plan_admin,
+    projects,
+    restore_points,
+    runs,
+    tokens,
+)
 from safehold.api.routes import plans as plan_routes
 from safehold.api.schemas import ErrorBody
 from safehold.api.state import ApiState
@@ -28,6 +38,7 @@ from safehold.errors import RequestTooLarge
 from safehold.service.agents import Agents
 from safehold.service.jobs import Jobs, Queue
 from safehold.service.plans import PlanSpec
+from safehold.service.vault import Vault
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -44,6 +55,7 @@ def create_app(
     jobs: Queue | None = None,
     limiter: FailureLimiter | None = None,
     max_body: int = MAX_BODY,
+    vault: Vault | None = None,
 ) -> FastAPI:
     """The API over the catalog ``engine``, the service's current ``plans`` and its queue
     ``jobs``; with no engine, an app good only for its OpenAPI document."""
@@ -67,6 +79,7 @@ def create_app(
         limiter=limiter or FailureLimiter(),
         # Agents are served by a worker process's queue only (it ends their runs).
         agents=Agents(jobs) if isinstance(jobs, Jobs) else None,
+        vault=vault,
     )
     install_error_handlers(app)
     app.include_router(health.router)
@@ -83,6 +96,8 @@ def create_app(
     v1.include_router(restore_points.router)
     v1.include_router(restore_points.plan_points_router)
     v1.include_router(restore_points.jobs_router)
+    v1.include_router(destinations.router)
+    v1.include_router(plan_admin.router)
     app.include_router(v1)
     app.add_middleware(
         BodyLimit, limit=max_body, larger={"/api/v1/agent/": max(max_body, MAX_AGENT_BODY)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "AgentBeat",
@@ -18,12 +18,18 @@ __all__ = [
     "AgentOut",
     "AgentRegister",
     "AgentRegistered",
+    "DestinationChanges",
+    "DestinationIn",
+    "DestinationOut",
     "ErrorBody",
     "ErrorDetail",
     "Health",
     "HoldRequest",
     "Managed",
+    "PlanBlock",
+    "PlanDefinition",
     "PlanOut",
+    "PlanUpdate",
     "ProjectOut",
     "Ready",
     "RestoreJobCreate",
@@ -360,3 +366,102 @@ class RestoreJobCreate(RestoreRequest):
     """A restore job (the OSB backup manager's name): which point, where to."""
 
     restore_point: str = Field(max_length=64, pattern=r"^[0-9a-fA-F]+$|^[0-9]+$")
+
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a destination's or an API plan's name
+
+
+def no_nul(value: Any, depth: int = 0) -> Any:
+    """``value`` if no text in it holds NUL (PostgreSQL's text and JSON cannot) and it
+    nests at most 32 deep; else a ValueError (422)."""
+    if depth > 32:
+        raise ValueError("nested too deep")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("text may not hold a NUL character")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            no_nul(key, depth + 1)
+            no_nul(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            no_nul(item, depth + 1)
+    return value
+
+
+class _FreeBlock(BaseModel):
+    """A block whose keys are the configuration file's (checked by its own validation)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _printable(self) -> _FreeBlock:
+        no_nul(self.model_dump())
+        return self
+
+
+class DestinationIn(BaseModel):
+    """A destination: a repository block as the configuration file's. The credentials
+    (``password``, ``options``' secrets) are sealed and never returned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME)
+    location: str = Field(max_length=4096, pattern=PRINTABLE)
+    format: Literal["repository", "archive"] | None = None
+    password: str | None = Field(default=None, max_length=4096, pattern=PRINTABLE)
+    password_env: str | None = Field(default=None, max_length=200, pattern=PRINTABLE)
+    password_file: str | None = Field(default=None, max_length=4096, pattern=PRINTABLE)
+    password_command: str | None = Field(default=None, max_length=4096, pattern=PRINTABLE)
+    options: dict[str, Any] | None = None
+    max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000)
+
+    @field_validator("options")
+    @classmethod
+    def _printable(cls, options: dict[str, Any] | None) -> dict[str, Any] | None:
+        return no_nul(options)  # type: ignore[no-any-return]
+
+
+class DestinationChanges(_FreeBlock):
+    """Keys of a destination's block to change (null removes one)."""
+
+
+class DestinationOut(BaseModel):
+    """A destination as shown: its location without credentials, its options' names."""
+
+    project: str
+    name: str
+    location: str
+    format: str
+    options: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class PlanUpdate(_FreeBlock):
+    """A plan's whole new block (``repository``, ``copies`` and the source's keys)."""
+
+
+class PlanBlock(_FreeBlock):
+    """A plan made through the API: ``name``, ``repository`` (a destination of the
+    project), optional ``copies``, and the source block's keys as the configuration
+    file's (``type``, its settings, ``hooks``, ``schedule``, ``retention``...)."""
+
+    name: str = Field(pattern=NAME)
+    repository: str = Field(pattern=NAME)
+    type: str = Field(max_length=64, pattern=PRINTABLE)
+    schedule: str = Field(max_length=200, pattern=PRINTABLE)
+    copies: list[str] = Field(default_factory=list)
+
+
+class PlanDefinition(BaseModel):
+    """A plan's definition as stored: its source block with secrets as ``<sealed>``."""
+
+    project: str
+    name: str
+    origin: Literal["file", "api"]
+    schedule: str
+    timezone: str
+    paused: bool
+    repository: str | None
+    copies: list[str]
+    source: dict[str, Any] | None

@@ -155,7 +155,9 @@ def api_companion(
     """What ``serve`` runs beside the service: the API over its catalog, plans and queue."""
 
     async def run(service: Service, stop: asyncio.Event) -> None:
-        app = create_app(service.engine, plans=lambda: service.specs, jobs=service.jobs)
+        app = create_app(
+            service.engine, plans=lambda: service.specs, jobs=service.jobs, vault=service.vault
+        )
         await serve_api(app, sock, stop, options)
 
     return run

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from safehold.api.auth import FailureLimiter
     from safehold.service.agents import Agents
     from safehold.service.jobs import Queue
+    from safehold.service.vault import Vault
 
 __all__ = ["ApiState", "api_state"]
 
@@ -30,6 +31,7 @@ class ApiState:
     jobs: Queue | None
     limiter: FailureLimiter
     agents: Agents | None = None  # the agents' side of the queue (with jobs)
+    vault: Vault | None = None  # the service's key: destinations and plans made here
 
 
 def api_state(request: Request) -> ApiState:

@@ -598,6 +598,7 @@ def _runnable(
     return replace(
         spec,
         env=RunEnv(engine, vault, project, name, settings),
+        origin="api",
         repository=redact(places[0].location) if places[0] else "",
         limits=tuple(
             (redact(p.location), p.max_concurrent_jobs)

@@ -83,6 +83,7 @@ class PlanSpec:
     # which its generated configuration file names as ${SAFEHOLD_SECRET_N}): called when a
     # run starts, so that nothing secret is kept in the spec. None: a file plan.
     env: Callable[[], Mapping[str, str]] | None = field(default=None, compare=False, repr=False)
+    origin: str = "file"  # 'api': made through the service (service/api_plans.py)
 
     @property
     def key(self) -> str:

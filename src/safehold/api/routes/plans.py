@@ -57,9 +57,9 @@ def _out(spec: PlanSpec, status: PlanStatus, now: datetime) -> PlanOut:
     return PlanOut(
         name=spec.name,
         project=spec.project,
-        origin="file",
+        origin="api" if spec.origin == "api" else "file",
         kind=spec.kind.value,
-        read_only=True,
+        read_only=spec.origin != "api",
         schedule=status.schedule,
         paused=status.paused,
         next_slot=status.next_slot,
