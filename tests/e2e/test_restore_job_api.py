@@ -4,6 +4,7 @@ real PostgreSQL server, checked by a query."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -122,3 +123,47 @@ def test_a_postgres_point_restored_into_a_new_database_through_the_api(
     copied = pg_server.psql("SELECT count(*), sum(total) FROM orders", f"{db}_copy")
     assert copied == "2500|4689375.00"  # 1.5 * (1 + ... + 2500): the rows backed up
     assert pg_server.psql("SELECT count(*) FROM orders", db) == "2000"
+
+
+def test_the_commands_against_a_service_elsewhere(
+    serve: tuple[str, str, str], pg_server: PgServer, tmp_path: Path
+) -> None:
+    """plans, plan run, runs (jobs), restore-points and a restore job with --wait, through
+    --server and a token file instead of the catalog, with the local commands' output."""
+    url, token, db = serve
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
+    env.update(SAFEHOLD_SERVER=url, SAFEHOLD_TOKEN_FILE=str(token_file),
+               HOME=str(tmp_path / "home"))  # fmt: skip
+
+    def safehold(*args: str, code: int = 0) -> str:
+        done = subprocess.run([sys.executable, "-m", "safehold", *args], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == code, done.stderr
+        return done.stdout
+
+    [plan] = json.loads(safehold("--json", "plans"))
+    assert plan["plan"] == "default/shop" and plan["last_success"] is None
+    queued = json.loads(safehold("--json", "plan", "run", "shop"))
+    assert queued["plan"] == "default/shop" and queued["state"] == "queued"
+
+    def ended() -> bool:
+        runs = json.loads(safehold("--json", "jobs", "--kind", "backup"))
+        return bool(runs) and runs[0]["state"] not in ("queued", "running")
+
+    wait_for("the backup to end", ended, timeout=180)
+    [run] = json.loads(safehold("--json", "runs"))
+    assert (run["plan"], run["state"]) == ("default/shop", "succeeded")
+    shown = safehold("runs", "show", run["id"][:8])
+    assert "succeeded" in shown and run["id"] in shown
+    points = json.loads(safehold("--json", "restore-points"))["restore_points"]
+    assert [p["snapshot_id"] for p in points] == [run["snapshot_id"]]
+    printed = safehold("restore-points", "restore", str(points[0]["id"]), "--target",
+                       f"{db}_copy", "--wait")  # fmt: skip
+    assert "succeeded" in printed
+    assert pg_server.psql("SELECT count(*) FROM orders", f"{db}_copy") == "2500"
+    # Errors keep their meaning: an unknown plan is a usage error (exit 2) with its hint.
+    missing = subprocess.run([sys.executable, "-m", "safehold", "plan", "run", "nope"], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert missing.returncode == 2 and "no plan 'nope'" in missing.stderr

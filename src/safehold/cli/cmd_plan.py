@@ -21,12 +21,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("action", choices=("run", "pause", "resume"))
     p.add_argument("name", metavar="NAME")
-    add_service_arguments(p)
+    add_service_arguments(p, remote=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """``plan``: run|pause|resume; the exit code."""
+    from safehold.cli.remote import remote_from
+
+    remote = remote_from(args)
+    if remote is not None:
+        return _remote(args, ctx, remote)
     from sqlalchemy import text
 
     from safehold.service.api_plans import listed_plans
@@ -75,3 +80,22 @@ def _key(name: str, specs: dict[str, Any]) -> str:
             hint="say PROJECT/NAME: " + ", ".join(found),
         )
     return found[0] if found else name
+
+
+def _remote(args: argparse.Namespace, ctx: Context, remote: Any) -> int:
+    """``plan run|pause|resume`` through a service's API (the token's project)."""
+    project = remote.project()
+    name = args.name.split("/", 1)[1] if "/" in args.name else args.name
+    key = f"{project}/{name}"
+    found = remote.call("POST", f"/plans/{name}/{args.action}")
+    if args.action == "run":
+        if ctx.json:
+            ctx.emit_json({"plan": key, "run_id": found["run_id"], "state": "queued"})
+        else:
+            ctx.print(f"plan {key}: run {found['run_id']} queued")
+        return 0
+    if ctx.json:
+        ctx.emit_json({"plan": key, "paused": found["paused"]})
+    else:
+        ctx.print(f"plan {key}: {'paused' if found['paused'] else 'resumed'}")
+    return 0

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safehold.cli.context import Context
 from safehold.cli.service_args import add_service_arguments, open_service_database
 from safehold.cli.service_input import add_block_argument, add_project_argument, read_block
 from safehold.errors import UsageError
+
+if TYPE_CHECKING:
+    from safehold.service.queries import PlanStatus
 
 
 def register(sub: Any) -> None:
@@ -31,7 +34,7 @@ def register(sub: Any) -> None:
     p.add_argument("name", metavar="NAME", nargs="?")
     add_project_argument(p)
     add_block_argument(p, "plan's block")
-    add_service_arguments(p)
+    add_service_arguments(p, remote=True)
     p.set_defaults(func=run)
 
 
@@ -54,23 +57,25 @@ def _age(seconds: float | None) -> str:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """``plans``: list, or act on one API plan; the exit code."""
+    from safehold.cli.remote import remote_from
+
+    remote = remote_from(args)
     if args.action is not None:
+        if remote is not None:
+            raise UsageError(
+                f"plans {args.action} works on the service's own machine",
+                hint="through the API: POST/PUT/DELETE /api/v1/plans (docs/api.md)",
+            )
         return _act(args, ctx)
     from safehold.clock import utcnow
-    from safehold.service.api_plans import listed_plans
-    from safehold.service.plans import plans_from_config
-    from safehold.service.queries import plan_status
 
-    with open_service_database(args) as (config, database):
-        now = utcnow()
-        # The file's plans and those made through the service (which win a name clash).
-        specs = {**plans_from_config(config), **listed_plans(database.engine)}
-        rows = plan_status(database.engine, specs, now)
+    now = utcnow()
+    rows = _remote_rows(remote) if remote is not None else _local_rows(args, now)
     if ctx.json:
         ctx.emit_json([row.to_json(now) for row in rows])
         return 0
     if not rows:
-        ctx.print(f"no plans in {args.config} (give a source a schedule:)")
+        ctx.print(f"no plans in {args.config or args.server} (give a source a schedule:)")
         return 0
     table = [("PLAN", "SCHEDULE", "NEXT", "LAST", "LAST SUCCESS", "RPO", "MISSED", "FAILED")]
     for row in rows:
@@ -90,6 +95,40 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     for r in table:
         ctx.print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     return 0
+
+
+def _local_rows(args: argparse.Namespace, now: datetime) -> list[PlanStatus]:
+    from safehold.service.api_plans import listed_plans
+    from safehold.service.plans import plans_from_config
+    from safehold.service.queries import plan_status
+
+    with open_service_database(args) as (config, database):
+        # The file's plans and those made through the service (which win a name clash).
+        specs = {**plans_from_config(config), **listed_plans(database.engine)}
+        return plan_status(database.engine, specs, now)
+
+
+def _remote_rows(remote: Any) -> list[PlanStatus]:
+    from safehold.cli.remote import with_times
+    from safehold.service.queries import PlanStatus
+
+    rows = []
+    for plan in remote.call("GET", "/plans"):
+        found = with_times(plan)
+        rows.append(
+            PlanStatus(
+                key=f"{found['project']}/{found['name']}",
+                schedule=found["schedule"],
+                paused=found["paused"],
+                next_slot=found["next_slot"],
+                last_state=found["last_state"],
+                last_slot=found["last_slot"],
+                last_success=found["last_success"],
+                missed=found["missed"],
+                failed=found["failed"],
+            )
+        )
+    return rows
 
 
 def _act(args: argparse.Namespace, ctx: Context) -> int:

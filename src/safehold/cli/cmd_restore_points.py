@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+from collections.abc import Callable
 from typing import Any
 
 from safehold.cli.context import Context
@@ -59,7 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="also the ones the repository no longer has")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="a page of N (default 50)")
     p.add_argument("--cursor", metavar="C", help="the page after the one that printed C")
-    add_service_arguments(p)
+    add_service_arguments(p, remote=True)
     p.set_defaults(func=run)
 
 
@@ -73,6 +74,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             f"restore-points {action} needs the point's number or snapshot id",
             hint="list them with: safehold restore-points --config FILE",
         )
+    from safehold.cli.remote import remote_from
+
+    remote = remote_from(args)
+    if remote is not None:
+        return _remote(args, ctx, remote)
     with open_service_database(args) as (_config, database):
         if action == "hold":
             who = f"cli:{getpass.getuser()}"
@@ -90,14 +96,58 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             cursor=args.cursor,
             limit=args.limit,
         )
+    return _print(ctx, page.points, page.next_cursor)
+
+
+def _print(ctx: Context, found: list[dict[str, Any]], next_cursor: str | None) -> int:
     if ctx.json:
-        ctx.emit_json({"restore_points": page.points, "next_cursor": page.next_cursor})
+        ctx.emit_json({"restore_points": found, "next_cursor": next_cursor})
         return 0
-    for point in page.points:
+    for point in found:
         ctx.print(_line(point))
-    if page.next_cursor:
-        ctx.print(f"more: --cursor {page.next_cursor}")
+    if next_cursor:
+        ctx.print(f"more: --cursor {next_cursor}")
     return 0
+
+
+def _remote(args: argparse.Namespace, ctx: Context, remote: Any) -> int:
+    """The same actions through a service's API (the token's project)."""
+    from safehold.cli.remote import with_times
+
+    if args.action in ("hold", "release"):
+        body = {"reason": args.reason} if args.action == "hold" and args.reason else None
+        found = with_times(remote.call("POST", f"/restore-points/{args.ref}/{args.action}",
+                                       json=body))  # fmt: skip
+        return _done(ctx, found, "held" if args.action == "hold" else "released")
+    if args.action == "restore":
+        point = remote.call("GET", f"/restore-points/{args.ref}")
+        queued = remote.call("POST", f"/restore-points/{args.ref}/restore",
+                             json={"target": args.target, "replace": args.replace})  # fmt: skip
+        key = f"{point['project']}/{point['plan']}"
+        return _restore_queued(args, ctx, key, point["snapshot_id"], queued["run_id"],
+                               lambda: _remote_wait(remote, queued["run_id"]))  # fmt: skip
+    params: dict[str, Any] = {"limit": args.limit, "include_forgotten": args.all}
+    if args.held:
+        params["held"] = True
+    if args.cursor:
+        params["cursor"] = args.cursor
+    if args.plan:
+        params["plan"] = args.plan.split("/", 1)[1] if "/" in args.plan else args.plan
+    page = remote.call("GET", "/restore-points", params=params)
+    return _print(ctx, [with_times(p) for p in page["items"]], page["next_cursor"])
+
+
+def _remote_wait(remote: Any, run_id: str) -> dict[str, Any]:
+    import time
+
+    from safehold.cli.remote import with_times
+    from safehold.service.queries import FINAL_STATES
+
+    while True:
+        run = remote.call("GET", f"/runs/{run_id}")
+        if run["state"] in FINAL_STATES:
+            return with_times(run)
+        time.sleep(0.5)
 
 
 def _line(point: dict[str, Any]) -> str:
@@ -148,7 +198,21 @@ def _restore(args: argparse.Namespace, ctx: Context, config: Any, database: Any)
     run_id = submit(
         database.conninfo, database.engine, specs, key, kind=RunKind.RESTORE, params=params
     )
-    queued = {"plan": key, "snapshot": snapshot, "run_id": str(run_id), "state": "queued"}
+    return _restore_queued(
+        args, ctx, key, snapshot, str(run_id), lambda: wait_for_run(database.engine, run_id)
+    )
+
+
+def _restore_queued(
+    args: argparse.Namespace,
+    ctx: Context,
+    key: str,
+    snapshot: str,
+    run_id: str,
+    wait: Callable[[], dict[str, Any]],
+) -> int:
+    """Say that the restore job of ``snapshot`` is queued; with ``--wait``, follow it."""
+    queued = {"plan": key, "snapshot": snapshot, "run_id": run_id, "state": "queued"}
     if not args.wait:
         if ctx.json:
             ctx.emit_json(queued)
@@ -157,7 +221,7 @@ def _restore(args: argparse.Namespace, ctx: Context, config: Any, database: Any)
         return 0
     if not ctx.json:
         ctx.print(f"restore of {snapshot[:8]} ({key}): run {run_id} queued; waiting")
-    ended = wait_for_run(database.engine, run_id)
+    ended = wait()
     if ctx.json:
         ctx.emit_json(ended)
     else:

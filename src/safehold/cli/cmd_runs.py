@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
         help="only runs of this kind (the OSB backup manager's backup and restore jobs)",
     )
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
-    add_service_arguments(p)
+    add_service_arguments(p, remote=True)
     p.set_defaults(func=run)
 
 
@@ -43,6 +43,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     if args.show and not args.run_id:
         raise UsageError("runs show needs a run id", hint="list them with: safehold runs")
+    from safehold.cli.remote import remote_from
+
+    remote = remote_from(args)
+    if remote is not None:
+        if args.show:
+            return _show(_remote_run(remote, args.run_id), ctx)
+        return _print(_remote_runs(remote, args), ctx)
     with open_service_database(args) as (_config, database):
         if args.show:
             found = run_detail(database.engine, args.run_id)
@@ -55,6 +62,40 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         rows = runs_list(
             database.engine, plan=args.plan, state=args.state, kind=args.kind, limit=args.limit
         )
+    return _print(rows, ctx)
+
+
+def _remote_runs(remote: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs as the local catalog lists them, from the service's API."""
+    from safehold.cli.remote import with_times
+
+    project = remote.project()
+    params = {"limit": min(max(args.limit, 1), 500)}
+    for name in ("state", "kind"):
+        if getattr(args, name):
+            params[name] = getattr(args, name)
+    if args.plan:
+        params["plan"] = args.plan.split("/", 1)[1] if "/" in args.plan else args.plan
+    rows = remote.call("GET", "/runs", params=params)["items"]
+    return [with_times({**row, "plan": f"{project}/{row['plan']}"}) for row in rows]
+
+
+def _remote_run(remote: Any, ref: str) -> dict[str, Any]:
+    """One run (a unique prefix of its id is enough, among the newest 500)."""
+    from safehold.cli.remote import with_times
+
+    found = [r["id"] for r in remote.call("GET", "/runs", params={"limit": 500})["items"]
+             if r["id"].startswith(ref.lower())]  # fmt: skip
+    if len(found) != 1:
+        raise UsageError(f"no run {ref!r} (or the prefix is not unique)",
+                         hint="list them with: safehold runs --server URL")  # fmt: skip
+    run = with_times(remote.call("GET", f"/runs/{found[0]}"))
+    run["plan"] = f"{remote.project()}/{run['plan']}"
+    run["lines"] = [with_times(line) for line in run.get("lines") or []]
+    return run
+
+
+def _print(rows: list[dict[str, Any]], ctx: Context) -> int:
     if ctx.json:
         ctx.emit_json(rows)
         return 0

@@ -38,10 +38,27 @@ __all__ = [
 ]
 
 
-def add_service_arguments(p: argparse.ArgumentParser) -> None:
-    """``--config``, ``--database`` and ``--state-dir`` on ``p``."""
+def add_service_arguments(p: argparse.ArgumentParser, *, remote: bool = False) -> None:
+    """``--config``, ``--database`` and ``--state-dir`` on ``p``; with ``remote``, also
+    ``--server`` and ``--token-file`` (a service elsewhere, through its API), and then
+    ``--config`` is needed only without them."""
     g = p.add_argument_group("the service's file and database")
-    g.add_argument("--config", metavar="FILE", required=True, help="the YAML file with the plans")
+    g.add_argument(
+        "--config",
+        metavar="FILE",
+        required=not remote,
+        help="the YAML file with the plans" + (" (not with --server)" if remote else ""),
+    )
+    if remote:
+        r = p.add_argument_group("a service elsewhere, through its REST API")
+        r.add_argument(
+            "--server", metavar="URL", help="the service's API (default: $SAFEHOLD_SERVER)"
+        )
+        r.add_argument(
+            "--token-file",
+            metavar="FILE",
+            help="a file holding a token of the project (default: $SAFEHOLD_TOKEN_FILE)",
+        )
     g.add_argument(
         "--database",
         metavar="URL",
@@ -85,6 +102,11 @@ def open_service_database(args: argparse.Namespace) -> Iterator[tuple[Config, Da
     from safehold.config import load_config
     from safehold.service.database import open_database
 
+    if not args.config:
+        raise UsageError(
+            "this command needs --config FILE (the service's file), or --server URL",
+            hint="--server URL --token-file FILE asks a service elsewhere",
+        )
     config = load_config(args.config)
     with open_database(database_url(args, config), state_dir(args, config)) as database:
         yield config, database
