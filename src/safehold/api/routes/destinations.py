@@ -23,7 +23,7 @@ __all__ = ["router", "vault_of"]
 router = APIRouter(
     prefix="/destinations",
     tags=["destinations"],
-    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    responses={status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409)},
 )
 
 

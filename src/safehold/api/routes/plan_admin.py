@@ -25,9 +25,8 @@ __all__ = ["router"]
 router = APIRouter(
     prefix="/plans",
     tags=["plans"],
-    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 400: {"model": ErrorBody},
-               409: {"model": ErrorBody}},
-)  # fmt: skip
+    responses={status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409)},
+)
 
 
 def _out(view: api_plans.PlanView) -> PlanDefinition:
