@@ -105,3 +105,27 @@ def test_restore_jobs_under_both_names(api: Api, points: dict[str, list[dict[str
         assert backups and {r["kind"] for r in backups} == {"backup"}
         bad = client.post("/api/v1/restore-jobs", json={"restore_point": "zz"})
         assert bad.status_code == 422
+
+
+def test_deleting_a_point_queues_its_forget_unless_held(
+    api: Api, points: dict[str, list[dict[str, Any]]]
+) -> None:
+    point = points["default"][2]
+    with api.client("default", "operator") as client:
+        assert client.delete(f"/api/v1/restore-points/{point['id']}").status_code == 403
+        client.post(f"/api/v1/restore-points/{point['id']}/hold", json={"reason": "audit"})
+    with api.client("beta", "admin") as client:
+        assert client.delete(f"/api/v1/restore-points/{point['id']}").status_code == 404
+    with api.client("default", "admin") as client:
+        held = client.delete(f"/api/v1/restore-points/{point['id']}")
+        assert held.status_code == 409 and "audit" in held.json()["error"]["message"]
+        client.post(f"/api/v1/restore-points/{point['id']}/release")
+        queued = client.delete(f"/api/v1/restore-points/{point['id']}")
+        assert queued.status_code == 202, queued.text
+        run = client.get(f"/api/v1/runs/{queued.json()['run_id']}").json()
+        assert (run["kind"], run["state"]) == ("retention", "queued")
+    with api.engine.connect() as db:
+        params = db.execute(
+            text("SELECT params FROM runs WHERE id = :r"), {"r": queued.json()["run_id"]}
+        ).scalar_one()
+    assert params == {"snapshots": [point["snapshot_id"]]}

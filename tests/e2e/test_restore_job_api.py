@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("postgres")]
 def serve(
     pg_server: PgServer, make_state_dir: Callable[[], Path], tmp_path: Path
 ) -> Iterator[tuple[str, str, str]]:
-    """``serve`` with one PostgreSQL plan; (API URL, operator token, database name)."""
+    """``serve`` with one PostgreSQL plan; (API URL, admin token, database name)."""
     db = f"shop_{os.getpid()}"
     pg_server.psql(f"DROP DATABASE IF EXISTS {db}; DROP DATABASE IF EXISTS {db}_copy")
     pg_server.psql(f"CREATE DATABASE {db}")
@@ -57,7 +57,7 @@ def serve(
     safehold("-r", str(tmp_path / "repo"), "init", "--kdf-log2n", "10",
              SAFEHOLD_PASSWORD=PASSWORD.decode())  # fmt: skip
     token = safehold("token", "create", "--config", str(config), "--project", "default",
-                     "--role", "operator").strip()  # fmt: skip
+                     "--role", "admin").strip()  # fmt: skip
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -120,6 +120,13 @@ def test_a_postgres_point_restored_into_a_new_database_through_the_api(
             "/api/v1/restore-jobs", json={"restore_point": str(point["id"]),
                                           "target": f"{db}_copy"}).json()["run_id"])  # fmt: skip
         assert again["state"] == "failed" and "already holds" in (again["error"] or "")
+        # Deleting the point forgets its snapshot in the repository; it is listed as gone.
+        deleted = client.delete(f"/api/v1/restore-points/{point['id']}")
+        assert deleted.status_code == 202, deleted.text
+        assert wait_run(client, deleted.json()["run_id"])["state"] == "succeeded"
+        assert client.get("/api/v1/plans/shop/restore-points").json()["items"] == []
+        gone = client.get(f"/api/v1/restore-points/{point['id']}").json()
+        assert gone["forgotten_at"] is not None
     copied = pg_server.psql("SELECT count(*), sum(total) FROM orders", f"{db}_copy")
     assert copied == "2500|4689375.00"  # 1.5 * (1 + ... + 2500): the rows backed up
     assert pg_server.psql("SELECT count(*) FROM orders", db) == "2000"

@@ -39,6 +39,7 @@ from safehold.runs.child import (
     KILL_GRACE,
     LogLine,
     backup_argv,
+    forget_argv,
     restore_argv,
     retention_argv,
     run_child,
@@ -219,6 +220,9 @@ class RemoteAgent:
         """The child's command line for ``job``, with this machine's configuration file."""
         config, source, kind = self.options.config_path, job["source"], job["kind"]
         if kind == "retention":
+            snapshots = (job.get("params") or {}).get("snapshots")
+            if snapshots:  # restore points deleted through the service
+                return forget_argv(config, list(snapshots), held=job.get("held") or [])
             return retention_argv(config, source, held=job.get("held") or [])
         if kind == "restore":
             params = job.get("params") or {}

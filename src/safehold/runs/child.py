@@ -36,6 +36,7 @@ __all__ = [
     "ChildResult",
     "LogLine",
     "backup_argv",
+    "forget_argv",
     "parse_line",
     "prune_argv",
     "restore_argv",
@@ -111,6 +112,15 @@ def retention_argv(config_path: str, source: str, *, held: Sequence[str] = ()) -
     for snapshot in held:
         argv += ["--keep-id", snapshot]
     return argv
+
+
+def forget_argv(config_path: str, snapshots: Sequence[str], *, held: Sequence[str]) -> list[str]:
+    """The child's command line that removes the named ``snapshots`` (a restore point
+    deleted through the service); ``held`` keeps forget refusing a held one."""
+    argv = [sys.executable, "-m", "safehold", "--json", "forget", "--config", config_path]
+    for snapshot in held:
+        argv += ["--keep-id", snapshot]
+    return [*argv, *snapshots]
 
 
 def restore_argv(

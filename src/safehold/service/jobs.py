@@ -46,11 +46,12 @@ from sqlalchemy.dialects.postgresql import insert
 from safehold.catalog import Run, RunKind, RunLine, RunState, RunTrigger
 from safehold.clock import utcnow
 from safehold.errors import SafeholdError
-from safehold.service import child
-from safehold.service.child import (
+from safehold.runs import child
+from safehold.runs.child import (
     ChildResult,
     LogLine,
     backup_argv,
+    forget_argv,
     prune_argv,
     restore_argv,
     retention_argv,
@@ -430,6 +431,8 @@ class Jobs(Queue):
             )
         if kind == RunKind.RETENTION.value:
             held = await self._db(held_snapshots, self.engine, spec.key)
+            if params.get("snapshots"):  # restore points deleted through the service
+                return forget_argv(spec.config_path, list(params["snapshots"]), held=held)
             return retention_argv(spec.config_path, spec.name, held=held)
         if kind == RunKind.PRUNE.value:
             return prune_argv(spec.config_path, max_unused=spec.max_unused)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import text
 
-from safehold.api.auth import Operator, Reader
+from safehold.api.auth import Admin, Operator, Reader
 from safehold.api.cursor import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
 from safehold.api.routes.runs import list_runs
 from safehold.api.schemas import (
@@ -140,6 +140,38 @@ async def _restore(state: ApiState, project: str, ref: str, body: RestoreRequest
     run_id = await asyncio.to_thread(
         state.jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=RunKind.RESTORE, params=params
     )
+    await state.jobs.defer(run_id, key)
+    return RunQueued(plan=spec.name, run_id=str(run_id))
+
+
+@router.delete("/{ref}", name="delete_restore_point", status_code=202,
+               responses={409: {"model": ErrorBody}})  # fmt: skip
+async def delete_restore_point(request: Request, who: Admin, ref: Ref) -> RunQueued:
+    """Delete a restore point: a job of its plan forgets the snapshot in the repository (a
+    later prune frees its data); a held point is refused (409) until released. Any point
+    may go: the repository keeps every piece another snapshot names, so an incremental
+    never loses its chain's full's data."""
+    state = api_state(request)
+    point = await asyncio.to_thread(get_point, state.engine, ref, projects=[who.project])
+    if point["forgotten_at"] is not None:
+        raise NotFound(f"restore point {ref} is gone already", hint="nothing to delete")
+    if point["held"]:
+        raise Conflict(
+            f"restore point {ref} is held ({point['hold_reason'] or 'no reason given'})",
+            hint=f"release it first: POST /api/v1/restore-points/{point['id']}/release",
+        )
+    key = f"{point['project']}/{point['plan']}"
+    spec = state.plans().get(key)
+    if spec is None:
+        raise Conflict(
+            f"the plan of restore point {ref} is not in the service's configuration",
+            hint="forget it by hand: safehold forget --config FILE SNAPSHOT",
+        )
+    assert state.jobs is not None, "the API was made without the service's queue"
+    run_id = await asyncio.to_thread(
+        state.jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=RunKind.RETENTION,
+        params={"snapshots": [point["snapshot_id"]]},
+    )  # fmt: skip
     await state.jobs.defer(run_id, key)
     return RunQueued(plan=spec.name, run_id=str(run_id))
 
