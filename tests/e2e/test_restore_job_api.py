@@ -170,6 +170,10 @@ def test_the_commands_against_a_service_elsewhere(
                        f"{db}_copy", "--wait")  # fmt: skip
     assert "succeeded" in printed
     assert pg_server.psql("SELECT count(*) FROM orders", f"{db}_copy") == "2500"
+    deleted = json.loads(safehold("--json", "restore-points", "delete", str(points[0]["id"])))
+    assert deleted["state"] == "queued"
+    wait_for("the point to be forgotten", lambda: not json.loads(
+        safehold("--json", "restore-points"))["restore_points"], timeout=120)  # fmt: skip
     # Errors keep their meaning: an unknown plan is a usage error (exit 2) with its hint.
     missing = subprocess.run([sys.executable, "-m", "safehold", "plan", "run", "nope"], env=env,
                              capture_output=True, text=True, timeout=60)  # fmt: skip

@@ -264,3 +264,31 @@ def test_a_restore_job_brings_a_point_back_into_a_new_target(
     worker.join(timeout=120)
     assert res.code == 1, res.output
     assert "failed" in res.stdout and "already holds files" in res.stdout, res.stdout
+
+
+def test_delete_forgets_a_point_unless_it_is_held(service: Service, cli: CliRunner) -> None:
+    service.run()
+    [point] = points(cli, service)["restore_points"]
+    points(cli, service, "hold", str(point["id"]))
+    refused = cli("restore-points", "delete", str(point["id"]), "--config", str(service.config),
+                  "--database", service.url)  # fmt: skip
+    assert refused.code == 2 and "is held" in refused.stderr and "release" in refused.stderr
+    points(cli, service, "release", str(point["id"]))
+    queued = points(cli, service, "delete", str(point["id"]))
+    run_id = uuid.UUID(queued["run_id"])
+
+    async def work() -> None:
+        app = App(connector=PsycopgConnector(conninfo=service.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(app, service.engine, plans=lambda: service.specs,
+                        state_dir=service.tmp / "s", worker="w")  # fmt: skip
+            await jobs.execute(run_id)
+
+    asyncio.run(work())
+    assert service.state(run_id) == "succeeded"
+    assert points(cli, service)["restore_points"] == []
+    [gone] = points(cli, service, "--all")["restore_points"]
+    assert gone["forgotten_at"] is not None
+    repo = json.loads(cli("-r", load_repo(service), "snapshots", "--json").stdout)
+    assert repo == []

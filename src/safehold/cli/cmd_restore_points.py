@@ -31,11 +31,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "action",
         nargs="?",
-        choices=("list", "hold", "release", "restore"),
+        choices=("list", "hold", "release", "restore", "delete"),
         default="list",
         help="list (the default); hold REF: keep it whatever its plan's retention says; "
         "release REF: end the hold; restore REF: queue a restore job of it, through its "
-        "source's restore path and hooks, for a worker of 'safehold serve'",
+        "source's restore path and hooks, for a worker of 'safehold serve'; delete REF: "
+        "queue the forget of its snapshot (refused while held)",
     )
     p.add_argument(
         "ref", nargs="?", metavar="REF", help="the point's number or snapshot id (a prefix)"
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             return _done(ctx, points.release(database.engine, args.ref), "released")
         if action == "restore":
             return _restore(args, ctx, _config, database)
+        if action == "delete":
+            return _delete(args, ctx, _config, database)
         page = points.list_points(
             database.engine,
             plan=args.plan,
@@ -119,6 +122,9 @@ def _remote(args: argparse.Namespace, ctx: Context, remote: Any) -> int:
         found = with_times(remote.call("POST", f"/restore-points/{args.ref}/{args.action}",
                                        json=body))  # fmt: skip
         return _done(ctx, found, "held" if args.action == "hold" else "released")
+    if args.action == "delete":
+        queued = remote.call("DELETE", f"/restore-points/{args.ref}")
+        return _deleted(ctx, args.ref, queued["run_id"])
     if args.action == "restore":
         point = remote.call("GET", f"/restore-points/{args.ref}")
         queued = remote.call("POST", f"/restore-points/{args.ref}/restore",
@@ -232,3 +238,39 @@ def _restore_queued(
         if ended["hint"]:
             ctx.print(f"  hint: {ended['hint']}")
     return 0 if ended["state"] == "succeeded" else 1
+
+
+def _delete(args: argparse.Namespace, ctx: Context, config: Any, database: Any) -> int:
+    """Queue the forget of the point's snapshot, a retention run of its plan."""
+    from safehold.catalog import RunKind
+    from safehold.errors import Conflict
+    from safehold.service.jobs import submit
+    from safehold.service.plans import plans_from_config
+    from safehold.service.restore_points import get_point
+
+    point = get_point(database.engine, args.ref)
+    if point["forgotten_at"] is not None:
+        raise UsageError(f"restore point {args.ref} is gone already", hint="nothing to delete")
+    if point["held"]:
+        raise Conflict(
+            f"restore point {args.ref} is held ({point['hold_reason'] or 'no reason given'})",
+            hint=f"release it first: safehold restore-points release {point['id']}",
+        )
+    key = f"{point['project']}/{point['plan']}"
+    specs = plans_from_config(config)
+    if key not in specs:
+        raise UsageError(
+            f"restore point {args.ref} belongs to plan {key}, which is not in {args.config}",
+            hint="forget it by hand: safehold forget --config FILE SNAPSHOT",
+        )
+    run_id = submit(database.conninfo, database.engine, specs, key, kind=RunKind.RETENTION,
+                    params={"snapshots": [point["snapshot_id"]]})  # fmt: skip
+    return _deleted(ctx, args.ref, str(run_id))
+
+
+def _deleted(ctx: Context, ref: str, run_id: str) -> int:
+    if ctx.json:
+        ctx.emit_json({"restore_point": ref, "run_id": run_id, "state": "queued"})
+    else:
+        ctx.print(f"restore point {ref}: its forget is queued as run {run_id}")
+    return 0
