@@ -27,18 +27,18 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from sqlalchemy import Engine, text
+
+from service import latencies  # bench/service.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,16 +67,6 @@ def _start_serve(work: Path, state_dir: Path) -> tuple[subprocess.Popen[bytes], 
             raise RuntimeError(log.read_text())
         time.sleep(0.2)
     raise TimeoutError("serve did not listen")
-
-
-def _latencies(call: Callable[[], object], reps: int) -> tuple[float, float]:
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
 def bench_points(engine: Engine, url: str, count: int) -> list[tuple[str, str]]:
@@ -125,7 +115,7 @@ def bench_points(engine: Engine, url: str, count: int) -> list[tuple[str, str]]:
 
             for _ in range(20):
                 call()  # warm: connections, the server's caches
-            median, p99 = _latencies(call, 300)
+            median, p99 = latencies(call, 300)
             rows.append((f"GET {what}, 50 a page: median / p99", f"{median:.1f} / {p99:.1f} ms"))
     done = 0
     lock = threading.Lock()

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -113,12 +114,12 @@ def bench_tick(engine: Engine, plans: int) -> list[tuple[str, str]]:
     return rows
 
 
-def _latencies(call: object, reps: int) -> tuple[float, float]:
-    """Median and p99 of ``reps`` calls, in milliseconds."""
+def latencies(call: Callable[[], object], reps: int) -> tuple[float, float]:
+    """Median and p99 of ``reps`` calls, in milliseconds (bench/api.py uses it too)."""
     times = []
     for _ in range(reps):
         started = time.perf_counter()
-        call()  # type: ignore[operator]
+        call()
         times.append((time.perf_counter() - started) * 1000)
     times.sort()
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
@@ -172,7 +173,7 @@ def bench_points(engine: Engine, count: int, reps: int = 300) -> list[tuple[str,
         ("a small project's page beside them", lambda: list_points(engine, projects=["tiny"])),
     ]  # fmt: skip
     for what, call in cases:
-        median, p99 = _latencies(call, reps)
+        median, p99 = latencies(call, reps)
         rows.append((f"{what}, 50 a page: median / p99", f"{median:.1f} / {p99:.1f} ms"))
     _reset(engine)
     return rows
