@@ -19,6 +19,7 @@ APT_PKGS=(
   curl
   acl attr libcap2-bin e2fsprogs   # getfacl/getfattr/getcap and mkfs.ext4 for metadata and volume tests
   restic                           # the reference the pattern and find tests compare with
+  prometheus                       # promtool: the metrics tests check /metrics with it
   fuse3                            # libfuse 3 and fusermount: safehold mount (mfusepy loads libfuse at run time)
 )
 AZURITE_VERSION=3.35.0
