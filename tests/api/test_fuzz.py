@@ -28,7 +28,7 @@ SCHEMA = schemathesis.openapi.from_dict(json.loads((ROOT / "docs" / "openapi.jso
 OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
 FREE_BLOCKS = {
     "POST /api/v1/plans", "PUT /api/v1/plans/{name}", "POST /api/v1/destinations",
-    "PATCH /api/v1/destinations/{name}",
+    "PATCH /api/v1/destinations/{name}", "POST /api/v1/endpoints", "PATCH /api/v1/endpoints/{name}",
 }  # fmt: skip
 # Negative data for every operation that takes any (a route without parameters, body or
 # token has nothing to get wrong).

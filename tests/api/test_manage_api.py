@@ -44,6 +44,9 @@ def test_destinations_and_plans_through_the_api(api: Api) -> None:
         assert again.status_code == 409
         listed = client.get("/api/v1/destinations")
         assert [d["name"] for d in listed.json()] == ["bucket"] and SECRET not in listed.text
+        # OSB's name for them: the same objects.
+        assert client.get("/api/v1/endpoints").json() == listed.json()
+        assert client.get("/api/v1/endpoints/bucket").json()["name"] == "bucket"
         bad = client.post("/api/v1/destinations", json={"name": "x", "password": SECRET})
         assert bad.status_code == 422 and SECRET not in bad.text
 
@@ -68,11 +71,12 @@ def test_destinations_and_plans_through_the_api(api: Api) -> None:
         assert in_use.status_code == 409 and "made" in in_use.text
     with api.client("beta", "admin") as client:
         assert client.get("/api/v1/destinations/bucket").status_code == 404
+        assert client.get("/api/v1/endpoints/bucket").status_code == 404
         assert client.delete("/api/v1/plans/made").status_code == 404
     assert SECRET not in everything(api)
     with api.client("default", "admin") as client:
         assert client.delete("/api/v1/plans/made").status_code == 204
-        assert client.delete("/api/v1/destinations/bucket").status_code == 204
+        assert client.delete("/api/v1/endpoints/bucket").status_code == 204
         assert client.get("/api/v1/destinations").json() == []
 
 

@@ -8,6 +8,7 @@ bare (no database: only to write the OpenAPI document).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
@@ -96,7 +97,11 @@ def create_app(
     v1.include_router(restore_points.router)
     v1.include_router(restore_points.plan_points_router)
     v1.include_router(restore_points.jobs_router)
-    v1.include_router(destinations.router)
+    for prefix, noun in destinations.PREFIXES.items():
+        v1.include_router(
+            destinations.router, prefix=prefix, tags=[prefix.strip("/")],
+            generate_unique_id_function=partial(_destination_id, noun=noun),
+        )  # fmt: skip
     v1.include_router(plan_admin.router)
     app.include_router(v1)
     app.add_middleware(
@@ -107,6 +112,11 @@ def create_app(
 
 def _operation_id(route: APIRoute) -> str:
     return route.name
+
+
+def _destination_id(route: APIRoute, noun: str) -> str:
+    """The destinations' operations under ``noun`` (``list_endpoints``...)."""
+    return route.name.replace("destination", noun)
 
 
 def known_query(request: Request) -> None:

@@ -1,7 +1,8 @@
-"""``/api/v1/destinations`` (the OSB backup manager's "endpoints"): where a project's plans
-made through the API write. Their credentials are write-only: sealed with the service's
-key when given, never returned (the view shows the location without credentials and the
-options' names). Managing them is for admins; any reading role lists them.
+"""``/api/v1/destinations``, also served as ``/api/v1/endpoints`` (the OSB backup manager's
+name for them): where a project's plans made through the API write. Their credentials
+are write-only: sealed with the service's key when given, never returned (the view shows
+the location without credentials and the options' names). Managing them is for admins;
+any reading role lists them.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from safehold.errors import DatabaseUnreachable
 from safehold.service import destinations as dest
 from safehold.service.vault import Vault
 
-__all__ = ["router", "vault_of"]
+__all__ = ["PREFIXES", "router", "vault_of"]
+
+# The same routes under both names: OSB's clients call them endpoints. The alias's
+# operations are named after it (list_endpoints...), as operation ids must be unique.
+PREFIXES = {"/destinations": "destination", "/endpoints": "endpoint"}
 
 router = APIRouter(
-    prefix="/destinations",
-    tags=["destinations"],
     responses={status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409)},
 )
 
