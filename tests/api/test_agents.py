@@ -5,7 +5,9 @@ did not claim, and the agents' list is per project."""
 from __future__ import annotations
 
 import pytest
+from starlette.requests import Request
 
+from safehold.api.routes.agent import _secure
 from safehold.api.tokens import create_token
 from tests.api.conftest import Api
 
@@ -73,3 +75,14 @@ def test_an_agent_registers_beats_polls_and_sees_only_its_runs(api: Api) -> None
     with api.client("default", "viewer") as client:
         listed = {a["name"]: a for a in client.get("/api/v1/agents").json()}
     assert listed["vm-a"]["status"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "secure"),
+    [("https", "203.0.113.9", True), ("http", "127.0.0.1", True), ("http", "::1", True),
+     ("http", "203.0.113.9", False), ("http", "testclient", False)],
+)  # fmt: skip
+def test_credentials_go_only_over_tls_or_loopback(scheme: str, host: str, secure: bool) -> None:
+    scope = {"type": "http", "scheme": scheme, "client": (host, 5000), "server": ("x", 80),
+             "path": "/", "headers": [], "query_string": b""}  # fmt: skip
+    assert _secure(Request(scope)) is secure

@@ -187,3 +187,54 @@ def test_agents_take_their_own_jobs_and_a_lost_one_is_run_again(site: Site) -> N
             "agent:default/vm1",
         ), site.log("vm1")
     assert operator not in site.log("serve") and tokens["vm1"] not in site.log("vm1")
+
+
+def test_a_plan_made_through_the_api_runs_on_its_agent_with_credentials_in_memory(
+    site: Site,
+) -> None:
+    secret = "api-repo-password-" + "x" * 12
+    made = site.safehold("-r", str(site.tmp / "api-repo"), "init", "--kdf-log2n", "10",
+                         SAFEHOLD_PASSWORD=secret)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    admin = site.token("admin", "boss")
+    vm2 = site.token("agent", "vm2")
+    site.start_serve()
+    site.start_agent("vm2", vm2)
+    with httpx.Client(base_url=site.url, timeout=60,
+                      headers={"Authorization": f"Bearer {admin}"}) as client:  # fmt: skip
+        wait_for("vm2 online", lambda: [
+            a["name"] for a in client.get("/api/v1/agents").json() if a["status"] == "online"
+        ] == ["vm2"], timeout=60)  # fmt: skip
+        vault = {"name": "vault", "location": str(site.tmp / "api-repo"), "password": secret}
+        dest = client.post("/api/v1/endpoints", json=vault)
+        assert dest.status_code == 201, dest.text
+        plan = client.post("/api/v1/plans", json={
+            "name": "far", "repository": "vault", "type": "directory", "agent": "vm2",
+            "paths": [str(site.tmp / "data")], "schedule": "@yearly"})  # fmt: skip
+        assert plan.status_code == 201, plan.text
+
+        runs: list[str] = []
+
+        def queued() -> bool:
+            reply = client.post("/api/v1/plans/far/run")  # the service reads new plans in 5 s
+            if reply.status_code == 202:
+                runs.append(str(reply.json()["run_id"]))
+            return bool(runs)
+
+        wait_for("the plan to be known", queued, timeout=60)
+        run_id = runs[0]
+        wait_for("its run to end", lambda: ended(client, run_id) is not None, timeout=120)
+        done = ended(client, run_id)
+        assert done is not None and done["state"] == "succeeded", (done, site.log("vm2"))
+        assert done["worker"] == "agent:default/vm2" and done["snapshot_id"]
+    listed = site.safehold("-r", str(site.tmp / "api-repo"), "snapshots", "--json",
+                           SAFEHOLD_PASSWORD=secret)  # fmt: skip
+    assert done["snapshot_id"][:8] in listed.stdout, listed.stderr
+    # The credentials were in the child's environment only: not on the agent's disk (its
+    # job's document is gone too), not in any log.
+    state = site.tmp / "state-vm2"
+    assert not list((state / "jobs").iterdir())
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in site.log("vm2") and secret not in site.log("serve")

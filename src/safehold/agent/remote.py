@@ -10,7 +10,9 @@ with a token of role ``agent`` only (no database credentials, no inbound port):
   of the plans bound to it (``agent: NAME`` in the service's file). Each job runs as a
   child process with the agent's own configuration file, which names the same sources
   with their hooks and the destinations' credentials (they stay on this machine): a
-  backup, its plan's retention, or a restore;
+  backup, its plan's retention, or a restore. A plan made through the API (``agent:`` in
+  its block) comes with its configuration document instead; its credentials travel beside
+  it, over the API, into the child's environment only (never onto this machine's disk);
 - the child's log lines go to the service every half second; its end (exit code, run
   record) is sent until the service takes it (a restart of the service is waited out);
 - **cut off**: when the heartbeats have failed for :data:`FENCE_SECONDS`, the agent stops
@@ -24,9 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,9 +221,11 @@ class RemoteAgent:
                 continue
             await self.run_job(response.json())
 
-    def argv(self, job: dict[str, Any]) -> list[str]:
-        """The child's command line for ``job``, with this machine's configuration file."""
-        config, source, kind = self.options.config_path, job["source"], job["kind"]
+    def argv(self, job: dict[str, Any], config: str | None = None) -> list[str]:
+        """The child's command line for ``job``, with this machine's configuration file
+        (or ``config``: the one a plan made through the API came with)."""
+        config = config or self.options.config_path
+        source, kind = job["source"], job["kind"]
         if kind == "retention":
             snapshots = (job.get("params") or {}).get("snapshots")
             if snapshots:  # restore points deleted through the service
@@ -242,10 +249,34 @@ class RemoteAgent:
         run_id = str(job["run_id"])
         log.info("run %s: %s of %s (attempt %s)", run_id, job["kind"], job["plan"],
                  job["attempt"])  # fmt: skip
+        with self._job_config(job) as config:
+            await self._run_job(job, run_id, config)
+
+    @contextlib.contextmanager
+    def _job_config(self, job: dict[str, Any]) -> Iterator[str | None]:
+        """The configuration a plan made through the API came with, in a private file
+        for the child's time (it names its credentials only as ${SAFEHOLD_SECRET_N});
+        None for a plan of this machine's own file."""
+        document = job.get("config")
+        if document is None:
+            yield None
+            return
+        folder = self.options.state_dir / "jobs"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="plan-", suffix=".yaml", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(document)
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    async def _run_job(self, job: dict[str, Any], run_id: str, config: str | None) -> None:
         pending: list[LogLine] = []
         flusher = asyncio.create_task(self._flush_loop(run_id, pending))
         try:
-            argv = self.argv(job)
+            argv = self.argv(job, config)
         except SafeholdError as exc:
             flusher.cancel()
             await self._end(run_id, {"exit_code": 2, "stderr_tail": [exc.message]})
@@ -259,6 +290,7 @@ class RemoteAgent:
                 argv,
                 on_line=pending.append,
                 limit=limit,
+                env=job.get("env") or None,  # an API plan's credentials: environment only
                 on_start=lambda proc: self.children.__setitem__(run_id, proc),
             )
         finally:

@@ -263,6 +263,10 @@ class AgentJob(BaseModel):
     timeout: float | None
     params: dict[str, Any]
     held: list[str] = Field(default_factory=list)  # a retention keeps these snapshots
+    # A plan made through the API: its configuration document (credentials stand in it as
+    # ${SAFEHOLD_SECRET_N}) and those variables' values, for the child's environment only.
+    config: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
 
 
 class AgentLine(BaseModel):

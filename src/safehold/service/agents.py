@@ -29,6 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from procrastinate.jobs import Status
@@ -36,7 +37,7 @@ from sqlalchemy import insert, text
 
 from safehold.catalog import RunKind, RunLine, RunState
 from safehold.clock import utcnow
-from safehold.errors import Conflict, NotFound
+from safehold.errors import Conflict, NotFound, SafeholdError
 from safehold.runs.child import ChildResult
 from safehold.service.jobs import Jobs, Outcome
 from safehold.service.plans import agent_queue
@@ -207,15 +208,20 @@ class Agents:
 
     # --- jobs ---------------------------------------------------------------------------
 
-    async def next_job(self, agent: AgentRef, wait: float) -> dict[str, Any] | None:
-        """The agent's next job, claimed for it; None if none came within ``wait`` s."""
+    async def next_job(
+        self, agent: AgentRef, wait: float, *, secure: bool = True
+    ) -> dict[str, Any] | None:
+        """The agent's next job, claimed for it; None if none came within ``wait`` s.
+        ``secure``: the agent's connection is TLS or loopback, so that a plan made through
+        the API may send its credentials over it (otherwise its runs fail, saying why)."""
         deadline = time.monotonic() + wait
         while True:
             job = await self.app.job_manager.fetch_job(
                 queues=[agent.queue], worker_id=agent.worker_id
             )
             if job is not None:
-                found = await self._take(agent, job.id, uuid.UUID(str(job.task_kwargs["run_id"])))
+                run_id = uuid.UUID(str(job.task_kwargs["run_id"]))
+                found = await self._take(agent, job.id, run_id, secure)
                 if found is not None:
                     return found
                 continue
@@ -225,7 +231,7 @@ class Agents:
             await asyncio.sleep(min(POLL, left))
 
     async def _take(
-        self, agent: AgentRef, job_id: int | None, run_id: uuid.UUID
+        self, agent: AgentRef, job_id: int | None, run_id: uuid.UUID, secure: bool
     ) -> dict[str, Any] | None:
         """Claim the run of a job the agent fetched; its description, or None when there
         is nothing to run (the run was cancelled, or its plan is gone)."""
@@ -253,6 +259,23 @@ class Agents:
         }
         if kind == RunKind.RETENTION.value:
             out["held"] = await self.jobs._db(held_snapshots, self.engine, plan_key)
+        if spec.env is not None:
+            # A plan made through the API: the agent has no file naming it. Its document
+            # holds no credential; their values travel beside it, for the child's
+            # environment (the agent never writes them down).
+            if not secure:
+                await self.end(agent, run_id, ChildResult(1, None, stderr_tail=[
+                    f"plan {plan_key} was not sent to agent {agent.label}: its credentials "
+                    "do not go over plain HTTP to another machine; serve the API with "
+                    "--tls-cert and --tls-key (or behind a TLS proxy)"]))  # fmt: skip
+                return None
+            try:
+                out["config"] = await asyncio.to_thread(Path(spec.config_path).read_text)
+                out["env"] = await self.jobs._db(spec.env)
+            except (OSError, SafeholdError) as exc:
+                why = exc.message if isinstance(exc, SafeholdError) else str(exc)
+                await self.end(agent, run_id, ChildResult(1, None, stderr_tail=[why]))
+                return None
         return out
 
     def _owned(self, agent: AgentRef, run_id: uuid.UUID) -> tuple[Any, ...]:

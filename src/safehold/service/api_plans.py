@@ -260,12 +260,6 @@ def _split(project: str, name: str, block: Any) -> tuple[dict[str, Any], str, li
             hint="leave project: out of the block",
         )
     source["project"] = project
-    if source.get("agent") is not None:
-        # An agent runs a job with its own file, which names only the file's sources.
-        raise UsageError(
-            f"{where}: agent: plans made through the service run on its own workers",
-            hint="bind a source of the service's configuration file to an agent instead",
-        )
     if _mentions_secret_vars(source):
         raise UsageError(
             f"{where}: the block names a {SECRET_VAR}N variable",
@@ -629,6 +623,7 @@ def listed_plans(engine: Engine) -> dict[str, PlanSpec]:
             paused=bool(settings.get("paused")),
             retries=int(settings.get("retries") or 0),
             retention=bool(settings.get("retention")),
+            agent=settings.get("agent"),
         )
     return out
 

@@ -10,6 +10,7 @@ credentials, and it sees nothing but its own runs: any other run id is 404.
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from datetime import datetime
 from typing import Annotated
@@ -65,6 +66,18 @@ def _agents(request: Request) -> Agents:
     return found
 
 
+def _secure(request: Request) -> bool:
+    """Whether credentials may go over this connection: TLS (uvicorn takes a local TLS
+    proxy's X-Forwarded-Proto), or loopback, where no one else is on the wire."""
+    if request.url.scheme == "https":
+        return True
+    host = request.client.host if request.client is not None else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 async def _me(request: Request, who: Principal) -> AgentRef:
     agents = _agents(request)
     return await agents.jobs._db(agents.find, who.token_id)
@@ -109,7 +122,7 @@ async def next_agent_job(
 ) -> AgentJob | Response:
     """The agent's next job, claimed for it, or 204 when none came within ``wait``."""
     agent = await _me(request, who)
-    found = await _agents(request).next_job(agent, wait)
+    found = await _agents(request).next_job(agent, wait, secure=_secure(request))
     if found is None:
         return Response(status_code=204)
     return AgentJob(**found)
