@@ -178,3 +178,22 @@ def test_the_commands_against_a_service_elsewhere(
     missing = subprocess.run([sys.executable, "-m", "safehold", "plan", "run", "nope"], env=env,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "no plan 'nope'" in missing.stderr
+    # Destinations and plans made through the service, from here too (an admin's token).
+    (tmp_path / "dest.yaml").write_text(f"location: {tmp_path / 'repo'}\npassword: s3cret-pw\n")
+    made = json.loads(safehold("--json", "destinations", "add", "far", "--from-file",
+                               str(tmp_path / "dest.yaml")))  # fmt: skip
+    assert (made["project"], made["name"]) == ("default", "far") and "s3cret" not in str(made)
+    assert "far" in safehold("destinations", "list")
+    (tmp_path / "plan.yaml").write_text(
+        f"repository: far\ntype: directory\npaths: [{tmp_path}]\nschedule: '@yearly'\n"
+    )
+    created = safehold("plans", "create", "files", "--from-file", str(tmp_path / "plan.yaml"))
+    assert "plan default/files (api)" in created and "repository: far" in created
+    shown = json.loads(safehold("--json", "plans", "show", "files"))
+    assert shown["source"]["paths"] == [str(tmp_path)]
+    in_use = subprocess.run([sys.executable, "-m", "safehold", "destinations", "remove", "far"],
+                            env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert in_use.returncode != 0 and "files" in in_use.stderr
+    assert "deleted" in safehold("plans", "delete", "files")
+    assert json.loads(safehold("--json", "destinations", "remove", "far"))["removed"] is True
+    assert "no destinations" in safehold("destinations", "list")

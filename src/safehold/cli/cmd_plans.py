@@ -13,6 +13,7 @@ from safehold.cli.service_input import add_block_argument, add_project_argument,
 from safehold.errors import UsageError
 
 if TYPE_CHECKING:
+    from safehold.cli.remote import RemoteService
     from safehold.service.queries import PlanStatus
 
 
@@ -28,7 +29,9 @@ def register(sub: Any) -> None:
         "service (not the file's, which are read-only there): the plan's block, read from "
         "--from-file (or standard input), is a source block as in the file's sources: plus "
         "'repository: DEST' (a destination of the project, see 'safehold destinations') and "
-        "optionally 'copies: [DEST, ...]'. 'show' prints one plan of either origin.",
+        "optionally 'copies: [DEST, ...]'. 'show' prints one plan of either origin. With "
+        "--server, all of it through the service's API (the token decides the project; "
+        "create, update, delete and show need an admin's).",
     )
     p.add_argument("action", nargs="?", choices=("create", "update", "delete", "show"))
     p.add_argument("name", metavar="NAME", nargs="?")
@@ -61,12 +64,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     remote = remote_from(args)
     if args.action is not None:
-        if remote is not None:
-            raise UsageError(
-                f"plans {args.action} works on the service's own machine",
-                hint="through the API: POST/PUT/DELETE /api/v1/plans (docs/api.md)",
-            )
-        return _act(args, ctx)
+        return _act(args, ctx, remote)
     from safehold.clock import utcnow
 
     now = utcnow()
@@ -131,39 +129,59 @@ def _remote_rows(remote: Any) -> list[PlanStatus]:
     return rows
 
 
-def _act(args: argparse.Namespace, ctx: Context) -> int:
+def _act(args: argparse.Namespace, ctx: Context, remote: RemoteService | None) -> int:
     """``plans create|update|delete|show NAME``."""
-    from safehold.cli.service_args import open_service_vault
-    from safehold.service import api_plans
-
     if not args.name:
         raise UsageError(f"plans {args.action} needs the plan's NAME")
     changes = args.action in ("create", "update")
     block = read_block(args.from_file, "plan") if changes else {}
-    with open_service_vault(args) as (database, vault):
-        engine, project = database.engine, args.project
-        if args.action == "delete":
-            api_plans.delete_plan(engine, project, args.name)
-            if ctx.json:
-                ctx.emit_json({"project": project, "name": args.name, "deleted": True})
-            else:
-                ctx.print(f"plan {project}/{args.name} deleted")
-            return 0
-        if args.action == "create":
-            view = api_plans.create_plan(engine, vault, project, args.name, block)
-        elif args.action == "update":
-            view = api_plans.update_plan(engine, vault, project, args.name, block)
-        else:
-            view = api_plans.get_plan(engine, project, args.name)
+    if remote is not None:
+        found = _remote_act(remote, args.action, args.name, block)
+    else:
+        found = _local_act(args, block)
     if ctx.json:
-        ctx.emit_json(view.to_json())
+        ctx.emit_json(found)
         return 0
-    ctx.print(f"plan {view.project}/{view.name} ({view.origin})")
-    paused = " paused" if view.paused else ""
-    ctx.print(f"  schedule:   {view.schedule} ({view.timezone}){paused}")
-    if view.repository is not None:
-        ctx.print(f"  repository: {view.repository}")
-        ctx.print(f"  copies:     {', '.join(view.copies) or '-'}")
+    if args.action == "delete":
+        ctx.print(f"plan {found['project']}/{found['name']} deleted")
+        return 0
+    ctx.print(f"plan {found['project']}/{found['name']} ({found['origin']})")
+    paused = " paused" if found["paused"] else ""
+    ctx.print(f"  schedule:   {found['schedule']} ({found['timezone']}){paused}")
+    if found["repository"] is not None:
+        ctx.print(f"  repository: {found['repository']}")
+        ctx.print(f"  copies:     {', '.join(found['copies']) or '-'}")
     if changes:
         ctx.print("  a running service takes it within a few seconds")
     return 0
+
+
+def _local_act(args: argparse.Namespace, block: dict[str, Any]) -> dict[str, Any]:
+    """The action on the service's own catalog: its JSON, as the API answers it."""
+    from safehold.cli.service_args import open_service_vault
+    from safehold.service import api_plans
+
+    with open_service_vault(args) as (database, vault):
+        engine, project, name = database.engine, args.project, args.name
+        if args.action == "delete":
+            api_plans.delete_plan(engine, project, name)
+            return {"project": project, "name": name, "deleted": True}
+        if args.action == "create":
+            return api_plans.create_plan(engine, vault, project, name, block).to_json()
+        if args.action == "update":
+            return api_plans.update_plan(engine, vault, project, name, block).to_json()
+        return api_plans.get_plan(engine, project, name).to_json()
+
+
+def _remote_act(
+    remote: RemoteService, action: str, name: str, block: dict[str, Any]
+) -> dict[str, Any]:
+    """The action through the service's API (an admin's token; it decides the project)."""
+    if action == "delete":
+        remote.call("DELETE", f"/plans/{name}")
+        return {"project": remote.project(), "name": name, "deleted": True}
+    if action == "create":
+        return dict(remote.call("POST", "/plans", json={**block, "name": name}))
+    if action == "update":
+        return dict(remote.call("PUT", f"/plans/{name}", json={**block, "name": name}))
+    return dict(remote.call("GET", f"/plans/{name}/definition"))
