@@ -41,12 +41,23 @@ sources:
     schedule: "*/3 * * * * *"
     retention: {keep_last: 3}
 YAML
-echo "+ safehold serve --config $work/safehold.yaml   (for 12 seconds)"
-uv run --frozen safehold serve --config "$work/safehold.yaml" --workers 1 &
+token=$(uv run --frozen safehold token create --config "$work/safehold.yaml" \
+  --project default --role viewer)
+echo "$token" > "$work/token"
+# Port 0: any free port (the default, 8808, may be taken on this machine).
+echo "+ safehold serve --config $work/safehold.yaml --listen 127.0.0.1:0   (for 12 seconds)"
+uv run --frozen safehold serve --config "$work/safehold.yaml" --workers 1 \
+  --listen 127.0.0.1:0 > "$work/serve.log" 2>&1 &
 serve=$!
 sleep 12
+url=$(grep -o 'API listening on http://[0-9.:]*' "$work/serve.log" | head -1 | cut -d' ' -f4)
+if [ -n "$url" ]; then
+  echo "+ safehold plans --server $url --token-file $work/token   (through the REST API)"
+  uv run --frozen safehold plans --server "$url" --token-file "$work/token"
+fi
 kill -TERM "$serve"
 wait "$serve" || true
+tail -n 5 "$work/serve.log"
 sh plans --config "$work/safehold.yaml"
 sh runs --config "$work/safehold.yaml"
 sh snapshots
