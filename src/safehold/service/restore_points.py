@@ -26,7 +26,6 @@ the same at the millionth point as at the first.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,11 +35,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from safehold.errors import NotFound, UsageError
+from safehold.service.cursor import decode_cursor, encode_cursor, foreign_cursor
 
 __all__ = [
     "Page",
-    "decode_cursor",
-    "encode_cursor",
     "get_point",
     "held_snapshots",
     "hold",
@@ -60,25 +58,6 @@ class Page:
 
     points: list[dict[str, Any]]
     next_cursor: str | None
-
-
-def encode_cursor(taken_at: datetime, point_id: int) -> str:
-    """An opaque cursor after the point ``(taken_at, point_id)``."""
-    raw = f"{taken_at.isoformat()}|{point_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    """The ``(taken_at, id)`` a cursor stands after; a clear error for a damaged one."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when, point_id = raw.rsplit("|", 1)
-        return datetime.fromisoformat(when), int(point_id)
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError(
-            "the cursor is not one this service gave out",
-            hint="start again without a cursor, and pass next_cursor as it was given",
-        ) from None
 
 
 def record_point(
@@ -191,7 +170,10 @@ def list_points(
     if not include_forgotten:
         where.append("r.forgotten_at IS NULL")
     if cursor is not None:
-        after_at, after_id = decode_cursor(cursor)
+        after_at, key = decode_cursor(cursor)
+        if not key.isdigit():
+            raise foreign_cursor()
+        after_id = int(key)
         where.append("(r.taken_at, r.id) < (:after_at, :after_id)")
         params.update(after_at=after_at, after_id=after_id)
     query = text(
@@ -204,7 +186,7 @@ def list_points(
     rows = rows[:limit]
     points = [_point(row) for row in rows]
     last = rows[-1] if more else None
-    return Page(points, encode_cursor(last.taken_at, last.id) if last is not None else None)
+    return Page(points, encode_cursor(last.taken_at, str(last.id)) if last is not None else None)
 
 
 def get_point(engine: Engine, ref: str, *, projects: Iterable[str] | None = None) -> dict[str, Any]:
