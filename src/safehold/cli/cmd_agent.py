@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safehold.cli.context import Context
+from safehold.cli.service_args import add_loop_arguments
 from safehold.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
@@ -50,21 +51,11 @@ def register(sub: Any) -> None:
         "standard error, each run's with its backup_guid (--log-format text for people).",
     )
     _options(p, None)
-    p.add_argument(
-        "--tick",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="seconds between two looks at the schedules (default: 1)",
-    )
-    p.add_argument(
-        "--stop-grace",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="on SIGTERM, how long an interrupted backup has to run its unlock and cleanup "
-        "hooks before it is killed (default: 10)",
-    )
+    add_loop_arguments(
+        p, stop_grace=10.0,
+        grace_of="an interrupted backup has to run its unlock and cleanup hooks before "
+        "it is killed",
+    )  # fmt: skip
     remote = p.add_argument_group(
         "working for a service (safehold serve): its plans with agent: NAME run here"
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from safehold.cli.context import Context
 from safehold.cli.service_args import (
+    add_loop_arguments,
     add_service_arguments,
     database_url,
     service_clock,
@@ -49,20 +50,7 @@ def register(sub: Any) -> None:
         action="store_false",
         help="run jobs only (an extra worker machine); another process ticks",
     )
-    p.add_argument(
-        "--tick",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="seconds between two looks at the schedules (default: 1)",
-    )
-    p.add_argument(
-        "--stop-grace",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="on SIGTERM, how long running jobs may go on before they are killed (default: 60)",
-    )
+    add_loop_arguments(p, stop_grace=60.0, grace_of="running jobs may go on before they are killed")
     api = p.add_argument_group("the REST API (docs/api.md)")
     api.add_argument(
         "--listen",

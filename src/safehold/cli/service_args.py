@@ -170,3 +170,22 @@ def open_service_vault(args: argparse.Namespace) -> Iterator[tuple[Database, Vau
     with open_service_database(args) as (config, database):
         key_file = key_file_path(config.service.key_file, state_dir(args, config))
         yield database, Vault(database.engine, key_file)
+
+
+def add_loop_arguments(p: argparse.ArgumentParser, *, stop_grace: float, grace_of: str) -> None:
+    """``--tick`` and ``--stop-grace`` of a long-running command (``serve``, ``agent``):
+    ``grace_of`` says what the grace is for."""
+    p.add_argument(
+        "--tick",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between two looks at the schedules (default: 1)",
+    )
+    p.add_argument(
+        "--stop-grace",
+        type=float,
+        default=stop_grace,
+        metavar="SECONDS",
+        help=f"on SIGTERM, how long {grace_of} (default: {stop_grace:g})",
+    )
