@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from safehold.api.tokens import create_token
+from safehold.service.workers import register_worker
 from tests.api.conftest import ROLES, SNAPSHOT, Api
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("api_database")]
@@ -41,6 +42,10 @@ ROUTES = [
     Route("GET", "/api/v1/runs", READ, 200, foreign="list"),
     Route("GET", "/api/v1/runs/{run}", READ, 200),
     Route("POST", "/api/v1/runs/{queued}/cancel", OPERATE, 200),
+    Route("GET", "/api/v1/backup-jobs", READ, 200, foreign="list"),
+    Route("GET", "/api/v1/backup-jobs/{run}", READ, 200),
+    Route("POST", "/api/v1/backup-jobs", OPERATE, 202, body={"plan": "second"}),
+    Route("POST", "/api/v1/backup-jobs/{queued}/cancel", OPERATE, 200),
     Route("GET", f"/api/v1/managed?backup_id={SNAPSHOT}", READ, 200, foreign="list"),
     Route("GET", "/api/v1/projects", READ, 200, foreign="list"),
     Route("GET", "/api/v1/projects/default", READ, 200),
@@ -128,3 +133,28 @@ def test_another_projects_run_cannot_be_cancelled_and_stays_queued(api: Api) -> 
         assert client.get(f"/api/v1/runs/{uuid.uuid4()}").status_code == 404
     with api.client("default", "viewer") as client:
         assert client.get(f"/api/v1/runs/{queued}").json()["state"] == "queued"
+
+
+def test_a_job_is_found_under_its_own_kind_only(api: Api) -> None:
+    with api.client("default", "operator") as client:
+        assert client.get(f"/api/v1/backup-jobs/{api.done_run}").json()["kind"] == "backup"
+        for call in ("GET", "POST"):
+            path = f"/api/v1/restore-jobs/{api.done_run}" + ("/cancel" if call == "POST" else "")
+            reply = client.request(call, path)
+            assert reply.status_code == 404 and "restore job" in reply.text, reply.text
+        queued = api.queued_run()
+        assert client.post(f"/api/v1/restore-jobs/{queued}/cancel").status_code == 404
+        assert client.get(f"/api/v1/runs/{queued}").json()["state"] == "queued"
+        made = client.post("/api/v1/backup-jobs", json={"plan": "job"})
+        assert made.status_code == 202 and made.json()["plan"] == "job"
+        assert client.post("/api/v1/backup-jobs", json={"plan": "nope"}).status_code == 404
+
+
+def test_the_services_processes_are_listed_for_any_reader(api: Api) -> None:
+    register_worker(api.engine, "serve-test-1", "host-a", 4242)
+    with api.client("beta", "viewer") as client:
+        found = {w["name"]: w for w in client.get("/api/v1/workers").json()}
+    assert found["serve-test-1"]["host"] == "host-a" and found["serve-test-1"]["pid"] == 4242
+    assert found["serve-test-1"]["alive"] is True
+    with api.client(None) as client:
+        assert client.get("/api/v1/workers").status_code == 401

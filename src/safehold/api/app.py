@@ -31,7 +31,9 @@ from safehold.api.routes import (
     restore_points,
     runs,
     tokens,
+    workers,
 )
+from safehold.api.routes import jobs as job_routes
 from safehold.api.routes import plans as plan_routes
 from safehold.api.schemas import ErrorBody
 from safehold.api.state import ApiState
@@ -96,7 +98,8 @@ def create_app(
     v1.include_router(agent.agents_router)
     v1.include_router(restore_points.router)
     v1.include_router(restore_points.plan_points_router)
-    v1.include_router(restore_points.jobs_router)
+    v1.include_router(job_routes.router)
+    v1.include_router(workers.router)
     for prefix, noun in destinations.PREFIXES.items():
         v1.include_router(
             destinations.router, prefix=prefix, tags=[prefix.strip("/")],

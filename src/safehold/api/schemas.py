@@ -366,6 +366,26 @@ class RestoreRequest(BaseModel):
     replace: bool = False
 
 
+class WorkerOut(BaseModel):
+    """One ``safehold serve`` process."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    alive: bool
+
+
+class BackupJobCreate(BaseModel):
+    """A backup job (the OSB backup manager's name): which plan, now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plan: str = Field(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class RestoreJobCreate(RestoreRequest):
     """A restore job (the OSB backup manager's name): which point, where to."""
 

@@ -1,6 +1,5 @@
 """``/api/v1/restore-points``: the project's restore points (chain-aware), their holds,
-and restore jobs; ``/api/v1/backup-jobs`` and ``/api/v1/restore-jobs``, the OSB backup
-manager's names for runs of those kinds.
+and restore jobs (``/api/v1/restore-jobs`` is :mod:`safehold.api.routes.jobs`).
 
 A point is named by its number or by its snapshot id (a unique prefix of 4 digits or
 more). A held point is kept by its plan's retention until released. A restore job is a run
@@ -18,18 +17,14 @@ from sqlalchemy import text
 
 from safehold.api.auth import Admin, Operator, Reader
 from safehold.api.cursor import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
-from safehold.api.routes.runs import list_runs
 from safehold.api.schemas import (
     PRINTABLE,
     ErrorBody,
     HoldRequest,
-    RestoreJobCreate,
     RestorePointOut,
     RestorePointPage,
     RestoreRequest,
-    RunPage,
     RunQueued,
-    RunStateName,
 )
 from safehold.api.state import ApiState, api_state
 from safehold.catalog import RunKind, RunTrigger
@@ -42,14 +37,13 @@ from safehold.service.restore_points import (
     restore_request,
 )
 
-__all__ = ["jobs_router", "plan_points_router", "router"]
+__all__ = ["plan_points_router", "queue_restore", "router"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
 }  # fmt: skip
 router = APIRouter(prefix="/restore-points", tags=["restore points"], responses=_ERRORS)
 plan_points_router = APIRouter(prefix="/plans", tags=["restore points"], responses=_ERRORS)
-jobs_router = APIRouter(tags=["jobs"], responses=_ERRORS)
 
 Ref = Annotated[str, "a point's number or a snapshot id prefix"]
 
@@ -127,7 +121,9 @@ def release_restore_point(request: Request, who: Operator, ref: Ref) -> RestoreP
     return RestorePointOut(**release(api_state(request).engine, ref, projects=[who.project]))
 
 
-async def _restore(state: ApiState, project: str, ref: str, body: RestoreRequest) -> RunQueued:
+async def queue_restore(state: ApiState, project: str, ref: str, body: RestoreRequest) -> RunQueued:
+    """Queue a restore job of the point ``ref`` of ``project``, as ``body`` says."""
+    """Queue a restore job of the point ``ref`` of ``project``, as ``body`` says."""
     key, snapshot = await asyncio.to_thread(restore_request, state.engine, ref, projects=[project])
     spec = state.plans().get(key)
     if spec is None:
@@ -182,36 +178,4 @@ async def restore_restore_point(
     request: Request, who: Operator, ref: Ref, body: RestoreRequest | None = None
 ) -> RunQueued:
     """Queue a restore job of the point (follow it as a run: GET /api/v1/runs/{id})."""
-    return await _restore(api_state(request), who.project, ref, body or RestoreRequest())
-
-
-@jobs_router.post("/restore-jobs", name="create_restore_job", status_code=202,
-                  responses={409: {"model": ErrorBody}})  # fmt: skip
-async def create_restore_job(request: Request, who: Operator, body: RestoreJobCreate) -> RunQueued:
-    """Queue a restore job (the OSB backup manager's call): a point, and where to."""
-    return await _restore(api_state(request), who.project, body.restore_point, body)
-
-
-@jobs_router.get("/restore-jobs", name="list_restore_jobs")
-def list_restore_jobs(
-    request: Request,
-    who: Reader,
-    state: RunStateName | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,
-) -> RunPage:
-    """The project's restore jobs: its runs of kind restore, newest first."""
-    return list_runs(request, who, None, state, "restore", limit, cursor)
-
-
-@jobs_router.get("/backup-jobs", name="list_backup_jobs")
-def list_backup_jobs(
-    request: Request,
-    who: Reader,
-    plan: Annotated[str | None, Query(max_length=200, pattern=PRINTABLE)] = None,
-    state: RunStateName | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,
-) -> RunPage:
-    """The project's backup jobs: its runs of kind backup, newest first."""
-    return list_runs(request, who, plan, state, "backup", limit, cursor)
+    return await queue_restore(api_state(request), who.project, ref, body or RestoreRequest())
