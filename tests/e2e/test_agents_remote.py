@@ -227,6 +227,12 @@ def test_a_plan_made_through_the_api_runs_on_its_agent_with_credentials_in_memor
         done = ended(client, run_id)
         assert done is not None and done["state"] == "succeeded", (done, site.log("vm2"))
         assert done["worker"] == "agent:default/vm2" and done["snapshot_id"]
+    # The agent's token reads no destination, not even the one its plan writes to: its
+    # job brought what the run needed.
+    with httpx.Client(base_url=site.url, timeout=30,
+                      headers={"Authorization": f"Bearer {vm2}"}) as agent:  # fmt: skip
+        for path in ("/api/v1/destinations", "/api/v1/endpoints/vault", "/api/v1/plans/far"):
+            assert agent.get(path).status_code == 403, path
     listed = site.safehold("-r", str(site.tmp / "api-repo"), "snapshots", "--json",
                            SAFEHOLD_PASSWORD=secret)  # fmt: skip
     assert done["snapshot_id"][:8] in listed.stdout, listed.stderr
