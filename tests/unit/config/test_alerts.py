@@ -64,22 +64,35 @@ def test_a_full_block_loads_and_its_secrets_are_known() -> None:
     assert "smtp-secret-pw" not in repr(config.alerts)
 
 
+def ops(channels: str, more: str = "") -> str:
+    """An alerts: block with one receiver ``ops`` and these channels."""
+    return f"alerts: {{receivers: {{ops: {{{more}channels: [{channels}]}}}}}}"
+
+
+MAIL = "type: email, host: h, from: a@b.c"
+SRC = "sources: {s: {type: directory, paths: [/x], "
+
+
 @pytest.mark.parametrize(
     ("block", "expected"),
     [
-        ("alerts: {receivers: {ops: {channels: []}}}", "alerts.receivers.ops.channels: list should have at least 1 item"),
-        ("alerts: {receivers: {ops: {channels: [{type: sms, to: x}]}}}", "does not match any of the expected tags: 'email', 'webhook', 'apprise'"),
-        ("alerts: {receivers: {ops: {channels: [{type: email, host: h, from: a@b.c, to: [nope]}]}}}", "not an e-mail address: 'nope'"),
-        ("alerts: {receivers: {ops: {channels: [{type: email, host: h, from: a@b.c, to: [a@b.c], pasword: x}]}}}", "channels.0.email.pasword: unknown key"),
-        ("alerts: {receivers: {ops: {channels: [{type: webhook, url: 'ftp://h/secretpath'}]}}}", "must be an http:// or https:// URL"),
-        ("alerts: {receivers: {ops: {channels: [{type: apprise, url: 'nosuch://tok3n'}]}}}", "apprise does not understand this nosuch:// URL"),
-        ("alerts: {receivers: {ops: {projects: ['-bad'], channels: [{type: apprise, url: 'json://h'}]}}}", "projects"),
-        ("alerts: {receivers: {ops: {channels: [{type: apprise, url: 'json://h'}, {type: apprise, url: 'json://h', name: apprise-1}]}}}", "two channels named apprise-1"),
+        (ops(""), "alerts.receivers.ops.channels: list should have at least 1 item"),
+        (ops("{type: sms, to: x}"), "expected tags: 'email', 'webhook', 'apprise'"),
+        (ops(f"{{{MAIL}, to: [nope]}}"), "not an e-mail address: 'nope'"),
+        (ops(f"{{{MAIL}, to: [a@b.c], pasword: x}}"), "channels.0.email.pasword: unknown key"),
+        (ops("{type: webhook, url: 'ftp://h/secretpath'}"), "must be an http:// or https://"),
+        (ops("{type: apprise, url: 'nosuch://tok3n'}"), "apprise does not understand this nos"),
+        (ops("{type: apprise, url: 'json://h'}", "projects: ['-bad'], "), "projects"),
+        (
+            ops("{type: apprise, url: 'json://h'}, {type: apprise, url: 'json://h', name: "
+                "apprise-1}"),
+            "two channels named apprise-1",
+        ),
         ("alerts: {evaluate_every: 0s}", "alerts.evaluate_every"),
         ("alerts: {email: ops@example.org}", "alerts.email: unknown key"),
-        ("sources: {s: {type: directory, paths: [/x], rpo_target: soon}}", "sources.s.rpo_target"),
-        ("sources: {s: {type: directory, paths: [/x], ping: {begin: 'http://h/x'}}}", "sources.s.ping.begin: unknown key"),
-        ("sources: {s: {type: directory, paths: [/x], ping: {fail: 'hc-ping/x'}}}", "sources.s.ping.fail: must be an http"),
+        (SRC + "rpo_target: soon}}", "sources.s.rpo_target"),
+        (SRC + "ping: {begin: 'http://h/x'}}}", "sources.s.ping.begin: unknown key"),
+        (SRC + "ping: {fail: 'hc-ping/x'}}}", "sources.s.ping.fail: must be an http"),
     ],
 )  # fmt: skip
 def test_problems_are_named(block: str, expected: str) -> None:
