@@ -317,3 +317,75 @@ def test_pings_at_a_runs_start_and_end(
     asyncio.run(run())
     assert len(alerter.deliver_once().sent) == 2
     assert http_receiver.paths() == ["/ping/db-0123456789/start", "/ping/db-0123456789/fail"]
+
+
+def test_lost_agents_drills_and_damage_found(
+    engine: Engine, smtp_server: SmtpServer, http_receiver: HttpReceiver
+) -> None:
+    """The conditions on tables other features fill: agents, drills (created here with
+    the shared schema, as the drills' migration makes it) and verify runs."""
+    clock = FakeClock(T0 + timedelta(hours=1))
+    alerter, ids = setup(engine, make_config(smtp_server, http_receiver), clock)
+    assert alerter.evaluate_once().opened == []  # no drills table: the condition is quiet
+    with engine.begin() as db:
+        db.execute(text("INSERT INTO projects (name) VALUES ('shop')"))
+        db.execute(
+            text(
+                "INSERT INTO agents (project, name, host, heartbeat_at) "
+                "VALUES ('shop', 'db-host', 'db1', :t)"
+            ),
+            {"t": T0},
+        )
+        db.execute(
+            text(
+                """CREATE TABLE drills (id bigserial PRIMARY KEY, run_id bigint, project text,
+                plan text, snapshot_id text, started_at timestamptz, finished_at timestamptz,
+                restore_seconds double precision, rto_target_seconds double precision,
+                bytes bigint, result text, failed_phase text, check_output text, error text)"""
+            )
+        )
+        db.execute(
+            text(
+                "INSERT INTO drills (project, plan, snapshot_id, started_at, result, "
+                "failed_phase, error) VALUES ('shop', 'db', :s, :t, 'failed', 'check', "
+                "'row count 0, expected > 0')"
+            ),
+            {"s": "c" * 64, "t": T0},
+        )
+        db.execute(
+            text(
+                "INSERT INTO drills (project, plan, started_at, result, restore_seconds, "
+                "rto_target_seconds) VALUES ('shop', 'web', :t, 'passed', 1300, 900)"
+            ),
+            {"t": T0},
+        )
+        db.execute(text("ALTER TABLE runs DROP CONSTRAINT ck_runs_kind"))  # 'verify' runs
+        db.execute(
+            text(
+                "INSERT INTO runs (id, plan_id, kind, trigger, state, ended_at, error, params) "
+                "VALUES (gen_random_uuid(), :p, 'verify', 'schedule', 'failed', :t, "
+                "'pack 3f2a damaged', CAST(:params AS jsonb))"
+            ),
+            {"p": ids["shop/db"], "t": T0, "params": '{"snapshots": ["%s"]}' % ("d" * 64)},
+        )
+    add_run(engine, ids["shop/db"], "worker_lost", T0 + timedelta(minutes=1),
+            error="agent lost: the agent running it stopped heart-beating")  # fmt: skip
+    with engine.begin() as db:
+        db.execute(text("UPDATE runs SET worker = 'agent:shop/db-host' WHERE kind = 'backup'"))
+    found = {(f.kind, f.plan, f.subject): f for f in alerter.evaluate_once().opened}
+    assert set(found) == {
+        ("agent_lost", "", "db-host"),
+        ("agent_lost", "db", "db-host"),
+        ("drill_failed", "db", ""),
+        ("rto_over_target", "web", ""),
+        ("verify_damage", "db", ""),
+    }
+    assert found[("drill_failed", "db", "")].phase == "check"
+    assert "21m40s, over the RTO target of 15m" in (found[("rto_over_target", "web", "")].error
+                                                    or "")  # fmt: skip
+    assert "dddddddd" in (found[("verify_damage", "db", "")].error or "")
+    # The agent is back: its heartbeat incident clears; its plan's clears at a success.
+    with engine.begin() as db:
+        db.execute(text("UPDATE agents SET heartbeat_at = :t"), {"t": clock.now()})
+    resolved = alerter.evaluate_once().resolved
+    assert len(resolved) == 1
