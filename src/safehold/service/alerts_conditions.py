@@ -108,20 +108,23 @@ def _failed_phase(phases: list[dict[str, Any]] | None, default: str) -> str:
     return default
 
 
-# The newest ended run of each plan's own kind (a retention or restore run does not
+# The newest (by queueing) ended run of each plan's own kind (a retention or restore run does not
 # decide whether the plan is healthy). A failed attempt whose retry is still queued or
 # running is not reported yet: the retry may well succeed.
 _NEWEST_RUNS = text(
     """
-    SELECT DISTINCT ON (r.plan_id) p.project, p.name, r.id, r.kind, r.state, r.error,
-           r.hint, r.phases, r.worker, r.ended_at,
-           EXISTS (SELECT 1 FROM runs n WHERE n.plan_id = r.plan_id AND n.trigger = 'retry'
+    SELECT p.project, p.name, r.id, r.kind, r.state, r.error, r.hint, r.phases, r.worker,
+           r.ended_at,
+           EXISTS (SELECT 1 FROM runs n WHERE n.plan_id = p.id AND n.trigger = 'retry'
                    AND n.state IN ('queued', 'running') AND n.queued_at > r.queued_at)
              AS retrying
-    FROM runs r JOIN plans p ON p.id = r.plan_id
-    WHERE r.kind IN ('backup', 'prune') AND r.ended_at IS NOT NULL
-      AND r.state IN ('succeeded', 'failed', 'timed_out', 'worker_lost')
-    ORDER BY r.plan_id, r.ended_at DESC
+    FROM plans p JOIN LATERAL (
+      -- one probe of the (plan_id, queued_at) index a plan, however many runs it has
+      SELECT * FROM runs r WHERE r.plan_id = p.id AND r.kind IN ('backup', 'prune')
+        AND r.state IN ('succeeded', 'failed', 'timed_out', 'worker_lost')
+        AND r.ended_at IS NOT NULL
+      ORDER BY r.queued_at DESC LIMIT 1
+    ) r ON TRUE
     """
 )
 
@@ -276,10 +279,11 @@ def copy_failed(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
     rows = db.execute(
         text(
             """
-            SELECT DISTINCT ON (r.plan_id) p.project, p.name, r.id, r.error
-            FROM runs r JOIN plans p ON p.id = r.plan_id
-            WHERE r.kind = 'backup' AND r.state = 'succeeded' AND r.ended_at IS NOT NULL
-            ORDER BY r.plan_id, r.ended_at DESC
+            SELECT p.project, p.name, r.id, r.error FROM plans p JOIN LATERAL (
+              SELECT r.id, r.error FROM runs r WHERE r.plan_id = p.id AND r.kind = 'backup'
+                AND r.state = 'succeeded' AND r.ended_at IS NOT NULL
+              ORDER BY r.queued_at DESC LIMIT 1
+            ) r ON TRUE
             """
         )
     )
@@ -353,12 +357,13 @@ def verify_damage(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
     rows = db.execute(
         text(
             """
-            SELECT DISTINCT ON (r.plan_id) p.project, p.name, r.id, r.state, r.error,
-                   r.hint, r.params
-            FROM runs r JOIN plans p ON p.id = r.plan_id
-            WHERE r.kind = 'verify' AND r.ended_at IS NOT NULL
-              AND r.state IN ('succeeded', 'failed')
-            ORDER BY r.plan_id, r.ended_at DESC
+            SELECT p.project, p.name, r.id, r.state, r.error, r.hint, r.params
+            FROM plans p JOIN LATERAL (
+              SELECT r.id, r.state, r.error, r.hint, r.params FROM runs r
+              WHERE r.plan_id = p.id AND r.kind = 'verify' AND r.ended_at IS NOT NULL
+                AND r.state IN ('succeeded', 'failed')
+              ORDER BY r.queued_at DESC LIMIT 1
+            ) r ON TRUE
             """
         )
     )
