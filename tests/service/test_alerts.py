@@ -160,7 +160,7 @@ def test_a_failed_run_alerts_once_then_resolves(
         assert "shop" in part and run_id in part and "pre-backup-lock" in part
         assert "pg_dump: connection refused" in part
         assert f"safehold runs show {run_id[:8]}" in part
-    assert "<td class='run-id'>" + run_id + "</td>" in rich
+    assert "<td class='run-id' style='white-space:pre-wrap'>" + run_id + "</td>" in rich
     (hook,) = webhooks(http_receiver)
     assert (hook["event"], hook["kind"], hook["project"], hook["plan"], hook["run_id"]) == (
         "opened", "run_failed", "shop", "db", run_id)  # fmt: skip

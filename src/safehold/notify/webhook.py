@@ -88,5 +88,6 @@ class WebhookChannel:
         )
 
     def send(self, message: Message) -> None:
-        """POST the message: its fields, subject and text."""
-        self.post({**message.fields, "subject": message.subject, "text": message.text})
+        """POST the message: its fields, its subject line as ``headline`` (``subject`` is
+        a field of its own: what within the plan), and its text."""
+        self.post({**message.fields, "headline": message.subject, "text": message.text})

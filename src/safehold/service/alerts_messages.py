@@ -50,11 +50,14 @@ def incident_message(incident: Mapping[str, Any], event: str) -> Message:
         lead = f"Resolved: {title} for {where}. The condition has cleared."
     else:
         lead = f"{title.capitalize()} for {where}."
-    text_body = lead + "\n\n" + "\n".join(f"{k + ':':<11} {v}" for k, v in rows) + "\n"
+    # A multi-line value (an error quoting a tool's output) stays under its column.
+    lines = [f"{k + ':':<11} " + str(v).replace("\n", "\n" + " " * 12) for k, v in rows]
+    text_body = lead + "\n\n" + "\n".join(lines) + "\n"
     colour = _COLOURS.get(event, "#444")
     cells = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
-        f"<td class='{html.escape(k.replace(' ', '-'))}'>{html.escape(str(v))}</td></tr>"
+        f"<td class='{html.escape(k.replace(' ', '-'))}' style='white-space:pre-wrap'>"
+        f"{html.escape(str(v))}</td></tr>"
         for k, v in rows
     )
     html_body = (

@@ -99,7 +99,7 @@ def test_webhook_is_signed_over_timestamp_and_body(http_receiver: HttpReceiver) 
     assert request.headers["X-Safehold-Signature"] != sign("other", stamp, request.body)
     body = request.json()
     assert body["project"] == "shop" and body["run_id"] == "1234"
-    assert body["subject"] == MESSAGE.subject
+    assert body["headline"] == MESSAGE.subject
 
 
 def test_webhook_retries_5xx_then_succeeds(http_receiver: HttpReceiver) -> None:
