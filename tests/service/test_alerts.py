@@ -389,3 +389,18 @@ def test_lost_agents_drills_and_damage_found(
         db.execute(text("UPDATE agents SET heartbeat_at = :t"), {"t": clock.now()})
     resolved = alerter.evaluate_once().resolved
     assert len(resolved) == 1
+
+
+def test_one_process_evaluates_at_a_time(
+    engine: Engine, smtp_server: SmtpServer, http_receiver: HttpReceiver
+) -> None:
+    from safehold.service.alerts import ALERT_LOCK
+
+    clock = FakeClock(T0 + timedelta(hours=1))
+    alerter, ids = setup(engine, make_config(smtp_server, http_receiver), clock)
+    add_run(engine, ids["shop/db"], "failed", T0 + timedelta(minutes=5), error="boom")
+    with engine.begin() as other:  # another service is evaluating
+        other.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ALERT_LOCK})
+        skipped = alerter.evaluate_once()
+        assert not skipped.evaluated and skipped.opened == []
+    assert [f.kind for f in alerter.evaluate_once().opened] == ["run_failed"]
