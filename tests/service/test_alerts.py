@@ -317,6 +317,10 @@ def test_pings_at_a_runs_start_and_end(
     asyncio.run(run())
     assert len(alerter.deliver_once().sent) == 2
     assert http_receiver.paths() == ["/ping/db-0123456789/start", "/ping/db-0123456789/fail"]
+    clock.advance(timedelta(days=3))  # sent pings are pruned after two days
+    alerter.evaluate_once()
+    with engine.connect() as db:
+        assert db.execute(text("SELECT count(*) FROM alert_deliveries")).scalar() == 0
 
 
 def test_lost_agents_drills_and_damage_found(

@@ -41,11 +41,22 @@ from safehold.notify import (
 )
 from safehold.service.alerts_messages import incident_message
 
-__all__ = ["MAX_BACKOFF", "DeliveryResult", "build_channel", "deliver_due", "queue_ping"]
+__all__ = [
+    "KEEP_PINGS",
+    "MAX_BACKOFF",
+    "DeliveryResult",
+    "build_channel",
+    "deliver_due",
+    "prune_outbox",
+    "queue_ping",
+]
 
 log = logging.getLogger("safehold.service.alerts")
 
 MAX_BACKOFF = 3600.0  # seconds at most between two tries of one message
+# Sent pings are kept this long (two a run: 10,000 hourly plans make 480,000 a day); an
+# incident's messages stay with it, and failed pings stay until looked at.
+KEEP_PINGS = timedelta(days=2)
 
 
 def build_channel(config: ChannelConfig) -> Channel:
@@ -196,6 +207,19 @@ def deliver_due(
                 log.warning("alert delivery failed (attempt %d of %d, again in %.0f s): %s: %s",
                             attempts, max_attempts, wait, what, error)  # fmt: skip
     return result
+
+
+def prune_outbox(engine: Engine, now: datetime) -> int:
+    """Delete the pings sent before ``now - KEEP_PINGS``; how many."""
+    with engine.begin() as db:
+        done = db.execute(
+            text(
+                "DELETE FROM alert_deliveries WHERE event = 'ping' AND state = 'sent' "
+                "AND sent_at < :before"
+            ),
+            {"before": now - KEEP_PINGS},
+        )
+    return int(done.rowcount or 0)
 
 
 def _describe(row: Any) -> str:

@@ -23,7 +23,12 @@ from safehold.config import Config
 from safehold.config.alerts import AlertsConfig, PingConfig
 from safehold.service.alerts import EvalResult, evaluate
 from safehold.service.alerts_conditions import EvalContext
-from safehold.service.alerts_delivery import DeliveryResult, deliver_due, queue_ping
+from safehold.service.alerts_delivery import (
+    DeliveryResult,
+    deliver_due,
+    prune_outbox,
+    queue_ping,
+)
 
 __all__ = ["DELIVER_EVERY", "AlertSettings", "Alerter", "settings_from_config"]
 
@@ -68,14 +73,17 @@ class Alerter:
         self.settings = settings_from_config(config)
 
     def evaluate_once(self) -> EvalResult:
-        """One evaluation now (blocking)."""
+        """One evaluation now (blocking), and the old sent pings pruned."""
         s = self.settings
         ctx = EvalContext(
             now=self.clock.now(),
             rpo_targets=s.rpo_targets,
             agent_stale_after=s.alerts.agent_stale_after if s.alerts else 300.0,
         )
-        return evaluate(self.engine, s.alerts, ctx)
+        result = evaluate(self.engine, s.alerts, ctx)
+        if result.evaluated:
+            prune_outbox(self.engine, ctx.now)
+        return result
 
     def deliver_once(self) -> DeliveryResult:
         """Send what is due now (blocking)."""
