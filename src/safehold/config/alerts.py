@@ -46,6 +46,7 @@ __all__ = [
     "ReceiverConfig",
     "WebhookConfig",
     "alerts_secrets",
+    "plan_ping_secrets",
 ]
 
 _ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+")
@@ -250,3 +251,10 @@ def alerts_secrets(alerts: AlertsConfig | None, pings: list[PingConfig] | None =
             if url:
                 found += _url_parts(url)
     return found
+
+
+def plan_ping_secrets(ping: PingConfig | None) -> list[str]:
+    """A plan's ping URLs, whole (each is the credential that lets anyone ping)."""
+    if ping is None:
+        return []
+    return [url for url in (ping.url(e) for e in ("start", "success", "fail")) if url]
