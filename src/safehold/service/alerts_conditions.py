@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -173,7 +173,7 @@ def agent_lost(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
             row.name,
             phase="heartbeat",
             error=f"agent {row.name} (on {row.host or 'an unknown host'}) last heart-beat at "
-            f"{row.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC",
+            f"{_utc(row.heartbeat_at):%Y-%m-%d %H:%M:%S} UTC",
             hint="start it again on its machine (safehold agent --server URL ...), or look "
             "at that machine and its network; its plans' jobs wait for it",
             details={"last_heartbeat": row.heartbeat_at},
@@ -218,8 +218,8 @@ def missed_slot(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
             row.project,
             row.name,
             phase="schedule",
-            error=f"{row.missed} slot(s) missed since {row.first_missed:%Y-%m-%d %H:%M} UTC "
-            f"(the newest at {row.missed_at:%Y-%m-%d %H:%M} UTC): nothing ran them within "
+            error=f"{row.missed} slot(s) missed since {_utc(row.first_missed):%Y-%m-%d %H:%M} UTC "
+            f"(the newest at {_utc(row.missed_at):%Y-%m-%d %H:%M} UTC): nothing ran them within "
             "their start window",
             hint="check that a 'safehold serve' with a scheduler is running and that its "
             "workers (or the plan's agent) take jobs: safehold workers --config FILE",
@@ -251,7 +251,7 @@ def rpo_breach(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
         if age <= target:
             continue
         newest = (
-            f"the newest restore point is from {row.newest:%Y-%m-%d %H:%M} UTC"
+            f"the newest restore point is from {_utc(row.newest):%Y-%m-%d %H:%M} UTC"
             if row.newest
             else "the plan has no restore point yet"
         )
@@ -386,6 +386,11 @@ def verify_damage(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
             "next backup of the affected sources should be a full one",
             details={"snapshots": list(snapshots)},
         )
+
+
+def _utc(value: datetime) -> datetime:
+    """``value`` in UTC (the session's time zone may be another: messages say UTC)."""
+    return value.astimezone(UTC)
 
 
 def _span(seconds: float) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from safehold.notify import Message
@@ -21,7 +21,9 @@ _COLOURS = {"opened": "#b00020", "resolved": "#1b7f3b", "test": "#1f5fa8"}
 
 
 def _when(value: Any) -> str:
-    return f"{value:%Y-%m-%d %H:%M:%S} UTC" if isinstance(value, datetime) else str(value or "")
+    if isinstance(value, datetime):  # in UTC whatever the database session's time zone
+        return f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    return str(value or "")
 
 
 def incident_message(incident: Mapping[str, Any], event: str) -> Message:
