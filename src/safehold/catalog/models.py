@@ -39,9 +39,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Agent",
+    "AlertDelivery",
     "Base",
+    "DeliveryState",
     "Destination",
     "DestinationFormat",
+    "Incident",
+    "IncidentState",
     "Plan",
     "PlanOrigin",
     "Project",
@@ -408,3 +412,75 @@ class ServiceKey(Base):
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     key_check: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class IncidentState(StrEnum):
+    """Whether an incident's condition still holds."""
+
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class Incident(Base):
+    """Something people were told of (service/alerts.py): a failed run, a missed slot, an
+    RPO breach... keyed by (kind, project, plan, subject). While open, ``open_key`` holds
+    that key, and its uniqueness is what keeps a second evaluation (or a second service)
+    from opening it twice; a resolved incident's is NULL, so it may open again later."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (
+        CheckConstraint(one_of("state", IncidentState), name="state"),
+        UniqueConstraint("open_key"),
+        Index(None, "state", "opened_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    kind: Mapped[str]
+    project: Mapped[str]
+    plan: Mapped[str] = mapped_column(server_default=text("''"))
+    subject: Mapped[str] = mapped_column(server_default=text("''"))
+    open_key: Mapped[str | None]
+    state: Mapped[str] = mapped_column(server_default=text("'open'"))
+    opened_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    run_id: Mapped[str | None]  # text: a drill's or verification's run may be another id
+    phase: Mapped[str | None]
+    error: Mapped[str | None]
+    hint: Mapped[str | None]
+    details: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+
+class DeliveryState(StrEnum):
+    """Where one message through one channel stands."""
+
+    PENDING = "pending"  # to be tried at next_at
+    SENT = "sent"
+    FAILED = "failed"  # every attempt failed: logged, and kept here with its last error
+
+
+class AlertDelivery(Base):
+    """The outbox: one row per (incident event, channel), or per ping. Written in the
+    transaction that opens or resolves the incident (or ends the run), sent after it, so
+    that nothing is lost to a crash between the two. No secret is stored: the channel is
+    named (receiver, channel), and found again in the configuration when sent."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        CheckConstraint(one_of("state", DeliveryState), name="state"),
+        Index(None, "state", "next_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    incident_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("incidents.id", ondelete="CASCADE")
+    )
+    event: Mapped[str]  # opened | resolved | ping
+    receiver: Mapped[str]  # a receiver's name; a ping's plan key
+    channel: Mapped[str]  # the channel's name; a ping's start | success | fail
+    state: Mapped[str] = mapped_column(server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    next_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None]
+    payload: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))

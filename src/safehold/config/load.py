@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from safehold.config.alerts import AlertsConfig
 from safehold.config.aliases import apply_aliases
 from safehold.config.models import (
     COMMON_KEYS,
@@ -39,7 +40,15 @@ from safehold.sources.registry import KINDS
 __all__ = ["load_config", "parse_config", "validate_destination"]
 
 Path_ = tuple[str | int, ...]
-TOP_KEYS = ("version", "repository", "destinations", "sources", "service", *RESERVED_TOP_KEYS)
+TOP_KEYS = (
+    "version",
+    "repository",
+    "destinations",
+    "sources",
+    "service",
+    "alerts",
+    *RESERVED_TOP_KEYS,
+)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MAX_SHOWN = 20
@@ -215,6 +224,9 @@ def parse_config(
     service = _validate(
         TypeAdapter(ServiceConfig | None), data.get("service"), ("service",), problems, context
     )
+    alerts = _validate(
+        TypeAdapter(AlertsConfig | None), data.get("alerts"), ("alerts",), problems, context
+    )
     problems.raise_if_any()
     return Config(
         path=path,
@@ -224,6 +236,7 @@ def parse_config(
         warnings=warnings,
         reserved=reserved,
         service=service or ServiceConfig(),
+        alerts=alerts,
     )
 
 

@@ -7,8 +7,8 @@ hooks, host, tags, timeouts...) and its kind's own, validated by that kind's ``S
 user wrote.
 
 A source with a ``schedule`` is a plan for ``safehold serve`` (its keys:
-:mod:`safehold.config.plans`). Keys reserved for later issues (``verify`` in a source,
-``alerts`` at the top) are accepted now, so a file written for a later version still
+:mod:`safehold.config.plans`). Keys reserved for later issues (``verify`` in a source)
+are accepted now, so a file written for a later version still
 loads, but this version does nothing with them and says so.
 """
 
@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from safehold.config.alerts import AlertsConfig, PingConfig
 from safehold.config.plans import (
     AGENT_NAME,
     DEFAULT_PROJECT,
@@ -180,6 +181,10 @@ class SourceCommon(BaseModel):
     retries: int = Field(default=0, ge=0, le=20)
     retry_delay: Seconds = 60.0  # before the first retry; doubled at each further one
     retention: RetentionConfig | None = None  # applied after each successful run
+    # Alerts (docs/alerts.md): the newest restore point may be at most this old, and the
+    # URLs pinged at each run's start, success and failure.
+    rpo_target: Seconds | None = Field(default=None, gt=0)
+    ping: PingConfig | None = None
     # Reserved for the drills and verification issue: accepted, not acted upon.
     verify: Any = None
 
@@ -227,7 +232,7 @@ class SourceCommon(BaseModel):
 
 COMMON_KEYS = frozenset(SourceCommon.model_fields)
 RESERVED_SOURCE_KEYS = ("verify",)
-RESERVED_TOP_KEYS = ("alerts",)
+RESERVED_TOP_KEYS: tuple[str, ...] = ()  # alerts: is real now (config/alerts.py)
 
 
 class RepositoryConfig(BaseModel):
@@ -305,6 +310,7 @@ class Config:
     warnings: list[str] = field(default_factory=list)
     reserved: dict[str, Any] = field(default_factory=dict, repr=False)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    alerts: AlertsConfig | None = None  # the alerts: block (config/alerts.py)
 
     @property
     def plans(self) -> dict[str, SourceConfig]:

@@ -44,6 +44,7 @@ import yaml
 from sqlalchemy import Connection, Engine, text
 
 from safehold.config import Config, parse_config, source_secrets
+from safehold.config.alerts import plan_ping_secrets
 from safehold.errors import Conflict, NotFound, SafeholdError, UsageError
 from safehold.policy.schedule import parse_schedule
 from safehold.service.destinations import check_name, destination_block
@@ -295,6 +296,7 @@ def _check(
     config = parse_config(document, path=f"<plan {project}/{name}>", env={**os.environ, **env})
     spec = _spec(config, project, name)
     secrets = source_secrets(config.sources[name].settings)
+    secrets += plan_ping_secrets(config.sources[name].common.ping)  # ping URLs are tokens
     given = {k: v for k, v in source.items() if k != "project"}
     settings = {
         **{k: v for k, v in spec.settings().items() if k != "config"},

@@ -32,7 +32,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -282,6 +282,9 @@ class Jobs(Queue):
         self._children: dict[uuid.UUID, asyncio.subprocess.Process] = {}  # running now
         self._fenced: set[uuid.UUID] = set()
         self._stopping: set[asyncio.Future[None]] = set()  # fenced children being stopped
+        # Told (plan key, "start" | "success" | "fail", run id) as a plan's own run starts
+        # and ends: the alerts' ping URLs (service/alerts_run.py). Never raises.
+        self.on_run: Callable[[str, str, str], Awaitable[None]] | None = None
 
     def fence(self) -> int:
         """Stop every running child: this worker has been cut off from the database for
@@ -334,6 +337,8 @@ class Jobs(Queue):
             )
             await self._db(self._end, run_id, slot_id, outcome, None)
             return
+        if self.on_run is not None and kind == spec.kind.value:
+            await self.on_run(plan_key, "start", str(run_id))
         argv = await self._argv(spec, kind, run_id, params)
         env = None
         if spec.env is not None:  # an API plan: its destinations' secrets, opened now
@@ -408,6 +413,9 @@ class Jobs(Queue):
             await self._db(self._forgotten, run_id, removed)
         if kind != spec.kind.value:
             return True  # retention, restore: no retries and nothing after it
+        if self.on_run is not None and outcome.state is not RunState.SKIPPED:
+            event = "success" if outcome.state is RunState.SUCCEEDED else "fail"
+            await self.on_run(spec.key, event, str(run_id))
         if outcome.state in (RunState.FAILED, RunState.TIMED_OUT) and attempt <= spec.retries:
             await self._retry(spec, slot_id, attempt, outcome)
         elif outcome.state is RunState.SUCCEEDED and spec.retention and kind == RunKind.BACKUP:

@@ -43,6 +43,7 @@ from sqlalchemy import text
 
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.config import Config, load_config
+from safehold.service.alerts_run import Alerter
 from safehold.service.api_plans import PlanCache, plans_from_catalog
 from safehold.service.cluster import default_state_dir
 from safehold.service.database import Database, open_database
@@ -110,6 +111,10 @@ class Service:
             worker=options.name,
             conninfo=database.conninfo,
         )
+        # Alerts (service/alerts_run.py): evaluated beside the scheduler; the workers
+        # queue the plans' pings at each run's start and end.
+        self.alerter = Alerter(self.engine, options.clock)
+        self.jobs.on_run = self.alerter.ping
         self.apply(config)
         self.refresh_api_plans()
         self.reload_requested = False
@@ -119,6 +124,7 @@ class Service:
     def apply(self, config: Config) -> None:
         """Take the plans of ``config`` (at start and on reload)."""
         specs = plans_from_config(config)
+        self.alerter.configure(config)
         self.file_ids = sync_plans(self.engine, specs.values())
         self.file_specs = specs
         self._merge()
@@ -286,6 +292,7 @@ class Service:
         tasks += [asyncio.create_task(run(self, stop), name="companion") for run in companions]
         if self.options.scheduler:
             tasks.append(asyncio.create_task(self.scheduler(stop), name="scheduler"))
+            tasks.append(asyncio.create_task(self.alerter.run(stop), name="alerts"))
         worker = self._start_worker() if self.options.workers > 0 else None
         stopper = asyncio.create_task(stop.wait())
         while True:

@@ -288,7 +288,6 @@ def test_alias_conflicts(block: str, expected: str, tmp_path: Path) -> None:
 
 def test_reserved_keys_warn(tmp_path: Path) -> None:
     text = """\
-    alerts: {email: ops@example.org}
     sources:
       f:
         type: directory
@@ -296,8 +295,6 @@ def test_reserved_keys_warn(tmp_path: Path) -> None:
         verify: {period: 30d}
     """
     cfg = load_config(write(tmp_path, text), env={})
-    assert "alerts" in cfg.reserved
-    assert any(w.startswith("alerts: reserved") for w in cfg.warnings)
     assert any("sources.f.verify: reserved" in w for w in cfg.warnings)
 
 

@@ -1,0 +1,36 @@
+"""Telling people: the channels an alert, a test message or a ping goes out through.
+
+Pure transport, no catalog and no service: the service's alert engine
+(``safehold.service.alerts``) and the standalone agent hand a :class:`Message` (or a
+ping) to a :class:`Channel` and learn whether it went. Each channel is one module:
+
+- :mod:`.email`: SMTP with STARTTLS and login, a text and an HTML part;
+- :mod:`.webhook`: a JSON POST signed with HMAC-SHA256 of a shared secret (and a time
+  stamp against replay), retried with back-off on transport errors and 5xx answers;
+- :mod:`.ping`: healthchecks/cronitor-style URLs hit at a run's start, success or failure;
+- :mod:`.apprise_url`: any URL the Apprise library reaches (Slack, Teams, ntfy, mailto...).
+
+A channel raises :class:`DeliveryError` when a message did not go; retrying across
+minutes and recording failures is the caller's (the service's outbox). Every channel
+knows its secrets and masks them in what it raises (:func:`mask`), so an error may be
+logged and stored as it is.
+"""
+
+from safehold.notify.apprise_url import AppriseChannel
+from safehold.notify.base import Channel, DeliveryError, Message, mask
+from safehold.notify.email import EmailChannel
+from safehold.notify.ping import ping, ping_label
+from safehold.notify.webhook import WebhookChannel, sign
+
+__all__ = [
+    "AppriseChannel",
+    "Channel",
+    "DeliveryError",
+    "EmailChannel",
+    "Message",
+    "WebhookChannel",
+    "mask",
+    "ping",
+    "ping_label",
+    "sign",
+]
