@@ -56,6 +56,7 @@ __all__ = [
     "SlotState",
     "Token",
     "TokenRole",
+    "VerifyPack",
     "Worker",
 ]
 
@@ -98,6 +99,7 @@ class RunKind(StrEnum):
     PRUNE = "prune"
     DRILL = "drill"
     RESTORE = "restore"  # a restore point back into its source, or into a named target
+    VERIFY = "verify"  # a slice of a repository's packs re-read (service/verify.py)
 
 
 class RunTrigger(StrEnum):
@@ -408,3 +410,22 @@ class ServiceKey(Base):
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     key_check: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class VerifyPack(Base):
+    """A pack of a repository in the verification rotation: when it was first listed, and
+    when a slice last read it and what that found (``ok`` or ``damaged``).
+
+    The slices list the repository's packs each time: a new pack joins with ``last_read``
+    null (read first), a pack gone from the repository (pruned) leaves.
+    """
+
+    __tablename__ = "verify_packs"
+    __table_args__ = (CheckConstraint("last_result IN ('ok', 'damaged')", name="last_result"),)
+
+    repository: Mapped[str] = mapped_column(primary_key=True)  # its location, redacted
+    pack_id: Mapped[str] = mapped_column(primary_key=True)  # hex
+    size: Mapped[int] = mapped_column(BigInteger)
+    first_seen: Mapped[datetime]
+    last_read: Mapped[datetime | None]
+    last_result: Mapped[str | None]  # 'ok' | 'damaged'

@@ -109,6 +109,7 @@ class Service:
             state_dir=state_dir,
             worker=options.name,
             conninfo=database.conninfo,
+            clock=options.clock,
         )
         self.apply(config)
         self.refresh_api_plans()
