@@ -109,7 +109,9 @@ def scene(
     found = Scene(
         engine,
         private_cluster.conninfo(name),
-        str(engine.url.render_as_string(hide_password=False)),
+        engine.url.render_as_string(hide_password=False).replace(
+            "postgresql+psycopg://", "postgresql://"
+        ),
         cli_repo,
         src,
         tmp_path,
@@ -192,7 +194,7 @@ def test_progress_survives_a_restart_and_new_packs_join(scene: Scene) -> None:
     assert 0 < before.ratio < 1 and before.never_read > 0
     # A restart: a new engine, nothing kept in the process.
     scene.engine.dispose()
-    scene.engine = create_engine(scene.url)
+    scene.engine = create_engine(scene.url.replace("postgresql://", "postgresql+psycopg://"))
     after = coverage(scene.engine, scene.repo, "5d", clock.now())
     assert after == before
     clock.advance(DAY)
@@ -330,3 +332,52 @@ def test_a_damaged_pack_fails_the_service_s_run_naming_the_snapshots(scene: Scen
     assert target[:8] in run["error"] and scene.snapshots[3][:8] in run["error"]
     assert "restore" in run["hint"]
     assert PASSWORD.decode() not in json.dumps(run, default=str)
+
+
+def test_the_command_reads_a_slice_and_shows_the_coverage(scene: Scene) -> None:
+    path = _config(scene, "{period: 3d, schedule: '@daily'}")
+    service = ["--config", str(path), "--database", scene.url, "--state-dir", str(scene.tmp / "s")]
+    env = {"SH_TEST_PW": PASSWORD.decode()}
+    status = ok(scene.cli("--json", "verify", "--status", *service, env=env))
+    (before,) = json.loads(status.stdout)
+    assert (before["packs"], before["coverage"], before["period"]) == (0, 1.0, "3d")
+    done = json.loads(ok(scene.cli("--json", "verify", *service, env=env)).stdout)
+    assert done["outcome"] == "success" and 1 <= len(done["read"]) < len(done["listed"])
+    assert set(done["listed"]) == scene.packs()
+    (after,) = json.loads(ok(scene.cli("--json", "verify", "--status", *service, env=env)).stdout)
+    assert after["packs"] == len(scene.packs()) and 0 < after["coverage"] < 1
+    assert after["bytes_read_within_period"] == sum(done["listed"][p] for p in done["read"])
+    text_ = ok(scene.cli("verify", "--status", *service, env=env)).stdout
+    assert scene.repo in text_ and "COVERAGE" in text_
+    # Damage in a pack the next slice reads: exit code 4, the snapshots named.
+    target = scene.data_pack(4)
+    with scene.engine.begin() as db:  # first in line: every other pack read just now
+        db.execute(
+            text(
+                "UPDATE verify_packs SET last_read = now(), last_result = 'ok' WHERE pack_id <> :p"
+            ),
+            {"p": target},
+        )
+        db.execute(
+            text("UPDATE verify_packs SET last_read = NULL WHERE pack_id = :p"), {"p": target}
+        )
+    pack = Path(scene.repo) / "data" / target[:2] / target
+    raw = bytearray(pack.read_bytes())
+    raw[100] ^= 0x10
+    pack.write_bytes(bytes(raw))
+    failed = scene.cli("verify", *service, env=env)
+    assert failed.code == 4, failed.output
+    assert target[:8] in failed.stderr and scene.snapshots[4][:8] in failed.stderr
+    # check --read-packs reads exactly the packs named, and finds the same damage.
+    listing = scene.tmp / "packs.txt"
+    listing.write_text(f"# one pack\n{target}\n")
+    checked = scene.cli("--json", "-r", scene.repo, "check", "--read-packs", str(listing))
+    assert checked.code == 4, checked.output
+    report = json.loads(checked.stdout)
+    assert report["counts"]["packs_read"] == 1 and report["read_data"] == "1 packs"
+    assert {e["snapshot"] for e in report["errors"] if e.get("snapshot")} == set(
+        scene.snapshots[4:]
+    )
+    listing.write_text("not-a-pack\n")
+    bad = scene.cli("-r", scene.repo, "check", "--read-packs", str(listing))
+    assert bad.code == 2 and "line 1" in bad.stderr and "not a pack id" in bad.stderr
