@@ -30,6 +30,7 @@ from safehold.api.routes import (
     restore_points,
     runs,
     tokens,
+    verification,
 )
 from safehold.api.routes import plans as plan_routes
 from safehold.api.schemas import ErrorBody
@@ -98,6 +99,7 @@ def create_app(
     v1.include_router(restore_points.jobs_router)
     v1.include_router(destinations.router)
     v1.include_router(plan_admin.router)
+    v1.include_router(verification.router)
     app.include_router(v1)
     app.add_middleware(
         BodyLimit, limit=max_body, larger={"/api/v1/agent/": max(max_body, MAX_AGENT_BODY)}
