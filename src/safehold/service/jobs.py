@@ -67,6 +67,7 @@ from safehold.service.restore_points import held_snapshots, mark_forgotten, reco
 from safehold.service.verify import (
     DAMAGE_HINT,
     load_rotation,
+    read_state,
     record_slice,
     slice_timing,
     write_state,
@@ -477,12 +478,18 @@ class Jobs(Queue):
     def _verified(self, spec: PlanSpec, run_id: uuid.UUID, result: ChildResult) -> Outcome:
         """A verify slice's end: its result recorded in the rotation, and its outcome (failed,
         naming the damaged packs and the snapshots affected, when it found damage)."""
-        self._verify_state(run_id).unlink(missing_ok=True)
+        state = self._verify_state(run_id)
+        try:
+            # The packs count as read when the slice began: never later than they were.
+            read_at = read_state(state)[0].now
+        except (OSError, ValueError, KeyError):
+            read_at = self.clock.now()
+        state.unlink(missing_ok=True)
         record = result.record or {}
         if result.killed or record.get("operation") != "verify":
             return exit_outcome(result, "verify")
         found = SliceResult.from_json(record)
-        record_slice(self.engine, spec.name, found, self.clock.now(), run_id=run_id)
+        record_slice(self.engine, spec.name, found, read_at, run_id=run_id)
         if found.ok:
             return Outcome(RunState.SUCCEEDED)
         message = found.describe_damage()
