@@ -317,6 +317,7 @@ class Jobs(Queue):
         """A run this worker killed when it lost the database: ended as lost, unless the
         others did so first, and then retried as the reaper would."""
         self._fenced.discard(run_id)
+        self._verify_state(run_id).unlink(missing_ok=True)  # a verify slice's, if any
         lost = Outcome(
             RunState.WORKER_LOST,
             "worker lost",
@@ -386,6 +387,7 @@ class Jobs(Queue):
                 "the service stopped while the run went on",
                 "it runs again at the plan's next slot",
             )
+            self._verify_state(run_id).unlink(missing_ok=True)  # a verify slice's, if any
             await asyncio.shield(self._db(self._end, run_id, slot_id, stopped, None))
             raise
         finally:
