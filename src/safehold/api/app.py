@@ -31,6 +31,7 @@ from safehold.api.routes import (
     restore_points,
     runs,
     tokens,
+    verification,
     workers,
 )
 from safehold.api.routes import jobs as job_routes
@@ -106,6 +107,7 @@ def create_app(
             generate_unique_id_function=partial(_destination_id, noun=noun),
         )  # fmt: skip
     v1.include_router(plan_admin.router)
+    v1.include_router(verification.router)
     app.include_router(v1)
     app.add_middleware(
         BodyLimit, limit=max_body, larger={"/api/v1/agent/": max(max_body, MAX_AGENT_BODY)}

@@ -52,7 +52,7 @@ RunStateName = Literal[
     "queued", "running", "succeeded", "failed", "timed_out", "skipped", "worker_lost",
     "cancelled",
 ]  # fmt: skip
-RunKindName = Literal["backup", "retention", "prune", "drill", "restore"]
+RunKindName = Literal["backup", "retention", "prune", "drill", "restore", "verify"]
 RoleName = Literal["admin", "operator", "viewer", "agent"]
 # Text that reaches the catalog: PostgreSQL's text holds no NUL, and a label needs no
 # control character.

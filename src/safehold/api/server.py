@@ -68,7 +68,8 @@ class _Server(uvicorn.Server):
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8808`` for IPv6) as a host and a port."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+    numeric = port.isascii() and port.isdigit()
+    if not sep or not numeric or not 0 <= int(port) <= 65535 or not host:
         raise UsageError(f"--listen {listen!r} is not HOST:PORT", hint="for example 127.0.0.1:8808")
     return host.strip("[]"), int(port)
 

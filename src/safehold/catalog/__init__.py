@@ -18,6 +18,8 @@ Concepts:
 - **Destination** (:class:`Destination`): a place snapshots go, made through the service,
   its credentials sealed with the service's key; :class:`ServiceKey` holds that key's
   check value.
+- **Verified pack** (:class:`VerifyPack`): a repository's pack in the verification
+  rotation, with when a slice last read it and what that found.
 
 The repositories stay the source of truth for snapshots; the catalog records what the
 service did. This package sits on the ground floor: it imports nothing of safehold's but
@@ -46,6 +48,7 @@ from safehold.catalog.models import (
     SlotState,
     Token,
     TokenRole,
+    VerifyPack,
     Worker,
 )
 
@@ -68,5 +71,6 @@ __all__ = [
     "SlotState",
     "Token",
     "TokenRole",
+    "VerifyPack",
     "Worker",
 ]

@@ -60,6 +60,7 @@ __all__ = [
     "SlotState",
     "Token",
     "TokenRole",
+    "VerifyPack",
     "Worker",
 ]
 
@@ -102,6 +103,7 @@ class RunKind(StrEnum):
     PRUNE = "prune"
     DRILL = "drill"
     RESTORE = "restore"  # a restore point back into its source, or into a named target
+    VERIFY = "verify"  # a slice of a repository's packs re-read (service/verify.py)
 
 
 class RunTrigger(StrEnum):
@@ -484,3 +486,22 @@ class AlertDelivery(Base):
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None]
     payload: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+
+class VerifyPack(Base):
+    """A pack of a repository in the verification rotation: when it was first listed, and
+    when a slice last read it and what that found (``ok`` or ``damaged``).
+
+    The slices list the repository's packs each time: a new pack joins with ``last_read``
+    null (read first), a pack gone from the repository (pruned) leaves.
+    """
+
+    __tablename__ = "verify_packs"
+    __table_args__ = (CheckConstraint("last_result IN ('ok', 'damaged')", name="last_result"),)
+
+    repository: Mapped[str] = mapped_column(primary_key=True)  # its location, redacted
+    pack_id: Mapped[str] = mapped_column(primary_key=True)  # hex
+    size: Mapped[int] = mapped_column(BigInteger)
+    first_seen: Mapped[datetime]
+    last_read: Mapped[datetime | None]
+    last_result: Mapped[str | None]  # 'ok' | 'damaged'

@@ -13,7 +13,14 @@ from safehold.clock import utcnow
 from safehold.engine.maintain.verify import run_check
 from safehold.errors import ExitCode, UsageError
 from safehold.policy.duration import parse_duration
-from safehold.repository.check import OVERDUE, CheckOptions, CheckReport, MaxAge, parse_subset
+from safehold.repository.check import (
+    OVERDUE,
+    CheckOptions,
+    CheckReport,
+    MaxAge,
+    parse_pack_list,
+    parse_subset,
+)
 
 
 def register(sub: Any) -> None:
@@ -39,6 +46,12 @@ def register(sub: Any) -> None:
         metavar="SPEC",
         help="read only part of the data: n/t reads the n-th of t groups of packs (chosen "
         "by pack id, so 1/t ... t/t read everything), x%% reads that share at random",
+    )
+    p.add_argument(
+        "--read-packs",
+        metavar="FILE",
+        help="read only the packs FILE names (one hex pack id a line; '-' reads standard "
+        "input); packs no longer stored are skipped",
     )
     age = p.add_argument_group("recent backups")
     age.add_argument(
@@ -87,6 +100,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     """``check``: verify the repository; the exit code says what the worst finding was."""
     # Parsed before the repository is opened: a typo should not cost a password prompt.
     subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
+    if args.read_packs is not None:
+        if subset is not None:
+            raise UsageError(
+                "give --read-data-subset or --read-packs, not both",
+                hint="--read-packs FILE reads exactly the packs the file names",
+            )
+        subset = parse_pack_list(_read_text(args.read_packs), source=args.read_packs)
     max_age = max_age_from(args)
     opts = CheckOptions(
         read_data=args.read_data or subset is not None, subset=subset, max_age=max_age
@@ -115,6 +135,20 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
         return ExitCode.OVERDUE
     return ExitCode.OK
+
+
+def _read_text(path: str) -> str:
+    """The text of ``path`` (``-``: standard input); a file that cannot be read is a usage
+    error naming it."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"cannot read the pack list {path!r}: {exc}", hint="give a readable text file"
+        ) from None
 
 
 def _print_report(ctx: Context, report: CheckReport) -> None:

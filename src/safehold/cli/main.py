@@ -27,6 +27,7 @@ COMMANDS = [
     "restore",
     "dump",
     "check",
+    "verify",
     "repair",
     "forget",
     "prune",

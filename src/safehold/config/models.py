@@ -39,6 +39,7 @@ from safehold.config.plans import (
     Seconds,
     ServiceConfig,
     TimeZone,
+    VerifyConfig,
     check_project,
     check_schedule,
     parse_seconds,
@@ -253,6 +254,8 @@ class RepositoryConfig(BaseModel):
     max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000)
     # `safehold serve`: prune this repository on its own schedule (PruneConfig).
     prune: PruneConfig | None = None
+    # `safehold serve`: re-read this repository's packs in slices (VerifyConfig).
+    verify: VerifyConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -285,6 +288,8 @@ class DestinationConfig(RepositoryConfig):
     def _prune_on_the_repository(self) -> DestinationConfig:
         if self.prune is not None:
             raise ValueError("prune belongs in the repository: block")
+        if self.verify is not None:
+            raise ValueError("verify belongs in the repository: block")
         return self
 
 

@@ -12,6 +12,10 @@ manager's ``DAYS``/``HOURS``/``FILES``). A source without a schedule is still ru
 The ``repository:`` block's ``prune:`` (:class:`PruneConfig`) gives the repository a
 prune of its own schedule, which the service runs apart from the backups.
 
+The ``repository:`` block's ``verify:`` (:class:`VerifyConfig`) re-reads the repository's
+packs in slices on a schedule of its own, so that every pack is read again within
+``period`` (docs/verification.md).
+
 The top-level ``service:`` block (:class:`ServiceConfig`) says where the service keeps its
 state and which database it uses.
 """
@@ -47,6 +51,7 @@ __all__ = [
     "Seconds",
     "ServiceConfig",
     "TimeZone",
+    "VerifyConfig",
     "check_project",
     "check_schedule",
     "check_timezone",
@@ -205,6 +210,53 @@ class PruneConfig(BaseModel):
             if not 0 <= number <= 100:
                 raise ValueError(f"{value!r} is not between 0% and 100%")
         return value
+
+
+class VerifyConfig(BaseModel):
+    """The ``repository:`` block's ``verify:``: re-read every pack within ``period``.
+
+    ``{period: 30d, schedule: "@daily"}`` makes ``safehold serve`` run a slice of
+    ``check --read-data`` daily, each reading the packs read least recently (never-read
+    first), about ``stored bytes x interval / period`` of them (with :attr:`margin`), so
+    that every pack is read again at least once in 30 days. ``period`` is written as
+    ``forget``'s durations are (``30d``, ``4w``, ``1m``, ``12h``): verification periods
+    are days and weeks, which :data:`Seconds` does not write. ``timeout``, ``retries`` and
+    ``retry_delay`` mean what they mean in a source's block.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timezone: TimeZone = "UTC"  # before schedule: validation reads the fields in this order
+    period: str = "30d"
+    schedule: str = "@daily"
+    # A slice reads this much more than its exact share (1.25: a quarter more), so that
+    # growth between two slices and uneven pack sizes do not push a pack past the period.
+    margin: float = Field(default=1.25, ge=1.0, le=10.0)
+    paused: bool = False
+    timeout: Seconds | None = None
+    retries: int = Field(default=0, ge=0, le=20)
+    retry_delay: Seconds = 60.0
+
+    @field_validator("period")
+    @classmethod
+    def _period_parses(cls, period: str) -> str:
+        try:
+            duration = parse_duration(period)
+        except UsageError as exc:
+            raise ValueError(f"{exc.args[0]} ({exc.hint})" if exc.hint else exc.args[0]) from None
+        if duration.is_zero():
+            raise ValueError("the period must be longer than zero (for example 30d)")
+        return period
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_parses(cls, schedule: str, info: ValidationInfo) -> str:
+        check_schedule(schedule, info.data.get("timezone", "UTC"))
+        return schedule
+
+    def period_duration(self) -> Duration:
+        """``period`` as :func:`safehold.policy.parse_duration` reads it."""
+        return parse_duration(self.period)
 
 
 class ServiceConfig(BaseModel):

@@ -43,6 +43,7 @@ __all__ = [
     "retention_argv",
     "run_child",
     "stop_child",
+    "verify_argv",
 ]
 
 KILL_GRACE = 120.0  # the parent's backstop beyond the run's own time-out
@@ -156,6 +157,24 @@ def prune_argv(config_path: str, *, max_unused: str | None = None) -> list[str]:
     if max_unused is not None:
         argv += ["--max-unused", max_unused]
     return argv
+
+
+def verify_argv(config_path: str, *, state_file: str) -> list[str]:
+    """The child's command line for a verification slice of the file's repository: the
+    rotation and the slice's timing are in ``state_file`` (the worker's, from the catalog)."""
+    return [
+        sys.executable,
+        "-m",
+        "safehold",
+        "--log-format",
+        "json",
+        "--json",
+        "verify",
+        "--config",
+        config_path,
+        "--slice-state",
+        state_file,
+    ]
 
 
 def parse_line(raw: str) -> LogLine:

@@ -86,7 +86,7 @@ def _has_server_programs(folder: Path) -> bool:
 
 def _version_key(folder: Path) -> tuple[int, str]:
     name = folder.parent.name
-    return (int(name), name) if name.isdigit() else (-1, name)
+    return (int(name), name) if name.isascii() and name.isdigit() else (-1, name)
 
 
 def find_bin_dir(bin_dir: Path | None = None, *, version: str | None = None) -> Path:

@@ -16,7 +16,9 @@ A worker that takes the job (:meth:`Jobs.execute`):
 
 A repository's prune plan (:mod:`.plans`) runs ``safehold prune --config FILE`` the same
 way, under the repository's lock rather than a plan's, and takes none of the repository's
-``max_concurrent_jobs`` slots: backups never wait for a prune.
+``max_concurrent_jobs`` slots: backups never wait for a prune. A repository's verify plan
+runs ``safehold verify --config FILE --slice-state FILE`` likewise (it only reads), and
+its end records the slice in the rotation (:mod:`.verify`).
 
 A worker killed mid-run leaves its job ``doing`` with procrastinate, holding the plan's
 lock. :meth:`Jobs.reap` (every tick) finds such jobs by their worker's stale heartbeat,
@@ -44,7 +46,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert
 
 from safehold.catalog import Run, RunKind, RunLine, RunState, RunTrigger
-from safehold.clock import utcnow
+from safehold.clock import SYSTEM_CLOCK, Clock, utcnow
 from safehold.errors import SafeholdError
 from safehold.runs import child
 from safehold.runs.child import (
@@ -57,10 +59,20 @@ from safehold.runs.child import (
     retention_argv,
     run_child,
     stop_child,
+    verify_argv,
 )
 from safehold.service.limits import write_slots
 from safehold.service.plans import PlanSpec
 from safehold.service.restore_points import held_snapshots, mark_forgotten, record_point
+from safehold.service.verify import (
+    DAMAGE_HINT,
+    load_rotation,
+    read_state,
+    record_slice,
+    slice_timing,
+    write_state,
+)
+from safehold.service.verify_slice import SliceResult
 
 __all__ = ["RUN_TASK", "Jobs", "Queue", "outcome_of", "submit"]
 
@@ -274,8 +286,10 @@ class Jobs(Queue):
         state_dir: Path,
         worker: str,
         conninfo: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(app, engine, plans=plans)
+        self.clock = clock  # a verify slice's times (the service's tests run a fast one)
         self.state_dir = state_dir
         self.worker = worker
         self.conninfo = conninfo  # for the repositories' run limits (None: no limits)
@@ -306,6 +320,7 @@ class Jobs(Queue):
         """A run this worker killed when it lost the database: ended as lost, unless the
         others did so first, and then retried as the reaper would."""
         self._fenced.discard(run_id)
+        self._verify_state(run_id).unlink(missing_ok=True)  # a verify slice's, if any
         lost = Outcome(
             RunState.WORKER_LOST,
             "worker lost",
@@ -358,7 +373,8 @@ class Jobs(Queue):
             grace = child.KILL_GRACE if kind in own else 0.0
             limit = spec.timeout + grace
         # A prune takes no run slot of its repository: it must never make a backup wait.
-        caps = () if kind == RunKind.PRUNE.value else spec.limits
+        # Nor does a verify slice, which only reads.
+        caps = () if kind in (RunKind.PRUNE.value, RunKind.VERIFY.value) else spec.limits
         try:
             async with write_slots(self.conninfo, caps, what=f"run {run_id}"):
                 result = await run_child(
@@ -376,6 +392,7 @@ class Jobs(Queue):
                 "the service stopped while the run went on",
                 "it runs again at the plan's next slot",
             )
+            self._verify_state(run_id).unlink(missing_ok=True)  # a verify slice's, if any
             await asyncio.shield(self._db(self._end, run_id, slot_id, stopped, None))
             raise
         finally:
@@ -402,6 +419,8 @@ class Jobs(Queue):
             outcome = exit_outcome(result, "forget")
         elif kind == RunKind.PRUNE.value:
             outcome = exit_outcome(result, "prune")
+        elif kind == RunKind.VERIFY.value:
+            outcome = await self._db(self._verified, spec, run_id, result)
         else:
             outcome = outcome_of(result)
         # A prune's record is its summary, not a backup's: only its end is kept.
@@ -444,6 +463,10 @@ class Jobs(Queue):
             return retention_argv(spec.config_path, spec.name, held=held)
         if kind == RunKind.PRUNE.value:
             return prune_argv(spec.config_path, max_unused=spec.max_unused)
+        if kind == RunKind.VERIFY.value:
+            state = self._verify_state(run_id)
+            await self._db(self._write_verify_state, spec, state)
+            return verify_argv(spec.config_path, state_file=str(state))
         return backup_argv(
             spec.config_path,
             spec.name,
@@ -451,6 +474,36 @@ class Jobs(Queue):
             plan=spec.key,
             state_dir=self.state_dir / "runs",
         )
+
+    def _verify_state(self, run_id: uuid.UUID) -> Path:
+        return self.state_dir / "verify" / f"{run_id}.json"
+
+    def _write_verify_state(self, spec: PlanSpec, path: Path) -> None:
+        """The rotation and the slice's timing, for the child (:mod:`.verify`)."""
+        timing = slice_timing(
+            spec.schedule, spec.verify_period or "30d", spec.verify_margin, self.clock.now()
+        )
+        write_state(path, timing, load_rotation(self.engine, spec.name))
+
+    def _verified(self, spec: PlanSpec, run_id: uuid.UUID, result: ChildResult) -> Outcome:
+        """A verify slice's end: its result recorded in the rotation, and its outcome (failed,
+        naming the damaged packs and the snapshots affected, when it found damage)."""
+        state = self._verify_state(run_id)
+        try:
+            # The packs count as read when the slice began: never later than they were.
+            read_at = read_state(state)[0].now
+        except (OSError, ValueError, KeyError):
+            read_at = self.clock.now()
+        state.unlink(missing_ok=True)
+        record = result.record or {}
+        if result.killed or record.get("operation") != "verify":
+            return exit_outcome(result, "verify")
+        found = SliceResult.from_json(record)
+        record_slice(self.engine, spec.name, found, read_at, run_id=run_id)
+        if found.ok:
+            return Outcome(RunState.SUCCEEDED)
+        message = found.describe_damage()
+        return Outcome(RunState.FAILED, "verification found damage", message, DAMAGE_HINT)
 
     async def _retry(
         self, spec: PlanSpec, slot_id: int | None, attempt: int, outcome: Outcome

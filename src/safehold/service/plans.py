@@ -13,6 +13,10 @@ location without its credentials. Its slots are in the ledger and its runs are s
 like a source's; its jobs hold a lock of their own (:attr:`PlanSpec.lock`), the
 repository's, so that two prunes of one repository never overlap while backups, which
 do not take it, go on beside a prune.
+
+A repository with a ``verify:`` block is a plan of kind ``verify`` too, in project
+``_verify`` under the same name: each run re-reads a slice of the repository's packs
+(:mod:`.verify`), under a lock of its own, so that two slices never overlap.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from safehold.storage.location import redact
 
 __all__ = [
     "REPOSITORY_PROJECT",
+    "VERIFY_PROJECT",
     "WORKER_QUEUE",
     "PlanSpec",
     "agent_queue",
@@ -42,6 +47,7 @@ __all__ = [
 ]
 
 REPOSITORY_PROJECT = "_repository"  # the project of the repositories' prune plans
+VERIFY_PROJECT = "_verify"  # the project of the repositories' verification plans
 
 log = logging.getLogger("safehold.service")
 
@@ -79,6 +85,8 @@ class PlanSpec:
     agent: str | None = None  # the agent that runs it on its machine (None: the workers)
     kind: RunKind = RunKind.BACKUP  # BACKUP: a source's plan; PRUNE: a repository's
     max_unused: str | None = None  # a prune plan's ``prune --max-unused``
+    verify_period: str | None = None  # a verify plan's period (``30d``), as forget's spans
+    verify_margin: float = 1.25  # a verify plan's slices read this much over their share
     # An API plan's secret environment for its child (its destinations' credentials,
     # which its generated configuration file names as ${SAFEHOLD_SECRET_N}): called when a
     # run starts, so that nothing secret is kept in the spec. None: a file plan.
@@ -107,6 +115,8 @@ class PlanSpec:
         """
         if self.kind is RunKind.PRUNE:
             return f"repository:{self.name}"
+        if self.kind is RunKind.VERIFY:
+            return f"verify:{self.name}"
         return self.key
 
     def rules(self, *, paused: bool = False) -> PlanRules:
@@ -141,6 +151,7 @@ class PlanSpec:
             "kind": self.kind.value,
             "agent": self.agent,
             "max_unused": self.max_unused,
+            **({"period": self.verify_period} if self.kind is RunKind.VERIFY else {}),
         }
 
 
@@ -197,6 +208,27 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
             repository=config.repository.location,
             kind=RunKind.PRUNE,
             max_unused=prune.max_unused,
+        )
+        out[spec.key] = spec
+    if config.repository is not None and config.repository.verify is not None:
+        verify = config.repository.verify
+        name = redact(config.repository.location)
+        spec = PlanSpec(
+            project=VERIFY_PROJECT,
+            name=name,
+            config_path=config.path,
+            schedule=parse_schedule(
+                verify.schedule, key=f"{VERIFY_PROJECT}/{name}", timezone=verify.timezone
+            ),
+            paused=verify.paused,
+            on_overlap="skip",  # a slice still reading when the next is due is enough
+            timeout=verify.timeout,
+            retries=verify.retries,
+            retry_delay=verify.retry_delay,
+            repository=config.repository.location,
+            kind=RunKind.VERIFY,
+            verify_period=verify.period,
+            verify_margin=verify.margin,
         )
         out[spec.key] = spec
     return out

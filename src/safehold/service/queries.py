@@ -70,7 +70,7 @@ _STATUS = text(
       (SELECT s.state FROM slots s WHERE s.plan_id = p.id ORDER BY s.slot_at DESC LIMIT 1),
       (SELECT max(s.slot_at) FROM slots s WHERE s.plan_id = p.id),
       (SELECT max(r.ended_at) FROM runs r WHERE r.plan_id = p.id
-         AND r.kind IN ('backup', 'prune') AND r.state = 'succeeded'),
+         AND r.kind IN ('backup', 'prune', 'verify') AND r.state = 'succeeded'),
       (SELECT count(*) FROM slots s WHERE s.plan_id = p.id AND s.state = 'missed'),
       (SELECT count(*) FROM slots s WHERE s.plan_id = p.id
          AND s.state IN ('failed', 'timed_out'))

@@ -171,7 +171,7 @@ def list_points(
         where.append("r.forgotten_at IS NULL")
     if cursor is not None:
         after_at, key = decode_cursor(cursor)
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit()):
             raise foreign_cursor()
         after_id = int(key)
         where.append("(r.taken_at, r.id) < (:after_at, :after_id)")
@@ -204,7 +204,7 @@ def _find(
     if projects is not None:
         scope = " AND r.project = ANY(:projects)"
         params["projects"] = list(projects)
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit() and len(ref) <= 18:  # a bigint; longer: an id prefix
         query = "r.id = :id"
         params["id"] = int(ref)
     else:

@@ -110,6 +110,7 @@ class Service:
             state_dir=state_dir,
             worker=options.name,
             conninfo=database.conninfo,
+            clock=options.clock,
         )
         # Alerts (service/alerts_run.py): evaluated beside the scheduler; the workers
         # queue the plans' pings at each run's start and end.

@@ -159,7 +159,7 @@ def list_slots(
                               "at": None, "id": 0}  # fmt: skip
     if cursor is not None:
         at, key = decode_cursor(cursor)
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit()):
             raise foreign_cursor()
         params.update(at=at, id=int(key))
     with state.engine.connect() as db:

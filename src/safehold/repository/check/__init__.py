@@ -29,7 +29,13 @@ that state: structure (:mod:`.structure`), data (:mod:`.data`) and the snapshot 
 from __future__ import annotations
 
 from safehold.repository.check.age import OVERDUE
-from safehold.repository.check.options import CheckOptions, MaxAge, Subset, parse_subset
+from safehold.repository.check.options import (
+    CheckOptions,
+    MaxAge,
+    Subset,
+    parse_pack_list,
+    parse_subset,
+)
 from safehold.repository.check.report import (
     ERROR,
     NOTE,
@@ -53,6 +59,7 @@ __all__ = [
     "ProgressSink",
     "Subset",
     "check_repository",
+    "parse_pack_list",
     "parse_subset",
     "stale_lock_notes",
 ]

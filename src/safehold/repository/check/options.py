@@ -13,7 +13,14 @@ from datetime import timedelta
 from safehold.errors import UsageError
 from safehold.ids import PackId
 
-__all__ = ["MAX_GROUPS", "CheckOptions", "MaxAge", "Subset", "parse_subset"]
+__all__ = [
+    "MAX_GROUPS",
+    "CheckOptions",
+    "MaxAge",
+    "Subset",
+    "parse_pack_list",
+    "parse_subset",
+]
 
 MAX_GROUPS = 256  # groups are chosen by the first byte of the pack id
 
@@ -25,12 +32,14 @@ class Subset:
     ``n/t`` (``group``/``groups``): the packs whose first id byte modulo t is n - 1, so that
     running 1/t, 2/t ... t/t (say one a day) reads every pack exactly once; pack ids are
     hashes, so the groups are about equal. ``percent``: that share of the packs, at random,
-    rounded up.
+    rounded up. ``packs``: exactly these packs (``check --read-packs FILE``; the service's
+    verification slices), those not stored being skipped.
     """
 
     group: int = 0
     groups: int = 0
     percent: float = 0.0
+    packs: frozenset[PackId] | None = None
 
     def selects(self, pack_id: PackId) -> bool:
         """Whether the ``n/t`` group holds ``pack_id`` (always False for a percentage)."""
@@ -39,13 +48,17 @@ class Subset:
     def select(self, pack_ids: Iterable[PackId]) -> list[PackId]:
         """The packs of ``pack_ids`` this subset reads, sorted (a percentage picks at random)."""
         ids = sorted(pack_ids)
+        if self.packs is not None:
+            return [p for p in ids if p in self.packs]
         if self.groups:
             return [p for p in ids if self.selects(p)]
         k = math.ceil(len(ids) * self.percent / 100)
         return sorted(random.sample(ids, k))
 
     def describe(self) -> str:
-        """The subset as the user wrote it: ``n/t`` or a percentage."""
+        """The subset as the user wrote it: ``n/t``, a percentage, or ``N packs``."""
+        if self.packs is not None:
+            return f"{len(self.packs)} packs"
         return f"{self.group}/{self.groups}" if self.groups else f"{self.percent:g}%"
 
 
@@ -81,6 +94,28 @@ def parse_subset(spec: str) -> Subset:
             )
         return Subset(percent=pct)
     raise UsageError(f"invalid --read-data-subset {spec!r}", hint=hint)
+
+
+def parse_pack_list(text: str, *, source: str = "the pack list") -> Subset:
+    """A :class:`Subset` of exactly the packs ``text`` names: hex pack ids, one a line
+    (blank lines and ``#`` comments ignored); a line that is not one is a
+    :class:`UsageError` naming it."""
+    packs: set[PackId] = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        word = line.split("#", 1)[0].strip()
+        if not word:
+            continue
+        try:
+            raw = bytes.fromhex(word)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise UsageError(
+                f"{source}, line {number}: {word[:80]!r} is not a pack id",
+                hint="write one pack id a line: 64 hex digits, as data/ab/<id> names it",
+            )
+        packs.add(PackId(raw))
+    return Subset(packs=frozenset(packs))
 
 
 @dataclass(frozen=True, kw_only=True)
