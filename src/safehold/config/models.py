@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from safehold.config.drills import DrillConfig, check_drill_kind
 from safehold.config.plans import (
     AGENT_NAME,
     DEFAULT_PROJECT,
@@ -180,6 +181,7 @@ class SourceCommon(BaseModel):
     retries: int = Field(default=0, ge=0, le=20)
     retry_delay: Seconds = 60.0  # before the first retry; doubled at each further one
     retention: RetentionConfig | None = None  # applied after each successful run
+    drill: DrillConfig | None = None  # restore drills (config/drills.py, docs/drills.md)
     # Reserved for the drills and verification issue: accepted, not acted upon.
     verify: Any = None
 
@@ -222,6 +224,12 @@ class SourceCommon(BaseModel):
             raise ValueError("give identifier or identifier_command, not both")
         if self.isolated and self.chain_length is not None:
             raise ValueError("give isolated or chain_length, not both (isolated: no chains)")
+        return self
+
+    @model_validator(mode="after")
+    def _drill_fits_kind(self) -> SourceCommon:
+        if self.drill is not None:
+            check_drill_kind(self.type, self.drill)
         return self
 
 
