@@ -46,6 +46,8 @@ COMMANDS = [
     "token",
     "agent",
     "destinations",
+    "drill",
+    "drills",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
@@ -60,6 +62,7 @@ SERVICE_COMMANDS = (
     "token",
     "agent",
     "destinations",
+    "drills",
 )
 
 EPILOG = """\

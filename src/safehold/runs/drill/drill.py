@@ -197,7 +197,6 @@ def run_drill(
     phases = _Phases(outcome, log)
     log("info", "drill.started", kind=job.kind, rto_target=rto_target)
     try:
-        outcome.bytes, databases = _size_and_databases(repo, snap)
         phases.begin("sandbox")
         try:
             sandbox = sandbox_factory(job.kind)
@@ -208,7 +207,8 @@ def run_drill(
             return outcome
         try:
             phases.end("succeeded")
-            if _restore(repo, job, snap, sandbox, outcome, phases, state_dir, sink):
+            databases = _restore(repo, job, snap, sandbox, outcome, phases, state_dir, sink)
+            if databases is not None:
                 phases.begin("check")
                 result = run_check(check, sandbox, repo=repo, snap=snap, databases=databases)
                 outcome.check_output = result.output
@@ -246,12 +246,15 @@ def _restore(
     phases: _Phases,
     state_dir: Path,
     sink: LogSink,
-) -> bool:
-    """The restore phase; whether it succeeded."""
+) -> list[str] | None:
+    """The restore phase; the databases restored (None: it failed)."""
     phases.begin("restore")
     drill_job = dataclasses.replace(job, source=_SandboxSource(job.source, sandbox.options))
     started = time.monotonic()
     try:
+        # Damage in the snapshot's trees fails the restore phase here, as it would the restore.
+        repo.load_index()
+        outcome.bytes, databases = _size_and_databases(repo, snap)
         record = run_source_restore(
             repo,
             drill_job,
@@ -267,15 +270,15 @@ def _restore(
                 message += ": " + "; ".join(record.warnings[:5])
             _fail(outcome, "restore", message, "")
             phases.end("failed", message)
-            return False
+            return None
         sandbox.ready()
     except SafeholdError as exc:
         _fail(outcome, "restore", exc.message, exc.hint or "")
         phases.end("failed", exc.message)
-        return False
+        return None
     outcome.restore_seconds = round(time.monotonic() - started, 3)
     phases.end("succeeded")
-    return True
+    return databases
 
 
 def _fail(outcome: DrillOutcome, phase: str, error: str, hint: str) -> None:

@@ -121,17 +121,14 @@ class Sandbox:
     def close(self) -> None:
         """Stop every server started and remove the folder; never raises."""
         for proc, stop in reversed(self._procs):
-            if proc.poll() is None and stop is not None:
-                try:
-                    stop()
-                    proc.wait(20)
-                except (OSError, subprocess.SubprocessError):
-                    pass
             if proc.poll() is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
+                    (stop or proc.terminate)()
+                    proc.wait(20)
+                except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                     pass
+            if proc.poll() is None:
+                proc.kill()
                 proc.wait()
         self._procs.clear()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -173,9 +170,10 @@ class Sandbox:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
-                start_new_session=True,  # stopped as a group, never left behind
+                # In the drill's own process group (no new session): when the service
+                # kills a drill's child and its group, its servers go with it.
             )
-        self._procs.append((proc, stop or (lambda: os.killpg(proc.pid, signal.SIGTERM))))
+        self._procs.append((proc, stop))
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -231,7 +229,8 @@ class PostgresSandbox(Sandbox):
         )
         pid_file = data / "postmaster.pid"
 
-        def fast_stop() -> None:  # SIGINT is PostgreSQL's fast shutdown
+        def fast_stop() -> None:
+            # SIGINT is PostgreSQL's fast shutdown; the postmaster is runuser's child.
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
 
         self._spawn(
