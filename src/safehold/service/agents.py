@@ -38,6 +38,7 @@ from safehold.catalog import RunKind, RunLine, RunState
 from safehold.clock import utcnow
 from safehold.errors import Conflict, NotFound
 from safehold.runs.child import ChildResult
+from safehold.service.drills import drill_source
 from safehold.service.jobs import Jobs, Outcome
 from safehold.service.plans import agent_queue
 from safehold.service.restore_points import held_snapshots
@@ -253,6 +254,11 @@ class Agents:
         }
         if kind == RunKind.RETENTION.value:
             out["held"] = await self.jobs._db(held_snapshots, self.engine, plan_key)
+        if kind == RunKind.DRILL.value:  # the service chooses the point, as for its workers
+            out["source"] = drill_source(spec)
+            argv = await self.jobs._argv(spec, kind, run_id, params)
+            chosen = argv[argv.index("--snapshot") + 1] if "--snapshot" in argv else None
+            out["params"] = {**params, "snapshot": chosen}
         return out
 
     def _owned(self, agent: AgentRef, run_id: uuid.UUID) -> tuple[Any, ...]:

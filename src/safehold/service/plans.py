@@ -199,6 +199,11 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
             max_unused=prune.max_unused,
         )
         out[spec.key] = spec
+    # Restore drills on their own schedules (service/drills.py), imported here because
+    # that module builds on PlanSpec.
+    from safehold.service.drills import drill_plans
+
+    out.update(drill_plans(config, limits))
     return out
 
 
