@@ -291,3 +291,52 @@ def test_rotating_walks_back_through_the_chains_and_a_damaged_pack_fails_the_dri
     assert any(c["finished"] and c["id"] == out["finished_chain"] for c in _chains(drills))
     [row] = [r for r in drills.recorded("files") if r["result"] == "failed"]
     assert row["failed_phase"] == "restore" and row["error"]
+
+
+def test_an_interrupted_drill_stops_its_scratch_server_and_removes_its_sandbox(
+    drills: Drills,
+    pg_server: PgServer,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    sigint_default: None,
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = f"slow_{os.getpid()}_{next(_names)}"
+    pg_server.psql(f"CREATE DATABASE {db}")
+    pg_server.psql("CREATE TABLE t AS SELECT generate_series(1, 10) AS n", db)
+    script = tmp_path / "slow-check.sh"
+    script.write_text("#!/bin/sh\ntouch checking\nsleep 60\n")
+    script.chmod(0o755)
+    drills.config(
+        f"  slow:\n    type: postgres\n    url: {pg_server.url(db)}\n"
+        f"    drill: {{check: {{command: {script}}}}}\n"
+    )
+    drills.backup("slow")
+    before = sandboxes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safehold", "drill", "slow", "--config",
+         str(tmp_path / "safehold.yaml"), "--database", drills.url],
+        env={**cli_env, "SH_TEST_PW": PASSWORD.decode()},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    made: list[str] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        made = [d for d in sandboxes() - before if os.path.exists(os.path.join(d, "checking"))]
+        if made:
+            break
+        time.sleep(0.2)
+    assert made, proc.communicate(timeout=30)
+    postmaster = int(Path(made[0], "data", "postmaster.pid").read_text().split()[0])
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not os.path.exists(made[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(postmaster, 0)
+    [row] = drills.recorded("slow")
+    assert row["result"] == "failed" and "stopped" in row["error"]
