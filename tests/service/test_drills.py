@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from safehold.config import load_config
 from safehold.service.cluster import Cluster
 from safehold.service.database import prepare
+from safehold.service.plans import plans_from_config, sync_plans
 from tests.conftest import PASSWORD, CliResult, CliRunner
 from tests.servers.mysql import MysqlServer
 from tests.servers.postgres import PgServer
@@ -224,15 +226,39 @@ def test_sqlite_and_a_command_check_get_the_sandbox_in_their_environment(
         '{ echo "wrong count"; exit 1; }\n'
     )
     script.chmod(0o755)
-    drills.config(
-        f"  app:\n    type: sqlite\n    path: {tmp_path / 'app.db'}\n    drill: {{}}\n"
+    config = drills.config(
+        f"  app:\n    type: sqlite\n    path: {tmp_path / 'app.db'}\n"
+        '    drill: {schedule: "@daily"}\n'
         f"  app-cmd:\n    type: sqlite\n    path: {tmp_path / 'app.db'}\n"
         f"    drill: {{check: {{command: {script}}}}}\n"
     )
+    # The drill plan is in the catalog (as serve writes it): the drill is its run.
+    sync_plans(drills.engine, plans_from_config(load_config(str(config))).values())
     drills.backup("app")
     done, out = drills.drill("app")
     assert done.code == 0, done.output
     assert "integrity_check: ok" in out["check_output"] and "t: 50 rows" in out["check_output"]
+    [row] = drills.recorded("app")
+    with drills.engine.connect() as db:
+        run = db.execute(
+            text(
+                "SELECT p.name, r.kind, r.state, r.snapshot_id, r.phases FROM runs r "
+                "JOIN plans p ON p.id = r.plan_id WHERE r.id = :r"
+            ),
+            {"r": row["run_id"]},
+        ).one()
+        lines = (
+            db.execute(
+                text("SELECT message FROM run_lines WHERE run_id = :r ORDER BY seq"),
+                {"r": row["run_id"]},
+            )
+            .scalars()
+            .all()
+        )
+    assert run[:4] == ("app.drill", "drill", "succeeded", out["snapshot"])
+    assert [p["phase"] for p in run.phases] == ["sandbox", "restore", "check"]
+    assert lines[0].startswith("drill.started") and lines[-1].startswith("drill.finished")
+    assert PASSWORD.decode() not in " ".join(lines)
 
     drills.backup("app-cmd")
     done, out = drills.drill("app-cmd")

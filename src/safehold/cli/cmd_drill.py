@@ -316,6 +316,8 @@ class _Recorder:
 def _new_run(engine: Engine, project: str, name: str, snapshot: str) -> uuid.UUID | None:
     """A running run of kind ``drill`` for the drill plan (or else the source's plan);
     None if the catalog has neither (the drill is then recorded without a run)."""
+    import json
+
     from sqlalchemy import text
 
     from safehold.service.drills import drill_plan_name
@@ -342,7 +344,7 @@ def _new_run(engine: Engine, project: str, name: str, snapshot: str) -> uuid.UUI
                 "plan": plan_id,
                 "w": f"cli:{socket.gethostname()}",
                 "snap": snapshot,
-                "params": f'{{"snapshot": "{snapshot}"}}',
+                "params": json.dumps({"snapshot": snapshot}),
             },
         )
     return run_id
