@@ -11,6 +11,7 @@ import glob
 import itertools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,9 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("drills")]
 _names = itertools.count()
 
 
-def sandboxes() -> set[str]:
-    """The drill sandboxes that exist now (each is a safehold-drill-* temporary folder)."""
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "safehold-drill-*")))
+def sandboxes(tmpdir: str) -> set[str]:
+    """The drill sandboxes in ``tmpdir`` (each is a safehold-drill-* temporary folder)."""
+    return set(glob.glob(os.path.join(tmpdir, "safehold-drill-*")))
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Drills:
     repo: str
     url: str
     engine: Engine
+    tmpdir: str  # the drills' TMPDIR: where their sandboxes are made
 
     def config(self, sources: str) -> Path:
         path = self.tmp / "safehold.yaml"
@@ -65,11 +67,10 @@ class Drills:
         return str(json.loads(done.stdout)["snapshot"])
 
     def drill(self, plan: str, *extra: str) -> tuple[CliResult, dict[str, Any]]:
-        before = sandboxes()
         done = self.cli("--json", "drill", plan, "--config", str(self.tmp / "safehold.yaml"),
                         "--database", self.url, *extra, timeout=300)  # fmt: skip
         # The sandbox is gone afterwards, whatever the drill's result.
-        assert sandboxes() <= before, done.output
+        assert sandboxes(self.tmpdir) == set(), done.output
         assert done.stdout, done.output
         return done, json.loads(done.stdout)
 
@@ -89,15 +90,20 @@ def drills(
     engine = fresh_database(private_cluster, name)
     prepare(engine)
     url = database_url(private_cluster, name).render_as_string(hide_password=False)
+    # The drills' own temporary folder (their sandboxes go there), outside pytest's 0700
+    # folders: the scratch servers' users must reach it.
+    tmpdir = tempfile.mkdtemp(prefix="sh-drills-", dir="/tmp")
+    os.chmod(tmpdir, 0o711)
 
     def run(*args: str, **kw: Any) -> CliResult:
-        env = {"SH_TEST_PW": PASSWORD.decode(), **kw.pop("env", {})}
+        env = {"SH_TEST_PW": PASSWORD.decode(), "TMPDIR": tmpdir, **kw.pop("env", {})}
         return cli(*args, env=env, **kw)
 
     try:
-        yield Drills(run, tmp_path, cli_repo, url, engine)
+        yield Drills(run, tmp_path, cli_repo, url, engine, tmpdir)
     finally:
         engine.dispose()
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def test_a_postgres_drill_restores_into_a_scratch_cluster_and_counts_rows(
@@ -342,17 +348,16 @@ def test_an_interrupted_drill_stops_its_scratch_server_and_removes_its_sandbox(
         f"    drill: {{check: {{command: {script}}}}}\n"
     )
     drills.backup("slow")
-    before = sandboxes()
     proc = subprocess.Popen(
         [sys.executable, "-m", "safehold", "drill", "slow", "--config",
          str(tmp_path / "safehold.yaml"), "--database", drills.url],
-        env={**cli_env, "SH_TEST_PW": PASSWORD.decode()},
+        env={**cli_env, "SH_TEST_PW": PASSWORD.decode(), "TMPDIR": drills.tmpdir},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     made: list[str] = []
     while time.monotonic() < deadline and proc.poll() is None:
-        made = [d for d in sandboxes() - before if os.path.exists(os.path.join(d, "checking"))]
+        made = [d for d in sandboxes(drills.tmpdir) if os.path.exists(os.path.join(d, "checking"))]
         if made:
             break
         time.sleep(0.2)

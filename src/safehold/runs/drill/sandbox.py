@@ -341,6 +341,8 @@ class MariadbSandbox(Sandbox):
                 f"--datadir={self.root / 'data'}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
+                # Its own folder, not $TMPDIR, which the mysql user may not write to.
+                f"--tmpdir={self.root}",
             ],
             "mariadb-install-db",
         )
@@ -359,6 +361,7 @@ class MariadbSandbox(Sandbox):
                 "--innodb-buffer-pool-size=64M",
                 "--innodb-flush-log-at-trx-commit=0",
                 "--skip-log-bin",
+                f"--tmpdir={self.root}",
             ],
             "mariadb",
             lambda: self._root_sql("SELECT 1").strip() == "1",
