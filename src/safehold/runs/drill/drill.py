@@ -31,7 +31,7 @@ from safehold.repository import tree as t
 from safehold.repository.repository import Repository
 from safehold.repository.snapshot import Snapshot
 from safehold.runs.drill.checks import DrillCheck, run_check
-from safehold.runs.drill.sandbox import Sandbox, make_sandbox
+from safehold.runs.drill.sandbox import Sandbox, make_sandbox, remove_stale_sandboxes
 from safehold.runs.events import LogEvent, LogSink, discard
 from safehold.runs.job import SourceJob
 from safehold.runs.source_run import run_source_restore
@@ -196,6 +196,8 @@ def run_drill(
 
     phases = _Phases(outcome, log)
     log("info", "drill.started", kind=job.kind, rto_target=rto_target)
+    for stale in remove_stale_sandboxes():
+        log("warning", "drill.stale_sandbox_removed", path=stale)
     try:
         phases.begin("sandbox")
         try:

@@ -44,9 +44,12 @@ __all__ = [
     "SandboxError",
     "SqliteSandbox",
     "make_sandbox",
+    "remove_stale_sandboxes",
 ]
 
 START_TIMEOUT = 120.0  # seconds a scratch server may take to answer
+PREFIX = "safehold-drill-"
+OWNER_FILE = "drill.pid"  # the drill's process id: a folder whose drill is gone is stale
 
 
 class SandboxError(SafeholdError):
@@ -92,7 +95,8 @@ class Sandbox:
     kind = ""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="safehold-drill-"))
+        self.root = Path(tempfile.mkdtemp(prefix=PREFIX))
+        (self.root / OWNER_FILE).write_text(f"{os.getpid()}\n")
         self.target = ""
         self.options: dict[str, object] = {}
         self._procs: list[tuple[subprocess.Popen[bytes], Callable[[], None] | None]] = []
@@ -516,6 +520,29 @@ class FolderSandbox(Sandbox):
     def env(self) -> dict[str, str]:
         """The folder's path."""
         return {**super().env(), "SAFEHOLD_DRILL_PATH": self.target}
+
+
+def remove_stale_sandboxes(folder: str | None = None) -> list[str]:
+    """Remove the sandboxes in ``folder`` (default: the temporary folder) whose drill's
+    process is gone; the removed paths. A drill killed outright (SIGKILL: the service's
+    last resort) takes its servers with it, as they are in its process group, but cannot
+    remove its folder; the next drill on the machine does."""
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            pid = int((path / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or still being made
+        try:
+            os.kill(pid, 0)
+            continue  # its drill still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
 
 
 _SANDBOXES: dict[str, type[Sandbox]] = {
