@@ -256,9 +256,7 @@ class Agents:
             out["held"] = await self.jobs._db(held_snapshots, self.engine, plan_key)
         if kind == RunKind.DRILL.value:  # the service chooses the point, as for its workers
             out["source"] = drill_source(spec)
-            argv = await self.jobs._argv(spec, kind, run_id, params)
-            chosen = argv[argv.index("--snapshot") + 1] if "--snapshot" in argv else None
-            out["params"] = {**params, "snapshot": chosen}
+            out["params"] = {**params, "snapshot": await self.jobs.drill_snapshot(spec, params)}
         return out
 
     def _owned(self, agent: AgentRef, run_id: uuid.UUID) -> tuple[Any, ...]:

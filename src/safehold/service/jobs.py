@@ -443,21 +443,26 @@ class Jobs(Queue):
             "finished": utcnow().isoformat(),
         }
 
+    async def drill_snapshot(self, spec: PlanSpec, params: dict[str, Any]) -> str | None:
+        """The snapshot a drill run of ``spec`` restores: the one it was asked for, else
+        the drill's target among the plan's restore points (None: the catalog knows none,
+        and the drill takes the repository's newest)."""
+        if params.get("snapshot"):
+            return str(params["snapshot"])
+        source = drill_source(spec)
+        target = await self._db(_drill_target, spec, source)
+        return await self._db(pick_snapshot, self.engine, spec.project, source, target)
+
     async def _argv(
         self, spec: PlanSpec, kind: str, run_id: uuid.UUID, params: dict[str, Any]
     ) -> list[str]:
         """The child's command line for a run of ``kind`` of the plan ``spec``."""
         if kind == RunKind.DRILL.value:
-            source = drill_source(spec)
-            snapshot = params.get("snapshot")
-            if not snapshot:
-                target = await self._db(_drill_target, spec, source)
-                snapshot = await self._db(pick_snapshot, self.engine, spec.project, source, target)
             return drill_argv(
                 spec.config_path,
-                source,
+                drill_source(spec),
                 run_id=str(run_id),
-                snapshot=snapshot,
+                snapshot=await self.drill_snapshot(spec, params),
                 state_dir=self.state_dir,
             )
         if kind == RunKind.RESTORE.value:
