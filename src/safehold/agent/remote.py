@@ -44,6 +44,7 @@ from safehold.runs.child import (
     KILL_GRACE,
     LogLine,
     backup_argv,
+    drill_argv,
     forget_argv,
     restore_argv,
     retention_argv,
@@ -236,6 +237,12 @@ class RemoteAgent:
             return restore_argv(
                 config, source, snapshot=str(params["snapshot"]), target=params.get("target"),
                 replace=bool(params.get("replace")),
+            )  # fmt: skip
+        if kind == "drill":  # the service chose the snapshot (None: the drill's own choice)
+            snapshot = (job.get("params") or {}).get("snapshot")
+            return drill_argv(
+                config, source, run_id=job["run_id"], snapshot=snapshot,
+                state_dir=self.options.state_dir,
             )  # fmt: skip
         if kind != "backup":
             raise UsageError(f"this agent cannot run a {kind} job")

@@ -24,6 +24,7 @@ from safehold.api.errors import error_code, error_response, install_error_handle
 from safehold.api.routes import (
     agent,
     destinations,
+    drills,
     health,
     managed,
     plan_admin,
@@ -108,6 +109,8 @@ def create_app(
         )  # fmt: skip
     v1.include_router(plan_admin.router)
     v1.include_router(verification.router)
+    v1.include_router(drills.router)
+    v1.include_router(drills.plan_drills_router)
     app.include_router(v1)
     app.add_middleware(
         BodyLimit, limit=max_body, larger={"/api/v1/agent/": max(max_body, MAX_AGENT_BODY)}

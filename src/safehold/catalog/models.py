@@ -21,6 +21,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Identity,
     Index,
@@ -44,6 +45,9 @@ __all__ = [
     "DeliveryState",
     "Destination",
     "DestinationFormat",
+    "Drill",
+    "DrillPhase",
+    "DrillResult",
     "Incident",
     "IncidentState",
     "Plan",
@@ -505,3 +509,50 @@ class VerifyPack(Base):
     first_seen: Mapped[datetime]
     last_read: Mapped[datetime | None]
     last_result: Mapped[str | None]  # 'ok' | 'damaged'
+
+
+class DrillResult(StrEnum):
+    """How a restore drill ended (``running`` while it goes on)."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    RUNNING = "running"
+
+
+class DrillPhase(StrEnum):
+    """Where a failed drill stopped."""
+
+    SANDBOX = "sandbox"  # the scratch server or folder could not be made
+    RESTORE = "restore"  # the source's restore into the sandbox failed
+    CHECK = "check"  # the restored copy did not pass its check
+
+
+class Drill(Base):
+    """A restore drill: a snapshot restored into a sandbox and checked, with the measured
+    restore time (RTO) against the plan's target. ``run_id`` is the drill's run (kind
+    ``drill``), whose phases and log lines are kept as every run's are."""
+
+    __tablename__ = "drills"
+    __table_args__ = (
+        CheckConstraint(one_of("result", DrillResult), name="result"),
+        CheckConstraint(
+            f"failed_phase IS NULL OR {one_of('failed_phase', DrillPhase)}", name="failed_phase"
+        ),
+        # A plan's drills newest first (the trend, and ``rotating``'s last point).
+        Index(None, "project", "plan", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    project: Mapped[str]
+    plan: Mapped[str]
+    snapshot_id: Mapped[str | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    restore_seconds: Mapped[float | None] = mapped_column(Double)
+    rto_target_seconds: Mapped[float | None] = mapped_column(Double)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    result: Mapped[str]
+    failed_phase: Mapped[str | None]
+    check_output: Mapped[str | None]
+    error: Mapped[str | None]

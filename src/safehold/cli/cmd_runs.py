@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     p.add_argument("--state", choices=_STATES, help="only runs in this state")
     p.add_argument(
         "--kind",
-        choices=("backup", "restore", "retention", "prune", "verify"),
+        choices=("backup", "restore", "retention", "prune", "verify", "drill"),
         help="only runs of this kind (the OSB backup manager's backup and restore jobs)",
     )
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")

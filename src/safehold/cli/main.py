@@ -48,6 +48,8 @@ COMMANDS = [
     "agent",
     "destinations",
     "alerts",
+    "drill",
+    "drills",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
@@ -63,6 +65,7 @@ SERVICE_COMMANDS = (
     "agent",
     "destinations",
     "alerts",
+    "drills",
 )
 
 EPILOG = """\

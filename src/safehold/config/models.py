@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from safehold.config.alerts import AlertsConfig, PingConfig
+from safehold.config.drills import DrillConfig, check_drill_kind
 from safehold.config.plans import (
     AGENT_NAME,
     DEFAULT_PROJECT,
@@ -186,6 +187,7 @@ class SourceCommon(BaseModel):
     # URLs pinged at each run's start, success and failure.
     rpo_target: Seconds | None = Field(default=None, gt=0)
     ping: PingConfig | None = None
+    drill: DrillConfig | None = None  # restore drills (config/drills.py, docs/drills.md)
     # Reserved for the drills and verification issue: accepted, not acted upon.
     verify: Any = None
 
@@ -228,6 +230,12 @@ class SourceCommon(BaseModel):
             raise ValueError("give identifier or identifier_command, not both")
         if self.isolated and self.chain_length is not None:
             raise ValueError("give isolated or chain_length, not both (isolated: no chains)")
+        return self
+
+    @model_validator(mode="after")
+    def _drill_fits_kind(self) -> SourceCommon:
+        if self.drill is not None:
+            check_drill_kind(self.type, self.drill)
         return self
 
 

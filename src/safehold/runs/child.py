@@ -36,6 +36,7 @@ __all__ = [
     "ChildResult",
     "LogLine",
     "backup_argv",
+    "drill_argv",
     "forget_argv",
     "parse_line",
     "prune_argv",
@@ -148,6 +149,32 @@ def restore_argv(
         argv += ["--target", target]
     if replace:
         argv.append("--replace")
+    return argv
+
+
+def drill_argv(
+    config_path: str, source: str, *, run_id: str, snapshot: str | None, state_dir: Path
+) -> list[str]:
+    """The child's command line for a restore drill of one configured source (``snapshot``:
+    the one the service chose; None: the drill's own choice). The service records it."""
+    argv = [
+        sys.executable,
+        "-m",
+        "safehold",
+        "--log-format",
+        "json",
+        "--json",
+        "drill",
+        source,
+        "--config",
+        config_path,
+        "--run-id",
+        run_id,
+        "--state-dir",
+        str(state_dir),
+    ]
+    if snapshot:
+        argv += ["--snapshot", snapshot]
     return argv
 
 

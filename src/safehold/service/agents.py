@@ -39,6 +39,7 @@ from safehold.catalog import RunKind, RunLine, RunState
 from safehold.clock import utcnow
 from safehold.errors import Conflict, NotFound, SafeholdError
 from safehold.runs.child import ChildResult
+from safehold.service.drills import drill_source
 from safehold.service.jobs import Jobs, Outcome
 from safehold.service.plans import agent_queue
 from safehold.service.restore_points import held_snapshots
@@ -259,6 +260,9 @@ class Agents:
         }
         if kind == RunKind.RETENTION.value:
             out["held"] = await self.jobs._db(held_snapshots, self.engine, plan_key)
+        if kind == RunKind.DRILL.value:  # the service chooses the point, as for its workers
+            out["source"] = drill_source(spec)
+            out["params"] = {**params, "snapshot": await self.jobs.drill_snapshot(spec, params)}
         if spec.env is not None:
             # A plan made through the API: the agent has no file naming it. Its document
             # holds no credential; their values travel beside it, for the child's

@@ -53,6 +53,7 @@ from safehold.runs.child import (
     ChildResult,
     LogLine,
     backup_argv,
+    drill_argv,
     forget_argv,
     prune_argv,
     restore_argv,
@@ -61,6 +62,7 @@ from safehold.runs.child import (
     stop_child,
     verify_argv,
 )
+from safehold.service.drills import drill_source, pick_snapshot, record_drill
 from safehold.service.limits import write_slots
 from safehold.service.plans import PlanSpec
 from safehold.service.restore_points import held_snapshots, mark_forgotten, record_point
@@ -425,8 +427,20 @@ class Jobs(Queue):
             outcome = outcome_of(result)
         # A prune's record is its summary, not a backup's: only its end is kept.
         record = result.record if kind in (RunKind.BACKUP.value, RunKind.RESTORE.value) else None
+        if kind == RunKind.DRILL.value:
+            record = self._drill_record(result, outcome)
         if not await self._db(self._end, run_id, slot_id, outcome, record):
             return False
+        if kind == RunKind.DRILL.value:
+            await self._db(
+                record_drill,
+                self.engine,
+                run_id=run_id,
+                project=spec.project,
+                plan=drill_source(spec),
+                outcome=record,
+                started=utcnow(),
+            )
         if kind == RunKind.RETENTION.value and outcome.state is RunState.SUCCEEDED:
             removed = (result.record or {}).get("removed") or []
             await self._db(self._forgotten, run_id, removed)
@@ -444,10 +458,40 @@ class Jobs(Queue):
             await self.defer(retention, spec.key)
         return True
 
+    @staticmethod
+    def _drill_record(result: ChildResult, outcome: Outcome) -> dict[str, Any]:
+        """A drill child's outcome (``drill --json``), or a failed one for a child that
+        printed none (killed, crashed): every drill run leaves its drills row."""
+        if result.record is not None and result.record.get("operation") == "drill":
+            return result.record
+        return {
+            "result": "failed",
+            "error": outcome.error or outcome.reason or "the drill's process printed no result",
+            "finished": utcnow().isoformat(),
+        }
+
+    async def drill_snapshot(self, spec: PlanSpec, params: dict[str, Any]) -> str | None:
+        """The snapshot a drill run of ``spec`` restores: the one it was asked for, else
+        the drill's target among the plan's restore points (None: the catalog knows none,
+        and the drill takes the repository's newest)."""
+        if params.get("snapshot"):
+            return str(params["snapshot"])
+        source = drill_source(spec)
+        target = await self._db(_drill_target, spec, source)
+        return await self._db(pick_snapshot, self.engine, spec.project, source, target)
+
     async def _argv(
         self, spec: PlanSpec, kind: str, run_id: uuid.UUID, params: dict[str, Any]
     ) -> list[str]:
         """The child's command line for a run of ``kind`` of the plan ``spec``."""
+        if kind == RunKind.DRILL.value:
+            return drill_argv(
+                spec.config_path,
+                drill_source(spec),
+                run_id=str(run_id),
+                snapshot=await self.drill_snapshot(spec, params),
+                state_dir=self.state_dir,
+            )
         if kind == RunKind.RESTORE.value:
             return restore_argv(
                 spec.config_path,
@@ -672,6 +716,15 @@ class Jobs(Queue):
                     {"s": slot_id, "r": run_id},
                 )
         return f"{project}/{name}", slot_id, attempt, kind
+
+
+def _drill_target(spec: PlanSpec, source: str) -> str:
+    """The drill's ``target`` (latest or rotating), read from the plan's file."""
+    from safehold.config import load_config
+
+    found = load_config(spec.config_path).sources.get(source)
+    drill = found.common.drill if found is not None else None
+    return drill.target if drill is not None else "latest"
 
 
 _LOST_ERROR = "the worker running it stopped (killed, or cut off from the database)"

@@ -231,6 +231,11 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
             verify_margin=verify.margin,
         )
         out[spec.key] = spec
+    # Restore drills on their own schedules (service/drills.py), imported here because
+    # that module builds on PlanSpec.
+    from safehold.service.drills import drill_plans
+
+    out.update(drill_plans(config, limits))
     return out
 
 

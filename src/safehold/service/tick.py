@@ -44,11 +44,11 @@ _FACTS = text(
     SELECT p.id, p.paused, p.created_at,
       (SELECT max(s.slot_at) FROM slots s WHERE s.plan_id = p.id) AS newest_slot,
       (SELECT count(*) FROM runs r WHERE r.plan_id = p.id
-         AND r.kind IN ('backup', 'prune', 'verify') AND r.state = 'running') AS running,
+         AND r.kind IN ('backup', 'prune', 'verify', 'drill') AND r.state = 'running') AS running,
       (SELECT count(*) FROM runs r WHERE r.plan_id = p.id
-         AND r.kind IN ('backup', 'prune', 'verify') AND r.state = 'queued') AS waiting,
+         AND r.kind IN ('backup', 'prune', 'verify', 'drill') AND r.state = 'queued') AS waiting,
       (SELECT max(r.started_at) FROM runs r WHERE r.plan_id = p.id
-         AND r.kind IN ('backup', 'prune', 'verify')
+         AND r.kind IN ('backup', 'prune', 'verify', 'drill')
          AND r.state IN ('running', 'succeeded')) AS last_start
     FROM plans p WHERE p.id = ANY(:ids)
     """

@@ -1,0 +1,88 @@
+"""``safehold serve`` runs a source's drill plan on its own schedule: real processes, its
+private PostgreSQL, drills of a SQLite source recorded with their runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD
+from tests.e2e.test_serve import Service
+from tests.e2e.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def make_sqlite(path: Path, rows: int) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x)")
+    db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(rows)])
+    db.commit()
+    db.close()
+
+
+@pytest.fixture
+def service(make_state_dir: Callable[[], Path], tmp_path: Path) -> Iterator[Service]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
+    env.update(
+        REPO_PW=PASSWORD.decode(),
+        HOME=str(tmp_path / "home"),
+        SAFEHOLD_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    svc = Service(tmp_path / "safehold.yaml", make_state_dir(), env, tmp_path / "serve.log")
+    try:
+        yield svc
+    finally:
+        if svc.proc is not None:
+            svc.proc.kill()
+            svc.proc.wait()
+
+
+def test_serve_runs_a_drill_plan_on_its_schedule(service: Service, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init = subprocess.run(
+        [sys.executable, "-m", "safehold", "-r", str(repo), "init", "--kdf-log2n", "10"],
+        env={**service.env, "SAFEHOLD_PASSWORD": PASSWORD.decode()},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    make_sqlite(tmp_path / "app.db", 40)
+    service.config.write_text(
+        f"""\
+repository: {{location: "{repo}", password_env: REPO_PW}}
+sources:
+  app:
+    type: sqlite
+    path: {tmp_path / "app.db"}
+    schedule: "*/2 * * * * *"
+    drill:
+      schedule: "*/3 * * * * *"
+      target: rotating
+      rto_target: 10m
+"""
+    )
+    service.start()
+    wait_for("a backup of app", lambda: service.count("default/app", "succeeded") >= 1)
+    wait_for(
+        "two drills of app",
+        lambda: service.count("default/app.drill", "succeeded", kind="drill") >= 2,
+        timeout=120,
+    )
+    plans = service.plans()
+    assert "default/app.drill" in plans
+    rows = json.loads(service.run("--json", "drills", "--plan", "default/app").stdout)
+    passed = [r for r in rows if r["result"] == "passed"]
+    assert len(passed) >= 2
+    assert all(r["run_id"] and r["rto_target_seconds"] == 600 for r in passed)
+    assert all("integrity_check: ok" in r["check_output"] for r in passed)
+    runs = service.runs("--kind", "drill")
+    assert {r["id"] for r in runs} >= {r["run_id"] for r in passed}
+    assert service.stop() == 0
