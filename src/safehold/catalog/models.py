@@ -45,6 +45,7 @@ __all__ = [
     "Plan",
     "PlanOrigin",
     "Project",
+    "Report",
     "RestorePoint",
     "Run",
     "RunKind",
@@ -407,4 +408,23 @@ class ServiceKey(Base):
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     key_check: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Report(Base):
+    """One project's periodic report (``reports:`` in the configuration): the period it
+    covers and whether it went out. A row is made once its period has ended, never
+    before; a failed send keeps the row unsent (``attempts``, ``last_error``) so that the
+    next cycle tries again, and a sent one is never sent twice."""
+
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("project", "period_start"), Index(None, "sent_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    project: Mapped[str]
+    period_start: Mapped[datetime]
+    period_end: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -1,0 +1,433 @@
+"""The service's Prometheus metrics, read from the catalog when they are scraped.
+
+Nothing is counted in a process's memory: every scrape asks the catalog (a handful of
+aggregate queries, :class:`CatalogCollector`), so that any ``safehold serve`` sharing the
+database answers the same numbers, and a restarted one loses nothing. Counters (``_total``)
+are therefore sums over the runs the catalog still holds: deleting a plan (its runs go
+with it) lowers them, which Prometheus reads as a counter reset.
+
+Names follow Prometheus's conventions: the ``safehold_`` prefix, base units (seconds,
+bytes), ``_total`` for counters and ``_timestamp_seconds`` for points in time. Each metric
+is described in docs/metrics.md.
+
+Extension point: :data:`EXTENSIONS` is a list of functions ``(connection, scope) ->
+metric families`` run at every scrape after the built-in ones. The drills' gauges are one
+(:func:`drill_metrics`, which answers nothing until the ``drills`` table exists); the
+verification coverage joins the same way (``register_extension(coverage_metrics)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy import Connection, Engine, bindparam, text
+
+from safehold.catalog.models import RunState, SlotState
+from safehold.clock import SYSTEM_CLOCK, Clock
+from safehold.service.jobs import STALL_SECONDS
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "EXTENSIONS",
+    "WAIT_BUCKETS",
+    "CatalogCollector",
+    "Extension",
+    "Scope",
+    "drill_metrics",
+    "register_extension",
+    "registry",
+]
+
+log = logging.getLogger("safehold.metrics")
+
+# A run lasts from seconds (a small folder) to hours (a large database): buckets up to 12 h.
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+                    14400.0, 43200.0)  # fmt: skip
+# A job waits for a free worker, a repository's limit or its agent: seconds to an hour.
+WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+_FINAL = tuple(s.value for s in RunState if s not in (RunState.QUEUED, RunState.RUNNING))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a scrape may see: every project (``project`` None), or one."""
+
+    project: str | None = None
+    now: datetime | None = None  # the scrape's time, from the service's clock
+
+
+Extension = Callable[[Connection, Scope], Iterable[Metric]]
+EXTENSIONS: list[Extension] = []
+
+
+def register_extension(extension: Extension) -> Extension:
+    """Add ``extension`` to every scrape (usable as a decorator); returned unchanged."""
+    if extension not in EXTENSIONS:
+        EXTENSIONS.append(extension)
+    return extension
+
+
+class CatalogCollector(Collector):
+    """The catalog's numbers as Prometheus metric families, read at each :meth:`collect`."""
+
+    def __init__(
+        self, engine: Engine, *, project: str | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.engine = engine
+        self.project = project
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric family, from one connection (one snapshot of each table)."""
+        scope = Scope(self.project, self.clock.now())
+        with self.engine.connect() as db:
+            # One REPEATABLE READ transaction: the queries see one state of the catalog.
+            db.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+            yield from _plans(db, scope)
+            yield from _runs(db, scope)
+            yield from _histograms(db, scope)
+            yield from _slots(db, scope)
+            yield from _queue(db, scope)
+            yield from _agents(db, scope)
+            for extension in EXTENSIONS:
+                try:
+                    yield from extension(db, scope)
+                except Exception as exc:  # one broken extension must not hide the rest
+                    log.warning("metrics extension %s failed: %s", extension.__name__, exc)
+                    db.rollback()
+
+
+def registry(engine: Engine, *, project: str | None = None, clock: Clock = SYSTEM_CLOCK) -> (
+    CollectorRegistry
+):  # fmt: skip
+    """A registry holding only the catalog's collector (no process metrics: those of one
+    serve process would differ between the processes behind one address)."""
+    found = CollectorRegistry(auto_describe=False)
+    found.register(CatalogCollector(engine, project=project, clock=clock))
+    return found
+
+
+_PROJECT = "(CAST(:project AS text) IS NULL OR p.project = CAST(:project AS text))"
+_PLAN_LABELS = ["project", "plan"]
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _plans(db: Connection, scope: Scope) -> Iterator[Metric]:
+    rows = db.execute(
+        text(
+            "SELECT p.project, p.name, p.paused, p.settings->>'rpo_target' AS rpo_target, "
+            "rp.newest, rp.points, rp.stored "
+            "FROM plans p LEFT JOIN ("
+            "  SELECT plan_id, max(taken_at) AS newest, count(*) AS points, "
+            "         coalesce(sum(bytes_added), 0) AS stored "
+            "  FROM restore_points WHERE forgotten_at IS NULL GROUP BY plan_id"
+            f") rp ON rp.plan_id = p.id WHERE {_PROJECT} ORDER BY p.project, p.name"
+        ),
+        {"project": scope.project},
+    ).all()
+    paused = GaugeMetricFamily(
+        "safehold_plan_paused", "1 if the plan is paused (no slot runs), else 0",
+        labels=_PLAN_LABELS,
+    )  # fmt: skip
+    restorable = GaugeMetricFamily(
+        "safehold_plan_last_restorable_timestamp_seconds",
+        "When the plan's newest restore point still in its repository was taken",
+        labels=_PLAN_LABELS,
+    )
+    rpo = GaugeMetricFamily(
+        "safehold_plan_rpo_seconds",
+        "Age of the plan's newest restore point: the data lost if its source died now",
+        labels=_PLAN_LABELS,
+    )
+    target = GaugeMetricFamily(
+        "safehold_plan_rpo_target_seconds",
+        "The plan's rpo_target (only plans that set one)",
+        labels=_PLAN_LABELS,
+    )
+    points = GaugeMetricFamily(
+        "safehold_plan_restore_points", "Restore points of the plan still in its repository",
+        labels=_PLAN_LABELS,
+    )  # fmt: skip
+    stored = GaugeMetricFamily(
+        "safehold_plan_stored_bytes",
+        "New data (before compression) the plan's kept restore points added to the repository",
+        labels=_PLAN_LABELS,
+    )
+    now = scope.now.timestamp() if scope.now else None
+    for row in rows:
+        labels = [row.project, row.name]
+        paused.add_metric(labels, 1.0 if row.paused else 0.0)
+        points.add_metric(labels, float(row.points or 0))
+        stored.add_metric(labels, float(row.stored or 0))
+        newest = _ts(row.newest)
+        if newest is not None:
+            restorable.add_metric(labels, newest)
+            if now is not None:
+                rpo.add_metric(labels, max(0.0, now - newest))
+        seconds = _seconds(row.rpo_target)
+        if seconds is not None:
+            target.add_metric(labels, seconds)
+    yield from (paused, restorable, rpo, target, points, stored)
+
+
+def _seconds(value: object) -> float | None:
+    """A plan setting in seconds, read defensively (absent, null or malformed: None)."""
+    try:
+        return None if value is None else float(str(value))
+    except ValueError:
+        return None
+
+
+def _runs(db: Connection, scope: Scope) -> Iterator[Metric]:
+    rows = db.execute(
+        text(
+            "SELECT p.project, p.name, r.kind, r.state, count(*) AS n, "
+            "coalesce(sum(r.bytes_read), 0) AS read, coalesce(sum(r.bytes_added), 0) AS added, "
+            "max(r.ended_at) AS last_end "
+            "FROM runs r JOIN plans p ON p.id = r.plan_id "
+            f"WHERE r.state IN :final AND {_PROJECT} "
+            "GROUP BY p.project, p.name, r.kind, r.state ORDER BY 1, 2, 3, 4"
+        ).bindparams(bindparam("final", expanding=True)),
+        {"project": scope.project, "final": list(_FINAL)},
+    ).all()
+    total = CounterMetricFamily(
+        "safehold_runs", "Runs that ended, by plan, kind and final state",
+        labels=[*_PLAN_LABELS, "kind", "state"],
+    )  # fmt: skip
+    success = GaugeMetricFamily(
+        "safehold_plan_last_success_timestamp_seconds",
+        "When the plan's last successful backup run ended",
+        labels=_PLAN_LABELS,
+    )
+    read = CounterMetricFamily(
+        "safehold_backup_read_bytes", "Bytes successful backups read from the plan's source",
+        labels=_PLAN_LABELS,
+    )  # fmt: skip
+    added = CounterMetricFamily(
+        "safehold_backup_added_bytes",
+        "New data (before compression) successful backups added to the repository",
+        labels=_PLAN_LABELS,
+    )
+    ratio = GaugeMetricFamily(
+        "safehold_plan_deduplication_ratio",
+        "Bytes read per new byte added, over the plan's successful backups (1: nothing "
+        "deduplicated)",
+        labels=_PLAN_LABELS,
+    )
+    for row in rows:
+        labels = [row.project, row.name]
+        total.add_metric([*labels, row.kind, row.state], float(row.n))
+        if row.kind == "backup" and row.state == RunState.SUCCEEDED.value:
+            if row.last_end is not None:
+                success.add_metric(labels, row.last_end.timestamp())
+            read.add_metric(labels, float(row.read))
+            added.add_metric(labels, float(row.added))
+            if row.added:
+                ratio.add_metric(labels, float(row.read) / float(row.added))
+    yield from (total, success, read, added, ratio)
+
+
+def _histogram_sql(expression: str, buckets: tuple[float, ...], where: str) -> str:
+    # The bounds are this module's constants, never input: formatting them is safe.
+    counts = ", ".join(f"count(*) FILTER (WHERE d <= {b!r})" for b in buckets)
+    return (
+        f"SELECT kind, {counts}, count(*), coalesce(sum(d), 0) FROM ("
+        f"  SELECT r.kind, extract(epoch FROM {expression}) AS d "
+        f"  FROM runs r JOIN plans p ON p.id = r.plan_id WHERE {where} AND {_PROJECT}"
+        ") t GROUP BY kind ORDER BY kind"
+    )
+
+
+def _histogram(
+    db: Connection, scope: Scope, family: HistogramMetricFamily, sql: str,
+    buckets: tuple[float, ...],
+) -> HistogramMetricFamily:  # fmt: skip
+    for row in db.execute(text(sql), {"project": scope.project}).all():
+        counts = list(row)[1:]
+        cumulative = [(_le(b), float(c)) for b, c in zip(buckets, counts, strict=False)]
+        cumulative.append(("+Inf", float(counts[len(buckets)])))
+        family.add_metric([row[0]], cumulative, float(counts[len(buckets) + 1]))
+    return family
+
+
+def _le(bound: float) -> str:
+    return repr(bound)
+
+
+def _histograms(db: Connection, scope: Scope) -> Iterator[Metric]:
+    yield _histogram(
+        db, scope,
+        HistogramMetricFamily(
+            "safehold_run_duration_seconds", "How long runs that ended took, by kind",
+            labels=["kind"],
+        ),
+        _histogram_sql(
+            "r.ended_at - r.started_at", DURATION_BUCKETS,
+            "r.started_at IS NOT NULL AND r.ended_at IS NOT NULL",
+        ),
+        DURATION_BUCKETS,
+    )  # fmt: skip
+    yield _histogram(
+        db, scope,
+        HistogramMetricFamily(
+            "safehold_run_wait_seconds",
+            "How long runs waited in the queue before a worker or agent started them",
+            labels=["kind"],
+        ),
+        _histogram_sql("r.started_at - r.queued_at", WAIT_BUCKETS, "r.started_at IS NOT NULL"),
+        WAIT_BUCKETS,
+    )  # fmt: skip
+
+
+def _slots(db: Connection, scope: Scope) -> Iterator[Metric]:
+    rows = db.execute(
+        text(
+            "SELECT p.project, s.state, count(*) FROM slots s JOIN plans p ON p.id = s.plan_id "
+            f"WHERE {_PROJECT} GROUP BY p.project, s.state"
+        ),
+        {"project": scope.project},
+    ).all()
+    found = {(project, state): n for project, state, n in rows}
+    family = GaugeMetricFamily(
+        "safehold_slots", "Ledger slots by project and state (missed: nothing ran them)",
+        labels=["project", "state"],
+    )  # fmt: skip
+    # Every state of every project with a slot, zeros included: a series that vanished
+    # could not be told from one that was never there.
+    for project in sorted({p for p, _ in found}):
+        for state in SlotState:
+            family.add_metric([project, state.value], float(found.get((project, state.value), 0)))
+    yield family
+
+
+def _queue(db: Connection, scope: Scope) -> Iterator[Metric]:
+    runs = db.execute(
+        text(
+            "SELECT r.kind, r.state, count(*), min(r.queued_at) FROM runs r "
+            f"JOIN plans p ON p.id = r.plan_id WHERE r.state IN ('queued', 'running') "
+            f"AND {_PROJECT} GROUP BY r.kind, r.state ORDER BY 1, 2"
+        ),
+        {"project": scope.project},
+    ).all()
+    active = GaugeMetricFamily(
+        "safehold_runs_active", "Runs queued or running now, by kind and state",
+        labels=["kind", "state"],
+    )  # fmt: skip
+    oldest = GaugeMetricFamily(
+        "safehold_queue_oldest_wait_seconds",
+        "How long the oldest run still queued has been waiting, by kind",
+        labels=["kind"],
+    )
+    now = scope.now.timestamp() if scope.now else None
+    for kind, state, n, first in runs:
+        active.add_metric([kind, state], float(n))
+        if state == "queued" and now is not None and first is not None:
+            oldest.add_metric([kind], max(0.0, now - first.timestamp()))
+    yield active
+    yield oldest
+    if scope.project is not None:
+        return  # the job queue's names carry other projects' agents: all-projects only
+    jobs = GaugeMetricFamily(
+        "safehold_queue_jobs", "Jobs waiting in the job queue (procrastinate), by queue",
+        labels=["queue"],
+    )  # fmt: skip
+    if db.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar() is not None:
+        for queue, n in db.execute(
+            text(
+                "SELECT queue_name, count(*) FROM procrastinate_jobs WHERE status = 'todo' "
+                "GROUP BY queue_name ORDER BY 1"
+            )
+        ).all():
+            jobs.add_metric([queue], float(n))
+    yield jobs
+
+
+def _agents(db: Connection, scope: Scope) -> Iterator[Metric]:
+    rows = db.execute(
+        text(
+            "SELECT p.project, count(*) FILTER (WHERE p.stopped_at IS NULL "
+            "AND p.heartbeat_at > now() - make_interval(secs => :stall)), count(*) "
+            f"FROM agents p WHERE {_PROJECT} GROUP BY p.project ORDER BY 1"
+        ),
+        {"project": scope.project, "stall": STALL_SECONDS},
+    ).all()
+    online = GaugeMetricFamily(
+        "safehold_agents_online", "Agents that heart-beat within the stall window",
+        labels=["project"],
+    )  # fmt: skip
+    known = GaugeMetricFamily(
+        "safehold_agents", "Agents registered, online or not", labels=["project"]
+    )
+    for project, n_online, n in rows:
+        online.add_metric([project], float(n_online))
+        known.add_metric([project], float(n))
+    yield online
+    yield known
+    if scope.project is None:
+        workers = db.execute(
+            text(
+                "SELECT count(*) FROM workers WHERE stopped_at IS NULL "
+                "AND heartbeat_at > now() - make_interval(secs => :stall)"
+            ),
+            {"stall": STALL_SECONDS},
+        ).scalar_one()
+        yield GaugeMetricFamily(
+            "safehold_workers_online", "serve processes that heart-beat within the stall window",
+            value=float(workers),
+        )  # fmt: skip
+
+
+@register_extension
+def drill_metrics(db: Connection, scope: Scope) -> Iterator[Metric]:
+    """The newest finished drill of each plan (the ``drills`` table, once it exists):
+    when, whether it passed, its restore time and its target."""
+    if db.execute(text("SELECT to_regclass('drills')")).scalar() is None:
+        return
+    rows = db.execute(
+        text(
+            "SELECT DISTINCT ON (p.project, p.plan) p.project, p.plan, p.finished_at, p.result, "
+            "p.restore_seconds, p.rto_target_seconds FROM drills p "
+            f"WHERE p.finished_at IS NOT NULL AND {_PROJECT} "
+            "ORDER BY p.project, p.plan, p.finished_at DESC"
+        ),
+        {"project": scope.project},
+    ).all()
+    last = GaugeMetricFamily(
+        "safehold_plan_last_drill_timestamp_seconds", "When the plan's newest drill finished",
+        labels=_PLAN_LABELS,
+    )  # fmt: skip
+    passed = GaugeMetricFamily(
+        "safehold_plan_last_drill_passed", "1 if the plan's newest drill passed, else 0",
+        labels=_PLAN_LABELS,
+    )  # fmt: skip
+    rto = GaugeMetricFamily(
+        "safehold_plan_drill_restore_seconds",
+        "The restore time (RTO) the plan's newest drill measured",
+        labels=_PLAN_LABELS,
+    )
+    target = GaugeMetricFamily(
+        "safehold_plan_drill_rto_target_seconds", "The plan's drill rto_target",
+        labels=_PLAN_LABELS,
+    )  # fmt: skip
+    for row in rows:
+        labels = [row.project, row.plan]
+        last.add_metric(labels, row.finished_at.timestamp())
+        passed.add_metric(labels, 1.0 if row.result == "passed" else 0.0)
+        if row.restore_seconds is not None:
+            rto.add_metric(labels, float(row.restore_seconds))
+        if row.rto_target_seconds is not None:
+            target.add_metric(labels, float(row.rto_target_seconds))
+    yield from (last, passed, rto, target)
