@@ -46,6 +46,7 @@ COMMANDS = [
     "token",
     "agent",
     "destinations",
+    "report",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
@@ -60,6 +61,7 @@ SERVICE_COMMANDS = (
     "token",
     "agent",
     "destinations",
+    "report",
 )
 
 EPILOG = """\

@@ -33,13 +33,15 @@ from safehold.config.models import (
     SourceConfig,
 )
 from safehold.config.plans import ServiceConfig
+from safehold.config.reports import ReportsConfig
 from safehold.errors import ConfigError
 from safehold.sources.registry import KINDS
 
 __all__ = ["load_config", "parse_config", "validate_destination"]
 
 Path_ = tuple[str | int, ...]
-TOP_KEYS = ("version", "repository", "destinations", "sources", "service", *RESERVED_TOP_KEYS)
+TOP_KEYS = ("version", "repository", "destinations", "sources", "service", "reports",
+            *RESERVED_TOP_KEYS)  # fmt: skip
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MAX_SHOWN = 20
@@ -215,6 +217,9 @@ def parse_config(
     service = _validate(
         TypeAdapter(ServiceConfig | None), data.get("service"), ("service",), problems, context
     )
+    reports = _validate(
+        TypeAdapter(ReportsConfig | None), data.get("reports"), ("reports",), problems, context
+    )
     problems.raise_if_any()
     return Config(
         path=path,
@@ -224,6 +229,7 @@ def parse_config(
         warnings=warnings,
         reserved=reserved,
         service=service or ServiceConfig(),
+        reports=reports,
     )
 
 

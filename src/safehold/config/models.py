@@ -42,6 +42,7 @@ from safehold.config.plans import (
     check_schedule,
     parse_seconds,
 )
+from safehold.config.reports import ReportsConfig
 from safehold.errors import UsageError
 from safehold.sources.hooks import DEFAULT_TIMEOUT, PHASES
 
@@ -305,6 +306,7 @@ class Config:
     warnings: list[str] = field(default_factory=list)
     reserved: dict[str, Any] = field(default_factory=dict, repr=False)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    reports: ReportsConfig | None = None  # the periodic reports (config/reports.py)
 
     @property
     def plans(self) -> dict[str, SourceConfig]:
