@@ -30,6 +30,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import Connection, Engine, bindparam, text
 
 from safehold.catalog.models import RunState, SlotState
@@ -44,6 +45,7 @@ __all__ = [
     "Extension",
     "Scope",
     "drill_metrics",
+    "exposition",
     "register_extension",
     "registry",
 ]
@@ -105,6 +107,41 @@ class CatalogCollector(Collector):
                 except Exception as exc:  # one broken extension must not hide the rest
                     log.warning("metrics extension %s failed: %s", extension.__name__, exc)
                     db.rollback()
+
+
+def exposition(families: Iterable[Metric]) -> bytes:
+    """``families`` in Prometheus's text format 0.0.4.
+
+    prometheus_client's ``generate_latest`` validates and escapes every name of every
+    sample again, which was two thirds of a scrape of 1,000 plans (12,000 series): here
+    names are this module's constants and only label values and help texts need escaping.
+    """
+    out: list[str] = []
+    for family in families:
+        kind = family.type
+        help_ = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {family.name}{'_total' if kind == 'counter' else ''} {help_}\n")
+        out.append(f"# TYPE {family.name}{'_total' if kind == 'counter' else ''} {kind}\n")
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue  # not part of the 0.0.4 format
+            if sample.labels:
+                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+                out.append(f"{sample.name}{{{pairs}}} {_number(sample.value)}\n")
+            else:
+                out.append(f"{sample.name} {_number(sample.value)}\n")
+    return "".join(out).encode()
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+    return value
+
+
+def _number(value: float) -> str:
+    # prometheus_client's own formatting (Go's float syntax), so the two writers agree.
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
 def registry(engine: Engine, *, project: str | None = None, clock: Clock = SYSTEM_CLOCK) -> (
@@ -240,14 +277,16 @@ def _runs(db: Connection, scope: Scope) -> Iterator[Metric]:
     yield from (total, success, read, added, ratio)
 
 
-def _histogram_sql(expression: str, buckets: tuple[float, ...], where: str) -> str:
-    # The bounds are this module's constants, never input: formatting them is safe.
-    counts = ", ".join(f"count(*) FILTER (WHERE d <= {b!r})" for b in buckets)
+def _histogram_sql(expression: str, where: str) -> str:
+    # width_bucket over the negated bounds counts the bounds at or above a value (the
+    # buckets it is in, Prometheus's inclusive ``le``) in one pass: one count per row, not
+    # one FILTER per bucket.
     return (
-        f"SELECT kind, {counts}, count(*), coalesce(sum(d), 0) FROM ("
-        f"  SELECT r.kind, extract(epoch FROM {expression}) AS d "
+        "SELECT kind, width_bucket(-d, CAST(:bounds AS float8[])) AS k, count(*), "
+        "coalesce(sum(d), 0) FROM ("
+        f"  SELECT r.kind, extract(epoch FROM {expression})::float8 AS d "
         f"  FROM runs r JOIN plans p ON p.id = r.plan_id WHERE {where} AND {_PROJECT}"
-        ") t GROUP BY kind ORDER BY kind"
+        ") t GROUP BY kind, k ORDER BY kind, k"
     )
 
 
@@ -255,11 +294,20 @@ def _histogram(
     db: Connection, scope: Scope, family: HistogramMetricFamily, sql: str,
     buckets: tuple[float, ...],
 ) -> HistogramMetricFamily:  # fmt: skip
-    for row in db.execute(text(sql), {"project": scope.project}).all():
-        counts = list(row)[1:]
-        cumulative = [(_le(b), float(c)) for b, c in zip(buckets, counts, strict=False)]
-        cumulative.append(("+Inf", float(counts[len(buckets)])))
-        family.add_metric([row[0]], cumulative, float(counts[len(buckets) + 1]))
+    bounds = sorted(-b for b in buckets)
+    # kind -> counts[k] (k: how many bounds are >= the value), and the values' sum
+    found: dict[str, tuple[list[int], float]] = {}
+    for kind, k, n, total in db.execute(text(sql), {"project": scope.project, "bounds": bounds}):
+        counts, sum_ = found.setdefault(kind, ([0] * (len(buckets) + 1), 0.0))
+        counts[k] += n
+        found[kind] = (counts, sum_ + float(total))
+    for kind, (counts, sum_) in sorted(found.items()):
+        # The j-th smallest bound holds the values with at least len - j bounds above them.
+        cumulative = [
+            (_le(b), float(sum(counts[len(buckets) - j :]))) for j, b in enumerate(sorted(buckets))
+        ]
+        cumulative.append(("+Inf", float(sum(counts))))
+        family.add_metric([kind], cumulative, sum_)
     return family
 
 
@@ -275,8 +323,7 @@ def _histograms(db: Connection, scope: Scope) -> Iterator[Metric]:
             labels=["kind"],
         ),
         _histogram_sql(
-            "r.ended_at - r.started_at", DURATION_BUCKETS,
-            "r.started_at IS NOT NULL AND r.ended_at IS NOT NULL",
+            "r.ended_at - r.started_at", "r.started_at IS NOT NULL AND r.ended_at IS NOT NULL"
         ),
         DURATION_BUCKETS,
     )  # fmt: skip
@@ -287,7 +334,7 @@ def _histograms(db: Connection, scope: Scope) -> Iterator[Metric]:
             "How long runs waited in the queue before a worker or agent started them",
             labels=["kind"],
         ),
-        _histogram_sql("r.started_at - r.queued_at", WAIT_BUCKETS, "r.started_at IS NOT NULL"),
+        _histogram_sql("r.started_at - r.queued_at", "r.started_at IS NOT NULL"),
         WAIT_BUCKETS,
     )  # fmt: skip
 

@@ -16,13 +16,13 @@ from typing import Annotated
 from fastapi import APIRouter, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.responses import Response
 
 from safehold.api.auth import principal, require
 from safehold.api.state import api_state
 from safehold.catalog.models import TokenRole
-from safehold.service.metrics import registry
+from safehold.service.metrics import CatalogCollector, exposition
 
 __all__ = ["router"]
 
@@ -52,6 +52,7 @@ async def metrics(
         who = await run_in_threadpool(principal, request, credentials)
         project = _reader(who).project
     engine = api_state(request).engine
-    body = await run_in_threadpool(generate_latest, registry(engine, project=project))
+    collector = CatalogCollector(engine, project=project)
+    body = await run_in_threadpool(lambda: exposition(collector.collect()))
     # The classic text format (0.0.4), which every Prometheus 2 and 3 reads.
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
