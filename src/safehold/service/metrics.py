@@ -231,12 +231,13 @@ def _seconds(value: object) -> float | None:
 def _runs(db: Connection, scope: Scope) -> Iterator[Metric]:
     rows = db.execute(
         text(
-            "SELECT p.project, p.name, r.kind, r.state, count(*) AS n, "
-            "coalesce(sum(r.bytes_read), 0) AS read, coalesce(sum(r.bytes_added), 0) AS added, "
-            "max(r.ended_at) AS last_end "
-            "FROM runs r JOIN plans p ON p.id = r.plan_id "
-            f"WHERE r.state IN :final AND {_PROJECT} "
-            "GROUP BY p.project, p.name, r.kind, r.state ORDER BY 1, 2, 3, 4"
+            # Grouped by the plan's id, then named: hashing integers, not texts.
+            "SELECT p.project, p.name, r.kind, r.state, r.n, r.read, r.added, r.last_end "
+            "FROM (SELECT plan_id, kind, state, count(*) AS n, "
+            "  coalesce(sum(bytes_read), 0) AS read, coalesce(sum(bytes_added), 0) AS added, "
+            "  max(ended_at) AS last_end FROM runs WHERE state IN :final "
+            "  GROUP BY plan_id, kind, state) r "
+            f"JOIN plans p ON p.id = r.plan_id WHERE {_PROJECT} ORDER BY 1, 2, 3, 4"
         ).bindparams(bindparam("final", expanding=True)),
         {"project": scope.project, "final": list(_FINAL)},
     ).all()

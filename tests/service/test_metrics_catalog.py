@@ -1,0 +1,121 @@
+"""The metrics' collector on a real catalog under a fake clock: exact RPO ages, the
+drills' gauges once their table exists, and a broken extension that hides nothing else."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.core import Metric
+from sqlalchemy import Connection, Engine, text
+
+from safehold.clock import FakeClock
+from safehold.service import metrics
+from safehold.service.cluster import Cluster
+from safehold.service.database import prepare
+from safehold.service.metrics import CatalogCollector, Scope
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("service_database")]
+
+NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(private_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    from tests.servers.private_cluster import fresh_database
+
+    found = fresh_database(private_cluster, "metrics_" + request.node.name[:40].lower())
+    prepare(found)
+    with found.begin() as db:
+        db.execute(
+            text(
+                "INSERT INTO plans (project, name, origin, schedule) VALUES "
+                "('p', 'db', 'api', '@daily'), ('q', 'files', 'api', '@daily')"
+            )
+        )
+    try:
+        yield found
+    finally:
+        found.dispose()
+
+
+Labels = frozenset[tuple[str, str]]
+
+
+def values(engine: Engine, project: str | None = None) -> dict[tuple[str, Labels], float]:
+    collector = CatalogCollector(engine, project=project, clock=FakeClock(NOW))
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in collector.collect() for s in family.samples
+    }  # fmt: skip
+
+
+def plan(name: str, project: str = "p") -> Labels:
+    return frozenset({("project", project), ("plan", name)})
+
+
+def test_rpo_is_the_newest_kept_points_age(engine: Engine) -> None:
+    with engine.begin() as db:
+        for hours, forgotten in ((30, None), (6, None), (1, NOW)):
+            db.execute(
+                text(
+                    "INSERT INTO restore_points (plan_id, project, snapshot_id, taken_at, "
+                    "forgotten_at) SELECT id, 'p', :snap, :at, :gone FROM plans WHERE name = 'db'"
+                ),
+                {"snap": uuid.uuid4().hex, "at": NOW - timedelta(hours=hours), "gone": forgotten},
+            )
+    found = values(engine)
+    # The point of an hour ago is forgotten: the newest kept one is 6 hours old.
+    assert found["safehold_plan_rpo_seconds", plan("db")] == 6 * 3600
+    assert found["safehold_plan_restore_points", plan("db")] == 2
+    assert ("safehold_plan_rpo_seconds", plan("files", "q")) not in found  # never backed up
+    only_q = values(engine, "q")
+    assert {labels for (_, labels) in only_q if ("plan", "db") in labels} == set()
+
+
+def test_drill_gauges_once_the_table_exists(engine: Engine) -> None:
+    assert not any(name.startswith("safehold_plan_last_drill") for name, _ in values(engine))
+    with engine.begin() as db:
+        db.execute(text(
+            "CREATE TABLE drills (id bigserial primary key, run_id uuid, project text, "
+            "plan text, snapshot_id text, started_at timestamptz, finished_at timestamptz, "
+            "restore_seconds double precision, rto_target_seconds double precision, "
+            "bytes bigint, result text, failed_phase text, check_output text, error text)"
+        ))  # fmt: skip
+        for hours, result, seconds in ((48, "passed", 100.0), (24, "failed", 1300.0)):
+            db.execute(
+                text(
+                    "INSERT INTO drills (project, plan, started_at, finished_at, result, "
+                    "restore_seconds, rto_target_seconds) VALUES ('p', 'db', :at, :at, :r, "
+                    ":s, 900)"
+                ),
+                {"at": NOW - timedelta(hours=hours), "r": result, "s": seconds},
+            )
+    found = values(engine)
+    assert found["safehold_plan_last_drill_timestamp_seconds", plan("db")] == (
+        (NOW - timedelta(hours=24)).timestamp()
+    )
+    assert found["safehold_plan_last_drill_passed", plan("db")] == 0
+    assert found["safehold_plan_drill_restore_seconds", plan("db")] == 1300
+    assert found["safehold_plan_drill_rto_target_seconds", plan("db")] == 900
+
+
+def test_a_broken_extension_hides_nothing_else(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def broken(db: Connection, scope: Scope) -> Iterator[Metric]:
+        db.execute(text("SELECT * FROM no_such_table"))
+        yield from ()
+
+    def later(db: Connection, scope: Scope) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily("safehold_test_later", "after the broken one", value=1.0)
+
+    monkeypatch.setattr(metrics, "EXTENSIONS", [broken, later])
+    found = values(engine)
+    assert found["safehold_test_later", frozenset()] == 1
+    assert found["safehold_plan_paused", plan("db")] == 0
