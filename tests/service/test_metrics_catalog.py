@@ -119,3 +119,23 @@ def test_a_broken_extension_hides_nothing_else(
     found = values(engine)
     assert found["safehold_test_later", frozenset()] == 1
     assert found["safehold_plan_paused", plan("db")] == 0
+
+
+def test_the_running_plans_rpo_target_wins_over_the_catalogs(engine: Engine) -> None:
+    from types import SimpleNamespace
+
+    from safehold.service.metrics_targets import rpo_targets
+
+    with engine.begin() as db:
+        db.execute(text("UPDATE plans SET settings = '{\"rpo_target\": 7200}'"))
+    specs = [SimpleNamespace(project="p", name="db", rpo_target=600.0),
+             SimpleNamespace(project="q", name="files")]  # fmt: skip
+    targets = rpo_targets(specs)
+    assert targets == {"p/db": 600.0}
+    collector = CatalogCollector(engine, clock=FakeClock(NOW), rpo_targets=targets)
+    found = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in collector.collect() for s in family.samples
+    }  # fmt: skip
+    assert found["safehold_plan_rpo_target_seconds", plan("db")] == 600
+    assert found["safehold_plan_rpo_target_seconds", plan("files", "q")] == 7200

@@ -36,6 +36,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     """``report``: write it; the exit code (see the description)."""
     from safehold.clock import SYSTEM_CLOCK
     from safehold.config.reports import parse_period
+    from safehold.service.metrics_targets import rpo_targets
+    from safehold.service.plans import plans_from_config
     from safehold.service.reports_data import gather
     from safehold.service.reports_render import render_html
 
@@ -48,8 +50,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         else:
             seconds = config.reports.period if config.reports else 7 * 86400
         now = SYSTEM_CLOCK.now()
+        targets = rpo_targets(plans_from_config(config).values())
         data = gather(database.engine, args.project, now - timedelta(seconds=seconds), now,
-                      now=now)  # fmt: skip
+                      now=now, rpo_targets=targets)  # fmt: skip
     if not data.plans:
         raise UsageError(
             f"project {args.project!r} has no plans in this service's catalog",

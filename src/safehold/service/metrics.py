@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from prometheus_client.core import (
@@ -36,6 +36,8 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from safehold.catalog.models import RunState, SlotState
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.service.jobs import STALL_SECONDS
+from safehold.service.metrics_targets import Targets
+from safehold.service.metrics_targets import seconds as _seconds
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -66,6 +68,8 @@ class Scope:
 
     project: str | None = None
     now: datetime | None = None  # the scrape's time, from the service's clock
+    # The running service's rpo_target per plan key; the catalog's settings otherwise.
+    rpo_targets: Targets = field(default_factory=dict)
 
 
 Extension = Callable[[Connection, Scope], Iterable[Metric]]
@@ -83,15 +87,21 @@ class CatalogCollector(Collector):
     """The catalog's numbers as Prometheus metric families, read at each :meth:`collect`."""
 
     def __init__(
-        self, engine: Engine, *, project: str | None = None, clock: Clock = SYSTEM_CLOCK
+        self,
+        engine: Engine,
+        *,
+        project: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rpo_targets: Targets | None = None,
     ) -> None:
         self.engine = engine
         self.project = project
         self.clock = clock
+        self.rpo_targets = rpo_targets or {}
 
     def collect(self) -> Iterator[Metric]:
         """Every metric family, from one connection (one snapshot of each table)."""
-        scope = Scope(self.project, self.clock.now())
+        scope = Scope(self.project, self.clock.now(), self.rpo_targets)
         with self.engine.connect() as db:
             # One REPEATABLE READ transaction: the queries see one state of the catalog.
             db.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
@@ -214,18 +224,10 @@ def _plans(db: Connection, scope: Scope) -> Iterator[Metric]:
             restorable.add_metric(labels, newest)
             if now is not None:
                 rpo.add_metric(labels, max(0.0, now - newest))
-        seconds = _seconds(row.rpo_target)
+        seconds = scope.rpo_targets.get(f"{row.project}/{row.name}", _seconds(row.rpo_target))
         if seconds is not None:
             target.add_metric(labels, seconds)
     yield from (paused, restorable, rpo, target, points, stored)
-
-
-def _seconds(value: object) -> float | None:
-    """A plan setting in seconds, read defensively (absent, null or malformed: None)."""
-    try:
-        return None if value is None else float(str(value))
-    except ValueError:
-        return None
 
 
 def _runs(db: Connection, scope: Scope) -> Iterator[Metric]:

@@ -40,6 +40,7 @@ from sqlalchemy import Engine, text
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.config.reports import ReportsConfig, SmtpConfig
 from safehold.errors import SafeholdError
+from safehold.service.metrics_targets import Targets, rpo_targets
 from safehold.service.reports_data import ReportData, gather
 from safehold.service.reports_render import render_html
 
@@ -182,6 +183,7 @@ def report_cycle(
     *,
     clock: Clock = SYSTEM_CLOCK,
     sender: Sender = send_report,
+    rpo_targets: Targets | None = None,
 ) -> list[Sent] | None:
     """One cycle: the newest ended period's rows made, every unsent row sent; what was
     tried (None: another process holds the cycle's lock)."""
@@ -191,14 +193,19 @@ def report_cycle(
         if not got.scalar_one():
             return None
         try:
-            return _cycle(engine, config, folder, clock, sender)
+            return _cycle(engine, config, folder, clock, sender, rpo_targets or {})
         finally:
             lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": REPORTS_LOCK})
             lock.commit()
 
 
 def _cycle(
-    engine: Engine, config: ReportsConfig, folder: Path, clock: Clock, sender: Sender
+    engine: Engine,
+    config: ReportsConfig,
+    folder: Path,
+    clock: Clock,
+    sender: Sender,
+    targets: Targets,
 ) -> list[Sent]:
     now = clock.now()
     start, end = period_bounds(now, config.period)
@@ -227,7 +234,8 @@ def _cycle(
         receivers = config.projects.get(row.project)
         error: str | None = None
         try:
-            data = gather(engine, row.project, row.period_start, row.period_end, now=now)
+            data = gather(engine, row.project, row.period_start, row.period_end, now=now,
+                          rpo_targets=targets)  # fmt: skip
             html, path = write_report(data, folder)
             sender(Outgoing(data, html, path, tuple(receivers.email if receivers else ())),
                    config)  # fmt: skip
@@ -272,6 +280,7 @@ async def report_loop(service: Service, stop: asyncio.Event) -> None:
                 await asyncio.to_thread(
                     report_cycle, service.engine, config,
                     report_folder(config, service.state_dir), clock=service.options.clock,
+                    rpo_targets=rpo_targets(service.specs.values()),
                 )  # fmt: skip
             except Exception as exc:  # the database went away: the next cycle tries again
                 log.warning("the report cycle failed: %s", exc)

@@ -16,6 +16,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from safehold.service.metrics_targets import Targets, seconds
+
 __all__ = [
     "COVERAGE",
     "FAILED_STATES",
@@ -177,13 +179,20 @@ class ReportData:
 
 
 def gather(
-    engine: Engine, project: str, start: datetime, end: datetime, *, now: datetime
+    engine: Engine,
+    project: str,
+    start: datetime,
+    end: datetime,
+    *,
+    now: datetime,
+    rpo_targets: Targets | None = None,
 ) -> ReportData:
-    """The report of ``project`` for ``[start, end)``, its RPO ages taken at ``now``."""
+    """The report of ``project`` for ``[start, end)``, its RPO ages taken at ``now``;
+    ``rpo_targets`` (by plan key) win over the catalog's settings."""
     params = {"p": project, "s": start, "e": end}
     with engine.connect() as db:
         db.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        plans = _plans(db, params, now)
+        plans = _plans(db, params, now, rpo_targets or {})
         runs = [
             RunRow(r.plan, r.kind, r.state, r.queued_at, r.seconds, r.error)
             for r in db.execute(_RUNS, {**params, "limit": MAX_RUNS}).all()
@@ -194,7 +203,9 @@ def gather(
     return ReportData(project, start, end, now, plans, runs, total, drills, coverage)
 
 
-def _plans(db: Connection, params: dict[str, Any], now: datetime) -> list[PlanStatus]:
+def _plans(
+    db: Connection, params: dict[str, Any], now: datetime, targets: Targets
+) -> list[PlanStatus]:
     found = []
     for r in db.execute(_PLANS, params).all():
         newest = r.newest_point
@@ -207,21 +218,13 @@ def _plans(db: Connection, params: dict[str, Any], now: datetime) -> list[PlanSt
                 last_success=r.last_success,
                 newest_point=newest,
                 rpo_seconds=None if newest is None else max(0.0, (now - newest).total_seconds()),
-                rpo_target=_seconds(r.rpo_target),
+                rpo_target=targets.get(f"{params['p']}/{r.name}", seconds(r.rpo_target)),
                 points_new=r.points_new,
                 bytes_added=int(r.bytes_added),
                 stored_bytes=int(r.stored_bytes),
             )
         )
     return found
-
-
-def _seconds(value: object) -> float | None:
-    # rpo_target is the alerts' setting: read defensively (absent or malformed: None).
-    try:
-        return None if value is None else float(str(value))
-    except ValueError:
-        return None
 
 
 def _drills(db: Connection, params: dict[str, Any]) -> list[DrillRow] | None:

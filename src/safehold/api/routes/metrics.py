@@ -23,6 +23,7 @@ from safehold.api.auth import principal, require
 from safehold.api.state import api_state
 from safehold.catalog.models import TokenRole
 from safehold.service.metrics import CatalogCollector, exposition
+from safehold.service.metrics_targets import rpo_targets
 
 __all__ = ["router"]
 
@@ -51,8 +52,10 @@ async def metrics(
     if credentials is not None or not is_loopback(request):
         who = await run_in_threadpool(principal, request, credentials)
         project = _reader(who).project
-    engine = api_state(request).engine
-    collector = CatalogCollector(engine, project=project)
+    state = api_state(request)
+    collector = CatalogCollector(
+        state.engine, project=project, rpo_targets=rpo_targets(state.plans().values())
+    )
     body = await run_in_threadpool(lambda: exposition(collector.collect()))
     # The classic text format (0.0.4), which every Prometheus 2 and 3 reads.
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
