@@ -423,3 +423,32 @@ def test_the_reports_block_in_a_file(tmp_path: Path) -> None:
         load_config(str(path))
     assert "reports.period" in str(caught.value) and "not a report period" in str(caught.value)
     assert "reports.emails" in str(caught.value)
+
+
+def test_coverage_is_shown_once_a_source_is_set(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safehold.service import reports_data
+    from safehold.service.reports_data import CoverageRow
+
+    start, end = period_bounds(MONDAY, DAY)
+    assert (
+        "Verification coverage"
+        not in parse(render_html(gather(catalog.engine, "shop", start, end, now=MONDAY))).headings
+    )
+    asked: list[str] = []
+
+    def coverage(db: Any, project: str) -> list[CoverageRow]:
+        asked.append(project)
+        return [CoverageRow("s3:bucket/shop", 0.875), CoverageRow("/srv/repo", 1.0)]
+
+    monkeypatch.setattr(reports_data, "COVERAGE", [coverage])
+    data = gather(catalog.engine, "shop", start, end, now=MONDAY)
+    tables = parse(render_html(data))
+    assert asked == ["shop"]
+    assert tables.tables["coverage"][1:] == [["s3:bucket/shop", "87.5 %"], ["/srv/repo", "100.0 %"]]
+    assert (
+        RED in tables.cell_styles["coverage"][1][1]
+        and GREEN in tables.cell_styles["coverage"][2][1]
+    )
+    assert data.summary()["coverage"] == {"s3:bucket/shop": 0.875, "/srv/repo": 1.0}

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, text
 
@@ -274,7 +274,7 @@ async def report_loop(service: Service, stop: asyncio.Event) -> None:
     """Run a cycle now and every :data:`CYCLE_SECONDS` until ``stop``, while the
     configuration has a ``reports:`` block (read again at each cycle: a reload applies)."""
     while not stop.is_set():
-        config: Any = service.reports_config
+        config: ReportsConfig | None = service.reports_config
         if config is not None:
             try:
                 await asyncio.to_thread(
