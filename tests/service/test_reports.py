@@ -34,6 +34,7 @@ from safehold.service.reports import (
     ReportSendError,
     period_bounds,
     report_cycle,
+    send_email,
     send_report,
 )
 from safehold.service.reports_data import gather
@@ -452,3 +453,60 @@ def test_coverage_is_shown_once_a_source_is_set(
         and GREEN in tables.cell_styles["coverage"][2][1]
     )
     assert data.summary()["coverage"] == {"s3:bucket/shop": 0.875, "/srv/repo": 1.0}
+
+
+def test_starttls_and_login(catalog: Catalog, tmp_path: Path) -> None:
+    """STARTTLS (the certificate verified against its CA file) and a login; a wrong
+    password is an error that does not show it."""
+    import ssl
+    import subprocess
+
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+         "-out", str(cert)], capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
+                      data: Any) -> AuthResult:  # fmt: skip
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            b"reporter",
+            b"right-pass",
+        )
+        if ok:
+            return AuthResult(success=True)
+        # aiosmtpd sends nothing for a bare failure: the reply must be given.
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Authentication credentials invalid")  # fmt: skip
+
+    inbox = Inbox(free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port, tls_context=context,
+                            require_starttls=True, auth_required=True,
+                            authenticator=authenticator)  # fmt: skip
+    controller.start()
+    try:
+        add_run(catalog, "db", "succeeded", MONDAY - timedelta(hours=3), added=1, point=True)
+        start, end = period_bounds(MONDAY, DAY)
+        data = gather(catalog.engine, "shop", start, end, now=MONDAY)
+        outgoing = Outgoing(data, render_html(data), tmp_path / "r.html", ("ops@x.test",))
+
+        def smtp(password: str) -> SmtpConfig:
+            return SmtpConfig(host="127.0.0.1", port=inbox.port, starttls=True,
+                              username="reporter", password=password,  # type: ignore[arg-type]
+                              ca_file=str(cert), timeout=10)  # fmt: skip
+
+        with pytest.raises(ReportSendError) as caught:
+            send_email(smtp("wrong-pass"), outgoing)
+        assert "wrong-pass" not in str(caught.value) and "535" in str(caught.value)
+        assert inbox.messages == []
+        send_email(smtp("right-pass"), outgoing)
+        assert len(inbox.messages) == 1
+        assert inbox.messages[0]["Subject"].startswith("safehold report: shop")
+    finally:
+        controller.stop()

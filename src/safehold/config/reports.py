@@ -51,6 +51,9 @@ class SmtpConfig(BaseModel):
     password: SecretStr | None = None  # use ${VAR}: a literal password in a file is weak
     sender: str = "safehold@localhost"
     timeout: float = Field(default=30.0, gt=0)
+    # The CA that signed the server's certificate, for a relay with a private CA
+    # (default: the system's CAs). The certificate is always verified.
+    ca_file: str | None = None
 
 
 class ProjectReceivers(BaseModel):

@@ -143,7 +143,7 @@ def send_email(smtp: SmtpConfig, report: Outgoing) -> None:
     try:
         with smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout) as client:
             if smtp.starttls:
-                client.starttls(context=ssl.create_default_context())
+                client.starttls(context=ssl.create_default_context(cafile=smtp.ca_file))
             if smtp.username:
                 password = smtp.password.get_secret_value() if smtp.password else ""
                 client.login(smtp.username, password)
