@@ -14,7 +14,9 @@ serve --listen`` (one worker) on it, then:
    sequential calls each, and calls per second with 8 clients at once;
 2. **agents**: ``--agents`` agents (their own tokens) register and long-poll
    ``/api/v1/agent/jobs/next`` for ``--seconds`` seconds while each heart-beats every 5 s;
-   the serve process's peak memory (VmHWM) and CPU are read from ``/proc``.
+   the serve process's peak memory (VmHWM) and CPU are read from ``/proc``;
+3. **metrics**: ``--plans`` plans (1,000) in 10 projects, each with 30 ended backups, their
+   restore points and slots, and ``GET /metrics`` timed from loopback (median and p99 of 50).
 
 Figures go to standard output as a Markdown table (docs/benchmarks.md, "The API").
 """
@@ -221,15 +223,65 @@ def bench_agents(
     ]  # fmt: skip
 
 
+def bench_metrics(engine: Engine, url: str, plans: int, runs: int = 30) -> list[tuple[str, str]]:
+    """``GET /metrics`` (from loopback, every project) with ``plans`` plans, each with
+    ``runs`` ended backups (a fifth failed), as many restore points and slots."""
+    started = time.perf_counter()
+    with engine.begin() as db:
+        db.execute(text(
+            "INSERT INTO plans (project, name, origin, schedule, settings) "
+            "SELECT 'm' || (i % 10), 'p' || i, 'api', '@daily', '{\"rpo_target\": 86400}' "
+            "FROM generate_series(0, :n - 1) i"
+        ), {"n": plans})  # fmt: skip
+        db.execute(text(
+            "INSERT INTO runs (id, plan_id, kind, trigger, state, queued_at, started_at, "
+            "  ended_at, bytes_read, bytes_added) "
+            "SELECT gen_random_uuid(), p.id, 'backup', 'schedule', "
+            "  CASE WHEN i % 5 = 0 THEN 'failed' ELSE 'succeeded' END, "
+            "  now() - i * interval '1 day', now() - i * interval '1 day' + interval '2 s', "
+            "  now() - i * interval '1 day' + (i * 37 % 3600) * interval '1 s', "
+            "  1000000 + i, 1000 + i FROM plans p, generate_series(1, :r) i "
+            "WHERE p.project LIKE 'm%'"
+        ), {"r": runs})  # fmt: skip
+        db.execute(text(
+            "INSERT INTO restore_points (plan_id, project, snapshot_id, run_id, taken_at, "
+            "  bytes_added) SELECT r.plan_id, p.project, md5(r.id::text) || md5(r.id::text), "
+            "  r.id, r.started_at, r.bytes_added FROM runs r JOIN plans p ON p.id = r.plan_id "
+            "WHERE r.state = 'succeeded' AND p.project LIKE 'm%'"
+        ))  # fmt: skip
+        db.execute(text(
+            "INSERT INTO slots (plan_id, slot_at, state, run_id, ended_at) "
+            "SELECT r.plan_id, r.queued_at, r.state, r.id, r.ended_at FROM runs r "
+            "JOIN plans p ON p.id = r.plan_id WHERE p.project LIKE 'm%'"
+        ))  # fmt: skip
+        db.execute(text("ANALYZE"))
+    rows = [(f"write {plans:,} plans with {runs} runs, points and slots each (setup)",
+             f"{time.perf_counter() - started:.1f} s")]  # fmt: skip
+    with httpx.Client(base_url=url, timeout=60) as client:
+        body = client.get("/metrics").text
+
+        def call() -> None:
+            assert client.get("/metrics").status_code == 200
+
+        for _ in range(3):
+            call()
+        median, p99 = latencies(call, 50)
+    series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
+    rows.append((f"GET /metrics, {plans:,} plans ({series:,} series, {len(body) / 2**10:.0f} "
+                 "KiB): median / p99 of 50", f"{median:.0f} / {p99:.0f} ms"))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     """Parse the options, run the measurements, print the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--points", type=int, default=1_000_000)
     p.add_argument("--agents", type=int, default=500)
     p.add_argument("--seconds", type=float, default=60)
-    p.add_argument("--only", choices=("points", "agents"), action="append")
+    p.add_argument("--plans", type=int, default=1000, help="plans for --only metrics")
+    p.add_argument("--only", choices=("points", "agents", "metrics"), action="append")
     args = p.parse_args()
-    only = set(args.only or ("points", "agents"))
+    only = set(args.only or ("points", "agents", "metrics"))
     sys.path.insert(0, str(ROOT / "src"))
     from safehold.service.database import open_database
 
@@ -244,6 +296,8 @@ def main() -> None:
                     rows += bench_points(db.engine, url, args.points)
                 if "agents" in only:
                     rows += bench_agents(db.engine, url, proc.pid, args.agents, args.seconds)
+                if "metrics" in only:
+                    rows += bench_metrics(db.engine, url, args.plans)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=120)

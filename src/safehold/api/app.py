@@ -27,6 +27,7 @@ from safehold.api.routes import (
     drills,
     health,
     managed,
+    metrics,
     plan_admin,
     projects,
     restore_points,
@@ -88,6 +89,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(managed.staffeln_router)
     # What any route under /api/v1 may answer besides its own: a body that is not JSON, no
     # or a bad token, a body too large, too many bad tokens, the database away.

@@ -53,6 +53,7 @@ __all__ = [
     "Plan",
     "PlanOrigin",
     "Project",
+    "Report",
     "RestorePoint",
     "Run",
     "RunKind",
@@ -556,3 +557,22 @@ class Drill(Base):
     failed_phase: Mapped[str | None]
     check_output: Mapped[str | None]
     error: Mapped[str | None]
+
+
+class Report(Base):
+    """One project's periodic report (``reports:`` in the configuration): the period it
+    covers and whether it went out. A row is made once its period has ended, never
+    before; a failed send keeps the row unsent (``attempts``, ``last_error``) so that the
+    next cycle tries again, and a sent one is never sent twice."""
+
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("project", "period_start"), Index(None, "sent_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    project: Mapped[str]
+    period_start: Mapped[datetime]
+    period_end: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

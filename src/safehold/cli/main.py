@@ -50,6 +50,7 @@ COMMANDS = [
     "alerts",
     "drill",
     "drills",
+    "report",
 ]
 
 # Commands that run (or talk to) the long-running service, under runtime.SERVICE.
@@ -66,6 +67,7 @@ SERVICE_COMMANDS = (
     "destinations",
     "alerts",
     "drills",
+    "report",
 )
 
 EPILOG = """\

@@ -34,6 +34,7 @@ from safehold.config.models import (
     SourceConfig,
 )
 from safehold.config.plans import ServiceConfig
+from safehold.config.reports import ReportsConfig
 from safehold.errors import ConfigError
 from safehold.sources.registry import KINDS
 
@@ -47,6 +48,7 @@ TOP_KEYS = (
     "sources",
     "service",
     "alerts",
+    "reports",
     *RESERVED_TOP_KEYS,
 )
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -227,6 +229,9 @@ def parse_config(
     alerts = _validate(
         TypeAdapter(AlertsConfig | None), data.get("alerts"), ("alerts",), problems, context
     )
+    reports = _validate(
+        TypeAdapter(ReportsConfig | None), data.get("reports"), ("reports",), problems, context
+    )
     problems.raise_if_any()
     return Config(
         path=path,
@@ -237,6 +242,7 @@ def parse_config(
         reserved=reserved,
         service=service or ServiceConfig(),
         alerts=alerts,
+        reports=reports,
     )
 
 

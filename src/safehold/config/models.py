@@ -45,6 +45,7 @@ from safehold.config.plans import (
     check_schedule,
     parse_seconds,
 )
+from safehold.config.reports import ReportsConfig
 from safehold.errors import UsageError
 from safehold.sources.hooks import DEFAULT_TIMEOUT, PHASES
 
@@ -324,6 +325,7 @@ class Config:
     reserved: dict[str, Any] = field(default_factory=dict, repr=False)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     alerts: AlertsConfig | None = None  # the alerts: block (config/alerts.py)
+    reports: ReportsConfig | None = None  # the periodic reports (config/reports.py)
 
     @property
     def plans(self) -> dict[str, SourceConfig]:

@@ -11,9 +11,7 @@ condition clears by itself: a later success, a newer restore point, a fresh hear
 **Adding a condition** (drills, verification...): write a function of that shape that
 returns :class:`Finding` s with a ``kind`` of its own, append it to :data:`CONDITIONS`
 (or pass ``conditions=`` to :func:`~safehold.service.alerts.evaluate`), and add a line
-for the kind to :data:`KIND_TITLES`. A condition that reads a table another feature
-creates checks first that it exists (:func:`table_exists`), so that the alerts keep
-working on a catalog without it.
+for the kind to :data:`KIND_TITLES`.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ __all__ = [
     "missed_slot",
     "rpo_breach",
     "run_failed",
-    "table_exists",
     "verify_damage",
 ]
 
@@ -85,11 +82,6 @@ class EvalContext:
 
 
 Condition = Callable[[Connection, EvalContext], Iterable[Finding]]
-
-
-def table_exists(db: Connection, name: str) -> bool:
-    """Whether the catalog has table ``name`` (a feature's migration may not be applied)."""
-    return db.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": name}).scalar() is True
 
 
 def _failed_phase(phases: list[dict[str, Any]] | None, default: str) -> str:
@@ -304,10 +296,7 @@ def copy_failed(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
 
 
 def drill_failed(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
-    """A plan's newest finished drill failed, or took longer than its RTO target
-    (the ``drills`` table; nothing while it does not exist)."""
-    if not table_exists(db, "drills"):
-        return
+    """A plan's newest finished drill failed, or took longer than its RTO target."""
     rows = db.execute(
         text(
             """

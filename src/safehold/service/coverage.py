@@ -10,18 +10,18 @@ all read it through :func:`coverage` or :func:`coverages`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from safehold.catalog import RunKind
 from safehold.policy.duration import Duration, parse_duration
 from safehold.service.plans import PlanSpec
 
-__all__ = ["Coverage", "coverage", "coverages"]
+__all__ = ["Coverage", "coverage", "coverages", "coverages_on", "verify_periods"]
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,15 @@ _COVERAGE = text(
 def coverage(engine: Engine, repository: str, period: str | Duration, now: datetime) -> Coverage:
     """The coverage of ``repository`` (its redacted location, as its verify plan names
     it) over ``period`` (``"30d"`` or a :class:`~safehold.policy.Duration`) at ``now``."""
-    span = parse_duration(period) if isinstance(period, str) else period
     with engine.connect() as db:
-        packs, total, within, oldest, never, damaged = db.execute(
-            _COVERAGE, {"repo": repository, "since": span.subtract_from(now)}
-        ).one()
+        return _measure(db, repository, period, now)
+
+
+def _measure(db: Connection, repository: str, period: str | Duration, now: datetime) -> Coverage:
+    span = parse_duration(period) if isinstance(period, str) else period
+    packs, total, within, oldest, never, damaged = db.execute(
+        _COVERAGE, {"repo": repository, "since": span.subtract_from(now)}
+    ).one()
     return Coverage(
         repository=repository,
         period=period if isinstance(period, str) else str(period),
@@ -97,8 +101,29 @@ def coverage(engine: Engine, repository: str, period: str | Duration, now: datet
 def coverages(engine: Engine, specs: Mapping[str, PlanSpec], now: datetime) -> list[Coverage]:
     """The coverage of every repository with a verify plan among ``specs`` (the service's
     plans), sorted by repository."""
-    return [
-        coverage(engine, spec.name, spec.verify_period or "30d", now)
-        for spec in sorted(specs.values(), key=lambda s: s.name)
-        if spec.kind is RunKind.VERIFY
-    ]
+    with engine.connect() as db:
+        return coverages_on(db, verify_periods(specs.values()), now)
+
+
+def verify_periods(specs: Iterable[PlanSpec], project: str | None = None) -> dict[str, str]:
+    """``repository -> period`` of the repositories with a verify plan among ``specs``;
+    with ``project``, only those a plan of that project writes to (a repository's
+    location, without credentials, is no secret to those who back up into it, and is not
+    shown to anyone else)."""
+    specs = list(specs)
+    mine = {
+        spec.repository
+        for spec in specs
+        if spec.kind is not RunKind.VERIFY and (project is None or spec.project == project)
+    }
+    return {
+        spec.name: spec.verify_period or "30d"
+        for spec in specs
+        if spec.kind is RunKind.VERIFY and (project is None or spec.repository in mine)
+    }
+
+
+def coverages_on(db: Connection, periods: Mapping[str, str], now: datetime) -> list[Coverage]:
+    """The coverage of each repository of ``periods`` (``repository -> period``), on the
+    caller's connection, sorted by repository."""
+    return [_measure(db, repo, periods[repo], now) for repo in sorted(periods)]

@@ -87,6 +87,7 @@ class PlanSpec:
     max_unused: str | None = None  # a prune plan's ``prune --max-unused``
     verify_period: str | None = None  # a verify plan's period (``30d``), as forget's spans
     verify_margin: float = 1.25  # a verify plan's slices read this much over their share
+    rpo_target: float | None = None  # seconds: older newest point is an RPO breach (alerts)
     # An API plan's secret environment for its child (its destinations' credentials,
     # which its generated configuration file names as ${SAFEHOLD_SECRET_N}): called when a
     # run starts, so that nothing secret is kept in the spec. None: a file plan.
@@ -151,6 +152,7 @@ class PlanSpec:
             "kind": self.kind.value,
             "agent": self.agent,
             "max_unused": self.max_unused,
+            "rpo_target": self.rpo_target,
             **({"period": self.verify_period} if self.kind is RunKind.VERIFY else {}),
         }
 
@@ -188,6 +190,7 @@ def plans_from_config(config: Config) -> dict[str, PlanSpec]:
             retention=common.retention is not None,
             repository=config.repository.location if config.repository else "",
             limits=limits,
+            rpo_target=common.rpo_target,
         )
     if config.repository is not None and config.repository.prune is not None:
         prune = config.repository.prune

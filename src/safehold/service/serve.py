@@ -49,6 +49,7 @@ from safehold.service.cluster import default_state_dir
 from safehold.service.database import Database, open_database
 from safehold.service.jobs import FENCE_SECONDS, STALL_SECONDS, Jobs, register
 from safehold.service.plans import WORKER_QUEUE, PlanSpec, plans_from_config, sync_plans
+from safehold.service.reports import report_loop
 from safehold.service.tick import TickState, orphaned_runs, tick
 from safehold.service.vault import Vault, key_file_path
 from safehold.service.workers import beat, register_worker, stopped
@@ -126,6 +127,7 @@ class Service:
         """Take the plans of ``config`` (at start and on reload)."""
         specs = plans_from_config(config)
         self.alerter.configure(config)
+        self.reports_config = config.reports  # the report cycle reads it (service/reports.py)
         self.file_ids = sync_plans(self.engine, specs.values())
         self.file_specs = specs
         self._merge()
@@ -294,6 +296,7 @@ class Service:
         if self.options.scheduler:
             tasks.append(asyncio.create_task(self.scheduler(stop), name="scheduler"))
             tasks.append(asyncio.create_task(self.alerter.run(stop), name="alerts"))
+            tasks.append(asyncio.create_task(report_loop(self, stop), name="reports"))
         worker = self._start_worker() if self.options.workers > 0 else None
         stopper = asyncio.create_task(stop.wait())
         while True:

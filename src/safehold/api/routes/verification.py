@@ -16,9 +16,8 @@ from pydantic import BaseModel
 from safehold.api.auth import Reader
 from safehold.api.schemas import ErrorBody
 from safehold.api.state import api_state
-from safehold.catalog import RunKind
 from safehold.clock import utcnow
-from safehold.service.coverage import coverages
+from safehold.service.coverage import coverages_on, verify_periods
 
 __all__ = ["VerificationOut", "router"]
 
@@ -49,16 +48,8 @@ class VerificationOut(BaseModel):
 def list_verification(request: Request, who: Reader) -> list[VerificationOut]:
     """The coverage of each repository with a ``verify:`` block that a plan of the
     token's project writes to."""
-    plans = api_state(request).plans()
-    mine = {
-        spec.repository
-        for spec in plans.values()
-        if spec.project == who.project and spec.kind is not RunKind.VERIFY
-    }
-    verified = {
-        key: spec
-        for key, spec in plans.items()
-        if spec.kind is RunKind.VERIFY and spec.repository in mine
-    }
-    found = coverages(api_state(request).engine, verified, utcnow())
+    state = api_state(request)
+    periods = verify_periods(state.plans().values(), who.project)
+    with state.engine.connect() as db:
+        found = coverages_on(db, periods, utcnow())
     return [VerificationOut.model_validate(c.to_json()) for c in found]
