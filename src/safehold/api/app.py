@@ -40,6 +40,7 @@ from safehold.service.agents import Agents
 from safehold.service.jobs import Jobs, Queue
 from safehold.service.plans import PlanSpec
 from safehold.service.vault import Vault
+from safehold.web import mount_dashboard
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -104,6 +105,8 @@ def create_app(
         )  # fmt: skip
     v1.include_router(plan_admin.router)
     app.include_router(v1)
+    if engine is not None:  # the dashboard (docs/dashboard.md), beside the API it calls
+        mount_dashboard(app)
     app.add_middleware(
         BodyLimit, limit=max_body, larger={"/api/v1/agent/": max(max_body, MAX_AGENT_BODY)}
     )
