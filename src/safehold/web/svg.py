@@ -66,11 +66,11 @@ def bar_chart(
 ) -> Markup:
     """Bars oldest first, scaled to the largest; the largest value written at the top."""
     top = max((bar.value for bar in bars), default=0.0) or 1.0
-    step = width / max(1, len(bars))
+    step = min(40.0, width / max(1, len(bars)))  # a few runs: narrow bars, not a wall
     gap = min(2.0, step / 4)
     parts = [
         f'<svg class="chart" role="img" aria-label="{escape(label)}" viewBox="0 0 {width} '
-        f'{height + 14}" preserveAspectRatio="none" width="100%" height="{height + 14}">',
+        f'{height + 14}" preserveAspectRatio="xMinYMax meet" width="100%" height="{height + 14}">',
         f'<text class="axis" x="0" y="10">{escape(_number(top))} {escape(unit)}</text>',
         f'<line class="axis" x1="0" y1="{height + 13}" x2="{width}" y2="{height + 13}"/>',
     ]
