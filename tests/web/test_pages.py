@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -158,3 +159,28 @@ def test_the_root_and_the_api_are_unchanged(api: Api) -> None:
     assert httpx.get(f"{api.url}/api/v1/plans").json()["error"]["code"] == "unauthenticated"
     paths = httpx.get(f"{api.url}/openapi.json").json()["paths"]
     assert not [path for path in paths if path.startswith("/ui") or path == "/"]
+
+
+def test_a_running_run_follows_with_htmx_or_reloads_without(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = api.queued_run("default/second")
+    with login(api, role="operator") as client:
+        monkeypatch.setenv("SAFEHOLD_WEB_ASSETS", str(tmp_path / "none"))
+        plain = client.get(f"/ui/runs/{run_id}")
+        assert plain.headers.get("refresh") == "2" and "hx-get" not in plain.text
+        assert "htmx.min.js" not in plain.text and "Cancel the run" in plain.text
+        (tmp_path / "vendor").mkdir()
+        (tmp_path / "vendor" / "htmx.min.js").write_text("/* stand-in */")
+        monkeypatch.setenv("SAFEHOLD_WEB_ASSETS", str(tmp_path / "vendor"))
+        live = client.get(f"/ui/runs/{run_id}")
+        assert "refresh" not in live.headers
+        assert f'hx-get="/ui/runs/{run_id}/live"' in live.text
+        assert client.get("/ui/vendor/htmx.min.js").text == "/* stand-in */"
+        fragment = client.get(f"/ui/runs/{run_id}/live").text
+        assert fragment.lstrip().startswith('<div id="live" hx-get=')
+        # Cancelled, the run has ended: the fragment stops polling.
+        token = csrf(client, f"/ui/runs/{run_id}")
+        assert client.post(f"/ui/runs/{run_id}/cancel", data={"csrf": token}).status_code == 303
+        ended = client.get(f"/ui/runs/{run_id}/live").text
+        assert "hx-get" not in ended and "cancelled" in ended

@@ -13,13 +13,13 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from safehold.errors import SafeholdError, Unauthenticated
-from safehold.web.assets import STATIC, vendor_dir
+from safehold.web.assets import HTMX, STATIC, vendor_dir
 from safehold.web.render import error_page
 from safehold.web.session import PREFIX
 
@@ -56,14 +56,21 @@ def mount_dashboard(app: FastAPI) -> None:
 
     for module in (login, plans, runs, points, admin):
         app.include_router(module.router)
-    # The vendored files' folder may be made after the service started: checked per request.
-    app.mount(f"{PREFIX}/vendor", StaticFiles(directory=vendor_dir(), check_dir=False),
-              name="web_vendor")  # fmt: skip
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="web_static")
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
         return RedirectResponse(f"{PREFIX}/", status_code=307)
+
+    @app.get(f"{PREFIX}/vendor/{HTMX}", include_in_schema=False)
+    def htmx() -> Response:
+        # Looked up per request, as the pages do: scripts/web-assets.sh may run after the
+        # service started, and SAFEHOLD_WEB_ASSETS names where it put the file.
+        path = vendor_dir() / HTMX
+        if not path.is_file():
+            return Response(status_code=404)
+        return FileResponse(path, media_type="text/javascript",
+                            headers={"Cache-Control": "max-age=86400"})  # fmt: skip
 
 
 def web_router() -> APIRouter:
