@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -40,18 +41,25 @@ def overview_page(
     state: Annotated[CardState | None, Query()] = None,
     kind: Annotated[str | None, Query(max_length=64)] = None,
     project: Annotated[str | None, Query(max_length=64)] = None,
+    page_no: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
     """The banner, a card per plan (filtered), and every repository and destination."""
     api = api_state(request)
     # A token sees its own project only: the project filter has one choice.
     shown = overview(api.engine, api.plans(), session.who.project, utcnow(),
-                     state=state or None, kind=kind or None)  # fmt: skip
+                     state=state or None, kind=kind or None, page=page_no)  # fmt: skip
     if project and project != session.who.project:
         shown.cards = []
     destinations = dest.list_destinations(api.engine, session.who.project)
     return page(request, "overview.html", session, view=shown, destinations=destinations,
-                filters={"state": state or "", "kind": kind or "",
-                         "project": project or ""})  # fmt: skip
+                filters={"state": state or "", "kind": kind or "", "project": project or ""},
+                query=_query(state, kind, project))  # fmt: skip
+
+
+def _query(state: str | None, kind: str | None, project: str | None) -> str:
+    """The filters as a query string, for the pages' links."""
+    kept = {"state": state, "kind": kind, "project": project}
+    return urlencode({name: value for name, value in kept.items() if value})
 
 
 _RUNS = text(
