@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
 
 from safehold.errors import SafeholdError, Unauthenticated
 from safehold.web.assets import HTMX, STATIC, vendor_dir
@@ -43,7 +44,11 @@ class WebRoute(APIRoute):
                 return RedirectResponse(f"{PREFIX}/login?next={quote(target)}", status_code=303)
             except SafeholdError as exc:
                 return error_page(request, None, exc.http_status, str(exc), exc.hint)
-            except (RequestValidationError, ValidationError):
+            except (sa_exc.OperationalError, sa_exc.InterfaceError):
+                # Nothing of the driver's message: it may name the database's address.
+                return error_page(request, None, 503, "the service's database cannot be reached",
+                                  "try again in a moment; the service's log says why")  # fmt: skip
+            except (RequestValidationError, ValidationError, sa_exc.DataError):
                 return error_page(request, None, 400, "the form or address is not valid",
                                   "check the values and try again")  # fmt: skip
 
