@@ -6,11 +6,14 @@ import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from safehold.policy.schedule import parse_schedule
 from safehold.service.plans import PlanSpec
 from safehold.web.format import ago, duration, size, when
 from safehold.web.overview import _verdict, rpo_target
-from safehold.web.session import csrf_for
+from safehold.web.session import csrf_for, set_cookie
 from safehold.web.svg import Bar, Cell, Span, bar_chart, strip, timeline
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -67,3 +70,17 @@ def test_a_plans_verdict() -> None:
 def test_the_csrf_value_depends_on_the_token() -> None:
     assert csrf_for("shk_a") != csrf_for("shk_b") and len(csrf_for("shk_a")) == 64
     assert csrf_for("shk_a") == csrf_for("shk_a")
+
+
+def _request(scheme: str) -> Request:
+    return Request({"type": "http", "scheme": scheme, "method": "GET", "path": "/ui/",
+                    "headers": [], "server": ("127.0.0.1", 8808)})  # fmt: skip
+
+
+def test_the_cookie_is_secure_over_tls_only() -> None:
+    for scheme, secure in (("https", True), ("http", False)):
+        response = Response()
+        set_cookie(response, _request(scheme), "shk_x")
+        cookie = response.headers["set-cookie"].lower()
+        assert ("; secure" in cookie) == secure
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
