@@ -30,7 +30,12 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 say "fetching htmx.org@$HTMX_VERSION from the npm registry"
-(cd "$work" && npm pack --silent "htmx.org@$HTMX_VERSION" >/dev/null)
+if ! (cd "$work" && npm pack --silent "htmx.org@$HTMX_VERSION" >/dev/null 2>"$work/npm.err"); then
+  # No registry (offline, a proxy): not fatal, the pages work without live updates.
+  say "could not fetch htmx.org@$HTMX_VERSION from npm: $(tail -n 1 "$work/npm.err")"
+  say "the dashboard will work without live updates; run $0 again when npm can reach its registry"
+  exit 0
+fi
 tarball="$work/htmx.org-$HTMX_VERSION.tgz"
 actual="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
 if [ "$actual" != "$HTMX_INTEGRITY" ]; then
