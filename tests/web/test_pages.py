@@ -184,3 +184,21 @@ def test_a_running_run_follows_with_htmx_or_reloads_without(
         assert client.post(f"/ui/runs/{run_id}/cancel", data={"csrf": token}).status_code == 303
         ended = client.get(f"/ui/runs/{run_id}/live").text
         assert "hx-get" not in ended and "cancelled" in ended
+
+
+@pytest.mark.parametrize(
+    ("target", "lands"),
+    [("/ui/plans/job", "/ui/plans/job"), ("//evil.example/ui/", "/ui/"),
+     ("https://evil.example/", "/ui/"), ("/api/v1/plans", "/ui/")],
+)  # fmt: skip
+def test_logging_in_goes_back_only_within_the_dashboard(api: Api, target: str, lands: str) -> None:
+    form = {"token": api.tokens["default", "viewer"], "next": target}
+    answer = httpx.post(f"{api.url}/ui/login", data=form)
+    assert answer.status_code == 303 and answer.headers["location"] == lands
+
+
+def test_a_login_from_another_site_is_refused(api: Api) -> None:
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        answer = httpx.post(f"{api.url}/ui/login", headers=headers,
+                            data={"token": api.tokens["default", "viewer"]})  # fmt: skip
+        assert answer.status_code == 403 and "set-cookie" not in answer.headers
