@@ -20,6 +20,7 @@ APT_PKGS=(
   acl attr libcap2-bin e2fsprogs   # getfacl/getfattr/getcap and mkfs.ext4 for metadata and volume tests
   restic                           # the reference the pattern and find tests compare with
   prometheus                       # promtool: the metrics tests check /metrics with it
+  chromium                         # the browser tests drive Debian's chromium (Playwright's own download is not used)
   fuse3                            # libfuse 3 and fusermount: safehold mount (mfusepy loads libfuse at run time)
 )
 AZURITE_VERSION=3.35.0

@@ -23,6 +23,7 @@ from safehold.api.auth import FailureLimiter
 from safehold.api.errors import error_code, error_response, install_error_handlers
 from safehold.api.routes import (
     agent,
+    alerts,
     destinations,
     drills,
     health,
@@ -104,6 +105,7 @@ def create_app(
     v1.include_router(restore_points.plan_points_router)
     v1.include_router(job_routes.router)
     v1.include_router(workers.router)
+    v1.include_router(alerts.router)
     for prefix, noun in destinations.PREFIXES.items():
         v1.include_router(
             destinations.router, prefix=prefix, tags=[prefix.strip("/")],
@@ -114,6 +116,12 @@ def create_app(
     v1.include_router(drills.router)
     v1.include_router(drills.plan_drills_router)
     app.include_router(v1)
+    if engine is not None:  # the dashboard (docs/dashboard.md), beside the API it calls
+        # Imported here: the dashboard stands on the API's routes (it imports them), so
+        # the API's module must not import it at its top.
+        from safehold.web import mount_dashboard
+
+        mount_dashboard(app)
     app.add_middleware(
         BodyLimit, limit=max_body, larger={"/api/v1/agent/": max(max_body, MAX_AGENT_BODY)}
     )

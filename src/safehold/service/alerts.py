@@ -147,11 +147,16 @@ def evaluate(
     return result
 
 
-def incidents_list(engine: Engine, *, include_resolved: bool = False, limit: int = 200
-                   ) -> list[dict[str, Any]]:  # fmt: skip
-    """Open incidents, newest first (with ``include_resolved``, resolved ones too), each
-    with how its messages went (sent, pending, failed)."""
-    where = "" if include_resolved else "WHERE i.state = 'open'"
+def incidents_list(
+    engine: Engine, *, include_resolved: bool = False, limit: int = 200,
+    project: str | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Open incidents, newest first (with ``include_resolved``, resolved ones too; with
+    ``project``, that project's only), each with how its messages went (sent, pending,
+    failed)."""
+    where = "WHERE (CAST(:project AS text) IS NULL OR i.project = :project)" + (
+        "" if include_resolved else " AND i.state = 'open'"
+    )
     query = text(
         f"""
         SELECT i.id, i.kind, i.project, i.plan, i.subject, i.state, i.opened_at,
@@ -164,4 +169,5 @@ def incidents_list(engine: Engine, *, include_resolved: bool = False, limit: int
         """
     )
     with engine.connect() as db:
-        return [dict(row._mapping) for row in db.execute(query, {"limit": limit})]
+        found = db.execute(query, {"limit": limit, "project": project})
+        return [dict(row._mapping) for row in found]

@@ -1,0 +1,145 @@
+"""The dashboard's overview with 1,000 plans and a year of their slots: how long one page
+takes to answer (issue 20's target: under 200 ms).
+
+Run from the repository root with the project's environment::
+
+    .venv/bin/python bench/web.py [--plans 1000] [--days 365] [--reps 50]
+
+It starts a private PostgreSQL cluster in a temporary state folder, writes a configuration
+file of ``--plans`` daily plans, records them in the catalog as ``serve`` does, then writes
+``--days`` days of slots for each (a run for each slot that ran: nine in ten succeeded, the
+rest failed, skipped or missed) straight into the catalog. It then logs in through the
+dashboard's form and times ``GET /ui/`` (the whole page: the banner over every plan, the
+first page of cards with their strips, the HTML) in
+the API's app, in process (Starlette's test client, no socket): median and p99 of
+``--reps`` calls, and the same for a filtered overview (``?state=failing``), with the CPU
+time this process spent a call (the page's Python side; the rest is PostgreSQL and
+waiting, which a loaded machine lengthens).
+
+Figures go to standard output as a Markdown table (docs/benchmarks.md, "The dashboard").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from service import latencies  # bench/service.py, beside this script
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(work: Path, plans: int) -> Path:
+    (work / "data").mkdir(exist_ok=True)
+    path = work / "safehold.yaml"
+    lines = [f"repository: {{location: {work / 'repo'}, password: bench}}", "sources:"]
+    kinds = ("directory", "directory", "directory", "command")
+    for i in range(plans):
+        kind = kinds[i % len(kinds)]
+        where = f"paths: [{work / 'data'}]" if kind == "directory" else "command: 'true'"
+        lines.append(f"  plan-{i:04d}: {{type: {kind}, {where}, schedule: '@daily'}}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fill(engine: Engine, days: int) -> int:
+    """A slot per plan and day for ``days`` days, each with its run; the count written."""
+    with engine.begin() as db:
+        db.execute(text("SET LOCAL synchronous_commit = off"))
+        db.execute(
+            text(
+                """
+                WITH s AS (
+                  SELECT p.id AS plan_id, d AS slot_at, gen_random_uuid() AS run_id,
+                    CASE WHEN random() < 0.9 THEN 'succeeded' WHEN random() < 0.5 THEN 'failed'
+                         WHEN random() < 0.5 THEN 'skipped' ELSE 'missed' END AS state
+                  FROM plans p, generate_series(
+                    date_trunc('day', now()) - make_interval(days => :days),
+                    date_trunc('day', now()) - interval '1 day', interval '1 day') d
+                ), r AS (
+                  INSERT INTO runs (id, plan_id, kind, trigger, state, queued_at, started_at,
+                                    ended_at, bytes_read, bytes_added)
+                  SELECT run_id, plan_id, 'backup', 'schedule', state, slot_at, slot_at,
+                    slot_at + make_interval(secs => 20 + random() * 300),
+                    (random() * 1e9)::bigint, (random() * 1e7)::bigint
+                  FROM s WHERE state IN ('succeeded', 'failed')
+                )
+                INSERT INTO slots (plan_id, slot_at, state, run_id)
+                SELECT plan_id, slot_at, state,
+                  CASE WHEN state IN ('succeeded', 'failed') THEN run_id END FROM s
+                """
+            ),
+            {"days": days},
+        )
+        count = int(db.execute(text("SELECT count(*) FROM slots")).scalar_one())
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+        db.execute(text("ANALYZE"))  # as autovacuum would have by then
+    return count
+
+
+def main() -> None:
+    """Parse the options, run the measurement, print the table."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--plans", type=int, default=1000)
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--reps", type=int, default=50)
+    args = p.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from fastapi.testclient import TestClient
+
+    from safehold.api.app import create_app
+    from safehold.api.tokens import create_token
+    from safehold.config import load_config
+    from safehold.service.database import open_database
+    from safehold.service.plans import plans_from_config, sync_plans
+
+    work = Path(tempfile.mkdtemp(prefix="sh-bench-web-", dir="/tmp"))
+    work.chmod(0o711)  # as root the cluster runs as postgres, who must pass through
+    rows: list[tuple[str, str]] = []
+    try:
+        with open_database(None, work / "state") as db:
+            specs = plans_from_config(load_config(str(_config(work, args.plans))))
+            sync_plans(db.engine, specs.values())
+            started = time.perf_counter()
+            slots = _fill(db.engine, args.days)
+            took = time.perf_counter() - started
+            what = f"write {slots:,} slots ({args.plans:,} plans x {args.days} days) and runs"
+            rows.append((what, f"{took:.1f} s"))
+            token = create_token(db.engine, project="default", role="viewer").token
+            app = create_app(db.engine, plans=lambda: specs)
+            with TestClient(app, base_url="http://127.0.0.1") as client:
+                logged = client.post("/ui/login", data={"token": token}, follow_redirects=False)
+                assert logged.status_code == 303, logged.text
+                first = client.get("/ui/")
+                assert first.status_code == 200, first.text
+                # The banner counts every plan; the cards come a page at a time.
+                assert f"of {args.plans} plans" in first.text, first.text[:2000]
+                shown = first.text.count("data-plan=")
+                rows.append(("cards on the first page (failing first)", f"{shown}"))
+                rows.append(("the overview's size", f"{len(first.content) / 1024:.0f} KiB"))
+                for what, path in (("GET /ui/ (every card)", "/ui/"),
+                                   ("GET /ui/?state=failing", "/ui/?state=failing")):  # fmt: skip
+                    cpu = time.process_time()
+                    median, p99 = latencies(lambda path=path: client.get(path), args.reps)
+                    cpu = (time.process_time() - cpu) / args.reps * 1000
+                    rows.append((f"{what}: median / p99 of {args.reps}; this process's CPU a call",
+                                 f"{median:.0f} / {p99:.0f} ms; {cpu:.0f} ms"))  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()[0]
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {load:.1f}\n")
+    print("| what | figure |\n|---|---|")
+    for what, figure in rows:
+        print(f"| {what} | {figure} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""The overview's data: the banner counting failing and at-risk plans, and a card per
+plan (RPO, last success, next slot, 30 days of slots, the latest run's error), a page of
+cards at a time.
+
+Two catalog queries whatever the project's size: every plan's status (its newest slot,
+newest success and newest ended run, each one index probe), then the slots of the last 30
+days of the page's plans, summed per plan and day. The banner counts every plan; the
+cards' costlier parts (next slot, strip) are made for the page shown only, so the
+overview of 1,000 plans answers as fast as one of 50 (bench/web.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import yaml
+from sqlalchemy import Engine, text
+
+from safehold.catalog import RunKind
+from safehold.service.plans import PlanSpec
+from safehold.storage.location import redact
+from safehold.web.format import duration, size
+from safehold.web.svg import Cell
+
+__all__ = ["DAYS", "PAGE", "Card", "Overview", "expected_interval", "overview", "rpo_target"]
+
+DAYS = 30
+PAGE = 60  # cards a page: failing first, then at risk, then by name
+FAILED_STATES = ("failed", "timed_out", "worker_lost")
+# The strip's colour for a day is its worst slot's: a failure is not hidden by a success.
+_NAMES = ("succeeded", "failed", "skipped", "missed", "running")  # the query's count columns
+_RANK = (1, 3, 2, 4, 0)  # failed, missed, skipped, running, succeeded
+
+
+_INTERVALS: dict[tuple[str, str, str], float | None] = {}
+
+
+def expected_interval(spec: PlanSpec, now: datetime) -> float | None:
+    """The plan's period in seconds: an ``@every`` schedule's, or the gap between a cron
+    schedule's next two slots (found once per schedule: a search costs a croniter walk)."""
+    every = spec.schedule.interval
+    if every is not None:
+        return float(every)
+    key = (spec.schedule.expression, spec.schedule.key, spec.schedule.timezone)
+    if key not in _INTERVALS:
+        if len(_INTERVALS) > 100_000:
+            _INTERVALS.clear()
+        try:
+            first = spec.schedule.next_after(now)
+            _INTERVALS[key] = (spec.schedule.next_after(first) - first).total_seconds()
+        except Exception:  # a schedule with no next slot (a date in the past)
+            _INTERVALS[key] = None
+    return _INTERVALS[key]
+
+
+def rpo_target(spec: PlanSpec, now: datetime) -> float | None:
+    """The age past which a plan is at risk of missing its RPO: its ``rpo_target``, or
+    without one twice the schedule's period (one missed slot is allowed)."""
+    if spec.rpo_target is not None:
+        return spec.rpo_target
+    interval = expected_interval(spec, now)
+    return None if interval is None else 2 * interval
+
+
+@dataclass
+class Card:
+    """One plan on the overview."""
+
+    name: str
+    project: str
+    kind: str  # the source's type ("directory", "postgres"...) or "prune"
+    schedule: str
+    paused: bool
+    last_success: datetime | None
+    rpo_seconds: float | None
+    rpo_target: float | None
+    state: str  # ok, failing, at_risk, paused, new
+    last_run: dict[str, Any] | None
+    next_slot: datetime | None = None  # made for the page's cards only
+    last_drill: dict[str, Any] | None = None  # likewise
+    cells: list[Cell] = field(default_factory=list)  # likewise
+
+
+@dataclass
+class Overview:
+    """The overview: the page's cards, the banner's counts, the filters' choices."""
+
+    cards: list[Card]
+    failing: int
+    at_risk: int
+    total: int
+    matching: int  # cards the filters keep, over every page
+    page: int
+    pages: int
+    kinds: list[str]
+    repositories: list[tuple[str, list[str]]]  # location (redacted) -> plans writing to it
+
+
+_STATUS = text(
+    """
+    SELECT p.id, p.name, p.paused, s.state AS slot_state, s.slot_at, ok.ended_at AS success,
+      r.id AS run_id, r.state AS run_state, r.error, r.hint, r.ended_at AS run_ended
+    FROM plans p
+    LEFT JOIN LATERAL (SELECT state, slot_at FROM slots WHERE plan_id = p.id
+                       ORDER BY slot_at DESC LIMIT 1) s ON TRUE
+    LEFT JOIN LATERAL (SELECT ended_at FROM runs WHERE plan_id = p.id
+                         AND kind IN ('backup', 'prune') AND state = 'succeeded'
+                       ORDER BY queued_at DESC LIMIT 1) ok ON TRUE
+    LEFT JOIN LATERAL (SELECT id, state, error, hint, ended_at FROM runs WHERE plan_id = p.id
+                         AND kind IN ('backup', 'prune') AND ended_at IS NOT NULL
+                       ORDER BY queued_at DESC LIMIT 1) r ON TRUE
+    WHERE p.project = :project
+    """
+)
+
+_LAST_DRILLS = text(
+    """
+    SELECT DISTINCT ON (plan) plan, result, finished_at, restore_seconds, rto_target_seconds
+    FROM drills WHERE project = :project AND plan = ANY(:plans) AND finished_at IS NOT NULL
+    ORDER BY plan, finished_at DESC
+    """
+)
+
+_DAYS = text(
+    """
+    SELECT s.plan_id, date_trunc('day', s.slot_at AT TIME ZONE 'UTC') AS day,
+      count(*) FILTER (WHERE s.state = 'succeeded'),
+      count(*) FILTER (WHERE s.state IN ('failed', 'timed_out')),
+      count(*) FILTER (WHERE s.state = 'skipped'),
+      count(*) FILTER (WHERE s.state = 'missed'),
+      count(*) FILTER (WHERE s.state IN ('pending', 'queued', 'running')),
+      sum(extract(epoch FROM r.ended_at - r.started_at)), sum(r.bytes_added)
+    FROM slots s LEFT JOIN runs r ON r.id = s.run_id
+    WHERE s.plan_id = ANY(:ids) AND s.slot_at >= :since
+    GROUP BY 1, 2
+    """
+)
+
+
+def source_kind(spec: PlanSpec, seen: dict[str, dict[str, str]] | None = None) -> str:
+    """What the plan backs up, for the filter: its source's ``type`` in the plan's file
+    (``directory``, ``postgres``...), or ``prune`` for a repository's plan. ``seen``
+    keeps each file's types for one page (one ``stat`` per file, not per plan)."""
+    if spec.kind.value != "backup":
+        return spec.kind.value
+    if seen is None:
+        return _file_types(spec.config_path).get(spec.name, "unknown")
+    types = seen.get(spec.config_path)
+    if types is None:
+        types = seen[spec.config_path] = _file_types(spec.config_path)
+    return types.get(spec.name, "unknown")
+
+
+_TYPES: dict[str, tuple[float, dict[str, str]]] = {}
+
+
+def _file_types(path: str) -> dict[str, str]:
+    """Each source's ``type`` in the file at ``path``, read again when the file changes.
+
+    Only the types are read (plain YAML, no interpolation): the spec does not keep them,
+    and loading the whole configuration would need its secrets' environment.
+    """
+    try:
+        stamp = os.stat(path).st_mtime
+    except OSError:
+        return {}
+    cached = _TYPES.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = yaml.safe_load(f)
+        sources = document.get("sources") or {}
+        found = {str(name): str(block.get("type", "unknown")) for name, block in sources.items()
+                 if isinstance(block, dict)}  # fmt: skip
+    except (OSError, yaml.YAMLError, AttributeError):
+        found = {}
+    _TYPES[path] = (stamp, found)
+    return found
+
+
+def _cells(days: dict[datetime, tuple[Any, ...]], window: list[tuple[datetime, str]]) -> list[Cell]:
+    cells = []
+    for day, label in window:
+        row = days.get(day)
+        if row is None:
+            cells.append(Cell("none", f"{label}: no slot"))
+            continue
+        ok, failed, skipped, missed, running, seconds, added = row
+        counts = (ok, failed, skipped, missed, running)
+        said = ", ".join(f"{n} {_NAMES[i]}" for i, n in enumerate(counts) if n)
+        state = next((_NAMES[i] for i in _RANK if counts[i]), "none")
+        cells.append(Cell(state, f"{label}: {said}; {duration(seconds and float(seconds))}; "
+                                 f"{size(added and int(added))} added"))  # fmt: skip
+    return cells
+
+
+def _verdict(paused: bool, row: Any, rpo: float | None, target: float | None) -> str:
+    if paused:
+        return "paused"
+    if row is not None and (
+        row.run_state in FAILED_STATES or row.slot_state in ("failed", "timed_out")
+    ):
+        return "failing"
+    if rpo is None:
+        never = row is None or (row.slot_at is None and row.run_id is None)
+        return "new" if never else "at_risk"
+    return "at_risk" if target is not None and rpo > target else "ok"
+
+
+_ORDER = {"failing": 0, "at_risk": 1, "new": 2, "ok": 3, "paused": 4}
+
+
+def overview(
+    engine: Engine,
+    specs: Mapping[str, PlanSpec],
+    project: str,
+    now: datetime,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
+    page: int = 1,
+) -> Overview:
+    """The project's overview at ``now``: the banner over every plan, and the ``page``-th
+    page of the cards that ``state`` and ``kind`` keep (failing first, then at risk)."""
+    # A drill plan (``NAME.drill``) is shown on its source's card, not as one of its own.
+    mine = {
+        spec.name: spec
+        for spec in specs.values()
+        if spec.project == project and spec.kind is not RunKind.DRILL
+    }
+    with engine.connect() as db:
+        rows = {row.name: row for row in db.execute(_STATUS, {"project": project})}
+    cards: list[Card] = []
+    ids: dict[str, int] = {}
+    seen: dict[str, dict[str, str]] = {}
+    for name, spec in mine.items():
+        row = rows.get(name)
+        if row is not None:
+            ids[name] = row.id
+        paused = spec.paused or bool(row is not None and row.paused)
+        success = row.success if row is not None else None
+        rpo = None if success is None else (now - success).total_seconds()
+        target = rpo_target(spec, now)
+        run = None
+        if row is not None and row.run_id is not None:
+            run = {"id": str(row.run_id), "state": row.run_state, "error": row.error,
+                   "hint": row.hint, "ended_at": row.run_ended}  # fmt: skip
+        cards.append(
+            Card(
+                name=name, project=project, kind=source_kind(spec, seen),
+                schedule=spec.schedule.describe(), paused=paused, last_success=success,
+                rpo_seconds=rpo, rpo_target=target,
+                state=_verdict(paused, row, rpo, target), last_run=run,
+            )
+        )  # fmt: skip
+    failing = sum(card.state == "failing" for card in cards)
+    at_risk = sum(card.state == "at_risk" for card in cards)
+    kept = sorted(
+        (card for card in cards
+         if (state is None or card.state == state) and (kind is None or card.kind == kind)),
+        key=lambda card: (_ORDER.get(card.state, 9), card.name),
+    )  # fmt: skip
+    pages = max(1, -(-len(kept) // PAGE))
+    page = min(max(1, page), pages)
+    shown = kept[(page - 1) * PAGE : page * PAGE]
+    _fill_page(engine, shown, mine, ids, now)
+    repositories: dict[str, list[str]] = {}
+    for spec in mine.values():
+        if spec.repository:
+            repositories.setdefault(redact(spec.repository), []).append(spec.name)
+    return Overview(
+        cards=shown, failing=failing, at_risk=at_risk, total=len(cards), matching=len(kept),
+        page=page, pages=pages, kinds=sorted({card.kind for card in cards}),
+        repositories=sorted((loc, sorted(names)) for loc, names in repositories.items()),
+    )  # fmt: skip
+
+
+def _fill_page(
+    engine: Engine, cards: list[Card], specs: Mapping[str, PlanSpec], ids: Mapping[str, int],
+    now: datetime,
+) -> None:  # fmt: skip
+    """The page's cards' next slots and strips."""
+    wanted = [ids[card.name] for card in cards if card.name in ids]
+    days: dict[int, dict[datetime, tuple[Any, ...]]] = {}
+    if wanted:
+        with engine.connect() as db:
+            found = db.execute(_DAYS, {"ids": wanted, "since": now - timedelta(days=DAYS)})
+            for row in found:
+                days.setdefault(row[0], {})[row[1]] = tuple(row[2:])
+    today = now.astimezone(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+    window = [(day, f"{day:%Y-%m-%d}") for day in
+              (today - timedelta(days=DAYS - 1 - i) for i in range(DAYS))]  # fmt: skip
+    drills: dict[str, dict[str, Any]] = {}
+    if cards:
+        with engine.connect() as db:
+            found = db.execute(_LAST_DRILLS, {"project": cards[0].project,
+                                              "plans": [card.name for card in cards]})  # fmt: skip
+            drills = {row.plan: dict(row._mapping) for row in found}
+    for card in cards:
+        if not card.paused:
+            card.next_slot = specs[card.name].schedule.next_after(now)
+        card.cells = _cells(days.get(ids.get(card.name, -1), {}), window)
+        card.last_drill = drills.get(card.name)

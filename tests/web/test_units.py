@@ -1,0 +1,86 @@
+"""The dashboard's pure parts: charts, formats, and a plan's verdict and RPO target."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from safehold.policy.schedule import parse_schedule
+from safehold.service.plans import PlanSpec
+from safehold.web.format import ago, duration, size, when
+from safehold.web.overview import _verdict, rpo_target
+from safehold.web.session import csrf_for, set_cookie
+from safehold.web.svg import Bar, Cell, Span, bar_chart, strip, timeline
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def test_charts_escape_their_text_and_scale_to_the_largest() -> None:
+    drawn = strip([Cell("failed", "<b>1 failed</b>"), Cell("none", "no slot")], label='a "x"')
+    assert "&lt;b&gt;1 failed&lt;/b&gt;" in drawn and "<b>" not in drawn
+    assert 'aria-label="a &quot;x&quot;"' in drawn and drawn.count("<rect") == 2
+    bars = bar_chart([Bar(10, "ten"), Bar(5, "five"), Bar(0, "none")], label="l", unit="s")
+    heights = [float(h) for h in re.findall(r' height="([\d.]+)"><title>', bars)]
+    assert heights == [120.0, 60.0, 0.0]
+    assert ">10 s</text>" in bars
+    line = timeline([Span(0, 1, "lock", "succeeded", "t"), Span(1, 3, "dump", "failed", "u")],
+                    label="phases")  # fmt: skip
+    assert line.count("<rect") == 2 and "dump" in line
+
+
+def test_formats() -> None:
+    assert (size(None), size(512), size(1536), size(5 * 1024**3)) == (
+        "-", "512 B", "1.5 KiB", "5.0 GiB",
+    )  # fmt: skip
+    assert (duration(None), duration(4.12), duration(125), duration(3 * 3600 + 120)) == (
+        "-", "4.1 s", "2 min 5 s", "3 h 2 min",
+    )  # fmt: skip
+    assert duration(2 * 86400 + 3600) == "2 d 1 h"
+    assert ago(None, NOW) == "never" and ago(NOW - timedelta(seconds=90), NOW) == "1 min 30 s ago"
+    assert when(NOW) == "2026-12-07 12:00:00 UTC"
+
+
+def _spec(expression: str) -> PlanSpec:
+    return PlanSpec(project="default", name="p", config_path="/nonexistent",
+                    schedule=parse_schedule(expression, key="default/p"))  # fmt: skip
+
+
+def test_the_rpo_target_is_twice_the_schedules_period() -> None:
+    assert rpo_target(_spec("@every 30m"), NOW) == 3600
+    assert rpo_target(_spec("0 */6 * * *"), NOW) == 12 * 3600
+    assert rpo_target(_spec("@daily"), NOW) == 2 * 86400
+
+
+def test_a_plans_verdict() -> None:
+    row = SimpleNamespace(run_state="succeeded", slot_state="succeeded", slot_at=NOW, run_id=1)
+    assert _verdict(False, row, 100.0, 7200.0) == "ok"
+    assert _verdict(True, row, 100.0, 7200.0) == "paused"
+    assert _verdict(False, row, 9000.0, 7200.0) == "at_risk"
+    failed = SimpleNamespace(run_state="failed", slot_state=None, slot_at=None, run_id=1)
+    assert _verdict(False, failed, None, 7200.0) == "failing"
+    assert _verdict(False, None, None, 7200.0) == "new"
+    missed = SimpleNamespace(run_state=None, slot_state="missed", slot_at=NOW, run_id=None)
+    assert _verdict(False, missed, None, 7200.0) == "at_risk"
+
+
+def test_the_csrf_value_depends_on_the_token() -> None:
+    assert csrf_for("shk_a") != csrf_for("shk_b") and len(csrf_for("shk_a")) == 64
+    assert csrf_for("shk_a") == csrf_for("shk_a")
+
+
+def _request(scheme: str) -> Request:
+    return Request({"type": "http", "scheme": scheme, "method": "GET", "path": "/ui/",
+                    "headers": [], "server": ("127.0.0.1", 8808)})  # fmt: skip
+
+
+def test_the_cookie_is_secure_over_tls_only() -> None:
+    for scheme, secure in (("https", True), ("http", False)):
+        response = Response()
+        set_cookie(response, _request(scheme), "shk_x")
+        cookie = response.headers["set-cookie"].lower()
+        assert ("; secure" in cookie) == secure
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
