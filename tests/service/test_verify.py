@@ -384,3 +384,31 @@ def test_the_command_reads_a_slice_and_shows_the_coverage(scene: Scene) -> None:
     listing.write_text("not-a-pack\n")
     bad = scene.cli("-r", scene.repo, "check", "--read-packs", str(listing))
     assert bad.code == 2 and "line 1" in bad.stderr and "not a pack id" in bad.stderr
+
+
+def test_a_damaged_pack_fails_the_slice_and_the_drill_and_both_alert(scene: Scene) -> None:
+    """Issue 19's proof of the whole chain: one flipped byte in a pack; the next slice
+    and the next drill fail, and the alerts name the snapshots affected."""
+    from safehold.service.alerts_run import Alerter
+
+    path = _config(scene, "{period: 1d, schedule: '@daily'}")
+    path.write_text(path.read_text() + "    drill: {rto_target: 15m}\n")
+    target = scene.data_pack(3)
+    pack = Path(scene.repo) / "data" / target[:2] / target
+    raw = bytearray(pack.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    pack.write_bytes(bytes(raw))
+    _run_id, run = _run_verify(scene, path, datetime.now(UTC) + DAY)
+    assert (run["kind"], run["state"]) == ("verify", "failed")
+    service = ["--config", str(path), "--database", scene.url, "--state-dir", str(scene.tmp / "s")]
+    drilled = scene.cli("--json", "drill", "job", "--snapshot", scene.snapshots[-1][:12],
+                        *service, env={"SH_TEST_PW": PASSWORD.decode()})  # fmt: skip
+    assert drilled.code == 4, drilled.output  # ran, and did not prove the backup
+    alerter = Alerter(scene.engine)
+    alerter.configure(load_config(str(path)))
+    opened = {finding.kind: finding for finding in alerter.evaluate_once().opened}
+    assert {"verify_damage", "drill_failed"} <= set(opened), opened
+    damage = opened["verify_damage"].error or ""
+    assert all(snap[:8] in damage for snap in scene.snapshots[3:]), damage
+    assert scene.snapshots[-1][:8] in (opened["drill_failed"].hint or "")
+    assert alerter.evaluate_once().opened == []  # told once
