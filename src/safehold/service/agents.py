@@ -92,7 +92,7 @@ class Agents:
         """Register (or register again) the agent ``name`` for the token ``token_id``."""
         worker_id = await self.app.job_manager.register_worker()
         try:
-            agent_id, old = await self.jobs._db(
+            agent_id, old = await self.jobs.patiently(
                 self._register_row, project, name, token_id, host, version, worker_id
             )
         except BaseException:
@@ -162,7 +162,7 @@ class Agents:
 
     async def heartbeat(self, agent: AgentRef) -> list[str]:
         """Keep the agent's worker alive; the runs it must stop (cancelled meanwhile)."""
-        alive = await self.jobs._db(self._beat, agent)
+        alive = await self.jobs.patiently(self._beat, agent)
         if not alive:
             # Silent so long that the workers forgot its worker: its jobs were reaped
             # already. It is told to register again.
@@ -198,7 +198,7 @@ class Agents:
     async def stop(self, agent: AgentRef) -> None:
         """The agent stops cleanly: its worker goes, its row says so."""
         await self.app.job_manager.unregister_worker(agent.worker_id)
-        await self.jobs._db(self._stopped, agent)
+        await self.jobs.patiently(self._stopped, agent)
 
     def _stopped(self, agent: AgentRef) -> None:
         with self.engine.begin() as db:
@@ -237,14 +237,14 @@ class Agents:
         """Claim the run of a job the agent fetched; its description, or None when there
         is nothing to run (the run was cancelled, or its plan is gone)."""
         assert job_id is not None
-        claimed = await self.jobs._db(self.jobs._claim, run_id, agent.label)
+        claimed = await self.jobs.patiently(self.jobs.claim, run_id, agent.label)
         if claimed is None:
             await self.app.job_manager.finish_job_by_id_async(
                 job_id, Status.SUCCEEDED, delete_job=True
             )
             return None
         plan_key, _slot, attempt, kind, params = claimed
-        spec = self.jobs._plans().get(plan_key)
+        spec = self.jobs.spec(plan_key)
         if spec is None:
             await self.end(agent, run_id, ChildResult(1, None, stderr_tail=[
                 f"plan {plan_key} is not in the service's configuration any more"]))  # fmt: skip
@@ -259,7 +259,7 @@ class Agents:
             "params": params,
         }
         if kind == RunKind.RETENTION.value:
-            out["held"] = await self.jobs._db(held_snapshots, self.engine, plan_key)
+            out["held"] = await self.jobs.patiently(held_snapshots, self.engine, plan_key)
         if kind == RunKind.DRILL.value:  # the service chooses the point, as for its workers
             out["source"] = drill_source(spec)
             out["params"] = {**params, "snapshot": await self.jobs.drill_snapshot(spec, params)}
@@ -275,7 +275,7 @@ class Agents:
                 return None
             try:
                 out["config"] = await asyncio.to_thread(Path(spec.config_path).read_text)
-                out["env"] = await self.jobs._db(spec.env)
+                out["env"] = await self.jobs.patiently(spec.env)
             except (OSError, SafeholdError) as exc:
                 why = exc.message if isinstance(exc, SafeholdError) else str(exc)
                 await self.end(agent, run_id, ChildResult(1, None, stderr_tail=[why]))
@@ -301,10 +301,10 @@ class Agents:
         self, agent: AgentRef, run_id: uuid.UUID, lines: list[tuple[datetime | None, str, str]]
     ) -> None:
         """Store a running run's log lines (``(at, level, message)``), in order."""
-        *_, state, _job = await self.jobs._db(self._owned, agent, run_id)
+        *_, state, _job = await self.jobs.patiently(self._owned, agent, run_id)
         if state != "running":
             raise Conflict(f"run {run_id} has ended ({state})", hint="stop sending its lines")
-        await self.jobs._db(self._add_lines, run_id, lines)
+        await self.jobs.patiently(self._add_lines, run_id, lines)
 
     def _add_lines(self, run_id: uuid.UUID, lines: list[tuple[datetime | None, str, str]]) -> None:
         with self.engine.begin() as db:
@@ -324,10 +324,10 @@ class Agents:
     async def end(self, agent: AgentRef, run_id: uuid.UUID, result: ChildResult) -> bool:
         """End a run from the agent's report of its child; whether this ended it (False:
         it had ended already: cancelled, or reaped as lost)."""
-        plan_key, slot_id, attempt, kind, _state, job_id = await self.jobs._db(
+        plan_key, slot_id, attempt, kind, _state, job_id = await self.jobs.patiently(
             self._owned, agent, run_id
         )
-        spec = self.jobs._plans().get(plan_key)
+        spec = self.jobs.spec(plan_key)
         ended = False
         if spec is not None:
             ended = await self.jobs.finish(spec, run_id, slot_id, attempt, kind, result)
@@ -337,7 +337,7 @@ class Agents:
                 f"plan {plan_key} is not in the service's configuration any more",
                 "add it back to the file, or ignore this run",
             )  # fmt: skip
-            ended = await self.jobs._db(self.jobs._end, run_id, slot_id, gone, None)
+            ended = await self.jobs.patiently(self.jobs.end_run, run_id, slot_id, gone, None)
         if job_id is not None:
             await self.app.job_manager.finish_job_by_id_async(
                 job_id, Status.SUCCEEDED if ended else Status.ABORTED, delete_job=True

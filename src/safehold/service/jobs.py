@@ -155,6 +155,10 @@ class Queue:
         self.engine = engine
         self._plans = plans  # read at each use: a reload replaces them
 
+    def spec(self, plan_key: str) -> PlanSpec | None:
+        """The plan ``plan_key`` as the service has it now (None: not any more)."""
+        return self._plans().get(plan_key)
+
     async def defer(
         self, run_id: uuid.UUID, plan_key: str, delay: float = 0.0, *, first: bool = False
     ) -> int:
@@ -169,7 +173,7 @@ class Queue:
         if delay > 0:
             options["schedule_in"] = {"seconds": delay}
         job_id = await self.app.configure_task(RUN_TASK, **options).defer_async(run_id=str(run_id))
-        await self._db(self._set_job, run_id, job_id)
+        await self.patiently(self._set_job, run_id, job_id)
         return job_id
 
     def _set_job(self, run_id: uuid.UUID, job_id: int) -> None:
@@ -228,11 +232,13 @@ class Queue:
         params: dict[str, Any] | None = None,
     ) -> uuid.UUID:
         """A new run of plan ``plan_key``, queued now; its id."""
-        run_id = await self._db(self.new_run, plan_key, trigger=trigger, kind=kind, params=params)
+        run_id = await self.patiently(
+            self.new_run, plan_key, trigger=trigger, kind=kind, params=params
+        )
         await self.defer(run_id, plan_key)
         return run_id
 
-    async def _db(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    async def patiently(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``call`` in a thread, tried again while the database cannot be reached.
 
         A run's end must not be lost because PostgreSQL restarted under it: the child's
@@ -330,7 +336,7 @@ class Jobs(Queue):
             f"{FENCE_SECONDS:.0f} seconds and killed the run",
             "it is retried; see the worker's log for the database errors",
         )
-        if not await self._db(self._end, run_id, slot_id, lost, None):
+        if not await self.patiently(self.end_run, run_id, slot_id, lost, None):
             return  # another process reaped it and queued the retry
         if kind == spec.kind.value and attempt <= max(spec.retries, 1):
             await self._retry(spec, slot_id, attempt, lost)
@@ -339,7 +345,7 @@ class Jobs(Queue):
 
     async def execute(self, run_id: uuid.UUID) -> None:
         """Run the run ``run_id`` to its end (the body of the ``safehold.run`` task)."""
-        claimed = await self._db(self._claim, run_id)
+        claimed = await self.patiently(self.claim, run_id)
         if claimed is None:
             log.info("run %s: not queued any more; nothing to do", run_id)
             return
@@ -352,7 +358,7 @@ class Jobs(Queue):
                 f"plan {plan_key} is not in the configuration any more",
                 "add it back to the file, or ignore this run",
             )
-            await self._db(self._end, run_id, slot_id, outcome, None)
+            await self.patiently(self.end_run, run_id, slot_id, outcome, None)
             return
         if self.on_run is not None and kind == spec.kind.value:
             await self.on_run(plan_key, "start", str(run_id))
@@ -360,10 +366,10 @@ class Jobs(Queue):
         env = None
         if spec.env is not None:  # an API plan: its destinations' secrets, opened now
             try:
-                env = await self._db(spec.env)
+                env = await self.patiently(spec.env)
             except SafeholdError as exc:
                 failed = Outcome(RunState.FAILED, exc.message, exc.message, exc.hint)
-                await self._db(self._end, run_id, slot_id, failed, None)
+                await self.patiently(self.end_run, run_id, slot_id, failed, None)
                 return
         lines = _LineWriter(self, run_id, plan_key)
         flusher = asyncio.create_task(lines.run())
@@ -395,12 +401,12 @@ class Jobs(Queue):
                 "it runs again at the plan's next slot",
             )
             self._verify_state(run_id).unlink(missing_ok=True)  # a verify slice's, if any
-            await asyncio.shield(self._db(self._end, run_id, slot_id, stopped, None))
+            await asyncio.shield(self.patiently(self.end_run, run_id, slot_id, stopped, None))
             raise
         finally:
             self._children.pop(run_id, None)
             flusher.cancel()
-            await self._db(lines.flush)
+            await self.patiently(lines.flush)
         if run_id in self._fenced:
             await self._fenced_end(spec, run_id, slot_id, attempt, kind)
             return
@@ -422,17 +428,17 @@ class Jobs(Queue):
         elif kind == RunKind.PRUNE.value:
             outcome = exit_outcome(result, "prune")
         elif kind == RunKind.VERIFY.value:
-            outcome = await self._db(self._verified, spec, run_id, result)
+            outcome = await self.patiently(self._verified, spec, run_id, result)
         else:
             outcome = outcome_of(result)
         # A prune's record is its summary, not a backup's: only its end is kept.
         record = result.record if kind in (RunKind.BACKUP.value, RunKind.RESTORE.value) else None
         if kind == RunKind.DRILL.value:
             record = self._drill_record(result, outcome)
-        if not await self._db(self._end, run_id, slot_id, outcome, record):
+        if not await self.patiently(self.end_run, run_id, slot_id, outcome, record):
             return False
         if kind == RunKind.DRILL.value:
-            await self._db(
+            await self.patiently(
                 record_drill,
                 self.engine,
                 run_id=run_id,
@@ -443,7 +449,7 @@ class Jobs(Queue):
             )
         if kind == RunKind.RETENTION.value and outcome.state is RunState.SUCCEEDED:
             removed = (result.record or {}).get("removed") or []
-            await self._db(self._forgotten, run_id, removed)
+            await self.patiently(self._forgotten, run_id, removed)
         if kind != spec.kind.value:
             return True  # retention, restore: no retries and nothing after it
         if self.on_run is not None and outcome.state is not RunState.SKIPPED:
@@ -452,7 +458,7 @@ class Jobs(Queue):
         if outcome.state in (RunState.FAILED, RunState.TIMED_OUT) and attempt <= spec.retries:
             await self._retry(spec, slot_id, attempt, outcome)
         elif outcome.state is RunState.SUCCEEDED and spec.retention and kind == RunKind.BACKUP:
-            retention = await self._db(
+            retention = await self.patiently(
                 self.new_run, spec.key, trigger=RunTrigger.SCHEDULE, kind=RunKind.RETENTION
             )
             await self.defer(retention, spec.key)
@@ -477,8 +483,8 @@ class Jobs(Queue):
         if params.get("snapshot"):
             return str(params["snapshot"])
         source = drill_source(spec)
-        target = await self._db(_drill_target, spec, source)
-        return await self._db(pick_snapshot, self.engine, spec.project, source, target)
+        target = await self.patiently(_drill_target, spec, source)
+        return await self.patiently(pick_snapshot, self.engine, spec.project, source, target)
 
     async def _argv(
         self, spec: PlanSpec, kind: str, run_id: uuid.UUID, params: dict[str, Any]
@@ -501,7 +507,7 @@ class Jobs(Queue):
                 replace=bool(params.get("replace")),
             )
         if kind == RunKind.RETENTION.value:
-            held = await self._db(held_snapshots, self.engine, spec.key)
+            held = await self.patiently(held_snapshots, self.engine, spec.key)
             if params.get("snapshots"):  # restore points deleted through the service
                 return forget_argv(spec.config_path, list(params["snapshots"]), held=held)
             return retention_argv(spec.config_path, spec.name, held=held)
@@ -509,7 +515,7 @@ class Jobs(Queue):
             return prune_argv(spec.config_path, max_unused=spec.max_unused)
         if kind == RunKind.VERIFY.value:
             state = self._verify_state(run_id)
-            await self._db(self._write_verify_state, spec, state)
+            await self.patiently(self._write_verify_state, spec, state)
             return verify_argv(spec.config_path, state_file=str(state))
         return backup_argv(
             spec.config_path,
@@ -553,7 +559,7 @@ class Jobs(Queue):
         self, spec: PlanSpec, slot_id: int | None, attempt: int, outcome: Outcome
     ) -> None:
         delay = spec.retry_in(attempt)
-        run_id = await self._db(
+        run_id = await self.patiently(
             self.new_run,
             spec.key,
             trigger=RunTrigger.RETRY,
@@ -567,7 +573,7 @@ class Jobs(Queue):
         )  # fmt: skip
         await self.defer(run_id, spec.key, delay, first=True)
 
-    def _claim(
+    def claim(
         self, run_id: uuid.UUID, worker: str | None = None
     ) -> tuple[str, int | None, int, str, dict[str, Any]] | None:
         """Mark a queued run running on ``worker`` (default: this process); its plan, slot,
@@ -591,7 +597,7 @@ class Jobs(Queue):
                 )
         return f"{project}/{name}", slot_id, attempt, kind, params or {}
 
-    def _end(
+    def end_run(
         self,
         run_id: uuid.UUID,
         slot_id: int | None,
@@ -659,12 +665,12 @@ class Jobs(Queue):
         for job in stalled:
             assert job.id is not None
             run_id = uuid.UUID(str(job.task_kwargs["run_id"]))
-            if run_id in self._children or await self._db(self._mine, run_id):
+            if run_id in self._children or await self.patiently(self._mine, run_id):
                 # This process runs it: alive, only its queue heartbeat is late (after a
                 # database outage, until the worker has registered again).
                 continue
             await self.app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
-            lost = await self._db(self._lose, run_id)
+            lost = await self.patiently(self._lose, run_id)
             if lost is None:
                 continue
             ended += 1

@@ -80,7 +80,7 @@ def _secure(request: Request) -> bool:
 
 async def _me(request: Request, who: Principal) -> AgentRef:
     agents = _agents(request)
-    return await agents.jobs._db(agents.find, who.token_id)
+    return await agents.jobs.patiently(agents.find, who.token_id)
 
 
 @router.post("/register", name="register_agent", responses={409: {"model": ErrorBody}})
