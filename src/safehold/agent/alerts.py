@@ -247,11 +247,13 @@ class AgentAlerts:
         channel.send(incident_message(incident, str(item.get("event")), title=_TITLE))
         return channel.label
 
-    def deliver_due(self, now: datetime) -> int:
-        """Send every delivery due at ``now`` (blocking: the agent calls it in a thread);
-        how many went."""
+    def deliver_due(self, now: datetime, stopping: Callable[[], bool] = lambda: False) -> int:
+        """Send every delivery due at ``now`` (blocking: the agent calls it in a thread),
+        until ``stopping()`` says to leave the rest for later; how many went."""
         sent = 0
         for source, item in self.due(now):
+            if stopping():
+                break
             try:
                 label = self._send(source, item)
             except Exception as exc:  # any channel's trouble is recorded, never raised

@@ -98,6 +98,7 @@ class StandaloneAgent:
         self._stopping: set[asyncio.Future[None]] = set()
         self.alerts = AgentAlerts(self.state, self.log)
         self._wake = asyncio.Event()  # a delivery was queued: send it now
+        self._closing = False  # the agent is stopping: the sender ends
         self.apply(config)
 
     def log(self, level: str, event: str, **fields: object) -> None:
@@ -352,18 +353,22 @@ class StandaloneAgent:
             self._wake.set()
 
     async def deliver(self) -> None:
-        """Send what the outbox holds as it comes due, until cancelled (a thread sends,
-        so a slow receiver never holds a run up)."""
+        """Send what the outbox holds as it comes due, until :attr:`_closing` (a thread
+        sends, so a slow receiver never holds a run up; between two deliveries it looks
+        whether the agent is closing, so a stop waits for one delivery at most)."""
         failing = False
-        while True:
+        while not self._closing:
             self._wake.clear()  # before sending: a wake set meanwhile is not lost
             try:
-                await asyncio.to_thread(self.alerts.deliver_due, self.options.clock.now())
+                await asyncio.to_thread(
+                    self.alerts.deliver_due, self.options.clock.now(), lambda: self._closing
+                )
                 failing = False
             except Exception as exc:  # the state file unreadable: said once, tried again
                 if not failing:
                     self.log("error", "alert.deliver_failed", error=str(exc))
                 failing = True
+            # Woken, or time-out: no cancellation here (3.11's wait_for may swallow one).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=DELIVER_EVERY)
 
@@ -383,13 +388,15 @@ class StandaloneAgent:
     async def run(self) -> None:
         """Look at the schedules every tick until :attr:`stop` is set; then stop the runs.
         Alerts and pings are sent beside, by :meth:`deliver`."""
+        self._closing = False
         sender = asyncio.create_task(self.deliver())
         try:
             await self._loop()
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            # What is not sent yet stays in agent.json, for the next start.
+            self._closing = True
+            self._wake.set()
+            await sender
 
     async def _loop(self) -> None:
         failing = False
