@@ -19,6 +19,9 @@ import pytest
 
 from tests.conftest import PASSWORD
 from tests.e2e.waiting import wait_for
+from tests.notify_receivers import HttpReceiver, http_receiver
+
+__all__ = ["http_receiver"]  # a fixture
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +126,15 @@ def ended(client: httpx.Client, run_id: str) -> dict[str, Any] | None:
     return run if run["state"] not in ("queued", "running") else None
 
 
-def test_agents_take_their_own_jobs_and_a_lost_one_is_run_again(site: Site) -> None:
+def test_agents_take_their_own_jobs_and_a_lost_one_is_run_again(
+    site: Site, http_receiver: HttpReceiver
+) -> None:
+    # b's pings (healthchecks style): its start at vm2's claim, its end at vm2's report.
+    hc = f"{http_receiver.base}/ping/b-0d7a4b8e9c3a1234"
+    pings = f"{{start: '{hc}/start', success: '{hc}', fail: '{hc}/fail'}}"
+    site.config.write_text(
+        site.config.read_text().replace("agent: vm2}", f"agent: vm2, ping: {pings}}}")
+    )
     operator = site.token("operator", "ops")
     tokens = {name: site.token("agent", name) for name in ("vm1", "vm2")}
     site.start_serve()
@@ -146,6 +157,9 @@ def test_agents_take_their_own_jobs_and_a_lost_one_is_run_again(site: Site) -> N
         assert done["b"]["snapshot_id"]
         detail = client.get(f"/api/v1/runs/{runs['b']}").json()
         assert any(line["message"].startswith("run.finished") for line in detail["lines"])
+        wait_for("b's pings", lambda: len(http_receiver.requests) >= 2)
+        assert http_receiver.paths() == ["/ping/b-0d7a4b8e9c3a1234/start",
+                                         "/ping/b-0d7a4b8e9c3a1234"]  # fmt: skip
 
         # An agent's token: none of the operator's routes, and not another agent's runs.
         with httpx.Client(base_url=site.url, timeout=30,

@@ -11,6 +11,9 @@ no database, keeping its small state in a local JSON file. Its modules:
 - ``runner``: one backup as a child process (:mod:`safehold.runs.child`, as the
   service's workers run theirs), its JSON log lines relayed with ``backup_guid``;
 - ``standalone``: the long-running loop (ticks, retries, retention, signals);
+- ``alerts``: a failing source's incident (told once through the file's ``alerts:``
+  receivers, resolved at its next success), its ``ping:`` URLs, and the outbox in the
+  state file that a background task sends with back-off;
 - ``manual``: ``safehold agent run SOURCE``, the manual trigger;
 - ``status``: ``safehold agent status``.
 

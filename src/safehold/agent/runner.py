@@ -97,6 +97,18 @@ class RunRequest:
             self.log(line.level, "run.output", message=line.message)
 
 
+def failed_phase(record: dict[str, Any]) -> str:
+    """The first hook phase of a run record that failed, else ``backup`` (the run's own
+    work): where an alert says the run failed, as the service's do."""
+    for phase in record.get("phases") or []:
+        if isinstance(phase, dict) and (
+            phase.get("timed_out") or phase.get("interrupted")
+            or phase.get("exit_code") not in (0, None)
+        ):  # fmt: skip
+            return str(phase.get("phase") or "backup")
+    return "backup"
+
+
 def outcome_of(result: ChildResult) -> tuple[str, int, str]:
     """The run's outcome, exit code and error from how its child ended."""
     record = result.record or {}
@@ -171,6 +183,7 @@ async def run_backup(
         error=error,
         snapshot=str(record.get("snapshot") or ""),
         slot=request.slot,
+        phase=failed_phase(record) if outcome not in SAVED else "",
     )
 
     def end(entry: SourceState) -> None:

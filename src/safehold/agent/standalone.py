@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from safehold.agent.alerts import AgentAlerts
 from safehold.agent.due import AgentPlan, agent_plans, due_slots
 from safehold.agent.runner import (
     IN_PROGRESS_MESSAGE,
@@ -50,6 +51,8 @@ from safehold.runs.child import stop_child
 from safehold.runs.events import LogEvent, LogSink
 
 __all__ = ["AgentOptions", "StandaloneAgent", "run_agent"]
+
+DELIVER_EVERY = 1.0  # real seconds between looks at the outbox (retries come due)
 
 # Failed runs worth another attempt; an interrupted run (the agent stopping), a skipped one
 # (its pre-backup-check said no) or one refused by exit_if_in_progress are not failures.
@@ -93,6 +96,9 @@ class StandaloneAgent:
         self.stop = asyncio.Event()
         self.reload_requested = False
         self._stopping: set[asyncio.Future[None]] = set()
+        self.alerts = AgentAlerts(self.state, self.log)
+        self._wake = asyncio.Event()  # a delivery was queued: send it now
+        self._closing = False  # the agent is stopping: the sender ends
         self.apply(config)
 
     def log(self, level: str, event: str, **fields: object) -> None:
@@ -104,6 +110,7 @@ class StandaloneAgent:
     def apply(self, config: Config) -> None:
         """Take the scheduled sources of ``config`` (at start and on reload)."""
         plans = agent_plans(config)
+        self.alerts.configure(config)
         now = self.options.clock.now()
         for name, old in self.lanes.items():
             if name not in plans:
@@ -282,6 +289,7 @@ class StandaloneAgent:
             lane.request = request
             if self.stop.is_set():
                 return  # stopped while this run waited to start
+            await self._ping(plan.name, "start", request.run_id)
             try:
                 result = await run_backup(request, on_start=self._on_start(lane))
             except Exception as exc:  # the agent must outlive any one run's trouble
@@ -291,6 +299,11 @@ class StandaloneAgent:
             finally:
                 lane.proc = None
                 lane.identifier = request.identifier
+            if result.outcome not in ("skipped", "in-progress"):
+                event = "success" if result.outcome in SAVED else "fail"
+                await self._ping(plan.name, event, request.run_id)
+            if result.outcome in SAVED or (result.outcome in _RETRIED and attempt > plan.retries):
+                await self._run_ended(lane, result)
             if result.outcome in SAVED:
                 if plan.retention and not self.stop.is_set():
                     await run_retention(request, on_start=self._on_start(lane))
@@ -314,6 +327,51 @@ class StandaloneAgent:
                 return
             attempt += 1
 
+    async def _ping(self, source: str, event: str, run_id: str) -> None:
+        """Queue a ping for the background sender; a trouble is logged, never raised."""
+        try:
+            if await asyncio.to_thread(
+                self.alerts.ping, source, event, run_id, self.options.clock.now()
+            ):
+                self._wake.set()
+        except Exception as exc:
+            self.log("error", "alert.queue_failed", source=source, run_id=run_id,
+                     what=f"ping {event}", error=str(exc))  # fmt: skip
+
+    async def _run_ended(self, lane: _Lane, result: RunResult) -> None:
+        """Open or resolve the source's incident after a run's last attempt."""
+        plan = lane.plan
+        try:
+            changed = await asyncio.to_thread(
+                self.alerts.run_ended, plan.name, plan.key, result, self.options.clock.now()
+            )
+        except Exception as exc:
+            self.log("error", "alert.queue_failed", source=plan.name, run_id=result.run_id,
+                     what="message", error=str(exc))  # fmt: skip
+            return
+        if changed:
+            self._wake.set()
+
+    async def deliver(self) -> None:
+        """Send what the outbox holds as it comes due, until :attr:`_closing` (a thread
+        sends, so a slow receiver never holds a run up; between two deliveries it looks
+        whether the agent is closing, so a stop waits for one delivery at most)."""
+        failing = False
+        while not self._closing:
+            self._wake.clear()  # before sending: a wake set meanwhile is not lost
+            try:
+                await asyncio.to_thread(
+                    self.alerts.deliver_due, self.options.clock.now(), lambda: self._closing
+                )
+                failing = False
+            except Exception as exc:  # the state file unreadable: said once, tried again
+                if not failing:
+                    self.log("error", "alert.deliver_failed", error=str(exc))
+                failing = True
+            # Woken, or time-out: no cancellation here (3.11's wait_for may swallow one).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=DELIVER_EVERY)
+
     def _on_start(self, lane: _Lane) -> Callable[[asyncio.subprocess.Process], None]:
         """Keep a lane's child; one that starts after the stop began is stopped at once
         (:meth:`stop_runs` saw no child to stop yet)."""
@@ -328,7 +386,19 @@ class StandaloneAgent:
         return started
 
     async def run(self) -> None:
-        """Look at the schedules every tick until :attr:`stop` is set; then stop the runs."""
+        """Look at the schedules every tick until :attr:`stop` is set; then stop the runs.
+        Alerts and pings are sent beside, by :meth:`deliver`."""
+        self._closing = False
+        sender = asyncio.create_task(self.deliver())
+        try:
+            await self._loop()
+        finally:
+            # What is not sent yet stays in agent.json, for the next start.
+            self._closing = True
+            self._wake.set()
+            await sender
+
+    async def _loop(self) -> None:
         failing = False
         while not self.stop.is_set():
             try:

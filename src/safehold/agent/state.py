@@ -88,6 +88,7 @@ class RunResult:
     error: str = ""
     snapshot: str = ""
     slot: datetime | None = None  # the slot it ran for (None: manual)
+    phase: str = ""  # where a failed run failed: its first failed hook, else "backup"
 
     def to_json(self) -> dict[str, Any]:
         """The result as the file holds it."""
@@ -102,6 +103,7 @@ class RunResult:
             "error": self.error,
             "snapshot": self.snapshot or None,
             "slot": _iso(self.slot),
+            "phase": self.phase or None,
         }
 
     @classmethod
@@ -120,6 +122,7 @@ class RunResult:
             error=str(data.get("error") or ""),
             snapshot=str(data.get("snapshot") or ""),
             slot=_time(data.get("slot")),
+            phase=str(data.get("phase") or ""),
         )
 
 
@@ -134,6 +137,12 @@ class SourceState:
     # manual trigger may start one beside the agent's (it then waits for the run lock, or
     # exits as exit_if_in_progress says). An entry whose process is gone is stale.
     running: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The open incident (the source's runs fail; told once, cleared by a success): its
+    # kind, run id, phase, error, hint and opening time (agent/alerts.py). None: healthy.
+    incident: dict[str, Any] | None = None
+    # Messages and pings not sent yet, or failed for good (kept to be seen, not dropped):
+    # what, to whom, attempts, next try, last error (secrets masked).
+    outbox: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The source's entry as the file holds it."""
@@ -142,13 +151,15 @@ class SourceState:
             "last_result": self.last_result.to_json() if self.last_result else None,
             "last_success": self.last_success.to_json() if self.last_success else None,
             "running": self.running,
+            "incident": self.incident,
+            "outbox": self.outbox,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SourceState:
         """An entry read back from the file."""
         result, success = data.get("last_result"), data.get("last_success")
-        running = data.get("running")
+        running, incident, outbox = data.get("running"), data.get("incident"), data.get("outbox")
         return cls(
             since=_time(data.get("since")),
             last_result=RunResult.from_json(result) if isinstance(result, dict) else None,
@@ -156,6 +167,8 @@ class SourceState:
             running={str(k): v for k, v in (running or {}).items() if isinstance(v, dict)}
             if isinstance(running, dict)
             else {},
+            incident=incident if isinstance(incident, dict) else None,
+            outbox=[o for o in outbox if isinstance(o, dict)] if isinstance(outbox, list) else [],
         )
 
     @property

@@ -1,5 +1,6 @@
 """``safehold agent status``: each source's schedule, next slot, last result and last
-success, from the file and the state file alone (the agent need not run)."""
+success, its open incident and its alerts not sent, from the file and the state file
+alone (the agent need not run)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def agent_status(config: Config, state_dir: Path, now: datetime) -> dict[str, An
         entry = entries.get(name)
         result = entry.last_result if entry else None
         success = entry.last_success if entry else None
+        outbox = entry.outbox if entry else []
         age = (now - success.ended).total_seconds() if success and success.ended else None
         sources.append(
             {
@@ -39,6 +41,18 @@ def agent_status(config: Config, state_dir: Path, now: datetime) -> dict[str, An
                 "last_result": result.to_json() if result else None,
                 "last_success": success.to_json() if success else None,
                 "last_success_age_s": round(age, 1) if age is not None else None,
+                "incident": entry.incident if entry else None,
+                "deliveries_pending": sum(o.get("state") == "pending" for o in outbox),
+                # Failed for good (after alerts.max_attempts): kept to be seen.
+                "deliveries_failed": [o for o in outbox if o.get("state") == "failed"],
             }
         )
-    return {"agent_pid": agent_pid(state_dir), "state_dir": str(state_dir), "sources": sources}
+    incidents = [
+        {"source": s["source"], **s["incident"]} for s in sources if s["incident"] is not None
+    ]
+    return {
+        "agent_pid": agent_pid(state_dir),
+        "state_dir": str(state_dir),
+        "sources": sources,
+        "open_incidents": incidents,
+    }

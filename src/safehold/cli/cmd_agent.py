@@ -248,7 +248,27 @@ def _status(ctx: Context, config: Config, folder: Path) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         ctx.print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _print_incidents(ctx, found)
     return ExitCode.OK
+
+
+def _print_incidents(ctx: Context, found: dict[str, Any]) -> None:
+    """The open incidents and the alerts that did not go (agent/alerts.py)."""
+    incidents = found.get("open_incidents") or []
+    ctx.print(f"open incidents: {len(incidents) or 'none'}")
+    for item in incidents:
+        since = _short(item.get("opened_at"))
+        ctx.print(f"  {item['source']}: backup failed since {since}, run {item.get('run_id')}, "
+                  f"phase {item.get('phase')}: {item.get('error')}")  # fmt: skip
+    for s in found["sources"]:
+        failed = s.get("deliveries_failed") or []
+        if s.get("deliveries_pending") or failed:
+            ctx.print(f"  {s['source']}: alerts pending {s.get('deliveries_pending', 0)}, "
+                      f"FAILED {len(failed)}")  # fmt: skip
+        for item in failed:
+            to = f"{item.get('receiver')}/{item.get('channel')}" if item.get("receiver") else ""
+            ctx.print(f"    {item.get('what')} {item.get('event')} {to} after "
+                      f"{item.get('attempts')} attempts: {item.get('last_error')}")  # fmt: skip
 
 
 def _short(iso: str | None) -> str:

@@ -8,7 +8,8 @@ ping) to a :class:`Channel` and learn whether it went. Each channel is one modul
 - :mod:`.webhook`: a JSON POST signed with HMAC-SHA256 of a shared secret (and a time
   stamp against replay), retried with back-off on transport errors and 5xx answers;
 - :mod:`.ping`: healthchecks/cronitor-style URLs hit at a run's start, success or failure;
-- :mod:`.apprise_url`: any URL the Apprise library reaches (Slack, Teams, ntfy, mailto...).
+- :mod:`.apprise_url`: any URL the Apprise library reaches (Slack, Teams, ntfy, mailto...);
+- :mod:`.messages`: what an alert says (the service's and the standalone agent's).
 
 A channel raises :class:`DeliveryError` when a message did not go; retrying across
 minutes and recording failures is the caller's (the service's outbox). Every channel
@@ -19,6 +20,7 @@ logged and stored as it is.
 from safehold.notify.apprise_url import AppriseChannel
 from safehold.notify.base import Channel, DeliveryError, Message, mask
 from safehold.notify.email import EmailChannel
+from safehold.notify.messages import incident_message, trial_message
 from safehold.notify.ping import ping, ping_label
 from safehold.notify.webhook import WebhookChannel, sign
 
@@ -29,8 +31,10 @@ __all__ = [
     "EmailChannel",
     "Message",
     "WebhookChannel",
+    "incident_message",
     "mask",
     "ping",
     "ping_label",
     "sign",
+    "trial_message",
 ]

@@ -249,6 +249,9 @@ class Agents:
             await self.end(agent, run_id, ChildResult(1, None, stderr_tail=[
                 f"plan {plan_key} is not in the service's configuration any more"]))  # fmt: skip
             return None
+        if self.jobs.on_run is not None and kind == spec.kind.value:
+            # The plan's ping.start at the agent's claim, as at a worker's (service/jobs.py).
+            await self.jobs.on_run(plan_key, "start", str(run_id))
         out: dict[str, Any] = {
             "run_id": str(run_id),
             "kind": kind,
