@@ -32,19 +32,14 @@ from safehold.agent.state import AgentState, RunResult, SourceState
 from safehold.config import Config
 from safehold.config.alerts import (
     AlertsConfig,
-    AppriseConfig,
     ChannelConfig,
-    EmailConfig,
     PingConfig,
-    WebhookConfig,
     alerts_secrets,
 )
 from safehold.notify import (
-    AppriseChannel,
     Channel,
     DeliveryError,
-    EmailChannel,
-    WebhookChannel,
+    make_channel,
     mask,
     ping,
 )
@@ -62,30 +57,12 @@ Log = Callable[..., None]  # (level, event, **fields)
 
 
 def build_channel(config: ChannelConfig) -> Channel:
-    """The transport for a configured channel (the service's rule; the agent may not
-    import the service). The webhook tries twice itself: the outbox retries later."""
-    if isinstance(config, EmailConfig):
-        return EmailChannel(
-            host=config.host,
-            port=config.port,
-            tls=config.tls,
-            username=config.username,
-            password=config.password.get_secret_value() if config.password else None,
-            sender=config.sender,
-            to=tuple(config.to),
-            ca_file=config.ca_file,
-            timeout=config.timeout,
-        )
-    if isinstance(config, WebhookConfig):
-        return WebhookChannel(
-            url=config.url.get_secret_value(),
-            secret=config.secret.get_secret_value() if config.secret else None,
-            timeout=config.timeout,
-            tries=2,
-        )
-    if isinstance(config, AppriseConfig):
-        return AppriseChannel(url=config.url.get_secret_value())
-    raise AssertionError(f"unknown channel {config!r}")
+    """The transport for a configured channel, as the service makes it, but for the
+    webhook's own tries: two, as the agent's outbox retries later."""
+    options = config.transport()
+    if config.type == "webhook":
+        options["tries"] = 2
+    return make_channel(config.type, options)
 
 
 def _iso(moment: datetime) -> str:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -103,6 +103,16 @@ class EmailConfig(_Channel):
                 raise ValueError(f"not an e-mail address: {address!r}")
         return value
 
+    def transport(self) -> dict[str, Any]:
+        """The arguments of :class:`safehold.notify.EmailChannel` (the password revealed:
+        for the channel only, never for a log)."""
+        return {
+            "host": self.host, "port": self.port, "tls": self.tls, "username": self.username,
+            "password": self.password.get_secret_value() if self.password else None,
+            "sender": self.sender, "to": tuple(self.to), "ca_file": self.ca_file,
+            "timeout": self.timeout,
+        }  # fmt: skip
+
 
 class WebhookConfig(_Channel):
     """A JSON POST, signed with ``secret`` (HMAC-SHA256; docs/alerts.md)."""
@@ -113,6 +123,14 @@ class WebhookConfig(_Channel):
     timeout: Seconds = 10.0
 
     _url = field_validator("url")(_http_url)
+
+    def transport(self) -> dict[str, Any]:
+        """The arguments of :class:`safehold.notify.WebhookChannel` (secrets revealed)."""
+        return {
+            "url": self.url.get_secret_value(),
+            "secret": self.secret.get_secret_value() if self.secret else None,
+            "timeout": self.timeout,
+        }
 
 
 class AppriseConfig(_Channel):
@@ -139,6 +157,10 @@ class AppriseConfig(_Channel):
                 "see https://github.com/caronc/apprise/wiki for its forms)"
             )
         return value
+
+    def transport(self) -> dict[str, Any]:
+        """The arguments of :class:`safehold.notify.AppriseChannel` (the URL revealed)."""
+        return {"url": self.url.get_secret_value()}
 
 
 ChannelConfig = Annotated[EmailConfig | WebhookConfig | AppriseConfig, Field(discriminator="type")]

@@ -9,7 +9,8 @@ ping) to a :class:`Channel` and learn whether it went. Each channel is one modul
   stamp against replay), retried with back-off on transport errors and 5xx answers;
 - :mod:`.ping`: healthchecks/cronitor-style URLs hit at a run's start, success or failure;
 - :mod:`.apprise_url`: any URL the Apprise library reaches (Slack, Teams, ntfy, mailto...);
-- :mod:`.messages`: what an alert says (the service's and the standalone agent's).
+- :mod:`.messages`: what an alert says (the service's and the standalone agent's);
+- :mod:`.factory`: a channel from its kind and arguments (:func:`make_channel`).
 
 A channel raises :class:`DeliveryError` when a message did not go; retrying across
 minutes and recording failures is the caller's (the service's outbox). Every channel
@@ -20,6 +21,7 @@ logged and stored as it is.
 from safehold.notify.apprise_url import AppriseChannel
 from safehold.notify.base import Channel, DeliveryError, Message, mask
 from safehold.notify.email import EmailChannel
+from safehold.notify.factory import make_channel
 from safehold.notify.messages import incident_message, trial_message
 from safehold.notify.ping import ping, ping_label
 from safehold.notify.webhook import WebhookChannel, sign
@@ -32,6 +34,7 @@ __all__ = [
     "Message",
     "WebhookChannel",
     "incident_message",
+    "make_channel",
     "mask",
     "ping",
     "ping_label",

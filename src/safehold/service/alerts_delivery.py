@@ -22,20 +22,15 @@ from sqlalchemy import Engine, text
 
 from safehold.config.alerts import (
     AlertsConfig,
-    AppriseConfig,
     ChannelConfig,
-    EmailConfig,
     PingConfig,
-    WebhookConfig,
     alerts_secrets,
 )
 from safehold.notify import (
-    AppriseChannel,
     Channel,
     DeliveryError,
-    EmailChannel,
     Message,
-    WebhookChannel,
+    make_channel,
     mask,
     ping,
 )
@@ -61,26 +56,7 @@ KEEP_PINGS = timedelta(days=2)
 
 def build_channel(config: ChannelConfig) -> Channel:
     """The transport for a configured channel."""
-    if isinstance(config, EmailConfig):
-        return EmailChannel(
-            host=config.host,
-            port=config.port,
-            tls=config.tls,
-            username=config.username,
-            password=config.password.get_secret_value() if config.password else None,
-            sender=config.sender,
-            to=tuple(config.to),
-            ca_file=config.ca_file,
-            timeout=config.timeout,
-        )
-    if isinstance(config, WebhookConfig):
-        return WebhookChannel(
-            url=config.url.get_secret_value(),
-            secret=config.secret.get_secret_value() if config.secret else None,
-            timeout=config.timeout,
-        )
-    assert isinstance(config, AppriseConfig)
-    return AppriseChannel(url=config.url.get_secret_value())
+    return make_channel(config.type, config.transport())
 
 
 @dataclass
