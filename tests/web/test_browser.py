@@ -50,6 +50,7 @@ class Serve:
         data = tmp / "data"
         data.mkdir()
         (data / "orders.csv").write_text("id,total\n1,9.50\n2,12.00\n")
+        (data / "notes.txt").write_text("not this one\n")
         hook = tmp / "check-lock.sh"
         hook.write_text("#!/bin/sh\necho 'the database is locked by a migration' >&2\nexit 3\n")
         hook.chmod(0o755)
@@ -195,6 +196,24 @@ def test_an_operator_finds_the_failure_runs_pauses_and_restores(
     expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
     restored = list(target.rglob("orders.csv"))
     assert restored and restored[0].read_text() == "id,total\n1,9.50\n2,12.00\n"
+
+    # Browse the point's files and restore one file alone into another new folder.
+    page.get_by_role("navigation").get_by_role("link", name="Restore points").click()
+    page.locator(".point").first.get_by_role("link", name="Browse files").click()
+    for name in serve.tmp.parts[1:]:  # down the folders to the backed-up one
+        page.get_by_role("link", name=f"{name}/", exact=True).click()
+    page.get_by_role("link", name="data/", exact=True).click()
+    row = page.locator('tr[data-path$="/data/orders.csv"]')
+    expect(row).to_contain_text("24 B")
+    expect(page.locator('tr[data-path$="/data/notes.txt"]')).to_be_visible()
+    one = tmp_path / "one-file"
+    page.get_by_label("Restore the chosen item into the new folder").fill(str(one))
+    shot(page, "files")
+    row.get_by_role("button", name="Restore orders.csv").click()
+    expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
+    found = [p for p in one.rglob("*") if p.is_file()]
+    assert [p.name for p in found] == ["orders.csv"], found
+    assert found[0].read_text() == "id,total\n1,9.50\n2,12.00\n"
 
     page.get_by_role("navigation").get_by_role("link", name="Agents").click()
     expect(page.get_by_role("heading", name="Agents")).to_be_visible()

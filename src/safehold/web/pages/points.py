@@ -78,8 +78,10 @@ async def point_action(
                 "a restore into a new target needs its path",
                 hint="write the folder to restore into, or pick the original place",
             )
+        # From the files page: one file or folder of the point, into a new target.
+        paths = [form["path"]] if form.get("path") else None
         body = RestoreRequest(target=target if where == "target" else None,
-                              replace=form.get("replace") == "on")  # fmt: skip
+                              replace=form.get("replace") == "on", paths=paths)  # fmt: skip
         queued = await api_points.restore_restore_point(request, who, ref, body)
         return RedirectResponse(f"{PREFIX}/runs/{queued.run_id}", status_code=303)
     if action == "hold":
