@@ -10,6 +10,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from safehold.api.auth import Operator
+from safehold.api.cursor import MAX_LIMIT
+from safehold.api.routes import drills as api_drills
 from safehold.api.routes import runs as api_runs
 from safehold.api.schemas import RunDetail
 from safehold.web.assets import htmx_present
@@ -67,8 +69,14 @@ def _phases(run: RunDetail) -> tuple[Any, list[dict[str, Any]]]:
 def _context(request: Request, session: Any, run_id: uuid.UUID) -> dict[str, Any]:
     run = api_runs.get_run(request, session.who, run_id)
     chart, phases = _phases(run)
+    drill = None
+    if run.kind == "drill" and run.state not in LIVE:
+        # The drill's own record (result, failed phase, the check's output), through the
+        # API's route: a failed drill is followed from the drills page to here.
+        found = api_drills.list_drills(request, session.who, plan=None, limit=MAX_LIMIT).items
+        drill = next((d for d in found if d.run_id == str(run_id)), None)
     return {"run": run, "phases": phases, "phase_chart": chart, "live": run.state in LIVE,
-            "refresh": REFRESH}  # fmt: skip
+            "refresh": REFRESH, "drill": drill}  # fmt: skip
 
 
 @router.get("/runs/{run_id}", name="web_run")
