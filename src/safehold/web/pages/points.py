@@ -48,6 +48,18 @@ def chains(points: list[RestorePointOut]) -> dict[str, list[Chain]]:
     return out
 
 
+def previous(points: list[RestorePointOut]) -> dict[int, int]:
+    """Each point's previous point of its plan (on this page), whatever its chain: the
+    page links the diff between the two."""
+    out: dict[int, int] = {}
+    last: dict[str, int] = {}
+    for point in sorted(points, key=lambda p: (p.taken_at, p.id)):
+        if point.plan in last:
+            out[point.id] = last[point.plan]
+        last[point.plan] = point.id
+    return out
+
+
 @router.get("/restore-points", name="web_points")
 def points_page(
     request: Request,
@@ -60,7 +72,8 @@ def points_page(
         request, session.who, plan or None, None, False, PAGE, cursor
     )
     return page(request, "points.html", session, chains=chains(found.items),
-                next_cursor=found.next_cursor, plan=plan or "")  # fmt: skip
+                previous=previous(found.items), next_cursor=found.next_cursor,
+                plan=plan or "")  # fmt: skip
 
 
 @router.post("/restore-points/{ref}/{action}", name="web_point_action")
