@@ -233,6 +233,18 @@ def test_an_operator_finds_the_failure_runs_pauses_and_restores(
     assert [p.name for p in found] == ["orders.csv"], found
     assert found[0].read_text() == "id,total\n1,9.50\n2,12.00\n"
 
+    # A second point with a file more and one changed: the diff between the two says so.
+    (serve.tmp / "data" / "refunds.csv").write_text("id\n7\n")
+    (serve.tmp / "data" / "notes.txt").write_text("changed, and longer\n")
+    page.goto(f"{serve.url}/ui/plans/shop-files")
+    page.get_by_role("button", name="Run now").click()
+    expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
+    page.get_by_role("navigation").get_by_role("link", name="Restore points").click()
+    page.get_by_role("link", name=re.compile("Changes since")).first.click()
+    expect(page.locator("#diff-summary")).to_contain_text("1 added, 0 removed, 1 changed")
+    expect(page.locator('tr[data-change="+"]')).to_contain_text("refunds.csv")
+    shot(page, "diff")
+
     page.get_by_role("navigation").get_by_role("link", name="Agents").click()
     expect(page.get_by_role("heading", name="Agents")).to_be_visible()
     shot(page, "agents")
