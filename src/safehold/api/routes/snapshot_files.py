@@ -39,7 +39,7 @@ router = APIRouter(prefix="/restore-points", tags=["restore points"], responses=
 
 CHILD_TIMEOUT = 120.0  # seconds a listing or a diff may take before it is killed
 MAX_CHANGES = 1000  # changes a diff answers with (the summary counts them all)
-TREE_SOURCES = ("", "directory", "volume")  # restorable in part (a folder of files)
+TREE_SOURCES = ("", "directory")  # restorable in part (a folder of files)
 
 
 class FileEntry(BaseModel):
