@@ -291,4 +291,6 @@ def test_a_failed_drill_is_followed_to_its_check_output(
     failed.first.get_by_role("link").first.click()
     expect(page.get_by_role("heading", name=re.compile("Drill: failed in check"))).to_be_visible()
     expect(page.locator("#check-output")).to_contain_text("ledger total 0, expected 42")
+    expect(page.locator("summary", has_text="restore: succeeded")).to_be_visible()  # in words
+    expect(page.locator("summary", has_text="check: failed")).to_be_visible()
     shot(page, "drill-run")

@@ -4,6 +4,7 @@ live while it runs), its snapshot, its error with the hint; cancel for operators
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from fastapi import Request
@@ -40,14 +41,16 @@ def _phases(run: RunDetail) -> tuple[Any, list[dict[str, Any]]]:
     offset = 0.0
     for phase in run.phases:
         name = str(phase.get("phase") or "phase")
-        seconds = float(phase.get("duration_s") or 0.0)
-        if phase.get("timed_out"):
+        seconds = float(phase.get("duration_s") or _between(phase) or 0.0)
+        if phase.get("state") in ("succeeded", "failed", "running"):
+            state = str(phase["state"])  # a drill's phase says its state itself
+        elif phase.get("timed_out"):
             state = "timed_out"
         elif phase.get("interrupted"):
             state = "interrupted"
         else:
             state = "succeeded" if phase.get("exit_code") == 0 else "failed"
-        output = {k: phase[k] for k in ("stdout", "stderr") if phase.get(k)}
+        output = {k: phase[k] for k in ("stdout", "stderr", "output") if phase.get(k)}
         rows.append(
             {
                 "name": name,
@@ -64,6 +67,16 @@ def _phases(run: RunDetail) -> tuple[Any, list[dict[str, Any]]]:
                           f"{name}: {state}, {seconds:.1f} s"))  # fmt: skip
         offset += seconds
     return (timeline(spans, label="the run's hook phases, in order") if spans else None), rows
+
+
+def _between(phase: dict[str, Any]) -> float | None:
+    """A drill phase's seconds, from its start and end (it records no duration)."""
+    try:
+        start = datetime.fromisoformat(str(phase["started_at"]))
+        end = datetime.fromisoformat(str(phase["ended_at"]))
+    except (KeyError, ValueError):
+        return None
+    return (end - start).total_seconds()
 
 
 def _context(request: Request, session: Any, run_id: uuid.UUID) -> dict[str, Any]:
