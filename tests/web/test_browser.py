@@ -40,7 +40,7 @@ class Serve:
     """``safehold serve`` on a free port, with a plan that works and one whose hook fails,
     and a token per role."""
 
-    def __init__(self, tmp: Path, state_dir: Path) -> None:
+    def __init__(self, tmp: Path, state_dir: Path, extra: str = "") -> None:
         self.tmp = tmp
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
         self.env.update(REPO_PW=PASSWORD.decode(), HOME=str(tmp / "home"),
@@ -50,6 +50,7 @@ class Serve:
         data = tmp / "data"
         data.mkdir()
         (data / "orders.csv").write_text("id,total\n1,9.50\n2,12.00\n")
+        (data / "notes.txt").write_text("not this one\n")
         hook = tmp / "check-lock.sh"
         hook.write_text("#!/bin/sh\necho 'the database is locked by a migration' >&2\nexit 3\n")
         hook.chmod(0o755)
@@ -60,7 +61,7 @@ class Serve:
             f"sources:\n  shop-files:\n    type: directory\n    paths: [{data}]\n"
             '    schedule: "@daily"\n'
             f"  billing-db:\n    type: directory\n    paths: [{data}]\n"
-            f'    schedule: "0 */6 * * *"\n    hooks: {{pre-backup-lock: {hook}}}\n'
+            f'    schedule: "0 */6 * * *"\n    hooks: {{pre-backup-lock: {hook}}}\n' + extra
         )
         self.log = tmp / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -98,9 +99,27 @@ class Serve:
 
 @pytest.fixture
 def serve(make_state_dir: Callable[[], Path], tmp_path: Path) -> Iterator[Serve]:
-    found = Serve(tmp_path, make_state_dir())
-    found.safehold("-r", str(tmp_path / "repo"), "init", "--kdf-log2n", "10",
+    yield from _serving(Serve(tmp_path, make_state_dir()))
+
+
+@pytest.fixture
+def drill_serve(make_state_dir: Callable[[], Path], tmp_path: Path) -> Iterator[Serve]:
+    """A plan whose drill (every minute) restores its point and whose check fails."""
+    check = tmp_path / "check-ledger.sh"
+    check.write_text("#!/bin/sh\necho 'ledger total 0, expected 42'\nexit 1\n")
+    check.chmod(0o755)
+    extra = (f"  ledger:\n    type: directory\n    paths: [{tmp_path / 'data'}]\n"
+             '    schedule: "@yearly"\n'
+             f'    drill: {{schedule: "* * * * *", check: {{command: {check}}}}}\n')  # fmt: skip
+    found = Serve(tmp_path, make_state_dir(), extra)
+    yield from _serving(found, before=lambda: found.safehold(
+        "backup", "--config", str(found.config), "--source", "ledger"))  # fmt: skip
+
+
+def _serving(found: Serve, before: Callable[[], object] = lambda: None) -> Iterator[Serve]:
+    found.safehold("-r", str(found.tmp / "repo"), "init", "--kdf-log2n", "10",
                    SAFEHOLD_PASSWORD=PASSWORD.decode())  # fmt: skip
+    before()
     found.start()
     try:
         yield found
@@ -196,6 +215,36 @@ def test_an_operator_finds_the_failure_runs_pauses_and_restores(
     restored = list(target.rglob("orders.csv"))
     assert restored and restored[0].read_text() == "id,total\n1,9.50\n2,12.00\n"
 
+    # Browse the point's files and restore one file alone into another new folder.
+    page.get_by_role("navigation").get_by_role("link", name="Restore points").click()
+    page.locator(".point").first.get_by_role("link", name="Browse files").click()
+    for name in serve.tmp.parts[1:]:  # down the folders to the backed-up one
+        page.get_by_role("link", name=f"{name}/", exact=True).click()
+    page.get_by_role("link", name="data/", exact=True).click()
+    row = page.locator('tr[data-path$="/data/orders.csv"]')
+    expect(row).to_contain_text("24 B")
+    expect(page.locator('tr[data-path$="/data/notes.txt"]')).to_be_visible()
+    one = tmp_path / "one-file"
+    page.get_by_label("Restore the chosen item into the new folder").fill(str(one))
+    shot(page, "files")
+    row.get_by_role("button", name="Restore orders.csv").click()
+    expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
+    found = [p for p in one.rglob("*") if p.is_file()]
+    assert [p.name for p in found] == ["orders.csv"], found
+    assert found[0].read_text() == "id,total\n1,9.50\n2,12.00\n"
+
+    # A second point with a file more and one changed: the diff between the two says so.
+    (serve.tmp / "data" / "refunds.csv").write_text("id\n7\n")
+    (serve.tmp / "data" / "notes.txt").write_text("changed, and longer\n")
+    page.goto(f"{serve.url}/ui/plans/shop-files")
+    page.get_by_role("button", name="Run now").click()
+    expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
+    page.get_by_role("navigation").get_by_role("link", name="Restore points").click()
+    page.get_by_role("link", name=re.compile("Changes since")).first.click()
+    expect(page.locator("#diff-summary")).to_contain_text("1 added, 0 removed, 1 changed")
+    expect(page.locator('tr[data-change="+"]')).to_contain_text("refunds.csv")
+    shot(page, "diff")
+
     page.get_by_role("navigation").get_by_role("link", name="Agents").click()
     expect(page.get_by_role("heading", name="Agents")).to_be_visible()
     shot(page, "agents")
@@ -223,3 +272,25 @@ def test_an_admin_at_phone_width(serve: Serve, browser: Browser) -> None:
     expect(page).to_have_url(re.compile(r"/ui/login"))
     page.goto(f"{serve.url}/ui/tokens")
     expect(page).to_have_url(re.compile(r"/ui/login\?next=/ui/tokens"))
+
+
+def test_a_failed_drill_is_followed_to_its_check_output(
+    drill_serve: Serve, browser: Browser
+) -> None:
+    page = browser.new_page()
+    log_in(page, drill_serve, drill_serve.token("viewer"))
+    failed = page.locator("tr", has=page.locator(".tag", has_text="failed"))
+
+    def drilled() -> bool:
+        page.goto(f"{drill_serve.url}/ui/drills")
+        return failed.count() > 0
+
+    wait_for("the drill to fail", drilled, timeout=150)
+    expect(failed.first).to_contain_text("check")
+    shot(page, "drills")
+    failed.first.get_by_role("link").first.click()
+    expect(page.get_by_role("heading", name=re.compile("Drill: failed in check"))).to_be_visible()
+    expect(page.locator("#check-output")).to_contain_text("ledger total 0, expected 42")
+    expect(page.locator("summary", has_text="restore: succeeded")).to_be_visible()  # in words
+    expect(page.locator("summary", has_text="check: failed")).to_be_visible()
+    shot(page, "drill-run")

@@ -84,3 +84,29 @@ def test_the_cookie_is_secure_over_tls_only() -> None:
         cookie = response.headers["set-cookie"].lower()
         assert ("; secure" in cookie) == secure
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+
+
+def test_a_target_line_is_drawn_in_the_bars_scale() -> None:
+    bars = bar_chart([Bar(300, "a"), Bar(600, "b")], label="rto", unit="s", target=900,
+                     target_title="RTO target 15 min")  # fmt: skip
+    heights = [float(h) for h in re.findall(r' height="([\d.]+)"><title>', bars)]
+    assert heights == [40.0, 80.0]  # scaled to the target, the largest value drawn
+    assert '<line class="target" x1="0" y1="13.0"' in bars and "RTO target 15 min" in bars
+    assert 'class="target"' not in bar_chart([Bar(1, "a")], label="l", unit="s")
+
+
+def test_a_drills_phases_carry_their_own_state_and_times() -> None:
+    from safehold.web.pages.runs import _phases
+
+    run = SimpleNamespace(phases=[
+        {"phase": "restore", "state": "succeeded", "started_at": "2026-12-07T04:00:00+00:00",
+         "ended_at": "2026-12-07T04:00:02.500000+00:00"},
+        {"phase": "check", "state": "failed", "output": "rows 0",
+         "started_at": "2026-12-07T04:00:03+00:00", "ended_at": "2026-12-07T04:00:04+00:00"},
+        {"phase": "pre-backup-lock", "exit_code": 3, "duration_s": 0.5, "stderr": "locked"},
+    ])  # fmt: skip
+    _, rows = _phases(run)  # type: ignore[arg-type]
+    assert [(r["name"], r["state"], r["seconds"]) for r in rows] == [
+        ("restore", "succeeded", 2.5), ("check", "failed", 1.0), ("pre-backup-lock", "failed", 0.5)
+    ]  # fmt: skip
+    assert rows[1]["output"] == {"output": "rows 0"} and rows[2]["output"] == {"stderr": "locked"}

@@ -236,7 +236,7 @@ class RemoteAgent:
             params = job.get("params") or {}
             return restore_argv(
                 config, source, snapshot=str(params["snapshot"]), target=params.get("target"),
-                replace=bool(params.get("replace")),
+                replace=bool(params.get("replace")), paths=list(params.get("paths") or ()),
             )  # fmt: skip
         if kind == "drill":  # the service chose the snapshot (None: the drill's own choice)
             snapshot = (job.get("params") or {}).get("snapshot")

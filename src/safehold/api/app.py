@@ -33,6 +33,7 @@ from safehold.api.routes import (
     projects,
     restore_points,
     runs,
+    snapshot_files,
     tokens,
     verification,
     workers,
@@ -102,6 +103,7 @@ def create_app(
         v1.include_router(module.router)
     v1.include_router(agent.agents_router)
     v1.include_router(restore_points.router)
+    v1.include_router(snapshot_files.router)
     v1.include_router(restore_points.plan_points_router)
     v1.include_router(job_routes.router)
     v1.include_router(workers.router)

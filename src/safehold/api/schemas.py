@@ -4,7 +4,7 @@ document's (docs/openapi.json)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -364,6 +364,11 @@ class RestoreRequest(BaseModel):
 
     target: str | None = Field(default=None, max_length=4096, pattern=PRINTABLE)
     replace: bool = False
+    # Only these files or folders of the point (paths as GET .../files names them): a
+    # folder source's partial restore, into a new target.
+    paths: list[Annotated[str, Field(max_length=4096, pattern=PRINTABLE)]] | None = Field(
+        default=None, max_length=100
+    )
 
 
 class WorkerOut(BaseModel):

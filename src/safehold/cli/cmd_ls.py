@@ -52,6 +52,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-R", "--recursive", action="store_true", help="with PATH: list everything below it"
     )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read the repository (and its password) from this configuration file",
+    )
     add_latest_filters(p)
     p.set_defaults(func=run)
 
@@ -163,7 +168,7 @@ def _iso(ns: int) -> str | None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """``ls``: the items of a snapshot, or of a folder in it."""
-    repo = ctx.open_repo()
+    repo = _repository(args, ctx)
     with repo.lock("read"):
         repo.load_index()
         snap = find_snapshot(repo, args.snapshot, args)
@@ -190,3 +195,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 attrs = "".join(f"    {a}\n" for a in attr_lines(item))
                 out.write(attrs.encode("utf-8", "surrogateescape"))
     return 0
+
+
+def _repository(args: argparse.Namespace, ctx: Context) -> Repository:
+    """The repository of ``--config FILE``, else of ``-r``/``SAFEHOLD_REPOSITORY``."""
+    if args.config:
+        from safehold.cli.config_run import open_configured_repository
+
+        return open_configured_repository(args.config, ctx)
+    return ctx.open_repo()

@@ -310,8 +310,11 @@ def restore_from_config(args: argparse.Namespace, ctx: Context) -> int:
     from safehold.cli.progress import make_progress
     from safehold.runs import run_source_restore
 
-    if args.include:
-        raise UsageError("--include is not available with --config (it restores whole sources)")
+    if args.include and not args.target:
+        raise UsageError(
+            "--include with --config restores part of a folder source into a new folder",
+            hint="add --target DIR",
+        )
     config, job, sink, state_dir = _prepare(ctx, args)
     repo, password = _open(ctx, config)
     job = _with_password(job, password)
@@ -343,5 +346,6 @@ def restore_from_config(args: argparse.Namespace, ctx: Context) -> int:
         sink=sink,
         progress=make_progress(ctx.progress_enabled()),
         on_interrupt="return",
+        includes=args.include,
     )
     return _report(ctx, record)

@@ -38,6 +38,7 @@ __all__ = [
     "backup_argv",
     "drill_argv",
     "forget_argv",
+    "literal_pattern",
     "parse_line",
     "prune_argv",
     "restore_argv",
@@ -126,11 +127,18 @@ def forget_argv(config_path: str, snapshots: Sequence[str], *, held: Sequence[st
 
 
 def restore_argv(
-    config_path: str, source: str, *, snapshot: str, target: str | None, replace: bool
+    config_path: str,
+    source: str,
+    *,
+    snapshot: str,
+    target: str | None,
+    replace: bool,
+    paths: Sequence[str] = (),
 ) -> list[str]:
     """The child's command line for a restore of one configured source: ``snapshot``
     through the source's restore path and hooks, into ``target`` (None: the source's own
-    place, e.g. its database)."""
+    place, e.g. its database); ``paths``: only these files or folders of the snapshot
+    (a folder source; taken literally, not as patterns)."""
     argv = [
         sys.executable,
         "-m",
@@ -149,7 +157,15 @@ def restore_argv(
         argv += ["--target", target]
     if replace:
         argv.append("--replace")
+    for path in paths:
+        argv += ["--include", literal_pattern(path)]
     return argv
+
+
+def literal_pattern(path: str) -> str:
+    """``path`` as a restore pattern that matches it (and what is below it) alone: each
+    glob character escaped with a backslash, as policy/patterns.py reads them."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in path)
 
 
 def drill_argv(

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -437,15 +437,22 @@ def run_source_restore(
     sink: LogSink = discard,
     progress: Progress = NO_PROGRESS,
     on_interrupt: OnInterrupt = "raise",
+    includes: Sequence[str] = (),
 ) -> RunRecord:
     """Restore ``snap`` through ``job``'s source once, with the restore hooks (a Ctrl-C
-    as :func:`run_source_backup` says).
+    as :func:`run_source_backup` says). ``includes`` (restore patterns) limit a tree
+    source's restore to what they match; a stream source restores whole or not at all.
 
     A stream source restores itself (``Source.restore``: into a database, a file...); a
     tree source (its ``restore`` raises NotImplementedError) is written under ``target``
     by the engine. The ``restore`` hook runs after the data is in place, so it can load
     it into the service (OSB's agent downloads first, then calls its restore script).
     """
+    if includes and not job.target_dir:
+        raise UsageError(
+            f"source {job.name!r} is restored whole (it is not a folder of files)",
+            hint="restore the whole point, without --include",
+        )
     run = _Run(job, "restore", state_dir, sink)
     run.record.snapshot = snap.id
     run.record.target = target or ""
@@ -457,7 +464,9 @@ def run_source_restore(
         run.hook("pre-restore-lock", fatal=True)
         run.deadline.check()
         run.log.info("restore.writing", snapshot=snap.id, target=target)
-        errors, damaged = _restore_data(repo, job.source, snap, target, replace, jobs, progress)
+        errors, damaged = _restore_data(
+            repo, job.source, snap, target, replace, jobs, progress, includes
+        )
         run.log.info("restore.written", snapshot=snap.id, target=target, errors=len(errors))
         if damaged:
             # A folder whose tree is damaged or hostile was left empty: damage, exit 4.
@@ -478,6 +487,7 @@ def _restore_data(
     replace: bool,
     jobs: int,
     progress: Progress,
+    includes: Sequence[str] = (),
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Write ``snap`` back; returns the items a tree restore could not write, and the
     folders among them whose tree is damaged or hostile."""
@@ -499,7 +509,8 @@ def _restore_data(
             f"the restore target {target} already holds files",
             hint="choose an empty folder, or add --replace to overwrite what is there",
         )
-    result = run_restore(repo, snap, RestoreOptions(target=target), progress)
+    opts = RestoreOptions(target=target, includes=list(includes))
+    result = run_restore(repo, snap, opts, progress)
     return result.errors, result.damaged
 
 

@@ -505,6 +505,7 @@ class Jobs(Queue):
                 snapshot=str(params["snapshot"]),
                 target=params.get("target"),
                 replace=bool(params.get("replace")),
+                paths=list(params.get("paths") or ()),
             )
         if kind == RunKind.RETENTION.value:
             held = await self.patiently(held_snapshots, self.engine, spec.key)

@@ -57,9 +57,9 @@ class WebRoute(APIRoute):
 
 def mount_dashboard(app: FastAPI) -> None:
     """Serve the dashboard from ``app`` (the API's), under ``/ui``."""
-    from safehold.web.pages import admin, login, plans, points, proving, runs
+    from safehold.web.pages import admin, browse, login, plans, points, proving, runs
 
-    for module in (login, plans, runs, points, proving, admin):
+    for module in (login, plans, runs, points, browse, proving, admin):
         app.include_router(module.router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="web_static")
 

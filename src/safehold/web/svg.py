@@ -62,10 +62,18 @@ def strip(cells: Sequence[Cell], *, label: str, size: int = 12, gap: int = 2) ->
 
 
 def bar_chart(
-    bars: Sequence[Bar], *, label: str, unit: str, width: int = 600, height: int = 120
+    bars: Sequence[Bar],
+    *,
+    label: str,
+    unit: str,
+    width: int = 600,
+    height: int = 120,
+    target: float | None = None,
+    target_title: str = "target",
 ) -> Markup:
-    """Bars oldest first, scaled to the largest; the largest value written at the top."""
-    top = max((bar.value for bar in bars), default=0.0) or 1.0
+    """Bars oldest first, scaled to the largest; the largest value written at the top.
+    ``target``: a dashed line across at that value (an RTO target), in the scale."""
+    top = max([bar.value for bar in bars] + [target or 0.0], default=0.0) or 1.0
     step = min(40.0, width / max(1, len(bars)))  # a few runs: narrow bars, not a wall
     gap = min(2.0, step / 4)
     parts = [
@@ -80,6 +88,12 @@ def bar_chart(
             f'<rect class="s-{escape(bar.state)}" x="{i * step:.1f}" y="{height + 13 - tall:.1f}"'
             f' width="{max(1.0, step - gap):.1f}" height="{tall:.1f}">'
             f"<title>{escape(bar.title)}</title></rect>"
+        )
+    if target:
+        y = height + 13 - target / top * height
+        parts.append(
+            f'<line class="target" x1="0" y1="{y:.1f}" x2="{width}" y2="{y:.1f}">'
+            f"<title>{escape(target_title)}</title></line>"
         )
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -28,7 +28,7 @@ from safehold.api.schemas import (
 )
 from safehold.api.state import ApiState, api_state
 from safehold.catalog import RunKind, RunTrigger
-from safehold.errors import Conflict, NotFound
+from safehold.errors import Conflict, NotFound, UsageError
 from safehold.service.restore_points import (
     get_point,
     hold,
@@ -132,7 +132,15 @@ async def queue_restore(state: ApiState, project: str, ref: str, body: RestoreRe
             hint="restore it by hand: safehold restore SNAPSHOT --config FILE --source NAME",
         )
     assert state.jobs is not None, "the API was made without the service's queue"
-    params = {"snapshot": snapshot, "target": body.target, "replace": body.replace}
+    params: dict[str, Any] = {"snapshot": snapshot, "target": body.target,
+                              "replace": body.replace}  # fmt: skip
+    if body.paths:
+        if not body.target:
+            raise UsageError(
+                "restoring some paths of a point needs a new target",
+                hint="give target: a folder to restore them into",
+            )
+        params["paths"] = body.paths
     run_id = await asyncio.to_thread(
         state.jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=RunKind.RESTORE, params=params
     )

@@ -48,6 +48,18 @@ def chains(points: list[RestorePointOut]) -> dict[str, list[Chain]]:
     return out
 
 
+def previous(points: list[RestorePointOut]) -> dict[int, int]:
+    """Each point's previous point of its plan (on this page), whatever its chain: the
+    page links the diff between the two."""
+    out: dict[int, int] = {}
+    last: dict[str, int] = {}
+    for point in sorted(points, key=lambda p: (p.taken_at, p.id)):
+        if point.plan in last:
+            out[point.id] = last[point.plan]
+        last[point.plan] = point.id
+    return out
+
+
 @router.get("/restore-points", name="web_points")
 def points_page(
     request: Request,
@@ -60,7 +72,8 @@ def points_page(
         request, session.who, plan or None, None, False, PAGE, cursor
     )
     return page(request, "points.html", session, chains=chains(found.items),
-                next_cursor=found.next_cursor, plan=plan or "")  # fmt: skip
+                previous=previous(found.items), next_cursor=found.next_cursor,
+                plan=plan or "")  # fmt: skip
 
 
 @router.post("/restore-points/{ref}/{action}", name="web_point_action")
@@ -78,8 +91,10 @@ async def point_action(
                 "a restore into a new target needs its path",
                 hint="write the folder to restore into, or pick the original place",
             )
+        # From the files page: one file or folder of the point, into a new target.
+        paths = [form["path"]] if form.get("path") else None
         body = RestoreRequest(target=target if where == "target" else None,
-                              replace=form.get("replace") == "on")  # fmt: skip
+                              replace=form.get("replace") == "on", paths=paths)  # fmt: skip
         queued = await api_points.restore_restore_point(request, who, ref, body)
         return RedirectResponse(f"{PREFIX}/runs/{queued.run_id}", status_code=303)
     if action == "hold":

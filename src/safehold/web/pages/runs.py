@@ -4,12 +4,15 @@ live while it runs), its snapshot, its error with the hint; cancel for operators
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from safehold.api.auth import Operator
+from safehold.api.cursor import MAX_LIMIT
+from safehold.api.routes import drills as api_drills
 from safehold.api.routes import runs as api_runs
 from safehold.api.schemas import RunDetail
 from safehold.web.assets import htmx_present
@@ -38,14 +41,16 @@ def _phases(run: RunDetail) -> tuple[Any, list[dict[str, Any]]]:
     offset = 0.0
     for phase in run.phases:
         name = str(phase.get("phase") or "phase")
-        seconds = float(phase.get("duration_s") or 0.0)
-        if phase.get("timed_out"):
+        seconds = float(phase.get("duration_s") or _between(phase) or 0.0)
+        if phase.get("state") in ("succeeded", "failed", "running"):
+            state = str(phase["state"])  # a drill's phase says its state itself
+        elif phase.get("timed_out"):
             state = "timed_out"
         elif phase.get("interrupted"):
             state = "interrupted"
         else:
             state = "succeeded" if phase.get("exit_code") == 0 else "failed"
-        output = {k: phase[k] for k in ("stdout", "stderr") if phase.get(k)}
+        output = {k: phase[k] for k in ("stdout", "stderr", "output") if phase.get(k)}
         rows.append(
             {
                 "name": name,
@@ -64,11 +69,27 @@ def _phases(run: RunDetail) -> tuple[Any, list[dict[str, Any]]]:
     return (timeline(spans, label="the run's hook phases, in order") if spans else None), rows
 
 
+def _between(phase: dict[str, Any]) -> float | None:
+    """A drill phase's seconds, from its start and end (it records no duration)."""
+    try:
+        start = datetime.fromisoformat(str(phase["started_at"]))
+        end = datetime.fromisoformat(str(phase["ended_at"]))
+    except (KeyError, ValueError):
+        return None
+    return (end - start).total_seconds()
+
+
 def _context(request: Request, session: Any, run_id: uuid.UUID) -> dict[str, Any]:
     run = api_runs.get_run(request, session.who, run_id)
     chart, phases = _phases(run)
+    drill = None
+    if run.kind == "drill" and run.state not in LIVE:
+        # The drill's own record (result, failed phase, the check's output), through the
+        # API's route: a failed drill is followed from the drills page to here.
+        found = api_drills.list_drills(request, session.who, plan=None, limit=MAX_LIMIT).items
+        drill = next((d for d in found if d.run_id == str(run_id)), None)
     return {"run": run, "phases": phases, "phase_chart": chart, "live": run.state in LIVE,
-            "refresh": REFRESH}  # fmt: skip
+            "refresh": REFRESH, "drill": drill}  # fmt: skip
 
 
 @router.get("/runs/{run_id}", name="web_run")
