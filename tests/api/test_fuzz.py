@@ -14,6 +14,7 @@ import json
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -55,6 +56,10 @@ def test_every_operation(operation: schemathesis.APIOperation, mode: GenerationM
         # a block that fits the schema may still be refused (400, naming the key).
         if operation.label in FREE_BLOCKS:
             excluded = [positive_data_acceptance]
+        # This service has no repository (the fixture's file names one never made): a
+        # resync, which reads it, must fail, and says so with 502 (documented).
+        if operation.label == "POST /api/v1/catalog/resync":
+            excluded = [not_a_server_error]
         # A case that leaves the token out on purpose is sent without one (and must be 401).
         dropped = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
         token = {} if dropped else {"Authorization": f"Bearer {api.tokens['default', 'admin']}"}

@@ -197,3 +197,34 @@ def test_the_commands_against_a_service_elsewhere(
     assert "deleted" in safehold("plans", "delete", "files")
     assert json.loads(safehold("--json", "destinations", "remove", "far"))["removed"] is True
     assert "no destinations" in safehold("destinations", "list")
+
+
+def test_the_catalog_is_resynced_through_the_api(
+    serve: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """A backup made by hand (``backup --config``) is in the repository but no run names
+    it: an admin's resync through the API records it; other roles may not ask."""
+    url, token, _db = serve
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
+    env.update(REPO_PW=PASSWORD.decode(), HOME=str(tmp_path / "home"),
+               SAFEHOLD_CACHE_DIR=str(tmp_path / "cache"))  # fmt: skip
+    made = subprocess.run(
+        [sys.executable, "-m", "safehold", "backup", "--config", str(tmp_path / "safehold.yaml"),
+         "--source", "shop"], env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    with httpx.Client(base_url=url, timeout=120,
+                      headers={"Authorization": f"Bearer {token}"}) as admin:  # fmt: skip
+        first = admin.post("/api/v1/catalog/resync")
+        assert first.status_code == 200, first.text
+        found = first.json()
+        assert found["plans"] == ["default/shop"] and found["snapshots"] == 1
+        assert [a["plan"] for a in found["added"]] == ["default/shop"]
+        again = admin.post("/api/v1/catalog/resync").json()
+        assert (again["added"], again["known"]) == ([], 1)
+        [run] = admin.get("/api/v1/runs", params={"plan": "shop"}).json()["items"]
+        assert (run["trigger"], run["state"]) == ("resync", "succeeded")
+        ops = admin.post("/api/v1/tokens", json={"role": "operator", "name": "ops"}).json()["token"]
+    with httpx.Client(base_url=url, timeout=30,
+                      headers={"Authorization": f"Bearer {ops}"}) as operator:  # fmt: skip
+        assert operator.post("/api/v1/catalog/resync").status_code == 403

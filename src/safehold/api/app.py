@@ -24,6 +24,7 @@ from safehold.api.errors import error_code, error_response, install_error_handle
 from safehold.api.routes import (
     agent,
     alerts,
+    catalog,
     destinations,
     drills,
     health,
@@ -108,6 +109,7 @@ def create_app(
     v1.include_router(job_routes.router)
     v1.include_router(workers.router)
     v1.include_router(alerts.router)
+    v1.include_router(catalog.router)
     for prefix, noun in destinations.PREFIXES.items():
         v1.include_router(
             destinations.router, prefix=prefix, tags=[prefix.strip("/")],

@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Any
 
+from safehold.cli.config_run import add_config_repository_argument, repository_of
 from safehold.cli.context import Context, add_latest_filters, find_snapshot, human_bytes
 from safehold.engine.inspect.diff import Change, DiffStats, diff_trees
 from safehold.repository import tree as t
-from safehold.repository.repository import Repository
 
 
 def register(sub: Any) -> None:
@@ -25,11 +25,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("snapshot_a", metavar="A", help="the older snapshot")
     p.add_argument("snapshot_b", metavar="B", help="the newer snapshot")
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read the repository (and its password) from this configuration file",
-    )
+    add_config_repository_argument(p)
     add_latest_filters(p)
     p.set_defaults(func=run)
 
@@ -59,7 +55,7 @@ def summary_lines(s: DiffStats) -> list[str]:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """``diff``: what changed between two snapshots."""
-    repo = _repository(args, ctx)
+    repo = repository_of(args, ctx)
     with repo.lock("read"):
         repo.load_index()
         snaps = repo.list_snapshots()
@@ -89,12 +85,3 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     for line in summary_lines(result.stats):
         out.write(line.encode() + b"\n")
     return 0
-
-
-def _repository(args: argparse.Namespace, ctx: Context) -> Repository:
-    """The repository of ``--config FILE``, else of ``-r``/``SAFEHOLD_REPOSITORY``."""
-    if args.config:
-        from safehold.cli.config_run import open_configured_repository
-
-        return open_configured_repository(args.config, ctx)
-    return ctx.open_repo()

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from safehold.cli.cmd_snapshots import snapshot_json
+from safehold.cli.config_run import add_config_repository_argument, repository_of
 from safehold.cli.context import Context, add_latest_filters, find_snapshot
 from safehold.engine import xattrs as xa
 from safehold.engine.tree_walk import locate, walk
@@ -52,11 +53,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-R", "--recursive", action="store_true", help="with PATH: list everything below it"
     )
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read the repository (and its password) from this configuration file",
-    )
+    add_config_repository_argument(p)
     add_latest_filters(p)
     p.set_defaults(func=run)
 
@@ -168,7 +165,7 @@ def _iso(ns: int) -> str | None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """``ls``: the items of a snapshot, or of a folder in it."""
-    repo = _repository(args, ctx)
+    repo = repository_of(args, ctx)
     with repo.lock("read"):
         repo.load_index()
         snap = find_snapshot(repo, args.snapshot, args)
@@ -195,12 +192,3 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 attrs = "".join(f"    {a}\n" for a in attr_lines(item))
                 out.write(attrs.encode("utf-8", "surrogateescape"))
     return 0
-
-
-def _repository(args: argparse.Namespace, ctx: Context) -> Repository:
-    """The repository of ``--config FILE``, else of ``-r``/``SAFEHOLD_REPOSITORY``."""
-    if args.config:
-        from safehold.cli.config_run import open_configured_repository
-
-        return open_configured_repository(args.config, ctx)
-    return ctx.open_repo()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from safehold.cli.config_run import add_config_repository_argument, repository_of
 from safehold.cli.context import Context, human_bytes
 from safehold.errors import UsageError
 from safehold.repository.snapshot import Snapshot
@@ -16,6 +17,7 @@ def register(sub: Any) -> None:
         "snapshots", help="list snapshots", description="List snapshots, oldest first."
     )
     add_filters(p)
+    add_config_repository_argument(p)
     p.add_argument(
         "--latest",
         type=int,
@@ -68,7 +70,7 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """``snapshots``: list them, oldest first."""
-    repo = ctx.open_repo()
+    repo = repository_of(args, ctx)
     snaps = filtered(repo.list_snapshots(), args)
     if args.latest is not None:
         if args.latest < 1:

@@ -191,6 +191,23 @@ def _open(ctx: Context, config: Config) -> tuple[Repository, bytes]:
     return repo, password
 
 
+def add_config_repository_argument(p: argparse.ArgumentParser) -> None:
+    """``--config FILE``: a reading command (``snapshots``, ``ls``, ``diff``) takes its
+    repository and password from a configuration file, as the service's children do."""
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read the repository (and its password) from this configuration file",
+    )
+
+
+def repository_of(args: argparse.Namespace, ctx: Context) -> Repository:
+    """The repository of ``--config FILE``, else of ``-r``/``SAFEHOLD_REPOSITORY``."""
+    if args.config:
+        return open_configured_repository(args.config, ctx)
+    return ctx.open_repo()
+
+
 def open_configured_repository(path: str, ctx: Context) -> Repository:
     """The repository of the file at ``path`` (``-r`` and the password flags still win)."""
     from safehold.config import load_config
