@@ -267,7 +267,7 @@ def test_the_service_follows_api_plans_and_a_worker_finds_a_new_one(setup: Setup
     assert service.refresh_api_plans() is False  # nothing changed: nothing read
     create_plan(setup.engine, setup.vault, "p1", "job", setup.block())
     # A worker asked for the new plan before the next look reads it at once.
-    assert service.jobs._plans().get("p1/job") is not None
+    assert service.jobs.spec("p1/job") is not None
     assert set(service.specs) == {"default/nightly", "p1/job"}
     assert service.ids["p1/job"] != service.ids["default/nightly"]
     assert service.refresh_api_plans() is False
@@ -277,7 +277,7 @@ def test_the_service_follows_api_plans_and_a_worker_finds_a_new_one(setup: Setup
     delete_plan(setup.engine, "p1", "job")
     assert service.refresh_api_plans() is True
     assert set(service.specs) == {"default/nightly"}
-    assert service.jobs._plans().get("p1/job") is None
+    assert service.jobs.spec("p1/job") is None
 
 
 def test_a_run_whose_secrets_do_not_open_fails_with_the_reason(setup: Setup) -> None:

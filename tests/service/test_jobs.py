@@ -229,7 +229,7 @@ def test_a_lost_worker_s_run_is_ended_and_retried(
             assert job is not None
             # ...another process ("w0") claimed the run, and dies.
             dead = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w0")
-            await asyncio.to_thread(dead._claim, run_id)
+            await asyncio.to_thread(dead.claim, run_id)
             with setup.engine.begin() as db:
                 db.execute(
                     text(
@@ -497,7 +497,7 @@ def test_a_process_never_reaps_the_runs_it_runs_itself(setup: Setup) -> None:
             await jobs.defer(run_id, "default/job")
             worker_id = await app.job_manager.register_worker()
             assert await app.job_manager.fetch_job(queues=None, worker_id=worker_id) is not None
-            await asyncio.to_thread(jobs._claim, run_id)
+            await asyncio.to_thread(jobs.claim, run_id)
             with setup.engine.begin() as db:
                 db.execute(
                     text(
