@@ -109,6 +109,7 @@ def test_drills_and_alerts_show_the_projects_own(api: Api) -> None:
         with login(api, role="viewer") as client:
             drills = client.get("/ui/drills").text
             assert "default rows 0" in drills
+            assert "<title>Drills · safehold</title>" in drills  # a plain title, no markup
             assert "over target" in drills and "21 min 40 s" in drills
             assert "beta rows 0" not in drills
             alerts = client.get("/ui/alerts").text
