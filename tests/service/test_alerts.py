@@ -252,7 +252,7 @@ def test_rpo_breach_and_a_failed_copy(
     clock.advance(timedelta(hours=3))  # the newest point is now 2h50m old
     found = alerter.evaluate_once()
     assert [f.kind for f in found.opened] == ["rpo_breach"]
-    assert "over the RPO target of 2h00m" in (found.opened[0].error or "")
+    assert "over the RPO target of 2 h" in (found.opened[0].error or "")
     with engine.begin() as db:
         db.execute(
             text(
@@ -375,8 +375,8 @@ def test_lost_agents_drills_and_damage_found(
         ("verify_damage", "db", ""),
     }
     assert found[("drill_failed", "db", "")].phase == "check"
-    assert "21m40s, over the RTO target of 15m" in (found[("rto_over_target", "web", "")].error
-                                                    or "")  # fmt: skip
+    slow = found[("rto_over_target", "web", "")].error or ""
+    assert "21 min 40 s, over the RTO target of 15 min" in slow
     assert "dddddddd" in (found[("verify_damage", "db", "")].error or "")
     # The agent is back: its heartbeat incident clears; its plan's clears at a success.
     with engine.begin() as db:

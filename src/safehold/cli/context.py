@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from safehold import units
 from safehold.app import open_repository
 from safehold.errors import ConfigError, UsageError
 from safehold.repository.repository import Repository
@@ -175,9 +176,6 @@ def read_password(
 
 
 def human_bytes(n: float) -> str:
-    """``n`` bytes for people: B, KiB, MiB, GiB or TiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
+    """``n`` bytes for people ("1.25 GiB"): :func:`safehold.units.size` with the two
+    decimals a command's summary shows."""
+    return units.size(n, places=2)

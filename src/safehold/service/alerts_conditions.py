@@ -24,6 +24,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from safehold import units
+
 __all__ = [
     "CONDITIONS",
     "KIND_TITLES",
@@ -252,7 +254,8 @@ def rpo_breach(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
             row.project,
             row.name,
             phase="backup",
-            error=f"{newest}: {_span(age)} old, over the RPO target of {_span(target)}",
+            error=f"{newest}: {units.duration(age)} old, over the RPO target of "
+            f"{units.duration(target)}",
             hint="look at the plan's latest runs (safehold runs --plan "
             f"{row.project}/{row.name} --config FILE) and run one now: "
             f"safehold plan run {row.project}/{row.name} --config FILE",
@@ -333,8 +336,8 @@ def drill_failed(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
                 row.plan,
                 run_id=run_id,
                 phase="restore",
-                error=f"the restore took {_span(row.restore_seconds)}, over the RTO target "
-                f"of {_span(row.rto_target_seconds)}",
+                error=f"the restore took {units.duration(row.restore_seconds)}, over the "
+                f"RTO target of {units.duration(row.rto_target_seconds)}",
                 hint="restores of this plan are too slow for its target: look at the "
                 "snapshot's size and the repository's speed, or raise rto_target",
                 details={"restore_s": row.restore_seconds, "rto_target_s": row.rto_target_seconds},
@@ -380,21 +383,6 @@ def verify_damage(db: Connection, ctx: EvalContext) -> Iterable[Finding]:
 def _utc(value: datetime) -> datetime:
     """``value`` in UTC (the session's time zone may be another: messages say UTC)."""
     return value.astimezone(UTC)
-
-
-def _span(seconds: float) -> str:
-    """``2h05m``, ``45m``, ``30s``."""
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m" + (f"{secs:02d}s" if secs else "")
-    return f"{secs}s"
 
 
 # The conditions every evaluation runs, in this order (see the module on adding one).

@@ -8,6 +8,7 @@ from functools import cache
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from safehold import units
 from safehold.service.reports_data import ReportData
 
 __all__ = ["render_html"]
@@ -45,24 +46,8 @@ def _day(value: datetime) -> str:
 
 
 def _size(value: int | None) -> str:
-    if value is None:
-        return ""
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} PiB"  # pragma: no cover - the loop returns at TiB
+    return units.size(value, unknown="")
 
 
 def _span(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    whole = int(seconds)
-    if whole < 120:
-        return f"{seconds:.0f} s"
-    hours, rest = divmod(whole, 3600)
-    minutes = rest // 60
-    if hours >= 48:
-        return f"{hours // 24} d {hours % 24} h"
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+    return units.duration(seconds, unknown="")
