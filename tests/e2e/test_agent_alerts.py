@@ -210,3 +210,157 @@ def test_a_receiver_that_is_down_neither_stops_the_runs_nor_is_forgotten(
     assert "FAILED 1" in agent.run("status").stdout
     log = agent.log.read_text()
     assert SMTP_PASSWORD not in log and HOOK_SECRET not in log
+
+
+def _logged(done: Any, event: str) -> list[dict[str, Any]]:
+    """A manual run's log lines (JSON, on its standard error) of ``event``."""
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    return [line for line in lines if line["event"] == event]
+
+
+def _pings(http: HttpReceiver, token: str = PING_TOKEN) -> list[str]:
+    return [
+        p.removeprefix(f"/ping/{token}") for p in http.paths() if p.startswith(f"/ping/{token}")
+    ]
+
+
+def test_manual_runs_alert_once_ping_and_resolve_with_no_agent_running(
+    agent: Agent, tmp_path: Path, smtp_server: SmtpServer, http_receiver: HttpReceiver
+) -> None:
+    flag = _config(agent, tmp_path, smtp_server.port, http_receiver)
+
+    # A failing manual run: the alert and its pings are sent before it exits.
+    first = agent.run("run", "orders")
+    assert first.returncode == 6, first.stderr
+    (ended,) = _logged(first, "backup.finished")
+    run_id = ended["backup_guid"]
+    assert ended["outcome"] == "failed"
+    assert len(smtp_server.mails) == 1
+    assert smtp_server.mails[0]["Subject"] == "[safehold] ALERT: backup failed: shop/orders"
+    text, _ = smtp_server.text_and_html(0)
+    assert f"run id:     {run_id}" in text and "Connection refused" in text
+    (opened,) = _hooks(http_receiver)
+    assert opened["event"] == "opened" and opened["run_id"] == run_id
+    assert _pings(http_receiver) == ["/start", "/fail"]
+    assert {e["what"] for e in _logged(first, "alert.sent")} == {
+        "ping start", "ping fail", "message opened"}  # fmt: skip
+    assert _logged(first, "alert.opened")[0]["run_id"] == run_id
+
+    # A second failure: pings again, but no second message (one per incident).
+    second = agent.run("run", "orders")
+    assert second.returncode == 6, second.stderr
+    assert len(smtp_server.mails) == 1 and len(_hooks(http_receiver)) == 1
+    assert _pings(http_receiver) == ["/start", "/fail"] * 2
+    (incident,) = json.loads(agent.run("status", "--json").stdout)["open_incidents"]
+    assert incident["run_id"] == run_id  # the first failure's
+
+    # A success resolves it, once, and pings success.
+    flag.touch()
+    third = agent.run("run", "orders")
+    assert third.returncode == 0, third.stderr
+    assert len(smtp_server.mails) == 2
+    assert smtp_server.mails[1]["Subject"] == "[safehold] RESOLVED: backup failed: shop/orders"
+    resolved = _hooks(http_receiver)[1]
+    assert resolved["event"] == "resolved" and resolved["run_id"] == run_id
+    assert _pings(http_receiver) == ["/start", "/fail"] * 2 + ["/start", ""]
+    status = json.loads(agent.run("status", "--json").stdout)
+    assert status["open_incidents"] == []
+    (source,) = [s for s in status["sources"] if s["source"] == "orders"]
+    assert source["deliveries_pending"] == 0 and source["deliveries_failed"] == []
+    assert source["last_result"]["trigger"] == "manual"
+    assert _hooks(http_receiver, "/other") == []
+    for done in (first, second, third):
+        for secret in (SMTP_PASSWORD, HOOK_SECRET, PING_TOKEN):
+            assert secret not in done.stderr and secret not in done.stdout
+
+
+def test_what_a_manual_run_could_not_send_the_agent_sends_and_both_share_the_state(
+    agent: Agent, tmp_path: Path, smtp_server: SmtpServer, http_receiver: HttpReceiver
+) -> None:
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.txt").write_text("a\n")
+    flag = tmp_path / "healthy"
+    script = tmp_path / "report.sh"
+    script.write_text(f"#!/bin/sh\n[ -e {flag} ] && exit 0\necho 'report failed' >&2\nexit 1\n")
+    script.chmod(0o755)
+    ping = f"{http_receiver.base}/ping/{PING_TOKEN}"
+    agent.config.write_text(
+        f"repository: {{location: {agent.repo}, password_env: REPO_PW}}\n"
+        "alerts:\n"
+        "  retry_delay: 1s\n"
+        "  receivers:\n"
+        "    ops:\n"
+        "      channels:\n"
+        f"        - {{type: email, host: 127.0.0.1, port: {smtp_server.port}, tls: none,"
+        f" username: {SMTP_USER}, password: '${{SMTP_PW}}', from: s@example.org,"
+        " to: [ops@example.org]}\n"
+        f"        - {{type: webhook, url: '{http_receiver.base}/hook',"
+        " secret: '${HOOK_SECRET}'}\n"
+        "sources:\n"
+        "  orders:\n"  # the agent's own, every two seconds: its runs write agent.json too
+        f"    source_folder: {tmp_path / 'files'}\n"
+        '    cron_schedule: "* * * * *"\n'
+        f"    ping: {{success: '{http_receiver.base}/ping/orders'}}\n"
+        "  reports:\n"  # no schedule: only the manual trigger runs it
+        f"    source_folder: {tmp_path / 'files'}\n"
+        f"    source_executable: {script}\n"
+        f"    ping: {{start: '{ping}/start', success: '{ping}', fail: '{ping}/fail'}}\n"
+    )
+
+    # With no agent running, the webhook and the pings refuse the manual run's deliveries
+    # (the e-mail goes): they stay in the outbox with their back-off (a start ping refused
+    # may be tried again before the run ends: the back-off is a thirtieth of a second).
+    http_receiver.statuses = [404] * 20
+    failed = agent.run("run", "reports")
+    assert failed.returncode == 6, failed.stderr
+    http_receiver.statuses.clear()
+    assert len(smtp_server.mails) == 1
+    assert set(_pings(http_receiver)) == {"/start", "/fail"} and _hooks(http_receiver)
+    refused = _logged(failed, "alert.delivery_failed")
+    assert {e["what"] for e in refused} == {"message opened", "ping fail", "ping start"}
+    assert not _logged(failed, "alert.sent") or {
+        e["what"] for e in _logged(failed, "alert.sent")} == {"message opened"}  # fmt: skip
+    status = agent.status()["reports"]
+    assert status["deliveries_pending"] == 3 and status["incident"] is not None
+    before = len(http_receiver.requests)
+
+    # The agent, started, sends them at their next try.
+    agent.start()
+    wait_for("the outbox sent", lambda: agent.status()["reports"]["deliveries_pending"] == 0)
+
+    def later() -> HttpReceiver:  # what the receiver got since
+        return HttpReceiver(0, http_receiver.requests[before:])
+
+    assert _pings(later()) == ["/start", "/fail"]
+    (hook,) = _hooks(later())
+    assert hook == _hooks(http_receiver)[0] and hook["event"] == "opened"
+    sent = agent.events("alert.sent", "reports")
+    assert {e["what"] for e in sent} == {"message opened", "ping fail", "ping start"}
+    assert all(e["attempts"] >= 2 for e in sent)
+
+    # A manual run beside the agent's own runs: both change agent.json, neither loses the
+    # other's changes, and the resolved message goes once (whoever sends it).
+    wait_for("a run of orders", lambda: bool(agent.events("backup.finished", "orders")))
+    flag.touch()
+    fixed = agent.run("run", "reports")
+    assert fixed.returncode == 0, fixed.stderr
+    wait_for("the resolved e-mail", lambda: len(smtp_server.mails) >= 2)
+    wait_for("the resolved webhook", lambda: len(_hooks(later())) >= 2)
+    # The success ping may be the agent's to send (claimed before the manual run saw it).
+    wait_for("the success ping", lambda: len(_pings(later())) >= 4)
+    assert _pings(later()) == ["/start", "/fail", "/start", ""]
+    ran = len(agent.events("backup.finished", "orders"))
+    wait_for("two more runs of orders", lambda: len(agent.events("backup.finished", "orders"))
+             >= ran + 2)  # fmt: skip
+    assert agent.stop() == 0
+    assert len(smtp_server.mails) == 2 and [h["event"] for h in _hooks(later())] == [
+        "opened", "resolved"]  # fmt: skip
+    state = json.loads((agent.state_dir / "agent.json").read_text())["sources"]
+    assert state["reports"]["incident"] is None and state["reports"]["outbox"] == []
+    assert state["reports"]["last_result"]["run_id"] == _logged(fixed, "backup.finished")[0][
+        "backup_guid"]  # fmt: skip
+    assert state["orders"]["last_success"] is not None and state["orders"]["since"]
+    # The agent's own pings: each success's sent, or still in the outbox for its next start.
+    orders = [p for p in http_receiver.paths() if p == "/ping/orders"]
+    successes = [e for e in agent.events("backup.finished", "orders") if e["outcome"] == "success"]
+    assert len(orders) + len(state["orders"]["outbox"]) == len(successes)

@@ -18,17 +18,24 @@ secrets masked), counted and tried again after ``alerts.retry_delay``, doubled e
 (at most an hour), until ``alerts.max_attempts``; then it stays in the state file as
 ``failed`` (``alert.gave_up``, shown by ``safehold agent status``): never dropped
 silently, and never in a run's way.
+
+The agent and its manual trigger (``safehold agent run``, :mod:`.manual`) both queue
+into the outbox and both send from it, each from its own process. A delivery is claimed
+before it is sent (``sending``: the process, in the same locked write of the state file
+that checks nobody else holds it), so two processes never send it twice; a claim whose
+process is gone (killed while sending) no longer holds, and the delivery is due again.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from safehold.agent.state import AgentState, RunResult, SourceState
+from safehold.agent.state import AgentState, RunResult, SourceState, is_live, this_process
 from safehold.config import Config
 from safehold.config.alerts import (
     AlertsConfig,
@@ -75,12 +82,19 @@ def _what(item: dict[str, Any]) -> str:
 
 
 def _is_due(item: dict[str, Any], now: datetime) -> bool:
-    if item.get("state") != "pending":
+    if item.get("state") != "pending" or _held_by_another(item):
         return False
     try:
         return datetime.fromisoformat(str(item.get("next_at"))) <= now
     except ValueError:  # a hand-edited entry: tried now rather than never
         return True
+
+
+def _held_by_another(item: dict[str, Any]) -> bool:
+    """Whether another live process is sending ``item`` now (this process's own claim,
+    left by a trouble between sending and recording, does not hold it back)."""
+    holder = item.get("sending")
+    return isinstance(holder, dict) and holder.get("pid") != os.getpid() and is_live(holder)
 
 
 @dataclass
@@ -194,15 +208,32 @@ class AgentAlerts:
 
     # --- delivering (the background task) ----------------------------------------------
 
-    def due(self, now: datetime) -> list[tuple[str, dict[str, Any]]]:
-        """The pending deliveries whose time has come, oldest first, with their source."""
+    def due(self, now: datetime, source: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The pending deliveries whose time has come (of ``source`` alone if given),
+        oldest first, with their source."""
         found = [
             (name, item)
             for name, entry in self.state.load().items()
+            if source is None or name == source
             for item in entry.outbox
             if _is_due(item, now)
         ]
         return sorted(found, key=lambda pair: str(pair[1].get("queued_at")))
+
+    def _claim(self, source: str, item_id: str, now: datetime) -> dict[str, Any] | None:
+        """Mark a delivery as being sent by this process; the delivery as the file has it
+        now, or None when it went meanwhile or another process is sending it."""
+        claimed: dict[str, Any] | None = None
+
+        def claim(entry: SourceState) -> None:
+            nonlocal claimed
+            for found in entry.outbox:
+                if found.get("id") == item_id and _is_due(found, now):
+                    found["sending"] = this_process()
+                    claimed = dict(found)
+
+        self.state.update(source, claim)
+        return claimed
 
     def _send(self, source: str, item: dict[str, Any]) -> str:
         """Send one delivery; what it went through (a label with no secret). Raises
@@ -224,22 +255,32 @@ class AgentAlerts:
         channel.send(incident_message(incident, str(item.get("event")), title=_TITLE))
         return channel.label
 
-    def deliver_due(self, now: datetime, stopping: Callable[[], bool] = lambda: False) -> int:
-        """Send every delivery due at ``now`` (blocking: the agent calls it in a thread),
-        until ``stopping()`` says to leave the rest for later; how many went."""
+    def deliver_due(
+        self,
+        now: datetime,
+        stopping: Callable[[], bool] = lambda: False,
+        *,
+        source: str | None = None,
+    ) -> int:
+        """Send every delivery due at ``now`` (of ``source`` alone if given; blocking: the
+        agent calls it in a thread), until ``stopping()`` says to leave the rest for
+        later; how many went."""
         sent = 0
-        for source, item in self.due(now):
+        for name, listed in self.due(now, source):
             if stopping():
                 break
+            item = self._claim(name, str(listed["id"]), now)
+            if item is None:
+                continue  # another process (the agent, a manual run) is sending it
             try:
-                label = self._send(source, item)
+                label = self._send(name, item)
             except Exception as exc:  # any channel's trouble is recorded, never raised
-                self._failed(source, item, exc, now)
+                self._failed(name, item, exc, now)
                 continue
-            self._remove(source, str(item["id"]))
+            self._remove(name, str(item["id"]))
             if label:
                 sent += 1
-                self.log("info", "alert.sent", source=source, what=_what(item),
+                self.log("info", "alert.sent", source=name, what=_what(item),
                          receiver=item.get("receiver"),
                          channel=mask(label, self.secrets), run_id=item.get("run_id"),
                          attempts=int(item.get("attempts") or 0) + 1)  # fmt: skip
@@ -264,6 +305,7 @@ class AgentAlerts:
         def record(entry: SourceState) -> None:
             for found in entry.outbox:
                 if found.get("id") == item_id:
+                    found.pop("sending", None)
                     found.update(attempts=attempts, last_error=detail,
                                  last_attempt_at=_iso(now),
                                  next_at=_iso(now + timedelta(seconds=wait)))  # fmt: skip

@@ -41,7 +41,9 @@ __all__ = [
     "agent_pid",
     "default_agent_dir",
     "hold_agent_lock",
+    "is_live",
     "process_start",
+    "this_process",
 ]
 
 STATE_FILE = "agent.json"
@@ -197,6 +199,18 @@ def process_start(pid: int) -> str | None:
         return None
     # The command name (2nd field) may hold spaces and parentheses: count after its end.
     return stat[stat.rfind(")") + 2 :].split()[19]
+
+
+def this_process() -> dict[str, Any]:
+    """This process as the state file names it: its pid and start (a pid alone may be
+    another process's by the time someone reads it)."""
+    pid = os.getpid()
+    return {"pid": pid, "since": process_start(pid)}
+
+
+def is_live(holder: object) -> bool:
+    """Whether ``holder`` (a :func:`this_process` dict) names a process still running."""
+    return isinstance(holder, dict) and _alive(holder.get("pid"), holder.get("since"))
 
 
 def _alive(pid: object, since: object) -> bool:

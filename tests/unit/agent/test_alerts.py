@@ -3,12 +3,13 @@ resolve, who is told, the back-off and the giving up, against a real HTTP receiv
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from safehold.agent.alerts import AgentAlerts
-from safehold.agent.state import AgentState, RunResult
+from safehold.agent.state import AgentState, RunResult, SourceState, process_start
 from safehold.config import load_config
 from tests.notify_receivers import HttpReceiver, free_port, http_receiver
 
@@ -90,3 +91,47 @@ def test_a_failed_delivery_backs_off_then_is_kept_as_failed(tmp_path: Path) -> N
     assert [(o["state"], o["attempts"]) for o in outbox] == [("failed", 2)] * 2
     assert alerts.deliver_due(T0 + timedelta(days=1)) == 0  # failed for good: kept, not sent
     assert "s3cr3t-value" not in repr(logged) and "s3cr3t-value" not in repr(outbox)
+
+
+def test_a_delivery_another_process_is_sending_is_left_to_it_until_it_is_gone(
+    tmp_path: Path, http_receiver: HttpReceiver
+) -> None:
+    """The agent and a manual run share the outbox: what one claimed, the other skips."""
+    alerts, _ = _alerts(tmp_path, http_receiver.base)
+    alerts.run_ended("db", "shop/db", _run("failed", 1), T0)  # two: shop-ops and all-ops
+    other = subprocess.Popen(["sleep", "60"])  # stands for the other process, sending
+    try:
+        held = {"pid": other.pid, "since": process_start(other.pid)}
+
+        def claim(entry: SourceState) -> None:
+            entry.outbox[0]["sending"] = held
+
+        alerts.state.update("db", claim)
+        assert alerts.deliver_due(T0) == 1
+        assert len(http_receiver.requests) == 1
+        (left,) = alerts.state.load()["db"].outbox
+        assert left["sending"] == held and left["attempts"] == 0
+    finally:
+        other.kill()
+        other.wait()
+    # Its process is gone (killed while sending): the claim holds no more.
+    assert alerts.deliver_due(T0) == 1
+    assert sorted(http_receiver.paths()) == ["/all", "/shop"]
+    assert alerts.state.load()["db"].outbox == []
+
+
+def test_a_failed_delivery_drops_its_claim_and_one_source_can_be_sent_alone(
+    tmp_path: Path, http_receiver: HttpReceiver
+) -> None:
+    alerts, _ = _alerts(tmp_path, http_receiver.base)
+    alerts.run_ended("db", "shop/db", _run("failed", 1), T0)
+    alerts.run_ended("web", "web/site", _run("failed", 2), T0)  # web-ops and all-ops
+    http_receiver.statuses = [404]  # the first delivery is refused
+    assert alerts.deliver_due(T0, source="web") == 1
+    assert len(http_receiver.requests) == 2
+    assert all(r.json()["project"] == "web" for r in http_receiver.requests)
+    entries = alerts.state.load()
+    (refused,) = entries["web"].outbox
+    assert refused["attempts"] == 1 and "sending" not in refused
+    assert len(entries["db"].outbox) == 2  # not asked for: still there
+    assert alerts.deliver_due(T0 + timedelta(seconds=10)) == 3
