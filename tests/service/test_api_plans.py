@@ -17,15 +17,17 @@ import pytest
 from procrastinate import App, PsycopgConnector
 from sqlalchemy import Engine, text
 
-from safehold.catalog import RunTrigger
+from safehold.catalog import RunKind, RunTrigger
 from safehold.config import parse_config
 from safehold.errors import ConfigError, Conflict, NotFound, UsageError
 from safehold.service.api_plans import (
     PlanCache,
     create_plan,
     delete_plan,
+    drill_rows,
     get_plan,
     list_plans,
+    listed_plans,
     plans_from_catalog,
     update_plan,
 )
@@ -94,13 +96,17 @@ def setup(
         engine.dispose()
 
 
-def execute(setup: Setup, specs: dict[str, PlanSpec], key: str) -> dict[str, Any]:
+def execute(
+    setup: Setup, specs: dict[str, PlanSpec], key: str, kind: RunKind = RunKind.BACKUP
+) -> dict[str, Any]:
     async def go() -> uuid.UUID:
         app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
         register(app)
         async with app.open_async():
             jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.state, worker="w")
-            run_id = await asyncio.to_thread(jobs.new_run, key, trigger=RunTrigger.MANUAL)
+            run_id = await asyncio.to_thread(
+                jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=kind
+            )
             await jobs.execute(run_id)
             return run_id
 
@@ -340,3 +346,89 @@ def test_an_archive_cannot_be_a_plans_repository(setup: Setup) -> None:
     )  # fmt: skip
     with pytest.raises(UsageError, match="repository: destination 'tars' is an archive"):
         create_plan(setup.engine, setup.vault, "p1", "job", setup.block(repository="tars"))
+
+
+def _drill_row(setup: Setup, name: str = "job.drill") -> Any:
+    with setup.engine.connect() as db:
+        return db.execute(
+            text("SELECT id, origin, schedule, settings FROM plans WHERE project = 'p1' "
+                 "AND name = :n"),
+            {"n": name},
+        ).one_or_none()  # fmt: skip
+
+
+def test_a_drill_block_makes_a_drill_plan_run_with_the_plans_secrets(setup: Setup) -> None:
+    drill = {"schedule": "@hourly", "target": "rotating", "rto_target": "10m"}
+    create_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill=drill))
+    row = _drill_row(setup)
+    assert row is not None and row.origin == "api" and row.schedule == "@hourly"
+    assert row.settings["drill_of"] == "job" and row.settings["kind"] == "drill"
+    assert [p.name for p in list_plans(setup.engine, "p1")] == ["job", "job.drill"]
+    specs = plans_from_catalog(setup.engine, setup.vault, setup.state)
+    assert set(specs) == {"p1/job", "p1/job.drill"}
+    plan, spec = specs["p1/job"], specs["p1/job.drill"]
+    assert spec.kind is RunKind.DRILL and spec.origin == "api" and spec.on_overlap == "skip"
+    assert spec.config_path == plan.config_path and spec.repository == setup.repo
+    assert spec.env is not None and PASSWORD.decode() in spec.env().values()
+    assert PASSWORD.decode() not in repr(spec)
+    assert listed_plans(setup.engine)["p1/job.drill"].kind is RunKind.DRILL
+
+    # A backup, then a drill of it by a real worker child with the plan's sealed password.
+    assert execute(setup, specs, "p1/job")["state"] == "succeeded"
+    run = execute(setup, specs, "p1/job.drill", RunKind.DRILL)
+    assert run["state"] == "succeeded", run["error"]
+    with setup.engine.connect() as db:
+        proven = db.execute(
+            text("SELECT plan, result, rto_target_seconds FROM drills WHERE run_id = :r"),
+            {"r": run["id"]},
+        ).one()
+    assert tuple(proven) == ("job", "passed", 600)
+    assert PASSWORD.decode() not in catalog_text(setup.engine)
+
+    # The drill plan changes with its plan, never on its own; no plan may take its name.
+    with pytest.raises(Conflict, match="drill plan of plan job"):
+        update_plan(setup.engine, setup.vault, "p1", "job.drill", setup.block())
+    with pytest.raises(Conflict, match="drill plan of plan job"):
+        delete_plan(setup.engine, "p1", "job.drill")
+    with pytest.raises(UsageError, match=r"ending in \.drill"):
+        create_plan(setup.engine, setup.vault, "p1", "other.drill", setup.block())
+    daily = {**drill, "schedule": "@daily"}
+    update_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill=daily))
+    changed = _drill_row(setup)
+    assert changed.id == row.id and changed.schedule == "@daily"  # its ledger stays
+    specs = plans_from_catalog(setup.engine, setup.vault, setup.state)
+    assert specs["p1/job.drill"].schedule.expression == "@daily"
+
+    # Without a drill schedule, the drill plan goes (its slots and runs with it).
+    update_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill={"target": "latest"}))
+    assert _drill_row(setup) is None
+    assert set(plans_from_catalog(setup.engine, setup.vault, setup.state)) == {"p1/job"}
+    with setup.engine.connect() as db:
+        assert db.execute(text("SELECT count(*) FROM runs WHERE kind = 'drill'")).scalar() == 0
+
+
+def test_a_drill_plan_is_deleted_with_its_plan_and_an_older_one_gets_its_row(
+    setup: Setup,
+) -> None:
+    create_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill={"schedule": "@daily"}))
+    delete_plan(setup.engine, "p1", "job")
+    assert _drill_row(setup) is None and list_plans(setup.engine, "p1") == []
+    # A plan made before drill plans had rows: the service writes its drill's row.
+    create_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill={"schedule": "@daily"}))
+    with setup.engine.begin() as db:
+        db.execute(text("DELETE FROM plans WHERE name = 'job.drill'"))
+    spec = plans_from_catalog(setup.engine, setup.vault, setup.state)["p1/job.drill"]
+    ids = drill_rows(setup.engine, [spec])
+    assert ids == {"p1/job.drill": _drill_row(setup).id}
+    # A file's plan holding the name keeps it: the API plan's drill is refused, named.
+    create_plan(setup.engine, setup.vault, "p1", "two", setup.block())
+    config = parse_config(
+        f"repository: {setup.repo}\nsources:\n  two.drill:\n    type: directory\n"
+        f"    paths: [{setup.tmp / 'data'}]\n    schedule: '@daily'\n    project: p1\n"
+    )
+    sync_plans(setup.engine, plans_from_config(config).values())
+    with pytest.raises(Conflict, match=r"already has a plan 'two\.drill'"):
+        update_plan(
+            setup.engine, setup.vault, "p1", "two", setup.block(drill={"schedule": "@daily"})
+        )
+    assert _drill_row(setup, "two.drill").origin == "file"
