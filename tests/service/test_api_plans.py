@@ -9,7 +9,7 @@ import json
 import stat
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from safehold.config import parse_config
 from safehold.errors import ConfigError, Conflict, NotFound, UsageError
 from safehold.service.api_plans import (
     PlanCache,
+    RunEnv,
     create_plan,
     delete_plan,
     drill_rows,
@@ -287,10 +288,6 @@ def test_the_service_follows_api_plans_and_a_worker_finds_a_new_one(setup: Setup
 
 
 def test_a_run_whose_secrets_do_not_open_fails_with_the_reason(setup: Setup) -> None:
-    from dataclasses import replace
-
-    from safehold.service.api_plans import RunEnv
-
     create_plan(setup.engine, setup.vault, "p1", "job", setup.block())
     spec = plans_from_catalog(setup.engine, setup.vault, setup.state)["p1/job"]
     # The worker's machine holds another key than the one that sealed the destination.
@@ -304,8 +301,6 @@ def test_a_run_whose_secrets_do_not_open_fails_with_the_reason(setup: Setup) -> 
 
 
 def test_a_source_credential_is_sealed_too(setup: Setup) -> None:
-    from safehold.service.api_plans import RunEnv
-
     url = "postgresql://backup:src-pw-5d2c@127.0.0.1:5432/shop"
     block = {
         "type": "postgres",
@@ -384,6 +379,12 @@ def test_a_drill_block_makes_a_drill_plan_run_with_the_plans_secrets(setup: Setu
         ).one()
     assert tuple(proven) == ("job", "passed", 600)
     assert PASSWORD.decode() not in catalog_text(setup.engine)
+    # On a machine with another key, the drill fails and says why (as a backup does).
+    other = Vault(setup.engine, setup.tmp / "stranger.key")
+    settings = {"source": setup.block(), "repository": "main", "copies": []}
+    stranger = RunEnv(setup.engine, other, "p1", "job", settings)
+    failed = execute(setup, {spec.key: replace(spec, env=stranger)}, spec.key, RunKind.DRILL)
+    assert failed["state"] == "failed" and "copy the key file" in failed["hint"]
 
     # The drill plan changes with its plan, never on its own; no plan may take its name.
     with pytest.raises(Conflict, match="drill plan of plan job"):

@@ -731,7 +731,10 @@ def _drill_target(spec: PlanSpec, source: str) -> str:
     from safehold.config import load_config
 
     # An API plan's file names its destinations' secrets as variables: its env opens them.
-    env = None if spec.env is None else {**os.environ, **spec.env()}
+    try:
+        env = None if spec.env is None else {**os.environ, **spec.env()}
+    except SafeholdError:
+        return "latest"  # the run fails next, opening the same secrets, and says why
     found = load_config(spec.config_path, env=env).sources.get(source)
     drill = found.common.drill if found is not None else None
     return drill.target if drill is not None else "latest"
