@@ -281,9 +281,20 @@ def test_the_service_follows_api_plans_and_a_worker_finds_a_new_one(setup: Setup
     update_plan(setup.engine, setup.vault, "p1", "job", setup.block(schedule="@hourly"))
     assert service.refresh_api_plans() is True
     assert service.specs["p1/job"].schedule.expression == "@hourly"
+    # Its drill plan is ticked beside it, with a row of its own.
+    update_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill={"schedule": "@daily"}))
+    assert service.refresh_api_plans() is True
+    assert service.specs["p1/job.drill"].kind is RunKind.DRILL
+    drill_id = service.ids["p1/job.drill"]
+    assert drill_id not in (service.ids["p1/job"], service.ids["default/nightly"])
+    # A plan made before drill plans had rows: the service writes its drill's row.
+    with setup.engine.begin() as db:
+        db.execute(text("DELETE FROM plans WHERE name = 'job.drill'"))
+    assert service.refresh_api_plans() is True
+    assert service.ids["p1/job.drill"] == _drill_row(setup).id != drill_id
     delete_plan(setup.engine, "p1", "job")
     assert service.refresh_api_plans() is True
-    assert set(service.specs) == {"default/nightly"}
+    assert set(service.specs) == {"default/nightly"} and set(service.ids) == set(service.specs)
     assert service.jobs.spec("p1/job") is None
 
 
