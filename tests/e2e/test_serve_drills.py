@@ -1,5 +1,6 @@
 """``safehold serve`` runs a source's drill plan on its own schedule: real processes, its
-private PostgreSQL, drills of a SQLite source recorded with their runs."""
+private PostgreSQL, drills of a SQLite source recorded with their runs; and the drill plan
+of a folder plan made through the service, its password only sealed in the catalog."""
 
 from __future__ import annotations
 
@@ -71,13 +72,25 @@ sources:
     )
     service.start()
     wait_for("a backup of app", lambda: service.count("default/app", "succeeded") >= 1)
+    # Beside it, a plan made through the service (the same instance: one start for both).
+    make_api_plan(service, tmp_path, repo)
     wait_for(
         "two drills of app",
         lambda: service.count("default/app.drill", "succeeded", kind="drill") >= 2,
         timeout=120,
     )
+    wait_for(
+        "a drill of the API plan web",
+        lambda: service.count("default/web.drill", "succeeded", kind="drill") >= 1,
+        timeout=120,
+    )
     plans = service.plans()
-    assert "default/app.drill" in plans
+    assert "default/app.drill" in plans and "default/web.drill" in plans
+    web = json.loads(service.run("--json", "drills", "--plan", "default/web").stdout)
+    proven = [r for r in web if r["result"] == "passed"]
+    assert proven and all(r["run_id"] and r["snapshot_id"] for r in proven), web
+    generated = service.state_dir / "plans" / "default" / "web.yaml"
+    assert PASSWORD.decode() not in generated.read_text()
     rows = json.loads(service.run("--json", "drills", "--plan", "default/app").stdout)
     passed = [r for r in rows if r["result"] == "passed"]
     assert len(passed) >= 2
@@ -86,3 +99,20 @@ sources:
     runs = service.runs("--kind", "drill")
     assert {r["id"] for r in runs} >= {r["run_id"] for r in passed}
     assert service.stop() == 0
+
+
+def make_api_plan(service: Service, tmp_path: Path, repo: Path) -> None:
+    """Plan ``web`` (a folder, its drill every 3 s) made with the operators' commands: the
+    repository's password is given once, to the catalog, and is in no file or variable."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<p>hello</p>\n")
+    dest = tmp_path / "dest.yaml"
+    dest.write_text(f"location: {repo}\npassword: {PASSWORD.decode()}\n")
+    service.run("destinations", "add", "main", "--project", "default", "--from-file", str(dest))
+    dest.unlink()
+    block = tmp_path / "web.yaml"
+    block.write_text(
+        f"type: directory\npaths: [{tmp_path / 'site'}]\nschedule: '*/2 * * * * *'\n"
+        "repository: main\ndrill: {schedule: '*/3 * * * * *'}\n"
+    )
+    service.run("plans", "create", "web", "--project", "default", "--from-file", str(block))

@@ -9,7 +9,7 @@ import json
 import stat
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,18 @@ import pytest
 from procrastinate import App, PsycopgConnector
 from sqlalchemy import Engine, text
 
-from safehold.catalog import RunTrigger
+from safehold.catalog import RunKind, RunTrigger
 from safehold.config import parse_config
 from safehold.errors import ConfigError, Conflict, NotFound, UsageError
 from safehold.service.api_plans import (
     PlanCache,
+    RunEnv,
     create_plan,
     delete_plan,
+    drill_rows,
     get_plan,
     list_plans,
+    listed_plans,
     plans_from_catalog,
     update_plan,
 )
@@ -94,13 +97,17 @@ def setup(
         engine.dispose()
 
 
-def execute(setup: Setup, specs: dict[str, PlanSpec], key: str) -> dict[str, Any]:
+def execute(
+    setup: Setup, specs: dict[str, PlanSpec], key: str, kind: RunKind = RunKind.BACKUP
+) -> dict[str, Any]:
     async def go() -> uuid.UUID:
         app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
         register(app)
         async with app.open_async():
             jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.state, worker="w")
-            run_id = await asyncio.to_thread(jobs.new_run, key, trigger=RunTrigger.MANUAL)
+            run_id = await asyncio.to_thread(
+                jobs.new_run, key, trigger=RunTrigger.MANUAL, kind=kind
+            )
             await jobs.execute(run_id)
             return run_id
 
@@ -274,17 +281,24 @@ def test_the_service_follows_api_plans_and_a_worker_finds_a_new_one(setup: Setup
     update_plan(setup.engine, setup.vault, "p1", "job", setup.block(schedule="@hourly"))
     assert service.refresh_api_plans() is True
     assert service.specs["p1/job"].schedule.expression == "@hourly"
+    # Its drill plan is ticked beside it, with a row of its own.
+    update_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill={"schedule": "@daily"}))
+    assert service.refresh_api_plans() is True
+    assert service.specs["p1/job.drill"].kind is RunKind.DRILL
+    drill_id = service.ids["p1/job.drill"]
+    assert drill_id not in (service.ids["p1/job"], service.ids["default/nightly"])
+    # A plan made before drill plans had rows: the service writes its drill's row.
+    with setup.engine.begin() as db:
+        db.execute(text("DELETE FROM plans WHERE name = 'job.drill'"))
+    assert service.refresh_api_plans() is True
+    assert service.ids["p1/job.drill"] == _drill_row(setup).id != drill_id
     delete_plan(setup.engine, "p1", "job")
     assert service.refresh_api_plans() is True
-    assert set(service.specs) == {"default/nightly"}
+    assert set(service.specs) == {"default/nightly"} and set(service.ids) == set(service.specs)
     assert service.jobs.spec("p1/job") is None
 
 
 def test_a_run_whose_secrets_do_not_open_fails_with_the_reason(setup: Setup) -> None:
-    from dataclasses import replace
-
-    from safehold.service.api_plans import RunEnv
-
     create_plan(setup.engine, setup.vault, "p1", "job", setup.block())
     spec = plans_from_catalog(setup.engine, setup.vault, setup.state)["p1/job"]
     # The worker's machine holds another key than the one that sealed the destination.
@@ -298,8 +312,6 @@ def test_a_run_whose_secrets_do_not_open_fails_with_the_reason(setup: Setup) -> 
 
 
 def test_a_source_credential_is_sealed_too(setup: Setup) -> None:
-    from safehold.service.api_plans import RunEnv
-
     url = "postgresql://backup:src-pw-5d2c@127.0.0.1:5432/shop"
     block = {
         "type": "postgres",
@@ -340,3 +352,95 @@ def test_an_archive_cannot_be_a_plans_repository(setup: Setup) -> None:
     )  # fmt: skip
     with pytest.raises(UsageError, match="repository: destination 'tars' is an archive"):
         create_plan(setup.engine, setup.vault, "p1", "job", setup.block(repository="tars"))
+
+
+def _drill_row(setup: Setup, name: str = "job.drill") -> Any:
+    with setup.engine.connect() as db:
+        return db.execute(
+            text("SELECT id, origin, schedule, settings FROM plans WHERE project = 'p1' "
+                 "AND name = :n"),
+            {"n": name},
+        ).one_or_none()  # fmt: skip
+
+
+def test_a_drill_block_makes_a_drill_plan_run_with_the_plans_secrets(setup: Setup) -> None:
+    drill = {"schedule": "@hourly", "target": "rotating", "rto_target": "10m"}
+    create_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill=drill))
+    row = _drill_row(setup)
+    assert row is not None and row.origin == "api" and row.schedule == "@hourly"
+    assert row.settings["drill_of"] == "job" and row.settings["kind"] == "drill"
+    assert [p.name for p in list_plans(setup.engine, "p1")] == ["job", "job.drill"]
+    specs = plans_from_catalog(setup.engine, setup.vault, setup.state)
+    assert set(specs) == {"p1/job", "p1/job.drill"}
+    plan, spec = specs["p1/job"], specs["p1/job.drill"]
+    assert spec.kind is RunKind.DRILL and spec.origin == "api" and spec.on_overlap == "skip"
+    assert spec.config_path == plan.config_path and spec.repository == setup.repo
+    assert spec.env is not None and PASSWORD.decode() in spec.env().values()
+    assert PASSWORD.decode() not in repr(spec)
+    assert listed_plans(setup.engine)["p1/job.drill"].kind is RunKind.DRILL
+
+    # A backup, then a drill of it by a real worker child with the plan's sealed password.
+    assert execute(setup, specs, "p1/job")["state"] == "succeeded"
+    run = execute(setup, specs, "p1/job.drill", RunKind.DRILL)
+    assert run["state"] == "succeeded", run["error"]
+    with setup.engine.connect() as db:
+        proven = db.execute(
+            text("SELECT plan, result, rto_target_seconds FROM drills WHERE run_id = :r"),
+            {"r": run["id"]},
+        ).one()
+    assert tuple(proven) == ("job", "passed", 600)
+    assert PASSWORD.decode() not in catalog_text(setup.engine)
+    # On a machine with another key, the drill fails and says why (as a backup does).
+    other = Vault(setup.engine, setup.tmp / "stranger.key")
+    settings = {"source": setup.block(), "repository": "main", "copies": []}
+    stranger = RunEnv(setup.engine, other, "p1", "job", settings)
+    failed = execute(setup, {spec.key: replace(spec, env=stranger)}, spec.key, RunKind.DRILL)
+    assert failed["state"] == "failed" and "copy the key file" in failed["hint"]
+
+    # The drill plan changes with its plan, never on its own; no plan may take its name.
+    with pytest.raises(Conflict, match="drill plan of plan job"):
+        update_plan(setup.engine, setup.vault, "p1", "job.drill", setup.block())
+    with pytest.raises(Conflict, match="drill plan of plan job"):
+        delete_plan(setup.engine, "p1", "job.drill")
+    with pytest.raises(UsageError, match=r"ending in \.drill"):
+        create_plan(setup.engine, setup.vault, "p1", "other.drill", setup.block())
+    daily = {**drill, "schedule": "@daily"}
+    update_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill=daily))
+    changed = _drill_row(setup)
+    assert changed.id == row.id and changed.schedule == "@daily"  # its ledger stays
+    specs = plans_from_catalog(setup.engine, setup.vault, setup.state)
+    assert specs["p1/job.drill"].schedule.expression == "@daily"
+
+    # Without a drill schedule, the drill plan goes (its slots and runs with it).
+    update_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill={"target": "latest"}))
+    assert _drill_row(setup) is None
+    assert set(plans_from_catalog(setup.engine, setup.vault, setup.state)) == {"p1/job"}
+    with setup.engine.connect() as db:
+        assert db.execute(text("SELECT count(*) FROM runs WHERE kind = 'drill'")).scalar() == 0
+
+
+def test_a_drill_plan_is_deleted_with_its_plan_and_an_older_one_gets_its_row(
+    setup: Setup,
+) -> None:
+    create_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill={"schedule": "@daily"}))
+    delete_plan(setup.engine, "p1", "job")
+    assert _drill_row(setup) is None and list_plans(setup.engine, "p1") == []
+    # A plan made before drill plans had rows: the service writes its drill's row.
+    create_plan(setup.engine, setup.vault, "p1", "job", setup.block(drill={"schedule": "@daily"}))
+    with setup.engine.begin() as db:
+        db.execute(text("DELETE FROM plans WHERE name = 'job.drill'"))
+    spec = plans_from_catalog(setup.engine, setup.vault, setup.state)["p1/job.drill"]
+    ids = drill_rows(setup.engine, [spec])
+    assert ids == {"p1/job.drill": _drill_row(setup).id}
+    # A file's plan holding the name keeps it: the API plan's drill is refused, named.
+    create_plan(setup.engine, setup.vault, "p1", "two", setup.block())
+    config = parse_config(
+        f"repository: {setup.repo}\nsources:\n  two.drill:\n    type: directory\n"
+        f"    paths: [{setup.tmp / 'data'}]\n    schedule: '@daily'\n    project: p1\n"
+    )
+    sync_plans(setup.engine, plans_from_config(config).values())
+    with pytest.raises(Conflict, match=r"already has a plan 'two\.drill'"):
+        update_plan(
+            setup.engine, setup.vault, "p1", "two", setup.block(drill={"schedule": "@daily"})
+        )
+    assert _drill_row(setup, "two.drill").origin == "file"

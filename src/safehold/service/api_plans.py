@@ -24,6 +24,13 @@ and so is each sealed value of the source; the plan's :attr:`PlanSpec.env` opens
 again when a run starts and gives the child those variables in its environment. The
 child's own interpolation puts them back; nothing of them reaches a disk. Numbers and
 booleans are written as they are.
+
+**Its drill plan.** A block whose ``drill:`` has a ``schedule`` gets a drill plan, as a
+file's source does (:mod:`.drills`): ``NAME.drill``, kind ``drill``, run from the same
+generated file with the same secret environment. Its row has origin ``api`` and
+``settings.drill_of = NAME``: it is written, changed and deleted with its plan's (never on
+its own), and it is read back as the plan's drill, not as a plan of its own. So that the
+name stays free, no API plan may be named ``*.drill``.
 """
 
 from __future__ import annotations
@@ -43,16 +50,19 @@ from typing import Any
 import yaml
 from sqlalchemy import Connection, Engine, text
 
+from safehold.catalog import RunKind
 from safehold.config import Config, parse_config, source_secrets
 from safehold.config.alerts import plan_ping_secrets
 from safehold.errors import Conflict, NotFound, SafeholdError, UsageError
 from safehold.policy.schedule import parse_schedule
 from safehold.service.destinations import check_name, destination_block
+from safehold.service.drills import DRILL_SUFFIX, drill_plan_name
 from safehold.service.plans import PlanSpec, plans_from_config
 from safehold.service.vault import Vault
 from safehold.storage.location import redact
 
 __all__ = [
+    "DRILL_OF",
     "SEALED",
     "SECRET_VAR",
     "PlanCache",
@@ -60,6 +70,7 @@ __all__ = [
     "RunEnv",
     "create_plan",
     "delete_plan",
+    "drill_rows",
     "get_plan",
     "list_plans",
     "listed_plans",
@@ -76,6 +87,9 @@ SECRET_VAR = "SAFEHOLD_SECRET_"  # the variables standing for the plan's secret 
 SEALED = "<sealed>"  # shown, and kept in the row, in place of a source's credential
 _SECRET_REF = re.compile(r"SAFEHOLD_SECRET_", re.I)
 _PLAN_KEYS = ("repository", "copies")  # an API plan's keys beyond a source block's
+DRILL_OF = "drill_of"  # in a drill plan's settings: the API plan it drills
+# The API plans' own rows (not their drill plans'), for the statements below.
+_OWN = "origin = 'api' AND settings->>'drill_of' IS NULL"
 
 
 @dataclass(frozen=True)
@@ -281,8 +295,9 @@ def _mentions_secret_vars(value: Any) -> bool:
 
 def _check(
     db: Connection, vault: Vault, project: str, name: str, block: Any
-) -> tuple[dict[str, Any], PlanSpec]:
-    """Validate an API plan's block as the file's are: its settings row and its spec."""
+) -> tuple[dict[str, Any], PlanSpec, PlanSpec | None]:
+    """Validate an API plan's block as the file's are: its settings row, its spec and its
+    drill plan's (None: no ``drill: {schedule}``)."""
     check_name("plan", name)
     source, repository, copies = _split(project, name, block)
     for dest in (repository, *copies):
@@ -294,7 +309,7 @@ def _check(
     # The source's own values are in this document only here, in memory, to validate it.
     document, env = plan_document(db, vault, project, name, source, repository, copies)
     config = parse_config(document, path=f"<plan {project}/{name}>", env={**os.environ, **env})
-    spec = _spec(config, project, name)
+    spec, drill = _specs(config, project, name)
     secrets = source_secrets(config.sources[name].settings)
     secrets += plan_ping_secrets(config.sources[name].common.ping)  # ping URLs are tokens
     given = {k: v for k, v in source.items() if k != "project"}
@@ -304,18 +319,52 @@ def _check(
         "repository": repository,
         "copies": copies,
     }
-    return settings, spec
+    return settings, spec, drill
 
 
-def _spec(config: Config, project: str, name: str) -> PlanSpec:
-    found = plans_from_config(config).get(f"{project}/{name}")
-    if found is None:
+def _specs(config: Config, project: str, name: str) -> tuple[PlanSpec, PlanSpec | None]:
+    """The plan's spec and its drill plan's, made by the file's own code (None: the block
+    has no ``drill: {schedule}``)."""
+    found = plans_from_config(config)
+    spec = found.get(f"{project}/{name}")
+    if spec is None:
         raise UsageError(
             f"plan {project}/{name}: sources.{name}.schedule: field required (a plan made "
             "through the service runs on a schedule)",
             hint='add e.g. schedule: "@daily"',
         )
-    return found
+    return spec, found.get(f"{project}/{drill_plan_name(name)}")
+
+
+def _write_drill(db: Connection, project: str, name: str, drill: PlanSpec | None) -> None:
+    """Make the row of plan ``name``'s drill plan agree with its block: written or changed
+    when the block has a drill schedule (its slots and runs stay), deleted when not."""
+    if drill is None:
+        db.execute(
+            text(
+                "DELETE FROM plans WHERE project = :p AND name = :n AND origin = 'api' "
+                "AND settings->>'drill_of' = :of"
+            ),
+            {"p": project, "n": drill_plan_name(name), "of": name},
+        )
+        return
+    settings = {k: v for k, v in drill.settings().items() if k != "config"}
+    row = db.execute(
+        text(
+            "INSERT INTO plans (project, name, origin, source, schedule, timezone, settings) "
+            "VALUES (:p, :n, 'api', NULL, :s, :tz, CAST(:st AS jsonb)) "
+            "ON CONFLICT (project, name) DO UPDATE SET schedule = excluded.schedule, "
+            "timezone = excluded.timezone, settings = excluded.settings, updated_at = now() "
+            "WHERE plans.origin = 'api' AND plans.settings->>'drill_of' = :of RETURNING id"
+        ),
+        {**_row_params(project, drill.name, drill, {**settings, DRILL_OF: name}), "of": name},
+    ).one_or_none()
+    if row is None:  # another plan has the name (one of the file's, or an older API plan)
+        raise Conflict(
+            f"project {project} already has a plan {drill.name!r}, the name of plan "
+            f"{name}'s drill plan",
+            hint=f"rename or delete plan {drill.name}, or leave drill: schedule out",
+        )
 
 
 # --- create, change, delete, show -------------------------------------------------------
@@ -326,8 +375,15 @@ def create_plan(
 ) -> PlanView:
     """Make the API plan ``name`` in ``project``; refused if the name is taken (by a plan
     of either origin)."""
+    check_name("plan", name)
+    if name.endswith(DRILL_SUFFIX):
+        raise UsageError(
+            f"plan {project}/{name}: a name ending in {DRILL_SUFFIX} is a drill plan's",
+            hint=f"choose another name; a plan's drill: {{schedule: ...}} makes its drill "
+            f"plan, NAME{DRILL_SUFFIX}",
+        )
     with engine.begin() as db:
-        settings, spec = _check(db, vault, project, name, block)
+        settings, spec, drill = _check(db, vault, project, name, block)
         row = db.execute(
             text(
                 "INSERT INTO plans (project, name, origin, source, schedule, timezone, settings) "
@@ -343,6 +399,7 @@ def create_plan(
                 + (" (from the configuration file)" if origin == "file" else ""),
                 hint="choose another name" + ("" if origin == "file" else ", or update it"),
             )
+        _write_drill(db, project, name, drill)
     return get_plan(engine, project, name)
 
 
@@ -350,11 +407,12 @@ def update_plan(
     engine: Engine, vault: Vault, project: str, name: str, block: Mapping[str, Any]
 ) -> PlanView:
     """Replace the API plan's block with ``block``. Its slots, runs and restore points
-    stay; a changed schedule applies from the next tick."""
+    stay; a changed schedule applies from the next tick. Its drill plan follows the
+    block's ``drill:`` (made, changed, or deleted with its ledger)."""
     with engine.begin() as db:
         _must_be_api(db, project, name, "changed")
         block = _keep_sealed(db, vault, project, name, block)
-        settings, spec = _check(db, vault, project, name, block)
+        settings, spec, drill = _check(db, vault, project, name, block)
         db.execute(
             text(
                 "UPDATE plans SET schedule = :s, timezone = :tz, settings = CAST(:st AS jsonb), "
@@ -362,6 +420,7 @@ def update_plan(
             ),
             _row_params(project, name, spec, settings),
         )
+        _write_drill(db, project, name, drill)
     return get_plan(engine, project, name)
 
 
@@ -397,14 +456,15 @@ def _get(block: Any, path: Sequence[str | int]) -> Any:
 
 
 def delete_plan(engine: Engine, project: str, name: str) -> None:
-    """Delete the API plan with its ledger, runs and restore points (the snapshots stay in
-    the repository)."""
+    """Delete the API plan with its ledger, runs and restore points, and its drill plan's
+    (the snapshots stay in the repository)."""
     with engine.begin() as db:
         _must_be_api(db, project, name, "deleted")
         db.execute(
             text("DELETE FROM plans WHERE project = :p AND name = :n AND origin = 'api'"),
             {"p": project, "n": name},
         )
+        _write_drill(db, project, name, None)
 
 
 def get_plan(engine: Engine, project: str, name: str) -> PlanView:
@@ -470,6 +530,16 @@ def _must_be_api(db: Connection, project: str, name: str, what: str) -> None:
     origin = _origin(db, project, name)
     if origin is None:
         raise _not_found(project, name)
+    drill_of: str | None = db.execute(
+        text("SELECT settings->>'drill_of' FROM plans WHERE project = :p AND name = :n"),
+        {"p": project, "n": name},
+    ).scalar()
+    if drill_of is not None:
+        raise Conflict(
+            f"plan {project}/{name} is the drill plan of plan {drill_of} and cannot be "
+            f"{what} on its own",
+            hint=f"change plan {drill_of}'s drill: block (without it, its drill plan goes)",
+        )
     if origin != "api":
         raise Conflict(
             f"plan {project}/{name} is declared in the configuration file and cannot be "
@@ -524,9 +594,9 @@ def _write_private(path: Path, content: str) -> None:
     os.replace(tmp, path)
 
 
-# What a reading of the API plans keeps for the next: per plan, what its spec was made
-# from (its row's and its destinations' updated_at) and the spec.
-PlanCache = dict[str, tuple[tuple[Any, ...], PlanSpec]]
+# What a reading of the API plans keeps for the next: per plan, what its specs were made
+# from (its row's and its destinations' updated_at) and the specs (its own, its drill's).
+PlanCache = dict[str, tuple[tuple[Any, ...], tuple[PlanSpec, ...]]]
 
 
 def plans_from_catalog(
@@ -534,8 +604,9 @@ def plans_from_catalog(
 ) -> dict[str, PlanSpec]:
     """The API plans as the workers run them, keyed ``project/name``: each with its
     generated configuration file (written under ``STATE_DIR/plans``) and its secret
-    environment. A plan that no longer validates (a destination gone, a script removed)
-    is left out and logged; the others run.
+    environment, and beside it its drill plan (``NAME.drill``) if its block has a drill
+    schedule, with the same file and environment. A plan that no longer validates (a
+    destination gone, a script removed) is left out and logged; the others run.
 
     With ``cache`` (kept by the caller between calls), a plan whose row and destinations
     have not changed since is not built again: a change to one plan of thousands costs
@@ -545,7 +616,7 @@ def plans_from_catalog(
     out: dict[str, PlanSpec] = {}
     with engine.connect() as db:
         rows = db.execute(
-            text("SELECT project, name, settings, updated_at FROM plans WHERE origin = 'api'")
+            text(f"SELECT project, name, settings, updated_at FROM plans WHERE {_OWN}")
         ).all()
         changed = {
             (r.project, r.name): r.updated_at
@@ -559,15 +630,15 @@ def plans_from_catalog(
             stamp = (row.updated_at, *(changed.get((row.project, d)) for d in dests))
             kept = cache.get(key)
             if kept is not None and kept[0] == stamp and path.exists():
-                out[key] = kept[1]
+                out.update((spec.key, spec) for spec in kept[1])
                 continue
             try:
-                spec = _runnable(db, engine, vault, path, row.project, row.name, settings)
+                specs = _runnable(db, engine, vault, path, row.project, row.name, settings)
             except SafeholdError as exc:
                 log.error("plan %s: %s; it does not run until fixed", key, exc.message)
                 continue
-            cache[key] = (stamp, spec)
-            out[key] = spec
+            cache[key] = (stamp, specs)
+            out.update((spec.key, spec) for spec in specs)
     for key in set(cache) - set(out):
         del cache[key]
     _remove_stale(root, set(out))
@@ -582,32 +653,34 @@ def _runnable(
     project: str,
     name: str,
     settings: dict[str, Any],
-) -> PlanSpec:
-    """One API plan's spec, its generated file written."""
+) -> tuple[PlanSpec, ...]:
+    """One API plan's spec and its drill plan's (if any), its generated file written."""
     document, env = stored_document(db, vault, project, name, settings)
     _write_private(path, document)
     config = parse_config(document, path=str(path), env={**os.environ, **env})
-    spec = _spec(config, project, name)
+    spec, drill = _specs(config, project, name)
     # The limits' and locks' names: locations without credentials, so that the spec
-    # holds no secret between runs.
+    # holds no secret between runs. The drill's child reads the same file with the same
+    # environment (the plan's: its row's settings open the sealed values).
     places = [config.repository, *config.destinations]
-    return replace(
-        spec,
-        env=RunEnv(engine, vault, project, name, settings),
-        origin="api",
-        repository=redact(places[0].location) if places[0] else "",
-        limits=tuple(
-            (redact(p.location), p.max_concurrent_jobs)
-            for p in places
-            if p is not None and p.max_concurrent_jobs is not None
-        ),
+    run_env = RunEnv(engine, vault, project, name, settings)
+    limits = tuple(
+        (redact(p.location), p.max_concurrent_jobs)
+        for p in places
+        if p is not None and p.max_concurrent_jobs is not None
+    )
+    repository = redact(places[0].location) if places[0] else ""
+    return tuple(
+        replace(s, env=run_env, origin="api", repository=repository, limits=limits)
+        for s in (spec, drill)
+        if s is not None
     )
 
 
 def listed_plans(engine: Engine) -> dict[str, PlanSpec]:
-    """The API plans as listings and commands that queue a run see them: their schedule,
-    pause and lock, from their rows alone (no key needed, no file written). Not for
-    running them: that is :func:`plans_from_catalog`."""
+    """The API plans (and their drill plans) as listings and commands that queue a run
+    see them: their schedule, pause, kind and lock, from their rows alone (no key needed,
+    no file written). Not for running them: that is :func:`plans_from_catalog`."""
     with engine.connect() as db:
         rows = db.execute(
             text("SELECT project, name, schedule, timezone, settings FROM plans "
@@ -626,8 +699,29 @@ def listed_plans(engine: Engine) -> dict[str, PlanSpec]:
             retries=int(settings.get("retries") or 0),
             retention=bool(settings.get("retention")),
             agent=settings.get("agent"),
+            kind=RunKind(settings.get("kind") or RunKind.BACKUP.value),
+            origin="api",
         )
     return out
+
+
+def drill_rows(engine: Engine, drills: Sequence[PlanSpec]) -> dict[str, int]:
+    """Write the rows of API plans' drill plans that have none (a plan made before its
+    drill got a plan of its own); their ids, keyed ``project/name``. A name taken by
+    another plan is logged and left out: that drill does not run."""
+    ids: dict[str, int] = {}
+    for drill in drills:
+        parent = drill.name.removesuffix(DRILL_SUFFIX)
+        try:
+            with engine.begin() as db:
+                _write_drill(db, drill.project, parent, drill)
+                ids[drill.key] = db.execute(
+                    text("SELECT id FROM plans WHERE project = :p AND name = :n"),
+                    {"p": drill.project, "n": drill.name},
+                ).scalar_one()
+        except Conflict as exc:
+            log.error("plan %s: %s; it does not run (%s)", drill.key, exc.message, exc.hint)
+    return ids
 
 
 def _remove_stale(root: Path, keep: set[str]) -> None:

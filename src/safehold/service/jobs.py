@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -729,7 +730,12 @@ def _drill_target(spec: PlanSpec, source: str) -> str:
     """The drill's ``target`` (latest or rotating), read from the plan's file."""
     from safehold.config import load_config
 
-    found = load_config(spec.config_path).sources.get(source)
+    # An API plan's file names its destinations' secrets as variables: its env opens them.
+    try:
+        env = None if spec.env is None else {**os.environ, **spec.env()}
+    except SafeholdError:
+        return "latest"  # the run fails next, opening the same secrets, and says why
+    found = load_config(spec.config_path, env=env).sources.get(source)
     drill = found.common.drill if found is not None else None
     return drill.target if drill is not None else "latest"
 

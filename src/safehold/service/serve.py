@@ -16,10 +16,10 @@ stops taking jobs and waits ``stop_grace`` seconds for the running ones, then ki
 (SIGHUP, or ``safehold serve --reload``) reads the configuration file again and applies
 it between two ticks without touching running jobs.
 
-The plans made through the service (:mod:`.api_plans`) are read from the catalog beside
-the file's, and again whenever a cheap look at ``plans`` and ``destinations`` (counts,
-newest ``updated_at``) every :data:`API_PLANS_EVERY` seconds sees a change; the file's
-plans are not touched by that.
+The plans made through the service (:mod:`.api_plans`), with their drill plans, are read
+from the catalog beside the file's, and again whenever a cheap look at ``plans`` and
+``destinations`` (counts, newest ``updated_at``) every :data:`API_PLANS_EVERY` seconds
+sees a change; the file's plans are not touched by that.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ from typing import Any
 from procrastinate import App, PsycopgConnector
 from sqlalchemy import text
 
+from safehold.catalog import RunKind
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.config import Config, load_config
 from safehold.service.alerts_run import Alerter
-from safehold.service.api_plans import PlanCache, plans_from_catalog
+from safehold.service.api_plans import PlanCache, drill_rows, plans_from_catalog
 from safehold.service.cluster import default_state_dir
 from safehold.service.database import Database, open_database
 from safehold.service.jobs import FENCE_SECONDS, STALL_SECONDS, Jobs, register
@@ -155,6 +156,10 @@ class Service:
             ).all()
         specs = plans_from_catalog(self.engine, self.vault, self.state_dir, cache=self.api_cache)
         ids = {f"{r.project}/{r.name}": r.id for r in rows}
+        # The drill plan of a plan made before drills got rows of their own: its row now.
+        missing = [s for k, s in specs.items() if k not in ids and s.kind is RunKind.DRILL]
+        if missing:
+            ids.update(drill_rows(self.engine, missing))
         self.api_ids = {key: plan_id for key, plan_id in ids.items() if key in specs}
         self.api_specs = specs
         self.api_stamp = stamp

@@ -27,7 +27,7 @@ from safehold.api.cursor import (
 )
 from safehold.api.schemas import ErrorBody, PlanOut, RunQueued, SlotOut, SlotPage
 from safehold.api.state import ApiState, api_state
-from safehold.catalog import RunTrigger
+from safehold.catalog import RunKind, RunTrigger
 from safehold.clock import utcnow
 from safehold.errors import NotFound
 from safehold.service.plans import PlanSpec
@@ -59,7 +59,8 @@ def _out(spec: PlanSpec, status: PlanStatus, now: datetime) -> PlanOut:
         project=spec.project,
         origin="api" if spec.origin == "api" else "file",
         kind=spec.kind.value,
-        read_only=spec.origin != "api",
+        # An API plan's drill plan changes with its plan's block, never on its own.
+        read_only=spec.origin != "api" or spec.kind is RunKind.DRILL,
         schedule=status.schedule,
         paused=status.paused,
         next_slot=status.next_slot,
