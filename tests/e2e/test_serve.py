@@ -202,6 +202,10 @@ sources:
     assert ("timed_out", "the run's time-out") in service.ledger("hangs")
     starts = service.starts("spaced")
     assert all(b - a >= 4 for a, b in itertools.pairwise(starts)), starts
+    # Their part is shown: paused, their every-second runs stop taking the machine's CPU
+    # from what follows (each run is a child process).
+    for busy in ("overlaps", "spaced", "hangs"):
+        service.run("plan", "pause", busy)
 
     # Run now (service-backup's manual backup) a plan whose next slot is months away.
     queued = json.loads(service.run("--json", "plan", "run", "rare").stdout)
