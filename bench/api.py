@@ -27,22 +27,16 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from harness import ROOT, latencies, print_table, scratch  # bench/harness.py
 from sqlalchemy import Engine, text
-
-from service import latencies  # bench/service.py, beside this script
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _start_serve(work: Path, state_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -285,29 +279,20 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from safehold.service.database import open_database
 
-    work = Path(tempfile.mkdtemp(prefix="sh-bench-api-", dir="/tmp"))
-    work.chmod(0o711)  # as root the cluster runs as postgres, who must pass through
     rows: list[tuple[str, str]] = []
-    try:
-        with open_database(None, work / "state") as db:
-            proc, url = _start_serve(work, work / "state")
-            try:
-                if "points" in only:
-                    rows += bench_points(db.engine, url, args.points)
-                if "agents" in only:
-                    rows += bench_agents(db.engine, url, proc.pid, args.agents, args.seconds)
-                if "metrics" in only:
-                    rows += bench_metrics(db.engine, url, args.plans)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=120)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    load = os.getloadavg()[0]
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {load:.1f}\n")
-    print("| what | figure |\n|---|---|")
-    for what, figure in rows:
-        print(f"| {what} | {figure} |")
+    with scratch("sh-bench-api-") as work, open_database(None, work / "state") as db:
+        proc, url = _start_serve(work, work / "state")
+        try:
+            if "points" in only:
+                rows += bench_points(db.engine, url, args.points)
+            if "agents" in only:
+                rows += bench_agents(db.engine, url, proc.pid, args.agents, args.seconds)
+            if "metrics" in only:
+                rows += bench_metrics(db.engine, url, args.plans)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -28,20 +28,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from harness import ROOT, latencies, print_table, scratch  # bench/harness.py
 from sqlalchemy import Engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 12, 7, 0, 0, 30, tzinfo=UTC)
 
 
@@ -112,17 +109,6 @@ def bench_tick(engine: Engine, plans: int) -> list[tuple[str, str]]:
     ))  # fmt: skip
     _reset(engine)
     return rows
-
-
-def latencies(call: Callable[[], object], reps: int) -> tuple[float, float]:
-    """Median and p99 of ``reps`` calls, in milliseconds (bench/api.py uses it too)."""
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
 def bench_points(engine: Engine, count: int, reps: int = 300) -> list[tuple[str, str]]:
@@ -292,10 +278,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from safehold.service.database import open_database
 
-    work = Path(tempfile.mkdtemp(prefix="sh-bench-svc-", dir="/tmp"))
-    work.chmod(0o711)  # as root the cluster runs as postgres, who must pass through
     rows: list[tuple[str, str]] = []
-    try:
+    with scratch("sh-bench-svc-") as work:
         with open_database(None, work / "state") as db:
             if "tick" in only:
                 rows += bench_tick(db.engine, args.plans)
@@ -305,13 +289,7 @@ def main() -> None:
                 rows += bench_points(db.engine, args.points)
         if "overhead" in only:
             rows += bench_overhead(work, work / "state2", args.reps)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    load = os.getloadavg()[0]
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {load:.1f}\n")
-    print("| what | figure |\n|---|---|")
-    for what, figure in rows:
-        print(f"| {what} | {figure} |")
+    print_table(rows)
 
 
 if __name__ == "__main__":
