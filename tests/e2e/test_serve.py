@@ -6,18 +6,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
 from tests.conftest import PASSWORD
+from tests.e2e.serving import Service, service_in
 from tests.e2e.waiting import wait_for
 from tests.servers.postgres import PG_PASSWORD, PG_USER_PW, PgServer
 from tests.servers.s3 import SeaweedS3, unique_bucket
@@ -25,111 +23,12 @@ from tests.servers.s3 import SeaweedS3, unique_bucket
 pytestmark = pytest.mark.slow
 
 
-class Service:
-    """One ``safehold serve`` process and the commands that talk to its catalog."""
-
-    def __init__(self, config: Path, state_dir: Path, env: dict[str, str], log: Path) -> None:
-        self.config = config
-        self.state_dir = state_dir
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def base(self) -> list[str]:
-        return ["--config", str(self.config), "--state-dir", str(self.state_dir)]
-
-    def start(self, *extra: str) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "safehold", "--log-format", "json", "serve",
-                 *self.base(), "--tick", "0.5", "--workers", "3",
-                 "--listen", "127.0.0.1:0", *extra],
-                env=self.env, stdout=out, stderr=out,
-            )  # fmt: skip
-
-    def stop(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        self.proc = None
-        return code
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "safehold", *args, *self.base()],
-            env=self.env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        if check:
-            assert done.returncode == 0, done.stderr
-        return done
-
-    def runs(self, *args: str) -> list[dict[str, Any]]:
-        return json.loads(self.run("--json", "runs", "--limit", "1000", *args).stdout)  # type: ignore[no-any-return]
-
-    def ledger(self, plan: str) -> list[tuple[str, str | None]]:
-        """The states and reasons of ``plan``'s slots, oldest first, read from the running
-        service's private cluster."""
-        conninfo = f"host='{self.state_dir}/postgresql/run' port=5432 user=safehold dbname=safehold"
-        with psycopg.connect(conninfo) as conn:
-            rows = conn.execute(
-                "SELECT s.state, s.reason FROM slots s JOIN plans p ON p.id = s.plan_id "
-                "WHERE p.name = %s ORDER BY s.slot_at",
-                (plan,),
-            ).fetchall()
-        return [(state, reason) for state, reason in rows]
-
-    def starts(self, plan: str) -> list[float]:
-        """Start times (Unix seconds) of ``plan``'s succeeded backups, oldest first."""
-        conninfo = f"host='{self.state_dir}/postgresql/run' port=5432 user=safehold dbname=safehold"
-        with psycopg.connect(conninfo) as conn:
-            rows = conn.execute(
-                "SELECT extract(epoch FROM r.started_at) FROM runs r "
-                "JOIN plans p ON p.id = r.plan_id WHERE p.name = %s AND r.kind = 'backup' "
-                "AND r.state = 'succeeded' ORDER BY r.started_at",
-                (plan,),
-            ).fetchall()
-        return [float(row[0]) for row in rows]
-
-    def count(self, plan: str, state: str | None = None, kind: str = "backup") -> int:
-        """Runs of ``plan`` (in ``state``), read straight from the running service's private
-        cluster: cheaper than a command for the polling in :func:`wait_for`."""
-        conninfo = f"host='{self.state_dir}/postgresql/run' port=5432 user=safehold dbname=safehold"
-        project, name = plan.split("/")
-        try:
-            with psycopg.connect(conninfo) as conn:
-                found = conn.execute(
-                    "SELECT count(*) FROM runs r JOIN plans p ON p.id = r.plan_id "
-                    "WHERE p.project = %s AND p.name = %s AND r.kind = %s "
-                    "AND (%s::text IS NULL OR r.state = %s)",
-                    (project, name, kind, state, state),
-                ).fetchone()
-        except psycopg.Error:
-            return 0  # the service is still starting its cluster, or migrating it
-        assert found is not None
-        return int(found[0])
-
-    def plans(self) -> dict[str, dict[str, Any]]:
-        return {p["plan"]: p for p in json.loads(self.run("--json", "plans").stdout)}
-
-
 @pytest.fixture
 def service(
     make_state_dir: Callable[[], Path], tmp_path: Path, s3_server: SeaweedS3
 ) -> Iterator[Service]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
-    env.update(s3_server.env())
-    env.update(
-        REPO_PW=PASSWORD.decode(),
-        HOME=str(tmp_path / "home"),
-        SAFEHOLD_CACHE_DIR=str(tmp_path / "cache"),
-    )
-    svc = Service(tmp_path / "safehold.yaml", make_state_dir(), env, tmp_path / "serve.log")
-    try:
+    with service_in(tmp_path, make_state_dir(), **s3_server.env()) as svc:
         yield svc
-    finally:
-        if svc.proc is not None:
-            svc.proc.kill()
-            svc.proc.wait()
 
 
 def test_serve_runs_plans_on_their_schedules(

@@ -5,7 +5,6 @@ of a folder plan made through the service, its password only sealed in the catal
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.e2e.test_serve import Service
+from tests.e2e.serving import Service, service_in
 from tests.e2e.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -32,19 +31,8 @@ def make_sqlite(path: Path, rows: int) -> None:
 
 @pytest.fixture
 def service(make_state_dir: Callable[[], Path], tmp_path: Path) -> Iterator[Service]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
-    env.update(
-        REPO_PW=PASSWORD.decode(),
-        HOME=str(tmp_path / "home"),
-        SAFEHOLD_CACHE_DIR=str(tmp_path / "cache"),
-    )
-    svc = Service(tmp_path / "safehold.yaml", make_state_dir(), env, tmp_path / "serve.log")
-    try:
+    with service_in(tmp_path, make_state_dir()) as svc:
         yield svc
-    finally:
-        if svc.proc is not None:
-            svc.proc.kill()
-            svc.proc.wait()
 
 
 def test_serve_runs_a_drill_plan_on_its_schedule(service: Service, tmp_path: Path) -> None:

@@ -7,63 +7,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.conftest import PASSWORD, CliRunner
+from tests.e2e.serving import Service, serve_env
 from tests.e2e.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 
-class Service:
-    """One ``safehold serve`` process, and its catalog read straight from its cluster."""
-
-    def __init__(self, config: Path, state_dir: Path, env: dict[str, str], log: Path) -> None:
-        self.config = config
-        self.state_dir = state_dir
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def base(self) -> list[str]:
-        return ["--config", str(self.config), "--state-dir", str(self.state_dir)]
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "safehold", "--log-format", "json", "serve",
-                 *self.base(), "--tick", "0.5", "--workers", "2"],
-                env=self.env, stdout=out, stderr=out,
-            )  # fmt: skip
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self.proc = None
-        return code
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "safehold", *args, *self.base()],
-            env=self.env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-
-    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        conninfo = f"host='{self.state_dir}/postgresql/run' port=5432 user=safehold dbname=safehold"
-        try:
-            with psycopg.connect(conninfo) as conn:
-                return conn.execute(sql, params).fetchall()
-        except psycopg.Error:
-            return []  # still starting its cluster, or migrating it
+class Verifying(Service):
+    """The service, and what its catalog says of verification."""
 
     def read_packs(self) -> set[str]:
         return {
@@ -79,24 +37,18 @@ class Service:
 
 
 @pytest.fixture
-def service(make_state_dir: Callable[[], Path], tmp_path: Path) -> Iterator[Service]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
-    env.update(
-        REPO_PW=PASSWORD.decode(),
-        HOME=str(tmp_path / "home"),
-        SAFEHOLD_CACHE_DIR=str(tmp_path / "cache"),
+def service(make_state_dir: Callable[[], Path], tmp_path: Path) -> Iterator[Verifying]:
+    svc = Verifying(
+        tmp_path / "safehold.yaml", make_state_dir(), serve_env(tmp_path), tmp_path / "serve.log"
     )
-    svc = Service(tmp_path / "safehold.yaml", make_state_dir(), env, tmp_path / "serve.log")
     try:
         yield svc
     finally:
-        if svc.proc is not None:
-            svc.proc.kill()
-            svc.proc.wait()
+        svc.kill()
 
 
 def test_serve_verifies_every_pack_in_slices_and_fails_on_damage(
-    service: Service, cli: CliRunner, cli_repo: str, tmp_path: Path
+    service: Verifying, cli: CliRunner, cli_repo: str, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -136,21 +88,19 @@ def test_serve_verifies_every_pack_in_slices_and_fails_on_damage(
             seen.append(found)
         return found
 
-    service.start()
+    service.start(workers=2)
     wait_for("two slices", lambda: progress()[0] >= 2, timeout=180)
     assert service.stop() == 0
     status = service.run("--json", "verify", "--status")  # the catalog, service stopped
-    assert status.returncode == 0, status.stderr
     (stopped,) = json.loads(status.stdout)
     assert stopped["packs"] == len(stored) and 0 < stopped["never_read"] <= len(stored) - 2
-    service.start()
+    service.start(workers=2)
     wait_for("every pack read", lambda: progress()[1] == len(stored), timeout=180)
     assert all(slices <= read <= slices + 1 for slices, read in seen), seen
     assert seen[-1][1] == len(stored) and len(stored) - 1 <= seen[-1][0]
     runs = service.verify_runs("succeeded")
     assert all(params["packs_read"] == 1 for _, _, params in runs)
     status = service.run("--json", "verify", "--status")
-    assert status.returncode == 0, status.stderr
     (found,) = json.loads(status.stdout)
     assert found["coverage"] == 1.0 and found["packs"] == len(stored)
 
