@@ -107,6 +107,9 @@ def test_a_session_through_the_api(serve: Serve) -> None:
     auth = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, headers=auth, timeout=30) as client:
         assert client.get("/readyz").json()["status"] == "ready"
+        # The log says where the dashboard is and how to get in; it answers there.
+        assert f"dashboard: {base}/ui/ (log in with a token: safehold token create" in serve.text()
+        assert client.get("/ui/login").status_code == 200
         plans = client.get("/api/v1/plans").json()
         assert [plan["name"] for plan in plans] == ["hangs", "job"]
         run_id = client.post("/api/v1/plans/job/run").json()["run_id"]

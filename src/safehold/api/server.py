@@ -140,8 +140,12 @@ async def serve_api(
     stopper = asyncio.create_task(stop.wait())
     host, port = sock.getsockname()[:2]
     scheme = "https" if options.tls_cert else "http"
-    log.info("API listening on %s://%s:%d", scheme, f"[{host}]" if ":" in host else host, port,
+    shown = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+    log.info("API listening on %s", shown,
              extra={"fields": {"event": "api.listening", "port": port}})  # fmt: skip
+    # Where a newcomer looks first: the dashboard's address and how to get in.
+    log.info("dashboard: %s/ui/ (log in with a token: safehold token create --role "
+             "operator --project PROJECT, with this service's --config)", shown)  # fmt: skip
     try:
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
