@@ -260,5 +260,6 @@ def test_every_repository_s_stored_bytes_verification_first_else_the_newest_back
                  repository=location, kind=RunKind.VERIFY, verify_period="30d")
         for location, redacted in (("/srv/a", "/srv/a"), (s3, repositories["q/files"]))
     ]  # fmt: skip
+    assert plan_repositories(verified) == {}  # a verify plan backs nothing up
     assert scrape(None, verified) == {(name, a): 400, (name, bucket): 500}
     assert scrape("p", verified) == {(name, a): 400}
