@@ -158,3 +158,38 @@ def test_one_file_system(cli: CliRunner, cli_repo: str, tmp_path: Path) -> None:
         assert str(mnt / "other-fs.txt") not in paths
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _pack_files_bytes(repo: str) -> int:
+    """What the repository's packs take on disk: the sizes of the files under data/."""
+    return sum(f.stat().st_size for f in (Path(repo) / "data").rglob("*") if f.is_file())
+
+
+def test_backup_json_reports_the_repositorys_packs_bytes(
+    cli: CliRunner, cli_repo: str, tmp_path: Path
+) -> None:
+    """``summary.repository_packs_bytes`` is the repository's packs after the backup, the
+    other backups' and this one's: the data/ files on disk. A prune since is reflected at
+    the next backup."""
+    src = tmp_path / "src"
+    src.mkdir()
+
+    def backup() -> tuple[str, int]:
+        res = cli("-r", cli_repo, "backup", str(src), "--json")
+        assert res.code == 0, res.output
+        out = json.loads(res.stdout)
+        return str(out["snapshot"]), int(out["summary"]["repository_packs_bytes"])
+
+    (src / "a").write_bytes(os.urandom(700_000))
+    first, size = backup()
+    assert size == _pack_files_bytes(cli_repo)
+    (src / "a").write_bytes(os.urandom(600_000))
+    _, grown = backup()
+    assert grown == _pack_files_bytes(cli_repo) and grown > size + 600_000
+    # The snapshot keeps what the backup did, not the repository's size.
+    assert not any("repository_packs_bytes" in str(s["summary"]) for s in snapshots(cli, cli_repo))
+    assert cli("-r", cli_repo, "forget", first).code == 0
+    pruned = cli("-r", cli_repo, "prune", "--lock-skew", "0", "--max-unused", "0%")
+    assert pruned.code == 0, pruned.output
+    _, shrunk = backup()  # nothing new: only the prune changed the packs
+    assert shrunk == _pack_files_bytes(cli_repo) and shrunk < grown - 600_000

@@ -77,6 +77,12 @@ def test_scraped_after_real_runs(serve: Serve) -> None:
     assert value("safehold_plan_restore_points", **job) == 1
     assert value("safehold_plan_restore_points", **broken) == 0
     assert value("safehold_backup_read_bytes_total", **job) == len("some data\n")
+    # The repository has no verify: block; its size is the succeeded backup's figure,
+    # which is what its pack files take on disk.
+    packs = [f for f in (repo / "data").rglob("*") if f.is_file()]
+    assert packs
+    stored = value("safehold_repository_stored_bytes", repository=str(repo))
+    assert stored == sum(f.stat().st_size for f in packs)
     assert value("safehold_run_duration_seconds_count", kind="backup") == 2
     workers = value("safehold_workers_online")
     assert workers is not None and workers >= 1

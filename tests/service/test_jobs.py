@@ -101,6 +101,9 @@ def test_a_run_backs_up_and_records_everything(setup: Setup, cli: CliRunner) -> 
     run_id, run = run_once(setup, specs)
     assert run["state"] == "succeeded" and run["worker"] == "w1"
     assert run["started_at"] <= run["ended_at"] and run["bytes_added"] > 0
+    # The repository's size after the backup, as the child's summary gave it: its packs.
+    packs = [f for f in (Path(setup.repo) / "data").rglob("*") if f.is_file()]
+    assert packs and run["repository_bytes"] == sum(f.stat().st_size for f in packs)
     snaps = cli("-r", setup.repo, "snapshots", "--json")
     assert run["snapshot_id"] in snaps.stdout
     with setup.engine.connect() as db:
@@ -278,7 +281,8 @@ def test_a_successful_backup_queues_the_plan_s_retention(setup: Setup, cli: CliR
             await jobs.execute(retention[-1])
 
     asyncio.run(run_retention())
-    assert row(setup.engine, retention[-1])["state"] == "succeeded"
+    done = row(setup.engine, retention[-1])
+    assert done["state"] == "succeeded" and done["repository_bytes"] is None  # backups' only
     snaps = cli("-r", setup.repo, "snapshots", "--json")
     assert len(json.loads(snaps.stdout)) == 1  # keep_last 1
 

@@ -183,3 +183,83 @@ def test_the_coverage_of_each_verified_repository_a_scrape_may_see(engine: Engin
     narrowed = scrape("p")
     assert ("safehold_repository_verification_coverage_ratio", a) in narrowed
     assert ("safehold_repository_verification_coverage_ratio", b) not in narrowed
+
+
+def test_every_repository_s_stored_bytes_verification_first_else_the_newest_backup(
+    engine: Engine,
+) -> None:
+    """``safehold_repository_stored_bytes`` for a repository without verification is the
+    newest succeeded backup's recorded figure among the plans writing to it (a run of an
+    older child that recorded none, a failure, another kind: skipped); a verification that
+    listed the packs wins; a verify plan that listed none yet does not hide the backups'."""
+    from safehold.catalog import RunKind
+    from safehold.policy.schedule import parse_schedule
+    from safehold.service.coverage import verify_periods
+    from safehold.service.plans import PlanSpec
+    from safehold.service.repository_bytes import plan_repositories
+
+    s3 = "s3:https://AKIA:secret@s3.example.com/bucket"
+    with engine.begin() as db:
+        db.execute(text("INSERT INTO plans (project, name, origin, schedule) "
+                        "VALUES ('p', 'logs', 'api', '@daily')"))  # fmt: skip
+        for name, kind, state, hours, size in [
+            ("db", "backup", "succeeded", 5, 900),
+            ("db", "backup", "succeeded", 2, 1000),
+            ("logs", "backup", "succeeded", 1, 1200),  # the newest into /srv/a
+            ("db", "backup", "succeeded", 0.5, None),  # a child from before the figure
+            ("db", "backup", "failed", 0.2, None),
+            ("db", "restore", "succeeded", 0.1, None),
+            ("files", "backup", "succeeded", 3, 500),
+            ("files", "backup", "succeeded", 4, 7777),  # older than 500's
+        ]:
+            end = NOW - timedelta(hours=hours)
+            db.execute(
+                text("INSERT INTO runs (id, plan_id, kind, trigger, state, queued_at, "
+                     "started_at, ended_at, repository_bytes) SELECT :id, id, :kind, 'manual', "
+                     ":state, :q, :q, :e, :size FROM plans WHERE name = :name"),
+                {"id": uuid.uuid4(), "kind": kind, "state": state, "size": size,
+                 "q": end - timedelta(minutes=5), "e": end, "name": name},
+            )  # fmt: skip
+    daily = parse_schedule("@daily", key="x")
+    specs = [
+        PlanSpec(project="p", name="db", config_path="", schedule=daily, repository="/srv/a"),
+        PlanSpec(project="p", name="logs", config_path="", schedule=daily, repository="/srv/a"),
+        PlanSpec(project="q", name="files", config_path="", schedule=daily, repository=s3),
+    ]
+    repositories = plan_repositories(specs)
+    assert repositories["q/files"] == "s3:https://s3.example.com/bucket"  # no credentials
+
+    def scrape(project: str | None, verified: list[PlanSpec]) -> dict[tuple[str, Labels], float]:
+        collector = CatalogCollector(
+            engine, project=project, clock=FakeClock(NOW), repositories=repositories,
+            verify_periods=verify_periods([*specs, *verified], project),
+        )  # fmt: skip
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in collector.collect() for s in family.samples
+            if s.name == "safehold_repository_stored_bytes"
+        }  # fmt: skip
+
+    def repo(name: str) -> Labels:
+        return frozenset({("repository", name)})
+
+    a, bucket = repo("/srv/a"), repo("s3:https://s3.example.com/bucket")
+    name = "safehold_repository_stored_bytes"
+    assert scrape(None, []) == {(name, a): 1200, (name, bucket): 500}
+    # A project's scrape sees the repositories its plans write to, and nothing else.
+    assert scrape("q", []) == {(name, bucket): 500}
+    assert scrape("nobody", []) == {}
+    # Verification of /srv/a and of the bucket: /srv/a's slices listed its packs and win;
+    # the bucket's have listed nothing yet, so its backups' figure stays.
+    with engine.begin() as db:
+        db.execute(text("INSERT INTO verify_packs (repository, pack_id, size, first_seen) "
+                        "VALUES ('/srv/a', 'p1', 300, :f), ('/srv/a', 'p2', 100, :f)"),
+                   {"f": NOW - timedelta(days=1)})  # fmt: skip
+    verified = [
+        PlanSpec(project="_verify", name=redacted, config_path="", schedule=daily,
+                 repository=location, kind=RunKind.VERIFY, verify_period="30d")
+        for location, redacted in (("/srv/a", "/srv/a"), (s3, repositories["q/files"]))
+    ]  # fmt: skip
+    assert plan_repositories(verified) == {}  # a verify plan backs nothing up
+    assert scrape(None, verified) == {(name, a): 400, (name, bucket): 500}
+    assert scrape("p", verified) == {(name, a): 400}

@@ -87,18 +87,18 @@ def catalog(
 
 def add_run(catalog: Catalog, plan: str, state: str, at: datetime, *, seconds: float = 30,
             added: int | None = None, error: str | None = None,
-            point: bool = False) -> None:  # fmt: skip
+            point: bool = False, repository_bytes: int | None = None) -> None:  # fmt: skip
     run_id = uuid.uuid4()
     with catalog.engine.begin() as db:
         db.execute(
             text(
                 "INSERT INTO runs (id, plan_id, kind, trigger, state, queued_at, started_at, "
-                "ended_at, bytes_read, bytes_added, error) SELECT :id, id, 'backup', "
-                "'schedule', :state, :at, :at, :end, :added, :added, :error FROM plans "
-                "WHERE name = :plan"
+                "ended_at, bytes_read, bytes_added, error, repository_bytes) SELECT :id, id, "
+                "'backup', 'schedule', :state, :at, :at, :end, :added, :added, :error, "
+                ":repo_bytes FROM plans WHERE name = :plan"
             ),
             {"id": run_id, "state": state, "at": at, "end": at + timedelta(seconds=seconds),
-             "added": added, "error": error, "plan": plan},
+             "added": added, "error": error, "plan": plan, "repo_bytes": repository_bytes},
         )  # fmt: skip
         if point:
             db.execute(
@@ -448,6 +448,66 @@ def test_coverage_is_shown_for_the_verified_repositories(catalog: Catalog) -> No
         and RED in tables.cell_styles["coverage"][2][1]
     )
     assert data.summary()["coverage"] == {"s3:bucket/shop": 0.875, "/srv/repo": 1.0}
+
+
+def test_usage_is_the_repositorys_stored_bytes_where_known(
+    catalog: Catalog, cli: CliRunner, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The usage is the stored size of the repository the project's plans write to: the
+    newest succeeded backup's figure, whichever project's plan made it, or the
+    verification's; before any is known, the new data of the kept restore points."""
+    from safehold.service.repository_bytes import plan_repositories
+
+    specs = list(plans_from_config(load_config(str(catalog.config))).values())
+    repositories = plan_repositories(specs)
+    repo = str(catalog.config.parent / "repo")
+    assert repositories["shop/db"] == repositories["docs/wiki"] == repo
+    start, end = period_bounds(MONDAY, DAY)
+
+    def report() -> Any:
+        return gather(catalog.engine, "shop", start, end, now=MONDAY, repositories=repositories)
+
+    add_run(catalog, "db", "succeeded", start - timedelta(days=2), added=2 * 1024**2,
+            point=True)  # fmt: skip
+    before = report()
+    assert before.stored_bytes == 2 * 1024**2 and "repository_bytes" not in before.summary()
+    add_run(catalog, "db", "succeeded", start + timedelta(hours=1), added=1024**2, point=True,
+            repository_bytes=3 * 1024**2)  # fmt: skip
+    # The other project's later backup into the same repository is its newest size.
+    add_run(catalog, "wiki", "succeeded", start + timedelta(hours=2), repository_bytes=9 * 1024**2)
+    add_run(catalog, "files", "failed", start + timedelta(hours=3), error="no")
+    data = report()
+    assert data.stored_bytes == 9 * 1024**2
+    assert data.summary()["stored_bytes"] == 9 * 1024**2
+    assert data.summary()["repository_bytes"] == {repo: 9 * 1024**2}
+    summary = dict(row for row in parse(render_html(data)).tables["summary"])  # type: ignore[misc]
+    assert summary["Usage"] == "9.0 MiB"
+    # The plans' own share (new data of their kept points) is still theirs.
+    plans = {p.name: p.stored_bytes for p in data.plans}
+    assert plans == {"db": 3 * 1024**2, "files": 0}
+    # Without the plans' repositories (an older caller): the restore points' new data.
+    assert gather(catalog.engine, "shop", start, end, now=MONDAY).stored_bytes == 3 * 1024**2
+    # A verification that listed the packs wins over the backups' figure.
+    with catalog.engine.begin() as db:
+        db.execute(text("INSERT INTO verify_packs (repository, pack_id, size, first_seen) "
+                        "VALUES (:r, 'p1', 4096, :f)"), {"r": repo, "f": start})  # fmt: skip
+    verified = gather(catalog.engine, "shop", start, end, now=MONDAY, repositories=repositories,
+                      verify_periods={repo: "30d"})  # fmt: skip
+    assert verified.stored_bytes == 4096 and verified.repositories is not None
+    assert [(r.repository, r.source) for r in verified.repositories] == [(repo, "verification")]
+    # The service's cycle and the command pass the plans' repositories.
+    with catalog.engine.begin() as db:
+        db.execute(text("DELETE FROM verify_packs"))
+    caplog.set_level(logging.INFO, logger="safehold.reports")
+    report_cycle(catalog.engine, ReportsConfig(period=DAY, all_projects=True), catalog.folder,
+                 clock=FakeClock(MONDAY), specs=specs)  # fmt: skip
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "safehold.reports"]
+    assert next(line for line in lines if line["project"] == "shop")["stored_bytes"] == 9 * 1024**2
+    base = ["--config", str(catalog.config), "--database", catalog.url,
+            "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    made = cli("--json", "report", "--project", "docs", "--html", str(tmp_path / "d.html"), *base)
+    assert made.code == 0, made.output
+    assert json.loads(made.stdout)["repository_bytes"] == {repo: 9 * 1024**2}
 
 
 def test_starttls_and_login(catalog: Catalog, tmp_path: Path) -> None:

@@ -245,6 +245,9 @@ class Run(Base):
     snapshot_id: Mapped[str | None]
     bytes_read: Mapped[int | None] = mapped_column(BigInteger)
     bytes_added: Mapped[int | None] = mapped_column(BigInteger)
+    # A backup's repository after it: the stored size of the packs its index listed (the
+    # summary's repository_packs_bytes). None for other kinds and older backups.
+    repository_bytes: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None]
     hint: Mapped[str | None]
     # What the job was asked, beyond its plan: a restore's snapshot, target and replace.

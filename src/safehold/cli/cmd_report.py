@@ -41,6 +41,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from safehold.service.plans import plans_from_config
     from safehold.service.reports_data import gather
     from safehold.service.reports_render import render_html
+    from safehold.service.repository_bytes import plan_repositories
 
     with open_service_database(args) as (config, database):
         if args.since:
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         specs = list(plans_from_config(config).values())
         data = gather(database.engine, args.project, now - timedelta(seconds=seconds), now,
                       now=now, rpo_targets=rpo_targets(specs),
-                      verify_periods=verify_periods(specs, args.project))  # fmt: skip
+                      verify_periods=verify_periods(specs, args.project),
+                      repositories=plan_repositories(specs))  # fmt: skip
     if not data.plans:
         raise UsageError(
             f"project {args.project!r} has no plans in this service's catalog",

@@ -479,6 +479,14 @@ class Index:
         self.flush()
         return self._run.distinct_ids()
 
+    def packs_bytes(self) -> int:
+        """The stored size of the packs present (removed ones left out): a sum over the
+        packs, no work per blob."""
+        with self._lock:  # add_pack appends size and alive together: read them as a pair
+            return sum(
+                size for size, alive in zip(self._pack_size, self._alive, strict=True) if alive
+            )
+
     def memory(self) -> int:
         """Bytes held by the sorted run (the part that grows with the repository)."""
         return self._run.nbytes()

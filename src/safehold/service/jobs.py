@@ -615,7 +615,8 @@ class Jobs(Queue):
                 text(
                     "UPDATE runs SET state = :state, ended_at = now(), phases = :phases, "
                     "snapshot_id = :snap, bytes_read = :read, bytes_added = :added, "
-                    "error = :error, hint = :hint WHERE id = :r AND state = 'running'"
+                    "repository_bytes = :repo_bytes, error = :error, hint = :hint "
+                    "WHERE id = :r AND state = 'running'"
                 ),
                 {
                     "state": outcome.state.value,
@@ -623,6 +624,9 @@ class Jobs(Queue):
                     "snap": record.get("snapshot"),
                     "read": summary.get("bytes_read"),
                     "added": summary.get("data_added"),
+                    # The repository's packs after the backup (the metrics' and reports'
+                    # repository size); a child of an older version gives none.
+                    "repo_bytes": summary.get("repository_packs_bytes"),
                     "error": outcome.error,
                     "hint": outcome.hint,
                     "r": run_id,

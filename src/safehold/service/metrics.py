@@ -12,8 +12,9 @@ is described in docs/metrics.md.
 
 Extension point: :data:`EXTENSIONS` is a list of functions ``(connection, scope) ->
 metric families`` run at every scrape after the built-in ones. The drills' gauges
-(:func:`drill_metrics`) are one; the verification coverage is built in
-(:func:`coverage_metrics`, for the repositories the scope's ``verify_periods`` name).
+(:func:`drill_metrics`) are one; the verification coverage and the repositories' stored
+bytes are built in (:func:`coverage_metrics`, for the repositories the scope's
+``verify_periods`` and ``repositories`` name).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from safehold.service.coverage import coverages_on
 from safehold.service.jobs import STALL_SECONDS
 from safehold.service.metrics_targets import Targets
 from safehold.service.metrics_targets import seconds as _seconds
+from safehold.service.repository_bytes import repository_bytes_on
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -75,6 +77,10 @@ class Scope:
     # ``repository -> period`` of the verified repositories the scrape may see
     # (service/coverage.py's verify_periods).
     verify_periods: Mapping[str, str] = field(default_factory=dict)
+    # ``plan key -> repository`` of the running service's backup plans (every project's:
+    # a repository's size is its newest backup's, whoever made it), for the stored bytes
+    # of the repositories without verification (service/repository_bytes.py).
+    repositories: Mapping[str, str] = field(default_factory=dict)
 
 
 Extension = Callable[[Connection, Scope], Iterable[Metric]]
@@ -99,16 +105,21 @@ class CatalogCollector(Collector):
         clock: Clock = SYSTEM_CLOCK,
         rpo_targets: Targets | None = None,
         verify_periods: Mapping[str, str] | None = None,
+        repositories: Mapping[str, str] | None = None,
     ) -> None:
         self.engine = engine
         self.project = project
         self.clock = clock
         self.rpo_targets = rpo_targets or {}
         self.verify_periods = verify_periods or {}
+        self.repositories = repositories or {}
 
     def collect(self) -> Iterator[Metric]:
         """Every metric family, from one connection (one snapshot of each table)."""
-        scope = Scope(self.project, self.clock.now(), self.rpo_targets, self.verify_periods)
+        scope = Scope(
+            self.project, self.clock.now(), self.rpo_targets, self.verify_periods,
+            self.repositories,
+        )  # fmt: skip
         with self.engine.connect() as db:
             # One REPEATABLE READ transaction: the queries see one state of the catalog.
             db.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
@@ -491,18 +502,27 @@ def drill_metrics(db: Connection, scope: Scope) -> Iterator[Metric]:
 
 def coverage_metrics(db: Connection, scope: Scope) -> Iterator[Metric]:
     """Each verified repository's coverage (service/coverage.py): the share of its stored
-    bytes re-read and found sound within its period, its damaged packs, its oldest read."""
-    if not scope.verify_periods:
-        return
+    bytes re-read and found sound within its period, its damaged packs, its oldest read;
+    and every repository's stored bytes (service/repository_bytes.py): its verification's
+    where a slice listed the packs, else its newest backup's."""
     now = scope.now or utcnow()
     labels = ["repository"]
+    found = coverages_on(db, scope.verify_periods, now) if scope.verify_periods else []
+    stored = GaugeMetricFamily(
+        "safehold_repository_stored_bytes",
+        "Bytes in the repository's packs (compressed and sealed), as its last verification "
+        "slice or else its newest backup found them",
+        labels=labels,
+    )
+    for size in repository_bytes_on(db, scope.repositories, found, project=scope.project):
+        stored.add_metric([size.repository], float(size.stored_bytes))
+    if not scope.verify_periods:
+        yield stored
+        return
     ratio = GaugeMetricFamily(
         "safehold_repository_verification_coverage_ratio",
         "Share of the repository's stored bytes re-read and found sound within its period",
         labels=labels,
-    )
-    stored = GaugeMetricFamily(
-        "safehold_repository_stored_bytes", "Bytes in the repository's packs", labels=labels
     )
     damaged = GaugeMetricFamily(
         "safehold_repository_damaged_packs", "Packs whose last read found damage", labels=labels
@@ -512,10 +532,9 @@ def coverage_metrics(db: Connection, scope: Scope) -> Iterator[Metric]:
         "When the least recently re-read pack was last read",
         labels=labels,
     )
-    for found in coverages_on(db, scope.verify_periods, now):
-        ratio.add_metric([found.repository], found.ratio)
-        stored.add_metric([found.repository], float(found.bytes_total))
-        damaged.add_metric([found.repository], float(found.damaged_packs))
-        if found.oldest_read is not None:
-            oldest.add_metric([found.repository], found.oldest_read.timestamp())
+    for coverage in found:
+        ratio.add_metric([coverage.repository], coverage.ratio)
+        damaged.add_metric([coverage.repository], float(coverage.damaged_packs))
+        if coverage.oldest_read is not None:
+            oldest.add_metric([coverage.repository], coverage.oldest_read.timestamp())
     yield from (ratio, stored, damaged, oldest)

@@ -43,6 +43,7 @@ from safehold.service.metrics_targets import rpo_targets
 from safehold.service.plans import PlanSpec
 from safehold.service.reports_data import ReportData, gather
 from safehold.service.reports_render import render_html
+from safehold.service.repository_bytes import plan_repositories
 
 if TYPE_CHECKING:
     from safehold.service.serve import Service
@@ -181,7 +182,7 @@ def report_cycle(
 ) -> list[Sent] | None:
     """One cycle: the newest ended period's rows made, every unsent row sent; what was
     tried (None: another process holds the cycle's lock). ``specs``: the service's
-    plans, for their RPO targets and the repositories they verify."""
+    plans, for their RPO targets, the repositories they verify and those they write to."""
     with engine.connect() as lock:
         got = lock.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": REPORTS_LOCK})
         lock.commit()
@@ -232,7 +233,8 @@ def _cycle(
         try:
             data = gather(engine, row.project, row.period_start, row.period_end, now=now,
                           rpo_targets=targets,
-                          verify_periods=verify_periods(specs, row.project))  # fmt: skip
+                          verify_periods=verify_periods(specs, row.project),
+                          repositories=plan_repositories(specs))  # fmt: skip
             html, path = write_report(data, folder)
             sender(Outgoing(data, html, path, tuple(receivers.email if receivers else ())),
                    config)  # fmt: skip

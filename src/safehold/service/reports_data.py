@@ -1,5 +1,7 @@
 """What a project's report says, read from the catalog: its plans' runs, RPO and storage
-over one period, and its drills and verification coverage where they are known.
+over one period, and its drills and verification coverage where they are known. Its usage
+is the stored size of the repositories its plans write to where the catalog knows it
+(:mod:`.repository_bytes`), else the new data of its kept restore points.
 
 :func:`gather` returns plain data (:class:`ReportData`); :mod:`.reports_render` turns it
 into HTML and a summary. Sections whose source does not exist yet are ``None`` and are
@@ -18,6 +20,7 @@ from sqlalchemy import Connection, Engine, text
 
 from safehold.service.coverage import coverages_on
 from safehold.service.metrics_targets import Targets, seconds
+from safehold.service.repository_bytes import repository_bytes_on
 
 __all__ = [
     "FAILED_STATES",
@@ -26,6 +29,7 @@ __all__ = [
     "DrillRow",
     "PlanStatus",
     "ReportData",
+    "RepositoryRow",
     "RunRow",
     "gather",
 ]
@@ -67,6 +71,7 @@ class PlanStatus:
     points_new: int  # restore points taken in the period
     bytes_added: int  # new data its backups added in the period
     stored_bytes: int  # new data of its restore points still kept
+    repository: str | None = None  # where it writes (its location without credentials)
 
     @property
     def rpo_status(self) -> str:
@@ -112,6 +117,15 @@ class CoverageRow:
 
 
 @dataclass(frozen=True)
+class RepositoryRow:
+    """One repository the project's plans write to, and the stored size of its packs."""
+
+    repository: str
+    stored_bytes: int
+    source: str  # "verification" (its last slice's listing) or "backup" (its newest's)
+
+
+@dataclass(frozen=True)
 class ReportData:
     """Everything one report shows."""
 
@@ -125,6 +139,8 @@ class ReportData:
     drills: list[DrillRow] | None = None
     coverage: list[CoverageRow] | None = None
     quota_bytes: int | None = None  # no quota is kept yet: "not known"
+    # The repositories whose stored size is known (None: none is).
+    repositories: list[RepositoryRow] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -139,8 +155,15 @@ class ReportData:
 
     @property
     def stored_bytes(self) -> int:
-        """The project's usage: new data of its kept restore points."""
-        return sum(p.stored_bytes for p in self.plans)
+        """The project's usage: the stored size of each repository its plans write to
+        where it is known (a repository shared with other projects counts whole), plus
+        the new data of the kept restore points of its plans whose repository's size is
+        not known."""
+        known = {r.repository: r.stored_bytes for r in self.repositories or ()}
+        mine = {p.repository for p in self.plans if p.repository in known}
+        return sum(known[r] for r in mine if r is not None) + sum(
+            p.stored_bytes for p in self.plans if p.repository not in known
+        )
 
     @property
     def added_bytes(self) -> int:
@@ -170,6 +193,8 @@ class ReportData:
             found["drills_failed"] = sum(d.result == "failed" for d in self.drills)
         if self.coverage is not None:
             found["coverage"] = {c.repository: c.coverage for c in self.coverage}
+        if self.repositories is not None:
+            found["repository_bytes"] = {r.repository: r.stored_bytes for r in self.repositories}
         return found
 
 
@@ -182,29 +207,42 @@ def gather(
     now: datetime,
     rpo_targets: Targets | None = None,
     verify_periods: Mapping[str, str] | None = None,
+    repositories: Mapping[str, str] | None = None,
 ) -> ReportData:
     """The report of ``project`` for ``[start, end)``, its RPO ages taken at ``now``;
     ``rpo_targets`` (by plan key) win over the catalog's settings; ``verify_periods``
     (``repository -> period``: :func:`~safehold.service.coverage.verify_periods`) are the
-    repositories whose verification coverage it shows (none: no such section)."""
+    repositories whose verification coverage it shows (none: no such section);
+    ``repositories`` (``plan key -> repository`` of the running service's backup plans:
+    :func:`~safehold.service.repository_bytes.plan_repositories`) where each plan writes,
+    for the usage (none: the new data of the kept restore points)."""
     params = {"p": project, "s": start, "e": end}
+    where = repositories or {}
     with engine.connect() as db:
         db.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        plans = _plans(db, params, now, rpo_targets or {})
+        plans = _plans(db, params, now, rpo_targets or {}, where)
         runs = [
             RunRow(r.plan, r.kind, r.state, r.queued_at, r.seconds, r.error)
             for r in db.execute(_RUNS, {**params, "limit": MAX_RUNS}).all()
         ]
         total = db.execute(_RUN_COUNT, params).scalar_one()
         drills = _drills(db, params)
-        coverage = [
-            CoverageRow(c.repository, c.ratio) for c in coverages_on(db, verify_periods or {}, now)
+        coverages = coverages_on(db, verify_periods or {}, now)
+        coverage = [CoverageRow(c.repository, c.ratio) for c in coverages] or None
+        sizes = [
+            RepositoryRow(r.repository, r.stored_bytes, r.source)
+            for r in repository_bytes_on(db, where, coverages, project=project)
         ] or None
-    return ReportData(project, start, end, now, plans, runs, total, drills, coverage)
+    return ReportData(project, start, end, now, plans, runs, total, drills, coverage,
+                      repositories=sizes)  # fmt: skip
 
 
 def _plans(
-    db: Connection, params: dict[str, Any], now: datetime, targets: Targets
+    db: Connection,
+    params: dict[str, Any],
+    now: datetime,
+    targets: Targets,
+    repositories: Mapping[str, str],
 ) -> list[PlanStatus]:
     found = []
     for r in db.execute(_PLANS, params).all():
@@ -222,6 +260,7 @@ def _plans(
                 points_new=r.points_new,
                 bytes_added=int(r.bytes_added),
                 stored_bytes=int(r.stored_bytes),
+                repository=repositories.get(f"{params['p']}/{r.name}"),
             )
         )
     return found

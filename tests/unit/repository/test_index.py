@@ -127,6 +127,7 @@ class IndexMachine(RuleBasedStateMachine):
         for pack_id, rec in self.model.packs.items():
             assert self.index.packs[pack_id] == rec
             assert self.index.chain_of(pack_id) == rec.chain_id
+        assert self.index.packs_bytes() == sum(rec.size for rec in self.model.packs.values())
 
     @invariant()
     def counts_agree(self) -> None:
@@ -191,6 +192,7 @@ def test_index_files_load_like_added_packs(
         index.remove_pack(records[0].pack_id)
     for blob_id in model.blob_ids() | ids:
         assert index.lookup(blob_id) == model.lookup(blob_id)
+    assert index.packs_bytes() == sum(rec.size for rec in model.packs.values())
 
 
 def test_a_damaged_index_file_adds_nothing() -> None:

@@ -37,6 +37,7 @@ def state(index: Index) -> tuple[object, ...]:
         [index.lookup(b) for b in ids],
         [index.has_in_chain(b, c) for b in ids for c in (CHAIN_A, CHAIN_B)],
         index.blob_count(),
+        index.packs_bytes(),
     )
 
 
@@ -50,6 +51,7 @@ def test_an_index_survives_bytes_whole() -> None:
     before = state(index)
     loaded = Index.from_bytes(index.to_bytes())
     assert state(loaded) == before
+    assert loaded.packs_bytes() == 3 * 4096  # pack 3 was removed
     assert bytes([3]) * 32 not in loaded.packs and loaded.lookup(bytes([5]) * 32) is None
     # The loaded index takes new packs like any other.
     loaded.add_pack(rec(5, CHAIN_B, 7))

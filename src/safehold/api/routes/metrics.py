@@ -25,6 +25,7 @@ from safehold.catalog.models import TokenRole
 from safehold.service.coverage import verify_periods
 from safehold.service.metrics import CatalogCollector, exposition
 from safehold.service.metrics_targets import rpo_targets
+from safehold.service.repository_bytes import plan_repositories
 
 __all__ = ["router"]
 
@@ -57,7 +58,7 @@ async def metrics(
     specs = list(state.plans().values())
     collector = CatalogCollector(
         state.engine, project=project, rpo_targets=rpo_targets(specs),
-        verify_periods=verify_periods(specs, project),
+        verify_periods=verify_periods(specs, project), repositories=plan_repositories(specs),
     )  # fmt: skip
     body = await run_in_threadpool(lambda: exposition(collector.collect()))
     # The classic text format (0.0.4), which every Prometheus 2 and 3 reads.

@@ -255,6 +255,9 @@ def run_backup(
             attrs=xa.kinds(_attr_choice(opts)) if paths else [],
         )
         repo.save_snapshot(snap)
+        # The repository's size after this backup, for the service's metrics and reports:
+        # a fact about the repository, not about the backup, so kept out of the snapshot.
+        summary = {**summary, "repository_packs_bytes": repo.index.packs_bytes()}
     return BackupResult(snap, errors, summary)
 
 
