@@ -10,11 +10,12 @@ file of ``--plans`` daily plans, records them in the catalog as ``serve`` does, 
 ``--days`` days of slots for each (a run for each slot that ran: nine in ten succeeded, the
 rest failed, skipped or missed) straight into the catalog. It then logs in through the
 dashboard's form and times ``GET /ui/`` (the whole page: the banner over every plan, the
-first page of cards with their strips, the HTML) in
-the API's app, in process (Starlette's test client, no socket): median and p99 of
-``--reps`` calls, and the same for a filtered overview (``?state=failing``), with the CPU
-time this process spent a call (the page's Python side; the rest is PostgreSQL and
-waiting, which a loaded machine lengthens).
+first page of cards with their strips, the HTML) in the API's app, in process (Starlette's
+test client, no socket): p50, p95 and p99 of ``--reps`` calls after three warm ones, and
+the same for a filtered overview (``?state=failing``) and a kind's (``?kind=command``),
+with the CPU time this process spent a call (the page's Python side; the rest is
+PostgreSQL and waiting, which a loaded machine lengthens). The overview's data alone
+(``web.overview.overview``, its three queries and the cards, no HTML) is timed too.
 
 Figures go to standard output as a Markdown table (docs/benchmarks.md, "The dashboard").
 """
@@ -24,15 +25,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, text
-
-from service import latencies  # bench/service.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,21 +86,43 @@ def _fill(engine: Engine, days: int) -> int:
     return count
 
 
+def percentiles(call: Callable[[], object], reps: int) -> tuple[str, float]:
+    """The p50, p95 and p99 of ``reps`` calls after three warm ones ("77 / 101 / 234 ms"),
+    and the CPU time this process spent a call, in milliseconds."""
+    for _ in range(3):
+        call()
+    times = []
+    cpu = time.process_time()
+    for _ in range(reps):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    cpu = (time.process_time() - cpu) / reps * 1000
+    times.sort()
+
+    def at(share: float) -> float:
+        return times[min(len(times) - 1, int(len(times) * share))]
+
+    return f"{statistics.median(times):.0f} / {at(0.95):.0f} / {at(0.99):.0f} ms", cpu
+
+
 def main() -> None:
     """Parse the options, run the measurement, print the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--plans", type=int, default=1000)
     p.add_argument("--days", type=int, default=365)
-    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--reps", type=int, default=200)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from fastapi.testclient import TestClient
 
     from safehold.api.app import create_app
     from safehold.api.tokens import create_token
+    from safehold.clock import utcnow
     from safehold.config import load_config
     from safehold.service.database import open_database
     from safehold.service.plans import plans_from_config, sync_plans
+    from safehold.web.overview import overview
 
     work = Path(tempfile.mkdtemp(prefix="sh-bench-web-", dir="/tmp"))
     work.chmod(0o711)  # as root the cluster runs as postgres, who must pass through
@@ -114,6 +137,7 @@ def main() -> None:
             what = f"write {slots:,} slots ({args.plans:,} plans x {args.days} days) and runs"
             rows.append((what, f"{took:.1f} s"))
             token = create_token(db.engine, project="default", role="viewer").token
+            load_before = os.getloadavg()[0]
             app = create_app(db.engine, plans=lambda: specs)
             with TestClient(app, base_url="http://127.0.0.1") as client:
                 logged = client.post("/ui/login", data={"token": token}, follow_redirects=False)
@@ -125,17 +149,22 @@ def main() -> None:
                 shown = first.text.count("data-plan=")
                 rows.append(("cards on the first page (failing first)", f"{shown}"))
                 rows.append(("the overview's size", f"{len(first.content) / 1024:.0f} KiB"))
-                for what, path in (("GET /ui/ (every card)", "/ui/"),
-                                   ("GET /ui/?state=failing", "/ui/?state=failing")):  # fmt: skip
-                    cpu = time.process_time()
-                    median, p99 = latencies(lambda path=path: client.get(path), args.reps)
-                    cpu = (time.process_time() - cpu) / args.reps * 1000
-                    rows.append((f"{what}: median / p99 of {args.reps}; this process's CPU a call",
-                                 f"{median:.0f} / {p99:.0f} ms; {cpu:.0f} ms"))  # fmt: skip
+                for what, path in (("GET /ui/", "/ui/"),
+                                   ("GET /ui/?state=failing", "/ui/?state=failing"),
+                                   ("GET /ui/?kind=command", "/ui/?kind=command")):  # fmt: skip
+                    figures, cpu = percentiles(lambda path=path: client.get(path), args.reps)
+                    rows.append((f"{what}: p50 / p95 / p99 of {args.reps}; this process's CPU "
+                                 "a call", f"{figures}; {cpu:.0f} ms"))  # fmt: skip
+            figures, cpu = percentiles(
+                lambda: overview(db.engine, specs, "default", utcnow()), args.reps
+            )
+            rows.append(("the data alone (overview(), no HTML): p50 / p95 / p99; CPU a call",
+                         f"{figures}; {cpu:.0f} ms"))  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0]
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {load:.1f}\n")
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
+          f"load {load_before:.1f} before the timing and {load:.1f} after\n")  # fmt: skip
     print("| what | figure |\n|---|---|")
     for what, figure in rows:
         print(f"| {what} | {figure} |")

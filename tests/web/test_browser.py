@@ -1,7 +1,9 @@
 """The dashboard in a real browser (Debian's chromium, driven by Playwright) against a
-real ``safehold serve``: log in, find the failing plan and why, run a plan and watch it
-finish live, pause it as an operator, see a viewer get no such button (and the server
-refuse the forged POST), and restore a point into a new folder.
+real ``safehold serve``. One test walks the newcomer's path in order (log in, find the
+failing plan and why, run it again and watch it finish live, restore one file of its
+point, see the alert resolved); another pauses a plan as an operator, sees a viewer get
+no such button (and the server refuse the forged POST), diffs two points and works at
+phone width; a third follows a failed drill to its check's output.
 
 With ``SAFEHOLD_SCREENSHOTS=1`` the tests write each page's screenshot into
 docs/dashboard/ (docs/dashboard.md shows them); otherwise nothing is written there.
@@ -17,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -58,10 +61,14 @@ class Serve:
         self.config.write_text(
             f"repository: {{location: {tmp / 'repo'}, password_env: REPO_PW}}\n"
             f"service: {{state_dir: {state_dir}}}\n"
+            "alerts: {evaluate_every: 1s}\n"
             f"sources:\n  shop-files:\n    type: directory\n    paths: [{data}]\n"
             '    schedule: "@daily"\n'
             f"  billing-db:\n    type: directory\n    paths: [{data}]\n"
-            f'    schedule: "0 */6 * * *"\n    hooks: {{pre-backup-lock: {hook}}}\n' + extra
+            f'    schedule: "0 */6 * * *"\n    hooks: {{pre-backup-lock: {hook}}}\n'
+            # Never run yet, so "new" on the overview; its 1 s RPO target opens an alert.
+            f"  archive:\n    type: directory\n    paths: [{data}]\n"
+            '    schedule: "@yearly"\n    rpo_target: 1s\n' + extra
         )
         self.log = tmp / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -141,41 +148,120 @@ def log_in(page: Page, serve: Serve, token: str) -> None:
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
 
-def test_an_operator_finds_the_failure_runs_pauses_and_restores(
+def fail_billing_db(serve: Serve, operator: str) -> None:
+    """billing-db's scheduled run failed overnight, before anyone looked: a run through the
+    API (its hook exits 3), waited for to its end and its alert."""
+    with httpx.Client(base_url=serve.url, timeout=30,
+                      headers={"Authorization": f"Bearer {operator}"}) as api:  # fmt: skip
+        queued = api.post("/api/v1/plans/billing-db/run")
+        assert queued.status_code == 202, queued.text
+        run = f"/api/v1/runs/{queued.json()['run_id']}"
+        wait_for("the failing run to end", lambda: api.get(run).json()["state"] == "failed",
+                 timeout=RUN_TIMEOUT / 1000)  # fmt: skip
+
+        # and the alerts told of it (evaluated every second, at most 5 s apart), so that
+        # the run again later resolves an incident that was opened
+        def told() -> bool:
+            found = api.get("/api/v1/alerts").json()
+            return any(a["plan"] == "billing-db" and a["state"] == "open" for a in found)
+
+        wait_for("billing-db's incident to open", told, timeout=60)
+
+
+def test_a_newcomer_finds_a_failing_plan_sees_why_runs_it_again_and_restores_a_file(
     serve: Serve, browser: Browser, tmp_path: Path
 ) -> None:
-    operator, viewer = serve.token("operator"), serve.token("viewer")
+    """The issue's "done when", in the order a newcomer who never read the docs goes:
+    log in, the banner and the failing card, its plan, the failed run's error and hint,
+    run it again once the cause is gone, watch it finish live, then its restore point:
+    browse it and restore one file into a new folder. The alerts page then shows the
+    failure resolved (and another plan's incident still open)."""
+    operator = serve.token("operator")
+    fail_billing_db(serve, operator)
     page = browser.new_page()
     page.goto(f"{serve.url}/")
     shot(page, "login")
     log_in(page, serve, operator)
-    expect(page.get_by_role("status")).to_contain_text("All good")
 
-    # Run the plan whose hook fails: the run's page follows it to its end, with the hook's
-    # output; the overview then says one plan is failing, and why.
-    page.get_by_role("link", name="billing-db").click()
-    page.get_by_role("button", name="Run now").click()
-    expect(page).to_have_url(re.compile(r"/ui/runs/[0-9a-f-]{36}$"))
-    expect(page.locator("#run-state")).to_have_text("failed", timeout=RUN_TIMEOUT)
-    expect(page.get_by_role("alert").first).to_contain_text("pre-backup-lock")
-    expect(page.locator("pre").first).to_contain_text("the database is locked by a migration")
-    shot(page, "run-failed")
-    page.get_by_role("navigation").get_by_role("link", name="Overview").click()
+    # The overview: the banner says a plan fails, its card says which and why.
     expect(page.get_by_role("status")).to_contain_text("1 failing")
     card = page.locator('[data-plan="billing-db"]')
     expect(card).to_contain_text("failing")
     expect(card.locator(".reason")).to_contain_text("pre-backup-lock")
+    shot(page, "overview")
     page.get_by_label("State").select_option("failing")
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("[data-plan]")).to_have_count(1)
-    shot(page, "overview")
 
-    # Run the other plan now and watch the run finish live, on the page it opens.
-    page.goto(f"{serve.url}/ui/plans/shop-files")
+    # Its plan, then the failed run: the error, the hint, the hook's own output.
+    page.locator('[data-plan="billing-db"]').get_by_role("link", name="billing-db").click()
+    expect(page.get_by_role("heading", name="Plan billing-db")).to_be_visible()
+    page.locator("tr", has=page.locator(".tag", has_text="failed")).get_by_role("link").click()
+    expect(page.locator("#run-state")).to_have_text("failed")
+    failure = page.get_by_role("alert").first
+    expect(failure).to_contain_text("pre-backup-lock")
+    expect(failure).to_contain_text("its full output is in the run record")  # the hint
+    expect(page.locator("pre").first).to_contain_text("the database is locked by a migration")
+    shot(page, "run-failed")
+
+    # The migration is over (the hook now passes): back to the plan, run it now, and
+    # watch the run finish live on the page it opens.
+    serve.tmp.joinpath("check-lock.sh").write_text("#!/bin/sh\nexit 0\n")
+    page.get_by_role("link", name="plan billing-db").click()
     page.get_by_role("button", name="Run now").click()
+    expect(page).to_have_url(re.compile(r"/ui/runs/[0-9a-f-]{36}$"))
     expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
     expect(page.locator("#log")).to_contain_text("run.finished")
     shot(page, "run")
+
+    # Its restore point: browse down to the file and restore it alone into a new folder.
+    page.get_by_role("navigation").get_by_role("link", name="Restore points").click()
+    points = page.locator("section", has=page.get_by_role("heading", name="billing-db"))
+    points.locator(".point").first.get_by_role("link", name="Browse files").click()
+    for name in serve.tmp.parts[1:]:  # down the folders to the backed-up one
+        page.get_by_role("link", name=f"{name}/", exact=True).click()
+    page.get_by_role("link", name="data/", exact=True).click()
+    row = page.locator('tr[data-path$="/data/orders.csv"]')
+    expect(row).to_contain_text("24 B")
+    expect(page.locator('tr[data-path$="/data/notes.txt"]')).to_be_visible()
+    one = tmp_path / "one-file"
+    page.get_by_label("Restore the chosen item into the new folder").fill(str(one))
+    shot(page, "files")
+    row.get_by_role("button", name="Restore orders.csv").click()
+    expect(page.get_by_role("heading", name=re.compile("Restore run"))).to_be_visible()
+    expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
+    found = [p for p in one.rglob("*") if p.is_file()]
+    assert [p.name for p in found] == ["orders.csv"], found
+    assert found[0].read_text() == "id,total\n1,9.50\n2,12.00\n"
+
+    # The alerts page: billing-db's failure resolved by the run, archive's RPO still open.
+    resolved = page.locator("tr", has=page.locator(".tag", has_text="resolved"))
+
+    def told() -> bool:
+        page.goto(f"{serve.url}/ui/alerts")
+        return resolved.count() > 0
+
+    wait_for("billing-db's incident to be resolved", told, timeout=60)
+    expect(resolved.first).to_contain_text("billing-db")
+    expect(resolved.first).to_contain_text("run failed")
+    opened = page.locator("tr", has=page.locator(".tag", has_text="open"))
+    expect(opened.first).to_contain_text("archive")
+    shot(page, "alerts")
+
+
+def test_an_operator_pauses_a_viewer_may_not_and_two_points_differ(
+    serve: Serve, browser: Browser
+) -> None:
+    """What the walk above does not: pause and resume (a viewer gets no such button, and
+    the server refuses its forged POST), a whole point restored, and the diff of two
+    points; then an admin at phone width makes and revokes a token."""
+    operator, viewer = serve.token("operator"), serve.token("viewer")
+    page = browser.new_page()
+    log_in(page, serve, operator)
+    expect(page.get_by_role("status")).to_contain_text("All good")
+    page.get_by_role("link", name="shop-files").click()
+    page.get_by_role("button", name="Run now").click()
+    expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
 
     # Pause it as an operator; the plan's page then offers resume instead.
     page.goto(f"{serve.url}/ui/plans/shop-files")
@@ -201,37 +287,21 @@ def test_an_operator_finds_the_failure_runs_pauses_and_restores(
     expect(seen.get_by_text("Start restore")).to_have_count(0)
     context.close()
 
-    # Restore the new point into a new folder, and watch the job to its end.
-    target = tmp_path / "restored"
+    # Restore the whole point into a new folder (the walk restores one file), and watch
+    # the job to its end.
+    page.get_by_role("button", name="Resume").click()
     page.get_by_role("navigation").get_by_role("link", name="Restore points").click()
     point = page.locator(".point").first
     expect(point).to_contain_text("full")
     point.get_by_text("Restore #").click()
+    target = serve.tmp / "restored"
     point.get_by_label("Target path").fill(str(target))
     shot(page, "restore-points")
     point.get_by_role("button", name="Start restore").click()
     expect(page.get_by_role("heading", name=re.compile("Restore run"))).to_be_visible()
     expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
-    restored = list(target.rglob("orders.csv"))
-    assert restored and restored[0].read_text() == "id,total\n1,9.50\n2,12.00\n"
-
-    # Browse the point's files and restore one file alone into another new folder.
-    page.get_by_role("navigation").get_by_role("link", name="Restore points").click()
-    page.locator(".point").first.get_by_role("link", name="Browse files").click()
-    for name in serve.tmp.parts[1:]:  # down the folders to the backed-up one
-        page.get_by_role("link", name=f"{name}/", exact=True).click()
-    page.get_by_role("link", name="data/", exact=True).click()
-    row = page.locator('tr[data-path$="/data/orders.csv"]')
-    expect(row).to_contain_text("24 B")
-    expect(page.locator('tr[data-path$="/data/notes.txt"]')).to_be_visible()
-    one = tmp_path / "one-file"
-    page.get_by_label("Restore the chosen item into the new folder").fill(str(one))
-    shot(page, "files")
-    row.get_by_role("button", name="Restore orders.csv").click()
-    expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
-    found = [p for p in one.rglob("*") if p.is_file()]
-    assert [p.name for p in found] == ["orders.csv"], found
-    assert found[0].read_text() == "id,total\n1,9.50\n2,12.00\n"
+    restored = sorted(p.name for p in target.rglob("*") if p.is_file())
+    assert restored == ["notes.txt", "orders.csv"], restored
 
     # A second point with a file more and one changed: the diff between the two says so.
     (serve.tmp / "data" / "refunds.csv").write_text("id\n7\n")
@@ -249,29 +319,27 @@ def test_an_operator_finds_the_failure_runs_pauses_and_restores(
     expect(page.get_by_role("heading", name="Agents")).to_be_visible()
     shot(page, "agents")
 
-
-def test_an_admin_at_phone_width(serve: Serve, browser: Browser) -> None:
-    admin = serve.token("admin")
-    page = browser.new_page(viewport={"width": 390, "height": 800})
-    log_in(page, serve, admin)
+    # An admin at phone width, on the same service (one server less to start).
+    phone = browser.new_page(viewport={"width": 390, "height": 800})
+    log_in(phone, serve, serve.token("admin"))
     # Every control is reachable from the keyboard: tab to the first card's link.
-    page.keyboard.press("Tab")
-    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
-    width = page.evaluate("document.documentElement.scrollWidth")
+    phone.keyboard.press("Tab")
+    expect(phone.get_by_role("link", name="Skip to content")).to_be_focused()
+    width = phone.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the overview scrolls sideways at phone width ({width} px)"
-    shot(page, "overview-phone")
-    page.get_by_role("navigation").get_by_role("link", name="Tokens").click()
-    page.get_by_label("Name").fill("ci")
-    page.get_by_label("Role").select_option("viewer")
-    page.get_by_role("button", name="Make a token").click()
-    made = page.get_by_label("New token").input_value()
+    shot(phone, "overview-phone")
+    phone.get_by_role("navigation").get_by_role("link", name="Tokens").click()
+    phone.get_by_label("Name").fill("ci")
+    phone.get_by_label("Role").select_option("viewer")
+    phone.get_by_role("button", name="Make a token").click()
+    made = phone.get_by_label("New token").input_value()
     assert re.fullmatch(r"shk_[0-9a-f]{16}_[\w-]{43}", made)
-    page.get_by_role("button", name="Revoke ci").click()
-    expect(page.get_by_role("row", name=re.compile("ci"))).to_contain_text("revoked")
-    page.get_by_role("button", name="Log out").click()
-    expect(page).to_have_url(re.compile(r"/ui/login"))
-    page.goto(f"{serve.url}/ui/tokens")
-    expect(page).to_have_url(re.compile(r"/ui/login\?next=/ui/tokens"))
+    phone.get_by_role("button", name="Revoke ci").click()
+    expect(phone.get_by_role("row", name=re.compile("ci"))).to_contain_text("revoked")
+    phone.get_by_role("button", name="Log out").click()
+    expect(phone).to_have_url(re.compile(r"/ui/login"))
+    phone.goto(f"{serve.url}/ui/tokens")
+    expect(phone).to_have_url(re.compile(r"/ui/login\?next=/ui/tokens"))
 
 
 def test_a_failed_drill_is_followed_to_its_check_output(

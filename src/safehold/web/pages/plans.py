@@ -45,15 +45,18 @@ def overview_page(
 ) -> HTMLResponse:
     """The banner, a card per plan (filtered), and every repository and destination."""
     api = api_state(request)
-    # A token sees its own project only: the project filter has one choice.
+    # A token sees its own project only, whatever its role (docs/api.md: no global admin):
+    # the project filter offers the session's project, and another one's name shows no
+    # plan and says which token would show them, alike whether that project exists or not.
+    elsewhere = project if project and project != session.who.project else None
     shown = overview(api.engine, api.plans(), session.who.project, utcnow(),
                      state=state or None, kind=kind or None, page=page_no)  # fmt: skip
-    if project and project != session.who.project:
-        shown.cards = []
+    if elsewhere is not None:
+        shown.cards, shown.matching, shown.pages = [], 0, 1
     destinations = dest.list_destinations(api.engine, session.who.project)
     return page(request, "overview.html", session, view=shown, destinations=destinations,
                 filters={"state": state or "", "kind": kind or "", "project": project or ""},
-                query=_query(state, kind, project))  # fmt: skip
+                elsewhere=elsewhere, query=_query(state, kind, project))  # fmt: skip
 
 
 def _query(state: str | None, kind: str | None, project: str | None) -> str:
