@@ -40,11 +40,15 @@ def latencies(call: Callable[[], object], reps: int) -> tuple[float, float]:
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
-def print_table(rows: Iterable[tuple[str, str]]) -> None:
+def print_table(rows: Iterable[tuple[str, str]], *, load_before: float | None = None) -> None:
     """The figures as the Markdown table docs/benchmarks.md shows, after a line saying
-    when and on what load they were taken."""
+    when and on what load they were taken (``load_before``: also the load when the
+    timing began)."""
     load = os.getloadavg()[0]
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {load:.1f}\n")
+    loads = f"load {load:.1f}"
+    if load_before is not None:
+        loads = f"load {load_before:.1f} before the timing and {load:.1f} after"
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {loads}\n")
     print("| what | figure |\n|---|---|")
     for what, figure in rows:
         print(f"| {what} | {figure} |")

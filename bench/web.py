@@ -24,18 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
+from harness import ROOT, print_table, scratch  # bench/harness.py
 from sqlalchemy import Engine, text
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _config(work: Path, plans: int) -> Path:
@@ -124,50 +120,40 @@ def main() -> None:
     from safehold.service.plans import plans_from_config, sync_plans
     from safehold.web.overview import overview
 
-    work = Path(tempfile.mkdtemp(prefix="sh-bench-web-", dir="/tmp"))
-    work.chmod(0o711)  # as root the cluster runs as postgres, who must pass through
     rows: list[tuple[str, str]] = []
-    try:
-        with open_database(None, work / "state") as db:
-            specs = plans_from_config(load_config(str(_config(work, args.plans))))
-            sync_plans(db.engine, specs.values())
-            started = time.perf_counter()
-            slots = _fill(db.engine, args.days)
-            took = time.perf_counter() - started
-            what = f"write {slots:,} slots ({args.plans:,} plans x {args.days} days) and runs"
-            rows.append((what, f"{took:.1f} s"))
-            token = create_token(db.engine, project="default", role="viewer").token
-            load_before = os.getloadavg()[0]
-            app = create_app(db.engine, plans=lambda: specs)
-            with TestClient(app, base_url="http://127.0.0.1") as client:
-                logged = client.post("/ui/login", data={"token": token}, follow_redirects=False)
-                assert logged.status_code == 303, logged.text
-                first = client.get("/ui/")
-                assert first.status_code == 200, first.text
-                # The banner counts every plan; the cards come a page at a time.
-                assert f"of {args.plans} plans" in first.text, first.text[:2000]
-                shown = first.text.count("data-plan=")
-                rows.append(("cards on the first page (failing first)", f"{shown}"))
-                rows.append(("the overview's size", f"{len(first.content) / 1024:.0f} KiB"))
-                for what, path in (("GET /ui/", "/ui/"),
-                                   ("GET /ui/?state=failing", "/ui/?state=failing"),
-                                   ("GET /ui/?kind=command", "/ui/?kind=command")):  # fmt: skip
-                    figures, cpu = percentiles(lambda path=path: client.get(path), args.reps)
-                    rows.append((f"{what}: p50 / p95 / p99 of {args.reps}; this process's CPU "
-                                 "a call", f"{figures}; {cpu:.0f} ms"))  # fmt: skip
-            figures, cpu = percentiles(
-                lambda: overview(db.engine, specs, "default", utcnow()), args.reps
-            )
-            rows.append(("the data alone (overview(), no HTML): p50 / p95 / p99; CPU a call",
-                         f"{figures}; {cpu:.0f} ms"))  # fmt: skip
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    load = os.getloadavg()[0]
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
-          f"load {load_before:.1f} before the timing and {load:.1f} after\n")  # fmt: skip
-    print("| what | figure |\n|---|---|")
-    for what, figure in rows:
-        print(f"| {what} | {figure} |")
+    with scratch("sh-bench-web-") as work, open_database(None, work / "state") as db:
+        specs = plans_from_config(load_config(str(_config(work, args.plans))))
+        sync_plans(db.engine, specs.values())
+        started = time.perf_counter()
+        slots = _fill(db.engine, args.days)
+        took = time.perf_counter() - started
+        what = f"write {slots:,} slots ({args.plans:,} plans x {args.days} days) and runs"
+        rows.append((what, f"{took:.1f} s"))
+        token = create_token(db.engine, project="default", role="viewer").token
+        load_before = os.getloadavg()[0]
+        app = create_app(db.engine, plans=lambda: specs)
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            logged = client.post("/ui/login", data={"token": token}, follow_redirects=False)
+            assert logged.status_code == 303, logged.text
+            first = client.get("/ui/")
+            assert first.status_code == 200, first.text
+            # The banner counts every plan; the cards come a page at a time.
+            assert f"of {args.plans} plans" in first.text, first.text[:2000]
+            shown = first.text.count("data-plan=")
+            rows.append(("cards on the first page (failing first)", f"{shown}"))
+            rows.append(("the overview's size", f"{len(first.content) / 1024:.0f} KiB"))
+            for what, path in (("GET /ui/", "/ui/"),
+                               ("GET /ui/?state=failing", "/ui/?state=failing"),
+                               ("GET /ui/?kind=command", "/ui/?kind=command")):  # fmt: skip
+                figures, cpu = percentiles(lambda path=path: client.get(path), args.reps)
+                rows.append((f"{what}: p50 / p95 / p99 of {args.reps}; this process's CPU "
+                             "a call", f"{figures}; {cpu:.0f} ms"))  # fmt: skip
+        figures, cpu = percentiles(
+            lambda: overview(db.engine, specs, "default", utcnow()), args.reps
+        )
+        rows.append(("the data alone (overview(), no HTML): p50 / p95 / p99; CPU a call",
+                     f"{figures}; {cpu:.0f} ms"))  # fmt: skip
+    print_table(rows, load_before=load_before)
 
 
 if __name__ == "__main__":
