@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
+from safehold import units
 from safehold.policy.schedule import Schedule
 
 __all__ = [
@@ -207,8 +208,9 @@ def _runnable(
             return SlotDecision(
                 slot,
                 SlotState.SKIPPED,
-                f"min_interval: the last run started {_ago(since_last)} before "
-                f"(min_interval {_ago(rules.min_interval)})",
+                f"min_interval: the last run started "
+                f"{units.duration(since_last.total_seconds())} before (min_interval "
+                f"{units.duration(rules.min_interval.total_seconds())})",
                 trigger,
             )
     return SlotDecision(slot, SlotState.QUEUED, None, trigger)
@@ -217,12 +219,3 @@ def _runnable(
 def slots_left_out(rules: PlanRules, facts: PlanFacts, now: datetime, limit: int) -> bool:
     """Whether :func:`decide_slots` with this ``limit`` leaves older due slots out."""
     return rules.schedule.recent_slots(facts.since, now, limit)[1]
-
-
-def _ago(span: timedelta) -> str:
-    seconds = int(span.total_seconds())
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"

@@ -4,36 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from safehold import units
+
 __all__ = ["ago", "duration", "size", "when"]
 
 
 def size(value: int | None) -> str:
     """``value`` bytes in binary units ("3.2 MiB"); "-" when unknown."""
-    if value is None:
-        return "-"
-    amount = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if amount < 1024 or unit == "TiB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    raise AssertionError("unreachable")
+    return units.size(value)
 
 
 def duration(seconds: float | None) -> str:
-    """``seconds`` as "1 h 4 min", "3 min 2 s" or "4.1 s"; "-" when unknown."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {secs} s"
+    """``seconds`` as "4.1 s", "3 min 2 s" or "1 h 4 min"; "-" when unknown."""
+    return units.duration(seconds)
 
 
 def ago(moment: datetime | None, now: datetime) -> str:

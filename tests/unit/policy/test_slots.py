@@ -100,7 +100,7 @@ def test_min_interval_counts_from_the_last_successful_start() -> None:
     facts = PlanFacts(since=T0, last_start=T0 - 5 * MINUTE)
     early = decide_slots(rules, facts, T0 + MINUTE)
     assert early[0].state is SlotState.SKIPPED
-    assert (early[0].reason or "").startswith("min_interval: the last run started 6m")
+    assert (early[0].reason or "").startswith("min_interval: the last run started 6 min")
     later = decide_slots(rules, replace(facts, since=T0 + 4 * MINUTE), T0 + 5 * MINUTE)
     assert later[0].state is SlotState.QUEUED
 

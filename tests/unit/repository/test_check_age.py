@@ -45,7 +45,7 @@ def test_each_schedule_is_judged_by_its_newest_snapshot() -> None:
         (WARNING, OVERDUE, "host db1, paths /srv", "b" * 8),
         (WARNING, OVERDUE, "host web, source pg-main", "e" * 8),
     ]
-    assert "is 2d 0h old: older than 1d" in problems[0].message
+    assert "is 2 d old: older than 1d" in problems[0].message
     assert snapshots_overdue(snaps, rule(age=10 * DAY), NOW) == []
 
 
@@ -79,5 +79,5 @@ def test_check_reports_a_rolled_back_repository(tmp_path: Path) -> None:
     report = check_repository(repo, opts)
     assert report.ok  # nothing is damaged...
     [overdue] = report.warnings
-    assert overdue.code == OVERDUE and "2d 23h old" in overdue.message  # ...but it is old
+    assert overdue.code == OVERDUE and "2 d 23 h old" in overdue.message  # ...but it is old
     assert check_repository(repo, replace(opts, max_age=None)).problems == []

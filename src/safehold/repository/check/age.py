@@ -19,8 +19,9 @@ vanished entirely; name the groups you expect with ``--host``/``--path``/``--sou
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+from safehold import units
 from safehold.errors import IntegrityError, ObjectNotFound
 from safehold.ids import SnapshotId
 from safehold.repository.check.options import MaxAge
@@ -90,7 +91,7 @@ def snapshots_overdue(snaps: list[Snapshot], rule: MaxAge, now: datetime) -> lis
                 _describe(key),
                 f"the newest snapshot, {snap.short_id} of "
                 f"{snap.time.astimezone(UTC):%Y-%m-%d %H:%M} UTC, is "
-                f"{_human(age)} old: older than {rule.describe()}",
+                f"{units.duration(age.total_seconds())} old: older than {rule.describe()}",
                 hint=_HINT,
                 snapshot=snap.id,
             )
@@ -129,14 +130,3 @@ def _filters(rule: MaxAge) -> str:
     if rule.paths:
         parts.append(f"paths {', '.join(rule.paths)}")
     return "snapshots of " + ", ".join(parts) if parts else "the repository"
-
-
-def _human(age: timedelta) -> str:
-    minutes = int(age.total_seconds() // 60)
-    days, rest = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m"
