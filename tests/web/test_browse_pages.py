@@ -3,11 +3,14 @@ repository (the API's children read it); the drills page's charts."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from safehold.clock import utcnow
+from safehold.web.trends import repository_trends
 from tests.api.test_snapshot_files_api import points
 from tests.web.conftest import Api
 from tests.web.test_pages import READERS, login
@@ -67,6 +70,13 @@ def test_the_drills_page_draws_rto_and_repository_trends(api: Api) -> None:
         assert "RTO target 15 min" in page and 'class="s-over"' in page
         assert "data added to" in page and "(4.0x)" in page
         assert "2.9 KiB added in all" in page  # 3 x 1000 bytes, summed
+        # A location written with its credentials (a file plan's, as the file has it) is
+        # drawn without them.
+        secret = {key: replace(spec, repository="sftp://bob:hunter2@backup.example/repo")
+                  for key, spec in api.specs.items()}  # fmt: skip
+        (trend,) = repository_trends(api.engine, secret, "default", utcnow())
+        assert trend.repository == "sftp://backup.example/repo"
+        assert "hunter2" not in str(trend.charts()) and "bob" not in str(trend.charts())
     finally:
         with api.engine.begin() as db:
             db.execute(text("DELETE FROM drills"))

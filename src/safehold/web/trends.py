@@ -20,6 +20,7 @@ from markupsafe import Markup
 from sqlalchemy import Engine, text
 
 from safehold.service.plans import PlanSpec
+from safehold.storage.location import redact
 from safehold.web import format as fmt
 from safehold.web.svg import Bar, bar_chart
 
@@ -57,7 +58,9 @@ def repository_trends(
     engine: Engine, plans: Mapping[str, PlanSpec], project: str, now: datetime
 ) -> list[RepoTrend]:
     """The project's repositories, each with its last :data:`DAYS` days of backups."""
-    where = {key: spec.repository or "(the file's repository)" for key, spec in plans.items()
+    # A file plan's location is as written there, credentials and all: shown redacted.
+    where = {key: redact(spec.repository) if spec.repository else "(the file's repository)"
+             for key, spec in plans.items()
              if spec.project == project and spec.kind.value == "backup"}  # fmt: skip
     if not where:
         return []
