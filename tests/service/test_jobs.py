@@ -135,6 +135,9 @@ def test_a_failed_run_is_retried_after_its_delay(setup: Setup) -> None:
     specs = setup.config(f"retries: 1\nretry_delay: 90s\nhooks: {{pre-backup-lock: {hook}}}")
     run_id, run = run_once(setup, specs)
     assert run["state"] == "failed" and "pre-backup-lock" in run["error"]
+    # The next step is recorded apart from the error, so the dashboard shows it as one.
+    assert run["hint"] == "its full output is in the run record"
+    assert "hint:" not in run["error"] and "cannot lock the service" in run["error"]
     with setup.engine.connect() as db:
         retry = db.execute(
             text("SELECT id, attempt, trigger, state, job_id FROM runs WHERE id <> :r"),

@@ -200,7 +200,9 @@ def test_a_newcomer_finds_a_failing_plan_sees_why_runs_it_again_and_restores_a_f
     expect(page.locator("#run-state")).to_have_text("failed")
     failure = page.get_by_role("alert").first
     expect(failure).to_contain_text("pre-backup-lock")
-    expect(failure).to_contain_text("its full output is in the run record")  # the hint
+    expect(failure.locator(".hint")).to_have_text(
+        "What to do: its full output is in the run record"
+    )
     expect(page.locator("pre").first).to_contain_text("the database is locked by a migration")
     shot(page, "run-failed")
 

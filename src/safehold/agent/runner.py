@@ -114,6 +114,8 @@ def outcome_of(result: ChildResult) -> tuple[str, int, str]:
     record = result.record or {}
     outcome = str(record.get("outcome") or "")
     error = str(record.get("error") or "")
+    if record.get("hint"):  # one text for the agent's state and alerts, as printed
+        error += f"\n  hint: {record['hint']}"
     if result.killed:
         return "timeout", ExitCode.SOURCE, error or "killed by the agent after its time-out"
     if not outcome:

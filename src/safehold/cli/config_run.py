@@ -275,7 +275,7 @@ def _report(ctx: Context, record: RunRecord) -> int:
     elif record.outcome == "interrupted":
         print("safehold: interrupted", file=sys.stderr)
     elif record.outcome not in ("success", "partial"):
-        print(f"safehold: error: {record.error}", file=sys.stderr)
+        print(f"safehold: error: {record.error_text()}", file=sys.stderr)
     for warning in record.warnings:
         print(f"safehold: warning: {warning}", file=sys.stderr)
     return ExitCode.OK if record.exit_code is None else record.exit_code

@@ -273,7 +273,8 @@ class _Run:
         if isinstance(exc, _Skipped):
             rec.outcome, rec.exit_code, rec.reason = "skipped", ExitCode.SKIPPED, exc.reason
         elif isinstance(exc, RunInProgress):
-            rec.outcome, rec.exit_code, rec.error = "in-progress", exc.exit_code, str(exc)
+            rec.outcome, rec.exit_code, rec.error = "in-progress", exc.exit_code, exc.message
+            rec.hint = exc.hint or ""
         elif isinstance(exc, RunTimeout):
             rec.outcome, rec.exit_code = "timeout", ExitCode.SOURCE
             rec.error = (
@@ -287,7 +288,8 @@ class _Run:
                 "interrupted",
             )
         elif isinstance(exc, SafeholdError):
-            rec.outcome, rec.exit_code, rec.error = "failed", exc.exit_code, str(exc)
+            rec.outcome, rec.exit_code, rec.error = "failed", exc.exit_code, exc.message
+            rec.hint = exc.hint or ""
             failed = _command_failure(exc)
             if failed is not None:
                 # The message shows its last lines; the record keeps all that was kept.
@@ -296,6 +298,7 @@ class _Run:
             rec.outcome, rec.exit_code = "failed", ExitCode.FAILURE
             rec.error = f"unexpected {type(exc).__name__}: {exc}"
         rec.error = self.redactor.text(rec.error)
+        rec.hint = self.redactor.text(rec.hint)
         rec.reason = self.redactor.text(rec.reason)
 
     def _finish(self) -> None:
@@ -316,6 +319,7 @@ class _Run:
             exit_code=rec.exit_code,
             snapshot=rec.snapshot or None,
             error=rec.error or None,
+            hint=rec.hint or None,
             error_output=rec.error_output or None,
             reason=rec.reason or None,
             warnings=rec.warnings,

@@ -71,6 +71,7 @@ class RunRecord:
     outcome: str = "running"
     exit_code: int | None = None
     error: str = ""
+    hint: str = ""  # the error's next step, apart from it (the service shows it apart)
     # The end of the standard error of the tool whose failure ``error`` reports (its last
     # 8 KiB; the message shows only its last lines).
     error_output: str = ""
@@ -83,6 +84,10 @@ class RunRecord:
     phases: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     destinations: list[dict[str, str]] = field(default_factory=list)  # one per copy made
+
+    def error_text(self) -> str:
+        """The error as a command prints it: its message, then its hint."""
+        return f"{self.error}\n  hint: {self.hint}" if self.hint else self.error
 
     def to_json(self) -> dict[str, Any]:
         """The record as its JSON file holds it."""
@@ -102,6 +107,7 @@ class RunRecord:
             "outcome": self.outcome,
             "exit_code": self.exit_code,
             "error": self.error,
+            "hint": self.hint or None,
             "error_output": self.error_output,
             "reason": self.reason,
             "snapshot": self.snapshot or None,

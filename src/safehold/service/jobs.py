@@ -132,7 +132,7 @@ def outcome_of(result: ChildResult) -> Outcome:
         tail = "\n".join(result.stderr_tail[-5:])
         message = f"the run's process ended with exit code {result.exit_code}"
         return Outcome(RunState.FAILED, message, f"{message}: {tail}" if tail else message)
-    return Outcome(RunState.FAILED, error or outcome, error or outcome)
+    return Outcome(RunState.FAILED, error or outcome, error or outcome, record.get("hint") or None)
 
 
 def exit_outcome(result: ChildResult, command: str) -> Outcome:

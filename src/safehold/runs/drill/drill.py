@@ -270,7 +270,7 @@ def _restore(
             message = record.error or f"the restore ended {record.outcome}"
             if record.warnings:
                 message += ": " + "; ".join(record.warnings[:5])
-            _fail(outcome, "restore", message, "")
+            _fail(outcome, "restore", message, record.hint)
             phases.end("failed", message)
             return None
         sandbox.ready()
