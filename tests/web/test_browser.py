@@ -66,7 +66,8 @@ class Serve:
             '    schedule: "@daily"\n'
             f"  billing-db:\n    type: directory\n    paths: [{data}]\n"
             f'    schedule: "0 */6 * * *"\n    hooks: {{pre-backup-lock: {hook}}}\n'
-            # Never run yet, so "new" on the overview; its 1 s RPO target opens an alert.
+            # Never run yet and older than its 1 s RPO target: at risk on the overview, and
+            # an RPO alert open.
             f"  archive:\n    type: directory\n    paths: [{data}]\n"
             '    schedule: "@yearly"\n    rpo_target: 1s\n' + extra
         )
@@ -185,6 +186,7 @@ def test_a_newcomer_finds_a_failing_plan_sees_why_runs_it_again_and_restores_a_f
 
     # The overview: the banner says a plan fails, its card says which and why.
     expect(page.get_by_role("status")).to_contain_text("1 failing")
+    expect(page.get_by_role("status")).to_contain_text("1 at risk")  # archive, never run
     card = page.locator('[data-plan="billing-db"]')
     expect(card).to_contain_text("failing")
     expect(card.locator(".reason")).to_contain_text("pre-backup-lock")
@@ -260,7 +262,7 @@ def test_an_operator_pauses_a_viewer_may_not_and_two_points_differ(
     operator, viewer = serve.token("operator"), serve.token("viewer")
     page = browser.new_page()
     log_in(page, serve, operator)
-    expect(page.get_by_role("status")).to_contain_text("All good")
+    expect(page.get_by_role("status")).to_contain_text("0 failing")  # archive: at risk
     page.get_by_role("link", name="shop-files").click()
     page.get_by_role("button", name="Run now").click()
     expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)

@@ -57,14 +57,21 @@ def test_the_rpo_target_is_twice_the_schedules_period() -> None:
 
 def test_a_plans_verdict() -> None:
     row = SimpleNamespace(run_state="succeeded", slot_state="succeeded", slot_at=NOW, run_id=1)
-    assert _verdict(False, row, 100.0, 7200.0) == "ok"
-    assert _verdict(True, row, 100.0, 7200.0) == "paused"
-    assert _verdict(False, row, 9000.0, 7200.0) == "at_risk"
+    assert _verdict(False, row, 100.0, 7200.0, NOW) == "ok"
+    assert _verdict(True, row, 100.0, 7200.0, NOW) == "paused"
+    assert _verdict(False, row, 9000.0, 7200.0, NOW) == "at_risk"
     failed = SimpleNamespace(run_state="failed", slot_state=None, slot_at=None, run_id=1)
-    assert _verdict(False, failed, None, 7200.0) == "failing"
-    assert _verdict(False, None, None, 7200.0) == "new"
-    missed = SimpleNamespace(run_state=None, slot_state="missed", slot_at=NOW, run_id=None)
-    assert _verdict(False, missed, None, 7200.0) == "at_risk"
+    assert _verdict(False, failed, None, 7200.0, NOW) == "failing"
+    assert _verdict(False, None, None, 7200.0, NOW) == "new"
+    missed = SimpleNamespace(run_state=None, slot_state="missed", slot_at=NOW, run_id=None,
+                             created_at=NOW)  # fmt: skip
+    assert _verdict(False, missed, None, 7200.0, NOW) == "at_risk"
+    # Never run: new while younger than its target, then at risk (as the RPO alert says).
+    never = SimpleNamespace(run_state=None, slot_state=None, slot_at=None, run_id=None,
+                            created_at=NOW - timedelta(hours=1))  # fmt: skip
+    assert _verdict(False, never, None, 7200.0, NOW) == "new"
+    assert _verdict(False, never, None, 1800.0, NOW) == "at_risk"
+    assert _verdict(False, never, None, None, NOW) == "new"
 
 
 def test_the_csrf_value_depends_on_the_token() -> None:

@@ -102,7 +102,7 @@ class Overview:
 
 _STATUS = text(
     """
-    SELECT p.id, p.name, p.paused, s.state AS slot_state, s.slot_at,
+    SELECT p.id, p.name, p.paused, p.created_at, s.state AS slot_state, s.slot_at,
       CASE WHEN r.state = 'succeeded' THEN r.ended_at ELSE
         (SELECT ended_at FROM runs WHERE plan_id = p.id AND kind IN ('backup', 'prune')
            AND state = 'succeeded' ORDER BY queued_at DESC LIMIT 1) END AS success,
@@ -210,7 +210,7 @@ def _cells(days: dict[datetime, tuple[Any, ...]], window: list[tuple[datetime, s
     return cells
 
 
-def _verdict(paused: bool, row: Any, rpo: float | None, target: float | None) -> str:
+def _verdict(paused: bool, row: Any, rpo: float | None, target: float | None, now: datetime) -> str:
     if paused:
         return "paused"
     if row is not None and (
@@ -219,7 +219,10 @@ def _verdict(paused: bool, row: Any, rpo: float | None, target: float | None) ->
         return "failing"
     if rpo is None:
         never = row is None or (row.slot_at is None and row.run_id is None)
-        return "new" if never else "at_risk"
+        # A plan that never ran is new until it has existed longer than its target: then
+        # it is at risk, as the RPO alert says (which counts from the plan's creation).
+        young = row is None or target is None or (now - row.created_at).total_seconds() <= target
+        return "new" if never and young else "at_risk"
     return "at_risk" if target is not None and rpo > target else "ok"
 
 
@@ -268,7 +271,7 @@ def _assemble(
         success = row.success if row is not None else None
         rpo = None if success is None else (now - success).total_seconds()
         target = rpo_target(spec, now)
-        verdict = _verdict(paused, row, rpo, target)
+        verdict = _verdict(paused, row, rpo, target, now)
         plans.append((_ORDER.get(verdict, 9), name, verdict, source_kind(spec, seen), paused,
                       success, rpo, target))  # fmt: skip
     failing = sum(plan[2] == "failing" for plan in plans)
