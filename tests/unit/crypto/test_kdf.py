@@ -125,3 +125,42 @@ def test_calibration_of_large_lanes_stays_within_the_work_bound() -> None:
 def test_calibration_measures_this_machine() -> None:
     lanes = kdf.calibrated_lanes(1 << 10, 8)  # a lane of 2**10 takes milliseconds
     assert lanes == kdf.MAX_P
+
+
+def test_default_lanes_are_derived_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each lane at the default cost holds 32 MiB: two at once took every command's peak
+    # memory to about 100 MB, above restic's (issue 16). Smaller lanes still run side by side.
+    import threading
+
+    from cryptography.hazmat.primitives.kdf import scrypt as openssl
+
+    monkeypatch.setattr(kdf, "_threads", lambda lanes: lanes)  # as many cores as lanes
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real = openssl.Scrypt
+
+    class Counting:
+        def __init__(self, **kw: int | bytes) -> None:
+            self.inner = real(**kw)  # type: ignore[arg-type]
+
+        def derive(self, password: bytes) -> bytes:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                return self.inner.derive(password)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    monkeypatch.setattr(openssl, "Scrypt", Counting)
+    salt = b"salt" * 8
+    got = kdf.scrypt(b"pw", salt, n=1 << 15, r=8, p=2, length=32, kind=kdf.KDF_LANES)
+    assert most == [1]
+    # The same key as when both lanes may run at once: the order of lanes changes nothing.
+    monkeypatch.setattr(kdf, "LANES_MEMORY", 64 << 20)
+    assert kdf.scrypt(b"pw", salt, n=1 << 15, r=8, p=2, length=32, kind=kdf.KDF_LANES) == got
+    monkeypatch.undo()
+    assert kdf._fit_in_memory(1 << 15, 8) == 1
+    assert kdf._fit_in_memory(1 << 14, 8) == 2
+    assert kdf._fit_in_memory(1 << 22, 8) == 1  # never none
