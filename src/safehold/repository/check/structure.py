@@ -86,6 +86,7 @@ class StructureChecks(CheckState):
                 break
         # Sorted once (IndexLoader), not added pack by pack and merged afterwards.
         self.index = loader.finish()
+        self.blob_marks = self.index.run_marks()
         self.report.index_files = len(loaded)
 
     def check_packs(self) -> None:
