@@ -22,6 +22,7 @@ import sys
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -515,6 +516,16 @@ class Index:
     def chain_count(self) -> int:
         """How many chains the index's packs belong to (removed packs' included)."""
         return len(self._chains)
+
+    def pack_summaries(self) -> dict[PackId, tuple[int, int]]:
+        """Each present pack's stored size and blob count, without rebuilding its record
+        (``packs.items()`` builds every blob's entry: 36 MB at once for 200,000 blobs)."""
+        self.flush()
+        counts = Counter(self._run.meta[0::FIELDS])  # records per pack number
+        return {
+            pack_id: (self._pack_size[pn], counts.get(pn, 0))
+            for pack_id, pn in self._pack_no.items()
+        }
 
     def chain_of(self, pack_id: PackId) -> ChainId:
         """The chain of a present pack (KeyError for one not in the index)."""

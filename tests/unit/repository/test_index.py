@@ -384,3 +384,17 @@ def test_no_marks_while_additions_are_outside_the_run() -> None:
     assert index.run_marks() is None
     index.flush()
     assert index.run_marks() == bytearray(1)
+
+
+@given(st.lists(pack_records(), max_size=12), st.integers(0, 11), st.integers(1, 8))
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_pack_summaries_are_the_records_sizes_and_counts(
+    records: list[PackRecord], removed: int, merge_at: int
+) -> None:
+    index = Index(merge_at=merge_at)
+    for rec in records:
+        index.add_pack(rec)
+    if records:
+        index.remove_pack(records[removed % len(records)].pack_id)
+    want = {p: (rec.size, len(rec.entries)) for p, rec in index.packs.items()}
+    assert index.pack_summaries() == want
