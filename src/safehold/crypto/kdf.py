@@ -4,13 +4,11 @@ program starts.
 Two key derivations exist (docs/format.md, "Key files"). ``scrypt`` is RFC 7914's, whose
 ``p`` lanes OpenSSL computes one after the other. ``scrypt-lanes``, what safehold writes
 since 2026-12-06, computes ``p`` independent scrypt(n, r, 1) lanes, each over the salt
-followed by the lane's number, and combines their outputs with HKDF-SHA256. A guess costs
-an attacker the same as one of RFC 7914's with the same ``n, r, p`` (every lane must be
-computed, each holding ``128 * n * r`` bytes). The lanes may run side by side, on as many
-cores as the machine has (up to :data:`MAX_THREADS`) and as fit in :data:`LANES_MEMORY`:
-at the default cost that is one at a time, so that opening a repository holds no more
-memory than restic's scrypt; the wait is hidden behind the command's start-up instead
-(:func:`derive_ahead`).
+followed by the lane's number, on as many cores as the machine has (up to
+:data:`MAX_THREADS`), and combines their outputs with HKDF-SHA256. A guess costs an
+attacker the same as one of RFC 7914's with the same ``n, r, p`` (every lane must be
+computed, each holding ``128 * n * r`` bytes), while a command on two cores waits half as
+long: that is what pays for matching restic's calibrated cost (:func:`calibrated_lanes`).
 
 Deriving the key-encryption key of a key file is the longest single step of opening a
 repository (about 0.13 s here at the default cost, with a core to itself), and it needs
@@ -63,15 +61,6 @@ LANES_INFO = b"safehold scrypt-lanes v1"
 # Lanes computed at once: each holds 128 * n * r bytes (32 MiB at the default), so a machine
 # with many cores is not asked for a gigabyte to open a repository.
 MAX_THREADS = 4
-# ...and no more lanes at once than fit in this many bytes: one lane at the default
-# (n = 2**15, r = 8), what restic's scrypt holds. Two lanes at once were 64 MiB on top of the
-# interpreter and its modules: every command peaked at about 100 MB however little its own
-# work needed (a no-change backup 1.37x restic's peak, issue 16), while its own work held
-# 40-50 MB. One at a time costs no CPU, only wall time where the other core had nothing to
-# do: the command line derives the key while it loads and lists the files to back up
-# (docs/benchmarks.md, "Memory of the no-change re-backup and check"). Smaller lanes
-# (tests' --kdf-log2n) still run side by side.
-LANES_MEMORY = 32 << 20
 
 # Bounds on what a key file may ask for (docs/format.md, "Key files"). They admit every key
 # file safehold has written: `init/key add --kdf-log2n` 10 to 22 with r=8 and p=1 or 2
@@ -110,7 +99,7 @@ def _compute(
         lane_salt = salt + i.to_bytes(4, "big")
         return Scrypt(salt=lane_salt, length=KEK_LEN, n=n, r=r, p=1).derive(password)
 
-    outputs = _side_by_side(lane, p, min(_threads(p), _fit_in_memory(n, r)))
+    outputs = _side_by_side(lane, p, _threads(p))
     return _combine(b"".join(outputs), salt, length)
 
 
@@ -120,11 +109,6 @@ def _threads(lanes: int) -> int:
     except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 1
     return max(1, min(lanes, cores, MAX_THREADS))
-
-
-def _fit_in_memory(n: int, r: int) -> int:
-    """How many lanes of scrypt(n, r, 1) fit in :data:`LANES_MEMORY` at once (at least one)."""
-    return max(1, LANES_MEMORY // (128 * n * r))
 
 
 def _side_by_side(lane: Callable[[int], bytes], lanes: int, threads: int) -> list[bytes]:
