@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import socket
 import threading
 from collections.abc import Callable
@@ -99,7 +98,9 @@ def _start_time(pid: int | str) -> int:
 
 @cache
 def _process_token() -> str:
-    return secrets.token_hex(8)
+    # os.urandom is what secrets.token_bytes returns; importing secrets loads hmac and OpenSSL's
+    # libcrypto (4.5 MB in every command), which nothing else needs.
+    return os.urandom(8).hex()
 
 
 def this_holder() -> Holder:
@@ -310,7 +311,7 @@ def acquire(
     """
     now = clock.now()
     info = LockInfo(
-        name=PREFIX + secrets.token_hex(16),
+        name=PREFIX + os.urandom(16).hex(),
         created=now,
         refreshed=now,
         hostname=socket.gethostname(),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import secrets
+import os
 import socket
 import threading
 from collections import OrderedDict, deque
@@ -212,9 +212,11 @@ class Repository:
                 hint="choose an empty or new location",
             )
         master = MasterKey.generate()
-        seed = int.from_bytes(secrets.token_bytes(7), "little") or 1  # < 2**63 for pyfastcdc
+        # os.urandom is what secrets.token_bytes returns; importing secrets loads hmac and OpenSSL's
+        # libcrypto (4.5 MB in every command), which nothing else needs.
+        seed = int.from_bytes(os.urandom(7), "little") or 1  # < 2**63 for pyfastcdc
         config = RepoConfig(
-            repo_id=secrets.token_hex(32),
+            repo_id=os.urandom(32).hex(),
             chunker=chunker or ChunkerParams(seed=seed),
             compression=compression,
             pack_size=pack_size,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Protocol, runtime_checkable
 
 from safehold.model import ObjectInfo
@@ -85,6 +84,10 @@ def http_date(value: object) -> datetime | None:
     an aware UTC datetime; None if absent or malformed."""
     if not isinstance(value, str) or not value:
         return None
+    # Imported here: email.utils brings socket, urllib and the email package (2.6 MB, and
+    # every command imports this module), for the few callers that parse an HTTP date.
+    from email.utils import parsedate_to_datetime
+
     try:
         found = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -640,3 +640,33 @@ def test_the_tree_cache_is_bounded_by_nodes_and_the_report_is_the_same(
     trees = report.trees  # distinct trees
     # Walked once per chain: loaded once each with room, again for the second chain without.
     assert len(loaded) == (trees if cap > 100 else 2 * trees)
+
+
+def test_one_chain_caches_no_tree_and_counts_each_blob_once(
+    mem_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one chain no tree is walked twice, so none is kept; data blobs shared by files
+    and snapshots are counted once."""
+    from safehold.repository.check import walk as check_walk
+
+    src = tmp_path / "src"
+    for d in range(3):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(4):
+            (src / f"d{d}" / f"f{f}").write_text(f"content {f}")  # shared across folders
+    run_backup(mem_repo, BackupOptions(paths=[str(src)]))
+    (src / "d0" / "new").write_text("only in the second")
+    run_backup(mem_repo, BackupOptions(paths=[str(src)]))
+    held: list[int] = []
+    real_load = check_walk.SnapshotChecks.load_tree
+
+    def load_tree(self: check_walk.SnapshotChecks, tree_id: bytes) -> list[check_walk.Entry]:
+        out = real_load(self, tree_id)
+        held.append(len(self.trees))
+        return out
+
+    monkeypatch.setattr(check_walk.SnapshotChecks, "load_tree", load_tree)
+    report = check_repository(mem_repo)
+    assert report.ok and report.snapshots == 2
+    assert held and max(held) == 0
+    assert report.blobs == 5  # four contents, and the new file's

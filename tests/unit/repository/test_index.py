@@ -356,3 +356,47 @@ def test_locate_is_lookup_and_has_in_chain(
                 index.lookup(blob_id),
                 index.has_in_chain(blob_id, chain),
             )
+
+
+@given(st.lists(pack_records(), max_size=12), st.integers(0, 11), st.booleans())
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_marks_count_the_distinct_blobs_located(
+    records: list[PackRecord], removed: int, twice: bool
+) -> None:
+    # Check counts the blobs it met with one byte per blob of the run instead of a set.
+    loader = IndexLoader()
+    loader.add_file(encode_index(records), "index")
+    index = loader.finish()
+    if records:
+        index.remove_pack(records[removed % len(records)].pack_id)  # dead copies: not found
+    marks = index.run_marks()
+    assert marks is not None and len(marks) == index._run.n
+    ids = [e.blob_id for rec in records for e in rec.entries] + [b"\x01" * 32]
+    found = set()
+    for blob_id in ids * (2 if twice else 1):
+        loc, _ = index.locate(blob_id, b"a" * 16, marks)
+        if loc is not None:
+            found.add(blob_id)
+    assert marks.count(1) == len(found)
+
+
+def test_no_marks_while_additions_are_outside_the_run() -> None:
+    index = Index()
+    index.add_pack(PackRecord(b"p" * 32, b"a" * 16, 100, (PackEntry(0, 8, 10, 10, b"x" * 32),)))
+    assert index.run_marks() is None
+    index.flush()
+    assert index.run_marks() == bytearray(1)
+
+
+@given(st.lists(pack_records(), max_size=12), st.integers(0, 11), st.integers(1, 8))
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_pack_summaries_are_the_records_sizes_and_counts(
+    records: list[PackRecord], removed: int, merge_at: int
+) -> None:
+    index = Index(merge_at=merge_at)
+    for rec in records:
+        index.add_pack(rec)
+    if records:
+        index.remove_pack(records[removed % len(records)].pack_id)
+    want = {p: (rec.size, len(rec.entries)) for p, rec in index.packs.items()}
+    assert index.pack_summaries() == want

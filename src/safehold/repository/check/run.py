@@ -43,7 +43,7 @@ class _Checker(StructureChecks, DataChecks, SnapshotChecks):
             )
         self.unindexed_warnings()
         self.report.trees = len(self.tree_ids)
-        self.report.blobs = len(self.blob_ids)
+        self.report.blobs = self.blobs_met()
         order = {s: i for i, s in enumerate(SEVERITIES)}
         self.report.problems.sort(key=lambda p: order[p.severity])  # stable within a severity
         return self.report

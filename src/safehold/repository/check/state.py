@@ -41,8 +41,17 @@ class CheckState:
         # Trees walked lately: (name, type, content, subtree) of each node (check/walk.py).
         self.trees: OrderedDict[BlobId, list[tuple[str, Any, Any, Any]]] = OrderedDict()
         self.cached_nodes = 0  # in ``trees``
+        self.cache_nodes = 0  # at most this many in ``trees`` (the walk decides)
         self.tree_ids: set[BlobId] = set()
+        # Data blobs the walk met: those the index holds as one byte each in ``blob_marks``
+        # (Index.run_marks), the rest (not found, or no marks) in ``blob_ids``.
+        self.blob_marks: bytearray | None = None
         self.blob_ids: set[BlobId] = set()
+
+    def blobs_met(self) -> int:
+        """How many distinct data blobs the walk met."""
+        marked = self.blob_marks.count(1) if self.blob_marks is not None else 0
+        return marked + len(self.blob_ids)
 
     def add(self, severity: str, code: str, subject: str, message: str, **kw: str) -> None:
         """Add a problem to the report; ``kw`` are its optional fields (hint, pack)."""

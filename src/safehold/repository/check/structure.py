@@ -86,6 +86,7 @@ class StructureChecks(CheckState):
                 break
         # Sorted once (IndexLoader), not added pack by pack and merged afterwards.
         self.index = loader.finish()
+        self.blob_marks = self.index.run_marks()
         self.report.index_files = len(loaded)
 
     def check_packs(self) -> None:
@@ -102,21 +103,21 @@ class StructureChecks(CheckState):
             )
             hint = "delete it; backups adopt its packs and a later prune frees them"
             self.add(ERROR, "trash-damaged", name, msg, hint=hint)
-        for pack_id, rec in sorted(self.index.packs.items()):
+        for pack_id, (indexed_size, blobs) in sorted(self.index.pack_summaries().items()):
             where = self.index_file_of.get(pack_id, "the index")
             size = self.listed.get(pack_id)
             if size is None:
                 self.bad_packs[pack_id] = ("pack-missing", "is missing")
                 msg = (
-                    f"the pack is missing; {where} lists it with {len(rec.entries)} blobs, "
+                    f"the pack is missing; {where} lists it with {blobs} blobs, "
                     "lost unless another pack holds them (the snapshots and paths that need "
                     "them are listed)"
                 )
                 self.add(ERROR, "pack-missing", pack_name(pack_id), msg, pack=pack_id.hex())
-            elif size != rec.size:
+            elif size != indexed_size:
                 self.bad_packs[pack_id] = ("pack-size", "has the wrong size")
                 msg = (
-                    f"the pack is {size} bytes but {where} records {rec.size}: "
+                    f"the pack is {size} bytes but {where} records {indexed_size}: "
                     "it was truncated or overwritten"
                 )
                 hint = "run 'safehold check --read-data' to see which blobs survive"

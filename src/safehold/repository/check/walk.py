@@ -27,7 +27,8 @@ __all__ = ["TREE_CACHE", "TREE_CACHE_NODES", "Entry", "SnapshotChecks"]
 TREE_CACHE = 4096
 # ...and at most this many nodes in them: a tree is walked once per chain (``memo``), so the
 # cache only saves loading it again for another chain, while 4,096 trees of a maildir's
-# 100 files each held 56 MB of the 152 MB a check of 200,000 files took.
+# 100 files each held 56 MB of the 152 MB a check of 200,000 files took. With one chain
+# nothing is cached at all (the 65,536 nodes were still 23 MB of such a check's 100).
 TREE_CACHE_NODES = 1 << 16
 
 # What the walk keeps of a node: name, type, content (hex blob ids), subtree (hex tree id).
@@ -60,6 +61,8 @@ class SnapshotChecks(CheckState):
     def check_snapshots(self, snap_ids: list[SnapshotId]) -> None:
         """Walk every snapshot of ``snap_ids`` (a forgotten one is skipped), with progress."""
         self.progress.start("check", len(snap_ids))
+        # Snapshots are in the chains of the index's packs: with one, no tree is walked twice.
+        self.cache_nodes = TREE_CACHE_NODES if self.index.chain_count() > 1 else 0
         try:
             for sid in snap_ids:
                 try:
@@ -152,7 +155,6 @@ class SnapshotChecks(CheckState):
                 msg = f"the file names an invalid blob id {hex_id!r}"
                 found.add(Issue(path, "tree-damaged", msg))
                 return
-            self.blob_ids.add(blob_id)
             for issue in self.blob_issues(blob_id, chain, BLOB_DATA):
                 first.setdefault(issue.code, issue)
                 count[issue.code] = count.get(issue.code, 0) + 1
@@ -164,7 +166,11 @@ class SnapshotChecks(CheckState):
     def blob_issues(self, blob_id: BlobId, chain: ChainId, kind: int) -> list[Issue]:
         """What is wrong with one blob a tree of ``chain`` names: missing, only in an unindexed
         pack, damaged, or stored in another chain."""
-        loc, in_chain = self.index.locate(blob_id, chain)
+        # Data blobs are counted for the report: found ones as marks, one byte each.
+        marks = self.blob_marks if kind == BLOB_DATA else None
+        loc, in_chain = self.index.locate(blob_id, chain, marks)
+        if kind == BLOB_DATA and (loc is None or marks is None):
+            self.blob_ids.add(blob_id)
         if loc is not None and in_chain and loc.blob_type == kind:
             # The common case, before any message is formatted.
             pack = loc.pack_id
@@ -216,9 +222,11 @@ class SnapshotChecks(CheckState):
         data = self.repo.open_blob(tree_id, sealed, loc.raw_length, name)
         nodes = _entries(data, f"tree {tree_id.hex()[:8]}")
         self.tree_ids.add(tree_id)
+        if not self.cache_nodes:
+            return nodes
         self.trees[tree_id] = nodes
         self.cached_nodes += len(nodes)
-        while len(self.trees) > TREE_CACHE or self.cached_nodes > TREE_CACHE_NODES:
+        while len(self.trees) > TREE_CACHE or self.cached_nodes > self.cache_nodes:
             self.cached_nodes -= len(self.trees.popitem(last=False)[1])
         return nodes
 
