@@ -119,3 +119,31 @@ def test_the_walk_changes_the_switch_interval_only_where_allowed(runtime_off: No
     with runtime.walk_switching():
         assert sys.getswitchinterval() == pytest.approx(interval / 4)
     assert sys.getswitchinterval() == interval
+
+
+_SETTLED = """
+import gc, json
+from safehold import runtime
+
+class Held:  # an object start-up made, alive for the process's life
+    pass
+
+made = [Held() for _ in range(1000)]
+runtime.settled()  # not allowed: nothing frozen
+counts = [gc.get_freeze_count()]
+runtime.configure(runtime.SERVICE)
+runtime.settled()
+counts.append(gc.get_freeze_count())
+print(json.dumps(counts))
+"""
+
+
+def test_the_service_freezes_what_start_up_made_once_settled() -> None:
+    # A fresh interpreter: a freeze is for the process's life.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _SETTLED], capture_output=True, check=True, env=env, timeout=60
+    ).stdout
+    before, after = json.loads(out)
+    assert before == 0
+    assert after >= 1000  # start-up's objects are out of the collector's passes

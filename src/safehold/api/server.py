@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from fastapi import FastAPI
 
+from safehold import runtime
 from safehold.api.app import create_app
 from safehold.errors import UsageError
 
@@ -163,6 +164,7 @@ def api_companion(
         app = create_app(
             service.engine, plans=lambda: service.specs, jobs=service.jobs, vault=service.vault
         )
+        runtime.settled()  # the app and its routes are made: out of the collector's passes
         await serve_api(app, sock, stop, options)
 
     return run

@@ -41,6 +41,7 @@ from typing import Any
 from procrastinate import App, PsycopgConnector
 from sqlalchemy import text
 
+from safehold import runtime
 from safehold.catalog import RunKind
 from safehold.clock import SYSTEM_CLOCK, Clock
 from safehold.config import Config, load_config
@@ -401,6 +402,7 @@ async def serve(
             log.info("serving (database %s, %d workers)", db.display_url, options.workers)
             if ready is not None:
                 ready(service)
+            runtime.settled()  # the plans are made: leave them out of the collector
             try:
                 await service.run(stop, companions)
             finally:
