@@ -56,7 +56,15 @@ def overview_page(
                      kind=kind or None, project=project or None, page=page_no)  # fmt: skip
     scope = [] if elsewhere else [project] if project else held
     destinations = [found for one in scope for found in dest.list_destinations(api.engine, one)]
+    # Joined here, not by a loop in the template: a repository of 1,000 plans would cost
+    # the page a few milliseconds more (bench/web.py).
+    several = len(held) > 1
+    repositories = [
+        (location, ", ".join(f"{name} ({owner})" if several else name for owner, name in keys))
+        for location, keys in shown.repositories
+    ]
     return page(request, "overview.html", session, view=shown, destinations=destinations,
+                repositories=repositories,
                 filters={"state": state or "", "kind": kind or "", "project": project or ""},
                 elsewhere=elsewhere, query=_query(state, kind, project))  # fmt: skip
 
