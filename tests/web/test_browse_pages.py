@@ -26,7 +26,7 @@ def test_files_and_diff_pages(api: Api, points: list[dict[str, Any]], role: str)
     data = str(api.folder / "data")
     with login(api, role=role) as client:
         listed = client.get("/ui/restore-points").text
-        assert f'/ui/restore-points/{newest}/files"' in listed
+        assert f'/ui/restore-points/{newest}/files?project=default"' in listed
         assert f"/ui/restore-points/{newest}/diff?against={older}" in listed
         top = client.get(f"/ui/restore-points/{newest}/files")
         assert top.status_code == 200, top.text[-500:]

@@ -69,7 +69,10 @@ class Serve:
             # Never run yet and older than its 1 s RPO target: at risk on the overview, and
             # an RPO alert open.
             f"  archive:\n    type: directory\n    paths: [{data}]\n"
-            '    schedule: "@yearly"\n    rpo_target: 1s\n' + extra
+            '    schedule: "@yearly"\n    rpo_target: 1s\n'
+            # Another project's plan: a session sees it once it holds a token of "ops".
+            f"  ops-files:\n    type: directory\n    paths: [{data}]\n"
+            '    schedule: "@yearly"\n    project: ops\n' + extra
         )
         self.log = tmp / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,9 +85,9 @@ class Serve:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
-    def token(self, role: str) -> str:
+    def token(self, role: str, project: str = "default") -> str:
         return self.safehold("token", "create", "--config", str(self.config), "--project",
-                             "default", "--role", role, "--name", f"web-{role}")  # fmt: skip
+                             project, "--role", role, "--name", f"web-{role}")  # fmt: skip
 
     def start(self) -> None:
         with self.log.open("wb") as out:
@@ -213,7 +216,7 @@ def test_a_newcomer_finds_a_failing_plan_sees_why_runs_it_again_and_restores_a_f
     serve.tmp.joinpath("check-lock.sh").write_text("#!/bin/sh\nexit 0\n")
     page.get_by_role("link", name="plan billing-db").click()
     page.get_by_role("button", name="Run now").click()
-    expect(page).to_have_url(re.compile(r"/ui/runs/[0-9a-f-]{36}$"))
+    expect(page).to_have_url(re.compile(r"/ui/runs/[0-9a-f-]{36}\?project=default$"))
     expect(page.locator("#run-state")).to_have_text("succeeded", timeout=RUN_TIMEOUT)
     expect(page.locator("#log")).to_contain_text("run.finished")
     shot(page, "run")
@@ -289,6 +292,12 @@ def test_an_operator_pauses_a_viewer_may_not_and_two_points_differ(
     assert forged.status == 403 and "viewer may not do this" in forged.text()
     seen.goto(f"{serve.url}/ui/restore-points")
     expect(seen.get_by_text("Start restore")).to_have_count(0)
+    # Logged in, the log-in page adds another project: both projects' cards in one view.
+    seen.get_by_role("link", name="Add a project").click()
+    seen.get_by_label("Token").fill(serve.token("viewer", "ops"))
+    seen.get_by_role("button", name="Add the project").click()
+    expect(seen.locator('[data-plan="ops-files"]')).to_contain_text("ops")
+    expect(seen.locator('[data-plan="shop-files"]')).to_be_visible()
     context.close()
 
     # Restore the whole point into a new folder (the walk restores one file), and watch

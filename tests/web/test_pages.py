@@ -80,7 +80,7 @@ def test_every_page_renders_for_every_role(api: Api, role: str) -> None:
         assert ("Pause" in plan) == (role != "viewer")
         tokens = client.get("/ui/tokens")
         assert tokens.status_code == (200 if role == "admin" else 403)
-        assert ('href="/ui/tokens"' in overview.text) == (role == "admin")
+        assert ('href="/ui/tokens?project=default"' in overview.text) == (role == "admin")
         if role == "admin":
             assert "default-viewer" in tokens.text
             assert api.tokens["default", "viewer"].split("_", 2)[2] not in tokens.text
@@ -168,7 +168,8 @@ def test_csrf_and_origin_are_checked(api: Api) -> None:
                                data={"csrf": csrf(admin)}).status_code == 403  # fmt: skip
         paused = client.post("/ui/plans/second/pause", data={"csrf": token},
                              headers={"Origin": api.url})  # fmt: skip
-        assert paused.status_code == 303 and paused.headers["location"] == "/ui/plans/second"
+        assert paused.status_code == 303
+        assert paused.headers["location"] == "/ui/plans/second?project=default"
         page = client.get("/ui/plans/second").text
         assert "Resume" in page and "paused" in page
         resumed = client.post("/ui/plans/second/resume", data={"csrf": token})
@@ -218,7 +219,7 @@ def test_a_running_run_follows_with_htmx_or_reloads_without(
         monkeypatch.setenv("SAFEHOLD_WEB_ASSETS", str(tmp_path / "vendor"))
         live = client.get(f"/ui/runs/{run_id}")
         assert "refresh" not in live.headers
-        assert f'hx-get="/ui/runs/{run_id}/live"' in live.text
+        assert f'hx-get="/ui/runs/{run_id}/live?project=default"' in live.text
         assert client.get("/ui/vendor/htmx.min.js").text == "/* stand-in */"
         fragment = client.get(f"/ui/runs/{run_id}/live").text
         assert fragment.lstrip().startswith('<div id="live" hx-get=')

@@ -6,14 +6,18 @@ import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from safehold.api.tokens import Principal
+from safehold.catalog import TokenRole
+from safehold.errors import Forbidden, UsageError
 from safehold.policy.schedule import parse_schedule
 from safehold.service.plans import PlanSpec
 from safehold.web.format import ago, duration, size, when
 from safehold.web.overview import _verdict, rpo_target
-from safehold.web.session import csrf_for, set_cookie
+from safehold.web.session import MAX_PROJECTS, Grant, Session, csrf_for, set_cookie, with_token
 from safehold.web.svg import Bar, Cell, Span, bar_chart, strip, timeline
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -77,6 +81,34 @@ def test_a_plans_verdict() -> None:
 def test_the_csrf_value_depends_on_the_token() -> None:
     assert csrf_for("shk_a") != csrf_for("shk_b") and len(csrf_for("shk_a")) == 64
     assert csrf_for("shk_a") == csrf_for("shk_a")
+    # Keyed with all the session's tokens, in whatever order the cookie has them.
+    assert csrf_for("shk_a", "shk_b") == csrf_for("shk_b", "shk_a") != csrf_for("shk_a")
+
+
+def _token(n: int) -> str:
+    return f"shk_{n:016x}_" + "s" * 43
+
+
+def test_a_token_adds_its_project_or_takes_its_projects_place() -> None:
+    grants = tuple(Grant(Principal(f"{n:016x}", project, TokenRole.VIEWER))
+                   for n, project in ((1, "a"), (2, "b")))  # fmt: skip
+    session = Session(grants, grants[0], "")
+    held = [_token(1), _token(2), _token(9)]  # 9: no longer valid, left out
+    added = with_token(session, held, _token(3), Principal(f"{3:016x}", "c", TokenRole.ADMIN))
+    assert added == [_token(1), _token(2), _token(3)]
+    again = with_token(session, held, _token(4), Principal(f"{4:016x}", "a", TokenRole.ADMIN))
+    assert again == [_token(4), _token(2)]  # a's token replaced, in its place
+    assert with_token(None, [], _token(1), grants[0].who) == [_token(1)]
+    many = tuple(Grant(Principal(f"{n:016x}", f"p{n}", TokenRole.VIEWER))
+                 for n in range(MAX_PROJECTS))  # fmt: skip
+    full = Session(many, many[0], "")
+    with pytest.raises(UsageError, match="the most it may"):
+        with_token(full, [_token(n) for n in range(MAX_PROJECTS)], _token(99),
+                   Principal(f"{99:016x}", "more", TokenRole.VIEWER))  # fmt: skip
+    with pytest.raises(Forbidden, match="holds no token of project 'z'"):
+        session.at("z")
+    assert session.at("b").who.project == "b" and session.at(None).who.project == "a"
+    assert session.at("b").q == "project=b"
 
 
 def _request(scheme: str) -> Request:
@@ -87,7 +119,7 @@ def _request(scheme: str) -> Request:
 def test_the_cookie_is_secure_over_tls_only() -> None:
     for scheme, secure in (("https", True), ("http", False)):
         response = Response()
-        set_cookie(response, _request(scheme), "shk_x")
+        set_cookie(response, _request(scheme), ["shk_x"])
         cookie = response.headers["set-cookie"].lower()
         assert ("; secure" in cookie) == secure
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie

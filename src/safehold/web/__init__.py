@@ -8,9 +8,11 @@ polled fragment; without it the page refreshes itself instead.
 
 Concepts:
 
-- **Session** (:mod:`.session`): a browser logs in with an API token; the cookie holds that
-  token (HttpOnly, SameSite=Strict, Secure over TLS). Every POST carries a CSRF value
-  derived from the token and is refused from another site.
+- **Session** (:mod:`.session`): a browser logs in with an API token, and again with
+  another project's to add that project; the cookie holds the tokens (HttpOnly,
+  SameSite=Strict, Secure over TLS). A page acts with the token of its own project only.
+  Every POST carries a CSRF value derived from the tokens and is refused from another
+  site.
 - **Same authority as the API**: an action calls the API route's own function after the
   same role check (:func:`safehold.api.auth.require`), so a forged POST is refused as the
   API would refuse it, and what a page shows follows the role.

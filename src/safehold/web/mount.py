@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from safehold.errors import SafeholdError, Unauthenticated
 from safehold.web.assets import HTMX, STATIC, vendor_dir
 from safehold.web.render import error_page
-from safehold.web.session import PREFIX
+from safehold.web.session import PREFIX, rewrite_cookie
 
 __all__ = ["WebRoute", "mount_dashboard", "web_router"]
 
@@ -35,6 +35,12 @@ class WebRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def wrapped(request: Request) -> Response:
+            response = await answer(request)
+            # A token revoked since dropped out of the session: the cookie forgets it.
+            rewrite_cookie(request, response)
+            return response
+
+        async def answer(request: Request) -> Response:
             try:
                 return await handler(request)
             except Unauthenticated:

@@ -1,18 +1,19 @@
 """The overview's data: the banner counting failing and at-risk plans, and a card per
 plan (RPO, last success, next slot, 30 days of slots, the latest run's error), a page of
-cards at a time.
+cards at a time, over one or several projects (a browser session holds a token of each).
 
 Two catalog queries whatever the project's size: every plan's status (its newest slot,
 newest success and newest ended run, each one index probe), then the slots of the last 30
-days of the page's plans, summed per plan and day. The banner counts every plan; the
-cards' costlier parts (next slot, strip) are made for the page shown only, so the
+days of the page's plans, summed per plan and day; with several projects, the first is
+one query per project (the same query, the same index). The banner counts every plan;
+the cards' costlier parts (next slot, strip) are made for the page shown only, so the
 overview of 1,000 plans answers as fast as one of 50 (bench/web.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -97,7 +98,8 @@ class Overview:
     page: int
     pages: int
     kinds: list[str]
-    repositories: list[tuple[str, list[str]]]  # location (redacted) -> plans writing to it
+    # location (redacted) -> the plans writing to it, as (project, name)
+    repositories: list[tuple[str, list[tuple[str, str]]]]
 
 
 _STATUS = text(
@@ -229,96 +231,111 @@ def _verdict(paused: bool, row: Any, rpo: float | None, target: float | None, no
 _ORDER = {"failing": 0, "at_risk": 1, "new": 2, "ok": 3, "paused": 4}
 
 
+Key = tuple[str, str]  # a plan's (project, name): names are unique per project only
+
+
 def overview(
     engine: Engine,
     specs: Mapping[str, PlanSpec],
-    project: str,
+    projects: str | Sequence[str],
     now: datetime,
     *,
     state: str | None = None,
     kind: str | None = None,
+    project: str | None = None,
     page: int = 1,
 ) -> Overview:
-    """The project's overview at ``now``: the banner over every plan, and the ``page``-th
-    page of the cards that ``state`` and ``kind`` keep (failing first, then at risk)."""
+    """The overview of ``projects`` (one, or the session's) at ``now``: the banner over
+    every plan of them, and the ``page``-th page of the cards that ``project``, ``state``
+    and ``kind`` keep (failing first, then at risk)."""
+    names = [projects] if isinstance(projects, str) else list(projects)
+    wanted = set(names)
     # A drill plan (``NAME.drill``) is shown on its source's card, not as one of its own.
     mine = {
-        spec.name: spec
+        (spec.project, spec.name): spec
         for spec in specs.values()
-        if spec.project == project and spec.kind is not RunKind.DRILL
+        if spec.project in wanted and spec.kind is not RunKind.DRILL
     }
-    # One connection for the page's three queries: each checkout costs the pool's ping
-    # and its rollback on return, round trips that a busy machine makes slow.
+    # One connection for the page's queries: each checkout costs the pool's ping and its
+    # rollback on return, round trips that a busy machine makes slow.
     with engine.connect() as db:
-        rows = {row.name: row for row in db.execute(_STATUS, {"project": project}).all()}
-        return _assemble(db, mine, rows, project, now, state=state, kind=kind, page=page)
+        rows: dict[Key, Any] = {}
+        for one in names:
+            for row in db.execute(_STATUS, {"project": one}).all():
+                rows[one, row.name] = row
+        return _assemble(db, mine, rows, now, state=state, kind=kind, project=project,
+                         page=page)  # fmt: skip
 
 
 def _assemble(
-    db: Connection, mine: Mapping[str, PlanSpec], rows: Mapping[str, Any], project: str,
-    now: datetime, *, state: str | None, kind: str | None, page: int,
+    db: Connection, mine: Mapping[Key, PlanSpec], rows: Mapping[Key, Any], now: datetime,
+    *, state: str | None, kind: str | None, project: str | None, page: int,
 ) -> Overview:  # fmt: skip
     """The cards from the plans' status ``rows``, the banner's counts, the page filled.
 
     Every plan gets a verdict and a kind (the banner and the filters need them); only the
     page's plans become cards (1,000 plans: 60 cards, not 1,000 made and dropped)."""
     seen: dict[str, dict[str, str]] = {}
-    # (order, name, verdict, kind, paused, success, rpo, target) for every plan
-    plans: list[tuple[int, str, str, str, bool, datetime | None, float | None, float | None]] = []
-    for name, spec in mine.items():
-        row = rows.get(name)
+    # (order, name, project, verdict, kind, paused, success, rpo, target) for every plan
+    plans: list[
+        tuple[int, str, str, str, str, bool, datetime | None, float | None, float | None]
+    ] = []
+    for key, spec in mine.items():
+        row = rows.get(key)
         paused = spec.paused or bool(row is not None and row.paused)
         success = row.success if row is not None else None
         rpo = None if success is None else (now - success).total_seconds()
         target = rpo_target(spec, now)
         verdict = _verdict(paused, row, rpo, target, now)
-        plans.append((_ORDER.get(verdict, 9), name, verdict, source_kind(spec, seen), paused,
-                      success, rpo, target))  # fmt: skip
-    failing = sum(plan[2] == "failing" for plan in plans)
-    at_risk = sum(plan[2] == "at_risk" for plan in plans)
+        plans.append((_ORDER.get(verdict, 9), key[1], key[0], verdict,
+                      source_kind(spec, seen), paused, success, rpo, target))  # fmt: skip
+    failing = sum(plan[3] == "failing" for plan in plans)
+    at_risk = sum(plan[3] == "at_risk" for plan in plans)
     kept = sorted(
         plan for plan in plans
-        if (state is None or plan[2] == state) and (kind is None or plan[3] == kind)
+        if (state is None or plan[3] == state) and (kind is None or plan[4] == kind)
+        and (project is None or plan[2] == project)
     )  # fmt: skip
     pages = max(1, -(-len(kept) // PAGE))
     page = min(max(1, page), pages)
     shown: list[Card] = []
-    ids: dict[str, int] = {}
-    for _, name, verdict, source, paused, success, rpo, target in kept[
+    ids: dict[Key, int] = {}
+    for _, name, owner, verdict, source, paused, success, rpo, target in kept[
         (page - 1) * PAGE : page * PAGE
-    ]:  # names are unique: the sort never compares past them
-        row = rows.get(name)
+    ]:  # (name, project) is unique: the sort never compares past them
+        row = rows.get((owner, name))
         run = None
         if row is not None:
-            ids[name] = row.id
+            ids[owner, name] = row.id
             if row.run_id is not None:
                 run = {"id": str(row.run_id), "state": row.run_state, "error": row.error,
                        "hint": row.hint, "ended_at": row.run_ended}  # fmt: skip
         shown.append(
             Card(
-                name=name, project=project, kind=source,
-                schedule=mine[name].schedule.describe(), paused=paused, last_success=success,
-                rpo_seconds=rpo, rpo_target=target, state=verdict, last_run=run,
+                name=name, project=owner, kind=source,
+                schedule=mine[owner, name].schedule.describe(), paused=paused,
+                last_success=success, rpo_seconds=rpo, rpo_target=target, state=verdict,
+                last_run=run,
             )
         )  # fmt: skip
     _fill_page(db, shown, mine, ids, now)
-    repositories: dict[str, list[str]] = {}
-    for spec in mine.values():
-        if spec.repository:
-            repositories.setdefault(redact(spec.repository), []).append(spec.name)
+    repositories: dict[str, list[Key]] = {}
+    for key, spec in mine.items():
+        if spec.repository and (project is None or key[0] == project):
+            repositories.setdefault(redact(spec.repository), []).append(key)
     return Overview(
         cards=shown, failing=failing, at_risk=at_risk, total=len(plans), matching=len(kept),
-        page=page, pages=pages, kinds=sorted({plan[3] for plan in plans}),
-        repositories=sorted((loc, sorted(names)) for loc, names in repositories.items()),
+        page=page, pages=pages, kinds=sorted({plan[4] for plan in plans}),
+        repositories=sorted((loc, sorted(keys)) for loc, keys in repositories.items()),
     )  # fmt: skip
 
 
 def _fill_page(
-    db: Connection, cards: list[Card], specs: Mapping[str, PlanSpec], ids: Mapping[str, int],
+    db: Connection, cards: list[Card], specs: Mapping[Key, PlanSpec], ids: Mapping[Key, int],
     now: datetime,
 ) -> None:  # fmt: skip
     """The page's cards' next slots and strips."""
-    wanted = [ids[card.name] for card in cards if card.name in ids]
+    wanted = [ids[card.project, card.name] for card in cards if (card.project, card.name) in ids]
     days: dict[int, dict[datetime, tuple[Any, ...]]] = {}
     if wanted:
         since = now - timedelta(days=DAYS)
@@ -327,13 +344,16 @@ def _fill_page(
     today = now.astimezone(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
     window = [(day, f"{day:%Y-%m-%d}") for day in
               (today - timedelta(days=DAYS - 1 - i) for i in range(DAYS))]  # fmt: skip
-    drills: dict[str, dict[str, Any]] = {}
-    if cards:
-        last = db.execute(_LAST_DRILLS, {"project": cards[0].project,
-                                         "plans": [card.name for card in cards]}).all()  # fmt: skip
-        drills = {row.plan: dict(row._mapping) for row in last}
+    drills: dict[Key, dict[str, Any]] = {}
+    by_project: dict[str, list[str]] = {}
     for card in cards:
+        by_project.setdefault(card.project, []).append(card.name)
+    for owner, plans in by_project.items():  # one query a project shown (one, mostly)
+        last = db.execute(_LAST_DRILLS, {"project": owner, "plans": plans}).all()
+        drills.update({(owner, row.plan): dict(row._mapping) for row in last})
+    for card in cards:
+        key = (card.project, card.name)
         if not card.paused:
-            card.next_slot = specs[card.name].schedule.next_after(now)
-        card.cells = _cells(days.get(ids.get(card.name, -1), {}), window)
-        card.last_drill = drills.get(card.name)
+            card.next_slot = specs[key].schedule.next_after(now)
+        card.cells = _cells(days.get(ids.get(key, -1), {}), window)
+        card.last_drill = drills.get(key)

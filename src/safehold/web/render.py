@@ -41,6 +41,11 @@ def _strip(card: Any) -> Markup:
 
 
 _ENV.globals["strip"] = _strip
+# The pages of one project that list its objects: with several projects in the session,
+# they offer the others (the same page, ``?project=``).
+_ENV.globals["lists"] = frozenset(
+    f"{PREFIX}/{name}" for name in ("restore-points", "agents", "drills", "alerts", "tokens")
+)
 
 
 def page(

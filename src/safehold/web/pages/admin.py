@@ -50,4 +50,4 @@ async def token_revoke(request: Request, session: Web, token_id: str) -> Respons
     """Revoke a token of the project."""
     await read_form(request, session)
     api_tokens.revoke_project_token(request, authorise(Admin, session.who), token_id)
-    return RedirectResponse(f"{PREFIX}/tokens", status_code=303)
+    return RedirectResponse(f"{PREFIX}/tokens?{session.q}", status_code=303)

@@ -10,11 +10,14 @@ from fastapi.params import Depends as DependsParam
 
 from safehold.api.tokens import Principal
 from safehold.errors import UsageError
-from safehold.web.session import Session, check_csrf, session_of
+from safehold.web.session import Session, check_csrf, session_of, session_of_all
 
-__all__ = ["Form", "Web", "authorise", "read_form"]
+__all__ = ["Form", "Web", "WebAll", "authorise", "read_form"]
 
+# A page of one project (its ``project`` parameter, or the session's first project).
 Web = Annotated[Session, Depends(session_of)]
+# The overview: every project of the session, ``project`` a filter of its own.
+WebAll = Annotated[Session, Depends(session_of_all)]
 Form = dict[str, str]
 MAX_FIELD = 8192
 

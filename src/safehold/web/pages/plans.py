@@ -1,4 +1,4 @@
-"""The overview (every plan of the project at a glance) and a plan's page, with run now,
+"""The overview (every plan of the session's projects at a glance) and a plan's page, with run now,
 pause and resume."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from safehold.service import destinations as dest
 from safehold.web.format import duration, size, when
 from safehold.web.mount import web_router
 from safehold.web.overview import overview, rpo_target
-from safehold.web.pages.common import Web, authorise, read_form
+from safehold.web.pages.common import Web, WebAll, authorise, read_form
 from safehold.web.render import page
 from safehold.web.session import PREFIX
 from safehold.web.svg import Bar, Span, bar_chart, timeline
@@ -37,24 +37,34 @@ CardState = Literal["ok", "failing", "at_risk", "paused", "new"]
 @router.get("/", name="web_overview")
 def overview_page(
     request: Request,
-    session: Web,
+    session: WebAll,
     state: Annotated[CardState | None, Query()] = None,
     kind: Annotated[str | None, Query(max_length=64)] = None,
     project: Annotated[str | None, Query(max_length=64)] = None,
     page_no: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
-    """The banner, a card per plan (filtered), and every repository and destination."""
+    """The banner over every project of the session, a card per plan (filtered), and
+    every repository and destination."""
     api = api_state(request)
     # A token sees its own project only, whatever its role (docs/api.md: no global admin):
-    # the project filter offers the session's project, and another one's name shows no
-    # plan and says which token would show them, alike whether that project exists or not.
-    elsewhere = project if project and project != session.who.project else None
-    shown = overview(api.engine, api.plans(), session.who.project, utcnow(),
-                     state=state or None, kind=kind or None, page=page_no)  # fmt: skip
-    if elsewhere is not None:
-        shown.cards, shown.matching, shown.pages = [], 0, 1
-    destinations = dest.list_destinations(api.engine, session.who.project)
+    # the session shows the projects it holds a token of, each read with its own token's
+    # project; another project's name shows no plan and says how to add it, alike whether
+    # that project exists or not.
+    held = session.projects
+    elsewhere = project if project and project not in held else None
+    shown = overview(api.engine, api.plans(), held, utcnow(), state=state or None,
+                     kind=kind or None, project=project or None, page=page_no)  # fmt: skip
+    scope = [] if elsewhere else [project] if project else held
+    destinations = [found for one in scope for found in dest.list_destinations(api.engine, one)]
+    # Joined here, not by a loop in the template: a repository of 1,000 plans would cost
+    # the page a few milliseconds more (bench/web.py).
+    several = len(held) > 1
+    repositories = [
+        (location, ", ".join(f"{name} ({owner})" if several else name for owner, name in keys))
+        for location, keys in shown.repositories
+    ]
     return page(request, "overview.html", session, view=shown, destinations=destinations,
+                repositories=repositories,
                 filters={"state": state or "", "kind": kind or "", "project": project or ""},
                 elsewhere=elsewhere, query=_query(state, kind, project))  # fmt: skip
 
@@ -126,7 +136,8 @@ def _ledger(slots: Sequence[Any]) -> Any:
 
 @router.get("/plans/{name}", name="web_plan")
 def plan_page(request: Request, session: Web, name: str) -> HTMLResponse:
-    """A plan: its schedule and next slots, its ledger, its runs and their charts."""
+    """A plan: its schedule and next slots, its ledger, its runs and their charts (of the
+    ``project`` parameter's project: plan names are unique per project only)."""
     api = api_state(request)
     spec = api.plans().get(f"{session.who.project}/{name}")
     if spec is None:
@@ -157,12 +168,13 @@ def plan_page(request: Request, session: Web, name: str) -> HTMLResponse:
 async def plan_action(
     request: Request, session: Web, name: str, action: Literal["run", "pause", "resume"]
 ) -> Response:
-    """Run now, pause or resume, through the API's own routes and role check."""
+    """Run now, pause or resume, through the API's own routes and role check, with the
+    principal of the plan's project (its ``project`` parameter)."""
     await read_form(request, session)
     who = authorise(Operator, session.who)
     if action == "run":
         queued = await api_plans.run_plan(request, who, name)
-        return RedirectResponse(f"{PREFIX}/runs/{queued.run_id}", status_code=303)
+        return RedirectResponse(f"{PREFIX}/runs/{queued.run_id}?{session.q}", status_code=303)
     change = api_plans.pause_plan if action == "pause" else api_plans.resume_plan
     await asyncio.to_thread(change, request, who, name)
-    return RedirectResponse(f"{PREFIX}/plans/{name}", status_code=303)
+    return RedirectResponse(f"{PREFIX}/plans/{name}?{session.q}", status_code=303)

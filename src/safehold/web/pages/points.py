@@ -96,11 +96,11 @@ async def point_action(
         body = RestoreRequest(target=target if where == "target" else None,
                               replace=form.get("replace") == "on", paths=paths)  # fmt: skip
         queued = await api_points.restore_restore_point(request, who, ref, body)
-        return RedirectResponse(f"{PREFIX}/runs/{queued.run_id}", status_code=303)
+        return RedirectResponse(f"{PREFIX}/runs/{queued.run_id}?{session.q}", status_code=303)
     if action == "hold":
         reason = form.get("reason", "").strip() or None
         await asyncio.to_thread(api_points.hold_restore_point, request, who, ref,
                                 HoldRequest(reason=reason))  # fmt: skip
     else:
         await asyncio.to_thread(api_points.release_restore_point, request, who, ref)
-    return RedirectResponse(f"{PREFIX}/restore-points", status_code=303)
+    return RedirectResponse(f"{PREFIX}/restore-points?{session.q}", status_code=303)

@@ -114,4 +114,4 @@ async def run_cancel(request: Request, session: Web, run_id: uuid.UUID) -> Respo
     """Cancel a queued or running run, through the API's route."""
     await read_form(request, session)
     await api_runs.cancel_run(request, authorise(Operator, session.who), run_id)
-    return RedirectResponse(f"{PREFIX}/runs/{run_id}", status_code=303)
+    return RedirectResponse(f"{PREFIX}/runs/{run_id}?{session.q}", status_code=303)
