@@ -228,6 +228,25 @@ def test_each_project_acts_with_its_own_token_and_role(projects: Api) -> None:
         assert 'href="/ui/drills?project=default"' in drills
 
 
+def test_a_run_link_without_its_project_is_sent_to_it(projects: Api) -> None:
+    """A run's link pasted without ``?project=`` (a log line, an alert) finds the run in
+    whichever of the session's projects has it; a project named in the link is kept."""
+    with projects.engine.connect() as db:
+        run_id = db.execute(text(
+            "SELECT r.id FROM runs r JOIN plans p ON p.id = r.plan_id "
+            "WHERE p.project = 'beta' AND r.state = 'failed' LIMIT 1"
+        )).scalar_one()  # fmt: skip
+    with session_of(projects, ("default", "viewer"), ("beta", "viewer")) as client:
+        sent = client.get(f"/ui/runs/{run_id}")
+        assert sent.status_code == 303, sent.text
+        assert sent.headers["location"] == f"/ui/runs/{run_id}?project=beta"
+        shown = client.get(sent.headers["location"])
+        assert shown.status_code == 200 and str(run_id) in shown.text
+        assert client.get(f"/ui/runs/{run_id}", params={"project": "default"}).status_code == 404
+    with session_of(projects, ("default", "viewer")) as client:  # no token of beta: not found
+        assert client.get(f"/ui/runs/{run_id}").status_code == 404
+
+
 def test_a_revoked_token_drops_its_project_from_the_session(projects: Api) -> None:
     fresh = {
         project: create_token(projects.engine, project=project, role="viewer", name="revoked")

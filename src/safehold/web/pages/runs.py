@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -15,11 +16,12 @@ from safehold.api.cursor import MAX_LIMIT
 from safehold.api.routes import drills as api_drills
 from safehold.api.routes import runs as api_runs
 from safehold.api.schemas import RunDetail
+from safehold.errors import NotFound
 from safehold.web.assets import htmx_present
 from safehold.web.mount import web_router
 from safehold.web.pages.common import Web, authorise, read_form
 from safehold.web.render import page
-from safehold.web.session import PREFIX
+from safehold.web.session import PREFIX, Session
 from safehold.web.svg import Span, timeline
 
 __all__ = ["router"]
@@ -93,14 +95,39 @@ def _context(request: Request, session: Any, run_id: uuid.UUID) -> dict[str, Any
 
 
 @router.get("/runs/{run_id}", name="web_run")
-def run_page(request: Request, session: Web, run_id: uuid.UUID) -> HTMLResponse:
-    """The run; while it runs, the page follows it (htmx polls, or the page reloads)."""
-    context = _context(request, session, run_id)
+def run_page(request: Request, session: Web, run_id: uuid.UUID) -> Response:
+    """The run; while it runs, the page follows it (htmx polls, or the page reloads).
+    A link without ``?project=`` (pasted from a log line or an alert) to a run of another
+    of the session's projects is sent on to it."""
+    try:
+        context = _context(request, session, run_id)
+    except NotFound:
+        if "project" in request.query_params:
+            raise
+        owner = _owner(request, session, run_id)
+        if owner is None:
+            raise
+        query = urlencode({"project": owner})
+        return RedirectResponse(f"{PREFIX}/runs/{run_id}?{query}", status_code=303)
     headers = None
     if context["live"] and not htmx_present():
         # Without htmx the page reloads itself (a Refresh header: no script needed).
         headers = {"Refresh": str(REFRESH)}
     return page(request, "run.html", session, headers=headers, **context)
+
+
+def _owner(request: Request, session: Session, run_id: uuid.UUID) -> str | None:
+    """Which other project of the session the run belongs to, each asked with its own
+    token (None: none of them)."""
+    for grant in session.grants:
+        if grant is session.current:
+            continue
+        try:
+            api_runs.get_run(request, grant.who, run_id)
+        except NotFound:
+            continue
+        return grant.project
+    return None
 
 
 @router.get("/runs/{run_id}/live", name="web_run_live")
