@@ -32,29 +32,14 @@ def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-class Service:
-    """One ``safehold serve`` process and the commands that talk to its catalog."""
+class Child:
+    """A long-running safehold process a test starts (``serve``, ``agent``): how it is
+    stopped, and killed if a test left it running."""
 
-    def __init__(self, config: Path, state_dir: Path, env: dict[str, str], log: Path) -> None:
-        self.config = config
-        self.state_dir = state_dir
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def base(self) -> list[str]:
-        return ["--config", str(self.config), "--state-dir", str(self.state_dir)]
-
-    def start(self, *extra: str, workers: int = 3) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "safehold", "--log-format", "json", "serve",
-                 *self.base(), "--tick", "0.5", "--workers", str(workers),
-                 "--listen", "127.0.0.1:0", *extra],
-                env=self.env, stdout=out, stderr=out,
-            )  # fmt: skip
+    proc: subprocess.Popen[bytes] | None = None
 
     def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as an operator stops it; its exit code."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout)
@@ -67,6 +52,29 @@ class Service:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+
+class Service(Child):
+    """One ``safehold serve`` process and the commands that talk to its catalog."""
+
+    def __init__(self, config: Path, state_dir: Path, env: dict[str, str], log: Path) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.env = env
+        self.log = log
+        self.proc = None
+
+    def base(self) -> list[str]:
+        return ["--config", str(self.config), "--state-dir", str(self.state_dir)]
+
+    def start(self, *extra: str, workers: int = 3) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "safehold", "--log-format", "json", "serve",
+                 *self.base(), "--tick", "0.5", "--workers", str(workers),
+                 "--listen", "127.0.0.1:0", *extra],
+                env=self.env, stdout=out, stderr=out,
+            )  # fmt: skip
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(

@@ -40,9 +40,7 @@ def agent(tmp_path: Path, cli_repo: str) -> Iterator[Agent]:
     try:
         yield found
     finally:
-        if found.proc is not None:
-            found.proc.kill()
-            found.proc.wait()
+        found.kill()
 
 
 def _config(agent: Agent, tmp_path: Path, smtp_port: int, http: HttpReceiver) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PASSWORD
+from tests.e2e.serving import Child, serve_env
 from tests.e2e.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 SPEED = 30
 
 
-class Agent:
+class Agent(Child):
     """One ``safehold agent`` process, its log, and the commands beside it."""
 
     def __init__(self, tmp_path: Path, repo: str) -> None:
@@ -35,14 +36,8 @@ class Agent:
         self.state_dir = tmp_path / "agent-state"
         self.log = tmp_path / "agent.log"
         self.repo = repo
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEHOLD_")}
-        self.env.update(
-            REPO_PW=PASSWORD.decode(),
-            HOME=str(tmp_path / "home"),
-            SAFEHOLD_CACHE_DIR=str(tmp_path / "cache"),
-            SAFEHOLD_TEST_CLOCK=f"{time.time()}:{SPEED}",
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = serve_env(tmp_path, SAFEHOLD_TEST_CLOCK=f"{time.time()}:{SPEED}")
+        self.proc = None
 
     def base(self) -> list[str]:
         return ["--config", str(self.config), "--state-dir", str(self.state_dir)]
@@ -54,13 +49,6 @@ class Agent:
                  "--stop-grace", "5"],
                 env=self.env, stdout=out, stderr=out,
             )  # fmt: skip
-
-    def stop(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        self.proc = None
-        return code
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -103,9 +91,7 @@ def agent(tmp_path: Path, cli_repo: str) -> Iterator[Agent]:
     try:
         yield found
     finally:
-        if found.proc is not None:
-            found.proc.kill()
-            found.proc.wait()
+        found.kill()
 
 
 def test_two_sources_on_their_slots_and_a_restart_catches_up_once(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,15 @@ def test_a_backup_and_restore_round_trip_with_the_runtime_off(tmp_path: Path) ->
     assert {name: (out / name).read_bytes() for name in files} == files
 
 
+def _in_a_fresh_interpreter(code: str) -> Any:
+    """What ``code``, run by a new interpreter with this one's path, prints as JSON."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, check=True, env=env, timeout=60
+    ).stdout
+    return json.loads(out)
+
+
 _PROBE = """
 import gc, json, sys, threading
 import safehold.cli.main, safehold.engine.backup, safehold.engine.restore, safehold.runs
@@ -90,11 +100,7 @@ print(json.dumps([before, state()]))
 
 def test_the_settings_are_applied_only_by_configure() -> None:
     # A fresh interpreter: importing every layer changes nothing; configure does.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE], capture_output=True, check=True, env=env, timeout=60
-    ).stdout
-    before, after = json.loads(out)
+    before, after = _in_a_fresh_interpreter(_PROBE)
     assert before == {
         "interval": 0.005,
         "thresholds": [700, 10, 10],
@@ -140,10 +146,6 @@ print(json.dumps(counts))
 
 def test_the_service_freezes_what_start_up_made_once_settled() -> None:
     # A fresh interpreter: a freeze is for the process's life.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run(
-        [sys.executable, "-c", _SETTLED], capture_output=True, check=True, env=env, timeout=60
-    ).stdout
-    before, after = json.loads(out)
+    before, after = _in_a_fresh_interpreter(_SETTLED)
     assert before == 0
     assert after >= 1000  # start-up's objects are out of the collector's passes
