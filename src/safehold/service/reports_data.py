@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, text
 
 from safehold.service.coverage import coverages_on
 from safehold.service.metrics_targets import Targets, seconds
-from safehold.service.repository_bytes import repository_bytes_on
+from safehold.service.repository_bytes import RepositoryBytes, repository_bytes_on
 
 __all__ = [
     "FAILED_STATES",
@@ -29,7 +29,6 @@ __all__ = [
     "DrillRow",
     "PlanStatus",
     "ReportData",
-    "RepositoryRow",
     "RunRow",
     "gather",
 ]
@@ -117,15 +116,6 @@ class CoverageRow:
 
 
 @dataclass(frozen=True)
-class RepositoryRow:
-    """One repository the project's plans write to, and the stored size of its packs."""
-
-    repository: str
-    stored_bytes: int
-    source: str  # "verification" (its last slice's listing) or "backup" (its newest's)
-
-
-@dataclass(frozen=True)
 class ReportData:
     """Everything one report shows."""
 
@@ -140,7 +130,7 @@ class ReportData:
     coverage: list[CoverageRow] | None = None
     quota_bytes: int | None = None  # no quota is kept yet: "not known"
     # The repositories whose stored size is known (None: none is).
-    repositories: list[RepositoryRow] | None = None
+    repositories: list[RepositoryBytes] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -229,10 +219,7 @@ def gather(
         drills = _drills(db, params)
         coverages = coverages_on(db, verify_periods or {}, now)
         coverage = [CoverageRow(c.repository, c.ratio) for c in coverages] or None
-        sizes = [
-            RepositoryRow(r.repository, r.stored_bytes, r.source)
-            for r in repository_bytes_on(db, where, coverages, project=project)
-        ] or None
+        sizes = repository_bytes_on(db, where, coverages, project=project) or None
     return ReportData(project, start, end, now, plans, runs, total, drills, coverage,
                       repositories=sizes)  # fmt: skip
 
