@@ -490,9 +490,46 @@ def test_a_prune_job_succeeds_and_never_blocks_a_backup(setup: Setup, cli: CliRu
     assert row(setup.engine, second)["state"] == "queued"
 
 
-def test_a_process_never_reaps_the_runs_it_runs_itself(setup: Setup) -> None:
+def _stale_heartbeats(engine: Engine) -> None:
+    with engine.begin() as db:
+        db.execute(
+            text("UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour'")
+        )
+
+
+def test_a_process_never_reaps_the_runs_it_runs_itself(setup: Setup, tmp_path: Path) -> None:
     """After a database outage the queue's heartbeat of a live worker is late; its own
     process must not end its runs as lost (another process would run them twice)."""
+    hook = tmp_path / "slow.sh"
+    hook.write_text("#!/bin/sh\nsleep 3\n")
+    hook.chmod(0o755)
+    specs = setup.config(f"hooks: {{backup: {hook}}}")
+
+    async def go() -> tuple[int, uuid.UUID]:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
+            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
+            await jobs.defer(run_id, "default/job")
+            worker_id = await app.job_manager.register_worker()
+            assert await app.job_manager.fetch_job(queues=None, worker_id=worker_id) is not None
+            running = asyncio.create_task(jobs.execute(run_id))
+            while row(setup.engine, run_id)["state"] != "running":
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(_stale_heartbeats, setup.engine)
+            reaped = await jobs.reap()
+            await running
+            return reaped, run_id
+
+    reaped, run_id = asyncio.run(go())
+    assert reaped == 0
+    assert row(setup.engine, run_id)["state"] == "succeeded"  # ended by its own execute
+
+
+def test_a_run_this_process_claimed_but_runs_no_more_is_reaped(setup: Setup) -> None:
+    """A run marked running by this process with no execute of it left here (one that died
+    after its claim) is lost like any other, not held for ever as "still mine"."""
     specs = setup.config("")
 
     async def go() -> int:
@@ -505,17 +542,56 @@ def test_a_process_never_reaps_the_runs_it_runs_itself(setup: Setup) -> None:
             worker_id = await app.job_manager.register_worker()
             assert await app.job_manager.fetch_job(queues=None, worker_id=worker_id) is not None
             await asyncio.to_thread(jobs.claim, run_id)
-            with setup.engine.begin() as db:
-                db.execute(
-                    text(
-                        "UPDATE procrastinate_workers "
-                        "SET last_heartbeat = now() - interval '1 hour'"
-                    )
-                )
+            await asyncio.to_thread(_stale_heartbeats, setup.engine)
             return await jobs.reap()
 
-    assert asyncio.run(go()) == 0
+    assert asyncio.run(go()) == 1
     with setup.engine.connect() as db:
-        states = db.execute(text("SELECT state FROM runs")).scalars().all()
-        jobs_left = db.execute(text("SELECT status FROM procrastinate_jobs")).scalars().all()
-    assert states == ["running"] and jobs_left == ["doing"]
+        states = db.execute(text("SELECT state FROM runs ORDER BY attempt")).scalars().all()
+    assert states == ["worker_lost", "queued"]  # and retried
+
+
+def test_a_claim_tried_again_after_its_answer_was_lost_takes_the_run(setup: Setup) -> None:
+    """The database stopped between a claim's commit and its answer: the claim tried again
+    takes the run it already took (else the run stays running, run by nobody); an agent's
+    claim never takes a running run."""
+    specs = setup.config("")
+    jobs = Jobs(
+        App(connector=PsycopgConnector(conninfo=setup.conninfo)),
+        setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1",
+    )  # fmt: skip
+    run_id = jobs.new_run("default/job", trigger=RunTrigger.MANUAL)
+    first = jobs.claim(run_id)
+    started = row(setup.engine, run_id)["started_at"]
+    assert first is not None and jobs.claim(run_id) == first
+    assert row(setup.engine, run_id)["started_at"] == started
+    assert jobs.claim(run_id, "agent:a1") is None
+    other = Jobs(jobs.app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w2")
+    assert other.claim(run_id) is None
+    assert row(setup.engine, run_id)["worker"] == "w1"
+
+
+def test_a_run_whose_execute_breaks_is_ended_as_failed(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error of the service itself between claim and end (not the child's) ends the run
+    as failed, naming it, instead of leaving it running; the job fails with the error."""
+    specs = setup.config("")
+
+    async def broken(*args: Any) -> list[str]:
+        raise RuntimeError("no such thing")
+
+    async def go() -> uuid.UUID:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
+            monkeypatch.setattr(jobs, "_argv", broken)
+            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
+            with pytest.raises(RuntimeError, match="no such thing"):
+                await jobs.execute(run_id)
+            return run_id
+
+    ended = row(setup.engine, asyncio.run(go()))
+    assert ended["state"] == "failed" and ended["ended_at"] is not None
+    assert "service failed" in ended["error"] and "no such thing" in ended["error"]

@@ -9,6 +9,7 @@ A worker that takes the job (:meth:`Jobs.execute`):
 
 1. **claims** the run: ``queued`` -> ``running`` in one ``UPDATE``; a job whose run is not
    ``queued`` any more (a second job for the same run, or a cancelled run) does nothing;
+   a claim tried again after its answer was lost finds the run it already took;
 2. runs it in a child process (:mod:`.child`), storing its log lines as they come;
 3. **ends** it: the run's state, phases, snapshot, bytes and error from the child's record,
    the slot's state from the run's; a failed run with retries left gets a new run
@@ -303,6 +304,10 @@ class Jobs(Queue):
         self.worker = worker
         self.conninfo = conninfo  # for the repositories' run limits (None: no limits)
         self._children: dict[uuid.UUID, asyncio.subprocess.Process] = {}  # running now
+        # Runs an execute of this process holds, from before its claim to its end: the
+        # reaper's test of "this process still runs it" (a run row alone cannot tell a live
+        # execute from one that died or never started after a claim whose answer was lost).
+        self._executing: set[uuid.UUID] = set()
         self._fenced: set[uuid.UUID] = set()
         self._stopping: set[asyncio.Future[None]] = set()  # fenced children being stopped
         # Told (plan key, "start" | "success" | "fail", run id) as a plan's own run starts
@@ -346,11 +351,41 @@ class Jobs(Queue):
 
     async def execute(self, run_id: uuid.UUID) -> None:
         """Run the run ``run_id`` to its end (the body of the ``safehold.run`` task)."""
-        claimed = await self.patiently(self.claim, run_id)
-        if claimed is None:
-            log.info("run %s: not queued any more; nothing to do", run_id)
+        if run_id in self._executing:
+            log.info("run %s: already under way in this process; nothing to do", run_id)
             return
-        plan_key, slot_id, attempt, kind, params = claimed
+        self._executing.add(run_id)
+        try:
+            claimed = await self.patiently(self.claim, run_id)
+            if claimed is None:
+                log.info("run %s: not queued any more; nothing to do", run_id)
+                return
+            try:
+                await self._execute(run_id, *claimed)
+            except Exception as exc:
+                # Whatever broke, the run must not stay "running" for ever: it is ended
+                # as failed (when the database answers), and the job fails with the error.
+                log.exception("run %s: the service failed while running it", run_id)
+                broke = Outcome(
+                    RunState.FAILED,
+                    "the service failed while running it",
+                    f"the service failed while running it: {exc}",
+                    "see the service's log; it runs again at the plan's next slot",
+                )
+                await asyncio.shield(self.patiently(self.end_run, run_id, claimed[1], broke, None))
+                raise
+        finally:
+            self._executing.discard(run_id)
+
+    async def _execute(
+        self,
+        run_id: uuid.UUID,
+        plan_key: str,
+        slot_id: int | None,
+        attempt: int,
+        kind: str,
+        params: dict[str, Any],
+    ) -> None:
         spec = self._plans().get(plan_key)
         if spec is None:
             outcome = Outcome(
@@ -579,15 +614,24 @@ class Jobs(Queue):
         self, run_id: uuid.UUID, worker: str | None = None
     ) -> tuple[str, int | None, int, str, dict[str, Any]] | None:
         """Mark a queued run running on ``worker`` (default: this process); its plan, slot,
-        attempt, kind and parameters, or None if it is not queued any more."""
+        attempt, kind and parameters, or None if it is not queued any more.
+
+        This process's own claim also takes a run it already marked running: a claim whose
+        commit reached the server but whose answer was lost (the server stopped in
+        between), tried again by :meth:`patiently`. Only :meth:`execute` claims for this
+        process, and it holds the run in ``_executing`` first, so no other execute of it
+        is under way here. An agent's claim (``worker`` given) never takes a running run:
+        a second job for the same run must not run it twice."""
         with self.engine.begin() as db:
             row = db.execute(
                 text(
-                    "UPDATE runs r SET state = 'running', started_at = now(), worker = :w "
-                    "FROM plans p WHERE r.id = :r AND r.state = 'queued' AND p.id = r.plan_id "
+                    "UPDATE runs r SET state = 'running', worker = :w, started_at = "
+                    "CASE WHEN r.state = 'queued' THEN now() ELSE r.started_at END "
+                    "FROM plans p WHERE r.id = :r AND p.id = r.plan_id AND (r.state = 'queued' "
+                    "OR (:own AND r.state = 'running' AND r.worker = :w)) "
                     "RETURNING r.slot_id, r.attempt, r.kind, p.project, p.name, r.params"
                 ),
-                {"w": worker or self.worker, "r": run_id},
+                {"w": worker or self.worker, "r": run_id, "own": worker is None},
             ).one_or_none()
             if row is None:
                 return None
@@ -671,7 +715,7 @@ class Jobs(Queue):
         for job in stalled:
             assert job.id is not None
             run_id = uuid.UUID(str(job.task_kwargs["run_id"]))
-            if run_id in self._children or await self.patiently(self._mine, run_id):
+            if run_id in self._executing:
                 # This process runs it: alive, only its queue heartbeat is late (after a
                 # database outage, until the worker has registered again).
                 continue
@@ -688,15 +732,6 @@ class Jobs(Queue):
                     spec, slot_id, attempt, Outcome(RunState.WORKER_LOST, "worker lost")
                 )
         return ended
-
-    def _mine(self, run_id: uuid.UUID) -> bool:
-        """Whether this process claimed the run ``run_id`` and has not ended it."""
-        with self.engine.connect() as db:
-            found = db.execute(
-                text("SELECT 1 FROM runs WHERE id = :r AND worker = :w AND state = 'running'"),
-                {"r": run_id, "w": self.worker},
-            ).one_or_none()
-        return found is not None
 
     def _lose(self, run_id: uuid.UUID) -> tuple[str, int | None, int, str] | None:
         # One UPDATE decides: when two processes reap the same job, one of them ends it.
