@@ -74,7 +74,12 @@ from safehold.storage.base import Storage
 
 REPO_VERSION = 1
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+# Decoded trees kept: at most this many, holding at most TREE_CACHE_NODES nodes in all. The
+# count of trees alone let a walk of 2,000 folders of 100 small files keep every node of
+# the snapshot (200,000, about 160 MB: `ls` peaked at 215 MB against restic's 124); a
+# node is about 800 bytes decoded. A tree larger than the whole budget is not kept.
 TREE_CACHE = 4096
+TREE_CACHE_NODES = 32_768
 TREE_PACK_CACHE = 64 << 20  # bytes of tree packs kept
 
 
@@ -166,6 +171,7 @@ class Repository:
         self._index_base: tuple[set[str], Index] | None = None
         self._index_written = False
         self._tree_cache: OrderedDict[HexId, list[Node]] = OrderedDict()
+        self._tree_cache_nodes = 0  # nodes held by _tree_cache
         self._tree_lock = threading.Lock()
         # Whole tree packs, so that walking a tree costs one read per pack, not per folder.
         self._tree_packs: OrderedDict[PackId, bytes] = OrderedDict()
@@ -730,17 +736,24 @@ class Repository:
             return self.load_blob(blob_id)
 
     def load_tree(self, tree_id: HexId) -> list[Node]:
-        """A tree's nodes, decoded and checked (names included), through a small cache."""
+        """A tree's nodes, decoded and checked (names included), through a small cache
+        (bounded in trees and in nodes: :data:`TREE_CACHE`, :data:`TREE_CACHE_NODES`)."""
+        cache = self._tree_cache
         with self._tree_lock:
-            cached = self._tree_cache.get(tree_id)
+            cached = cache.get(tree_id)
             if cached is not None:
-                self._tree_cache.move_to_end(tree_id)
+                cache.move_to_end(tree_id)
                 return cached
         nodes = decode_tree(self.load_tree_blob(blob_from_hex(tree_id)), f"tree {tree_id[:8]}")
+        if len(nodes) > TREE_CACHE_NODES:
+            return nodes
         with self._tree_lock:
-            self._tree_cache[tree_id] = nodes
-            if len(self._tree_cache) > TREE_CACHE:
-                self._tree_cache.popitem(last=False)
+            if tree_id in cache:  # another thread decoded it meanwhile
+                return cache[tree_id]
+            cache[tree_id] = nodes
+            self._tree_cache_nodes += len(nodes)
+            while len(cache) > TREE_CACHE or self._tree_cache_nodes > TREE_CACHE_NODES:
+                self._tree_cache_nodes -= len(cache.popitem(last=False)[1])
         return nodes
 
     def load_tree_json(self, tree_id: HexId) -> list[dict[str, Any]]:
