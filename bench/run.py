@@ -922,6 +922,14 @@ class Bench:
         self.remove_trash()
         self.stamp_deletion()
 
+    def stash(self) -> None:
+        """Move the data copy and the tools' repositories into the trash, deleting nothing:
+        the run's trees go when the whole invocation ends (``--delete-at-end``), so the next
+        dataset needs no settling first."""
+        self.discard(self.data)
+        for tool in self.tools.values():
+            self.discard(tool.base)
+
     def remove_trash(self) -> None:
         if self.trash.exists():
             remove(self.trash, self.cfg.work)
@@ -1486,6 +1494,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="keep the data copy and repositories of the last repetition",
     )
     p.add_argument(
+        "--delete-at-end",
+        action="store_true",
+        help="with several datasets: keep every dataset's trees (moved aside) until the last "
+        "one is done, so that no dataset waits --settle after the one before; needs room "
+        "for all of them (about 6 GB a GiB of dataset with 2 tools and 2 repetitions)",
+    )
+    p.add_argument(
         "--write-docs",
         action="store_true",
         help=f"rewrite the results between {DOCS_START} and {DOCS_END} in --docs",
@@ -1652,10 +1667,12 @@ def run_dataset(
     try:
         bench.run()
     finally:
-        if not args.keep:
-            bench.cleanup()
-        else:
+        if args.keep:
             bench.remove_trash()
+        elif args.delete_at_end:
+            bench.stash()
+        else:
+            bench.cleanup()
 
     text = render(results.records)
     report_path = results.path.with_suffix(".md")
@@ -1756,15 +1773,21 @@ def run_matrix(
             subprocess.run(spec.gen_cmd, check=True)
     log("== datasets: " + "; ".join(f"{s.label} ({s.path})" for s in specs))
     runs = []
-    for n, spec in enumerate(specs, 1):
-        log(f"\n==== dataset {n}/{len(specs)}: {spec.label}")
-        one = dataclasses.replace(
-            cfg,
-            dataset=spec.path,
-            make_dataset_py=spec.mutate_py,
-            extra_phases=cfg.extra_phases or spec.extra_phases,
-        )
-        runs.append(run_dataset(one, f"{run_id}-{n}", command, args, spec.label))
+    try:
+        for n, spec in enumerate(specs, 1):
+            log(f"\n==== dataset {n}/{len(specs)}: {spec.label}")
+            one = dataclasses.replace(
+                cfg,
+                dataset=spec.path,
+                make_dataset_py=spec.mutate_py,
+                extra_phases=cfg.extra_phases or spec.extra_phases,
+            )
+            runs.append(run_dataset(one, f"{run_id}-{n}", command, args, spec.label))
+    finally:
+        if args.delete_at_end and (cfg.work / "trash").exists():
+            log("== deleting every dataset's trees")
+            remove(cfg.work / "trash", cfg.work)
+            deletion_stamp(cfg.work).write_text(f"{time.time():.0f}\n")
     text = render_matrix(runs)
     report_path = cfg.work / "results" / f"{run_id}.md"
     report_path.write_text(text + "\n")
