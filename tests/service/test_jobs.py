@@ -595,3 +595,30 @@ def test_a_run_whose_execute_breaks_is_ended_as_failed(
     ended = row(setup.engine, asyncio.run(go()))
     assert ended["state"] == "failed" and ended["ended_at"] is not None
     assert "service failed" in ended["error"] and "no such thing" in ended["error"]
+
+
+def test_a_run_cancelled_with_its_task_is_ended_as_stopped(setup: Setup, tmp_path: Path) -> None:
+    """The service stopping harder than its grace cancels the job's task: the child goes
+    with it and the run is ended as failed ("the service stopped"), not left running."""
+    hook = tmp_path / "slow.sh"
+    hook.write_text("#!/bin/sh\nsleep 30\n")
+    hook.chmod(0o755)
+    specs = setup.config(f"hooks: {{backup: {hook}}}")
+
+    async def go() -> uuid.UUID:
+        app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
+        register(app)
+        async with app.open_async():
+            jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
+            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
+            task = asyncio.create_task(jobs.execute(run_id))
+            while not jobs._children:
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert run_id not in jobs._executing
+            return run_id
+
+    ended = row(setup.engine, asyncio.run(go()))
+    assert ended["state"] == "failed" and "the service stopped" in ended["error"]

@@ -362,6 +362,20 @@ class Jobs(Queue):
                 return
             try:
                 await self._execute(run_id, *claimed)
+            except asyncio.CancelledError:
+                # Stopped harder than the grace allowed (a child is killed with the task),
+                # wherever the run was: ended as failed unless it has ended already.
+                stopped = Outcome(
+                    RunState.FAILED,
+                    "the service stopped",
+                    "the service stopped while the run went on",
+                    "it runs again at the plan's next slot",
+                )
+                self._verify_state(run_id).unlink(missing_ok=True)  # a verify slice's, if any
+                await asyncio.shield(
+                    self.patiently(self.end_run, run_id, claimed[1], stopped, None)
+                )
+                raise
             except Exception as exc:
                 # Whatever broke, the run must not stay "running" for ever: it is ended
                 # as failed (when the database answers), and the job fails with the error.
@@ -428,17 +442,6 @@ class Jobs(Queue):
                     env=env,
                     on_start=lambda proc: self._children.__setitem__(run_id, proc),
                 )
-        except asyncio.CancelledError:
-            # Stopped harder than the grace allowed: the child was killed with the task.
-            stopped = Outcome(
-                RunState.FAILED,
-                "the service stopped",
-                "the service stopped while the run went on",
-                "it runs again at the plan's next slot",
-            )
-            self._verify_state(run_id).unlink(missing_ok=True)  # a verify slice's, if any
-            await asyncio.shield(self.patiently(self.end_run, run_id, slot_id, stopped, None))
-            raise
         finally:
             self._children.pop(run_id, None)
             flusher.cancel()
