@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "list_tokens",
     "revoke_token",
     "verify_token",
+    "verify_tokens",
 ]
 
 PREFIX = "shk"
@@ -168,28 +170,46 @@ def revoke_token(engine: Engine, token_id: str, *, project: str | None = None) -
 def verify_token(engine: Engine, token: str) -> Principal | None:
     """Who ``token`` is; None when it is malformed, unknown, revoked or wrong (the caller
     answers all four alike)."""
-    found = _TOKEN.fullmatch(token)
-    if found is None:
-        return None
-    token_id, secret = found.groups()
+    return verify_tokens(engine, [token])[0]
+
+
+def verify_tokens(engine: Engine, tokens: Sequence[str]) -> list[Principal | None]:
+    """:func:`verify_token` of each of ``tokens``, in one transaction (a browser session
+    holds the tokens of several projects and checks them all on every request)."""
+    parsed = [_TOKEN.fullmatch(token) for token in tokens]
+    ids = [found.group(1) for found in parsed if found is not None]
     with engine.begin() as db:
-        row = db.execute(
-            text(
-                "SELECT project, role, secret_sha256 FROM tokens "
-                "WHERE id = :id AND revoked_at IS NULL"
-            ),
-            {"id": token_id},
-        ).one_or_none()
-        # The hash is compared even when there is no row, so that an unknown id takes as
-        # long as a wrong secret.
-        expected = row[2] if row is not None else "0" * 64
-        if not hmac.compare_digest(_digest(secret), expected) or row is None:
-            return None
-        db.execute(
-            text(
-                "UPDATE tokens SET last_used_at = now() WHERE id = :id AND "
-                f"(last_used_at IS NULL OR last_used_at < now() - interval '{_USED_EVERY}')"
-            ),
-            {"id": token_id},
-        )
-    return Principal(token_id, row[0], TokenRole(row[1]))
+        rows: dict[str, Any] = {}
+        if ids:
+            found_rows = db.execute(
+                text(
+                    "SELECT id, project, role, secret_sha256 FROM tokens "
+                    "WHERE id = ANY(:ids) AND revoked_at IS NULL"
+                ),
+                {"ids": ids},
+            )
+            rows = {row[0]: row[1:] for row in found_rows}
+        out: list[Principal | None] = []
+        for found in parsed:
+            if found is None:
+                out.append(None)
+                continue
+            token_id, secret = found.groups()
+            row = rows.get(token_id)
+            # The hash is compared even when there is no row, so that an unknown id takes
+            # as long as a wrong secret.
+            expected = row[2] if row is not None else "0" * 64
+            if not hmac.compare_digest(_digest(secret), expected) or row is None:
+                out.append(None)
+                continue
+            out.append(Principal(token_id, row[0], TokenRole(row[1])))
+        used = sorted({who.token_id for who in out if who is not None})
+        if used:
+            db.execute(
+                text(
+                    "UPDATE tokens SET last_used_at = now() WHERE id = ANY(:ids) AND "
+                    f"(last_used_at IS NULL OR last_used_at < now() - interval '{_USED_EVERY}')"
+                ),
+                {"ids": used},
+            )
+    return out

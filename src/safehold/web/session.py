@@ -37,7 +37,7 @@ from fastapi import Query, Request
 from fastapi.responses import Response
 
 from safehold.api.state import api_state
-from safehold.api.tokens import Principal, verify_token
+from safehold.api.tokens import Principal, verify_tokens
 from safehold.catalog import TokenRole
 from safehold.errors import Forbidden, Unauthenticated, UsageError
 
@@ -167,8 +167,7 @@ def _load(request: Request) -> Session:
     state.limiter.check(address)
     kept: list[str] = []
     grants: dict[str, Grant] = {}
-    for token in tokens:
-        who = verify_token(state.engine, token)
+    for token, who in zip(tokens, verify_tokens(state.engine, tokens), strict=True):
         if who is None:
             # A wrong token counts against the address as the API's do; the cookie is
             # rewritten without it (:func:`rewrite_cookie`), so it is not tried again.
