@@ -125,3 +125,23 @@ def test_calibration_of_large_lanes_stays_within_the_work_bound() -> None:
 def test_calibration_measures_this_machine() -> None:
     lanes = kdf.calibrated_lanes(1 << 10, 8)  # a lane of 2**10 takes milliseconds
     assert lanes == kdf.MAX_P
+
+
+def test_libsodium_is_used_and_computes_what_openssl_computes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Keys are derived with libsodium's scrypt (PyNaCl is a dependency), which must be
+    OpenSSL's function exactly: a repository opens whichever the machine has."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    assert kdf._sodium_scrypt() is not None
+    for n, r, p, length in [(1 << 10, 8, 1, 32), (1 << 11, 4, 3, 64), (1 << 10, 1, 16, 17)]:
+        salt = bytes(range(n % 251, n % 251 + 40))
+        want = Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(b"pass phrase")
+        assert kdf._scrypt(b"pass phrase", salt, n, r, p, length) == want
+    # And without it (PyNaCl missing or minimal): OpenSSL's, the same keys.
+    lanes = {"n": 1 << 10, "r": 8, "p": 3, "length": 32, "kind": kdf.KDF_LANES}
+    with_sodium = kdf.scrypt(b"pw", b"s" * 32, **lanes)  # type: ignore[arg-type]
+    monkeypatch.setattr(kdf, "_sodium_scrypt", lambda: None)
+    assert kdf.scrypt(b"pw", b"s" * 32, **lanes) == with_sodium  # type: ignore[arg-type]
+    assert with_sodium == _lanes_by_hand(b"pw", b"s" * 32, 1 << 10, 8, 3)
