@@ -490,6 +490,19 @@ def test_a_prune_job_succeeds_and_never_blocks_a_backup(setup: Setup, cli: CliRu
     assert row(setup.engine, second)["state"] == "queued"
 
 
+async def _fetched_by_a_worker(
+    app: App, setup: Setup, specs: dict[str, PlanSpec]
+) -> tuple[Jobs, uuid.UUID]:
+    """A manual run of default/job, queued and its job taken by a registered worker: what
+    a worker has in hand just before its execute claims the run. Jobs of process "w1"."""
+    jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
+    run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
+    await jobs.defer(run_id, "default/job")
+    worker_id = await app.job_manager.register_worker()
+    assert await app.job_manager.fetch_job(queues=None, worker_id=worker_id) is not None
+    return jobs, run_id
+
+
 def _stale_heartbeats(engine: Engine) -> None:
     with engine.begin() as db:
         db.execute(
@@ -509,11 +522,7 @@ def test_a_process_never_reaps_the_runs_it_runs_itself(setup: Setup, tmp_path: P
         app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
         register(app)
         async with app.open_async():
-            jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
-            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
-            await jobs.defer(run_id, "default/job")
-            worker_id = await app.job_manager.register_worker()
-            assert await app.job_manager.fetch_job(queues=None, worker_id=worker_id) is not None
+            jobs, run_id = await _fetched_by_a_worker(app, setup, specs)
             running = asyncio.create_task(jobs.execute(run_id))
             while row(setup.engine, run_id)["state"] != "running":
                 await asyncio.sleep(0.05)
@@ -536,11 +545,7 @@ def test_a_run_this_process_claimed_but_runs_no_more_is_reaped(setup: Setup) -> 
         app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
         register(app)
         async with app.open_async():
-            jobs = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w1")
-            run_id = await asyncio.to_thread(jobs.new_run, "default/job", trigger=RunTrigger.MANUAL)
-            await jobs.defer(run_id, "default/job")
-            worker_id = await app.job_manager.register_worker()
-            assert await app.job_manager.fetch_job(queues=None, worker_id=worker_id) is not None
+            jobs, run_id = await _fetched_by_a_worker(app, setup, specs)
             await asyncio.to_thread(jobs.claim, run_id)
             await asyncio.to_thread(_stale_heartbeats, setup.engine)
             return await jobs.reap()
