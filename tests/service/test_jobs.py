@@ -584,7 +584,7 @@ def test_a_run_whose_execute_breaks_is_ended_as_failed(
     specs = setup.config("")
 
     async def broken(*args: Any) -> list[str]:
-        raise RuntimeError("no such thing")
+        raise RuntimeError("no such thing\n[SQL: UPDATE runs ...]\n[parameters: {'secret': 1}]")
 
     async def go() -> uuid.UUID:
         app = App(connector=PsycopgConnector(conninfo=setup.conninfo))
@@ -600,6 +600,7 @@ def test_a_run_whose_execute_breaks_is_ended_as_failed(
     ended = row(setup.engine, asyncio.run(go()))
     assert ended["state"] == "failed" and ended["ended_at"] is not None
     assert "service failed" in ended["error"] and "no such thing" in ended["error"]
+    assert "secret" not in ended["error"] and "SQL" not in ended["error"]  # first line only
 
 
 def test_a_run_cancelled_with_its_task_is_ended_as_stopped(setup: Setup, tmp_path: Path) -> None:

@@ -380,10 +380,13 @@ class Jobs(Queue):
                 # Whatever broke, the run must not stay "running" for ever: it is ended
                 # as failed (when the database answers), and the job fails with the error.
                 log.exception("run %s: the service failed while running it", run_id)
+                # The error's first line only: SQLAlchemy's go on with the statement and
+                # its parameters, which have no place in the catalog or the API.
+                why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
                 broke = Outcome(
                     RunState.FAILED,
                     "the service failed while running it",
-                    f"the service failed while running it: {exc}",
+                    f"the service failed while running it: {why}",
                     "see the service's log; it runs again at the plan's next slot",
                 )
                 await asyncio.shield(self.patiently(self.end_run, run_id, claimed[1], broke, None))
