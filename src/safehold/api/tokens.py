@@ -178,17 +178,17 @@ def verify_tokens(engine: Engine, tokens: Sequence[str]) -> list[Principal | Non
     holds the tokens of several projects and checks them all on every request)."""
     parsed = [_TOKEN.fullmatch(token) for token in tokens]
     ids = [found.group(1) for found in parsed if found is not None]
+    if not ids:
+        return [None] * len(tokens)  # none is even shaped like a token: no query
     with engine.begin() as db:
-        rows: dict[str, Any] = {}
-        if ids:
-            found_rows = db.execute(
-                text(
-                    "SELECT id, project, role, secret_sha256 FROM tokens "
-                    "WHERE id = ANY(:ids) AND revoked_at IS NULL"
-                ),
-                {"ids": ids},
-            )
-            rows = {row[0]: row[1:] for row in found_rows}
+        found_rows = db.execute(
+            text(
+                "SELECT id, project, role, secret_sha256 FROM tokens "
+                "WHERE id = ANY(:ids) AND revoked_at IS NULL"
+            ),
+            {"ids": ids},
+        )
+        rows: dict[str, Any] = {row[0]: row[1:] for row in found_rows}
         out: list[Principal | None] = []
         for found in parsed:
             if found is None:
