@@ -109,8 +109,9 @@ def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int, length: int) -
     if sodium is not None:
         # PyNaCl checks what scrypt will hold (V: 128 * r * (n + 2), B: 128 * r * p)
         # against maxmem; check_scrypt has bounded the inputs already.
+        # It takes bytes only, where cryptography's takes any bytes-like password.
         held = 128 * r * (n + 2 + p)
-        return sodium(password, salt, n, r, p, dklen=length, maxmem=held + (1 << 20))
+        return sodium(bytes(password), bytes(salt), n, r, p, dklen=length, maxmem=held + (1 << 20))
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
     return Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(password)

@@ -139,6 +139,10 @@ def test_libsodium_is_used_and_computes_what_openssl_computes(
         salt = bytes(range(n % 251, n % 251 + 40))
         want = Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(b"pass phrase")
         assert kdf._scrypt(b"pass phrase", salt, n, r, p, length) == want
+    # A password in a bytearray (bytes-like, as cryptography's scrypt takes it) too.
+    assert kdf._scrypt(bytearray(b"pw"), b"s" * 32, 1 << 10, 8, 1, 32) == kdf._scrypt(
+        b"pw", b"s" * 32, 1 << 10, 8, 1, 32
+    )
     # And without it (PyNaCl missing or minimal): OpenSSL's, the same keys.
     lanes = {"n": 1 << 10, "r": 8, "p": 3, "length": 32, "kind": kdf.KDF_LANES}
     with_sodium = kdf.scrypt(b"pw", b"s" * 32, **lanes)  # type: ignore[arg-type]
