@@ -936,7 +936,12 @@ class Bench:
             self.stamp_deletion()
 
     def stamp_deletion(self) -> None:
-        deletion_stamp(self.cfg.work).write_text(f"{time.time():.0f}\n")
+        stamp_deletion(self.cfg.work)
+
+
+def stamp_deletion(work: Path) -> None:
+    """Note that trees were deleted now, for :func:`settle`."""
+    deletion_stamp(work).write_text(f"{time.time():.0f}\n")
 
 
 def deletion_stamp(work: Path) -> Path:
@@ -1787,7 +1792,7 @@ def run_matrix(
         if args.delete_at_end and (cfg.work / "trash").exists():
             log("== deleting every dataset's trees")
             remove(cfg.work / "trash", cfg.work)
-            deletion_stamp(cfg.work).write_text(f"{time.time():.0f}\n")
+            stamp_deletion(cfg.work)
     text = render_matrix(runs)
     report_path = cfg.work / "results" / f"{run_id}.md"
     report_path.write_text(text + "\n")

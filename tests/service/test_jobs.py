@@ -198,6 +198,14 @@ def test_the_parent_stops_a_child_that_does_not_end(monkeypatch: pytest.MonkeyPa
     assert time.monotonic() - started < 15
 
 
+def _stale_heartbeats(engine: Engine) -> None:
+    """Every queue worker's heartbeat an hour old: what the reaper sees of a lost one."""
+    with engine.begin() as db:
+        db.execute(
+            text("UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour'")
+        )
+
+
 @pytest.mark.parametrize(
     ("plan", "kind", "retried"),
     [
@@ -236,13 +244,7 @@ def test_a_lost_worker_s_run_is_ended_and_retried(
             # ...another process ("w0") claimed the run, and dies.
             dead = Jobs(app, setup.engine, plans=lambda: specs, state_dir=setup.tmp, worker="w0")
             await asyncio.to_thread(dead.claim, run_id)
-            with setup.engine.begin() as db:
-                db.execute(
-                    text(
-                        "UPDATE procrastinate_workers "
-                        "SET last_heartbeat = now() - interval '1 hour'"
-                    )
-                )
+            _stale_heartbeats(setup.engine)
             return run_id, await jobs.reap()
 
     run_id, reaped = asyncio.run(go())
@@ -501,13 +503,6 @@ async def _fetched_by_a_worker(
     worker_id = await app.job_manager.register_worker()
     assert await app.job_manager.fetch_job(queues=None, worker_id=worker_id) is not None
     return jobs, run_id
-
-
-def _stale_heartbeats(engine: Engine) -> None:
-    with engine.begin() as db:
-        db.execute(
-            text("UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour'")
-        )
 
 
 def test_a_process_never_reaps_the_runs_it_runs_itself(setup: Setup, tmp_path: Path) -> None:
