@@ -31,10 +31,29 @@ from operator import itemgetter
 
 from safehold.errors import FormatError
 from safehold.ids import BlobId, ChainId, HexId, PackId
-from safehold.repository.index_run import FIELDS, ID_LEN, Entry, SortedRun, _bits_for
+from safehold.repository.index_run import (
+    FIELDS,
+    ID_LEN,
+    PN_MASK,
+    Entry,
+    SortedRun,
+    _bits_for,
+    pack_entry,
+    unpack_entry,
+)
 from safehold.repository.pack import _ENTRY, ENTRY_LEN, PackEntry
 
-__all__ = ["Index", "IndexLoader", "Location", "PackRecord", "decode_index", "encode_index"]
+__all__ = [
+    "Index",
+    "IndexLoader",
+    "Location",
+    "PackRecord",
+    "decode_index",
+    "decode_sections",
+    "encode_index",
+    "encode_section",
+    "index_file",
+]
 
 _PACK = struct.Struct("<32s16sII")
 _COUNT = struct.Struct("<I")
@@ -63,15 +82,39 @@ class PackRecord:
     entries: tuple[PackEntry, ...]
 
 
+def encode_section(rec: PackRecord) -> bytes:
+    """One pack's part of an index file: its header, then its entries (docs/format.md,
+    "Index files"). A backup keeps these for the index file it writes at the end, 45 bytes
+    a blob, instead of the pack records (a :class:`PackEntry` and its integers: 160)."""
+    out = bytearray(_PACK.pack(rec.pack_id, rec.chain_id, rec.size, len(rec.entries)))
+    pack = _ENTRY.pack
+    for e in rec.entries:
+        out += pack(e.blob_type, e.offset, e.length, e.raw_length, e.blob_id)
+    return bytes(out)
+
+
+def index_file(sections: list[bytes]) -> bytes:
+    """The plaintext of an index file made of these packs' sections."""
+    return _COUNT.pack(len(sections)) + b"".join(sections)
+
+
 def encode_index(packs: Iterable[PackRecord]) -> bytes:
     """The plaintext of an index file listing ``packs`` (docs/format.md, "Index files")."""
-    packs = list(packs)
-    out = bytearray(_COUNT.pack(len(packs)))
-    for p in packs:
-        out += _PACK.pack(p.pack_id, p.chain_id, p.size, len(p.entries))
-        for e in p.entries:
-            out += _ENTRY.pack(e.blob_type, e.offset, e.length, e.raw_length, e.blob_id)
-    return bytes(out)
+    return index_file([encode_section(p) for p in packs])
+
+
+def _decode_section(raw: bytes | memoryview, pos: int) -> tuple[PackRecord, int]:
+    """The pack record whose section starts at ``pos``, and where the next one starts;
+    struct.error if ``raw`` ends before it does."""
+    pack_id, chain_id, size, n = _PACK.unpack_from(raw, pos)
+    pos += _PACK.size
+    entries = tuple(PackEntry(*_ENTRY.unpack_from(raw, pos + i * ENTRY_LEN)) for i in range(n))
+    return PackRecord(pack_id, chain_id, size, entries), pos + n * ENTRY_LEN
+
+
+def decode_sections(sections: Iterable[bytes]) -> list[PackRecord]:
+    """The pack records of sections made by :func:`encode_section`."""
+    return [_decode_section(section, 0)[0] for section in sections]
 
 
 def decode_index(raw: bytes, what: str) -> list[PackRecord]:
@@ -82,13 +125,8 @@ def decode_index(raw: bytes, what: str) -> list[PackRecord]:
         pos = _COUNT.size
         packs = []
         for _ in range(count):
-            pack_id, chain_id, size, n = _PACK.unpack_from(raw, pos)
-            pos += _PACK.size
-            entries = tuple(
-                PackEntry(*_ENTRY.unpack_from(raw, pos + i * ENTRY_LEN)) for i in range(n)
-            )
-            pos += n * ENTRY_LEN
-            packs.append(PackRecord(pack_id, chain_id, size, entries))
+            rec, pos = _decode_section(raw, pos)
+            packs.append(rec)
     except struct.error as exc:
         raise FormatError(f"{what} is truncated") from exc
     if pos != len(raw):
@@ -250,7 +288,9 @@ class Index:
         self._first: dict[BlobId, Entry] = {}
         self._more: dict[BlobId, list[Entry]] = {}
         self._overlay_len = 0
-        self._recent: dict[int, PackRecord] = {}  # packs whose entries are in the overlay
+        # Packs whose entries are in the overlay: their blob ids, in the pack's order (the
+        # rest of their records is in the overlay's entries).
+        self._recent: dict[int, tuple[BlobId, ...]] = {}
         self._dead_in_run = 0
         self._groups: _PackGroups | None = None
         self._groups_lock = threading.Lock()
@@ -274,18 +314,49 @@ class Index:
 
     def add_pack(self, rec: PackRecord) -> None:
         """Add a pack's blobs (a pack already present is left as it is); thread-safe."""
+        self._add(
+            rec.pack_id,
+            rec.chain_id,
+            rec.size,
+            [(e.blob_id, e.blob_type, e.offset, e.length, e.raw_length) for e in rec.entries],
+        )
+
+    def add_section(self, section: bytes) -> None:
+        """:meth:`add_pack` of the pack whose index section (:func:`encode_section`) this
+        is, without making its record; thread-safe."""
+        pack_id, chain_id, size, n = _PACK.unpack_from(section, 0)
+        body = memoryview(section)[_PACK.size :]
+        if len(body) != n * ENTRY_LEN:
+            raise FormatError("an index section's length does not match its blob count")
+        self._add(
+            PackId(pack_id),
+            ChainId(chain_id),
+            size,
+            [(BlobId(b), t, o, ln, raw) for t, o, ln, raw, b in _ENTRY.iter_unpack(body)],
+        )
+
+    def _add(
+        self,
+        pack_id: PackId,
+        chain_id: ChainId,
+        size: int,
+        blobs: list[tuple[BlobId, int, int, int, int]],
+    ) -> None:
+        """Add a pack of ``blobs`` (id, type, offset, length, raw length), in its order."""
         with self._lock:
-            if rec.pack_id in self._pack_no:
+            if pack_id in self._pack_no:
                 return
-            pn = self._new_pack(rec.pack_id, rec.chain_id, rec.size)
+            pn = self._new_pack(pack_id, chain_id, size)
             first, more = self._first, self._more
-            for e in rec.entries:
-                entry = (pn, e.blob_type, e.offset, e.length, e.raw_length)
-                if first.setdefault(e.blob_id, entry) is not entry:
-                    more.setdefault(e.blob_id, []).append(entry)
-            self._overlay_len += len(rec.entries)
-            self._recent[pn] = rec
-            self._pack_no[rec.pack_id] = pn
+            for blob_id, blob_type, offset, length, raw_length in blobs:
+                entry = pack_entry(pn, blob_type, offset, length, raw_length)
+                had = len(first)
+                first.setdefault(blob_id, entry)
+                if len(first) == had:  # another copy of a blob the overlay holds
+                    more.setdefault(blob_id, []).append(entry)
+            self._overlay_len += len(blobs)
+            self._recent[pn] = tuple(b[0] for b in blobs)
+            self._pack_no[pack_id] = pn
             if self._overlay_len >= self._threshold():
                 self._merge()
 
@@ -296,26 +367,26 @@ class Index:
             if pn is None:
                 return
             self._alive[pn] = 0
-            rec = self._recent.pop(pn, None)
-            if rec is None:
+            ids = self._recent.pop(pn, None)
+            if ids is None:
                 self._dead_in_run += 1
                 self._groups = None
                 return
             first, more = self._first, self._more
-            for e in rec.entries:
-                rest = more.get(e.blob_id, [])
-                rest[:] = [x for x in rest if x[0] != pn]
+            for blob_id in ids:
+                rest = more.get(blob_id, [])
+                rest[:] = [x for x in rest if x & PN_MASK != pn]
                 if not rest:
-                    more.pop(e.blob_id, None)
-                entry = first.get(e.blob_id)
-                if entry is not None and entry[0] == pn:
+                    more.pop(blob_id, None)
+                entry = first.get(blob_id)
+                if entry is not None and entry & PN_MASK == pn:
                     if rest:
-                        first[e.blob_id] = rest.pop(0)
+                        first[blob_id] = rest.pop(0)
                         if not rest:
-                            del more[e.blob_id]
+                            del more[blob_id]
                     else:
-                        del first[e.blob_id]
-            self._overlay_len -= len(rec.entries)
+                        del first[blob_id]
+            self._overlay_len -= len(ids)
 
     def _threshold(self) -> int:
         if self._merge_at is not None:
@@ -404,11 +475,11 @@ class Index:
         entry = first.get(blob_id)
         if entry is None:
             return None
-        if not alive[entry[0]]:
-            entry = next((e for e in more.get(blob_id, ()) if alive[e[0]]), None)
+        if not alive[entry & PN_MASK]:
+            entry = next((e for e in more.get(blob_id, ()) if alive[e & PN_MASK]), None)
             if entry is None:
                 return None
-        pn, blob_type, offset, length, raw_length = entry
+        pn, blob_type, offset, length, raw_length = unpack_entry(entry)
         return Location(self._pack_ids[pn], blob_type, offset, length, raw_length)
 
     def __contains__(self, blob_id: BlobId) -> bool:
@@ -476,9 +547,10 @@ class Index:
         entry = first.get(blob_id)
         if entry is None:
             return False
-        if alive[entry[0]] and chain[entry[0]] == cn:
+        pn = entry & PN_MASK
+        if alive[pn] and chain[pn] == cn:
             return True
-        return any(alive[e[0]] and chain[e[0]] == cn for e in more.get(blob_id, ()))
+        return any(alive[e & PN_MASK] and chain[e & PN_MASK] == cn for e in more.get(blob_id, ()))
 
     def has_all_in_chain(self, hex_ids: list[HexId], chain_id: ChainId) -> bool:
         """Whether every blob of ``hex_ids`` (hex) is stored in a live pack of the chain:
@@ -622,9 +694,12 @@ class Index:
 
     def _record(self, pack_id: PackId) -> PackRecord:
         pn = self._pack_no[pack_id]
-        rec = self._recent.get(pn)
-        if rec is not None:
-            return rec
+        chain = self._chains[self._pack_chain[pn]]
+        with self._lock:  # a merge empties the overlay
+            ids = self._recent.get(pn)
+            if ids is not None:
+                recent = self._overlay_entries(pn, ids)
+                return PackRecord(pack_id, chain, self._pack_size[pn], recent)
         groups = self._pack_groups()
         run = groups.run
         lo = bisect_left(groups.packs, pn)
@@ -635,8 +710,19 @@ class Index:
             entries.append(PackEntry(blob_type, offset, length, raw_length, run.id_at(i)))
         # A pack's entries are stored in offset order; restore it.
         entries.sort(key=lambda e: e.offset)
-        chain = self._chains[self._pack_chain[pn]]
         return PackRecord(pack_id, chain, self._pack_size[pn], tuple(entries))
+
+    def _overlay_entries(self, pn: int, ids: tuple[BlobId, ...]) -> tuple[PackEntry, ...]:
+        """The entries of recent pack ``pn`` holding ``ids``, rebuilt from the overlay, in
+        offset order. The caller holds the lock."""
+        entries = []
+        for blob_id in dict.fromkeys(ids):  # each id once, however often the pack holds it
+            for e in (self._first[blob_id], *self._more.get(blob_id, ())):
+                if e & PN_MASK == pn:
+                    _pn, blob_type, offset, length, raw_length = unpack_entry(e)
+                    entries.append(PackEntry(blob_type, offset, length, raw_length, blob_id))
+        entries.sort(key=lambda e: e.offset)
+        return tuple(entries)
 
     def _pack_groups(self) -> _PackGroups:
         """The run's records grouped by pack, built on first use after each merge."""

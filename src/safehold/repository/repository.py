@@ -63,7 +63,8 @@ from safehold.repository.index import (
     Location,
     PackRecord,
     decode_index,
-    encode_index,
+    encode_section,
+    index_file,
 )
 from safehold.repository.index_cache import CachedIndex, IndexCache
 from safehold.repository.pack import TRAILER_LEN, check_pack_start, parse_header, parse_trailer
@@ -492,12 +493,16 @@ class Repository:
 
     def write_index(self, records: Iterable[PackRecord]) -> str:
         """Store an index file listing ``records``; returns its name."""
-        records = list(records)
-        name = self.save_object("index/", T_INDEX, encode_index(records))
+        return self.write_index_sections([encode_section(rec) for rec in records])
+
+    def write_index_sections(self, sections: list[bytes]) -> str:
+        """Store an index file of these packs' sections (:func:`encode_section`); returns
+        its name."""
+        name = self.save_object("index/", T_INDEX, index_file(sections))
         if self._index_base is not None:
             names, base = self._index_base
-            for rec in records:
-                base.add_pack(rec)
+            for section in sections:
+                base.add_section(section)
             names.add(name)
             self._index_written = True
         return name

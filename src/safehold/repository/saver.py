@@ -26,7 +26,7 @@ from safehold.crypto.aead import OVERHEAD
 from safehold.ids import BlobId, ChainId, PackId
 from safehold.repository.compress import compress
 from safehold.repository.format import BLOB_TREE, storage_id
-from safehold.repository.index import PackRecord
+from safehold.repository.index import PackRecord, decode_sections, encode_section
 from safehold.repository.pack import PackBuilder, PackEntry, pack_length
 from safehold.repository.repository import Repository, pack_name
 
@@ -106,7 +106,9 @@ class BlobSaver:
         self.level = repo.config.compression
         self.pack_size = repo.config.pack_size
         self.stats = SaverStats()
-        self.records: list[PackRecord] = []
+        # Each stored pack's index section, for the index file written at the end: the pack
+        # records themselves would keep a PackEntry and its integers alive per blob.
+        self._sections: list[bytes] = []
         self._lock = threading.Lock()
         self._pending: set[BlobId] = set()
         self._open: dict[int, _Pack] = {}
@@ -264,9 +266,10 @@ class BlobSaver:
             finally:
                 self._release(pack)  # stored or not, its buffer can take the next pack
             rec = PackRecord(pack_id, self.chain_id, builder.size, tuple(builder.entries))
+            section = encode_section(rec)
             self.repo.index.add_pack(rec)
             with self._lock:
-                self.records.append(rec)
+                self._sections.append(section)
                 self.stats.packs += 1
                 self._pending.difference_update(e.blob_id for e in builder.entries)
         except BaseException as exc:
@@ -289,9 +292,20 @@ class BlobSaver:
         if ready is not None:
             self._submit(ready)
 
+    @property
+    def records(self) -> list[PackRecord]:
+        """The records of the packs this saver stored so far (rebuilt from their sections)."""
+        with self._lock:
+            sections = list(self._sections)
+        return decode_sections(sections)
+
     def flush(self) -> list[PackRecord]:
         """Upload every partly filled pack and wait for all uploads; raises the first
         upload error. Returns the records of all packs this saver stored."""
+        self._flush()
+        return self.records
+
+    def _flush(self) -> None:
         with self._pack_lock:
             ready = [self._close(p) for p in list(self._open.values())]
             self._buffers.trim()
@@ -308,15 +322,16 @@ class BlobSaver:
             f.exception()
         if self._error is not None:
             raise self._error
-        return list(self.records)
 
     def finish(self) -> str | None:
         """Flush and write one index file for everything saved; returns its name."""
-        records = self.flush()
+        self._flush()
         self._pool.shutdown()
-        if not records:
+        with self._lock:
+            sections = list(self._sections)
+        if not sections:
             return None
-        return self.repo.write_index(records)
+        return self.repo.write_index_sections(sections)
 
     def abort(self) -> None:
         """Cancel the uploads not yet started and wait for the running ones: after a failure,

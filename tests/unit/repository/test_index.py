@@ -15,8 +15,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from safehold.errors import FormatError
-from safehold.repository.index import Index, IndexLoader, Location, PackRecord, encode_index
-from safehold.repository.index_run import SortedRun
+from safehold.repository.index import (
+    Index,
+    IndexLoader,
+    Location,
+    PackRecord,
+    decode_sections,
+    encode_index,
+    encode_section,
+)
+from safehold.repository.index_run import SortedRun, pack_entry, unpack_entry
 from safehold.repository.pack import PackEntry
 
 # A few ids that share leading bytes (same directory bucket, and a neighbour that differs
@@ -78,6 +86,13 @@ class IndexMachine(RuleBasedStateMachine):
     def add(self, rec: PackRecord) -> None:
         self.model.add(rec)
         self.index.add_pack(rec)
+        self.seen.update(e.blob_id for e in rec.entries)
+
+    @rule(rec=pack_records())
+    def add_section(self, rec: PackRecord) -> None:
+        # A backup adds its packs through their index sections: the same as add_pack.
+        self.model.add(rec)
+        self.index.add_section(encode_section(rec))
         self.seen.update(e.blob_id for e in rec.entries)
 
     @precondition(lambda self: self.model.packs)
@@ -297,7 +312,7 @@ def test_ids_of_the_wrong_length_are_never_found() -> None:
 def test_a_run_built_from_an_overlay_is_the_merged_one(ids: list[bytes]) -> None:
     """The first merge's shortcut (SortedRun.of_overlay) builds the run the general merge
     builds from an empty run: the same records, order, count and directory."""
-    first = {b: (i % 7, i % 2, 8 + i, 10 + i, 2**32 - 1 - i) for i, b in enumerate(ids)}
+    first = {b: pack_entry(i % 7, i % 2, 8 + i, 10 + i, 2**32 - 1 - i) for i, b in enumerate(ids)}
     keys = sorted(first)
     fast = SortedRun.of_overlay(keys, first)
     slow = SortedRun.empty()._merged(keys, first, {})
@@ -400,3 +415,56 @@ def test_pack_summaries_are_the_records_sizes_and_counts(
         index.remove_pack(records[removed % len(records)].pack_id)
     want = {p: (rec.size, len(rec.entries)) for p, rec in index.packs.items()}
     assert index.pack_summaries() == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 255),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+)
+def test_overlay_entries_keep_every_field(pn: int, t: int, off: int, n: int, raw: int) -> None:
+    assert unpack_entry(pack_entry(pn, t, off, n, raw)) == (pn, t, off, n, raw)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (2**32, 0, 0, 0, 0),
+        (0, 256, 0, 0, 0),
+        (0, 0, 2**32, 0, 0),
+        (0, 0, 0, -1, 0),
+        (0, -1, 0, 0, 0),
+    ],
+)
+def test_an_overlay_entry_refuses_a_field_that_would_spill(
+    fields: tuple[int, int, int, int, int],
+) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        pack_entry(*fields)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(pack_records(), max_size=6))
+def test_sections_make_the_index_file_and_decode_to_the_records(
+    records: list[PackRecord],
+) -> None:
+    sections = [encode_section(rec) for rec in records]
+    assert decode_sections(sections) == records
+    loader = IndexLoader()
+    loader.add_file(encode_index(records), "index")
+    built = Index()
+    for section in sections:
+        built.add_section(section)
+    loaded = loader.finish()
+    for rec in records:
+        for e in rec.entries:
+            assert built.lookup(e.blob_id) == loaded.lookup(e.blob_id)
+
+
+def test_a_section_whose_count_disagrees_with_its_length_is_refused() -> None:
+    rec = PackRecord(b"p" * 32, b"a" * 16, 99, (PackEntry(0, 8, 1, 1, b"x" * 32),))
+    with pytest.raises(FormatError, match="blob count"):
+        Index().add_section(encode_section(rec)[:-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,8 +13,9 @@ from safehold.crypto.aead import Aead
 from safehold.errors import StorageFull
 from safehold.model import ObjectInfo
 from safehold.repository import saver as saver_module
-from safehold.repository.format import BLOB_DATA, BLOB_TREE, storage_id
-from safehold.repository.pack import pack_length, parse_header, parse_trailer
+from safehold.repository.format import BLOB_DATA, BLOB_TREE, T_INDEX, storage_id
+from safehold.repository.index import decode_index
+from safehold.repository.pack import PackEntry, pack_length, parse_header, parse_trailer
 from safehold.repository.repository import Repository
 from safehold.repository.saver import BlobSaver
 from safehold.storage.memory import MemoryStorage
@@ -207,3 +209,23 @@ def test_close_packs_stores_the_open_pack_and_lets_its_buffers_go() -> None:
     later = saver.save(BLOB_DATA, os.urandom(5000))[0]  # a new pack, a new buffer
     saver.finish()
     assert repo.load_blob(later) and saver._buffers._free == []
+
+
+def test_stored_packs_keep_no_pack_entry_alive() -> None:
+    """A first backup of 200,000 small files kept a PackEntry and its three integers per
+    blob to its end (the pack records, for the index file and in the index's overlay):
+    about 160 bytes a blob. Once a pack is stored only its index section and the overlay's
+    packed entry are left."""
+    repo = _repo()
+    saver = BlobSaver(repo, b"c" * 16)
+    ids = {saver.save(BLOB_DATA, os.urandom(3000))[0] for _ in range(100)}
+    saver.finish()
+    gc.collect()
+    alive = [o for o in gc.get_objects() if type(o) is PackEntry and o.blob_id in ids]
+    assert alive == []
+    assert all(repo.index.lookup(blob_id) is not None for blob_id in ids)
+    # ...and the index file written from the sections lists every blob.
+    [name] = repo.list_index_files()
+    records = decode_index(repo.load_object(name, T_INDEX), name)
+    listed = {e.blob_id for rec in records for e in rec.entries}
+    assert listed == ids
