@@ -120,3 +120,68 @@ def test_held_progress_is_released_in_one_step_then_forwarded() -> None:
     held.release()
     held.advance(2, 7)
     assert sink.calls == [(1, 15), (2, 7)]
+
+
+def test_tiny_jobs_are_read_by_the_first_reader_and_larger_ones_by_any() -> None:
+    """Tiny files cost more in interpreter-lock hand-overs than two readers gain on them
+    (engine/backup/read_queue.py): one reader takes them all."""
+    readers: dict[int, set[str]] = {}
+    lock = threading.Lock()
+    both = threading.Barrier(2, timeout=5)
+
+    def read(job: int) -> None:
+        if job >= 10**6:
+            both.wait()  # the two large jobs are read at the same time: by both readers
+        with lock:
+            readers.setdefault(job, set()).add(threading.current_thread().name)
+
+    with ReadQueue[int](read, 2, small=100, tiny=10) as queue:
+        for i in range(200):
+            queue.put(i, 1 + i % 10)  # tiny
+        queue.put(10**6, 10**6)
+        queue.put(10**6 + 1, 10**6)
+    tiny_readers = set().union(*(readers[i] for i in range(200)))
+    assert tiny_readers == {"read-0"}
+    assert readers[10**6] | readers[10**6 + 1] == {"read-0", "read-1"}
+
+
+def test_the_walk_waits_while_tiny_jobs_fill_their_queue_until_half_are_read() -> None:
+    gate, started = threading.Event(), threading.Event()
+    done: list[int] = []
+
+    def read(job: int) -> None:
+        if job == -1:
+            started.set()
+            gate.wait(5)  # the first reader is busy: tiny jobs pile up
+        done.append(job)
+
+    with ReadQueue[int](read, 2, tiny=10, tiny_ahead=4) as queue:
+        queue.put(-1, 1)  # taken by the first reader, which then waits at the gate
+        assert started.wait(5)
+        for i in range(4):
+            queue.put(i, 1)
+        walk = threading.Thread(target=queue.put, args=(4, 1))
+        walk.start()
+        walk.join(0.3)
+        assert walk.is_alive()  # the fifth waits for room
+        gate.set()
+        walk.join(5)
+        assert not walk.is_alive()
+    assert done == [-1, 0, 1, 2, 3, 4]
+
+
+def test_a_reader_error_wakes_a_walk_waiting_for_room() -> None:
+    def read(job: int) -> None:
+        raise OSError("disk on fire")
+
+    with pytest.raises(OSError, match="disk on fire"), ReadQueue[int](read, 2, tiny=10) as queue:
+        for i in range(10_000):
+            queue.put(i, 1)
+
+
+def test_one_reader_reads_tiny_jobs_like_any_other() -> None:
+    done: list[int] = []
+    with ReadQueue[int](done.append, 1, small=100, tiny=10, tiny_ahead=2) as queue:
+        for i in range(50):
+            queue.put(i, 1)
+    assert done == list(range(50))
