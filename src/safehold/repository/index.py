@@ -171,7 +171,7 @@ class _Columns:
 class IndexLoader:
     """Builds an :class:`Index` from whole index files without a Python object per blob.
 
-    Loading through :meth:`Index.add_pack` holds every record in the overlay (~350 bytes a
+    Loading through :meth:`Index.add_pack` holds every record in the overlay (~170 bytes a
     blob) until a merge; a repository's index is loaded by every command, so its peak
     counted in every command's peak memory. Here each file is checked whole, then its
     records go into columns, and :meth:`finish` sorts them once into the run.
@@ -392,8 +392,8 @@ class Index:
         if self._merge_at is not None:
             return self._merge_at
         # A merge costs a pass over the overlay plus one copy of the run; the overlay costs
-        # ~350 bytes a record (dict entries, tuples and the pack records kept for
-        # ``packs``). A 32nd of the run keeps the overlay near 10 bytes a blob and the
+        # ~170 bytes a record (the blob id, a dict slot, the packed entry and the id's place
+        # in its pack's list). A 32nd of the run keeps the overlay near 10 bytes a blob and the
         # copying near 1.5 KiB per record added.
         return max(1 << 16, self._deferred, self._run.n >> 5)
 
@@ -403,7 +403,7 @@ class Index:
         inside: a backup adds a record a blob and looks each one up, and every merge loops
         over the overlay in Python under the lock the savers wait for. A first backup of
         200,000 small files merged three times; deferred, the overlay costs at most about
-        ``records`` x 350 bytes (90 MB) before it is merged anyway."""
+        ``records`` x 170 bytes (45 MB) before it is merged anyway."""
         with self._lock:
             before, self._deferred = self._deferred, records
         try:
