@@ -18,10 +18,14 @@ _local = threading.local()
 
 
 # Level 3 is zstd's level 3 for inputs over 256 KiB with a minimum match of 6 bytes instead
-# of 5, for every input size. On the benchmark data (docs/benchmarks.md) that compressed
-# 1 MiB chunks of SQL 8.5 % faster and 1.3 % smaller, and small text files 4 % faster and
-# 0.5 % smaller, than plain level 3 (which for inputs under 256 KiB also switches to other
-# strategies). Any zstd decoder reads the result: the parameters are the writer's choice.
+# of 5, for inputs of TUNED_MIN bytes or more. On the benchmark data (docs/benchmarks.md)
+# that compressed 1 MiB chunks of SQL 8.5 % faster and 1.3 % smaller than plain level 3.
+# Smaller inputs get zstd's own level 3, whose parameters zstd picks for their size: the
+# tuned ones made the 200,000 mail-sized files of bench/small_files.py 2.2 % larger
+# (min_match 6 finds fewer matches in short text) and were no smaller below 64 KiB on the
+# benchmark data either (measured in docs/benchmarks.md "Session 18"). Any zstd decoder
+# reads the result: the parameters are the writer's choice.
+TUNED_MIN = 64 * 1024
 _TUNED = {
     3: {
         "window_log": 21,
@@ -35,22 +39,24 @@ _TUNED = {
 }
 
 
-def _new_compressor(level: int) -> zstandard.ZstdCompressor:
-    tuned = _TUNED.get(level)
-    if tuned is None:
+def _new_compressor(level: int, tuned: bool) -> zstandard.ZstdCompressor:
+    params = _TUNED.get(level) if tuned else None
+    if params is None:
         return zstandard.ZstdCompressor(level=level, write_content_size=True)
-    params = zstandard.ZstdCompressionParameters(write_content_size=True, **tuned)
-    return zstandard.ZstdCompressor(compression_params=params)
+    cparams = zstandard.ZstdCompressionParameters(write_content_size=True, **params)
+    return zstandard.ZstdCompressor(compression_params=cparams)
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    # ZstdCompressor objects are not thread-safe; keep one per thread and level.
-    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "c", None)
+def _compressor(level: int, size: int) -> zstandard.ZstdCompressor:
+    """This thread's compressor for ``level`` and an input of ``size`` bytes."""
+    # ZstdCompressor objects are not thread-safe; keep one per thread, level and kind.
+    cache: dict[tuple[int, bool], zstandard.ZstdCompressor] | None = getattr(_local, "c", None)
     if cache is None:
         cache = _local.c = {}
-    comp = cache.get(level)
+    key = (level, size >= TUNED_MIN)
+    comp = cache.get(key)
     if comp is None:
-        comp = cache[level] = _new_compressor(level)
+        comp = cache[key] = _new_compressor(*key)
     return comp
 
 
@@ -68,7 +74,7 @@ def compress(data: bytes | memoryview, level: int | None) -> tuple[int, bytes | 
     """
     if level is None or len(data) < MIN_COMPRESS:
         return COMP_NONE, data
-    packed = _compressor(level).compress(data)
+    packed = _compressor(level, len(data)).compress(data)
     # Keep raw unless compression saves at least 1/32: decompressing costs time on restore.
     if len(packed) > len(data) - (len(data) >> 5):
         return COMP_NONE, data

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 
 import pytest
 
@@ -62,6 +63,26 @@ def test_compressed_payloads_are_plain_zstd_frames_with_their_size(level: int, s
     assert zstandard.get_frame_parameters(bytes(payload)).content_size == size
     assert zstandard.ZstdDecompressor().decompress(bytes(payload)) == text
     assert decompress(cid, payload, size) == text
+
+
+def test_level_3_tunes_large_inputs_only() -> None:
+    # Below TUNED_MIN, zstd's own level 3 for the input's size compresses short text
+    # better (a minimum match of 5 or less); above it, the tuned parameters (minimum match 6)
+    # are what the chunks get.
+    import zstandard
+
+    from safehold.repository.compress import TUNED_MIN
+
+    words = [b"meeting", b"report", b"budget", b"the", b"draft", b"please", b"review", b"of"]
+    rng = random.Random(7)
+    text = b" ".join(rng.choice(words) for _ in range(60_000))
+    plain = zstandard.ZstdCompressor(level=3, write_content_size=True)
+    small = text[: TUNED_MIN - 1]
+    assert bytes(compress(small, 3)[1]) == plain.compress(small)
+    large = text[: 2 * TUNED_MIN]
+    packed = bytes(compress(large, 3)[1])
+    assert packed != plain.compress(large)
+    assert zstandard.ZstdDecompressor().decompress(packed) == large
 
 
 def test_pack_roundtrip_from_its_own_header() -> None:
