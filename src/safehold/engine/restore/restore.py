@@ -39,6 +39,7 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from safehold import runtime
@@ -86,11 +87,29 @@ SCRATCH_MIN = 1024 * 1024
 KEEP_MAX = 4 * 1024 * 1024
 # Blobs that get direct writes are opened into an aligned buffer instead (see _aligned).
 ALIGNED_MIN = DIRECT_MIN + DIRECT_ALIGN
+# Planning stops at this many files with content and restores them before it goes on: the
+# plan costs about 840 bytes a file, and worker processes copy the pages of it they touch,
+# so 200,000 small files planned at once peaked at 364 MiB (restic: 246) where batches of
+# this size keep the plan near 40 MiB (docs/benchmarks.md "Session 18"). A blob needed
+# by files of two batches is read once for each.
+PLAN_BATCH = 50_000
+# A pack's needed blobs are handed to workers in runs of at most this many (a ticket
+# each): a pack of 20,000 small files is then shared between workers instead of being
+# the last one's long tail, and a batch of a few packs still feeds every worker.
+TICKET_BLOBS = 2_048
 
 # A blob to restore: (offset in its pack, length, raw length, id, where it goes).
 _Blob = tuple[int, int, int, BlobId, BlobTargets]
 
-__all__ = ["MAX_GAP", "MAX_SPAN", "RestoreOptions", "RestoreResult", "run_restore", "spans"]
+__all__ = [
+    "MAX_GAP",
+    "MAX_SPAN",
+    "PLAN_BATCH",
+    "RestoreOptions",
+    "RestoreResult",
+    "run_restore",
+    "spans",
+]
 
 
 @dataclass(kw_only=True)
@@ -199,6 +218,13 @@ class _Restorer:
         self.uid, self.gid = os.geteuid(), os.getegid()
         self.max_span = read_span(repo.storage, MAX_SPAN)
         self.empty = 0  # files without content, made while planning
+        self.planned = 0  # files with content planned since the last batch was restored
+        self.batch = PLAN_BATCH
+        # What the progress bar is told in advance when planning is cut into batches (the
+        # snapshot's total size for a whole restore): the totals are not known before the
+        # last batch is planned.
+        self.expected_bytes = 0
+        self.started = False
         self.selection = Selection()  # --include/--exclude (engine/tree_walk.py)
         self.chosen = 0  # items the selection took, when it is active
 
@@ -433,6 +459,9 @@ class _Restorer:
         if len(content) > 1:
             f.make_shared()
             self.multi.append(f)
+        self.planned += 1
+        if self.planned >= self.batch:
+            self.restore_planned(last=False)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -522,18 +551,48 @@ class _Restorer:
             files = sum(self.writer.put(f, data, offset) for f, offset in targets)
             self.progress.advance(files, raw_len * len(targets))
 
-    def run(self) -> None:
-        wanted = sorted(self.by_pack.items(), key=lambda kv: -len(kv[1]))
-        for _pack_id, blobs in wanted:
+    def tickets(self) -> list[tuple[PackId, list[_Blob]]]:
+        """The planned blobs as work for the workers, and the plan emptied: each pack's
+        blobs by offset, in runs of at most TICKET_BLOBS, the largest runs first."""
+        work: list[tuple[PackId, list[_Blob]]] = []
+        for pack_id, blobs in self.by_pack.items():
             blobs.sort(key=lambda b: b[0])
-        self.wanted.clear()  # the packs' lists hold the blobs now
-        self.progress.start("restore", self.result.files, self.result.bytes)
+            if len(blobs) <= TICKET_BLOBS:
+                work.append((pack_id, blobs))
+                continue
+            # Runs of equal length, give or take one (no short last one).
+            n = len(blobs)
+            runs = -(-n // TICKET_BLOBS)
+            cuts = [n * k // runs for k in range(runs + 1)]
+            work.extend((pack_id, blobs[a:b]) for a, b in pairwise(cuts))
+        work.sort(key=lambda kv: -len(kv[1]))
+        self.by_pack = {}
+        self.wanted.clear()  # the tickets hold the blobs now
+        return work
+
+    def restore_planned(self, last: bool) -> None:
+        """Restore the files planned so far and forget their plan: a batch while planning
+        goes on, or (``last``) what planning left."""
+        work = self.tickets()
+        if not self.started:
+            self.started = True
+            if last:  # the whole plan in one go: its totals are known
+                self.progress.start("restore", self.result.files, self.result.bytes)
+            else:
+                self.progress.start("restore", 0, self.expected_bytes)
         self.progress.advance(self.empty, 0)
-        forking = runtime.may_fork() and usable(self.opts.processes, len(wanted))
+        self.empty = self.planned = 0
+        forking = runtime.may_fork() and usable(self.opts.processes, len(work))
         if forking and fork_safe(self.repo.storage):
-            self._run_forked(wanted)
+            self._run_forked(work)
         else:
-            self._run_threads(wanted)
+            self._run_threads(work)
+        self.multi = []
+
+    def run(self) -> None:
+        """Restore what planning left (or all of it), then the hard links and the
+        folders' metadata."""
+        self.restore_planned(last=True)
         for folder, name, out, key in self.late_hardlinks:
             self._link(self.hardlinks[key], folder, name, out)
         owner = self.opts.owner
@@ -628,6 +687,8 @@ def run_restore(
             repo.load_index()
         r = _Restorer(repo, opts, progress)
         r.selection = selection
+        if not selection.active:
+            r.expected_bytes = int(snap.summary.get("total_bytes", 0) or 0)
         try:
             os.makedirs(target, exist_ok=True)
             root = r.open_root(target)
