@@ -125,14 +125,9 @@ class BlobSaver:
         self, blob_type: int, data: bytes | memoryview, blob_id: BlobId | None = None
     ) -> tuple[BlobId, bool]:
         """Store ``data`` unless this chain already has it. Returns ``(id, newly stored)``."""
-        if self._error is not None:
-            raise self._error
         bid = blob_id if blob_id is not None else self.repo.master.blob_id(data)
-        with self._lock:
-            self.stats.blobs_seen += 1
-            if bid in self._pending or self.repo.index.has_in_chain(bid, self.chain_id):
-                return bid, False
-            self._pending.add(bid)
+        if not self._claim(bid):
+            return bid, False
         comp_id, payload = compress(data, self.level if blob_type != BLOB_TREE else 3)
         # Layout (docs/format.md, section 7): compression id | sealed payload, the id bound
         # to the ciphertext through the AAD.
@@ -145,12 +140,50 @@ class BlobSaver:
             del out
             written = True
         except BaseException as exc:
-            if self._error is None:
-                self._error = exc
+            self._failed(exc)
             raise
         finally:
             self._written(pack, written)
         return bid, True
+
+    def save_sealed(
+        self, blob_type: int, bid: BlobId, comp_id: int, sealed: memoryview, raw_length: int
+    ) -> bool:
+        """Store a blob sealed elsewhere (compressed with ``comp_id``, sealed with its id
+        and ``comp_id`` as AAD, as :meth:`save` seals) unless this chain already has it;
+        whether it was stored. For a forked reader (engine/backup/tiny_procs.py)."""
+        if not self._claim(bid):
+            return False
+        pack, entry = self._reserve(blob_type, bid, 1 + len(sealed), raw_length)
+        written = False
+        try:
+            out = pack.builder.view(entry)
+            out[0] = comp_id
+            out[1:] = sealed
+            del out
+            written = True
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+        finally:
+            self._written(pack, written)
+        return True
+
+    def _claim(self, bid: BlobId) -> bool:
+        """Whether ``bid`` is to be stored by the caller: this chain has it neither stored
+        nor being stored. Raises the error that stopped an earlier save."""
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            self.stats.blobs_seen += 1
+            if bid in self._pending or self.repo.index.has_in_chain(bid, self.chain_id):
+                return False
+            self._pending.add(bid)
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
 
     def _reserve(
         self, blob_type: int, bid: BlobId, length: int, raw_length: int

@@ -229,3 +229,25 @@ def test_stored_packs_keep_no_pack_entry_alive() -> None:
     records = decode_index(repo.load_object(name, T_INDEX), name)
     listed = {e.blob_id for rec in records for e in rec.entries}
     assert listed == ids
+
+
+def test_a_blob_sealed_elsewhere_is_stored_once_and_opens() -> None:
+    from safehold.crypto.aead import OVERHEAD
+    from safehold.repository.compress import compress
+
+    repo = _repo()
+    saver = BlobSaver(repo, bytes(16))  # type: ignore[arg-type]
+    data = b"sealed by a forked reader " * 50
+    bid = repo.master.blob_id(data)
+    comp_id, payload = compress(data, 3)
+    sealed = bytearray(OVERHEAD + len(payload))
+    repo.aead.seal_into(payload, bid + bytes((comp_id,)), memoryview(sealed))
+    assert saver.save_sealed(BLOB_DATA, bid, comp_id, memoryview(sealed), len(data))
+    assert not saver.save_sealed(BLOB_DATA, bid, comp_id, memoryview(sealed), len(data))
+    assert saver.save(BLOB_DATA, data) == (bid, False)  # the same id: already there
+    saver.finish()
+    assert (saver.stats.blobs_new, saver.stats.blobs_seen) == (1, 3)
+    repo.load_index()
+    assert repo.load_blob(bid) == data
+    for info in _packs(repo):
+        _check_pack(repo, info.name)

@@ -12,6 +12,7 @@ the repository as it was, plus packs the next backup reuses.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -28,6 +29,7 @@ from safehold.engine.backup.prescan import Prescan
 from safehold.engine.backup.read_queue import HeldProgress, ReadQueue
 from safehold.engine.backup.scan import CACHEDIR_TAG, Excluder
 from safehold.engine.backup.stream import backup_streams, one_stream, stream_name
+from safehold.engine.backup.tiny_procs import Result, Sealer, TinyProcs
 from safehold.engine.backup.vanished import Vanished
 from safehold.engine.progress import NO_PROGRESS, Progress
 from safehold.errors import SafeholdError, SourceNotFound, UsageError
@@ -150,6 +152,9 @@ def refuse_excluded_paths(paths: list[str], excluder: Excluder) -> None:
 # 200,000-file tree's mail (0.2-4.5 KB) and half the files of the 2 GiB benchmark tree
 # (4.5 % of its bytes).
 TINY_FILE = 16 * 1024
+# Forked processes reading, hashing, compressing and sealing those tiny files, where the
+# entry point allows forking (engine/backup/tiny_procs.py says why); 0: none.
+TINY_PROCS = 1
 
 
 def start_prescan(opts: BackupOptions) -> Prescan | None:
@@ -325,17 +330,29 @@ def _backup_paths(
     reader = FileReader(repo, saver, counters, errors, held, vanished)
     planner: Planner
 
-    def read(job: tuple[str, t.Node, DirPlan]) -> None:
+    def read(job: Job) -> None:
         path, node, folder = job
         reader.read((path, node))
         planner.file_read(folder)  # the folder's tree is saved after its last file
 
+    def file_read(folder: DirPlan) -> None:
+        planner.file_read(folder)
+
     # Files of one chunk (read whole, in FileReader._read_from) are read in walk order;
-    # those of at most TINY_FILE bytes by one reader (engine/backup/read_queue.py says why).
+    # those of at most TINY_FILE bytes by one reader (engine/backup/read_queue.py says why),
+    # which sends them to a forked process where that is allowed.
     small = repo.config.chunker.min_size
-    with ReadQueue[tuple[str, t.Node, DirPlan]](
-        read, opts.threads, small=small, tiny=TINY_FILE
-    ) as queue:
+    tiny = _tiny_procs(repo, saver, reader, file_read, opts.threads)
+    with (
+        tiny if tiny is not None else contextlib.nullcontext(),
+        ReadQueue[Job](
+            read,
+            opts.threads,
+            small=small,
+            tiny=TINY_FILE,
+            read_tiny=tiny.submit if tiny is not None else None,
+        ) as queue,
+    ):
         planner = Planner(
             index=repo.index,
             chain=saver.chain_id,
@@ -377,6 +394,35 @@ def _backup_paths(
     saver.close_packs(BLOB_DATA)
     progress.finish()
     return build_tree(save_tree, root)
+
+
+# A file for the readers: its path, its node (which gets its content), its folder's plan.
+Job = tuple[str, t.Node, DirPlan]
+
+
+def _tiny_procs(
+    repo: Repository,
+    saver: BlobSaver,
+    reader: FileReader,
+    file_read: Callable[[DirPlan], None],
+    threads: int,
+) -> TinyProcs[Job] | None:
+    """Forked readers of tiny files, or None where forking is not allowed (or one reader
+    reads everything anyway)."""
+    if TINY_PROCS < 1 or threads < 2 or not runtime.may_fork():
+        return None
+    sealer = Sealer(repo.master.blob_id, repo.aead, saver.level, repo.config.chunker.min_size)
+
+    def describe(job: Job) -> tuple[str, int, int, int]:
+        path, node, _folder = job
+        return path, node.size, node.mtime_ns, node.ctime_ns
+
+    def on_result(job: Job, res: Result) -> None:
+        path, node, folder = job
+        reader.sealed(path, node, res)
+        file_read(folder)  # the folder's tree is saved after its last file
+
+    return TinyProcs(sealer, describe, on_result, TINY_PROCS)
 
 
 def describe_error(exc: BaseException) -> str:

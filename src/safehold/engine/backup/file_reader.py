@@ -13,9 +13,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from safehold.engine.backup.tiny_procs import BLOB, EMPTY, OS_ERROR, Result
 from safehold.engine.backup.vanished import VANISHED, Vanished
 from safehold.engine.progress import Progress
-from safehold.ids import HexId
+from safehold.ids import HexId, to_hex
 from safehold.repository import tree as t
 from safehold.repository.chunker import Chunker
 from safehold.repository.format import BLOB_DATA
@@ -85,17 +86,26 @@ class FileReader:
         try:
             content, size, changed = self._read(path, node)
         except OSError as exc:
-            msg = exc.strerror or str(exc)
-            node.error = msg
-            node.content = []
-            gone = self.vanished.folder_of(path, exc)
-            if gone is None or gone[1]:
-                where, why = (path, msg) if gone is None else (gone[0], VANISHED)
-                with self.counters.lock:
-                    self.errors.append((where, why))
-                self.progress.warn(where, why)
-            self.progress.advance(1, node.size)
+            self.failed(path, node, exc)
             return
+        self.done(path, node, content, size, changed)
+
+    def failed(self, path: str, node: t.Node, exc: OSError) -> None:
+        """``path`` could not be read: its node keeps its metadata and gets the error."""
+        msg = exc.strerror or str(exc)
+        node.error = msg
+        node.content = []
+        gone = self.vanished.folder_of(path, exc)
+        if gone is None or gone[1]:
+            where, why = (path, msg) if gone is None else (gone[0], VANISHED)
+            with self.counters.lock:
+                self.errors.append((where, why))
+            self.progress.warn(where, why)
+        self.progress.advance(1, node.size)
+
+    def done(self, path: str, node: t.Node, content: list[HexId], size: int, changed: bool) -> None:
+        """``path`` was read (``size`` bytes, stored as ``content``; ``changed``: it changed
+        while read, see above)."""
         node.content = content
         if size != node.size:
             # The file changed since the walk; record what we stored.
@@ -108,6 +118,20 @@ class FileReader:
         if changed:
             self.progress.warn(path, CHANGED_WHILE_READ)
         self.progress.advance(1, 0)
+
+    def sealed(self, path: str, node: t.Node, res: Result) -> None:
+        """What a forked reader made of ``path`` (engine/backup/tiny_procs.py), saved and
+        recorded as :meth:`read` would have."""
+        if res.kind == BLOB:
+            self.saver.save_sealed(BLOB_DATA, res.blob_id, res.comp_id, res.sealed, res.size)
+            self.progress.advance(0, res.size)
+            self.done(path, node, [to_hex(res.blob_id)], res.size, res.changed)
+        elif res.kind == EMPTY:
+            self.done(path, node, [], 0, res.changed)
+        elif res.kind == OS_ERROR:
+            self.failed(path, node, OSError(res.errno, res.message, path))
+        else:  # grown past one chunk since the walk: read here, through the chunker
+            self.read((path, node))
 
     def _read(self, path: str, node: t.Node) -> tuple[list[HexId], int, bool]:
         """The file's chunk ids and size, and whether it changed while read (see above)."""

@@ -46,7 +46,8 @@ J = TypeVar("J")
 class ReadQueue(Generic[J]):
     """``threads`` readers calling ``read(job)``, largest ``size`` first, except that jobs
     of at most ``small`` bytes come after all larger ones, in the order they were put, and
-    jobs of at most ``tiny`` bytes are read by the first reader alone, in that order.
+    jobs of at most ``tiny`` bytes are read by the first reader alone, in that order (or,
+    with ``read_tiny``, handed to it up to ``tiny_batch`` at a time).
 
     Use as a context manager: leaving it normally waits for every job and re-raises the
     first reader error; leaving it with an exception drops the jobs not yet started.
@@ -61,8 +62,14 @@ class ReadQueue(Generic[J]):
         small: int = -1,
         tiny: int = -1,
         tiny_ahead: int = 4096,
+        read_tiny: Callable[[list[J]], None] | None = None,
+        tiny_batch: int = 512,
     ) -> None:
         self._read = read
+        # Takes the tiny jobs queued, up to tiny_batch at once (a forked reader's
+        # requests: engine/backup/tiny_procs.py); None: the first reader reads each.
+        self._read_tiny = read_tiny
+        self._tiny_batch = tiny_batch
         self._small = small
         self._tiny = tiny if threads > 1 else -1  # (one reader: it reads everything anyway)
         self._tiny_ahead = tiny_ahead
@@ -133,35 +140,46 @@ class ReadQueue(Generic[J]):
             self._cond.notify()
             self._first.notify()  # (it takes larger jobs too when it has no tiny one)
 
-    def _next(self, first: bool) -> J | None:
-        """The next job for a reader (None: closed and empty, or failed). Holds the lock."""
+    def _next(self, first: bool) -> tuple[J | None, list[J] | None]:
+        """The next job for a reader, or (the first reader, with ``read_tiny``) a batch of
+        tiny jobs; both None: closed and empty, or failed. Holds the lock."""
         wait = self._first if first else self._cond
         while True:
             if self._error is not None:
-                return None
+                return None, None
             if first and self._tinies:
-                job = self._tinies.popleft()
+                tinies = self._tinies
+                before = len(tinies)
+                job: J | None = None
+                batch: list[J] | None = None
+                if self._read_tiny is not None:
+                    batch = [tinies.popleft() for _ in range(min(before, self._tiny_batch))]
+                else:
+                    job = tinies.popleft()
                 # The walk goes on once half have been read, not at each one: a hand-over
                 # of the lock to it and back per file is what one reader is to save.
-                if len(self._tinies) == self._tiny_ahead // 2:
+                if len(tinies) <= self._tiny_ahead // 2 < before:
                     self._room.notify()
-                return job
+                return job, batch
             if self._heap:
-                return heapq.heappop(self._heap)[2]
+                return heapq.heappop(self._heap)[2], None
             if self._fifo:
-                return self._fifo.popleft()
+                return self._fifo.popleft(), None
             if self._closed:  # (the first reader's tiny jobs were taken above)
-                return None
+                return None, None
             wait.wait()
 
     def _run(self, first: bool) -> None:
         while True:
             with self._cond:
-                job = self._next(first)
-            if job is None:
+                job, batch = self._next(first)
+            if job is None and batch is None:
                 return
             try:
-                self._read(job)
+                if batch is not None and self._read_tiny is not None:
+                    self._read_tiny(batch)
+                elif job is not None:
+                    self._read(job)
             except BaseException as exc:
                 with self._cond:
                     if self._error is None:

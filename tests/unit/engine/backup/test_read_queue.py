@@ -185,3 +185,27 @@ def test_one_reader_reads_tiny_jobs_like_any_other() -> None:
         for i in range(50):
             queue.put(i, 1)
     assert done == list(range(50))
+
+
+def test_tiny_jobs_go_to_read_tiny_in_batches_in_the_order_put() -> None:
+    gate, started = threading.Event(), threading.Event()
+    batches: list[list[int]] = []
+    single: list[int] = []
+
+    def read(job: int) -> None:
+        if job == -1:
+            started.set()
+            gate.wait(5)  # the first reader is busy: tiny jobs pile up
+        single.append(job)
+
+    with ReadQueue[int](
+        read, 2, tiny=10, tiny_ahead=100, read_tiny=batches.append, tiny_batch=4
+    ) as queue:
+        queue.put(-1, 50)  # a larger job: read by a reader, one at a time
+        assert started.wait(5)
+        for i in range(10):
+            queue.put(i, 1)
+        gate.set()
+    assert single == [-1]
+    assert [j for b in batches for j in b] == list(range(10))
+    assert max(len(b) for b in batches) <= 4
