@@ -19,6 +19,7 @@ are saved.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -129,21 +130,12 @@ class BlobSaver:
         if not self._claim(bid):
             return bid, False
         comp_id, payload = compress(data, self.level if blob_type != BLOB_TREE else 3)
-        # Layout (docs/format.md, section 7): compression id | sealed payload, the id bound
-        # to the ciphertext through the AAD.
-        pack, entry = self._reserve(blob_type, bid, 1 + OVERHEAD + len(payload), len(data))
-        written = False
-        try:
-            out = pack.builder.view(entry)
-            out[0] = comp_id
-            self.repo.aead.seal_into(payload, bid + bytes((comp_id,)), out[1:])
-            del out
-            written = True
-        except BaseException as exc:
-            self._failed(exc)
-            raise
-        finally:
-            self._written(pack, written)
+        aead = self.repo.aead
+
+        def seal(out: memoryview) -> None:
+            aead.seal_into(payload, bid + bytes((comp_id,)), out)
+
+        self._put(blob_type, bid, comp_id, OVERHEAD + len(payload), len(data), seal)
         return bid, True
 
     def save_sealed(
@@ -154,19 +146,11 @@ class BlobSaver:
         whether it was stored. For a forked reader (engine/backup/tiny_procs.py)."""
         if not self._claim(bid):
             return False
-        pack, entry = self._reserve(blob_type, bid, 1 + len(sealed), raw_length)
-        written = False
-        try:
-            out = pack.builder.view(entry)
-            out[0] = comp_id
-            out[1:] = sealed
-            del out
-            written = True
-        except BaseException as exc:
-            self._failed(exc)
-            raise
-        finally:
-            self._written(pack, written)
+
+        def copy(out: memoryview) -> None:
+            out[:] = sealed
+
+        self._put(blob_type, bid, comp_id, len(sealed), raw_length, copy)
         return True
 
     def _claim(self, bid: BlobId) -> bool:
@@ -181,9 +165,32 @@ class BlobSaver:
             self._pending.add(bid)
         return True
 
-    def _failed(self, exc: BaseException) -> None:
-        if self._error is None:
-            self._error = exc
+    def _put(
+        self,
+        blob_type: int,
+        bid: BlobId,
+        comp_id: int,
+        sealed_length: int,
+        raw_length: int,
+        fill: Callable[[memoryview], None],
+    ) -> None:
+        """Claim room for the blob in its pack and have ``fill`` write its sealed payload
+        (``sealed_length`` bytes) there. Layout (docs/format.md, section 7): compression
+        id | sealed payload, the id bound to the ciphertext through the AAD."""
+        pack, entry = self._reserve(blob_type, bid, 1 + sealed_length, raw_length)
+        written = False
+        try:
+            out = pack.builder.view(entry)
+            out[0] = comp_id
+            fill(out[1:])
+            del out
+            written = True
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
+            raise
+        finally:
+            self._written(pack, written)
 
     def _reserve(
         self, blob_type: int, bid: BlobId, length: int, raw_length: int

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from safehold.engine.backup.tiny_procs import BLOB, EMPTY, OS_ERROR, Result
+from safehold.engine.backup.tiny_procs import BLOB, EMPTY, OS_ERROR, Result, read_whole
 from safehold.engine.backup.vanished import VANISHED, Vanished
 from safehold.engine.progress import Progress
 from safehold.ids import HexId, to_hex
@@ -172,16 +172,7 @@ class FileReader:
             # of that size. Larger files come first, so let their window go.
             st.window = None
             view = st.small
-            n = 0
-            while n < len(view):
-                got = os.readv(fd, (view[n:],))
-                if not got:
-                    break
-                n += got
-                if n == expected:
-                    # The size the walk saw: no second call to find the end of the file
-                    # (the fstat after reading catches a file that grew meanwhile).
-                    break
+            n = read_whole(fd, view, expected)
             if n <= chunker.params.min_size:
                 if n:
                     ids.append(HexId(save(BLOB_DATA, view[:n])[0].hex()))

@@ -46,7 +46,7 @@ from safehold.errors import SafeholdError
 from safehold.ids import BlobId
 from safehold.repository.compress import compress
 
-__all__ = ["BLOB", "EMPTY", "LARGER", "OS_ERROR", "Result", "Sealer", "TinyProcs"]
+__all__ = ["BLOB", "EMPTY", "LARGER", "OS_ERROR", "Result", "Sealer", "TinyProcs", "read_whole"]
 
 J = TypeVar("J")
 
@@ -371,16 +371,22 @@ class _Work:
         return _RESP.pack(BLOB, changed, comp_id, n, 0, len(sealed)) + bid + sealed
 
     def _read(self, fd: int, expected: int) -> int:
-        view = self.buf
-        n = 0
-        while n < len(view):
-            got = os.readv(fd, (view[n:],))
-            if not got:
-                break
-            n += got
-            if n == expected:  # (the fstat after reading catches a file that grew)
-                break
-        return n
+        return read_whole(fd, self.buf, expected)
+
+
+def read_whole(fd: int, view: memoryview, expected: int) -> int:
+    """Read ``fd`` into ``view`` until it is full, the file ends, or ``expected`` bytes
+    (the size the walk saw: no second call to find the end of the file; the fstat after
+    reading catches a file that grew); how many bytes were read."""
+    n = 0
+    while n < len(view):
+        got = os.readv(fd, (view[n:],))
+        if not got:
+            break
+        n += got
+        if n == expected:
+            break
+    return n
 
 
 def _error(exc: OSError) -> bytes:
