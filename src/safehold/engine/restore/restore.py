@@ -1,8 +1,10 @@
 """The restore use case: a snapshot (or parts of it) back into a folder.
 
-Restore first walks the snapshot's trees and plans: every folder is created, and every
-needed blob is listed once under its pack with the places (file, offset) it goes. Then
-packs are processed in parallel, by threads or, for the command line's large restores of
+Restore walks the snapshot's trees and plans: every folder is created, and every needed
+blob is listed once under its pack with the places (file, offset) it goes. Every
+PLAN_BATCH files (and at the end), what is planned is restored and its plan forgotten
+before planning goes on: packs are processed in parallel, by threads or, for the command
+line's large restores of
 a local repository where the runtime allows forking, by worker processes
 (:mod:`safehold.engine.restore.workers`, which explains why): each is read in a few
 large ranged reads, every blob is opened and verified against its id
