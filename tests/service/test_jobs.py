@@ -168,6 +168,10 @@ def test_a_run_past_its_timeout_is_timed_out(setup: Setup) -> None:
     assert time.monotonic() - started < 25
 
 
+# A run started in the background inherits SIGINT ignored, and so would the child: it must
+# not depend on an earlier test in the same worker having reset it (asyncio's
+# remove_signal_handler does).
+@pytest.mark.usefixtures("sigint_default")
 def test_the_parent_stops_a_child_that_does_not_end(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past its limit a child gets Ctrl-C (SIGINT: a safehold child stops its hooks and
     runs the unlock hooks), and SIGKILL of its group if it still runs TERM_WAIT later."""
