@@ -162,6 +162,13 @@ def start_seaweedfs(workdir: Path, *, timeout: float = 60.0) -> SeaweedS3:
         "-admin.ui=false",
         f"-admin.port={admin}",  # its default (23646) would collide between two servers
         f"-s3.config={config}",
+        # Every bucket is a collection with a volume of its own, and by default weed counts
+        # its volumes as free disk / volume size (1 GiB): on a disk with 79 GB free the 79th
+        # bucket's PUTs failed with InternalError ("no free volumes left"). A test run makes
+        # hundreds of buckets; the volumes are not preallocated, so a fixed count of small
+        # ones costs nothing.
+        "-volume.max=5000",
+        "-master.volumeSizeLimitMB=64",
         # The default sockets live in /tmp; keep them in the session's folder.
         f"-s3.localSocket={workdir / 's3.sock'}",
         f"-filer.localSocket={workdir / 'filer.sock'}",

@@ -66,8 +66,9 @@ def retrying(storage: Storage) -> Storage:
 
 
 def setup_put(storage: Storage, name: str, data: bytes) -> None:
-    """A test's setup write, before any fault: retried through a hiccup of the server itself
-    (SeaweedFS answered one with InternalError in a full run), which is not what is tested."""
+    """A test's setup write, before any fault: retried through a hiccup of the server itself,
+    which is not what is tested. (The InternalError SeaweedFS gave in full runs was its volume
+    count running out: tests/servers/s3.py now fixes the count.)"""
     RetryingStorage(storage, attempts=6, sleep=lambda s: time.sleep(min(s, 0.5))).put(name, data)
 
 
