@@ -127,25 +127,66 @@ def test_calibration_measures_this_machine() -> None:
     assert lanes == kdf.MAX_P
 
 
-def test_libsodium_is_used_and_computes_what_openssl_computes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Keys are derived with libsodium's scrypt (PyNaCl is a dependency), which must be
-    OpenSSL's function exactly: a repository opens whichever the machine has."""
+def test_libsodium_and_openssl_compute_the_same_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys are derived by whichever of libsodium's and OpenSSL's scrypt is faster on the
+    machine, so the two must be one function exactly: a repository opens on either."""
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-    assert kdf._sodium_scrypt() is not None
+    assert kdf._sodium_scrypt() is not None  # PyNaCl is a dependency
+    assert kdf._implementations() == [kdf._by_openssl, kdf._by_sodium]
     for n, r, p, length in [(1 << 10, 8, 1, 32), (1 << 11, 4, 3, 64), (1 << 10, 1, 16, 17)]:
         salt = bytes(range(n % 251, n % 251 + 40))
         want = Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(b"pass phrase")
+        assert kdf._by_sodium(b"pass phrase", salt, n, r, p, length) == want
+        assert kdf._by_openssl(b"pass phrase", salt, n, r, p, length) == want
         assert kdf._scrypt(b"pass phrase", salt, n, r, p, length) == want
     # A password in a bytearray (bytes-like, as cryptography's scrypt takes it) too.
-    assert kdf._scrypt(bytearray(b"pw"), b"s" * 32, 1 << 10, 8, 1, 32) == kdf._scrypt(
-        b"pw", b"s" * 32, 1 << 10, 8, 1, 32
-    )
-    # And without it (PyNaCl missing or minimal): OpenSSL's, the same keys.
+    for implementation in kdf._implementations():
+        assert implementation(bytearray(b"pw"), b"s" * 32, 1 << 10, 8, 1, 32) == kdf._scrypt(
+            b"pw", b"s" * 32, 1 << 10, 8, 1, 32
+        )
+    # Whichever this process chose, and without PyNaCl (missing or minimal): the same keys.
     lanes = {"n": 1 << 10, "r": 8, "p": 3, "length": 32, "kind": kdf.KDF_LANES}
-    with_sodium = kdf.scrypt(b"pw", b"s" * 32, **lanes)  # type: ignore[arg-type]
+    chosen = kdf.scrypt(b"pw", b"s" * 32, **lanes)  # type: ignore[arg-type]
     monkeypatch.setattr(kdf, "_sodium_scrypt", lambda: None)
-    assert kdf.scrypt(b"pw", b"s" * 32, **lanes) == with_sodium  # type: ignore[arg-type]
-    assert with_sodium == _lanes_by_hand(b"pw", b"s" * 32, 1 << 10, 8, 3)
+    monkeypatch.setattr(kdf, "_chosen", [])
+    assert kdf._implementations() == [kdf._by_openssl]
+    assert kdf.scrypt(b"pw", b"s" * 32, **lanes) == chosen  # type: ignore[arg-type]
+    assert kdf._chosen == [kdf._by_openssl]
+    assert chosen == _lanes_by_hand(b"pw", b"s" * 32, 1 << 10, 8, 3)
+
+
+@pytest.mark.parametrize("slow", [0, 1])
+def test_the_faster_implementation_is_chosen_once(
+    monkeypatch: pytest.MonkeyPatch, slow: int
+) -> None:
+    """The probe times each candidate (a clock that each call advances by its cost here)
+    and keeps the faster, whichever comes first; later derivations do not probe again."""
+    now = [0.0]
+    calls: list[str] = []
+
+    def candidate(name: str, cost: float) -> kdf.Scrypt:
+        def compute(password: bytes, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
+            calls.append(name)
+            now[0] += cost
+            return name.encode() * length
+
+        return compute
+
+    costs = [0.002, 0.002]
+    costs[slow] = 0.005
+    found = [candidate("first", costs[0]), candidate("second", costs[1])]
+    fast = found[1 - slow]
+    assert kdf._fastest(found, timer=lambda: now[0]) is fast
+    assert calls == ["first"] * kdf.PROBE_RUNS + ["second"] * kdf.PROBE_RUNS
+
+    monkeypatch.setattr(kdf, "_implementations", lambda: list(found))
+    monkeypatch.setattr(kdf, "_chosen", [])
+    monkeypatch.setattr(kdf.time, "perf_counter", lambda: now[0])
+    calls.clear()
+    winner = "second" if slow == 0 else "first"
+    assert kdf._scrypt(b"pw", b"s" * 32, 1 << 10, 8, 1, 4) == winner.encode() * 4
+    assert len(calls) == 2 * kdf.PROBE_RUNS + 1
+    calls.clear()
+    kdf._scrypt(b"pw", b"s" * 32, 1 << 10, 8, 1, 4)
+    assert calls == [winner]
