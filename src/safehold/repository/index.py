@@ -147,6 +147,12 @@ def _le(a: array[int]) -> bytes:
     return b.tobytes()
 
 
+def _le_view(a: array[int]) -> bytes | memoryview:
+    """:func:`_le` without a copy where this machine is little-endian (a view of ``a``,
+    which the caller releases)."""
+    return memoryview(a) if sys.byteorder == "little" else _le(a)
+
+
 def _from_le(typecode: str, raw: bytes | memoryview) -> array[int]:
     a = array(typecode)
     if len(raw) % a.itemsize:
@@ -627,26 +633,34 @@ class Index:
 
     # --- as bytes (the local index cache, docs/format.md "Local index cache") ---------------
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, prefix: bytes = b"") -> bytes:
         """The whole index, merged, in a form :meth:`from_bytes` loads without a Python
-        step per blob."""
+        step per blob, after ``prefix``. Joined once from views of the index's arrays
+        where the machine is little-endian: the index cache of 200,000 blobs is 10 MB, and
+        every copy on the way counts in the backup's peak memory."""
         with self._lock:
             if self._first or self._dead_in_run:
                 self._merge()
             run = self._run
-            parts = [
+            parts: list[bytes | bytearray | memoryview] = [
+                prefix,
                 _STATE_HEAD.pack(len(self._pack_ids), len(self._chains), run.n, run.distinct),
                 b"".join(self._pack_ids),
-                _le(self._pack_chain),
-                _le(self._pack_size),
-                bytes(self._alive),
+                _le_view(self._pack_chain),
+                _le_view(self._pack_size),
+                self._alive,
                 b"".join(self._chains),
                 run.ids,
-                _le(run.meta),
+                _le_view(run.meta),
                 run.types,
-                _le(run.dir),
+                _le_view(run.dir),
             ]
-        return b"".join(parts)
+            joined = b"".join(parts)
+            # Released before the lock is: an array exporting its buffer cannot grow.
+            for part in parts:
+                if isinstance(part, memoryview):
+                    part.release()
+        return joined
 
     @classmethod
     def from_bytes(cls, raw: bytes | memoryview) -> Index:

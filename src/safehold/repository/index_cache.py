@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from safehold.crypto.aead import Aead
+from safehold.crypto.aead import OVERHEAD, Aead
 from safehold.errors import FormatError, IntegrityError
 from safehold.repository.index import Index
 
@@ -75,8 +75,14 @@ class IndexCache:
 
     def save(self, aead: Aead, names: Iterable[str], index: Index) -> None:
         """Replace the cache with ``index``, built from the index files ``names``."""
+        # Sealed straight into the file's buffer: the plaintext and the file are the only
+        # two copies alive at once (a first backup of 200,000 small files peaked here).
+        head = MAGIC + bytes((VERSION,))
         plain = _encode(sorted(names), index)
-        data = MAGIC + bytes((VERSION,)) + aead.seal(plain, self._aad)
+        data = bytearray(len(head) + len(plain) + OVERHEAD)
+        data[: len(head)] = head
+        aead.seal_into(plain, self._aad, memoryview(data)[len(head) :])
+        del plain
         folder = self.path.parent
         tmp = ""
         try:
@@ -109,8 +115,7 @@ def _encode(names: list[str], index: Index) -> bytes:
     for name in names:
         raw = name.encode()
         parts += [_NAME_LEN.pack(len(raw)), raw]
-    parts.append(index.to_bytes())
-    return b"".join(parts)
+    return index.to_bytes(prefix=b"".join(parts))
 
 
 def _decode(plain: bytes) -> CachedIndex:

@@ -59,6 +59,21 @@ def test_an_index_survives_bytes_whole() -> None:
     assert state(Index.from_bytes(Index().to_bytes())) == state(Index())
 
 
+def test_index_bytes_after_a_prefix_and_the_index_grows_after() -> None:
+    """The index cache puts its header before the index's bytes in the one join (views of
+    the index's arrays, not copies): the same bytes, and the arrays are free to grow after
+    (an array still exporting a view could not)."""
+    index = Index(merge_at=2)
+    for pack in range(1, 6):
+        index.add_pack(rec(pack, CHAIN_A if pack % 2 else CHAIN_B, pack, pack + 10))
+    whole = index.to_bytes()
+    assert index.to_bytes(prefix=b"head") == b"head" + whole
+    index.add_pack(rec(9, CHAIN_A, 42))  # appends to the pack arrays
+    index.remove_pack(bytes([2]) * 32)
+    again = Index.from_bytes(index.to_bytes())
+    assert state(again) == state(index) and again.lookup(bytes([42]) * 32) is not None
+
+
 @pytest.mark.parametrize("cut", [0, 3, 17, 100, -5, -1])
 def test_damaged_index_bytes_are_refused(cut: int) -> None:
     index = Index()
