@@ -146,7 +146,10 @@ def _fastest(candidates: list[Scrypt], timer: Callable[[], float] | None = None)
     two implementations differ the most (2x on the EPYC, 1.4x at the default cost, in the
     same direction); a wrong pick on a busy machine costs time, never a different key."""
 
-    clock = timer or time.perf_counter
+    # The thread's CPU time, not the wall clock: the probe runs while the command line
+    # imports its modules, and a wall clock also counted the waits for the interpreter
+    # lock after each call (1 pick in 20 went wrong that way).
+    clock = timer or time.thread_time
 
     def best(candidate: Scrypt) -> float:
         took = float("inf")
