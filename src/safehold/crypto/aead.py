@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from safehold.errors import FormatError, IntegrityError
@@ -36,6 +38,7 @@ _CIPHER_ID = bytes((CIPHER_AES_256_GCM,))
 _HAS_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
 _HAS_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")
 _NONCE_BATCH = 341 * NONCE_LEN  # 4,092 bytes
+_STREAM_STEP = 1 << 20  # bytes encrypted per step by seal_parts
 
 
 class _Nonces(threading.local):
@@ -69,12 +72,34 @@ os.register_at_fork(after_in_child=_forget_nonces)
 class Aead:
     """Seals and opens messages under one 32-byte key. Thread-safe (no shared state)."""
 
-    __slots__ = ("_aes",)
+    __slots__ = ("_aes", "_key")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_LEN:
             raise ValueError("AEAD keys are 32 bytes")
         self._aes = AESGCM(key)
+        self._key = key
+
+    def seal_parts(
+        self,
+        parts: Iterable[bytes | bytearray | memoryview],
+        aad: bytes,
+        write: Callable[[bytes], object],
+    ) -> None:
+        """:meth:`seal` of the concatenation of ``parts``, handed to ``write`` a piece at a
+        time: the same message (AES-GCM through OpenSSL's streaming interface computes the
+        same ciphertext and tag), but neither the plaintext nor the sealed message is ever
+        whole in memory (the index cache of a large repository is tens of MB)."""
+        nonce = _nonces.take()
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        write(_CIPHER_ID + nonce)
+        for part in parts:
+            view = memoryview(part).cast("B")  # an array's view counts items, not bytes
+            for at in range(0, len(view), _STREAM_STEP):
+                write(encryptor.update(view[at : at + _STREAM_STEP]))
+        write(encryptor.finalize())  # nothing left for GCM, but finalize computes the tag
+        write(encryptor.tag)
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
         """``plaintext`` sealed under a fresh random nonce: cipher id, nonce, ciphertext and tag;

@@ -635,9 +635,16 @@ class Index:
 
     def to_bytes(self, prefix: bytes = b"") -> bytes:
         """The whole index, merged, in a form :meth:`from_bytes` loads without a Python
-        step per blob, after ``prefix``. Joined once from views of the index's arrays
-        where the machine is little-endian: the index cache of 200,000 blobs is 10 MB, and
-        every copy on the way counts in the backup's peak memory."""
+        step per blob, after ``prefix``."""
+        with self.exported(prefix) as parts:
+            return b"".join(parts)
+
+    @contextmanager
+    def exported(self, prefix: bytes = b"") -> Iterator[list[bytes | bytearray | memoryview]]:
+        """The pieces whose concatenation is :meth:`to_bytes`, views of the index's arrays
+        where the machine is little-endian rather than copies (the index cache of 200,000
+        blobs is 10 MB, and every copy counts in a backup's peak memory). Valid inside the
+        ``with`` only, which holds the index's lock: an array exporting a view cannot grow."""
         with self._lock:
             if self._first or self._dead_in_run:
                 self._merge()
@@ -648,19 +655,19 @@ class Index:
                 b"".join(self._pack_ids),
                 _le_view(self._pack_chain),
                 _le_view(self._pack_size),
-                self._alive,
+                bytes(self._alive),
                 b"".join(self._chains),
                 run.ids,
                 _le_view(run.meta),
                 run.types,
                 _le_view(run.dir),
             ]
-            joined = b"".join(parts)
-            # Released before the lock is: an array exporting its buffer cannot grow.
-            for part in parts:
-                if isinstance(part, memoryview):
-                    part.release()
-        return joined
+            try:
+                yield parts
+            finally:
+                for part in parts:
+                    if isinstance(part, memoryview):
+                        part.release()
 
     @classmethod
     def from_bytes(cls, raw: bytes | memoryview) -> Index:

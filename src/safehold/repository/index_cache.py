@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from safehold.crypto.aead import OVERHEAD, Aead
+from safehold.crypto.aead import Aead
 from safehold.errors import FormatError, IntegrityError
 from safehold.repository.index import Index
 
@@ -74,23 +74,20 @@ class IndexCache:
             return None
 
     def save(self, aead: Aead, names: Iterable[str], index: Index) -> None:
-        """Replace the cache with ``index``, built from the index files ``names``."""
-        # Sealed straight into the file's buffer: the plaintext and the file are the only
-        # two copies alive at once (a first backup of 200,000 small files peaked here).
-        head = MAGIC + bytes((VERSION,))
-        plain = _encode(sorted(names), index)
-        data = bytearray(len(head) + len(plain) + OVERHEAD)
-        data[: len(head)] = head
-        aead.seal_into(plain, self._aad, memoryview(data)[len(head) :])
-        del plain
+        """Replace the cache with ``index``, built from the index files ``names``.
+
+        Sealed piece by piece from views of the index's arrays straight into the file
+        (``Aead.seal_parts``), so no copy of the cache is ever whole in memory: the end of a
+        backup of 200,000 small files peaked here with four 10 MB copies alive at once."""
         folder = self.path.parent
         tmp = ""
         try:
             _make_root(self.root)
             folder.mkdir(mode=0o700, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            with os.fdopen(fd, "wb") as f, index.exported(_names(sorted(names))) as parts:
+                f.write(MAGIC + bytes((VERSION,)))
+                aead.seal_parts(parts, self._aad, f.write)
             # No fsync: a cache torn by a power cut fails to open and is rebuilt.
             os.replace(tmp, self.path)
             tmp = ""
@@ -110,12 +107,13 @@ def _make_root(root: Path) -> None:
         (root / "CACHEDIR.TAG").write_bytes(CACHEDIR_TAG)
 
 
-def _encode(names: list[str], index: Index) -> bytes:
+def _names(names: list[str]) -> bytes:
+    """The cache's first part: the index files it was built from."""
     parts = [_COUNT.pack(len(names))]
     for name in names:
         raw = name.encode()
         parts += [_NAME_LEN.pack(len(raw)), raw]
-    return index.to_bytes(prefix=b"".join(parts))
+    return b"".join(parts)
 
 
 def _decode(plain: bytes) -> CachedIndex:

@@ -20,6 +20,34 @@ def test_seal_open_roundtrip_and_nonce_is_random() -> None:
     assert b"secret data" not in a
 
 
+def test_sealing_in_parts_is_sealing_the_whole() -> None:
+    """seal_parts writes, piece by piece, the message seal would (same layout, same
+    AES-GCM): it opens like any other, its ciphertext is the whole's under the same nonce,
+    and a wrong aad or a changed byte is refused."""
+    from array import array
+
+    from safehold.crypto import aead as aead_module
+
+    aead = Aead(b"k" * 32)
+    counts = array("I", range(100_000))  # an array's view counts items, not bytes
+    parts = [b"head", bytearray(b"\x01" * 3), memoryview(counts), b"", b"tail" * 300_000]
+    whole = b"".join(parts)
+    pieces: list[bytes] = []
+    aead.seal_parts(parts, b"aad", pieces.append)
+    message = b"".join(pieces)
+    assert len(pieces) > 4  # handed over in steps, not at once
+    assert len(message) == len(whole) + aead_module.OVERHEAD
+    assert aead.open(message, b"aad") == whole
+    nonce = message[1 : 1 + aead_module.NONCE_LEN]
+    assert message[1 + aead_module.NONCE_LEN :] == aead._aes.encrypt(nonce, whole, b"aad")
+    with pytest.raises(IntegrityError):
+        aead.open(message, b"other")
+    damaged = bytearray(message)
+    damaged[len(message) // 2] ^= 1
+    with pytest.raises(IntegrityError):
+        aead.open(bytes(damaged), b"aad")
+
+
 @pytest.mark.parametrize("position", [0, 1, 13, -1])
 def test_tampering_anywhere_is_detected(position: int) -> None:
     aead = Aead(b"k" * 32)

@@ -74,6 +74,29 @@ def test_index_bytes_after_a_prefix_and_the_index_grows_after() -> None:
     assert state(again) == state(index) and again.lookup(bytes([42]) * 32) is not None
 
 
+def test_the_cache_file_is_the_names_and_the_index_sealed(tmp_path: Path) -> None:
+    """save seals the names and the index's bytes piece by piece: the file opens to exactly
+    them, and loads back as the same index."""
+    from safehold.crypto.aead import Aead
+    from safehold.repository import index_cache
+
+    index = Index(merge_at=2)
+    for pack in range(1, 8):
+        index.add_pack(rec(pack, CHAIN_A, pack, pack + 20))
+    aead = Aead(b"k" * 32)
+    cache = IndexCache(tmp_path, "repo-id")
+    cache.save(aead, ["b" * 64, "a" * 64], index)
+    raw = cache.path.read_bytes()
+    head = index_cache.MAGIC + bytes((index_cache.VERSION,))
+    assert raw.startswith(head)
+    plain = aead.open(raw[len(head) :], head + b"repo-id")
+    assert plain == index.to_bytes(prefix=index_cache._names(["a" * 64, "b" * 64]))
+    loaded = cache.load(aead)
+    assert loaded is not None and loaded.names == {"a" * 64, "b" * 64}
+    assert state(loaded.index) == state(index)
+    index.add_pack(rec(9, CHAIN_B, 99))  # the index's arrays were let go
+
+
 @pytest.mark.parametrize("cut", [0, 3, 17, 100, -5, -1])
 def test_damaged_index_bytes_are_refused(cut: int) -> None:
     index = Index()
