@@ -236,10 +236,11 @@ def calibrated_lanes(n: int, r: int, *, budget: float = 0.5, least: int = 4) -> 
     ``init``, so the same budget of OpenSSL's is at least restic's cost per guess. At least
     ``least`` lanes, fewer only where the work bound allows no more (n = 2**22).
 
-    Measured with OpenSSL's scrypt even where keys are derived with libsodium's
-    (:func:`_scrypt`): the aim is restic's choice of ``p``, whose Go scrypt runs at about
-    OpenSSL's speed (both chose 7 lanes here); measuring the faster one would choose more
-    lanes and take the time it saves back from every command.
+    Measured with OpenSSL's scrypt even where keys are derived with libsodium's (where a
+    probe finds it faster, :func:`_scrypt`): the aim is restic's choice of ``p``, whose Go
+    scrypt runs at about OpenSSL's speed (both chose 7 lanes on one machine, 9 on
+    another); measuring the faster one would choose more lanes and take the time it saves
+    back from every command.
 
     Measured on one lane of at most 2**15 (a lane's time grows with ``n``, and one of 2**22
     takes seconds), the faster of two runs: a busy machine would otherwise choose fewer."""
