@@ -342,7 +342,7 @@ def _backup_paths(
     # those of at most TINY_FILE bytes by one reader (engine/backup/read_queue.py says why),
     # which sends them to a forked process where that is allowed.
     small = repo.config.chunker.min_size
-    tiny = _tiny_procs(repo, saver, reader, file_read, opts.threads)
+    tiny = _tiny_procs(repo, saver, reader, file_read, opts)
     with (
         tiny if tiny is not None else contextlib.nullcontext(),
         ReadQueue[Job](
@@ -367,6 +367,8 @@ def _backup_paths(
             vanished=vanished,
             attrs=_attr_choice(opts),
             attrs_in_parent=parent is not None and parent.attrs == xa.kinds(_attr_choice(opts)),
+            # Exactly the files ReadQueue sends to the tiny-file child (size <= tiny).
+            attrs_by_reader=TINY_FILE if tiny is not None and tiny.reads_attrs else -1,
         )
         progress.start("scan")
         root = root_plan(planner, parent.tree if parent else None)
@@ -405,13 +407,20 @@ def _tiny_procs(
     saver: BlobSaver,
     reader: FileReader,
     file_read: Callable[[DirPlan], None],
-    threads: int,
+    opts: BackupOptions,
 ) -> TinyProcs[Job] | None:
     """Forked readers of tiny files, or None where forking is not allowed (or one reader
-    reads everything anyway)."""
-    if TINY_PROCS < 1 or threads < 2 or not runtime.may_fork():
+    reads everything anyway). They read the files' extended attributes too."""
+    if TINY_PROCS < 1 or opts.threads < 2 or not runtime.may_fork():
         return None
-    sealer = Sealer(repo.master.blob_id, repo.aead, saver.level, repo.config.chunker.min_size)
+    choice = _attr_choice(opts)
+    sealer = Sealer(
+        repo.master.blob_id,
+        repo.aead,
+        saver.level,
+        repo.config.chunker.min_size,
+        attrs=choice if choice.any else None,
+    )
 
     def describe(job: Job) -> tuple[str, int, int, int]:
         path, node, _folder = job

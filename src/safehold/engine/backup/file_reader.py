@@ -121,7 +121,15 @@ class FileReader:
 
     def sealed(self, path: str, node: t.Node, res: Result) -> None:
         """What a forked reader made of ``path`` (engine/backup/tiny_procs.py), saved and
-        recorded as :meth:`read` would have."""
+        recorded as :meth:`read` would have; with the attributes it read, where it read
+        them (the walk left them to it)."""
+        if res.attrs is not None:
+            node.xattrs = res.attrs
+            if res.attrs_problem:
+                why = f"extended attributes not saved: {res.attrs_problem}"
+                with self.counters.lock:
+                    self.errors.append((path, why))
+                self.progress.warn(path, why)
         if res.kind == BLOB:
             self.saver.save_sealed(BLOB_DATA, res.blob_id, res.comp_id, res.sealed, res.size)
             self.progress.advance(0, res.size)

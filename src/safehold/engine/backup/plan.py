@@ -7,7 +7,8 @@ moves on any content, mode, owner or link change, so equal ctimes mean equal met
 A folder whose items are all unchanged keeps the parent's tree id and is not encoded
 again. That is what makes a backup with few changes cost little more than the stats.
 
-Extended attributes and ACLs (engine/xattrs.py) are read for new and changed items only;
+Extended attributes and ACLs (engine/xattrs.py) are read for new and changed items only
+(those of tiny files by the process that reads them, where there is one: ``attrs_by_reader``);
 setting one moves the item's ctime, so an unchanged item's parent node has them right,
 provided the parent snapshot read the same kinds (``attrs_in_parent``). When it did not (a
 parent made before they were stored, or with other ``--no-xattrs``/``--no-acls``), each
@@ -136,6 +137,9 @@ class Planner:
     # kinds (xattrs.kinds): only then are its nodes of unchanged items kept unread.
     attrs: xa.Choice = field(default_factory=xa.Choice)
     attrs_in_parent: bool = False
+    # New and changed files of at most this many bytes get their attributes from the
+    # process that reads them (engine/backup/tiny_procs.py), not from the walk; -1: none.
+    attrs_by_reader: int = -1
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _folder: DirPlan | None = None  # the plan of the folder the walk is in
 
@@ -185,7 +189,7 @@ class Planner:
             ):
                 self.files_unchanged += 1
                 return old if self.attrs_in_parent else self._kept(path, old)
-            node = self._new(name, st, path)
+            node = self._new(name, st, path, attrs=st.st_size > self.attrs_by_reader)
             if old is None:
                 self.files_new += 1
             else:
@@ -225,10 +229,11 @@ class Planner:
             return self._same(path, old)
         return self._new(name, st, path)
 
-    def _new(self, name: str, st: StatLike, path: str) -> t.Node:
-        """The node of a new or changed item, with its extended attributes."""
+    def _new(self, name: str, st: StatLike, path: str, *, attrs: bool = True) -> t.Node:
+        """The node of a new or changed item, with its extended attributes (unless
+        ``attrs`` is off: its reader reads them)."""
         node = node_from_stat(name, st, path)
-        if self.attrs.any:
+        if attrs and self.attrs.any:
             node.xattrs, problem = xa.read(path, self.attrs)
             if problem:
                 self.errors.append((path, f"extended attributes not saved: {problem}"))

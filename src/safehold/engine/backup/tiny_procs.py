@@ -26,8 +26,13 @@ The protocol, in order on each child's two pipes (a child answers its requests i
 
 * request: expected size, mtime and ctime in ns (the walk's), path length; the path;
 * response: kind, changed (the file changed while read, as FileReader says), compression
-  id, bytes read, errno, payload length; then a blob's id (32 bytes) and its sealed
-  payload, or an error's message.
+  id, bytes read, errno, payload length, attributes' length; then a blob's id (32 bytes)
+  and its sealed payload, or an error's message; then the file's extended attributes.
+
+Where the backup saves extended attributes (``Sealer.attrs``), the child also reads those
+of each file it is sent, before its content (a change to them moves the ctime, which the
+read compares), and the walk does not: ``llistxattr`` was the walk's most frequent wait
+for the interpreter lock, and the walk is what a backup of many small files waits for.
 """
 
 from __future__ import annotations
@@ -38,23 +43,27 @@ import signal
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, TypeVar
 
 from safehold import runtime
 from safehold.crypto.aead import OVERHEAD, Aead
+from safehold.engine import xattrs as xa
 from safehold.errors import SafeholdError
 from safehold.ids import BlobId
 from safehold.repository.compress import compress
+from safehold.repository.tree import NO_XATTRS
 
 __all__ = ["BLOB", "EMPTY", "LARGER", "OS_ERROR", "Result", "Sealer", "TinyProcs", "read_whole"]
 
 J = TypeVar("J")
 
 _REQ = struct.Struct("<qqqI")
-_RESP = struct.Struct("<BBBqiI")
+_RESP = struct.Struct("<BBBqiII")
+_ATTR = struct.Struct("<HI")  # an attribute's name length, value length
+_PROBLEM = struct.Struct("<H")  # why some attributes could not be read: its length
 ID_LEN = 32
 # Kinds of response: a blob; an empty file; the file could not be read; it has grown past
 # one chunk since the walk (the parent reads it itself, through the chunker).
@@ -69,7 +78,7 @@ _FLUSH = 64 * 1024
 class Result:
     """A child's answer for one file: ``kind`` (BLOB, EMPTY, OS_ERROR, LARGER), whether it
     changed while read, the bytes read; a blob's id, compression id and sealed payload (a
-    view, valid during the callback only); an error's errno and message."""
+    view, valid during the callback only); an error's errno and message; its attributes."""
 
     kind: int
     changed: bool
@@ -79,17 +88,23 @@ class Result:
     sealed: memoryview
     errno: int
     message: str
+    # The file's extended attributes and why some could not be read, where the child
+    # reads them (``Sealer.attrs``); None where it does not.
+    attrs: Mapping[str, bytes] | None = None
+    attrs_problem: str = ""
 
 
 @dataclass(frozen=True)
 class Sealer:
     """What a child needs to turn a file's bytes into a stored blob: the keyed hash naming
-    it, the cipher, the compression level, and the largest file it reads (one chunk)."""
+    it, the cipher, the compression level, the largest file it reads (one chunk), and the
+    extended attributes it reads with each file (None: none, the walk reads them)."""
 
     blob_id: Callable[[bytes | memoryview], BlobId]
     aead: Aead
     level: int | None
     max_size: int
+    attrs: xa.Choice | None = None
 
 
 class _Child:
@@ -125,6 +140,11 @@ class TinyProcs(Generic[J]):
         self._next = 0
         self._error: BaseException | None = None
         self._lock = threading.Lock()
+
+    @property
+    def reads_attrs(self) -> bool:
+        """Whether the children read each file's extended attributes (``Sealer.attrs``)."""
+        return self._sealer.attrs is not None
 
     # --- the parent -----------------------------------------------------------------------
 
@@ -250,12 +270,13 @@ class TinyProcs(Generic[J]):
         """Handle the complete answers at the start of ``view``; how many bytes they took."""
         pos, end = 0, len(view)
         header = _RESP.size
+        reads_attrs = self.reads_attrs
         while end - pos >= header:
-            kind, changed, comp_id, size, err, plen = _RESP.unpack_from(view, pos)
+            kind, changed, comp_id, size, err, plen, alen = _RESP.unpack_from(view, pos)
             start = pos + header
             extra = ID_LEN if kind == BLOB else 0
             stop = start + extra + plen
-            if stop > end:
+            if stop + alen > end:
                 break
             if kind == _FAILED:
                 raise SafeholdError(
@@ -264,6 +285,7 @@ class TinyProcs(Generic[J]):
             job = child.inflight.popleft()
             message = bytes(view[start:stop]).decode(errors="replace") if kind == OS_ERROR else ""
             blob_id = BlobId(bytes(view[start : start + ID_LEN])) if kind == BLOB else BlobId(b"")
+            attrs, problem = _decode_attrs(view[stop : stop + alen]) if reads_attrs else (None, "")
             result = Result(
                 kind,
                 bool(changed),
@@ -273,9 +295,11 @@ class TinyProcs(Generic[J]):
                 view[start + extra : stop],
                 err,
                 message,
+                attrs,
+                problem,
             )
             self._on_result(job, result)  # type: ignore[arg-type]
-            pos = stop
+            pos = stop + alen
         return pos
 
 
@@ -295,7 +319,7 @@ def _child_main(sealer: Sealer, requests: int, responses: int) -> None:
         code = 1
         with contextlib.suppress(BaseException):
             raw = f"{type(exc).__name__}: {exc}".encode()[:4000]
-            _write_all(responses, _RESP.pack(_FAILED, 0, 0, 0, 0, len(raw)) + raw)
+            _write_all(responses, _RESP.pack(_FAILED, 0, 0, 0, 0, len(raw), 0) + raw)
     finally:
         os._exit(code)
 
@@ -338,10 +362,17 @@ class _Work:
         self.buf = memoryview(bytearray(sealer.max_size + 1))
 
     def one(self, path: bytes, size: int, mtime: int, ctime: int) -> bytes:
+        attrs = b""
+        if self.sealer.attrs is not None:
+            # Before the content: a change to them after this moves the ctime compared below.
+            attrs = _encode_attrs(*xa.read(os.fsdecode(path), self.sealer.attrs))
+        return self._content(path, size, mtime, ctime, attrs)
+
+    def _content(self, path: bytes, size: int, mtime: int, ctime: int, attrs: bytes) -> bytes:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            return _error(exc)
+            return _error(exc, attrs)
         try:
             n = self._read(fd, size)
             after = os.fstat(fd)
@@ -358,20 +389,21 @@ class _Work:
                     or again.st_size != after.st_size
                 )
         except OSError as exc:
-            return _error(exc)
+            return _error(exc, attrs)
         finally:
             os.close(fd)
         sealer = self.sealer
         if n > sealer.max_size:
-            return _RESP.pack(LARGER, changed, 0, n, 0, 0)
+            return _RESP.pack(LARGER, changed, 0, n, 0, 0, len(attrs)) + attrs
         if not n:
-            return _RESP.pack(EMPTY, changed, 0, 0, 0, 0)
+            return _RESP.pack(EMPTY, changed, 0, 0, 0, 0, len(attrs)) + attrs
         data = self.buf[:n]
         bid = sealer.blob_id(data)
         comp_id, payload = compress(data, sealer.level)
         sealed = bytearray(OVERHEAD + len(payload))
         sealer.aead.seal_into(payload, bid + bytes((comp_id,)), memoryview(sealed))
-        return _RESP.pack(BLOB, changed, comp_id, n, 0, len(sealed)) + bid + sealed
+        head = _RESP.pack(BLOB, changed, comp_id, n, 0, len(sealed), len(attrs))
+        return head + bid + sealed + attrs
 
     def _read(self, fd: int, expected: int) -> int:
         return read_whole(fd, self.buf, expected)
@@ -392,9 +424,38 @@ def read_whole(fd: int, view: memoryview, expected: int) -> int:
     return n
 
 
-def _error(exc: OSError) -> bytes:
+def _error(exc: OSError, attrs: bytes) -> bytes:
     raw = (exc.strerror or str(exc)).encode(errors="replace")[:2000]
-    return _RESP.pack(OS_ERROR, 0, 0, 0, exc.errno or 0, len(raw)) + raw
+    return _RESP.pack(OS_ERROR, 0, 0, 0, exc.errno or 0, len(raw), len(attrs)) + raw + attrs
+
+
+def _encode_attrs(attrs: Mapping[str, bytes], problem: str) -> bytes:
+    """A file's attributes and why some could not be read, as a response carries them
+    (nothing at all for the usual: none, no problem)."""
+    if not attrs and not problem:
+        return b""
+    raw = problem.encode(errors="replace")[:2000]
+    parts = [_PROBLEM.pack(len(raw)), raw]
+    for name, value in attrs.items():
+        encoded = os.fsencode(name)
+        parts += [_ATTR.pack(len(encoded), len(value)), encoded, value]
+    return b"".join(parts)
+
+
+def _decode_attrs(raw: memoryview) -> tuple[Mapping[str, bytes], str]:
+    if not raw:
+        return NO_XATTRS, ""
+    (n,) = _PROBLEM.unpack_from(raw, 0)
+    pos = _PROBLEM.size + n
+    problem = bytes(raw[_PROBLEM.size : pos]).decode(errors="replace")
+    attrs = {}
+    while pos < len(raw):
+        nlen, vlen = _ATTR.unpack_from(raw, pos)
+        pos += _ATTR.size
+        name = os.fsdecode(bytes(raw[pos : pos + nlen]))
+        attrs[name] = bytes(raw[pos + nlen : pos + nlen + vlen])
+        pos += nlen + vlen
+    return attrs or NO_XATTRS, problem
 
 
 # --- both --------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from safehold.crypto.aead import Aead
-from safehold.engine.backup import BackupOptions, run_backup
+from safehold.engine import xattrs as xa
+from safehold.engine.backup import BackupOptions, run_backup, tiny_procs
 from safehold.engine.backup import backup as backup_mod
 from safehold.engine.backup.tiny_procs import (
     BLOB,
@@ -54,7 +55,18 @@ def _job(path: Path) -> Job:
     return str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _collect(jobs: list[list[Job]], processes: int = 1) -> dict[str, tuple[Result, bytes]]:
+def _set_attr(path: Path, name: str, value: bytes) -> None:
+    try:
+        os.setxattr(path, name, value, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            pytest.skip("no user extended attributes on this file system")
+        raise
+
+
+def _collect(
+    jobs: list[list[Job]], processes: int = 1, sealer: Sealer = SEALER
+) -> dict[str, tuple[Result, bytes]]:
     got: dict[str, tuple[Result, bytes]] = {}
     lock = threading.Lock()
 
@@ -63,7 +75,7 @@ def _collect(jobs: list[list[Job]], processes: int = 1) -> dict[str, tuple[Resul
             assert job[0] not in got  # answered once
             got[job[0]] = (res, bytes(res.sealed))
 
-    with TinyProcs[Job](SEALER, lambda j: j, on_result, processes) as procs:
+    with TinyProcs[Job](sealer, lambda j: j, on_result, processes) as procs:
         for batch in jobs:
             procs.submit(batch)
     return got
@@ -98,6 +110,46 @@ def test_each_kind_of_answer(tmp_path: Path, processes: int) -> None:
     gone = got[str(tmp_path / "gone")][0]
     assert (gone.kind, gone.errno) == (OS_ERROR, errno.ENOENT)
     assert "No such file" in gone.message
+
+
+def test_the_child_reads_the_attributes_it_is_asked_for(tmp_path: Path) -> None:
+    """With ``Sealer.attrs`` the child sends each file's extended attributes back with its
+    answer, whatever the answer's kind; without, none (the walk reads them)."""
+    tagged, plain, large = tmp_path / "tagged", tmp_path / "plain", tmp_path / "large"
+    tagged.write_bytes(b"mail " * 20)
+    plain.write_bytes(b"other " * 20)
+    large.write_bytes(os.urandom(1001))
+    _set_attr(tagged, "user.origin", b"imap\x00\xff")
+    _set_attr(tagged, "user.empty", b"")
+    _set_attr(large, "user.big", b"v" * 3000)
+    jobs = [_job(tagged), _job(plain), _job(large), (str(tmp_path / "gone"), 3, 1, 1)]
+    reading = Sealer(_blob_id, AEAD, 3, 1000, attrs=xa.Choice())
+    got = _collect([jobs], sealer=reading)
+    res, sealed = got[str(tagged)]
+    assert res.attrs == {"user.origin": b"imap\x00\xff", "user.empty": b""}
+    assert res.attrs_problem == ""
+    assert _plain(res, sealed) == tagged.read_bytes()  # the content after the attributes
+    assert got[str(plain)][0].attrs == {}
+    big = got[str(large)][0]
+    assert big.kind == LARGER and big.attrs == {"user.big": b"v" * 3000}
+    gone = got[str(tmp_path / "gone")][0]
+    assert gone.kind == OS_ERROR and gone.attrs == {}
+    # ACLs only: the user attributes are not the kind asked for.
+    acls_only = Sealer(_blob_id, AEAD, 3, 1000, attrs=xa.Choice(xattrs=False))
+    assert _collect([[_job(tagged)]], sealer=acls_only)[str(tagged)][0].attrs == {}
+    # Not asked: None, and the walk reads them.
+    assert all(res.attrs is None for res, _ in _collect([jobs]).values())
+
+
+def test_attributes_travel_whole() -> None:
+    """Names that are not UTF-8, any bytes as values, and a problem's text, across the
+    pipe's encoding; nothing at all for no attributes and no problem."""
+    attrs = {"user.a": b"", os.fsdecode(b"user.\xff\xfe"): bytes(range(256)) * 3}
+    raw = tiny_procs._encode_attrs(attrs, "user.x: Permission denied")
+    assert tiny_procs._decode_attrs(memoryview(raw)) == (attrs, "user.x: Permission denied")
+    assert tiny_procs._encode_attrs({}, "") == b""
+    assert tiny_procs._decode_attrs(memoryview(b"")) == ({}, "")
+    assert tiny_procs._decode_attrs(memoryview(tiny_procs._encode_attrs({}, "why"))) == ({}, "why")
 
 
 def test_a_file_whose_times_differ_from_the_walk_is_read_again(tmp_path: Path) -> None:
@@ -156,6 +208,18 @@ def test_a_backup_through_the_child_stores_what_threads_store(
         (src / f"mail-{i}").write_text(f"message {i}\n" * (i % 40 + 1))
     (src / "same-a").write_text("twice\n")
     (src / "same-b").write_text("twice\n")
+    # Attributes of tiny files are read by the child, not by the walk: the same nodes.
+    _set_attr(src / "mail-7", "user.folder", b"INBOX")
+    _set_attr(src / "same-b", "user.flags", b"\\Seen")
+    (src / "big").write_bytes(os.urandom(40_000))  # past TINY_FILE: the walk reads its
+    _set_attr(src / "big", "user.kind", b"blob")
+    walk_read: list[str] = []
+    real_read = xa.read
+
+    def reading(path: str, choice: xa.Choice) -> object:
+        walk_read.append(os.path.basename(path))
+        return real_read(path, choice)
+
     sent: list[int] = []
     real = TinyProcs.submit
 
@@ -164,12 +228,19 @@ def test_a_backup_through_the_child_stores_what_threads_store(
         real(self, jobs)
 
     monkeypatch.setattr(TinyProcs, "submit", counting)
+    monkeypatch.setattr("safehold.engine.backup.plan.xa.read", reading)
     forked = run_backup(repo, BackupOptions(paths=[str(src)]))
     assert sum(sent) >= 300
+    assert "big" in walk_read and "mail-7" not in walk_read and "same-b" not in walk_read
     monkeypatch.setattr(backup_mod, "TINY_PROCS", 0)
     threads = run_backup(repo, BackupOptions(paths=[str(src)], force=True))
+    assert "mail-7" in walk_read  # the walk read it this time
     # The same content, stored the same way: the same trees, down to the root.
     assert forked.snapshot.tree == threads.snapshot.tree
     assert threads.summary["blobs_new"] == 0  # every blob was stored by the first
     out = restored(repo, forked.snapshot, tmp_path / "out", src)
     assert tree_state(out) == tree_state(src)
+    restored_src = out / "mail-7"
+    assert os.getxattr(restored_src, "user.folder") == b"INBOX"
+    assert os.getxattr(out / "same-b", "user.flags") == b"\\Seen"
+    assert os.getxattr(out / "big", "user.kind") == b"blob"
