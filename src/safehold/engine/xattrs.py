@@ -103,6 +103,12 @@ def read(path: str, choice: Choice) -> tuple[Mapping[str, bytes], str]:
     return out or NO_XATTRS, problem
 
 
+def not_saved(problem: str) -> str:
+    """The warning for an item whose attributes could not all be read (``read``'s problem),
+    wherever they were read."""
+    return f"extended attributes not saved: {problem}"
+
+
 def what(name: str) -> str:
     """The kind of an attribute, as failures are grouped and named."""
     if name == ACL_ACCESS:

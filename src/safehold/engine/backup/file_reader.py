@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from safehold.engine import xattrs as xa
 from safehold.engine.backup.tiny_procs import BLOB, EMPTY, OS_ERROR, Result, read_whole
 from safehold.engine.backup.vanished import VANISHED, Vanished
 from safehold.engine.progress import Progress
@@ -97,11 +98,14 @@ class FileReader:
         node.content = []
         gone = self.vanished.folder_of(path, exc)
         if gone is None or gone[1]:
-            where, why = (path, msg) if gone is None else (gone[0], VANISHED)
-            with self.counters.lock:
-                self.errors.append((where, why))
-            self.progress.warn(where, why)
+            self._report(*((path, msg) if gone is None else (gone[0], VANISHED)))
         self.progress.advance(1, node.size)
+
+    def _report(self, where: str, why: str) -> None:
+        """A problem of ``where``: in the snapshot's errors, and warned about."""
+        with self.counters.lock:
+            self.errors.append((where, why))
+        self.progress.warn(where, why)
 
     def done(self, path: str, node: t.Node, content: list[HexId], size: int, changed: bool) -> None:
         """``path`` was read (``size`` bytes, stored as ``content``; ``changed``: it changed
@@ -126,10 +130,7 @@ class FileReader:
         if res.attrs is not None:
             node.xattrs = res.attrs
             if res.attrs_problem:
-                why = f"extended attributes not saved: {res.attrs_problem}"
-                with self.counters.lock:
-                    self.errors.append((path, why))
-                self.progress.warn(path, why)
+                self._report(path, xa.not_saved(res.attrs_problem))
         if res.kind == BLOB:
             self.saver.save_sealed(BLOB_DATA, res.blob_id, res.comp_id, res.sealed, res.size)
             self.progress.advance(0, res.size)

@@ -236,7 +236,7 @@ class Planner:
         if attrs and self.attrs.any:
             node.xattrs, problem = xa.read(path, self.attrs)
             if problem:
-                self.errors.append((path, f"extended attributes not saved: {problem}"))
+                self.errors.append((path, xa.not_saved(problem)))
         return node
 
     def _same(self, path: str, old: JsonNode) -> JsonNode | t.Node:
@@ -248,7 +248,7 @@ class Planner:
         if self.attrs.any:
             attrs, problem = xa.read(path, self.attrs)
             if problem:
-                self.errors.append((path, f"extended attributes not saved: {problem}"))
+                self.errors.append((path, xa.not_saved(problem)))
         elif "xattrs" not in old:
             return old
         else:
