@@ -21,7 +21,7 @@ changes nothing else.
 
 This module imports only the standard library until it computes, so that the command line
 can use it before anything heavy is loaded; scrypt itself (libsodium's through PyNaCl or
-OpenSSL's through ``cryptography``, whichever a probe finds faster here) releases the
+OpenSSL's through ``hashlib``, whichever a probe finds faster here) releases the
 interpreter lock while it runs.
 
 A key file's parameters are not authenticated (they are what derives the key that
@@ -75,6 +75,9 @@ MAX_P = 16
 MAX_MEMORY = 4 << 30  # bytes: scrypt's working set is 128 * n * r
 MAX_WORK = (1 << 22) * 8 * 2  # n * r * p: the costliest key file --kdf-log2n writes
 MIN_SALT, MAX_SALT = 16, 64  # bytes (safehold writes 32)
+# hashlib.scrypt refuses a maxmem of 2 GiB or more (a C int); larger working sets (n = 2**22
+# with r = 8: 4 GiB) go through cryptography's binding of the same OpenSSL function.
+HASHLIB_MAXMEM = (1 << 31) - 1
 
 # Inputs -> (done, result). An entry is taken by the first scrypt() call that matches it.
 _Inputs = tuple[bytes, bytes, int, int, int, int, str]
@@ -111,13 +114,14 @@ PROBE_N, PROBE_R, PROBE_RUNS = 1 << 9, 8, 2
 
 def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
     """RFC 7914's scrypt, by whichever of libsodium's (through PyNaCl) and OpenSSL's
-    (through ``cryptography``) runs faster on this machine: the same function either way
+    (through ``hashlib``) runs faster on this machine: the same function either way
     (tests/unit/crypto compares them), and both release the interpreter lock while they
     run. Which is faster depends on the processor: a lane of the default cost (2**15 x 8)
     took 62 ms by libsodium against 81 ms by OpenSSL on one machine, 89 ms against 62 ms
-    on another (an AMD EPYC with AVX-512), and every command derives 4-9 of them. Imported
-    lazily: the module stays light for the command line's early start. (Not hashlib.scrypt:
-    it refuses working sets above 2 GiB, which ``init --kdf-log2n 22`` has.)"""
+    on another (an AMD EPYC with AVX-512), 60-70 ms against 97-115 ms on a third, and every
+    command derives 4-9 of them. Imported lazily: the module stays light for the command
+    line's early start. hashlib refuses working sets of 2 GiB or more (``init --kdf-log2n
+    22``): those go through ``cryptography``'s binding of OpenSSL's."""
     return _implementation()(password, salt, n, r, p, length)
 
 
@@ -163,30 +167,68 @@ def _fastest(candidates: list[Scrypt], timer: Callable[[], float] | None = None)
 
 
 def _by_openssl(password: bytes, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
+    held = _held(n, r, p)
+    if held < HASHLIB_MAXMEM:
+        # The standard library's binding of OpenSSL: loaded in a millisecond, where importing
+        # cryptography's takes tens of them of the interpreter lock while the command line
+        # imports its own modules (the first lanes waited for it).
+        import hashlib
+
+        return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=held, dklen=length)
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt as OpenSslScrypt
 
     return OpenSslScrypt(salt=salt, length=length, n=n, r=r, p=p).derive(password)
 
 
+def _held(n: int, r: int, p: int) -> int:
+    """What scrypt holds at once (V: 128 * r * (n + 2), B: 128 * r * p), and a MiB more for
+    the implementations' own small buffers: the ``maxmem`` that admits exactly the inputs
+    :func:`check_scrypt` has bounded."""
+    return 128 * r * (n + 2 + p) + (1 << 20)
+
+
 def _by_sodium(password: bytes, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
     sodium = _sodium_scrypt()
     assert sodium is not None, "only offered where PyNaCl has scrypt"
-    # PyNaCl checks what scrypt will hold (V: 128 * r * (n + 2), B: 128 * r * p) against
-    # maxmem; check_scrypt has bounded the inputs already. It takes bytes only, where
-    # cryptography's takes any bytes-like password.
-    held = 128 * r * (n + 2 + p)
-    return sodium(bytes(password), bytes(salt), n, r, p, dklen=length, maxmem=held + (1 << 20))
+    ffi, lib = sodium
+    out = ffi.new("uint8_t[]", length)
+    pw, s = bytes(password), bytes(salt)
+    if lib.crypto_pwhash_scryptsalsa208sha256_ll(pw, len(pw), s, len(s), n, r, p, out, length):
+        raise MemoryError(f"libsodium could not hold scrypt's {_held(n, r, p) >> 20} MiB")
+    return bytes(ffi.buffer(out, length))
 
 
-def _sodium_scrypt() -> Callable[..., bytes] | None:
-    """libsodium's low-level scrypt through PyNaCl, or None (PyNaCl missing, or built
-    without scrypt: a "minimal" libsodium)."""
+_sodium: list[tuple[Any, Any] | None] = []
+
+
+def _sodium_scrypt() -> tuple[Any, Any] | None:
+    """PyNaCl's compiled binding of libsodium (its ``ffi`` and ``lib``), initialised, or
+    None (PyNaCl missing, or built without scrypt: a "minimal" libsodium).
+
+    The binding itself, not ``nacl.bindings``: that package imports a module per libsodium
+    family (15 ms of the interpreter lock, while the command line imports its own), where
+    this is one call; the call releases the lock as the package's does (cffi's default)."""
+    with _sodium_lock:
+        if not _sodium:
+            _sodium.append(_load_sodium())
+        return _sodium[0]
+
+
+_sodium_lock = threading.Lock()
+
+
+def _load_sodium() -> tuple[Any, Any] | None:
     try:
-        from nacl.bindings import crypto_pwhash_scryptsalsa208sha256_ll as ll
-        from nacl.bindings.crypto_pwhash import has_crypto_pwhash_scryptsalsa208sha256
+        from nacl._sodium import ffi, lib  # type: ignore[import-not-found]  # compiled, no stubs
     except ImportError:
         return None
-    return ll if has_crypto_pwhash_scryptsalsa208sha256 else None
+    if not getattr(lib, "PYNACL_HAS_CRYPTO_PWHASH_SCRYPTSALSA208SHA256", 0):
+        return None
+    # Selects libsodium's implementations for this processor (its SSE2 scrypt); without it
+    # the portable one runs. Idempotent and thread-safe; -1 is failure.
+    if lib.sodium_init() == -1:
+        return None
+    return ffi, lib
 
 
 def _threads(lanes: int) -> int:
@@ -198,22 +240,30 @@ def _threads(lanes: int) -> int:
 
 
 def _side_by_side(lane: Callable[[int], bytes], lanes: int, threads: int) -> list[bytes]:
-    """``lane(i)`` for every lane, on ``threads`` threads (OpenSSL's scrypt releases the
-    interpreter lock); the first failure is raised once all have ended."""
+    """``lane(i)`` for every lane, on ``threads`` threads (both scrypts release the
+    interpreter lock); the first failure is raised once all have ended. Each thread takes
+    the next lane not yet taken: one that started late (its core busy with the command's
+    imports) computes fewer, instead of the others waiting for its share."""
     outputs: list[bytes | None] = [None] * lanes
     failures: list[BaseException] = []
+    numbers = iter(range(lanes))  # each number taken once, under ``taken``
+    taken = threading.Lock()
 
-    def work(first: int) -> None:
+    def work() -> None:
         try:
-            for i in range(first, lanes, threads):
+            while not failures:
+                with taken:
+                    i = next(numbers, None)
+                if i is None:
+                    return
                 outputs[i] = lane(i)
         except BaseException as exc:  # raised in the caller's thread below
             failures.append(exc)
 
-    helpers = [threading.Thread(target=work, args=(t,), name="kdf-lane") for t in range(1, threads)]
+    helpers = [threading.Thread(target=work, name="kdf-lane") for _ in range(1, threads)]
     for h in helpers:
         h.start()
-    work(0)
+    work()
     for h in helpers:
         h.join()
     if failures:

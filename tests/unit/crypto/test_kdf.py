@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from typing import Any
 
 import pytest
 
@@ -190,3 +192,46 @@ def test_the_faster_implementation_is_chosen_once(
     calls.clear()
     kdf._scrypt(b"pw", b"s" * 32, 1 << 10, 8, 1, 4)
     assert calls == [winner]
+
+
+def test_working_sets_beyond_hashlibs_bound_go_through_cryptography(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hashlib.scrypt refuses a maxmem of 2 GiB or more; those derivations (n = 2**22 with
+    r = 8) take cryptography's binding of the same OpenSSL function: the same result."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    salt, n, r, p = b"s" * 32, 1 << 10, 8, 2
+    want = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(b"pw")
+    used: list[str] = []
+    real = hashlib.scrypt
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        used.append("hashlib")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counted)
+    assert kdf._by_openssl(b"pw", salt, n, r, p, 32) == want
+    assert used == ["hashlib"]
+    monkeypatch.setattr(kdf, "HASHLIB_MAXMEM", kdf._held(n, r, p))  # as if 2 GiB were needed
+    assert kdf._by_openssl(b"pw", salt, n, r, p, 32) == want
+    assert used == ["hashlib"]
+
+
+def test_a_thread_that_starts_late_computes_fewer_lanes() -> None:
+    """Lanes go to whichever thread is free: while one thread's first lane is held up (its
+    core busy), the other computes the rest, and every lane is computed once."""
+    held = threading.Event()
+    by: dict[int, str] = {}
+
+    def lane(i: int) -> bytes:
+        by[i] = threading.current_thread().name
+        if i == 0:
+            assert held.wait(5), "the other thread finished the rest"
+        elif len(by) == 5:
+            held.set()
+        return bytes([i])
+
+    assert kdf._side_by_side(lane, 5, 2) == [bytes([i]) for i in range(5)]
+    assert sorted(by) == [0, 1, 2, 3, 4]
+    assert {by[i] for i in range(1, 5)} == {by[1]} != {by[0]}
