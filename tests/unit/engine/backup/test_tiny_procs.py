@@ -244,3 +244,33 @@ def test_a_backup_through_the_child_stores_what_threads_store(
     assert os.getxattr(restored_src, "user.folder") == b"INBOX"
     assert os.getxattr(out / "same-b", "user.flags") == b"\\Seen"
     assert os.getxattr(out / "big", "user.kind") == b"blob"
+
+
+@pytest.mark.usefixtures("allow_fork")
+def test_a_first_backup_forks_two_children_and_a_rebackup_one(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a parent snapshot every file is read: two children share the tiny ones;
+    a re-backup sends them only what changed, and one child does."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(200):
+        (src / f"mail-{i}").write_text(f"message {i}\n" * (i % 30 + 1))
+    forked: list[int] = []
+    real_fork = TinyProcs._fork
+
+    def fork(self: TinyProcs[object]) -> object:
+        forked.append(len(self._children))
+        return real_fork(self)
+
+    monkeypatch.setattr(TinyProcs, "_fork", fork)
+    first = run_backup(repo, BackupOptions(paths=[str(src)]))
+    assert forked == [0, 1]  # two children
+    (src / "mail-3").write_text("changed\n")
+    forked.clear()
+    again = run_backup(repo, BackupOptions(paths=[str(src)]))
+    assert forked == [0]
+    assert again.summary["files_changed"] == 1
+    out = restored(repo, again.snapshot, tmp_path / "out", src)
+    assert tree_state(out) == tree_state(src)
+    assert first.snapshot.tree != again.snapshot.tree
