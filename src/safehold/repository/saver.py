@@ -19,7 +19,7 @@ are saved.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -152,6 +152,77 @@ class BlobSaver:
 
         self._put(blob_type, bid, comp_id, len(sealed), raw_length, copy)
         return True
+
+    def save_sealed_many(
+        self, blob_type: int, blobs: Sequence[tuple[BlobId, int, memoryview, int]]
+    ) -> list[bool]:
+        """:meth:`save_sealed` for several blobs ``(id, comp_id, sealed, raw length)``, in
+        order; whether each was stored. One claim for all, and the blobs that go into the
+        same pack reserved under one hold of the pack lock and copied in one go: per blob,
+        those locks were most of what the tiny-file children's receivers waited for."""
+        stored = self._claim_many([b[0] for b in blobs])
+        todo = [b for b, new in zip(blobs, stored, strict=True) if new]
+        while todo:
+            pack, entries = self._reserve_run(blob_type, todo)
+            written = False
+            try:
+                for entry, (_bid, comp_id, sealed, _raw) in zip(entries, todo, strict=False):
+                    out = pack.builder.view(entry)
+                    out[0] = comp_id
+                    out[1:] = sealed
+                    del out
+                written = True
+            except BaseException as exc:
+                if self._error is None:
+                    self._error = exc
+                raise
+            finally:
+                self._written(pack, written)
+            todo = todo[len(entries) :]
+        return stored
+
+    def _claim_many(self, bids: Sequence[BlobId]) -> list[bool]:
+        """:meth:`_claim` for several ids under one hold of the lock (a repeated id is
+        claimed once, by its first place)."""
+        if self._error is not None:
+            raise self._error
+        has = self.repo.index.has_in_chain
+        chain, pending = self.chain_id, self._pending
+        claimed = []
+        with self._lock:
+            self.stats.blobs_seen += len(bids)
+            for bid in bids:
+                new = bid not in pending and not has(bid, chain)
+                if new:
+                    pending.add(bid)
+                claimed.append(new)
+        return claimed
+
+    def _reserve_run(
+        self, blob_type: int, blobs: Sequence[tuple[BlobId, int, memoryview, int]]
+    ) -> tuple[_Pack, list[PackEntry]]:
+        """Room for the first of ``blobs`` (as :meth:`_reserve` claims it), and for as many
+        of those after it as the same pack takes without growing, in one hold of the lock.
+        The caller writes them all and calls :meth:`_written` once."""
+        bid, _comp, sealed, raw = blobs[0]
+        pack, entry = self._reserve(blob_type, bid, 1 + len(sealed), raw)
+        entries = [entry]
+        if len(blobs) == 1 or not pack.pooled:
+            return pack, entries
+        builder, limit, stats = pack.builder, self.pack_size, self.stats
+        with self._pack_lock:
+            if pack.closed:
+                return pack, entries
+            for bid, _comp, sealed, raw in blobs[1:]:
+                length = 1 + len(sealed)
+                # As _takes: within the pack size, and no growing while we write into it.
+                if not builder.fits(length, limit) or builder.room() < pack_length(length, 1):
+                    break
+                entries.append(builder.reserve(blob_type, bid, length, raw))
+                stats.blobs_new += 1
+                stats.bytes_new_raw += raw
+                stats.bytes_new_stored += length
+        return pack, entries
 
     def _claim(self, bid: BlobId) -> bool:
         """Whether ``bid`` is to be stored by the caller: this chain has it neither stored

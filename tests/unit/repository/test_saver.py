@@ -251,3 +251,41 @@ def test_a_blob_sealed_elsewhere_is_stored_once_and_opens() -> None:
     assert repo.load_blob(bid) == data
     for info in _packs(repo):
         _check_pack(repo, info.name)
+
+
+def _sealed_elsewhere(repo: Repository, data: bytes) -> tuple[bytes, int, memoryview, int]:
+    from safehold.crypto.aead import OVERHEAD
+    from safehold.repository.compress import compress
+
+    bid = repo.master.blob_id(data)
+    comp_id, payload = compress(data, 3)
+    sealed = bytearray(OVERHEAD + len(payload))
+    repo.aead.seal_into(payload, bid + bytes((comp_id,)), memoryview(sealed))
+    return bid, comp_id, memoryview(sealed), len(data)
+
+
+def test_blobs_sealed_elsewhere_are_stored_in_batches_as_one_by_one() -> None:
+    """A batch fills the open pack, goes on in the next when it is full, stores a repeated
+    id once and skips what another writer already stored: as save_sealed would."""
+    repo = _repo()
+    saver = BlobSaver(repo, bytes(16))  # type: ignore[arg-type]
+    datas = [os.urandom(3000 + 17 * i) for i in range(60)]  # ~190 KiB: several packs
+    blobs = [_sealed_elsewhere(repo, d) for d in datas]
+    assert saver.save(BLOB_DATA, datas[5]) == (blobs[5][0], True)  # stored before the batch
+    batch = [*blobs[:30], blobs[3], *blobs[30:]]  # blob 3 twice in it
+    stored = saver.save_sealed_many(BLOB_DATA, batch)  # type: ignore[arg-type]
+    assert stored == [i != 5 for i in range(30)] + [False] + [True] * 30
+    assert saver.save_sealed_many(BLOB_DATA, blobs[:2]) == [False, False]  # type: ignore[arg-type]
+    saver.finish()
+    assert saver.stats.blobs_new == 60 and saver.stats.blobs_seen == 1 + 61 + 2
+    assert saver.stats.bytes_new_raw == sum(map(len, datas))
+    repo.load_index()
+    for (bid, *_rest), data in zip(blobs, datas, strict=True):
+        assert repo.load_blob(bid) == data
+    packs = _packs(repo)
+    assert len(packs) >= 3
+    listed = []
+    for info in packs:
+        assert info.size <= PACK_SIZE
+        listed += _check_pack(repo, info.name)
+    assert len(listed) == 60  # each blob in exactly one pack

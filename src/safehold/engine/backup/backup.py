@@ -17,7 +17,7 @@ import getpass
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -342,14 +342,14 @@ def _backup_paths(
         reader.read((path, node))
         planner.file_read(folder)  # the folder's tree is saved after its last file
 
-    def file_read(folder: DirPlan) -> None:
-        planner.file_read(folder)
+    def files_read(folders: Sequence[DirPlan]) -> None:
+        planner.files_read(folders)
 
     # Files of one chunk (read whole, in FileReader._read_from) are read in walk order;
     # those of at most TINY_FILE bytes by one reader (engine/backup/read_queue.py says why),
     # which sends them to a forked process where that is allowed.
     small = repo.config.chunker.min_size
-    tiny = _tiny_procs(repo, saver, reader, file_read, opts, first=parent is None)
+    tiny = _tiny_procs(repo, saver, reader, files_read, opts, first=parent is None)
     with (
         tiny if tiny is not None else contextlib.nullcontext(),
         ReadQueue[Job](
@@ -413,7 +413,7 @@ def _tiny_procs(
     repo: Repository,
     saver: BlobSaver,
     reader: FileReader,
-    file_read: Callable[[DirPlan], None],
+    files_read: Callable[[Sequence[DirPlan]], None],
     opts: BackupOptions,
     *,
     first: bool,
@@ -437,12 +437,11 @@ def _tiny_procs(
         path, node, _folder = job
         return path, node.size, node.mtime_ns, node.ctime_ns
 
-    def on_result(job: Job, res: Result) -> None:
-        path, node, folder = job
-        reader.sealed(path, node, res)
-        file_read(folder)  # the folder's tree is saved after its last file
+    def on_results(answers: list[tuple[Job, Result]]) -> None:
+        reader.sealed_many([(path, node, res) for (path, node, _f), res in answers])
+        files_read([folder for (_p, _n, folder), _res in answers])  # trees after last files
 
-    return TinyProcs(sealer, describe, on_result, count)
+    return TinyProcs(sealer, describe, on_results, count)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from safehold.engine import xattrs as xa
@@ -141,6 +141,44 @@ class FileReader:
             self.failed(path, node, OSError(res.errno, res.message, path))
         else:  # grown past one chunk since the walk: read here, through the chunker
             self.read((path, node))
+
+    def sealed_many(self, answers: Sequence[tuple[str, t.Node, Result]]) -> None:
+        """:meth:`sealed` for a batch of a forked reader's answers: their blobs saved in one
+        call, the counters and the progress told once. A file that changed while read, or
+        whose size is not the walk's, goes through :meth:`sealed`'s own steps."""
+        blobs = [
+            (r.blob_id, r.comp_id, r.sealed, r.size) for _p, _n, r in answers if r.kind == BLOB
+        ]
+        if blobs:
+            self.saver.save_sealed_many(BLOB_DATA, blobs)
+        files = nbytes = 0
+        for path, node, res in answers:
+            if res.attrs is not None:
+                node.xattrs = res.attrs
+                if res.attrs_problem:
+                    self._report(path, xa.not_saved(res.attrs_problem))
+            kind = res.kind
+            if kind == BLOB and not res.changed and res.size == node.size:
+                node.content = [to_hex(res.blob_id)]
+                files += 1
+                nbytes += res.size
+            elif kind == BLOB:
+                self.progress.advance(0, res.size)
+                self.done(path, node, [to_hex(res.blob_id)], res.size, res.changed)
+            elif kind == EMPTY and not res.changed and not node.size:
+                node.content = []
+                files += 1
+            elif kind == EMPTY:
+                self.done(path, node, [], 0, res.changed)
+            elif kind == OS_ERROR:
+                self.failed(path, node, OSError(res.errno, res.message, path))
+            else:  # grown past one chunk since the walk: read here, through the chunker
+                self.read((path, node))
+        if nbytes:
+            with self.counters.lock:
+                self.counters.bytes_read += nbytes
+        if files:
+            self.progress.advance(files, nbytes)
 
     def _read(self, path: str, node: t.Node) -> tuple[list[HexId], int, bool]:
         """The file's chunk ids and size, and whether it changed while read (see above)."""

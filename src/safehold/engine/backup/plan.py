@@ -33,7 +33,7 @@ import operator
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,6 +337,18 @@ class Planner:
         """A reader read a file that ``on_job`` gave it, from the folder of ``plan``."""
         self._release(plan)
 
+    def files_read(self, plans: Sequence[DirPlan]) -> None:
+        """:meth:`file_read` for several files (their folders, one per file), counted down
+        under one hold of the lock: the tiny-file children's answers come in batches."""
+        emptied = []
+        with self._lock:
+            for plan in plans:
+                plan.pending -= 1
+                if not plan.pending:
+                    emptied.append(plan)
+        for plan in emptied:
+            self._release(self._saved(plan))
+
     def _release(self, plan: DirPlan | None) -> None:
         """Count down ``plan``'s pending; a folder left with nothing pending is saved, then
         the folder above counted down, and so on up. Folders without ``own`` (the root,
@@ -346,13 +358,18 @@ class Planner:
                 plan.pending -= 1
                 if plan.pending:
                     return
-            own, save = plan.own, self.save_tree
-            if own is None or save is None or plan.up is None:
-                return
-            own.saved = folder_node(own.meta, build_tree(save, plan))
-            plan.items = []  # their nodes are in the saved tree now
-            plan.named = {}
-            plan = plan.up
+            plan = self._saved(plan)
+
+    def _saved(self, plan: DirPlan) -> DirPlan | None:
+        """Save the folder of ``plan``, which has nothing pending; the folder above, to
+        count down next (None: left to the final ``build_tree``)."""
+        own, save = plan.own, self.save_tree
+        if own is None or save is None or plan.up is None:
+            return None
+        own.saved = folder_node(own.meta, build_tree(save, plan))
+        plan.items = []  # their nodes are in the saved tree now
+        plan.named = {}
+        return plan.up
 
     def place(self, root: DirPlan, path: str) -> None:
         """Add the backup path ``path`` (absolute) to the virtual root, creating the folders

@@ -67,6 +67,9 @@ _RESP = struct.Struct("<BBBqiII")
 _ATTR = struct.Struct("<HI")  # an attribute's name length, value length
 _PROBLEM = struct.Struct("<H")  # why some attributes could not be read: its length
 ID_LEN = 32
+# The parent's buffer for a child's answers (a pipe read returns at most what the pipe
+# holds, 64 KiB by default); it doubles for an answer larger than it (many attributes).
+RECEIVE_BUFFER = 1 << 20
 # Kinds of response: a blob; an empty file; the file could not be read; it has grown past
 # one chunk since the walk (the parent reads it itself, through the chunker).
 BLOB, EMPTY, OS_ERROR, LARGER = range(4)
@@ -122,21 +125,23 @@ class _Child:
 
 class TinyProcs(Generic[J]):
     """``processes`` forked children sealing tiny files, used as a context manager around
-    the readers: :meth:`submit` sends jobs; ``on_result(job, result)`` runs for each in a
-    receiving thread of this process, in the order a child got them. Leaving normally
-    waits for every answer and raises the first error (a child's, or ``on_result``'s);
+    the readers: :meth:`submit` sends jobs; ``on_results([(job, result), ...])`` runs in a
+    receiving thread of this process for the answers that came in together, in the order a
+    child got them (each result's ``sealed`` is valid only during that call). Leaving
+    normally waits for every answer and raises the first error (a child's, or
+    ``on_results``');
     leaving with an exception ends the children."""
 
     def __init__(
         self,
         sealer: Sealer,
         describe: Callable[[J], tuple[str, int, int, int]],
-        on_result: Callable[[J, Result], None],
+        on_results: Callable[[list[tuple[J, Result]]], None],
         processes: int = 1,
     ) -> None:
         self._sealer = sealer
         self._describe = describe  # job -> (path, size, mtime ns, ctime ns)
-        self._on_result = on_result
+        self._on_results = on_results
         self._count = max(1, processes)
         self._children: list[_Child] = []
         self._next = 0
@@ -243,17 +248,28 @@ class TinyProcs(Generic[J]):
                 self._error = exc
 
     def _receive(self, child: _Child) -> None:
-        """Read the child's answers and hand each to ``on_result``, until it ends."""
-        rest = b""
+        """Read the child's answers and hand them to ``on_results``, until it ends.
+
+        Into one buffer, reused: a new one per read (os.read's) was fresh memory for the
+        kernel to page in on every read, a fault per 4 KiB of sealed blobs."""
+        buf = bytearray(RECEIVE_BUFFER)
+        view = memoryview(buf)
+        have = 0
         fd = child.responses
         try:
             while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
+                if have == len(buf):  # one answer larger than the buffer: a larger buffer
+                    buf = bytearray(2 * len(buf))
+                    buf[:have] = view[:have]
+                    view = memoryview(buf)
+                got = os.readv(fd, (view[have:],))
+                if not got:
                     break
-                data = rest + chunk if rest else chunk
-                pos = self._answers(child, memoryview(data))
-                rest = data[pos:]
+                have += got
+                pos = self._answers(child, view[:have])
+                if pos:  # the start of an answer still coming goes to the front
+                    view[: have - pos] = bytes(view[pos:have])
+                    have -= pos
             if child.inflight and self._error is None:
                 self._fail(
                     SafeholdError(
@@ -273,6 +289,7 @@ class TinyProcs(Generic[J]):
         pos, end = 0, len(view)
         header = _RESP.size
         reads_attrs = self.reads_attrs
+        batch: list[tuple[J, Result]] = []
         while end - pos >= header:
             kind, changed, comp_id, size, err, plen, alen = _RESP.unpack_from(view, pos)
             start = pos + header
@@ -281,6 +298,8 @@ class TinyProcs(Generic[J]):
             if stop + alen > end:
                 break
             if kind == _FAILED:
+                if batch:  # what came before the failure is answered
+                    self._on_results(batch)
                 raise SafeholdError(
                     f"the reader process of small files failed: {bytes(view[start:stop]).decode()}"
                 )
@@ -300,8 +319,10 @@ class TinyProcs(Generic[J]):
                 attrs,
                 problem,
             )
-            self._on_result(job, result)  # type: ignore[arg-type]
+            batch.append((job, result))  # type: ignore[arg-type]
             pos = stop + alen
+        if batch:
+            self._on_results(batch)
         return pos
 
 

@@ -9,14 +9,17 @@ import errno
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from safehold.crypto.aead import Aead
+from safehold.crypto.aead import OVERHEAD, Aead
 from safehold.engine import xattrs as xa
 from safehold.engine.backup import BackupOptions, run_backup, tiny_procs
 from safehold.engine.backup import backup as backup_mod
+from safehold.engine.backup.file_reader import CHANGED_WHILE_READ, Counters, FileReader
+from safehold.engine.backup.scan import node_from_stat
 from safehold.engine.backup.tiny_procs import (
     BLOB,
     EMPTY,
@@ -26,10 +29,14 @@ from safehold.engine.backup.tiny_procs import (
     Sealer,
     TinyProcs,
 )
+from safehold.engine.backup.vanished import Vanished
+from safehold.engine.progress import Progress
 from safehold.errors import SafeholdError
 from safehold.ids import BlobId
-from safehold.repository.compress import decompress
+from safehold.repository import tree as t
+from safehold.repository.compress import compress, decompress
 from safehold.repository.repository import Repository
+from safehold.repository.saver import BlobSaver
 from safehold.storage.local import LocalStorage
 from tests.conftest import FAST_KDF, PASSWORD, make_sample_tree
 from tests.unit.engine.test_backup_restore import restored, tree_state
@@ -64,6 +71,16 @@ def _set_attr(path: Path, name: str, value: bytes) -> None:
         raise
 
 
+def each(on_result: Callable[[Job, Result], None]) -> Callable[[list[tuple[Job, Result]]], None]:
+    """TinyProcs hands over the answers that came in together: one by one here."""
+
+    def on_results(answers: list[tuple[Job, Result]]) -> None:
+        for job, res in answers:
+            on_result(job, res)
+
+    return on_results
+
+
 def _collect(
     jobs: list[list[Job]], processes: int = 1, sealer: Sealer = SEALER
 ) -> dict[str, tuple[Result, bytes]]:
@@ -75,7 +92,7 @@ def _collect(
             assert job[0] not in got  # answered once
             got[job[0]] = (res, bytes(res.sealed))
 
-    with TinyProcs[Job](sealer, lambda j: j, on_result, processes) as procs:
+    with TinyProcs[Job](sealer, lambda j: j, each(on_result), processes) as procs:
         for batch in jobs:
             procs.submit(batch)
     return got
@@ -171,7 +188,7 @@ def test_a_child_that_dies_is_an_error(tmp_path: Path) -> None:
         gate.wait(5)
 
     with pytest.raises(SafeholdError, match="reader process of small files"):
-        with TinyProcs[Job](SEALER, lambda j: j, on_result) as procs:
+        with TinyProcs[Job](SEALER, lambda j: j, each(on_result)) as procs:
             procs.submit([_job(p)])
             os.kill(procs._children[0].pid, signal.SIGKILL)
             gate.set()
@@ -186,7 +203,7 @@ def test_a_failing_callback_is_raised_and_the_children_end(tmp_path: Path) -> No
         raise ValueError("no room")
 
     with pytest.raises(ValueError, match="no room"):
-        with TinyProcs[Job](SEALER, lambda j: j, on_result) as procs:
+        with TinyProcs[Job](SEALER, lambda j: j, each(on_result)) as procs:
             pid = procs._children[0].pid
             procs.submit([_job(p)] * 10)
     with pytest.raises(ChildProcessError):
@@ -274,3 +291,92 @@ def test_a_first_backup_forks_two_children_and_a_rebackup_one(
     out = restored(repo, again.snapshot, tmp_path / "out", src)
     assert tree_state(out) == tree_state(src)
     assert first.snapshot.tree != again.snapshot.tree
+
+
+class _Tally(Progress):
+    def __init__(self) -> None:
+        self.items = self.bytes = 0
+        self.warnings: list[tuple[str, str]] = []
+
+    def advance(self, items: int = 0, nbytes: int = 0) -> None:
+        self.items += items
+        self.bytes += nbytes
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append((path, message))
+
+
+def test_answers_in_a_batch_are_recorded_as_one_by_one(repo: Repository, tmp_path: Path) -> None:
+    """FileReader.sealed_many, for every kind of answer (and the rare ones: changed while
+    read, another size than the walk's, attributes not read), leaves the nodes, errors,
+    counters and progress exactly as FileReader.sealed does answer by answer."""
+
+    def sealed(data: bytes) -> tuple[BlobId, int, memoryview]:
+        bid = repo.master.blob_id(data)
+        comp_id, payload = compress(data, 3)
+        out = bytearray(OVERHEAD + len(payload))
+        repo.aead.seal_into(payload, bid + bytes((comp_id,)), memoryview(out))
+        return bid, comp_id, memoryview(out)
+
+    def answers() -> list[tuple[str, t.Node, Result]]:
+        made = []
+        for name, walk_size, kind, changed, data, errno_, attrs, problem in [
+            ("plain", 11, BLOB, False, b"hello world", 0, {"user.a": b"1"}, ""),
+            ("changed", 9, BLOB, True, b"different", 0, None, ""),
+            ("grew", 4, BLOB, False, b"grown since", 0, None, ""),
+            ("empty", 0, EMPTY, False, b"", 0, None, ""),
+            ("emptied", 5, EMPTY, False, b"", 0, None, ""),
+            ("denied", 3, OS_ERROR, False, b"", errno.EACCES, None, ""),
+            ("no-attrs", 2, BLOB, False, b"hi", 0, {}, "not supported"),
+        ]:
+            path = tmp_path / name
+            path.write_bytes(b"x" * walk_size)
+            node = node_from_stat(name, os.lstat(path), str(path))
+            bid, comp_id, view = sealed(data) if kind == BLOB else (BlobId(b""), 0, memoryview(b""))
+            message = "Permission denied" if kind == OS_ERROR else ""
+            res = Result(
+                kind, changed, len(data), bid, comp_id, view, errno_, message, attrs, problem
+            )
+            made.append((str(path), node, res))
+        return made
+
+    outcomes = []
+    for batched in (False, True):
+        saver = BlobSaver(repo, bytes(16))  # type: ignore[arg-type]
+        errors: list[tuple[str, str]] = []
+        counters, progress = Counters(), _Tally()
+        reader = FileReader(repo, saver, counters, errors, progress, Vanished())
+        batch = answers()
+        if batched:
+            reader.sealed_many(batch)
+        else:
+            for path, node, res in batch:
+                reader.sealed(path, node, res)
+        saver.finish()
+        nodes = [(n.name, n.size, n.content, n.error, n.xattrs) for _p, n, _r in batch]
+        outcomes.append((nodes, errors, counters.bytes_read, progress.items, progress.bytes))
+        outcomes[-1] += (sorted(progress.warnings),)
+    assert outcomes[0] == outcomes[1]
+    nodes, errors, *_ = outcomes[1]
+    assert [n[2] for n in nodes][3:6] == [[], [], []] and nodes[5][3] == "Permission denied"
+    assert any(why == CHANGED_WHILE_READ for _w, why in errors)
+    repo.load_index()
+    assert repo.load_blob(bytes.fromhex(nodes[0][2][0])) == b"hello world"
+
+
+def test_answers_larger_than_the_receive_buffer_arrive_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent reads answers into one buffer and moves a partial one to its front; an
+    answer that does not fit doubles it: answers of 200-1000 bytes through 128."""
+    monkeypatch.setattr(tiny_procs, "RECEIVE_BUFFER", 128)
+    files = {}
+    for i in range(60):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(os.urandom(200 + 800 * i // 59))  # incompressible: sealed as large
+        files[str(p)] = p.read_bytes()
+    got = _collect([[_job(Path(name)) for name in files]])
+    assert sorted(got) == sorted(files)
+    for name, (res, sealed) in got.items():
+        assert (res.kind, res.size) == (BLOB, len(files[name]))
+        assert _plain(res, sealed) == files[name]
