@@ -18,6 +18,7 @@ are saved.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -164,20 +165,8 @@ class BlobSaver:
         todo = [b for b, new in zip(blobs, stored, strict=True) if new]
         while todo:
             pack, entries = self._reserve_run(blob_type, todo)
-            written = False
-            try:
-                for entry, (_bid, comp_id, sealed, _raw) in zip(entries, todo, strict=False):
-                    out = pack.builder.view(entry)
-                    out[0] = comp_id
-                    out[1:] = sealed
-                    del out
-                written = True
-            except BaseException as exc:
-                if self._error is None:
-                    self._error = exc
-                raise
-            finally:
-                self._written(pack, written)
+            run = todo[: len(entries)]
+            self._fill(pack, functools.partial(_copy_sealed, pack.builder, entries, run))
             todo = todo[len(entries) :]
         return stored
 
@@ -249,12 +238,21 @@ class BlobSaver:
         (``sealed_length`` bytes) there. Layout (docs/format.md, section 7): compression
         id | sealed payload, the id bound to the ciphertext through the AAD."""
         pack, entry = self._reserve(blob_type, bid, 1 + sealed_length, raw_length)
-        written = False
-        try:
+
+        def write() -> None:
             out = pack.builder.view(entry)
             out[0] = comp_id
             fill(out[1:])
-            del out
+
+        self._fill(pack, write)
+
+    def _fill(self, pack: _Pack, write: Callable[[], None]) -> None:
+        """Run ``write``, which fills room reserved in ``pack``, then hand the pack back
+        (:meth:`_written`: a pack with a blob never written is never stored); a failure is
+        the saver's error from then on."""
+        written = False
+        try:
+            write()
             written = True
         except BaseException as exc:
             if self._error is None:
@@ -448,3 +446,15 @@ class BlobSaver:
         """Cancel the uploads not yet started and wait for the running ones: after a failure,
         instead of :meth:`finish`."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _copy_sealed(
+    builder: PackBuilder,
+    entries: Sequence[PackEntry],
+    blobs: Sequence[tuple[BlobId, int, memoryview, int]],
+) -> None:
+    """Each blob's compression id and sealed bytes into the room reserved for it."""
+    for entry, (_bid, comp_id, sealed, _raw) in zip(entries, blobs, strict=True):
+        out = builder.view(entry)
+        out[0] = comp_id
+        out[1:] = sealed
