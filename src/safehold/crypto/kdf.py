@@ -34,6 +34,7 @@ every command take minutes, or exhaust memory (docs/format.md, "Key files").
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import os
 import threading
@@ -198,26 +199,15 @@ def _by_sodium(password: bytes, salt: bytes, n: int, r: int, p: int, length: int
     return bytes(ffi.buffer(out, length))
 
 
-_sodium: list[tuple[Any, Any] | None] = []
-
-
+@functools.cache
 def _sodium_scrypt() -> tuple[Any, Any] | None:
     """PyNaCl's compiled binding of libsodium (its ``ffi`` and ``lib``), initialised, or
     None (PyNaCl missing, or built without scrypt: a "minimal" libsodium).
 
     The binding itself, not ``nacl.bindings``: that package imports a module per libsodium
     family (15 ms of the interpreter lock, while the command line imports its own), where
-    this is one call; the call releases the lock as the package's does (cffi's default)."""
-    with _sodium_lock:
-        if not _sodium:
-            _sodium.append(_load_sodium())
-        return _sodium[0]
-
-
-_sodium_lock = threading.Lock()
-
-
-def _load_sodium() -> tuple[Any, Any] | None:
+    this is one call; the call releases the lock as the package's does (cffi's default).
+    Looked up once (two threads starting together may both look: the same answer)."""
     try:
         from nacl._sodium import ffi, lib  # type: ignore[import-not-found]  # compiled, no stubs
     except ImportError:

@@ -144,15 +144,9 @@ class BlobSaver:
     ) -> bool:
         """Store a blob sealed elsewhere (compressed with ``comp_id``, sealed with its id
         and ``comp_id`` as AAD, as :meth:`save` seals) unless this chain already has it;
-        whether it was stored. For a forked reader (engine/backup/tiny_procs.py)."""
-        if not self._claim(bid):
-            return False
-
-        def copy(out: memoryview) -> None:
-            out[:] = sealed
-
-        self._put(blob_type, bid, comp_id, len(sealed), raw_length, copy)
-        return True
+        whether it was stored. For a forked reader (engine/backup/tiny_procs.py), whose
+        answers come in batches: :meth:`save_sealed_many`."""
+        return self.save_sealed_many(blob_type, [(bid, comp_id, sealed, raw_length)])[0]
 
     def save_sealed_many(
         self, blob_type: int, blobs: Sequence[tuple[BlobId, int, memoryview, int]]
@@ -198,20 +192,22 @@ class BlobSaver:
         entries = [entry]
         if len(blobs) == 1 or not pack.pooled:
             return pack, entries
-        builder, limit, stats = pack.builder, self.pack_size, self.stats
         with self._pack_lock:
             if pack.closed:
                 return pack, entries
             for bid, _comp, sealed, raw in blobs[1:]:
                 length = 1 + len(sealed)
-                # As _takes: within the pack size, and no growing while we write into it.
-                if not builder.fits(length, limit) or builder.room() < pack_length(length, 1):
+                if not self._takes(pack, length):  # (we are its writer: it cannot grow)
                     break
-                entries.append(builder.reserve(blob_type, bid, length, raw))
-                stats.blobs_new += 1
-                stats.bytes_new_raw += raw
-                stats.bytes_new_stored += length
+                entries.append(pack.builder.reserve(blob_type, bid, length, raw))
+                self._count_new(length, raw)
         return pack, entries
+
+    def _count_new(self, length: int, raw_length: int) -> None:
+        """A new blob of ``length`` stored bytes was reserved (caller holds the pack lock)."""
+        self.stats.blobs_new += 1
+        self.stats.bytes_new_raw += raw_length
+        self.stats.bytes_new_stored += length
 
     def _claim(self, bid: BlobId) -> bool:
         """Whether ``bid`` is to be stored by the caller: this chain has it neither stored
@@ -281,9 +277,7 @@ class BlobSaver:
                     self._sealing += 1
                     if not pack.pooled and blob_type != BLOB_TREE:
                         self._close(pack)  # a blob too large for a pooled buffer: alone
-                    self.stats.blobs_new += 1
-                    self.stats.bytes_new_raw += raw_length
-                    self.stats.bytes_new_stored += length
+                    self._count_new(length, raw_length)
             if full is not None:
                 self._submit(full)
             if pack is not None:

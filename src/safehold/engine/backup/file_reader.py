@@ -123,29 +123,12 @@ class FileReader:
             self.progress.warn(path, CHANGED_WHILE_READ)
         self.progress.advance(1, 0)
 
-    def sealed(self, path: str, node: t.Node, res: Result) -> None:
-        """What a forked reader made of ``path`` (engine/backup/tiny_procs.py), saved and
-        recorded as :meth:`read` would have; with the attributes it read, where it read
-        them (the walk left them to it)."""
-        if res.attrs is not None:
-            node.xattrs = res.attrs
-            if res.attrs_problem:
-                self._report(path, xa.not_saved(res.attrs_problem))
-        if res.kind == BLOB:
-            self.saver.save_sealed(BLOB_DATA, res.blob_id, res.comp_id, res.sealed, res.size)
-            self.progress.advance(0, res.size)
-            self.done(path, node, [to_hex(res.blob_id)], res.size, res.changed)
-        elif res.kind == EMPTY:
-            self.done(path, node, [], 0, res.changed)
-        elif res.kind == OS_ERROR:
-            self.failed(path, node, OSError(res.errno, res.message, path))
-        else:  # grown past one chunk since the walk: read here, through the chunker
-            self.read((path, node))
-
     def sealed_many(self, answers: Sequence[tuple[str, t.Node, Result]]) -> None:
-        """:meth:`sealed` for a batch of a forked reader's answers: their blobs saved in one
-        call, the counters and the progress told once. A file that changed while read, or
-        whose size is not the walk's, goes through :meth:`sealed`'s own steps."""
+        """A batch of what a forked reader made of tiny files (engine/backup/tiny_procs.py),
+        saved and recorded as :meth:`read` would have: their blobs saved in one call, the
+        counters and the progress told once; with the attributes it read, where it read
+        them (the walk left them to it). A file that changed while read, or whose size is
+        not the walk's, takes :meth:`done`'s steps one by one."""
         blobs = [
             (r.blob_id, r.comp_id, r.sealed, r.size) for _p, _n, r in answers if r.kind == BLOB
         ]

@@ -309,7 +309,8 @@ class _Tally(Progress):
 def test_answers_in_a_batch_are_recorded_as_one_by_one(repo: Repository, tmp_path: Path) -> None:
     """FileReader.sealed_many, for every kind of answer (and the rare ones: changed while
     read, another size than the walk's, attributes not read), leaves the nodes, errors,
-    counters and progress exactly as FileReader.sealed does answer by answer."""
+    counters and progress the same for a batch as answer by answer, and as FileReader.read
+    records a file: sizes as read, bytes read counted, one progress item a file."""
 
     def sealed(data: bytes) -> tuple[BlobId, int, memoryview]:
         bid = repo.master.blob_id(data)
@@ -350,14 +351,18 @@ def test_answers_in_a_batch_are_recorded_as_one_by_one(repo: Repository, tmp_pat
         if batched:
             reader.sealed_many(batch)
         else:
-            for path, node, res in batch:
-                reader.sealed(path, node, res)
+            for answer in batch:
+                reader.sealed_many([answer])
         saver.finish()
         nodes = [(n.name, n.size, n.content, n.error, n.xattrs) for _p, n, _r in batch]
         outcomes.append((nodes, errors, counters.bytes_read, progress.items, progress.bytes))
         outcomes[-1] += (sorted(progress.warnings),)
     assert outcomes[0] == outcomes[1]
-    nodes, errors, *_ = outcomes[1]
+    nodes, errors, bytes_read, items, *_ = outcomes[1]
+    assert [n[1] for n in nodes] == [11, 9, 11, 0, 0, 3, 2]  # as read, an error's as walked
+    assert (bytes_read, items) == (11 + 9 + 11 + 2, 7)
+    assert nodes[0][4] == {"user.a": b"1"}
+    assert [w for w, _why in errors].count(str(tmp_path / "no-attrs")) == 1
     assert [n[2] for n in nodes][3:6] == [[], [], []] and nodes[5][3] == "Permission denied"
     assert any(why == CHANGED_WHILE_READ for _w, why in errors)
     repo.load_index()
